@@ -1,0 +1,57 @@
+import CIoTCPluginABI
+import Foundation
+
+/// What every source, sink and step has in common. A component is created from its decoded config,
+/// started, used from any thread, stopped and released.
+public protocol Component: AnyObject, Sendable {
+    /// The configuration, decoded from JSON: defaults applied, durations in seconds, sizes in bytes.
+    associatedtype Config: Decodable
+    /// The name pipelines use (`http`, `mqtt_publish`).
+    static var name: String { get }
+    /// One line.
+    static var summary: String { get }
+    /// Markdown, for `iotc docs`.
+    static var description: String { get }
+    static var fields: [ConfigField] { get }
+
+    init(config: Config, host: Host) throws
+    /// Binds sockets, connects, starts threads. Throwing fails the start of the hub with the error.
+    func start() throws
+    /// Stops taking new work and settles what is in flight. Blocks until done.
+    func stop()
+}
+
+extension Component {
+    public static var description: String { "" }
+    public func start() throws {}
+    public func stop() {}
+}
+
+/// A protocol adapter: receives messages from devices and submits them with `host.submit`.
+public protocol Source: Component {
+    /// Delivers a downlink message to a device this source holds; settle it with `ack`.
+    /// Return false when this source has no downlink.
+    func downlink(_ message: Message, ack: Ack) -> Bool
+}
+
+extension Source {
+    public func downlink(_ message: Message, ack: Ack) -> Bool { false }
+}
+
+/// A connector to a destination.
+public protocol Sink: Component {
+    /// Takes one message; settle it later with `ack`. Return false for backpressure (the kernel offers
+    /// it again soon and no ack is expected).
+    func write(_ message: Message, ack: Ack) -> Bool
+}
+
+/// A transformation: one message in, zero or more out.
+public protocol Step: Component {
+    func process(_ message: Message) throws -> [Message]
+}
+
+/// An error with text for the kernel's located error messages.
+public struct PluginError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

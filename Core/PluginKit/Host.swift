@@ -1,0 +1,178 @@
+import CIoTCPluginABI
+
+/// The kernel's services for one component instance. Safe to use from any thread.
+public final class Host: @unchecked Sendable {
+    let raw: UnsafePointer<iotc_host>
+
+    init(_ raw: UnsafePointer<iotc_host>) { self.raw = raw }
+
+    /// What `submit` answered at once.
+    public enum SubmitStatus: Sendable, Equatable {
+        /// Queued; the `done` callback follows exactly once.
+        case queued
+        /// Backpressure: the pipeline is full, try again later.
+        case busy
+        /// Refused (no pipeline takes it, or it is invalid); the code is an `IOTC_ERR_*` value.
+        case rejected(Int32)
+    }
+
+    /// Hands a message to the kernel. `done` is called with `IOTC_OK` once the kernel owns the message
+    /// (durably, on a durable pipeline): only then may the device be acknowledged.
+    @discardableResult
+    public func submit(_ message: Message, done: (@Sendable (Int32) -> Void)? = nil) -> SubmitStatus {
+        let result: Int32 = message.withCMessage { m in
+            guard let done else { return raw.pointee.submit(raw.pointee.ctx, m, nil, nil) }
+            let box = Unmanaged.passRetained(SubmitDoneBox(done)).toOpaque()
+            let r = raw.pointee.submit(raw.pointee.ctx, m, iotcPluginKitSubmitDone, box)
+            if r != IOTC_OK { Unmanaged<SubmitDoneBox>.fromOpaque(box).release() }
+            return r
+        }
+        switch result {
+        case IOTC_OK: return .queued
+        case IOTC_ERR_BUSY: return .busy
+        default: return .rejected(result)
+        }
+    }
+
+    /// Settles a message received with an ack token.
+    public func ack(_ token: UInt64, _ outcome: AckOutcome) {
+        switch outcome {
+        case .success: raw.pointee.ack(raw.pointee.ctx, token, IOTC_OK, nil)
+        case .retry(let reason): reason.withCString { raw.pointee.ack(raw.pointee.ctx, token, IOTC_ERR_RETRY, $0) }
+        case .reject(let reason): reason.withCString { raw.pointee.ack(raw.pointee.ctx, token, IOTC_ERR_INVALID, $0) }
+        }
+    }
+
+    /// Authenticates a device with the kernel. Returns nil when refused.
+    public func authenticate(_ credentials: Credentials) -> Identity? {
+        var arena = CStringArena()
+        let refs = [credentials.protocolName, credentials.device, credentials.username, credentials.secret,
+                    credentials.certificateFingerprint, credentials.remoteAddress].map { arena.add($0) }
+        return arena.withStrings { str -> Identity? in
+            var c = iotc_credentials()
+            c.struct_size = UInt32(MemoryLayout<iotc_credentials>.size)
+            c.protocol = str(refs[0])
+            c.device = str(refs[1])
+            c.username = str(refs[2])
+            c.secret = str(refs[3])
+            c.certificate_fingerprint = str(refs[4])
+            c.remote_address = str(refs[5])
+            var out = iotc_identity()
+            out.struct_size = UInt32(MemoryLayout<iotc_identity>.size)
+            guard raw.pointee.authenticate(raw.pointee.ctx, &c, &out) == IOTC_OK else { return nil }
+            return Identity(host: self, tenant: String(out.tenant), device: String(out.device), handle: out.handle)
+        }
+    }
+
+    /// May this identity do `action` on this canonical topic?
+    public func authorize(_ identity: Identity, _ action: Action, topic: String) -> Bool {
+        topic.withIOTCString { t in
+            raw.pointee.authorize(raw.pointee.ctx, identity.handle, action.rawValue, t) == IOTC_OK
+        }
+    }
+
+    public func deviceConnected(_ identity: Identity, remoteAddress: String) {
+        remoteAddress.withIOTCString { raw.pointee.device_connected(raw.pointee.ctx, identity.handle, $0) }
+    }
+
+    public func deviceDisconnected(_ identity: Identity, reason: String) {
+        reason.withIOTCString { raw.pointee.device_disconnected(raw.pointee.ctx, identity.handle, $0) }
+    }
+
+    /// Logs through the kernel's logger, tagged with this instance.
+    public func log(_ level: LogLevel, _ text: String) {
+        text.withIOTCString { raw.pointee.log(raw.pointee.ctx, level.rawValue, $0) }
+    }
+
+    /// Records a metric, tagged by the kernel with this instance's plugin and component names.
+    public func metric(_ type: MetricType, _ name: String, labels: [KeyValue] = [], _ value: Double) {
+        Message(properties: labels).withCMessage { m in
+            name.withIOTCString { n in
+                raw.pointee.metric(raw.pointee.ctx, type.rawValue, n, m.pointee.properties, m.pointee.property_count, value)
+            }
+        }
+    }
+
+    func release(_ handle: UInt64) { raw.pointee.release_identity(raw.pointee.ctx, handle) }
+
+    public enum Action: UInt32, Sendable {
+        case publish = 0
+        case subscribe = 1
+    }
+
+    public enum LogLevel: UInt32, Sendable {
+        case trace = 0, debug, info, notice, warning, error
+    }
+
+    public enum MetricType: UInt32, Sendable {
+        case counter = 0, gauge, histogram
+    }
+}
+
+/// How a sink (or a source for downlink) settles a message.
+public enum AckOutcome: Sendable, Equatable {
+    case success
+    /// A transient failure: the kernel retries with backoff.
+    case retry(String)
+    /// A permanent failure: the message goes to the dead-letter store.
+    case reject(String)
+}
+
+/// A message's acknowledgement handle; settle it exactly once.
+public struct Ack: Sendable {
+    public let host: Host
+    public let token: UInt64
+
+    public func succeed() { host.ack(token, .success) }
+    public func retry(_ reason: String) { host.ack(token, .retry(reason)) }
+    public func reject(_ reason: String) { host.ack(token, .reject(reason)) }
+}
+
+/// What a device presents to authenticate.
+public struct Credentials: Sendable {
+    public var protocolName: String
+    public var device: String
+    public var username: String
+    public var secret: String
+    public var certificateFingerprint: String
+    public var remoteAddress: String
+
+    public init(
+        protocolName: String, device: String = "", username: String = "", secret: String = "",
+        certificateFingerprint: String = "", remoteAddress: String = ""
+    ) {
+        self.protocolName = protocolName
+        self.device = device
+        self.username = username
+        self.secret = secret
+        self.certificateFingerprint = certificateFingerprint
+        self.remoteAddress = remoteAddress
+    }
+}
+
+/// An authenticated device. The kernel's record of it is released when this object goes away.
+public final class Identity: Sendable {
+    public let tenant: String
+    public let device: String
+    let handle: UInt64
+    private let host: Host
+
+    init(host: Host, tenant: String, device: String, handle: UInt64) {
+        self.host = host
+        self.tenant = tenant
+        self.device = device
+        self.handle = handle
+    }
+
+    deinit { host.release(handle) }
+}
+
+final class SubmitDoneBox {
+    let done: @Sendable (Int32) -> Void
+    init(_ done: @escaping @Sendable (Int32) -> Void) { self.done = done }
+}
+
+let iotcPluginKitSubmitDone: iotc_submit_done_fn = { ctx, result in
+    guard let ctx else { return }
+    Unmanaged<SubmitDoneBox>.fromOpaque(ctx).takeRetainedValue().done(result)
+}

@@ -1,0 +1,198 @@
+import CIoTCPluginABI
+
+/// The kind of a canonical message.
+public enum MessageKind: UInt32, Sendable, CaseIterable, Codable {
+    case telemetry = 0
+    case attributes = 1
+    case event = 2
+    case command = 3
+    case commandResult = 4
+    case lifecycle = 5
+    case firmwareStatus = 6
+
+    /// The name used in pipeline YAML, expressions and JSON.
+    public var name: String {
+        switch self {
+        case .telemetry: "telemetry"
+        case .attributes: "attributes"
+        case .event: "event"
+        case .command: "command"
+        case .commandResult: "command_result"
+        case .lifecycle: "lifecycle"
+        case .firmwareStatus: "firmware_status"
+        }
+    }
+
+    /// Parses a name as `name` prints it.
+    public init?(name: String) {
+        guard let kind = MessageKind.allCases.first(where: { $0.name == name }) else { return nil }
+        self = kind
+    }
+}
+
+/// A key/value pair: a protocol property or a metadata entry.
+public struct KeyValue: Sendable, Hashable, Codable {
+    public var key: String
+    public var value: String
+    public init(_ key: String, _ value: String) {
+        self.key = key
+        self.value = value
+    }
+}
+
+/// A canonical message as a plugin sees it: an owned copy of `iotc_message`.
+public struct Message: Sendable {
+    public var id: String
+    public var kind: MessageKind
+    public var tenant: String
+    public var device: String
+    public var topic: String
+    public var contentType: String
+    public var payload: [UInt8]
+    /// Milliseconds since the epoch, as the device stamped it.
+    public var deviceTime: Int64?
+    /// Milliseconds since the epoch, when the hub received it.
+    public var receivedTime: Int64?
+    public var qos: UInt8
+    /// Protocol properties with namespaced keys (`mqtt.user.site`, `http.header.x-request-id`).
+    public var properties: [KeyValue]
+    public var metadata: [KeyValue]
+
+    public init(
+        id: String = "", kind: MessageKind = .telemetry, tenant: String = "", device: String = "",
+        topic: String = "", contentType: String = "application/octet-stream", payload: [UInt8] = [],
+        deviceTime: Int64? = nil, receivedTime: Int64? = nil, qos: UInt8 = 1,
+        properties: [KeyValue] = [], metadata: [KeyValue] = []
+    ) {
+        self.id = id
+        self.kind = kind
+        self.tenant = tenant
+        self.device = device
+        self.topic = topic
+        self.contentType = contentType
+        self.payload = payload
+        self.deviceTime = deviceTime
+        self.receivedTime = receivedTime
+        self.qos = qos
+        self.properties = properties
+        self.metadata = metadata
+    }
+
+    /// The value of the first property with this key.
+    public func property(_ key: String) -> String? { properties.first { $0.key == key }?.value }
+    /// The value of the first metadata entry with this key.
+    public func metadata(_ key: String) -> String? { metadata.first { $0.key == key }?.value }
+
+    /// Copies a C message. Fields beyond the size the writer declared are left at their defaults.
+    public init(_ c: UnsafePointer<iotc_message>) {
+        let m = c.pointee
+        self.init(
+            id: String(m.id), kind: MessageKind(rawValue: m.kind) ?? .telemetry, tenant: String(m.tenant),
+            device: String(m.device), topic: String(m.topic), contentType: String(m.content_type),
+            payload: m.payload.len > 0 && m.payload.ptr != nil
+                ? Array(UnsafeBufferPointer(start: m.payload.ptr, count: m.payload.len)) : [],
+            deviceTime: m.device_time_ms == IOTC_TIME_UNKNOWN ? nil : m.device_time_ms,
+            received: m.received_time_ms, qos: UInt8(truncatingIfNeeded: m.qos),
+            properties: KeyValue.array(m.properties, m.property_count),
+            metadata: KeyValue.array(m.metadata, m.metadata_count)
+        )
+    }
+
+    private init(
+        id: String, kind: MessageKind, tenant: String, device: String, topic: String, contentType: String,
+        payload: [UInt8], deviceTime: Int64?, received: Int64, qos: UInt8, properties: [KeyValue],
+        metadata: [KeyValue]
+    ) {
+        self.init(
+            id: id, kind: kind, tenant: tenant, device: device, topic: topic, contentType: contentType,
+            payload: payload, deviceTime: deviceTime,
+            receivedTime: received == IOTC_TIME_UNKNOWN ? nil : received, qos: qos,
+            properties: properties, metadata: metadata)
+    }
+
+    /// Lends a C view of this message to `body`; the pointers are valid only inside it.
+    public func withCMessage<R>(_ body: (UnsafePointer<iotc_message>) throws -> R) rethrows -> R {
+        var arena = CStringArena()
+        let idRef = arena.add(id), tenantRef = arena.add(tenant), deviceRef = arena.add(device)
+        let topicRef = arena.add(topic), typeRef = arena.add(contentType)
+        let props = properties.map { (arena.add($0.key), arena.add($0.value)) }
+        let meta = metadata.map { (arena.add($0.key), arena.add($0.value)) }
+        return try arena.withStrings { str in
+            let cProps = props.map { iotc_kv(key: str($0.0), value: str($0.1)) }
+            let cMeta = meta.map { iotc_kv(key: str($0.0), value: str($0.1)) }
+            return try cProps.withUnsafeBufferPointer { p in
+                try cMeta.withUnsafeBufferPointer { md in
+                    try payload.withUnsafeBufferPointer { pl in
+                        var m = iotc_message()
+                        m.struct_size = UInt32(MemoryLayout<iotc_message>.size)
+                        m.kind = kind.rawValue
+                        m.id = str(idRef)
+                        m.tenant = str(tenantRef)
+                        m.device = str(deviceRef)
+                        m.topic = str(topicRef)
+                        m.content_type = str(typeRef)
+                        m.payload = iotc_bytes(ptr: pl.baseAddress, len: pl.count)
+                        m.device_time_ms = deviceTime ?? IOTC_TIME_UNKNOWN
+                        m.received_time_ms = receivedTime ?? IOTC_TIME_UNKNOWN
+                        m.qos = UInt32(qos)
+                        m.properties = p.baseAddress
+                        m.property_count = p.count
+                        m.metadata = md.baseAddress
+                        m.metadata_count = md.count
+                        return try withUnsafePointer(to: &m) { try body($0) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+extension KeyValue {
+    static func array(_ p: UnsafePointer<iotc_kv>?, _ n: Int) -> [KeyValue] {
+        guard let p, n > 0 else { return [] }
+        return (0..<n).map { KeyValue(String(p[$0].key), String(p[$0].value)) }
+    }
+}
+
+extension String {
+    /// Copies an `iotc_str` (invalid UTF-8 is repaired with U+FFFD).
+    public init(_ s: iotc_str) {
+        guard let ptr = s.ptr, s.len > 0 else {
+            self = ""
+            return
+        }
+        self = ptr.withMemoryRebound(to: UInt8.self, capacity: s.len) {
+            String(decoding: UnsafeBufferPointer(start: $0, count: s.len), as: UTF8.self)
+        }
+    }
+
+    /// Lends this string as an `iotc_str` to `body`.
+    public func withIOTCString<R>(_ body: (iotc_str) throws -> R) rethrows -> R {
+        var copy = self
+        return try copy.withUTF8 { buf in
+            try buf.withMemoryRebound(to: CChar.self) { try body(iotc_str(ptr: $0.baseAddress, len: $0.count)) }
+        }
+    }
+}
+
+/// Packs many strings into one buffer so that C views of all of them can be lent at once.
+public struct CStringArena {
+    public struct Ref { let offset: Int, count: Int }
+    private var bytes: [UInt8] = []
+
+    public init() {}
+
+    public mutating func add(_ s: String) -> Ref {
+        let start = bytes.count
+        bytes.append(contentsOf: s.utf8)
+        return Ref(offset: start, count: bytes.count - start)
+    }
+
+    public func withStrings<R>(_ body: ((Ref) -> iotc_str) throws -> R) rethrows -> R {
+        try bytes.withUnsafeBufferPointer { buf in
+            try buf.withMemoryRebound(to: CChar.self) { chars in
+                try body { ref in iotc_str(ptr: chars.baseAddress.map { $0 + ref.offset }, len: ref.count) }
+            }
+        }
+    }
+}

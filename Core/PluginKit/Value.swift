@@ -1,0 +1,102 @@
+/// A structured payload value: what JSON and CBOR decode to and what expressions compute with.
+public enum Value: Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case double(Double)
+    case string(String)
+    case bytes([UInt8])
+    case array([Value])
+    case object(Object)
+
+    /// An object with keys in insertion order (payloads are small: lookup is a scan).
+    public struct Object: Sendable, Equatable, Sequence {
+        public private(set) var keys: [String] = []
+        public private(set) var values: [Value] = []
+
+        public init() {}
+        public init(_ pairs: [(String, Value)]) {
+            for (k, v) in pairs { self[k] = v }
+        }
+
+        public var count: Int { keys.count }
+        public var isEmpty: Bool { keys.isEmpty }
+
+        public subscript(key: String) -> Value? {
+            get { keys.firstIndex(of: key).map { values[$0] } }
+            set {
+                if let i = keys.firstIndex(of: key) {
+                    if let newValue { values[i] = newValue } else {
+                        keys.remove(at: i)
+                        values.remove(at: i)
+                    }
+                } else if let newValue {
+                    keys.append(key)
+                    values.append(newValue)
+                }
+            }
+        }
+
+        public func makeIterator() -> Zip2Sequence<[String], [Value]>.Iterator { zip(keys, values).makeIterator() }
+    }
+
+    /// The type name used in error messages and by the `type()` function.
+    public var typeName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "bool"
+        case .int, .double: "number"
+        case .string: "string"
+        case .bytes: "bytes"
+        case .array: "array"
+        case .object: "object"
+        }
+    }
+
+    public subscript(key: String) -> Value? {
+        if case .object(let o) = self { return o[key] }
+        return nil
+    }
+
+    /// The value as a Double, for ints and doubles.
+    public var number: Double? {
+        switch self {
+        case .int(let i): Double(i)
+        case .double(let d): d
+        default: nil
+        }
+    }
+}
+
+extension Value: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
+    ExpressibleByBooleanLiteral, ExpressibleByNilLiteral, ExpressibleByArrayLiteral,
+    ExpressibleByDictionaryLiteral
+{
+    public init(stringLiteral value: String) { self = .string(value) }
+    public init(integerLiteral value: Int64) { self = .int(value) }
+    public init(floatLiteral value: Double) { self = .double(value) }
+    public init(booleanLiteral value: Bool) { self = .bool(value) }
+    public init(nilLiteral: ()) { self = .null }
+    public init(arrayLiteral elements: Value...) { self = .array(elements) }
+    public init(dictionaryLiteral elements: (String, Value)...) { self = .object(Object(elements)) }
+}
+
+/// A located error from a decoder: what is wrong and at which byte.
+public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var message: String
+    public var offset: Int
+    public init(_ message: String, at offset: Int) {
+        self.message = message
+        self.offset = offset
+    }
+    public var description: String { "\(message) at byte \(offset)" }
+}
+
+/// Limits every decoder enforces on untrusted input.
+public struct DecodeLimits: Sendable {
+    /// Deepest nesting of arrays and objects. Default 64.
+    public var maxDepth: Int = 64
+    /// Most elements in one array or object (and bytes in one CBOR string). Default 1,000,000.
+    public var maxElements: Int = 1_000_000
+    public init() {}
+}

@@ -1,0 +1,117 @@
+// swift-tools-version:6.1
+import PackageDescription
+import Foundation
+
+// Each plugin is a dynamic library that statically links its own Swift dependencies. The linker
+// version script exports only the ABI entry symbol, so that two plugins' copies of SwiftNIO's C shims,
+// libyaml and the like never bind to each other (see docs/plugins.md).
+let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path
+let pluginLinkerSettings: [LinkerSetting] = [
+    .unsafeFlags(["-Xlinker", "--version-script=\(root)/Core/PluginABI/iotc_plugin.map"]),
+]
+
+func plugin(_ name: String, folder: String, dependencies: [Target.Dependency]) -> Target {
+    .target(
+        name: name,
+        dependencies: ["IoTCPluginKit"] + dependencies,
+        path: "Plugins/\(folder)/Sources/\(name)",
+        linkerSettings: pluginLinkerSettings
+    )
+}
+
+let nio: [Target.Dependency] = [
+    .product(name: "NIOCore", package: "swift-nio"),
+    .product(name: "NIOPosix", package: "swift-nio"),
+]
+
+let package = Package(
+    name: "IoTConnectCenter",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "iotc", targets: ["iotc"]),
+        .library(name: "IoTCPluginKit", targets: ["IoTCPluginKit"]),
+        .library(name: "iotc-plugin-http", type: .dynamic, targets: ["HTTPPlugin"]),
+        .library(name: "iotc-plugin-webhook", type: .dynamic, targets: ["WebhookPlugin"]),
+        .library(name: "iotc-plugin-file", type: .dynamic, targets: ["FilePlugin"]),
+        .library(name: "iotc-plugin-log", type: .dynamic, targets: ["LogPlugin"]),
+        .library(name: "iotc-plugin-mqtt", type: .dynamic, targets: ["MQTTPlugin"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+    ],
+    targets: [
+        .target(name: "CIoTCPluginABI", path: "Core/PluginABI", exclude: ["iotc_plugin.map"]),
+        .target(
+            name: "IoTCPluginKit",
+            dependencies: ["CIoTCPluginABI"],
+            path: "Core/PluginKit"
+        ),
+        .target(
+            name: "IoTCKernel",
+            dependencies: [
+                "CIoTCPluginABI", "IoTCPluginKit",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            path: "Core/Kernel"
+        ),
+        .target(
+            name: "IoTCAPI",
+            dependencies: [
+                "IoTCKernel",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "Core/API"
+        ),
+        .executableTarget(
+            name: "iotc",
+            dependencies: [
+                "IoTCKernel", "IoTCAPI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            path: "Core/iotc"
+        ),
+        plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
+        plugin("WebhookPlugin", folder: "Webhook", dependencies: [
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "Crypto", package: "swift-crypto"),
+        ]),
+        plugin("FilePlugin", folder: "File", dependencies: []),
+        plugin("LogPlugin", folder: "Log", dependencies: []),
+        .target(name: "MQTTCodec", dependencies: nio, path: "Plugins/MQTT/Sources/MQTTCodec"),
+        plugin("MQTTPlugin", folder: "MQTT", dependencies: nio + [
+            "MQTTCodec",
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
+        .testTarget(
+            name: "KernelTests",
+            dependencies: ["IoTCKernel", "IoTCAPI"],
+            path: "Tests/KernelTests"
+        ),
+        .testTarget(
+            name: "PluginTests",
+            dependencies: ["IoTCKernel", "MQTTCodec"],
+            path: "Tests/PluginTests"
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)
