@@ -1,0 +1,399 @@
+import Foundation
+import IoTCPluginKit
+
+/// Reads pipeline files into a `HubConfig`, reporting every problem with its file:line:column.
+public struct HubConfigLoader {
+    public let catalog: ComponentCatalog
+    public let environment: [String: String]
+
+    public init(catalog: ComponentCatalog, environment: [String: String] = ProcessInfo.processInfo.environment) {
+        self.catalog = catalog
+        self.environment = environment
+    }
+
+    /// Kernel options every sink takes besides its plugin's own fields.
+    public static let sinkFields: [ConfigField] = [
+        ConfigField("plugin", .string, "The sink component that delivers messages.", example: "webhook", required: true),
+        ConfigField("max_in_flight", .int, "Most messages handed to the sink and not yet settled.", default: "64"),
+        ConfigField("queue_size", .int, "Messages waiting for this sink before pipelines feeding it wait.", default: "1024"),
+        ConfigField("retry", .object(retryFields), "Retries with exponential backoff and jitter before a message goes to the dead-letter store.", default: #"{"max_attempts":10,"initial_backoff":0.1,"max_backoff":30}"#),
+    ]
+
+    static let retryFields: [ConfigField] = [
+        ConfigField("max_attempts", .int, "Deliveries tried before the message goes to the dead-letter store (0: no limit).", default: "10"),
+        ConfigField("initial_backoff", .duration, "Wait before the first retry; it doubles each time.", default: "0.1", example: "100ms"),
+        ConfigField("max_backoff", .duration, "Longest wait between retries.", default: "30", example: "30s"),
+    ]
+
+    /// Kernel options every source takes besides its plugin's own fields.
+    public static let sourceFields: [ConfigField] = [
+        ConfigField("plugin", .string, "The source component that receives messages.", example: "http", required: true),
+    ]
+
+    /// The fields of a pipeline.
+    public static let pipelineFields: [ConfigField] = [
+        ConfigField("from", .list(.string), "Sources, each optionally with a topic filter: `devices` or `devices:sensors/+/telemetry`.", example: "[ devices ]", required: true),
+        ConfigField("steps", .list(.any), "Steps applied in order: decode, encode, map, set, filter, route, or a plugin step.", default: "[]"),
+        ConfigField("to", .list(.string), "Sinks that receive every message that leaves the last step.", default: "[]"),
+        ConfigField("errors", .list(.string), "Sinks for messages a step could not handle; without it they go to the dead-letter store.", default: "[]"),
+        ConfigField("durable", .bool, "Write each message to the write-ahead log before the device is acknowledged.", default: "false"),
+        ConfigField("queue_size", .int, "Messages waiting for this pipeline before sources are told to back off.", default: "1024"),
+        ConfigField("description", .string, "What the pipeline is for."),
+    ]
+
+    public static let authFields: [ConfigField] = [
+        ConfigField("allow_anonymous", .bool, "Accept devices that present no credentials (for development only).", default: "false"),
+        ConfigField("tokens", .list(.object([
+            ConfigField("device", .string, "Device id.", required: true),
+            ConfigField("token", .string, "Bearer token or password.", example: "${env:SENSOR_1_TOKEN}", required: true, secret: true),
+            ConfigField("tenant", .string, "Tenant the device belongs to.", default: #""default""#),
+        ])), "Static device tokens.", default: "[]"),
+    ]
+
+    public static let topLevelFields: [ConfigField] = [
+        ConfigField("version", .int, "Pipeline file format version.", default: "1", options: []),
+        ConfigField("sources", .map(.object(sourceFields)), "Named source instances.", default: "{}"),
+        ConfigField("sinks", .map(.object(sinkFields)), "Named sink instances.", default: "{}"),
+        ConfigField("pipelines", .map(.object(pipelineFields)), "Named pipelines.", default: "{}"),
+        ConfigField("auth", .object(authFields), "Device authentication.", default: "{}"),
+    ]
+
+    /// Loads and checks files; throws every error found (warnings are returned).
+    public func load(files: [String]) throws(ConfigurationError) -> (HubConfig, [Diagnostic]) {
+        var texts: [(String, String)] = []
+        var d = Diagnostics()
+        for f in files {
+            guard let data = FileManager.default.contents(atPath: f) else {
+                d.error(.init(file: f, line: 1, column: 1), "cannot read file", hint: "check the path")
+                continue
+            }
+            guard let text = String(data: data, encoding: .utf8) else {
+                d.error(.init(file: f, line: 1, column: 1), "the file is not UTF-8 text")
+                continue
+            }
+            texts.append((f, text))
+        }
+        if d.hasErrors { throw ConfigurationError(diagnostics: d.items) }
+        return try load(texts: texts)
+    }
+
+    /// Loads and checks (file name, text) pairs.
+    public func load(texts: [(file: String, text: String)]) throws(ConfigurationError) -> (HubConfig, [Diagnostic]) {
+        var d = Diagnostics()
+        var config = HubConfig()
+        var pending: [(String, SourceLocation, YAMLNode, SpecValidator)] = []
+        for (file, text) in texts {
+            config.files.append(file)
+            let root: YAMLNode?
+            do { root = try YAMLNode.parse(text, file: file) } catch {
+                d.append(contentsOf: Diagnostics(error.diagnostics))
+                continue
+            }
+            guard let root else { continue }
+            var v = SpecValidator(baseDirectory: (file as NSString).deletingLastPathComponent, environment: environment)
+            guard case .mapping(let pairs, _) = root else {
+                d.error(root.location, "a pipeline file should be a mapping with sources, sinks and pipelines")
+                continue
+            }
+            for (key, keyLoc, value) in pairs {
+                switch key {
+                case "version":
+                    if value.string != "1" { d.error(value.location, "unsupported pipeline file version '\(value.string ?? value.typeName)'", hint: "this hub reads version 1") }
+                case "sources", "sinks":
+                    let kind: ComponentKind = key == "sources" ? .source : .sink
+                    for (name, nameLoc, node) in mappingPairs(value, "'\(key)'", &d) {
+                        if config.source(name) != nil && kind == .source || config.sink(name) != nil && kind == .sink {
+                            d.error(nameLoc, "\(kind) '\(name)' is defined twice")
+                            continue
+                        }
+                        if let c = component(kind, name, nameLoc, node, &v) {
+                            if kind == .source { config.sources.append(c) } else { config.sinks.append(c) }
+                        }
+                    }
+                case "pipelines":
+                    for (name, nameLoc, node) in mappingPairs(value, "'pipelines'", &d) {
+                        if config.pipelines.contains(where: { $0.name == name }) || pending.contains(where: { $0.0 == name }) {
+                            d.error(nameLoc, "pipeline '\(name)' is defined twice")
+                            continue
+                        }
+                        pending.append((name, nameLoc, node, v))
+                    }
+                case "auth":
+                    let o = v.object(value, fields: Self.authFields, context: "auth")
+                    if case .bool(let b)? = o["allow_anonymous"] { config.auth.allowAnonymous = config.auth.allowAnonymous || b }
+                    if case .array(let items)? = o["tokens"] {
+                        for case .object(let t) in items {
+                            if case .string(let device)? = t["device"], case .string(let token)? = t["token"], case .string(let tenant)? = t["tenant"] {
+                                config.auth.tokens.append(.init(device: device, tenant: tenant, token: token))
+                            }
+                        }
+                    }
+                default:
+                    let hint = Suggest.closest(key, in: Self.topLevelFields.map(\.name)).map { "did you mean '\($0)'?" }
+                        ?? "a pipeline file has sources, sinks, pipelines and auth"
+                    d.error(keyLoc, "unknown section '\(key)'", hint: hint)
+                }
+            }
+            d.append(contentsOf: v.diagnostics)
+        }
+        // Pipelines last: they refer to sources and sinks from any file.
+        for (name, loc, node, validator) in pending {
+            var v = validator
+            v.diagnostics = Diagnostics()
+            if let p = pipeline(name, loc, node, config, &v) { config.pipelines.append(p) }
+            d.append(contentsOf: v.diagnostics)
+        }
+        d.sort()
+        if d.hasErrors { throw ConfigurationError(diagnostics: d.items) }
+        return (config, d.items)
+    }
+
+    private func mappingPairs(_ node: YAMLNode, _ context: String, _ d: inout Diagnostics) -> [(String, SourceLocation, YAMLNode)] {
+        if node.isNullScalar { return [] }
+        guard case .mapping(let pairs, _) = node else {
+            d.error(node.location, "\(context) should be a mapping of names, not a \(node.typeName)")
+            return []
+        }
+        return pairs.map { ($0.key, $0.keyLocation, $0.value) }
+    }
+
+    private func component(_ kind: ComponentKind, _ name: String, _ loc: SourceLocation, _ node: YAMLNode, _ v: inout SpecValidator) -> ComponentConfig? {
+        let context = "\(kind) '\(name)'"
+        guard case .mapping = node else {
+            v.diagnostics.error(node.location, "\(context) should be a mapping with a 'plugin' field, not a \(node.typeName)")
+            return nil
+        }
+        guard let pluginNode = node["plugin"], let plugin = pluginNode.string else {
+            v.diagnostics.error(loc, "\(context) needs a 'plugin' field", hint: "one of: \(catalog.names(kind).sorted().joined(separator: ", "))")
+            return nil
+        }
+        guard let entry = catalog.entry(kind, plugin) else {
+            let other = ComponentKind.allCases.first { $0 != kind && catalog.entry($0, plugin) != nil }
+            let hint = other.map { "'\(plugin)' is a \($0), not a \(kind)" }
+                ?? Suggest.closest(plugin, in: catalog.names(kind)).map { "did you mean '\($0)'?" }
+                ?? "known \(kind)s: \(catalog.names(kind).sorted().joined(separator: ", "))"
+            v.diagnostics.error(pluginNode.location, "unknown \(kind) plugin '\(plugin)'", hint: hint)
+            return nil
+        }
+        let kernelFields = kind == .sink ? Self.sinkFields : Self.sourceFields
+        var config = v.object(node, fields: entry.fields + kernelFields.filter { $0.name != "plugin" }, context: context, ignoring: ["plugin"])
+        var c = ComponentConfig(name: name, component: plugin, config: Value.Object(), location: loc)
+        c.secretFields = entry.fields.filter(\.secret).map(\.name)
+        if kind == .sink {
+            if case .int(let n)? = config["max_in_flight"] { c.delivery.maxInFlight = max(1, Int(n)) }
+            if case .int(let n)? = config["queue_size"] { c.delivery.queueSize = max(1, Int(n)) }
+            if case .object(let r)? = config["retry"] {
+                if case .int(let n)? = r["max_attempts"] { c.delivery.maxAttempts = max(0, Int(n)) }
+                if let s = r["initial_backoff"]?.number { c.delivery.initialBackoff = s }
+                if let s = r["max_backoff"]?.number { c.delivery.maxBackoff = s }
+            }
+        }
+        for f in kernelFields { config[f.name] = nil }
+        c.config = config
+        return c
+    }
+
+    private func pipeline(_ name: String, _ loc: SourceLocation, _ node: YAMLNode, _ config: HubConfig, _ v: inout SpecValidator) -> PipelineConfig? {
+        let context = "pipeline '\(name)'"
+        let o = v.object(node, fields: Self.pipelineFields.filter { $0.name != "steps" }, context: context, ignoring: ["steps"])
+        guard case .mapping = node else { return nil }
+        var p = PipelineConfig(name: name, from: [], steps: [], to: [], errors: [], durable: false, queueSize: 1024, location: loc)
+        if case .bool(let b)? = o["durable"] { p.durable = b }
+        if case .int(let n)? = o["queue_size"] { p.queueSize = max(1, Int(n)) }
+        // Source references, with their own locations.
+        for item in listItems(node["from"]) {
+            guard case .scalar(let text, let quoted, let l) = item else { continue }
+            let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+            let source = parts.first ?? ""
+            var ref = SourceReference(source: source, filter: nil, location: l)
+            if config.source(source) == nil {
+                let hint = Suggest.closest(source, in: config.sources.map(\.name)).map { "did you mean '\($0)'?" }
+                    ?? (config.sources.isEmpty ? "define it under 'sources'" : "defined sources: \(config.sources.map(\.name).joined(separator: ", "))")
+                v.diagnostics.error(l, "\(context) reads from undefined source '\(source)'", hint: hint)
+                continue
+            }
+            if parts.count == 2 {
+                let at = l.advanced(by: source.count + 1 + (quoted ? 1 : 0))
+                if let problem = TopicFilter.validate(parts[1]) {
+                    v.diagnostics.error(at, "invalid topic filter '\(parts[1])' in \(context): \(problem)")
+                    continue
+                }
+                ref.filter = TopicFilter(parts[1])
+            }
+            p.from.append(ref)
+        }
+        p.to = sinkNames(node["to"], context: "\(context) 'to'", config, &v)
+        p.errors = sinkNames(node["errors"], context: "\(context) 'errors'", config, &v)
+        if let stepsNode = node["steps"] {
+            if case .sequence(let items, _) = stepsNode {
+                for item in items { if let s = step(item, context, config, &v) { p.steps.append(s) } }
+            } else if !stepsNode.isNullScalar {
+                v.diagnostics.error(stepsNode.location, "'steps' of \(context) should be a list, not a \(stepsNode.typeName)")
+            }
+        }
+        if p.to.isEmpty && !p.steps.contains(where: { if case .route = $0.kind { true } else { false } }) {
+            v.diagnostics.warning(loc, "\(context) has no 'to' sinks and no route step: its messages go nowhere")
+        }
+        return p
+    }
+
+    private func listItems(_ node: YAMLNode?) -> [YAMLNode] {
+        switch node {
+        case .sequence(let items, _)?: items
+        case .scalar(let s, _, _)? where !s.isEmpty: [node!]
+        default: []
+        }
+    }
+
+    private func sinkNames(_ node: YAMLNode?, context: String, _ config: HubConfig, _ v: inout SpecValidator) -> [String] {
+        var out: [String] = []
+        for item in listItems(node) {
+            guard case .scalar(let name, _, let l) = item else { continue }
+            guard config.sink(name) != nil else {
+                let hint = Suggest.closest(name, in: config.sinks.map(\.name)).map { "did you mean '\($0)'?" }
+                    ?? (config.sinks.isEmpty ? "define it under 'sinks'" : "defined sinks: \(config.sinks.map(\.name).joined(separator: ", "))")
+                v.diagnostics.error(l, "\(context) names undefined sink '\(name)'", hint: hint)
+                continue
+            }
+            out.append(name)
+        }
+        return out
+    }
+
+    static let builtinSteps = ["decode", "encode", "map", "set", "filter", "route"]
+
+    private func step(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ v: inout SpecValidator) -> StepConfig? {
+        guard case .mapping(let pairs, let loc) = node, pairs.count == 1, let (key, keyLoc, value) = pairs.first.map({ ($0.key, $0.keyLocation, $0.value) }) else {
+            v.diagnostics.error(node.location, "a step is a mapping with one key, such as '- decode: json'",
+                                hint: "steps: \(Self.builtinSteps.joined(separator: ", "))")
+            return nil
+        }
+        let stepContext = "step '\(key)' of \(context)"
+        func codec(_ allowAuto: Bool) -> PayloadCodec?? {
+            guard case .scalar(let s, _, let l) = value else {
+                v.diagnostics.error(value.location, "\(stepContext) takes a codec name, not a \(value.typeName)", hint: "json or cbor")
+                return nil
+            }
+            if allowAuto, s == "auto" { return .some(nil) }
+            guard let c = PayloadCodec(rawValue: s) else {
+                let options = PayloadCodec.allCases.map(\.rawValue) + (allowAuto ? ["auto"] : [])
+                v.diagnostics.error(l, "unknown codec '\(s)' in \(stepContext)", hint: Suggest.closest(s, in: options).map { "did you mean '\($0)'?" } ?? "one of: \(options.joined(separator: ", "))")
+                return nil
+            }
+            return .some(c)
+        }
+        switch key {
+        case "decode":
+            guard let c = codec(true) else { return nil }
+            return StepConfig(kind: .decode(c), location: keyLoc, name: key)
+        case "encode":
+            guard let c = codec(false), let codec = c else { return nil }
+            return StepConfig(kind: .encode(codec), location: keyLoc, name: key)
+        case "map", "set":
+            guard case .mapping(let assignments, _) = value else {
+                v.diagnostics.error(value.location, "\(stepContext) takes a mapping of 'field: expression'", hint: "for example temperature_c: \"(temperature - 32) / 1.8\"")
+                return nil
+            }
+            var out: [Assignment] = []
+            for (target, targetLoc, exprNode) in assignments {
+                guard let t = assignmentTarget(target, targetLoc, stepContext, &v.diagnostics),
+                      let e = expression(exprNode, stepContext, &v) else { continue }
+                out.append(Assignment(target: t, expression: e, location: exprNode.location))
+            }
+            return StepConfig(kind: key == "map" ? .map(out) : .set(out), location: keyLoc, name: key)
+        case "filter":
+            guard let e = expression(value, stepContext, &v) else { return nil }
+            return StepConfig(kind: .filter(e), location: keyLoc, name: key)
+        case "route":
+            guard case .sequence(let items, _) = value else {
+                v.diagnostics.error(value.location, "\(stepContext) takes a list of cases", hint: "- { topic: \"alarms/#\", to: [ops] }")
+                return nil
+            }
+            var cases: [RouteCase] = []
+            for item in items {
+                if let c = routeCase(item, stepContext, config, &v) { cases.append(c) }
+            }
+            return StepConfig(kind: .route(cases), location: keyLoc, name: key)
+        default:
+            guard let entry = catalog.entry(.step, key) else {
+                let candidates = Self.builtinSteps + catalog.names(.step)
+                v.diagnostics.error(keyLoc, "unknown step '\(key)' in \(context)",
+                                    hint: Suggest.closest(key, in: candidates).map { "did you mean '\($0)'?" } ?? "steps: \(candidates.joined(separator: ", "))")
+                return nil
+            }
+            let config = v.object(value, fields: entry.fields, context: stepContext)
+            _ = loc
+            return StepConfig(kind: .plugin(component: key, config: config), location: keyLoc, name: key)
+        }
+    }
+
+    private func assignmentTarget(_ target: String, _ loc: SourceLocation, _ context: String, _ d: inout Diagnostics) -> Assignment.Target? {
+        let parts = target.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard !parts.contains(where: \.isEmpty) else {
+            d.error(loc, "invalid target '\(target)' in \(context)", hint: "a field name or path such as location.lat, meta.key or msg.topic")
+            return nil
+        }
+        switch parts[0] {
+        case "meta":
+            guard parts.count == 2 else { d.error(loc, "metadata target '\(target)' should be meta.NAME"); return nil }
+            return .metadata(parts[1])
+        case "msg":
+            let settable = ["topic", "device", "kind", "content_type", "tenant"]
+            guard parts.count == 2, settable.contains(parts[1]) else {
+                d.error(loc, "cannot set '\(target)' in \(context)", hint: "settable envelope fields: \(settable.map { "msg.\($0)" }.joined(separator: ", "))")
+                return nil
+            }
+            return .envelope(parts[1])
+        case "payload":
+            return parts.count == 1 ? .field([]) : .field(Array(parts.dropFirst()))
+        default:
+            return .field(parts)
+        }
+    }
+
+    private func expression(_ node: YAMLNode, _ context: String, _ v: inout SpecValidator) -> Expression? {
+        guard case .scalar(let text, let quoted, let loc) = node else {
+            v.diagnostics.error(node.location, "\(context) needs an expression, not a \(node.typeName)")
+            return nil
+        }
+        do {
+            return try Expression(text)
+        } catch {
+            v.diagnostics.error(loc.advanced(by: error.offset + (quoted ? 1 : 0)), "invalid expression in \(context): \(error.message)")
+            return nil
+        }
+    }
+
+    private static let routeFields: [ConfigField] = [
+        ConfigField("topic", .string, "Topic filter the message's topic must match."),
+        ConfigField("when", .string, "Condition on the message."),
+        ConfigField("meta", .map(.string), "Metadata entries the message must have."),
+        ConfigField("to", .list(.string), "Sinks for matching messages.", required: true),
+        ConfigField("continue", .bool, "Also pass matching messages on to the rest of the pipeline.", default: "false"),
+    ]
+
+    private func routeCase(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ v: inout SpecValidator) -> RouteCase? {
+        let o = v.object(node, fields: Self.routeFields, context: "route case of \(context)")
+        guard case .mapping = node else { return nil }
+        var c = RouteCase(topic: nil, when: nil, metadata: [], to: [], continues: false, location: node.location)
+        if let t = node["topic"], case .scalar(let text, _, let l) = t {
+            if let problem = TopicFilter.validate(text) { v.diagnostics.error(l, "invalid topic filter '\(text)': \(problem)") }
+            c.topic = TopicFilter(text)
+        }
+        if let w = node["when"] { c.when = expression(w, "route case of \(context)", &v) }
+        if case .object(let m)? = o["meta"] { c.metadata = m.compactMap { k, v in if case .string(let s) = v { KeyValue(k, s) } else { nil } } }
+        if case .bool(let b)? = o["continue"] { c.continues = b }
+        c.to = sinkNames(node["to"], context: "route case of \(context)", config, &v)
+        if c.topic == nil && c.when == nil && c.metadata.isEmpty {
+            v.diagnostics.warning(node.location, "route case of \(context) has no topic, when or meta: it takes every message")
+        }
+        return c
+    }
+}
+
+extension Diagnostics {
+    init(_ items: [Diagnostic]) {
+        self.init()
+        for i in items { append(i) }
+    }
+}

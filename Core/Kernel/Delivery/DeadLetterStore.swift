@@ -1,0 +1,127 @@
+import Foundation
+import IoTCPluginKit
+
+/// Messages that could not be delivered (retries exhausted, rejected by a sink) or processed (a step
+/// failed): one JSON file each in the data directory, so they can be listed, replayed and purged.
+public final class DeadLetterStore: @unchecked Sendable {
+    public struct Entry: Sendable {
+        public var id: String
+        public var createdAt: Int64
+        public var pipeline: String
+        /// The sink that gave up, or nil when a step failed.
+        public var sink: String?
+        /// The step that failed, or nil when delivery failed.
+        public var step: String?
+        public var reason: String
+        public var attempts: Int
+        public var message: CanonicalMessage
+    }
+
+    public let directory: URL
+    private let lock = NSLock()
+    private var counter = 0
+
+    public init(directory: URL) throws {
+        self.directory = directory
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    /// Stores an entry (written to a temporary file and renamed, so a crash leaves no half entry).
+    @discardableResult
+    public func add(pipeline: String, sink: String?, step: String?, reason: String, attempts: Int, message: CanonicalMessage) throws -> String {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let id: String = lock.withLock {
+            counter += 1
+            return String(format: "%013lld-%06d-%04x", now, counter % 1_000_000, UInt16.random(in: 0...UInt16.max))
+        }
+        let entry = Entry(id: id, createdAt: now, pipeline: pipeline, sink: sink, step: step, reason: reason, attempts: attempts, message: message)
+        let data = Data(JSON.encode(Self.value(entry)))
+        let tmp = directory.appendingPathComponent(".\(id).tmp")
+        try data.write(to: tmp)
+        try FileManager.default.moveItem(at: tmp, to: directory.appendingPathComponent("\(id).json"))
+        return id
+    }
+
+    /// Every entry, oldest first.
+    public func list() -> [Entry] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
+            .filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.sorted()
+        return names.compactMap { entry(id: String($0.dropLast(5))) }
+    }
+
+    public func entry(id: String) -> Entry? {
+        guard !id.contains("/"), let data = FileManager.default.contents(atPath: directory.appendingPathComponent("\(id).json").path),
+              let v = try? JSON.decode([UInt8](data))
+        else { return nil }
+        return Self.entry(v)
+    }
+
+    /// Removes entries; nil removes all. Returns how many were removed.
+    @discardableResult
+    public func remove(ids: [String]?) -> Int {
+        let targets = ids ?? list().map(\.id)
+        var n = 0
+        for id in targets where !id.contains("/") {
+            if (try? FileManager.default.removeItem(at: directory.appendingPathComponent("\(id).json"))) != nil { n += 1 }
+        }
+        return n
+    }
+
+    static func value(_ e: Entry) -> Value {
+        var o = Value.Object()
+        o["id"] = .string(e.id)
+        o["created_at"] = .string(RFC3339.format(milliseconds: e.createdAt))
+        o["pipeline"] = .string(e.pipeline)
+        o["sink"] = e.sink.map { .string($0) } ?? .null
+        o["step"] = e.step.map { .string($0) } ?? .null
+        o["reason"] = .string(e.reason)
+        o["attempts"] = .int(Int64(e.attempts))
+        o["message"] = messageValue(e.message)
+        return .object(o)
+    }
+
+    /// A message as JSON: the envelope, with the payload inline when it is JSON and base64 otherwise.
+    public static func messageValue(_ m: CanonicalMessage) -> Value {
+        var o = Value.Object()
+        o["id"] = .string(m.id)
+        o["kind"] = .string(m.kind.name)
+        o["tenant"] = .string(m.tenant)
+        o["device"] = .string(m.device)
+        o["topic"] = .string(m.topic)
+        o["content_type"] = .string(m.contentType)
+        o["received_at"] = .int(m.receivedTime)
+        o["device_time"] = m.deviceTime.map { .int($0) } ?? .null
+        o["qos"] = .int(Int64(m.qos))
+        o["payload_base64"] = .string(Base64.encode(m.payloadBytes))
+        o["properties"] = .object(Value.Object(m.properties.map { ($0.key, .string($0.value)) }))
+        o["metadata"] = .object(Value.Object(m.metadata.map { ($0.key, .string($0.value)) }))
+        return .object(o)
+    }
+
+    static func message(_ v: Value) -> CanonicalMessage? {
+        guard case .object(let o) = v, case .string(let b64)? = o["payload_base64"], let payload = Base64.decode(b64) else { return nil }
+        func s(_ k: String) -> String { if case .string(let x)? = o[k] { x } else { "" } }
+        func pairs(_ k: String) -> [KeyValue] {
+            guard case .object(let p)? = o[k] else { return [] }
+            return p.compactMap { k, v in if case .string(let s) = v { KeyValue(k, s) } else { nil } }
+        }
+        let received: Int64 = if case .int(let r)? = o["received_at"] { r } else { 0 }
+        let deviceTime: Int64? = if case .int(let r)? = o["device_time"] { r } else { nil }
+        let qos: UInt8 = if case .int(let q)? = o["qos"] { UInt8(clamping: q) } else { 1 }
+        let m = Message(id: s("id"), kind: MessageKind(name: s("kind")) ?? .telemetry, tenant: s("tenant"), device: s("device"),
+                        topic: s("topic"), contentType: s("content_type"), payload: payload, deviceTime: deviceTime,
+                        receivedTime: received, qos: qos, properties: pairs("properties"), metadata: pairs("metadata"))
+        return CanonicalMessage(m, receivedTime: received)
+    }
+
+    static func entry(_ v: Value) -> Entry? {
+        guard case .object(let o) = v, case .string(let id)? = o["id"], let m = o["message"].flatMap(message) else { return nil }
+        func s(_ k: String) -> String? { if case .string(let x)? = o[k] { x } else { nil } }
+        let attempts: Int = if case .int(let a)? = o["attempts"] { Int(a) } else { 0 }
+        return Entry(id: id, createdAt: s("created_at").flatMap(RFC3339.parse) ?? 0, pipeline: s("pipeline") ?? "",
+                     sink: s("sink"), step: s("step"), reason: s("reason") ?? "", attempts: attempts, message: m)
+    }
+
+    /// The JSON form of an entry, as `iotc dlq list` and the API show it.
+    public static func json(_ e: Entry) -> Value { value(e) }
+}

@@ -1,0 +1,39 @@
+/// A FIFO with amortised O(1) push and pop at both ends (the standard library has no deque).
+struct RingBuffer<Element> {
+    private var storage: [Element?]
+    private var head = 0
+    private(set) var count = 0
+
+    init(capacity: Int = 16) { storage = Array(repeating: nil, count: max(1, capacity)) }
+
+    var isEmpty: Bool { count == 0 }
+
+    mutating func append(_ e: Element) {
+        if count == storage.count { grow() }
+        storage[(head + count) % storage.count] = e
+        count += 1
+    }
+
+    mutating func prepend(_ e: Element) {
+        if count == storage.count { grow() }
+        head = (head - 1 + storage.count) % storage.count
+        storage[head] = e
+        count += 1
+    }
+
+    mutating func popFirst() -> Element? {
+        guard count > 0 else { return nil }
+        let e = storage[head]
+        storage[head] = nil
+        head = (head + 1) % storage.count
+        count -= 1
+        return e
+    }
+
+    private mutating func grow() {
+        var s: [Element?] = Array(repeating: nil, count: storage.count * 2)
+        for i in 0..<count { s[i] = storage[(head + i) % storage.count] }
+        storage = s
+        head = 0
+    }
+}

@@ -1,0 +1,205 @@
+import CIoTCPluginABI
+import Foundation
+import IoTCPluginKit
+import Metrics
+
+/// Counts down the deliveries of one input message; runs `onSettled` when all are settled (delivered or
+/// dead-lettered). The pipeline holds one count while it dispatches.
+final class Settlement: @unchecked Sendable {
+    private let lock = NSLock()
+    private var remaining = 1
+    private let onSettled: @Sendable () -> Void
+
+    init(_ onSettled: @escaping @Sendable () -> Void) { self.onSettled = onSettled }
+
+    func add(_ n: Int) { lock.withLock { remaining += n } }
+
+    func settle() {
+        let done = lock.withLock { () -> Bool in
+            remaining -= 1
+            return remaining == 0
+        }
+        if done { onSettled() }
+    }
+}
+
+/// A message on its way to one sink.
+struct Delivery: Sendable {
+    var message: Message
+    var pipeline: String
+    var settlement: Settlement?
+    var attempts = 0
+    var dueAt: UInt64 = 0
+    var startedAt: UInt64 = 0
+}
+
+/// Feeds one sink: a bounded queue, at most `maxInFlight` unsettled writes, retries with exponential
+/// backoff and jitter, and the dead-letter store once attempts run out or the sink rejects a message.
+final class SinkRuntime: @unchecked Sendable {
+    let name: String
+    let instance: ComponentInstance
+    let options: DeliveryOptions
+    private let deadLetters: DeadLetterStore
+    private let cond = NSCondition()
+    private var ready = RingBuffer<Delivery>()
+    private var delayed: [Delivery] = []
+    private var inFlight: [UInt64: Delivery] = [:]
+    private var nextToken: UInt64 = 1
+    private var stopping = false
+    private var worker: Thread?
+    private let log: @Sendable (String) -> Void
+
+    private let delivered: Counter
+    private let retried: Counter
+    private let deadLettered: Counter
+    private let latency: Metrics.Timer
+    private let depth: Gauge
+
+    init(name: String, instance: ComponentInstance, options: DeliveryOptions, deadLetters: DeadLetterStore, log: @escaping @Sendable (String) -> Void) {
+        self.name = name
+        self.instance = instance
+        self.options = options
+        self.deadLetters = deadLetters
+        self.log = log
+        delivered = Counter(label: "iotc_sink_delivered_total", dimensions: [("sink", name)])
+        retried = Counter(label: "iotc_sink_retries_total", dimensions: [("sink", name)])
+        deadLettered = Counter(label: "iotc_dead_letters_total", dimensions: [("sink", name)])
+        latency = Metrics.Timer(label: "iotc_sink_latency_seconds", dimensions: [("sink", name)], preferredDisplayUnit: .seconds)
+        depth = Gauge(label: "iotc_queue_depth", dimensions: [("queue", "sink:\(name)")])
+    }
+
+    func start() {
+        let t = Thread { [self] in run() }
+        t.name = "iotc-sink-\(name)"
+        worker = t
+        t.start()
+    }
+
+    /// Queues a delivery, waiting while the queue is full (this is how pressure reaches pipelines).
+    func enqueue(_ d: Delivery) {
+        cond.lock()
+        while ready.count >= options.queueSize && !stopping { cond.wait() }
+        ready.append(d)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    var queued: Int { cond.withLock { ready.count + delayed.count + inFlight.count } }
+
+    /// Settles a write (called from the plugin's threads).
+    func ack(token: UInt64, result: Int32, reason: String?) {
+        cond.lock()
+        guard var d = inFlight.removeValue(forKey: token) else {
+            cond.unlock()
+            return
+        }
+        var deadLetter: String?
+        switch result {
+        case IOTC_OK:
+            latency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- d.startedAt))
+        case IOTC_ERR_RETRY:
+            d.attempts += 1
+            if options.maxAttempts > 0 && d.attempts >= options.maxAttempts {
+                deadLetter = "gave up after \(d.attempts) attempts: \(reason ?? "no reason given")"
+            } else {
+                schedule(d)
+            }
+        default:
+            d.attempts += 1
+            deadLetter = "rejected by the sink: \(reason ?? "no reason given")"
+        }
+        cond.broadcast()
+        cond.unlock()
+        if result == IOTC_OK {
+            delivered.increment()
+            d.settlement?.settle()
+        } else if let why = deadLetter {
+            toDeadLetters(d, why)
+        } else {
+            retried.increment()
+        }
+    }
+
+    private func toDeadLetters(_ d: Delivery, _ reason: String) {
+        deadLettered.increment()
+        do {
+            try deadLetters.add(pipeline: d.pipeline, sink: name, step: nil, reason: reason, attempts: d.attempts,
+                                message: CanonicalMessage(d.message, receivedTime: d.message.receivedTime ?? 0))
+            log("message \(d.message.id) for sink '\(name)' moved to the dead-letter store: \(reason)")
+        } catch {
+            log("cannot write dead letter for sink '\(name)': \(error)")
+        }
+        d.settlement?.settle()
+    }
+
+    /// Must hold `cond`.
+    private func schedule(_ d: Delivery, after seconds: Double? = nil) {
+        var d = d
+        let backoff = seconds ?? {
+            let base = min(options.maxBackoff, options.initialBackoff * pow(2, Double(max(0, d.attempts - 1))))
+            return Double.random(in: (base / 2)...max(base / 2, base))
+        }()
+        d.dueAt = DispatchTime.now().uptimeNanoseconds + UInt64(backoff * 1e9)
+        let i = delayed.firstIndex { $0.dueAt > d.dueAt } ?? delayed.endIndex
+        delayed.insert(d, at: i)
+    }
+
+    private func run() {
+        cond.lock()
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            while let first = delayed.first, first.dueAt <= now {
+                ready.prepend(delayed.removeFirst())
+            }
+            if stopping && ready.isEmpty && delayed.isEmpty && inFlight.isEmpty { break }
+            if !ready.isEmpty && inFlight.count < options.maxInFlight, var d = ready.popFirst() {
+                let token = nextToken
+                nextToken += 1
+                d.startedAt = now
+                inFlight[token] = d
+                depth.record(ready.count + delayed.count)
+                cond.broadcast()
+                cond.unlock()
+                let r = instance.write(d.message, token: token)
+                cond.lock()
+                if r != IOTC_OK, inFlight.removeValue(forKey: token) != nil {
+                    if r == IOTC_ERR_BUSY {
+                        schedule(d, after: 0.02)
+                    } else {
+                        d.attempts += 1
+                        cond.unlock()
+                        toDeadLetters(d, "the sink refused the message (code \(r))")
+                        cond.lock()
+                    }
+                }
+                continue
+            }
+            if let due = delayed.first?.dueAt {
+                let wait = Double(due &- now) / 1e9
+                _ = cond.wait(until: Date(timeIntervalSinceNow: max(0.001, wait)))
+            } else {
+                cond.wait()
+            }
+        }
+        cond.unlock()
+    }
+
+    /// Delivers what is queued (retries included, until `deadline`), then stops the plugin.
+    func drainAndStop(deadline: Date) {
+        cond.lock()
+        stopping = true
+        cond.broadcast()
+        cond.unlock()
+        while worker?.isFinished == false && Date() < deadline { usleep(2000) }
+        if worker?.isFinished == false {
+            // Out of time: what is left stays unsettled, so a durable pipeline replays it on the next start.
+            cond.lock()
+            log("sink '\(name)' stopped with \(ready.count + delayed.count + inFlight.count) messages unsettled")
+            ready = RingBuffer()
+            delayed.removeAll()
+            cond.broadcast()
+            cond.unlock()
+        }
+        instance.stop()
+    }
+}

@@ -1,0 +1,227 @@
+import Foundation
+import NIOConcurrencyHelpers
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A durable pipeline's write-ahead log. A message is appended (and fsync'd, in groups) before the
+/// device is acknowledged; a "done" record follows once every sink has settled it. On open, messages
+/// without a done record are returned for replay, and a torn record at the tail is ignored.
+///
+/// Record: `[u32 length][u32 crc32c][u8 type][u64 sequence][message]`, little-endian.
+public final class WriteAheadLog: @unchecked Sendable {
+    public struct Entry: Sendable {
+        public let sequence: UInt64
+        public let message: CanonicalMessage
+    }
+
+    enum RecordType: UInt8 { case message = 1, done = 2 }
+
+    /// Segments roll over past this size.
+    static let segmentLimit = 32 << 20
+
+    private let directory: URL
+    private let lock = NIOLock()
+    private let wake = NSCondition()
+    private var pending: [UInt8] = []
+    private var pendingCompletions: [@Sendable (Bool) -> Void] = []
+    private var nextSequence: UInt64 = 1
+    private var fd: Int32 = -1
+    private var segmentSize = 0
+    private var segmentFirst: UInt64 = 1
+    /// Live (not done) messages per segment, by the segment's first sequence.
+    private var live: [UInt64: Int] = [:]
+    private var segmentOf: [UInt64: UInt64] = [:]
+    private var closed = false
+    private var writer: Thread?
+    private var failure: String?
+
+    /// Opens the log in `directory`, returning the messages that were never completed.
+    public init(directory: URL) throws {
+        self.directory = directory
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    }
+
+    /// Reads what the last run left and starts a fresh segment holding the unfinished messages.
+    public func open() throws -> [Entry] {
+        let segments = try FileManager.default.contentsOfDirectory(atPath: directory.path)
+            .filter { $0.hasPrefix("wal-") && $0.hasSuffix(".log") }.sorted()
+        var messages: [(UInt64, CanonicalMessage)] = []
+        var done = Set<UInt64>()
+        var maxSequence: UInt64 = 0
+        for name in segments {
+            guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent(name).path) else { continue }
+            let b = [UInt8](data)
+            var i = 0
+            while b.count - i >= 8 {
+                let length = Int(UInt32(b[i]) | UInt32(b[i + 1]) << 8 | UInt32(b[i + 2]) << 16 | UInt32(b[i + 3]) << 24)
+                let crc = UInt32(b[i + 4]) | UInt32(b[i + 5]) << 8 | UInt32(b[i + 6]) << 16 | UInt32(b[i + 7]) << 24
+                guard length >= 9, b.count - i - 8 >= length else { break }
+                let body = b[(i + 8)..<(i + 8 + length)]
+                guard CRC32C.checksum(body) == crc else { break }
+                var seq: UInt64 = 0
+                for k in 0..<8 { seq |= UInt64(body[body.startIndex + 1 + k]) << (8 * UInt64(k)) }
+                maxSequence = max(maxSequence, seq)
+                switch RecordType(rawValue: body[body.startIndex]) {
+                case .message: if let m = MessageCodec.decode(body[(body.startIndex + 9)...]) { messages.append((seq, m)) }
+                case .done: done.insert(seq)
+                case nil: break
+                }
+                i += 8 + length
+            }
+        }
+        nextSequence = maxSequence + 1
+        segmentFirst = nextSequence
+        try openSegment()
+        var entries: [Entry] = []
+        for (oldSequence, m) in messages where !done.contains(oldSequence) {
+            let seq = nextSequence
+            nextSequence += 1
+            appendRecord(.message, seq, m)
+            live[segmentFirst, default: 0] += 1
+            segmentOf[seq] = segmentFirst
+            entries.append(Entry(sequence: seq, message: m))
+        }
+        try flushPending()
+        for name in segments where name != segmentName(segmentFirst) {
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
+        }
+        let t = Thread { [weak self] in self?.writeLoop() }
+        t.name = "iotc-wal"
+        writer = t
+        t.start()
+        return entries
+    }
+
+    /// Appends a message; `completion(true)` runs once it is on disk. Returns its sequence number.
+    @discardableResult
+    public func append(_ message: CanonicalMessage, completion: @escaping @Sendable (Bool) -> Void) -> UInt64 {
+        wake.lock()
+        defer { wake.unlock() }
+        if closed || failure != nil {
+            completion(false)
+            return 0
+        }
+        let seq = nextSequence
+        nextSequence += 1
+        appendRecord(.message, seq, message)
+        live[segmentFirst, default: 0] += 1
+        segmentOf[seq] = segmentFirst
+        pendingCompletions.append(completion)
+        wake.signal()
+        return seq
+    }
+
+    /// Records that every sink has settled a message.
+    public func markDone(_ sequence: UInt64) {
+        wake.lock()
+        defer { wake.unlock() }
+        guard !closed, let segment = segmentOf.removeValue(forKey: sequence) else { return }
+        appendRecord(.done, sequence, nil)
+        live[segment, default: 1] -= 1
+        if live[segment] == 0, segment != segmentFirst {
+            live[segment] = nil
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(segment)))
+        }
+        wake.signal()
+    }
+
+    /// Messages appended and not yet done.
+    public var liveCount: Int {
+        wake.lock()
+        defer { wake.unlock() }
+        return segmentOf.count
+    }
+
+    /// Writes what is pending and stops the writer.
+    public func close() {
+        wake.lock()
+        closed = true
+        wake.signal()
+        wake.unlock()
+        while writer?.isFinished == false { usleep(1000) }
+        if fd >= 0 { Glibc.close(fd) }
+        fd = -1
+    }
+
+    private func segmentName(_ first: UInt64) -> String { String(format: "wal-%020llu.log", first) }
+
+    private func openSegment() throws {
+        if fd >= 0 { Glibc.close(fd) }
+        let path = directory.appendingPathComponent(segmentName(segmentFirst)).path
+        fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw WALError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        segmentSize = 0
+        // Make the new file's directory entry durable too.
+        let dfd = Glibc.open(directory.path, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 { fsync(dfd); Glibc.close(dfd) }
+    }
+
+    private func appendRecord(_ type: RecordType, _ seq: UInt64, _ m: CanonicalMessage?) {
+        let start = pending.count
+        pending.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0, type.rawValue])
+        withUnsafeBytes(of: seq.littleEndian) { pending.append(contentsOf: $0) }
+        if let m { MessageCodec.encode(m, into: &pending) }
+        let length = UInt32(pending.count - start - 8)
+        let crc = CRC32C.checksum(pending[(start + 8)...])
+        for k in 0..<4 {
+            pending[start + k] = UInt8(truncatingIfNeeded: length >> (8 * UInt32(k)))
+            pending[start + 4 + k] = UInt8(truncatingIfNeeded: crc >> (8 * UInt32(k)))
+        }
+    }
+
+    /// Must hold `wake`.
+    private func flushPending() throws {
+        guard !pending.isEmpty else { return }
+        var offset = 0
+        while offset < pending.count {
+            let n = pending.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw WALError("write failed: \(String(cString: strerror(errno)))")
+            }
+            offset += n
+        }
+        guard fdatasync(fd) == 0 else { throw WALError("fdatasync failed: \(String(cString: strerror(errno)))") }
+        segmentSize += pending.count
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    private func writeLoop() {
+        wake.lock()
+        while true {
+            while pending.isEmpty && !closed { wake.wait() }
+            if pending.isEmpty && closed { break }
+            // Group commit: everything appended meanwhile goes to disk with one fdatasync.
+            let completions = pendingCompletions
+            pendingCompletions.removeAll(keepingCapacity: true)
+            var ok = true
+            do {
+                try flushPending()
+                if segmentSize > Self.segmentLimit {
+                    let old = segmentFirst
+                    segmentFirst = nextSequence
+                    try openSegment()
+                    if (live[old] ?? 0) == 0 {
+                        live[old] = nil
+                        try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(old)))
+                    }
+                }
+            } catch {
+                failure = "\(error)"
+                ok = false
+                pending.removeAll()
+            }
+            wake.unlock()
+            for c in completions { c(ok) }
+            wake.lock()
+        }
+        wake.unlock()
+    }
+}
+
+struct WALError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}

@@ -1,0 +1,75 @@
+import IoTCPluginKit
+
+/// The kernel's form of a message: the canonical envelope, with the payload either as bytes or, after a
+/// decode step, as a structured value.
+public struct CanonicalMessage: Sendable {
+    public enum Payload: Sendable, Equatable {
+        case bytes([UInt8])
+        case value(Value)
+    }
+
+    public var id: String
+    public var kind: MessageKind
+    public var tenant: String
+    public var device: String
+    public var topic: String
+    public var contentType: String
+    public var payload: Payload
+    public var deviceTime: Int64?
+    public var receivedTime: Int64
+    public var qos: UInt8
+    public var properties: [KeyValue]
+    public var metadata: [KeyValue]
+
+    public init(_ m: Message, receivedTime: Int64) {
+        id = m.id
+        kind = m.kind
+        tenant = m.tenant
+        device = m.device
+        topic = m.topic
+        contentType = m.contentType
+        payload = .bytes(m.payload)
+        deviceTime = m.deviceTime
+        self.receivedTime = m.receivedTime ?? receivedTime
+        qos = m.qos
+        properties = m.properties
+        metadata = m.metadata
+    }
+
+    /// The payload as bytes: a structured value is encoded by the content type (JSON by default).
+    public var payloadBytes: [UInt8] {
+        switch payload {
+        case .bytes(let b): b
+        case .value(let v): (PayloadCodec(contentType: contentType) ?? .json).encode(v)
+        }
+    }
+
+    /// The message as plugins receive it.
+    public var pluginMessage: Message {
+        var ct = contentType
+        if case .value = payload, PayloadCodec(contentType: ct) == nil { ct = PayloadCodec.json.contentType }
+        return Message(id: id, kind: kind, tenant: tenant, device: device, topic: topic, contentType: ct,
+                       payload: payloadBytes, deviceTime: deviceTime, receivedTime: receivedTime, qos: qos,
+                       properties: properties, metadata: metadata)
+    }
+
+    public func metadata(_ key: String) -> String? { metadata.first { $0.key == key }?.value }
+
+    public mutating func setMetadata(_ key: String, _ value: String) {
+        if let i = metadata.firstIndex(where: { $0.key == key }) { metadata[i].value = value } else { metadata.append(KeyValue(key, value)) }
+    }
+
+    var evaluationEnvelope: EvaluationContext.Envelope {
+        var e = EvaluationContext.Envelope()
+        e.id = id
+        e.tenant = tenant
+        e.device = device
+        e.topic = topic
+        e.kind = kind.name
+        e.contentType = contentType
+        e.receivedAt = receivedTime
+        e.deviceTime = deviceTime
+        e.qos = Int(qos)
+        return e
+    }
+}

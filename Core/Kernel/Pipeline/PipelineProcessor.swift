@@ -1,0 +1,182 @@
+import IoTCPluginKit
+
+/// Runs one message through a pipeline's steps. Pure: no queues, no I/O (plugin steps aside), so the
+/// runtime and `iotc test` share it.
+public struct PipelineProcessor: Sendable {
+    public let config: PipelineConfig
+    /// Plugin steps by index in `config.steps`.
+    let pluginSteps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]]
+    let clock: @Sendable () -> Int64
+
+    /// A message leaving the pipeline for some sinks.
+    public struct Output: Sendable {
+        public var message: CanonicalMessage
+        public var sinks: [String]
+    }
+
+    /// A message a step could not handle.
+    public struct Failure: Sendable, Error {
+        public var message: CanonicalMessage
+        public var step: String
+        public var stepIndex: Int
+        public var reason: String
+    }
+
+    public struct Result: Sendable {
+        public var outputs: [Output] = []
+        public var failures: [Failure] = []
+        /// Messages that a filter dropped.
+        public var filtered = 0
+    }
+
+    public init(
+        _ config: PipelineConfig,
+        pluginSteps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]] = [:],
+        clock: @escaping @Sendable () -> Int64
+    ) {
+        self.config = config
+        self.pluginSteps = pluginSteps
+        self.clock = clock
+    }
+
+    public func process(_ message: CanonicalMessage) -> Result {
+        var result = Result()
+        run(message, from: 0, &result)
+        return result
+    }
+
+    private func run(_ start: CanonicalMessage, from first: Int, _ result: inout Result) {
+        var m = start
+        var index = first
+        while index < config.steps.count {
+            let step = config.steps[index]
+            do {
+                switch step.kind {
+                case .decode(let codec):
+                    if case .bytes(let bytes) = m.payload {
+                        guard let c = codec ?? PayloadCodec(contentType: m.contentType) else {
+                            throw StepError("cannot decode content type '\(m.contentType)'; name a codec: decode: json")
+                        }
+                        do { m.payload = .value(try c.decode(bytes)) } catch {
+                            throw StepError("payload is not valid \(c.rawValue.uppercased()): \(error)")
+                        }
+                        m.contentType = c.contentType
+                    }
+                case .encode(let codec):
+                    if case .value(let v) = m.payload { m.payload = .bytes(codec.encode(v)) } else if let from = PayloadCodec(contentType: m.contentType), from != codec, case .bytes(let b) = m.payload {
+                        m.payload = .bytes(codec.encode(try from.decode(b)))
+                    }
+                    m.contentType = codec.contentType
+                case .map(let assignments):
+                    try assign(assignments, to: &m, replacing: true)
+                case .set(let assignments):
+                    try assign(assignments, to: &m, replacing: false)
+                case .filter(let e):
+                    var c = try context(m, step)
+                    if !(try e.test(&c)) {
+                        result.filtered += 1
+                        return
+                    }
+                case .route(let cases):
+                    var matched = false
+                    for rc in cases where try matches(rc, m, step) {
+                        result.outputs.append(Output(message: m, sinks: rc.to))
+                        matched = true
+                        if !rc.continues { return }
+                        break
+                    }
+                    _ = matched
+                case .plugin:
+                    guard let run = pluginSteps[index] else { throw StepError("plugin step is not loaded") }
+                    let outs = try run(m)
+                    for out in outs.dropFirst() { self.run(out, from: index + 1, &result) }
+                    guard let first = outs.first else { return }
+                    m = first
+                }
+            } catch {
+                let reason = (error as? StepError)?.description ?? (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"
+                result.failures.append(Failure(message: start, step: step.name, stepIndex: index, reason: reason))
+                return
+            }
+            index += 1
+        }
+        if !config.to.isEmpty { result.outputs.append(Output(message: m, sinks: config.to)) }
+    }
+
+    private func context(_ m: CanonicalMessage, _ step: StepConfig) throws(StepError) -> EvaluationContext {
+        switch m.payload {
+        case .value(let v):
+            return EvaluationContext(payload: v, metadata: m.metadata, envelope: m.evaluationEnvelope, now: clock())
+        case .bytes(let b):
+            // Expressions that only read the envelope or metadata work on undecoded payloads too.
+            return EvaluationContext(payload: .bytes(b), metadata: m.metadata, envelope: m.evaluationEnvelope, now: clock())
+        }
+    }
+
+    private func matches(_ rc: RouteCase, _ m: CanonicalMessage, _ step: StepConfig) throws -> Bool {
+        if let t = rc.topic, !t.matches(m.topic) { return false }
+        for kv in rc.metadata where m.metadata(kv.key) != kv.value { return false }
+        if let w = rc.when {
+            var c = try context(m, step)
+            return try w.test(&c)
+        }
+        return true
+    }
+
+    private func assign(_ assignments: [Assignment], to m: inout CanonicalMessage, replacing: Bool) throws {
+        let step = StepConfig(kind: .map([]), location: .init(file: "", line: 0, column: 0), name: "")
+        var c = try context(m, step)
+        var payload: Value = replacing ? .object(Value.Object()) : c.payload
+        if !replacing, case .bytes = payload, assignments.contains(where: { if case .field = $0.target { true } else { false } }) {
+            throw StepError("payload is not decoded; add '- decode: json' before this step")
+        }
+        for a in assignments {
+            // Each expression sees the message as it came into the step.
+            let v = try a.expression.evaluate(&c)
+            switch a.target {
+            case .field(let path):
+                guard !path.isEmpty else { payload = v; continue }
+                try Self.set(&payload, path[...], v)
+            case .metadata(let key):
+                m.setMetadata(key, ExpressionFunction.text(v))
+            case .envelope(let field):
+                let text = ExpressionFunction.text(v)
+                switch field {
+                case "topic": m.topic = text
+                case "device": m.device = text
+                case "tenant": m.tenant = text
+                case "content_type": m.contentType = text
+                case "kind":
+                    guard let k = MessageKind(name: text) else { throw StepError("'\(text)' is not a message kind") }
+                    m.kind = k
+                default: break
+                }
+            }
+        }
+        if replacing || assignments.contains(where: { if case .field = $0.target { true } else { false } }) {
+            m.payload = .value(payload)
+            if PayloadCodec(contentType: m.contentType) == nil { m.contentType = PayloadCodec.json.contentType }
+        }
+    }
+
+    private static func set(_ target: inout Value, _ path: ArraySlice<String>, _ v: Value) throws {
+        guard let key = path.first else {
+            target = v
+            return
+        }
+        guard case .object(var o) = target else { throw StepError("cannot set field '\(key)' inside a \(target.typeName)") }
+        var child = o[key] ?? .object(Value.Object())
+        if path.count > 1, case .object = child {} else if path.count > 1 {
+            throw StepError("cannot set field '\(path.dropFirst().first!)' inside a \(child.typeName)")
+        }
+        try set(&child, path.dropFirst(), v)
+        o[key] = child
+        target = .object(o)
+    }
+}
+
+/// Why a step could not handle a message.
+struct StepError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import IoTCPluginKit
+import Metrics
+
+/// A message waiting for a pipeline, with what must happen once it is settled.
+struct PipelineInput: Sendable {
+    var message: CanonicalMessage
+    var settlement: Settlement?
+}
+
+/// Runs one pipeline: a bounded input queue, one worker that applies the steps, and dispatch of the
+/// results to sink queues (or the error output). The processor and sinks can be swapped on reload
+/// without losing queued messages.
+final class PipelineRuntime: @unchecked Sendable {
+    let name: String
+    private let cond = NSCondition()
+    private var queue = RingBuffer<PipelineInput>()
+    private var capacity: Int
+    private var processor: PipelineProcessor
+    private var sinks: [String: SinkRuntime]
+    private var stopping = false
+    private var worker: Thread?
+    private(set) var wal: WriteAheadLog?
+    private let deadLetters: DeadLetterStore
+    private let log: @Sendable (String) -> Void
+
+    private let received: Counter
+    private let sent: Counter
+    private let errored: Counter
+    private let filtered: Counter
+    private let depth: Gauge
+
+    init(processor: PipelineProcessor, sinks: [String: SinkRuntime], wal: WriteAheadLog?, deadLetters: DeadLetterStore,
+         log: @escaping @Sendable (String) -> Void) {
+        name = processor.config.name
+        self.processor = processor
+        self.sinks = sinks
+        self.wal = wal
+        self.deadLetters = deadLetters
+        self.log = log
+        capacity = processor.config.queueSize
+        received = Counter(label: "iotc_messages_in_total", dimensions: [("pipeline", name)])
+        sent = Counter(label: "iotc_messages_out_total", dimensions: [("pipeline", name)])
+        errored = Counter(label: "iotc_messages_errored_total", dimensions: [("pipeline", name)])
+        filtered = Counter(label: "iotc_messages_filtered_total", dimensions: [("pipeline", name)])
+        depth = Gauge(label: "iotc_queue_depth", dimensions: [("queue", "pipeline:\(name)")])
+    }
+
+    var config: PipelineConfig { cond.withLock { processor.config } }
+    var isDurable: Bool { wal != nil }
+    var queued: Int { cond.withLock { queue.count } }
+
+    func start() {
+        let t = Thread { [self] in run() }
+        t.name = "iotc-pipeline-\(name)"
+        worker = t
+        t.start()
+    }
+
+    /// Swaps in a new definition; queued messages go through the new steps.
+    func update(processor: PipelineProcessor, sinks: [String: SinkRuntime]) {
+        cond.withLock {
+            self.processor = processor
+            self.sinks = sinks
+            capacity = processor.config.queueSize
+        }
+    }
+
+    func attach(wal: WriteAheadLog) { cond.withLock { self.wal = wal } }
+
+    var hasRoom: Bool { cond.withLock { queue.count < capacity && !stopping } }
+
+    /// Takes a message from a source. On a durable pipeline it is logged first and `durable` is told
+    /// when it is on disk. Capacity was checked by the caller; a few racing submitters may overshoot it.
+    func accept(_ message: CanonicalMessage, durable: (@Sendable (Bool) -> Void)?) {
+        var input = PipelineInput(message: message, settlement: nil)
+        if let wal {
+            let box = SequenceBox()
+            input.settlement = Settlement { wal.markDone(box.value) }
+            box.value = wal.append(message) { ok in durable?(ok) }
+        }
+        cond.lock()
+        queue.append(input)
+        cond.signal()
+        cond.unlock()
+    }
+
+    /// Queues a message, waiting for room (for replay from the write-ahead log or the dead-letter store).
+    func push(_ input: PipelineInput) {
+        cond.lock()
+        while queue.count >= capacity && !stopping { cond.wait() }
+        queue.append(input)
+        cond.broadcast()
+        cond.unlock()
+    }
+
+    private func run() {
+        var batch: [PipelineInput] = []
+        batch.reserveCapacity(64)
+        while true {
+            cond.lock()
+            while queue.isEmpty && !stopping { cond.wait() }
+            if queue.isEmpty && stopping {
+                cond.unlock()
+                break
+            }
+            while batch.count < 64, let i = queue.popFirst() { batch.append(i) }
+            let processor = self.processor, sinks = self.sinks
+            depth.record(queue.count)
+            cond.broadcast()
+            cond.unlock()
+            var out = 0, failed = 0, dropped = 0
+            for input in batch {
+                let result = processor.process(input.message)
+                dropped += result.filtered
+                let s = input.settlement
+                for o in result.outputs {
+                    let m = o.message.pluginMessage
+                    for sinkName in o.sinks {
+                        guard let sink = sinks[sinkName] else { continue }
+                        s?.add(1)
+                        sink.enqueue(Delivery(message: m, pipeline: name, settlement: s))
+                        out += 1
+                    }
+                }
+                for f in result.failures {
+                    failed += 1
+                    let errorSinks = processor.config.errors.compactMap { sinks[$0] }
+                    if errorSinks.isEmpty {
+                        do {
+                            try deadLetters.add(pipeline: name, sink: nil, step: f.step, reason: f.reason, attempts: 1, message: f.message)
+                        } catch {
+                            log("cannot write dead letter for pipeline '\(name)': \(error)")
+                        }
+                    } else {
+                        var m = f.message
+                        m.setMetadata("error", f.reason)
+                        m.setMetadata("error_step", "\(f.step) (step \(f.stepIndex + 1))")
+                        m.setMetadata("error_pipeline", name)
+                        let pm = m.pluginMessage
+                        for sink in errorSinks {
+                            s?.add(1)
+                            sink.enqueue(Delivery(message: pm, pipeline: name, settlement: s))
+                        }
+                    }
+                }
+                s?.settle()
+            }
+            received.increment(by: Int64(batch.count))
+            if out > 0 { sent.increment(by: Int64(out)) }
+            if failed > 0 { errored.increment(by: Int64(failed)) }
+            if dropped > 0 { filtered.increment(by: Int64(dropped)) }
+            batch.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// Processes what is queued, then stops the worker.
+    func drainAndStop(deadline: Date) {
+        cond.lock()
+        stopping = true
+        cond.broadcast()
+        cond.unlock()
+        while worker?.isFinished == false && Date() < deadline { usleep(2000) }
+    }
+}
+
+final class SequenceBox: @unchecked Sendable {
+    var value: UInt64 = 0
+}

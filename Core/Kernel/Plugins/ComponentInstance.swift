@@ -1,0 +1,216 @@
+import CIoTCPluginABI
+import Foundation
+import IoTCPluginKit
+
+/// What the kernel offers component instances; implemented by the hub (and by test doubles).
+protocol HostServices: AnyObject, Sendable {
+    func submit(from: ComponentInstance, _ message: Message, done: (@Sendable (Int32) -> Void)?) -> Int32
+    func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?)
+    func authenticate(from: ComponentInstance, _ credentials: Credentials) -> (GrantedIdentity, UInt64)?
+    func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool
+    func releaseIdentity(_ handle: UInt64)
+    func deviceConnected(from: ComponentInstance, handle: UInt64, remote: String)
+    func deviceDisconnected(from: ComponentInstance, handle: UInt64, reason: String)
+    func log(from: ComponentInstance, level: UInt32, _ text: String)
+    func metric(from: ComponentInstance, type: UInt32, name: String, labels: [KeyValue], value: Double)
+}
+
+/// One running source, sink or step, created through the plugin's C entry points.
+final class ComponentInstance: @unchecked Sendable {
+    let name: String
+    let kind: ComponentKind
+    let component: LoadedComponent
+    weak var services: (any HostServices)?
+    private let host: UnsafeMutablePointer<iotc_host>
+    private var instance: UnsafeMutableRawPointer?
+
+    var pluginName: String { component.entry.plugin }
+    var componentName: String { component.entry.name }
+    var hasDownlink: Bool { component.raw.pointee.downlink != nil && kind == .source }
+
+    init(name: String, component: LoadedComponent, config: Value.Object, services: any HostServices) throws {
+        self.name = name
+        self.kind = component.entry.kind
+        self.component = component
+        self.services = services
+        host = .allocate(capacity: 1)
+        var h = iotc_host()
+        h.struct_size = UInt32(MemoryLayout<iotc_host>.size)
+        h.abi_version = IOTC_ABI_VERSION_1
+        h.submit = hostSubmit
+        h.ack = hostAck
+        h.authenticate = hostAuthenticate
+        h.authorize = hostAuthorize
+        h.release_identity = hostReleaseIdentity
+        h.device_connected = hostDeviceConnected
+        h.device_disconnected = hostDeviceDisconnected
+        h.log = hostLog
+        h.metric = hostMetric
+        host.initialize(to: h)
+        host.pointee.ctx = Unmanaged.passUnretained(self).toOpaque()
+        let json = JSON.encode(.object(config))
+        var text = [CChar](repeating: 0, count: 1024)
+        let created: UnsafeMutableRawPointer? = text.withUnsafeMutableBufferPointer { buf in
+            var err = iotc_error(struct_size: UInt32(MemoryLayout<iotc_error>.size), code: 0, text: buf.baseAddress, capacity: buf.count)
+            return json.withUnsafeBufferPointer { j in
+                j.withMemoryRebound(to: CChar.self) { component.raw.pointee.create(component.raw, host, $0.baseAddress, $0.count, &err) }
+            }
+        }
+        guard let created else {
+            host.deallocate()
+            throw ComponentError("\(kind) '\(name)' (\(component.entry.name)): \(String(cString: text))")
+        }
+        instance = created
+    }
+
+    func start() throws {
+        var text = [CChar](repeating: 0, count: 1024)
+        let r: Int32 = text.withUnsafeMutableBufferPointer { buf in
+            var err = iotc_error(struct_size: UInt32(MemoryLayout<iotc_error>.size), code: 0, text: buf.baseAddress, capacity: buf.count)
+            return component.raw.pointee.start(instance, &err)
+        }
+        guard r == IOTC_OK else { throw ComponentError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(String(cString: text))") }
+    }
+
+    /// Stops taking work and settles what is in flight.
+    func stop() { component.raw.pointee.stop(instance) }
+
+    deinit {
+        if let instance { component.raw.pointee.destroy(instance) }
+        host.deallocate()
+    }
+
+    func write(_ m: Message, token: UInt64) -> Int32 {
+        m.withCMessage { component.raw.pointee.write(instance, $0, token) }
+    }
+
+    func downlink(_ m: Message, token: UInt64) -> Int32 {
+        guard let f = component.raw.pointee.downlink else { return IOTC_ERR_UNSUPPORTED }
+        return m.withCMessage { f(instance, $0, token) }
+    }
+
+    func process(_ m: Message) throws -> [Message] {
+        let collector = ProcessCollector()
+        var text = [CChar](repeating: 0, count: 1024)
+        let r: Int32 = text.withUnsafeMutableBufferPointer { buf in
+            var err = iotc_error(struct_size: UInt32(MemoryLayout<iotc_error>.size), code: 0, text: buf.baseAddress, capacity: buf.count)
+            return m.withCMessage { cm in
+                component.raw.pointee.process(instance, cm, stepEmit, Unmanaged.passUnretained(collector).toOpaque(), &err)
+            }
+        }
+        guard r == IOTC_OK else { throw StepError(String(cString: text)) }
+        return collector.out
+    }
+
+    fileprivate static func from(_ ctx: UnsafeMutableRawPointer?) -> ComponentInstance {
+        Unmanaged<ComponentInstance>.fromOpaque(ctx!).takeUnretainedValue()
+    }
+}
+
+struct ComponentError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+// The C callbacks the kernel hands to plugins. They are globals in this file, not closures in main.swift,
+// so that they are not isolated to the main actor.
+
+private let stepEmit: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<iotc_message>?) -> Void = { ctx, m in
+    guard let ctx, let m else { return }
+    Unmanaged<ProcessCollector>.fromOpaque(ctx).takeUnretainedValue().out.append(Message(m))
+}
+
+/// Receives the messages a plugin step emits.
+final class ProcessCollector { var out: [Message] = [] }
+
+private let hostSubmit: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<iotc_message>?, iotc_submit_done_fn?, UnsafeMutableRawPointer?) -> Int32 = {
+    ctx, m, done, doneCtx in
+    guard let ctx, let m else { return IOTC_ERR_INVALID }
+    let me = ComponentInstance.from(ctx)
+    guard let services = me.services else { return IOTC_ERR_BUSY }
+    var callback: (@Sendable (Int32) -> Void)?
+    if let done {
+        let context = UInt(bitPattern: doneCtx)
+        callback = { result in done(UnsafeMutableRawPointer(bitPattern: context), result) }
+    }
+    return services.submit(from: me, Message(m), done: callback)
+}
+
+private let hostAck: @convention(c) (UnsafeMutableRawPointer?, UInt64, Int32, UnsafePointer<CChar>?) -> Void = { ctx, token, result, reason in
+    guard let ctx else { return }
+    let me = ComponentInstance.from(ctx)
+    me.services?.ack(from: me, token: token, result: result, reason: reason.map { String(cString: $0) })
+}
+
+private let hostAuthenticate: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<iotc_credentials>?, UnsafeMutablePointer<iotc_identity>?) -> Int32 = {
+    ctx, c, out in
+    guard let ctx, let c, let out else { return IOTC_ERR_INVALID }
+    let me = ComponentInstance.from(ctx)
+    let p = c.pointee
+    let creds = Credentials(protocolName: String(p.protocol), device: String(p.device), username: String(p.username),
+                            secret: String(p.secret), certificateFingerprint: String(p.certificate_fingerprint),
+                            remoteAddress: String(p.remote_address))
+    guard let (identity, handle) = me.services?.authenticate(from: me, creds) else { return IOTC_ERR_DENIED }
+    out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
+    out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)
+    out.pointee.handle = handle
+    return IOTC_OK
+}
+
+private let hostAuthorize: @convention(c) (UnsafeMutableRawPointer?, UInt64, UInt32, iotc_str) -> Int32 = { ctx, handle, action, topic in
+    guard let ctx else { return IOTC_ERR_DENIED }
+    let me = ComponentInstance.from(ctx)
+    return me.services?.authorize(from: me, handle: handle, action: action, topic: String(topic)) == true ? IOTC_OK : IOTC_ERR_DENIED
+}
+
+private let hostReleaseIdentity: @convention(c) (UnsafeMutableRawPointer?, UInt64) -> Void = { ctx, handle in
+    guard let ctx else { return }
+    ComponentInstance.from(ctx).services?.releaseIdentity(handle)
+}
+
+private let hostDeviceConnected: @convention(c) (UnsafeMutableRawPointer?, UInt64, iotc_str) -> Void = { ctx, handle, remote in
+    guard let ctx else { return }
+    let me = ComponentInstance.from(ctx)
+    me.services?.deviceConnected(from: me, handle: handle, remote: String(remote))
+}
+
+private let hostDeviceDisconnected: @convention(c) (UnsafeMutableRawPointer?, UInt64, iotc_str) -> Void = { ctx, handle, reason in
+    guard let ctx else { return }
+    let me = ComponentInstance.from(ctx)
+    me.services?.deviceDisconnected(from: me, handle: handle, reason: String(reason))
+}
+
+private let hostLog: @convention(c) (UnsafeMutableRawPointer?, UInt32, iotc_str) -> Void = { ctx, level, text in
+    guard let ctx else { return }
+    let me = ComponentInstance.from(ctx)
+    me.services?.log(from: me, level: level, String(text))
+}
+
+private let hostMetric: @convention(c) (UnsafeMutableRawPointer?, UInt32, iotc_str, UnsafePointer<iotc_kv>?, Int, Double) -> Void = {
+    ctx, type, name, labels, count, value in
+    guard let ctx else { return }
+    let me = ComponentInstance.from(ctx)
+    var kv: [KeyValue] = []
+    if let labels { for i in 0..<count { kv.append(KeyValue(String(labels[i].key), String(labels[i].value))) } }
+    me.services?.metric(from: me, type: type, name: String(name), labels: kv, value: value)
+}
+
+/// A device identity the kernel granted; its C strings stay valid until the plugin releases it.
+final class GrantedIdentity: @unchecked Sendable {
+    let tenant: String
+    let device: String
+    let cTenant: UnsafeMutablePointer<CChar>
+    let cDevice: UnsafeMutablePointer<CChar>
+
+    init(tenant: String, device: String) {
+        self.tenant = tenant
+        self.device = device
+        cTenant = strdup(tenant)
+        cDevice = strdup(device)
+    }
+
+    deinit {
+        free(cTenant)
+        free(cDevice)
+    }
+}

@@ -1,0 +1,39 @@
+import Crypto
+import Foundation
+import IoTCPluginKit
+
+/// Checks device credentials against the static tokens of the pipeline files. Tokens are kept only as
+/// SHA-256 digests and compared in constant time.
+struct DeviceAuthenticator: Sendable {
+    private struct Entry: Sendable {
+        var device: String
+        var tenant: String
+        var digest: [UInt8]
+    }
+    private let entries: [Entry]
+    let allowAnonymous: Bool
+
+    init(_ config: AuthConfig) {
+        entries = config.tokens.map { Entry(device: $0.device, tenant: $0.tenant, digest: Array(SHA256.hash(data: Array($0.token.utf8)))) }
+        allowAnonymous = config.allowAnonymous
+    }
+
+    /// The tenant and device for these credentials, or nil.
+    func authenticate(_ c: Credentials) -> (tenant: String, device: String)? {
+        if c.secret.isEmpty {
+            guard allowAnonymous, !c.device.isEmpty else { return nil }
+            return ("default", c.device)
+        }
+        let digest = Array(SHA256.hash(data: Array(c.secret.utf8)))
+        var match: Entry?
+        for e in entries where Self.equal(e.digest, digest) && (c.device.isEmpty || c.device == e.device) { match = e }
+        return match.map { ($0.tenant, $0.device) }
+    }
+
+    private static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var diff: UInt8 = 0
+        for i in 0..<a.count { diff |= a[i] ^ b[i] }
+        return diff == 0
+    }
+}

@@ -1,0 +1,441 @@
+import CIoTCPluginABI
+import Foundation
+import IoTCPluginKit
+import Logging
+import Metrics
+
+/// The running hub: source and sink instances from plugins, pipelines between them, the router, the
+/// write-ahead logs, the dead-letter store, device authentication and downlink.
+public final class Hub: HostServices, @unchecked Sendable {
+    public let plugins: PluginSet
+    public let dataDirectory: URL
+    public let deadLetters: DeadLetterStore
+    let logger: Logger
+
+    private let lock = NSLock()
+    private var sources: [String: (config: ComponentConfig, instance: ComponentInstance)] = [:]
+    private var sinks: [String: (config: ComponentConfig, runtime: SinkRuntime)] = [:]
+    private var sinkByInstance: [ObjectIdentifier: SinkRuntime] = [:]
+    private var pipelines: [String: PipelineRuntime] = [:]
+    /// Source name to the pipelines reading it, with their topic filters.
+    private var routes: [String: [(filter: TopicFilter?, pipeline: PipelineRuntime)]] = [:]
+    private var authenticator = DeviceAuthenticator(AuthConfig())
+    private var identities: [UInt64: GrantedIdentity] = [:]
+    private var nextHandle: UInt64 = 1
+    /// Which source holds each connected device, for downlink.
+    private var connectedVia: [String: String] = [:]
+    private var downlinkWaiters: [UInt64: @Sendable (Int32, String?) -> Void] = [:]
+    private var nextDownlinkToken: UInt64 = 1
+    private var messageCounter: UInt64 = 0
+    private let idPrefix = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36)
+    private(set) public var config = HubConfig()
+    /// Clock for expressions (milliseconds since the epoch).
+    let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    private let noRoute = Counter(label: "iotc_messages_dropped_total", dimensions: [("reason", "no_route")])
+    private let refusedBusy = Counter(label: "iotc_messages_refused_total", dimensions: [("reason", "busy")])
+    private let authFailures = Counter(label: "iotc_auth_failures_total")
+
+    public init(plugins: PluginSet, dataDirectory: URL, logger: Logger) throws {
+        self.plugins = plugins
+        self.dataDirectory = dataDirectory
+        self.logger = logger
+        try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
+        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"))
+    }
+
+    // MARK: - Lifecycle
+
+    /// Starts everything in `config`: sinks first, then pipelines (replaying their write-ahead logs),
+    /// then sources.
+    public func start(_ config: HubConfig) throws {
+        try apply(config)
+    }
+
+    /// Applies a new configuration. Unchanged sources keep their connections, unchanged sinks their
+    /// queues; a changed sink is replaced after the old instance has delivered what it holds; pipelines
+    /// keep their queued messages and take the new steps.
+    public func reload(_ config: HubConfig) throws {
+        try apply(config)
+    }
+
+    private func apply(_ new: HubConfig) throws {
+        let old = lock.withLock { (sources, sinks, pipelines) }
+        // 1. Sinks: keep unchanged ones, create new or changed ones.
+        var newSinks: [String: (config: ComponentConfig, runtime: SinkRuntime)] = [:]
+        var retiredSinks: [SinkRuntime] = []
+        var createdSinks: [SinkRuntime] = []
+        do {
+            for c in new.sinks {
+                if let existing = old.1[c.name], Self.same(existing.config, c) {
+                    newSinks[c.name] = existing
+                    continue
+                }
+                let instance = try makeInstance(.sink, c)
+                try instance.start()
+                let runtime = SinkRuntime(name: c.name, instance: instance, options: c.delivery, deadLetters: deadLetters) { [logger] in
+                    logger.warning("\($0)")
+                }
+                lock.withLock { sinkByInstance[ObjectIdentifier(instance)] = runtime }
+                runtime.start()
+                createdSinks.append(runtime)
+                newSinks[c.name] = (c, runtime)
+                if let existing = old.1[c.name] { retiredSinks.append(existing.runtime) }
+            }
+        } catch {
+            for s in createdSinks { s.drainAndStop(deadline: Date()) }
+            throw error
+        }
+        for (name, s) in old.1 where newSinks[name] == nil { retiredSinks.append(s.runtime) }
+
+        // 2. Pipelines.
+        var newPipelines: [String: PipelineRuntime] = [:]
+        var replays: [(PipelineRuntime, [WriteAheadLog.Entry])] = []
+        let sinkMap = newSinks.mapValues(\.runtime)
+        for p in new.pipelines {
+            let processor = try makeProcessor(p)
+            if let existing = old.2[p.name] {
+                existing.update(processor: processor, sinks: sinkMap)
+                if p.durable, !existing.isDurable {
+                    let wal = try WriteAheadLog(directory: walDirectory(p.name))
+                    replays.append((existing, try wal.open()))
+                    existing.attach(wal: wal)
+                }
+                newPipelines[p.name] = existing
+            } else {
+                var wal: WriteAheadLog?
+                var pending: [WriteAheadLog.Entry] = []
+                if p.durable {
+                    wal = try WriteAheadLog(directory: walDirectory(p.name))
+                    pending = try wal!.open()
+                }
+                let runtime = PipelineRuntime(processor: processor, sinks: sinkMap, wal: wal, deadLetters: deadLetters) { [logger] in
+                    logger.warning("\($0)")
+                }
+                runtime.start()
+                newPipelines[p.name] = runtime
+                if !pending.isEmpty { replays.append((runtime, pending)) }
+            }
+        }
+        var retiredPipelines: [PipelineRuntime] = []
+        for (name, p) in old.2 where newPipelines[name] == nil { retiredPipelines.append(p) }
+
+        // 3. Sources: keep unchanged ones (their connections stay open), restart changed ones.
+        var newSources: [String: (config: ComponentConfig, instance: ComponentInstance)] = [:]
+        var retiredSources: [ComponentInstance] = []
+        var startedSources: [(ComponentConfig, ComponentInstance)] = []
+        for c in new.sources {
+            if let existing = old.0[c.name], Self.same(existing.config, c) {
+                newSources[c.name] = existing
+            } else {
+                if let existing = old.0[c.name] {
+                    // A changed source may bind the same port: stop the old one first.
+                    existing.instance.stop()
+                    retiredSources.append(existing.instance)
+                }
+                let instance = try makeInstance(.source, c)
+                startedSources.append((c, instance))
+                newSources[c.name] = (c, instance)
+            }
+        }
+        for (name, s) in old.0 where newSources[name] == nil {
+            s.instance.stop()
+            retiredSources.append(s.instance)
+        }
+
+        // 4. Swap in the new routing table, then start the new sources.
+        var newRoutes: [String: [(filter: TopicFilter?, pipeline: PipelineRuntime)]] = [:]
+        for p in new.pipelines {
+            for ref in p.from { newRoutes[ref.source, default: []].append((ref.filter, newPipelines[p.name]!)) }
+        }
+        lock.withLock {
+            sources = newSources
+            sinks = newSinks
+            pipelines = newPipelines
+            routes = newRoutes
+            authenticator = DeviceAuthenticator(new.auth)
+            config = new
+        }
+        for (pipeline, entries) in replays {
+            logger.info("replaying \(entries.count) messages from the write-ahead log of pipeline '\(pipeline.name)'")
+            let wal = pipeline.wal!
+            for e in entries {
+                pipeline.push(PipelineInput(message: e.message, settlement: Settlement { wal.markDone(e.sequence) }))
+            }
+        }
+        for (c, instance) in startedSources {
+            do { try instance.start() } catch {
+                logger.error("\(error)")
+                throw error
+            }
+            _ = c
+        }
+        // 5. Retire what is gone, after the swap so that nothing new reaches it.
+        let deadline = Date().addingTimeInterval(30)
+        for p in retiredPipelines {
+            p.drainAndStop(deadline: deadline)
+            p.wal?.close()
+        }
+        for s in retiredSinks {
+            s.drainAndStop(deadline: deadline)
+            lock.withLock { _ = sinkByInstance.removeValue(forKey: ObjectIdentifier(s.instance)) }
+        }
+        _ = retiredSources
+    }
+
+    /// Stops sources (no new messages), drains pipelines and sinks, and closes the logs.
+    public func stop(timeout: TimeInterval = 30) {
+        let (srcs, pipes, snks) = lock.withLock { (sources, pipelines, sinks) }
+        for s in srcs.values { s.instance.stop() }
+        let deadline = Date().addingTimeInterval(timeout)
+        for p in pipes.values { p.drainAndStop(deadline: deadline) }
+        for s in snks.values { s.runtime.drainAndStop(deadline: deadline) }
+        for p in pipes.values { p.wal?.close() }
+        lock.withLock {
+            routes = [:]
+            sources = [:]
+            pipelines = [:]
+            sinks = [:]
+        }
+    }
+
+    private static func same(_ a: ComponentConfig, _ b: ComponentConfig) -> Bool {
+        a.component == b.component && a.delivery == b.delivery && JSON.encode(.object(a.config)) == JSON.encode(.object(b.config))
+    }
+
+    private func walDirectory(_ pipeline: String) -> URL {
+        dataDirectory.appendingPathComponent("wal").appendingPathComponent(pipeline)
+    }
+
+    private func makeInstance(_ kind: ComponentKind, _ c: ComponentConfig) throws -> ComponentInstance {
+        guard let component = plugins.component(kind, c.component) else {
+            throw ComponentError("\(kind) '\(c.name)': no loaded plugin provides '\(c.component)'")
+        }
+        return try ComponentInstance(name: c.name, component: component, config: c.config, services: self)
+    }
+
+    private var stepInstances: [String: ComponentInstance] = [:]
+
+    func makeProcessor(_ p: PipelineConfig) throws -> PipelineProcessor {
+        var steps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]] = [:]
+        for (i, s) in p.steps.enumerated() {
+            guard case .plugin(let component, let config) = s.kind else { continue }
+            let c = ComponentConfig(name: "\(p.name)#\(i + 1)", component: component, config: config, location: s.location)
+            let instance = try makeInstance(.step, c)
+            try instance.start()
+            steps[i] = { m in try instance.process(m.pluginMessage).map { CanonicalMessage($0, receivedTime: m.receivedTime) } }
+        }
+        return PipelineProcessor(p, pluginSteps: steps, clock: clock)
+    }
+
+    // MARK: - Host services
+
+    func nextMessageID() -> String {
+        let n = lock.withLock { () -> UInt64 in
+            messageCounter += 1
+            return messageCounter
+        }
+        return idPrefix + "-" + String(n, radix: 36)
+    }
+
+    func submit(from source: ComponentInstance, _ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
+        guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
+        let targets = lock.withLock { routes[source.name] ?? [] }
+        var message = CanonicalMessage(m, receivedTime: clock())
+        if message.id.isEmpty { message.id = nextMessageID() }
+        if message.tenant.isEmpty { message.tenant = "default" }
+        let pipelines = targets.filter { $0.filter?.matches(message.topic) ?? true }.map(\.pipeline)
+        guard !pipelines.isEmpty else {
+            noRoute.increment()
+            return IOTC_ERR_NOT_FOUND
+        }
+        guard pipelines.allSatisfy(\.hasRoom) else {
+            refusedBusy.increment()
+            return IOTC_ERR_BUSY
+        }
+        let durable = pipelines.filter(\.isDurable)
+        if durable.isEmpty {
+            for p in pipelines { p.accept(message, durable: nil) }
+            done?(IOTC_OK)
+            return IOTC_OK
+        }
+        let latch = DurabilityLatch(count: durable.count) { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
+        let arrive: @Sendable (Bool) -> Void = { latch.arrive($0) }
+        for p in pipelines { p.accept(message, durable: p.isDurable ? arrive : nil) }
+        return IOTC_OK
+    }
+
+    func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?) {
+        switch from.kind {
+        case .sink:
+            // Found by instance, so that a sink being replaced on reload still settles its own writes.
+            let runtime = lock.withLock { sinkByInstance[ObjectIdentifier(from)] }
+            runtime?.ack(token: token, result: result, reason: reason)
+        case .source:
+            let waiter = lock.withLock { downlinkWaiters.removeValue(forKey: token) }
+            waiter?(result, reason)
+        case .step:
+            break
+        }
+    }
+
+    func authenticate(from: ComponentInstance, _ c: Credentials) -> (GrantedIdentity, UInt64)? {
+        let auth = lock.withLock { authenticator }
+        guard let (tenant, device) = auth.authenticate(c) else {
+            authFailures.increment()
+            logger.warning("device authentication failed", metadata: [
+                "protocol": "\(c.protocolName)", "device": "\(c.device.prefix(128))", "remote": "\(c.remoteAddress)", "source": "\(from.name)",
+            ])
+            return nil
+        }
+        let identity = GrantedIdentity(tenant: tenant, device: device)
+        let handle = lock.withLock { () -> UInt64 in
+            let h = nextHandle
+            nextHandle += 1
+            identities[h] = identity
+            return h
+        }
+        return (identity, handle)
+    }
+
+    func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool {
+        guard let identity = lock.withLock({ identities[handle] }) else { return false }
+        // Until per-profile ACLs exist, a device may use only its own topics.
+        return topic == "devices/\(identity.device)" || topic.hasPrefix("devices/\(identity.device)/")
+    }
+
+    func releaseIdentity(_ handle: UInt64) { lock.withLock { _ = identities.removeValue(forKey: handle) } }
+
+    func deviceConnected(from: ComponentInstance, handle: UInt64, remote: String) {
+        lock.withLock {
+            if let id = identities[handle] { connectedVia[id.device] = from.name }
+        }
+    }
+
+    func deviceDisconnected(from: ComponentInstance, handle: UInt64, reason: String) {
+        lock.withLock {
+            if let id = identities[handle], connectedVia[id.device] == from.name { connectedVia[id.device] = nil }
+        }
+    }
+
+    func log(from: ComponentInstance, level: UInt32, _ text: String) {
+        let levels: [Logger.Level] = [.trace, .debug, .info, .notice, .warning, .error]
+        let l = level < UInt32(levels.count) ? levels[Int(level)] : .error
+        logger.log(level: l, "\(text)", metadata: ["plugin": "\(from.pluginName)", "\(from.kind)": "\(from.name)"])
+    }
+
+    func metric(from: ComponentInstance, type: UInt32, name: String, labels: [KeyValue], value: Double) {
+        let dims = [("plugin", from.pluginName), (from.kind.rawValue, from.name)] + labels.map { ($0.key, $0.value) }
+        switch type {
+        case IOTC_METRIC_COUNTER: Counter(label: name, dimensions: dims).increment(by: Int64(value))
+        case IOTC_METRIC_GAUGE: Gauge(label: name, dimensions: dims).record(value)
+        default: Recorder(label: name, dimensions: dims, aggregate: true).record(value)
+        }
+    }
+
+    // MARK: - Operations
+
+    /// Sends a downlink message to a device through the source that holds it (or the one named) and
+    /// waits until the source settles it.
+    public func sendDownlink(_ message: Message, source: String? = nil, timeout: TimeInterval = 30) async -> (Int32, String?) {
+        let target: ComponentInstance? = lock.withLock {
+            if let source { return sources[source]?.instance }
+            if let via = connectedVia[message.device] { return sources[via]?.instance }
+            let capable = sources.values.map(\.instance).filter(\.hasDownlink)
+            return capable.count == 1 ? capable[0] : nil
+        }
+        guard let target else {
+            return (IOTC_ERR_NOT_FOUND, source.map { "no source named '\($0)'" } ?? "device '\(message.device)' is not connected; name the source")
+        }
+        guard target.hasDownlink else { return (IOTC_ERR_UNSUPPORTED, "source '\(target.name)' has no downlink") }
+        return await withCheckedContinuation { (k: CheckedContinuation<(Int32, String?), Never>) in
+            let once = Once()
+            let token = lock.withLock { () -> UInt64 in
+                let t = nextDownlinkToken
+                nextDownlinkToken += 1
+                downlinkWaiters[t] = { r, reason in if once.claim() { k.resume(returning: (r, reason)) } }
+                return t
+            }
+            var m = message
+            if m.id.isEmpty { m.id = nextMessageID() }
+            let r = target.downlink(m, token: token)
+            if r != IOTC_OK {
+                _ = lock.withLock { downlinkWaiters.removeValue(forKey: token) }
+                if once.claim() { k.resume(returning: (r, "the source refused the downlink (code \(r))")) }
+                return
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
+                _ = self?.lock.withLock { self?.downlinkWaiters.removeValue(forKey: token) }
+                if once.claim() { k.resume(returning: (IOTC_ERR_RETRY, "the device did not take the message within \(Int(timeout))s")) }
+            }
+        }
+    }
+
+    /// Replays dead letters: a failed delivery goes back to its sink, a failed step back to its pipeline.
+    /// Replayed entries leave the store. Returns how many were replayed and the ids that could not be.
+    public func replayDeadLetters(ids: [String]?) -> (replayed: Int, skipped: [String]) {
+        let entries = ids.map { $0.compactMap { deadLetters.entry(id: $0) } } ?? deadLetters.list()
+        var replayed = 0, skipped: [String] = []
+        if let ids { skipped = ids.filter { id in !entries.contains { $0.id == id } } }
+        for e in entries {
+            let (sink, pipeline) = lock.withLock { (e.sink.flatMap { sinks[$0]?.runtime }, pipelines[e.pipeline]) }
+            if let name = e.sink {
+                guard let sink else { skipped.append(e.id); continue }
+                _ = name
+                deadLetters.remove(ids: [e.id])
+                sink.enqueue(Delivery(message: e.message.pluginMessage, pipeline: e.pipeline, settlement: nil))
+            } else {
+                guard let pipeline else { skipped.append(e.id); continue }
+                deadLetters.remove(ids: [e.id])
+                pipeline.push(PipelineInput(message: e.message, settlement: nil))
+            }
+            replayed += 1
+        }
+        return (replayed, skipped)
+    }
+
+    /// A snapshot for the API and the banner.
+    public struct Status: Sendable {
+        public var sources: [(name: String, component: String)]
+        public var sinks: [(name: String, component: String, queued: Int)]
+        public var pipelines: [(name: String, durable: Bool, queued: Int)]
+    }
+
+    public var status: Status {
+        lock.withLock {
+            Status(
+                sources: sources.values.map { ($0.config.name, $0.config.component) }.sorted { $0.0 < $1.0 },
+                sinks: sinks.values.map { ($0.config.name, $0.config.component, $0.runtime.queued) }.sorted { $0.0 < $1.0 },
+                pipelines: pipelines.values.map { ($0.name, $0.isDurable, $0.queued) }.sorted { $0.0 < $1.0 })
+        }
+    }
+}
+
+/// Calls `done` once all durable pipelines have logged a message (false if any failed).
+final class DurabilityLatch: @unchecked Sendable {
+    private let lock = NSLock()
+    private var remaining: Int
+    private var ok = true
+    private let done: @Sendable (Bool) -> Void
+
+    init(count: Int, done: @escaping @Sendable (Bool) -> Void) {
+        remaining = count
+        self.done = done
+    }
+
+    func arrive(_ success: Bool) {
+        let finished = lock.withLock { () -> Bool in
+            ok = ok && success
+            remaining -= 1
+            return remaining == 0
+        }
+        if finished { done(ok) }
+    }
+}
+
+/// True the first time only.
+final class Once: @unchecked Sendable {
+    private let lock = NSLock()
+    private var done = false
+    func claim() -> Bool { lock.withLock { defer { done = true }; return !done } }
+}
