@@ -90,6 +90,7 @@ let package = Package(
         plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         plugin("WebhookPlugin", folder: "Webhook", dependencies: [
             .product(name: "AsyncHTTPClient", package: "async-http-client"),

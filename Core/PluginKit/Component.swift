@@ -14,7 +14,7 @@ public protocol Component: AnyObject, Sendable {
     static var description: String { get }
     static var fields: [ConfigField] { get }
 
-    init(config: Config, host: Host) throws
+    init(config: Config, host: PluginHost) throws
     /// Binds sockets, connects, starts threads. Throwing fails the start of the hub with the error.
     func start() throws
     /// Stops taking new work and settles what is in flight. Blocks until done.

@@ -52,7 +52,7 @@ public enum Plugin {
             let bytes = json.map { Data(bytes: $0, count: length) } ?? Data("{}".utf8)
             do {
                 let instance = try Unmanaged<ComponentFactory>.fromOpaque(factory).takeUnretainedValue()
-                    .make(bytes, Host(host))
+                    .make(bytes, PluginHost(host))
                 return Unmanaged.passRetained(instance).toOpaque()
             } catch {
                 fill(err, IOTC_ERR_INVALID, describe(error))
@@ -126,7 +126,7 @@ private func fill(_ err: UnsafeMutablePointer<iotc_error>?, _ code: Int32, _ tex
 }
 
 final class ComponentFactory {
-    let make: (Data, Host) throws -> ComponentInstance
+    let make: (Data, PluginHost) throws -> ComponentInstance
     init<T: Component>(_ type: T.Type) {
         make = { json, host in
             let config = try JSONDecoder().decode(T.Config.self, from: json)
@@ -137,8 +137,8 @@ final class ComponentFactory {
 
 final class ComponentInstance {
     let component: any Component
-    let host: Host
-    init(_ component: any Component, host: Host) {
+    let host: PluginHost
+    init(_ component: any Component, host: PluginHost) {
         self.component = component
         self.host = host
     }

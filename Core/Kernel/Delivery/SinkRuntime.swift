@@ -46,6 +46,9 @@ final class SinkRuntime: @unchecked Sendable {
     private var inFlight: [UInt64: Delivery] = [:]
     private var nextToken: UInt64 = 1
     private var stopping = false
+    /// While the sink reports backpressure, the worker pauses (doubling up to a second).
+    private var pausedUntil: UInt64 = 0
+    private var pause = 0.01
     private var worker: Thread?
     private let log: @Sendable (String) -> Void
 
@@ -152,7 +155,7 @@ final class SinkRuntime: @unchecked Sendable {
                 ready.prepend(delayed.removeFirst())
             }
             if stopping && ready.isEmpty && delayed.isEmpty && inFlight.isEmpty { break }
-            if !ready.isEmpty && inFlight.count < options.maxInFlight, var d = ready.popFirst() {
+            if now >= pausedUntil, !ready.isEmpty && inFlight.count < options.maxInFlight, var d = ready.popFirst() {
                 let token = nextToken
                 nextToken += 1
                 d.startedAt = now
@@ -162,9 +165,13 @@ final class SinkRuntime: @unchecked Sendable {
                 cond.unlock()
                 let r = instance.write(d.message, token: token)
                 cond.lock()
-                if r != IOTC_OK, inFlight.removeValue(forKey: token) != nil {
+                if r == IOTC_OK {
+                    pause = 0.01
+                } else if inFlight.removeValue(forKey: token) != nil {
                     if r == IOTC_ERR_BUSY {
-                        schedule(d, after: 0.02)
+                        ready.prepend(d)
+                        pausedUntil = DispatchTime.now().uptimeNanoseconds + UInt64(pause * 1e9)
+                        pause = min(1, pause * 2)
                     } else {
                         d.attempts += 1
                         cond.unlock()
@@ -174,7 +181,9 @@ final class SinkRuntime: @unchecked Sendable {
                 }
                 continue
             }
-            if let due = delayed.first?.dueAt {
+            var due = delayed.first?.dueAt
+            if pausedUntil > now, !ready.isEmpty { due = min(due ?? .max, pausedUntil) }
+            if let due {
                 let wait = Double(due &- now) / 1e9
                 _ = cond.wait(until: Date(timeIntervalSinceNow: max(0.001, wait)))
             } else {

@@ -217,13 +217,7 @@ public enum Suggest {
 
 /// RFC 3339 time text, without Foundation's formatters (which are slow and locale-bound).
 public enum RFC3339 {
-    public static func format(milliseconds ms: Int64) -> String {
-        let (days, msOfDay) = ms.quotientAndRemainder(dividingBy: 86_400_000)
-        let d = msOfDay < 0 ? days - 1 : days, t = msOfDay < 0 ? msOfDay + 86_400_000 : msOfDay
-        let (y, m, day) = civil(fromDays: d)
-        func pad(_ v: Int64, _ n: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, n - s.count)) + s }
-        return "\(pad(y, 4))-\(pad(m, 2))-\(pad(day, 2))T\(pad(t / 3_600_000, 2)):\(pad(t / 60_000 % 60, 2)):\(pad(t / 1000 % 60, 2)).\(pad(t % 1000, 3))Z"
-    }
+    public static func format(milliseconds ms: Int64) -> String { RFC3339Text.format(ms) }
 
     public static func parse(_ s: String) -> Int64? {
         let c = Array(s.utf8)
@@ -276,15 +270,4 @@ public enum RFC3339 {
         return era * 146_097 + doe - 719_468
     }
 
-    static func civil(fromDays z0: Int64) -> (Int64, Int64, Int64) {
-        let z = z0 + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let d = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, d)
-    }
 }

@@ -1,7 +1,7 @@
 import CIoTCPluginABI
 
 /// The kernel's services for one component instance. Safe to use from any thread.
-public final class Host: @unchecked Sendable {
+public final class PluginHost: @unchecked Sendable {
     let raw: UnsafePointer<iotc_host>
 
     init(_ raw: UnsafePointer<iotc_host>) { self.raw = raw }
@@ -120,7 +120,7 @@ public enum AckOutcome: Sendable, Equatable {
 
 /// A message's acknowledgement handle; settle it exactly once.
 public struct Ack: Sendable {
-    public let host: Host
+    public let host: PluginHost
     public let token: UInt64
 
     public func succeed() { host.ack(token, .success) }
@@ -155,9 +155,9 @@ public final class Identity: Sendable {
     public let tenant: String
     public let device: String
     let handle: UInt64
-    private let host: Host
+    private let host: PluginHost
 
-    init(host: Host, tenant: String, device: String, handle: UInt64) {
+    init(host: PluginHost, tenant: String, device: String, handle: UInt64) {
         self.host = host
         self.tenant = tenant
         self.device = device

@@ -1,0 +1,239 @@
+import CIoTCPluginABI
+import Foundation
+import IoTCPluginKit
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOSSL
+
+@_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
+    Plugin.entry(name: "http", version: "0.1.0", description: "Devices send telemetry over HTTP/1.1 and fetch commands.", components: [HTTPSource.self], offered: v, count: n)
+}
+
+/// Devices POST telemetry, events and attributes; they receive commands by long-poll or Server-Sent Events.
+final class HTTPSource: Source, @unchecked Sendable {
+    struct Config: Decodable {
+        var listen: String
+        var max_body_size: Int
+        var long_poll_timeout: Double
+        var max_queued_commands: Int
+        var command_ttl: Double
+        var tls: TLS?
+        struct TLS: Decodable {
+            var certificate_file: String
+            var key_file: String
+            var client_ca_file: String?
+        }
+    }
+
+    static let name = "http"
+    static let summary = "HTTP/1.1 device API: telemetry, events and attributes in, commands out."
+    static let description = """
+        Routes (`{id}` is the device id):
+
+        | method and path | what it does |
+        |---|---|
+        | `POST /v1/devices/{id}/telemetry` | telemetry; topic `devices/{id}/telemetry` |
+        | `POST /v1/devices/{id}/events` | an event; topic `devices/{id}/events` |
+        | `POST /v1/devices/{id}/attributes` | attributes; topic `devices/{id}/attributes` |
+        | `GET /v1/devices/{id}/commands?wait=SECONDS` | long-poll for the next command (204 when none came) |
+        | `GET /v1/devices/{id}/commands/stream` | commands as Server-Sent Events (`event: command`) |
+        | `POST /v1/devices/{id}/commands/{command}/result` | the result of a command; kind `command_result` |
+
+        Bodies are JSON (`application/json`) or CBOR (`application/cbor`, and `+json`/`+cbor` types such as \
+        SenML); other types get 415 and malformed bodies 400. Bodies over `max_body_size` get 413. Devices \
+        authenticate with `Authorization: Bearer TOKEN` through the hub. The answer is 202 once the hub has \
+        the message (on a durable pipeline: once it is in the write-ahead log), 503 with `Retry-After` when \
+        the pipeline is full, and 404 when no pipeline reads the topic. An optional `X-Device-Time` header \
+        (RFC 3339 or milliseconds since the epoch) sets the device time; `X-Request-Id` is kept as the \
+        property `http.request_id`. Errors are RFC 9457 `application/problem+json`.
+        """
+    static let fields: [ConfigField] = [
+        ConfigField("listen", .string, "Address and port to listen on.", default: #""0.0.0.0:8081""#, example: "127.0.0.1:8081"),
+        ConfigField("max_body_size", .byteSize, "Largest request body accepted.", default: "1048576", example: "1MiB"),
+        ConfigField("long_poll_timeout", .duration, "Longest wait a command long-poll may ask for.", default: "30", example: "30s"),
+        ConfigField("max_queued_commands", .int, "Commands kept per device until it fetches them; more are refused.", default: "100"),
+        ConfigField("command_ttl", .duration, "How long a queued command waits for its device.", default: "3600", example: "1h"),
+        ConfigField("tls", .object([
+            ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
+            ConfigField("key_file", .string, "PEM private key.", required: true, secret: false),
+            ConfigField("client_ca_file", .string, "PEM CA bundle; when set, devices must present a client certificate it signed."),
+        ]), "Serve HTTPS instead of HTTP."),
+    ]
+
+    let config: Config
+    let host: PluginHost
+    let mailboxes: CommandMailboxes
+    private var group: MultiThreadedEventLoopGroup?
+    private var channel: Channel?
+    private let sslContext: NIOSSLContext?
+
+    init(config: Config, host: PluginHost) throws {
+        self.config = config
+        self.host = host
+        mailboxes = CommandMailboxes(capacity: max(1, config.max_queued_commands), ttl: config.command_ttl)
+        guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
+        guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
+        if let tls = config.tls {
+            do {
+                var c = TLSConfiguration.makeServerConfiguration(
+                    certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificate_file).map { .certificate($0) },
+                    privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key_file, format: .pem)))
+                if let ca = tls.client_ca_file {
+                    c.trustRoots = .file(ca)
+                    c.certificateVerification = .noHostnameVerification
+                }
+                sslContext = try NIOSSLContext(configuration: c)
+            } catch {
+                throw PluginError("TLS setup failed: \(error)")
+            }
+        } else {
+            sslContext = nil
+        }
+    }
+
+    func start() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        self.group = group
+        let address = HostPort(config.listen)!
+        let source = self
+        let ssl = sslContext
+        do {
+            channel = try ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 128, initial: 1024, maximum: 65536))
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        if let ssl { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: ssl)) }
+                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+                        try channel.pipeline.syncOperations.addHandler(HTTPDeviceHandler(source: source))
+                    }
+                }
+                .bind(host: address.host, port: address.port).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            self.group = nil
+            throw PluginError("cannot listen on \(config.listen): \(error)")
+        }
+        host.log(.info, "http source listening on \(config.listen)\(ssl != nil ? " (TLS)" : "")")
+    }
+
+    /// The port actually bound (for listen addresses with port 0).
+    var boundPort: Int? { channel?.localAddress?.port }
+
+    func stop() {
+        try? channel?.close().wait()
+        channel = nil
+        mailboxes.closeAll()
+        try? group?.syncShutdownGracefully()
+        group = nil
+    }
+
+    func downlink(_ message: Message, ack: Ack) -> Bool {
+        mailboxes.deliver(PendingCommand(message: message, ack: ack, expires: Date().addingTimeInterval(config.command_ttl)))
+        return true
+    }
+}
+
+struct HostPort {
+    var host: String
+    var port: Int
+    init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var h = String(text[..<colon])
+        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        host = h.isEmpty ? "0.0.0.0" : h
+        self.port = port
+    }
+}
+
+/// A command waiting for its device.
+struct PendingCommand: Sendable {
+    var message: Message
+    var ack: Ack
+    var expires: Date
+}
+
+/// Per-device command queues and the long-polls and streams waiting on them.
+final class CommandMailboxes: @unchecked Sendable {
+    typealias Waiter = @Sendable (PendingCommand) -> Bool
+    private struct Box {
+        var queue: [PendingCommand] = []
+        var waiters: [(id: UInt64, take: Waiter, persistent: Bool)] = []
+    }
+    private let lock = NIOLock()
+    private var boxes: [String: Box] = [:]
+    private var nextWaiter: UInt64 = 1
+    let capacity: Int
+    let ttl: Double
+
+    init(capacity: Int, ttl: Double) {
+        self.capacity = capacity
+        self.ttl = ttl
+    }
+
+    /// Hands a command to a waiting device or queues it.
+    func deliver(_ c: PendingCommand) {
+        var refused = false
+        var taken = false
+        lock.withLock {
+            var box = boxes[c.message.device] ?? Box()
+            while let w = box.waiters.first {
+                if !w.persistent { box.waiters.removeFirst() }
+                if w.take(c) {
+                    taken = true
+                    break
+                }
+                if w.persistent { box.waiters.removeFirst() }
+            }
+            if !taken {
+                box.queue.removeAll { $0.expires < Date() }
+                if box.queue.count >= capacity { refused = true } else { box.queue.append(c) }
+            }
+            boxes[c.message.device] = box
+        }
+        if refused { c.ack.reject("the device's command queue is full (\(capacity))") }
+    }
+
+    /// The next queued command, or registers `take` to receive one. Returns the waiter id (0 when a
+    /// queued command was handed over at once).
+    func wait(device: String, persistent: Bool, take: @escaping Waiter) -> UInt64 {
+        var ready: [PendingCommand] = []
+        let id: UInt64 = lock.withLock {
+            var box = boxes[device] ?? Box()
+            box.queue.removeAll { $0.expires < Date() }
+            if !persistent, !box.queue.isEmpty {
+                ready = [box.queue.removeFirst()]
+                boxes[device] = box
+                return 0
+            }
+            if persistent {
+                ready = box.queue
+                box.queue = []
+            }
+            let id = nextWaiter
+            nextWaiter += 1
+            box.waiters.append((id, take, persistent))
+            boxes[device] = box
+            return id
+        }
+        for c in ready where !take(c) { deliver(c) }
+        return id
+    }
+
+    func cancel(device: String, waiter: UInt64) {
+        lock.withLock { boxes[device]?.waiters.removeAll { $0.id == waiter } }
+    }
+
+    func closeAll() {
+        let pending: [PendingCommand] = lock.withLock {
+            let all = boxes.values.flatMap(\.queue)
+            boxes = [:]
+            return all
+        }
+        for c in pending { c.ack.retry("the http source stopped") }
+    }
+}
