@@ -2,7 +2,7 @@ import Foundation
 import IoTCPluginKit
 
 /// Reads pipeline files into a `HubConfig`, reporting every problem with its file:line:column.
-public struct HubConfigLoader {
+public struct HubConfigLoader: Sendable {
     public let catalog: ComponentCatalog
     public let environment: [String: String]
 
@@ -82,6 +82,8 @@ public struct HubConfigLoader {
         var d = Diagnostics()
         var config = HubConfig()
         var pending: [(String, SourceLocation, YAMLNode, SpecValidator)] = []
+        // Names declared even when their definition has errors, so that references to them do not cascade.
+        var declared: (sources: Set<String>, sinks: Set<String>) = ([], [])
         for (file, text) in texts {
             config.files.append(file)
             let root: YAMLNode?
@@ -102,7 +104,8 @@ public struct HubConfigLoader {
                 case "sources", "sinks":
                     let kind: ComponentKind = key == "sources" ? .source : .sink
                     for (name, nameLoc, node) in mappingPairs(value, "'\(key)'", &d) {
-                        if config.source(name) != nil && kind == .source || config.sink(name) != nil && kind == .sink {
+                        let isNew = kind == .source ? declared.sources.insert(name).inserted : declared.sinks.insert(name).inserted
+                        guard isNew else {
                             d.error(nameLoc, "\(kind) '\(name)' is defined twice")
                             continue
                         }
@@ -140,7 +143,7 @@ public struct HubConfigLoader {
         for (name, loc, node, validator) in pending {
             var v = validator
             v.diagnostics = Diagnostics()
-            if let p = pipeline(name, loc, node, config, &v) { config.pipelines.append(p) }
+            if let p = pipeline(name, loc, node, config, declared, &v) { config.pipelines.append(p) }
             d.append(contentsOf: v.diagnostics)
         }
         d.sort()
@@ -193,7 +196,8 @@ public struct HubConfigLoader {
         return c
     }
 
-    private func pipeline(_ name: String, _ loc: SourceLocation, _ node: YAMLNode, _ config: HubConfig, _ v: inout SpecValidator) -> PipelineConfig? {
+    private func pipeline(_ name: String, _ loc: SourceLocation, _ node: YAMLNode, _ config: HubConfig,
+                          _ declared: (sources: Set<String>, sinks: Set<String>), _ v: inout SpecValidator) -> PipelineConfig? {
         let context = "pipeline '\(name)'"
         let o = v.object(node, fields: Self.pipelineFields.filter { $0.name != "steps" }, context: context, ignoring: ["steps"])
         guard case .mapping = node else { return nil }
@@ -207,8 +211,10 @@ public struct HubConfigLoader {
             let source = parts.first ?? ""
             var ref = SourceReference(source: source, filter: nil, location: l)
             if config.source(source) == nil {
-                let hint = Suggest.closest(source, in: config.sources.map(\.name)).map { "did you mean '\($0)'?" }
-                    ?? (config.sources.isEmpty ? "define it under 'sources'" : "defined sources: \(config.sources.map(\.name).joined(separator: ", "))")
+                if declared.sources.contains(source) { continue }
+                let names = declared.sources.sorted()
+                let hint = Suggest.closest(source, in: names).map { "did you mean '\($0)'?" }
+                    ?? (names.isEmpty ? "define it under 'sources'" : "defined sources: \(names.joined(separator: ", "))")
                 v.diagnostics.error(l, "\(context) reads from undefined source '\(source)'", hint: hint)
                 continue
             }
@@ -222,16 +228,16 @@ public struct HubConfigLoader {
             }
             p.from.append(ref)
         }
-        p.to = sinkNames(node["to"], context: "\(context) 'to'", config, &v)
-        p.errors = sinkNames(node["errors"], context: "\(context) 'errors'", config, &v)
+        p.to = sinkNames(node["to"], context: "\(context) 'to'", config, declared.sinks, &v)
+        p.errors = sinkNames(node["errors"], context: "\(context) 'errors'", config, declared.sinks, &v)
         if let stepsNode = node["steps"] {
             if case .sequence(let items, _) = stepsNode {
-                for item in items { if let s = step(item, context, config, &v) { p.steps.append(s) } }
+                for item in items { if let s = step(item, context, config, declared, &v) { p.steps.append(s) } }
             } else if !stepsNode.isNullScalar {
                 v.diagnostics.error(stepsNode.location, "'steps' of \(context) should be a list, not a \(stepsNode.typeName)")
             }
         }
-        if p.to.isEmpty && !p.steps.contains(where: { if case .route = $0.kind { true } else { false } }) {
+        if node["to"] == nil && !p.steps.contains(where: { if case .route = $0.kind { true } else { false } }) {
             v.diagnostics.warning(loc, "\(context) has no 'to' sinks and no route step: its messages go nowhere")
         }
         return p
@@ -245,13 +251,15 @@ public struct HubConfigLoader {
         }
     }
 
-    private func sinkNames(_ node: YAMLNode?, context: String, _ config: HubConfig, _ v: inout SpecValidator) -> [String] {
+    private func sinkNames(_ node: YAMLNode?, context: String, _ config: HubConfig, _ declared: Set<String>, _ v: inout SpecValidator) -> [String] {
         var out: [String] = []
         for item in listItems(node) {
             guard case .scalar(let name, _, let l) = item else { continue }
             guard config.sink(name) != nil else {
-                let hint = Suggest.closest(name, in: config.sinks.map(\.name)).map { "did you mean '\($0)'?" }
-                    ?? (config.sinks.isEmpty ? "define it under 'sinks'" : "defined sinks: \(config.sinks.map(\.name).joined(separator: ", "))")
+                if declared.contains(name) { continue }
+                let names = declared.sorted()
+                let hint = Suggest.closest(name, in: names).map { "did you mean '\($0)'?" }
+                    ?? (names.isEmpty ? "define it under 'sinks'" : "defined sinks: \(names.joined(separator: ", "))")
                 v.diagnostics.error(l, "\(context) names undefined sink '\(name)'", hint: hint)
                 continue
             }
@@ -262,7 +270,8 @@ public struct HubConfigLoader {
 
     static let builtinSteps = ["decode", "encode", "map", "set", "filter", "route"]
 
-    private func step(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ v: inout SpecValidator) -> StepConfig? {
+    private func step(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ declared: (sources: Set<String>, sinks: Set<String>),
+                      _ v: inout SpecValidator) -> StepConfig? {
         guard case .mapping(let pairs, let loc) = node, pairs.count == 1, let (key, keyLoc, value) = pairs.first.map({ ($0.key, $0.keyLocation, $0.value) }) else {
             v.diagnostics.error(node.location, "a step is a mapping with one key, such as '- decode: json'",
                                 hint: "steps: \(Self.builtinSteps.joined(separator: ", "))")
@@ -311,7 +320,7 @@ public struct HubConfigLoader {
             }
             var cases: [RouteCase] = []
             for item in items {
-                if let c = routeCase(item, stepContext, config, &v) { cases.append(c) }
+                if let c = routeCase(item, stepContext, config, declared.sinks, &v) { cases.append(c) }
             }
             return StepConfig(kind: .route(cases), location: keyLoc, name: key)
         default:
@@ -372,7 +381,7 @@ public struct HubConfigLoader {
         ConfigField("continue", .bool, "Also pass matching messages on to the rest of the pipeline.", default: "false"),
     ]
 
-    private func routeCase(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ v: inout SpecValidator) -> RouteCase? {
+    private func routeCase(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ declaredSinks: Set<String>, _ v: inout SpecValidator) -> RouteCase? {
         let o = v.object(node, fields: Self.routeFields, context: "route case of \(context)")
         guard case .mapping = node else { return nil }
         var c = RouteCase(topic: nil, when: nil, metadata: [], to: [], continues: false, location: node.location)
@@ -383,7 +392,7 @@ public struct HubConfigLoader {
         if let w = node["when"] { c.when = expression(w, "route case of \(context)", &v) }
         if case .object(let m)? = o["meta"] { c.metadata = m.compactMap { k, v in if case .string(let s) = v { KeyValue(k, s) } else { nil } } }
         if case .bool(let b)? = o["continue"] { c.continues = b }
-        c.to = sinkNames(node["to"], context: "route case of \(context)", config, &v)
+        c.to = sinkNames(node["to"], context: "route case of \(context)", config, declaredSinks, &v)
         if c.topic == nil && c.when == nil && c.metadata.isEmpty {
             v.diagnostics.warning(node.location, "route case of \(context) has no topic, when or meta: it takes every message")
         }

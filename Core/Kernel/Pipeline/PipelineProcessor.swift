@@ -20,6 +20,17 @@ public struct PipelineProcessor: Sendable {
         public var step: String
         public var stepIndex: Int
         public var reason: String
+        public var pipeline: String
+
+        /// The message as the pipeline's error output receives it: the input, with `error`,
+        /// `error_step` and `error_pipeline` metadata.
+        public var errorOutputMessage: CanonicalMessage {
+            var m = message
+            m.setMetadata("error", reason)
+            m.setMetadata("error_step", "\(step) (step \(stepIndex + 1))")
+            m.setMetadata("error_pipeline", pipeline)
+            return m
+        }
     }
 
     public struct Result: Sendable {
@@ -95,7 +106,7 @@ public struct PipelineProcessor: Sendable {
                 }
             } catch {
                 let reason = (error as? StepError)?.description ?? (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"
-                result.failures.append(Failure(message: start, step: step.name, stepIndex: index, reason: reason))
+                result.failures.append(Failure(message: start, step: step.name, stepIndex: index, reason: reason, pipeline: config.name))
                 return
             }
             index += 1

@@ -133,11 +133,7 @@ final class PipelineRuntime: @unchecked Sendable {
                             log("cannot write dead letter for pipeline '\(name)': \(error)")
                         }
                     } else {
-                        var m = f.message
-                        m.setMetadata("error", f.reason)
-                        m.setMetadata("error_step", "\(f.step) (step \(f.stepIndex + 1))")
-                        m.setMetadata("error_pipeline", name)
-                        let pm = m.pluginMessage
+                        let pm = f.errorOutputMessage.pluginMessage
                         for sink in errorSinks {
                             s?.add(1)
                             sink.enqueue(Delivery(message: pm, pipeline: name, settlement: s))

@@ -1,0 +1,114 @@
+import Foundation
+import Hummingbird
+import IoTCKernel
+import IoTCPluginKit
+import NIOCore
+import Prometheus
+
+/// The operator API: health, Prometheus metrics, pipelines, plugins, dead letters and device commands.
+public enum HubAPI {
+    /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
+    public static func router(
+        hub: Hub, registry: PrometheusCollectorRegistry, reload: @escaping @Sendable () async -> [Diagnostic]?
+    ) -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/health") { _, _ in json(["status": "ok"]) }
+        router.get("/ready") { _, _ in json(["status": "ready"]) }
+        router.get("/metrics") { _, _ in
+            var buffer: [UInt8] = []
+            registry.emit(into: &buffer)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
+        }
+        router.get("/v1/pipelines") { _, _ in
+            let s = hub.status
+            return json(.object(Value.Object([
+                ("pipelines", .array(s.pipelines.map { .object(Value.Object([("name", .string($0.name)), ("durable", .bool($0.durable)), ("queued", .int(Int64($0.queued)))])) })),
+                ("sources", .array(s.sources.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component))])) })),
+                ("sinks", .array(s.sinks.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component)), ("queued", .int(Int64($0.queued)))])) })),
+            ])))
+        }
+        router.post("/v1/pipelines/reload") { _, _ in
+            if let problems = await reload() {
+                return problem(.unprocessableContent, "the pipeline files have errors; the running configuration is unchanged",
+                               extra: [("errors", .array(problems.map { .string($0.description) }))])
+            }
+            return json(["status": "reloaded"])
+        }
+        router.get("/v1/plugins") { _, _ in
+            json(.array(hub.plugins.libraries.map { p in
+                .object(Value.Object([
+                    ("name", .string(p.name)), ("version", .string(p.version)), ("abi_version", .int(Int64(p.abiVersion))), ("path", .string(p.path)),
+                    ("components", .array(p.components.map { .object(Value.Object([("name", .string($0.entry.name)), ("kind", .string($0.entry.kind.rawValue))])) })),
+                ]))
+            }))
+        }
+        router.get("/v1/dead-letters") { request, _ in
+            let limit = request.uri.queryParameters.get("limit").flatMap(Int.init) ?? 100
+            let entries = hub.deadLetters.list()
+            return json(.object(Value.Object([
+                ("total", .int(Int64(entries.count))),
+                ("items", .array(entries.prefix(max(0, limit)).map(DeadLetterStore.json))),
+            ])))
+        }
+        router.post("/v1/dead-letters/replay") { request, _ in
+            let ids = try await idsFromBody(request)
+            let (replayed, skipped) = hub.replayDeadLetters(ids: ids)
+            return json(.object(Value.Object([("replayed", .int(Int64(replayed))), ("skipped", .array(skipped.map { .string($0) }))])))
+        }
+        router.delete("/v1/dead-letters") { request, _ in
+            let ids = request.uri.queryParameters.getAll("id")
+            let n = hub.deadLetters.remove(ids: ids.isEmpty ? nil : ids)
+            return json(.object(Value.Object([("purged", .int(Int64(n)))])))
+        }
+        router.post("/v1/devices/:device/commands") { request, context in
+            let device = try context.parameters.require("device")
+            let body = try await request.body.collect(upTo: 1 << 20)
+            let value: Value
+            do { value = try JSON.decode(Array(body.readableBytesView)) } catch {
+                return problem(.badRequest, "the body is not valid JSON: \(error)")
+            }
+            guard case .object(let o) = value else { return problem(.badRequest, "the body should be a JSON object") }
+            var name = "command"
+            if case .string(let n)? = o["name"] { name = n }
+            var source: String?
+            if case .string(let s)? = o["source"] { source = s }
+            var timeout = 30.0
+            if let t = o["timeout"]?.number { timeout = max(0.1, min(300, t)) }
+            let payload = o["payload"] ?? .object(Value.Object())
+            let message = Message(kind: .command, tenant: "default", device: device, topic: "devices/\(device)/commands/\(name)",
+                                  contentType: "application/json", payload: JSON.encode(payload), qos: 1,
+                                  metadata: [KeyValue("command", name)])
+            let (code, reason) = await hub.sendDownlink(message, source: source, timeout: timeout)
+            switch code {
+            case 0: return json(["status": "delivered"], status: .ok)
+            case 2: return json(["status": "queued", "detail": reason ?? ""], status: .accepted)
+            case 5: return problem(.notFound, reason ?? "not found")
+            case 6: return problem(.conflict, reason ?? "unsupported")
+            default: return problem(.badGateway, reason ?? "the device did not take the command")
+            }
+        }
+        return router
+    }
+
+    private static func idsFromBody(_ request: Request) async throws -> [String]? {
+        let body = try await request.body.collect(upTo: 1 << 20)
+        guard body.readableBytes > 0, case .object(let o)? = try? JSON.decode(Array(body.readableBytesView)),
+              case .array(let items)? = o["ids"] else { return nil }
+        return items.compactMap { if case .string(let s) = $0 { s } else { nil } }
+    }
+
+    static func json(_ value: Value, status: HTTPResponse.Status = .ok) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: JSON.encode(value))))
+    }
+
+    static func json(_ fields: KeyValuePairs<String, String>, status: HTTPResponse.Status = .ok) -> Response {
+        json(.object(Value.Object(fields.map { ($0.key, .string($0.value)) })), status: status)
+    }
+
+    /// An RFC 9457 problem document.
+    static func problem(_ status: HTTPResponse.Status, _ detail: String, extra: [(String, Value)] = []) -> Response {
+        let o = Value.Object([("type", "about:blank"), ("title", .string(status.reasonPhrase)), ("status", .int(Int64(status.code))), ("detail", .string(detail))] + extra)
+        return Response(status: status, headers: [.contentType: "application/problem+json"], body: .init(byteBuffer: ByteBuffer(bytes: JSON.encode(.object(o)))))
+    }
+}

@@ -1,0 +1,160 @@
+import ArgumentParser
+import Foundation
+import Hummingbird
+import IoTCAPI
+import IoTCKernel
+import Logging
+import Metrics
+import Prometheus
+import ServiceLifecycle
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the hub with pipeline files (default: pipelines/default.yaml).")
+
+    @OptionGroup var plugins: PluginOptions
+    @Argument(help: "Pipeline files.") var files: [String] = []
+    @Option(help: "Data folder (write-ahead logs, dead letters).") var data = "data"
+    @Option(help: "Address of the operator API (metrics, health, dead letters, commands).") var api = "127.0.0.1:8080"
+    @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+
+    func run() async throws {
+        let started = Date()
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let logger = Logger(label: "iotc")
+
+        let pipelineFiles = files.isEmpty ? ["pipelines/default.yaml"] : files
+        let set = plugins.load()
+        let loader = HubConfigLoader(catalog: set.catalog)
+        let config: HubConfig
+        do {
+            let (c, warnings) = try loader.load(files: pipelineFiles)
+            printDiagnostics(warnings)
+            config = c
+        } catch {
+            printDiagnostics(error.diagnostics)
+            throw ExitCode(1)
+        }
+        guard let colon = api.lastIndex(of: ":"), let apiPort = Int(api[api.index(after: colon)...]) else {
+            throw ValidationError("--api should be HOST:PORT")
+        }
+        let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger)
+        do { try hub.start(config) } catch {
+            logger.error("\(error)")
+            hub.stop(timeout: 5)
+            throw ExitCode(1)
+        }
+        if config.auth.allowAnonymous { logger.warning("auth.allow_anonymous is on: devices without credentials are accepted") }
+
+        let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
+        let router = HubAPI.router(hub: hub, registry: registry) { await reloader.reload() }
+        let banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
+        let app = Application(
+            router: router,
+            configuration: .init(address: .hostname(String(api[..<colon]), port: apiPort), serverName: "iotc"),
+            services: [HubService(hub: hub, reloader: reloader)],
+            onServerRunning: { _ in banner.print() },
+            logger: logger)
+        try await app.runService()
+    }
+}
+
+/// Re-reads the pipeline files and applies them; on errors the running configuration stays.
+final class Reloader: Sendable {
+    let hub: Hub
+    let loader: HubConfigLoader
+    let files: [String]
+    let logger: Logger
+
+    init(hub: Hub, loader: HubConfigLoader, files: [String], logger: Logger) {
+        self.hub = hub
+        self.loader = loader
+        self.files = files
+        self.logger = logger
+    }
+
+    /// Returns the problems when the files are not valid.
+    func reload() async -> [Diagnostic]? {
+        do {
+            let (config, warnings) = try loader.load(files: files)
+            printDiagnostics(warnings)
+            try hub.reload(config)
+            logger.info("reloaded \(files.joined(separator: ", ")): \(config.pipelines.count) pipelines")
+            return nil
+        } catch let e as ConfigurationError {
+            for d in e.diagnostics { logger.error("\(d)") }
+            logger.error("reload refused: the running configuration is unchanged")
+            return e.diagnostics
+        } catch {
+            logger.error("reload failed: \(error)")
+            return [Diagnostic(at: .init(file: files.first ?? "", line: 1, column: 1), "\(error)")]
+        }
+    }
+}
+
+/// Runs until shutdown, reloading on SIGHUP, then drains the hub.
+struct HubService: Service {
+    let hub: Hub
+    let reloader: Reloader
+
+    func run() async throws {
+        let hangups = AsyncStream<Void> { continuation in
+            signal(SIGHUP, SIG_IGN)
+            let source = SignalSource(SIGHUP) { continuation.yield() }
+            continuation.onTermination = { _ in source.cancel() }
+        }
+        await withGracefulShutdownHandler {
+            for await _ in hangups.cancelOnGracefulShutdown() {
+                _ = await reloader.reload()
+            }
+        } onGracefulShutdown: {
+            reloader.logger.info("shutting down: draining pipelines and sinks")
+        }
+        hub.stop()
+        reloader.logger.info("stopped")
+    }
+}
+
+struct Banner: Sendable {
+    let started: Date
+    let api: String
+    let data: String
+    let hub: Hub
+    let config: HubConfig
+
+    func print() {
+        let s = hub.status
+        var lines = ["IoT Connect Center \(IOTC.version) ready in \(String(format: "%.2f", Date().timeIntervalSince(started))) s"]
+        lines.append("  api        http://\(api)  (/health, /metrics, /v1)")
+        lines.append("  data       \(data)")
+        lines.append("  plugins    " + hub.plugins.libraries.map { "\($0.name) \($0.version)" }.sorted().joined(separator: ", "))
+        for src in config.sources {
+            let listen = src.config["listen"].flatMap { if case .string(let l) = $0 { " on \(l)" } else { nil } } ?? ""
+            lines.append("  source     \(src.name) (\(src.component)\(listen))")
+        }
+        for sink in s.sinks { lines.append("  sink       \(sink.name) (\(sink.component))") }
+        for p in config.pipelines {
+            lines.append("  pipeline   \(p.name): \(p.from.map { $0.source + ($0.filter.map { ":\($0)" } ?? "") }.joined(separator: ", ")) -> \(p.to.joined(separator: ", "))\(p.durable ? " (durable)" : "")")
+        }
+        FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
+    }
+}
+
+/// A dispatch signal source that may be cancelled from any thread.
+final class SignalSource: @unchecked Sendable {
+    private let source: any DispatchSourceSignal
+
+    init(_ signal: Int32, handler: @escaping @Sendable () -> Void) {
+        source = DispatchSource.makeSignalSource(signal: signal, queue: .global())
+        source.setEventHandler(handler: handler)
+        source.resume()
+    }
+
+    func cancel() { source.cancel() }
+}
