@@ -192,6 +192,7 @@ struct ExpressionFunction: Sendable {
 public enum Suggest {
     public static func closest(_ word: String, in candidates: [String]) -> String? {
         let w = Array(word.lowercased())
+        guard w.count >= 3 else { return nil }  // one- and two-letter words match too much
         var best: (String, Int)?
         for c in candidates {
             let d = distance(w, Array(c.lowercased()))

@@ -12,7 +12,7 @@ struct ExpressionToken: Equatable {
 /// Splits an expression into tokens.
 enum ExpressionLexer {
     static let symbols = ["==", "!=", "<=", ">=", "&&", "||", "??", "+", "-", "*", "/", "%", "<", ">", "!",
-                          "(", ")", "[", "]", ",", ".", "?", ":"]
+                          "(", ")", "[", "]", ",", ".", "?", ":", "="]
 
     static func tokens(_ source: String) throws(ExpressionError) -> [ExpressionToken] {
         let chars = Array(source.unicodeScalars)

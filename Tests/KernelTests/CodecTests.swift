@@ -1,0 +1,87 @@
+import Testing
+import IoTCPluginKit
+
+@Suite struct JSONCodecTests {
+    @Test func roundTripsValues() throws {
+        let v: Value = ["a": 1, "b": [true, false, nil], "c": "x\"y\n\u{1}", "d": 2.5, "e": ["nested": -7]]
+        let text = JSON.string(v)
+        #expect(text == #"{"a":1,"b":[true,false,null],"c":"x\"y\n\u0001","d":2.5,"e":{"nested":-7}}"#)
+        #expect(try JSON.decode(text) == v)
+    }
+
+    @Test func decodesEscapesAndSurrogates() throws {
+        #expect(try JSON.decode(#""\u00e9\ud83d\ude00\/\t""#) == .string("é😀/\t"))
+    }
+
+    @Test(arguments: [
+        ("", "empty JSON document"),
+        ("{", "expected a string key"),
+        ("[1,]", "unexpected character ']'"),
+        ("01", "leading zero"),
+        ("\"abc", "unterminated string"),
+        ("{\"a\":1} x", "unexpected data after the JSON value"),
+        ("\"\\ud800\"", "unpaired surrogate"),
+        ("1e999", "number out of range"),
+        ("tru", "invalid literal"),
+    ])
+    func rejectsMalformedInput(text: String, expected: String) {
+        #expect {
+            _ = try JSON.decode(text)
+        } throws: { error in
+            (error as? DecodeError)?.message.contains(expected) == true
+        }
+    }
+
+    @Test func rejectsInvalidUTF8() {
+        #expect(throws: DecodeError.self) { _ = try JSON.decode([0x22, 0xFF, 0xFE, 0x22]) }
+    }
+
+    @Test func limitsDepth() {
+        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        #expect { _ = try JSON.decode(deep) } throws: { ($0 as? DecodeError)?.message.contains("deeper") == true }
+        let ok = String(repeating: "[", count: 60) + String(repeating: "]", count: 60)
+        #expect((try? JSON.decode(ok)) != nil)
+    }
+
+    @Test func bigIntegersBecomeDoubles() throws {
+        #expect(try JSON.decode("9223372036854775807") == .int(.max))
+        #expect(try JSON.decode("9223372036854775808") == .double(9223372036854775808))
+    }
+}
+
+@Suite struct CBORCodecTests {
+    /// Vectors from RFC 8949 appendix A.
+    @Test(arguments: [
+        ("00", Value.int(0)), ("17", .int(23)), ("1818", .int(24)), ("1903e8", .int(1000)), ("3903e7", .int(-1000)),
+        ("f4", .bool(false)), ("f5", .bool(true)), ("f6", .null), ("f93c00", .double(1.0)), ("fa47c35000", .double(100000.0)),
+        ("fb3ff199999999999a", .double(1.1)), ("6161", .string("a")), ("4401020304", .bytes([1, 2, 3, 4])),
+        ("83010203", .array([1, 2, 3])), ("a26161016162820203", Value.object(.init([("a", Value.int(1)), ("b", Value.array([2, 3]))]))),
+        ("9f018202039f0405ffff", .array([1, [2, 3], [4, 5]])), ("7f657374726561646d696e67ff", .string("streaming")),
+        ("c11a514b67b0", .int(1363896240)), ("f90400", .double(6.103515625e-05)),
+    ])
+    func decodesSpecVectors(hex: String, expected: Value) throws {
+        let bytes = stride(from: 0, to: hex.count, by: 2).map { UInt8(hex.dropFirst($0).prefix(2), radix: 16)! }
+        #expect(try CBOR.decode(bytes) == expected)
+    }
+
+    @Test func roundTrips() throws {
+        let v: Value = ["t": 21.5, "n": -3, "s": "x", "b": .bytes([0, 255]), "l": [nil, true]]
+        #expect(try CBOR.decode(CBOR.encode(v)) == v)
+    }
+
+    @Test func integerKeysBecomeText() throws {
+        // SenML-CBOR: {-2: "urn:dev", 2: 21.5}
+        #expect(try CBOR.decode([0xA2, 0x21, 0x67] + Array("urn:dev".utf8) + [0x02, 0xF9, 0x4D, 0x60]) == ["-2": "urn:dev", "2": 21.5])
+    }
+
+    @Test(arguments: [[0x18], [0x62, 0x61], [0x9F, 0x01], [0xFF], [0x5F, 0x61, 0x61, 0xFF], [0x1C], [0x62, 0xFF, 0xFE], [0x01, 0x02]] as [[UInt8]])
+    func rejectsMalformed(bytes: [UInt8]) {
+        #expect(throws: DecodeError.self) { _ = try CBOR.decode(bytes) }
+    }
+
+    @Test func refusesHugeDeclaredLengths() {
+        #expect(throws: DecodeError.self) { _ = try CBOR.decode([0x9B, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]) }
+        let deep = [UInt8](repeating: 0x81, count: 200) + [0x00]
+        #expect(throws: DecodeError.self) { _ = try CBOR.decode(deep) }
+    }
+}

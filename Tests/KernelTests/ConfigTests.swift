@@ -1,0 +1,134 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// A catalog with a source and a sink, so that config checks run without loading plugins.
+let testCatalog = ComponentCatalog([
+    .init(name: "http", kind: .source, plugin: "http", summary: "", description: "", fields: [
+        ConfigField("listen", .string, "address", default: #""0.0.0.0:8081""#),
+        ConfigField("max_body_size", .byteSize, "limit", default: "1024"),
+    ]),
+    .init(name: "webhook", kind: .sink, plugin: "webhook", summary: "", description: "", fields: [
+        ConfigField("url", .string, "url", required: true),
+        ConfigField("secret", .string, "key", secret: true),
+        ConfigField("timeout", .duration, "timeout", default: "10"),
+        ConfigField("mode", .string, "mode", default: #""a""#, options: ["a", "b"]),
+    ]),
+])
+
+@Suite struct ConfigTests {
+    func load(_ yaml: String, env: [String: String] = [:]) throws(ConfigurationError) -> HubConfig {
+        try HubConfigLoader(catalog: testCatalog, environment: env).load(texts: [("site.yaml", yaml)]).0
+    }
+
+    func errors(_ yaml: String, env: [String: String] = [:]) -> [String] {
+        do {
+            _ = try load(yaml, env: env)
+            return []
+        } catch {
+            return error.diagnostics.filter { $0.severity == .error }.map(\.description)
+        }
+    }
+
+    let valid = """
+        sources:
+          devices: { plugin: http, listen: "127.0.0.1:9000" }
+        sinks:
+          hook: { plugin: webhook, url: "http://127.0.0.1:1/x", secret: "${env:HOOK_SECRET}", timeout: 250ms, retry: { max_attempts: 3 } }
+        pipelines:
+          telemetry:
+            from: [ "devices:devices/+/telemetry" ]
+            durable: true
+            steps:
+              - decode: json
+              - map: { temperature_c: "(temperature - 32) / 1.8", meta.site: "'line-1'", location.lat: "lat" }
+              - filter: "temperature_c > -50"
+              - route:
+                  - { topic: "devices/+/alarm", to: [hook] }
+            to: [ hook ]
+        """
+
+    @Test func loadsAValidFile() throws {
+        let c = try load(valid, env: ["HOOK_SECRET": "s3cret"])
+        #expect(c.sources.map(\.name) == ["devices"])
+        let hook = try #require(c.sink("hook"))
+        #expect(hook.config["secret"] == .string("s3cret"))
+        #expect(hook.config["timeout"] == .double(0.25))
+        #expect(hook.config["mode"] == .string("a"))
+        #expect(hook.config["retry"] == nil)
+        #expect(hook.delivery.maxAttempts == 3)
+        let p = try #require(c.pipelines.first)
+        #expect(p.durable)
+        #expect(p.from.first?.filter?.text == "devices/+/telemetry")
+        #expect(p.steps.map(\.name) == ["decode", "map", "filter", "route"])
+    }
+
+    @Test func reportsEveryProblemWithItsLocation() {
+        let e = errors("""
+            sources:
+              devices: { plugin: htp }
+            sinks:
+              hook: { plugin: webhook, urll: "x", timeout: soon, mode: c }
+            pipelines:
+              p:
+                from: [ devcies ]
+                steps:
+                  - decode: jsn
+                  - filter: "temperature >"
+                to: [ hok ]
+                durabel: true
+            """)
+        #expect(e == [
+            "site.yaml:2:22: error: unknown source plugin 'htp' (did you mean 'http'?)",
+            "site.yaml:4:9: error: sink 'hook' needs field 'url'",
+            "site.yaml:4:28: error: unknown field 'urll' in sink 'hook' (did you mean 'url'?)",
+            "site.yaml:4:48: error: field 'timeout' of sink 'hook' is not a duration: 'soon' (write it like 250ms, 5s, 1m or 2h)",
+            "site.yaml:4:60: error: field 'mode' of sink 'hook' cannot be 'c' (one of: a, b)",
+            "site.yaml:7:13: error: pipeline 'p' reads from undefined source 'devcies' (did you mean 'devices'?)",
+            "site.yaml:9:17: error: unknown codec 'jsn' in step 'decode' of pipeline 'p' (did you mean 'json'?)",
+            "site.yaml:10:31: error: invalid expression in step 'filter' of pipeline 'p': expected a value but the expression ended",
+            "site.yaml:11:11: error: pipeline 'p' 'to' names undefined sink 'hok' (did you mean 'hook'?)",
+            "site.yaml:12:5: error: unknown field 'durabel' in pipeline 'p' (did you mean 'durable'?)",
+        ])
+    }
+
+    @Test func reportsYAMLSyntaxErrors() {
+        #expect(errors("sources:\n  a: [1,\n").first?.hasPrefix("site.yaml:3:1: error: invalid YAML") == true)
+        #expect(errors("sources:\n  a: { plugin: http }\n  a: { plugin: http }\n").first?.contains("duplicate key 'a'") == true)
+        #expect(errors("- just\n- a list\n") == ["site.yaml:1:1: error: a pipeline file should be a mapping with sources, sinks and pipelines"])
+        #expect(errors("sorces: {}\n") == ["site.yaml:1:1: error: unknown section 'sorces' (did you mean 'sources'?)"])
+    }
+
+    @Test func reportsMissingEnvironmentWithoutLeakingSecrets() {
+        let e = errors(valid)
+        #expect(e == ["site.yaml:4:65: error: environment variable 'HOOK_SECRET' used by field 'secret' of sink 'hook' is not set"])
+        // A secret written in the file is a warning that names the field, never the value.
+        let (_, warnings) = try! HubConfigLoader(catalog: testCatalog, environment: [:]).load(texts: [("w.yaml", """
+            sinks:
+              hook: { plugin: webhook, url: "http://x", secret: "hunter2" }
+            """)])
+        #expect(warnings.map(\.description) == ["w.yaml:2:53: warning: secret field 'secret' of sink 'hook' is written in the file (use ${env:NAME} or ${file:PATH})"])
+        #expect(!warnings.description.contains("hunter2"))
+    }
+
+    @Test func readsFileReferences() throws {
+        let dir = TempDir()
+        dir.write("hook.secret", "from-file\n")
+        let c = try HubConfigLoader(catalog: testCatalog, environment: [:]).load(texts: [(dir.path + "/p.yaml", """
+            sinks:
+              hook: { plugin: webhook, url: "http://x", secret: "${file:hook.secret}" }
+            """)]).0
+        #expect(c.sink("hook")?.config["secret"] == .string("from-file"))
+    }
+
+    @Test func acceptsDurationsAndSizes() {
+        #expect(Durations.seconds("250ms") == 0.25)
+        #expect(Durations.seconds("1h30m") == 5400)
+        #expect(Durations.seconds("5") == 5)
+        #expect(Durations.seconds("5x") == nil)
+        #expect(ByteSizes.bytes("64KiB") == 65536)
+        #expect(ByteSizes.bytes("1MB") == 1_000_000)
+        #expect(ByteSizes.bytes("lots") == nil)
+    }
+}

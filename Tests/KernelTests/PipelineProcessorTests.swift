@@ -1,0 +1,87 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+@Suite struct PipelineProcessorTests {
+    func processor(_ steps: String, to: String = "[ out ]", errors: String = "[]") throws -> PipelineProcessor {
+        let yaml = """
+            sources: { devices: { plugin: http } }
+            sinks:
+              out: { plugin: webhook, url: "http://x" }
+              alarms: { plugin: webhook, url: "http://x" }
+            pipelines:
+              p:
+                from: [ devices ]
+                steps:
+            \(steps.split(separator: "\n").map { "      " + $0 }.joined(separator: "\n"))
+                to: \(to)
+                errors: \(errors)
+            """
+        let c = try HubConfigLoader(catalog: testCatalog, environment: [:]).load(texts: [("p.yaml", yaml)]).0
+        return PipelineProcessor(c.pipelines[0], clock: { 1_000 })
+    }
+
+    func message(_ json: String, topic: String = "devices/d1/telemetry", contentType: String = "application/json") -> CanonicalMessage {
+        CanonicalMessage(Message(device: "d1", topic: topic, contentType: contentType, payload: Array(json.utf8)), receivedTime: 1_000)
+    }
+
+    @Test func decodesMapsAndSetsMetadata() throws {
+        let p = try processor("""
+            - decode: json
+            - map: { temperature_c: "round((temperature_f - 32) / 1.8, 1)", meta.unit: "'C'", location.site: "'line-1'", msg.topic: "'out/' + msg.device" }
+            """)
+        let r = p.process(message(#"{"temperature_f": 100}"#))
+        #expect(r.failures.isEmpty)
+        let out = try #require(r.outputs.first)
+        #expect(out.sinks == ["out"])
+        #expect(out.message.payload == .value(["temperature_c": 37.8, "location": ["site": "line-1"]]))
+        #expect(out.message.metadata("unit") == "C")
+        #expect(out.message.topic == "out/d1")
+        #expect(String(decoding: out.message.payloadBytes, as: UTF8.self) == #"{"temperature_c":37.8,"location":{"site":"line-1"}}"#)
+    }
+
+    @Test func setKeepsOtherFields() throws {
+        let r = try processor("- decode: auto\n- set: { ok: \"true\" }").process(message(#"{"a": 1}"#))
+        #expect(r.outputs.first?.message.payload == .value(["a": 1, "ok": true]))
+    }
+
+    @Test func filtersAndCounts() throws {
+        let p = try processor("- decode: json\n- filter: \"v > 10\"")
+        #expect(p.process(message(#"{"v": 5}"#)).filtered == 1)
+        #expect(p.process(message(#"{"v": 50}"#)).outputs.count == 1)
+    }
+
+    @Test func routesByTopicAndCondition() throws {
+        let p = try processor("""
+            - decode: json
+            - route:
+                - { topic: "devices/+/alarm", to: [ alarms ] }
+                - { when: "level > 3", to: [ alarms ], continue: true }
+            """)
+        #expect(p.process(message("{}", topic: "devices/d1/alarm")).outputs.map(\.sinks) == [["alarms"]])
+        #expect(p.process(message(#"{"level": 5}"#)).outputs.map(\.sinks) == [["alarms"], ["out"]])
+        #expect(p.process(message(#"{"level": 1}"#)).outputs.map(\.sinks) == [["out"]])
+    }
+
+    @Test func sendsUnhandledMessagesToTheErrorOutputWithTheReason() throws {
+        let p = try processor("- decode: json\n- map: { t: \"temperature * 2\" }", errors: "[ alarms ]")
+        let notJSON = p.process(message("not json"))
+        #expect(notJSON.outputs.isEmpty)
+        let f = try #require(notJSON.failures.first)
+        #expect(f.step == "decode")
+        #expect(f.reason.hasPrefix("payload is not valid JSON"))
+        #expect(f.errorOutputMessage.metadata("error_step") == "decode (step 1)")
+        #expect(f.errorOutputMessage.payloadBytes == Array("not json".utf8))
+        let missing = p.process(message(#"{"humidity": 3}"#))
+        #expect(missing.failures.first?.reason == "expression: field 'temperature' is missing")
+        #expect(p.process(message("{}", contentType: "text/plain")).failures.isEmpty == false)
+    }
+
+    @Test func encodesToCBOR() throws {
+        let r = try processor("- decode: json\n- encode: cbor").process(message(#"{"a": 1}"#))
+        let out = try #require(r.outputs.first?.message)
+        #expect(out.contentType == "application/cbor")
+        #expect(try CBOR.decode(out.payloadBytes) == ["a": 1])
+    }
+}

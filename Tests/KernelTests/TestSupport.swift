@@ -1,0 +1,201 @@
+import Foundation
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+@testable import IoTCKernel
+import IoTCPluginKit
+import Logging
+
+/// Where the build put the executable and the plugins (the folder of the test bundle).
+enum Build {
+    static let directory: String = {
+        if let d = ProcessInfo.processInfo.environment["IOTC_BUILD_DIR"] { return d }
+        return URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().path
+    }()
+    static let packageRoot: String = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static var iotc: String { directory + "/iotc" }
+
+    static let plugins: PluginSet = {
+        let (libs, errors) = PluginLoader.discover(in: [directory])
+        precondition(errors.isEmpty, "plugin load errors: \(errors)")
+        return PluginSet(libs)
+    }()
+}
+
+/// A scratch folder removed at the end of the test.
+final class TempDir {
+    let url: URL
+    var path: String { url.path }
+    init() {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("iotc-tests-\(UUID().uuidString)")
+        try! FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    @discardableResult
+    func write(_ name: String, _ text: String) -> String {
+        let p = url.appendingPathComponent(name).path
+        try! text.write(toFile: p, atomically: true, encoding: .utf8)
+        return p
+    }
+}
+
+/// A free TCP port on loopback.
+func freePort() -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
+    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Waits until something accepts connections on the port.
+func waitForPort(_ port: Int, timeout: TimeInterval = 20) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        close(fd)
+        if r == 0 { return true }
+        usleep(50_000)
+    }
+    return false
+}
+
+/// Polls until `condition` holds.
+func eventually(timeout: TimeInterval = 10, _ condition: () -> Bool) -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if condition() { return true }
+        usleep(20_000)
+    }
+    return condition()
+}
+
+/// A child process (a hub, a broker, a receiver) that is killed when the test ends.
+final class ChildProcess {
+    let process = Process()
+    let output: URL
+
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
+        output = FileManager.default.temporaryDirectory.appendingPathComponent("iotc-child-\(UUID().uuidString).log")
+        FileManager.default.createFile(atPath: output.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        let handle = try FileHandle(forWritingTo: output)
+        process.standardOutput = handle
+        process.standardError = handle
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
+    var pid: Int32 { process.processIdentifier }
+
+    func signal(_ s: Int32) { kill(process.processIdentifier, s) }
+
+    @discardableResult
+    func stop(_ s: Int32 = SIGTERM, timeout: TimeInterval = 15) -> Int32 {
+        if process.isRunning { kill(process.processIdentifier, s) }
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        return process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
+        try? FileManager.default.removeItem(at: output)
+    }
+}
+
+/// Runs a command to completion; returns its exit code and output.
+@discardableResult
+func run(_ executable: String, _ arguments: [String], directory: String? = nil, environment: [String: String] = [:]) throws -> (Int32, String) {
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: executable)
+    p.arguments = arguments
+    if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    p.environment = env
+    let pipe = Pipe()
+    p.standardOutput = pipe
+    p.standardError = pipe
+    try p.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// The path of a program on PATH, or nil.
+func which(_ name: String) -> String? {
+    for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":") {
+        let p = "\(dir)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: p) { return p }
+    }
+    return nil
+}
+
+/// A blocking HTTP request.
+struct HTTPResult {
+    var status: Int
+    var headers: [String: String]
+    var body: String
+}
+
+func http(_ method: String, _ url: String, body: [UInt8]? = nil, headers: [String: String] = [:], timeout: TimeInterval = 10) -> HTTPResult? {
+    var r = URLRequest(url: URL(string: url)!, timeoutInterval: timeout)
+    r.httpMethod = method
+    if let body { r.httpBody = Data(body) }
+    for (k, v) in headers { r.setValue(v, forHTTPHeaderField: k) }
+    final class Box: @unchecked Sendable { var result: HTTPResult? }
+    let box = Box()
+    let done = DispatchSemaphore(value: 0)
+    URLSession.shared.dataTask(with: r) { data, response, _ in
+        if let h = response as? HTTPURLResponse {
+            var headers: [String: String] = [:]
+            for (k, v) in h.allHeaderFields { headers[String(describing: k).lowercased()] = String(describing: v) }
+            box.result = HTTPResult(status: h.statusCode, headers: headers, body: String(decoding: data ?? Data(), as: UTF8.self))
+        }
+        done.signal()
+    }.resume()
+    done.wait()
+    return box.result
+}
+
+func postJSON(_ url: String, _ json: String, token: String? = nil) -> HTTPResult? {
+    var h = ["Content-Type": "application/json"]
+    if let token { h["Authorization"] = "Bearer \(token)" }
+    return http("POST", url, body: Array(json.utf8), headers: h)
+}
+
+/// Reads a JSON-lines file.
+func jsonLines(_ path: String) -> [Value] {
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+    return text.split(separator: "\n").compactMap { try? JSON.decode(String($0)) }
+}
+
+/// Loads pipeline text against the real plugins.
+func loadConfig(_ yaml: String, file: String = "test.yaml", environment: [String: String] = [:]) throws -> HubConfig {
+    var env = ProcessInfo.processInfo.environment
+    for (k, v) in environment { env[k] = v }
+    return try HubConfigLoader(catalog: Build.plugins.catalog, environment: env).load(texts: [(file, yaml)]).0
+}
+
+func makeHub(_ dir: TempDir) throws -> Hub {
+    try Hub(plugins: Build.plugins, dataDirectory: dir.url.appendingPathComponent("data"), logger: Logger(label: "test"))
+}

@@ -1,0 +1,34 @@
+"""A webhook endpoint for tests: records each request as a JSON line and answers with the status
+named by the path (/status/500 answers 500; anything else 204)."""
+import base64
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+port, record = int(sys.argv[1]), sys.argv[2]
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        with open(record, "a") as f:
+            f.write(json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                "body_base64": base64.b64encode(body).decode()}) + "\n")
+        status = 204
+        parts = self.path.strip("/").split("/")
+        if len(parts) == 2 and parts[0] == "status":
+            status = int(parts[1])
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_PUT = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
