@@ -105,12 +105,21 @@ let package = Package(
         ]),
         .testTarget(
             name: "KernelTests",
-            dependencies: ["IoTCKernel", "IoTCAPI"],
-            path: "Tests/KernelTests"
+            dependencies: [
+                "IoTCKernel", "IoTCAPI",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Tests/KernelTests",
+            exclude: ["Fixtures"]
         ),
         .testTarget(
             name: "PluginTests",
-            dependencies: ["IoTCKernel", "MQTTCodec"],
+            dependencies: [
+                "IoTCKernel", "MQTTCodec",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+            ],
             path: "Tests/PluginTests"
         ),
     ],
