@@ -2,10 +2,14 @@
 named by the path (/status/500 answers 500; anything else 204)."""
 import base64
 import json
+import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port, record = int(sys.argv[1]), sys.argv[2]
+# A parent may start us with signals blocked; SIGTERM must stop us.
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Handler(BaseHTTPRequestHandler):

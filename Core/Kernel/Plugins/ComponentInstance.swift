@@ -57,7 +57,7 @@ final class ComponentInstance: @unchecked Sendable {
             }
         }
         guard let created else {
-            host.deallocate()
+            // deinit frees the host structure.
             throw ComponentError("\(kind) '\(name)' (\(component.entry.name)): \(String(cString: text))")
         }
         instance = created

@@ -119,11 +119,16 @@ public enum PluginLoader {
             }
             if kind == .sink, c.pointee.write == nil { throw fail("sink '\(cname)' has no write function") }
             if kind == .step, c.pointee.process == nil { throw fail("step '\(cname)' has no process function") }
+            let fields = ConfigField.fields(c.pointee.fields, count: c.pointee.field_count)
+            let reserved = Set((kind == .sink ? HubConfigLoader.sinkFields : kind == .source ? HubConfigLoader.sourceFields : []).map(\.name))
+            if let clash = fields.first(where: { reserved.contains($0.name) }) {
+                throw fail("\(kind) '\(cname)' declares field '\(clash.name)', which the hub reserves for every \(kind)")
+            }
             let e = ComponentCatalog.Entry(
                 name: cname, kind: kind, plugin: name,
                 summary: c.pointee.summary.map { String(cString: $0) } ?? "",
                 description: c.pointee.description.map { String(cString: $0) } ?? "",
-                fields: ConfigField.fields(c.pointee.fields, count: c.pointee.field_count))
+                fields: fields)
             components.append(LoadedComponent(entry: e, raw: c))
         }
         return PluginLibrary(path: path, name: name, version: d.version.map { String(cString: $0) } ?? "",

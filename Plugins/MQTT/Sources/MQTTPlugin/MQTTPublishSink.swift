@@ -22,7 +22,6 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
         var password: String?
         var protocol_version: String
         var keep_alive: Double
-        var max_in_flight: Int
         var reconnect_initial: Double
         var reconnect_max: Double
         var forward_properties: Bool
@@ -39,7 +38,8 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
     static let summary = "Publishes messages to an external MQTT broker at QoS 0 or 1, reconnecting with backoff."
     static let description = """
         `topic` is a template: `{topic}`, `{device}`, `{tenant}` and `{kind}` are replaced from the message. \
-        At QoS 1 a message is acknowledged when the broker's PUBACK arrives (an MQTT 5 reason code of 0x80 \
+        At most the broker's Receive Maximum (MQTT 5) and the sink's `max_in_flight` publishes await their \
+        PUBACK at once. At QoS 1 a message is acknowledged when the broker's PUBACK arrives (an MQTT 5 reason code of 0x80 \
         or more rejects it to the dead-letter store); at QoS 0 once it is written to the socket. While the \
         broker is unreachable the sink reports backpressure, so nothing is dropped: the hub holds messages \
         and reconnects with exponential backoff and jitter; messages whose PUBACK was outstanding when the \
@@ -57,7 +57,6 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
         ConfigField("password", .string, "Password.", example: "${env:MQTT_PASSWORD}", secret: true),
         ConfigField("protocol_version", .string, "MQTT protocol version.", default: #""5""#, options: ["3.1.1", "5"]),
         ConfigField("keep_alive", .duration, "Keep-alive interval.", default: "30", example: "30s"),
-        ConfigField("max_in_flight", .int, "QoS 1 publishes awaiting PUBACK (lowered to the broker's Receive Maximum).", default: "100"),
         ConfigField("reconnect_initial", .duration, "First reconnect delay; it doubles up to reconnect_max.", default: "0.5", example: "500ms", advanced: true),
         ConfigField("reconnect_max", .duration, "Longest reconnect delay.", default: "30", example: "30s", advanced: true),
         ConfigField("forward_properties", .bool, "Carry the message's MQTT 5 properties and content type.", default: "true"),
@@ -99,7 +98,7 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
         version = config.protocol_version == "3.1.1" ? .v311 : .v5
         loop = group.next()
         clientID = config.client_id ?? "iotc-\(UInt32.random(in: 0...UInt32.max))"
-        window = max(1, config.max_in_flight)
+        window = 65535
         backoff = config.reconnect_initial
         if let tls = config.tls {
             var c = TLSConfiguration.makeClientConfiguration()
@@ -173,7 +172,8 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
             }
             connected = true
             backoff = config.reconnect_initial
-            window = max(1, config.max_in_flight)
+            // The hub's max_in_flight bounds writes; the broker's Receive Maximum may bound them further.
+            window = 65535
             for case .twoByte(MQTTProperty.receiveMaximum, let v) in ack.properties { window = min(window, Int(v)) }
             publishState()
             host.log(.info, "mqtt_publish: connected to \(config.server)")

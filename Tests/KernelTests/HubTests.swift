@@ -1,0 +1,283 @@
+import Crypto
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The hub in this process with the real plugins: HTTP in, file, webhook and MQTT out.
+@Suite(.serialized) struct HubTests {
+    struct Running {
+        let hub: Hub
+        let dir: TempDir
+        let port: Int
+        var base: String { "http://127.0.0.1:\(port)/v1/devices" }
+    }
+
+    func start(_ pipelines: String, sinks: String, auth: String = "auth: { allow_anonymous: true }", sourceExtra: String = "",
+               env: [String: String] = [:]) throws -> Running {
+        let dir = TempDir()
+        let port = freePort()
+        let yaml = """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(port)"\(sourceExtra) }
+            sinks:
+            \(sinks.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            pipelines:
+            \(pipelines.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            \(auth)
+            """.replacingOccurrences(of: "$DIR", with: dir.path)
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig(yaml, environment: env))
+        #expect(waitForPort(port))
+        return Running(hub: hub, dir: dir, port: port)
+    }
+
+    @Test func ingestsTelemetryIntoAFile() throws {
+        let r = try start("""
+            telemetry:
+              from: [ "devices:devices/+/telemetry" ]
+              durable: true
+              steps:
+                - decode: auto
+                - map: { celsius: "round((f - 32) / 1.8, 1)", meta.site: "'line-1'" }
+              to: [ out ]
+            """, sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
+        defer { r.hub.stop() }
+        for f in [32, 212, 100] {
+            let res = postJSON("\(r.base)/s-\(f)/telemetry", #"{"f": \#(f)}"#)
+            #expect(res?.status == 202)
+        }
+        // CBOR works the same way.
+        let cbor = http("POST", "\(r.base)/s-cbor/telemetry", body: CBOR.encode(["f": 50]), headers: ["Content-Type": "application/cbor"])
+        #expect(cbor?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 4 })
+        let lines = jsonLines(r.dir.path + "/out.jsonl")
+        #expect(lines.prefix(3).map { $0["payload"]?["celsius"]?.number } == [0, 100, 37.8])
+        // The CBOR message stays CBOR: the file holds it as base64.
+        guard case .string(let b64)? = lines[3]["payload_base64"], let cborBytes = Base64.decode(b64) else {
+            Issue.record("CBOR payload missing: \(lines[3])")
+            return
+        }
+        #expect(try CBOR.decode(cborBytes)["celsius"]?.number == 10)
+        #expect(lines[3]["content_type"] == "application/cbor")
+        #expect(lines[0]["device"] == "s-32")
+        #expect(lines[0]["topic"] == "devices/s-32/telemetry")
+        #expect(lines[0]["metadata"]?["site"] == "line-1")
+        // Events have no pipeline here: 404 names the topic.
+        let unrouted = postJSON("\(r.base)/s1/events", "{}")
+        #expect(unrouted?.status == 404)
+        #expect(unrouted?.body.contains("no pipeline reads devices/s1/events") == true)
+    }
+
+    @Test func refusesBadRequestsCleanly() throws {
+        let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }",
+                          sourceExtra: ", max_body_size: 64")
+        defer { r.hub.stop() }
+        #expect(http("POST", "\(r.base)/d/telemetry", body: Array("x".utf8), headers: ["Content-Type": "text/plain"])?.status == 415)
+        #expect(http("POST", "\(r.base)/d/telemetry", body: Array("{}".utf8))?.status == 415)
+        let notJSON = postJSON("\(r.base)/d/telemetry", "{nope")
+        #expect(notJSON?.status == 400)
+        #expect(notJSON?.headers["content-type"] == "application/problem+json")
+        #expect(http("POST", "\(r.base)/d/telemetry", body: [0x22, 0xC3, 0x28, 0x22], headers: ["Content-Type": "application/json"])?.status == 400)
+        let big = postJSON("\(r.base)/d/telemetry", "{\"a\":\"\(String(repeating: "x", count: 100))\"}")
+        #expect(big?.status == 413)
+        #expect(http("GET", "\(r.base)/d/telemetry")?.status == 405)
+        #expect(http("GET", "http://127.0.0.1:\(r.port)/nothing")?.status == 404)
+        // A body over the limit without Content-Length (chunked) is refused as well.
+        let s = try #require(RawSocket(port: r.port))
+        s.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n\(String(repeating: " ", count: 80))\r\n0\r\n\r\n")
+        #expect(s.readResponses(1).first?.hasPrefix("HTTP/1.1 413") == true)
+        #expect(s.isClosed())
+        // Garbage instead of HTTP: 400 and the connection closes; the server carries on.
+        let g = try #require(RawSocket(port: r.port))
+        g.send("\u{1}\u{2}NOT HTTP\r\n\r\n")
+        #expect(g.readResponses(1).first?.hasPrefix("HTTP/1.1 400") == true)
+        #expect(postJSON("\(r.base)/d/telemetry", "{}")?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
+    }
+
+    @Test func answersPipelinedRequestsInOrder() throws {
+        let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
+        defer { r.hub.stop() }
+        let s = try #require(RawSocket(port: r.port))
+        var batch = ""
+        for i in 0..<5 {
+            let body = #"{"n":\#(i)}"#
+            batch += "POST /v1/devices/p\(i)/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        }
+        batch += "GET /v1/devices/p0/nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        s.send(batch)
+        let responses = s.readResponses(6)
+        #expect(responses.map { String($0.prefix(12)) } == Array(repeating: "HTTP/1.1 202", count: 5) + ["HTTP/1.1 404"])
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").map { $0["payload"]?["n"] } == [0, 1, 2, 3, 4] })
+    }
+
+    @Test func authenticatesDevicesWithBearerTokens() throws {
+        let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }",
+                          auth: "auth: { tokens: [ { device: s1, token: \"${env:S1_TOKEN}\", tenant: acme } ] }", env: ["S1_TOKEN": "t0ken-s1"])
+        defer { r.hub.stop() }
+        #expect(postJSON("\(r.base)/s1/telemetry", "{}")?.status == 401)
+        #expect(postJSON("\(r.base)/s1/telemetry", "{}", token: "wrong")?.status == 401)
+        #expect(postJSON("\(r.base)/s2/telemetry", "{}", token: "t0ken-s1")?.status == 401)
+        #expect(http("POST", "\(r.base)/s1/telemetry", body: Array("{}".utf8), headers: ["Content-Type": "application/json", "Authorization": "Basic eDp5"])?.status == 401)
+        #expect(postJSON("\(r.base)/s1/telemetry", #"{"ok":1}"#, token: "t0ken-s1")?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").first?["tenant"] == "acme" })
+    }
+
+    @Test func pushesBackWhenASinkCannotKeepUp() throws {
+        // Nothing listens on the broker port: the sink reports backpressure, its queue and then the
+        // pipeline's fill, and the HTTP source answers 503 with Retry-After instead of buffering.
+        let r = try start("""
+            t:
+              from: [ devices ]
+              queue_size: 2
+              to: [ broker ]
+            """, sinks: "broker: { plugin: mqtt_publish, server: \"127.0.0.1:\(freePort())\", queue_size: 2, reconnect_initial: 50ms }")
+        defer { r.hub.stop(timeout: 1) }
+        var statuses: [Int] = []
+        var retryAfter: String?
+        for i in 0..<12 {
+            let res = postJSON("\(r.base)/d/telemetry", #"{"n":\#(i)}"#)
+            statuses.append(res?.status ?? 0)
+            if res?.status == 503 { retryAfter = res?.headers["retry-after"] }
+        }
+        #expect(statuses.prefix(4).allSatisfy { $0 == 202 })
+        #expect(statuses.contains(503))
+        #expect(retryAfter == "1")
+        #expect(r.hub.status.pipelines.first?.queued ?? 0 <= 3)
+    }
+
+    @Test func retriesThenDeadLettersAndReplays() throws {
+        let receiverPort = freePort()
+        let dir = TempDir()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        #expect(waitForPort(receiverPort))
+        let r = try start("""
+            failing: { from: [ "devices:devices/+/telemetry" ], to: [ flaky ] }
+            rejecting: { from: [ "devices:devices/+/events" ], to: [ refuses ] }
+            """, sinks: """
+            flaky: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/status/503", retry: { max_attempts: 3, initial_backoff: 10ms, max_backoff: 50ms } }
+            refuses: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/status/400" }
+            """)
+        defer { r.hub.stop() }
+        #expect(postJSON("\(r.base)/d1/telemetry", #"{"v":1}"#)?.status == 202)
+        #expect(postJSON("\(r.base)/d1/events", #"{"e":1}"#)?.status == 202)
+        #expect(eventually { r.hub.deadLetters.list().count == 2 })
+        let entries = r.hub.deadLetters.list().sorted { $0.pipeline < $1.pipeline }
+        #expect(entries[0].pipeline == "failing")
+        #expect(entries[0].sink == "flaky")
+        #expect(entries[0].attempts == 3)
+        #expect(entries[0].reason.contains("gave up after 3 attempts"))
+        #expect(entries[0].reason.contains("503"))
+        #expect(entries[1].sink == "refuses")
+        #expect(entries[1].attempts == 1)
+        #expect(entries[1].reason.contains("rejected by the sink"))
+        let requests = jsonLines(dir.path + "/requests.jsonl")
+        #expect(requests.filter { $0["path"] == "/status/503" }.count == 3)
+        #expect(requests.filter { $0["path"] == "/status/400" }.count == 1)
+        // Replay sends the failed delivery to its sink again; it fails again and comes back.
+        let (replayed, skipped) = r.hub.replayDeadLetters(ids: [entries[0].id, "no-such-id"])
+        #expect(replayed == 1)
+        #expect(skipped == ["no-such-id"])
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").filter { $0["path"] == "/status/503" }.count == 6 })
+        #expect(eventually { r.hub.deadLetters.list().count == 2 })
+        #expect(r.hub.deadLetters.remove(ids: nil) == 2)
+    }
+
+    @Test func signsWebhooksWithHMAC() throws {
+        let receiverPort = freePort()
+        let dir = TempDir()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        #expect(waitForPort(receiverPort))
+        let r = try start("t: { from: [ devices ], steps: [ { decode: json } ], to: [ hook ] }",
+                          sinks: "hook: { plugin: webhook, url: \"http://127.0.0.1:\(receiverPort)/in\", secret: \"${env:HOOK_SECRET}\", headers: { X-Site: line-1 } }",
+                          env: ["HOOK_SECRET": "k3y"])
+        defer { r.hub.stop() }
+        #expect(postJSON("\(r.base)/d9/telemetry", #"{"t": 1}"#)?.status == 202)
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 1 })
+        let req = try #require(jsonLines(dir.path + "/requests.jsonl").first)
+        guard case .string(let b64)? = req["body_base64"], let body = Base64.decode(b64),
+              case .string(let ts)? = req["headers"]?["x-iotc-timestamp"], case .string(let sig)? = req["headers"]?["x-iotc-signature"] else {
+            Issue.record("missing body or signature headers: \(req)")
+            return
+        }
+        let mac = HMAC<SHA256>.authenticationCode(for: Array(ts.utf8) + [UInt8(ascii: ".")] + body, using: SymmetricKey(data: Array("k3y".utf8)))
+        #expect(sig == "sha256=" + mac.map { String(format: "%02x", $0) }.joined())
+        #expect(String(decoding: body, as: UTF8.self) == #"{"t":1}"#)
+        #expect(req["headers"]?["x-iotc-device"] == "d9")
+        #expect(req["headers"]?["x-site"] == "line-1")
+        #expect(abs((Int(ts) ?? 0) - Int(Date().timeIntervalSince1970)) < 60)
+    }
+
+    @Test func deliversCommandsByLongPollAndServerSentEvents() async throws {
+        let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
+        defer { r.hub.stop() }
+        // Long-poll: the device waits; the command arrives while it waits.
+        let base = r.base
+        let poll = Task.detached { http("GET", "\(base)/pump-1/commands?wait=10", timeout: 15) }
+        try await Task.sleep(for: .milliseconds(300))
+        let command = Message(kind: .command, device: "pump-1", topic: "devices/pump-1/commands/start", contentType: "application/json",
+                              payload: Array(#"{"speed":3}"#.utf8))
+        let (code, _) = await r.hub.sendDownlink(command, timeout: 5)
+        #expect(code == 0)
+        let answer = await poll.value
+        #expect(answer?.status == 200)
+        let body = try JSON.decode(answer?.body ?? "")
+        #expect(body["payload"] == ["speed": 3])
+        #expect(body["topic"] == "devices/pump-1/commands/start")
+        // A poll with nothing waiting times out with 204.
+        #expect(http("GET", "\(base)/pump-1/commands?wait=0.2")?.status == 204)
+        // Server-Sent Events: the stream stays open and carries each command as an event.
+        let s = try #require(RawSocket(port: r.port))
+        s.send("GET /v1/devices/pump-2/commands/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        try await Task.sleep(for: .milliseconds(300))
+        var second = command
+        second.device = "pump-2"
+        let (code2, _) = await r.hub.sendDownlink(second, timeout: 5)
+        #expect(code2 == 0)
+        var buf = [UInt8](repeating: 0, count: 8192)
+        var text = ""
+        let deadline = Date().addingTimeInterval(5)
+        while !text.contains("\n\n"), Date() < deadline || text.isEmpty {
+            let n = recv(s.fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+            if text.contains("event: command") && text.hasSuffix("\n\n") { break }
+        }
+        #expect(text.contains("text/event-stream"))
+        #expect(text.contains("event: command"))
+        #expect(text.contains(#""speed":3"#))
+        // A command result comes back as a message of kind command_result.
+        #expect(postJSON("\(base)/pump-1/commands/c1/result", #"{"ok":true}"#)?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").contains { $0["kind"] == "command_result" } })
+    }
+
+    @Test func reloadKeepsConnectionsAndAppliesNewSteps() throws {
+        let r = try start("t: { from: [ devices ], steps: [ { decode: json } ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
+        defer { r.hub.stop() }
+        let s = try #require(RawSocket(port: r.port))
+        func post(_ n: Int) -> String? {
+            let body = #"{"n":\#(n)}"#
+            s.send("POST /v1/devices/k/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)")
+            return s.readResponses(1).first
+        }
+        #expect(post(1)?.hasPrefix("HTTP/1.1 202") == true)
+        let updated = try loadConfig("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(r.port)" }
+            sinks:
+              out: { plugin: file, path: "\(r.dir.path)/out.jsonl" }
+            pipelines:
+              t: { from: [ devices ], steps: [ { decode: json }, { set: { reloaded: "true" } } ], to: [ out ] }
+            auth: { allow_anonymous: true }
+            """)
+        try r.hub.reload(updated)
+        #expect(post(2)?.hasPrefix("HTTP/1.1 202") == true)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 2 })
+        let lines = jsonLines(r.dir.path + "/out.jsonl")
+        #expect(lines[0]["payload"] == ["n": 1])
+        #expect(lines[1]["payload"] == ["n": 2, "reloaded": true])
+    }
+}

@@ -1,0 +1,59 @@
+import Foundation
+
+/// A plain TCP connection for tests that need exact bytes on the wire (pipelining, bad lengths).
+final class RawSocket {
+    let fd: Int32
+
+    init?(port: Int) {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        if r != 0 { close(fd); return nil }
+        var tv = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    deinit { close(fd) }
+
+    func send(_ text: String) { send(Array(text.utf8)) }
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } }
+
+    /// Reads until `count` HTTP responses (by status line) have arrived, the peer closes, or time runs out.
+    func readResponses(_ count: Int, timeout: TimeInterval = 5) -> [String] {
+        var text = ""
+        let deadline = Date().addingTimeInterval(timeout)
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while Date() < deadline {
+            let statuses = text.components(separatedBy: "HTTP/1.1 ").count - 1
+            if statuses >= count, Self.complete(text, count) { break }
+            let n = recv(fd, &buf, buf.count, 0)
+            if n <= 0 { break }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+        return text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { "HTTP/1.1 " + $0 }
+    }
+
+    /// Whether every response seen so far has its whole body.
+    private static func complete(_ text: String, _ count: Int) -> Bool {
+        let parts = text.components(separatedBy: "HTTP/1.1 ").dropFirst()
+        guard let last = parts.last, let headerEnd = last.range(of: "\r\n\r\n") else { return false }
+        let head = last[..<headerEnd.lowerBound].lowercased()
+        let length = head.split(separator: "\r\n").first { $0.hasPrefix("content-length:") }.flatMap { Int($0.dropFirst(15).trimmingCharacters(in: .whitespaces)) } ?? 0
+        return last[headerEnd.upperBound...].utf8.count >= length
+    }
+
+    /// Whether the peer has closed the connection.
+    func isClosed(timeout: TimeInterval = 3) -> Bool {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n == 0 { return true }
+            if n < 0 { return errno != EAGAIN && errno != EWOULDBLOCK ? true : false }
+        }
+        return false
+    }
+}
