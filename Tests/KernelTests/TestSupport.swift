@@ -99,7 +99,7 @@ final class ChildProcess {
         let handle = try FileHandle(forWritingTo: output)
         process.standardOutput = handle
         process.standardError = handle
-        try process.run()
+        try withSignalsUnblocked { try process.run() }
     }
 
     var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
@@ -120,6 +120,17 @@ final class ChildProcess {
         if process.isRunning { kill(process.processIdentifier, SIGKILL); process.waitUntilExit() }
         try? FileManager.default.removeItem(at: output)
     }
+}
+
+/// Test threads (dispatch workers) block signals, and a spawned child inherits the mask: a broker or
+/// hub started from one would ignore SIGTERM. Unblock them on this thread while spawning.
+func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
+    var unblock = sigset_t(), previous = sigset_t()
+    sigemptyset(&unblock)
+    for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&unblock, s) }
+    pthread_sigmask(SIG_UNBLOCK, &unblock, &previous)
+    defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+    return try body()
 }
 
 /// Runs a command to completion; returns its exit code and output.

@@ -1,0 +1,44 @@
+import Foundation
+import Testing
+
+/// A mosquitto broker and a mosquitto_sub subscriber on loopback, both real Debian programs.
+final class Mosquitto {
+    let port: Int
+    let dir = TempDir()
+    private var broker: ChildProcess?
+
+    init(port: Int = freePort()) { self.port = port }
+
+    static var installed: Bool { which("mosquitto") != nil || FileManager.default.isExecutableFile(atPath: "/usr/sbin/mosquitto") }
+
+    func start() throws {
+        let conf = dir.write("mosquitto.conf", "listener \(port) 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        let exe = which("mosquitto") ?? "/usr/sbin/mosquitto"
+        broker = try ChildProcess(exe, ["-c", conf])
+        #expect(waitForPort(port), "mosquitto did not start: \(broker?.log ?? "")")
+    }
+
+    func stop() { broker?.stop() }
+
+    /// Starts mosquitto_sub (line-buffered, so that output shows at once) on `filter` and waits until it
+    /// receives a probe message.
+    func subscribe(_ filter: String, qos: Int = 1) throws -> ChildProcess {
+        let sub = try ChildProcess(which("stdbuf")!, ["-oL", which("mosquitto_sub")!, "-h", "127.0.0.1", "-p", "\(port)", "-t", filter, "-t", "probe", "-q", "\(qos)", "-v", "-V", "mqttv5"])
+        let ready = eventually(timeout: 10) {
+            _ = try? run(which("mosquitto_pub")!, ["-h", "127.0.0.1", "-p", "\(port)", "-t", "probe", "-m", "x"])
+            return sub.log.contains("probe x")
+        }
+        #expect(ready, "mosquitto_sub did not subscribe: \(sub.log)")
+        return sub
+    }
+
+    deinit { broker?.stop() }
+}
+
+/// Fails the test with a clear message when a peer is missing (`make test` installs them).
+func requirePeer(_ installed: Bool, _ name: String) throws {
+    if !installed {
+        Issue.record("\(name) is not installed; run `make test-deps` (make test installs it)")
+        throw CancellationError()
+    }
+}

@@ -1,0 +1,169 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The iotc executable as users run it, with real peers.
+@Suite(.serialized) struct ProcessTests {
+    func pipelineFile(_ dir: TempDir, httpPort: Int, brokerPort: Int) -> String {
+        dir.write("hub.yaml", """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" }
+            sinks:
+              broker: { plugin: mqtt_publish, server: "127.0.0.1:\(brokerPort)", topic: "hub/{device}", qos: 1, reconnect_initial: 100ms, reconnect_max: 500ms }
+            pipelines:
+              telemetry:
+                from: [ devices ]
+                durable: true
+                to: [ broker ]
+            auth: { allow_anonymous: true }
+            """)
+    }
+
+    func serve(_ file: String, data: String, api: Int) throws -> ChildProcess {
+        try ChildProcess(Build.iotc, ["serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory])
+    }
+
+    @Test func deliversEveryAcknowledgedMessageAfterKillMinus9() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let broker = Mosquitto()
+        let file = pipelineFile(dir, httpPort: httpPort, brokerPort: broker.port)
+        // The broker is down: messages are acknowledged once they are in the write-ahead log.
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(waitForPort(httpPort), "hub did not start: \(hub.log)")
+        var accepted: [Int] = []
+        for i in 0..<40 {
+            if postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d\(i % 4)/telemetry", #"{"seq":\#(i)}"#)?.status == 202 { accepted.append(i) }
+        }
+        #expect(accepted.count == 40)
+        hub.stop(SIGKILL)
+
+        try broker.start()
+        defer { broker.stop() }
+        let sub = try broker.subscribe("hub/#")
+        defer { sub.stop() }
+        let again = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { again.stop() }
+        let delivered = eventually(timeout: 30) {
+            let seqs = Set(sub.log.split(separator: "\n").compactMap { line -> Int? in
+                guard line.hasPrefix("hub/"), let brace = line.firstIndex(of: "{") else { return nil }
+                return (try? JSON.decode(String(line[brace...])))?["seq"].flatMap { if case .int(let n) = $0 { Int(n) } else { nil } }
+            })
+            return seqs == Set(accepted)
+        }
+        #expect(delivered, "missing after restart; hub log:\n\(again.log.suffix(2000))\nsubscriber:\n\(sub.log.suffix(2000))")
+        #expect(again.log.contains("replaying 40 messages from the write-ahead log"))
+    }
+
+    @Test func drainsOnSIGTERMAndReloadsOnSIGHUP() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let out = dir.path + "/out.jsonl"
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { out: { plugin: file, path: "\(out)" } }
+            pipelines: { t: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(waitForPort(apiPort), "hub did not start: \(hub.log)")
+        #expect(hub.log.contains("IoT Connect Center"))
+        #expect(http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200)
+        // A broken file on SIGHUP leaves the running configuration alone.
+        try "pipelines: { t: { from: [ nowhere ] } }".write(toFile: file, atomically: true, encoding: .utf8)
+        hub.signal(SIGHUP)
+        #expect(eventually { hub.log.contains("reload refused") })
+        #expect(hub.log.contains("undefined source 'nowhere'"))
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/telemetry", #"{"n":0}"#)?.status == 202)
+        for i in 1...200 { _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/telemetry", #"{"n":\#(i)}"#) }
+        #expect(hub.stop(SIGTERM) == 0)
+        #expect(hub.log.contains("stopped"))
+        #expect(jsonLines(out).count == 201)
+        let metrics = hub.log
+        #expect(!metrics.contains("Fatal error"))
+    }
+
+    @Test func servesMetricsAndTheDeadLetterAPI() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ devices ], steps: [ { decode: json }, { filter: "v > 0" } ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort))
+        _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/telemetry", #"{"v":1}"#)
+        _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/telemetry", #"{"v":0}"#)
+        _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/telemetry", #"{"x":1}"#)
+        #expect(eventually { (http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? "").contains(#"iotc_messages_in_total{pipeline="t"} 3"#) })
+        let metrics = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+        #expect(metrics.contains(#"iotc_messages_errored_total{pipeline="t"} 1"#))
+        #expect(metrics.contains(#"iotc_messages_filtered_total{pipeline="t"} 1"#))
+        #expect(metrics.contains(#"iotc_sink_delivered_total{sink="out"} 1"#))
+        #expect(metrics.contains("iotc_sink_latency_seconds_bucket"))
+        // The failed message (no field v) is a dead letter, listed by the CLI and the API.
+        let (code, listing) = try run(Build.iotc, ["dlq", "list", "--data", dir.path + "/data"])
+        #expect(code == 0)
+        #expect(listing.contains("pipeline t, step filter"))
+        #expect(listing.contains("field 'v' is missing"))
+        let api = http("GET", "http://127.0.0.1:\(apiPort)/v1/dead-letters")
+        #expect(api?.status == 200)
+        #expect((try? JSON.decode(api?.body ?? ""))?["total"] == 1)
+        let (purgeCode, purged) = try run(Build.iotc, ["dlq", "purge", "--data", dir.path + "/data"])
+        #expect(purgeCode == 0 && purged.contains("purged 1"))
+    }
+
+    @Test func runsSeveralNIOPluginsInOneProcess() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let broker = Mosquitto()
+        try broker.start()
+        defer { broker.stop() }
+        let sub = try broker.subscribe("out/#")
+        defer { sub.stop() }
+        let receiverPort = freePort()
+        let dir = TempDir()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        #expect(waitForPort(receiverPort))
+        // http (NIO server), mqtt_publish (NIO client) and webhook (AsyncHTTPClient on NIO), each with its own copy of NIO.
+        let httpPort = freePort()
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks:
+              broker: { plugin: mqtt_publish, server: "127.0.0.1:\(broker.port)", topic: "out/{device}", protocol_version: "3.1.1" }
+              hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/in" }
+            pipelines: { t: { from: [ devices ], to: [ broker, hook ] } }
+            auth: { allow_anonymous: true }
+            """))
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort))
+        for i in 0..<20 { #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/n\(i)/telemetry", #"{"i":\#(i)}"#)?.status == 202) }
+        #expect(eventually { sub.log.split(separator: "\n").filter { $0.hasPrefix("out/") }.count == 20 }, "subscriber got: \(sub.log)")
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 20 })
+    }
+
+    @Test func reportsBrokenPluginFilesWithoutCrashing() throws {
+        let dir = TempDir()
+        for name in ["file", "log"] {
+            try FileManager.default.copyItem(atPath: Build.directory + "/libiotc-plugin-\(name).so", toPath: dir.path + "/libiotc-plugin-\(name).so")
+        }
+        try Data("this is not an ELF file".utf8).write(to: URL(fileURLWithPath: dir.path + "/libiotc-plugin-broken.so"))
+        let env = ["IOTC_PLUGIN_PATH": ""]
+        let (code, out) = try run(Build.iotc, ["plugins", "--plugins", dir.path], environment: env)
+        #expect(code == 1)
+        #expect(out.contains("error: cannot load plugin \(dir.path)/libiotc-plugin-broken.so: not a loadable shared library"))
+        #expect(out.contains("file 0.1.0 (ABI 1)"))
+        // check still works with the good plugins and says what is wrong with the file.
+        let bad = dir.write("bad.yaml", "sinks:\n  s: { plugin: file, pathh: x }\n")
+        let (checkCode, checkOut) = try run(Build.iotc, ["check", bad, "--plugins", dir.path], environment: env)
+        #expect(checkCode == 1)
+        #expect(checkOut.contains("\(bad):2:22: error: unknown field 'pathh' in sink 's' (did you mean 'path'?)"))
+        #expect(checkOut.contains("warning: cannot load plugin"))
+    }
+}
