@@ -89,20 +89,19 @@ public struct PipelineProcessor: Sendable {
                         return
                     }
                 case .route(let cases):
-                    var matched = false
-                    for rc in cases where try matches(rc, m, step) {
+                    if let rc = try cases.first(where: { try matches($0, m, step) }) {
                         result.outputs.append(Output(message: m, sinks: rc.to))
-                        matched = true
                         if !rc.continues { return }
-                        break
                     }
-                    _ = matched
                 case .plugin:
                     guard let run = pluginSteps[index] else { throw StepError("plugin step is not loaded") }
                     let outs = try run(m)
-                    for out in outs.dropFirst() { self.run(out, from: index + 1, &result) }
-                    guard let first = outs.first else { return }
-                    m = first
+                    guard outs.count == 1 else {
+                        // Zero or several messages: each goes through the rest of the pipeline, in order.
+                        for out in outs { self.run(out, from: index + 1, &result) }
+                        return
+                    }
+                    m = outs[0]
                 }
             } catch {
                 let reason = (error as? StepError)?.description ?? (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"
