@@ -6,12 +6,13 @@ struct Check: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Check pipeline files and report every problem with file:line:column.")
 
     @OptionGroup var plugins: PluginOptions
+    @Flag(help: "Report unset ${env:...} variables as warnings (to check files away from their secrets).") var ignoreMissingEnv = false
     @Argument(help: "Pipeline files.") var files: [String]
 
     func run() throws {
         let set = plugins.load()
         do {
-            let (config, warnings) = try HubConfigLoader(catalog: set.catalog).load(files: files)
+            let (config, warnings) = try HubConfigLoader(catalog: set.catalog, missingEnvironmentIsWarning: ignoreMissingEnv).load(files: files)
             printDiagnostics(warnings)
             print("ok: \(config.sources.count) sources, \(config.sinks.count) sinks, \(config.pipelines.count) pipelines" + (warnings.isEmpty ? "" : ", \(warnings.count) warnings"))
         } catch {

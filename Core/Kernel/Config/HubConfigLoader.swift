@@ -5,10 +5,14 @@ import IoTCPluginKit
 public struct HubConfigLoader: Sendable {
     public let catalog: ComponentCatalog
     public let environment: [String: String]
+    /// Unset `${env:...}` variables are warnings rather than errors (`iotc check --ignore-missing-env`).
+    public let missingEnvironmentIsWarning: Bool
 
-    public init(catalog: ComponentCatalog, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    public init(catalog: ComponentCatalog, environment: [String: String] = ProcessInfo.processInfo.environment,
+                missingEnvironmentIsWarning: Bool = false) {
         self.catalog = catalog
         self.environment = environment
+        self.missingEnvironmentIsWarning = missingEnvironmentIsWarning
     }
 
     /// Kernel options every sink takes besides its plugin's own fields.
@@ -92,7 +96,8 @@ public struct HubConfigLoader: Sendable {
                 continue
             }
             guard let root else { continue }
-            var v = SpecValidator(baseDirectory: (file as NSString).deletingLastPathComponent, environment: environment)
+            var v = SpecValidator(baseDirectory: (file as NSString).deletingLastPathComponent, environment: environment,
+                                  missingEnvironmentIsWarning: missingEnvironmentIsWarning)
             guard case .mapping(let pairs, _) = root else {
                 d.error(root.location, "a pipeline file should be a mapping with sources, sinks and pipelines")
                 continue

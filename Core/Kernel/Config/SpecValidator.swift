@@ -9,10 +9,13 @@ struct SpecValidator {
     /// Folder that `${file:...}` paths are relative to.
     let baseDirectory: String
     let environment: [String: String]
+    /// Report unset `${env:...}` variables as warnings (for checking files away from their secrets).
+    let missingEnvironmentIsWarning: Bool
 
-    init(baseDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment) {
+    init(baseDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment, missingEnvironmentIsWarning: Bool = false) {
         self.baseDirectory = baseDirectory
         self.environment = environment
+        self.missingEnvironmentIsWarning = missingEnvironmentIsWarning
     }
 
     /// Validates a mapping; keys in `ignoring` belong to the caller.
@@ -155,8 +158,14 @@ struct SpecValidator {
             if reference.hasPrefix("env:") {
                 let name = String(reference.dropFirst(4))
                 guard let v = environment[name] else {
-                    diagnostics.error(loc, "environment variable '\(name)' used by \(context) is not set")
-                    return nil
+                    guard missingEnvironmentIsWarning else {
+                        diagnostics.error(loc, "environment variable '\(name)' used by \(context) is not set")
+                        return nil
+                    }
+                    diagnostics.warning(loc, "environment variable '\(name)' used by \(context) is not set")
+                    out += "${env:\(name)}"
+                    rest = rest[rest.index(after: end)...]
+                    continue
                 }
                 out += v
             } else if reference.hasPrefix("file:") {

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what a make target needs and is missing, from Debian's packages. Safe to run again.
+#   scripts/install-deps.sh run     what the hub needs to build and run
+#   scripts/install-deps.sh test    plus the real peers the tests start (mosquitto, mosquitto-clients)
+#   scripts/install-deps.sh bench   plus nginx and wrk for the HTTP benchmark
+set -euo pipefail
+
+want=(curl ca-certificates pkg-config libcoap3-dev libmodbus-dev)
+case "${1:-run}" in
+  run) ;;
+  test) want+=(mosquitto mosquitto-clients python3 coreutils binutils gcc) ;;
+  bench) want+=(mosquitto mosquitto-clients python3 nginx-light wrk) ;;
+  fuzz) want+=(clang) ;;
+  *) echo "usage: $0 run|test|bench|fuzz" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+  echo "Swift 6.1 or newer is needed (https://www.swift.org/install/); this machine has none on PATH." >&2
+  exit 1
+fi
