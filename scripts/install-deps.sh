@@ -8,7 +8,7 @@ set -euo pipefail
 want=(curl ca-certificates pkg-config libcoap3-dev libmodbus-dev)
 case "${1:-run}" in
   run) ;;
-  test) want+=(mosquitto mosquitto-clients python3 coreutils binutils gcc) ;;
+  test) want+=(mosquitto mosquitto-clients python3 coreutils binutils gcc openssl) ;;
   bench) want+=(mosquitto mosquitto-clients python3 nginx-light wrk) ;;
   fuzz) want+=(clang) ;;
   *) echo "usage: $0 run|test|bench|fuzz" >&2; exit 2 ;;

@@ -279,5 +279,57 @@ import IoTCPluginKit
         let lines = jsonLines(r.dir.path + "/out.jsonl")
         #expect(lines[0]["payload"] == ["n": 1])
         #expect(lines[1]["payload"] == ["n": 2, "reloaded": true])
+
+        // A reload whose new source cannot be created changes nothing that runs.
+        let broken = try loadConfig("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(r.port)" }
+              extra: { plugin: http, listen: "not-an-address" }
+            sinks:
+              out: { plugin: file, path: "\(r.dir.path)/out.jsonl" }
+            pipelines:
+              t: { from: [ devices, extra ], steps: [ { decode: json } ], to: [ out ] }
+            auth: { allow_anonymous: true }
+            """)
+        #expect(throws: (any Error).self) { try r.hub.reload(broken) }
+        #expect(post(3)?.hasPrefix("HTTP/1.1 202") == true)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 3 })
+        #expect(jsonLines(r.dir.path + "/out.jsonl").last?["payload"] == ["n": 3, "reloaded": true])
+    }
+}
+
+@Suite struct HTTPSTests {
+    @Test func ingestsOverTLS() throws {
+        let dir = TempDir()
+        let (code, out) = try run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                                   "-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1",
+                                                   "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        #expect(code == 0, "openssl: \(out)")
+        let port = freePort()
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources:
+              devices:
+                plugin: http
+                listen: "127.0.0.1:\(port)"
+                tls: { certificate_file: "\(dir.path)/cert.pem", key_file: "\(dir.path)/key.pem" }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """))
+        defer { hub.stop() }
+        #expect(waitForPort(port))
+        let (curlCode, status) = try run("/usr/bin/env", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", dir.path + "/cert.pem",
+                                                         "-H", "Content-Type: application/json", "-d", #"{"tls":true}"#,
+                                                         "https://127.0.0.1:\(port)/v1/devices/s/telemetry"])
+        #expect(curlCode == 0)
+        #expect(status == "202")
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").first?["payload"] == ["tls": true] })
+        // Plain HTTP to the TLS port is refused without disturbing the listener.
+        let plain = try run("/usr/bin/env", ["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:\(port)/v1/devices/s/telemetry"])
+        #expect(plain.1 != "202")
+        let again = try run("/usr/bin/env", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", dir.path + "/cert.pem",
+                                             "-H", "Content-Type: application/json", "-d", "{}", "https://127.0.0.1:\(port)/v1/devices/s/telemetry"])
+        #expect(again.1 == "202")
     }
 }

@@ -99,7 +99,8 @@ public enum DocsGenerator {
             if !f.options.isEmpty { notes.append("one of " + f.options.map { "`\($0)`" }.joined(separator: ", ")) }
             if let e = f.example { notes.append("example `\(e)`") }
             let d = f.defaultJSON.map { "`\($0)`" } ?? ""
-            let desc = ([f.description] + notes).joined(separator: "; ").replacingOccurrences(of: "|", with: "\\|")
+            let base = f.description.hasSuffix(".") ? String(f.description.dropLast()) : f.description
+            let desc = (([base] + notes).joined(separator: "; ") + ".").replacingOccurrences(of: "|", with: "\\|")
             return ["| `\(prefix)\(f.name)` | \(f.type.name) | \(d) | \(desc) |"] + rows(f.children ?? [], prefix: "\(prefix)\(f.name).")
         }
     }

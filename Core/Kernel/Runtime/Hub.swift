@@ -60,14 +60,17 @@ public final class Hub: HostServices, @unchecked Sendable {
     }
 
     private func apply(_ new: HubConfig) throws {
-        let old = lock.withLock { (sources, sinks, pipelines) }
-        // 1. Sinks: keep unchanged ones, create new or changed ones.
-        var newSinks: [String: (config: ComponentConfig, runtime: SinkRuntime)] = [:]
-        var retiredSinks: [SinkRuntime] = []
+        let old = lock.withLock { (sources: sources, sinks: sinks, pipelines: pipelines) }
+
+        // Prepare everything that can fail before anything running changes: new and changed sinks
+        // (started, so that they connect), pipeline steps, new and changed sources (created, not started).
         var createdSinks: [SinkRuntime] = []
+        var prepared: [(PipelineConfig, PipelineProcessor)] = []
+        var createdSources: [(ComponentConfig, ComponentInstance)] = []
+        var newSinks: [String: (config: ComponentConfig, runtime: SinkRuntime)] = [:]
         do {
             for c in new.sinks {
-                if let existing = old.1[c.name], Self.same(existing.config, c) {
+                if let existing = old.sinks[c.name], Self.same(existing.config, c) {
                     newSinks[c.name] = existing
                     continue
                 }
@@ -80,21 +83,26 @@ public final class Hub: HostServices, @unchecked Sendable {
                 runtime.start()
                 createdSinks.append(runtime)
                 newSinks[c.name] = (c, runtime)
-                if let existing = old.1[c.name] { retiredSinks.append(existing.runtime) }
+            }
+            for p in new.pipelines { prepared.append((p, try makeProcessor(p))) }
+            for c in new.sources where !(old.sources[c.name].map { Self.same($0.config, c) } ?? false) {
+                createdSources.append((c, try makeInstance(.source, c)))
             }
         } catch {
-            for s in createdSinks { s.drainAndStop(deadline: Date()) }
+            for s in createdSinks {
+                s.drainAndStop(deadline: Date())
+                lock.withLock { _ = sinkByInstance.removeValue(forKey: ObjectIdentifier(s.instance)) }
+            }
             throw error
         }
-        for (name, s) in old.1 where newSinks[name] == nil { retiredSinks.append(s.runtime) }
 
-        // 2. Pipelines.
+        // Pipelines: existing ones take the new steps and keep their queues; new ones start (replaying
+        // their write-ahead logs).
+        let sinkMap = newSinks.mapValues(\.runtime)
         var newPipelines: [String: PipelineRuntime] = [:]
         var replays: [(PipelineRuntime, [WriteAheadLog.Entry])] = []
-        let sinkMap = newSinks.mapValues(\.runtime)
-        for p in new.pipelines {
-            let processor = try makeProcessor(p)
-            if let existing = old.2[p.name] {
+        for (p, processor) in prepared {
+            if let existing = old.pipelines[p.name] {
                 existing.update(processor: processor, sinks: sinkMap)
                 if p.durable, !existing.isDurable {
                     let wal = try WriteAheadLog(directory: walDirectory(p.name))
@@ -102,48 +110,30 @@ public final class Hub: HostServices, @unchecked Sendable {
                     existing.attach(wal: wal)
                 }
                 newPipelines[p.name] = existing
-            } else {
-                var wal: WriteAheadLog?
-                var pending: [WriteAheadLog.Entry] = []
-                if p.durable {
-                    wal = try WriteAheadLog(directory: walDirectory(p.name))
-                    pending = try wal!.open()
-                }
-                let runtime = PipelineRuntime(processor: processor, sinks: sinkMap, wal: wal, deadLetters: deadLetters) { [logger] in
-                    logger.warning("\($0)")
-                }
-                runtime.start()
-                newPipelines[p.name] = runtime
-                if !pending.isEmpty { replays.append((runtime, pending)) }
+                continue
             }
+            var wal: WriteAheadLog?
+            var pending: [WriteAheadLog.Entry] = []
+            if p.durable {
+                let log = try WriteAheadLog(directory: walDirectory(p.name))
+                pending = try log.open()
+                wal = log
+            }
+            let runtime = PipelineRuntime(processor: processor, sinks: sinkMap, wal: wal, deadLetters: deadLetters) { [logger] in
+                logger.warning("\($0)")
+            }
+            runtime.start()
+            newPipelines[p.name] = runtime
+            replays.append((runtime, pending))
         }
-        var retiredPipelines: [PipelineRuntime] = []
-        for (name, p) in old.2 where newPipelines[name] == nil { retiredPipelines.append(p) }
 
-        // 3. Sources: keep unchanged ones (their connections stay open), restart changed ones.
+        // Sources: unchanged ones keep their connections; changed and removed ones stop first (a changed
+        // source may bind the same port).
         var newSources: [String: (config: ComponentConfig, instance: ComponentInstance)] = [:]
-        var retiredSources: [ComponentInstance] = []
-        var startedSources: [(ComponentConfig, ComponentInstance)] = []
-        for c in new.sources {
-            if let existing = old.0[c.name], Self.same(existing.config, c) {
-                newSources[c.name] = existing
-            } else {
-                if let existing = old.0[c.name] {
-                    // A changed source may bind the same port: stop the old one first.
-                    existing.instance.stop()
-                    retiredSources.append(existing.instance)
-                }
-                let instance = try makeInstance(.source, c)
-                startedSources.append((c, instance))
-                newSources[c.name] = (c, instance)
-            }
-        }
-        for (name, s) in old.0 where newSources[name] == nil {
-            s.instance.stop()
-            retiredSources.append(s.instance)
-        }
+        for c in new.sources { if let existing = old.sources[c.name], Self.same(existing.config, c) { newSources[c.name] = existing } }
+        for (name, s) in old.sources where newSources[name] == nil { s.instance.stop() }
+        for (c, instance) in createdSources { newSources[c.name] = (c, instance) }
 
-        // 4. Swap in the new routing table, then start the new sources.
         var newRoutes: [String: [(filter: TopicFilter?, pipeline: PipelineRuntime)]] = [:]
         for p in new.pipelines {
             for ref in p.from { newRoutes[ref.source, default: []].append((ref.filter, newPipelines[p.name]!)) }
@@ -156,31 +146,32 @@ public final class Hub: HostServices, @unchecked Sendable {
             authenticator = DeviceAuthenticator(new.auth)
             config = new
         }
-        for (pipeline, entries) in replays {
+        for (pipeline, entries) in replays where !entries.isEmpty {
             logger.info("replaying \(entries.count) messages from the write-ahead log of pipeline '\(pipeline.name)'")
             let wal = pipeline.wal!
             for e in entries {
                 pipeline.push(PipelineInput(message: e.message, settlement: Settlement { wal.markDone(e.sequence) }))
             }
         }
-        for (c, instance) in startedSources {
+        var startFailure: (any Error)?
+        for (_, instance) in createdSources {
             do { try instance.start() } catch {
                 logger.error("\(error)")
-                throw error
+                startFailure = startFailure ?? error
             }
-            _ = c
         }
-        // 5. Retire what is gone, after the swap so that nothing new reaches it.
+
+        // Retire what is gone, after the swap so that nothing new reaches it.
         let deadline = Date().addingTimeInterval(30)
-        for p in retiredPipelines {
+        for (name, p) in old.pipelines where newPipelines[name] == nil {
             p.drainAndStop(deadline: deadline)
             p.wal?.close()
         }
-        for s in retiredSinks {
-            s.drainAndStop(deadline: deadline)
-            lock.withLock { _ = sinkByInstance.removeValue(forKey: ObjectIdentifier(s.instance)) }
+        for (name, s) in old.sinks where newSinks[name]?.runtime !== s.runtime {
+            s.runtime.drainAndStop(deadline: deadline)
+            lock.withLock { _ = sinkByInstance.removeValue(forKey: ObjectIdentifier(s.runtime.instance)) }
         }
-        _ = retiredSources
+        if let startFailure { throw startFailure }
     }
 
     /// Stops sources (no new messages), drains pipelines and sinks, and closes the logs.

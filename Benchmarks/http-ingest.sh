@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# HTTP ingest benchmark. Prints, from one run on this machine:
+#   - requests/s that nginx answers with a bare 204, and that the hub ingests through a pipeline with
+#     decode, map and filter into the file sink, both with wrk at 100 keep-alive connections;
+#   - the hub's start-up time to ready and its resident memory idle with all plugins loaded.
+# Usage: Benchmarks/http-ingest.sh [BIN_DIR] (default .build/release). Loopback only.
+set -euo pipefail
+BIN=${1:-.build/release}
+DURATION=${DURATION:-10}
+HERE=$(cd "$(dirname "$0")" && pwd)
+WORK=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
+
+NGINX_PORT=$(port); HUB_PORT=$(port); API_PORT=$(port); BROKER_PORT=$(port)
+
+# nginx answering 204, two workers (one per core).
+mkdir -p "$WORK/nginx"
+cat > "$WORK/nginx/nginx.conf" <<CONF
+worker_processes 2;
+error_log $WORK/nginx/error.log;
+pid $WORK/nginx/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx;
+  server { listen 127.0.0.1:$NGINX_PORT; location / { return 204; } }
+}
+CONF
+nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
+wait_port "$NGINX_PORT"
+
+# A broker for the mqtt_publish sink, so that every plugin has a live instance.
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$BROKER_PORT" > "$WORK/mosquitto.conf"
+mosquitto -c "$WORK/mosquitto.conf" >/dev/null 2>&1 &
+wait_port "$BROKER_PORT"
+
+cat > "$WORK/bench.yaml" <<YAML
+sources:
+  devices: { plugin: http, listen: "127.0.0.1:$HUB_PORT" }
+sinks:
+  archive: { plugin: file, path: "$WORK/out.jsonl", max_size: 256MiB, max_files: 1 }
+  debug: { plugin: log, level: debug }
+  hook: { plugin: webhook, url: "http://127.0.0.1:$NGINX_PORT/hook" }
+  broker: { plugin: mqtt_publish, server: "127.0.0.1:$BROKER_PORT", qos: 0 }
+pipelines:
+  ingest:
+    from: [ "devices:devices/+/telemetry" ]
+    steps:
+      - decode: json
+      - map: { temperature_c: "round((temperature_f - 32) / 1.8, 1)", humidity: "humidity", meta.site: "site" }
+      - filter: "humidity >= 0"
+    to: [ archive ]
+  idle:
+    from: [ "devices:idle/#" ]
+    to: [ debug, hook, broker ]
+auth: { allow_anonymous: true }
+YAML
+
+start_ns=$(date +%s%N)
+"$BIN/iotc" serve "$WORK/bench.yaml" --data "$WORK/data" --api "127.0.0.1:$API_PORT" --plugins "$BIN" --log-level warning > "$WORK/hub.log" 2>&1 &
+HUB=$!
+until curl -sf "http://127.0.0.1:$API_PORT/health" >/dev/null 2>&1; do sleep 0.005; done
+wait_port "$HUB_PORT"
+ready_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+self_reported=$(grep -o 'ready in [0-9.]* s' "$WORK/hub.log" || true)
+sleep 2
+idle_rss=$(rss_kib $HUB)
+
+echo "warming up..."
+wrk -t2 -c100 -d2s -s "$HERE/post.lua" "http://127.0.0.1:$HUB_PORT/v1/devices/bench/telemetry" >/dev/null
+wrk -t2 -c100 -d2s -s "$HERE/post.lua" "http://127.0.0.1:$NGINX_PORT/" >/dev/null
+
+echo "nginx (204, 2 workers), ${DURATION}s, 100 connections:"
+nginx_json=$(wrk -t2 -c100 -d${DURATION}s --latency -s "$HERE/post.lua" "http://127.0.0.1:$NGINX_PORT/" | tail -1)
+echo "  $nginx_json"
+echo "hub (http -> decode, map, filter -> file), ${DURATION}s, 100 connections:"
+hub_json=$(wrk -t2 -c100 -d${DURATION}s --latency -s "$HERE/post.lua" "http://127.0.0.1:$HUB_PORT/v1/devices/bench/telemetry" | tail -1)
+echo "  $hub_json"
+load_rss=$(rss_kib $HUB)
+sleep 1
+lines=$(wc -l < "$WORK/out.jsonl")
+
+python3 - "$nginx_json" "$hub_json" <<PY
+import json, sys
+n, h = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ratio = h["req_rate"] / n["req_rate"]
+print()
+print(f"nginx 204:           {n['req_rate']:>10.0f} req/s   p50 {n['p50_us']/1000:.2f} ms   p99 {n['p99_us']/1000:.2f} ms")
+print(f"hub ingest -> file:  {h['req_rate']:>10.0f} req/s   p50 {h['p50_us']/1000:.2f} ms   p99 {h['p99_us']/1000:.2f} ms   non-2xx {h['non_2xx']}")
+print(f"hub / nginx:         {ratio*100:>10.1f} %   (target >= 50 %)")
+print(f"start-up to ready:   {$ready_ms:>10d} ms  (measured from outside; banner: $self_reported) (target < 1000 ms)")
+print(f"idle RSS, all plugins loaded: {$idle_rss/1024:.1f} MiB (target < 60 MiB); under load: {$load_rss/1024:.1f} MiB")
+print(f"messages written by the file sink: $lines")
+print(json.dumps({"nginx_req_rate": n["req_rate"], "hub_req_rate": h["req_rate"], "ratio": round(ratio, 3), "hub_p99_us": h["p99_us"],
+                  "hub_non_2xx": h["non_2xx"], "startup_ms": $ready_ms, "idle_rss_kib": $idle_rss, "load_rss_kib": $load_rss}))
+PY
+kill -TERM $HUB; wait $HUB 2>/dev/null || true

@@ -1,0 +1,24 @@
+// libFuzzer target: JSON and CBOR decoding of arbitrary bytes. Decoders must throw, never crash, and
+// whatever decodes must encode and decode again to an equal value.
+import IoTCPluginKit
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzPayloadCodecs(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    if let v = try? JSON.decode(bytes) {
+        guard let again = try? JSON.decode(JSON.encode(v)), again == v else { fatalError("JSON round trip changed \(bytes)") }
+    }
+    if let v = try? CBOR.decode(bytes), !containsNaN(v) {
+        guard let again = try? CBOR.decode(CBOR.encode(v)), again == v else { fatalError("CBOR round trip changed \(bytes)") }
+    }
+    return 0
+}
+
+private func containsNaN(_ v: Value) -> Bool {
+    switch v {
+    case .double(let d): d.isNaN
+    case .array(let a): a.contains(where: containsNaN)
+    case .object(let o): o.values.contains(where: containsNaN)
+    default: false
+    }
+}
