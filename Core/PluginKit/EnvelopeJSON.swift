@@ -24,7 +24,7 @@ public enum EnvelopeJSON {
         JSON.encodeString(m.topic, into: &out)
         out.append(contentsOf: #","content_type":"#.utf8)
         JSON.encodeString(m.contentType, into: &out)
-        if isJSON(m.contentType), (try? JSON.decode(m.payload)) != nil {
+        if MediaType(m.contentType) == .json, JSON.validate(m.payload) {
             out.append(contentsOf: #","payload":"#.utf8)
             // Valid JSON: copied as it is, minus surrounding white space (no line breaks inside a line).
             var body = m.payload[...]
@@ -50,11 +50,6 @@ public enum EnvelopeJSON {
             JSON.encodeString(p.value, into: &out)
         }
         out.append(UInt8(ascii: "}"))
-    }
-
-    static func isJSON(_ contentType: String) -> Bool {
-        let base = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-        return base == "application/json" || base.hasSuffix("+json") || base == "text/json"
     }
 }
 

@@ -124,12 +124,10 @@ public enum PayloadCodec: String, Sendable, CaseIterable {
     }
 
     public init?(contentType: String) {
-        let base = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-        switch base {
-        case "application/json", "text/json", "application/senml+json": self = .json
-        case "application/cbor", "application/senml+cbor": self = .cbor
-        default:
-            if base.hasSuffix("+json") { self = .json } else if base.hasSuffix("+cbor") { self = .cbor } else { return nil }
+        switch MediaType(contentType) {
+        case .json: self = .json
+        case .cbor: self = .cbor
+        case .other: return nil
         }
     }
 

@@ -48,6 +48,9 @@ final class SinkRuntime: @unchecked Sendable {
     private var stopping = false
     /// While the sink reports backpressure, the worker pauses (doubling up to a second).
     private var pausedUntil: UInt64 = 0
+    /// Who may be waiting on `cond`, so that wake-ups are sent only when someone listens.
+    private var workerWaiting = false
+    private var blockedEnqueuers = 0
     private var pause = 0.01
     private var worker: Thread?
     private let log: @Sendable (String) -> Void
@@ -79,12 +82,65 @@ final class SinkRuntime: @unchecked Sendable {
     }
 
     /// Queues a delivery, waiting while the queue is full (this is how pressure reaches pipelines).
-    func enqueue(_ d: Delivery) {
+    func enqueue(_ d: Delivery) { enqueue(contentsOf: [d]) }
+
+    /// Queues deliveries in order, waiting for room as needed. When nothing is queued ahead and the sink
+    /// has room in flight, the caller's thread writes to the sink itself, sparing a hand-off per message.
+    func enqueue(contentsOf list: [Delivery]) {
         cond.lock()
-        while ready.count >= options.queueSize && !stopping { cond.wait() }
-        ready.append(d)
-        cond.broadcast()
+        var i = 0
+        while i < list.count {
+            if ready.isEmpty && delayed.isEmpty && inFlight.count < options.maxInFlight && !stopping,
+               DispatchTime.now().uptimeNanoseconds >= pausedUntil {
+                write(list[i])
+                i += 1
+                continue
+            }
+            while ready.count >= options.queueSize && !stopping {
+                blockedEnqueuers += 1
+                cond.wait()
+                blockedEnqueuers -= 1
+            }
+            while i < list.count && (ready.count < options.queueSize || stopping) {
+                ready.append(list[i])
+                i += 1
+            }
+            wake()
+        }
         cond.unlock()
+    }
+
+    /// Hands one delivery to the plugin. Must hold `cond`; releases it around the call.
+    private func write(_ delivery: Delivery) {
+        var d = delivery
+        let token = nextToken
+        nextToken += 1
+        d.startedAt = DispatchTime.now().uptimeNanoseconds
+        inFlight[token] = d
+        if blockedEnqueuers > 0 { cond.broadcast() }
+        cond.unlock()
+        let r = instance.write(d.message, token: token)
+        cond.lock()
+        if r == IOTC_OK {
+            pause = 0.01
+        } else if inFlight.removeValue(forKey: token) != nil {
+            if r == IOTC_ERR_BUSY {
+                ready.prepend(d)
+                pausedUntil = DispatchTime.now().uptimeNanoseconds + UInt64(pause * 1e9)
+                pause = min(1, pause * 2)
+                wake()
+            } else {
+                d.attempts += 1
+                cond.unlock()
+                toDeadLetters(d, "the sink refused the message (code \(r))")
+                cond.lock()
+            }
+        }
+    }
+
+    /// Must hold `cond`.
+    private func wake() {
+        if workerWaiting || blockedEnqueuers > 0 { cond.broadcast() }
     }
 
     var queued: Int { cond.withLock { ready.count + delayed.count + inFlight.count } }
@@ -111,7 +167,7 @@ final class SinkRuntime: @unchecked Sendable {
             d.attempts += 1
             deadLetter = "rejected by the sink: \(reason ?? "no reason given")"
         }
-        cond.broadcast()
+        wake()
         cond.unlock()
         if result == IOTC_OK {
             delivered.increment()
@@ -155,40 +211,21 @@ final class SinkRuntime: @unchecked Sendable {
                 ready.prepend(delayed.removeFirst())
             }
             if stopping && ready.isEmpty && delayed.isEmpty && inFlight.isEmpty { break }
-            if now >= pausedUntil, !ready.isEmpty && inFlight.count < options.maxInFlight, var d = ready.popFirst() {
-                let token = nextToken
-                nextToken += 1
-                d.startedAt = now
-                inFlight[token] = d
+            if now >= pausedUntil, !ready.isEmpty && inFlight.count < options.maxInFlight, let d = ready.popFirst() {
                 depth.record(ready.count + delayed.count)
-                cond.broadcast()
-                cond.unlock()
-                let r = instance.write(d.message, token: token)
-                cond.lock()
-                if r == IOTC_OK {
-                    pause = 0.01
-                } else if inFlight.removeValue(forKey: token) != nil {
-                    if r == IOTC_ERR_BUSY {
-                        ready.prepend(d)
-                        pausedUntil = DispatchTime.now().uptimeNanoseconds + UInt64(pause * 1e9)
-                        pause = min(1, pause * 2)
-                    } else {
-                        d.attempts += 1
-                        cond.unlock()
-                        toDeadLetters(d, "the sink refused the message (code \(r))")
-                        cond.lock()
-                    }
-                }
+                write(d)
                 continue
             }
             var due = delayed.first?.dueAt
             if pausedUntil > now, !ready.isEmpty { due = min(due ?? .max, pausedUntil) }
+            workerWaiting = true
             if let due {
                 let wait = Double(due &- now) / 1e9
                 _ = cond.wait(until: Date(timeIntervalSinceNow: max(0.001, wait)))
             } else {
                 cond.wait()
             }
+            workerWaiting = false
         }
         cond.unlock()
     }

@@ -81,7 +81,8 @@ final class PipelineRuntime: @unchecked Sendable {
         }
         cond.lock()
         queue.append(input)
-        cond.signal()
+        // The worker only ever waits on an empty queue.
+        if queue.count == 1 { cond.signal() }
         cond.unlock()
     }
 
@@ -110,6 +111,11 @@ final class PipelineRuntime: @unchecked Sendable {
             cond.broadcast()
             cond.unlock()
             var out = 0, failed = 0, dropped = 0
+            // Deliveries are handed to each sink once per batch: one lock and one wake-up, not one per message.
+            var deliveries: [ObjectIdentifier: (SinkRuntime, [Delivery])] = [:]
+            func deliver(_ sink: SinkRuntime, _ d: Delivery) {
+                deliveries[ObjectIdentifier(sink), default: (sink, [])].1.append(d)
+            }
             for input in batch {
                 let result = processor.process(input.message)
                 dropped += result.filtered
@@ -119,7 +125,7 @@ final class PipelineRuntime: @unchecked Sendable {
                     for sinkName in o.sinks {
                         guard let sink = sinks[sinkName] else { continue }
                         s?.add(1)
-                        sink.enqueue(Delivery(message: m, pipeline: name, settlement: s))
+                        deliver(sink, Delivery(message: m, pipeline: name, settlement: s))
                         out += 1
                     }
                 }
@@ -136,12 +142,13 @@ final class PipelineRuntime: @unchecked Sendable {
                         let pm = f.errorOutputMessage.pluginMessage
                         for sink in errorSinks {
                             s?.add(1)
-                            sink.enqueue(Delivery(message: pm, pipeline: name, settlement: s))
+                            deliver(sink, Delivery(message: pm, pipeline: name, settlement: s))
                         }
                     }
                 }
                 s?.settle()
             }
+            for (sink, list) in deliveries.values { sink.enqueue(contentsOf: list) }
             received.increment(by: Int64(batch.count))
             if out > 0 { sent.increment(by: Int64(out)) }
             if failed > 0 { errored.increment(by: Int64(failed)) }

@@ -254,7 +254,8 @@ typedef struct iotc_component {
     void (*destroy)(void *instance);
 
     /* Sink: deliver one message; settle it later with host->ack(ack_token). Returns IOTC_OK when taken,
-     * IOTC_ERR_BUSY when the plugin cannot take more now (the kernel retries soon; no ack follows). */
+     * IOTC_ERR_BUSY when the plugin cannot take more now (the kernel retries soon; no ack follows).
+     * May be called from several threads at once; the ack may come before write returns. */
     int32_t (*write)(void *instance, const iotc_message *message, uint64_t ack_token);
 
     /* Source: deliver a downlink message (command, config, firmware) to a device it holds; settle with

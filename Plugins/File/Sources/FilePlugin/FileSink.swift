@@ -77,6 +77,7 @@ final class FileSink: Sink, @unchecked Sendable {
         cond.lock()
         defer { cond.unlock() }
         if stopping { return false }
+        let wasEmpty = buffer.isEmpty
         if config.format == "payload" {
             buffer.append(contentsOf: message.payload.filter { $0 != 0x0A })
         } else {
@@ -84,7 +85,8 @@ final class FileSink: Sink, @unchecked Sendable {
         }
         buffer.append(0x0A)
         tokens.append(ack.token)
-        cond.signal()
+        // The writer only waits while the buffer is empty.
+        if wasEmpty { cond.signal() }
         return true
     }
 

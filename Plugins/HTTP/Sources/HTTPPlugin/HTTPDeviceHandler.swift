@@ -137,19 +137,23 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                         topic: String, extraProperties: [KeyValue] = []) {
         guard let identity = authenticate(context, head, device: device) else { return }
         let contentType = head.headers.first(name: "content-type") ?? ""
-        let base = contentType.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
-        let isJSON = base == "application/json" || base.hasSuffix("+json")
-        let isCBOR = base == "application/cbor" || base.hasSuffix("+cbor")
-        guard isJSON || isCBOR else {
-            respond(context, head, .unsupportedMediaType, problem: base.isEmpty ? "a Content-Type is required" : "content type '\(base.prefix(64))' is not accepted",
+        let format = MediaType(contentType)
+        guard format != .other else {
+            respond(context, head, .unsupportedMediaType, problem: contentType.isEmpty ? "a Content-Type is required" : "content type '\(contentType.prefix(64))' is not accepted",
                     extra: [("Accept-Post", "application/json, application/cbor")])
             return
         }
         let bytes = Array(body.readableBytesView)
-        do {
-            _ = isJSON ? try JSON.decode(bytes) : try CBOR.decode(bytes)
-        } catch {
-            respond(context, head, .badRequest, problem: "the body is not valid \(isJSON ? "JSON" : "CBOR"): \(error)")
+        // Well-formedness is checked at the edge, so that a device learns of a bad body at once.
+        if format == .json ? !JSON.validate(bytes) : (try? CBOR.decode(bytes)) == nil {
+            let reason: String
+            do {
+                _ = format == .json ? try JSON.decode(bytes) : try CBOR.decode(bytes)
+                reason = "malformed"
+            } catch {
+                reason = error.description
+            }
+            respond(context, head, .badRequest, problem: "the body is not valid \(format == .json ? "JSON" : "CBOR"): \(reason)")
             return
         }
         guard source.host.authorize(identity, .publish, topic: topic) else {
@@ -171,7 +175,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let status = source.host.submit(message) { result in
-            loop.execute {
+            let answer: @Sendable () -> Void = {
                 let (handler, context) = bound.value
                 if result == IOTC_OK {
                     handler.respond(context, head, .accepted, json: #"{"status":"accepted"}"#)
@@ -179,6 +183,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                     handler.respond(context, head, .serviceUnavailable, problem: "the message could not be stored; retry", extra: [("Retry-After", "1")])
                 }
             }
+            // A pipeline without a write-ahead log accepts at once, on this event loop.
+            if loop.inEventLoop { answer() } else { loop.execute(answer) }
         }
         switch status {
         case .queued: break
