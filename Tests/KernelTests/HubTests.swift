@@ -96,6 +96,34 @@ import IoTCPluginKit
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
     }
 
+    @Test func handlesWrongLengthsAndIdleConnections() throws {
+        let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }",
+                          sourceExtra: ", idle_timeout: 500ms")
+        defer { r.hub.stop() }
+        // A body shorter than its Content-Length, then silence: nothing is accepted and the connection closes.
+        let short = try #require(RawSocket(port: r.port))
+        short.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":1}")
+        #expect(short.isClosed(timeout: 5))
+        // A body longer than its Content-Length: the first request is taken, the rest is a malformed next request.
+        let long = try #require(RawSocket(port: r.port))
+        long.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":2}garbage\r\n\r\n")
+        let answers = long.readResponses(2)
+        #expect(answers.first?.hasPrefix("HTTP/1.1 202") == true)
+        #expect(answers.dropFirst().first?.hasPrefix("HTTP/1.1 400") == true)
+        // A body that ends before its Content-Length because the client closes: nothing is accepted.
+        let cut = try #require(RawSocket(port: r.port))
+        cut.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"a\":3")
+        shutdown(cut.fd, Int32(SHUT_WR))
+        #expect(cut.isClosed())
+        // A command stream stays open past the idle time-out.
+        let stream = try #require(RawSocket(port: r.port))
+        stream.send("GET /v1/devices/d/commands/stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(!stream.isClosed(timeout: 1.5))
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
+        usleep(200_000)
+        #expect(jsonLines(r.dir.path + "/out.jsonl").map { $0["payload"] } == [["a": 2]])
+    }
+
     @Test func answersPipelinedRequestsInOrder() throws {
         let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
         defer { r.hub.stop() }
@@ -214,37 +242,42 @@ import IoTCPluginKit
     @Test func deliversCommandsByLongPollAndServerSentEvents() async throws {
         let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
         defer { r.hub.stop() }
-        // Long-poll: the device waits; the command arrives while it waits.
         let base = r.base
-        let poll = Task.detached { http("GET", "\(base)/pump-1/commands?wait=10", timeout: 15) }
-        try await Task.sleep(for: .milliseconds(300))
-        let command = Message(kind: .command, device: "pump-1", topic: "devices/pump-1/commands/start", contentType: "application/json",
-                              payload: Array(#"{"speed":3}"#.utf8))
-        let (code, _) = await r.hub.sendDownlink(command, timeout: 5)
-        #expect(code == 0)
-        let answer = await poll.value
-        #expect(answer?.status == 200)
-        let body = try JSON.decode(answer?.body ?? "")
+        func command(_ device: String, _ name: String) -> Message {
+            Message(kind: .command, device: device, topic: "devices/\(device)/commands/\(name)", contentType: "application/json",
+                    payload: Array(#"{"speed":3}"#.utf8))
+        }
+        // A command for a device that is not polling waits in its queue; the next poll takes it at once.
+        let (queued, _) = await r.hub.sendDownlink(command("pump-1", "start"), source: "devices", timeout: 0.3)
+        #expect(queued == 2)
+        let first = http("GET", "\(base)/pump-1/commands?wait=10")
+        #expect(first?.status == 200)
+        let body = try JSON.decode(first?.body ?? "")
         #expect(body["payload"] == ["speed": 3])
         #expect(body["topic"] == "devices/pump-1/commands/start")
+        // A device already waiting gets the command as it is sent, and the hub learns it was taken.
+        let poll = Background { http("GET", "\(base)/pump-1/commands?wait=10", timeout: 15) }
+        #expect(eventually { r.hub.connectedSource(of: "pump-1") == "devices" })
+        let (code, reason) = await r.hub.sendDownlink(command("pump-1", "stop"), timeout: 5)
+        #expect(code == 0, "\(reason ?? "")")
+        let answer = poll.wait()
+        #expect(answer?.status == 200)
+        #expect((try? JSON.decode(answer?.body ?? ""))?["topic"] == "devices/pump-1/commands/stop")
         // A poll with nothing waiting times out with 204.
         #expect(http("GET", "\(base)/pump-1/commands?wait=0.2")?.status == 204)
         // Server-Sent Events: the stream stays open and carries each command as an event.
         let s = try #require(RawSocket(port: r.port))
         s.send("GET /v1/devices/pump-2/commands/stream HTTP/1.1\r\nHost: x\r\n\r\n")
-        try await Task.sleep(for: .milliseconds(300))
-        var second = command
-        second.device = "pump-2"
-        let (code2, _) = await r.hub.sendDownlink(second, timeout: 5)
+        #expect(eventually { r.hub.connectedSource(of: "pump-2") == "devices" })
+        let (code2, _) = await r.hub.sendDownlink(command("pump-2", "start"), timeout: 5)
         #expect(code2 == 0)
         var buf = [UInt8](repeating: 0, count: 8192)
         var text = ""
         let deadline = Date().addingTimeInterval(5)
-        while !text.contains("\n\n"), Date() < deadline || text.isEmpty {
+        while Date() < deadline, !(text.contains("event: command") && text.hasSuffix("\n\n")) {
             let n = recv(s.fd, &buf, buf.count, 0)
             if n <= 0 { break }
             text += String(decoding: buf[0..<n], as: UTF8.self)
-            if text.contains("event: command") && text.hasSuffix("\n\n") { break }
         }
         #expect(text.contains("text/event-stream"))
         #expect(text.contains("event: command"))
@@ -331,5 +364,39 @@ import IoTCPluginKit
         let again = try run("/usr/bin/env", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", dir.path + "/cert.pem",
                                              "-H", "Content-Type: application/json", "-d", "{}", "https://127.0.0.1:\(port)/v1/devices/s/telemetry"])
         #expect(again.1 == "202")
+    }
+}
+
+@Suite struct FileSinkTests {
+    @Test func rotatesBySizeAndKeepsMaxFiles() throws {
+        let dir = TempDir()
+        let hub = try makeHub(dir)
+        let port = freePort()
+        try hub.start(try loadConfig("""
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(port)" } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl", format: payload, max_size: 200, max_files: 2 } }
+            pipelines: { t: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """))
+        defer { hub.stop() }
+        #expect(waitForPort(port))
+        // Each line is 31 bytes; rotation happens after the batch that passes 200 bytes.
+        for i in 0..<40 {
+            #expect(postJSON("http://127.0.0.1:\(port)/v1/devices/d/telemetry", #"{"n":\#(i + 100),"pad":"xxxxxxxxxxx"}"#)?.status == 202)
+            usleep(2000)
+        }
+        #expect(eventually { hub.status.sinks.first?.queued == 0 })
+        hub.stop()
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("out.jsonl") }.sorted()
+        #expect(files == ["out.jsonl", "out.jsonl.1", "out.jsonl.2"])
+        for f in files {
+            let size = (try FileManager.default.attributesOfItem(atPath: dir.path + "/" + f)[.size] as? Int) ?? 0
+            #expect(size < 200 + 31 * 8, "\(f) is \(size) bytes")
+        }
+        // The newest lines are kept, in order, across the current and rotated files.
+        let kept = ["out.jsonl.2", "out.jsonl.1", "out.jsonl"].flatMap { jsonLines(dir.path + "/" + $0) }.compactMap { $0["n"]?.number }
+        #expect(kept.last == 139)
+        #expect(kept == kept.sorted())
+        #expect(kept.count < 40)
     }
 }

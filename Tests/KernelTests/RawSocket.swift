@@ -49,11 +49,18 @@ final class RawSocket {
     func isClosed(timeout: TimeInterval = 3) -> Bool {
         var buf = [UInt8](repeating: 0, count: 4096)
         let deadline = Date().addingTimeInterval(timeout)
+        defer { setTimeout(5) }
         while Date() < deadline {
+            setTimeout(max(0.01, deadline.timeIntervalSinceNow))
             let n = recv(fd, &buf, buf.count, 0)
             if n == 0 { return true }
-            if n < 0 { return errno != EAGAIN && errno != EWOULDBLOCK ? true : false }
+            if n < 0 { return errno != EAGAIN && errno != EWOULDBLOCK }
         }
         return false
+    }
+
+    private func setTimeout(_ seconds: Double) {
+        var tv = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - Double(Int(seconds))) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
     }
 }

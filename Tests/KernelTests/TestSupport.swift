@@ -176,7 +176,10 @@ func http(_ method: String, _ url: String, body: [UInt8]? = nil, headers: [Strin
     final class Box: @unchecked Sendable { var result: HTTPResult? }
     let box = Box()
     let done = DispatchSemaphore(value: 0)
-    URLSession.shared.dataTask(with: r) { data, response, _ in
+    // A new session each time: a pooled connection could lead to an earlier test's hub on a reused port.
+    let session = URLSession(configuration: .ephemeral)
+    defer { session.finishTasksAndInvalidate() }
+    session.dataTask(with: r) { data, response, _ in
         if let h = response as? HTTPURLResponse {
             var headers: [String: String] = [:]
             for (k, v) in h.allHeaderFields { headers[String(describing: k).lowercased()] = String(describing: v) }
@@ -192,6 +195,25 @@ func postJSON(_ url: String, _ json: String, token: String? = nil) -> HTTPResult
     var h = ["Content-Type": "application/json"]
     if let token { h["Authorization"] = "Bearer \(token)" }
     return http("POST", url, body: Array(json.utf8), headers: h)
+}
+
+/// Runs a blocking call on its own thread (not the test's concurrency pool) and hands back its result.
+final class Background<T>: @unchecked Sendable {
+    private var result: T?
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ body: @escaping @Sendable () -> T) {
+        let t = Thread { [self] in
+            result = body()
+            done.signal()
+        }
+        t.start()
+    }
+
+    func wait() -> T {
+        done.wait()
+        return result!
+    }
 }
 
 /// Reads a JSON-lines file.

@@ -362,6 +362,9 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
     }
 
+    /// The source a device is connected through, if any.
+    public func connectedSource(of device: String) -> String? { lock.withLock { connectedVia[device] } }
+
     /// Replays dead letters: a failed delivery goes back to its sink, a failed step back to its pipeline.
     /// Replayed entries leave the store. Returns how many were replayed and the ids that could not be.
     public func replayDeadLetters(ids: [String]?) -> (replayed: Int, skipped: [String]) {

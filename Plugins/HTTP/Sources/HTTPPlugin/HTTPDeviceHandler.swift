@@ -265,6 +265,15 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // A connection that sends nothing is closed, unless it is waiting for commands.
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, streaming == nil, polling == nil {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
         if let s = streaming {
             source.mailboxes.cancel(device: s.device, waiter: s.waiter)

@@ -19,6 +19,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         var long_poll_timeout: Double
         var max_queued_commands: Int
         var command_ttl: Double
+        var idle_timeout: Double
         var tls: TLS?
         struct TLS: Decodable {
             var certificate_file: String
@@ -55,6 +56,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("long_poll_timeout", .duration, "Longest wait a command long-poll may ask for.", default: "30", example: "30s"),
         ConfigField("max_queued_commands", .int, "Commands kept per device until it fetches them; more are refused.", default: "100"),
         ConfigField("command_ttl", .duration, "How long a queued command waits for its device.", default: "3600", example: "1h"),
+        ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted).", default: "60", example: "60s"),
         ConfigField("tls", .object([
             ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
             ConfigField("key_file", .string, "PEM private key.", required: true, secret: false),
@@ -74,6 +76,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         self.host = host
         mailboxes = CommandMailboxes(capacity: max(1, config.max_queued_commands), ttl: config.command_ttl)
         guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
+        guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
         if let tls = config.tls {
             do {
@@ -107,6 +110,7 @@ final class HTTPSource: Source, @unchecked Sendable {
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 128, initial: 1024, maximum: 65536))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(source.config.idle_timeout * 1000))))
                         if let ssl { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: ssl)) }
                         try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
                         try channel.pipeline.syncOperations.addHandler(HTTPDeviceHandler(source: source))
