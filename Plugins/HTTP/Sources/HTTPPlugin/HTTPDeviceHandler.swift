@@ -71,18 +71,28 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     static func route(_ head: HTTPRequestHead) -> Route? {
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
-        let parts = path.split(separator: "/", omittingEmptySubsequences: false).map(String.init)
-        guard parts.count >= 5, parts[0].isEmpty, parts[1] == "v1", parts[2] == "devices" else { return nil }
-        guard let device = parts[3].removingPercentEncoding, Self.validDeviceID(device) else { return nil }
-        switch (head.method, Array(parts[4...])) {
-        case (.POST, ["telemetry"]): return .ingest(device: device, kind: .telemetry, suffix: "telemetry")
-        case (.POST, ["events"]): return .ingest(device: device, kind: .event, suffix: "events")
-        case (.POST, ["attributes"]): return .ingest(device: device, kind: .attributes, suffix: "attributes")
-        case (.GET, ["commands"]): return .poll(device: device)
-        case (.GET, ["commands", "stream"]): return .stream(device: device)
-        case (.POST, let p) where p.count == 3 && p[0] == "commands" && p[2] == "result" && !p[1].isEmpty:
-            return .result(device: device, command: p[1])
+        let uri = head.uri
+        let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
+        let prefix = "/v1/devices/"
+        guard path.hasPrefix(prefix) else { return nil }
+        let parts = path.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count >= 2 else { return nil }
+        // Percent-decoding goes through Foundation; most ids need none.
+        guard let device = parts[0].contains("%") ? parts[0].removingPercentEncoding : String(parts[0]),
+              Self.validDeviceID(device) else { return nil }
+        let tail = parts.dropFirst()
+        switch (head.method, tail.count) {
+        case (.POST, 1):
+            switch tail.first! {
+            case "telemetry": return .ingest(device: device, kind: .telemetry, suffix: "telemetry")
+            case "events": return .ingest(device: device, kind: .event, suffix: "events")
+            case "attributes": return .ingest(device: device, kind: .attributes, suffix: "attributes")
+            default: return nil
+            }
+        case (.GET, 1) where tail.first! == "commands": return .poll(device: device)
+        case (.GET, 2) where tail.first! == "commands" && tail.last! == "stream": return .stream(device: device)
+        case (.POST, 3) where tail.first! == "commands" && tail.last! == "result" && !tail[tail.startIndex + 1].isEmpty:
+            return .result(device: device, command: String(tail[tail.startIndex + 1]))
         default: return nil
         }
     }
@@ -99,7 +109,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                 respond(context, head, .unauthorized, problem: "use Authorization: Bearer TOKEN", extra: [("WWW-Authenticate", "Bearer")])
                 return nil
             }
-            token = String(auth.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+            token = String(auth.dropFirst(7).drop { $0 == " " })
         }
         if let c = cached, c.token == token, c.device == device { return c.identity }
         let remote = context.channel.remoteAddress?.description ?? ""
