@@ -205,8 +205,6 @@ public final class Hub: HostServices, @unchecked Sendable {
         return try ComponentInstance(name: c.name, component: component, config: c.config, services: self)
     }
 
-    private var stepInstances: [String: ComponentInstance] = [:]
-
     func makeProcessor(_ p: PipelineConfig) throws -> PipelineProcessor {
         var steps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]] = [:]
         for (i, s) in p.steps.enumerated() {
