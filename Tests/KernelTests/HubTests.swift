@@ -216,6 +216,36 @@ import IoTCPluginKit
         #expect(r.hub.deadLetters.remove(ids: nil) == 2)
     }
 
+    @Test func limitsWebhookConcurrency() throws {
+        // A server that accepts connections and never answers: only max_concurrency requests start.
+        let port = freePort()
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(listener, 64)
+        let r = try start("t: { from: [ devices ], to: [ slow ] }",
+                          sinks: "slow: { plugin: webhook, url: \"http://127.0.0.1:\(port)/x\", max_concurrency: 2, timeout: 30s, max_in_flight: 10 }")
+        defer { r.hub.stop(timeout: 1) }
+        for i in 0..<6 { #expect(postJSON("\(r.base)/d/telemetry", #"{"i":\#(i)}"#)?.status == 202) }
+        // Two requests in flight at the plugin; the other four wait in the hub.
+        #expect(eventually { r.hub.status.sinks.first?.queued == 6 })
+        var accepted: [Int32] = []
+        let deadline = Date().addingTimeInterval(3)
+        var flags = fcntl(listener, F_GETFL)
+        flags |= O_NONBLOCK
+        _ = fcntl(listener, F_SETFL, flags)
+        while Date() < deadline {
+            let c = accept(listener, nil, nil)
+            if c >= 0 { accepted.append(c) } else { usleep(20_000) }
+        }
+        defer { for c in accepted { close(c) } }
+        #expect(accepted.count == 2)
+    }
+
     @Test func signsWebhooksWithHMAC() throws {
         let receiverPort = freePort()
         let dir = TempDir()

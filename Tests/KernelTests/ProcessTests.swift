@@ -91,7 +91,7 @@ import IoTCPluginKit
         let file = dir.write("hub.yaml", """
             sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
             sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
-            pipelines: { t: { from: [ devices ], steps: [ { decode: json }, { filter: "v > 0" } ], to: [ out ] } }
+            pipelines: { t: { from: [ "devices:devices/+/telemetry" ], steps: [ { decode: json }, { filter: "v > 0" } ], to: [ out ] } }
             auth: { allow_anonymous: true }
             """)
         let hub = try serve(file, data: dir.path + "/data", api: apiPort)
@@ -106,6 +106,8 @@ import IoTCPluginKit
         #expect(metrics.contains(#"iotc_messages_filtered_total{pipeline="t"} 1"#))
         #expect(metrics.contains(#"iotc_sink_delivered_total{sink="out"} 1"#))
         #expect(metrics.contains("iotc_sink_latency_seconds_bucket"))
+        _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/attributes", "{}")
+        #expect((http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? "").contains(#"iotc_messages_dropped_total{reason="no_route",source="devices",plugin="http"} 1"#))
         // The failed message (no field v) is a dead letter, listed by the CLI and the API.
         let (code, listing) = try run(Build.iotc, ["dlq", "list", "--data", dir.path + "/data"])
         #expect(code == 0)
@@ -137,14 +139,16 @@ import IoTCPluginKit
             sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
             sinks:
               broker: { plugin: mqtt_publish, server: "127.0.0.1:\(broker.port)", topic: "out/{device}", protocol_version: "3.1.1" }
+              fast: { plugin: mqtt_publish, server: "127.0.0.1:\(broker.port)", topic: "out/qos0/{device}", qos: 0 }
               hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/in" }
-            pipelines: { t: { from: [ devices ], to: [ broker, hook ] } }
+            pipelines: { t: { from: [ devices ], to: [ broker, hook, fast ] } }
             auth: { allow_anonymous: true }
             """))
         defer { hub.stop() }
         #expect(waitForPort(httpPort))
         for i in 0..<20 { #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/n\(i)/telemetry", #"{"i":\#(i)}"#)?.status == 202) }
-        #expect(eventually { sub.log.split(separator: "\n").filter { $0.hasPrefix("out/") }.count == 20 }, "subscriber got: \(sub.log)")
+        #expect(eventually { sub.log.split(separator: "\n").filter { $0.hasPrefix("out/n") }.count == 20 }, "subscriber got: \(sub.log)")
+        #expect(eventually { sub.log.split(separator: "\n").filter { $0.hasPrefix("out/qos0/") }.count == 20 }, "QoS 0 subscriber got: \(sub.log)")
         #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 20 })
     }
 

@@ -1,6 +1,7 @@
 import CIoTCPluginABI
 import Foundation
 import IoTCPluginKit
+import Metrics
 
 /// What the kernel offers component instances; implemented by the hub (and by test doubles).
 protocol HostServices: AnyObject, Sendable {
@@ -23,6 +24,10 @@ final class ComponentInstance: @unchecked Sendable {
     weak var services: (any HostServices)?
     private let host: UnsafeMutablePointer<iotc_host>
     private var instance: UnsafeMutableRawPointer?
+
+    /// Messages from this source that no pipeline reads, and messages refused for backpressure.
+    private(set) lazy var droppedNoRoute = Counter(label: "iotc_messages_dropped_total", dimensions: [("reason", "no_route"), ("source", name), ("plugin", pluginName)])
+    private(set) lazy var refusedBusy = Counter(label: "iotc_messages_refused_total", dimensions: [("reason", "busy"), ("source", name), ("plugin", pluginName)])
 
     var pluginName: String { component.entry.plugin }
     var componentName: String { component.entry.name }

@@ -32,8 +32,6 @@ public final class Hub: HostServices, @unchecked Sendable {
     /// Clock for expressions (milliseconds since the epoch).
     let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
 
-    private let noRoute = Counter(label: "iotc_messages_dropped_total", dimensions: [("reason", "no_route")])
-    private let refusedBusy = Counter(label: "iotc_messages_refused_total", dimensions: [("reason", "busy")])
     private let authFailures = Counter(label: "iotc_auth_failures_total")
 
     public init(plugins: PluginSet, dataDirectory: URL, logger: Logger) throws {
@@ -235,11 +233,11 @@ public final class Hub: HostServices, @unchecked Sendable {
         if message.tenant.isEmpty { message.tenant = "default" }
         let pipelines = targets.filter { $0.filter?.matches(message.topic) ?? true }.map(\.pipeline)
         guard !pipelines.isEmpty else {
-            noRoute.increment()
+            source.droppedNoRoute.increment()
             return IOTC_ERR_NOT_FOUND
         }
         guard pipelines.allSatisfy(\.hasRoom) else {
-            refusedBusy.increment()
+            source.refusedBusy.increment()
             return IOTC_ERR_BUSY
         }
         let durable = pipelines.filter(\.isDurable)

@@ -20,6 +20,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         var max_queued_commands: Int
         var command_ttl: Double
         var idle_timeout: Double
+        var threads: Int
         var tls: TLS?
         struct TLS: Decodable {
             var certificate_file: String
@@ -56,6 +57,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("long_poll_timeout", .duration, "Longest wait a command long-poll may ask for.", default: "30", example: "30s"),
         ConfigField("max_queued_commands", .int, "Commands kept per device until it fetches them; more are refused.", default: "100"),
         ConfigField("command_ttl", .duration, "How long a queued command waits for its device.", default: "3600", example: "1h"),
+        ConfigField("threads", .int, "Event-loop threads serving connections; 0 means one per core.", default: "0", advanced: true),
         ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted).", default: "60", example: "60s"),
         ConfigField("tls", .object([
             ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
@@ -77,6 +79,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         mailboxes = CommandMailboxes(capacity: max(1, config.max_queued_commands), ttl: config.command_ttl)
         guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
         guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
+        guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
         if let tls = config.tls {
             do {
@@ -97,7 +100,7 @@ final class HTTPSource: Source, @unchecked Sendable {
     }
 
     func start() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.threads > 0 ? config.threads : System.coreCount)
         self.group = group
         let address = HostPort(config.listen)!
         let source = self

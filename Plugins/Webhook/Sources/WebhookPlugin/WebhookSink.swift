@@ -125,8 +125,10 @@ final class WebhookSink: Sink, @unchecked Sendable {
     }
 
     func stop() {
-        // Requests in flight complete (and are settled) before the client shuts down.
-        while inFlight.withLockedValue({ $0 }) > 0 { usleep(2000) }
+        // Requests in flight get a short grace; shutting the client down cancels the rest, and their
+        // failures settle them as retries (a durable pipeline sends them again after a restart).
+        let deadline = Date().addingTimeInterval(2)
+        while inFlight.withLockedValue({ $0 }) > 0 && Date() < deadline { usleep(2000) }
         try? client.syncShutdown()
     }
 }
