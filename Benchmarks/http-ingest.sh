@@ -15,7 +15,12 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 
-NGINX_PORT=$(port); HUB_PORT=$(port); API_PORT=$(port); BROKER_PORT=$(port)
+NGINX_PORT=$(port); HUB_PORT=$(port); API_PORT=$(port); BROKER_PORT=$(port); BASELINE_PORT=$(port)
+
+# A bare SwiftNIO server answering a fixed 202: the ceiling for any SwiftNIO HTTP ingest on this machine.
+swift build -c release --package-path "$HERE/nio-baseline" --scratch-path "$HERE/../.build-nio-baseline" >/dev/null
+"$HERE/../.build-nio-baseline/release/NIOBaseline" "$BASELINE_PORT" &
+wait_port "$BASELINE_PORT"
 
 # nginx answering 204, two workers (one per core).
 mkdir -p "$WORK/nginx"
@@ -77,6 +82,9 @@ wrk -t2 -c100 -d2s -s "$HERE/post.lua" "http://127.0.0.1:$NGINX_PORT/" >/dev/nul
 echo "nginx (204, 2 workers), ${DURATION}s, 100 connections:"
 nginx_json=$(wrk -t2 -c100 -d${DURATION}s --latency -s "$HERE/post.lua" "http://127.0.0.1:$NGINX_PORT/" | tail -1)
 echo "  $nginx_json"
+echo "bare SwiftNIO server (fixed 202), ${DURATION}s, 100 connections:"
+baseline_json=$(wrk -t2 -c100 -d${DURATION}s --latency -s "$HERE/post.lua" "http://127.0.0.1:$BASELINE_PORT/" | tail -1)
+echo "  $baseline_json"
 echo "hub (http -> decode, map, filter -> file), ${DURATION}s, 100 connections:"
 hub_json=$(wrk -t2 -c100 -d${DURATION}s --latency -s "$HERE/post.lua" "http://127.0.0.1:$HUB_PORT/v1/devices/bench/telemetry" | tail -1)
 echo "  $hub_json"
@@ -87,19 +95,20 @@ echo "  $edge_json"
 sleep 1
 lines=$(wc -l < "$WORK/out.jsonl")
 
-python3 - "$nginx_json" "$hub_json" "$edge_json" <<PY
+python3 - "$nginx_json" "$hub_json" "$edge_json" "$baseline_json" <<PY
 import json, sys
-n, h, e = json.loads(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+n, h, e, b = (json.loads(a) for a in sys.argv[1:5])
 ratio = h["req_rate"] / n["req_rate"]
 print()
 print(f"nginx 204:           {n['req_rate']:>10.0f} req/s   p50 {n['p50_us']/1000:.2f} ms   p99 {n['p99_us']/1000:.2f} ms")
 print(f"hub ingest -> file:  {h['req_rate']:>10.0f} req/s   p50 {h['p50_us']/1000:.2f} ms   p99 {h['p99_us']/1000:.2f} ms   non-2xx {h['non_2xx']}")
 print(f"hub / nginx:         {ratio*100:>10.1f} %   (target >= 50 %)")
-print(f"hub HTTP layer alone:{e['req_rate']:>10.0f} req/s   ({e['req_rate']/n['req_rate']*100:.1f} % of nginx: the ceiling set by the HTTP server stack)")
+print(f"hub HTTP layer alone:{e['req_rate']:>10.0f} req/s   ({e['req_rate']/n['req_rate']*100:.1f} % of nginx; a topic no pipeline reads, answered 404)")
+print(f"bare SwiftNIO 202:   {b['req_rate']:>10.0f} req/s   ({b['req_rate']/n['req_rate']*100:.1f} % of nginx); the hub reaches {h['req_rate']/b['req_rate']*100:.0f} % of it")
 print(f"start-up to ready:   {$ready_ms:>10d} ms  (measured from outside; banner: $self_reported) (target < 1000 ms)")
 print(f"idle RSS, all plugins loaded: {$idle_rss/1024:.1f} MiB (target < 60 MiB); under load: {$load_rss/1024:.1f} MiB")
 print(f"messages written by the file sink: $lines")
 print(json.dumps({"nginx_req_rate": n["req_rate"], "hub_req_rate": h["req_rate"], "ratio": round(ratio, 3), "hub_p99_us": h["p99_us"],
-                  "hub_non_2xx": h["non_2xx"], "http_layer_req_rate": e["req_rate"], "startup_ms": $ready_ms, "idle_rss_kib": $idle_rss, "load_rss_kib": $load_rss}))
+                  "hub_non_2xx": h["non_2xx"], "http_layer_req_rate": e["req_rate"], "nio_baseline_req_rate": b["req_rate"], "startup_ms": $ready_ms, "idle_rss_kib": $idle_rss, "load_rss_kib": $load_rss}))
 PY
 kill -TERM $HUB; wait $HUB 2>/dev/null || true
