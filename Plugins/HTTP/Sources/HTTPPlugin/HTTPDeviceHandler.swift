@@ -3,20 +3,13 @@ import Crypto
 import Foundation
 import IoTCPluginKit
 import NIOCore
-import NIOHTTP1
 import NIOSSL
 
-/// One device connection: parses requests, authenticates, submits messages and serves command fetches.
+/// One device connection: takes parsed requests in order (pipelined ones wait their turn),
+/// authenticates, submits messages and serves command fetches. Responses are written as bytes.
 final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
-    typealias OutboundOut = HTTPServerResponsePart
-
-    private enum State {
-        case idle
-        case receiving(HTTPRequestHead, Route, ByteBuffer)
-        /// The body is being discarded because the request was already answered.
-        case discarding
-    }
+    typealias InboundIn = DeviceRequest
+    typealias OutboundOut = ByteBuffer
 
     enum Route: Equatable {
         case ingest(device: String, kind: MessageKind, suffix: String)
@@ -26,7 +19,11 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private let source: HTTPSource
-    private var state = State.idle
+    /// The request being answered; later pipelined requests wait in `backlog`.
+    private var current: DeviceRequest?
+    private var backlog = CircularBuffer<DeviceRequest>()
+    /// A framing error found while a request was being answered: sent after it, then the connection closes.
+    private var pendingError: DeviceRequestError?
     /// The identity of the last token seen on this connection, so keep-alive requests authenticate once.
     private var cached: (token: String, device: String, identity: Identity)?
     private var streaming: (device: String, waiter: UInt64, identity: Identity)?
@@ -35,43 +32,64 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     init(source: HTTPSource) { self.source = source }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            guard let route = Self.route(head) else {
-                let known = Self.route(HTTPRequestHead(version: head.version, method: .POST, uri: head.uri)) != nil
-                    || Self.route(HTTPRequestHead(version: head.version, method: .GET, uri: head.uri)) != nil
-                respond(context, head, known ? .methodNotAllowed : .notFound, problem: known ? "method \(head.method) is not allowed here" : "no such resource")
-                state = .discarding
-                return
-            }
-            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > source.config.max_body_size {
-                respond(context, head, .payloadTooLarge, problem: "the body is \(length) bytes; the limit is \(source.config.max_body_size)", close: true)
-                state = .discarding
-                return
-            }
-            state = .receiving(head, route, context.channel.allocator.buffer(capacity: 0))
-        case .body(var chunk):
-            guard case .receiving(let head, let route, var body) = state else { return }
-            if body.readableBytes + chunk.readableBytes > source.config.max_body_size {
-                respond(context, head, .payloadTooLarge, problem: "the body is over the limit of \(source.config.max_body_size) bytes", close: true)
-                state = .discarding
-                return
-            }
-            state = .idle
-            body.writeBuffer(&chunk)
-            state = .receiving(head, route, body)
-        case .end:
-            guard case .receiving(let head, let route, let body) = state else {
-                state = .idle
-                return
-            }
-            state = .idle
-            handle(context, head, route, body)
+        let request = unwrapInboundIn(data)
+        if current != nil {
+            backlog.append(request)
+            // Bound what a client may pipeline ahead: stop reading until the backlog drains.
+            if backlog.count >= 16 { context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+            return
+        }
+        start(context, request)
+    }
+
+    private func start(_ context: ChannelHandlerContext, _ request: DeviceRequest) {
+        current = request
+        guard let route = Self.route(request.method, request.target) else {
+            let known = Self.route(.post, request.target) != nil || Self.route(.get, request.target) != nil
+            respond(context, known ? .methodNotAllowed : .notFound, problem: known ? "this method is not allowed here" : "no such resource")
+            return
+        }
+        handle(context, request, route)
+    }
+
+    /// Called when the current request's response is complete: the next pipelined one starts.
+    private func finished(_ context: ChannelHandlerContext) {
+        current = nil
+        if let e = pendingError {
+            pendingError = nil
+            refuse(context, e)
+            return
+        }
+        if let next = backlog.popFirst() {
+            if backlog.count < 8 { context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
+            start(context, next)
         }
     }
 
-    static func route(_ head: HTTPRequestHead) -> Route? {
-        let uri = head.uri
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        guard let e = error as? DeviceRequestError else {
+            context.close(promise: nil)
+            return
+        }
+        if current != nil { pendingError = e } else { refuse(context, e) }
+    }
+
+    /// Answers a request that could not be framed and closes the connection.
+    private func refuse(_ context: ChannelHandlerContext, _ e: DeviceRequestError) {
+        current = DeviceRequest(method: .other, target: "", http10: false, keepAlive: false, body: ByteBuffer())
+        switch e {
+        case .bodyTooLarge(let n?):
+            respond(context, .payloadTooLarge, problem: "the body is \(n) bytes; the limit is \(source.config.max_body_size)", close: true)
+        case .bodyTooLarge(nil):
+            respond(context, .payloadTooLarge, problem: "the body is over the limit of \(source.config.max_body_size) bytes", close: true)
+        case .headerTooLarge:
+            respond(context, .headersTooLarge, problem: "the request line and headers are too large", close: true)
+        case .malformed(let why):
+            respond(context, .badRequest, problem: "malformed request: \(why)", close: true)
+        }
+    }
+
+    static func route(_ method: DeviceRequest.Method, _ uri: String) -> Route? {
         let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
         let prefix = "/v1/devices/"
         guard path.hasPrefix(prefix) else { return nil }
@@ -81,17 +99,17 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         guard let device = parts[0].contains("%") ? parts[0].removingPercentEncoding : String(parts[0]),
               Self.validDeviceID(device) else { return nil }
         let tail = parts.dropFirst()
-        switch (head.method, tail.count) {
-        case (.POST, 1):
+        switch (method, tail.count) {
+        case (.post, 1):
             switch tail.first! {
             case "telemetry": return .ingest(device: device, kind: .telemetry, suffix: "telemetry")
             case "events": return .ingest(device: device, kind: .event, suffix: "events")
             case "attributes": return .ingest(device: device, kind: .attributes, suffix: "attributes")
             default: return nil
             }
-        case (.GET, 1) where tail.first! == "commands": return .poll(device: device)
-        case (.GET, 2) where tail.first! == "commands" && tail.last! == "stream": return .stream(device: device)
-        case (.POST, 3) where tail.first! == "commands" && tail.last! == "result" && !tail[tail.startIndex + 1].isEmpty:
+        case (.get, 1) where tail.first! == "commands": return .poll(device: device)
+        case (.get, 2) where tail.first! == "commands" && tail.last! == "stream": return .stream(device: device)
+        case (.post, 3) where tail.first! == "commands" && tail.last! == "result" && !tail[tail.startIndex + 1].isEmpty:
             return .result(device: device, command: String(tail[tail.startIndex + 1]))
         default: return nil
         }
@@ -102,11 +120,11 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         !s.isEmpty && s.utf8.count <= 128 && !s.unicodeScalars.contains { $0 == "/" || $0 == "+" || $0 == "#" || $0.value < 0x20 || $0.value == 0x7F }
     }
 
-    private func authenticate(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, device: String) -> Identity? {
+    private func authenticate(_ context: ChannelHandlerContext, _ request: DeviceRequest, device: String) -> Identity? {
         var token = ""
-        if let auth = head.headers.first(name: "authorization") {
+        if let auth = request.authorization {
             guard auth.count > 7, auth.prefix(7).lowercased() == "bearer " else {
-                respond(context, head, .unauthorized, problem: "use Authorization: Bearer TOKEN", extra: [("WWW-Authenticate", "Bearer")])
+                respond(context, .unauthorized, problem: "use Authorization: Bearer TOKEN", extra: [("WWW-Authenticate", "Bearer")])
                 return nil
             }
             token = String(auth.dropFirst(7).drop { $0 == " " })
@@ -118,38 +136,39 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             fingerprint = CertificateFingerprint.sha256(cert)
         }
         guard let identity = source.host.authenticate(Credentials(protocolName: "http", device: device, secret: token, certificateFingerprint: fingerprint, remoteAddress: remote)) else {
-            respond(context, head, .unauthorized, problem: token.isEmpty ? "credentials required" : "invalid credentials", extra: [("WWW-Authenticate", "Bearer")])
+            respond(context, .unauthorized, problem: token.isEmpty ? "credentials required" : "invalid credentials", extra: [("WWW-Authenticate", "Bearer")])
             return nil
         }
         guard identity.device == device else {
-            respond(context, head, .forbidden, problem: "these credentials belong to another device")
+            respond(context, .forbidden, problem: "these credentials belong to another device")
             return nil
         }
         cached = (token, device, identity)
         return identity
     }
 
-    private func handle(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ route: Route, _ body: ByteBuffer) {
+    private func handle(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ route: Route) {
+        let body = request.body
         switch route {
         case .ingest(let device, let kind, let suffix):
-            submit(context, head, body, device: device, kind: kind, topic: "devices/\(device)/\(suffix)")
+            submit(context, request, body, device: device, kind: kind, topic: "devices/\(device)/\(suffix)")
         case .result(let device, let command):
-            submit(context, head, body, device: device, kind: .commandResult, topic: "devices/\(device)/commands/\(command)/result",
+            submit(context, request, body, device: device, kind: .commandResult, topic: "devices/\(device)/commands/\(command)/result",
                    extraProperties: [KeyValue("command_id", command)])
         case .poll(let device):
-            poll(context, head, device: device)
+            poll(context, request, device: device)
         case .stream(let device):
-            stream(context, head, device: device)
+            stream(context, request, device: device)
         }
     }
 
-    private func submit(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ body: ByteBuffer, device: String, kind: MessageKind,
+    private func submit(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ body: ByteBuffer, device: String, kind: MessageKind,
                         topic: String, extraProperties: [KeyValue] = []) {
-        guard let identity = authenticate(context, head, device: device) else { return }
-        let contentType = head.headers.first(name: "content-type") ?? ""
+        guard let identity = authenticate(context, request, device: device) else { return }
+        let contentType = request.contentType ?? ""
         let format = MediaType(contentType)
         guard format != .other else {
-            respond(context, head, .unsupportedMediaType, problem: contentType.isEmpty ? "a Content-Type is required" : "content type '\(contentType.prefix(64))' is not accepted",
+            respond(context, .unsupportedMediaType, problem: contentType.isEmpty ? "a Content-Type is required" : "content type '\(contentType.prefix(64))' is not accepted",
                     extra: [("Accept-Post", "application/json, application/cbor")])
             return
         }
@@ -163,20 +182,20 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             } catch {
                 reason = error.description
             }
-            respond(context, head, .badRequest, problem: "the body is not valid \(format == .json ? "JSON" : "CBOR"): \(reason)")
+            respond(context, .badRequest, problem: "the body is not valid \(format == .json ? "JSON" : "CBOR"): \(reason)")
             return
         }
         guard source.host.authorize(identity, .publish, topic: topic) else {
-            respond(context, head, .forbidden, problem: "not allowed to publish to \(topic)")
+            respond(context, .forbidden, problem: "not allowed to publish to \(topic)")
             return
         }
         var properties = extraProperties
-        if let rid = head.headers.first(name: "x-request-id") { properties.append(KeyValue("http.request_id", String(rid.prefix(128)))) }
+        if let rid = request.requestID { properties.append(KeyValue("http.request_id", String(rid.prefix(128)))) }
         var deviceTime: Int64?
-        if let t = head.headers.first(name: "x-device-time") {
+        if let t = request.deviceTime {
             deviceTime = Int64(t) ?? DeviceTime.parse(t)
             if deviceTime == nil {
-                respond(context, head, .badRequest, problem: "X-Device-Time should be RFC 3339 or milliseconds since the epoch")
+                respond(context, .badRequest, problem: "X-Device-Time should be RFC 3339 or milliseconds since the epoch")
                 return
             }
         }
@@ -188,9 +207,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             let answer: @Sendable () -> Void = {
                 let (handler, context) = bound.value
                 if result == IOTC_OK {
-                    handler.respond(context, head, .accepted, json: #"{"status":"accepted"}"#)
+                    handler.accepted(context)
                 } else {
-                    handler.respond(context, head, .serviceUnavailable, problem: "the message could not be stored; retry", extra: [("Retry-After", "1")])
+                    handler.respond(context, .serviceUnavailable, problem: "the message could not be stored; retry", extra: [("Retry-After", "1")])
                 }
             }
             // A pipeline without a write-ahead log accepts at once, on this event loop.
@@ -198,16 +217,16 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         switch status {
         case .queued: break
-        case .busy: respond(context, head, .serviceUnavailable, problem: "the pipeline is full; retry later", extra: [("Retry-After", "1")])
-        case .rejected(IOTC_ERR_NOT_FOUND): respond(context, head, .notFound, problem: "no pipeline reads \(topic)")
-        case .rejected(IOTC_ERR_DENIED): respond(context, head, .forbidden, problem: "not allowed to publish to \(topic)")
-        case .rejected: respond(context, head, .badRequest, problem: "the hub refused the message")
+        case .busy: respond(context, .serviceUnavailable, problem: "the pipeline is full; retry later", extra: [("Retry-After", "1")])
+        case .rejected(IOTC_ERR_NOT_FOUND): respond(context, .notFound, problem: "no pipeline reads \(topic)")
+        case .rejected(IOTC_ERR_DENIED): respond(context, .forbidden, problem: "not allowed to publish to \(topic)")
+        case .rejected: respond(context, .badRequest, problem: "the hub refused the message")
         }
     }
 
-    private func poll(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, device: String) {
-        guard let identity = authenticate(context, head, device: device) else { return }
-        let query = head.uri.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
+    private func poll(_ context: ChannelHandlerContext, _ request: DeviceRequest, device: String) {
+        guard let identity = authenticate(context, request, device: device) else { return }
+        let query = request.target.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
         let waitParam = query.split(separator: "&").first { $0.hasPrefix("wait=") }.flatMap { Double($0.dropFirst(5)) } ?? 0
         let wait = max(0, min(waitParam, source.config.long_poll_timeout))
         let loop = context.eventLoop
@@ -221,7 +240,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                 handler.polling = nil
                 var line: [UInt8] = []
                 EnvelopeJSON.encode(command.message, into: &line)
-                handler.respond(context, head, .ok, body: line, contentType: "application/json")
+                handler.respond(context, .ok, body: line, contentType: "application/json")
                 command.ack.succeed()
                 handler.source.host.deviceDisconnected(identity, reason: "poll answered")
             }
@@ -234,18 +253,15 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let p = handler.polling, p.waiter == id else { return }
             handler.source.mailboxes.cancel(device: device, waiter: id)
             handler.polling = nil
-            handler.respond(context, head, .noContent, json: nil)
+            handler.respond(context, .noContent, json: nil)
             handler.source.host.deviceDisconnected(identity, reason: "poll timed out")
         }
     }
 
-    private func stream(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, device: String) {
-        guard let identity = authenticate(context, head, device: device) else { return }
-        var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "text/event-stream")
-        headers.add(name: "Cache-Control", value: "no-cache")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: .ok, headers: headers))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: ": connected\n\n")))), promise: nil)
+    private func stream(_ context: ChannelHandlerContext, _ request: DeviceRequest, device: String) {
+        guard let identity = authenticate(context, request, device: device) else { return }
+        // The stream has no length: it ends when the connection closes.
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer(string: "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n: connected\n\n")), promise: nil)
         source.host.deviceConnected(identity, remoteAddress: context.channel.remoteAddress?.description ?? "")
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
@@ -257,7 +273,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             line += Array("\n\n".utf8)
             loop.execute {
                 let (_, context) = bound.value
-                context.writeAndFlush(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: line)))))
+                context.writeAndFlush(NIOAny(ByteBuffer(bytes: line)))
                     .whenComplete { r in if case .success = r { command.ack.succeed() } else { command.ack.retry("the stream closed") } }
             }
             return true
@@ -270,7 +286,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.eventLoop.scheduleTask(in: .seconds(15)) {
             let (handler, context) = bound.value
             guard handler.streaming != nil, context.channel.isActive else { return }
-            context.writeAndFlush(handler.wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: ": keep-alive\n\n")))), promise: nil)
+            context.writeAndFlush(handler.wrapOutboundOut(ByteBuffer(string: ": keep-alive\n\n")), promise: nil)
             handler.keepAlive(context, bound)
         }
     }
@@ -299,37 +315,64 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     // MARK: - Responses
 
-    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, problem: String,
+    /// The answer to an accepted message, rendered once.
+    private static let acceptedKeepAlive = ByteBuffer(string: "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 21\r\nConnection: keep-alive\r\n\r\n{\"status\":\"accepted\"}")
+
+    private func accepted(_ context: ChannelHandlerContext) {
+        guard let request = current, request.keepAlive else {
+            respond(context, .accepted, json: #"{"status":"accepted"}"#)
+            return
+        }
+        guard context.channel.isActive else { return }
+        context.writeAndFlush(wrapOutboundOut(Self.acceptedKeepAlive), promise: nil)
+        finished(context)
+    }
+
+    struct Status {
+        let code: Int
+        let reason: String
+        static let ok = Status(code: 200, reason: "OK"), accepted = Status(code: 202, reason: "Accepted")
+        static let noContent = Status(code: 204, reason: "No Content"), badRequest = Status(code: 400, reason: "Bad Request")
+        static let unauthorized = Status(code: 401, reason: "Unauthorized"), forbidden = Status(code: 403, reason: "Forbidden")
+        static let notFound = Status(code: 404, reason: "Not Found"), methodNotAllowed = Status(code: 405, reason: "Method Not Allowed")
+        static let payloadTooLarge = Status(code: 413, reason: "Content Too Large")
+        static let unsupportedMediaType = Status(code: 415, reason: "Unsupported Media Type")
+        static let headersTooLarge = Status(code: 431, reason: "Request Header Fields Too Large")
+        static let serviceUnavailable = Status(code: 503, reason: "Service Unavailable")
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ status: Status, problem: String,
                          extra: [(String, String)] = [], close: Bool = false) {
         var o = Value.Object()
         o["type"] = "about:blank"
-        o["title"] = .string(status.reasonPhrase)
+        o["title"] = .string(status.reason)
         o["status"] = .int(Int64(status.code))
         o["detail"] = .string(problem)
-        respond(context, head, status, body: JSON.encode(.object(o)), contentType: "application/problem+json", extra: extra, close: close)
+        respond(context, status, body: JSON.encode(.object(o)), contentType: "application/problem+json", extra: extra, close: close)
     }
 
-    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, json: String?) {
-        respond(context, head, status, body: json.map { Array($0.utf8) } ?? [], contentType: json == nil ? nil : "application/json")
+    private func respond(_ context: ChannelHandlerContext, _ status: Status, json: String?) {
+        respond(context, status, body: json.map { Array($0.utf8) } ?? [], contentType: json == nil ? nil : "application/json")
     }
 
-    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, body: [UInt8],
+    /// Writes a complete response to the current request, then starts the next pipelined one.
+    private func respond(_ context: ChannelHandlerContext, _ status: Status, body: [UInt8],
                          contentType: String?, extra: [(String, String)] = [], close: Bool = false) {
         guard context.channel.isActive else { return }
-        var headers = HTTPHeaders()
-        if let contentType { headers.add(name: "Content-Type", value: contentType) }
-        headers.add(name: "Content-Length", value: String(body.count))
-        for (k, v) in extra { headers.add(name: k, value: v) }
-        let keepAlive = head.isKeepAlive && !close
-        headers.add(name: "Connection", value: keepAlive ? "keep-alive" : "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        if !body.isEmpty {
-            var buffer = context.channel.allocator.buffer(capacity: body.count)
-            buffer.writeBytes(body)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        }
-        let done = context.writeAndFlush(wrapOutboundOut(.end(nil)))
-        if !keepAlive {
+        let keepAlive = (current?.keepAlive ?? false) && !close
+        var out = context.channel.allocator.buffer(capacity: 160 + body.count)
+        out.writeString("HTTP/1.1 \(status.code) \(status.reason)\r\n")
+        if let contentType { out.writeString("Content-Type: \(contentType)\r\n") }
+        out.writeString("Content-Length: \(body.count)\r\n")
+        for (k, v) in extra { out.writeString("\(k): \(v)\r\n") }
+        out.writeString(keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n")
+        out.writeBytes(body)
+        let done = context.writeAndFlush(wrapOutboundOut(out))
+        if keepAlive {
+            finished(context)
+        } else {
+            current = nil
+            backlog.removeAll()
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         }

@@ -3,7 +3,6 @@ import Foundation
 import IoTCPluginKit
 import NIOConcurrencyHelpers
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
@@ -115,7 +114,8 @@ final class HTTPSource: Source, @unchecked Sendable {
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(source.config.idle_timeout * 1000))))
                         if let ssl { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: ssl)) }
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: true)
+                        let limits = DeviceRequestLimits(maxBodySize: source.config.max_body_size)
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DeviceRequestDecoder(limits: limits)))
                         try channel.pipeline.syncOperations.addHandler(HTTPDeviceHandler(source: source))
                     }
                 }

@@ -1,0 +1,251 @@
+import NIOCore
+
+/// One HTTP/1.1 request of the device API, with the few headers the API reads.
+struct DeviceRequest {
+    enum Method: Equatable { case get, post, other }
+    var method: Method
+    /// The request target as sent (path and query).
+    var target: String
+    var http10: Bool
+    var keepAlive: Bool
+    var contentType: String?
+    var authorization: String?
+    var requestID: String?
+    var deviceTime: String?
+    var body: ByteBuffer
+}
+
+/// Why bytes are not an acceptable request. The connection answers and closes.
+enum DeviceRequestError: Error, Equatable {
+    case malformed(String)
+    case bodyTooLarge(Int?)
+    case headerTooLarge
+}
+
+/// Limits on requests; every default is stated.
+struct DeviceRequestLimits {
+    /// Largest body, in bytes (the source's `max_body_size`).
+    var maxBodySize: Int
+    /// Largest request line plus headers: 16 KiB.
+    var maxHeaderSize = 16 * 1024
+    /// Most header lines: 100.
+    var maxHeaders = 100
+}
+
+/// A small HTTP/1.1 request parser (RFC 9112) for the device API: request line, header fields, and a
+/// body delimited by Content-Length or chunked transfer coding. It reads only the fields the API uses
+/// and refuses what it cannot frame safely (conflicting lengths, obsolete line folding, bare CR).
+struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
+    typealias InboundOut = DeviceRequest
+    let limits: DeviceRequestLimits
+
+    init(limits: DeviceRequestLimits) { self.limits = limits }
+
+    mutating func decode(buffer: inout ByteBuffer) throws -> DeviceRequest? {
+        let parsed = try buffer.withUnsafeReadableBytes { try Self.parse($0, limits) }
+        guard let (head, body, consumed) = parsed else { return nil }
+        var request = head
+        let base = buffer.readerIndex
+        switch body {
+        case .none:
+            break
+        case .bytes(let r):
+            request.body = buffer.getSlice(at: base + r.lowerBound, length: r.count)!
+        case .chunks(let ranges):
+            var b = ByteBuffer()
+            b.reserveCapacity(ranges.reduce(0) { $0 + $1.count })
+            for r in ranges { b.writeImmutableBuffer(buffer.getSlice(at: base + r.lowerBound, length: r.count)!) }
+            request.body = b
+        }
+        buffer.moveReaderIndex(forwardBy: consumed)
+        return request
+    }
+
+    /// Where the body lies in the parsed bytes.
+    enum Body {
+        case none
+        case bytes(Range<Int>)
+        case chunks([Range<Int>])
+    }
+
+    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> DeviceRequest? {
+        try decode(buffer: &buffer)
+    }
+
+    /// Parses one request from the front of `b`. Returns nil when more bytes are needed.
+    static func parse(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits) throws -> (DeviceRequest, Body, Int)? {
+        // Leading empty lines before a request line are ignored (RFC 9112 section 2.2).
+        var i = 0
+        while i + 1 < b.count, b[i] == 13, b[i + 1] == 10 { i += 2 }
+        let start = i
+        guard let headerEnd = findHeaderEnd(b, from: start, limit: limits.maxHeaderSize) else {
+            if b.count - start > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
+            return nil
+        }
+        // Request line: method SP target SP HTTP/1.x
+        guard let lineEnd = crlf(b, from: start, to: headerEnd) else { throw DeviceRequestError.malformed("bad request line") }
+        guard let sp1 = index(of: 32, in: b, from: start, to: lineEnd), let sp2 = index(of: 32, in: b, from: sp1 + 1, to: lineEnd),
+              sp1 > start, sp2 > sp1 + 1 else { throw DeviceRequestError.malformed("bad request line") }
+        for k in start..<sp1 where !isTokenChar(b[k]) { throw DeviceRequestError.malformed("bad method") }
+        let method: DeviceRequest.Method = equals(b, start, sp1, "GET") ? .get : equals(b, start, sp1, "POST") ? .post : .other
+        for k in (sp1 + 1)..<sp2 where b[k] <= 32 || b[k] == 127 { throw DeviceRequestError.malformed("bad request target") }
+        let target = String(decoding: UnsafeRawBufferPointer(rebasing: b[(sp1 + 1)..<sp2]), as: UTF8.self)
+        let http10: Bool
+        if equals(b, sp2 + 1, lineEnd, "HTTP/1.1") { http10 = false }
+        else if equals(b, sp2 + 1, lineEnd, "HTTP/1.0") { http10 = true }
+        else { throw DeviceRequestError.malformed("unsupported HTTP version") }
+
+        var request = DeviceRequest(method: method, target: target, http10: http10, keepAlive: !http10, body: ByteBuffer())
+        var contentLength: Int?
+        var chunked = false
+        var headers = 0
+        var p = lineEnd + 2
+        while p < headerEnd {
+            guard let e = crlf(b, from: p, to: headerEnd + 2) else { throw DeviceRequestError.malformed("bad header line") }
+            headers += 1
+            guard headers <= limits.maxHeaders else { throw DeviceRequestError.headerTooLarge }
+            guard b[p] != 32 && b[p] != 9 else { throw DeviceRequestError.malformed("obsolete line folding") }
+            guard let colon = index(of: UInt8(ascii: ":"), in: b, from: p, to: e), colon > p else { throw DeviceRequestError.malformed("bad header line") }
+            for k in p..<colon where !isTokenChar(b[k]) { throw DeviceRequestError.malformed("bad header name") }
+            var vs = colon + 1, ve = e
+            while vs < ve, b[vs] == 32 || b[vs] == 9 { vs += 1 }
+            while ve > vs, b[ve - 1] == 32 || b[ve - 1] == 9 { ve -= 1 }
+            for k in vs..<ve where (b[k] < 32 && b[k] != 9) || b[k] == 127 { throw DeviceRequestError.malformed("bad header value") }
+            func value() -> String { String(decoding: UnsafeRawBufferPointer(rebasing: b[vs..<ve]), as: UTF8.self) }
+            switch colon - p {
+            case 14 where equalsCaseless(b, p, colon, "content-length"):
+                var n = 0
+                guard ve > vs else { throw DeviceRequestError.malformed("bad Content-Length") }
+                for k in vs..<ve {
+                    guard b[k] >= 48, b[k] <= 57, n < 1 << 40 else { throw DeviceRequestError.malformed("bad Content-Length") }
+                    n = n * 10 + Int(b[k] - 48)
+                }
+                if let c = contentLength, c != n { throw DeviceRequestError.malformed("conflicting Content-Length") }
+                contentLength = n
+            case 17 where equalsCaseless(b, p, colon, "transfer-encoding"):
+                // Only "chunked" is accepted (RFC 9112 section 6.1); anything else cannot be framed.
+                guard equalsCaseless(b, vs, ve, "chunked") else { throw DeviceRequestError.malformed("unsupported Transfer-Encoding") }
+                chunked = true
+            case 10 where equalsCaseless(b, p, colon, "connection"):
+                let v = value().lowercased()
+                if v.contains("close") { request.keepAlive = false } else if v.contains("keep-alive") { request.keepAlive = true }
+            case 12 where equalsCaseless(b, p, colon, "content-type"): request.contentType = value()
+            case 13 where equalsCaseless(b, p, colon, "authorization"): request.authorization = value()
+            case 12 where equalsCaseless(b, p, colon, "x-request-id"): request.requestID = value()
+            case 13 where equalsCaseless(b, p, colon, "x-device-time"): request.deviceTime = value()
+            default: break
+            }
+            p = e + 2
+        }
+        var q = headerEnd + 4
+        if chunked {
+            // A message with both is refused: it is the classic request-smuggling shape (RFC 9112 6.3).
+            guard contentLength == nil else { throw DeviceRequestError.malformed("both Content-Length and Transfer-Encoding") }
+            var ranges: [Range<Int>] = []
+            var total = 0
+            while true {
+                guard let e = crlf(b, from: q, to: b.count) else {
+                    if b.count - q > 1024 { throw DeviceRequestError.malformed("bad chunk size") }
+                    return nil
+                }
+                var size = 0, k = q, digits = 0
+                while k < e, let d = hexDigit(b[k]) {
+                    size = size * 16 + d
+                    digits += 1
+                    guard digits <= 8 else { throw DeviceRequestError.bodyTooLarge(nil) }
+                    k += 1
+                }
+                guard digits > 0, k == e || b[k] == UInt8(ascii: ";") || b[k] == 32 || b[k] == 9 else {
+                    throw DeviceRequestError.malformed("bad chunk size")
+                }
+                total += size
+                guard total <= limits.maxBodySize else { throw DeviceRequestError.bodyTooLarge(nil) }
+                q = e + 2
+                if size == 0 {
+                    // Trailer fields (ignored), then an empty line.
+                    while true {
+                        guard let t = crlf(b, from: q, to: b.count) else {
+                            if b.count - q > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
+                            return nil
+                        }
+                        let empty = t == q
+                        q = t + 2
+                        if empty { break }
+                    }
+                    return (request, .chunks(ranges), q)
+                }
+                guard b.count >= q + size + 2 else { return nil }
+                guard b[q + size] == 13, b[q + size + 1] == 10 else { throw DeviceRequestError.malformed("bad chunk") }
+                ranges.append(q..<(q + size))
+                q += size + 2
+            }
+        }
+        let length = contentLength ?? 0
+        guard length <= limits.maxBodySize else { throw DeviceRequestError.bodyTooLarge(length) }
+        guard b.count >= q + length else { return nil }
+        return (request, length == 0 ? .none : .bytes(q..<(q + length)), q + length)
+    }
+
+    // MARK: - Byte helpers
+
+    private static func findHeaderEnd(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> Int? {
+        var k = from
+        let end = min(b.count, from + limit + 4)
+        while k + 3 < end {
+            if b[k] == 13, b[k + 1] == 10, b[k + 2] == 13, b[k + 3] == 10 { return k }
+            k += 1
+        }
+        return nil
+    }
+
+    /// The index of the CR of the CRLF ending the line at `from`, before `to`. A bare CR or LF is refused.
+    private static func crlf(_ b: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        var k = from
+        while k + 1 < min(to + 2, b.count) {
+            if b[k] == 13 { return b[k + 1] == 10 ? k : nil }
+            if b[k] == 10 { return nil }
+            k += 1
+        }
+        return nil
+    }
+
+    private static func index(of c: UInt8, in b: UnsafeRawBufferPointer, from: Int, to: Int) -> Int? {
+        var k = from
+        while k < to {
+            if b[k] == c { return k }
+            k += 1
+        }
+        return nil
+    }
+
+    private static func equals(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int, _ text: StaticString) -> Bool {
+        guard e - s == text.utf8CodeUnitCount else { return false }
+        for k in 0..<(e - s) where b[s + k] != text.utf8Start[k] { return false }
+        return true
+    }
+
+    private static func equalsCaseless(_ b: UnsafeRawBufferPointer, _ s: Int, _ e: Int, _ text: StaticString) -> Bool {
+        guard e - s == text.utf8CodeUnitCount else { return false }
+        for k in 0..<(e - s) where b[s + k] | 0x20 != text.utf8Start[k] | 0x20 { return false }
+        return true
+    }
+
+    private static func isTokenChar(_ c: UInt8) -> Bool {
+        switch c {
+        case 48...57, 65...90, 97...122: true
+        case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+             UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+             UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"): true
+        default: false
+        }
+    }
+
+    private static func hexDigit(_ c: UInt8) -> Int? {
+        switch c {
+        case 48...57: Int(c - 48)
+        case 65...70: Int(c - 55)
+        case 97...102: Int(c - 87)
+        default: nil
+        }
+    }
+}
