@@ -153,23 +153,28 @@ final class SinkRuntime: @unchecked Sendable {
             return
         }
         var deadLetter: String?
+        var retrying = false
         switch result {
         case IOTC_OK:
-            latency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- d.startedAt))
+            break
         case IOTC_ERR_RETRY:
             d.attempts += 1
             if options.maxAttempts > 0 && d.attempts >= options.maxAttempts {
                 deadLetter = "gave up after \(d.attempts) attempts: \(reason ?? "no reason given")"
             } else {
                 schedule(d)
+                retrying = true
             }
         default:
             d.attempts += 1
             deadLetter = "rejected by the sink: \(reason ?? "no reason given")"
         }
-        wake()
+        // The worker has something to do only if deliveries wait for the slot just freed, a retry was
+        // scheduled, or it is draining; otherwise an ack wakes nobody.
+        if workerWaiting && (!ready.isEmpty || retrying || stopping) { cond.broadcast() }
         cond.unlock()
         if result == IOTC_OK {
+            latency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- d.startedAt))
             delivered.increment()
             d.settlement?.settle()
         } else if let why = deadLetter {
