@@ -110,36 +110,46 @@ public struct Message: Sendable {
             properties: properties, metadata: metadata)
     }
 
-    /// Lends a C view of this message to `body`; the pointers are valid only inside it.
+    /// Lends a C view of this message to `body`; the pointers are valid only inside it. The envelope's
+    /// strings are lent in place (native strings are contiguous UTF-8); only properties and metadata
+    /// are packed into one buffer.
     public func withCMessage<R>(_ body: (UnsafePointer<iotc_message>) throws -> R) rethrows -> R {
         var arena = CStringArena()
-        let idRef = arena.add(id), tenantRef = arena.add(tenant), deviceRef = arena.add(device)
-        let topicRef = arena.add(topic), typeRef = arena.add(contentType)
         let props = properties.map { (arena.add($0.key), arena.add($0.value)) }
         let meta = metadata.map { (arena.add($0.key), arena.add($0.value)) }
-        return try arena.withStrings { str in
-            let cProps = props.map { iotc_kv(key: str($0.0), value: str($0.1)) }
-            let cMeta = meta.map { iotc_kv(key: str($0.0), value: str($0.1)) }
-            return try cProps.withUnsafeBufferPointer { p in
-                try cMeta.withUnsafeBufferPointer { md in
-                    try payload.withUnsafeBufferPointer { pl in
-                        var m = iotc_message()
-                        m.struct_size = UInt32(MemoryLayout<iotc_message>.size)
-                        m.kind = kind.rawValue
-                        m.id = str(idRef)
-                        m.tenant = str(tenantRef)
-                        m.device = str(deviceRef)
-                        m.topic = str(topicRef)
-                        m.content_type = str(typeRef)
-                        m.payload = iotc_bytes(ptr: pl.baseAddress, len: pl.count)
-                        m.device_time_ms = deviceTime ?? IOTC_TIME_UNKNOWN
-                        m.received_time_ms = receivedTime ?? IOTC_TIME_UNKNOWN
-                        m.qos = UInt32(qos)
-                        m.properties = p.baseAddress
-                        m.property_count = p.count
-                        m.metadata = md.baseAddress
-                        m.metadata_count = md.count
-                        return try withUnsafePointer(to: &m) { try body($0) }
+        return try id.withIOTCString { cid in
+            try tenant.withIOTCString { ctenant in
+                try device.withIOTCString { cdevice in
+                    try topic.withIOTCString { ctopic in
+                        try contentType.withIOTCString { ctype in
+                            try arena.withStrings { str in
+                                let cProps = props.map { iotc_kv(key: str($0.0), value: str($0.1)) }
+                                let cMeta = meta.map { iotc_kv(key: str($0.0), value: str($0.1)) }
+                                return try cProps.withUnsafeBufferPointer { p in
+                                    try cMeta.withUnsafeBufferPointer { md in
+                                        try payload.withUnsafeBufferPointer { pl in
+                                            var m = iotc_message()
+                                            m.struct_size = UInt32(MemoryLayout<iotc_message>.size)
+                                            m.kind = kind.rawValue
+                                            m.id = cid
+                                            m.tenant = ctenant
+                                            m.device = cdevice
+                                            m.topic = ctopic
+                                            m.content_type = ctype
+                                            m.payload = iotc_bytes(ptr: pl.baseAddress, len: pl.count)
+                                            m.device_time_ms = deviceTime ?? IOTC_TIME_UNKNOWN
+                                            m.received_time_ms = receivedTime ?? IOTC_TIME_UNKNOWN
+                                            m.qos = UInt32(qos)
+                                            m.properties = p.baseAddress
+                                            m.property_count = p.count
+                                            m.metadata = md.baseAddress
+                                            m.metadata_count = md.count
+                                            return try withUnsafePointer(to: &m) { try body($0) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -90,34 +90,48 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     static func route(_ method: DeviceRequest.Method, _ uri: String) -> Route? {
-        let path = uri.firstIndex(of: "?").map { uri[..<$0] } ?? uri[...]
-        let prefix = "/v1/devices/"
-        guard path.hasPrefix(prefix) else { return nil }
-        let parts = path.dropFirst(prefix.count).split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count >= 2 else { return nil }
-        // Percent-decoding goes through Foundation; most ids need none.
-        guard let device = parts[0].contains("%") ? parts[0].removingPercentEncoding : String(parts[0]),
-              Self.validDeviceID(device) else { return nil }
-        let tail = parts.dropFirst()
-        switch (method, tail.count) {
-        case (.post, 1):
-            switch tail.first! {
-            case "telemetry": return .ingest(device: device, kind: .telemetry, suffix: "telemetry")
-            case "events": return .ingest(device: device, kind: .event, suffix: "events")
-            case "attributes": return .ingest(device: device, kind: .attributes, suffix: "attributes")
-            default: return nil
+        // Splits "/v1/devices/{id}/{rest...}" by scanning UTF-8 bytes: this runs for every request.
+        let u = uri.utf8
+        let path = u.firstIndex(of: UInt8(ascii: "?")).map { u[..<$0] } ?? u[...]
+        let prefix = "/v1/devices/".utf8
+        guard path.starts(with: prefix) else { return nil }
+        var parts: [Substring.UTF8View] = []
+        var rest = path.dropFirst(prefix.count)
+        while parts.count < 5 {
+            if let slash = rest.firstIndex(of: UInt8(ascii: "/")) {
+                parts.append(Substring(rest[..<slash]).utf8)
+                rest = rest[rest.index(after: slash)...]
+            } else {
+                parts.append(Substring(rest).utf8)
+                break
             }
-        case (.get, 1) where tail.first! == "commands": return .poll(device: device)
-        case (.get, 2) where tail.first! == "commands" && tail.last! == "stream": return .stream(device: device)
-        case (.post, 3) where tail.first! == "commands" && tail.last! == "result" && !tail[tail.startIndex + 1].isEmpty:
-            return .result(device: device, command: String(tail[tail.startIndex + 1]))
+        }
+        guard parts.count >= 2, parts.count <= 4 else { return nil }
+        // Percent-decoding goes through Foundation; most ids need none.
+        let rawID = Substring(parts[0])
+        guard let device = rawID.utf8.contains(UInt8(ascii: "%")) ? rawID.removingPercentEncoding : String(rawID),
+              Self.validDeviceID(device) else { return nil }
+        func equals(_ part: Substring.UTF8View, _ s: StaticString) -> Bool {
+            part.elementsEqual(UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+        }
+        switch (method, parts.count) {
+        case (.post, 2):
+            if equals(parts[1], "telemetry") { return .ingest(device: device, kind: .telemetry, suffix: "telemetry") }
+            if equals(parts[1], "events") { return .ingest(device: device, kind: .event, suffix: "events") }
+            if equals(parts[1], "attributes") { return .ingest(device: device, kind: .attributes, suffix: "attributes") }
+            return nil
+        case (.get, 2) where equals(parts[1], "commands"): return .poll(device: device)
+        case (.get, 3) where equals(parts[1], "commands") && equals(parts[2], "stream"): return .stream(device: device)
+        case (.post, 4) where equals(parts[1], "commands") && equals(parts[3], "result") && !parts[2].isEmpty:
+            return .result(device: device, command: String(Substring(parts[2])))
         default: return nil
         }
     }
 
-    /// Device ids are 1 to 128 characters without '/', '+', '#' or control characters.
+    /// Device ids are 1 to 128 bytes of UTF-8 without '/', '+', '#' or control characters.
     static func validDeviceID(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.count <= 128 && !s.unicodeScalars.contains { $0 == "/" || $0 == "+" || $0 == "#" || $0.value < 0x20 || $0.value == 0x7F }
+        let u = s.utf8
+        return !u.isEmpty && u.count <= 128 && !u.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F }
     }
 
     private func authenticate(_ context: ChannelHandlerContext, _ request: DeviceRequest, device: String) -> Identity? {
