@@ -7,12 +7,14 @@ public enum EnvelopeJSON {
         out.append(contentsOf: #"{"id":"#.utf8)
         JSON.encodeString(m.id, into: &out)
         if let t = m.receivedTime {
-            out.append(contentsOf: #","received_at":"#.utf8)
-            JSON.encodeString(RFC3339Text.format(t), into: &out)
+            out.append(contentsOf: #","received_at":""#.utf8)
+            RFC3339Text.write(t, into: &out)
+            out.append(UInt8(ascii: "\""))
         }
         if let t = m.deviceTime {
-            out.append(contentsOf: #","device_time":"#.utf8)
-            JSON.encodeString(RFC3339Text.format(t), into: &out)
+            out.append(contentsOf: #","device_time":""#.utf8)
+            RFC3339Text.write(t, into: &out)
+            out.append(UInt8(ascii: "\""))
         }
         out.append(contentsOf: #","tenant":"#.utf8)
         JSON.encodeString(m.tenant, into: &out)
@@ -53,11 +55,20 @@ public enum EnvelopeJSON {
     }
 }
 
-/// RFC 3339 UTC text for milliseconds since the epoch.
+/// RFC 3339 UTC text for milliseconds since the epoch (`2026-01-02T03:04:05.678Z`).
 public enum RFC3339Text {
     public static func format(_ ms: Int64) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(24)
+        write(ms, into: &out)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends the text to `out` without building strings (it is on the per-message path).
+    public static func write(_ ms: Int64, into out: inout [UInt8]) {
         let (days, rem) = ms.quotientAndRemainder(dividingBy: 86_400_000)
         let d = rem < 0 ? days - 1 : days, t = rem < 0 ? rem + 86_400_000 : rem
+        // Howard Hinnant's days-to-civil algorithm.
         let z = d + 719_468
         let era = (z >= 0 ? z : z - 146_096) / 146_097
         let doe = z - era * 146_097
@@ -67,7 +78,20 @@ public enum RFC3339Text {
         let day = doy - (153 * mp + 2) / 5 + 1
         let m = mp < 10 ? mp + 3 : mp - 9
         let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
-        func pad(_ v: Int64, _ n: Int) -> String { let s = String(v); return String(repeating: "0", count: max(0, n - s.count)) + s }
-        return "\(pad(y, 4))-\(pad(m, 2))-\(pad(day, 2))T\(pad(t / 3_600_000, 2)):\(pad(t / 60_000 % 60, 2)):\(pad(t / 1000 % 60, 2)).\(pad(t % 1000, 3))Z"
+        func digits(_ v: Int64, _ n: Int) {
+            var v = v < 0 ? 0 : v
+            var buf: (UInt8, UInt8, UInt8, UInt8) = (48, 48, 48, 48)
+            withUnsafeMutableBytes(of: &buf) { b in
+                for i in stride(from: n - 1, through: 0, by: -1) {
+                    b[i] = UInt8(48 + v % 10)
+                    v /= 10
+                }
+                out.append(contentsOf: b.prefix(n))
+            }
+        }
+        digits(y, 4); out.append(UInt8(ascii: "-")); digits(m, 2); out.append(UInt8(ascii: "-")); digits(day, 2)
+        out.append(UInt8(ascii: "T")); digits(t / 3_600_000, 2); out.append(UInt8(ascii: ":")); digits(t / 60_000 % 60, 2)
+        out.append(UInt8(ascii: ":")); digits(t / 1000 % 60, 2); out.append(UInt8(ascii: ".")); digits(t % 1000, 3)
+        out.append(UInt8(ascii: "Z"))
     }
 }
