@@ -3,6 +3,7 @@ import Foundation
 import IoTCPluginKit
 import Logging
 import Metrics
+import Atomics
 
 /// The running hub: source and sink instances from plugins, pipelines between them, the router, the
 /// write-ahead logs, the dead-letter store, device authentication and downlink.
@@ -26,8 +27,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var connectedVia: [String: String] = [:]
     private var downlinkWaiters: [UInt64: @Sendable (Int32, String?) -> Void] = [:]
     private var nextDownlinkToken: UInt64 = 1
-    private var messageCounter: UInt64 = 0
-    private let idPrefix = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36)
+    private let messageCounter = ManagedAtomic<UInt64>(0)
+    private let idPrefix = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36) + "-"
     private(set) public var config = HubConfig()
     /// Clock for expressions (milliseconds since the epoch).
     let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
@@ -217,12 +218,9 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     // MARK: - Host services
 
+    /// A hub-unique message id: the start time and a counter, both base 36.
     func nextMessageID() -> String {
-        let n = lock.withLock { () -> UInt64 in
-            messageCounter += 1
-            return messageCounter
-        }
-        return idPrefix + "-" + String(n, radix: 36)
+        idPrefix + String(messageCounter.wrappingIncrementThenLoad(ordering: .relaxed), radix: 36)
     }
 
     func submit(from source: ComponentInstance, _ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
@@ -287,8 +285,14 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool {
         guard let identity = lock.withLock({ identities[handle] }) else { return false }
-        // Until per-profile ACLs exist, a device may use only its own topics.
-        return topic == "devices/\(identity.device)" || topic.hasPrefix("devices/\(identity.device)/")
+        // Until per-profile ACLs exist, a device may use only its own topics: devices/ID or devices/ID/...
+        var t = topic.utf8[...]
+        let prefix = "devices/".utf8
+        guard t.starts(with: prefix) else { return false }
+        t = t.dropFirst(prefix.count)
+        guard t.starts(with: identity.device.utf8) else { return false }
+        t = t.dropFirst(identity.device.utf8.count)
+        return t.isEmpty || t.first == UInt8(ascii: "/")
     }
 
     func releaseIdentity(_ handle: UInt64) { lock.withLock { _ = identities.removeValue(forKey: handle) } }
