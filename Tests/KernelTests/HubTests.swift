@@ -440,3 +440,14 @@ import IoTCPluginKit
         #expect(kept.count < 40)
     }
 }
+
+@Suite struct TopicAuthorizationTests {
+    @Test(arguments: [
+        ("devices/s1", "s1", true), ("devices/s1/telemetry", "s1", true), ("devices/s1/commands/c/result", "s1", true),
+        ("devices/s10/telemetry", "s1", false), ("devices/s", "s1", false), ("devices/s1x", "s1", false),
+        ("devices//telemetry", "", false), ("other/s1/telemetry", "s1", false), ("devices/s1", "s1/", false),
+    ])
+    func confinesDevicesToTheirOwnTopics(topic: String, device: String, allowed: Bool) {
+        #expect(Hub.isOwnTopic(topic, device: device) == allowed)
+    }
+}

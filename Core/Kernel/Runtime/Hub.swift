@@ -285,13 +285,18 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool {
         guard let identity = lock.withLock({ identities[handle] }) else { return false }
-        // Until per-profile ACLs exist, a device may use only its own topics: devices/ID or devices/ID/...
+        // Until per-profile ACLs exist, a device may use only its own topics.
+        return Self.isOwnTopic(topic, device: identity.device)
+    }
+
+    /// Whether `topic` is `devices/DEVICE` or below it (compared byte by byte, without building strings).
+    static func isOwnTopic(_ topic: String, device: String) -> Bool {
         var t = topic.utf8[...]
         let prefix = "devices/".utf8
-        guard t.starts(with: prefix) else { return false }
+        guard !device.isEmpty, t.starts(with: prefix) else { return false }
         t = t.dropFirst(prefix.count)
-        guard t.starts(with: identity.device.utf8) else { return false }
-        t = t.dropFirst(identity.device.utf8.count)
+        guard t.starts(with: device.utf8) else { return false }
+        t = t.dropFirst(device.utf8.count)
         return t.isEmpty || t.first == UInt8(ascii: "/")
     }
 
