@@ -89,8 +89,9 @@ let package = Package(
             ],
             path: "Core/iotc"
         ),
+        .target(name: "HTTPCodec", dependencies: nio, path: "Plugins/HTTP/Sources/HTTPCodec"),
         plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
-            .product(name: "NIOHTTP1", package: "swift-nio"),
+            "HTTPCodec",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),
@@ -117,7 +118,7 @@ let package = Package(
         .testTarget(
             name: "PluginTests",
             dependencies: [
-                "IoTCKernel", "MQTTCodec",
+                "IoTCKernel", "MQTTCodec", "HTTPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

@@ -1,6 +1,7 @@
 import CIoTCPluginABI
 import Crypto
 import Foundation
+import HTTPCodec
 import IoTCPluginKit
 import NIOCore
 import NIOSSL

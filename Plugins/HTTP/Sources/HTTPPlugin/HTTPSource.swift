@@ -1,5 +1,6 @@
 import CIoTCPluginABI
 import Foundation
+import HTTPCodec
 import IoTCPluginKit
 import NIOConcurrencyHelpers
 import NIOCore

@@ -1,47 +1,62 @@
 import NIOCore
 
 /// One HTTP/1.1 request of the device API, with the few headers the API reads.
-struct DeviceRequest {
-    enum Method: Equatable { case get, post, other }
-    var method: Method
+public struct DeviceRequest: Sendable {
+    public enum Method: Sendable, Equatable { case get, post, other }
+    public var method: Method
     /// The request target as sent (path and query).
-    var target: String
-    var http10: Bool
-    var keepAlive: Bool
-    var contentType: String?
-    var authorization: String?
-    var requestID: String?
-    var deviceTime: String?
-    var body: ByteBuffer
+    public var target: String
+    public var http10: Bool
+    public var keepAlive: Bool
+    public var contentType: String?
+    public var authorization: String?
+    public var requestID: String?
+    public var deviceTime: String?
+    public var body: ByteBuffer
+
+    public init(method: Method, target: String, http10: Bool, keepAlive: Bool, contentType: String? = nil,
+                authorization: String? = nil, requestID: String? = nil, deviceTime: String? = nil, body: ByteBuffer) {
+        self.method = method
+        self.target = target
+        self.http10 = http10
+        self.keepAlive = keepAlive
+        self.contentType = contentType
+        self.authorization = authorization
+        self.requestID = requestID
+        self.deviceTime = deviceTime
+        self.body = body
+    }
 }
 
 /// Why bytes are not an acceptable request. The connection answers and closes.
-enum DeviceRequestError: Error, Equatable {
+public enum DeviceRequestError: Error, Equatable, Sendable {
     case malformed(String)
     case bodyTooLarge(Int?)
     case headerTooLarge
 }
 
 /// Limits on requests; every default is stated.
-struct DeviceRequestLimits {
+public struct DeviceRequestLimits: Sendable {
     /// Largest body, in bytes (the source's `max_body_size`).
-    var maxBodySize: Int
+    public var maxBodySize: Int
     /// Largest request line plus headers: 16 KiB.
-    var maxHeaderSize = 16 * 1024
+    public var maxHeaderSize = 16 * 1024
     /// Most header lines: 100.
-    var maxHeaders = 100
+    public var maxHeaders = 100
+
+    public init(maxBodySize: Int) { self.maxBodySize = maxBodySize }
 }
 
 /// A small HTTP/1.1 request parser (RFC 9112) for the device API: request line, header fields, and a
 /// body delimited by Content-Length or chunked transfer coding. It reads only the fields the API uses
 /// and refuses what it cannot frame safely (conflicting lengths, obsolete line folding, bare CR).
-struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
-    typealias InboundOut = DeviceRequest
-    let limits: DeviceRequestLimits
+public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
+    public typealias InboundOut = DeviceRequest
+    public let limits: DeviceRequestLimits
 
-    init(limits: DeviceRequestLimits) { self.limits = limits }
+    public init(limits: DeviceRequestLimits) { self.limits = limits }
 
-    mutating func decode(buffer: inout ByteBuffer) throws -> DeviceRequest? {
+    public mutating func decode(buffer: inout ByteBuffer) throws -> DeviceRequest? {
         let parsed = try buffer.withUnsafeReadableBytes { try Self.parse($0, limits) }
         guard let (head, body, consumed) = parsed else { return nil }
         var request = head
@@ -68,7 +83,7 @@ struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         case chunks([Range<Int>])
     }
 
-    mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> DeviceRequest? {
+    public mutating func decodeLast(buffer: inout ByteBuffer, seenEOF: Bool) throws -> DeviceRequest? {
         try decode(buffer: &buffer)
     }
 

@@ -1,0 +1,113 @@
+import HTTPCodec
+import NIOCore
+import NIOEmbedded
+import Testing
+
+@Suite struct DeviceRequestDecoderTests {
+    let limits = DeviceRequestLimits(maxBodySize: 64)
+
+    func decode(_ text: String, limits: DeviceRequestLimits? = nil) throws -> [DeviceRequest] {
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(DeviceRequestDecoder(limits: limits ?? self.limits)))
+        defer { _ = try? channel.finish() }
+        try channel.writeInbound(ByteBuffer(string: text))
+        var out: [DeviceRequest] = []
+        while let r = try channel.readInbound(as: DeviceRequest.self) { out.append(r) }
+        return out
+    }
+
+    func error(_ text: String) -> DeviceRequestError? {
+        do {
+            _ = try decode(text)
+            return nil
+        } catch {
+            return error as? DeviceRequestError
+        }
+    }
+
+    @Test func parsesARequestWithItsHeadersAndBody() throws {
+        let r = try #require(try decode("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\ncontent-TYPE: application/json; charset=utf-8\r\nAuthorization:  Bearer t0k \r\nX-Request-Id: r1\r\nX-Device-Time: 1700000000000\r\nContent-Length: 7\r\n\r\n{\"a\":1}").first)
+        #expect(r.method == .post)
+        #expect(r.target == "/v1/devices/d/telemetry")
+        #expect(!r.http10 && r.keepAlive)
+        #expect(r.contentType == "application/json; charset=utf-8")
+        #expect(r.authorization == "Bearer t0k")
+        #expect(r.requestID == "r1")
+        #expect(r.deviceTime == "1700000000000")
+        #expect(String(buffer: r.body) == #"{"a":1}"#)
+    }
+
+    @Test func decodesWholeAndByteByByteAlike() throws {
+        let text = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        let whole = try decode(text)
+        let channel = EmbeddedChannel(handler: ByteToMessageHandler(DeviceRequestDecoder(limits: limits)))
+        for byte in text.utf8 { try channel.writeInbound(ByteBuffer(bytes: [byte])) }
+        var pieces: [DeviceRequest] = []
+        while let r = try channel.readInbound(as: DeviceRequest.self) { pieces.append(r) }
+        _ = try channel.finish()
+        for requests in [whole, pieces] {
+            #expect(requests.map(\.target) == ["/a", "/b"])
+            #expect(String(buffer: requests[0].body) == "abcde")
+            #expect(requests[1].http10 && requests[1].keepAlive && requests[1].method == .get)
+        }
+    }
+
+    @Test func followsConnectionSemantics() throws {
+        #expect(try decode("GET / HTTP/1.0\r\n\r\n").first?.keepAlive == false)
+        #expect(try decode("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").first?.keepAlive == false)
+        #expect(try decode("\r\n\r\nGET / HTTP/1.1\r\n\r\n").count == 1)  // leading empty lines are ignored
+        #expect(try decode("GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").isEmpty)  // waits for the body
+    }
+
+    @Test func refusesWhatItCannotFrameSafely() {
+        #expect(error("GET / HTTP/2.0\r\n\r\n") == .malformed("unsupported HTTP version"))
+        #expect(error("G(T / HTTP/1.1\r\n\r\n") == .malformed("bad method"))
+        #expect(error("GET /a b HTTP/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
+        #expect(error("GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n") == .malformed("obsolete line folding"))
+        #expect(error("GET / HTTP/1.1\r\nBad Name: a\r\n\r\n") == .malformed("bad header name"))
+        #expect(error("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n") == .malformed("bad header line"))
+        #expect(error("GET / HTTP/1.1\nX: a\r\n\r\n") == .malformed("bad request line"))
+        #expect(error("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab") == .malformed("conflicting Content-Length"))
+        #expect(error("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n") == .malformed("bad Content-Length"))
+        #expect(error("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .malformed("both Content-Length and Transfer-Encoding"))
+        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n") == .malformed("unsupported Transfer-Encoding"))
+        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == .malformed("bad chunk size"))
+        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n") == .malformed("bad chunk"))
+        #expect(error("POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n") == .bodyTooLarge(65))
+        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n") == .bodyTooLarge(nil))
+        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFF\r\n") == .bodyTooLarge(nil))
+        #expect(error("GET / HTTP/1.1\r\nX: \(String(repeating: "a", count: 17000))\r\n\r\n") == .headerTooLarge)
+        #expect(error("GET / HTTP/1.1\r\n" + String(repeating: "X: 1\r\n", count: 101) + "\r\n") == .headerTooLarge)
+    }
+
+    /// Random corruptions of valid requests: each either decodes, waits for more bytes or is refused
+    /// with a DeviceRequestError; nothing else happens and no body exceeds the limit.
+    @Test func survivesRandomCorruption() throws {
+        let seeds = [
+            "POST /v1/devices/d/telemetry HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+            "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "GET /v1/devices/d/commands?wait=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+        ].map { Array($0.utf8) }
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            var bytes = seeds.randomElement(using: &rng)!
+            for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                let i = Int.random(in: 0..<bytes.count, using: &rng)
+                switch Int.random(in: 0..<3, using: &rng) {
+                case 0: bytes[i] = UInt8.random(in: 0...255, using: &rng)
+                case 1: bytes.remove(at: i)
+                default: bytes.insert(UInt8.random(in: 0...255, using: &rng), at: i)
+                }
+                if bytes.isEmpty { bytes = [0] }
+            }
+            let channel = EmbeddedChannel(handler: ByteToMessageHandler(DeviceRequestDecoder(limits: limits)))
+            do {
+                try channel.writeInbound(ByteBuffer(bytes: bytes))
+                while let r = try channel.readInbound(as: DeviceRequest.self) { #expect(r.body.readableBytes <= 64) }
+            } catch is DeviceRequestError {
+            } catch {
+                Issue.record("unexpected error \(error) for \(bytes)")
+            }
+            _ = try? channel.finish()
+        }
+    }
+}
