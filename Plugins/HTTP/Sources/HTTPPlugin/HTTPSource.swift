@@ -44,7 +44,8 @@ final class HTTPSource: Source, @unchecked Sendable {
         | `POST /v1/devices/{id}/commands/{command}/result` | the result of a command; kind `command_result` |
 
         Bodies are JSON (`application/json`) or CBOR (`application/cbor`, and `+json`/`+cbor` types such as \
-        SenML); other types get 415 and malformed bodies 400. Bodies over `max_body_size` get 413. Devices \
+        SenML); other types get 415 and malformed bodies 400. Bodies over `max_body_size` get 413, headers \
+        over 16 KiB 431, and requests that cannot be framed safely 400; those connections close. Devices \
         authenticate with `Authorization: Bearer TOKEN` through the hub. The answer is 202 once the hub has \
         the message (on a durable pipeline: once it is in the write-ahead log), 503 with `Retry-After` when \
         the pipeline is full, and 404 when no pipeline reads the topic. An optional `X-Device-Time` header \
