@@ -277,7 +277,7 @@ public struct HubConfigLoader: Sendable {
 
     private func step(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ declared: (sources: Set<String>, sinks: Set<String>),
                       _ v: inout SpecValidator) -> StepConfig? {
-        guard case .mapping(let pairs, let loc) = node, pairs.count == 1, let (key, keyLoc, value) = pairs.first.map({ ($0.key, $0.keyLocation, $0.value) }) else {
+        guard case .mapping(let pairs, _) = node, pairs.count == 1, let (key, keyLoc, value) = pairs.first.map({ ($0.key, $0.keyLocation, $0.value) }) else {
             v.diagnostics.error(node.location, "a step is a mapping with one key, such as '- decode: json'",
                                 hint: "steps: \(Self.builtinSteps.joined(separator: ", "))")
             return nil
@@ -336,7 +336,6 @@ public struct HubConfigLoader: Sendable {
                 return nil
             }
             let config = v.object(value, fields: entry.fields, context: stepContext)
-            _ = loc
             return StepConfig(kind: .plugin(component: key, config: config), location: keyLoc, name: key)
         }
     }

@@ -52,7 +52,7 @@ final class SinkRuntime: @unchecked Sendable {
     private var workerWaiting = false
     private var blockedEnqueuers = 0
     private var pause = 0.01
-    private var worker: Thread?
+    private var worker: WorkerThread?
     private let log: @Sendable (String) -> Void
 
     private let delivered: Counter
@@ -75,10 +75,7 @@ final class SinkRuntime: @unchecked Sendable {
     }
 
     func start() {
-        let t = Thread { [self] in run() }
-        t.name = "iotc-sink-\(name)"
-        worker = t
-        t.start()
+        worker = WorkerThread(name: "iotc-sink-\(name)") { [self] in run() }
     }
 
     /// Queues a delivery, waiting while the queue is full (this is how pressure reaches pipelines).
@@ -241,8 +238,7 @@ final class SinkRuntime: @unchecked Sendable {
         stopping = true
         cond.broadcast()
         cond.unlock()
-        while worker?.isFinished == false && Date() < deadline { usleep(2000) }
-        if worker?.isFinished == false {
+        if worker?.join(until: deadline) == false {
             // Out of time: what is left stays unsettled, so a durable pipeline replays it on the next start.
             cond.lock()
             log("sink '\(name)' stopped with \(ready.count + delayed.count + inFlight.count) messages unsettled")

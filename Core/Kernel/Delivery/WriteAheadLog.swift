@@ -1,5 +1,5 @@
 import Foundation
-import NIOConcurrencyHelpers
+import IoTCPluginKit
 
 #if canImport(Glibc)
 import Glibc
@@ -22,7 +22,6 @@ public final class WriteAheadLog: @unchecked Sendable {
     static let segmentLimit = 32 << 20
 
     private let directory: URL
-    private let lock = NIOLock()
     private let wake = NSCondition()
     private var pending: [UInt8] = []
     private var pendingCompletions: [@Sendable (Bool) -> Void] = []
@@ -34,7 +33,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     private var live: [UInt64: Int] = [:]
     private var segmentOf: [UInt64: UInt64] = [:]
     private var closed = false
-    private var writer: Thread?
+    private var writer: WorkerThread?
     private var failure: String?
 
     /// Opens the log in `directory`, returning the messages that were never completed.
@@ -87,10 +86,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         for name in segments where name != segmentName(segmentFirst) {
             try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
         }
-        let t = Thread { [weak self] in self?.writeLoop() }
-        t.name = "iotc-wal"
-        writer = t
-        t.start()
+        writer = WorkerThread(name: "iotc-wal") { [weak self] in self?.writeLoop() }
         return entries
     }
 
@@ -140,7 +136,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         closed = true
         wake.signal()
         wake.unlock()
-        while writer?.isFinished == false { usleep(1000) }
+        writer?.join()
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
     }

@@ -83,13 +83,13 @@ public struct PipelineProcessor: Sendable {
                 case .set(let assignments):
                     try assign(assignments, to: &m, replacing: false)
                 case .filter(let e):
-                    var c = try context(m, step)
+                    var c = context(m)
                     if !(try e.test(&c)) {
                         result.filtered += 1
                         return
                     }
                 case .route(let cases):
-                    if let rc = try cases.first(where: { try matches($0, m, step) }) {
+                    if let rc = try cases.first(where: { try matches($0, m) }) {
                         result.outputs.append(Output(message: m, sinks: rc.to))
                         if !rc.continues { return }
                     }
@@ -113,29 +113,27 @@ public struct PipelineProcessor: Sendable {
         if !config.to.isEmpty { result.outputs.append(Output(message: m, sinks: config.to)) }
     }
 
-    private func context(_ m: CanonicalMessage, _ step: StepConfig) throws(StepError) -> EvaluationContext {
-        switch m.payload {
-        case .value(let v):
-            return EvaluationContext(payload: v, metadata: m.metadata, envelope: m.evaluationEnvelope, now: clock())
-        case .bytes(let b):
-            // Expressions that only read the envelope or metadata work on undecoded payloads too.
-            return EvaluationContext(payload: .bytes(b), metadata: m.metadata, envelope: m.evaluationEnvelope, now: clock())
+    private func context(_ m: CanonicalMessage) -> EvaluationContext {
+        // Expressions that only read the envelope or metadata work on undecoded payloads too.
+        let payload: Value = switch m.payload {
+        case .value(let v): v
+        case .bytes(let b): .bytes(b)
         }
+        return EvaluationContext(payload: payload, metadata: m.metadata, envelope: m.evaluationEnvelope, now: clock())
     }
 
-    private func matches(_ rc: RouteCase, _ m: CanonicalMessage, _ step: StepConfig) throws -> Bool {
+    private func matches(_ rc: RouteCase, _ m: CanonicalMessage) throws -> Bool {
         if let t = rc.topic, !t.matches(m.topic) { return false }
         for kv in rc.metadata where m.metadata(kv.key) != kv.value { return false }
         if let w = rc.when {
-            var c = try context(m, step)
+            var c = context(m)
             return try w.test(&c)
         }
         return true
     }
 
     private func assign(_ assignments: [Assignment], to m: inout CanonicalMessage, replacing: Bool) throws {
-        let step = StepConfig(kind: .map([]), location: .init(file: "", line: 0, column: 0), name: "")
-        var c = try context(m, step)
+        var c = context(m)
         var payload: Value = replacing ? .object(Value.Object()) : c.payload
         if !replacing, case .bytes = payload, assignments.contains(where: { if case .field = $0.target { true } else { false } }) {
             throw StepError("payload is not decoded; add '- decode: json' before this step")

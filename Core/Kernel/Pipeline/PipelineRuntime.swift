@@ -19,7 +19,7 @@ final class PipelineRuntime: @unchecked Sendable {
     private var processor: PipelineProcessor
     private var sinks: [String: SinkRuntime]
     private var stopping = false
-    private var worker: Thread?
+    private var worker: WorkerThread?
     private(set) var wal: WriteAheadLog?
     private let deadLetters: DeadLetterStore
     private let log: @Sendable (String) -> Void
@@ -51,10 +51,7 @@ final class PipelineRuntime: @unchecked Sendable {
     var queued: Int { cond.withLock { queue.count } }
 
     func start() {
-        let t = Thread { [self] in run() }
-        t.name = "iotc-pipeline-\(name)"
-        worker = t
-        t.start()
+        worker = WorkerThread(name: "iotc-pipeline-\(name)") { [self] in run() }
     }
 
     /// Swaps in a new definition; queued messages go through the new steps.
@@ -163,7 +160,7 @@ final class PipelineRuntime: @unchecked Sendable {
         stopping = true
         cond.broadcast()
         cond.unlock()
-        while worker?.isFinished == false && Date() < deadline { usleep(2000) }
+        worker?.join(until: deadline)
     }
 }
 

@@ -29,7 +29,6 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var nextDownlinkToken: UInt64 = 1
     private let messageCounter = ManagedAtomic<UInt64>(0)
     private let idPrefix = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36) + "-"
-    private(set) public var config = HubConfig()
     /// Clock for expressions (milliseconds since the epoch).
     let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
 
@@ -143,7 +142,6 @@ public final class Hub: HostServices, @unchecked Sendable {
             pipelines = newPipelines
             routes = newRoutes
             authenticator = DeviceAuthenticator(new.auth)
-            config = new
         }
         for (pipeline, entries) in replays where !entries.isEmpty {
             logger.info("replaying \(entries.count) messages from the write-ahead log of pipeline '\(pipeline.name)'")

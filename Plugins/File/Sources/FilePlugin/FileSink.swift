@@ -44,7 +44,7 @@ final class FileSink: Sink, @unchecked Sendable {
     private var buffer: [UInt8] = []
     private var tokens: [UInt64] = []
     private var stopping = false
-    private var thread: Thread?
+    private var writer: WorkerThread?
     private var fd: Int32 = -1
     private var size: Int64 = 0
 
@@ -59,10 +59,7 @@ final class FileSink: Sink, @unchecked Sendable {
         let dir = (config.path as NSString).deletingLastPathComponent
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         try openFile()
-        let t = Thread { [self] in run() }
-        t.name = "iotc-file-sink"
-        thread = t
-        t.start()
+        writer = WorkerThread(name: "iotc-file-sink") { [self] in run() }
     }
 
     private func openFile() throws {
@@ -154,7 +151,7 @@ final class FileSink: Sink, @unchecked Sendable {
         stopping = true
         cond.signal()
         cond.unlock()
-        while thread?.isFinished == false { usleep(1000) }
+        writer?.join()
         if fd >= 0 { close(fd) }
         fd = -1
     }

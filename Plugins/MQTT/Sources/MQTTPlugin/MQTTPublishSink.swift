@@ -35,6 +35,8 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
     }
 
     static let name = "mqtt_publish"
+    /// The largest Receive Maximum MQTT 5 allows; the hub's max_in_flight is the real bound.
+    static let unlimitedWindow = 65535
     static let summary = "Publishes messages to an external MQTT broker at QoS 0 or 1, reconnecting with backoff."
     static let description = """
         `topic` is a template: `{topic}`, `{device}`, `{tenant}` and `{kind}` are replaced from the message. \
@@ -98,7 +100,7 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
         version = config.protocol_version == "3.1.1" ? .v311 : .v5
         loop = group.next()
         clientID = config.client_id ?? "iotc-\(UInt32.random(in: 0...UInt32.max))"
-        window = 65535
+        window = Self.unlimitedWindow
         backoff = config.reconnect_initial
         if let tls = config.tls {
             var c = TLSConfiguration.makeClientConfiguration()
@@ -173,7 +175,7 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
             connected = true
             backoff = config.reconnect_initial
             // The hub's max_in_flight bounds writes; the broker's Receive Maximum may bound them further.
-            window = 65535
+            window = Self.unlimitedWindow
             for case .twoByte(MQTTProperty.receiveMaximum, let v) in ack.properties { window = min(window, Int(v)) }
             publishState()
             host.log(.info, "mqtt_publish: connected to \(config.server)")
