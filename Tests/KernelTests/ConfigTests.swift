@@ -122,6 +122,14 @@ let testCatalog = ComponentCatalog([
         #expect(c.sink("hook")?.config["secret"] == .string("from-file"))
     }
 
+    @Test func escapesALiteralReference() throws {
+        let c = try HubConfigLoader(catalog: testCatalog, environment: ["X": "x"]).load(texts: [("e.yaml", """
+            sinks:
+              hook: { plugin: webhook, url: "http://h/$${env:X}/${env:X}" }
+            """)]).0
+        #expect(c.sink("hook")?.config["url"] == .string("http://h/${env:X}/x"))
+    }
+
     @Test func acceptsDurationsAndSizes() {
         #expect(Durations.seconds("250ms") == 0.25)
         #expect(Durations.seconds("1h30m") == 5400)

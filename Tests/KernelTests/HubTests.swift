@@ -216,6 +216,29 @@ import IoTCPluginKit
         #expect(r.hub.deadLetters.remove(ids: nil) == 2)
     }
 
+    @Test func timesOutWebhooksAndRetries() throws {
+        // A server that accepts connections and never answers.
+        let port = freePort()
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(listener) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        listen(listener, 64)
+        let r = try start("t: { from: [ devices ], to: [ slow ] }",
+                          sinks: "slow: { plugin: webhook, url: \"http://127.0.0.1:\(port)/x\", timeout: 200ms, retry: { max_attempts: 2, initial_backoff: 10ms } }")
+        defer { r.hub.stop(timeout: 1) }
+        let started = Date()
+        #expect(postJSON("\(r.base)/d/telemetry", "{}")?.status == 202)
+        #expect(eventually(timeout: 10) { r.hub.deadLetters.list().count == 1 })
+        let entry = try #require(r.hub.deadLetters.list().first)
+        #expect(entry.attempts == 2)
+        #expect(entry.reason.hasPrefix("gave up after 2 attempts: request to 127.0.0.1 failed"))
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
     @Test func limitsWebhookConcurrency() throws {
         // A server that accepts connections and never answers: only max_concurrency requests start.
         let port = freePort()
@@ -399,6 +422,42 @@ import IoTCPluginKit
         let again = try run("/usr/bin/env", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", dir.path + "/cert.pem",
                                              "-H", "Content-Type: application/json", "-d", "{}", "https://127.0.0.1:\(port)/v1/devices/s/telemetry"])
         #expect(again.1 == "202")
+    }
+
+    @Test func requiresClientCertificatesWhenConfigured() throws {
+        let dir = TempDir()
+        func openssl(_ args: [String]) throws {
+            let (code, out) = try run("/usr/bin/env", ["openssl"] + args)
+            #expect(code == 0, "openssl \(args.first ?? ""): \(out)")
+        }
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        try openssl(["req", "-x509"] + ec + ["-keyout", dir.path + "/ca.key", "-out", dir.path + "/ca.pem", "-days", "1", "-subj", "/CN=devices-ca"])
+        try openssl(["req", "-x509"] + ec + ["-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1", "-subj", "/CN=localhost",
+                                             "-addext", "subjectAltName=IP:127.0.0.1"])
+        try openssl(["req"] + ec + ["-keyout", dir.path + "/dev.key", "-out", dir.path + "/dev.csr", "-subj", "/CN=sensor-1"])
+        try openssl(["x509", "-req", "-in", dir.path + "/dev.csr", "-CA", dir.path + "/ca.pem", "-CAkey", dir.path + "/ca.key",
+                     "-CAcreateserial", "-out", dir.path + "/dev.pem", "-days", "1"])
+        let port = freePort()
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources:
+              devices:
+                plugin: http
+                listen: "127.0.0.1:\(port)"
+                tls: { certificate_file: "\(dir.path)/cert.pem", key_file: "\(dir.path)/key.pem", client_ca_file: "\(dir.path)/ca.pem" }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """))
+        defer { hub.stop() }
+        #expect(waitForPort(port))
+        let base = ["curl", "-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", dir.path + "/cert.pem",
+                    "-H", "Content-Type: application/json", "-d", "{}", "https://127.0.0.1:\(port)/v1/devices/sensor-1/telemetry"]
+        let without = try run("/usr/bin/env", base)
+        #expect(without.1 != "202", "a device without a certificate was accepted")
+        let with = try run("/usr/bin/env", base + ["--cert", dir.path + "/dev.pem", "--key", dir.path + "/dev.key"])
+        #expect(with.1 == "202", "\(with)")
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").count == 1 })
     }
 }
 

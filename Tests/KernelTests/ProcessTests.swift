@@ -81,8 +81,7 @@ import IoTCPluginKit
         #expect(hub.stop(SIGTERM) == 0)
         #expect(hub.log.contains("stopped"))
         #expect(jsonLines(out).count == 201)
-        let metrics = hub.log
-        #expect(!metrics.contains("Fatal error"))
+        #expect(!hub.log.contains("Fatal error"))
     }
 
     @Test func servesMetricsAndTheDeadLetterAPI() throws {
@@ -106,6 +105,8 @@ import IoTCPluginKit
         #expect(metrics.contains(#"iotc_messages_filtered_total{pipeline="t"} 1"#))
         #expect(metrics.contains(#"iotc_sink_delivered_total{sink="out"} 1"#))
         #expect(metrics.contains("iotc_sink_latency_seconds_bucket"))
+        #expect(metrics.contains(#"iotc_queue_depth{queue="pipeline:t"}"#))
+        #expect(metrics.contains(#"iotc_queue_depth{queue="sink:out"}"#))
         _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/attributes", "{}")
         #expect((http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? "").contains(#"iotc_messages_dropped_total{reason="no_route",source="devices",plugin="http"} 1"#))
         // The failed message (no field v) is a dead letter, listed by the CLI and the API.
@@ -118,6 +119,64 @@ import IoTCPluginKit
         #expect((try? JSON.decode(api?.body ?? ""))?["total"] == 1)
         let (purgeCode, purged) = try run(Build.iotc, ["dlq", "purge", "--data", dir.path + "/data"])
         #expect(purgeCode == 0 && purged.contains("purged 1"))
+    }
+
+    @Test func operatesThroughTheAPIAndTheCLI() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort(), receiverPort = freePort()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        #expect(waitForPort(receiverPort))
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/status/400" } }
+            pipelines: { t: { from: [ devices ], to: [ hook ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort), "hub did not start: \(hub.log)")
+        let api = "http://127.0.0.1:\(apiPort)"
+
+        // A command for a device that is waiting on a long-poll: 200 once it has taken it.
+        let poll = Background { http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump/commands?wait=10", timeout: 15) }
+        usleep(500_000)
+        let sent = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "start", "payload": {"rpm": 900}, "source": "devices"}"#)
+        #expect(sent?.status == 200, "\(sent?.body ?? "")")
+        let taken = poll.wait()
+        #expect((try? JSON.decode(taken?.body ?? ""))?["topic"] == "devices/pump/commands/start")
+        // Nobody polling: the command waits in the device's queue and the API says so with 202.
+        let queued = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "stop", "source": "devices", "timeout": 0.3}"#)
+        #expect(queued?.status == 202)
+        #expect(postJSON("\(api)/v1/devices/pump/commands", "not json")?.status == 400)
+        #expect(postJSON("\(api)/v1/devices/pump/commands", #"{"source": "nowhere"}"#)?.status == 404)
+
+        // The webhook refuses everything (400): the message becomes a dead letter; `iotc dlq replay`
+        // sends it through the running hub again, and it comes back.
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"v":1}"#)?.status == 202)
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 1 })
+        #expect(eventually { (try? JSON.decode(http("GET", "\(api)/v1/dead-letters")?.body ?? ""))?["total"] == 1 })
+        let (code, out) = try run(Build.iotc, ["dlq", "replay", "--api", "127.0.0.1:\(apiPort)"])
+        #expect(code == 0, "\(out)")
+        #expect(out.contains(#""replayed":1"#))
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 2 })
+
+        // Reload through the API: a broken file is refused with 422 and the errors; a good one applies.
+        try "pipelines: { t: { from: [ nowhere ] } }".write(toFile: file, atomically: true, encoding: .utf8)
+        let refused = http("POST", "\(api)/v1/pipelines/reload")
+        #expect(refused?.status == 422)
+        #expect(refused?.body.contains("undefined source 'nowhere'") == true)
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", "{}")?.status == 202)
+        try """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/ok" } }
+            pipelines: { t: { from: [ "devices:devices/+/events" ], to: [ hook ] } }
+            auth: { allow_anonymous: true }
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(http("POST", "\(api)/v1/pipelines/reload")?.status == 200)
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", "{}")?.status == 404)
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/events", "{}")?.status == 202)
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").contains { $0["path"] == "/ok" } })
     }
 
     @Test func runsSeveralNIOPluginsInOneProcess() throws {

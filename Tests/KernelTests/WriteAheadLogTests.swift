@@ -10,12 +10,15 @@ import IoTCPluginKit
     }
 
     func appendSync(_ wal: WriteAheadLog, _ m: CanonicalMessage) -> UInt64 {
+        final class Outcome: @unchecked Sendable { var ok = false }
+        let outcome = Outcome()
         let done = DispatchSemaphore(value: 0)
         let seq = wal.append(m) { ok in
-            precondition(ok)
+            outcome.ok = ok
             done.signal()
         }
         done.wait()
+        #expect(outcome.ok, "the write-ahead log failed to write message \(m.id)")
         return seq
     }
 

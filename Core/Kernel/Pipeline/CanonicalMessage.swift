@@ -44,12 +44,21 @@ public struct CanonicalMessage: Sendable {
         }
     }
 
-    /// The message as plugins receive it.
+    /// The message as plugins receive it: a structured value is encoded by the content type, or as
+    /// JSON (and so labelled) when the content type names no codec.
     public var pluginMessage: Message {
         var ct = contentType
-        if case .value = payload, PayloadCodec(contentType: ct) == nil { ct = PayloadCodec.json.contentType }
+        let bytes: [UInt8]
+        switch payload {
+        case .bytes(let b):
+            bytes = b
+        case .value(let v):
+            let codec = PayloadCodec(contentType: ct)
+            if codec == nil { ct = PayloadCodec.json.contentType }
+            bytes = (codec ?? .json).encode(v)
+        }
         return Message(id: id, kind: kind, tenant: tenant, device: device, topic: topic, contentType: ct,
-                       payload: payloadBytes, deviceTime: deviceTime, receivedTime: receivedTime, qos: qos,
+                       payload: bytes, deviceTime: deviceTime, receivedTime: receivedTime, qos: qos,
                        properties: properties, metadata: metadata)
     }
 
