@@ -8,12 +8,12 @@ public enum EnvelopeJSON {
         JSON.encodeString(m.id, into: &out)
         if let t = m.receivedTime {
             out.append(contentsOf: #","received_at":""#.utf8)
-            RFC3339Text.write(t, into: &out)
+            RFC3339.write(t, into: &out)
             out.append(UInt8(ascii: "\""))
         }
         if let t = m.deviceTime {
             out.append(contentsOf: #","device_time":""#.utf8)
-            RFC3339Text.write(t, into: &out)
+            RFC3339.write(t, into: &out)
             out.append(UInt8(ascii: "\""))
         }
         out.append(contentsOf: #","tenant":"#.utf8)
@@ -55,8 +55,9 @@ public enum EnvelopeJSON {
     }
 }
 
-/// RFC 3339 UTC text for milliseconds since the epoch (`2026-01-02T03:04:05.678Z`).
-public enum RFC3339Text {
+/// RFC 3339 times as milliseconds since the epoch, without Foundation's formatters (slow, and on the
+/// per-message path). Written in UTC (`2026-01-02T03:04:05.678Z`); read with any offset.
+public enum RFC3339 {
     public static func format(_ ms: Int64) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(24)
@@ -93,5 +94,56 @@ public enum RFC3339Text {
         out.append(UInt8(ascii: "T")); digits(t / 3_600_000, 2); out.append(UInt8(ascii: ":")); digits(t / 60_000 % 60, 2)
         out.append(UInt8(ascii: ":")); digits(t / 1000 % 60, 2); out.append(UInt8(ascii: ".")); digits(t % 1000, 3)
         out.append(UInt8(ascii: "Z"))
+    }
+
+    public static func parse(_ s: String) -> Int64? {
+        let c = Array(s.utf8)
+        func num(_ from: Int, _ n: Int) -> Int64? {
+            guard from + n <= c.count else { return nil }
+            var v: Int64 = 0
+            for k in from..<from + n {
+                guard c[k] >= 48, c[k] <= 57 else { return nil }
+                v = v * 10 + Int64(c[k] - 48)
+            }
+            return v
+        }
+        guard c.count >= 20, let y = num(0, 4), c[4] == 45, let mo = num(5, 2), c[7] == 45, let d = num(8, 2),
+              c[10] == 84 || c[10] == 116 || c[10] == 32, let h = num(11, 2), c[13] == 58, let mi = num(14, 2), c[16] == 58,
+              let sec = num(17, 2), (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, sec < 61
+        else { return nil }
+        var i = 19, frac: Int64 = 0
+        if i < c.count, c[i] == 46 {
+            i += 1
+            var digits = 0
+            while i < c.count, c[i] >= 48, c[i] <= 57 {
+                if digits < 3 { frac = frac * 10 + Int64(c[i] - 48) }
+                digits += 1
+                i += 1
+            }
+            guard digits > 0 else { return nil }
+            for _ in digits..<3 where digits < 3 { frac *= 10 }
+        }
+        guard i < c.count else { return nil }
+        var offset: Int64 = 0
+        if c[i] == 90 || c[i] == 122 {
+            i += 1
+        } else if c[i] == 43 || c[i] == 45, let oh = num(i + 1, 2), i + 3 < c.count, c[i + 3] == 58, let om = num(i + 4, 2) {
+            offset = (oh * 60 + om) * 60_000 * (c[i] == 45 ? -1 : 1)
+            i += 6
+        } else {
+            return nil
+        }
+        guard i == c.count else { return nil }
+        return days(fromCivil: y, mo, d) * 86_400_000 + (h * 3600 + mi * 60 + sec) * 1000 + frac - offset
+    }
+
+    // Howard Hinnant's civil-calendar algorithms.
+    static func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
+        let y = m <= 2 ? y0 - 1 : y0
+        let era = (y >= 0 ? y : y - 399) / 400
+        let yoe = y - era * 400
+        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
+        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+        return era * 146_097 + doe - 719_468
     }
 }

@@ -24,7 +24,7 @@ struct DeadLetters: ParsableCommand {
                     print(JSON.string(DeadLetterStore.json(e)))
                 } else {
                     let place = e.sink.map { "sink \($0)" } ?? e.step.map { "step \($0)" } ?? "?"
-                    print("\(e.id)  \(RFC3339.format(milliseconds: e.createdAt))  pipeline \(e.pipeline), \(place), attempts \(e.attempts): \(e.reason)")
+                    print("\(e.id)  \(RFC3339.format(e.createdAt))  pipeline \(e.pipeline), \(place), attempts \(e.attempts): \(e.reason)")
                 }
             }
             if !json { print("\(entries.count) dead letter(s)") }

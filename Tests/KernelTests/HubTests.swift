@@ -63,6 +63,15 @@ import IoTCPluginKit
         #expect(lines[0]["device"] == "s-32")
         #expect(lines[0]["topic"] == "devices/s-32/telemetry")
         #expect(lines[0]["metadata"]?["site"] == "line-1")
+        #expect(lines[0]["device_time"] == nil)
+        // The device's own time, from X-Device-Time in RFC 3339 or milliseconds since the epoch.
+        for t in ["2026-01-02T04:04:05.5+01:00", "1767323045500"] {
+            let res = http("POST", "\(r.base)/timed/telemetry", body: Array(#"{"f": 32}"#.utf8),
+                           headers: ["Content-Type": "application/json", "X-Device-Time": t])
+            #expect(res?.status == 202)
+        }
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").filter { $0["device"] == "timed" }.count == 2 })
+        #expect(jsonLines(r.dir.path + "/out.jsonl").filter { $0["device"] == "timed" }.map { $0["device_time"] } == ["2026-01-02T03:04:05.500Z", "2026-01-02T03:04:05.500Z"])
         // Events have no pipeline here: 404 names the topic.
         let unrouted = postJSON("\(r.base)/s1/events", "{}")
         #expect(unrouted?.status == 404)
@@ -82,6 +91,7 @@ import IoTCPluginKit
         let big = postJSON("\(r.base)/d/telemetry", "{\"a\":\"\(String(repeating: "x", count: 100))\"}")
         #expect(big?.status == 413)
         #expect(http("GET", "\(r.base)/d/telemetry")?.status == 405)
+        #expect(http("POST", "\(r.base)/d/telemetry", body: Array("{}".utf8), headers: ["Content-Type": "application/json", "X-Device-Time": "yesterday"])?.status == 400)
         #expect(http("GET", "http://127.0.0.1:\(r.port)/nothing")?.status == 404)
         // A body over the limit without Content-Length (chunked) is refused as well.
         let s = try #require(RawSocket(port: r.port))
@@ -217,16 +227,8 @@ import IoTCPluginKit
     }
 
     @Test func timesOutWebhooksAndRetries() throws {
-        // A server that accepts connections and never answers.
-        let port = freePort()
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(listener) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        listen(listener, 64)
+        let silent = try #require(SilentServer())
+        let port = silent.port
         let r = try start("t: { from: [ devices ], to: [ slow ] }",
                           sinks: "slow: { plugin: webhook, url: \"http://127.0.0.1:\(port)/x\", timeout: 200ms, retry: { max_attempts: 2, initial_backoff: 10ms } }")
         defer { r.hub.stop(timeout: 1) }
@@ -240,16 +242,9 @@ import IoTCPluginKit
     }
 
     @Test func limitsWebhookConcurrency() throws {
-        // A server that accepts connections and never answers: only max_concurrency requests start.
-        let port = freePort()
-        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(listener) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        listen(listener, 64)
+        // Only max_concurrency requests start against a server that never answers.
+        let silent = try #require(SilentServer())
+        let port = silent.port
         let r = try start("t: { from: [ devices ], to: [ slow ] }",
                           sinks: "slow: { plugin: webhook, url: \"http://127.0.0.1:\(port)/x\", max_concurrency: 2, timeout: 30s, max_in_flight: 10 }")
         defer { r.hub.stop(timeout: 1) }
@@ -258,11 +253,8 @@ import IoTCPluginKit
         #expect(eventually { r.hub.status.sinks.first?.queued == 6 })
         var accepted: [Int32] = []
         let deadline = Date().addingTimeInterval(3)
-        var flags = fcntl(listener, F_GETFL)
-        flags |= O_NONBLOCK
-        _ = fcntl(listener, F_SETFL, flags)
         while Date() < deadline {
-            let c = accept(listener, nil, nil)
+            let c = silent.accept()
             if c >= 0 { accepted.append(c) } else { usleep(20_000) }
         }
         defer { for c in accepted { close(c) } }

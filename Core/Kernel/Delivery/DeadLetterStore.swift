@@ -70,7 +70,7 @@ public final class DeadLetterStore: @unchecked Sendable {
     static func value(_ e: Entry) -> Value {
         var o = Value.Object()
         o["id"] = .string(e.id)
-        o["created_at"] = .string(RFC3339.format(milliseconds: e.createdAt))
+        o["created_at"] = .string(RFC3339.format(e.createdAt))
         o["pipeline"] = .string(e.pipeline)
         o["sink"] = e.sink.map { .string($0) } ?? .null
         o["step"] = e.step.map { .string($0) } ?? .null

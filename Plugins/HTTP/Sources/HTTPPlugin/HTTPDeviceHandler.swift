@@ -208,7 +208,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         if let rid = request.requestID { properties.append(KeyValue("http.request_id", String(rid.prefix(128)))) }
         var deviceTime: Int64?
         if let t = request.deviceTime {
-            deviceTime = Int64(t) ?? DeviceTime.parse(t)
+            deviceTime = Int64(t) ?? RFC3339.parse(t)
             if deviceTime == nil {
                 respond(context, .badRequest, problem: "X-Device-Time should be RFC 3339 or milliseconds since the epoch")
                 return
@@ -391,17 +391,6 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         }
-    }
-}
-
-enum DeviceTime {
-    /// RFC 3339 text as milliseconds since the epoch.
-    static func parse(_ s: String) -> Int64? {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let d = f.date(from: s) { return Int64(d.timeIntervalSince1970 * 1000) }
-        f.formatOptions = [.withInternetDateTime]
-        return f.date(from: s).map { Int64($0.timeIntervalSince1970 * 1000) }
     }
 }
 
