@@ -102,9 +102,13 @@ let package = Package(
         plugin("FilePlugin", folder: "File", dependencies: []),
         plugin("LogPlugin", folder: "Log", dependencies: []),
         .target(name: "MQTTCodec", dependencies: nio, path: "Plugins/MQTT/Sources/MQTTCodec"),
+        .target(name: "MQTTBroker", dependencies: nio + ["MQTTCodec", .product(name: "Atomics", package: "swift-atomics")],
+                path: "Plugins/MQTT/Sources/MQTTBroker"),
         plugin("MQTTPlugin", folder: "MQTT", dependencies: nio + [
-            "MQTTCodec",
+            "MQTTCodec", "MQTTBroker",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
         ]),
         .testTarget(
             name: "KernelTests",
@@ -118,7 +122,7 @@ let package = Package(
         .testTarget(
             name: "PluginTests",
             dependencies: [
-                "IoTCKernel", "MQTTCodec", "HTTPCodec",
+                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

@@ -93,6 +93,13 @@ public final class PluginHost: @unchecked Sendable {
         }
     }
 
+    /// Whether some pipeline reads `topic` from this source; true when the kernel cannot tell (an
+    /// older kernel), so that nothing is skipped wrongly.
+    public func routes(_ topic: String) -> Bool {
+        guard let f = raw.pointee.routes else { return true }
+        return topic.withIOTCString { f(raw.pointee.ctx, $0) == IOTC_OK }
+    }
+
     func release(_ handle: UInt64) { raw.pointee.release_identity(raw.pointee.ctx, handle) }
 
     public enum Action: UInt32, Sendable {

@@ -31,6 +31,20 @@ import Testing
         (.pingreq, .v311), (.pingresp, .v5),
         (.disconnect(reasonCode: 0, properties: []), .v311),
         (.disconnect(reasonCode: 0x8E, properties: [.string(MQTTProperty.reasonString, "taken over")]), .v5),
+        (.connect(MQTTConnect(version: .v311, clientID: "w", will: MQTTWill(topic: "last/w", payload: ByteBuffer(string: "gone"), qos: 1, retain: true))), .v311),
+        (.connect(MQTTConnect(version: .v5, clientID: "w5", username: "u", will: MQTTWill(topic: "last/w5", payload: ByteBuffer(string: "bye"), qos: 2,
+            properties: [.fourByte(MQTTProperty.willDelayInterval, 5), .string(MQTTProperty.contentType, "text/plain")]))), .v5),
+        (.subscribe(MQTTSubscribe(packetID: 3, filters: [("a/+", MQTTSubscriptionOptions(qos: 1)), ("b/#", MQTTSubscriptionOptions(qos: 2))])), .v311),
+        (.subscribe(MQTTSubscribe(packetID: 4, filters: [("$share/g/x", MQTTSubscriptionOptions(qos: 1, noLocal: false, retainAsPublished: true, retainHandling: 2)),
+                                                         ("y", MQTTSubscriptionOptions(qos: 0, noLocal: true, retainHandling: 1))],
+                                  properties: [.varInt(MQTTProperty.subscriptionIdentifier, 42)])), .v5),
+        (.suback(MQTTSubAck(packetID: 3, reasonCodes: [1, 0x80])), .v311),
+        (.suback(MQTTSubAck(packetID: 4, reasonCodes: [1, 0x87], properties: [.string(MQTTProperty.reasonString, "acl")])), .v5),
+        (.unsubscribe(MQTTUnsubscribe(packetID: 5, filters: ["a/+", "b"])), .v311),
+        (.unsubscribe(MQTTUnsubscribe(packetID: 6, filters: ["c"], properties: [.userProperty("k", "v")])), .v5),
+        (.unsuback(MQTTSubAck(packetID: 5, reasonCodes: [])), .v311),
+        (.unsuback(MQTTSubAck(packetID: 6, reasonCodes: [0, 0x11])), .v5),
+        (.auth(reasonCode: 0x18, properties: [.string(MQTTProperty.authenticationMethod, "SCRAM")]), .v5),
     ]
 
     @Test(arguments: 0..<packets.count)
@@ -66,7 +80,8 @@ import Testing
     }
 
     @Test func rejectsMalformedPackets() {
-        #expect(decodeError([0xF0, 0x00])?.description == "unsupported packet type 15")
+        #expect(decodeError([0x00, 0x00])?.description == "unknown packet type 0")
+        #expect(decodeError([0xF0, 0x00], version: .v311)?.description == "unknown packet type 15")
         #expect(decodeError([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01])?.description == "remaining length is longer than four bytes")
         #expect(decodeError([0x36, 0x00])?.description == "PUBLISH with QoS 3")
         #expect(decodeError([0x38, 0x03, 0x00, 0x01, 0x61])?.description == "PUBLISH at QoS 0 with the DUP flag")
@@ -74,12 +89,41 @@ import Testing
         #expect(decodeError([0x30, 0x03, 0x00, 0x05, 0x61])?.description == "string runs past the end of the packet")
         #expect(decodeError([0x30, 0x04, 0x00, 0x02, 0xC3, 0x28])?.description == "string is not well-formed UTF-8")
         #expect(decodeError([0x30, 0x04, 0x00, 0x01, 0x61, 0x05])?.description == "properties run past the end of the packet")
-        #expect(decodeError([0x30, 0x05, 0x00, 0x01, 0x61, 0x01, 0x7F])?.description == "unknown property identifier 0x7f")
+        #expect(decodeError([0x30, 0x05, 0x00, 0x01, 0x61, 0x01, 0x7F])?.description == "property 0x7f is not allowed here")
         #expect(decodeError([0xC1, 0x00])?.description == "invalid fixed header flags for PINGREQ")
         #expect(decodeError([0x62, 0x02, 0x00, 0x01], version: .v311) == nil)
         #expect(decodeError([0x60, 0x02, 0x00, 0x01])?.description == "invalid fixed header flags for PUBREL")
         #expect(decodeError([0x10, 0x07, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x06], version: nil)?.reasonCode == 0x84)
         #expect(decodeError([0x30, 0x10] + [UInt8](repeating: 0, count: 16), limit: 10)?.reasonCode == 0x95)
         #expect(decodeError([0xD0, 0x01, 0x00])?.description == "1 unexpected bytes at the end of the packet")
+    }
+
+    @Test func rejectsProtocolViolations() {
+        // A packet before CONNECT.
+        #expect(decodeError([0x30, 0x03, 0x00, 0x01, 0x61], version: nil)?.reasonCode == MQTTReason.protocolError)
+        // Wildcards in a PUBLISH topic; an empty topic without an alias.
+        #expect(decodeError([0x30, 0x04, 0x00, 0x01, 0x2B, 0x00])?.reasonCode == MQTTReason.topicNameInvalid)
+        #expect(decodeError([0x30, 0x04, 0x00, 0x01, 0x23, 0x00])?.reasonCode == MQTTReason.topicNameInvalid)
+        #expect(decodeError([0x30, 0x02, 0x00, 0x00], version: .v311)?.reasonCode == MQTTReason.topicNameInvalid)
+        #expect(decodeError([0x30, 0x03, 0x00, 0x00, 0x00])?.reasonCode == MQTTReason.protocolError)
+        // The same property twice; a property that does not belong in PUBLISH; a zero topic alias.
+        #expect(decodeError([0x30, 0x08, 0x00, 0x01, 0x61, 0x04, 0x01, 0x01, 0x01, 0x01])?.reasonCode == MQTTReason.protocolError)
+        #expect(decodeError([0x30, 0x09, 0x00, 0x01, 0x61, 0x05, 0x11, 0x00, 0x00, 0x00, 0x01])?.reasonCode == MQTTReason.malformedPacket)
+        #expect(decodeError([0x30, 0x07, 0x00, 0x01, 0x61, 0x03, 0x23, 0x00, 0x00])?.reasonCode == MQTTReason.protocolError)
+        // A U+0000 in a string.
+        #expect(decodeError([0x30, 0x04, 0x00, 0x01, 0x00, 0x00])?.description == "string is not well-formed UTF-8")
+        // SUBSCRIBE with the wrong flags, without filters, with reserved option bits, with retain handling 3.
+        #expect(decodeError([0x80, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x00], version: .v311)?.description == "invalid fixed header flags for SUBSCRIBE")
+        #expect(decodeError([0x82, 0x02, 0x00, 0x01], version: .v311)?.reasonCode == MQTTReason.protocolError)
+        #expect(decodeError([0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x04], version: .v311)?.description == "SUBSCRIBE options reserved bits are set")
+        #expect(decodeError([0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61, 0x30])?.reasonCode == MQTTReason.protocolError)
+        #expect(decodeError([0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61, 0x03])?.description == "SUBSCRIBE with QoS 3")
+        // Packet identifier 0.
+        #expect(decodeError([0x82, 0x06, 0x00, 0x00, 0x00, 0x01, 0x61, 0x00], version: .v311)?.description == "SUBSCRIBE with packet identifier 0")
+        #expect(decodeError([0x40, 0x02, 0x00, 0x00], version: .v311)?.description == "acknowledgement with packet identifier 0")
+        // CONNECT: will QoS without a will; password without user name (3.1.1); Receive Maximum 0.
+        #expect(decodeError([0x10, 0x0D, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x08, 0x00, 0x3C, 0x00, 0x01, 0x63], version: nil)?.description == "will QoS or retain set without a will")
+        #expect(decodeError([0x10, 0x10, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x04, 0x42, 0x00, 0x3C, 0x00, 0x01, 0x63, 0x00, 0x01, 0x70], version: nil)?.description == "password flag set without a user name")
+        #expect(decodeError([0x10, 0x11, 0x00, 0x04, 0x4D, 0x51, 0x54, 0x54, 0x05, 0x02, 0x00, 0x3C, 0x03, 0x21, 0x00, 0x00, 0x00, 0x01, 0x63], version: nil)?.reasonCode == MQTTReason.protocolError)
     }
 }

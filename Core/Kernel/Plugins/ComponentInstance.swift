@@ -14,6 +14,7 @@ protocol HostServices: AnyObject, Sendable {
     func deviceDisconnected(from: ComponentInstance, handle: UInt64, reason: String)
     func log(from: ComponentInstance, level: UInt32, _ text: String)
     func metric(from: ComponentInstance, type: UInt32, name: String, labels: [KeyValue], value: Double)
+    func routes(from: ComponentInstance, topic: String) -> Bool
 }
 
 /// One running source, sink or step, created through the plugin's C entry points.
@@ -51,6 +52,7 @@ final class ComponentInstance: @unchecked Sendable {
         h.device_disconnected = hostDeviceDisconnected
         h.log = hostLog
         h.metric = hostMetric
+        h.routes = hostRoutes
         host.initialize(to: h)
         host.pointee.ctx = Unmanaged.passUnretained(self).toOpaque()
         let json = JSON.encode(.object(config))
@@ -198,6 +200,12 @@ private let hostMetric: @convention(c) (UnsafeMutableRawPointer?, UInt32, iotc_s
     var kv: [KeyValue] = []
     if let labels { for i in 0..<count { kv.append(KeyValue(String(labels[i].key), String(labels[i].value))) } }
     me.services?.metric(from: me, type: type, name: String(name), labels: kv, value: value)
+}
+
+private let hostRoutes: @convention(c) (UnsafeMutableRawPointer?, iotc_str) -> Int32 = { ctx, topic in
+    guard let ctx else { return IOTC_ERR_NOT_FOUND }
+    let me = ComponentInstance.from(ctx)
+    return me.services?.routes(from: me, topic: String(topic)) == true ? IOTC_OK : IOTC_ERR_NOT_FOUND
 }
 
 /// A device identity the kernel granted; its C strings stay valid until the plugin releases it.

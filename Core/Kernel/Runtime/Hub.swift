@@ -248,6 +248,12 @@ public final class Hub: HostServices, @unchecked Sendable {
         return IOTC_OK
     }
 
+    func routes(from source: ComponentInstance, topic: String) -> Bool {
+        guard source.kind == .source else { return false }
+        let targets = lock.withLock { routes[source.name] ?? [] }
+        return targets.contains { $0.filter?.matches(topic) ?? true }
+    }
+
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?) {
         switch from.kind {
         case .sink:

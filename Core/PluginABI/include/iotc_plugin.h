@@ -183,7 +183,12 @@ typedef struct iotc_host {
     void (*metric)(void *ctx, uint32_t type, iotc_str name, const iotc_kv *labels, size_t label_count,
                    double value);
 
-    void *reserved[8];
+    /* Source: does any pipeline read this topic from this source? IOTC_OK or IOTC_ERR_NOT_FOUND. Lets a
+     * source that also routes between its own devices (an MQTT broker) skip building messages no
+     * pipeline takes. Taken from a reserved slot: NULL from kernels that predate it, so check first. */
+    int32_t (*routes)(void *ctx, iotc_str topic);
+
+    void *reserved[7];
 } iotc_host;
 
 /* ---- Config specs -------------------------------------------------------------------------------- */

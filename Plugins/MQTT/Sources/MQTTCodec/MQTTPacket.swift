@@ -19,9 +19,14 @@ public enum MQTTProperty: Sendable, Equatable {
     public static let payloadFormatIndicator: UInt8 = 0x01, messageExpiryInterval: UInt8 = 0x02, contentType: UInt8 = 0x03
     public static let responseTopic: UInt8 = 0x08, correlationData: UInt8 = 0x09, subscriptionIdentifier: UInt8 = 0x0B
     public static let sessionExpiryInterval: UInt8 = 0x11, assignedClientIdentifier: UInt8 = 0x12, serverKeepAlive: UInt8 = 0x13
+    public static let authenticationMethod: UInt8 = 0x15, authenticationData: UInt8 = 0x16
+    public static let requestProblemInformation: UInt8 = 0x17, willDelayInterval: UInt8 = 0x18
+    public static let requestResponseInformation: UInt8 = 0x19, responseInformation: UInt8 = 0x1A
+    public static let serverReference: UInt8 = 0x1C
     public static let reasonString: UInt8 = 0x1F, receiveMaximum: UInt8 = 0x21, topicAliasMaximum: UInt8 = 0x22
     public static let topicAlias: UInt8 = 0x23, maximumQoS: UInt8 = 0x24, retainAvailable: UInt8 = 0x25, userPropertyID: UInt8 = 0x26
-    public static let maximumPacketSize: UInt8 = 0x27
+    public static let maximumPacketSize: UInt8 = 0x27, wildcardSubscriptionAvailable: UInt8 = 0x28
+    public static let subscriptionIdentifierAvailable: UInt8 = 0x29, sharedSubscriptionAvailable: UInt8 = 0x2A
 
     /// The value type of each property identifier the specification defines.
     static func kind(_ id: UInt8) -> Character? {
@@ -43,6 +48,46 @@ public enum MQTTProperty: Sendable, Equatable {
         case .userProperty: 0x26
         }
     }
+
+    /// The numeric value of an integer property.
+    public var integer: UInt32? {
+        switch self {
+        case .byte(_, let v): UInt32(v)
+        case .twoByte(_, let v): UInt32(v)
+        case .fourByte(_, let v), .varInt(_, let v): v
+        default: nil
+        }
+    }
+}
+
+extension Array where Element == MQTTProperty {
+    /// The first property with this identifier.
+    public func first(_ id: UInt8) -> MQTTProperty? { first { $0.identifier == id } }
+    public func integer(_ id: UInt8) -> UInt32? { first(id)?.integer }
+    public func string(_ id: UInt8) -> String? {
+        if case .string(_, let s)? = first(id) { return s }
+        return nil
+    }
+    public func binary(_ id: UInt8) -> [UInt8]? {
+        if case .binary(_, let b)? = first(id) { return b }
+        return nil
+    }
+}
+
+/// The will message a client leaves in CONNECT.
+public struct MQTTWill: Sendable, Equatable {
+    public var topic: String
+    public var payload: ByteBuffer
+    public var qos: UInt8
+    public var retain: Bool
+    public var properties: [MQTTProperty]
+    public init(topic: String, payload: ByteBuffer, qos: UInt8 = 0, retain: Bool = false, properties: [MQTTProperty] = []) {
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+    }
 }
 
 public struct MQTTConnect: Sendable, Equatable {
@@ -52,16 +97,18 @@ public struct MQTTConnect: Sendable, Equatable {
     public var keepAlive: UInt16
     public var username: String?
     public var password: [UInt8]?
+    public var will: MQTTWill?
     public var properties: [MQTTProperty]
 
     public init(version: MQTTVersion, clientID: String, cleanStart: Bool = true, keepAlive: UInt16 = 60,
-                username: String? = nil, password: [UInt8]? = nil, properties: [MQTTProperty] = []) {
+                username: String? = nil, password: [UInt8]? = nil, will: MQTTWill? = nil, properties: [MQTTProperty] = []) {
         self.version = version
         self.clientID = clientID
         self.cleanStart = cleanStart
         self.keepAlive = keepAlive
         self.username = username
         self.password = password
+        self.will = will
         self.properties = properties
     }
 }
@@ -80,13 +127,13 @@ public struct MQTTConnAck: Sendable, Equatable {
 
 public struct MQTTPublish: Sendable, Equatable {
     public var topic: String
-    public var payload: [UInt8]
+    public var payload: ByteBuffer
     public var qos: UInt8
     public var retain: Bool
     public var duplicate: Bool
     public var packetID: UInt16?
     public var properties: [MQTTProperty]
-    public init(topic: String, payload: [UInt8], qos: UInt8 = 0, retain: Bool = false, duplicate: Bool = false,
+    public init(topic: String, payload: ByteBuffer, qos: UInt8 = 0, retain: Bool = false, duplicate: Bool = false,
                 packetID: UInt16? = nil, properties: [MQTTProperty] = []) {
         self.topic = topic
         self.payload = payload
@@ -95,6 +142,11 @@ public struct MQTTPublish: Sendable, Equatable {
         self.duplicate = duplicate
         self.packetID = packetID
         self.properties = properties
+    }
+    public init(topic: String, payload: [UInt8], qos: UInt8 = 0, retain: Bool = false, duplicate: Bool = false,
+                packetID: UInt16? = nil, properties: [MQTTProperty] = []) {
+        self.init(topic: topic, payload: ByteBuffer(bytes: payload), qos: qos, retain: retain, duplicate: duplicate,
+                  packetID: packetID, properties: properties)
     }
 }
 
@@ -110,6 +162,59 @@ public struct MQTTPacketAck: Sendable, Equatable {
     }
 }
 
+/// The options of one topic filter in SUBSCRIBE (section 3.8.3.1).
+public struct MQTTSubscriptionOptions: Sendable, Equatable, Hashable {
+    public var qos: UInt8
+    public var noLocal: Bool
+    public var retainAsPublished: Bool
+    /// 0: send retained messages at subscribe; 1: only for a new subscription; 2: never.
+    public var retainHandling: UInt8
+    public init(qos: UInt8, noLocal: Bool = false, retainAsPublished: Bool = false, retainHandling: UInt8 = 0) {
+        self.qos = qos
+        self.noLocal = noLocal
+        self.retainAsPublished = retainAsPublished
+        self.retainHandling = retainHandling
+    }
+}
+
+public struct MQTTSubscribe: Sendable, Equatable {
+    public var packetID: UInt16
+    public var filters: [(filter: String, options: MQTTSubscriptionOptions)]
+    public var properties: [MQTTProperty]
+    public init(packetID: UInt16, filters: [(filter: String, options: MQTTSubscriptionOptions)], properties: [MQTTProperty] = []) {
+        self.packetID = packetID
+        self.filters = filters
+        self.properties = properties
+    }
+    public static func == (a: MQTTSubscribe, b: MQTTSubscribe) -> Bool {
+        a.packetID == b.packetID && a.properties == b.properties && a.filters.count == b.filters.count
+            && zip(a.filters, b.filters).allSatisfy { $0.filter == $1.filter && $0.options == $1.options }
+    }
+}
+
+/// SUBACK and UNSUBACK: one reason code per topic filter.
+public struct MQTTSubAck: Sendable, Equatable {
+    public var packetID: UInt16
+    public var reasonCodes: [UInt8]
+    public var properties: [MQTTProperty]
+    public init(packetID: UInt16, reasonCodes: [UInt8], properties: [MQTTProperty] = []) {
+        self.packetID = packetID
+        self.reasonCodes = reasonCodes
+        self.properties = properties
+    }
+}
+
+public struct MQTTUnsubscribe: Sendable, Equatable {
+    public var packetID: UInt16
+    public var filters: [String]
+    public var properties: [MQTTProperty]
+    public init(packetID: UInt16, filters: [String], properties: [MQTTProperty] = []) {
+        self.packetID = packetID
+        self.filters = filters
+        self.properties = properties
+    }
+}
+
 /// An MQTT control packet.
 public enum MQTTPacket: Sendable, Equatable {
     case connect(MQTTConnect)
@@ -119,9 +224,35 @@ public enum MQTTPacket: Sendable, Equatable {
     case pubrec(MQTTPacketAck)
     case pubrel(MQTTPacketAck)
     case pubcomp(MQTTPacketAck)
+    case subscribe(MQTTSubscribe)
+    case suback(MQTTSubAck)
+    case unsubscribe(MQTTUnsubscribe)
+    case unsuback(MQTTSubAck)
     case pingreq
     case pingresp
     case disconnect(reasonCode: UInt8, properties: [MQTTProperty])
+    case auth(reasonCode: UInt8, properties: [MQTTProperty])
+
+    /// The packet type's name, for errors and logs.
+    public var name: String {
+        switch self {
+        case .connect: "CONNECT"
+        case .connack: "CONNACK"
+        case .publish: "PUBLISH"
+        case .puback: "PUBACK"
+        case .pubrec: "PUBREC"
+        case .pubrel: "PUBREL"
+        case .pubcomp: "PUBCOMP"
+        case .subscribe: "SUBSCRIBE"
+        case .suback: "SUBACK"
+        case .unsubscribe: "UNSUBSCRIBE"
+        case .unsuback: "UNSUBACK"
+        case .pingreq: "PINGREQ"
+        case .pingresp: "PINGRESP"
+        case .disconnect: "DISCONNECT"
+        case .auth: "AUTH"
+        }
+    }
 }
 
 /// Limits on what the decoder accepts. Defaults follow the specification's own maxima.
@@ -129,6 +260,40 @@ public struct MQTTDecoderLimits: Sendable {
     /// Largest packet accepted, fixed header included. Default 268,435,460 (the protocol maximum).
     public var maximumPacketSize: Int = 268_435_460
     public init(maximumPacketSize: Int = 268_435_460) { self.maximumPacketSize = maximumPacketSize }
+}
+
+/// MQTT 5 reason codes (section 2.4) the hub uses by name.
+public enum MQTTReason {
+    public static let success: UInt8 = 0x00
+    public static let noMatchingSubscribers: UInt8 = 0x10
+    public static let noSubscriptionExisted: UInt8 = 0x11
+    public static let unspecified: UInt8 = 0x80
+    public static let malformedPacket: UInt8 = 0x81
+    public static let protocolError: UInt8 = 0x82
+    public static let implementationSpecific: UInt8 = 0x83
+    public static let unsupportedProtocolVersion: UInt8 = 0x84
+    public static let clientIdentifierNotValid: UInt8 = 0x85
+    public static let badUsernameOrPassword: UInt8 = 0x86
+    public static let notAuthorized: UInt8 = 0x87
+    public static let serverUnavailable: UInt8 = 0x88
+    public static let serverBusy: UInt8 = 0x89
+    public static let badAuthenticationMethod: UInt8 = 0x8C
+    public static let keepAliveTimeout: UInt8 = 0x8D
+    public static let sessionTakenOver: UInt8 = 0x8E
+    public static let topicFilterInvalid: UInt8 = 0x8F
+    public static let topicNameInvalid: UInt8 = 0x90
+    public static let packetIdentifierNotFound: UInt8 = 0x92
+    public static let receiveMaximumExceeded: UInt8 = 0x93
+    public static let topicAliasInvalid: UInt8 = 0x94
+    public static let packetTooLarge: UInt8 = 0x95
+    public static let quotaExceeded: UInt8 = 0x97
+    public static let payloadFormatInvalid: UInt8 = 0x99
+    public static let retainNotSupported: UInt8 = 0x9A
+    public static let qosNotSupported: UInt8 = 0x9B
+    public static let sharedSubscriptionsNotSupported: UInt8 = 0x9E
+    public static let subscriptionIdentifiersNotSupported: UInt8 = 0xA1
+    public static let wildcardSubscriptionsNotSupported: UInt8 = 0xA2
+    public static let disconnectWithWill: UInt8 = 0x04
 }
 
 /// Why bytes are not a valid MQTT packet.

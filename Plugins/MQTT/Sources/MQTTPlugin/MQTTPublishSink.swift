@@ -6,10 +6,6 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 
-@_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
-    Plugin.entry(name: "mqtt", version: "0.1.0", description: "MQTT 3.1.1 and 5.0.", components: [MQTTPublishSink.self], offered: v, count: n)
-}
-
 /// Publishes messages to an external MQTT broker (mosquitto, EMQX, AWS IoT Core) at QoS 0 or 1.
 final class MQTTPublishSink: Sink, @unchecked Sendable {
     struct Config: Decodable {

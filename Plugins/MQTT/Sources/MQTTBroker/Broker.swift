@@ -1,0 +1,247 @@
+import Atomics
+import MQTTCodec
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Counters for `$SYS` topics and the hub's metrics.
+public final class BrokerCounters: Sendable {
+    public let received = ManagedAtomic<Int>(0)
+    public let sent = ManagedAtomic<Int>(0)
+    public let dropped = ManagedAtomic<Int>(0)
+    public let expired = ManagedAtomic<Int>(0)
+    public let connected = ManagedAtomic<Int>(0)
+    public let bytesReceived = ManagedAtomic<Int>(0)
+    init() {}
+}
+
+extension ManagedAtomic where Value == Int {
+    func add(_ n: Int) { wrappingIncrement(by: n, ordering: .relaxed) }
+    public var value: Int { load(ordering: .relaxed) }
+}
+
+public struct BrokerConfig: Sendable {
+    public var maximumQoS: UInt8 = 2
+    public var retainAvailable = true
+    public var sharedSubscriptions = true
+    public var wildcardSubscriptions = true
+    public var subscriptionIdentifiers = true
+    /// Longest session expiry granted (seconds); MQTT 3.1.1 persistent sessions get this too.
+    public var maximumSessionExpiry: UInt32 = 7 * 24 * 3600
+    public var maximumRetained = 100_000
+    public var session = SessionLimits()
+    public init() {}
+}
+
+/// Sessions, subscriptions and retained messages, and the routing between them. Thread-safe: the
+/// connections of every event loop call it. Timers (will delay, session expiry) run on `timers`.
+public final class Broker: @unchecked Sendable {
+    public let config: BrokerConfig
+    public let counters = BrokerCounters()
+    private let lock = NIOLock()
+    private let tree = SubscriptionTree()
+    private var sessions: [String: Session] = [:]
+    private var retained: [String: BrokerMessage] = [:]
+    private let timers: EventLoop
+    public let started = NIODeadline.now()
+
+    public init(config: BrokerConfig, timers: EventLoop) {
+        self.config = config
+        self.timers = timers
+    }
+
+    // MARK: - Sessions
+
+    /// Finds or creates the session for a connecting client. A clean start, or an expired session,
+    /// gives a new one. A client still connected with this id is told to disconnect (0x8E).
+    public func openSession(clientID: String, cleanStart: Bool, expiry: UInt32) -> (Session, present: Bool) {
+        var willNow: BrokerMessage?
+        var oldLink: ClientLink?
+        let result: (Session, Bool) = lock.withLock {
+            if let old = sessions[clientID] {
+                old.expiryTimer?.cancel()
+                old.expiryTimer = nil
+                if let w = old.pendingWill {
+                    w.timer.cancel()
+                    old.pendingWill = nil
+                    // A resumed session cancels a delayed will; a new session means the old one ended.
+                    if cleanStart { willNow = w.message }
+                }
+                oldLink = old.takeOver()
+                if !cleanStart {
+                    old.expiryInterval = expiry
+                    return (old, true)
+                }
+                endLocked(old)
+            }
+            let s = Session(clientID: clientID, limits: config.session, counters: counters)
+            s.expiryInterval = expiry
+            sessions[clientID] = s
+            return (s, false)
+        }
+        if let oldLink {
+            counters.connected.wrappingDecrement(ordering: .relaxed)
+            oldLink.disconnect(MQTTReason.sessionTakenOver)
+        }
+        if let willNow { publish(willNow, from: nil) }
+        return result
+    }
+
+    /// A connection closed. `will` is published now, after its delay, or when the session ends,
+    /// whichever comes first; a session with expiry 0 ends now.
+    public func closed(_ session: Session, link: ClientLink, will: BrokerMessage?, willDelay: UInt32) {
+        guard session.detach(link) else {
+            // Taken over by a new connection. A resumed session cancels a delayed will; an ended one
+            // (the new connection started clean) or a will without delay publishes it.
+            if let will, willDelay == 0 || lock.withLock({ session.ended }) { publish(will, from: nil) }
+            return
+        }
+        counters.connected.wrappingDecrement(ordering: .relaxed)
+        var publishNow: BrokerMessage?
+        lock.withLock {
+            let expiry = session.expiryInterval
+            if expiry == 0 {
+                publishNow = will
+                endLocked(session)
+                return
+            }
+            if let will {
+                if willDelay == 0 {
+                    publishNow = will
+                } else {
+                    let delay = min(willDelay, expiry)
+                    let timer = timers.scheduleTask(in: .seconds(Int64(delay))) { [weak self, weak session] in
+                        guard let self, let session else { return }
+                        let w: BrokerMessage? = self.lock.withLock {
+                            defer { session.pendingWill = nil }
+                            return session.pendingWill?.message
+                        }
+                        if let w { self.publish(w, from: nil) }
+                    }
+                    session.pendingWill = (will, timer)
+                }
+            }
+            if expiry != UInt32.max {
+                session.expiryTimer = timers.scheduleTask(in: .seconds(Int64(expiry))) { [weak self, weak session] in
+                    guard let self, let session else { return }
+                    let will: BrokerMessage? = self.lock.withLock {
+                        guard !session.isConnected, self.sessions[session.clientID] === session else { return nil }
+                        let w = session.pendingWill?.message
+                        session.pendingWill?.timer.cancel()
+                        session.pendingWill = nil
+                        self.endLocked(session)
+                        return w
+                    }
+                    if let will { self.publish(will, from: nil) }
+                }
+            }
+        }
+        if let publishNow { publish(publishNow, from: nil) }
+    }
+
+    /// Changes a session's expiry (MQTT 5 DISCONNECT may).
+    public func setExpiry(_ session: Session, _ expiry: UInt32) {
+        lock.withLock { session.expiryInterval = expiry }
+    }
+
+    /// Marks a connection established (after CONNACK is written).
+    public func attach(_ session: Session, link: ClientLink, resumed: Bool) {
+        counters.connected.wrappingIncrement(ordering: .relaxed)
+        session.attach(link, resumed: resumed)
+    }
+
+    private func endLocked(_ s: Session) {
+        for (filter, _) in s.subscriptions {
+            let (group, f) = Self.split(filter)
+            tree.remove(f, group: group, session: s)
+        }
+        s.subscriptions = [:]
+        s.ended = true
+        if sessions[s.clientID] === s { sessions[s.clientID] = nil }
+    }
+
+    public var sessionCount: Int { lock.withLock { sessions.count } }
+    public var subscriptionCount: Int { lock.withLock { tree.count } }
+    public var retainedCount: Int { lock.withLock { retained.count } }
+    public func session(_ clientID: String) -> Session? { lock.withLock { sessions[clientID] } }
+
+    // MARK: - Subscriptions
+
+    static func split(_ filter: String) -> (group: String?, filter: String) {
+        if let s = SharedFilter(filter) { return (s.group, s.filter) }
+        return (nil, filter)
+    }
+
+    /// Adds a subscription; returns whether one already existed for this filter. Retained messages
+    /// to send follow the retain-handling option (never for shared subscriptions).
+    @discardableResult
+    public func subscribe(_ session: Session, filter: String, options: MQTTSubscriptionOptions, identifier: UInt32?) -> Bool {
+        let (group, f) = Self.split(filter)
+        var toSend: [BrokerMessage] = []
+        let existed: Bool = lock.withLock {
+            let existed = tree.insert(f, group: group, Subscription(session: session, options: options, identifier: identifier))
+            session.subscriptions[filter] = (options, identifier)
+            if group == nil, options.retainHandling == 0 || (options.retainHandling == 1 && !existed) {
+                for (topic, m) in retained where Topics.matches(topic: topic, filter: f) { toSend.append(m) }
+            }
+            return existed
+        }
+        for m in toSend {
+            session.deliver(m, qos: min(m.qos, options.qos), retain: true, identifiers: identifier.map { [$0] } ?? [])
+        }
+        return existed
+    }
+
+    /// Removes a subscription; returns whether it existed.
+    public func unsubscribe(_ session: Session, filter: String) -> Bool {
+        let (group, f) = Self.split(filter)
+        return lock.withLock {
+            session.subscriptions[filter] = nil
+            return tree.remove(f, group: group, session: session)
+        }
+    }
+
+    // MARK: - Publishing
+
+    /// Routes a message to every matching subscription and updates the retained store. Returns the
+    /// number of sessions it went to.
+    @discardableResult
+    public func publish(_ m: BrokerMessage, from publisher: Session?) -> Int {
+        var deliveries: [Delivery] = []
+        lock.withLock {
+            if m.retain, config.retainAvailable {
+                if m.payload.readableBytes == 0 {
+                    retained[m.topic] = nil
+                } else if retained[m.topic] != nil || retained.count < config.maximumRetained {
+                    retained[m.topic] = m
+                }
+            }
+            tree.match(m.topic, publisher: publisher, into: &deliveries)
+        }
+        counters.received.add(1)
+        for d in deliveries {
+            d.session.deliver(m, qos: min(m.qos, d.qos), retain: d.retainAsPublished && m.retain, identifiers: d.identifiers)
+        }
+        return deliveries.count
+    }
+
+    /// Publishes broker statistics under `$SYS/broker/` as retained messages.
+    public func publishStatistics(version: String) {
+        let uptime = (NIODeadline.now() - started).nanoseconds / 1_000_000_000
+        let stats: [(String, String)] = [
+            ("version", "iotc mqtt \(version)"),
+            ("uptime", "\(uptime) seconds"),
+            ("clients/connected", "\(counters.connected.value)"),
+            ("clients/total", "\(sessionCount)"),
+            ("messages/received", "\(counters.received.value)"),
+            ("messages/sent", "\(counters.sent.value)"),
+            ("messages/dropped", "\(counters.dropped.value)"),
+            ("messages/expired", "\(counters.expired.value)"),
+            ("bytes/received", "\(counters.bytesReceived.value)"),
+            ("subscriptions/count", "\(subscriptionCount)"),
+            ("retained messages/count", "\(retainedCount)"),
+        ]
+        for (topic, value) in stats {
+            publish(BrokerMessage(topic: "$SYS/broker/" + topic, payload: ByteBuffer(string: value), qos: 0, retain: true), from: nil)
+        }
+    }
+}

@@ -1,0 +1,488 @@
+import MQTTCodec
+import NIOCore
+
+/// What the server connection asks of its transport. The NIO handler implements it; tests record it.
+public protocol ConnectionControl: AnyObject {
+    /// Closes the connection after pending bytes are written.
+    func close()
+    func pauseReading()
+    func resumeReading()
+    /// Expects a packet at least every `seconds` (1.5 times keep-alive); 0 turns the check off.
+    func expectPackets(within seconds: Double)
+    /// Calls `retryStalled` on the connection's event loop after `delay`.
+    func retry(after delay: TimeAmount)
+    /// Runs `body` on the connection's event loop (completions from other threads hop back this way).
+    func execute(_ body: @escaping @Sendable () -> Void)
+}
+
+public struct ServerLimits: Sendable {
+    /// Receive Maximum announced to clients: QoS 1 and 2 publishes a client may have unacknowledged.
+    public var receiveMaximum: UInt16 = 1024
+    /// Largest packet accepted (announced to MQTT 5 clients).
+    public var maximumPacketSize: Int = 1 << 20
+    public var topicAliasMaximum: UInt16 = 64
+    /// Keep-alive imposed when a client asks for none or more (MQTT 5 Server Keep Alive); 0: the client's.
+    public var maximumKeepAlive: UInt16 = 0
+    public var maximumClientIDLength = 256
+    public init() {}
+}
+
+/// One client connection's protocol logic, without I/O: CONNECT and authentication, the QoS flows
+/// in both directions, subscriptions, will, topic aliases, and backpressure from the hub. Called on
+/// one event loop only.
+public final class ServerConnection: @unchecked Sendable {
+    public enum State { case awaitingConnect, connected, closed }
+
+    let broker: Broker
+    let hub: HubLink
+    let limits: ServerLimits
+    public let link: ClientLink
+    let remoteAddress: String
+    let certificateFingerprint: String?
+    public weak var control: ConnectionControl?
+
+    public private(set) var state = State.awaitingConnect
+    public private(set) var session: Session?
+    public private(set) var identity: ClientIdentity?
+    public private(set) var clientID = ""
+    private var version = MQTTVersion.v311
+    private var will: BrokerMessage?
+    private var willDelay: UInt32 = 0
+    private var connectExpiry: UInt32 = 0
+    private var inboundAliases: [UInt16: String] = [:]
+    private var problemInformation = true
+
+    /// Acknowledgements owed to the client, sent strictly in the order the PUBLISHes came.
+    private struct OwedAck {
+        var packetID: UInt16
+        var qos: UInt8
+        var done = false
+        var reasonCode: UInt8 = 0
+        var reason: String?
+    }
+    private var owed = CircularBuffer<OwedAck>()
+    private var owedBase: UInt64 = 0
+    /// Packets that arrived while the hub was full; reading is paused until they are taken.
+    private var stalled = CircularBuffer<MQTTPacket>()
+    private var retryDelay = TimeAmount.milliseconds(2)
+    private var readingPaused = false
+    /// Publish authorization answers for this connection's topics.
+    private var publishAllowed: [String: Bool] = [:]
+
+    public init(broker: Broker, hub: HubLink, limits: ServerLimits, link: ClientLink, remoteAddress: String, certificateFingerprint: String? = nil) {
+        self.broker = broker
+        self.hub = hub
+        self.limits = limits
+        self.link = link
+        self.remoteAddress = remoteAddress
+        self.certificateFingerprint = certificateFingerprint
+    }
+
+    // MARK: - Input
+
+    public func receive(_ packet: MQTTPacket) {
+        guard state != .closed else { return }
+        if !stalled.isEmpty {
+            stalled.append(packet)
+            return
+        }
+        handle(packet)
+    }
+
+    /// The decoder refused the bytes: answer with the reason code where the protocol allows, and close.
+    public func decodeFailed(_ error: MQTTProtocolError) {
+        guard state != .closed else { return }
+        switch state {
+        case .awaitingConnect:
+            if error.reasonCode == MQTTReason.unsupportedProtocolVersion {
+                link.version = .v311
+                link.send(.connack(MQTTConnAck(sessionPresent: false, reasonCode: 0x01)))
+            }
+        case .connected:
+            disconnectPacket(error.reasonCode, error.description)
+        case .closed: break
+        }
+        shutdown(reason: "protocol error: \(error.description)", publishWill: true)
+    }
+
+    /// The transport closed (by the peer, keep-alive, or us).
+    public func transportClosed(reason: String) {
+        shutdown(reason: reason, publishWill: true)
+    }
+
+    /// Keep-alive expired.
+    public func keepAliveExpired() {
+        if state == .connected { disconnectPacket(MQTTReason.keepAliveTimeout, "keep-alive timeout") }
+        shutdown(reason: "keep-alive timeout", publishWill: true)
+    }
+
+    /// The broker asked this connection to go (another connection took the session over).
+    public func disconnect(reasonCode: UInt8) {
+        guard state == .connected else { return }
+        disconnectPacket(reasonCode, reasonCode == MQTTReason.sessionTakenOver ? "another connection took over the session" : nil)
+        shutdown(reason: "session taken over", publishWill: true)
+    }
+
+    private func handle(_ packet: MQTTPacket) {
+        switch (state, packet) {
+        case (.awaitingConnect, .connect(let c)): connect(c)
+        case (.awaitingConnect, _): protocolError(MQTTReason.protocolError, "the first packet must be CONNECT")
+        case (.connected, .connect): protocolError(MQTTReason.protocolError, "a second CONNECT")
+        case (.connected, .publish(let p)): publish(p)
+        case (.connected, .puback(let a)): session?.completed(a.packetID)
+        case (.connected, .pubrec(let a)):
+            if session?.received(a.packetID, reasonCode: a.reasonCode) != true, version == .v5 {
+                link.send(.pubrel(MQTTPacketAck(packetID: a.packetID, reasonCode: MQTTReason.packetIdentifierNotFound)))
+            }
+        case (.connected, .pubcomp(let a)): session?.completed(a.packetID)
+        case (.connected, .pubrel(let a)):
+            let known = session?.release(a.packetID) ?? false
+            link.send(.pubcomp(MQTTPacketAck(packetID: a.packetID, reasonCode: known || version == .v311 ? 0 : MQTTReason.packetIdentifierNotFound)))
+        case (.connected, .subscribe(let s)): subscribe(s)
+        case (.connected, .unsubscribe(let u)): unsubscribe(u)
+        case (.connected, .pingreq): link.send(.pingresp)
+        case (.connected, .disconnect(let code, let props)):
+            if let e = props.integer(MQTTProperty.sessionExpiryInterval) {
+                guard connectExpiry != 0 || e == 0 else {
+                    return protocolError(MQTTReason.protocolError, "session expiry set at DISCONNECT after 0 at CONNECT")
+                }
+                setSessionExpiry(e)
+            }
+            shutdown(reason: "client disconnected", publishWill: code == MQTTReason.disconnectWithWill)
+        case (.connected, .auth):
+            protocolError(MQTTReason.protocolError, "AUTH without an authentication method")
+        case (.connected, _):
+            protocolError(MQTTReason.protocolError, "\(packet.name) is not sent by clients")
+        case (.closed, _): break
+        }
+    }
+
+    // MARK: - CONNECT
+
+    private func connect(_ c: MQTTConnect) {
+        version = c.version
+        link.version = c.version
+        let v5 = c.version == .v5
+        func refuse(_ v5Code: UInt8, _ v3Code: UInt8, _ reason: String) {
+            var props: [MQTTProperty] = []
+            if v5 { props.append(.string(MQTTProperty.reasonString, reason)) }
+            link.send(.connack(MQTTConnAck(sessionPresent: false, reasonCode: v5 ? v5Code : v3Code, properties: props)))
+            shutdown(reason: "connection refused: \(reason)", publishWill: false)
+        }
+        if v5 {
+            if c.properties.first(MQTTProperty.authenticationMethod) != nil {
+                return refuse(MQTTReason.badAuthenticationMethod, 0x05, "enhanced authentication is not supported")
+            }
+            link.receiveMaximum = Int(c.properties.integer(MQTTProperty.receiveMaximum) ?? 65535)
+            link.maximumPacketSize = Int(c.properties.integer(MQTTProperty.maximumPacketSize) ?? UInt32.max)
+            link.topicAliasMaximum = UInt16(c.properties.integer(MQTTProperty.topicAliasMaximum) ?? 0)
+            problemInformation = c.properties.integer(MQTTProperty.requestProblemInformation) != 0
+        }
+        var clientID = c.clientID
+        var assigned = false
+        if clientID.isEmpty {
+            guard v5 || c.cleanStart else { return refuse(MQTTReason.clientIdentifierNotValid, 0x02, "an empty client id needs a clean session") }
+            clientID = "iotc-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+            assigned = true
+        }
+        guard clientID.utf8.count <= limits.maximumClientIDLength else {
+            return refuse(MQTTReason.clientIdentifierNotValid, 0x02, "client id is longer than \(limits.maximumClientIDLength) bytes")
+        }
+        let credentials = ConnectCredentials(clientID: clientID, username: c.username, password: c.password,
+                                             remoteAddress: remoteAddress, certificateFingerprint: certificateFingerprint)
+        guard let identity = hub.authenticate(credentials) else {
+            return refuse(c.password == nil ? MQTTReason.notAuthorized : MQTTReason.badUsernameOrPassword,
+                          c.password == nil ? 0x05 : 0x04, "authentication failed")
+        }
+        if let w = c.will {
+            guard w.qos <= broker.config.maximumQoS else { return refuse(MQTTReason.qosNotSupported, 0x05, "will QoS is over the maximum") }
+            guard !w.retain || broker.config.retainAvailable else { return refuse(MQTTReason.retainNotSupported, 0x05, "retain is not available") }
+            guard hub.mayPublish(identity, topic: w.topic) else { return refuse(MQTTReason.notAuthorized, 0x05, "not authorized to publish the will topic") }
+            let (props, expiry) = Self.messageProperties(w.properties)
+            will = BrokerMessage(topic: w.topic, payload: w.payload, qos: w.qos, retain: w.retain, properties: props, expiry: expiry)
+            willDelay = w.properties.integer(MQTTProperty.willDelayInterval) ?? 0
+        }
+        // Session expiry: MQTT 5 asks; MQTT 3.1.1 persistent sessions get the maximum.
+        let asked: UInt32 = v5 ? (c.properties.integer(MQTTProperty.sessionExpiryInterval) ?? 0) : (c.cleanStart ? 0 : UInt32.max)
+        let expiry = min(asked, broker.config.maximumSessionExpiry)
+        connectExpiry = expiry
+        self.clientID = clientID
+        self.identity = identity
+
+        var keepAlive = c.keepAlive
+        var serverKeepAlive: UInt16?
+        if limits.maximumKeepAlive > 0, keepAlive == 0 || keepAlive > limits.maximumKeepAlive, v5 {
+            keepAlive = limits.maximumKeepAlive
+            serverKeepAlive = keepAlive
+        }
+
+        let (session, present) = broker.openSession(clientID: clientID, cleanStart: c.cleanStart, expiry: expiry)
+        self.session = session
+        var props: [MQTTProperty] = []
+        if v5 {
+            if expiry != asked { props.append(.fourByte(MQTTProperty.sessionExpiryInterval, expiry)) }
+            if assigned { props.append(.string(MQTTProperty.assignedClientIdentifier, clientID)) }
+            props.append(.twoByte(MQTTProperty.receiveMaximum, limits.receiveMaximum))
+            props.append(.fourByte(MQTTProperty.maximumPacketSize, UInt32(limits.maximumPacketSize)))
+            props.append(.twoByte(MQTTProperty.topicAliasMaximum, limits.topicAliasMaximum))
+            if broker.config.maximumQoS < 2 { props.append(.byte(MQTTProperty.maximumQoS, broker.config.maximumQoS)) }
+            if !broker.config.retainAvailable { props.append(.byte(MQTTProperty.retainAvailable, 0)) }
+            if !broker.config.wildcardSubscriptions { props.append(.byte(MQTTProperty.wildcardSubscriptionAvailable, 0)) }
+            if !broker.config.subscriptionIdentifiers { props.append(.byte(MQTTProperty.subscriptionIdentifierAvailable, 0)) }
+            if !broker.config.sharedSubscriptions { props.append(.byte(MQTTProperty.sharedSubscriptionAvailable, 0)) }
+            if let serverKeepAlive { props.append(.twoByte(MQTTProperty.serverKeepAlive, serverKeepAlive)) }
+        }
+        link.send(.connack(MQTTConnAck(sessionPresent: present, reasonCode: 0, properties: props)))
+        state = .connected
+        broker.attach(session, link: link, resumed: present)
+        hub.connected(identity, clientID: clientID, remoteAddress: remoteAddress)
+        control?.expectPackets(within: keepAlive == 0 ? 0 : Double(keepAlive) * 1.5)
+    }
+
+    private func setSessionExpiry(_ e: UInt32) {
+        guard let session else { return }
+        broker.setExpiry(session, min(e, broker.config.maximumSessionExpiry))
+    }
+
+    /// Splits a PUBLISH's properties into the message's own and its expiry deadline.
+    static func messageProperties(_ props: [MQTTProperty]) -> ([MQTTProperty], NIODeadline?) {
+        guard !props.isEmpty else { return ([], nil) }
+        var own: [MQTTProperty] = []
+        var expiry: NIODeadline?
+        for p in props {
+            switch p.identifier {
+            case MQTTProperty.messageExpiryInterval: expiry = .now() + .seconds(Int64(p.integer ?? 0))
+            case MQTTProperty.topicAlias, MQTTProperty.subscriptionIdentifier, MQTTProperty.willDelayInterval: break
+            default: own.append(p)
+            }
+        }
+        return (own, expiry)
+    }
+
+    // MARK: - PUBLISH from the client
+
+    private func publish(_ p: MQTTPublish) {
+        guard let session, let identity else { return }
+        var topic = p.topic
+        if version == .v5, let alias = p.properties.integer(MQTTProperty.topicAlias) {
+            guard alias >= 1, alias <= UInt32(limits.topicAliasMaximum) else {
+                return protocolError(MQTTReason.topicAliasInvalid, "topic alias \(alias) is out of range")
+            }
+            let a = UInt16(alias)
+            if topic.isEmpty {
+                guard let t = inboundAliases[a] else { return protocolError(MQTTReason.protocolError, "unknown topic alias \(alias)") }
+                topic = t
+            } else {
+                inboundAliases[a] = topic
+            }
+        }
+        guard p.qos <= broker.config.maximumQoS else { return protocolError(MQTTReason.qosNotSupported, "QoS \(p.qos) is over the maximum") }
+        guard !p.retain || broker.config.retainAvailable else { return protocolError(MQTTReason.retainNotSupported, "retain is not available") }
+        broker.counters.bytesReceived.add(p.payload.readableBytes)
+
+        if p.qos > 0 {
+            let id = p.packetID ?? 0
+            // A QoS 2 duplicate: acknowledge again, deliver nothing.
+            if p.qos == 2, session.isAwaitingRelease(id) {
+                if !owed.contains(where: { $0.packetID == id }) { link.send(.pubrec(MQTTPacketAck(packetID: id))) }
+                return
+            }
+            if owed.count + session.awaitingReleaseCount >= Int(limits.receiveMaximum) {
+                if version == .v5 { return protocolError(MQTTReason.receiveMaximumExceeded, "more than \(limits.receiveMaximum) unacknowledged publishes") }
+            }
+        }
+
+        var allowed = publishAllowed[topic]
+        if allowed == nil {
+            allowed = hub.mayPublish(identity, topic: topic)
+            if publishAllowed.count < 1024 { publishAllowed[topic] = allowed }
+        }
+        guard allowed == true else {
+            // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged and dropped.
+            acknowledgeAtOnce(p, code: version == .v5 ? MQTTReason.notAuthorized : 0, reason: "not authorized to publish to \(topic)")
+            return
+        }
+        var message = BrokerMessage(topic: topic, payload: p.payload, qos: p.qos, retain: p.retain)
+        if !p.properties.isEmpty {
+            (message.properties, message.expiry) = Self.messageProperties(p.properties)
+            if p.properties.integer(MQTTProperty.payloadFormatIndicator) == 1,
+               p.payload.withUnsafeReadableBytes({ String(validating: $0, as: UTF8.self) }) == nil {
+                acknowledgeAtOnce(p, code: MQTTReason.payloadFormatInvalid, reason: "the payload is not UTF-8 as its format indicator says")
+                return
+            }
+        }
+
+        // The hub first: when its pipeline is full, nothing is routed and the packet waits.
+        let slot: UInt64? = p.qos > 0 ? owedBase + UInt64(owed.count) : nil
+        if p.qos > 0 { owed.append(OwedAck(packetID: p.packetID ?? 0, qos: p.qos)) }
+        let status = hub.submit(message, identity: identity, clientID: clientID) { [weak self] failure in
+            guard let self, let slot else { return }
+            self.control?.execute { self.settle(slot, failure) }
+        }
+        switch status {
+        case .busy:
+            if slot != nil { owed.removeLast() }
+            stall(.publish(p))
+            return
+        case .refused(let reason):
+            if let slot { settle(slot, reason) }
+            return
+        case .accepted, .notRouted:
+            break
+        }
+        if p.qos == 2 { _ = session.beginIncoming(p.packetID ?? 0) }
+        let delivered = broker.publish(message, from: session)
+        if status == .notRouted, let slot { settle(slot, nil, noSubscribers: delivered == 0) }
+        if retryDelay > .milliseconds(2) { retryDelay = .milliseconds(2) }
+        if version == .v311, owed.count >= Int(limits.receiveMaximum) { pause() }
+    }
+
+    /// Acknowledges a publish that goes nowhere (refused, or invalid).
+    private func acknowledgeAtOnce(_ p: MQTTPublish, code: UInt8, reason: String) {
+        guard p.qos > 0 else { return }
+        owed.append(OwedAck(packetID: p.packetID ?? 0, qos: p.qos))
+        settle(owedBase + UInt64(owed.count - 1), code == 0 ? nil : reason, code: code)
+    }
+
+    /// A submitted publish is settled; acknowledgements go out in arrival order.
+    private func settle(_ slot: UInt64, _ failure: String?, code: UInt8? = nil, noSubscribers: Bool = false) {
+        guard state == .connected, slot >= owedBase else { return }
+        let i = Int(slot - owedBase)
+        guard i < owed.count else { return }
+        owed[owed.index(owed.startIndex, offsetBy: i)].done = true
+        if let failure {
+            owed[owed.index(owed.startIndex, offsetBy: i)].reasonCode = code ?? MQTTReason.implementationSpecific
+            owed[owed.index(owed.startIndex, offsetBy: i)].reason = failure
+        } else if noSubscribers {
+            owed[owed.index(owed.startIndex, offsetBy: i)].reasonCode = MQTTReason.noMatchingSubscribers
+        }
+        while let first = owed.first, first.done {
+            owed.removeFirst()
+            owedBase += 1
+            let v5 = version == .v5
+            var props: [MQTTProperty] = []
+            if v5, let r = first.reason, problemInformation { props.append(.string(MQTTProperty.reasonString, r)) }
+            let ack = MQTTPacketAck(packetID: first.packetID, reasonCode: v5 ? first.reasonCode : 0, properties: props)
+            if first.qos == 1 {
+                link.send(.puback(ack))
+            } else {
+                // A failed QoS 2 exchange ends at PUBREC; a later duplicate is a new message.
+                if first.reasonCode >= 0x80 { _ = session?.release(first.packetID) }
+                link.send(.pubrec(ack))
+            }
+        }
+        if readingPaused, stalled.isEmpty, owed.count < Int(limits.receiveMaximum) / 2 { resume() }
+    }
+
+    // MARK: - Backpressure
+
+    private func stall(_ packet: MQTTPacket) {
+        stalled.prepend(packet)
+        pause()
+        control?.retry(after: retryDelay)
+        retryDelay = min(retryDelay * 2, .milliseconds(100))
+    }
+
+    /// Offers the held packets again (the hub was full).
+    public func retryStalled() {
+        guard state == .connected else { return }
+        let held = stalled
+        stalled.removeAll()
+        var rest = held[...]
+        while let p = rest.popFirst() {
+            handle(p)
+            if !stalled.isEmpty {
+                // Stalled again: keep the remaining packets after the one that stalled.
+                stalled.append(contentsOf: rest)
+                return
+            }
+            if state != .connected { return }
+        }
+        if owed.count < Int(limits.receiveMaximum) { resume() }
+    }
+
+    private func pause() {
+        guard !readingPaused else { return }
+        readingPaused = true
+        control?.pauseReading()
+    }
+
+    private func resume() {
+        guard readingPaused else { return }
+        readingPaused = false
+        control?.resumeReading()
+    }
+
+    // MARK: - SUBSCRIBE and UNSUBSCRIBE
+
+    private func subscribe(_ s: MQTTSubscribe) {
+        guard let session, let identity else { return }
+        let identifier = s.properties.integer(MQTTProperty.subscriptionIdentifier)
+        let v5 = version == .v5
+        var codes: [UInt8] = []
+        var accepted: [(String, MQTTSubscriptionOptions)] = []
+        for (filter, options) in s.filters {
+            let shared = SharedFilter.isShared(filter)
+            let plain = SharedFilter(filter)?.filter ?? filter
+            if shared, options.noLocal {
+                return protocolError(MQTTReason.protocolError, "no-local on a shared subscription")
+            }
+            let code: UInt8
+            if shared, SharedFilter(filter) == nil || !Topics.isValidFilter(plain) {
+                code = MQTTReason.topicFilterInvalid
+            } else if !Topics.isValidFilter(filter) && !shared {
+                code = MQTTReason.topicFilterInvalid
+            } else if shared, !broker.config.sharedSubscriptions {
+                code = MQTTReason.sharedSubscriptionsNotSupported
+            } else if !broker.config.wildcardSubscriptions, plain.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+                code = MQTTReason.wildcardSubscriptionsNotSupported
+            } else if identifier != nil, !broker.config.subscriptionIdentifiers {
+                code = MQTTReason.subscriptionIdentifiersNotSupported
+            } else if !hub.maySubscribe(identity, filter: plain) {
+                code = MQTTReason.notAuthorized
+            } else {
+                var granted = options
+                granted.qos = min(options.qos, broker.config.maximumQoS)
+                accepted.append((filter, granted))
+                code = granted.qos
+            }
+            // MQTT 3.1.1 has one failure code.
+            codes.append(v5 || code <= 2 ? code : 0x80)
+        }
+        link.send(.suback(MQTTSubAck(packetID: s.packetID, reasonCodes: codes)))
+        for (filter, options) in accepted {
+            broker.subscribe(session, filter: filter, options: options, identifier: identifier)
+        }
+    }
+
+    private func unsubscribe(_ u: MQTTUnsubscribe) {
+        guard let session else { return }
+        let codes = u.filters.map { broker.unsubscribe(session, filter: $0) ? MQTTReason.success : MQTTReason.noSubscriptionExisted }
+        link.send(.unsuback(MQTTSubAck(packetID: u.packetID, reasonCodes: codes)))
+    }
+
+    // MARK: - Errors and closing
+
+    private func protocolError(_ code: UInt8, _ text: String) {
+        if state == .connected { disconnectPacket(code, text) }
+        shutdown(reason: "protocol error: \(text)", publishWill: true)
+    }
+
+    private func disconnectPacket(_ code: UInt8, _ text: String?) {
+        guard version == .v5 else { return }
+        var props: [MQTTProperty] = []
+        if let text, problemInformation { props.append(.string(MQTTProperty.reasonString, text)) }
+        link.send(.disconnect(reasonCode: code, properties: props))
+    }
+
+    private func shutdown(reason: String, publishWill: Bool) {
+        guard state != .closed else { return }
+        let wasConnected = state == .connected
+        state = .closed
+        stalled.removeAll()
+        control?.close()
+        guard wasConnected, let session, let identity else { return }
+        broker.closed(session, link: link, will: publishWill ? will : nil, willDelay: willDelay)
+        hub.disconnected(identity, clientID: clientID, reason: reason)
+    }
+}

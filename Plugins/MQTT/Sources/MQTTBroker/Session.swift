@@ -1,0 +1,354 @@
+import MQTTCodec
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// A message as the broker routes it.
+public struct BrokerMessage: Sendable {
+    public var topic: String
+    public var payload: ByteBuffer
+    public var qos: UInt8
+    public var retain: Bool
+    /// The message's own MQTT 5 properties (payload format, content type, response topic, correlation
+    /// data, user properties); topic alias, subscription identifiers and message expiry are per delivery.
+    public var properties: [MQTTProperty]
+    /// When the message expires (MQTT 5 Message Expiry Interval), nil when never.
+    public var expiry: NIODeadline?
+
+    public init(topic: String, payload: ByteBuffer, qos: UInt8, retain: Bool = false, properties: [MQTTProperty] = [], expiry: NIODeadline? = nil) {
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.properties = properties
+        self.expiry = expiry
+    }
+
+    /// Seconds left before expiry, rounded up; nil when the message never expires, 0 when it has expired.
+    func secondsLeft(now: NIODeadline) -> UInt32? {
+        guard let expiry else { return nil }
+        let left = (expiry - now).nanoseconds
+        return left <= 0 ? 0 : UInt32(min((left + 999_999_999) / 1_000_000_000, Int64(UInt32.max)))
+    }
+}
+
+/// The outbound side of one network connection: packets are encoded into one pending buffer that a
+/// single flush per event-loop turn writes out. Thread-safe; sessions on any thread write into it.
+public final class ClientLink: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var pending = ByteBuffer()
+    private var flushScheduled = false
+    private var writable = true
+    private var aliases: [String: UInt16] = [:]
+    private var closing = false
+
+    /// Protocol version, set at CONNECT.
+    public internal(set) var version: MQTTVersion = .v311
+    /// The client's Receive Maximum, Maximum Packet Size and Topic Alias Maximum.
+    var receiveMaximum = 65535
+    var maximumPacketSize = Int.max
+    var topicAliasMaximum: UInt16 = 0
+    /// QoS 0 messages are dropped (and counted) while this many bytes wait for a slow client.
+    let maxPendingBytes: Int
+    /// Asks the connection's event loop to call `takePending` and write.
+    private let wake: @Sendable () -> Void
+    /// Asks the connection to send DISCONNECT with this reason and close.
+    let disconnect: @Sendable (UInt8) -> Void
+
+    public init(maxPendingBytes: Int = 4 << 20, wake: @escaping @Sendable () -> Void, disconnect: @escaping @Sendable (UInt8) -> Void) {
+        self.maxPendingBytes = maxPendingBytes
+        self.wake = wake
+        self.disconnect = disconnect
+    }
+
+    /// The bytes to write now, or nil. Called by the connection on its event loop.
+    public func takePending() -> ByteBuffer? {
+        lock.withLock {
+            flushScheduled = false
+            guard writable, pending.readableBytes > 0 else { return nil }
+            let out = pending
+            pending = ByteBuffer()
+            return out
+        }
+    }
+
+    /// The socket's writability, from the connection; pending bytes wait while it is not writable.
+    public func setWritable(_ w: Bool) {
+        let wakeNow: Bool = lock.withLock {
+            writable = w
+            guard w, pending.readableBytes > 0, !flushScheduled else { return false }
+            flushScheduled = true
+            return true
+        }
+        if wakeNow { wake() }
+    }
+
+    /// Stops accepting bytes (the connection is closing).
+    func close() { lock.withLock { closing = true; pending.clear() } }
+
+    /// Encodes a control packet.
+    public func send(_ packet: MQTTPacket) {
+        append { MQTTPacketEncoder.write(packet, version: self.version, into: &$0) }
+    }
+
+    /// Encodes a PUBLISH for this client: its topic alias, its maximum packet size. Returns false when
+    /// the client cannot take it (too large, or a QoS 0 message while the client is this far behind).
+    func sendPublish(_ m: BrokerMessage, qos: UInt8, retain: Bool, duplicate: Bool, packetID: UInt16,
+                     identifiers: [UInt32], expiry: UInt32?) -> Bool {
+        lock.lock()
+        if closing || (qos == 0 && pending.readableBytes > maxPendingBytes) {
+            lock.unlock()
+            return false
+        }
+        let v5 = version == .v5
+        var extras = MQTTPacketEncoder.PublishExtras(messageExpiry: v5 ? expiry : nil, subscriptionIdentifiers: v5 ? identifiers : [])
+        var topic = m.topic
+        var newAlias: UInt16?
+        if v5, topicAliasMaximum > 0 {
+            if let a = aliases[m.topic] {
+                extras.topicAlias = a
+                topic = ""
+            } else if aliases.count < Int(topicAliasMaximum) {
+                let a = UInt16(aliases.count + 1)
+                extras.topicAlias = a
+                newAlias = a
+            }
+        }
+        let size = MQTTPacketEncoder.publishSize(topicLength: topic.utf8.count, payloadLength: m.payload.readableBytes, qos: qos,
+                                                 properties: v5 ? m.properties : nil, extras: extras)
+        guard size <= maximumPacketSize else {
+            lock.unlock()
+            return false
+        }
+        if let newAlias { aliases[m.topic] = newAlias }
+        MQTTPacketEncoder.writePublish(topic: topic, payload: m.payload, qos: qos, retain: retain, duplicate: duplicate,
+                                       packetID: packetID, properties: v5 ? m.properties : nil, extras: extras, into: &pending)
+        let wakeNow = writable && !flushScheduled
+        if wakeNow { flushScheduled = true }
+        lock.unlock()
+        if wakeNow { wake() }
+        return true
+    }
+
+    private func append(_ write: (inout ByteBuffer) -> Void) {
+        let wakeNow: Bool = lock.withLock {
+            guard !closing else { return false }
+            write(&pending)
+            guard writable, !flushScheduled else { return false }
+            flushScheduled = true
+            return true
+        }
+        if wakeNow { wake() }
+    }
+}
+
+/// What a session does when its queue of messages for an offline or slow client is full.
+public enum QueueFullPolicy: String, Sendable {
+    /// Keep the queue, drop the new message (counted).
+    case dropNew = "drop_new"
+    /// Drop the oldest queued message (counted) to make room.
+    case dropOldest = "drop_oldest"
+}
+
+public struct SessionLimits: Sendable {
+    public var maxQueued: Int
+    public var policy: QueueFullPolicy
+    /// Queue QoS 0 messages for offline clients too.
+    public var queueQoS0: Bool
+    public init(maxQueued: Int = 1000, policy: QueueFullPolicy = .dropNew, queueQoS0: Bool = false) {
+        self.maxQueued = maxQueued
+        self.policy = policy
+        self.queueQoS0 = queueQoS0
+    }
+}
+
+/// The state of one MQTT session: subscriptions, QoS 1 and 2 messages in flight both ways, and the
+/// queue of messages for a client that is offline or whose receive window is full. It outlives
+/// network connections (persistent sessions) and is thread-safe.
+public final class Session: @unchecked Sendable {
+    public let clientID: String
+    private let lock = NIOLock()
+    private let limits: SessionLimits
+    private let counters: BrokerCounters
+
+    // Guarded by the broker's lock.
+    var matchEpoch: UInt64 = 0
+    var subscriptions: [String: (options: MQTTSubscriptionOptions, identifier: UInt32?)] = [:]
+    var expiryInterval: UInt32 = 0
+    var expiryTimer: Scheduled<Void>?
+    var pendingWill: (message: BrokerMessage, timer: Scheduled<Void>)?
+    var ended = false
+
+    // Guarded by `lock`.
+    private var link: ClientLink?
+    private struct Outbound {
+        var message: BrokerMessage
+        var qos: UInt8
+        var retain: Bool
+        var identifiers: [UInt32]
+        /// PUBREC received and PUBREL sent (QoS 2).
+        var released = false
+        var sequence: UInt64
+    }
+    private var inflight: [UInt16: Outbound] = [:]
+    private var queue = CircularBuffer<Outbound>()
+    private var nextPacketID: UInt16 = 0
+    private var sequence: UInt64 = 0
+    /// Packet ids of QoS 2 messages received and not yet released by PUBREL.
+    private var awaitingRelease: Set<UInt16> = []
+
+    init(clientID: String, limits: SessionLimits, counters: BrokerCounters) {
+        self.clientID = clientID
+        self.limits = limits
+        self.counters = counters
+    }
+
+    public var isConnected: Bool { lock.withLock { link != nil } }
+    public var queuedCount: Int { lock.withLock { queue.count } }
+    public var inflightCount: Int { lock.withLock { inflight.count } }
+
+    /// Hands a message to this session: written to the client, put in flight, or queued.
+    @discardableResult
+    func deliver(_ m: BrokerMessage, qos: UInt8, retain: Bool, identifiers: [UInt32]) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        let now = NIODeadline.now()
+        let expiry = m.secondsLeft(now: now)
+        if expiry == 0 {
+            counters.expired.add(1)
+            return false
+        }
+        if let link {
+            if qos == 0 {
+                let ok = link.sendPublish(m, qos: 0, retain: retain, duplicate: false, packetID: 0, identifiers: identifiers, expiry: expiry)
+                if ok { counters.sent.add(1) } else { counters.dropped.add(1) }
+                return ok
+            }
+            if queue.isEmpty, inflight.count < link.receiveMaximum {
+                return send(Outbound(message: m, qos: qos, retain: retain, identifiers: identifiers, sequence: 0), link, expiry)
+            }
+        } else if qos == 0, !limits.queueQoS0 {
+            counters.dropped.add(1)
+            return false
+        }
+        return enqueue(Outbound(message: m, qos: qos, retain: retain, identifiers: identifiers, sequence: 0))
+    }
+
+    private func enqueue(_ o: Outbound) -> Bool {
+        if queue.count >= limits.maxQueued {
+            counters.dropped.add(1)
+            switch limits.policy {
+            case .dropNew: return false
+            case .dropOldest: queue.removeFirst()
+            }
+        }
+        queue.append(o)
+        return true
+    }
+
+    /// Puts a QoS 1 or 2 message in flight and writes it. Lock held.
+    private func send(_ o: Outbound, _ link: ClientLink, _ expiry: UInt32?) -> Bool {
+        if o.qos == 0 {
+            let ok = link.sendPublish(o.message, qos: 0, retain: o.retain, duplicate: false, packetID: 0, identifiers: o.identifiers, expiry: expiry)
+            if ok { counters.sent.add(1) } else { counters.dropped.add(1) }
+            return ok
+        }
+        repeat { nextPacketID &+= 1 } while nextPacketID == 0 || inflight[nextPacketID] != nil
+        var entry = o
+        sequence += 1
+        entry.sequence = sequence
+        guard link.sendPublish(o.message, qos: o.qos, retain: o.retain, duplicate: false, packetID: nextPacketID, identifiers: o.identifiers, expiry: expiry) else {
+            // Larger than the client accepts: discarded as if delivered (MQTT 5 section 3.1.2.11.4).
+            counters.dropped.add(1)
+            return false
+        }
+        inflight[nextPacketID] = entry
+        counters.sent.add(1)
+        return true
+    }
+
+    /// Moves queued messages into the client's receive window. Lock held.
+    private func refill() {
+        guard let link else { return }
+        let now = NIODeadline.now()
+        while inflight.count < link.receiveMaximum, let o = queue.popFirst() {
+            let expiry = o.message.secondsLeft(now: now)
+            if expiry == 0 {
+                counters.expired.add(1)
+                continue
+            }
+            _ = send(o, link, expiry)
+        }
+    }
+
+    /// A new network connection for this session. `resumed`: the session existed, so messages in
+    /// flight are sent again (PUBLISH with DUP, or PUBREL) before queued ones.
+    func attach(_ link: ClientLink, resumed: Bool) {
+        lock.withLock {
+            self.link = link
+            if resumed {
+                let now = NIODeadline.now()
+                for (id, o) in inflight.sorted(by: { $0.value.sequence < $1.value.sequence }) {
+                    if o.released {
+                        link.send(.pubrel(MQTTPacketAck(packetID: id)))
+                    } else {
+                        _ = link.sendPublish(o.message, qos: o.qos, retain: o.retain, duplicate: true, packetID: id,
+                                             identifiers: o.identifiers, expiry: o.message.secondsLeft(now: now))
+                    }
+                }
+            } else {
+                inflight = [:]
+                awaitingRelease = []
+            }
+            refill()
+        }
+    }
+
+    /// Detaches the current connection for a new one; returns it so that it can be told to go.
+    func takeOver() -> ClientLink? {
+        lock.withLock {
+            defer { link = nil }
+            return link
+        }
+    }
+
+    /// The connection went away. Returns false when another connection had already taken over.
+    func detach(_ link: ClientLink) -> Bool {
+        lock.withLock {
+            guard self.link === link else { return false }
+            self.link = nil
+            return true
+        }
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) from the client. Returns false for an unknown packet id.
+    @discardableResult
+    func completed(_ id: UInt16) -> Bool {
+        lock.withLock {
+            guard inflight.removeValue(forKey: id) != nil else { return false }
+            refill()
+            return true
+        }
+    }
+
+    /// PUBREC from the client: answers PUBREL, or (reason 0x80 or more) ends the exchange.
+    func received(_ id: UInt16, reasonCode: UInt8) -> Bool {
+        lock.withLock {
+            guard inflight[id] != nil else { return false }
+            if reasonCode >= 0x80 {
+                inflight[id] = nil
+                refill()
+            } else {
+                inflight[id]!.released = true
+                link?.send(.pubrel(MQTTPacketAck(packetID: id)))
+            }
+            return true
+        }
+    }
+
+    /// Records an incoming QoS 2 packet id. Returns false when it is a duplicate of one not yet released.
+    func beginIncoming(_ id: UInt16) -> Bool { lock.withLock { awaitingRelease.insert(id).inserted } }
+    func isAwaitingRelease(_ id: UInt16) -> Bool { lock.withLock { awaitingRelease.contains(id) } }
+    /// PUBREL: returns whether the id was awaiting release.
+    func release(_ id: UInt16) -> Bool { lock.withLock { awaitingRelease.remove(id) != nil } }
+    var awaitingReleaseCount: Int { lock.withLock { awaitingRelease.count } }
+}

@@ -1,0 +1,89 @@
+/// Topic names and topic filters (MQTT 5 section 4.7).
+public enum Topics {
+    /// Whether `filter` is a valid topic filter: `#` only as a whole last level, `+` only as a whole
+    /// level, not empty. Shared subscriptions are checked by `SharedFilter`.
+    public static func isValidFilter(_ filter: String) -> Bool {
+        let u = filter.utf8
+        guard !u.isEmpty else { return false }
+        var levelStart = true
+        var index = u.startIndex
+        while index != u.endIndex {
+            let c = u[index]
+            let next = u.index(after: index)
+            switch c {
+            case UInt8(ascii: "#"):
+                guard levelStart, next == u.endIndex else { return false }
+            case UInt8(ascii: "+"):
+                guard levelStart, next == u.endIndex || u[next] == UInt8(ascii: "/") else { return false }
+            default: break
+            }
+            levelStart = c == UInt8(ascii: "/")
+            index = next
+        }
+        return true
+    }
+
+    /// Whether a topic name matches a topic filter. Topics starting with `$` are not matched by a filter
+    /// whose first level is a wildcard.
+    public static func matches(topic: String, filter: String) -> Bool {
+        let t = Array(topic.utf8), f = Array(filter.utf8)
+        if t.first == UInt8(ascii: "$"), f.first == UInt8(ascii: "+") || f.first == UInt8(ascii: "#") { return false }
+        var ti = 0, fi = 0
+        while fi < f.count {
+            if f[fi] == UInt8(ascii: "#") { return true }
+            if f[fi] == UInt8(ascii: "+") {
+                while ti < t.count, t[ti] != UInt8(ascii: "/") { ti += 1 }
+                fi += 1
+            } else {
+                while fi < f.count, f[fi] != UInt8(ascii: "/") {
+                    guard ti < t.count, t[ti] == f[fi] else { return false }
+                    ti += 1
+                    fi += 1
+                }
+                guard ti == t.count || t[ti] == UInt8(ascii: "/") else { return false }
+            }
+            // Both at a level end.
+            if fi == f.count { return ti == t.count }
+            // f[fi] is "/": "a/#" also matches "a".
+            if ti == t.count { return f.count - fi == 2 && f[fi + 1] == UInt8(ascii: "#") }
+            ti += 1
+            fi += 1
+        }
+        return ti == t.count
+    }
+
+    /// Whether every topic that `inner` matches is also matched by `outer` (for authorizing a
+    /// subscription's filter against an access-control filter).
+    public static func covers(_ outer: String, _ inner: String) -> Bool {
+        let o = outer.split(separator: "/", omittingEmptySubsequences: false)
+        let i = inner.split(separator: "/", omittingEmptySubsequences: false)
+        for (n, level) in o.enumerated() {
+            if level == "#" { return true }
+            guard n < i.count else { return false }
+            if i[n] == "#" { return false }
+            if level == "+" { continue }
+            if i[n] == "+" || i[n] != level { return false }
+        }
+        return o.count == i.count
+    }
+}
+
+/// `$share/GROUP/FILTER` (section 4.8.2).
+public struct SharedFilter: Sendable, Equatable {
+    public var group: String
+    public var filter: String
+
+    /// Parses a shared subscription; nil when `text` is not one. Throws nothing: an invalid shared
+    /// filter is reported by `isShared` being true and this returning nil.
+    public init?(_ text: String) {
+        guard text.hasPrefix("$share/") else { return nil }
+        let rest = text.dropFirst(7)
+        guard let slash = rest.firstIndex(of: "/") else { return nil }
+        let g = rest[..<slash], f = rest[rest.index(after: slash)...]
+        guard !g.isEmpty, !g.contains("+"), !g.contains("#"), !f.isEmpty else { return nil }
+        group = String(g)
+        filter = String(f)
+    }
+
+    public static func isShared(_ text: String) -> Bool { text.hasPrefix("$share/") }
+}

@@ -1,0 +1,284 @@
+import Foundation
+import IoTCPluginKit
+import MQTTBroker
+import MQTTCodec
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+/// The `mqtt` source: an MQTT 3.1.1 and 5.0 server. Devices' publishes enter pipelines; the server is
+/// also a broker between its clients; pipelines and the API send downlink to subscribed clients.
+final class MQTTServerSource: Source, @unchecked Sendable {
+    struct Config: Decodable {
+        var listen: String
+        var tls: TLS?
+        var websocket: WebSocket?
+        var authentication: String
+        var users: [PluginHubLink.User]
+        var anonymous: PluginHubLink.User?
+        var max_packet_size: Int
+        var receive_maximum: Int
+        var topic_alias_maximum: Int
+        var max_keep_alive: Double
+        var connect_timeout: Double
+        var max_qos: Int
+        var retain_available: Bool
+        var max_retained: Int
+        var max_session_expiry: Double
+        var max_queued_messages: Int
+        var queue_full_policy: String
+        var queue_qos0: Bool
+        var max_pending_bytes: Int
+        var sys_interval: Double
+        var command_topic: String
+        var threads: Int
+        struct TLS: Decodable {
+            var listen: String
+            var certificate_file: String
+            var key_file: String
+            var client_ca_file: String?
+        }
+        struct WebSocket: Decodable {
+            var listen: String
+            var path: String?
+        }
+    }
+
+    static let name = "mqtt"
+    static let summary = "MQTT 3.1.1 and 5.0 server: devices publish into pipelines, subscribe to downlink, and talk to each other."
+    static let description = """
+        A complete MQTT server on SwiftNIO: QoS 0, 1 and 2, retained messages, wills with delay, persistent \
+        sessions with expiry and bounded queues, shared subscriptions (`$share/GROUP/FILTER`), subscription \
+        identifiers, no-local, retain-as-published, retain handling, topic aliases both ways, Receive Maximum \
+        and Maximum Packet Size both ways, and `$SYS/broker/...` statistics. Over TCP, TLS (optionally with \
+        client certificates) and WebSocket (`/mqtt`, subprotocol `mqtt`).
+
+        Every publish a pipeline reads (by the pipeline's `from: [ "SOURCE:FILTER" ]`) enters it as a \
+        canonical message: the topic, the client's device id and tenant, the payload, QoS, and the MQTT 5 \
+        properties as `mqtt.user.NAME`, `mqtt.response_topic`, `mqtt.correlation_data` (base64), \
+        `mqtt.payload_format`, `mqtt.message_expiry` and the content type; `mqtt.client_id` and \
+        `mqtt.retain` too. Topics ending in `/events` are events, `/attributes` attributes, the rest \
+        telemetry. A QoS 1 or 2 publish is acknowledged once the hub has it (on a durable pipeline, once it is \
+        in the write-ahead log); when a pipeline is full the server stops reading from that client until \
+        there is room, so nothing is buffered without bound.
+
+        `authentication: hub` checks the client id (device id) and password (device token) with the hub, \
+        which lets a device use topics under `devices/{id}/`. `authentication: static` uses `users` (and \
+        `anonymous` for clients without a user name) with per-user `publish` and `subscribe` topic filters, \
+        where `%c` is the client id and `%u` the user name.
+
+        Downlink (the API's `POST /v1/devices/{id}/commands`, or a pipeline) publishes to the message's topic, \
+        or to `command_topic` with `{device}` filled in; it succeeds once a session subscribed to it has the \
+        message.
+        """
+    static let fields: [ConfigField] = [
+        ConfigField("listen", .string, "TCP address and port; empty to serve only TLS or WebSocket.", default: #""0.0.0.0:1883""#, example: "0.0.0.0:1883"),
+        ConfigField("tls", .object([
+            ConfigField("listen", .string, "Address and port for MQTT over TLS.", default: #""0.0.0.0:8883""#),
+            ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
+            ConfigField("key_file", .string, "PEM private key.", required: true),
+            ConfigField("client_ca_file", .string, "PEM CA bundle; when set, clients must present a certificate it signed."),
+        ]), "Also serve MQTT over TLS."),
+        ConfigField("websocket", .object([
+            ConfigField("listen", .string, "Address and port for MQTT over WebSocket.", example: "0.0.0.0:8083", required: true),
+            ConfigField("path", .string, "Request path.", default: #""/mqtt""#),
+        ]), "Also serve MQTT over WebSocket (subprotocol `mqtt`)."),
+        ConfigField("authentication", .string, "Who checks clients: the hub's device credentials, or the static `users` list.", default: #""hub""#, options: ["hub", "static"]),
+        ConfigField("users", .list(.object([
+            ConfigField("username", .string, "User name.", required: true),
+            ConfigField("password", .string, "Password.", required: true, secret: true),
+            ConfigField("tenant", .string, "Tenant the user's clients belong to.", default: #""default""#),
+            ConfigField("publish", .list(.string), "Topic filters the user may publish to (`%c` client id, `%u` user name).", default: "[]"),
+            ConfigField("subscribe", .list(.string), "Topic filters the user may subscribe to.", default: "[]"),
+        ])), "Static users (with `authentication: static`).", default: "[]"),
+        ConfigField("anonymous", .object([
+            ConfigField("tenant", .string, "Tenant of anonymous clients.", default: #""default""#),
+            ConfigField("publish", .list(.string), "Topic filters anonymous clients may publish to.", default: "[]"),
+            ConfigField("subscribe", .list(.string), "Topic filters anonymous clients may subscribe to.", default: "[]"),
+        ]), "Lets clients without a user name in, with these rights (with `authentication: static`)."),
+        ConfigField("max_packet_size", .byteSize, "Largest packet accepted from a client (announced to MQTT 5 clients).", default: "1048576", example: "1MiB"),
+        ConfigField("receive_maximum", .int, "QoS 1 and 2 publishes a client may have unacknowledged.", default: "1024"),
+        ConfigField("topic_alias_maximum", .int, "Topic aliases a client may use (MQTT 5); 0 turns them off.", default: "64"),
+        ConfigField("max_keep_alive", .duration, "Longest keep-alive allowed; MQTT 5 clients asking for more (or none) are told this one. 0: no limit.", default: "0", example: "5m"),
+        ConfigField("connect_timeout", .duration, "Close connections that send no CONNECT within this time.", default: "10", example: "10s"),
+        ConfigField("max_qos", .int, "Highest QoS accepted and granted.", default: "2"),
+        ConfigField("retain_available", .bool, "Keep retained messages.", default: "true"),
+        ConfigField("max_retained", .int, "Retained messages kept; more are not retained.", default: "100000"),
+        ConfigField("max_session_expiry", .duration, "Longest a session outlives its connection (MQTT 3.1.1 persistent sessions get this).", default: "604800", example: "7d"),
+        ConfigField("max_queued_messages", .int, "Messages kept per session for an offline or slow client.", default: "1000"),
+        ConfigField("queue_full_policy", .string, "When a session's queue is full: drop the new message or the oldest one (either is counted).", default: #""drop_new""#, options: ["drop_new", "drop_oldest"]),
+        ConfigField("queue_qos0", .bool, "Queue QoS 0 messages for offline clients too.", default: "false"),
+        ConfigField("max_pending_bytes", .byteSize, "Bytes waiting for a slow client beyond which its QoS 0 messages are dropped (counted).", default: "4194304", advanced: true),
+        ConfigField("sys_interval", .duration, "How often `$SYS/broker/...` statistics are published; 0 turns them off.", default: "10", example: "10s"),
+        ConfigField("command_topic", .string, "Topic for downlink messages without one.", default: #""devices/{device}/commands""#),
+        ConfigField("threads", .int, "Event-loop threads; 0 means one per core.", default: "0", advanced: true),
+    ]
+
+    let config: Config
+    let host: PluginHost
+    let hubLink: PluginHubLink
+    let limits: ServerLimits
+    private let brokerConfig: BrokerConfig
+    private var group: MultiThreadedEventLoopGroup?
+    private(set) var broker: Broker?
+    private var channels: [Channel] = []
+    private let sslContext: NIOSSLContext?
+    private var sysTask: RepeatedTask?
+
+    init(config: Config, host: PluginHost) throws {
+        self.config = config
+        self.host = host
+        guard let mode = PluginHubLink.Mode(rawValue: config.authentication) else { throw PluginError("authentication must be hub or static") }
+        if mode == .hub, !config.users.isEmpty || config.anonymous != nil {
+            throw PluginError("users and anonymous apply with authentication: static")
+        }
+        hubLink = try PluginHubLink(host: host, mode: mode, users: config.users, anonymous: config.anonymous)
+        guard (0...2).contains(config.max_qos) else { throw PluginError("max_qos must be 0, 1 or 2") }
+        guard (1...65535).contains(config.receive_maximum) else { throw PluginError("receive_maximum must be 1 to 65535") }
+        guard (0...65535).contains(config.topic_alias_maximum) else { throw PluginError("topic_alias_maximum must be 0 to 65535") }
+        guard (64...268_435_455).contains(config.max_packet_size) else { throw PluginError("max_packet_size must be 64 B to 256 MiB") }
+        guard config.max_queued_messages >= 0 else { throw PluginError("max_queued_messages must not be negative") }
+        guard let policy = QueueFullPolicy(rawValue: config.queue_full_policy) else { throw PluginError("queue_full_policy must be drop_new or drop_oldest") }
+        guard config.connect_timeout > 0 else { throw PluginError("connect_timeout must be positive") }
+        guard (0...65535).contains(config.max_keep_alive) else { throw PluginError("max_keep_alive must be at most 65535 s") }
+        guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
+        for address in [config.listen, config.tls?.listen, config.websocket?.listen].compactMap({ $0 }) where !address.isEmpty {
+            guard HostPort(address) != nil else { throw PluginError("listen address '\(address)' should be HOST:PORT") }
+        }
+        guard !config.listen.isEmpty || config.tls != nil || config.websocket != nil else { throw PluginError("nothing to listen on: set listen, tls or websocket") }
+
+        var limits = ServerLimits()
+        limits.receiveMaximum = UInt16(config.receive_maximum)
+        limits.maximumPacketSize = config.max_packet_size
+        limits.topicAliasMaximum = UInt16(config.topic_alias_maximum)
+        limits.maximumKeepAlive = UInt16(config.max_keep_alive)
+        self.limits = limits
+        var b = BrokerConfig()
+        b.maximumQoS = UInt8(config.max_qos)
+        b.retainAvailable = config.retain_available
+        b.maximumRetained = config.max_retained
+        b.maximumSessionExpiry = UInt32(min(max(config.max_session_expiry, 0), Double(UInt32.max)))
+        b.session = SessionLimits(maxQueued: config.max_queued_messages, policy: policy, queueQoS0: config.queue_qos0)
+        brokerConfig = b
+
+        if let tls = config.tls {
+            do {
+                var c = TLSConfiguration.makeServerConfiguration(
+                    certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificate_file).map { .certificate($0) },
+                    privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key_file, format: .pem)))
+                if let ca = tls.client_ca_file {
+                    c.trustRoots = .file(ca)
+                    c.certificateVerification = .noHostnameVerification
+                }
+                sslContext = try NIOSSLContext(configuration: c)
+            } catch {
+                throw PluginError("TLS setup failed: \(error)")
+            }
+        } else {
+            sslContext = nil
+        }
+    }
+
+    func start() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.threads > 0 ? config.threads : System.coreCount)
+        self.group = group
+        let broker = Broker(config: brokerConfig, timers: group.next())
+        self.broker = broker
+        do {
+            if !config.listen.isEmpty { channels.append(try bind(config.listen, group: group, broker: broker, transport: .tcp)) }
+            if let tls = config.tls, let ssl = sslContext { channels.append(try bind(tls.listen, group: group, broker: broker, transport: .tls(ssl))) }
+            if let ws = config.websocket { channels.append(try bind(ws.listen, group: group, broker: broker, transport: .webSocket(path: ws.path ?? "/mqtt"))) }
+        } catch {
+            stop()
+            throw error
+        }
+        if config.sys_interval > 0 {
+            broker.publishStatistics(version: pluginVersion)
+            sysTask = group.next().scheduleRepeatedTask(initialDelay: .milliseconds(Int64(config.sys_interval * 1000)),
+                                                        delay: .milliseconds(Int64(config.sys_interval * 1000))) { _ in
+                broker.publishStatistics(version: pluginVersion)
+            }
+        }
+        let addresses = channels.compactMap { $0.localAddress.map { "\($0)" } }.joined(separator: ", ")
+        host.log(.info, "mqtt server listening on \(addresses)")
+    }
+
+    enum Transport {
+        case tcp
+        case tls(NIOSSLContext)
+        case webSocket(path: String)
+    }
+
+    private func bind(_ listen: String, group: EventLoopGroup, broker: Broker, transport: Transport) throws -> Channel {
+        let address = HostPort(listen)!
+        let source = self
+        do {
+            return try ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 1024)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
+                .childChannelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        let ops = channel.pipeline.syncOperations
+                        switch transport {
+                        case .tcp:
+                            try source.addMQTTHandlers(ops, channel: channel, broker: broker)
+                        case .tls(let ssl):
+                            try ops.addHandler(NIOSSLServerHandler(context: ssl))
+                            try source.addMQTTHandlers(ops, channel: channel, broker: broker)
+                        case .webSocket(let path):
+                            try WebSocketTransport.configure(channel: channel, path: path) { ch in
+                                try source.addMQTTHandlers(ch.pipeline.syncOperations, channel: ch, broker: broker)
+                            }
+                        }
+                    }
+                }
+                .bind(host: address.host, port: address.port).wait()
+        } catch {
+            throw PluginError("cannot listen on \(listen): \(error)")
+        }
+    }
+
+    func addMQTTHandlers(_ ops: ChannelPipeline.SynchronousOperations, channel: Channel, broker: Broker) throws {
+        try ops.addHandler(ByteToMessageHandler(MQTTPacketDecoder(limits: MQTTDecoderLimits(maximumPacketSize: config.max_packet_size))))
+        try ops.addHandler(MQTTServerHandler(broker: broker, hub: hubLink, limits: limits, connectTimeout: config.connect_timeout,
+                                             maxPendingBytes: config.max_pending_bytes))
+    }
+
+    /// The ports actually bound, in the order TCP, TLS, WebSocket (for listen addresses with port 0).
+    var boundPorts: [Int] { channels.compactMap { $0.localAddress?.port } }
+
+    func stop() {
+        sysTask?.cancel()
+        sysTask = nil
+        for c in channels { try? c.close().wait() }
+        channels = []
+        try? group?.syncShutdownGracefully()
+        group = nil
+    }
+
+    func downlink(_ message: Message, ack: Ack) -> Bool {
+        guard let broker else { return false }
+        let topic = config.command_topic.replacingOccurrences(of: "{device}", with: message.device)
+        let m = BrokerMessage(message, defaultTopic: topic)
+        guard !m.topic.isEmpty, !m.topic.contains("+"), !m.topic.contains("#") else {
+            ack.reject("'\(m.topic)' is not a topic name")
+            return true
+        }
+        if broker.publish(m, from: nil) > 0 { ack.succeed() } else { ack.reject("no MQTT client is subscribed to \(m.topic)") }
+        return true
+    }
+}
+
+struct HostPort {
+    var host: String
+    var port: Int
+    init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var h = String(text[..<colon])
+        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
+        host = h.isEmpty ? "0.0.0.0" : h
+        self.port = port
+    }
+}
