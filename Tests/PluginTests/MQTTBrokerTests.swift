@@ -1,0 +1,478 @@
+import MQTTBroker
+import MQTTCodec
+import NIOCore
+import NIOEmbedded
+import Testing
+
+/// The server's protocol logic without sockets: each test drives `ServerConnection`s as clients would.
+@Suite struct MQTTBrokerTests {
+    let loop = EmbeddedEventLoop()
+    let hub = MemoryHub()
+    var broker: Broker
+
+    init() { broker = Broker(config: BrokerConfig(), timers: loop) }
+
+    func payload(_ p: MQTTPublish) -> String { String(buffer: p.payload) }
+
+    // MARK: - Topics
+
+    @Test func topicFilters() {
+        #expect(Topics.isValidFilter("a/+/c"))
+        #expect(Topics.isValidFilter("#"))
+        #expect(Topics.isValidFilter("+"))
+        #expect(Topics.isValidFilter("a//b"))
+        #expect(!Topics.isValidFilter("a/#/c"))
+        #expect(!Topics.isValidFilter("a+"))
+        #expect(!Topics.isValidFilter("a/b#"))
+        #expect(!Topics.isValidFilter(""))
+        #expect(Topics.matches(topic: "a/b/c", filter: "a/+/c"))
+        #expect(Topics.matches(topic: "a", filter: "a/#"))
+        #expect(Topics.matches(topic: "a/b", filter: "#"))
+        #expect(Topics.matches(topic: "/x", filter: "+/x"))
+        #expect(!Topics.matches(topic: "a/b/c", filter: "a/+"))
+        #expect(!Topics.matches(topic: "$SYS/x", filter: "#"))
+        #expect(!Topics.matches(topic: "$SYS/x", filter: "+/x"))
+        #expect(Topics.matches(topic: "$SYS/x", filter: "$SYS/#"))
+        #expect(Topics.covers("a/#", "a/+/c"))
+        #expect(Topics.covers("a/+", "a/b"))
+        #expect(!Topics.covers("a/+", "a/#"))
+        #expect(!Topics.covers("a/b", "a/+"))
+        #expect(SharedFilter("$share/g/a/+") == SharedFilter("$share/g/a/+"))
+        #expect(SharedFilter("$share/g/a/+")?.filter == "a/+")
+        #expect(SharedFilter("$share//a") == nil)
+        #expect(SharedFilter("$share/g") == nil)
+    }
+
+    // MARK: - CONNECT
+
+    @Test func connackAnnouncesLimitsAndAssignsAnIdentifier() throws {
+        let c = TestClient(broker, hub)
+        let ack = try #require(c.connect(""))
+        #expect(ack.reasonCode == 0)
+        #expect(ack.properties.string(MQTTProperty.assignedClientIdentifier)?.hasPrefix("iotc-") == true)
+        #expect(ack.properties.integer(MQTTProperty.receiveMaximum) == 1024)
+        #expect(ack.properties.integer(MQTTProperty.topicAliasMaximum) == 64)
+        #expect(c.keepAlive == 90)
+        #expect(hub.connectedClients.count == 1)
+    }
+
+    @Test func refusesBadCredentialsAndEmptyPersistentIdentifiers() {
+        let v5 = TestClient(broker, hub)
+        #expect(v5.connect("x", password: "bad")?.reasonCode == MQTTReason.badUsernameOrPassword)
+        #expect(v5.closed)
+        let v3 = TestClient(broker, hub, version: .v311)
+        #expect(v3.connect("x", password: "bad")?.reasonCode == 0x04)
+        let v3empty = TestClient(broker, hub, version: .v311)
+        #expect(v3empty.connect("", clean: false)?.reasonCode == 0x02)
+        #expect(v3empty.closed)
+    }
+
+    @Test func serverKeepAliveCapsTheClients() {
+        var limits = ServerLimits()
+        limits.maximumKeepAlive = 30
+        let c = TestClient(broker, hub, limits: limits)
+        let ack = c.connect("k", keepAlive: 0)
+        #expect(ack?.properties.integer(MQTTProperty.serverKeepAlive) == 30)
+        #expect(c.keepAlive == 45)
+    }
+
+    @Test func secondConnectAndEnhancedAuthAreRefused() {
+        let c = TestClient(broker, hub)
+        c.connect("a")
+        c.send(.connect(MQTTConnect(version: .v5, clientID: "a")))
+        guard case .disconnect(let code, _)? = c.read().first else { Issue.record("no DISCONNECT"); return }
+        #expect(code == MQTTReason.protocolError)
+        #expect(c.closed)
+        let d = TestClient(broker, hub)
+        #expect(d.connect("b", properties: [.string(MQTTProperty.authenticationMethod, "SCRAM-SHA-1")])?.reasonCode == MQTTReason.badAuthenticationMethod)
+    }
+
+    @Test func publishBeforeConnectCloses() {
+        let c = TestClient(broker, hub)
+        c.connection.receive(.publish(MQTTPublish(topic: "a", payload: [1])))
+        #expect(c.closed)
+        #expect(c.read().isEmpty)
+    }
+
+    // MARK: - Publish and subscribe
+
+    @Test func qos0And1RouteBetweenClientsAndIntoTheHub() throws {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("sub")
+        pub.connect("pub")
+        #expect(sub.subscribe("s/+/t", qos: 1) == [1])
+        pub.send(.publish(MQTTPublish(topic: "s/1/t", payload: Array("zero".utf8))))
+        pub.send(.publish(MQTTPublish(topic: "s/2/t", payload: Array("one".utf8), qos: 1, packetID: 10)))
+        #expect(pub.read() == [.puback(MQTTPacketAck(packetID: 10))])
+        let got = sub.publishes()
+        #expect(got.map(payload) == ["zero", "one"])
+        #expect(got[0].qos == 0 && got[1].qos == 1)
+        #expect(hub.submitted.map(\.topic) == ["s/1/t", "s/2/t"])
+        // Not acknowledged yet: sent again with DUP after a reconnect (below, in sessions).
+        #expect(broker.session("sub")?.inflightCount == 1)
+        sub.send(.puback(MQTTPacketAck(packetID: got[1].packetID!)))
+        #expect(broker.session("sub")?.inflightCount == 0)
+    }
+
+    @Test func qos2IsExactlyOnceAcrossARetransmission() throws {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("sub")
+        pub.connect("pub", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 60)])
+        _ = sub.subscribe("q2", qos: 2)
+        pub.send(.publish(MQTTPublish(topic: "q2", payload: [1], qos: 2, packetID: 5)))
+        #expect(pub.read() == [.pubrec(MQTTPacketAck(packetID: 5))])
+        // The client did not see PUBREC, reconnects and sends the PUBLISH again with DUP.
+        pub.connection.transportClosed(reason: "test")
+        let again = TestClient(broker, hub)
+        #expect(again.connect("pub", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 60)])?.sessionPresent == true)
+        again.send(.publish(MQTTPublish(topic: "q2", payload: [1], qos: 2, duplicate: true, packetID: 5)))
+        #expect(again.read() == [.pubrec(MQTTPacketAck(packetID: 5))])
+        again.send(.pubrel(MQTTPacketAck(packetID: 5)))
+        #expect(again.read() == [.pubcomp(MQTTPacketAck(packetID: 5))])
+        // Delivered once to the subscriber and once to the hub.
+        let got = sub.publishes()
+        #expect(got.count == 1)
+        #expect(hub.submitted.count == 1)
+        // Outbound QoS 2: PUBREC from the subscriber gets PUBREL, PUBCOMP ends it.
+        let id = try #require(got.first?.packetID)
+        sub.send(.pubrec(MQTTPacketAck(packetID: id)))
+        #expect(sub.read() == [.pubrel(MQTTPacketAck(packetID: id))])
+        sub.send(.pubcomp(MQTTPacketAck(packetID: id)))
+        #expect(broker.session("sub")?.inflightCount == 0)
+        // PUBREL for an unknown id: PUBCOMP with 0x92.
+        again.send(.pubrel(MQTTPacketAck(packetID: 77)))
+        #expect(again.read() == [.pubcomp(MQTTPacketAck(packetID: 77, reasonCode: MQTTReason.packetIdentifierNotFound))])
+    }
+
+    @Test func overlappingSubscriptionsDeliverOnceAtTheHighestQoSWithEveryIdentifier() throws {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("sub")
+        pub.connect("pub")
+        _ = sub.subscribe("a/#", qos: 0, id: 1, identifier: 7)
+        _ = sub.subscribe("a/+", qos: 2, id: 2, identifier: 9)
+        pub.send(.publish(MQTTPublish(topic: "a/b", payload: [1], qos: 2, packetID: 1)))
+        let got = sub.publishes()
+        #expect(got.count == 1)
+        #expect(got.first?.qos == 2)
+        let ids = got.first?.properties.compactMap { p -> UInt32? in
+            if case .varInt(MQTTProperty.subscriptionIdentifier, let v) = p { return v } else { return nil }
+        }
+        #expect(Set(ids ?? []) == [7, 9])
+    }
+
+    @Test func noLocalAndRetainAsPublished() {
+        let c = TestClient(broker, hub), other = TestClient(broker, hub)
+        c.connect("c")
+        other.connect("o")
+        _ = c.subscribe("n", options: MQTTSubscriptionOptions(qos: 0, noLocal: true))
+        _ = other.subscribe("n", options: MQTTSubscriptionOptions(qos: 0, retainAsPublished: true))
+        c.send(.publish(MQTTPublish(topic: "n", payload: [1], retain: true)))
+        #expect(c.publishes().isEmpty)
+        #expect(other.publishes().first?.retain == true)
+        // Without retain-as-published a live message is delivered with RETAIN 0.
+        let plain = TestClient(broker, hub)
+        plain.connect("p")
+        _ = plain.subscribe("n2", qos: 0)
+        c.send(.publish(MQTTPublish(topic: "n2", payload: [1], retain: true)))
+        #expect(plain.publishes().first?.retain == false)
+    }
+
+    @Test func retainedMessagesFollowRetainHandling() {
+        let pub = TestClient(broker, hub)
+        pub.connect("pub")
+        pub.send(.publish(MQTTPublish(topic: "r/1", payload: Array("one".utf8), qos: 1, retain: true, packetID: 1)))
+        pub.send(.publish(MQTTPublish(topic: "r/2", payload: Array("two".utf8), retain: true)))
+        let s = TestClient(broker, hub)
+        s.connect("s")
+        _ = s.subscribe("r/#", qos: 1)
+        let got = s.publishes()
+        #expect(Set(got.map(payload)) == ["one", "two"])
+        #expect(got.allSatisfy { $0.retain })
+        // Handling 1: only for a new subscription; 2: never.
+        _ = s.subscribe("r/#", options: MQTTSubscriptionOptions(qos: 1, retainHandling: 1))
+        #expect(s.publishes().isEmpty)
+        _ = s.subscribe("r/+", options: MQTTSubscriptionOptions(qos: 1, retainHandling: 2))
+        #expect(s.publishes().isEmpty)
+        // An empty retained payload deletes.
+        pub.send(.publish(MQTTPublish(topic: "r/1", payload: [], retain: true)))
+        #expect(broker.retainedCount == 1)
+    }
+
+    @Test func sharedSubscriptionsTakeTurns() {
+        let a = TestClient(broker, hub), b = TestClient(broker, hub), pub = TestClient(broker, hub)
+        a.connect("a")
+        b.connect("b")
+        pub.connect("pub")
+        #expect(a.subscribe("$share/g/jobs/#") == [1])
+        #expect(b.subscribe("$share/g/jobs/#") == [1])
+        for i in 0..<10 { pub.send(.publish(MQTTPublish(topic: "jobs/\(i)", payload: [UInt8(i)]))) }
+        let ga = a.publishes().count, gb = b.publishes().count
+        #expect(ga == 5 && gb == 5)
+        // No-local on a shared subscription is a protocol error.
+        a.send(.subscribe(MQTTSubscribe(packetID: 3, filters: [("$share/g/x", MQTTSubscriptionOptions(qos: 0, noLocal: true))])))
+        #expect(a.closed)
+    }
+
+    @Test func invalidAndUnauthorizedFiltersGetReasonCodes() {
+        hub.denySubscribe = ["secret/#"]
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        #expect(c.subscribe("a/#/b") == [MQTTReason.topicFilterInvalid])
+        #expect(c.subscribe("secret/#") == [MQTTReason.notAuthorized])
+        #expect(c.subscribe("$share/g") == [MQTTReason.topicFilterInvalid])
+        let v3 = TestClient(broker, hub, version: .v311)
+        v3.connect("v3")
+        #expect(v3.subscribe("secret/#") == [0x80])
+    }
+
+    @Test func unsubscribeReportsWhetherASubscriptionExisted() {
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        _ = c.subscribe("x/#")
+        c.send(.unsubscribe(MQTTUnsubscribe(packetID: 9, filters: ["x/#", "y"])))
+        #expect(c.read() == [.unsuback(MQTTSubAck(packetID: 9, reasonCodes: [0, MQTTReason.noSubscriptionExisted]))])
+        #expect(broker.subscriptionCount == 0)
+    }
+
+    @Test func unauthorizedPublishIsRefusedWithAReason() {
+        hub.denyPublish = ["no"]
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        c.send(.publish(MQTTPublish(topic: "no", payload: [1], qos: 1, packetID: 4)))
+        guard case .puback(let a)? = c.read().first else { Issue.record("no PUBACK"); return }
+        #expect(a.reasonCode == MQTTReason.notAuthorized)
+        #expect(hub.submitted.isEmpty)
+    }
+
+    @Test func noMatchingSubscribersWhenNothingTakesTheMessage() {
+        hub.routes = false
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        c.send(.publish(MQTTPublish(topic: "nobody", payload: [1], qos: 1, packetID: 4)))
+        #expect(c.read() == [.puback(MQTTPacketAck(packetID: 4, reasonCode: MQTTReason.noMatchingSubscribers))])
+    }
+
+    @Test func payloadFormatIndicatorIsChecked() {
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        c.send(.publish(MQTTPublish(topic: "t", payload: [0xFF, 0xFE], qos: 1, packetID: 4, properties: [.byte(MQTTProperty.payloadFormatIndicator, 1)])))
+        guard case .puback(let a)? = c.read().first else { Issue.record("no PUBACK"); return }
+        #expect(a.reasonCode == MQTTReason.payloadFormatInvalid)
+    }
+
+    @Test func propertiesTravelEndToEnd() throws {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("sub")
+        pub.connect("pub")
+        _ = sub.subscribe("p", qos: 1)
+        let props: [MQTTProperty] = [
+            .byte(MQTTProperty.payloadFormatIndicator, 1), .string(MQTTProperty.contentType, "application/json"),
+            .string(MQTTProperty.responseTopic, "reply/here"), .binary(MQTTProperty.correlationData, [1, 2, 3]),
+            .userProperty("site", "north"), .userProperty("site", "south"), .fourByte(MQTTProperty.messageExpiryInterval, 100),
+        ]
+        pub.send(.publish(MQTTPublish(topic: "p", payload: Array("{}".utf8), qos: 1, packetID: 1, properties: props)))
+        let got = try #require(sub.publishes().first)
+        for p in props.dropLast() { #expect(got.properties.contains(p)) }
+        #expect((got.properties.integer(MQTTProperty.messageExpiryInterval) ?? 0) <= 100)
+        #expect(hub.submitted.first?.properties.count == 6)
+    }
+
+    // MARK: - Flow control
+
+    @Test func topicAliasesBothWays() throws {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("sub", properties: [.twoByte(MQTTProperty.topicAliasMaximum, 2)])
+        pub.connect("pub")
+        _ = sub.subscribe("long/topic/name", qos: 0)
+        // Inbound: alias 1 set with the topic, then used alone.
+        pub.send(.publish(MQTTPublish(topic: "long/topic/name", payload: [1], properties: [.twoByte(MQTTProperty.topicAlias, 1)])))
+        pub.send(.publish(MQTTPublish(topic: "", payload: [2], properties: [.twoByte(MQTTProperty.topicAlias, 1)])))
+        #expect(hub.submitted.map(\.topic) == ["long/topic/name", "long/topic/name"])
+        // Outbound: the first carries the topic and alias, the second only the alias.
+        let got = sub.publishes()
+        #expect(got.count == 2)
+        #expect(got[0].topic == "long/topic/name" && got[0].properties.integer(MQTTProperty.topicAlias) == 1)
+        #expect(got[1].topic == "" && got[1].properties.integer(MQTTProperty.topicAlias) == 1)
+        // An alias over the maximum, or an unknown one, is a protocol error.
+        pub.send(.publish(MQTTPublish(topic: "", payload: [3], properties: [.twoByte(MQTTProperty.topicAlias, 9)])))
+        guard case .disconnect(let code, _)? = pub.read().first else { Issue.record("no DISCONNECT"); return }
+        #expect(code == MQTTReason.protocolError)
+    }
+
+    @Test func receiveMaximumBothWays() {
+        var limits = ServerLimits()
+        limits.receiveMaximum = 2
+        hub.holdCompletions = true
+        let pub = TestClient(broker, hub, limits: limits)
+        pub.connect("pub")
+        pub.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 1)))
+        pub.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 2)))
+        #expect(pub.read().isEmpty)
+        pub.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 3)))
+        guard case .disconnect(let code, _)? = pub.read().first else { Issue.record("no DISCONNECT"); return }
+        #expect(code == MQTTReason.receiveMaximumExceeded)
+        hub.holdCompletions = false
+
+        // Outbound: the client's Receive Maximum of 1 keeps one message in flight, the rest queued.
+        let sub = TestClient(broker, hub), src = TestClient(broker, hub)
+        sub.connect("sub", properties: [.twoByte(MQTTProperty.receiveMaximum, 1)])
+        src.connect("src")
+        _ = sub.subscribe("w", qos: 1)
+        for i in 0..<3 { src.send(.publish(MQTTPublish(topic: "w", payload: [UInt8(i)], qos: 1, packetID: UInt16(i + 1)))) }
+        var got = sub.publishes()
+        #expect(got.count == 1)
+        sub.send(.puback(MQTTPacketAck(packetID: got[0].packetID!)))
+        got = sub.publishes()
+        #expect(got.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1])
+    }
+
+    @Test func acknowledgementsFollowArrivalOrder() {
+        hub.holdCompletions = true
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        c.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 1)))
+        c.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 2, packetID: 2)))
+        #expect(c.read().isEmpty)
+        hub.completeAll()
+        #expect(c.read() == [.puback(MQTTPacketAck(packetID: 1)), .pubrec(MQTTPacketAck(packetID: 2))])
+    }
+
+    @Test func maximumPacketSizeOfTheClientIsRespected() {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("sub", properties: [.fourByte(MQTTProperty.maximumPacketSize, 64)])
+        pub.connect("pub")
+        _ = sub.subscribe("big", qos: 1)
+        pub.send(.publish(MQTTPublish(topic: "big", payload: [UInt8](repeating: 7, count: 100), qos: 1, packetID: 1)))
+        pub.send(.publish(MQTTPublish(topic: "big", payload: [1], qos: 1, packetID: 2)))
+        #expect(sub.publishes().map(\.payload.readableBytes) == [1])
+    }
+
+    @Test func backpressureStopsReadingAndHoldsThePacket() {
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        hub.busy = true
+        c.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 1)))
+        c.send(.publish(MQTTPublish(topic: "t", payload: [2], qos: 1, packetID: 2)))
+        #expect(c.paused)
+        #expect(c.retries == 1)
+        #expect(c.read().isEmpty)
+        c.connection.retryStalled()
+        #expect(c.paused)
+        hub.busy = false
+        c.connection.retryStalled()
+        #expect(!c.paused)
+        #expect(c.read() == [.puback(MQTTPacketAck(packetID: 1)), .puback(MQTTPacketAck(packetID: 2))])
+        #expect(hub.submitted.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2])
+    }
+
+    // MARK: - Sessions and wills
+
+    @Test func persistentSessionQueuesWhileOfflineAndResendsInFlight() throws {
+        let sub = TestClient(broker, hub, version: .v311), pub = TestClient(broker, hub)
+        sub.connect("dev", clean: false)
+        pub.connect("pub")
+        _ = sub.subscribe("cmd", qos: 1)
+        pub.send(.publish(MQTTPublish(topic: "cmd", payload: [1], qos: 1, packetID: 1)))
+        let first = try #require(sub.publishes().first)
+        sub.connection.transportClosed(reason: "gone")
+        pub.send(.publish(MQTTPublish(topic: "cmd", payload: [2], qos: 1, packetID: 2)))
+        pub.send(.publish(MQTTPublish(topic: "cmd", payload: [3], qos: 0)))
+        #expect(broker.session("dev")?.queuedCount == 1)
+        let back = TestClient(broker, hub, version: .v311)
+        #expect(back.connect("dev", clean: false)?.sessionPresent == true)
+        let got = back.publishes()
+        #expect(got.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2])
+        #expect(got[0].duplicate && got[0].packetID == first.packetID)
+        // A clean start drops the session.
+        let fresh = TestClient(broker, hub, version: .v311)
+        #expect(fresh.connect("dev", clean: true)?.sessionPresent == false)
+        #expect(back.closed)
+    }
+
+    @Test func queueBoundFollowsItsPolicy() {
+        var config = BrokerConfig()
+        config.session = SessionLimits(maxQueued: 2, policy: .dropOldest)
+        let broker = Broker(config: config, timers: loop)
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("s", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 100)])
+        pub.connect("p")
+        _ = sub.subscribe("q", qos: 1)
+        sub.connection.transportClosed(reason: "gone")
+        for i in 1...4 { pub.send(.publish(MQTTPublish(topic: "q", payload: [UInt8(i)], qos: 1, packetID: UInt16(i)))) }
+        #expect(broker.counters.dropped.value == 2)
+        let back = TestClient(broker, hub)
+        back.connect("s", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 100)])
+        #expect(back.publishes().map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [3, 4])
+    }
+
+    @Test func sessionExpires() {
+        let c = TestClient(broker, hub)
+        c.connect("e", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 5)])
+        _ = c.subscribe("x")
+        c.connection.transportClosed(reason: "gone")
+        #expect(broker.session("e") != nil)
+        loop.advanceTime(by: .seconds(6))
+        #expect(broker.session("e") == nil)
+        #expect(broker.subscriptionCount == 0)
+    }
+
+    @Test func willIsPublishedOnAbnormalCloseOnlyAndAfterItsDelay() {
+        let watcher = TestClient(broker, hub)
+        watcher.connect("w")
+        _ = watcher.subscribe("wills/#", qos: 1)
+        // Normal DISCONNECT: no will.
+        let polite = TestClient(broker, hub)
+        polite.connect("polite", will: MQTTWill(topic: "wills/polite", payload: ByteBuffer(string: "x")))
+        polite.send(.disconnect(reasonCode: 0, properties: []))
+        #expect(watcher.publishes().isEmpty)
+        // Dropped connection: the will at once.
+        let rude = TestClient(broker, hub)
+        rude.connect("rude", will: MQTTWill(topic: "wills/rude", payload: ByteBuffer(string: "gone"), qos: 1))
+        rude.connection.transportClosed(reason: "reset")
+        #expect(watcher.publishes().map(\.topic) == ["wills/rude"])
+        // DISCONNECT with reason 0x04 sends the will.
+        let asks = TestClient(broker, hub)
+        asks.connect("asks", will: MQTTWill(topic: "wills/asks", payload: ByteBuffer(string: "x")))
+        asks.send(.disconnect(reasonCode: MQTTReason.disconnectWithWill, properties: []))
+        #expect(watcher.publishes().map(\.topic) == ["wills/asks"])
+        // Will delay: published after the delay; a reconnect within it cancels the will.
+        let delayed = [MQTTProperty.fourByte(MQTTProperty.willDelayInterval, 5)]
+        let session = [MQTTProperty.fourByte(MQTTProperty.sessionExpiryInterval, 60)]
+        let d = TestClient(broker, hub)
+        d.connect("d", clean: false, will: MQTTWill(topic: "wills/d", payload: ByteBuffer(string: "x"), properties: delayed), properties: session)
+        d.connection.transportClosed(reason: "reset")
+        loop.advanceTime(by: .seconds(3))
+        #expect(watcher.publishes().isEmpty)
+        loop.advanceTime(by: .seconds(3))
+        #expect(watcher.publishes().map(\.topic) == ["wills/d"])
+        let e = TestClient(broker, hub)
+        e.connect("e", clean: false, will: MQTTWill(topic: "wills/e", payload: ByteBuffer(string: "x"), properties: delayed), properties: session)
+        e.connection.transportClosed(reason: "reset")
+        loop.advanceTime(by: .seconds(2))
+        TestClient(broker, hub).connect("e", clean: false, properties: session)
+        loop.advanceTime(by: .seconds(10))
+        #expect(watcher.publishes().isEmpty)
+    }
+
+    @Test func takeoverDisconnectsTheOldConnection() {
+        let first = TestClient(broker, hub)
+        first.connect("same")
+        let second = TestClient(broker, hub)
+        #expect(second.connect("same")?.reasonCode == 0)
+        #expect(broker.sessionCount == 1)
+        #expect(broker.counters.connected.value == 1)
+    }
+
+    @Test func sysTopicsPublishStatistics() {
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        _ = c.subscribe("$SYS/broker/clients/connected", qos: 0)
+        broker.publishStatistics(version: "test")
+        #expect(c.publishes().map(payload) == ["1"])
+        let wild = TestClient(broker, hub)
+        wild.connect("w")
+        _ = wild.subscribe("#", qos: 0)
+        broker.publishStatistics(version: "test")
+        #expect(wild.publishes().isEmpty)
+    }
+}
