@@ -28,6 +28,22 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Python test peers (paho-mqtt, aiomqtt) in a virtualenv beside the package, for `make test`.
+if [ "${1:-run}" = test ]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  req="$root/Tests/Support/requirements.txt"
+  if [ ! -x "$root/.venv/bin/python" ] || ! cmp -s "$req" "$root/.venv/requirements.txt"; then
+    echo "setting up the Python test peers in .venv"
+    if ! python3 -m venv "$root/.venv" 2>/dev/null; then
+      sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+      python3 -m venv "$root/.venv"
+    fi
+    "$root/.venv/bin/pip" install -q -r "$req"
+    cp "$req" "$root/.venv/requirements.txt"
+  fi
+fi
+
 if ! command -v swift >/dev/null 2>&1; then
   echo "Swift 6.1 or newer is needed (https://www.swift.org/install/); this machine has none on PATH." >&2
   exit 1

@@ -1,0 +1,159 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The `mqtt` source with real clients on loopback: paho-mqtt (3.1.1 and 5.0), aiomqtt, a byte-level
+/// client (Tests/Support/mqtt_peers.py), and mosquitto_pub/mosquitto_sub.
+@Suite struct MQTTServerTests {
+    /// A hub with the MQTT server on TCP, TLS and WebSocket, a static user, and a pipeline for `plant/#`.
+    final class Server {
+        let dir = TempDir()
+        let tcp = freePort(), tls = freePort(), ws = freePort()
+        let hub: Hub
+
+        init(extra: String = "", pipelines: String? = nil) throws {
+            let (code, out) = try run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                                       "-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1",
+                                                       "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            #expect(code == 0, "openssl: \(out)")
+            hub = try makeHub(dir)
+            try hub.start(try loadConfig("""
+                sources:
+                  devices:
+                    plugin: mqtt
+                    listen: "127.0.0.1:\(tcp)"
+                    tls: { listen: "127.0.0.1:\(tls)", certificate_file: "\(dir.path)/cert.pem", key_file: "\(dir.path)/key.pem" }
+                    websocket: { listen: "127.0.0.1:\(ws)" }
+                    authentication: static
+                    users: [ { username: alice, password: secret, publish: [ "alice/#" ], subscribe: [ "alice/#" ] } ]
+                    anonymous: { publish: [ "#" ], subscribe: [ "#", "$SYS/#" ] }
+                    connect_timeout: 1s
+                    max_packet_size: 4KiB
+                    sys_interval: 1s
+                \(extra)
+                sinks:
+                  out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+                pipelines:
+                \(pipelines ?? """
+                  plant:
+                    from: [ "devices:plant/#" ]
+                    steps: [ { decode: json } ]
+                    to: [ out ]
+                """)
+                """))
+            #expect(waitForPort(tcp) && waitForPort(tls) && waitForPort(ws))
+        }
+
+        deinit { hub.stop() }
+
+        func peers(_ scenario: String) throws -> (Int32, String) {
+            let python = Build.packageRoot + "/.venv/bin/python"
+            guard FileManager.default.isExecutableFile(atPath: python) else {
+                return (-1, "no test virtualenv at .venv: run scripts/install-deps.sh test")
+            }
+            return try run(python, [Build.packageRoot + "/Tests/Support/mqtt_peers.py", scenario, "127.0.0.1", "\(tcp)", "\(tls)", "\(ws)", dir.path + "/cert.pem"])
+        }
+
+        var output: [Value] { jsonLines(dir.path + "/out.jsonl") }
+    }
+
+    static let scenarios = [
+        "pubsub311", "pubsub5", "properties", "retained", "options", "shared", "will", "sessions311", "sessions5",
+        "qos2_reconnect", "topic_alias", "keepalive", "malformed", "sys", "websocket", "tls", "aiomqtt", "auth",
+    ]
+
+    @Test(arguments: scenarios)
+    func realClients(_ scenario: String) throws {
+        let server = try Server()
+        let (code, out) = try server.peers(scenario)
+        #expect(code == 0, "\(out)")
+    }
+
+    @Test func publishesEnterPipelinesWithTheirProperties() throws {
+        let server = try Server()
+        let (code, out) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", "mqttv5", "-i", "press-7",
+                                                   "-t", "plant/press-7/telemetry", "-q", "1", "-m", #"{"pressure":4.2}"#,
+                                                   "-D", "publish", "user-property", "line", "3",
+                                                   "-D", "publish", "content-type", "application/json",
+                                                   "-D", "publish", "response-topic", "plant/press-7/ack",
+                                                   "-D", "publish", "correlation-data", "c-1"])
+        #expect(code == 0, "\(out)")
+        #expect(eventually { server.output.count == 1 })
+        let m = try #require(server.output.first)
+        #expect(m["topic"] == "plant/press-7/telemetry")
+        #expect(m["device"] == "press-7")
+        #expect(m["payload"] == ["pressure": 4.2])
+        #expect(m["content_type"] == "application/json")
+        #expect(m["properties"]?["mqtt.user.line"] == "3")
+        #expect(m["properties"]?["mqtt.response_topic"] == "plant/press-7/ack")
+        #expect(m["properties"]?["mqtt.correlation_data"] == .string(Base64.encode(Array("c-1".utf8))))
+        #expect(m["properties"]?["mqtt.client_id"] == "press-7")
+        // A topic no pipeline reads is still routed between clients, and not written.
+        #expect(try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-t", "elsewhere/x", "-q", "1", "-m", "{}"]).0 == 0)
+        usleep(200_000)
+        #expect(server.output.count == 1)
+    }
+
+    @Test func mosquittoClientsInterwork() throws {
+        let server = try Server()
+        for version in ["mqttv311", "mqttv5"] {
+            let sub = try ChildProcess("/usr/bin/env", ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", version,
+                                                        "-t", "lab/+/temp", "-q", "2", "-v", "-C", "3"])
+            usleep(400_000)  // mosquitto_sub subscribes
+            for (i, q) in ["0", "1", "2"].enumerated() {
+                let r = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", version, "-t", "lab/\(i)/temp", "-q", q, "-m", "v\(i)"])
+                #expect(r.0 == 0, "\(r.1)")
+            }
+            #expect(eventually { sub.log.split(separator: "\n").count == 3 }, "mosquitto_sub \(version) got: \(sub.log)")
+            #expect(sub.log.split(separator: "\n").map(String.init) == ["lab/0/temp v0", "lab/1/temp v1", "lab/2/temp v2"])
+            sub.stop()
+        }
+    }
+
+    @Test func downlinkReachesASubscribedDevice() async throws {
+        let server = try Server()
+        let sub = try ChildProcess("/usr/bin/env", ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", "mqttv5",
+                                                    "-t", "devices/valve-2/commands", "-q", "1", "-C", "1", "-F", "%t %p %P"])
+        usleep(400_000)
+        let (code, reason) = await server.hub.sendDownlink(
+            Message(device: "valve-2", contentType: "application/json", payload: Array(#"{"open":true}"#.utf8), qos: 1,
+                    properties: [KeyValue("mqtt.user.origin", "api")]), source: "devices")
+        #expect(code == 0, "\(reason ?? "")")
+        #expect(eventually { sub.log.contains("devices/valve-2/commands") }, "mosquitto_sub got: \(sub.log)")
+        #expect(sub.log.contains(#"{"open":true}"#))
+        #expect(sub.log.contains("origin:api"))
+        // Nobody subscribed: the downlink is refused, not lost silently.
+        let (missing, why) = await server.hub.sendDownlink(Message(device: "nobody", payload: [1]), source: "devices")
+        #expect(missing != 0)
+        #expect(why?.contains("no MQTT client is subscribed") == true)
+        sub.stop()
+    }
+
+    @Test func fullPipelineStopsReadingWithoutLoss() throws {
+        // A one-message pipeline queue: the server must hold the publisher back (stop reading), never drop.
+        let server = try Server(pipelines: """
+              plant:
+                from: [ "devices:plant/#" ]
+                queue_size: 1
+                steps: [ { decode: json } ]
+                to: [ out ]
+            """)
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let script = """
+            import paho.mqtt.client as mqtt
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bulk", protocol=mqtt.MQTTv5)
+            c.connect("127.0.0.1", \(server.tcp)); c.loop_start()
+            infos = [c.publish("plant/bulk", '{"n":%d}' % i, qos=1) for i in range(2000)]
+            for i in infos: i.wait_for_publish(30)
+            assert all(i.is_published() for i in infos), "not every publish was acknowledged"
+            c.disconnect(); c.loop_stop()
+            """
+        let (code, out) = try run(python, ["-c", script])
+        #expect(code == 0, "\(out)")
+        #expect(eventually(timeout: 20) { server.output.count == 2000 }, "file has \(server.output.count)")
+        let ns = server.output.compactMap { $0["payload"]?["n"] }
+        #expect(Set(ns.map { "\($0)" }).count == 2000)
+    }
+}
