@@ -65,11 +65,10 @@ final class TestClient: ConnectionControl {
     init(_ broker: Broker, _ hub: MemoryHub, version: MQTTVersion = .v5, limits: ServerLimits = ServerLimits()) {
         self.version = version
         decoder = MQTTPacketDecoder(version: version)
-        let box = WeakClient()
-        let link = ClientLink(wake: {}, disconnect: { code in box.client?.connection.disconnect(reasonCode: code) })
+        let link = ClientLink()
         connection = ServerConnection(broker: broker, hub: hub, limits: limits, link: link, remoteAddress: "127.0.0.1:1")
         connection.control = self
-        box.client = self
+        link.owner = self
     }
 
     /// CONNECT; returns the CONNACK.
@@ -134,6 +133,7 @@ final class TestClient: ConnectionControl {
     func execute(_ body: @escaping @Sendable () -> Void) { tasks.append(body) }
 }
 
-final class WeakClient: @unchecked Sendable {
-    weak var client: TestClient?
+extension TestClient: ClientLinkOwner, @unchecked Sendable {
+    func linkHasPendingBytes() {}
+    func linkMustDisconnect(_ reasonCode: UInt8) { connection.disconnect(reasonCode: reasonCode) }
 }

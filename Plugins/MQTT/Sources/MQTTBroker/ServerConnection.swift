@@ -60,10 +60,10 @@ public final class ServerConnection: @unchecked Sendable {
         var reasonCode: UInt8 = 0
         var reason: String?
     }
-    private var owed = CircularBuffer<OwedAck>()
+    private var owed = CircularBuffer<OwedAck>(initialCapacity: 1)
     private var owedBase: UInt64 = 0
     /// Packets that arrived while the hub was full; reading is paused until they are taken.
-    private var stalled = CircularBuffer<MQTTPacket>()
+    private var stalled: [MQTTPacket] = []
     private var retryDelay = TimeAmount.milliseconds(2)
     private var readingPaused = false
     /// Publish authorization answers for this connection's topics.
@@ -377,7 +377,7 @@ public final class ServerConnection: @unchecked Sendable {
     // MARK: - Backpressure
 
     private func stall(_ packet: MQTTPacket) {
-        stalled.prepend(packet)
+        stalled.insert(packet, at: 0)
         pause()
         control?.retry(after: retryDelay)
         retryDelay = min(retryDelay * 2, .milliseconds(100))
@@ -387,7 +387,7 @@ public final class ServerConnection: @unchecked Sendable {
     public func retryStalled() {
         guard state == .connected else { return }
         let held = stalled
-        stalled.removeAll()
+        stalled = []
         var rest = held[...]
         while let p = rest.popFirst() {
             handle(p)

@@ -31,11 +31,20 @@ public struct BrokerMessage: Sendable {
     }
 }
 
+/// What a link asks of its connection. Both may be called on any thread.
+public protocol ClientLinkOwner: AnyObject, Sendable {
+    /// Call `takePending` on the connection's event loop and write what it returns.
+    func linkHasPendingBytes()
+    /// Send DISCONNECT with this reason code and close (another connection took the session over).
+    func linkMustDisconnect(_ reasonCode: UInt8)
+}
+
 /// The outbound side of one network connection: packets are encoded into one pending buffer that a
 /// single flush per event-loop turn writes out. Thread-safe; sessions on any thread write into it.
 public final class ClientLink: @unchecked Sendable {
     private let lock = NIOLock()
-    private var pending = ByteBuffer()
+    /// Encoded packets not yet handed to the socket; nil when there are none (idle links hold no buffer).
+    private var pending: ByteBuffer?
     private var flushScheduled = false
     private var writable = true
     private var aliases: [String: UInt16] = [:]
@@ -49,24 +58,22 @@ public final class ClientLink: @unchecked Sendable {
     var topicAliasMaximum: UInt16 = 0
     /// QoS 0 messages are dropped (and counted) while this many bytes wait for a slow client.
     let maxPendingBytes: Int
-    /// Asks the connection's event loop to call `takePending` and write.
-    private let wake: @Sendable () -> Void
-    /// Asks the connection to send DISCONNECT with this reason and close.
-    let disconnect: @Sendable (UInt8) -> Void
+    /// The connection (a weak reference: a link and its connection never keep each other alive).
+    public weak var owner: ClientLinkOwner?
 
-    public init(maxPendingBytes: Int = 4 << 20, wake: @escaping @Sendable () -> Void, disconnect: @escaping @Sendable (UInt8) -> Void) {
+    public init(maxPendingBytes: Int = 4 << 20) {
         self.maxPendingBytes = maxPendingBytes
-        self.wake = wake
-        self.disconnect = disconnect
     }
+
+    private func wake() { owner?.linkHasPendingBytes() }
+    func disconnect(_ reasonCode: UInt8) { owner?.linkMustDisconnect(reasonCode) }
 
     /// The bytes to write now, or nil. Called by the connection on its event loop.
     public func takePending() -> ByteBuffer? {
         lock.withLock {
             flushScheduled = false
-            guard writable, pending.readableBytes > 0 else { return nil }
-            let out = pending
-            pending = ByteBuffer()
+            guard writable, let out = pending, out.readableBytes > 0 else { return nil }
+            pending = nil
             return out
         }
     }
@@ -75,7 +82,7 @@ public final class ClientLink: @unchecked Sendable {
     public func setWritable(_ w: Bool) {
         let wakeNow: Bool = lock.withLock {
             writable = w
-            guard w, pending.readableBytes > 0, !flushScheduled else { return false }
+            guard w, (pending?.readableBytes ?? 0) > 0, !flushScheduled else { return false }
             flushScheduled = true
             return true
         }
@@ -83,7 +90,7 @@ public final class ClientLink: @unchecked Sendable {
     }
 
     /// Stops accepting bytes (the connection is closing).
-    func close() { lock.withLock { closing = true; pending.clear() } }
+    func close() { lock.withLock { closing = true; pending = nil } }
 
     /// Encodes a control packet.
     public func send(_ packet: MQTTPacket) {
@@ -95,7 +102,7 @@ public final class ClientLink: @unchecked Sendable {
     func sendPublish(_ m: BrokerMessage, qos: UInt8, retain: Bool, duplicate: Bool, packetID: UInt16,
                      identifiers: [UInt32], expiry: UInt32?) -> Bool {
         lock.lock()
-        if closing || (qos == 0 && pending.readableBytes > maxPendingBytes) {
+        if closing || (qos == 0 && (pending?.readableBytes ?? 0) > maxPendingBytes) {
             lock.unlock()
             return false
         }
@@ -120,8 +127,9 @@ public final class ClientLink: @unchecked Sendable {
             return false
         }
         if let newAlias { aliases[m.topic] = newAlias }
+        if pending == nil { pending = ByteBuffer() }
         MQTTPacketEncoder.writePublish(topic: topic, payload: m.payload, qos: qos, retain: retain, duplicate: duplicate,
-                                       packetID: packetID, properties: v5 ? m.properties : nil, extras: extras, into: &pending)
+                                       packetID: packetID, properties: v5 ? m.properties : nil, extras: extras, into: &pending!)
         let wakeNow = writable && !flushScheduled
         if wakeNow { flushScheduled = true }
         lock.unlock()
@@ -132,7 +140,8 @@ public final class ClientLink: @unchecked Sendable {
     private func append(_ write: (inout ByteBuffer) -> Void) {
         let wakeNow: Bool = lock.withLock {
             guard !closing else { return false }
-            write(&pending)
+            if pending == nil { pending = ByteBuffer() }
+            write(&pending!)
             guard writable, !flushScheduled else { return false }
             flushScheduled = true
             return true
@@ -190,7 +199,7 @@ public final class Session: @unchecked Sendable {
         var sequence: UInt64
     }
     private var inflight: [UInt16: Outbound] = [:]
-    private var queue = CircularBuffer<Outbound>()
+    private var queue = CircularBuffer<Outbound>(initialCapacity: 1)
     private var nextPacketID: UInt16 = 0
     private var sequence: UInt64 = 0
     /// Packet ids of QoS 2 messages received and not yet released by PUBREL.

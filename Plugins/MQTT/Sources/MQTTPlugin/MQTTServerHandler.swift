@@ -2,11 +2,11 @@ import MQTTBroker
 import MQTTCodec
 import NIOCore
 
-/// Connects one client's channel to its `ServerConnection`: packets in, the link's pending bytes out
-/// (one write per event-loop turn), keep-alive and connect time-outs, and reading paused under
-/// backpressure.
+/// Connects one client's channel to its `ServerConnection`: bytes in (decoded here, with no buffer
+/// kept between packets, so an idle connection holds none), the link's pending bytes out (one write
+/// per event-loop turn), keep-alive and connect time-outs, and reading paused under backpressure.
 final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchecked Sendable {
-    typealias InboundIn = MQTTPacket
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let broker: Broker
@@ -14,14 +14,23 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     private let limits: ServerLimits
     private let connectTimeout: Double
     private let maxPendingBytes: Int
+    private let sweeper: IdleSweeper
     private var connection: ServerConnection?
     private var context: ChannelHandlerContext?
-    private var timer: Scheduled<Void>?
-    private var keepAlive: TimeAmount?
+    private var loop: EventLoop?
+    /// Silence allowed before the connection is closed: the connect time-out, then 1.5 x keep-alive
+    /// (nil: no limit). Counted by the event loop's sweeper.
+    private var idleLimit: TimeAmount?
+    private var idle = TimeAmount.zero
     private var sawPacket = false
     private var closing = false
+    private var decoder: MQTTPacketDecoder
+    /// Bytes of a packet not yet complete; nil between packets.
+    private var partial: ByteBuffer?
 
-    init(broker: Broker, hub: HubLink, limits: ServerLimits, connectTimeout: Double, maxPendingBytes: Int) {
+    init(broker: Broker, hub: HubLink, limits: ServerLimits, connectTimeout: Double, maxPendingBytes: Int, sweeper: IdleSweeper) {
+        self.sweeper = sweeper
+        decoder = MQTTPacketDecoder(limits: MQTTDecoderLimits(maximumPacketSize: limits.maximumPacketSize))
         self.broker = broker
         self.hub = hub
         self.limits = limits
@@ -31,39 +40,67 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
-        let loop = context.eventLoop
-        let me = WeakHandler(self)
-        let link = ClientLink(
-            maxPendingBytes: maxPendingBytes,
-            wake: { loop.execute { me.handler?.flush() } },
-            disconnect: { code in loop.execute { me.handler?.connection?.disconnect(reasonCode: code) } })
+        loop = context.eventLoop
+        let link = ClientLink(maxPendingBytes: maxPendingBytes)
+        link.owner = self
         let remote = context.channel.remoteAddress.map { a in a.ipAddress.map { "\($0):\(a.port ?? 0)" } ?? "\(a)" } ?? "unknown"
         let c = ServerConnection(broker: broker, hub: hub, limits: limits, link: link, remoteAddress: remote)
         c.control = self
         connection = c
-        if context.channel.isActive { armConnectTimeout() }
+        idleLimit = .milliseconds(Int64(connectTimeout * 1000))
+        sweeper.add(self)
     }
 
-    func channelActive(context: ChannelHandlerContext) {
-        armConnectTimeout()
-        context.fireChannelActive()
+    func handlerRemoved(context: ChannelHandlerContext) {
+        sweeper.remove(self)
     }
 
-    private func armConnectTimeout() {
-        guard timer == nil, let context else { return }
-        timer = context.eventLoop.scheduleTask(in: .milliseconds(Int64(connectTimeout * 1000))) { [weak self] in
-            guard let self, self.connection?.state == .awaitingConnect else { return }
-            self.connection?.transportClosed(reason: "no CONNECT within \(self.connectTimeout) s")
+    /// From the sweeper, on this loop.
+    func tick(_ elapsed: TimeAmount) {
+        guard let limit = idleLimit, !closing else { return }
+        if sawPacket {
+            sawPacket = false
+            idle = .zero
+            return
+        }
+        idle = idle + elapsed
+        guard idle >= limit else { return }
+        if connection?.state == .awaitingConnect {
+            connection?.transportClosed(reason: "no CONNECT within \(connectTimeout) s")
+        } else {
+            connection?.keepAliveExpired()
         }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let connection, !closing else { return }
         sawPacket = true
-        connection?.receive(unwrapInboundIn(data))
+        var bytes = unwrapInboundIn(data)
+        if var held = partial {
+            partial = nil
+            held.writeBuffer(&bytes)
+            bytes = held
+        }
+        do {
+            while let packet = try decoder.decode(buffer: &bytes) {
+                connection.receive(packet)
+                if closing { return }
+            }
+        } catch let e as MQTTProtocolError {
+            connection.decodeFailed(e)
+            return
+        } catch {
+            connection.transportClosed(reason: "\(error)")
+            return
+        }
+        if bytes.readableBytes > 0 {
+            bytes.discardReadBytes()
+            partial = bytes
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        timer?.cancel()
+        sweeper.remove(self)
         connection?.transportClosed(reason: "connection closed")
         context.fireChannelInactive()
     }
@@ -91,7 +128,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     func close() {
         guard !closing, let context else { return }
         closing = true
-        timer?.cancel()
+        sweeper.remove(self)
         if let bytes = connection?.link.takePending() {
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(bytes)).whenComplete { _ in channel.close(promise: nil) }
@@ -111,25 +148,9 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     }
 
     func expectPackets(within seconds: Double) {
-        timer?.cancel()
-        timer = nil
-        guard seconds > 0 else { return }
-        keepAlive = .milliseconds(Int64(seconds * 1000))
+        idleLimit = seconds > 0 ? .milliseconds(Int64(seconds * 1000)) : nil
+        idle = .zero
         sawPacket = false
-        scheduleKeepAlive()
-    }
-
-    private func scheduleKeepAlive() {
-        guard let context, let keepAlive else { return }
-        timer = context.eventLoop.scheduleTask(in: keepAlive) { [weak self] in
-            guard let self, !self.closing else { return }
-            if self.sawPacket {
-                self.sawPacket = false
-                self.scheduleKeepAlive()
-            } else {
-                self.connection?.keepAliveExpired()
-            }
-        }
     }
 
     func retry(after delay: TimeAmount) {
@@ -141,8 +162,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     }
 }
 
-/// A weak reference the link's closures hold, so that link and handler do not keep each other alive.
-private final class WeakHandler: @unchecked Sendable {
-    weak var handler: MQTTServerHandler?
-    init(_ h: MQTTServerHandler) { handler = h }
+extension MQTTServerHandler: ClientLinkOwner {
+    func linkHasPendingBytes() { loop?.execute { self.flush() } }
+    func linkMustDisconnect(_ reasonCode: UInt8) { loop?.execute { self.connection?.disconnect(reasonCode: reasonCode) } }
 }

@@ -124,6 +124,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private var channels: [Channel] = []
     private let sslContext: NIOSSLContext?
     private var sysTask: RepeatedTask?
+    private let sweepers = IdleSweepers()
 
     init(config: Config, host: PluginHost) throws {
         self.config = config
@@ -241,9 +242,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     }
 
     func addMQTTHandlers(_ ops: ChannelPipeline.SynchronousOperations, channel: Channel, broker: Broker) throws {
-        try ops.addHandler(ByteToMessageHandler(MQTTPacketDecoder(limits: MQTTDecoderLimits(maximumPacketSize: config.max_packet_size))))
         try ops.addHandler(MQTTServerHandler(broker: broker, hub: hubLink, limits: limits, connectTimeout: config.connect_timeout,
-                                             maxPendingBytes: config.max_pending_bytes))
+                                             maxPendingBytes: config.max_pending_bytes, sweeper: sweepers.sweeper(for: channel.eventLoop)))
     }
 
     /// The ports actually bound, in the order TCP, TLS, WebSocket (for listen addresses with port 0).
@@ -254,6 +254,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         sysTask = nil
         for c in channels { try? c.close().wait() }
         channels = []
+        sweepers.stopAll()
         try? group?.syncShutdownGracefully()
         group = nil
     }

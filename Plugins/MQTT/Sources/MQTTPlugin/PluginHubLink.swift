@@ -83,11 +83,13 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
                 }
                 user = a
             }
-            func fill(_ f: String) -> String {
-                f.replacingOccurrences(of: "%c", with: c.clientID).replacingOccurrences(of: "%u", with: c.username ?? "")
+            func fill(_ filters: [String]?) -> [String] {
+                guard let filters else { return [] }
+                // Shared, not copied, when nothing is per client: idle connections stay small.
+                guard filters.contains(where: { $0.contains("%") }) else { return filters }
+                return filters.map { $0.replacingOccurrences(of: "%c", with: c.clientID).replacingOccurrences(of: "%u", with: c.username ?? "") }
             }
-            return StaticIdentity(tenant: user.tenant ?? "default", device: c.clientID,
-                                  publish: (user.publish ?? []).map(fill), subscribe: (user.subscribe ?? []).map(fill))
+            return StaticIdentity(tenant: user.tenant ?? "default", device: c.clientID, publish: fill(user.publish), subscribe: fill(user.subscribe))
         }
     }
 
