@@ -167,48 +167,72 @@ public final class WriteAheadLog: @unchecked Sendable {
         }
     }
 
-    /// Must hold `wake`.
-    private func flushPending() throws {
-        guard !pending.isEmpty else { return }
+    /// Writes `bytes` to the current segment; `sync` makes them durable. Called by the writer thread
+    /// without the lock held (and by `open` before the writer starts).
+    private func write(_ bytes: [UInt8], sync: Bool) throws {
         var offset = 0
-        while offset < pending.count {
-            let n = pending.withUnsafeBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+        while offset < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
             if n < 0 {
                 if errno == EINTR { continue }
                 throw WALError("write failed: \(String(cString: strerror(errno)))")
             }
             offset += n
         }
-        guard fdatasync(fd) == 0 else { throw WALError("fdatasync failed: \(String(cString: strerror(errno)))") }
+        if sync, fdatasync(fd) != 0 { throw WALError("fdatasync failed: \(String(cString: strerror(errno)))") }
+    }
+
+    /// Must hold `wake`; used only before the writer thread starts.
+    private func flushPending() throws {
+        guard !pending.isEmpty else { return }
+        try write(pending, sync: true)
         segmentSize += pending.count
         pending.removeAll(keepingCapacity: true)
     }
 
     private func writeLoop() {
+        var spare: [UInt8] = []
         wake.lock()
         while true {
             while pending.isEmpty && !closed { wake.wait() }
             if pending.isEmpty && closed { break }
-            // Group commit: everything appended meanwhile goes to disk with one fdatasync.
+            // Group commit: everything appended meanwhile goes to disk with one fdatasync, written
+            // without the lock so that appends go on while the disk works. Done records alone need no sync.
             let completions = pendingCompletions
             pendingCompletions.removeAll(keepingCapacity: true)
+            var batch = spare
+            swap(&batch, &pending)
+            wake.unlock()
             var ok = true
+            var error: String?
             do {
-                try flushPending()
+                try write(batch, sync: !completions.isEmpty)
+            } catch let e {
+                ok = false
+                error = "\(e)"
+            }
+            wake.lock()
+            if let error {
+                failure = error
+                pending.removeAll()
+            } else {
+                segmentSize += batch.count
                 if segmentSize > Self.segmentLimit {
                     let old = segmentFirst
                     segmentFirst = nextSequence
-                    try openSegment()
+                    do {
+                        try openSegment()
+                    } catch let e {
+                        failure = "\(e)"
+                    }
                     if (live[old] ?? 0) == 0 {
                         live[old] = nil
                         try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(old)))
                     }
                 }
-            } catch {
-                failure = "\(error)"
-                ok = false
-                pending.removeAll()
             }
+            batch.removeAll(keepingCapacity: true)
+            spare = batch
             wake.unlock()
             for c in completions { c(ok) }
             wake.lock()
