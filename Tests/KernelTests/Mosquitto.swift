@@ -7,12 +7,18 @@ final class Mosquitto {
     let dir = TempDir()
     private var broker: ChildProcess?
 
+    /// Keep sessions and queued messages across restarts (in this object's folder).
+    var persistent = false
+
     init(port: Int = freePort()) { self.port = port }
 
     static var installed: Bool { which("mosquitto") != nil || FileManager.default.isExecutableFile(atPath: "/usr/sbin/mosquitto") }
 
     func start() throws {
-        let conf = dir.write("mosquitto.conf", "listener \(port) 127.0.0.1\nallow_anonymous true\npersistence false\n")
+        // Started as root, mosquitto runs as the user mosquitto: the database folder must be writable to it.
+        if persistent { chmod(dir.path, 0o777) }
+        let persistence = persistent ? "persistence true\npersistence_location \(dir.path)/\n" : "persistence false\n"
+        let conf = dir.write("mosquitto.conf", "listener \(port) 127.0.0.1\nallow_anonymous true\n" + persistence)
         let exe = which("mosquitto") ?? "/usr/sbin/mosquitto"
         broker = try ChildProcess(exe, ["-c", conf])
         #expect(waitForPort(port), "mosquitto did not start: \(broker?.log ?? "")")

@@ -31,7 +31,7 @@ import Testing
         #expect(http.components[0].entry.kind == .source)
         #expect(http.components[0].entry.fields.map(\.name).contains("max_body_size"))
         let mqtt = try #require(Build.plugins.libraries.first { $0.name == "mqtt" })
-        #expect(mqtt.components.map(\.entry.name) == ["mqtt", "mqtt_publish"])
+        #expect(mqtt.components.map(\.entry.name) == ["mqtt", "mqtt_publish", "mqtt_subscribe"])
         #expect(mqtt.components.first { $0.entry.name == "mqtt_publish" }?.entry.fields.first { $0.name == "password" }?.secret == true)
         // Secrets nested in lists of objects are marked too.
         let users = mqtt.components.first { $0.entry.name == "mqtt" }?.entry.fields.first { $0.name == "users" }

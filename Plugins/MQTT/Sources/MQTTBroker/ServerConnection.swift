@@ -245,7 +245,7 @@ public final class ServerConnection: @unchecked Sendable {
     }
 
     /// Splits a PUBLISH's properties into the message's own and its expiry deadline.
-    static func messageProperties(_ props: [MQTTProperty]) -> ([MQTTProperty], NIODeadline?) {
+    public static func messageProperties(_ props: [MQTTProperty]) -> ([MQTTProperty], NIODeadline?) {
         guard !props.isEmpty else { return ([], nil) }
         var own: [MQTTProperty] = []
         var expiry: NIODeadline?

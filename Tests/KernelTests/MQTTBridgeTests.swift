@@ -1,0 +1,77 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The bridge to an external broker (mosquitto): `mqtt_subscribe` as a source beside `mqtt_publish`.
+@Suite struct MQTTBridgeTests {
+    func hub(_ dir: TempDir, broker: Int, extra: String = "") throws -> Hub {
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources:
+              upstream:
+                plugin: mqtt_subscribe
+                server: "127.0.0.1:\(broker)"
+                client_id: hub-bridge
+                topics: [ "site/+/telemetry" ]
+                qos: 1
+                reconnect_initial: 1s
+                reconnect_max: 1s
+                \(extra)
+            sinks:
+              out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+            pipelines:
+              bridged: { from: [ upstream ], durable: true, steps: [ { decode: json } ], to: [ out ] }
+            """))
+        return hub
+    }
+
+    func publish(_ port: Int, _ topic: String, _ body: String, version: String = "mqttv5", extra: [String] = []) throws {
+        let (code, out) = try run(which("mosquitto_pub")!, ["-h", "127.0.0.1", "-p", "\(port)", "-V", version, "-q", "1", "-t", topic, "-m", body] + extra)
+        #expect(code == 0, "\(out)")
+    }
+
+    @Test func bringsSubscribedMessagesIntoPipelines() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let broker = Mosquitto()
+        try broker.start()
+        let dir = TempDir()
+        let hub = try hub(dir, broker: broker.port)
+        defer { hub.stop() }
+        // Wait for the subscription: publish until something arrives.
+        #expect(eventually(timeout: 10) {
+            try? publish(broker.port, "site/probe/telemetry", #"{"probe":true}"#)
+            return !jsonLines(dir.path + "/out.jsonl").isEmpty
+        })
+        try publish(broker.port, "site/press-7/telemetry", #"{"bar":4.2}"#, extra: ["-D", "publish", "user-property", "line", "3"])
+        try publish(broker.port, "site/press-7/other", #"{"ignored":true}"#)
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["bar": 4.2] } })
+        let m = try #require(jsonLines(dir.path + "/out.jsonl").first { $0["payload"] == ["bar": 4.2] })
+        #expect(m["device"] == "press-7")
+        #expect(m["topic"] == "site/press-7/telemetry")
+        #expect(m["properties"]?["mqtt.user.line"] == "3")
+        #expect(!jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["ignored": true] })
+    }
+
+    @Test(arguments: ["5", "3.1.1"])
+    func losesNothingAcrossABrokerRestart(version: String) throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let broker = Mosquitto()
+        broker.persistent = true
+        try broker.start()
+        let dir = TempDir()
+        let hub = try hub(dir, broker: broker.port, extra: "protocol_version: \"\(version)\"")
+        defer { hub.stop() }
+        #expect(eventually(timeout: 10) {
+            try? publish(broker.port, "site/probe/telemetry", #"{"probe":true}"#)
+            return !jsonLines(dir.path + "/out.jsonl").isEmpty
+        })
+        // Restart the broker; it keeps the hub's session. Publish before the hub is back (its reconnect
+        // waits a second): the broker queues the messages for the hub's session.
+        broker.stop()
+        try broker.start()
+        for i in 0..<50 { try publish(broker.port, "site/d\(i)/telemetry", #"{"n":\#(i)}"#) }
+        #expect(eventually(timeout: 20) { Set(jsonLines(dir.path + "/out.jsonl").compactMap { $0["payload"]?["n"] }.map { "\($0)" }).count == 50 },
+                "got \(jsonLines(dir.path + "/out.jsonl").count) lines")
+    }
+}
