@@ -30,6 +30,8 @@ let package = Package(
     products: [
         .executable(name: "iotc", targets: ["iotc"]),
         .library(name: "IoTCPluginKit", targets: ["IoTCPluginKit"]),
+        // The MQTT codec and server logic, for the fuzzer in Tests/Fuzz/mqtt.
+        .library(name: "IoTCMQTT", targets: ["MQTTCodec", "MQTTBroker"]),
         .library(name: "iotc-plugin-http", type: .dynamic, targets: ["HTTPPlugin"]),
         .library(name: "iotc-plugin-webhook", type: .dynamic, targets: ["WebhookPlugin"]),
         .library(name: "iotc-plugin-file", type: .dynamic, targets: ["FilePlugin"]),

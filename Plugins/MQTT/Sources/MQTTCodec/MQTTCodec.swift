@@ -112,6 +112,8 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
             try requireFlags(0, type == 9 ? "SUBACK" : "UNSUBACK")
             let id = try packetID(&b, "SUBACK")
             let props = v5 ? try properties(&b, .ack) : []
+            // An MQTT 3.1.1 UNSUBACK is the packet identifier alone.
+            guard v5 || type == 9 || b.readableBytes == 0 else { throw MQTTProtocolError("UNSUBACK with a payload") }
             let codes = b.readBytes(length: b.readableBytes) ?? []
             let ack = MQTTSubAck(packetID: id, reasonCodes: codes, properties: props)
             return type == 9 ? .suback(ack) : .unsuback(ack)
