@@ -39,11 +39,13 @@ docs:
 docs-check:
 	.build/debug/iotc docs --out docs --check
 
-## Benchmarks (release build): HTTP ingest against nginx, start-up time and idle memory. Prints figures.
+## Benchmarks (release build): HTTP ingest against nginx, start-up time and idle memory; the MQTT server
+## against mosquitto. Prints figures.
 bench:
 	scripts/install-deps.sh bench
 	swift build -c release $(SWIFT_BUILD_FLAGS)
 	Benchmarks/http-ingest.sh .build/release
+	Benchmarks/mqtt.sh .build/release
 
 ## Fuzz the decoders (JSON, CBOR, expressions, MQTT) with libFuzzer; FUZZ_SECONDS each (default 60).
 fuzz:

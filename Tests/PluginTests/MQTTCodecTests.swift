@@ -118,6 +118,8 @@ import Testing
         #expect(decodeError([0x82, 0x06, 0x00, 0x01, 0x00, 0x01, 0x61, 0x04], version: .v311)?.description == "SUBSCRIBE options reserved bits are set")
         #expect(decodeError([0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61, 0x30])?.reasonCode == MQTTReason.protocolError)
         #expect(decodeError([0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61, 0x03])?.description == "SUBSCRIBE with QoS 3")
+        // An MQTT 3.1.1 UNSUBACK carries nothing after the packet identifier.
+        #expect(decodeError([0xB0, 0x03, 0x00, 0x01, 0x00], version: .v311)?.description == "UNSUBACK with a payload")
         // Packet identifier 0.
         #expect(decodeError([0x82, 0x06, 0x00, 0x00, 0x00, 0x01, 0x61, 0x00], version: .v311)?.description == "SUBSCRIBE with packet identifier 0")
         #expect(decodeError([0x40, 0x02, 0x00, 0x00], version: .v311)?.description == "acknowledgement with packet identifier 0")
