@@ -41,6 +41,10 @@ public final class Broker: @unchecked Sendable {
     private let tree = SubscriptionTree()
     private var sessions: [String: Session] = [:]
     private var retained: [String: BrokerMessage] = [:]
+    /// Deliveries by topic, for topics whose match has no shared or no-local subscription; cleared
+    /// whenever subscriptions change. Devices publish to the same few topics over and over.
+    private var routes: [String: [Delivery]] = [:]
+    static let maxCachedRoutes = 10_000
     private let timers: EventLoop
     public let started = NIODeadline.now()
 
@@ -150,6 +154,7 @@ public final class Broker: @unchecked Sendable {
     }
 
     private func endLocked(_ s: Session) {
+        if !s.subscriptions.isEmpty { routes.removeAll(keepingCapacity: true) }
         for (filter, _) in s.subscriptions {
             let (group, f) = Self.split(filter)
             tree.remove(f, group: group, session: s)
@@ -178,6 +183,7 @@ public final class Broker: @unchecked Sendable {
         let (group, f) = Self.split(filter)
         var toSend: [BrokerMessage] = []
         let existed: Bool = lock.withLock {
+            routes.removeAll(keepingCapacity: true)
             let existed = tree.insert(f, group: group, Subscription(session: session, options: options, identifier: identifier))
             session.subscriptions[filter] = (options, identifier)
             if group == nil, options.retainHandling == 0 || (options.retainHandling == 1 && !existed) {
@@ -196,6 +202,7 @@ public final class Broker: @unchecked Sendable {
         let (group, f) = Self.split(filter)
         return lock.withLock {
             session.subscriptions[filter] = nil
+            routes.removeAll(keepingCapacity: true)
             return tree.remove(f, group: group, session: session)
         }
     }
@@ -215,7 +222,15 @@ public final class Broker: @unchecked Sendable {
                     retained[m.topic] = m
                 }
             }
-            tree.match(m.topic, publisher: publisher, into: &deliveries)
+            if let cached = routes[m.topic] {
+                deliveries = cached
+                return
+            }
+            let cacheable = tree.match(m.topic, publisher: publisher, into: &deliveries)
+            if cacheable {
+                if routes.count >= Self.maxCachedRoutes { routes.removeAll(keepingCapacity: true) }
+                routes[m.topic] = deliveries
+            }
         }
         counters.received.add(1)
         for d in deliveries {

@@ -1,3 +1,4 @@
+import DequeModule
 import MQTTCodec
 import NIOCore
 
@@ -46,7 +47,16 @@ public final class ServerConnection: @unchecked Sendable {
     public private(set) var identity: ClientIdentity?
     public private(set) var clientID = ""
     private var version = MQTTVersion.v311
-    private var will: BrokerMessage?
+    /// Boxed: most clients leave no will, and an idle connection should stay small.
+    private var willBox: WillBox?
+    private var will: BrokerMessage? {
+        get { willBox?.message }
+        set { willBox = newValue.map(WillBox.init) }
+    }
+    private final class WillBox {
+        let message: BrokerMessage
+        init(_ m: BrokerMessage) { message = m }
+    }
     private var willDelay: UInt32 = 0
     private var connectExpiry: UInt32 = 0
     private var inboundAliases: [UInt16: String] = [:]
@@ -60,14 +70,15 @@ public final class ServerConnection: @unchecked Sendable {
         var reasonCode: UInt8 = 0
         var reason: String?
     }
-    private var owed = CircularBuffer<OwedAck>(initialCapacity: 1)
+    private var owed = Deque<OwedAck>()
     private var owedBase: UInt64 = 0
     /// Packets that arrived while the hub was full; reading is paused until they are taken.
     private var stalled: [MQTTPacket] = []
     private var retryDelay = TimeAmount.milliseconds(2)
     private var readingPaused = false
-    /// Publish authorization answers for this connection's topics.
-    private var publishAllowed: [String: Bool] = [:]
+    /// The last topic this client was allowed to publish to (devices publish to the same topic again
+    /// and again; the hub is asked once per change of topic).
+    private var lastAllowedTopic: String?
 
     public init(broker: Broker, hub: HubLink, limits: ServerLimits, link: ClientLink, remoteAddress: String, certificateFingerprint: String? = nil) {
         self.broker = broker
@@ -292,12 +303,9 @@ public final class ServerConnection: @unchecked Sendable {
             }
         }
 
-        var allowed = publishAllowed[topic]
-        if allowed == nil {
-            allowed = hub.mayPublish(identity, topic: topic)
-            if publishAllowed.count < 1024 { publishAllowed[topic] = allowed }
-        }
-        guard allowed == true else {
+        let allowed = topic == lastAllowedTopic || hub.mayPublish(identity, topic: topic)
+        if allowed { lastAllowedTopic = topic }
+        guard allowed else {
             // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged and dropped.
             acknowledgeAtOnce(p, code: version == .v5 ? MQTTReason.notAuthorized : 0, reason: "not authorized to publish to \(topic)")
             return
@@ -349,12 +357,12 @@ public final class ServerConnection: @unchecked Sendable {
         guard state == .connected, slot >= owedBase else { return }
         let i = Int(slot - owedBase)
         guard i < owed.count else { return }
-        owed[owed.index(owed.startIndex, offsetBy: i)].done = true
+        owed[i].done = true
         if let failure {
-            owed[owed.index(owed.startIndex, offsetBy: i)].reasonCode = code ?? MQTTReason.implementationSpecific
-            owed[owed.index(owed.startIndex, offsetBy: i)].reason = failure
+            owed[i].reasonCode = code ?? MQTTReason.implementationSpecific
+            owed[i].reason = failure
         } else if noSubscribers {
-            owed[owed.index(owed.startIndex, offsetBy: i)].reasonCode = MQTTReason.noMatchingSubscribers
+            owed[i].reasonCode = MQTTReason.noMatchingSubscribers
         }
         while let first = owed.first, first.done {
             owed.removeFirst()

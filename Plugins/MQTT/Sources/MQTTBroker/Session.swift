@@ -1,3 +1,4 @@
+import DequeModule
 import MQTTCodec
 import NIOConcurrencyHelpers
 import NIOCore
@@ -24,8 +25,9 @@ public struct BrokerMessage: Sendable {
     }
 
     /// Seconds left before expiry, rounded up; nil when the message never expires, 0 when it has expired.
-    func secondsLeft(now: NIODeadline) -> UInt32? {
+    func secondsLeft(now: @autoclosure () -> NIODeadline) -> UInt32? {
         guard let expiry else { return nil }
+        let now = now()
         let left = (expiry - now).nanoseconds
         return left <= 0 ? 0 : UInt32(min((left + 999_999_999) / 1_000_000_000, Int64(UInt32.max)))
     }
@@ -199,7 +201,7 @@ public final class Session: @unchecked Sendable {
         var sequence: UInt64
     }
     private var inflight: [UInt16: Outbound] = [:]
-    private var queue = CircularBuffer<Outbound>(initialCapacity: 1)
+    private var queue = Deque<Outbound>()
     private var nextPacketID: UInt16 = 0
     private var sequence: UInt64 = 0
     /// Packet ids of QoS 2 messages received and not yet released by PUBREL.
@@ -220,8 +222,7 @@ public final class Session: @unchecked Sendable {
     func deliver(_ m: BrokerMessage, qos: UInt8, retain: Bool, identifiers: [UInt32]) -> Bool {
         lock.lock()
         defer { lock.unlock() }
-        let now = NIODeadline.now()
-        let expiry = m.secondsLeft(now: now)
+        let expiry = m.secondsLeft(now: .now())
         if expiry == 0 {
             counters.expired.add(1)
             return false

@@ -32,6 +32,9 @@ final class SubscriptionTree {
     /// Marks sessions seen in the current match, to find overlapping subscriptions in one pass.
     private var epoch: UInt64 = 0
     private var overlapping = false
+    /// Whether the current match met a shared or a no-local subscription (its result then depends on
+    /// more than the topic and must not be cached).
+    private var variable = false
 
     /// Adds or replaces a session's subscription. Returns true when it replaced one.
     @discardableResult
@@ -100,15 +103,19 @@ final class SubscriptionTree {
     }
 
     /// The deliveries for a message on `topic`. `publisher` is skipped by its no-local subscriptions.
-    func match(_ topic: String, publisher: Session?, into out: inout [Delivery]) {
+    /// Returns whether the result depends on the topic alone (no shared, no no-local subscription).
+    @discardableResult
+    func match(_ topic: String, publisher: Session?, into out: inout [Delivery]) -> Bool {
         let levels = topic.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false).map { Substring($0) }
         let dollar = topic.utf8.first == UInt8(ascii: "$")
         var shared: [Delivery] = []
         epoch &+= 1
         overlapping = false
+        variable = false
         walk(root, levels, 0, dollar: dollar, publisher: publisher, &out, &shared)
         if overlapping { merge(&out) }
         out.append(contentsOf: shared)
+        return !variable
     }
 
     private func walk(_ node: Node, _ levels: [Substring], _ i: Int, dollar: Bool, publisher: Session?,
@@ -124,12 +131,17 @@ final class SubscriptionTree {
     }
 
     private func collect(_ node: Node, _ publisher: Session?, _ out: inout [Delivery], _ shared: inout [Delivery]) {
-        for s in node.subscribers where !(s.options.noLocal && s.session === publisher) {
+        for s in node.subscribers {
+            if s.options.noLocal {
+                variable = true
+                if s.session === publisher { continue }
+            }
             if s.session.matchEpoch == epoch { overlapping = true } else { s.session.matchEpoch = epoch }
             out.append(Delivery(session: s.session, qos: s.options.qos, retainAsPublished: s.options.retainAsPublished,
                                 identifiers: s.identifier.map { [$0] } ?? []))
         }
         guard !node.shared.isEmpty else { return }
+        variable = true
         for (group, var g) in node.shared where !g.members.isEmpty {
             // Round-robin, preferring a member that is connected.
             var pick = g.next % g.members.count

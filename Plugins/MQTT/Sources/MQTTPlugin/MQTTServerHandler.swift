@@ -25,6 +25,9 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     private var sawPacket = false
     private var closing = false
     private var decoder: MQTTPacketDecoder
+    /// Inside channelRead: bytes queued now are written at channelReadComplete, in the same turn.
+    private var reading = false
+    private var flushAfterRead = false
     /// Bytes of a packet not yet complete; nil between packets.
     private var partial: ByteBuffer?
 
@@ -75,6 +78,8 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection, !closing else { return }
         sawPacket = true
+        reading = true
+        defer { reading = false }
         var bytes = unwrapInboundIn(data)
         if var held = partial {
             partial = nil
@@ -111,6 +116,14 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
         } else {
             connection?.transportClosed(reason: "\(error)")
         }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if flushAfterRead {
+            flushAfterRead = false
+            flush()
+        }
+        context.fireChannelReadComplete()
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -163,6 +176,13 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
 }
 
 extension MQTTServerHandler: ClientLinkOwner {
-    func linkHasPendingBytes() { loop?.execute { self.flush() } }
+    func linkHasPendingBytes() {
+        // Our own answers (CONNACK, PUBACK, SUBACK) go out at the end of this read, without a hop.
+        if reading, loop?.inEventLoop == true {
+            flushAfterRead = true
+        } else {
+            loop?.execute { self.flush() }
+        }
+    }
     func linkMustDisconnect(_ reasonCode: UInt8) { loop?.execute { self.connection?.disconnect(reasonCode: reasonCode) } }
 }

@@ -111,7 +111,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("max_pending_bytes", .byteSize, "Bytes waiting for a slow client beyond which its QoS 0 messages are dropped (counted).", default: "4194304", advanced: true),
         ConfigField("sys_interval", .duration, "How often `$SYS/broker/...` statistics are published; 0 turns them off.", default: "10", example: "10s"),
         ConfigField("command_topic", .string, "Topic for downlink messages without one.", default: #""devices/{device}/commands""#),
-        ConfigField("threads", .int, "Event-loop threads; 0 means one per core.", default: "0", advanced: true),
+        ConfigField("threads", .int, "Event-loop threads; 0 means one per core less one (at least one), leaving a core to the pipelines.", default: "0", advanced: true),
     ]
 
     let config: Config
@@ -181,7 +181,9 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     }
 
     func start() throws {
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.threads > 0 ? config.threads : System.coreCount)
+        // One loop per core less one: on a small machine the pipelines' threads (and, in a benchmark, the
+        // load generator) need a core, and cross-loop hand-offs cost more than a second loop gains.
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.threads > 0 ? config.threads : max(1, System.coreCount - 1))
         self.group = group
         let broker = Broker(config: brokerConfig, timers: group.next())
         self.broker = broker
