@@ -54,7 +54,6 @@ final class TestClient: ConnectionControl {
     let connection: ServerConnection
     let version: MQTTVersion
     private var decoder: MQTTPacketDecoder
-    private var tasks: [@Sendable () -> Void] = []
     var closed = false
     var paused = false
     var keepAlive: Double?
@@ -119,9 +118,10 @@ final class TestClient: ConnectionControl {
     }
 
     func runTasks() {
-        while !tasks.isEmpty {
-            let t = tasks.removeFirst()
-            t()
+        var posted = connection.link.takeTasks()
+        while !posted.isEmpty {
+            for t in posted { t() }
+            posted = connection.link.takeTasks()
         }
     }
 
@@ -130,7 +130,6 @@ final class TestClient: ConnectionControl {
     func resumeReading() { paused = false }
     func expectPackets(within seconds: Double) { keepAlive = seconds }
     func retry(after delay: TimeAmount) { retries += 1 }
-    func execute(_ body: @escaping @Sendable () -> Void) { tasks.append(body) }
 }
 
 extension TestClient: ClientLinkOwner, @unchecked Sendable {

@@ -18,6 +18,9 @@ public final class WriteAheadLog: @unchecked Sendable {
 
     enum RecordType: UInt8 { case message = 1, done = 2 }
 
+    /// Longest a done record waits for a commit to carry it.
+    static let doneFlushInterval = 0.1
+
     /// Segments roll over past this size.
     static let segmentLimit = 32 << 20
 
@@ -120,7 +123,8 @@ public final class WriteAheadLog: @unchecked Sendable {
             live[segment] = nil
             try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(segment)))
         }
-        wake.signal()
+        // No wake-up: done records need no sync and ride along with the next commit, or go out within
+        // `doneFlushInterval` (a done record lost to a crash only means a message is delivered again).
     }
 
     /// Messages appended and not yet done.
@@ -194,8 +198,12 @@ public final class WriteAheadLog: @unchecked Sendable {
         var spare: [UInt8] = []
         wake.lock()
         while true {
-            while pending.isEmpty && !closed { wake.wait() }
+            // Sleep until a message needs committing; done records alone wait up to doneFlushInterval.
+            while pendingCompletions.isEmpty && !closed {
+                if pending.isEmpty { wake.wait() } else if !wake.wait(until: Date().addingTimeInterval(Self.doneFlushInterval)) { break }
+            }
             if pending.isEmpty && closed { break }
+            if pending.isEmpty { continue }
             // Group commit: everything appended meanwhile goes to disk with one fdatasync, written
             // without the lock so that appends go on while the disk works. Done records alone need no sync.
             let completions = pendingCompletions

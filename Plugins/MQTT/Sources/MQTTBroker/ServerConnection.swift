@@ -12,8 +12,6 @@ public protocol ConnectionControl: AnyObject {
     func expectPackets(within seconds: Double)
     /// Calls `retryStalled` on the connection's event loop after `delay`.
     func retry(after delay: TimeAmount)
-    /// Runs `body` on the connection's event loop (completions from other threads hop back this way).
-    func execute(_ body: @escaping @Sendable () -> Void)
 }
 
 public struct ServerLimits: Sendable {
@@ -325,7 +323,8 @@ public final class ServerConnection: @unchecked Sendable {
         if p.qos > 0 { owed.append(OwedAck(packetID: p.packetID ?? 0, qos: p.qos)) }
         let status = hub.submit(message, identity: identity, clientID: clientID) { [weak self] failure in
             guard let self, let slot else { return }
-            self.control?.execute { self.settle(slot, failure) }
+            // Completions come from the hub's threads; the link carries them to this connection's loop in batches.
+            self.link.post { self.settle(slot, failure) }
         }
         switch status {
         case .busy:

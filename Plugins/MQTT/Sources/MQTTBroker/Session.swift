@@ -70,6 +70,31 @@ public final class ClientLink: @unchecked Sendable {
     private func wake() { owner?.linkHasPendingBytes() }
     func disconnect(_ reasonCode: UInt8) { owner?.linkMustDisconnect(reasonCode) }
 
+    /// Work for the connection's event loop, posted from other threads (completions from the hub).
+    private var tasks: [@Sendable () -> Void] = []
+
+    /// Runs `task` on the connection's event loop, with other posted tasks, before the next write:
+    /// one hop for many completions instead of one each.
+    public func post(_ task: @escaping @Sendable () -> Void) {
+        let wakeNow: Bool = lock.withLock {
+            guard !closing else { return false }
+            tasks.append(task)
+            guard !flushScheduled else { return false }
+            flushScheduled = true
+            return true
+        }
+        if wakeNow { wake() }
+    }
+
+    /// The posted tasks, to run before `takePending`. Called by the connection on its event loop.
+    public func takeTasks() -> [@Sendable () -> Void] {
+        lock.withLock {
+            guard !tasks.isEmpty else { return [] }
+            defer { tasks = [] }
+            return tasks
+        }
+    }
+
     /// The bytes to write now, or nil. Called by the connection on its event loop.
     public func takePending() -> ByteBuffer? {
         lock.withLock {
@@ -92,7 +117,7 @@ public final class ClientLink: @unchecked Sendable {
     }
 
     /// Stops accepting bytes (the connection is closing).
-    func close() { lock.withLock { closing = true; pending = nil } }
+    func close() { lock.withLock { closing = true; pending = nil; tasks = [] } }
 
     /// Encodes a control packet.
     public func send(_ packet: MQTTPacket) {

@@ -132,7 +132,9 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     }
 
     private func flush() {
-        guard let context, let connection, let bytes = connection.link.takePending() else { return }
+        guard let context, let connection else { return }
+        for task in connection.link.takeTasks() { task() }
+        guard let bytes = connection.link.takePending() else { return }
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }
 
@@ -170,9 +172,6 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
         context?.eventLoop.scheduleTask(in: delay) { [weak self] in self?.connection?.retryStalled() }
     }
 
-    func execute(_ body: @escaping @Sendable () -> Void) {
-        context?.eventLoop.execute(body)
-    }
 }
 
 extension MQTTServerHandler: ClientLinkOwner {

@@ -93,13 +93,11 @@ final class FuzzHub: HubLink, @unchecked Sendable {
 }
 
 final class Control: ConnectionControl, ClientLinkOwner, @unchecked Sendable {
-    var tasks: [@Sendable () -> Void] = []
     func close() {}
     func pauseReading() {}
     func resumeReading() {}
     func expectPackets(within seconds: Double) {}
     func retry(after delay: TimeAmount) {}
-    func execute(_ body: @escaping @Sendable () -> Void) { tasks.append(body) }
     func linkHasPendingBytes() {}
     func linkMustDisconnect(_ reasonCode: UInt8) {}
 }
@@ -147,7 +145,7 @@ for n in 0..<inputs {
                 }
                 connection.receive(p)
                 if case .connect = p, connection.state == .connected { connected += 1 }
-                while !control.tasks.isEmpty { control.tasks.removeFirst()() }
+                for t in link.takeTasks() { t() }
                 if connection.state == .closed { break outer }
             }
         } catch let e as MQTTProtocolError {
