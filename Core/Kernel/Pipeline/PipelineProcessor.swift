@@ -65,8 +65,11 @@ public struct PipelineProcessor: Sendable {
                 switch step.kind {
                 case .decode(let codec):
                     if case .bytes(let bytes) = m.payload {
-                        guard let c = codec ?? PayloadCodec(contentType: m.contentType) else {
-                            throw StepError("cannot decode content type '\(m.contentType)'; name a codec: decode: json")
+                        // `auto` without a content type (MQTT 3.1.1 has none): JSON when it parses as JSON.
+                        let untyped = m.contentType.isEmpty || m.contentType == "application/octet-stream"
+                        guard let c = codec ?? PayloadCodec(contentType: m.contentType)
+                                ?? (untyped && (try? PayloadCodec.json.decode(bytes)) != nil ? .json : nil) else {
+                            throw StepError("cannot decode content type '\(m.contentType)'\(untyped ? " (and the payload is not JSON)" : ""); name a codec: decode: json")
                         }
                         do { m.payload = .value(try c.decode(bytes)) } catch {
                             throw StepError("payload is not valid \(c.rawValue.uppercased()): \(error)")
