@@ -116,6 +116,7 @@ let package = Package(
         plugin("MQTTPlugin", folder: "MQTT", dependencies: nio + [
             "MQTTCodec", "MQTTBroker",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
         ], swiftSettings: hotPath),

@@ -418,17 +418,7 @@ import IoTCPluginKit
 
     @Test func requiresClientCertificatesWhenConfigured() throws {
         let dir = TempDir()
-        func openssl(_ args: [String]) throws {
-            let (code, out) = try run("/usr/bin/env", ["openssl"] + args)
-            #expect(code == 0, "openssl \(args.first ?? ""): \(out)")
-        }
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        try openssl(["req", "-x509"] + ec + ["-keyout", dir.path + "/ca.key", "-out", dir.path + "/ca.pem", "-days", "1", "-subj", "/CN=devices-ca"])
-        try openssl(["req", "-x509"] + ec + ["-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1", "-subj", "/CN=localhost",
-                                             "-addext", "subjectAltName=IP:127.0.0.1"])
-        try openssl(["req"] + ec + ["-keyout", dir.path + "/dev.key", "-out", dir.path + "/dev.csr", "-subj", "/CN=sensor-1"])
-        try openssl(["x509", "-req", "-in", dir.path + "/dev.csr", "-CA", dir.path + "/ca.pem", "-CAkey", dir.path + "/ca.key",
-                     "-CAcreateserial", "-out", dir.path + "/dev.pem", "-days", "1"])
+        try makeTestCertificates(in: dir)
         let port = freePort()
         let hub = try makeHub(dir)
         try hub.start(try loadConfig("""

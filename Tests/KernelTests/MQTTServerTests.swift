@@ -13,10 +13,7 @@ import IoTCPluginKit
         let hub: Hub
 
         init(extra: String = "", pipelines: String? = nil) throws {
-            let (code, out) = try run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                                                       "-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1",
-                                                       "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-            #expect(code == 0, "openssl: \(out)")
+            try makeTestCertificates(in: dir)
             hub = try makeHub(dir)
             try hub.start(try loadConfig("""
                 sources:
@@ -67,6 +64,31 @@ import IoTCPluginKit
     func realClients(_ scenario: String) throws {
         let server = try Server()
         let (code, out) = try server.peers(scenario)
+        #expect(code == 0, "\(out)")
+    }
+
+    @Test func requiresClientCertificatesWhenConfigured() throws {
+        let dir = TempDir()
+        try makeTestCertificates(in: dir)
+        let tls = freePort(), tcp = freePort()
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources:
+              devices:
+                plugin: mqtt
+                listen: "127.0.0.1:\(tcp)"
+                tls: { listen: "127.0.0.1:\(tls)", certificate_file: "\(dir.path)/cert.pem", key_file: "\(dir.path)/key.pem", client_ca_file: "\(dir.path)/ca.pem" }
+                authentication: static
+                anonymous: { publish: [ "#" ], subscribe: [ "#" ] }
+            sinks: { out: { plugin: log } }
+            pipelines: { p: { from: [ "devices:nothing/#" ], to: [ out ] } }
+            """))
+        defer { hub.stop() }
+        #expect(waitForPort(tls))
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let (code, out) = try run(python, [Build.packageRoot + "/Tests/Support/mqtt_peers.py", "tls_client_cert", "127.0.0.1", "\(tcp)", "\(tls)", "0", dir.path + "/cert.pem"],
+                                  environment: ["MQTT_CLIENT_CERT": dir.path + "/dev.pem", "MQTT_CLIENT_KEY": dir.path + "/dev.key"])
         #expect(code == 0, "\(out)")
     }
 

@@ -232,3 +232,20 @@ func loadConfig(_ yaml: String, file: String = "test.yaml", environment: [String
 func makeHub(_ dir: TempDir) throws -> Hub {
     try Hub(plugins: Build.plugins, dataDirectory: dir.url.appendingPathComponent("data"), logger: Logger(label: "test"))
 }
+
+/// Test certificates in `dir`, made with openssl: a device CA (`ca.pem`, `ca.key`), a server certificate
+/// for 127.0.0.1 and localhost (`cert.pem`, `key.pem`), and a device certificate signed by the CA
+/// (`dev.pem`, `dev.key`, CN sensor-1).
+func makeTestCertificates(in dir: TempDir) throws {
+    func openssl(_ args: [String]) throws {
+        let (code, out) = try run("/usr/bin/env", ["openssl"] + args)
+        #expect(code == 0, "openssl \(args.first ?? ""): \(out)")
+    }
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    try openssl(["req", "-x509"] + ec + ["-keyout", dir.path + "/ca.key", "-out", dir.path + "/ca.pem", "-days", "1", "-subj", "/CN=devices-ca"])
+    try openssl(["req", "-x509"] + ec + ["-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1", "-subj", "/CN=localhost",
+                                         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    try openssl(["req"] + ec + ["-keyout", dir.path + "/dev.key", "-out", dir.path + "/dev.csr", "-subj", "/CN=sensor-1"])
+    try openssl(["x509", "-req", "-in", dir.path + "/dev.csr", "-CA", dir.path + "/ca.pem", "-CAkey", dir.path + "/ca.key",
+                 "-CAcreateserial", "-out", dir.path + "/dev.pem", "-days", "1"])
+}

@@ -448,6 +448,37 @@ def scenario_keepalive():
     # No CONNECT at all: closed by the connect time-out (1 s in the test config).
     idle = Raw()
     check(idle.closed_within(4), "connection without CONNECT stayed open")
+    # Slow-loris: a CONNECT trickled a byte at a time is still cut off by the connect time-out.
+    slow = Raw()
+    connect = b"\x10" + varint(12 + 20) + mstr("MQTT") + bytes([4, 2, 0, 60]) + mstr("x" * 20)
+    start = time.time()
+    closed = False
+    for b in connect:
+        try:
+            slow.s.sendall(bytes([b]))
+        except OSError:
+            closed = True
+            break
+        time.sleep(0.2)
+        if time.time() - start > 4:
+            break
+    check(closed or slow.closed_within(1), "a trickled CONNECT kept the connection open")
+    check(time.time() - start < 4, "the trickled CONNECT was not cut off within the connect time-out")
+    # Keep-alive counts whole packets: a PUBLISH trickled slower than 1.5 x keep-alive is cut off.
+    r = Raw()
+    r.connect(uid("ka2"), version=4, keepalive=1)
+    start = time.time()
+    closed = False
+    for b in b"\x30\x0C" + mstr("t") + b"0123456789"[:9]:
+        try:
+            r.s.sendall(bytes([b]))
+        except OSError:
+            closed = True
+            break
+        if r.closed_within(0.3):
+            closed = True
+            break
+    check(closed, "partial packets kept a silent client alive")
 
 
 def scenario_malformed():
@@ -533,6 +564,34 @@ def scenario_tls():
     got = t.wait(1)
     check(got and got[0].payload == b"secure", "TLS client got nothing")
     t.stop(); plain.stop()
+
+
+def scenario_tls_client_cert():
+    """The TLS listener requires a client certificate signed by the test CA (MQTT_CLIENT_CERT/KEY)."""
+    import os
+    topic = uid("mtls")
+    c = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=uid("mtls"), protocol=mqtt.MQTTv5)
+    c.tls_set(ca_certs=CA, certfile=os.environ["MQTT_CLIENT_CERT"], keyfile=os.environ["MQTT_CLIENT_KEY"])
+    got = threading.Event()
+    c.on_message = lambda *a: got.set()
+    c.connect(HOST, TLS)
+    c.loop_start()
+    c.subscribe(topic, qos=1)
+    time.sleep(0.3)
+    c.publish(topic, "with a certificate", qos=1)
+    check(got.wait(5), "a client with a certificate got nothing")
+    c.disconnect(); c.loop_stop()
+    # Without a certificate the TLS handshake is refused.
+    bare = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=uid("bare"), protocol=mqtt.MQTTv5)
+    bare.tls_set(ca_certs=CA)
+    try:
+        bare.connect(HOST, TLS)
+        bare.loop_start()
+        time.sleep(1)
+        check(not bare.is_connected(), "a client without a certificate was let in")
+        bare.loop_stop()
+    except (ssl.SSLError, OSError):
+        pass
 
 
 def scenario_aiomqtt():

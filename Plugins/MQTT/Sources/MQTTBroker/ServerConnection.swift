@@ -37,7 +37,8 @@ public final class ServerConnection: @unchecked Sendable {
     let limits: ServerLimits
     public let link: ClientLink
     let remoteAddress: String
-    let certificateFingerprint: String?
+    /// SHA-256 of the client's TLS certificate (lower-case hex), set by the transport before CONNECT.
+    public var certificateFingerprint: String?
     public weak var control: ConnectionControl?
 
     public private(set) var state = State.awaitingConnect

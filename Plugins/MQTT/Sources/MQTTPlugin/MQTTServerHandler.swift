@@ -1,6 +1,9 @@
+import Crypto
+import Foundation
 import MQTTBroker
 import MQTTCodec
 import NIOCore
+import NIOSSL
 
 /// Connects one client's channel to its `ServerConnection`: bytes in (decoded here, with no buffer
 /// kept between packets, so an idle connection holds none), the link's pending bytes out (one write
@@ -61,7 +64,8 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     /// From the sweeper, on this loop.
     func tick(_ elapsed: TimeAmount) {
         guard let limit = idleLimit, !closing else { return }
-        if sawPacket {
+        // The connect time-out is absolute; keep-alive restarts with every packet.
+        if sawPacket, connection?.state != .awaitingConnect {
             sawPacket = false
             idle = .zero
             return
@@ -77,7 +81,12 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection, !closing else { return }
-        sawPacket = true
+        if connection.state == .awaitingConnect, connection.certificateFingerprint == nil,
+           let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate,
+           let der = try? cert.toDERBytes() {
+            // The hub can authenticate a device by its certificate.
+            connection.certificateFingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+        }
         reading = true
         defer { reading = false }
         var bytes = unwrapInboundIn(data)
@@ -88,6 +97,8 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
         }
         do {
             while let packet = try decoder.decode(buffer: &bytes) {
+                // Only whole packets count as activity: a client trickling bytes is still silent.
+                sawPacket = true
                 connection.receive(packet)
                 if closing { return }
             }
