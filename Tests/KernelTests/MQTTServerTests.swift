@@ -12,7 +12,7 @@ import IoTCPluginKit
         let tcp = freePort(), tls = freePort(), ws = freePort()
         let hub: Hub
 
-        init(extra: String = "", pipelines: String? = nil) throws {
+        init(extra: String = "", pipelines: String? = nil, sinks: String = "") throws {
             try makeTestCertificates(in: dir)
             hub = try makeHub(dir)
             try hub.start(try loadConfig("""
@@ -31,6 +31,7 @@ import IoTCPluginKit
                 \(extra)
                 sinks:
                   out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+                \(sinks)
                 pipelines:
                 \(pipelines ?? """
                   plant:
@@ -53,6 +54,24 @@ import IoTCPluginKit
         }
 
         var output: [Value] { jsonLines(dir.path + "/out.jsonl") }
+
+        /// mosquitto_sub on `topics` (and a probe topic), returned once a probe message has come back,
+        /// so that the subscription is known to be in place. Probe lines start with `probe/`.
+        func subscriber(_ topics: [String], version: String = "mqttv5", qos: Int = 1, format: [String] = ["-v"]) throws -> ChildProcess {
+            let probe = "probe/\(UUID().uuidString.prefix(8))"
+            let sub = try ChildProcess("/usr/bin/env", ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "\(tcp)", "-V", version, "-q", "\(qos)"]
+                                       + (topics + [probe]).flatMap { ["-t", $0] } + format)
+            #expect(eventually {
+                _ = try? run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(tcp)", "-t", probe, "-m", "probe"])
+                return sub.log.contains(probe)
+            }, "mosquitto_sub did not subscribe: \(sub.log)")
+            return sub
+        }
+
+        /// What a subscriber received, without the probes.
+        func lines(_ sub: ChildProcess) -> [String] {
+            sub.log.split(separator: "\n").map(String.init).filter { !$0.hasPrefix("probe/") }
+        }
     }
 
     static let scenarios = [
@@ -120,24 +139,20 @@ import IoTCPluginKit
     @Test func mosquittoClientsInterwork() throws {
         let server = try Server()
         for version in ["mqttv311", "mqttv5"] {
-            let sub = try ChildProcess("/usr/bin/env", ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", version,
-                                                        "-t", "lab/+/temp", "-q", "2", "-v", "-C", "3"])
-            usleep(400_000)  // mosquitto_sub subscribes
+            let sub = try server.subscriber(["lab/+/temp"], version: version, qos: 2)
             for (i, q) in ["0", "1", "2"].enumerated() {
                 let r = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", version, "-t", "lab/\(i)/temp", "-q", q, "-m", "v\(i)"])
                 #expect(r.0 == 0, "\(r.1)")
             }
-            #expect(eventually { sub.log.split(separator: "\n").count == 3 }, "mosquitto_sub \(version) got: \(sub.log)")
-            #expect(sub.log.split(separator: "\n").map(String.init) == ["lab/0/temp v0", "lab/1/temp v1", "lab/2/temp v2"])
+            #expect(eventually { server.lines(sub).count == 3 }, "mosquitto_sub \(version) got: \(sub.log)")
+            #expect(server.lines(sub) == ["lab/0/temp v0", "lab/1/temp v1", "lab/2/temp v2"])
             sub.stop()
         }
     }
 
     @Test func downlinkReachesASubscribedDevice() async throws {
         let server = try Server()
-        let sub = try ChildProcess("/usr/bin/env", ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", "mqttv5",
-                                                    "-t", "devices/valve-2/commands", "-q", "1", "-C", "1", "-F", "%t %p %P"])
-        usleep(400_000)
+        let sub = try server.subscriber(["devices/valve-2/commands"], format: ["-F", "%t %p %P"])
         let (code, reason) = await server.hub.sendDownlink(
             Message(device: "valve-2", contentType: "application/json", payload: Array(#"{"open":true}"#.utf8), qos: 1,
                     properties: [KeyValue("mqtt.user.origin", "api")]), source: "devices")
@@ -150,6 +165,43 @@ import IoTCPluginKit
         #expect(missing != 0)
         #expect(why?.contains("no MQTT client is subscribed") == true)
         sub.stop()
+    }
+
+    @Test func pipelinesSendDownlinkToSubscribedDevices() throws {
+        // An alarm from one device becomes a command to another, through the built-in downlink sink.
+        let server = try Server(pipelines: """
+              alarms:
+                from: [ "devices:plant/+/alarm" ]
+                steps:
+                  - decode: json
+                  - set: { msg.topic: "'plant/valve-1/commands/close'", msg.kind: "'command'", reason: "msg.device" }
+                to: [ to-devices ]
+            """, sinks: "  to-devices: { plugin: downlink, source: devices }")
+        let sub = try server.subscriber(["plant/valve-1/commands/#"])
+        let r = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-i", "press-7", "-t", "plant/press-7/alarm", "-q", "1", "-m", #"{"bar":9.5}"#])
+        #expect(r.0 == 0, "\(r.1)")
+        #expect(eventually { sub.log.contains("plant/valve-1/commands/close") }, "mosquitto_sub got: \(sub.log)")
+        #expect(sub.log.contains(#""reason":"press-7""#))
+        sub.stop()
+    }
+
+    @Test func aDownlinkSinkMustNameADefinedSource() {
+        #expect(throws: ConfigurationError.self) {
+            try loadConfig("""
+                sources: { devices: { plugin: mqtt, listen: "127.0.0.1:0" } }
+                sinks: { down: { plugin: downlink, source: devicez } }
+                pipelines: { p: { from: [ devices ], to: [ down ] } }
+                """)
+        }
+        do {
+            _ = try loadConfig("""
+                sources: { devices: { plugin: mqtt, listen: "127.0.0.1:0" } }
+                sinks: { down: { plugin: downlink, source: devicez } }
+                pipelines: { p: { from: [ devices ], to: [ down ] } }
+                """)
+        } catch {
+            #expect("\(error)".contains("sink 'down' sends downlink through undefined source 'devicez' (did you mean 'devices'?)"), "\(error)")
+        }
     }
 
     @Test func fullPipelineStopsReadingWithoutLoss() throws {

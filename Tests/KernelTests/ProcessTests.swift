@@ -69,7 +69,7 @@ import IoTCPluginKit
             """)
         let hub = try serve(file, data: dir.path + "/data", api: apiPort)
         #expect(waitForPort(apiPort), "hub did not start: \(hub.log)")
-        #expect(hub.log.contains("IoT Connect Center"))
+        #expect(eventually { hub.log.contains("IoT Connect Center") }, "no banner: \(hub.log)")
         #expect(http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200)
         // A broken file on SIGHUP leaves the running configuration alone.
         try "pipelines: { t: { from: [ nowhere ] } }".write(toFile: file, atomically: true, encoding: .utf8)

@@ -151,6 +151,14 @@ public struct HubConfigLoader: Sendable {
             if let p = pipeline(name, loc, node, config, declared, &v) { config.pipelines.append(p) }
             d.append(contentsOf: v.diagnostics)
         }
+        // The kernel's downlink sink names a source, from any file.
+        for s in config.sinks where s.component == DownlinkSink.name {
+            guard case .string(let source)? = s.config["source"], !declared.sources.contains(source) else { continue }
+            let names = declared.sources.sorted()
+            let hint = Suggest.closest(source, in: names).map { "did you mean '\($0)'?" }
+                ?? (names.isEmpty ? "define it under 'sources'" : "defined sources: \(names.joined(separator: ", "))")
+            d.error(s.location, "sink '\(s.name)' sends downlink through undefined source '\(source)'", hint: hint)
+        }
         d.sort()
         if d.hasErrors { throw ConfigurationError(diagnostics: d.items) }
         return (config, d.items)

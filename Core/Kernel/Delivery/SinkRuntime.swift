@@ -37,7 +37,7 @@ struct Delivery: Sendable {
 /// backoff and jitter, and the dead-letter store once attempts run out or the sink rejects a message.
 final class SinkRuntime: @unchecked Sendable {
     let name: String
-    let instance: ComponentInstance
+    let instance: any SinkTarget
     let options: DeliveryOptions
     private let deadLetters: DeadLetterStore
     private let cond = NSCondition()
@@ -61,7 +61,7 @@ final class SinkRuntime: @unchecked Sendable {
     private let latency: Metrics.Timer
     private let depth: Gauge
 
-    init(name: String, instance: ComponentInstance, options: DeliveryOptions, deadLetters: DeadLetterStore, log: @escaping @Sendable (String) -> Void) {
+    init(name: String, instance: any SinkTarget, options: DeliveryOptions, deadLetters: DeadLetterStore, log: @escaping @Sendable (String) -> Void) {
         self.name = name
         self.instance = instance
         self.options = options

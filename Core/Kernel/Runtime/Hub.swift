@@ -72,11 +72,18 @@ public final class Hub: HostServices, @unchecked Sendable {
                     newSinks[c.name] = existing
                     continue
                 }
-                let instance = try makeInstance(.sink, c)
-                try instance.start()
+                let instance: any SinkTarget
+                if c.component == DownlinkSink.name {
+                    instance = DownlinkSink(config: c.config, hub: self)
+                } else {
+                    let plugin = try makeInstance(.sink, c)
+                    try plugin.start()
+                    instance = plugin
+                }
                 let runtime = SinkRuntime(name: c.name, instance: instance, options: c.delivery, deadLetters: deadLetters) { [logger] in
                     logger.warning("\($0)")
                 }
+                (instance as? DownlinkSink)?.runtime = runtime
                 lock.withLock { sinkByInstance[ObjectIdentifier(instance)] = runtime }
                 runtime.start()
                 createdSinks.append(runtime)
@@ -338,6 +345,14 @@ public final class Hub: HostServices, @unchecked Sendable {
     /// Sends a downlink message to a device through the source that holds it (or the one named) and
     /// waits until the source settles it.
     public func sendDownlink(_ message: Message, source: String? = nil, timeout: TimeInterval = 30) async -> (Int32, String?) {
+        await withCheckedContinuation { (k: CheckedContinuation<(Int32, String?), Never>) in
+            sendDownlink(message, source: source, timeout: timeout) { k.resume(returning: ($0, $1)) }
+        }
+    }
+
+    /// Sends a downlink message; `done` is called exactly once, with the source's result or a time-out.
+    /// Needs no Swift concurrency, so that sinks can call it from their own threads.
+    func sendDownlink(_ message: Message, source: String?, timeout: TimeInterval, done: @escaping @Sendable (Int32, String?) -> Void) {
         let target: ComponentInstance? = lock.withLock {
             if let source { return sources[source]?.instance }
             if let via = connectedVia[message.device] { return sources[via]?.instance }
@@ -345,29 +360,27 @@ public final class Hub: HostServices, @unchecked Sendable {
             return capable.count == 1 ? capable[0] : nil
         }
         guard let target else {
-            return (IOTC_ERR_NOT_FOUND, source.map { "no source named '\($0)'" } ?? "device '\(message.device)' is not connected; name the source")
+            return done(IOTC_ERR_NOT_FOUND, source.map { "no source named '\($0)'" } ?? "device '\(message.device)' is not connected; name the source")
         }
-        guard target.hasDownlink else { return (IOTC_ERR_UNSUPPORTED, "source '\(target.name)' has no downlink") }
-        return await withCheckedContinuation { (k: CheckedContinuation<(Int32, String?), Never>) in
-            let once = Once()
-            let token = lock.withLock { () -> UInt64 in
-                let t = nextDownlinkToken
-                nextDownlinkToken += 1
-                downlinkWaiters[t] = { r, reason in if once.claim() { k.resume(returning: (r, reason)) } }
-                return t
-            }
-            var m = message
-            if m.id.isEmpty { m.id = nextMessageID() }
-            let r = target.downlink(m, token: token)
-            if r != IOTC_OK {
-                _ = lock.withLock { downlinkWaiters.removeValue(forKey: token) }
-                if once.claim() { k.resume(returning: (r, "the source refused the downlink (code \(r))")) }
-                return
-            }
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
-                _ = self?.lock.withLock { self?.downlinkWaiters.removeValue(forKey: token) }
-                if once.claim() { k.resume(returning: (IOTC_ERR_RETRY, "the device did not take the message within \(Int(timeout))s")) }
-            }
+        guard target.hasDownlink else { return done(IOTC_ERR_UNSUPPORTED, "source '\(target.name)' has no downlink") }
+        let once = Once()
+        let token = lock.withLock { () -> UInt64 in
+            let t = nextDownlinkToken
+            nextDownlinkToken += 1
+            downlinkWaiters[t] = { r, reason in if once.claim() { done(r, reason) } }
+            return t
+        }
+        var m = message
+        if m.id.isEmpty { m.id = nextMessageID() }
+        let r = target.downlink(m, token: token)
+        if r != IOTC_OK {
+            _ = lock.withLock { downlinkWaiters.removeValue(forKey: token) }
+            if once.claim() { done(r, "the source refused the downlink (code \(r))") }
+            return
+        }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { [weak self] in
+            _ = self?.lock.withLock { self?.downlinkWaiters.removeValue(forKey: token) }
+            if once.claim() { done(IOTC_ERR_RETRY, "the device did not take the message within \(Int(timeout))s") }
         }
     }
 
