@@ -74,4 +74,38 @@ import IoTCPluginKit
         #expect(eventually(timeout: 20) { Set(jsonLines(dir.path + "/out.jsonl").compactMap { $0["payload"]?["n"] }.map { "\($0)" }).count == 50 },
                 "got \(jsonLines(dir.path + "/out.jsonl").count) lines")
     }
+
+    @Test func bridgesBothWaysOverTLSWithAClientCertificate() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let certs = TempDir()
+        try makeTestCertificates(in: certs)
+        let broker = Mosquitto()
+        broker.tls = (freePort(), certs.path + "/ca.pem", certs.path + "/cert.pem", certs.path + "/key.pem")
+        try broker.start()
+        let tlsPort = broker.tls!.port
+        let dir = TempDir()
+        let tls = "{ ca_file: \"\(certs.path)/cert.pem\", certificate_file: \"\(certs.path)/dev.pem\", key_file: \"\(certs.path)/dev.key\" }"
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources:
+              upstream: { plugin: mqtt_subscribe, server: "127.0.0.1:\(tlsPort)", topics: [ "in/#" ], tls: \(tls), reconnect_initial: 200ms }
+            sinks:
+              out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+              broker: { plugin: mqtt_publish, server: "127.0.0.1:\(tlsPort)", topic: "out/{device}", tls: \(tls), reconnect_initial: 200ms }
+            pipelines:
+              inbound: { from: [ "upstream:in/#" ], steps: [ { decode: json } ], to: [ out, broker ] }
+            """))
+        defer { hub.stop() }
+        let sub = try broker.subscribe("out/#")
+        // In over TLS, out again over TLS (to the plain listener's subscriber on the same broker).
+        #expect(eventually(timeout: 15) {
+            try? publish(broker.port, "in/x/telemetry", #"{"tls":true}"#)
+            return sub.log.contains("out/x")
+        }, "subscriber got: \(sub.log)")
+        #expect(jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["tls": true] })
+        // Without a client certificate the broker refuses the bridge.
+        let (code, out) = try run(which("mosquitto_pub")!, ["-h", "127.0.0.1", "-p", "\(tlsPort)", "--cafile", certs.path + "/cert.pem",
+                                                            "-t", "in/y", "-m", "x"])
+        #expect(code != 0, "a client without a certificate got in: \(out)")
+    }
 }

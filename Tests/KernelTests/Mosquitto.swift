@@ -9,6 +9,8 @@ final class Mosquitto {
 
     /// Keep sessions and queued messages across restarts (in this object's folder).
     var persistent = false
+    /// A second listener on `tlsPort` with these files, requiring client certificates signed by `ca`.
+    var tls: (port: Int, ca: String, certificate: String, key: String)?
 
     init(port: Int = freePort()) { self.port = port }
 
@@ -18,10 +20,17 @@ final class Mosquitto {
         // Started as root, mosquitto runs as the user mosquitto: the database folder must be writable to it.
         if persistent { chmod(dir.path, 0o777) }
         let persistence = persistent ? "persistence true\npersistence_location \(dir.path)/\n" : "persistence false\n"
-        let conf = dir.write("mosquitto.conf", "listener \(port) 127.0.0.1\nallow_anonymous true\n" + persistence)
+        var listeners = "listener \(port) 127.0.0.1\n"
+        if let tls {
+            // It runs as the user mosquitto, which must be able to read the key.
+            for f in [tls.ca, tls.certificate, tls.key] { chmod(f, 0o644) }
+            chmod(dir.path, 0o755)
+            listeners += "listener \(tls.port) 127.0.0.1\ncafile \(tls.ca)\ncertfile \(tls.certificate)\nkeyfile \(tls.key)\nrequire_certificate true\n"
+        }
+        let conf = dir.write("mosquitto.conf", "per_listener_settings false\nallow_anonymous true\n" + listeners + persistence)
         let exe = which("mosquitto") ?? "/usr/sbin/mosquitto"
         broker = try ChildProcess(exe, ["-c", conf])
-        #expect(waitForPort(port), "mosquitto did not start: \(broker?.log ?? "")")
+        #expect(waitForPort(port) && (tls.map { waitForPort($0.port) } ?? true), "mosquitto did not start: \(broker?.log ?? "")")
     }
 
     func stop() { broker?.stop() }
