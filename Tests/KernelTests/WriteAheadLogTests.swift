@@ -70,3 +70,27 @@ import IoTCPluginKit
         #expect(try WriteAheadLog(directory: dir.url).open().isEmpty)
     }
 }
+
+@Suite struct CRC32CTests {
+    /// Bit by bit, as the definition reads: the reference the table-driven version must match.
+    func reference(_ bytes: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in bytes {
+            c ^= UInt32(b)
+            for _ in 0..<8 { c = c & 1 != 0 ? 0x82F6_3B78 ^ (c >> 1) : c >> 1 }
+        }
+        return c ^ 0xFFFF_FFFF
+    }
+
+    @Test func matchesTheStandardCheckValueAndTheDefinition() {
+        // The check value of CRC-32C (Castagnoli) for "123456789" (RFC 3720, appendix B.4).
+        #expect(CRC32C.checksum(Array("123456789".utf8)) == 0xE306_9283)
+        #expect(CRC32C.checksum([UInt8]()) == 0)
+        var rng = SystemRandomNumberGenerator()
+        for length in [1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 1000] {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            #expect(CRC32C.checksum(bytes) == reference(bytes), "length \(length)")
+            #expect(CRC32C.checksum(bytes[1...]) == reference(Array(bytes[1...])), "slice of length \(length - 1)")
+        }
+    }
+}

@@ -68,15 +68,39 @@ enum MessageCodec {
 
 /// CRC-32C (Castagnoli), for write-ahead log records.
 enum CRC32C {
-    private static let table: [UInt32] = (0..<256).map { i -> UInt32 in
-        var c = UInt32(i)
-        for _ in 0..<8 { c = c & 1 != 0 ? 0x82F6_3B78 ^ (c >> 1) : c >> 1 }
-        return c
-    }
+    /// Slicing-by-8 tables (8 x 256 entries), filled once and then only read.
+    nonisolated(unsafe) private static let tables: UnsafeMutablePointer<UInt32> = {
+        let t = UnsafeMutablePointer<UInt32>.allocate(capacity: 8 * 256)
+        for i in 0..<256 {
+            var c = UInt32(i)
+            for _ in 0..<8 { c = c & 1 != 0 ? 0x82F6_3B78 ^ (c >> 1) : c >> 1 }
+            t[i] = c
+        }
+        for k in 1..<8 {
+            for i in 0..<256 { t[k * 256 + i] = (t[(k - 1) * 256 + i] >> 8) ^ t[Int(t[(k - 1) * 256 + i] & 0xFF)] }
+        }
+        return t
+    }()
 
     static func checksum<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
+        bytes.withContiguousStorageIfAvailable { checksum(UnsafeRawBufferPointer($0)) } ?? Array(bytes).withUnsafeBytes { checksum($0) }
+    }
+
+    static func checksum(_ p: UnsafeRawBufferPointer) -> UInt32 {
+        let t = tables
         var c: UInt32 = 0xFFFF_FFFF
-        for b in bytes { c = table[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        var i = 0
+        let n = p.count
+        while n - i >= 8 {
+            let lo = c ^ (UInt32(p[i]) | UInt32(p[i + 1]) << 8 | UInt32(p[i + 2]) << 16 | UInt32(p[i + 3]) << 24)
+            c = t[7 * 256 + Int(lo & 0xFF)] ^ t[6 * 256 + Int((lo >> 8) & 0xFF)] ^ t[5 * 256 + Int((lo >> 16) & 0xFF)] ^ t[4 * 256 + Int(lo >> 24)]
+                ^ t[3 * 256 + Int(p[i + 4])] ^ t[2 * 256 + Int(p[i + 5])] ^ t[256 + Int(p[i + 6])] ^ t[Int(p[i + 7])]
+            i += 8
+        }
+        while i < n {
+            c = t[Int((c ^ UInt32(p[i])) & 0xFF)] ^ (c >> 8)
+            i += 1
+        }
         return c ^ 0xFFFF_FFFF
     }
 }

@@ -1,5 +1,6 @@
 import CIoTCPluginABI
 import Foundation
+import NIOConcurrencyHelpers
 import IoTCPluginKit
 import Metrics
 
@@ -33,6 +34,12 @@ final class ComponentInstance: @unchecked Sendable {
     var pluginName: String { component.entry.plugin }
     var componentName: String { component.entry.name }
     var hasDownlink: Bool { component.raw.pointee.downlink != nil && kind == .source }
+
+    /// A source's routes: the pipelines that read from it, with their topic filters. Kept here, under
+    /// its own lock, so that submits from many threads do not contend on the hub's lock.
+    let routeTable = NIOLockedValueBox<[(filter: TopicFilter?, pipeline: PipelineRuntime)]>([])
+    /// A sink's runtime, which settles the sink's acknowledgements.
+    weak var sinkRuntime: SinkRuntime?
 
     init(name: String, component: LoadedComponent, config: Value.Object, services: any HostServices) throws {
         self.name = name

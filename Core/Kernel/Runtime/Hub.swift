@@ -19,7 +19,6 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var sinkByInstance: [ObjectIdentifier: SinkRuntime] = [:]
     private var pipelines: [String: PipelineRuntime] = [:]
     /// Source name to the pipelines reading it, with their topic filters.
-    private var routes: [String: [(filter: TopicFilter?, pipeline: PipelineRuntime)]] = [:]
     private var authenticator = DeviceAuthenticator(AuthConfig())
     private var identities: [UInt64: GrantedIdentity] = [:]
     private var nextHandle: UInt64 = 1
@@ -84,6 +83,7 @@ public final class Hub: HostServices, @unchecked Sendable {
                     logger.warning("\($0)")
                 }
                 (instance as? DownlinkSink)?.runtime = runtime
+                (instance as? ComponentInstance)?.sinkRuntime = runtime
                 lock.withLock { sinkByInstance[ObjectIdentifier(instance)] = runtime }
                 runtime.start()
                 createdSinks.append(runtime)
@@ -143,11 +143,11 @@ public final class Hub: HostServices, @unchecked Sendable {
         for p in new.pipelines {
             for ref in p.from { newRoutes[ref.source, default: []].append((ref.filter, newPipelines[p.name]!)) }
         }
+        for (name, s) in newSources { s.instance.routeTable.withLockedValue { $0 = newRoutes[name] ?? [] } }
         lock.withLock {
             sources = newSources
             sinks = newSinks
             pipelines = newPipelines
-            routes = newRoutes
             authenticator = DeviceAuthenticator(new.auth)
         }
         for (pipeline, entries) in replays where !entries.isEmpty {
@@ -186,8 +186,8 @@ public final class Hub: HostServices, @unchecked Sendable {
         for p in pipes.values { p.drainAndStop(deadline: deadline) }
         for s in snks.values { s.runtime.drainAndStop(deadline: deadline) }
         for p in pipes.values { p.wal?.close() }
+        for s in srcs.values { s.instance.routeTable.withLockedValue { $0 = [] } }
         lock.withLock {
-            routes = [:]
             sources = [:]
             pipelines = [:]
             sinks = [:]
@@ -230,7 +230,7 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     func submit(from source: ComponentInstance, _ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
         guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
-        let targets = lock.withLock { routes[source.name] ?? [] }
+        let targets = source.routeTable.withLockedValue { $0 }
         var message = CanonicalMessage(m, receivedTime: clock())
         if message.id.isEmpty { message.id = nextMessageID() }
         if message.tenant.isEmpty { message.tenant = "default" }
@@ -257,16 +257,15 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     func routes(from source: ComponentInstance, topic: String) -> Bool {
         guard source.kind == .source else { return false }
-        let targets = lock.withLock { routes[source.name] ?? [] }
-        return targets.contains { $0.filter?.matches(topic) ?? true }
+        return source.routeTable.withLockedValue { $0.contains { $0.filter?.matches(topic) ?? true } }
     }
 
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?) {
         switch from.kind {
         case .sink:
-            // Found by instance, so that a sink being replaced on reload still settles its own writes.
-            let runtime = lock.withLock { sinkByInstance[ObjectIdentifier(from)] }
-            runtime?.ack(token: token, result: result, reason: reason)
+            // Each instance settles through its own runtime, so that a sink being replaced on reload
+            // still settles its own writes.
+            from.sinkRuntime?.ack(token: token, result: result, reason: reason)
         case .source:
             let waiter = lock.withLock { downlinkWaiters.removeValue(forKey: token) }
             waiter?(result, reason)
