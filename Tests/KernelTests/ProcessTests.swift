@@ -84,6 +84,28 @@ import IoTCPluginKit
         #expect(!hub.log.contains("Fatal error"))
     }
 
+    @Test func exportsMQTTServerMetrics() throws {
+        let dir = TempDir()
+        let mqttPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: static, anonymous: { publish: [ "#" ], subscribe: [ "#" ] } } }
+            sinks: { out: { plugin: log } }
+            pipelines: { t: { from: [ "devices:none/#" ], to: [ out ] } }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(waitForPort(mqttPort), "hub did not start: \(hub.log)")
+        let sub = try ChildProcess("/usr/bin/env", ["mosquitto_sub", "-h", "127.0.0.1", "-p", "\(mqttPort)", "-t", "a/#"])
+        for _ in 0..<3 { _ = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(mqttPort)", "-t", "a/b", "-m", "x"]) }
+        // Reported every five seconds.
+        #expect(eventually(timeout: 15) {
+            let text = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+            return text.contains(#"iotc_mqtt_connections{plugin="mqtt",source="devices"} 1.0"#)
+                && text.contains(#"iotc_mqtt_messages_received_total{plugin="mqtt",source="devices"} 3"#)
+        }, "\(http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.split(separator: "\n").filter { $0.contains("mqtt") } ?? [])")
+        sub.stop()
+        hub.stop()
+    }
+
     @Test func servesMetricsAndTheDeadLetterAPI() throws {
         let dir = TempDir()
         let httpPort = freePort(), apiPort = freePort()

@@ -232,7 +232,6 @@ public final class Broker: @unchecked Sendable {
                 routes[m.topic] = deliveries
             }
         }
-        counters.received.add(1)
         for d in deliveries {
             d.session.deliver(m, qos: min(m.qos, d.qos), retain: d.retainAsPublished && m.retain, identifiers: d.identifiers)
         }

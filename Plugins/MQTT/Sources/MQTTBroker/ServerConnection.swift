@@ -288,6 +288,7 @@ public final class ServerConnection: @unchecked Sendable {
         }
         guard p.qos <= broker.config.maximumQoS else { return protocolError(MQTTReason.qosNotSupported, "QoS \(p.qos) is over the maximum") }
         guard !p.retain || broker.config.retainAvailable else { return protocolError(MQTTReason.retainNotSupported, "retain is not available") }
+        broker.counters.received.add(1)
         broker.counters.bytesReceived.add(p.payload.readableBytes)
 
         if p.qos > 0 {

@@ -124,6 +124,9 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private var channels: [Channel] = []
     private let sslContext: NIOSSLContext?
     private var sysTask: RepeatedTask?
+    private var metricsTask: RepeatedTask?
+    /// Counter values last reported to the hub (the hub takes increments).
+    private var reported = (received: 0, sent: 0, dropped: 0, expired: 0)
     private let sweepers = IdleSweepers()
 
     init(config: Config, host: PluginHost) throws {
@@ -202,8 +205,28 @@ final class MQTTServerSource: Source, @unchecked Sendable {
                 broker.publishStatistics(version: pluginVersion)
             }
         }
-        let addresses = channels.compactMap { $0.localAddress.map { "\($0)" } }.joined(separator: ", ")
+        metricsTask = group.next().scheduleRepeatedTask(initialDelay: .seconds(5), delay: .seconds(5)) { [weak self] _ in self?.reportMetrics() }
+        let names = (config.listen.isEmpty ? [] : ["tcp"]) + (config.tls == nil ? [] : ["tls"]) + (config.websocket == nil ? [] : ["websocket"])
+        let addresses = zip(names, channels).compactMap { name, ch in
+            ch.localAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0) (\(name))" }
+        }.joined(separator: ", ")
         host.log(.info, "mqtt server listening on \(addresses)")
+    }
+
+    /// The broker's figures as hub metrics (Prometheus at /metrics), tagged by the hub with this source.
+    private func reportMetrics() {
+        guard let broker else { return }
+        let c = broker.counters
+        host.metric(.gauge, "iotc_mqtt_connections", Double(c.connected.value))
+        host.metric(.gauge, "iotc_mqtt_sessions", Double(broker.sessionCount))
+        host.metric(.gauge, "iotc_mqtt_subscriptions", Double(broker.subscriptionCount))
+        host.metric(.gauge, "iotc_mqtt_retained_messages", Double(broker.retainedCount))
+        let now = (received: c.received.value, sent: c.sent.value, dropped: c.dropped.value, expired: c.expired.value)
+        host.metric(.counter, "iotc_mqtt_messages_received_total", Double(now.received - reported.received))
+        host.metric(.counter, "iotc_mqtt_messages_sent_total", Double(now.sent - reported.sent))
+        host.metric(.counter, "iotc_mqtt_messages_dropped_total", Double(now.dropped - reported.dropped))
+        host.metric(.counter, "iotc_mqtt_messages_expired_total", Double(now.expired - reported.expired))
+        reported = now
     }
 
     enum Transport {
@@ -254,6 +277,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     func stop() {
         sysTask?.cancel()
         sysTask = nil
+        metricsTask?.cancel()
+        metricsTask = nil
         for c in channels { try? c.close().wait() }
         channels = []
         sweepers.stopAll()
