@@ -97,11 +97,15 @@ let package = Package(
             ],
             path: "Core/iotc"
         ),
-        .target(name: "HTTPCodec", dependencies: nio, path: "Plugins/HTTP/Sources/HTTPCodec"),
-        plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
-            "HTTPCodec",
+        // Helpers several plugins' servers share: listen addresses, server TLS, certificate fingerprints.
+        .target(name: "PluginNetworking", dependencies: [
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),
+        ], path: "Plugins/Shared/Sources/PluginNetworking"),
+        .target(name: "HTTPCodec", dependencies: nio, path: "Plugins/HTTP/Sources/HTTPCodec"),
+        plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
+            "HTTPCodec", "PluginNetworking",
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         plugin("WebhookPlugin", folder: "Webhook", dependencies: [
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -114,9 +118,8 @@ let package = Package(
                                                          .product(name: "DequeModule", package: "swift-collections")],
                 path: "Plugins/MQTT/Sources/MQTTBroker", swiftSettings: hotPath),
         plugin("MQTTPlugin", folder: "MQTT", dependencies: nio + [
-            "MQTTCodec", "MQTTBroker",
+            "MQTTCodec", "MQTTBroker", "PluginNetworking",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
         ], swiftSettings: hotPath),

@@ -1,10 +1,10 @@
 import CIoTCPluginABI
-import Crypto
 import Foundation
 import HTTPCodec
 import IoTCPluginKit
 import NIOCore
 import NIOSSL
+import PluginNetworking
 
 /// One device connection: takes parsed requests in order (pipelined ones wait their turn),
 /// authenticates, submits messages and serves command fetches. Responses are written as bytes.
@@ -148,7 +148,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let remote = context.channel.remoteAddress?.description ?? ""
         var fingerprint = ""
         if let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate {
-            fingerprint = CertificateFingerprint.sha256(cert)
+            fingerprint = ServerTLS.fingerprint(cert)
         }
         guard let identity = source.host.authenticate(Credentials(protocolName: "http", device: device, secret: token, certificateFingerprint: fingerprint, remoteAddress: remote)) else {
             respond(context, .unauthorized, problem: token.isEmpty ? "credentials required" : "invalid credentials", extra: [("WWW-Authenticate", "Bearer")])
@@ -391,13 +391,5 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         }
-    }
-}
-
-enum CertificateFingerprint {
-    /// Lower-case hex SHA-256 of the certificate's DER form.
-    static func sha256(_ cert: NIOSSLCertificate) -> String {
-        guard let der = try? cert.toDERBytes() else { return "" }
-        return SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
     }
 }

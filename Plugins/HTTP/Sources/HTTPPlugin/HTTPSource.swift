@@ -6,6 +6,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PluginNetworking
 
 @_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
     Plugin.entry(name: "http", version: "0.1.0", description: "Devices send telemetry over HTTP/1.1 and fetch commands.", components: [HTTPSource.self], offered: v, count: n)
@@ -82,21 +83,10 @@ final class HTTPSource: Source, @unchecked Sendable {
         guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
-        if let tls = config.tls {
-            do {
-                var c = TLSConfiguration.makeServerConfiguration(
-                    certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificate_file).map { .certificate($0) },
-                    privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key_file, format: .pem)))
-                if let ca = tls.client_ca_file {
-                    c.trustRoots = .file(ca)
-                    c.certificateVerification = .noHostnameVerification
-                }
-                sslContext = try NIOSSLContext(configuration: c)
-            } catch {
-                throw PluginError("TLS setup failed: \(error)")
-            }
-        } else {
-            sslContext = nil
+        do {
+            sslContext = try config.tls.map { try ServerTLS.context(certificateFile: $0.certificate_file, keyFile: $0.key_file, clientCAFile: $0.client_ca_file) }
+        } catch {
+            throw PluginError("\(error)")
         }
     }
 
@@ -147,17 +137,6 @@ final class HTTPSource: Source, @unchecked Sendable {
     }
 }
 
-struct HostPort {
-    var host: String
-    var port: Int
-    init?(_ text: String) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        var h = String(text[..<colon])
-        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-        host = h.isEmpty ? "0.0.0.0" : h
-        self.port = port
-    }
-}
 
 /// A command waiting for its device.
 struct PendingCommand: Sendable {

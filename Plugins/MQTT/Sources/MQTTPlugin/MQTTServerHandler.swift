@@ -1,9 +1,8 @@
-import Crypto
-import Foundation
 import MQTTBroker
 import MQTTCodec
 import NIOCore
 import NIOSSL
+import PluginNetworking
 
 /// Connects one client's channel to its `ServerConnection`: bytes in (decoded here, with no buffer
 /// kept between packets, so an idle connection holds none), the link's pending bytes out (one write
@@ -82,10 +81,9 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection, !closing else { return }
         if connection.state == .awaitingConnect, connection.certificateFingerprint == nil,
-           let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate,
-           let der = try? cert.toDERBytes() {
+           let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate {
             // The hub can authenticate a device by its certificate.
-            connection.certificateFingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+            connection.certificateFingerprint = ServerTLS.fingerprint(cert)
         }
         reading = true
         defer { reading = false }

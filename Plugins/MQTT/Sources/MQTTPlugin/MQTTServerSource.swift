@@ -5,6 +5,7 @@ import MQTTCodec
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PluginNetworking
 
 /// The `mqtt` source: an MQTT 3.1.1 and 5.0 server. Devices' publishes enter pipelines; the server is
 /// also a broker between its clients; pipelines and the API send downlink to subscribed clients.
@@ -165,21 +166,10 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         b.session = SessionLimits(maxQueued: config.max_queued_messages, policy: policy, queueQoS0: config.queue_qos0)
         brokerConfig = b
 
-        if let tls = config.tls {
-            do {
-                var c = TLSConfiguration.makeServerConfiguration(
-                    certificateChain: try NIOSSLCertificate.fromPEMFile(tls.certificate_file).map { .certificate($0) },
-                    privateKey: .privateKey(try NIOSSLPrivateKey(file: tls.key_file, format: .pem)))
-                if let ca = tls.client_ca_file {
-                    c.trustRoots = .file(ca)
-                    c.certificateVerification = .noHostnameVerification
-                }
-                sslContext = try NIOSSLContext(configuration: c)
-            } catch {
-                throw PluginError("TLS setup failed: \(error)")
-            }
-        } else {
-            sslContext = nil
+        do {
+            sslContext = try config.tls.map { try ServerTLS.context(certificateFile: $0.certificate_file, keyFile: $0.key_file, clientCAFile: $0.client_ca_file) }
+        } catch {
+            throw PluginError("\(error)")
         }
     }
 
@@ -296,17 +286,5 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         }
         if broker.publish(m, from: nil) > 0 { ack.succeed() } else { ack.reject("no MQTT client is subscribed to \(m.topic)") }
         return true
-    }
-}
-
-struct HostPort {
-    var host: String
-    var port: Int
-    init?(_ text: String) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        var h = String(text[..<colon])
-        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-        host = h.isEmpty ? "0.0.0.0" : h
-        self.port = port
     }
 }
