@@ -1,3 +1,4 @@
+import Foundation
 import MQTTBroker
 import MQTTCodec
 import NIOCore
@@ -461,6 +462,54 @@ import Testing
         #expect(second.connect("same")?.reasonCode == 0)
         #expect(broker.sessionCount == 1)
         #expect(broker.counters.connected.value == 1)
+    }
+
+    @Test func noReasonStringsWhenTheClientAsksForNoProblemInformation() {
+        hub.denyPublish = ["no"]
+        let quiet = TestClient(broker, hub)
+        quiet.connect("quiet", properties: [.byte(MQTTProperty.requestProblemInformation, 0)])
+        quiet.send(.publish(MQTTPublish(topic: "no", payload: [1], qos: 1, packetID: 1)))
+        #expect(quiet.read() == [.puback(MQTTPacketAck(packetID: 1, reasonCode: MQTTReason.notAuthorized))])
+        let chatty = TestClient(broker, hub)
+        chatty.connect("chatty")
+        chatty.send(.publish(MQTTPublish(topic: "no", payload: [1], qos: 1, packetID: 1)))
+        guard case .puback(let a)? = chatty.read().first else { Issue.record("no PUBACK"); return }
+        #expect(a.properties.string(MQTTProperty.reasonString) == "not authorized to publish to no")
+    }
+
+    @Test func queuedMessagesExpire() throws {
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        let expiry = [MQTTProperty.fourByte(MQTTProperty.sessionExpiryInterval, 60)]
+        sub.connect("s", clean: false, properties: expiry)
+        pub.connect("p")
+        _ = sub.subscribe("e", qos: 1)
+        sub.connection.transportClosed(reason: "away")
+        pub.send(.publish(MQTTPublish(topic: "e", payload: [1], qos: 1, packetID: 1, properties: [.fourByte(MQTTProperty.messageExpiryInterval, 1)])))
+        pub.send(.publish(MQTTPublish(topic: "e", payload: [2], qos: 1, packetID: 2, properties: [.fourByte(MQTTProperty.messageExpiryInterval, 60)])))
+        usleep(1_100_000)
+        let back = TestClient(broker, hub)
+        back.connect("s", clean: false, properties: expiry)
+        let got = back.publishes()
+        #expect(got.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [2])
+        // The expiry sent on is what is left of it.
+        #expect((got.first?.properties.integer(MQTTProperty.messageExpiryInterval) ?? 99) <= 59)
+        #expect(broker.counters.expired.value == 1)
+    }
+
+    @Test func sessionExpiryCannotBeSetAtDisconnectAfterZero() {
+        let c = TestClient(broker, hub)
+        c.connect("z")
+        c.send(.disconnect(reasonCode: 0, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 30)]))
+        guard case .disconnect(let code, _)? = c.read().first else { Issue.record("no DISCONNECT"); return }
+        #expect(code == MQTTReason.protocolError)
+        // Lengthened at DISCONNECT from a non-zero expiry: the session outlives the connection.
+        let d = TestClient(broker, hub)
+        d.connect("y", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 1)])
+        d.send(.disconnect(reasonCode: 0, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 100)]))
+        loop.advanceTime(by: .seconds(50))
+        #expect(broker.session("y") != nil)
+        loop.advanceTime(by: .seconds(60))
+        #expect(broker.session("y") == nil)
     }
 
     @Test func sysTopicsPublishStatistics() {
