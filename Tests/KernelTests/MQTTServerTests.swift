@@ -204,6 +204,39 @@ import IoTCPluginKit
         }
     }
 
+    @Test func sessionsAndRetainedMessagesSurviveARestart() throws {
+        let dir = TempDir()
+        let port = freePort()
+        let yaml = """
+            sources:
+              devices: { plugin: mqtt, listen: "127.0.0.1:\(port)", authentication: static, anonymous: { publish: [ "#" ], subscribe: [ "#" ] },
+                         state_file: "\(dir.path)/mqtt-state.bin" }
+            sinks: { out: { plugin: log } }
+            pipelines: { p: { from: [ "devices:none/#" ], to: [ out ] } }
+            """
+        func mosquitto(_ tool: String, _ args: [String]) throws -> (Int32, String) {
+            try run("/usr/bin/env", [tool, "-h", "127.0.0.1", "-p", "\(port)"] + args)
+        }
+        var hub = try makeHub(dir)
+        try hub.start(try loadConfig(yaml))
+        #expect(waitForPort(port))
+        // A persistent session (clean session off) subscribes and goes away; messages wait for it.
+        _ = try mosquitto("mosquitto_sub", ["-c", "-i", "keeper", "-q", "1", "-t", "keep/#", "-W", "1"])
+        for i in 0..<3 { #expect(try mosquitto("mosquitto_pub", ["-q", "1", "-t", "keep/\(i)", "-m", "m\(i)"]).0 == 0) }
+        #expect(try mosquitto("mosquitto_pub", ["-q", "1", "-r", "-t", "status/hub", "-m", "up"]).0 == 0)
+        hub.stop()
+        #expect(FileManager.default.fileExists(atPath: dir.path + "/mqtt-state.bin"))
+
+        hub = try makeHub(dir)
+        try hub.start(try loadConfig(yaml))
+        defer { hub.stop() }
+        #expect(waitForPort(port))
+        let (_, queued) = try mosquitto("mosquitto_sub", ["-c", "-i", "keeper", "-q", "1", "-t", "keep/#", "-C", "3", "-W", "5", "-v"])
+        #expect(queued.split(separator: "\n").map(String.init) == ["keep/0 m0", "keep/1 m1", "keep/2 m2"])
+        let (_, retained) = try mosquitto("mosquitto_sub", ["-t", "status/#", "-C", "1", "-W", "5", "-v"])
+        #expect(retained.contains("status/hub up"))
+    }
+
     @Test func fullPipelineStopsReadingWithoutLoss() throws {
         // A one-message pipeline queue: the server must hold the publisher back (stop reading), never drop.
         let server = try Server(pipelines: """

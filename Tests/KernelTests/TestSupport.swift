@@ -127,7 +127,7 @@ final class ChildProcess {
 func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
     var unblock = sigset_t(), previous = sigset_t()
     sigemptyset(&unblock)
-    for s in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&unblock, s) }
+    for s in [SIGTERM, SIGINT, SIGHUP, SIGALRM] { sigaddset(&unblock, s) }
     pthread_sigmask(SIG_UNBLOCK, &unblock, &previous)
     defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
     return try body()
@@ -146,7 +146,7 @@ func run(_ executable: String, _ arguments: [String], directory: String? = nil, 
     let pipe = Pipe()
     p.standardOutput = pipe
     p.standardError = pipe
-    try p.run()
+    try withSignalsUnblocked { try p.run() }
     let data = pipe.fileHandleForReading.readDataToEndOfFile()
     p.waitUntilExit()
     return (p.terminationStatus, String(decoding: data, as: UTF8.self))

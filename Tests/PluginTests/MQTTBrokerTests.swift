@@ -512,6 +512,57 @@ import Testing
         #expect(broker.session("y") == nil)
     }
 
+    @Test func stateSurvivesARestart() throws {
+        let expiry = [MQTTProperty.fourByte(MQTTProperty.sessionExpiryInterval, 600)]
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("keeper", clean: false, properties: expiry)
+        pub.connect("pub", clean: false, properties: expiry)
+        _ = sub.subscribe("k/#", qos: 2, identifier: 5)
+        pub.send(.publish(MQTTPublish(topic: "k/r", payload: Array("retained".utf8), qos: 1, retain: true, packetID: 1,
+                                      properties: [.userProperty("a", "b")])))
+        let inFlight = try #require(sub.publishes().first)
+        sub.send(.pubrec(MQTTPacketAck(packetID: inFlight.packetID!)))
+        _ = sub.read()  // PUBREL; PUBCOMP never sent: the exchange is open at the restart
+        sub.connection.transportClosed(reason: "away")
+        pub.send(.publish(MQTTPublish(topic: "k/q", payload: Array("queued".utf8), qos: 2, packetID: 2)))
+        // An incoming QoS 2 id awaiting PUBREL is kept too.
+        pub.send(.publish(MQTTPublish(topic: "other", payload: [1], qos: 2, packetID: 9)))
+        _ = pub.read()
+        pub.connection.transportClosed(reason: "restart")
+
+        let state = broker.saveState()
+        let restarted = Broker(config: BrokerConfig(), timers: loop)
+        let counts = try restarted.restoreState(state)
+        #expect(counts.sessions == 2 && counts.retained == 1)
+
+        let back = TestClient(restarted, hub)
+        #expect(back.connect("keeper", clean: false, properties: expiry)?.sessionPresent == true)
+        let packets = back.read()
+        #expect(packets.first == .pubrel(MQTTPacketAck(packetID: inFlight.packetID!)))
+        guard case .publish(let queued)? = packets.dropFirst().first else { Issue.record("queued message not resent: \(packets)"); return }
+        #expect(String(buffer: queued.payload) == "queued" && queued.qos == 2)
+        #expect(queued.properties.integer(MQTTProperty.subscriptionIdentifier) == 5)
+        // The subscription is back: a new message arrives; the retained one is there for new subscribers.
+        let other = TestClient(restarted, hub)
+        other.connect("p2")
+        other.send(.publish(MQTTPublish(topic: "k/new", payload: [1])))
+        #expect(back.publishes().map(\.topic) == ["k/new"])
+        let late = TestClient(restarted, hub)
+        late.connect("late")
+        _ = late.subscribe("k/r")
+        #expect(late.publishes().first?.properties.contains(.userProperty("a", "b")) == true)
+        // The publisher's QoS 2 id 9 is still awaiting release: a duplicate is not delivered again.
+        let pubBack = TestClient(restarted, hub)
+        #expect(pubBack.connect("pub", clean: false, properties: expiry)?.sessionPresent == true)
+        pubBack.send(.pubrel(MQTTPacketAck(packetID: 9)))
+        #expect(pubBack.read() == [.pubcomp(MQTTPacketAck(packetID: 9))])
+        // A truncated or foreign file is refused, not half read.
+        var cut = state
+        cut.moveWriterIndex(to: cut.writerIndex - 3)
+        #expect(throws: StateFileError.self) { try Broker(config: BrokerConfig(), timers: loop).restoreState(cut) }
+        #expect(throws: StateFileError.self) { try Broker(config: BrokerConfig(), timers: loop).restoreState(ByteBuffer(string: "garbage")) }
+    }
+
     @Test func sysTopicsPublishStatistics() {
         let c = TestClient(broker, hub)
         c.connect("c")

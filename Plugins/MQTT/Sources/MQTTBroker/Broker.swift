@@ -259,3 +259,81 @@ public final class Broker: @unchecked Sendable {
         }
     }
 }
+
+// MARK: - Persistence
+
+extension Broker {
+    static let stateMagic = "IOTCMQ01"
+
+    /// Retained messages and every session that outlives its connection (expiry above zero), as bytes
+    /// for a state file. Connected sessions are written as they are: they resume after a restart.
+    public func saveState() -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeString(Self.stateMagic)
+        let (retainedNow, sessionsNow): ([BrokerMessage], [(Session, [(String, MQTTSubscriptionOptions, UInt32?)], UInt32)]) = lock.withLock {
+            (Array(retained.values),
+             sessions.values.filter { $0.expiryInterval > 0 }.map { s in (s, s.subscriptions.map { ($0.key, $0.value.options, $0.value.identifier) }, s.expiryInterval) })
+        }
+        b.writeInteger(UInt32(retainedNow.count))
+        for m in retainedNow { StoredMessage.write(m, qos: m.qos, retain: true, into: &b) }
+        b.writeInteger(UInt32(sessionsNow.count))
+        for (s, subs, expiry) in sessionsNow {
+            b.writeStateString(s.clientID)
+            b.writeInteger(expiry)
+            b.writeInteger(UInt32(subs.count))
+            for (filter, o, id) in subs {
+                b.writeStateString(filter)
+                b.writeInteger(o.qos | (o.noLocal ? 4 : 0) | (o.retainAsPublished ? 8 : 0) | (o.retainHandling << 4))
+                b.writeInteger(id ?? 0)
+            }
+            s.writeState(into: &b)
+        }
+        return b
+    }
+
+    /// Restores what `saveState` wrote, into a broker that has no sessions yet. Restored sessions are
+    /// disconnected, and expire `expiry` seconds after the restart unless their clients come back.
+    @discardableResult
+    public func restoreState(_ bytes: ByteBuffer) throws -> (sessions: Int, retained: Int) {
+        var b = bytes
+        guard b.readString(length: Self.stateMagic.utf8.count) == Self.stateMagic else { throw StateFileError("not a state file of this version") }
+        var retainedIn: [BrokerMessage] = []
+        for _ in 0..<(try b.readStateInteger(UInt32.self)) { retainedIn.append(try StoredMessage.read(&b).0) }
+        var restored: [(Session, [(String, MQTTSubscriptionOptions, UInt32?)])] = []
+        for _ in 0..<(try b.readStateInteger(UInt32.self)) {
+            let s = Session(clientID: try b.readStateString(), limits: config.session, counters: counters)
+            s.expiryInterval = try b.readStateInteger()
+            var subs: [(String, MQTTSubscriptionOptions, UInt32?)] = []
+            for _ in 0..<(try b.readStateInteger(UInt32.self)) {
+                let filter = try b.readStateString()
+                let o: UInt8 = try b.readStateInteger()
+                let id: UInt32 = try b.readStateInteger()
+                subs.append((filter, MQTTSubscriptionOptions(qos: o & 3, noLocal: o & 4 != 0, retainAsPublished: o & 8 != 0, retainHandling: (o >> 4) & 3), id == 0 ? nil : id))
+            }
+            try s.readState(from: &b)
+            restored.append((s, subs))
+        }
+        lock.withLock {
+            for m in retainedIn { retained[m.topic] = m }
+            routes.removeAll(keepingCapacity: true)
+            for (s, subs) in restored where sessions[s.clientID] == nil {
+                sessions[s.clientID] = s
+                for (filter, options, id) in subs {
+                    let (group, f) = Self.split(filter)
+                    tree.insert(f, group: group, Subscription(session: s, options: options, identifier: id))
+                    s.subscriptions[filter] = (options, id)
+                }
+                if s.expiryInterval != UInt32.max {
+                    s.expiryTimer = timers.scheduleTask(in: .seconds(Int64(s.expiryInterval))) { [weak self, weak s] in
+                        guard let self, let s else { return }
+                        self.lock.withLock {
+                            guard !s.isConnected, self.sessions[s.clientID] === s else { return }
+                            self.endLocked(s)
+                        }
+                    }
+                }
+            }
+        }
+        return (restored.count, retainedIn.count)
+    }
+}

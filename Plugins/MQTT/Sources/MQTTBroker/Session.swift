@@ -387,3 +387,110 @@ public final class Session: @unchecked Sendable {
     func release(_ id: UInt16) -> Bool { lock.withLock { awaitingRelease.remove(id) != nil } }
     var awaitingReleaseCount: Int { lock.withLock { awaitingRelease.count } }
 }
+
+// MARK: - Persistence
+
+/// A message in a state file: one MQTT 5 PUBLISH (topic, payload, QoS, retain and properties, the
+/// remaining expiry as Message Expiry Interval), length-prefixed. The codec is the format.
+enum StoredMessage {
+    static func write(_ m: BrokerMessage, qos: UInt8, retain: Bool, into b: inout ByteBuffer) {
+        var packet = ByteBuffer()
+        MQTTPacketEncoder.writePublish(topic: m.topic, payload: m.payload, qos: qos, retain: retain, duplicate: false, packetID: qos > 0 ? 1 : 0,
+                                       properties: m.properties, extras: .init(messageExpiry: m.secondsLeft(now: .now())), into: &packet)
+        b.writeInteger(UInt32(packet.readableBytes))
+        b.writeBuffer(&packet)
+    }
+
+    static func read(_ b: inout ByteBuffer) throws -> (BrokerMessage, qos: UInt8, retain: Bool) {
+        guard let n: UInt32 = b.readInteger(), var packet = b.readSlice(length: Int(n)) else { throw StateFileError("truncated message") }
+        var decoder = MQTTPacketDecoder(version: .v5)
+        guard case .publish(let p)? = try decoder.decode(buffer: &packet) else { throw StateFileError("a stored message is not a PUBLISH") }
+        var own: [MQTTProperty] = []
+        var expiry: NIODeadline?
+        for prop in p.properties {
+            if prop.identifier == MQTTProperty.messageExpiryInterval { expiry = .now() + .seconds(Int64(prop.integer ?? 0)) } else { own.append(prop) }
+        }
+        return (BrokerMessage(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: own, expiry: expiry), p.qos, p.retain)
+    }
+}
+
+public struct StateFileError: Error, CustomStringConvertible {
+    public var description: String
+    init(_ d: String) { description = "MQTT state file: \(d)" }
+}
+
+extension ByteBuffer {
+    mutating func writeStateString(_ s: String) {
+        writeInteger(UInt32(s.utf8.count))
+        writeString(s)
+    }
+
+    mutating func readStateString() throws -> String {
+        guard let n: UInt32 = readInteger(), let s = readString(length: Int(n)) else { throw StateFileError("truncated string") }
+        return s
+    }
+
+    mutating func readStateInteger<T: FixedWidthInteger>(_: T.Type = T.self) throws -> T {
+        guard let v: T = readInteger() else { throw StateFileError("truncated number") }
+        return v
+    }
+}
+
+extension Session {
+    /// Writes what outlives a restart: expiry, the next packet id, messages in flight and queued, and
+    /// QoS 2 ids awaiting release. Subscriptions are written by the broker.
+    func writeState(into b: inout ByteBuffer) {
+        lock.withLock {
+            b.writeInteger(nextPacketID)
+            b.writeInteger(UInt32(inflight.count))
+            for (id, o) in inflight.sorted(by: { $0.value.sequence < $1.value.sequence }) {
+                b.writeInteger(id)
+                b.writeInteger(UInt8(o.released ? 1 : 0))
+                Self.write(o, into: &b)
+            }
+            b.writeInteger(UInt32(queue.count))
+            for o in queue { Self.write(o, into: &b) }
+            b.writeInteger(UInt32(awaitingRelease.count))
+            for id in awaitingRelease.sorted() { b.writeInteger(id) }
+        }
+    }
+
+    private static func write(_ o: Outbound, into b: inout ByteBuffer) {
+        b.writeInteger(UInt32(o.identifiers.count))
+        for id in o.identifiers { b.writeInteger(id) }
+        StoredMessage.write(o.message, qos: o.qos, retain: o.retain, into: &b)
+    }
+
+    func readState(from b: inout ByteBuffer) throws {
+        let next: UInt16 = try b.readStateInteger()
+        var flight: [UInt16: Outbound] = [:]
+        var sequence: UInt64 = 0
+        for _ in 0..<(try b.readStateInteger(UInt32.self)) {
+            let id: UInt16 = try b.readStateInteger()
+            let released: UInt8 = try b.readStateInteger()
+            var o = try Self.readOutbound(&b)
+            o.released = released == 1
+            sequence += 1
+            o.sequence = sequence
+            flight[id] = o
+        }
+        var queued = Deque<Outbound>()
+        for _ in 0..<(try b.readStateInteger(UInt32.self)) { queued.append(try Self.readOutbound(&b)) }
+        var awaiting = Set<UInt16>()
+        for _ in 0..<(try b.readStateInteger(UInt32.self)) { awaiting.insert(try b.readStateInteger()) }
+        lock.withLock {
+            nextPacketID = next
+            inflight = flight
+            self.sequence = sequence
+            queue = queued
+            awaitingRelease = awaiting
+        }
+    }
+
+    private static func readOutbound(_ b: inout ByteBuffer) throws -> Outbound {
+        var ids: [UInt32] = []
+        for _ in 0..<(try b.readStateInteger(UInt32.self)) { ids.append(try b.readStateInteger()) }
+        let (m, qos, retain) = try StoredMessage.read(&b)
+        return Outbound(message: m, qos: qos, retain: retain, identifiers: ids, sequence: 0)
+    }
+}

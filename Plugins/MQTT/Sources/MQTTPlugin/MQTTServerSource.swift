@@ -32,6 +32,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var max_pending_bytes: Int
         var sys_interval: Double
         var command_topic: String
+        var state_file: String?
+        var state_save_interval: Double
         var threads: Int
         struct TLS: Decodable {
             var listen: String
@@ -112,6 +114,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("max_pending_bytes", .byteSize, "Bytes waiting for a slow client beyond which its QoS 0 messages are dropped (counted).", default: "4194304", advanced: true),
         ConfigField("sys_interval", .duration, "How often `$SYS/broker/...` statistics are published; 0 turns them off.", default: "10", example: "10s"),
         ConfigField("command_topic", .string, "Topic for downlink messages without one.", default: #""devices/{device}/commands""#),
+        ConfigField("state_file", .string, "Keep persistent sessions (subscriptions, queued and in-flight messages) and retained messages in this file across restarts: written at stop and every `state_save_interval`, read at start.", example: "data/mqtt-state.bin"),
+        ConfigField("state_save_interval", .duration, "How often the state file is written while running (what a crash can lose).", default: "60", example: "1m"),
         ConfigField("threads", .int, "Event-loop threads; 0 means one per core less one (at least one), leaving a core to the pipelines.", default: "0", advanced: true),
     ]
 
@@ -126,6 +130,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private let sslContext: NIOSSLContext?
     private var sysTask: RepeatedTask?
     private var metricsTask: RepeatedTask?
+    private var saveTask: RepeatedTask?
     /// Counter values last reported to the hub (the hub takes increments).
     private var reported = (received: 0, sent: 0, dropped: 0, expired: 0)
     private let sweepers = IdleSweepers()
@@ -180,6 +185,20 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         self.group = group
         let broker = Broker(config: brokerConfig, timers: group.next())
         self.broker = broker
+        if let path = config.state_file, let data = FileManager.default.contents(atPath: path) {
+            do {
+                let (sessions, retained) = try broker.restoreState(ByteBuffer(bytes: data))
+                host.log(.info, "mqtt: restored \(sessions) sessions and \(retained) retained messages from \(path)")
+            } catch {
+                try? group.syncShutdownGracefully()
+                self.group = nil
+                throw PluginError("cannot read \(path): \(error)")
+            }
+        }
+        if config.state_file != nil, config.state_save_interval > 0 {
+            let every = TimeAmount.milliseconds(Int64(config.state_save_interval * 1000))
+            saveTask = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in self?.saveState() }
+        }
         do {
             if !config.listen.isEmpty { channels.append(try bind(config.listen, group: group, broker: broker, transport: .tcp)) }
             if let tls = config.tls, let ssl = sslContext { channels.append(try bind(tls.listen, group: group, broker: broker, transport: .tls(ssl))) }
@@ -269,11 +288,29 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         sysTask = nil
         metricsTask?.cancel()
         metricsTask = nil
+        saveTask?.cancel()
+        saveTask = nil
         for c in channels { try? c.close().wait() }
         channels = []
         sweepers.stopAll()
         try? group?.syncShutdownGracefully()
         group = nil
+        saveState()
+    }
+
+    /// Writes the state file (atomically: a new file renamed over the old one).
+    private func saveState() {
+        guard let path = config.state_file, let broker else { return }
+        let bytes = broker.saveState()
+        let temporary = path + ".new"
+        do {
+            let dir = (path as NSString).deletingLastPathComponent
+            if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+            try Data(bytes.readableBytesView).write(to: URL(fileURLWithPath: temporary))
+            guard rename(temporary, path) == 0 else { throw PluginError(String(cString: strerror(errno))) }
+        } catch {
+            host.log(.error, "mqtt: cannot write the state file \(path): \(error)")
+        }
     }
 
     func downlink(_ message: Message, ack: Ack) -> Bool {
