@@ -50,6 +50,9 @@ final class MQTTSubscribeSource: Source, @unchecked Sendable {
     let config: Config
     let host: PluginHost
     let client: MQTTClient
+    /// Received and not yet taken by the hub, in arrival order. On the client's event loop only.
+    private var backlog: [(Message, UInt8, @Sendable () -> Void)] = []
+    private var retryDelay = TimeAmount.milliseconds(5)
 
     init(config: Config, host: PluginHost) throws {
         guard (0...2).contains(config.qos) else { throw PluginError("qos must be 0, 1 or 2") }
@@ -76,30 +79,41 @@ final class MQTTSubscribeSource: Source, @unchecked Sendable {
 
 extension MQTTSubscribeSource: MQTTClientDelegate {
     func clientConnected(sessionPresent: Bool) {}
-    func clientDisconnected() {}
+
+    /// Messages not yet taken are dropped: the broker sends them again on the next connection.
+    func clientDisconnected() { backlog.removeAll() }
 
     func clientReceived(_ p: MQTTPublish, settle: @escaping @Sendable () -> Void) {
         let (props, expiry) = ServerConnection.messageProperties(p.properties)
         let m = BrokerMessage(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: props, expiry: expiry)
         var message = PluginHubLink.canonical(m, identity: BridgeIdentity(device: device(for: p.topic)), clientID: config.connection.client_id ?? "")
         message.properties.removeAll { $0.key == "mqtt.client_id" }
-        offer(message, qos: p.qos, settle: settle, delay: .milliseconds(5))
+        backlog.append((message, p.qos, settle))
+        if backlog.count == 1 { drain() }
     }
 
-    /// Submits; when the pipeline is full, offers it again later. QoS 0 messages are settled at once.
-    private func offer(_ message: Message, qos: UInt8, settle: @escaping @Sendable () -> Void, delay: TimeAmount) {
-        let status = host.submit(message) { result in
-            if result == IOTC_OK, qos > 0 { settle() }
+    /// Submits waiting messages in arrival order (so that acknowledgements go back in that order too);
+    /// when a pipeline is full, tries again later with backoff. QoS 0 messages are settled at once.
+    private func drain() {
+        while let (message, qos, settle) = backlog.first {
+            let status = host.submit(message) { result in
+                if result == IOTC_OK, qos > 0 { settle() }
+            }
+            switch status {
+            case .queued:
+                if qos == 0 { settle() }
+            case .busy:
+                client.loop.scheduleTask(in: retryDelay) { self.drain() }
+                retryDelay = min(retryDelay * 2, .milliseconds(200))
+                return
+            case .rejected(let code):
+                // No pipeline reads it: acknowledge, or the broker would send it forever.
+                if code != IOTC_ERR_NOT_FOUND { host.log(.warning, "mqtt_subscribe: the hub refused a message on \(message.topic) (code \(code))") }
+                settle()
+            }
+            backlog.removeFirst()
         }
-        switch status {
-        case .queued: if qos == 0 { settle() }
-        case .busy:
-            client.loop.scheduleTask(in: delay) { self.offer(message, qos: qos, settle: settle, delay: min(delay * 2, .milliseconds(200))) }
-        case .rejected(let code):
-            // No pipeline reads it: acknowledge, or the broker would send it forever.
-            if code != IOTC_ERR_NOT_FOUND { host.log(.warning, "mqtt_subscribe: the hub refused a message on \(message.topic) (code \(code))") }
-            settle()
-        }
+        retryDelay = .milliseconds(5)
     }
 }
 
