@@ -490,6 +490,7 @@ public final class ServerConnection: @unchecked Sendable {
         state = .closed
         stalled.removeAll()
         control?.close()
+        link.close()
         guard wasConnected, let session, let identity else { return }
         broker.closed(session, link: link, will: publishWill ? will : nil, willDelay: willDelay)
         hub.disconnected(identity, clientID: clientID, reason: reason)

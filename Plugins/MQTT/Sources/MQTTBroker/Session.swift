@@ -116,8 +116,10 @@ public final class ClientLink: @unchecked Sendable {
         if wakeNow { wake() }
     }
 
-    /// Stops accepting bytes (the connection is closing).
-    func close() { lock.withLock { closing = true; pending = nil; tasks = [] } }
+    /// Stops taking packets and tasks (the connection is closing). Tasks still waiting are dropped, so
+    /// that completions arriving later do not keep the connection alive; bytes already encoded stay for
+    /// the transport's last write.
+    func close() { lock.withLock { closing = true; tasks = [] } }
 
     /// Encodes a control packet.
     public func send(_ packet: MQTTPacket) {
