@@ -271,7 +271,8 @@ extension Broker {
         var b = ByteBuffer()
         b.writeString(Self.stateMagic)
         let (retainedNow, sessionsNow): ([BrokerMessage], [(Session, [(String, MQTTSubscriptionOptions, UInt32?)], UInt32)]) = lock.withLock {
-            (Array(retained.values),
+            // $SYS statistics are the running broker's own; they are published afresh after a restart.
+            (retained.values.filter { !$0.topic.hasPrefix("$SYS/") },
              sessions.values.filter { $0.expiryInterval > 0 }.map { s in (s, s.subscriptions.map { ($0.key, $0.value.options, $0.value.identifier) }, s.expiryInterval) })
         }
         b.writeInteger(UInt32(retainedNow.count))
