@@ -15,7 +15,7 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }
 
-NGINX_PORT=$(port); HUB_PORT=$(port); API_PORT=$(port); BROKER_PORT=$(port); BASELINE_PORT=$(port)
+NGINX_PORT=$(port); HUB_PORT=$(port); API_PORT=$(port); BROKER_PORT=$(port); BASELINE_PORT=$(port); MQTT_PORT=$(port)
 
 # A bare SwiftNIO server answering a fixed 202: the ceiling for any SwiftNIO HTTP ingest on this machine.
 swift build -c release --package-path "$HERE/nio-baseline" --scratch-path "$HERE/../.build-nio-baseline" >/dev/null
@@ -46,6 +46,8 @@ wait_port "$BROKER_PORT"
 cat > "$WORK/bench.yaml" <<YAML
 sources:
   devices: { plugin: http, listen: "127.0.0.1:$HUB_PORT" }
+  mqtt-devices: { plugin: mqtt, listen: "127.0.0.1:$MQTT_PORT" }
+  upstream: { plugin: mqtt_subscribe, server: "127.0.0.1:$BROKER_PORT", topics: [ "idle/#" ] }
 sinks:
   archive: { plugin: file, path: "$WORK/out.jsonl", max_size: 256MiB, max_files: 1 }
   debug: { plugin: log, level: debug }
@@ -60,8 +62,11 @@ pipelines:
       - filter: "humidity >= 0"
     to: [ archive ]
   idle:
-    from: [ "devices:idle/#" ]
+    from: [ "devices:idle/#", "mqtt-devices:idle/#" ]
     to: [ debug, hook, broker ]
+  bridged:
+    from: [ upstream ]
+    to: [ debug ]
 auth: { allow_anonymous: true }
 YAML
 
