@@ -4,7 +4,7 @@ import Foundation
 
 // Each plugin is a dynamic library that statically links its own Swift dependencies. The linker
 // version script exports only the ABI entry symbol, so that two plugins' copies of SwiftNIO's C shims,
-// libyaml and the like never bind to each other (see docs/plugins.md).
+// libyaml and the like never bind to each other (see "Writing a plugin" in README.md).
 let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path
 let pluginLinkerSettings: [LinkerSetting] = [
     .unsafeFlags(["-Xlinker", "--version-script=\(root)/Core/PluginABI/iotc_plugin.map"]),
