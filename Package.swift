@@ -99,6 +99,7 @@ let package = Package(
         ),
         // Helpers several plugins' servers share: listen addresses, server TLS, certificate fingerprints.
         .target(name: "PluginNetworking", dependencies: [
+            "IoTCPluginKit",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Plugins/Shared/Sources/PluginNetworking"),

@@ -22,12 +22,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         var command_ttl: Double
         var idle_timeout: Double
         var threads: Int
-        var tls: TLS?
-        struct TLS: Decodable {
-            var certificate_file: String
-            var key_file: String
-            var client_ca_file: String?
-        }
+        var tls: ServerTLSFiles?
     }
 
     static let name = "http"
@@ -61,11 +56,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("command_ttl", .duration, "How long a queued command waits for its device.", default: "3600", example: "1h"),
         ConfigField("threads", .int, "Event-loop threads serving connections; 0 means one per core.", default: "0", advanced: true),
         ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted).", default: "60", example: "60s"),
-        ConfigField("tls", .object([
-            ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
-            ConfigField("key_file", .string, "PEM private key.", required: true, secret: false),
-            ConfigField("client_ca_file", .string, "PEM CA bundle; when set, devices must present a client certificate it signed."),
-        ]), "Serve HTTPS instead of HTTP."),
+        ConfigField("tls", .object(ServerTLSFiles.fields), "Serve HTTPS instead of HTTP."),
     ]
 
     let config: Config
@@ -83,11 +74,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
-        do {
-            sslContext = try config.tls.map { try ServerTLS.context(certificateFile: $0.certificate_file, keyFile: $0.key_file, clientCAFile: $0.client_ca_file) }
-        } catch {
-            throw PluginError("\(error)")
-        }
+        sslContext = try config.tls?.context()
     }
 
     func start() throws {

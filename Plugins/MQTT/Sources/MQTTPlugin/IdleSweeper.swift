@@ -25,10 +25,13 @@ final class IdleSweeper: @unchecked Sendable {
         members[ObjectIdentifier(h)] = nil
     }
 
+    /// Stops ticking and lets go of the handlers; may be called from any thread.
     func stop() {
-        task?.cancel()
-        task = nil
-        members = [:]
+        loop.execute {
+            self.task?.cancel()
+            self.task = nil
+            self.members = [:]
+        }
     }
 
     private func sweep() {
@@ -51,10 +54,6 @@ final class IdleSweepers: Sendable {
 
     func stopAll() {
         let all = sweepers.withLockedValue { all in defer { all = [:] }; return Array(all.values) }
-        for s in all { s.loop_stop() }
+        for s in all { s.stop() }
     }
-}
-
-extension IdleSweeper {
-    fileprivate func loop_stop() { loop.execute { self.stop() } }
 }

@@ -37,9 +37,12 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var threads: Int
         struct TLS: Decodable {
             var listen: String
-            var certificate_file: String
-            var key_file: String
-            var client_ca_file: String?
+            var files: ServerTLSFiles
+            enum Keys: String, CodingKey { case listen }
+            init(from decoder: Decoder) throws {
+                listen = try decoder.container(keyedBy: Keys.self).decode(String.self, forKey: .listen)
+                files = try ServerTLSFiles(from: decoder)
+            }
         }
         struct WebSocket: Decodable {
             var listen: String
@@ -76,12 +79,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         """
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "TCP address and port; empty to serve only TLS or WebSocket.", default: #""0.0.0.0:1883""#, example: "0.0.0.0:1883"),
-        ConfigField("tls", .object([
-            ConfigField("listen", .string, "Address and port for MQTT over TLS.", default: #""0.0.0.0:8883""#),
-            ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
-            ConfigField("key_file", .string, "PEM private key.", required: true),
-            ConfigField("client_ca_file", .string, "PEM CA bundle; when set, clients must present a certificate it signed."),
-        ]), "Also serve MQTT over TLS."),
+        ConfigField("tls", .object([ConfigField("listen", .string, "Address and port for MQTT over TLS.", default: #""0.0.0.0:8883""#)]
+                                   + ServerTLSFiles.fields), "Also serve MQTT over TLS."),
         ConfigField("websocket", .object([
             ConfigField("listen", .string, "Address and port for MQTT over WebSocket.", example: "0.0.0.0:8083", required: true),
             ConfigField("path", .string, "Request path.", default: #""/mqtt""#),
@@ -171,11 +170,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         b.session = SessionLimits(maxQueued: config.max_queued_messages, policy: policy, queueQoS0: config.queue_qos0)
         brokerConfig = b
 
-        do {
-            sslContext = try config.tls.map { try ServerTLS.context(certificateFile: $0.certificate_file, keyFile: $0.key_file, clientCAFile: $0.client_ca_file) }
-        } catch {
-            throw PluginError("\(error)")
-        }
+        sslContext = try config.tls?.files.context()
     }
 
     func start() throws {
@@ -279,9 +274,6 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         try ops.addHandler(MQTTServerHandler(broker: broker, hub: hubLink, limits: limits, connectTimeout: config.connect_timeout,
                                              maxPendingBytes: config.max_pending_bytes, sweeper: sweepers.sweeper(for: channel.eventLoop)))
     }
-
-    /// The ports actually bound, in the order TCP, TLS, WebSocket (for listen addresses with port 0).
-    var boundPorts: [Int] { channels.compactMap { $0.localAddress?.port } }
 
     func stop() {
         sysTask?.cancel()
