@@ -384,10 +384,7 @@ import IoTCPluginKit
 @Suite struct HTTPSTests {
     @Test func ingestsOverTLS() throws {
         let dir = TempDir()
-        let (code, out) = try run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                                                   "-keyout", dir.path + "/key.pem", "-out", dir.path + "/cert.pem", "-days", "1",
-                                                   "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        #expect(code == 0, "openssl: \(out)")
+        try makeTestCertificates(in: dir)
         let port = freePort()
         let hub = try makeHub(dir)
         try hub.start(try loadConfig("""

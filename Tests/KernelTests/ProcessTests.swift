@@ -106,6 +106,41 @@ import IoTCPluginKit
         hub.stop()
     }
 
+    @Test func fullPipelineStopsMQTTReadingWithoutLoss() throws {
+        // A one-message pipeline queue: the MQTT server must hold the publisher back (stop reading and
+        // offer again), never drop. The hub's refusals show that backpressure really happened.
+        let dir = TempDir()
+        let mqttPort = freePort(), apiPort = freePort()
+        let out = dir.path + "/out.jsonl"
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: static, anonymous: { publish: [ "#" ], subscribe: [ "#" ] } } }
+            sinks: { out: { plugin: file, path: "\(out)" } }
+            pipelines: { plant: { from: [ "devices:plant/#" ], queue_size: 1, steps: [ { decode: json } ], to: [ out ] } }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(waitForPort(mqttPort), "hub did not start: \(hub.log)")
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let script = """
+            import paho.mqtt.client as mqtt
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bulk", protocol=mqtt.MQTTv5)
+            c.connect("127.0.0.1", \(mqttPort)); c.loop_start()
+            infos = [c.publish("plant/bulk", '{"n":%d}' % i, qos=1) for i in range(2000)]
+            for i in infos: i.wait_for_publish(30)
+            assert all(i.is_published() for i in infos), "not every publish was acknowledged"
+            c.disconnect(); c.loop_stop()
+            """
+        let (code, output) = try run(python, ["-c", script])
+        #expect(code == 0, "\(output)")
+        #expect(eventually(timeout: 20) { jsonLines(out).count == 2000 }, "file has \(jsonLines(out).count)")
+        let ns = jsonLines(out).compactMap { $0["payload"]?["n"] }
+        #expect(Set(ns.map { "\($0)" }).count == 2000)
+        let metrics = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+        let refused = metrics.split(separator: "\n").first { $0.hasPrefix("iotc_messages_refused_total") && $0.contains("source=\"devices\"") }
+        #expect((refused?.split(separator: " ").last.flatMap { Double($0) } ?? 0) > 0, "no refusal counted: \(refused ?? "none")")
+        hub.stop()
+    }
+
     @Test func servesMetricsAndTheDeadLetterAPI() throws {
         let dir = TempDir()
         let httpPort = freePort(), apiPort = freePort()
