@@ -43,6 +43,17 @@ public protocol Sink: Component {
     /// Takes one message; settle it later with `ack`. Return false for backpressure (the kernel offers
     /// it again soon and no ack is expected).
     func write(_ message: Message, ack: Ack) -> Bool
+    /// Takes several messages at once; `acks[i]` settles `messages[i]`. Returns how many it took, from
+    /// the front (the rest are offered again soon). The default writes them one at a time; a sink that
+    /// can take a batch under one lock or in one request implements it.
+    func write(_ messages: [Message], acks: [Ack]) -> Int
+}
+
+extension Sink {
+    public func write(_ messages: [Message], acks: [Ack]) -> Int {
+        for i in messages.indices where !write(messages[i], ack: acks[i]) { return i }
+        return messages.count
+    }
 }
 
 /// A transformation: one message in, zero or more out.

@@ -75,16 +75,23 @@ public enum Plugin {
         }
         c.write = { instance, message, token in
             let b = box(instance)
-            guard let sink = b.component as? any Sink, let message else { return IOTC_ERR_UNSUPPORTED }
+            guard let sink = b.sink, let message else { return IOTC_ERR_UNSUPPORTED }
             return sink.write(Message(message), ack: Ack(host: b.host, token: token)) ? IOTC_OK : IOTC_ERR_BUSY
+        }
+        c.write_batch = { instance, messages, tokens, count in
+            let b = box(instance)
+            guard let sink = b.sink, let messages, let tokens, count > 0 else { return 0 }
+            let list = (0..<count).map { Message(messages + $0) }
+            let acks = (0..<count).map { Ack(host: b.host, token: tokens[$0]) }
+            return max(0, min(count, sink.write(list, acks: acks)))
         }
         c.downlink = { instance, message, token in
             let b = box(instance)
-            guard let source = b.component as? any Source, let message else { return IOTC_ERR_UNSUPPORTED }
+            guard let source = b.source, let message else { return IOTC_ERR_UNSUPPORTED }
             return source.downlink(Message(message), ack: Ack(host: b.host, token: token)) ? IOTC_OK : IOTC_ERR_UNSUPPORTED
         }
         c.process = { instance, message, emit, emitContext, err in
-            guard let step = box(instance).component as? any Step, let message, let emit else {
+            guard let step = box(instance).step, let message, let emit else {
                 return IOTC_ERR_UNSUPPORTED
             }
             do {
@@ -138,9 +145,17 @@ final class ComponentFactory {
 final class ComponentInstance {
     let component: any Component
     let host: PluginHost
+    /// The component as each kind, cast once here rather than on every call.
+    let sink: (any Sink)?
+    let source: (any Source)?
+    let step: (any Step)?
+
     init(_ component: any Component, host: PluginHost) {
         self.component = component
         self.host = host
+        sink = component as? any Sink
+        source = component as? any Source
+        step = component as? any Step
     }
 }
 

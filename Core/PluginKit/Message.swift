@@ -110,50 +110,77 @@ public struct Message: Sendable {
             properties: properties, metadata: metadata)
     }
 
-    /// Lends a C view of this message to `body`; the pointers are valid only inside it. The envelope's
-    /// strings are lent in place (native strings are contiguous UTF-8); only properties and metadata
-    /// are packed into one buffer.
+    /// Lends a C view of this message to `body`; the pointers are valid only inside it.
     public func withCMessage<R>(_ body: (UnsafePointer<iotc_message>) throws -> R) rethrows -> R {
-        var arena = CStringArena()
-        let props = properties.map { (arena.add($0.key), arena.add($0.value)) }
-        let meta = metadata.map { (arena.add($0.key), arena.add($0.value)) }
-        return try id.withIOTCString { cid in
-            try tenant.withIOTCString { ctenant in
-                try device.withIOTCString { cdevice in
-                    try topic.withIOTCString { ctopic in
-                        try contentType.withIOTCString { ctype in
-                            try arena.withStrings { str in
-                                let cProps = props.map { iotc_kv(key: str($0.0), value: str($0.1)) }
-                                let cMeta = meta.map { iotc_kv(key: str($0.0), value: str($0.1)) }
-                                return try cProps.withUnsafeBufferPointer { p in
-                                    try cMeta.withUnsafeBufferPointer { md in
-                                        try payload.withUnsafeBufferPointer { pl in
-                                            var m = iotc_message()
-                                            m.struct_size = UInt32(MemoryLayout<iotc_message>.size)
-                                            m.kind = kind.rawValue
-                                            m.id = cid
-                                            m.tenant = ctenant
-                                            m.device = cdevice
-                                            m.topic = ctopic
-                                            m.content_type = ctype
-                                            m.payload = iotc_bytes(ptr: pl.baseAddress, len: pl.count)
-                                            m.device_time_ms = deviceTime ?? IOTC_TIME_UNKNOWN
-                                            m.received_time_ms = receivedTime ?? IOTC_TIME_UNKNOWN
-                                            m.qos = UInt32(qos)
-                                            m.properties = p.baseAddress
-                                            m.property_count = p.count
-                                            m.metadata = md.baseAddress
-                                            m.metadata_count = md.count
-                                            return try withUnsafePointer(to: &m) { try body($0) }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        try Message.withCMessages(CollectionOfOne(self)) { try body($0.baseAddress!) }
+    }
+
+    /// Lends C views of several messages at once (for batch calls). Every string and payload is packed
+    /// into one buffer, and the key/value pairs into another: three allocations for the whole batch,
+    /// however many messages and fields it holds.
+    public static func withCMessages<R>(_ messages: some Collection<Message>, _ body: (UnsafeBufferPointer<iotc_message>) throws -> R) rethrows -> R {
+        var byteCount = 0, kvCount = 0
+        for m in messages {
+            byteCount += m.id.utf8.count + m.tenant.utf8.count + m.device.utf8.count + m.topic.utf8.count
+                + m.contentType.utf8.count + m.payload.count
+            for kv in m.properties { byteCount += kv.key.utf8.count + kv.value.utf8.count }
+            for kv in m.metadata { byteCount += kv.key.utf8.count + kv.value.utf8.count }
+            kvCount += m.properties.count + m.metadata.count
         }
+        let bytes = UnsafeMutableBufferPointer<CChar>.allocate(capacity: max(1, byteCount))
+        let kvs = UnsafeMutableBufferPointer<iotc_kv>.allocate(capacity: max(1, kvCount))
+        let out = UnsafeMutableBufferPointer<iotc_message>.allocate(capacity: max(1, messages.count))
+        defer {
+            bytes.deallocate()
+            kvs.deallocate()
+            out.deallocate()
+        }
+        var at = 0, kvAt = 0
+        func put(_ s: String) -> iotc_str {
+            let start = at
+            var s = s
+            s.withUTF8 { u in
+                u.withMemoryRebound(to: CChar.self) { c in
+                    if let base = c.baseAddress { (bytes.baseAddress! + at).update(from: base, count: c.count) }
+                }
+                at += u.count
+            }
+            return iotc_str(ptr: bytes.baseAddress! + start, len: at - start)
+        }
+        func put(_ list: [KeyValue]) -> UnsafePointer<iotc_kv>? {
+            guard !list.isEmpty else { return nil }
+            let first = kvAt
+            for kv in list {
+                (kvs.baseAddress! + kvAt).initialize(to: iotc_kv(key: put(kv.key), value: put(kv.value)))
+                kvAt += 1
+            }
+            return UnsafePointer(kvs.baseAddress! + first)
+        }
+        for (i, m) in messages.enumerated() {
+            var c = iotc_message()
+            c.struct_size = UInt32(MemoryLayout<iotc_message>.size)
+            c.kind = m.kind.rawValue
+            c.id = put(m.id)
+            c.tenant = put(m.tenant)
+            c.device = put(m.device)
+            c.topic = put(m.topic)
+            c.content_type = put(m.contentType)
+            let payloadStart = at
+            m.payload.withUnsafeBytes { p in
+                if let base = p.baseAddress { UnsafeMutableRawPointer(bytes.baseAddress! + at).copyMemory(from: base, byteCount: p.count) }
+                at += p.count
+            }
+            c.payload = iotc_bytes(ptr: m.payload.isEmpty ? nil : UnsafeRawPointer(bytes.baseAddress! + payloadStart).assumingMemoryBound(to: UInt8.self), len: m.payload.count)
+            c.device_time_ms = m.deviceTime ?? IOTC_TIME_UNKNOWN
+            c.received_time_ms = m.receivedTime ?? IOTC_TIME_UNKNOWN
+            c.qos = UInt32(m.qos)
+            c.properties = put(m.properties)
+            c.property_count = m.properties.count
+            c.metadata = put(m.metadata)
+            c.metadata_count = m.metadata.count
+            (out.baseAddress! + i).initialize(to: c)
+        }
+        return try body(UnsafeBufferPointer(start: out.baseAddress, count: messages.count))
     }
 }
 

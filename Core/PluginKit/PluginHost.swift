@@ -34,6 +34,28 @@ public final class PluginHost: @unchecked Sendable {
         }
     }
 
+    /// Settles messages that share one outcome (a batch a sink wrote at once), in one call when the
+    /// kernel offers it.
+    public func ack(_ tokens: [UInt64], _ outcome: AckOutcome) {
+        guard !tokens.isEmpty else { return }
+        guard let batch = raw.pointee.ack_batch else {
+            for t in tokens { ack(t, outcome) }
+            return
+        }
+        let (code, reason): (Int32, String?) = switch outcome {
+        case .success: (IOTC_OK, nil)
+        case .retry(let r): (IOTC_ERR_RETRY, r)
+        case .reject(let r): (IOTC_ERR_INVALID, r)
+        }
+        tokens.withUnsafeBufferPointer { t in
+            if let reason {
+                reason.withCString { batch(raw.pointee.ctx, t.baseAddress, t.count, code, $0) }
+            } else {
+                batch(raw.pointee.ctx, t.baseAddress, t.count, code, nil)
+            }
+        }
+    }
+
     /// Settles a message received with an ack token.
     public func ack(_ token: UInt64, _ outcome: AckOutcome) {
         switch outcome {
@@ -93,11 +115,25 @@ public final class PluginHost: @unchecked Sendable {
         }
     }
 
-    /// Whether some pipeline reads `topic` from this source; true when the kernel cannot tell (an
-    /// older kernel), so that nothing is skipped wrongly.
-    public func routes(_ topic: String) -> Bool {
-        guard let f = raw.pointee.routes else { return true }
-        return topic.withIOTCString { f(raw.pointee.ctx, $0) == IOTC_OK }
+    /// Whether the kernel would take a message on `topic` from this source now.
+    public enum RouteCheck: Sendable, Equatable {
+        /// Some pipeline reads it and has room (also the answer when the kernel cannot tell).
+        case routed
+        /// A pipeline that reads it is full: `submit` would answer `.busy`.
+        case busy
+        /// No pipeline reads it.
+        case notRouted
+    }
+
+    /// Checks routing and room before a source builds a message; `.routed` when the kernel cannot tell
+    /// (an older kernel), so that nothing is skipped wrongly.
+    public func routes(_ topic: String) -> RouteCheck {
+        guard let f = raw.pointee.routes else { return .routed }
+        return switch topic.withIOTCString({ f(raw.pointee.ctx, $0) }) {
+        case IOTC_ERR_NOT_FOUND: .notRouted
+        case IOTC_ERR_BUSY: .busy
+        default: .routed
+        }
     }
 
     func release(_ handle: UInt64) { raw.pointee.release_identity(raw.pointee.ctx, handle) }

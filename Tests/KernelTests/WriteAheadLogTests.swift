@@ -41,6 +41,37 @@ import IoTCPluginKit
         #expect(try WriteAheadLog(directory: dir.url).open().isEmpty)
     }
 
+    @Test func batchedDoneRecordsSurviveARestart() throws {
+        let dir = TempDir()
+        let wal = try WriteAheadLog(directory: dir.url)
+        _ = try wal.open()
+        let seqs = (0..<6).map { appendSync(wal, message($0)) }
+        wal.markDone([seqs[0], seqs[2], seqs[5]])
+        wal.markDone([seqs[4]])
+        #expect(wal.liveCount == 2)
+        wal.close()
+        #expect(try WriteAheadLog(directory: dir.url).open().map(\.message.id) == ["m1", "m3"])
+    }
+
+    @Test func dropsFinishedSegmentsOldestFirstOnly() throws {
+        let dir = TempDir()
+        func segments() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasSuffix(".log") }.sorted() }
+        // About one message per segment: every commit rolls over to a new file.
+        let wal = try WriteAheadLog(directory: dir.url, segmentLimit: 16)
+        _ = try wal.open()
+        let seqs = (0..<5).map { appendSync(wal, message($0)) }
+        let before = try segments().count
+        #expect(before >= 4, "only \(before) segments")
+        // Later segments are all done, but the first still holds m0: nothing may go yet.
+        wal.markDone(Array(seqs[1...]))
+        #expect(try segments().count == before)
+        wal.markDone(seqs[0])
+        // Everything is done: only the current segment is left.
+        #expect(try segments().count == 1)
+        wal.close()
+        #expect(try WriteAheadLog(directory: dir.url).open().isEmpty)
+    }
+
     @Test func ignoresATornRecordAtTheTail() throws {
         let dir = TempDir()
         let wal = try WriteAheadLog(directory: dir.url)

@@ -7,7 +7,20 @@ protocol SinkTarget: AnyObject, Sendable {
     /// Takes one message; the target settles `token` later through its runtime. Returns IOTC_OK,
     /// IOTC_ERR_BUSY (offer it again soon) or another code (a failed attempt).
     func write(_ m: Message, token: UInt64) -> Int32
+    /// Takes several messages; `tokens[i]` settles `messages[i]`. Returns how many were taken from the
+    /// front and, when not all, what the first one left was refused with.
+    func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32)
     func stop()
+}
+
+extension SinkTarget {
+    func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+        for i in messages.indices {
+            let r = write(messages[i], token: tokens[i])
+            if r != IOTC_OK { return (i, r) }
+        }
+        return (messages.count, IOTC_OK)
+    }
 }
 
 extension ComponentInstance: SinkTarget {}

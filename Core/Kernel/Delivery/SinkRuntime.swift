@@ -2,24 +2,45 @@ import CIoTCPluginABI
 import Foundation
 import IoTCPluginKit
 import Metrics
+import Synchronization
 
-/// Counts down the deliveries of one input message; runs `onSettled` when all are settled (delivered or
-/// dead-lettered). The pipeline holds one count while it dispatches.
-final class Settlement: @unchecked Sendable {
-    private let lock = NSLock()
-    private var remaining = 1
-    private let onSettled: @Sendable () -> Void
+/// Counts down the deliveries of one input message of a durable pipeline; when all are settled (delivered
+/// or dead-lettered) the message is done in the pipeline's write-ahead log. The pipeline holds one count
+/// while it dispatches.
+final class Settlement: Sendable {
+    let wal: WriteAheadLog
+    let sequence: UInt64
+    private let remaining = Atomic<Int>(1)
 
-    init(_ onSettled: @escaping @Sendable () -> Void) { self.onSettled = onSettled }
+    init(wal: WriteAheadLog, sequence: UInt64) {
+        self.wal = wal
+        self.sequence = sequence
+    }
 
-    func add(_ n: Int) { lock.withLock { remaining += n } }
+    func add(_ n: Int) { remaining.add(n, ordering: .relaxed) }
 
-    func settle() {
-        let done = lock.withLock { () -> Bool in
-            remaining -= 1
-            return remaining == 0
+    /// Settles one delivery; true when it was the last.
+    func settle() -> Bool { remaining.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 }
+}
+
+/// Collects the messages that became done while settling a batch, so that each log takes them in one
+/// record and one lock.
+struct DoneRecords {
+    private var logs: [(wal: WriteAheadLog, sequences: [UInt64])] = []
+
+    mutating func settle(_ s: Settlement?) {
+        guard let s, s.settle() else { return }
+        if let i = logs.firstIndex(where: { $0.wal === s.wal }) {
+            logs[i].sequences.append(s.sequence)
+        } else {
+            logs.append((s.wal, [s.sequence]))
         }
-        if done { onSettled() }
+    }
+
+    /// Writes the done records; the collector can be reused.
+    mutating func commit() {
+        for l in logs { l.wal.markDone(l.sequences) }
+        logs.removeAll(keepingCapacity: true)
     }
 }
 
@@ -81,16 +102,20 @@ final class SinkRuntime: @unchecked Sendable {
     /// Queues a delivery, waiting while the queue is full (this is how pressure reaches pipelines).
     func enqueue(_ d: Delivery) { enqueue(contentsOf: [d]) }
 
+    /// Most deliveries handed to the plugin in one call.
+    static let batchLimit = 256
+
     /// Queues deliveries in order, waiting for room as needed. When nothing is queued ahead and the sink
-    /// has room in flight, the caller's thread writes to the sink itself, sparing a hand-off per message.
+    /// has room in flight, the caller's thread writes to the sink itself, sparing a hand-off.
     func enqueue(contentsOf list: [Delivery]) {
         cond.lock()
         var i = 0
         while i < list.count {
             if ready.isEmpty && delayed.isEmpty && inFlight.count < options.maxInFlight && !stopping,
                DispatchTime.now().uptimeNanoseconds >= pausedUntil {
-                write(list[i])
-                i += 1
+                let n = min(list.count - i, options.maxInFlight - inFlight.count, Self.batchLimit)
+                write(Array(list[i..<(i + n)]))
+                i += n
                 continue
             }
             while ready.count >= options.queueSize && !stopping {
@@ -107,31 +132,43 @@ final class SinkRuntime: @unchecked Sendable {
         cond.unlock()
     }
 
-    /// Hands one delivery to the plugin. Must hold `cond`; releases it around the call.
-    private func write(_ delivery: Delivery) {
-        var d = delivery
-        let token = nextToken
-        nextToken += 1
-        d.startedAt = DispatchTime.now().uptimeNanoseconds
-        inFlight[token] = d
+    /// Hands deliveries to the plugin, in one call when it takes batches. Must hold `cond`; releases it
+    /// around the call.
+    private func write(_ batch: [Delivery]) {
+        var tokens: [UInt64] = []
+        tokens.reserveCapacity(batch.count)
+        let now = DispatchTime.now().uptimeNanoseconds
+        for var d in batch {
+            let token = nextToken
+            nextToken += 1
+            d.startedAt = now
+            inFlight[token] = d
+            tokens.append(token)
+        }
         if blockedEnqueuers > 0 { cond.broadcast() }
         cond.unlock()
-        let r = instance.write(d.message, token: token)
+        let (taken, refusal) = instance.write(batch.map(\.message), tokens: tokens)
         cond.lock()
-        if r == IOTC_OK {
-            pause = 0.01
-        } else if inFlight.removeValue(forKey: token) != nil {
-            if r == IOTC_ERR_BUSY {
-                ready.prepend(d)
-                pausedUntil = DispatchTime.now().uptimeNanoseconds + UInt64(pause * 1e9)
-                pause = min(1, pause * 2)
-                wake()
-            } else {
-                d.attempts += 1
-                cond.unlock()
-                toDeadLetters(d, "the sink refused the message (code \(r))")
-                cond.lock()
-            }
+        if taken > 0 { pause = 0.01 }
+        guard taken < batch.count else { return }
+        // What was not taken goes back to the front of the queue, in order.
+        var rest: [Delivery] = []
+        for k in taken..<batch.count { if let d = inFlight.removeValue(forKey: tokens[k]) { rest.append(d) } }
+        guard !rest.isEmpty else { return }
+        var failed: Delivery?
+        if refusal != IOTC_ERR_BUSY {
+            failed = rest.removeFirst()
+            failed?.attempts += 1
+        } else {
+            pausedUntil = DispatchTime.now().uptimeNanoseconds + UInt64(pause * 1e9)
+            pause = min(1, pause * 2)
+        }
+        for d in rest.reversed() { ready.prepend(d) }
+        wake()
+        if let failed {
+            cond.unlock()
+            toDeadLetters(failed, "the sink refused the message (code \(refusal))")
+            cond.lock()
         }
     }
 
@@ -143,41 +180,49 @@ final class SinkRuntime: @unchecked Sendable {
     var queued: Int { cond.withLock { ready.count + delayed.count + inFlight.count } }
 
     /// Settles a write (called from the plugin's threads).
-    func ack(token: UInt64, result: Int32, reason: String?) {
+    func ack(token: UInt64, result: Int32, reason: String?) { ack(tokens: CollectionOfOne(token), result: result, reason: reason) }
+
+    /// Settles writes that share one outcome, under one lock (called from the plugin's threads).
+    func ack(tokens: some Collection<UInt64>, result: Int32, reason: String?) {
+        var settled: [Delivery] = []
+        settled.reserveCapacity(tokens.count)
+        var retrying = 0
         cond.lock()
-        guard var d = inFlight.removeValue(forKey: token) else {
-            cond.unlock()
-            return
-        }
-        var deadLetter: String?
-        var retrying = false
-        switch result {
-        case IOTC_OK:
-            break
-        case IOTC_ERR_RETRY:
-            d.attempts += 1
-            if options.maxAttempts > 0 && d.attempts >= options.maxAttempts {
-                deadLetter = "gave up after \(d.attempts) attempts: \(reason ?? "no reason given")"
-            } else {
-                schedule(d)
-                retrying = true
+        for token in tokens {
+            guard var d = inFlight.removeValue(forKey: token) else { continue }
+            if result == IOTC_ERR_RETRY {
+                d.attempts += 1
+                if options.maxAttempts == 0 || d.attempts < options.maxAttempts {
+                    schedule(d)
+                    retrying += 1
+                    continue
+                }
+            } else if result != IOTC_OK {
+                d.attempts += 1
             }
-        default:
-            d.attempts += 1
-            deadLetter = "rejected by the sink: \(reason ?? "no reason given")"
+            settled.append(d)
         }
         // The worker has something to do only if deliveries wait for the slot just freed, a retry was
         // scheduled, or it is draining; otherwise an ack wakes nobody.
-        if workerWaiting && (!ready.isEmpty || retrying || stopping) { cond.broadcast() }
+        if workerWaiting && (!ready.isEmpty || retrying > 0 || stopping) { cond.broadcast() }
         cond.unlock()
         if result == IOTC_OK {
-            latency.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- d.startedAt))
-            delivered.increment()
-            d.settlement?.settle()
-        } else if let why = deadLetter {
+            let now = DispatchTime.now().uptimeNanoseconds
+            var done = DoneRecords()
+            for d in settled {
+                latency.recordNanoseconds(Int64(now &- d.startedAt))
+                done.settle(d.settlement)
+            }
+            done.commit()
+            delivered.increment(by: Int64(settled.count))
+            return
+        }
+        if retrying > 0 { retried.increment(by: Int64(retrying)) }
+        for d in settled {
+            let why = result == IOTC_ERR_RETRY
+                ? "gave up after \(d.attempts) attempts: \(reason ?? "no reason given")"
+                : "rejected by the sink: \(reason ?? "no reason given")"
             toDeadLetters(d, why)
-        } else {
-            retried.increment()
         }
     }
 
@@ -190,7 +235,9 @@ final class SinkRuntime: @unchecked Sendable {
         } catch {
             log("cannot write dead letter for sink '\(name)': \(error)")
         }
-        d.settlement?.settle()
+        var done = DoneRecords()
+        done.settle(d.settlement)
+        done.commit()
     }
 
     /// Must hold `cond`.
@@ -213,9 +260,13 @@ final class SinkRuntime: @unchecked Sendable {
                 ready.prepend(delayed.removeFirst())
             }
             if stopping && ready.isEmpty && delayed.isEmpty && inFlight.isEmpty { break }
-            if now >= pausedUntil, !ready.isEmpty && inFlight.count < options.maxInFlight, let d = ready.popFirst() {
+            if now >= pausedUntil, !ready.isEmpty && inFlight.count < options.maxInFlight {
+                var batch: [Delivery] = []
+                let n = min(ready.count, options.maxInFlight - inFlight.count, Self.batchLimit)
+                batch.reserveCapacity(n)
+                while batch.count < n, let d = ready.popFirst() { batch.append(d) }
                 depth.record(ready.count + delayed.count)
-                write(d)
+                write(batch)
                 continue
             }
             var due = delayed.first?.dueAt

@@ -9,20 +9,21 @@ import Glibc
 /// device is acknowledged; a "done" record follows once every sink has settled it. On open, messages
 /// without a done record are returned for replay, and a torn record at the tail is ignored.
 ///
-/// Record: `[u32 length][u32 crc32c][u8 type][u64 sequence][message]`, little-endian.
+/// Record: `[u32 length][u32 crc32c][u8 type][u64 sequence][body]`, little-endian. The body of a message
+/// record is the encoded message; a done-batch record's body is further u64 sequences.
 public final class WriteAheadLog: @unchecked Sendable {
     public struct Entry: Sendable {
         public let sequence: UInt64
         public let message: CanonicalMessage
     }
 
-    enum RecordType: UInt8 { case message = 1, done = 2 }
+    enum RecordType: UInt8 { case message = 1, done = 2, doneBatch = 3 }
 
     /// Longest a done record waits for a commit to carry it.
     static let doneFlushInterval = 0.1
 
     /// Segments roll over past this size.
-    static let segmentLimit = 32 << 20
+    let segmentLimit: Int
 
     private let directory: URL
     private let wake = NSCondition()
@@ -32,16 +33,19 @@ public final class WriteAheadLog: @unchecked Sendable {
     private var fd: Int32 = -1
     private var segmentSize = 0
     private var segmentFirst: UInt64 = 1
-    /// Live (not done) messages per segment, by the segment's first sequence.
+    /// Live (not done) messages per segment, by the segment's first sequence. Sequences only grow, so
+    /// a message's segment is the last one that starts at or before its sequence.
     private var live: [UInt64: Int] = [:]
-    private var segmentOf: [UInt64: UInt64] = [:]
+    private var segmentStarts: [UInt64] = []
+    private var liveTotal = 0
     private var closed = false
     private var writer: WorkerThread?
     private var failure: String?
 
     /// Opens the log in `directory`, returning the messages that were never completed.
-    public init(directory: URL) throws {
+    public init(directory: URL, segmentLimit: Int = 32 << 20) throws {
         self.directory = directory
+        self.segmentLimit = segmentLimit
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     }
 
@@ -68,6 +72,15 @@ public final class WriteAheadLog: @unchecked Sendable {
                 switch RecordType(rawValue: body[body.startIndex]) {
                 case .message: if let m = MessageCodec.decode(body[(body.startIndex + 9)...]) { messages.append((seq, m)) }
                 case .done: done.insert(seq)
+                case .doneBatch:
+                    done.insert(seq)
+                    var k = body.startIndex + 9
+                    while k + 8 <= body.endIndex {
+                        var more: UInt64 = 0
+                        for j in 0..<8 { more |= UInt64(body[k + j]) << (8 * UInt64(j)) }
+                        done.insert(more)
+                        k += 8
+                    }
                 case nil: break
                 }
                 i += 8 + length
@@ -75,6 +88,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         }
         nextSequence = maxSequence + 1
         segmentFirst = nextSequence
+        segmentStarts = [segmentFirst]
         try openSegment()
         var entries: [Entry] = []
         for (oldSequence, m) in messages where !done.contains(oldSequence) {
@@ -82,7 +96,7 @@ public final class WriteAheadLog: @unchecked Sendable {
             nextSequence += 1
             appendRecord(.message, seq, m)
             live[segmentFirst, default: 0] += 1
-            segmentOf[seq] = segmentFirst
+            liveTotal += 1
             entries.append(Entry(sequence: seq, message: m))
         }
         try flushPending()
@@ -106,23 +120,32 @@ public final class WriteAheadLog: @unchecked Sendable {
         nextSequence += 1
         appendRecord(.message, seq, message)
         live[segmentFirst, default: 0] += 1
-        segmentOf[seq] = segmentFirst
+        liveTotal += 1
         pendingCompletions.append(completion)
         wake.signal()
         return seq
     }
 
     /// Records that every sink has settled a message.
-    public func markDone(_ sequence: UInt64) {
+    public func markDone(_ sequence: UInt64) { markDone(CollectionOfOne(sequence)) }
+
+    /// Records that every sink has settled these messages, in one record.
+    public func markDone(_ sequences: some Collection<UInt64>) {
+        guard let first = sequences.first else { return }
         wake.lock()
         defer { wake.unlock() }
-        guard !closed, let segment = segmentOf.removeValue(forKey: sequence) else { return }
-        appendRecord(.done, sequence, nil)
-        live[segment, default: 1] -= 1
-        if live[segment] == 0, segment != segmentFirst {
-            live[segment] = nil
-            try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(segment)))
+        guard !closed else { return }
+        if sequences.count == 1 {
+            appendRecord(.done, first, nil)
+        } else {
+            appendRecord(.doneBatch, first, nil, more: sequences.dropFirst())
         }
+        for seq in sequences {
+            guard let segment = segmentStarts.last(where: { $0 <= seq }) else { continue }
+            liveTotal -= 1
+            live[segment, default: 1] -= 1
+        }
+        dropFinishedSegments()
         // No wake-up: done records need no sync and ride along with the next commit, or go out within
         // `doneFlushInterval` (a done record lost to a crash only means a message is delivered again).
     }
@@ -131,7 +154,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     public var liveCount: Int {
         wake.lock()
         defer { wake.unlock() }
-        return segmentOf.count
+        return liveTotal
     }
 
     /// Writes what is pending and stops the writer.
@@ -143,6 +166,17 @@ public final class WriteAheadLog: @unchecked Sendable {
         writer?.join()
         if fd >= 0 { Glibc.close(fd) }
         fd = -1
+    }
+
+    /// Deletes the oldest segments whose messages are all done, oldest first and never the current one.
+    /// In order, because records appended while a segment rolls over land in the next file: a segment
+    /// goes only once everything before it has gone. Must hold `wake`.
+    private func dropFinishedSegments() {
+        while let first = segmentStarts.first, first != segmentFirst, (live[first] ?? 0) <= 0 {
+            segmentStarts.removeFirst()
+            live[first] = nil
+            try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(first)))
+        }
     }
 
     private func segmentName(_ first: UInt64) -> String { String(format: "wal-%020llu.log", first) }
@@ -158,11 +192,12 @@ public final class WriteAheadLog: @unchecked Sendable {
         if dfd >= 0 { fsync(dfd); Glibc.close(dfd) }
     }
 
-    private func appendRecord(_ type: RecordType, _ seq: UInt64, _ m: CanonicalMessage?) {
+    private func appendRecord(_ type: RecordType, _ seq: UInt64, _ m: CanonicalMessage?, more: some Collection<UInt64> = EmptyCollection()) {
         let start = pending.count
         pending.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0, type.rawValue])
         withUnsafeBytes(of: seq.littleEndian) { pending.append(contentsOf: $0) }
         if let m { MessageCodec.encode(m, into: &pending) }
+        for s in more { withUnsafeBytes(of: s.littleEndian) { pending.append(contentsOf: $0) } }
         let length = UInt32(pending.count - start - 8)
         let crc = CRC32C.checksum(pending[(start + 8)...])
         for k in 0..<4 {
@@ -225,18 +260,15 @@ public final class WriteAheadLog: @unchecked Sendable {
                 pending.removeAll()
             } else {
                 segmentSize += batch.count
-                if segmentSize > Self.segmentLimit {
-                    let old = segmentFirst
+                if segmentSize > segmentLimit {
                     segmentFirst = nextSequence
+                    segmentStarts.append(segmentFirst)
                     do {
                         try openSegment()
                     } catch let e {
                         failure = "\(e)"
                     }
-                    if (live[old] ?? 0) == 0 {
-                        live[old] = nil
-                        try? FileManager.default.removeItem(at: directory.appendingPathComponent(segmentName(old)))
-                    }
+                    dropFinishedSegments()
                 }
             }
             batch.removeAll(keepingCapacity: true)

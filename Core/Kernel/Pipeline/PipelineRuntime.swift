@@ -72,9 +72,8 @@ final class PipelineRuntime: @unchecked Sendable {
     func accept(_ message: CanonicalMessage, durable: (@Sendable (Bool) -> Void)?) {
         var input = PipelineInput(message: message, settlement: nil)
         if let wal {
-            let box = SequenceBox()
-            input.settlement = Settlement { wal.markDone(box.value) }
-            box.value = wal.append(message) { ok in durable?(ok) }
+            let sequence = wal.append(message) { ok in durable?(ok) }
+            input.settlement = Settlement(wal: wal, sequence: sequence)
         }
         cond.lock()
         queue.append(input)
@@ -95,6 +94,7 @@ final class PipelineRuntime: @unchecked Sendable {
     private func run() {
         var batch: [PipelineInput] = []
         batch.reserveCapacity(64)
+        var done = DoneRecords()
         while true {
             cond.lock()
             while queue.isEmpty && !stopping { cond.wait() }
@@ -143,8 +143,9 @@ final class PipelineRuntime: @unchecked Sendable {
                         }
                     }
                 }
-                s?.settle()
+                done.settle(s)
             }
+            done.commit()
             for (sink, list) in deliveries.values { sink.enqueue(contentsOf: list) }
             received.increment(by: Int64(batch.count))
             if out > 0 { sent.increment(by: Int64(out)) }
@@ -164,6 +165,3 @@ final class PipelineRuntime: @unchecked Sendable {
     }
 }
 
-final class SequenceBox: @unchecked Sendable {
-    var value: UInt64 = 0
-}

@@ -8,6 +8,7 @@ import Metrics
 protocol HostServices: AnyObject, Sendable {
     func submit(from: ComponentInstance, _ message: Message, done: (@Sendable (Int32) -> Void)?) -> Int32
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?)
+    func ack(from: ComponentInstance, tokens: UnsafeBufferPointer<UInt64>, result: Int32, reason: String?)
     func authenticate(from: ComponentInstance, _ credentials: Credentials) -> (GrantedIdentity, UInt64)?
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool
     func releaseIdentity(_ handle: UInt64)
@@ -15,7 +16,8 @@ protocol HostServices: AnyObject, Sendable {
     func deviceDisconnected(from: ComponentInstance, handle: UInt64, reason: String)
     func log(from: ComponentInstance, level: UInt32, _ text: String)
     func metric(from: ComponentInstance, type: UInt32, name: String, labels: [KeyValue], value: Double)
-    func routes(from: ComponentInstance, topic: String) -> Bool
+    /// IOTC_OK, IOTC_ERR_BUSY or IOTC_ERR_NOT_FOUND, as `iotc_host.routes` answers.
+    func routes(from: ComponentInstance, topic: String) -> Int32
 }
 
 /// One running source, sink or step, created through the plugin's C entry points.
@@ -60,6 +62,7 @@ final class ComponentInstance: @unchecked Sendable {
         h.log = hostLog
         h.metric = hostMetric
         h.routes = hostRoutes
+        h.ack_batch = hostAckBatch
         host.initialize(to: h)
         host.pointee.ctx = Unmanaged.passUnretained(self).toOpaque()
         let json = JSON.encode(.object(config))
@@ -96,6 +99,21 @@ final class ComponentInstance: @unchecked Sendable {
 
     func write(_ m: Message, token: UInt64) -> Int32 {
         m.withCMessage { component.raw.pointee.write(instance, $0, token) }
+    }
+
+    /// One call for the whole batch when the plugin takes batches, else one call per message.
+    func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+        guard let batch = component.raw.pointee.write_batch else {
+            for i in messages.indices {
+                let r = write(messages[i], token: tokens[i])
+                if r != IOTC_OK { return (i, r) }
+            }
+            return (messages.count, IOTC_OK)
+        }
+        let taken = Message.withCMessages(messages) { c in
+            tokens.withUnsafeBufferPointer { batch(instance, c.baseAddress, $0.baseAddress, c.count) }
+        }
+        return (min(taken, messages.count), IOTC_ERR_BUSY)
     }
 
     func downlink(_ m: Message, token: UInt64) -> Int32 {
@@ -212,7 +230,14 @@ private let hostMetric: @convention(c) (UnsafeMutableRawPointer?, UInt32, iotc_s
 private let hostRoutes: @convention(c) (UnsafeMutableRawPointer?, iotc_str) -> Int32 = { ctx, topic in
     guard let ctx else { return IOTC_ERR_NOT_FOUND }
     let me = ComponentInstance.from(ctx)
-    return me.services?.routes(from: me, topic: String(topic)) == true ? IOTC_OK : IOTC_ERR_NOT_FOUND
+    return me.services?.routes(from: me, topic: String(topic)) ?? IOTC_ERR_NOT_FOUND
+}
+
+private let hostAckBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<UInt64>?, Int, Int32, UnsafePointer<CChar>?) -> Void = {
+    ctx, tokens, count, result, reason in
+    guard let ctx, let tokens, count > 0 else { return }
+    let me = ComponentInstance.from(ctx)
+    me.services?.ack(from: me, tokens: UnsafeBufferPointer(start: tokens, count: count), result: result, reason: reason.map { String(cString: $0) })
 }
 
 /// A device identity the kernel granted; its C strings stay valid until the plugin releases it.

@@ -154,7 +154,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             logger.info("replaying \(entries.count) messages from the write-ahead log of pipeline '\(pipeline.name)'")
             let wal = pipeline.wal!
             for e in entries {
-                pipeline.push(PipelineInput(message: e.message, settlement: Settlement { wal.markDone(e.sequence) }))
+                pipeline.push(PipelineInput(message: e.message, settlement: Settlement(wal: wal, sequence: e.sequence)))
             }
         }
         var startFailure: (any Error)?
@@ -231,10 +231,10 @@ public final class Hub: HostServices, @unchecked Sendable {
     func submit(from source: ComponentInstance, _ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
         guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
         let targets = source.routeTable.withLockedValue { $0 }
-        var message = CanonicalMessage(m, receivedTime: clock())
-        if message.id.isEmpty { message.id = nextMessageID() }
-        if message.tenant.isEmpty { message.tenant = "default" }
-        let pipelines = targets.filter { $0.filter?.matches(message.topic) ?? true }.map(\.pipeline)
+        // Routing and room first: a refused message costs no copy.
+        var pipelines: [PipelineRuntime] = []
+        pipelines.reserveCapacity(targets.count)
+        for t in targets where t.filter?.matches(m.topic) ?? true { pipelines.append(t.pipeline) }
         guard !pipelines.isEmpty else {
             source.droppedNoRoute.increment()
             return IOTC_ERR_NOT_FOUND
@@ -243,21 +243,38 @@ public final class Hub: HostServices, @unchecked Sendable {
             source.refusedBusy.increment()
             return IOTC_ERR_BUSY
         }
-        let durable = pipelines.filter(\.isDurable)
-        if durable.isEmpty {
+        var message = CanonicalMessage(m, receivedTime: clock())
+        if message.id.isEmpty { message.id = nextMessageID() }
+        if message.tenant.isEmpty { message.tenant = "default" }
+        let durable = pipelines.lazy.filter(\.isDurable).count
+        if durable == 0 {
             for p in pipelines { p.accept(message, durable: nil) }
             done?(IOTC_OK)
             return IOTC_OK
         }
-        let latch = DurabilityLatch(count: durable.count) { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
-        let arrive: @Sendable (Bool) -> Void = { latch.arrive($0) }
+        let arrive: @Sendable (Bool) -> Void
+        if durable == 1 {
+            arrive = { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
+        } else {
+            let latch = DurabilityLatch(count: durable) { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
+            arrive = { latch.arrive($0) }
+        }
         for p in pipelines { p.accept(message, durable: p.isDurable ? arrive : nil) }
         return IOTC_OK
     }
 
-    func routes(from source: ComponentInstance, topic: String) -> Bool {
-        guard source.kind == .source else { return false }
-        return source.routeTable.withLockedValue { $0.contains { $0.filter?.matches(topic) ?? true } }
+    func routes(from source: ComponentInstance, topic: String) -> Int32 {
+        guard source.kind == .source else { return IOTC_ERR_NOT_FOUND }
+        var routed = false
+        for route in source.routeTable.withLockedValue({ $0 }) where route.filter?.matches(topic) ?? true {
+            guard route.pipeline.hasRoom else {
+                // Counted as a refusal: the source holds the message back exactly as if submit had said so.
+                source.refusedBusy.increment()
+                return IOTC_ERR_BUSY
+            }
+            routed = true
+        }
+        return routed ? IOTC_OK : IOTC_ERR_NOT_FOUND
     }
 
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?) {
@@ -271,6 +288,14 @@ public final class Hub: HostServices, @unchecked Sendable {
             waiter?(result, reason)
         case .step:
             break
+        }
+    }
+
+    func ack(from: ComponentInstance, tokens: UnsafeBufferPointer<UInt64>, result: Int32, reason: String?) {
+        if from.kind == .sink {
+            from.sinkRuntime?.ack(tokens: tokens, result: result, reason: reason)
+        } else {
+            for t in tokens { ack(from: from, token: t, result: result, reason: reason) }
         }
     }
 

@@ -183,12 +183,19 @@ typedef struct iotc_host {
     void (*metric)(void *ctx, uint32_t type, iotc_str name, const iotc_kv *labels, size_t label_count,
                    double value);
 
-    /* Source: does any pipeline read this topic from this source? IOTC_OK or IOTC_ERR_NOT_FOUND. Lets a
-     * source that also routes between its own devices (an MQTT broker) skip building messages no
-     * pipeline takes. Taken from a reserved slot: NULL from kernels that predate it, so check first. */
+    /* Source: would the kernel take a message on this topic from this source now? IOTC_OK when some
+     * pipeline reads it and all of those have room, IOTC_ERR_BUSY when one of them is full (submit would
+     * answer IOTC_ERR_BUSY), IOTC_ERR_NOT_FOUND when no pipeline reads it. Lets a source skip building
+     * messages that would be refused, and lets one that also routes between its own devices (an MQTT
+     * broker) skip messages no pipeline takes. Taken from a reserved slot: NULL from kernels that
+     * predate it, so check first. */
     int32_t (*routes)(void *ctx, iotc_str topic);
 
-    void *reserved[7];
+    /* Sink: settle several messages with one outcome, as `ack` does for one; for sinks that write in
+     * batches. Taken from a reserved slot: NULL from kernels that predate it, so check first. */
+    void (*ack_batch)(void *ctx, const uint64_t *ack_tokens, size_t count, int32_t result, const char *reason);
+
+    void *reserved[6];
 } iotc_host;
 
 /* ---- Config specs -------------------------------------------------------------------------------- */
@@ -273,7 +280,12 @@ typedef struct iotc_component {
                        void (*emit)(void *emit_ctx, const iotc_message *out), void *emit_ctx,
                        iotc_error *err);
 
-    void *reserved[8];
+    /* Sink: deliver several messages at once, as `write` does one at a time; message i is settled with
+     * ack_tokens[i]. Returns how many were taken, from the front; the rest are offered again later, as
+     * after IOTC_ERR_BUSY. Taken from a reserved slot: NULL when the sink takes one message per call. */
+    size_t (*write_batch)(void *instance, const iotc_message *messages, const uint64_t *ack_tokens, size_t count);
+
+    void *reserved[7];
 } iotc_component;
 
 /* What a plugin library describes of itself. */

@@ -70,21 +70,25 @@ final class FileSink: Sink, @unchecked Sendable {
         size = Int64(st.st_size)
     }
 
-    func write(_ message: Message, ack: Ack) -> Bool {
+    func write(_ message: Message, ack: Ack) -> Bool { write([message], acks: [ack]) == 1 }
+
+    func write(_ messages: [Message], acks: [Ack]) -> Int {
         cond.lock()
         defer { cond.unlock() }
-        if stopping { return false }
+        if stopping { return 0 }
         let wasEmpty = buffer.isEmpty
-        if config.format == "payload" {
-            buffer.append(contentsOf: message.payload.filter { $0 != 0x0A })
-        } else {
-            EnvelopeJSON.encode(message, into: &buffer)
+        for (message, ack) in zip(messages, acks) {
+            if config.format == "payload" {
+                buffer.append(contentsOf: message.payload.filter { $0 != 0x0A })
+            } else {
+                EnvelopeJSON.encode(message, into: &buffer)
+            }
+            buffer.append(0x0A)
+            tokens.append(ack.token)
         }
-        buffer.append(0x0A)
-        tokens.append(ack.token)
         // The writer only waits while the buffer is empty.
         if wasEmpty { cond.signal() }
-        return true
+        return messages.count
     }
 
     private func run() {
@@ -98,9 +102,7 @@ final class FileSink: Sink, @unchecked Sendable {
             swap(&done, &tokens)
             cond.unlock()
             let error = flush(out)
-            for t in done {
-                if let error { host.ack(t, .retry(error)) } else { host.ack(t, .success) }
-            }
+            host.ack(done, error.map { .retry($0) } ?? .success)
             out.removeAll(keepingCapacity: true)
             done.removeAll(keepingCapacity: true)
             cond.lock()

@@ -113,7 +113,11 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
     }
 
     func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, done: @escaping @Sendable (String?) -> Void) -> HubSubmitStatus {
-        guard host.routes(m.topic) else { return .notRouted }
+        switch host.routes(m.topic) {
+        case .notRouted: return .notRouted
+        case .busy: return .busy
+        case .routed: break
+        }
         let message = Self.canonical(m, identity: identity, clientID: clientID)
         switch host.submit(message, done: { r in done(r == IOTC_OK ? nil : "the hub could not take the message (code \(r))") }) {
         case .queued: return .accepted

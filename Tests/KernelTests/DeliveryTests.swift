@@ -1,0 +1,110 @@
+import CIoTCPluginABI
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The sink runtime's batched hand-off to sinks, and the C views that carry batches across the ABI.
+@Suite struct DeliveryTests {
+    /// A sink that takes at most `accept` messages per call (then says busy) and acknowledges them from
+    /// another thread, recording what it took.
+    final class ChoosySink: SinkTarget, @unchecked Sendable {
+        let lock = NSLock()
+        var taken: [String] = []
+        var calls = 0
+        var refusedOnce = Set<String>()
+        let accept: Int
+        let rejectID: String?
+        weak var runtime: SinkRuntime?
+
+        init(accept: Int, rejectID: String? = nil) {
+            self.accept = accept
+            self.rejectID = rejectID
+        }
+
+        func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
+
+        func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+            var n = 0
+            lock.withLock {
+                calls += 1
+                for m in messages.prefix(accept) {
+                    if m.id == rejectID { break }
+                    taken.append(m.id)
+                    n += 1
+                }
+            }
+            let settled = Array(tokens.prefix(n))
+            DispatchQueue.global().async { self.runtime?.ack(tokens: settled, result: IOTC_OK, reason: nil) }
+            if n < messages.count, messages[n].id == rejectID { return (n, IOTC_ERR_INVALID) }
+            return (n, n == messages.count ? IOTC_OK : IOTC_ERR_BUSY)
+        }
+
+        func stop() {}
+    }
+
+    func deliveries(_ n: Int) -> [Delivery] {
+        (0..<n).map { Delivery(message: Message(id: "m\($0)", topic: "t", payload: [UInt8($0 % 256)]), pipeline: "p", settlement: nil) }
+    }
+
+    @Test func batchesThatAreTakenInPartKeepTheirOrderAndLoseNothing() throws {
+        let dir = TempDir()
+        let sink = ChoosySink(accept: 7)
+        var options = DeliveryOptions()
+        options.maxInFlight = 50
+        let runtime = SinkRuntime(name: "choosy", instance: sink, options: options,
+                                  deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
+        sink.runtime = runtime
+        runtime.start()
+        runtime.enqueue(contentsOf: deliveries(500))
+        #expect(eventually(timeout: 20) { runtime.queued == 0 })
+        runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
+        let taken = sink.lock.withLock { sink.taken }
+        #expect(taken == (0..<500).map { "m\($0)" })
+        // Batches, not one call per message, but never more than the sink takes at once.
+        #expect(sink.lock.withLock { sink.calls } < 500)
+    }
+
+    @Test func aMessageTheSinkRefusesGoesToTheDeadLettersAndTheRestGoOn() throws {
+        let dir = TempDir()
+        let sink = ChoosySink(accept: 100, rejectID: "m3")
+        let store = try DeadLetterStore(directory: dir.url)
+        let runtime = SinkRuntime(name: "choosy", instance: sink, options: DeliveryOptions(), deadLetters: store) { _ in }
+        sink.runtime = runtime
+        runtime.start()
+        runtime.enqueue(contentsOf: deliveries(10))
+        #expect(eventually(timeout: 10) { runtime.queued == 0 })
+        runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
+        #expect(sink.lock.withLock { sink.taken } == ["m0", "m1", "m2", "m4", "m5", "m6", "m7", "m8", "m9"])
+        #expect(store.list().map(\.message.id) == ["m3"])
+    }
+
+    func sample(_ i: Int) -> Message {
+        let properties: [KeyValue] = i == 0 ? [] : [KeyValue("mqtt.user.site", "plant \(i)"), KeyValue("é", "ü")]
+        let deviceTime: Int64? = i == 1 ? nil : Int64(1000 + i)
+        return Message(id: "id-\(i)", kind: .event, tenant: "tenant-\(i)", device: "a device with a long name \(i)",
+                       topic: "devices/\(i)/events", contentType: "application/json", payload: Array("{\"i\":\(i)}".utf8),
+                       deviceTime: deviceTime, receivedTime: 2000, qos: UInt8(i % 3), properties: properties,
+                       metadata: [KeyValue("m", String(repeating: "x", count: 100 * i))])
+    }
+
+    @Test func cViewsOfABatchCarryEveryField() {
+        let messages: [Message] = (0..<3).map(sample) + [Message()]
+        let copies: [Message] = Message.withCMessages(messages) { views in (0..<views.count).map { Message(views.baseAddress! + $0) } }
+        #expect(copies.count == messages.count)
+        for (a, b) in zip(messages, copies) {
+            #expect(a.id == b.id)
+            #expect(a.kind == b.kind)
+            #expect(a.tenant == b.tenant)
+            #expect(a.device == b.device)
+            #expect(a.topic == b.topic)
+            #expect(a.contentType == b.contentType)
+            #expect(a.payload == b.payload)
+            #expect(a.deviceTime == b.deviceTime)
+            #expect(a.receivedTime == b.receivedTime)
+            #expect(a.qos == b.qos)
+            #expect(a.properties == b.properties)
+            #expect(a.metadata == b.metadata)
+        }
+    }
+}
