@@ -56,6 +56,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         .target(name: "CIoTCPluginABI", path: "Core/PluginABI", exclude: ["iotc_plugin.map"]),
@@ -76,6 +77,20 @@ let package = Package(
                 .product(name: "Atomics", package: "swift-atomics"),
             ],
             path: "Core/Kernel"
+        ),
+        // The system's SQLite (libsqlite3-dev), for the embedded store engine.
+        .systemLibrary(name: "CSQLite", path: "Core/CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .target(
+            name: "IoTCStore",
+            dependencies: [
+                "CSQLite",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Core/Store"
         ),
         .target(
             name: "IoTCAPI",
@@ -127,7 +142,7 @@ let package = Package(
         .testTarget(
             name: "KernelTests",
             dependencies: [
-                "IoTCKernel", "IoTCAPI",
+                "IoTCKernel", "IoTCAPI", "IoTCStore",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/KernelTests",

@@ -5,10 +5,10 @@
 #   scripts/install-deps.sh bench   plus nginx and wrk for the HTTP benchmark
 set -euo pipefail
 
-want=(curl ca-certificates pkg-config libcoap3-dev libmodbus-dev)
+want=(curl ca-certificates pkg-config libsqlite3-dev libcoap3-dev libmodbus-dev)
 case "${1:-run}" in
   run) ;;
-  test) want+=(mosquitto mosquitto-clients python3 coreutils binutils gcc openssl) ;;
+  test) want+=(mosquitto mosquitto-clients python3 coreutils binutils gcc openssl postgresql) ;;
   bench) want+=(mosquitto mosquitto-clients python3 nginx-light wrk) ;;
   fuzz) ;;  # the Swift toolchain carries libFuzzer
   *) echo "usage: $0 run|test|bench|fuzz" >&2; exit 2 ;;

@@ -1,0 +1,128 @@
+import Foundation
+
+/// One versioned change to the schema. Its statements run in one transaction; the version is recorded
+/// in `schema_migrations` in the same transaction, so a migration is applied once or not at all.
+public struct Migration: Sendable {
+    public let version: Int
+    public let name: String
+    let sqlite: [String]
+    let postgres: [String]
+
+    /// A migration whose SQL is the same on both engines.
+    public init(_ version: Int, _ name: String, _ statements: [String]) {
+        self.init(version, name, sqlite: statements, postgres: statements)
+    }
+
+    public init(_ version: Int, _ name: String, sqlite: [String], postgres: [String]) {
+        self.version = version
+        self.name = name
+        self.sqlite = sqlite
+        self.postgres = postgres
+    }
+
+    func statements(for engine: StoreEngine) -> [String] { engine == .sqlite ? sqlite : postgres }
+}
+
+/// Brings a store's schema up to date at start. Refuses a database that a newer hub has migrated
+/// further than this one knows, rather than run against a schema it does not understand. On
+/// PostgreSQL, several nodes starting at once take turns (an advisory lock).
+public struct Migrator: Sendable {
+    let migrations: [Migration]
+
+    public init(_ migrations: [Migration]) {
+        precondition(Set(migrations.map(\.version)).count == migrations.count, "migration versions must be unique")
+        self.migrations = migrations.sorted { $0.version < $1.version }
+    }
+
+    /// Applies what is missing; returns the versions applied.
+    @discardableResult
+    public func run(on store: any Store) async throws -> [Int] {
+        try await store.execute("""
+            CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)
+            """)
+        let migrations = self.migrations
+        return try await store.transaction { db in
+            if db.engine == .postgres { try await db.query("SELECT pg_advisory_xact_lock(7406177)") }
+            let applied = Set(try await db.query("SELECT version FROM schema_migrations").compactMap { $0.int("version") })
+            if let newest = applied.max(), let known = migrations.last?.version, newest > known {
+                throw StoreError(.migration, "the database is at schema version \(newest), newer than this hub knows (\(known)); run a newer hub")
+            }
+            var done: [Int] = []
+            for m in migrations where !applied.contains(Int64(m.version)) {
+                for sql in m.statements(for: db.engine) {
+                    do {
+                        try await db.execute(sql)
+                    } catch {
+                        throw StoreError(.migration, "migration \(m.version) (\(m.name)) failed: \(error)")
+                    }
+                }
+                try await db.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                                     [.integer(Int64(m.version)), .text(m.name), .integer(Int64(Date().timeIntervalSince1970 * 1000))])
+                done.append(m.version)
+            }
+            return done
+        }
+    }
+
+    /// The versions a store has applied.
+    public static func applied(on store: any Store) async throws -> [Int] {
+        try await store.query("SELECT version FROM schema_migrations ORDER BY version").compactMap { $0.int("version").map(Int.init) }
+    }
+}
+
+/// The hub's schema, in order. Never edit a released migration: add the next one.
+public enum Schema {
+    public static let migrations: [Migration] = [
+        Migration(1, "tenants and devices", [
+            """
+            CREATE TABLE tenants (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                created_at BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE devices (
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                id TEXT NOT NULL,
+                name TEXT NOT NULL DEFAULT '',
+                profile TEXT NOT NULL DEFAULT 'default',
+                labels TEXT NOT NULL DEFAULT '{}',
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, id))
+            """,
+            "CREATE INDEX devices_by_profile ON devices (tenant_id, profile)",
+        ]),
+        Migration(2, "system tenant and API keys", sqlite: [
+            "ALTER TABLE tenants ADD COLUMN system BIGINT NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                hash BLOB NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                last_used_at BIGINT,
+                revoked_at BIGINT)
+            """,
+            "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id)",
+        ], postgres: [
+            "ALTER TABLE tenants ADD COLUMN system BIGINT NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                hash BYTEA NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                last_used_at BIGINT,
+                revoked_at BIGINT)
+            """,
+            "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id)",
+        ]),
+    ]
+}

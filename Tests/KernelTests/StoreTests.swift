@@ -1,0 +1,265 @@
+import Foundation
+import Testing
+@testable import IoTCStore
+
+/// A real PostgreSQL server from Debian's packages, in a temporary folder on a loopback port. initdb and
+/// the server run as the user postgres when the tests run as root (PostgreSQL refuses to run as root); the server is
+/// stopped with SIGINT (a fast shutdown).
+final class PostgresServer {
+    let port = freePort()
+    let dir = TempDir()
+    private var server: ChildProcess?
+
+    static var binDirectory: String? {
+        let base = "/usr/lib/postgresql"
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []).sorted { (Int($0) ?? 0) > (Int($1) ?? 0) }
+        return versions.map { "\(base)/\($0)/bin" }.first { FileManager.default.isExecutableFile(atPath: "\($0)/initdb") }
+    }
+
+    private func command(_ tool: String, _ arguments: [String]) -> (String, [String]) {
+        let exe = "\(Self.binDirectory!)/\(tool)"
+        // setpriv executes the program in its own process (runuser would fork and keep signals from it).
+        return getuid() == 0
+            ? ("/usr/bin/setpriv", ["--reuid=postgres", "--regid=postgres", "--clear-groups", "--", exe] + arguments)
+            : (exe, arguments)
+    }
+
+    func start() throws {
+        try #require(Self.binDirectory != nil, "PostgreSQL is not installed: run scripts/install-deps.sh test")
+        if getuid() == 0 { chown(dir.path, postgresUID(), 0) }
+        let data = dir.path + "/data"
+        let (exe, args) = command("initdb", ["-D", data, "-U", "iotc", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        let (code, output) = try run(exe, args)
+        try #require(code == 0, "initdb failed: \(output)")
+        let (server, serverArgs) = command("postgres", ["-D", data, "-k", dir.path, "-p", "\(port)",
+                                                        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        self.server = try ChildProcess(server, serverArgs)
+        try #require(waitForPort(port), "PostgreSQL did not start: \(self.server?.log ?? "")")
+    }
+
+    /// A store on a fresh database of this server.
+    func store(_ database: String) async throws -> any Store {
+        let admin = try await PostgresStore(url: "postgres://iotc@127.0.0.1:\(port)/postgres")
+        try await admin.execute("CREATE DATABASE \(database)")
+        await admin.close()
+        return try await openStore("postgres://iotc@127.0.0.1:\(port)/\(database)")
+    }
+
+    func stop() { server?.stop(SIGINT) }
+
+    private func postgresUID() -> uid_t { getpwnam("postgres")?.pointee.pw_uid ?? 0 }
+}
+
+/// One suite, both engines: every test runs on SQLite and on a real PostgreSQL server. Serialized:
+/// starting a server waits on its port, and parallel starts would only compete for two cores.
+@Suite(.serialized) struct StoreTests {
+    /// Runs `body` on a fresh store of `engine`, and cleans up after it.
+    func withStore(_ engine: StoreEngine, _ body: (any Store) async throws -> Void) async throws {
+        switch engine {
+        case .sqlite:
+            let dir = TempDir()
+            let store = try await openStore("sqlite:\(dir.path)/iotc.db")
+            do { try await body(store) } catch {
+                await store.close()
+                throw error
+            }
+            await store.close()
+        case .postgres:
+            let server = PostgresServer()
+            try server.start()
+            defer { server.stop() }
+            let store = try await server.store("iotc_test")
+            do { try await body(store) } catch {
+                await store.close()
+                throw error
+            }
+            await store.close()
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func migratesOnOpenAndOnlyOnce(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let known = Schema.migrations.map { $0.version }
+            let applied = try await Migrator.applied(on: store)
+            #expect(applied == known)
+            // Running again applies nothing.
+            let again = try await Migrator(Schema.migrations).run(on: store)
+            #expect(again.isEmpty)
+            // A later migration is applied on the next start, once.
+            let next = Schema.migrations + [Migration(1000, "a test column", ["ALTER TABLE tenants ADD COLUMN plan TEXT"])]
+            let first = try await Migrator(next).run(on: store)
+            #expect(first == [1000])
+            let second = try await Migrator(next).run(on: store)
+            #expect(second.isEmpty)
+            // A hub that does not know migration 1000 refuses the database.
+            await #expect(throws: StoreError.self) { try await Migrator(Schema.migrations).run(on: store) }
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func aFailedMigrationLeavesNothingBehind(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let broken = Schema.migrations + [Migration(1001, "half good", ["CREATE TABLE half (x BIGINT)", "CREATE TABLE oops ("])]
+            await #expect(throws: StoreError.self) { try await Migrator(broken).run(on: store) }
+            let applied = try await Migrator.applied(on: store)
+            #expect(applied == Schema.migrations.map { $0.version })
+            // The first statement was rolled back with the second.
+            #expect(try await store.execute("CREATE TABLE half (x BIGINT)") >= 0)
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func roundTripsEveryKindOfValue(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let blob = engine == .sqlite ? "BLOB" : "BYTEA"
+            try await store.execute("CREATE TABLE kinds (i BIGINT, r DOUBLE PRECISION, t TEXT, b \(blob), n TEXT)")
+            let text = "naïve 'quoted' ? -- not a comment; 日本"
+            let bytes: [UInt8] = [0, 1, 2, 255, 0x27, 0x3F]
+            let changed = try await store.execute("INSERT INTO kinds (i, r, t, b, n) VALUES (?, ?, ?, ?, ?)",
+                                                  [.integer(Int64.min), .real(-2.5), .text(text), .blob(bytes), .null])
+            #expect(changed == 1)
+            let rows = try await store.query("SELECT i, r, t, b, n FROM kinds WHERE t = ?", [.text(text)])
+            try #require(rows.count == 1)
+            #expect(rows[0]["i"] == .integer(Int64.min))
+            #expect(rows[0]["r"] == .real(-2.5))
+            #expect(rows[0].string("t") == text)
+            #expect(rows[0].bytes("b") == bytes)
+            #expect(rows[0]["n"] == .null)
+            // A literal question mark in SQL text is not a parameter.
+            #expect(try await store.query("SELECT '?' AS q").first?.string("q") == "?")
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func transactionsCommitOrRollBackAsAWhole(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let now: SQLValue = .integer(1)
+            try await store.transaction { db in
+                try await db.execute("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)", ["acme", "Acme", now])
+                try await db.execute("INSERT INTO devices (tenant_id, id, created_at) VALUES (?, ?, ?)", ["acme", "pump-1", now])
+            }
+            struct Abort: Error {}
+            await #expect(throws: Abort.self) {
+                try await store.transaction { db in
+                    try await db.execute("INSERT INTO devices (tenant_id, id, created_at) VALUES (?, ?, ?)", ["acme", "pump-2", now])
+                    throw Abort()
+                }
+            }
+            #expect(try await store.query("SELECT id FROM devices ORDER BY id").map { $0.string("id") } == ["pump-1"])
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func constraintsAreEnforcedAndReportedAsSuch(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            try await store.execute("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)", ["acme", "Acme", 1])
+            // A duplicate key, and a device of a tenant that does not exist.
+            for (sql, params) in [("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)", ["acme", "Again", 2] as [SQLValue]),
+                                  ("INSERT INTO devices (tenant_id, id, created_at) VALUES (?, ?, ?)", ["nobody", "d", 1])] {
+                do {
+                    try await store.execute(sql, params)
+                    Issue.record("\(sql) succeeded")
+                } catch let e as StoreError {
+                    #expect(e.kind == .constraint, "\(e)")
+                }
+            }
+            // Deleting a tenant deletes its devices.
+            try await store.execute("INSERT INTO devices (tenant_id, id, created_at) VALUES (?, ?, ?)", ["acme", "d", 1])
+            #expect(try await store.execute("DELETE FROM tenants WHERE id = ?", ["acme"]) == 1)
+            #expect(try await store.query("SELECT COUNT(*) AS n FROM devices").first?.int("n") == 0)
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func concurrentWritersEachGetTheirTransaction(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            try await store.execute("CREATE TABLE counter (n BIGINT NOT NULL)")
+            try await store.execute("INSERT INTO counter (n) VALUES (0)")
+            let lock = engine == .postgres ? " FOR UPDATE" : ""
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<20 {
+                    group.addTask {
+                        try await store.transaction { db in
+                            let n = try await db.query("SELECT n FROM counter" + lock).first?.int("n") ?? -1
+                            try await db.execute("UPDATE counter SET n = ?", [.integer(n + 1)])
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try await store.query("SELECT n FROM counter").first?.int("n") == 20)
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func apiKeysAreShownOnceStoredHashedAndCheckedOnUse(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            final class Clock: @unchecked Sendable { var now: Int64 = 1_000_000 }
+            let clock = Clock()
+            let accounts = Accounts(store: store) { clock.now }
+            // The first start creates the system tenant and an owner key; later starts create nothing.
+            let first = try #require(try await accounts.bootstrap())
+            #expect(first.hasPrefix("iotc_"))
+            let again = try await accounts.bootstrap()
+            #expect(again == nil)
+            let owner = try #require(try await accounts.authenticate(first))
+            #expect(owner.key.role == .owner && owner.tenant.system && owner.tenant.id == "system")
+
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            await #expect(throws: AccountsError.self) { try await accounts.createTenant(id: "acme", name: "Again") }
+            await #expect(throws: AccountsError.self) { try await accounts.createTenant(id: "../etc", name: "Bad") }
+            let (key, secret) = try await accounts.createKey(tenant: "acme", name: "ci", role: .viewer, expiresAt: clock.now + 10_000)
+            #expect(try await accounts.authenticate(secret)?.tenant.id == "acme")
+            // Only a hash is stored: the secret is nowhere in the table.
+            let stored = try await store.query("SELECT * FROM api_keys WHERE id = ?", [.text(key.id)])
+            #expect(!stored.isEmpty)
+            for v in stored[0].values { if case .text(let t) = v { #expect(!t.contains(secret.suffix(32))) } }
+            // A wrong secret with the right id, a malformed one, and an expired key are refused.
+            var wrong = Array(secret)
+            wrong[wrong.count - 1] = wrong.last == "a" ? "b" : "a"
+            #expect(try await accounts.authenticate(String(wrong)) == nil)
+            #expect(try await accounts.authenticate("iotc_x") == nil)
+            clock.now += 20_000
+            #expect(try await accounts.authenticate(secret) == nil)
+            // Revoked keys stop working at once; another tenant cannot revoke them.
+            let (other, otherSecret) = try await accounts.createKey(tenant: "acme", name: "ops", role: .operator)
+            #expect(try await accounts.revokeKey(tenant: "system", id: other.id) == false)
+            #expect(try await accounts.authenticate(otherSecret) != nil)
+            #expect(try await accounts.revokeKey(tenant: "acme", id: other.id))
+            #expect(try await accounts.authenticate(otherSecret) == nil)
+            // Deleting a tenant takes its keys; the system tenant stays.
+            #expect(try await accounts.deleteTenant("system") == false)
+            #expect(try await accounts.deleteTenant("acme"))
+            #expect(try await accounts.keys(tenant: "acme").isEmpty)
+        }
+    }
+
+    @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
+        let dir = TempDir()
+        let store = try await openStore("sqlite:\(dir.path)/iotc.db")
+        let preset = "iotc_deploytool01_" + String(repeating: "Ab3", count: 11)
+        #expect(try await Accounts(store: store).bootstrap(presetKey: preset) == preset)
+        #expect(try await Accounts(store: store).authenticate(preset)?.key.role == .owner)
+        await store.close()
+        let other = try await openStore("sqlite:\(dir.path)/other.db")
+        await #expect(throws: AccountsError.self) { try await Accounts(store: other).bootstrap(presetKey: "not-a-key") }
+        await other.close()
+    }
+
+    @Test func numbersPlaceholdersOutsideQuotesAndComments() {
+        let (sql, n) = PostgresStore.numberPlaceholders("SELECT ?, '?', \"a?\" -- ?\n, ?")
+        #expect(sql == "SELECT $1, '?', \"a?\" -- ?\n, $2")
+        #expect(n == 2)
+    }
+
+    @Test func refusesUnknownStoreURLsAndNamesNoPassword() async {
+        await #expect(throws: StoreError.self) { try await openStore("mysql://x") }
+        do {
+            _ = try await openStore("postgres://iotc:hunter2@127.0.0.1:\(freePort())/db")
+            Issue.record("connected to a closed port")
+        } catch {
+            #expect(!"\(error)".contains("hunter2"), "\(error)")
+        }
+    }
+}
