@@ -95,7 +95,7 @@ let package = Package(
         .target(
             name: "IoTCAPI",
             dependencies: [
-                "IoTCKernel",
+                "IoTCKernel", "IoTCStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
@@ -104,7 +104,7 @@ let package = Package(
         .executableTarget(
             name: "iotc",
             dependencies: [
-                "IoTCKernel", "IoTCAPI",
+                "IoTCKernel", "IoTCAPI", "IoTCStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -2,16 +2,20 @@ import Foundation
 import Hummingbird
 import IoTCKernel
 import IoTCPluginKit
+import IoTCStore
 import NIOCore
 import Prometheus
 
-/// The operator API: health, Prometheus metrics, pipelines, plugins, dead letters and device commands.
+/// The operator API: health, Prometheus metrics, pipelines, plugins, dead letters, device commands,
+/// tenants and API keys. Everything under /v1 needs an API key; health, readiness and metrics do not.
 public enum HubAPI {
     /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
     public static func router(
-        hub: Hub, registry: PrometheusCollectorRegistry, reload: @escaping @Sendable () async -> [Diagnostic]?
+        hub: Hub, accounts: Accounts, registry: PrometheusCollectorRegistry, reload: @escaping @Sendable () async -> [Diagnostic]?
     ) -> Router<BasicRequestContext> {
         let router = Router()
+        let guarded = Guard(accounts: accounts)
+        AccountsAPI.add(to: router, accounts: accounts, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         router.get("/metrics") { _, _ in
@@ -20,48 +24,48 @@ public enum HubAPI {
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
         }
-        router.get("/v1/pipelines") { _, _ in
+        router.get("/v1/pipelines", use: guarded(.hub(.viewer)) { _, _, _ in
             let s = hub.status
             return json(.object(Value.Object([
                 ("pipelines", .array(s.pipelines.map { .object(Value.Object([("name", .string($0.name)), ("durable", .bool($0.durable)), ("queued", .int(Int64($0.queued)))])) })),
                 ("sources", .array(s.sources.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component))])) })),
                 ("sinks", .array(s.sinks.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component)), ("queued", .int(Int64($0.queued)))])) })),
             ])))
-        }
-        router.post("/v1/pipelines/reload") { _, _ in
+        })
+        router.post("/v1/pipelines/reload", use: guarded(.hub(.operator)) { _, _, _ in
             if let problems = await reload() {
                 return problem(.unprocessableContent, "the pipeline files have errors; the running configuration is unchanged",
                                extra: [("errors", .array(problems.map { .string($0.description) }))])
             }
             return json(["status": "reloaded"])
-        }
-        router.get("/v1/plugins") { _, _ in
+        })
+        router.get("/v1/plugins", use: guarded(.hub(.viewer)) { _, _, _ in
             json(.array(hub.plugins.libraries.map { p in
                 .object(Value.Object([
                     ("name", .string(p.name)), ("version", .string(p.version)), ("abi_version", .int(Int64(p.abiVersion))), ("path", .string(p.path)),
                     ("components", .array(p.components.map { .object(Value.Object([("name", .string($0.entry.name)), ("kind", .string($0.entry.kind.rawValue))])) })),
                 ]))
             }))
-        }
-        router.get("/v1/dead-letters") { request, _ in
+        })
+        router.get("/v1/dead-letters", use: guarded(.hub(.viewer)) { request, _, _ in
             let limit = request.uri.queryParameters.get("limit").flatMap(Int.init) ?? 100
             let entries = hub.deadLetters.list()
             return json(.object(Value.Object([
                 ("total", .int(Int64(entries.count))),
                 ("items", .array(entries.prefix(max(0, limit)).map(DeadLetterStore.json))),
             ])))
-        }
-        router.post("/v1/dead-letters/replay") { request, _ in
+        })
+        router.post("/v1/dead-letters/replay", use: guarded(.hub(.operator)) { request, _, _ in
             let ids = try await idsFromBody(request)
             let (replayed, skipped) = hub.replayDeadLetters(ids: ids)
             return json(.object(Value.Object([("replayed", .int(Int64(replayed))), ("skipped", .array(skipped.map { .string($0) }))])))
-        }
-        router.delete("/v1/dead-letters") { request, _ in
+        })
+        router.delete("/v1/dead-letters", use: guarded(.hub(.operator)) { request, _, _ in
             let ids = request.uri.queryParameters.getAll("id")
             let n = hub.deadLetters.remove(ids: ids.isEmpty ? nil : ids)
             return json(.object(Value.Object([("purged", .int(Int64(n)))])))
-        }
-        router.post("/v1/devices/:device/commands") { request, context in
+        })
+        router.post("/v1/devices/:device/commands", use: guarded(.hub(.operator)) { request, context, _ in
             let device = try context.parameters.require("device")
             let body = try await request.body.collect(upTo: 1 << 20)
             let value: Value
@@ -87,7 +91,7 @@ public enum HubAPI {
             case 6: return problem(.conflict, reason ?? "unsupported")
             default: return problem(.badGateway, reason ?? "the device did not take the command")
             }
-        }
+        })
         return router
     }
 

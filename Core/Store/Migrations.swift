@@ -93,36 +93,25 @@ public enum Schema {
             """,
             "CREATE INDEX devices_by_profile ON devices (tenant_id, profile)",
         ]),
-        Migration(2, "system tenant and API keys", sqlite: [
-            "ALTER TABLE tenants ADD COLUMN system BIGINT NOT NULL DEFAULT 0",
-            """
-            CREATE TABLE api_keys (
-                id TEXT PRIMARY KEY,
-                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
-                name TEXT NOT NULL,
-                role TEXT NOT NULL,
-                hash BLOB NOT NULL,
-                created_at BIGINT NOT NULL,
-                expires_at BIGINT,
-                last_used_at BIGINT,
-                revoked_at BIGINT)
-            """,
-            "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id)",
-        ], postgres: [
-            "ALTER TABLE tenants ADD COLUMN system BIGINT NOT NULL DEFAULT 0",
-            """
-            CREATE TABLE api_keys (
-                id TEXT PRIMARY KEY,
-                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
-                name TEXT NOT NULL,
-                role TEXT NOT NULL,
-                hash BYTEA NOT NULL,
-                created_at BIGINT NOT NULL,
-                expires_at BIGINT,
-                last_used_at BIGINT,
-                revoked_at BIGINT)
-            """,
-            "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id)",
-        ]),
+        Migration(2, "system tenant and API keys", sqlite: apiKeys(binary: "BLOB"), postgres: apiKeys(binary: "BYTEA")),
     ]
+
+    private static func apiKeys(binary: String) -> [String] {
+        [
+            "ALTER TABLE tenants ADD COLUMN system BIGINT NOT NULL DEFAULT 0",
+            """
+            CREATE TABLE api_keys (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                hash \(binary) NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                last_used_at BIGINT,
+                revoked_at BIGINT)
+            """,
+            "CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id)",
+        ]
+    }
 }

@@ -32,7 +32,9 @@ struct DeadLetters: ParsableCommand {
     }
 
     struct Replay: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Replay dead letters through the running hub (all, or the ids given).")
+        static let configuration = CommandConfiguration(
+            abstract: "Replay dead letters through the running hub (all, or the ids given).",
+            discussion: "Needs an API key of the system tenant with the role operator or higher, in IOTC_API_KEY.")
         @Option(help: "Address of the running hub's API.") var api = "127.0.0.1:8080"
         @Argument(help: "Entry ids; none means all.") var ids: [String] = []
 
@@ -56,12 +58,16 @@ struct DeadLetters: ParsableCommand {
     }
 }
 
-/// A small blocking HTTP client for talking to the running hub's API.
+/// A small blocking HTTP client for talking to the running hub's API, with the API key from
+/// IOTC_API_KEY (the environment, not an option: options show in process lists).
 enum APIClient {
     static func request(_ method: String, _ url: String, body: String?) throws -> (Int, String) {
         guard let u = URL(string: url) else { throw ValidationError("invalid URL \(url)") }
         var r = URLRequest(url: u)
         r.httpMethod = method
+        if let key = ProcessInfo.processInfo.environment["IOTC_API_KEY"], !key.isEmpty {
+            r.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization")
+        }
         if let body {
             r.httpBody = Data(body.utf8)
             r.setValue("application/json", forHTTPHeaderField: "Content-Type")

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import IoTCAPI
 import IoTCKernel
+import IoTCStore
 import Logging
 import Metrics
 import Prometheus
@@ -16,6 +17,8 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Data folder (write-ahead logs, dead letters).") var data = "data"
     @Option(help: "Address of the operator API (metrics, health, dead letters, commands).") var api = "127.0.0.1:8080"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
+    @Option(help: "The store: sqlite:PATH (default: sqlite:DATA/iotc.db) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE; also IOTC_STORE.")
+    var store: String?
 
     func run() async throws {
         let started = Date()
@@ -44,6 +47,19 @@ struct Serve: AsyncParsableCommand {
         guard let colon = api.lastIndex(of: ":"), let apiPort = Int(api[api.index(after: colon)...]) else {
             throw ValidationError("--api should be HOST:PORT")
         }
+        let environment = ProcessInfo.processInfo.environment
+        let storeURL = store ?? environment["IOTC_STORE"] ?? "sqlite:\(data)/iotc.db"
+        let db: any Store
+        let bootstrapKey: String?
+        do {
+            db = try await openStore(storeURL)
+            bootstrapKey = try await Accounts(store: db).bootstrap(presetKey: environment["IOTC_BOOTSTRAP_KEY"])
+        } catch {
+            // The URL may hold a password: name the engine only.
+            logger.error("cannot open the store (\(storeURL.hasPrefix("sqlite:") ? storeURL : "PostgreSQL")): \(error)")
+            throw ExitCode(1)
+        }
+        let accounts = Accounts(store: db)
         let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger)
         do { try hub.start(config) } catch {
             logger.error("\(error)")
@@ -53,15 +69,18 @@ struct Serve: AsyncParsableCommand {
         if config.auth.allowAnonymous { logger.warning("auth.allow_anonymous is on: devices without credentials are accepted") }
 
         let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
-        let router = HubAPI.router(hub: hub, registry: registry) { await reloader.reload() }
-        let banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
+        let router = HubAPI.router(hub: hub, accounts: accounts, registry: registry) { await reloader.reload() }
+        var banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
+        banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
+        banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }
         let app = Application(
             router: router,
             configuration: .init(address: .hostname(String(api[..<colon]), port: apiPort), serverName: "iotc"),
             services: [HubService(hub: hub, reloader: reloader)],
-            onServerRunning: { _ in banner.print() },
+            onServerRunning: { [banner] _ in banner.print() },
             logger: logger)
         try await app.runService()
+        await db.close()
     }
 }
 
@@ -127,12 +146,17 @@ struct Banner: Sendable {
     let data: String
     let hub: Hub
     let config: HubConfig
+    var store = ""
+    /// What the first start created, to show once.
+    enum Bootstrap { case generated(String), preset }
+    var bootstrap: Bootstrap?
 
     func print() {
         let s = hub.status
         var lines = ["IoT Connect Center \(IOTC.version) ready in \(String(format: "%.2f", Date().timeIntervalSince(started))) s"]
         lines.append("  api        http://\(api)  (/health, /metrics, /v1)")
         lines.append("  data       \(data)")
+        lines.append("  store      \(store)")
         lines.append("  plugins    " + hub.plugins.libraries.map { "\($0.name) \($0.version)" }.sorted().joined(separator: ", "))
         for src in config.sources {
             let listen = src.config["listen"].flatMap { if case .string(let l) = $0 { " on \(l)" } else { nil } } ?? ""
@@ -141,6 +165,18 @@ struct Banner: Sendable {
         for sink in s.sinks { lines.append("  sink       \(sink.name) (\(sink.component))") }
         for p in config.pipelines {
             lines.append("  pipeline   \(p.name): \(p.from.map { $0.source + ($0.filter.map { ":\($0)" } ?? "") }.joined(separator: ", ")) -> \(p.to.joined(separator: ", "))\(p.durable ? " (durable)" : "")")
+        }
+        switch bootstrap {
+        case .generated(let key)?:
+            // Shown on the terminal once, never logged: the store keeps only its hash.
+            lines.append("")
+            lines.append("  First start: created the system tenant and its owner API key. It is shown only now; keep it safe:")
+            lines.append("    \(key)")
+            lines.append("  Use it as a bearer token, e.g.: curl -H 'Authorization: Bearer \(key)' http://\(api)/v1/whoami")
+        case .preset?:
+            lines.append("  first start: created the system tenant with the owner key from IOTC_BOOTSTRAP_KEY")
+        case nil:
+            break
         }
         FileHandle.standardOutput.write(Data((lines.joined(separator: "\n") + "\n").utf8))
     }

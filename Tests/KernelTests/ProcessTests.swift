@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import IoTCKernel
 import IoTCPluginKit
+import IoTCStore
 
 /// The iotc executable as users run it, with real peers.
 @Suite(.serialized) struct ProcessTests {
@@ -20,8 +21,14 @@ import IoTCPluginKit
             """)
     }
 
-    func serve(_ file: String, data: String, api: Int) throws -> ChildProcess {
-        try ChildProcess(Build.iotc, ["serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory])
+    /// The system tenant's owner key for hubs these tests start (set at first start through IOTC_BOOTSTRAP_KEY).
+    static let ownerKey = "iotc_processtests_" + String(repeating: "K3y", count: 11)
+    let owner = ["Authorization": "Bearer \(ProcessTests.ownerKey)"]
+
+    func serve(_ file: String, data: String, api: Int, store: String? = nil) throws -> ChildProcess {
+        try ChildProcess(Build.iotc, ["serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory]
+                         + (store.map { ["--store", $0] } ?? []),
+                         environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
     }
 
     @Test func deliversEveryAcknowledgedMessageAfterKillMinus9() throws {
@@ -141,6 +148,91 @@ import IoTCPluginKit
         hub.stop()
     }
 
+    @Test func apiKeysConfineEveryCallerToItsTenantAndRole() throws {
+        let dir = TempDir()
+        let apiPort = freePort()
+        let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        let api = "http://127.0.0.1:\(apiPort)"
+        #expect(eventually { http("GET", "\(api)/health")?.status == 200 }, "hub did not start: \(hub.log)")
+        func call(_ method: String, _ path: String, key: String?, _ body: String? = nil) -> HTTPResult {
+            var h = ["Content-Type": "application/json"]
+            if let key { h["Authorization"] = "Bearer \(key)" }
+            return http(method, api + path, body: body.map { Array($0.utf8) }, headers: h) ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+        let owner = Self.ownerKey
+        // No key, a malformed key, a well-formed unknown key.
+        for key in [nil, "nope", "iotc_unknownkey01_" + String(repeating: "x", count: 32)] {
+            let r = call("GET", "/v1/whoami", key: key)
+            #expect(r.status == 401 && r.headers["www-authenticate"]?.hasPrefix("Bearer") == true && r.headers["content-type"] == "application/problem+json", "\(r)")
+        }
+        #expect(call("GET", "/v1/pipelines", key: owner).status == 200)
+        #expect(call("GET", "/metrics", key: nil).status == 200)
+
+        // A new tenant comes with its owner key, shown once.
+        let created = call("POST", "/v1/tenants", key: owner, #"{"id": "acme", "name": "Acme"}"#)
+        #expect(created.status == 201, "\(created.body)")
+        let acmeOwner = try #require(text((try? JSON.decode(created.body))?["owner_key"]?["secret"]))
+        #expect(call("POST", "/v1/tenants", key: owner, #"{"id": "acme"}"#).status == 409)
+        for bad in [#"{"id": "../etc"}"#, #"{"id": "x'; DROP TABLE tenants; --"}"#, #"{"id": "ok", "plan": "gold"}"#, "[1]", "{", #"{"id": 7}"#] {
+            let r = call("POST", "/v1/tenants", key: owner, bad)
+            #expect(r.status == 400, "\(bad): \(r.status) \(r.body)")
+        }
+        // Acme's key sees Acme only: the hub's operations are refused, other tenants do not exist.
+        #expect(call("GET", "/v1/pipelines", key: acmeOwner).status == 403)
+        #expect(call("POST", "/v1/pipelines/reload", key: acmeOwner).status == 403)
+        #expect(call("GET", "/v1/tenants/system", key: acmeOwner).status == 404)
+        #expect(call("GET", "/v1/api-keys?tenant=system", key: acmeOwner).status == 404)
+        let tenants = call("GET", "/v1/tenants", key: acmeOwner).body
+        #expect(tenants.contains(#""id":"acme""#) && !tenants.contains(#""id":"system""#), "\(tenants)")
+        let systemKeys = call("GET", "/v1/api-keys", key: owner).body
+        guard case .array(let items)? = (try? JSON.decode(systemKeys))?["items"], let systemKeyID = text(items.first?["id"]) else {
+            Issue.record("no keys listed: \(systemKeys)")
+            return
+        }
+        #expect(!systemKeys.contains(owner), "a listing shows a secret")
+        #expect(call("DELETE", "/v1/api-keys/\(systemKeyID)", key: acmeOwner).status == 404)
+
+        // Roles: a viewer reads, and cannot hand out keys; nobody hands out more than they hold.
+        let viewerBody = call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "dashboard", "role": "viewer", "expires_in": 3600}"#)
+        #expect(viewerBody.status == 201, "\(viewerBody.body)")
+        let viewer = try #require(text((try? JSON.decode(viewerBody.body))?["secret"]))
+        let viewerID = try #require(text((try? JSON.decode(viewerBody.body))?["id"]))
+        #expect(call("GET", "/v1/whoami", key: viewer).status == 200)
+        #expect(call("POST", "/v1/api-keys", key: viewer, #"{"name": "x"}"#).status == 403)
+        #expect(call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "x", "role": "emperor"}"#).status == 400)
+        // Revocation takes effect on the next request.
+        #expect(call("DELETE", "/v1/api-keys/\(viewerID)", key: acmeOwner).status == 204)
+        #expect(call("GET", "/v1/whoami", key: viewer).status == 401)
+        // Deleting the tenant ends its keys.
+        #expect(call("DELETE", "/v1/tenants/acme", key: owner).status == 204)
+        #expect(call("GET", "/v1/whoami", key: acmeOwner).status == 401)
+        #expect(call("DELETE", "/v1/tenants/system", key: owner).status == 404)
+        // The log holds no secret.
+        #expect(!hub.log.contains(owner) && !hub.log.contains(acmeOwner))
+        hub.stop()
+    }
+
+    func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
+
+    @Test func runsOnAPostgreSQLStore() async throws {
+        let pg = PostgresServer()
+        try pg.start()
+        defer { pg.stop() }
+        let admin = try await PostgresStore(url: "postgres://iotc@127.0.0.1:\(pg.port)/postgres")
+        try await admin.execute("CREATE DATABASE hub")
+        await admin.close()
+        let dir = TempDir()
+        let apiPort = freePort()
+        let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort, store: "postgres://iotc@127.0.0.1:\(pg.port)/hub")
+        #expect(eventually { http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200 }, "hub did not start: \(hub.log)")
+        let me = http("GET", "http://127.0.0.1:\(apiPort)/v1/whoami", headers: owner)
+        #expect(me?.status == 200 && me?.body.contains("\"system\"") == true, "\(String(describing: me))")
+        #expect(hub.log.contains("PostgreSQL"), "\(hub.log)")
+        hub.stop()
+    }
+
     @Test func servesMetricsAndTheDeadLetterAPI() throws {
         let dir = TempDir()
         let httpPort = freePort(), apiPort = freePort()
@@ -171,7 +263,7 @@ import IoTCPluginKit
         #expect(code == 0)
         #expect(listing.contains("pipeline t, step filter"))
         #expect(listing.contains("field 'v' is missing"))
-        let api = http("GET", "http://127.0.0.1:\(apiPort)/v1/dead-letters")
+        let api = http("GET", "http://127.0.0.1:\(apiPort)/v1/dead-letters", headers: owner)
         #expect(api?.status == 200)
         #expect((try? JSON.decode(api?.body ?? ""))?["total"] == 1)
         let (purgeCode, purged) = try run(Build.iotc, ["dlq", "purge", "--data", dir.path + "/data"])
@@ -198,29 +290,29 @@ import IoTCPluginKit
         // A command for a device that is waiting on a long-poll: 200 once it has taken it.
         let poll = Background { http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump/commands?wait=10", timeout: 15) }
         usleep(500_000)
-        let sent = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "start", "payload": {"rpm": 900}, "source": "devices"}"#)
+        let sent = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "start", "payload": {"rpm": 900}, "source": "devices"}"#, token: ProcessTests.ownerKey)
         #expect(sent?.status == 200, "\(sent?.body ?? "")")
         let taken = poll.wait()
         #expect((try? JSON.decode(taken?.body ?? ""))?["topic"] == "devices/pump/commands/start")
         // Nobody polling: the command waits in the device's queue and the API says so with 202.
-        let queued = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "stop", "source": "devices", "timeout": 0.3}"#)
+        let queued = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "stop", "source": "devices", "timeout": 0.3}"#, token: ProcessTests.ownerKey)
         #expect(queued?.status == 202)
-        #expect(postJSON("\(api)/v1/devices/pump/commands", "not json")?.status == 400)
-        #expect(postJSON("\(api)/v1/devices/pump/commands", #"{"source": "nowhere"}"#)?.status == 404)
+        #expect(postJSON("\(api)/v1/devices/pump/commands", "not json", token: ProcessTests.ownerKey)?.status == 400)
+        #expect(postJSON("\(api)/v1/devices/pump/commands", #"{"source": "nowhere"}"#, token: ProcessTests.ownerKey)?.status == 404)
 
         // The webhook refuses everything (400): the message becomes a dead letter; `iotc dlq replay`
         // sends it through the running hub again, and it comes back.
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"v":1}"#)?.status == 202)
         #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 1 })
-        #expect(eventually { (try? JSON.decode(http("GET", "\(api)/v1/dead-letters")?.body ?? ""))?["total"] == 1 })
-        let (code, out) = try run(Build.iotc, ["dlq", "replay", "--api", "127.0.0.1:\(apiPort)"])
+        #expect(eventually { (try? JSON.decode(http("GET", "\(api)/v1/dead-letters", headers: owner)?.body ?? ""))?["total"] == 1 })
+        let (code, out) = try run(Build.iotc, ["dlq", "replay", "--api", "127.0.0.1:\(apiPort)"], environment: ["IOTC_API_KEY": Self.ownerKey])
         #expect(code == 0, "\(out)")
         #expect(out.contains(#""replayed":1"#))
         #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 2 })
 
         // Reload through the API: a broken file is refused with 422 and the errors; a good one applies.
         try "pipelines: { t: { from: [ nowhere ] } }".write(toFile: file, atomically: true, encoding: .utf8)
-        let refused = http("POST", "\(api)/v1/pipelines/reload")
+        let refused = http("POST", "\(api)/v1/pipelines/reload", headers: owner)
         #expect(refused?.status == 422)
         #expect(refused?.body.contains("undefined source 'nowhere'") == true)
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", "{}")?.status == 202)
@@ -230,7 +322,7 @@ import IoTCPluginKit
             pipelines: { t: { from: [ "devices:devices/+/events" ], to: [ hook ] } }
             auth: { allow_anonymous: true }
             """.write(toFile: file, atomically: true, encoding: .utf8)
-        #expect(http("POST", "\(api)/v1/pipelines/reload")?.status == 200)
+        #expect(http("POST", "\(api)/v1/pipelines/reload", headers: owner)?.status == 200)
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", "{}")?.status == 404)
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/events", "{}")?.status == 202)
         #expect(eventually { jsonLines(dir.path + "/requests.jsonl").contains { $0["path"] == "/ok" } })

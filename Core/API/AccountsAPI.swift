@@ -1,0 +1,116 @@
+import Foundation
+import Hummingbird
+import IoTCPluginKit
+import IoTCStore
+
+/// Tenants and API keys. A tenant's keys see only that tenant: another tenant's resources answer 404,
+/// as if they did not exist. Keys of the system tenant administer all tenants.
+enum AccountsAPI {
+    static func add(to router: Router<BasicRequestContext>, accounts: Accounts, guarded: Guard) {
+        router.get("/v1/whoami", use: guarded(.tenant(.viewer)) { _, _, p in
+            HubAPI.json(.object(Value.Object([("key", json(p.key)), ("tenant", json(p.tenant))])))
+        })
+
+        router.get("/v1/tenants", use: guarded(.tenant(.viewer)) { _, _, p in
+            let list = p.tenant.system ? try await accounts.tenants() : [p.tenant]
+            return HubAPI.json(.object(Value.Object([("items", .array(list.map(json)))])))
+        })
+        router.post("/v1/tenants", use: guarded(.hub(.owner)) { request, _, _ in
+            try await answer {
+                let body = try await JSONBody.read(request, allowed: ["id", "name"])
+                let id = try body.string("id", required: true)!
+                let tenant = try await accounts.createTenant(id: id, name: try body.string("name") ?? id)
+                // A new tenant comes with its owner key, shown in this answer only.
+                let (key, secret) = try await accounts.createKey(tenant: tenant.id, name: "owner key", role: .owner)
+                return HubAPI.json(.object(Value.Object([("tenant", json(tenant)), ("owner_key", json(key, secret: secret))])), status: .created)
+            }
+        })
+        router.get("/v1/tenants/:tenant", use: guarded(.tenant(.viewer)) { _, context, p in
+            let id = try context.parameters.require("tenant")
+            guard p.tenant.system || id == p.tenant.id, let t = try await accounts.tenant(id) else { return notFound("tenant", id) }
+            return HubAPI.json(json(t))
+        })
+        router.delete("/v1/tenants/:tenant", use: guarded(.hub(.owner)) { _, context, _ in
+            let id = try context.parameters.require("tenant")
+            guard try await accounts.deleteTenant(id) else { return notFound("tenant", id, "(the system tenant cannot be deleted)") }
+            return Response(status: .noContent)
+        })
+
+        router.get("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
+            try await answer {
+                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                return HubAPI.json(.object(Value.Object([("items", .array(try await accounts.keys(tenant: tenant).map { json($0) }))])))
+            }
+        })
+        router.post("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
+            try await answer {
+                let body = try await JSONBody.read(request, allowed: ["name", "role", "expires_in", "tenant"])
+                let tenant = try target(try body.string("tenant"), p)
+                let roleName = try body.string("role") ?? Role.viewer.rawValue
+                guard let role = Role(rawValue: roleName) else {
+                    throw APIProblem(.badRequest, "unknown role '\(roleName.prefix(32))'; roles: \(Role.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                // Nobody hands out more than they hold.
+                guard role <= p.key.role else { throw APIProblem(.forbidden, "a key with the role \(p.key.role.rawValue) cannot create a key with the role \(role.rawValue)") }
+                var expiresAt: Int64?
+                if let seconds = try body.integer("expires_in") {
+                    guard (60...(10 * 365 * 86400)).contains(seconds) else { throw APIProblem(.badRequest, "expires_in is in seconds, from 60 to ten years") }
+                    expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
+                }
+                let (key, secret) = try await accounts.createKey(tenant: tenant, name: try body.string("name", required: true)!, role: role, expiresAt: expiresAt)
+                return HubAPI.json(json(key, secret: secret), status: .created)
+            }
+        })
+        router.delete("/v1/api-keys/:key", use: guarded(.tenant(.admin)) { request, context, p in
+            try await answer {
+                let id = try context.parameters.require("key")
+                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                guard try await accounts.revokeKey(tenant: tenant, id: id) else { return notFound("API key", id) }
+                return Response(status: .noContent)
+            }
+        })
+    }
+
+    /// The tenant a request acts on: the caller's own, or (for the system tenant's keys) the one named.
+    private static func target(_ named: String?, _ p: Principal) throws -> String {
+        guard let named, named != p.tenant.id else { return p.tenant.id }
+        // Another tenant's keys answer as if the tenant did not exist.
+        guard p.tenant.system else { throw APIProblem(.notFound, "no tenant '\(named.prefix(64))'") }
+        return named
+    }
+
+    /// Runs a handler, turning refusals into problem documents.
+    private static func answer(_ body: () async throws -> Response) async throws -> Response {
+        do {
+            return try await body()
+        } catch let e as APIProblem {
+            return HubAPI.problem(e.status, e.detail)
+        } catch let e as AccountsError {
+            switch e {
+            case .invalid(let d): return HubAPI.problem(.badRequest, d)
+            case .conflict(let d): return HubAPI.problem(.conflict, d)
+            case .notFound(let d): return HubAPI.problem(.notFound, d)
+            }
+        }
+    }
+
+    private static func notFound(_ what: String, _ id: String, _ note: String = "") -> Response {
+        HubAPI.problem(.notFound, "no \(what) '\(id.prefix(64))'" + (note.isEmpty ? "" : " \(note)"))
+    }
+
+    static func json(_ t: Tenant) -> Value {
+        .object(Value.Object([("id", .string(t.id)), ("name", .string(t.name)), ("system", .bool(t.system)), ("created_at", .int(t.createdAt))]))
+    }
+
+    /// A key as the API shows it: never the secret, except once, in the answer that created it.
+    static func json(_ k: APIKey, secret: String? = nil) -> Value {
+        var o = Value.Object([
+            ("id", .string(k.id)), ("prefix", .string(k.prefix)), ("tenant", .string(k.tenant)), ("name", .string(k.name)),
+            ("role", .string(k.role.rawValue)), ("created_at", .int(k.createdAt)),
+            ("expires_at", k.expiresAt.map { .int($0) } ?? .null), ("last_used_at", k.lastUsedAt.map { .int($0) } ?? .null),
+            ("revoked_at", k.revokedAt.map { .int($0) } ?? .null),
+        ])
+        if let secret { o["secret"] = .string(secret) }
+        return .object(o)
+    }
+}
