@@ -2,11 +2,33 @@ import Foundation
 import Hummingbird
 import IoTCPluginKit
 import IoTCStore
+import NIOCore
 
-/// Who is calling: an API key and its tenant.
+/// The API's request context: Hummingbird's, and the caller's address for the audit log.
+public struct HubRequestContext: RequestContext, RemoteAddressRequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let remoteAddress: SocketAddress?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        remoteAddress = source.channel.remoteAddress
+    }
+
+    var caller: String { remoteAddress?.ipAddress ?? remoteAddress?.description ?? "" }
+}
+
+/// Who is calling: an API key and its tenant, and where from.
 public struct Principal: Sendable {
     public let key: APIKey
     public let tenant: Tenant
+    let source: String
+    let audit: AuditLog
+
+    /// Appends to the audit log what this caller did (to its own tenant unless another is named).
+    func record(_ action: String, target: String, tenant: String? = nil, outcome: String = "ok", detail: String = "") async {
+        _ = try? await audit.record(AuditEntry(tenant: tenant ?? self.tenant.id, actor: "key:\(key.id)", action: action,
+                                               target: target, source: source, outcome: outcome, detail: detail))
+    }
 }
 
 /// What an endpoint needs of the caller's key.
@@ -20,28 +42,49 @@ enum Access {
 
 /// Wraps a handler so that it runs only for a valid key with the access it needs. Missing or invalid
 /// keys get 401 with `WWW-Authenticate: Bearer`, too little access 403; nothing else runs.
+/// Failed authentications and refusals go to the audit log.
 struct Guard: Sendable {
     let accounts: Accounts
+    let audit: AuditLog
 
     func callAsFunction(
-        _ access: Access, _ body: @escaping @Sendable (Request, BasicRequestContext, Principal) async throws -> Response
-    ) -> @Sendable (Request, BasicRequestContext) async throws -> Response {
+        _ access: Access, _ body: @escaping @Sendable (Request, HubRequestContext, Principal) async throws -> Response
+    ) -> @Sendable (Request, HubRequestContext) async throws -> Response {
         { request, context in
+            let what = "\(request.method.rawValue) \(request.uri.path)"
             guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+                await failed(context, what, "no API key")
                 return unauthorized("this needs an API key: Authorization: Bearer iotc_...")
             }
-            guard let (key, tenant) = try await accounts.authenticate(String(header.dropFirst(7))) else {
+            let secret = String(header.dropFirst(7))
+            guard let (key, tenant) = try await accounts.authenticate(secret) else {
+                // The key's id, never its secret.
+                await failed(context, what, Accounts.keyID(of: secret).map { "key id \($0): unknown, revoked or expired" } ?? "not an iotc_ key")
                 return unauthorized("the API key is not valid: unknown, revoked or expired")
             }
+            let principal = Principal(key: key, tenant: tenant, source: context.caller, audit: audit)
+            let needed: Role
             switch access {
             case .hub(let role):
-                guard tenant.system else { return HubAPI.problem(.forbidden, "this is an operation on the hub itself: it needs a key of the system tenant") }
-                guard key.role >= role else { return HubAPI.problem(.forbidden, "this needs the role \(role.rawValue) or higher; the key has \(key.role.rawValue)") }
+                needed = role
+                guard tenant.system else {
+                    await principal.record("access.denied", target: what, outcome: "denied", detail: "needs a key of the system tenant")
+                    return HubAPI.problem(.forbidden, "this is an operation on the hub itself: it needs a key of the system tenant")
+                }
             case .tenant(let role):
-                guard key.role >= role else { return HubAPI.problem(.forbidden, "this needs the role \(role.rawValue) or higher; the key has \(key.role.rawValue)") }
+                needed = role
             }
-            return try await body(request, context, Principal(key: key, tenant: tenant))
+            guard key.role >= needed else {
+                await principal.record("access.denied", target: what, outcome: "denied", detail: "needs the role \(needed.rawValue)")
+                return HubAPI.problem(.forbidden, "this needs the role \(needed.rawValue) or higher; the key has \(key.role.rawValue)")
+            }
+            return try await body(request, context, principal)
         }
+    }
+
+    private func failed(_ context: HubRequestContext, _ what: String, _ detail: String) async {
+        _ = try? await audit.record(AuditEntry(tenant: "system", actor: "anonymous", action: "auth.failed", target: what,
+                                               source: context.caller, outcome: "denied", detail: detail))
     }
 
     private func unauthorized(_ detail: String) -> Response {

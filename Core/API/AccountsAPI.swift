@@ -6,7 +6,7 @@ import IoTCStore
 /// Tenants and API keys. A tenant's keys see only that tenant: another tenant's resources answer 404,
 /// as if they did not exist. Keys of the system tenant administer all tenants.
 enum AccountsAPI {
-    static func add(to router: Router<BasicRequestContext>, accounts: Accounts, guarded: Guard) {
+    static func add(to router: Router<HubRequestContext>, accounts: Accounts, audit: AuditLog, guarded: Guard) {
         router.get("/v1/whoami", use: guarded(.tenant(.viewer)) { _, _, p in
             HubAPI.json(.object(Value.Object([("key", json(p.key)), ("tenant", json(p.tenant))])))
         })
@@ -15,13 +15,15 @@ enum AccountsAPI {
             let list = p.tenant.system ? try await accounts.tenants() : [p.tenant]
             return HubAPI.json(.object(Value.Object([("items", .array(list.map(json)))])))
         })
-        router.post("/v1/tenants", use: guarded(.hub(.owner)) { request, _, _ in
+        router.post("/v1/tenants", use: guarded(.hub(.owner)) { request, _, p in
             try await answer {
                 let body = try await JSONBody.read(request, allowed: ["id", "name"])
                 let id = try body.string("id", required: true)!
                 let tenant = try await accounts.createTenant(id: id, name: try body.string("name") ?? id)
                 // A new tenant comes with its owner key, shown in this answer only.
                 let (key, secret) = try await accounts.createKey(tenant: tenant.id, name: "owner key", role: .owner)
+                await p.record("tenant.create", target: tenant.id)
+                await p.record("api_key.create", target: key.id, tenant: tenant.id, detail: "owner key of a new tenant")
                 return HubAPI.json(.object(Value.Object([("tenant", json(tenant)), ("owner_key", json(key, secret: secret))])), status: .created)
             }
         })
@@ -30,9 +32,10 @@ enum AccountsAPI {
             guard p.tenant.system || id == p.tenant.id, let t = try await accounts.tenant(id) else { return notFound("tenant", id) }
             return HubAPI.json(json(t))
         })
-        router.delete("/v1/tenants/:tenant", use: guarded(.hub(.owner)) { _, context, _ in
+        router.delete("/v1/tenants/:tenant", use: guarded(.hub(.owner)) { _, context, p in
             let id = try context.parameters.require("tenant")
             guard try await accounts.deleteTenant(id) else { return notFound("tenant", id, "(the system tenant cannot be deleted)") }
+            await p.record("tenant.delete", target: id)
             return Response(status: .noContent)
         })
 
@@ -58,6 +61,7 @@ enum AccountsAPI {
                     expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
                 }
                 let (key, secret) = try await accounts.createKey(tenant: tenant, name: try body.string("name", required: true)!, role: role, expiresAt: expiresAt)
+                await p.record("api_key.create", target: key.id, tenant: tenant, detail: "role \(role.rawValue)")
                 return HubAPI.json(json(key, secret: secret), status: .created)
             }
         })
@@ -66,9 +70,35 @@ enum AccountsAPI {
                 let id = try context.parameters.require("key")
                 let tenant = try target(request.uri.queryParameters.get("tenant"), p)
                 guard try await accounts.revokeKey(tenant: tenant, id: id) else { return notFound("API key", id) }
+                await p.record("api_key.revoke", target: id, tenant: tenant)
                 return Response(status: .noContent)
             }
         })
+    }
+
+    static func addAudit(to router: Router<HubRequestContext>, audit: AuditLog, guarded: Guard) {
+        router.get("/v1/audit", use: guarded(.tenant(.admin)) { request, _, p in
+            try await answer {
+                let q = request.uri.queryParameters
+                let tenant = try target(q.get("tenant"), p)
+                // The system tenant's admins see every tenant's entries unless they name one.
+                let all = p.tenant.system && q.get("tenant") == nil
+                let limit = q.get("limit").flatMap(Int.init) ?? 100
+                guard (1...1000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 1000") }
+                let entries = try await audit.entries(tenant: all ? nil : tenant, action: q.get("action"),
+                                                      before: q.get("before").flatMap(Int64.init), limit: limit)
+                return HubAPI.json(.object(Value.Object([("items", .array(entries.map(json)))])))
+            }
+        })
+    }
+
+    static func json(_ e: AuditEntry) -> Value {
+        .object(Value.Object([
+            ("seq", .int(e.sequence)), ("at", .int(e.at)), ("tenant", .string(e.tenant)), ("actor", .string(e.actor)),
+            ("action", .string(e.action)), ("target", .string(e.target)), ("source", .string(e.source)),
+            ("outcome", .string(e.outcome)), ("detail", .string(e.detail)),
+            ("hash", .string(e.hash.map { String(format: "%02x", $0) }.joined())),
+        ]))
     }
 
     /// The tenant a request acts on: the caller's own, or (for the system tenant's keys) the one named.
@@ -80,7 +110,7 @@ enum AccountsAPI {
     }
 
     /// Runs a handler, turning refusals into problem documents.
-    private static func answer(_ body: () async throws -> Response) async throws -> Response {
+    static func answer(_ body: () async throws -> Response) async throws -> Response {
         do {
             return try await body()
         } catch let e as APIProblem {

@@ -12,10 +12,12 @@ public enum HubAPI {
     /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
     public static func router(
         hub: Hub, accounts: Accounts, registry: PrometheusCollectorRegistry, reload: @escaping @Sendable () async -> [Diagnostic]?
-    ) -> Router<BasicRequestContext> {
-        let router = Router()
-        let guarded = Guard(accounts: accounts)
-        AccountsAPI.add(to: router, accounts: accounts, guarded: guarded)
+    ) -> Router<HubRequestContext> {
+        let router = Router(context: HubRequestContext.self)
+        let audit = AuditLog(store: accounts.store)
+        let guarded = Guard(accounts: accounts, audit: audit)
+        AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
+        AccountsAPI.addAudit(to: router, audit: audit, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         router.get("/metrics") { _, _ in
@@ -32,8 +34,11 @@ public enum HubAPI {
                 ("sinks", .array(s.sinks.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component)), ("queued", .int(Int64($0.queued)))])) })),
             ])))
         })
-        router.post("/v1/pipelines/reload", use: guarded(.hub(.operator)) { _, _, _ in
-            if let problems = await reload() {
+        router.post("/v1/pipelines/reload", use: guarded(.hub(.operator)) { _, _, p in
+            let problems = await reload()
+            await p.record("pipelines.reload", target: "pipelines", outcome: problems == nil ? "ok" : "failed",
+                           detail: problems.map { "\($0.count) errors" } ?? "")
+            if let problems {
                 return problem(.unprocessableContent, "the pipeline files have errors; the running configuration is unchanged",
                                extra: [("errors", .array(problems.map { .string($0.description) }))])
             }
@@ -55,17 +60,19 @@ public enum HubAPI {
                 ("items", .array(entries.prefix(max(0, limit)).map(DeadLetterStore.json))),
             ])))
         })
-        router.post("/v1/dead-letters/replay", use: guarded(.hub(.operator)) { request, _, _ in
+        router.post("/v1/dead-letters/replay", use: guarded(.hub(.operator)) { request, _, p in
             let ids = try await idsFromBody(request)
             let (replayed, skipped) = hub.replayDeadLetters(ids: ids)
+            await p.record("dead_letters.replay", target: ids.map { "\($0.count) ids" } ?? "all", detail: "\(replayed) replayed")
             return json(.object(Value.Object([("replayed", .int(Int64(replayed))), ("skipped", .array(skipped.map { .string($0) }))])))
         })
-        router.delete("/v1/dead-letters", use: guarded(.hub(.operator)) { request, _, _ in
+        router.delete("/v1/dead-letters", use: guarded(.hub(.operator)) { request, _, p in
             let ids = request.uri.queryParameters.getAll("id")
             let n = hub.deadLetters.remove(ids: ids.isEmpty ? nil : ids)
+            await p.record("dead_letters.purge", target: ids.isEmpty ? "all" : "\(ids.count) ids", detail: "\(n) purged")
             return json(.object(Value.Object([("purged", .int(Int64(n)))])))
         })
-        router.post("/v1/devices/:device/commands", use: guarded(.hub(.operator)) { request, context, _ in
+        router.post("/v1/devices/:device/commands", use: guarded(.hub(.operator)) { request, context, p in
             let device = try context.parameters.require("device")
             let body = try await request.body.collect(upTo: 1 << 20)
             let value: Value
@@ -84,6 +91,8 @@ public enum HubAPI {
                                   contentType: "application/json", payload: JSON.encode(payload), qos: 1,
                                   metadata: [KeyValue("command", name)])
             let (code, reason) = await hub.sendDownlink(message, source: source, timeout: timeout)
+            await p.record("command.send", target: "device \(device)", outcome: code == 0 || code == 2 ? "ok" : "failed",
+                           detail: "\(name) (code \(code))")
             switch code {
             case 0: return json(["status": "delivered"], status: .ok)
             case 2: return json(["status": "queued", "detail": reason ?? ""], status: .accepted)

@@ -177,6 +177,9 @@ public struct Accounts: Sendable {
         return (id, "iotc_\(id)_\(random)")
     }
 
+    /// The id part of a well-formed secret, safe to log.
+    public static func keyID(of secret: String) -> String? { parse(secret)?.id }
+
     static func parse(_ secret: String) -> (id: String, random: Substring)? {
         guard secret.hasPrefix("iotc_"), secret.utf8.count <= 200 else { return nil }
         let rest = secret.dropFirst(5)

@@ -94,7 +94,28 @@ public enum Schema {
             "CREATE INDEX devices_by_profile ON devices (tenant_id, profile)",
         ]),
         Migration(2, "system tenant and API keys", sqlite: apiKeys(binary: "BLOB"), postgres: apiKeys(binary: "BYTEA")),
+        Migration(3, "audit log", sqlite: auditLog(binary: "BLOB"), postgres: auditLog(binary: "BYTEA")),
     ]
+
+    /// Not tied to tenants by a foreign key: the record of a deleted tenant stays, and so does the chain.
+    private static func auditLog(binary: String) -> [String] {
+        [
+            """
+            CREATE TABLE audit_log (
+                seq BIGINT PRIMARY KEY,
+                at BIGINT NOT NULL,
+                tenant_id TEXT NOT NULL,
+                actor TEXT NOT NULL,
+                action TEXT NOT NULL,
+                target TEXT NOT NULL,
+                source TEXT NOT NULL,
+                outcome TEXT NOT NULL,
+                detail TEXT NOT NULL,
+                hash \(binary) NOT NULL)
+            """,
+            "CREATE INDEX audit_log_by_tenant ON audit_log (tenant_id, seq)",
+        ]
+    }
 
     private static func apiKeys(binary: String) -> [String] {
         [

@@ -148,7 +148,7 @@ import IoTCStore
         hub.stop()
     }
 
-    @Test func apiKeysConfineEveryCallerToItsTenantAndRole() throws {
+    @Test func apiKeysConfineEveryCallerToItsTenantAndRole() async throws {
         let dir = TempDir()
         let apiPort = freePort()
         let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
@@ -210,7 +210,30 @@ import IoTCStore
         #expect(call("DELETE", "/v1/tenants/system", key: owner).status == 404)
         // The log holds no secret.
         #expect(!hub.log.contains(owner) && !hub.log.contains(acmeOwner))
+
+        // Every change and every failed authentication is in the audit log, with who, what and where
+        // from; a tenant's admins see their tenant's entries only.
+        let audit = call("GET", "/v1/audit?limit=1000", key: owner).body
+        for action in ["tenant.create", "api_key.create", "api_key.revoke", "tenant.delete", "auth.failed", "access.denied"] {
+            #expect(audit.contains(#""action":"\#(action)""#), "no \(action) in \(audit)")
+        }
+        #expect(audit.contains(#""source":"127.0.0.1""#))
+        #expect(!audit.contains(owner) && !audit.contains(acmeOwner), "a secret in the audit log")
+        let other = call("POST", "/v1/tenants", key: owner, #"{"id": "globex"}"#)
+        let globex = try #require(text((try? JSON.decode(other.body))?["owner_key"]?["secret"]))
+        _ = call("POST", "/v1/api-keys", key: globex, #"{"name": "x"}"#)
+        let globexAudit = call("GET", "/v1/audit", key: globex).body
+        #expect(globexAudit.contains(#""tenant":"globex""#) && !globexAudit.contains(#""tenant":"system""#), "\(globexAudit)")
         hub.stop()
+
+        // The chain checks out; an entry edited in the database is found and named.
+        let (ok, okText) = try run(Build.iotc, ["audit", "verify", "--data", dir.path + "/data"])
+        #expect(ok == 0 && okText.contains("intact"), "\(okText)")
+        let store = try await openStore("sqlite:\(dir.path)/data/iotc.db")
+        try await store.execute("UPDATE audit_log SET actor = 'key:someone-else' WHERE seq = 2")
+        await store.close()
+        let (broken, brokenText) = try run(Build.iotc, ["audit", "verify", "--data", dir.path + "/data"])
+        #expect(broken == 1 && brokenText.contains("entry 2"), "\(brokenText)")
     }
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }

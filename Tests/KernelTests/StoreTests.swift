@@ -35,6 +35,13 @@ final class PostgresServer {
                                                         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
         self.server = try ChildProcess(server, serverArgs)
         try #require(waitForPort(port), "PostgreSQL did not start: \(self.server?.log ?? "")")
+        // The port opens before the server takes connections ("the database system is starting up").
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if try run("\(Self.binDirectory!)/pg_isready", ["-q", "-h", "127.0.0.1", "-p", "\(port)"]).0 == 0 { return }
+            usleep(50_000)
+        }
+        Issue.record("PostgreSQL did not become ready: \(self.server?.log ?? "")")
     }
 
     /// A store on a fresh database of this server.
@@ -232,6 +239,31 @@ final class PostgresServer {
             #expect(try await accounts.deleteTenant("system") == false)
             #expect(try await accounts.deleteTenant("acme"))
             #expect(try await accounts.keys(tenant: "acme").isEmpty)
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func theAuditChainDetectsAnEditedOrDeletedEntry(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let audit = AuditLog(store: store)
+            for i in 1...5 {
+                try await audit.record(AuditEntry(tenant: i % 2 == 0 ? "acme" : "system", actor: "key:k\(i)", action: "tenant.create",
+                                                  target: "t\(i)", source: "127.0.0.1", detail: "entry \(i)"))
+            }
+            let intact = try await audit.verify()
+            #expect(intact == AuditLog.Verification(entries: 5, firstBroken: nil, reason: nil))
+            let acme = try await audit.entries(tenant: "acme")
+            #expect(acme.map(\.sequence) == [4, 2])
+            // Someone edits entry 3 in the database: the chain breaks there.
+            try await store.execute("UPDATE audit_log SET detail = ? WHERE seq = 3", ["nothing happened"])
+            let edited = try await audit.verify()
+            #expect(edited.firstBroken == 3, "\(edited)")
+            // Putting the text back heals it; deleting entry 2 is caught as a gap.
+            try await store.execute("UPDATE audit_log SET detail = ? WHERE seq = 3", ["entry 3"])
+            #expect(try await audit.verify().firstBroken == nil)
+            try await store.execute("DELETE FROM audit_log WHERE seq = 2")
+            let deleted = try await audit.verify()
+            #expect(deleted.firstBroken == 3 && deleted.reason?.contains("missing") == true, "\(deleted)")
         }
     }
 
