@@ -124,6 +124,21 @@ struct JSONBody {
         }
     }
 
+    /// An object of strings (labels).
+    func strings(_ name: String) throws -> [String: String]? {
+        switch fields[name] {
+        case nil, .null?: return nil
+        case .object(let o)?:
+            var out: [String: String] = [:]
+            for (k, v) in o {
+                guard case .string(let s) = v else { throw APIProblem(.badRequest, "'\(name).\(k.prefix(64))' should be a string") }
+                out[k] = s
+            }
+            return out
+        default: throw APIProblem(.badRequest, "the field '\(name)' should be an object of strings")
+        }
+    }
+
     func integer(_ name: String) throws -> Int64? {
         switch fields[name] {
         case nil, .null?: return nil

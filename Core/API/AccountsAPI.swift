@@ -102,7 +102,7 @@ enum AccountsAPI {
     }
 
     /// The tenant a request acts on: the caller's own, or (for the system tenant's keys) the one named.
-    private static func target(_ named: String?, _ p: Principal) throws -> String {
+    static func target(_ named: String?, _ p: Principal) throws -> String {
         guard let named, named != p.tenant.id else { return p.tenant.id }
         // Another tenant's keys answer as if the tenant did not exist.
         guard p.tenant.system else { throw APIProblem(.notFound, "no tenant '\(named.prefix(64))'") }

@@ -18,6 +18,7 @@ public enum HubAPI {
         let guarded = Guard(accounts: accounts, audit: audit)
         AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
         AccountsAPI.addAudit(to: router, audit: audit, guarded: guarded)
+        DevicesAPI.add(to: router, devices: Devices(store: accounts.store), guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         router.get("/metrics") { _, _ in

@@ -193,7 +193,19 @@ import IoTCStore
         #expect(!systemKeys.contains(owner), "a listing shows a secret")
         #expect(call("DELETE", "/v1/api-keys/\(systemKeyID)", key: acmeOwner).status == 404)
 
-        // Roles: a viewer reads, and cannot hand out keys; nobody hands out more than they hold.
+        // Devices: Acme's registry is Acme's alone.
+        #expect(call("POST", "/v1/devices", key: acmeOwner, #"{"id": "pump-1", "labels": {"site": "north"}}"#).status == 201)
+        #expect(call("POST", "/v1/devices", key: acmeOwner, #"{"id": "pump-1"}"#).status == 409)
+        #expect(call("POST", "/v1/devices", key: acmeOwner, #"{"id": "../../etc/passwd"}"#).status == 400)
+        #expect(call("POST", "/v1/devices", key: acmeOwner, #"{"id": "p", "labels": {"site": 3}}"#).status == 400)
+        #expect(call("GET", "/v1/devices?label=site:north", key: acmeOwner).body.contains(#""id":"pump-1""#))
+        #expect(call("GET", "/v1/devices?limit=100000", key: acmeOwner).status == 400)
+        #expect(call("GET", "/v1/devices/pump-1", key: owner).status == 404)
+        #expect(call("GET", "/v1/devices/pump-1?tenant=acme", key: owner).status == 200)
+        #expect(call("PATCH", "/v1/devices/pump-1", key: acmeOwner, #"{"name": "Main pump"}"#).body.contains("Main pump"))
+        #expect(call("DELETE", "/v1/devices/pump-1", key: owner).status == 404)
+
+                // Roles: a viewer reads, and cannot hand out keys; nobody hands out more than they hold.
         let viewerBody = call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "dashboard", "role": "viewer", "expires_in": 3600}"#)
         #expect(viewerBody.status == 201, "\(viewerBody.body)")
         let viewer = try #require(text((try? JSON.decode(viewerBody.body))?["secret"]))

@@ -267,6 +267,45 @@ final class PostgresServer {
         }
     }
 
+    @Test(arguments: StoreEngine.allCases)
+    func devicesBelongToOneTenantAndFilterByLabel(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await accounts.createTenant(id: "globex", name: "Globex")
+            let devices = Devices(store: store)
+            for i in 0..<25 {
+                _ = try await devices.create(tenant: "acme", id: String(format: "pump-%02d", i), name: "Pump \(i)",
+                                             labels: ["site": i % 2 == 0 ? "north" : "south", "rack": "r\(i % 5)"])
+            }
+            _ = try await devices.create(tenant: "globex", id: "pump-00", labels: ["site": "north"])
+            await #expect(throws: AccountsError.self) { try await devices.create(tenant: "acme", id: "pump-00") }
+            for bad in ["", "../x", "a/b", "a b", String(repeating: "x", count: 129)] {
+                await #expect(throws: AccountsError.self, "\(bad)") { try await devices.create(tenant: "acme", id: bad) }
+            }
+            await #expect(throws: AccountsError.self) { try await devices.create(tenant: "acme", id: "x", labels: ["bad key'": "v"]) }
+            // The same id in two tenants: two devices, each seen by its own tenant only.
+            #expect(try await devices.get(tenant: "globex", id: "pump-00")?.labels == ["site": "north"])
+            #expect(try await devices.get(tenant: "acme", id: "pump-00")?.name == "Pump 0")
+            #expect(try await devices.get(tenant: "globex", id: "pump-01") == nil)
+            // Pages in id order, and a label filter.
+            let first = try await devices.list(tenant: "acme", limit: 10)
+            let second = try await devices.list(tenant: "acme", after: first.last?.id, limit: 10)
+            #expect(first.count == 10 && second.count == 10 && second.first?.id == "pump-10")
+            let north = try await devices.list(tenant: "acme", label: ("site", "north"), limit: 100)
+            #expect(north.count == 13 && north.allSatisfy { $0.labels["site"] == "north" && $0.tenant == "acme" })
+            // Updates change what is named; deletes are per tenant.
+            let updated = try await devices.update(tenant: "acme", id: "pump-01", name: nil, profile: "pump", labels: ["site": "east"])
+            #expect(updated?.name == "Pump 1" && updated?.profile == "pump" && updated?.labels == ["site": "east"])
+            #expect(try await devices.update(tenant: "globex", id: "pump-01", name: "x", profile: nil, labels: nil) == nil)
+            #expect(try await devices.delete(tenant: "globex", id: "pump-02") == false)
+            #expect(try await devices.delete(tenant: "acme", id: "pump-02"))
+            // A tenant's devices go with it.
+            #expect(try await accounts.deleteTenant("globex"))
+            #expect(try await devices.list(tenant: "globex").isEmpty)
+        }
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")

@@ -1,0 +1,116 @@
+import Foundation
+
+/// A device in the registry: its id within its tenant, a display name, a profile (its type) and labels.
+public struct Device: Sendable, Equatable {
+    public var tenant: String
+    public var id: String
+    public var name: String
+    public var profile: String
+    public var labels: [String: String]
+    public var createdAt: Int64
+}
+
+/// The device registry. Every call names the tenant: a device of another tenant is never found.
+public struct Devices: Sendable {
+    public let store: any Store
+    let clock: @Sendable () -> Int64
+
+    public init(store: any Store, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
+        self.store = store
+        self.clock = clock
+    }
+
+    /// Device ids: 1 to 128 letters, digits and `.`, `_`, `:`, `-` (MAC addresses and serial numbers
+    /// fit), safe in topics, URLs and file names.
+    public static func isValidID(_ id: String) -> Bool {
+        guard !id.isEmpty, id.utf8.count <= 128, id != ".", id != ".." else { return false }
+        return id.utf8.allSatisfy { isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: "-") }
+    }
+
+    /// Label keys: 1 to 63 letters, digits and `.`, `_`, `-`; values up to 256 characters.
+    public static func isValidLabelKey(_ k: String) -> Bool {
+        !k.isEmpty && k.utf8.count <= 63 && k.utf8.allSatisfy { isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
+    }
+
+    private static func isAlphanumeric(_ c: UInt8) -> Bool {
+        (0x30...0x39).contains(c) || (0x41...0x5A).contains(c) || (0x61...0x7A).contains(c)
+    }
+
+    static func check(_ d: Device) throws {
+        guard isValidID(d.id) else { throw AccountsError.invalid("a device id is 1 to 128 letters, digits and . _ : -") }
+        guard d.name.count <= 200 else { throw AccountsError.invalid("a device name is at most 200 characters") }
+        guard Accounts.isValidID(d.profile) else { throw AccountsError.invalid("a profile is 1 to 63 lower-case letters, digits and dashes") }
+        guard d.labels.count <= 64 else { throw AccountsError.invalid("a device has at most 64 labels") }
+        for (k, v) in d.labels {
+            guard isValidLabelKey(k) else { throw AccountsError.invalid("label '\(k.prefix(64))': a key is 1 to 63 letters, digits and . _ -") }
+            guard v.count <= 256 else { throw AccountsError.invalid("label '\(k)': a value is at most 256 characters") }
+        }
+    }
+
+    public func create(tenant: String, id: String, name: String = "", profile: String = "default", labels: [String: String] = [:]) async throws -> Device {
+        let d = Device(tenant: tenant, id: id, name: name, profile: profile, labels: labels, createdAt: clock())
+        try Self.check(d)
+        do {
+            try await store.execute("""
+                INSERT INTO devices (tenant_id, id, name, profile, labels, created_at) VALUES (?, ?, ?, ?, ?, ?)
+                """, [.text(tenant), .text(id), .text(name), .text(profile), .text(Self.encode(labels)), .integer(d.createdAt)])
+        } catch let e as StoreError where e.kind == .constraint {
+            throw AccountsError.conflict("device '\(id)' exists")
+        }
+        return d
+    }
+
+    public func get(tenant: String, id: String) async throws -> Device? {
+        try await store.query("SELECT * FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first.map(Self.device)
+    }
+
+    /// Replaces the name, profile and labels given (nil leaves a field as it is).
+    public func update(tenant: String, id: String, name: String?, profile: String?, labels: [String: String]?) async throws -> Device? {
+        try await store.transaction { db in
+            guard var d = try await db.query("SELECT * FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first.map(Self.device) else {
+                return nil
+            }
+            if let name { d.name = name }
+            if let profile { d.profile = profile }
+            if let labels { d.labels = labels }
+            try Self.check(d)
+            try await db.execute("UPDATE devices SET name = ?, profile = ?, labels = ? WHERE tenant_id = ? AND id = ?",
+                                 [.text(d.name), .text(d.profile), .text(Self.encode(d.labels)), .text(tenant), .text(id)])
+            return d
+        }
+    }
+
+    public func delete(tenant: String, id: String) async throws -> Bool {
+        try await store.execute("DELETE FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]) == 1
+    }
+
+    /// A page of a tenant's devices in id order, after `after`, optionally with a label equal to a value.
+    public func list(tenant: String, label: (key: String, value: String)? = nil, after: String? = nil, limit: Int = 100) async throws -> [Device] {
+        var sql = "SELECT * FROM devices WHERE tenant_id = ?"
+        var params: [SQLValue] = [.text(tenant)]
+        if let label {
+            guard Self.isValidLabelKey(label.key) else { throw AccountsError.invalid("'\(label.key.prefix(64))' is not a label key") }
+            // The key is checked above, so it is safe inside the JSON path.
+            sql += store.engine == .sqlite ? " AND json_extract(labels, '$.\"\(label.key)\"') = ?" : " AND (labels::jsonb ->> '\(label.key)') = ?"
+            params.append(.text(label.value))
+        }
+        if let after {
+            sql += " AND id > ?"
+            params.append(.text(after))
+        }
+        sql += " ORDER BY id LIMIT ?"
+        params.append(.integer(Int64(max(1, min(limit, 1000)))))
+        return try await store.query(sql, params).map(Self.device)
+    }
+
+    static func encode(_ labels: [String: String]) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: labels, options: [.sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    static func device(_ r: Row) -> Device {
+        let labels = (r.string("labels").flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: String]) ?? [:]
+        return Device(tenant: r.string("tenant_id") ?? "", id: r.string("id") ?? "", name: r.string("name") ?? "",
+                      profile: r.string("profile") ?? "default", labels: labels, createdAt: r.int("created_at") ?? 0)
+    }
+}
