@@ -6,7 +6,7 @@ import IoTCStore
 /// The device registry: a tenant's devices, with names, profiles and labels. Reads need a viewer key,
 /// changes an admin key; the system tenant's keys may name another tenant with `?tenant=`.
 enum DevicesAPI {
-    static func add(to router: Router<HubRequestContext>, devices: Devices, guarded: Guard) {
+    static func add(to router: Router<HubRequestContext>, devices: Devices, directory: RegistryDirectory, guarded: Guard) {
         router.get("/v1/devices", use: guarded(.tenant(.viewer)) { request, _, p in
             try await AccountsAPI.answer {
                 let q = request.uri.queryParameters
@@ -65,6 +65,70 @@ enum DevicesAPI {
                 return Response(status: .noContent)
             }
         })
+    }
+
+    /// Credentials: tokens (shown once, at creation) and client-certificate fingerprints. A change
+    /// reaches the hub's authentication at once.
+    static func addCredentials(to router: Router<HubRequestContext>, devices: Devices, directory: RegistryDirectory, guarded: Guard) {
+        router.get("/v1/devices/:device/credentials", use: guarded(.tenant(.admin)) { request, context, p in
+            try await AccountsAPI.answer {
+                let id = try context.parameters.require("device")
+                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                guard try await devices.get(tenant: tenant, id: id) != nil else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
+                let list = try await devices.credentials(tenant: tenant, device: id)
+                return HubAPI.json(.object(Value.Object([("items", .array(list.map { json($0) }))])))
+            }
+        })
+        router.post("/v1/devices/:device/credentials", use: guarded(.tenant(.admin)) { request, context, p in
+            try await AccountsAPI.answer {
+                let id = try context.parameters.require("device")
+                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let body = try await JSONBody.read(request, allowed: ["kind", "fingerprint", "expires_in"])
+                var expiresAt: Int64?
+                if let seconds = try body.integer("expires_in") {
+                    guard (60...(10 * 365 * 86400)).contains(seconds) else { throw APIProblem(.badRequest, "expires_in is in seconds, from 60 to ten years") }
+                    expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
+                }
+                let answer: Value
+                switch try body.string("kind") ?? "token" {
+                case "token":
+                    let (c, token) = try await devices.issueToken(tenant: tenant, device: id, expiresAt: expiresAt)
+                    answer = json(c, token: token)
+                case "certificate":
+                    let fingerprint = try body.string("fingerprint", required: true)!
+                    answer = json(try await devices.addCertificate(tenant: tenant, device: id, fingerprint: fingerprint, expiresAt: expiresAt))
+                case let other:
+                    throw APIProblem(.badRequest, "unknown credential kind '\(other.prefix(32))'; kinds: token, certificate")
+                }
+                try await directory.refresh()
+                await p.record("device.credential.create", target: id, tenant: tenant)
+                return HubAPI.json(answer, status: .created)
+            }
+        })
+        router.delete("/v1/devices/:device/credentials/:credential", use: guarded(.tenant(.admin)) { request, context, p in
+            try await AccountsAPI.answer {
+                let id = try context.parameters.require("device"), credential = try context.parameters.require("credential")
+                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                guard try await devices.revokeCredential(tenant: tenant, device: id, id: credential) else {
+                    throw APIProblem(.notFound, "device '\(id.prefix(128))' has no credential '\(credential.prefix(64))'")
+                }
+                try await directory.refresh()
+                await p.record("device.credential.revoke", target: "\(id)/\(credential)", tenant: tenant)
+                return Response(status: .noContent)
+            }
+        })
+    }
+
+    /// A credential as the API shows it: a token's secret only in the answer that created it, a
+    /// certificate's fingerprint always.
+    static func json(_ c: DeviceCredential, token: String? = nil) -> Value {
+        var o = Value.Object([
+            ("id", .string(c.id)), ("device", .string(c.device)), ("kind", .string(c.kind.rawValue)), ("created_at", .int(c.createdAt)),
+            ("expires_at", c.expiresAt.map { .int($0) } ?? .null), ("revoked_at", c.revokedAt.map { .int($0) } ?? .null),
+        ])
+        if c.kind == .certificate { o["fingerprint"] = .string(c.digest.map { String(format: "%02x", $0) }.joined()) }
+        if let token { o["token"] = .string(token) }
+        return .object(o)
     }
 
     static func json(_ d: Device) -> Value {

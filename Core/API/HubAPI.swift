@@ -11,14 +11,17 @@ import Prometheus
 public enum HubAPI {
     /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
     public static func router(
-        hub: Hub, accounts: Accounts, registry: PrometheusCollectorRegistry, reload: @escaping @Sendable () async -> [Diagnostic]?
+        hub: Hub, accounts: Accounts, directory: RegistryDirectory, registry: PrometheusCollectorRegistry,
+        reload: @escaping @Sendable () async -> [Diagnostic]?
     ) -> Router<HubRequestContext> {
         let router = Router(context: HubRequestContext.self)
         let audit = AuditLog(store: accounts.store)
         let guarded = Guard(accounts: accounts, audit: audit)
         AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
         AccountsAPI.addAudit(to: router, audit: audit, guarded: guarded)
-        DevicesAPI.add(to: router, devices: Devices(store: accounts.store), guarded: guarded)
+        let devices = Devices(store: accounts.store)
+        DevicesAPI.add(to: router, devices: devices, directory: directory, guarded: guarded)
+        DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         router.get("/metrics") { _, _ in

@@ -114,3 +114,100 @@ public struct Devices: Sendable {
                       profile: r.string("profile") ?? "default", labels: labels, createdAt: r.int("created_at") ?? 0)
     }
 }
+
+/// A device credential as stored: a token's SHA-256 (the token itself is shown once), or a client
+/// certificate's SHA-256 fingerprint for mutual TLS.
+public struct DeviceCredential: Sendable, Equatable {
+    public enum Kind: String, Sendable, CaseIterable { case token, certificate }
+    public var id: String
+    public var tenant: String
+    public var device: String
+    public var kind: Kind
+    /// SHA-256 of the token, or of the certificate (its fingerprint).
+    public var digest: [UInt8]
+    public var createdAt: Int64
+    public var expiresAt: Int64?
+    public var revokedAt: Int64?
+
+    public var active: Bool { revokedAt == nil }
+}
+
+extension Devices {
+    /// Issues a token for a device: `iotcd_<id>_<32 letters and digits>`, returned here only.
+    public func issueToken(tenant: String, device: String, expiresAt: Int64? = nil) async throws -> (DeviceCredential, String) {
+        let (id, secret) = Self.newToken()
+        let c = try await add(tenant: tenant, device: device, id: id, kind: .token, digest: Self.digest(secret), expiresAt: expiresAt)
+        return (c, secret)
+    }
+
+    /// Registers a client certificate by its SHA-256 fingerprint (hex, with or without colons).
+    public func addCertificate(tenant: String, device: String, fingerprint: String, expiresAt: Int64? = nil) async throws -> DeviceCredential {
+        guard let digest = Self.fingerprintBytes(fingerprint) else {
+            throw AccountsError.invalid("a fingerprint is the certificate's SHA-256 in hex (64 digits, colons allowed)")
+        }
+        return try await add(tenant: tenant, device: device, id: Self.newToken().id, kind: .certificate, digest: digest, expiresAt: expiresAt)
+    }
+
+    private func add(tenant: String, device: String, id: String, kind: DeviceCredential.Kind, digest: [UInt8], expiresAt: Int64?) async throws -> DeviceCredential {
+        let now = clock()
+        try await store.transaction { db in
+            guard try await !db.query("SELECT id FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(device)]).isEmpty else {
+                throw AccountsError.notFound("no device '\(device.prefix(128))'")
+            }
+            if kind == .certificate, try await !db.query("SELECT id FROM device_credentials WHERE digest = ? AND revoked_at IS NULL", [.blob(digest)]).isEmpty {
+                throw AccountsError.conflict("this certificate is already registered")
+            }
+            try await db.execute("""
+                INSERT INTO device_credentials (id, tenant_id, device_id, kind, digest, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                """, [.text(id), .text(tenant), .text(device), .text(kind.rawValue), .blob(digest), .integer(now), SQLValue(expiresAt)])
+        }
+        return DeviceCredential(id: id, tenant: tenant, device: device, kind: kind, digest: digest, createdAt: now, expiresAt: expiresAt)
+    }
+
+    public func credentials(tenant: String, device: String) async throws -> [DeviceCredential] {
+        try await store.query("SELECT * FROM device_credentials WHERE tenant_id = ? AND device_id = ? ORDER BY created_at, id",
+                              [.text(tenant), .text(device)]).map(Self.credential)
+    }
+
+    public func revokeCredential(tenant: String, device: String, id: String) async throws -> Bool {
+        try await store.execute("UPDATE device_credentials SET revoked_at = ? WHERE tenant_id = ? AND device_id = ? AND id = ? AND revoked_at IS NULL",
+                                [.integer(clock()), .text(tenant), .text(device), .text(id)]) == 1
+    }
+
+    /// Every credential in force (not revoked, not expired), for the hub's in-memory directory.
+    public func activeCredentials() async throws -> [DeviceCredential] {
+        try await store.query("SELECT * FROM device_credentials WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
+                              [.integer(clock())]).map(Self.credential)
+    }
+
+    static func newToken() -> (id: String, secret: String) {
+        let (id, secret) = Accounts.newSecret()
+        return (id, "iotcd_" + secret.dropFirst("iotc_".count))
+    }
+
+    /// The credential id in a device token, if it is one.
+    public static func tokenID(_ token: String) -> String? {
+        guard token.hasPrefix("iotcd_") else { return nil }
+        return Accounts.keyID(of: "iotc_" + token.dropFirst("iotcd_".count))
+    }
+
+    public static func digest(_ secret: String) -> [UInt8] { Accounts.hash(secret) }
+
+    /// A SHA-256 fingerprint in hex (colons allowed) as bytes.
+    public static func fingerprintBytes(_ hex: String) -> [UInt8]? {
+        let digits = Array(hex.lowercased().utf8.filter { $0 != UInt8(ascii: ":") })
+        guard digits.count == 64 else { return nil }
+        var out: [UInt8] = []
+        for i in stride(from: 0, to: 64, by: 2) {
+            guard let b = UInt8(String(decoding: digits[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
+            out.append(b)
+        }
+        return out
+    }
+
+    static func credential(_ r: Row) -> DeviceCredential {
+        DeviceCredential(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", device: r.string("device_id") ?? "",
+                         kind: DeviceCredential.Kind(rawValue: r.string("kind") ?? "") ?? .token, digest: r.bytes("digest") ?? [],
+                         createdAt: r.int("created_at") ?? 0, expiresAt: r.int("expires_at"), revokedAt: r.int("revoked_at"))
+    }
+}

@@ -95,7 +95,27 @@ public enum Schema {
         ]),
         Migration(2, "system tenant and API keys", sqlite: apiKeys(binary: "BLOB"), postgres: apiKeys(binary: "BYTEA")),
         Migration(3, "audit log", sqlite: auditLog(binary: "BLOB"), postgres: auditLog(binary: "BYTEA")),
+        Migration(4, "device credentials", sqlite: deviceCredentials(binary: "BLOB"), postgres: deviceCredentials(binary: "BYTEA")),
     ]
+
+    private static func deviceCredentials(binary: String) -> [String] {
+        [
+            """
+            CREATE TABLE device_credentials (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                kind TEXT NOT NULL,
+                digest \(binary) NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                revoked_at BIGINT,
+                FOREIGN KEY (tenant_id, device_id) REFERENCES devices (tenant_id, id) ON DELETE CASCADE)
+            """,
+            "CREATE INDEX device_credentials_by_device ON device_credentials (tenant_id, device_id)",
+            "CREATE INDEX device_credentials_by_digest ON device_credentials (digest)",
+        ]
+    }
 
     /// Not tied to tenants by a foreign key: the record of a deleted tenant stays, and so does the chain.
     private static func auditLog(binary: String) -> [String] {

@@ -60,7 +60,16 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         let accounts = Accounts(store: db)
+        // Devices authenticate against the registry's credentials, held in memory.
+        let directory = RegistryDirectory(devices: Devices(store: db))
+        do { try await directory.refresh() } catch {
+            logger.error("cannot load device credentials: \(error)")
+            throw ExitCode(1)
+        }
         let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger)
+        hub.attach(directory: directory)
+        let freshness = Task { await directory.keepFresh(logger: logger) }
+        defer { freshness.cancel() }
         do { try hub.start(config) } catch {
             logger.error("\(error)")
             hub.stop(timeout: 5)
@@ -69,7 +78,7 @@ struct Serve: AsyncParsableCommand {
         if config.auth.allowAnonymous { logger.warning("auth.allow_anonymous is on: devices without credentials are accepted") }
 
         let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
-        let router = HubAPI.router(hub: hub, accounts: accounts, registry: registry) { await reloader.reload() }
+        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, registry: registry) { await reloader.reload() }
         var banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
         banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }

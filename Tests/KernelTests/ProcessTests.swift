@@ -248,6 +248,56 @@ import IoTCStore
         #expect(broken == 1 && brokenText.contains("entry 2"), "\(brokenText)")
     }
 
+    @Test func devicesAuthenticateWithRegistryCredentialsUntilRevoked() async throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let dir = TempDir()
+        let apiPort = freePort(), httpPort = freePort(), mqttPort = freePort()
+        let out = dir.path + "/out.jsonl"
+        let file = dir.write("hub.yaml", """
+            sources:
+              web: { plugin: http, listen: "127.0.0.1:\(httpPort)" }
+              broker: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: hub }
+            sinks: { out: { plugin: file, path: "\(out)" } }
+            pipelines: { t: { from: [ "web:devices/+/telemetry", "broker:devices/+/telemetry" ], to: [ out ] } }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        let api = "http://127.0.0.1:\(apiPort)"
+        #expect(waitForPort(mqttPort), "hub did not start: \(hub.log)")
+        func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
+            http(method, api + path, body: body.map { Array($0.utf8) }, headers: owner.merging(["Content-Type": "application/json"]) { a, _ in a })
+                ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+        #expect(call("POST", "/v1/tenants", #"{"id": "acme"}"#).status == 201)
+        #expect(call("POST", "/v1/devices?tenant=acme", #"{"id": "pump-1", "tenant": "acme"}"#).status == 201)
+        let issued = call("POST", "/v1/devices/pump-1/credentials?tenant=acme", #"{"kind": "token"}"#)
+        #expect(issued.status == 201, "\(issued.body)")
+        let token = try #require(text((try? JSON.decode(issued.body))?["token"]))
+        let credential = try #require(text((try? JSON.decode(issued.body))?["id"]))
+        #expect(token.hasPrefix("iotcd_"))
+        // The token is shown once: the listing has no secret.
+        #expect(!call("GET", "/v1/devices/pump-1/credentials?tenant=acme").body.contains(token))
+
+        // HTTP with the token as bearer, MQTT with it as the password: both land, as tenant acme's pump-1.
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", #"{"via":"http"}"#, token: token)?.status == 202)
+        let (code, output) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(mqttPort)", "-i", "pump-1", "-u", "pump-1",
+                                                      "-P", token, "-q", "1", "-t", "devices/pump-1/telemetry", "-m", #"{"via":"mqtt"}"#])
+        #expect(code == 0, "\(output)")
+        #expect(eventually { jsonLines(out).count == 2 }, "\(jsonLines(out))")
+        #expect(jsonLines(out).allSatisfy { $0["tenant"] == "acme" && $0["device"] == "pump-1" }, "\(jsonLines(out))")
+        // Another device's topic stays closed to it, and a wrong token gets nothing.
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-2/telemetry", "{}", token: token)?.status == 403)
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", "{}", token: token + "x")?.status == 401)
+
+        // Revoked: refused at once on new requests and connections.
+        #expect(call("DELETE", "/v1/devices/pump-1/credentials/\(credential)?tenant=acme").status == 204)
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", "{}", token: token)?.status == 401)
+        let (refused, _) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(mqttPort)", "-i", "pump-1", "-u", "pump-1",
+                                                    "-P", token, "-q", "1", "-t", "devices/pump-1/telemetry", "-m", "{}"])
+        #expect(refused != 0)
+        #expect(!hub.log.contains(token), "the token is in the log")
+        hub.stop()
+    }
+
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
     @Test func runsOnAPostgreSQLStore() async throws {

@@ -37,3 +37,10 @@ struct DeviceAuthenticator: Sendable {
         return diff == 0
     }
 }
+
+/// A source of device identities beyond the pipeline files' static tokens: the device registry. Called
+/// from plugin threads on every connect (and HTTP request), so it must answer from memory.
+public protocol DeviceDirectory: AnyObject, Sendable {
+    /// The tenant and device for these credentials, or nil when they are unknown, revoked or expired.
+    func authenticate(_ c: Credentials) -> (tenant: String, device: String)?
+}

@@ -20,6 +20,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var pipelines: [String: PipelineRuntime] = [:]
     /// Source name to the pipelines reading it, with their topic filters.
     private var authenticator = DeviceAuthenticator(AuthConfig())
+    /// The device registry, consulted before the static tokens.
+    private var directory: (any DeviceDirectory)?
     private var identities: [UInt64: GrantedIdentity] = [:]
     private var nextHandle: UInt64 = 1
     /// Which source holds each connected device, for downlink.
@@ -299,9 +301,12 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
     }
 
+    /// Devices authenticate against the registry too, once it is attached.
+    public func attach(directory: any DeviceDirectory) { lock.withLock { self.directory = directory } }
+
     func authenticate(from: ComponentInstance, _ c: Credentials) -> (GrantedIdentity, UInt64)? {
-        let auth = lock.withLock { authenticator }
-        guard let (tenant, device) = auth.authenticate(c) else {
+        let (auth, directory) = lock.withLock { (authenticator, self.directory) }
+        guard let (tenant, device) = directory?.authenticate(c) ?? auth.authenticate(c) else {
             authFailures.increment()
             logger.warning("device authentication failed", metadata: [
                 "protocol": "\(c.protocolName)", "device": "\(c.device.prefix(128))", "remote": "\(c.remoteAddress)", "source": "\(from.name)",

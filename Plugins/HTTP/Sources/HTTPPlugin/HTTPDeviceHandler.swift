@@ -25,8 +25,10 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var backlog = CircularBuffer<DeviceRequest>()
     /// A framing error found while a request was being answered: sent after it, then the connection closes.
     private var pendingError: DeviceRequestError?
-    /// The identity of the last token seen on this connection, so keep-alive requests authenticate once.
-    private var cached: (token: String, device: String, identity: Identity)?
+    /// The identity of the last token seen on this connection, so keep-alive requests authenticate once
+    /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
+    private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
+    static let reauthenticateAfter = TimeAmount.seconds(2)
     private var streaming: (device: String, waiter: UInt64, identity: Identity)?
     private var polling: (device: String, waiter: UInt64)?
 
@@ -144,7 +146,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             token = String(auth.dropFirst(7).drop { $0 == " " })
         }
-        if let c = cached, c.token == token, c.device == device { return c.identity }
+        if let c = cached, c.token == token, c.device == device, NIODeadline.now() - c.at < Self.reauthenticateAfter { return c.identity }
         let remote = context.channel.remoteAddress?.description ?? ""
         var fingerprint = ""
         if let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate {
@@ -158,7 +160,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .forbidden, problem: "these credentials belong to another device")
             return nil
         }
-        cached = (token, device, identity)
+        cached = (token, device, identity, .now())
         return identity
     }
 

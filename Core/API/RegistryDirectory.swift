@@ -1,0 +1,67 @@
+import Foundation
+import IoTCKernel
+import IoTCPluginKit
+import IoTCStore
+import Logging
+import NIOConcurrencyHelpers
+
+/// The registry's device credentials held in memory for the hub's authentication: looked up by a
+/// token's id or a certificate's fingerprint, compared by SHA-256 in constant time. Reloaded from the
+/// store after every change made through this hub's API, and every few seconds for changes made by
+/// other nodes; a revoked credential stops working within that time.
+public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
+    struct Entry: Sendable {
+        var tenant: String
+        var device: String
+        var digest: [UInt8]
+        var expiresAt: Int64?
+    }
+
+    private let devices: Devices
+    private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry])>(([:], [:]))
+
+    public init(devices: Devices) { self.devices = devices }
+
+    /// Loads every credential in force.
+    public func refresh() async throws {
+        var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:]
+        for c in try await devices.activeCredentials() {
+            let e = Entry(tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt)
+            switch c.kind {
+            case .token: tokens[c.id] = e
+            case .certificate: certificates[c.digest] = e
+            }
+        }
+        state.withLockedValue { $0 = (tokens, certificates) }
+    }
+
+    /// Refreshes every `interval` seconds until cancelled.
+    public func keepFresh(every interval: Double = 2, logger: Logger) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+            do { try await refresh() } catch { logger.warning("cannot reload device credentials: \(error)") }
+        }
+    }
+
+    public func authenticate(_ c: Credentials) -> (tenant: String, device: String)? {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let (tokens, certificates) = state.withLockedValue { $0 }
+        func valid(_ e: Entry) -> Bool { e.expiresAt.map { $0 > now } ?? true }
+        // A token as the secret (HTTP bearer, MQTT password) or as the MQTT user name with no password.
+        for token in [c.secret, c.secret.isEmpty ? c.username : ""] where !token.isEmpty {
+            guard let id = Devices.tokenID(token), let e = tokens[id], valid(e), Self.equal(e.digest, Devices.digest(token)) else { continue }
+            return (e.tenant, e.device)
+        }
+        if !c.certificateFingerprint.isEmpty, let digest = Devices.fingerprintBytes(c.certificateFingerprint), let e = certificates[digest], valid(e) {
+            return (e.tenant, e.device)
+        }
+        return nil
+    }
+
+    private static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        var diff: UInt8 = 0
+        for i in 0..<a.count { diff |= a[i] ^ b[i] }
+        return diff == 0
+    }
+}
