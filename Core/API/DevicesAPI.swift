@@ -61,6 +61,8 @@ enum DevicesAPI {
                 let id = try context.parameters.require("device")
                 let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
                 guard try await devices.delete(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
+                // Its credentials went with it: its open connections close.
+                try await directory.refresh()
                 await p.record("device.delete", target: id, tenant: tenant)
                 return Response(status: .noContent)
             }

@@ -11,6 +11,7 @@ import NIOConcurrencyHelpers
 /// other nodes; a revoked credential stops working within that time.
 public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     struct Entry: Sendable {
+        var id: String
         var tenant: String
         var device: String
         var digest: [UInt8]
@@ -20,19 +21,32 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     private let devices: Devices
     private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry])>(([:], [:]))
 
-    public init(devices: Devices) { self.devices = devices }
+    /// Told the ids of credentials that were in force and no longer are (revoked, expired, or their
+    /// device deleted), so that the hub closes the connections made with them.
+    private let onRevoked: @Sendable (Set<String>) -> Void
+
+    public init(devices: Devices, onRevoked: @escaping @Sendable (Set<String>) -> Void = { _ in }) {
+        self.devices = devices
+        self.onRevoked = onRevoked
+    }
 
     /// Loads every credential in force.
     public func refresh() async throws {
         var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:]
         for c in try await devices.activeCredentials() {
-            let e = Entry(tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt)
+            let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt)
             switch c.kind {
             case .token: tokens[c.id] = e
             case .certificate: certificates[c.digest] = e
             }
         }
-        state.withLockedValue { $0 = (tokens, certificates) }
+        let now = Set(tokens.keys).union(certificates.values.map(\.id))
+        let before = state.withLockedValue { old -> Set<String> in
+            defer { old = (tokens, certificates) }
+            return Set(old.tokens.keys).union(old.certificates.values.map(\.id))
+        }
+        let gone = before.subtracting(now)
+        if !gone.isEmpty { onRevoked(gone) }
     }
 
     /// Refreshes every `interval` seconds until cancelled.
@@ -43,17 +57,17 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         }
     }
 
-    public func authenticate(_ c: Credentials) -> (tenant: String, device: String)? {
+    public func authenticate(_ c: Credentials) -> (tenant: String, device: String, credential: String)? {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let (tokens, certificates) = state.withLockedValue { $0 }
         func valid(_ e: Entry) -> Bool { e.expiresAt.map { $0 > now } ?? true }
         // A token as the secret (HTTP bearer, MQTT password) or as the MQTT user name with no password.
         for token in [c.secret, c.secret.isEmpty ? c.username : ""] where !token.isEmpty {
             guard let id = Devices.tokenID(token), let e = tokens[id], valid(e), Self.equal(e.digest, Devices.digest(token)) else { continue }
-            return (e.tenant, e.device)
+            return (e.tenant, e.device, e.id)
         }
         if !c.certificateFingerprint.isEmpty, let digest = Devices.fingerprintBytes(c.certificateFingerprint), let e = certificates[digest], valid(e) {
-            return (e.tenant, e.device)
+            return (e.tenant, e.device, e.id)
         }
         return nil
     }

@@ -32,10 +32,14 @@ public protocol Source: Component {
     /// Delivers a downlink message to a device this source holds; settle it with `ack`.
     /// Return false when this source has no downlink.
     func downlink(_ message: Message, ack: Ack) -> Bool
+    /// Closes the connections of the device authenticated as `identity` (the kernel revoked its
+    /// credentials); returns how many were closed. The default holds no connections.
+    func disconnect(identityHandle: UInt64, reason: String) -> Int
 }
 
 extension Source {
     public func downlink(_ message: Message, ack: Ack) -> Bool { false }
+    public func disconnect(identityHandle: UInt64, reason: String) -> Int { 0 }
 }
 
 /// A connector to a destination.

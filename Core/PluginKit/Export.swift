@@ -90,6 +90,10 @@ public enum Plugin {
             guard let source = b.source, let message else { return IOTC_ERR_UNSUPPORTED }
             return source.downlink(Message(message), ack: Ack(host: b.host, token: token)) ? IOTC_OK : IOTC_ERR_UNSUPPORTED
         }
+        c.disconnect = { instance, handle, reason in
+            guard let source = box(instance).source else { return 0 }
+            return max(0, source.disconnect(identityHandle: handle, reason: String(reason)))
+        }
         c.process = { instance, message, emit, emitContext, err in
             guard let step = box(instance).step, let message, let emit else {
                 return IOTC_ERR_UNSUPPORTED

@@ -197,7 +197,8 @@ public struct Credentials: Sendable {
 public final class Identity: Sendable {
     public let tenant: String
     public let device: String
-    let handle: UInt64
+    /// The kernel's handle for this identity (what `Source.disconnect(identityHandle:reason:)` names).
+    public let handle: UInt64
     private let host: PluginHost
 
     init(host: PluginHost, tenant: String, device: String, handle: UInt64) {

@@ -50,12 +50,16 @@ public struct Devices: Sendable {
     public func create(tenant: String, id: String, name: String = "", profile: String = "default", labels: [String: String] = [:]) async throws -> Device {
         let d = Device(tenant: tenant, id: id, name: name, profile: profile, labels: labels, createdAt: clock())
         try Self.check(d)
-        do {
-            try await store.execute("""
+        try await store.transaction { db in
+            guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
+                throw AccountsError.notFound("no tenant '\(tenant.prefix(64))'")
+            }
+            guard try await db.query("SELECT id FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).isEmpty else {
+                throw AccountsError.conflict("device '\(id)' exists")
+            }
+            try await db.execute("""
                 INSERT INTO devices (tenant_id, id, name, profile, labels, created_at) VALUES (?, ?, ?, ?, ?, ?)
                 """, [.text(tenant), .text(id), .text(name), .text(profile), .text(Self.encode(labels)), .integer(d.createdAt)])
-        } catch let e as StoreError where e.kind == .constraint {
-            throw AccountsError.conflict("device '\(id)' exists")
         }
         return d
     }

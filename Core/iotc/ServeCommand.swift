@@ -61,12 +61,13 @@ struct Serve: AsyncParsableCommand {
         }
         let accounts = Accounts(store: db)
         // Devices authenticate against the registry's credentials, held in memory.
-        let directory = RegistryDirectory(devices: Devices(store: db))
+        let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger)
+        // A revoked credential also closes the connections made with it.
+        let directory = RegistryDirectory(devices: Devices(store: db)) { [weak hub] gone in hub?.revoke(credentials: gone) }
         do { try await directory.refresh() } catch {
             logger.error("cannot load device credentials: \(error)")
             throw ExitCode(1)
         }
-        let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger)
         hub.attach(directory: directory)
         let freshness = Task { await directory.keepFresh(logger: logger) }
         defer { freshness.cancel() }

@@ -262,7 +262,7 @@ import IoTCStore
             """)
         let hub = try serve(file, data: dir.path + "/data", api: apiPort)
         let api = "http://127.0.0.1:\(apiPort)"
-        #expect(waitForPort(mqttPort), "hub did not start: \(hub.log)")
+        #expect(waitForPort(mqttPort) && eventually { http("GET", "\(api)/health")?.status == 200 }, "hub did not start: \(hub.log)")
         func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
             http(method, api + path, body: body.map { Array($0.utf8) }, headers: owner.merging(["Content-Type": "application/json"]) { a, _ in a })
                 ?? HTTPResult(status: 0, headers: [:], body: "")
@@ -288,8 +288,24 @@ import IoTCStore
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-2/telemetry", "{}", token: token)?.status == 403)
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", "{}", token: token + "x")?.status == 401)
 
-        // Revoked: refused at once on new requests and connections.
+        // A device connected over MQTT 5 when its credentials are revoked is told so (0x98) and closed.
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let watcher = try ChildProcess(python, ["-u", "-c", """
+            import sys, time, paho.mqtt.client as mqtt
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pump-1", protocol=mqtt.MQTTv5)
+            c.username_pw_set("pump-1", sys.argv[1])
+            c.on_connect = lambda c, u, f, rc, p: print("connected", rc.value, flush=True)
+            c.on_disconnect = lambda c, u, f, rc, p: (print("disconnected", rc.value, flush=True), c.loop_stop())
+            c.connect("127.0.0.1", \(mqttPort)); c.loop_start()
+            time.sleep(30)
+            """, token])
+        #expect(eventually { watcher.log.contains("connected 0") }, "\(watcher.log)")
+
+        // Revoked: refused at once on new requests and connections, and open connections close.
         #expect(call("DELETE", "/v1/devices/pump-1/credentials/\(credential)?tenant=acme").status == 204)
+        #expect(eventually(timeout: 5) { watcher.log.contains("disconnected 152") }, "\(watcher.log)")
+        watcher.stop()
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", "{}", token: token)?.status == 401)
         let (refused, _) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(mqttPort)", "-i", "pump-1", "-u", "pump-1",
                                                     "-P", token, "-q", "1", "-t", "devices/pump-1/telemetry", "-m", "{}"])

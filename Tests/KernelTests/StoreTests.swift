@@ -280,6 +280,7 @@ final class PostgresServer {
             }
             _ = try await devices.create(tenant: "globex", id: "pump-00", labels: ["site": "north"])
             await #expect(throws: AccountsError.self) { try await devices.create(tenant: "acme", id: "pump-00") }
+            await #expect(throws: AccountsError.self) { try await devices.create(tenant: "nobody", id: "pump-00") }
             for bad in ["", "../x", "a/b", "a b", String(repeating: "x", count: 129)] {
                 await #expect(throws: AccountsError.self, "\(bad)") { try await devices.create(tenant: "acme", id: bad) }
             }

@@ -116,6 +116,13 @@ final class ComponentInstance: @unchecked Sendable {
         return (min(taken, messages.count), IOTC_ERR_BUSY)
     }
 
+    /// Asks a source to close the connections of a device whose credentials were revoked.
+    @discardableResult
+    func disconnect(handle: UInt64, reason: String) -> Int {
+        guard let f = component.raw.pointee.disconnect else { return 0 }
+        return reason.withIOTCString { f(instance, handle, $0) }
+    }
+
     func downlink(_ m: Message, token: UInt64) -> Int32 {
         guard let f = component.raw.pointee.downlink else { return IOTC_ERR_UNSUPPORTED }
         return m.withCMessage { f(instance, $0, token) }
@@ -244,6 +251,10 @@ private let hostAckBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointe
 final class GrantedIdentity: @unchecked Sendable {
     let tenant: String
     let device: String
+    /// The registry credential it was granted on, if any.
+    var credential: String?
+    /// The source it was granted to.
+    weak var source: ComponentInstance?
     let cTenant: UnsafeMutablePointer<CChar>
     let cDevice: UnsafeMutablePointer<CChar>
 

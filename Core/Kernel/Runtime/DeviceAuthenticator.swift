@@ -41,6 +41,7 @@ struct DeviceAuthenticator: Sendable {
 /// A source of device identities beyond the pipeline files' static tokens: the device registry. Called
 /// from plugin threads on every connect (and HTTP request), so it must answer from memory.
 public protocol DeviceDirectory: AnyObject, Sendable {
-    /// The tenant and device for these credentials, or nil when they are unknown, revoked or expired.
-    func authenticate(_ c: Credentials) -> (tenant: String, device: String)?
+    /// The tenant and device for these credentials, and the credential's id (the hub closes the
+    /// device's connections when it is revoked), or nil when they are unknown, revoked or expired.
+    func authenticate(_ c: Credentials) -> (tenant: String, device: String, credential: String)?
 }

@@ -306,7 +306,8 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     func authenticate(from: ComponentInstance, _ c: Credentials) -> (GrantedIdentity, UInt64)? {
         let (auth, directory) = lock.withLock { (authenticator, self.directory) }
-        guard let (tenant, device) = directory?.authenticate(c) ?? auth.authenticate(c) else {
+        let registered = directory?.authenticate(c)
+        guard let (tenant, device) = registered.map({ ($0.tenant, $0.device) }) ?? auth.authenticate(c) else {
             authFailures.increment()
             logger.warning("device authentication failed", metadata: [
                 "protocol": "\(c.protocolName)", "device": "\(c.device.prefix(128))", "remote": "\(c.remoteAddress)", "source": "\(from.name)",
@@ -314,6 +315,8 @@ public final class Hub: HostServices, @unchecked Sendable {
             return nil
         }
         let identity = GrantedIdentity(tenant: tenant, device: device)
+        identity.credential = registered?.credential
+        identity.source = from
         let handle = lock.withLock { () -> UInt64 in
             let h = nextHandle
             nextHandle += 1
@@ -338,6 +341,20 @@ public final class Hub: HostServices, @unchecked Sendable {
         guard t.starts(with: device.utf8) else { return false }
         t = t.dropFirst(device.utf8.count)
         return t.isEmpty || t.first == UInt8(ascii: "/")
+    }
+
+    /// Closes the connections of every device authenticated with one of these credentials (they were
+    /// revoked or expired). Returns the number of connections the sources closed.
+    @discardableResult
+    public func revoke(credentials: Set<String>) -> Int {
+        guard !credentials.isEmpty else { return 0 }
+        let affected = lock.withLock { identities.filter { $0.value.credential.map(credentials.contains) ?? false } }
+        var closed = 0
+        for (handle, identity) in affected {
+            closed += identity.source?.disconnect(handle: handle, reason: "the device's credentials were revoked") ?? 0
+        }
+        if closed > 0 { logger.notice("closed \(closed) connections of devices whose credentials were revoked") }
+        return closed
     }
 
     func releaseIdentity(_ handle: UInt64) { lock.withLock { _ = identities.removeValue(forKey: handle) } }

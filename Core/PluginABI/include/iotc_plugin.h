@@ -285,7 +285,13 @@ typedef struct iotc_component {
      * after IOTC_ERR_BUSY. Taken from a reserved slot: NULL when the sink takes one message per call. */
     size_t (*write_batch)(void *instance, const iotc_message *messages, const uint64_t *ack_tokens, size_t count);
 
-    void *reserved[7];
+    /* Source: close every connection of the device authenticated with this identity handle (its
+     * credentials were revoked), telling it why where the protocol can (MQTT 5: DISCONNECT 0x98,
+     * administrative action). Returns the number of connections closed. Taken from a reserved slot:
+     * NULL when the source holds no long-lived connections. */
+    size_t (*disconnect)(void *instance, uint64_t identity_handle, iotc_str reason);
+
+    void *reserved[6];
 } iotc_component;
 
 /* What a plugin library describes of itself. */

@@ -169,6 +169,20 @@ public final class Broker: @unchecked Sendable {
     public var retainedCount: Int { lock.withLock { retained.count } }
     public func session(_ clientID: String) -> Session? { lock.withLock { sessions[clientID] } }
 
+    /// Tells every connected client whose identity matches to disconnect with `reasonCode`; returns how
+    /// many were told.
+    @discardableResult
+    public func disconnect(where matches: (ClientIdentity) -> Bool, reasonCode: UInt8) -> Int {
+        let all = lock.withLock { Array(sessions.values) }
+        var n = 0
+        for s in all {
+            guard let link = s.currentLink, let identity = link.identity, matches(identity) else { continue }
+            link.disconnect(reasonCode)
+            n += 1
+        }
+        return n
+    }
+
     // MARK: - Subscriptions
 
     static func split(_ filter: String) -> (group: String?, filter: String) {

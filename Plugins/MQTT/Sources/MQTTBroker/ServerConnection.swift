@@ -126,11 +126,14 @@ public final class ServerConnection: @unchecked Sendable {
         shutdown(reason: "keep-alive timeout", publishWill: true)
     }
 
-    /// The broker asked this connection to go (another connection took the session over).
+    /// The broker asked this connection to go: another connection took the session over (0x8E), or the
+    /// hub revoked the client's credentials (0x98).
     public func disconnect(reasonCode: UInt8) {
         guard state == .connected else { return }
-        disconnectPacket(reasonCode, reasonCode == MQTTReason.sessionTakenOver ? "another connection took over the session" : nil)
-        shutdown(reason: "session taken over", publishWill: true)
+        let why = reasonCode == MQTTReason.sessionTakenOver ? "another connection took over the session"
+            : reasonCode == MQTTReason.administrativeAction ? "the credentials were revoked" : "the server closed the connection"
+        disconnectPacket(reasonCode, why)
+        shutdown(reason: why, publishWill: true)
     }
 
     private func handle(_ packet: MQTTPacket) {
@@ -244,6 +247,7 @@ public final class ServerConnection: @unchecked Sendable {
         }
         link.send(.connack(MQTTConnAck(sessionPresent: present, reasonCode: 0, properties: props)))
         state = .connected
+        link.identity = identity
         broker.attach(session, link: link, resumed: present)
         hub.connected(identity, clientID: clientID, remoteAddress: remoteAddress)
         control?.expectPackets(within: keepAlive == 0 ? 0 : Double(keepAlive) * 1.5)

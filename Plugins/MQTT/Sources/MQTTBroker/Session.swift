@@ -62,6 +62,8 @@ public final class ClientLink: @unchecked Sendable {
     let maxPendingBytes: Int
     /// The connection (a weak reference: a link and its connection never keep each other alive).
     public weak var owner: ClientLinkOwner?
+    /// Who is connected on it, set once at CONNECT.
+    public internal(set) var identity: ClientIdentity?
 
     public init(maxPendingBytes: Int = 4 << 20) {
         self.maxPendingBytes = maxPendingBytes
@@ -241,6 +243,8 @@ public final class Session: @unchecked Sendable {
     }
 
     public var isConnected: Bool { lock.withLock { link != nil } }
+    /// The connection the session is attached to, if any.
+    var currentLink: ClientLink? { lock.withLock { link } }
     public var queuedCount: Int { lock.withLock { queue.count } }
     public var inflightCount: Int { lock.withLock { inflight.count } }
 

@@ -287,6 +287,7 @@ public enum MQTTReason {
     public static let topicAliasInvalid: UInt8 = 0x94
     public static let packetTooLarge: UInt8 = 0x95
     public static let quotaExceeded: UInt8 = 0x97
+    public static let administrativeAction: UInt8 = 0x98
     public static let payloadFormatInvalid: UInt8 = 0x99
     public static let retainNotSupported: UInt8 = 0x9A
     public static let qosNotSupported: UInt8 = 0x9B

@@ -305,6 +305,12 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         }
     }
 
+    /// The hub revoked a device's credentials: its connections get DISCONNECT 0x98 (MQTT 5) and close.
+    func disconnect(identityHandle: UInt64, reason: String) -> Int {
+        broker?.disconnect(where: { ($0 as? PluginHubLink.HubIdentity)?.identity.handle == identityHandle },
+                           reasonCode: MQTTReason.administrativeAction) ?? 0
+    }
+
     func downlink(_ message: Message, ack: Ack) -> Bool {
         guard let broker else { return false }
         let topic = config.command_topic.replacingOccurrences(of: "{device}", with: message.device)
