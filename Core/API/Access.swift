@@ -46,6 +46,8 @@ enum Access {
 struct Guard: Sendable {
     let accounts: Accounts
     let audit: AuditLog
+    /// The API key rate limit: the seconds to wait, or nil when the call may go ahead.
+    let limit: @Sendable (String) -> Double?
 
     func callAsFunction(
         _ access: Access, _ body: @escaping @Sendable (Request, HubRequestContext, Principal) async throws -> Response
@@ -61,6 +63,11 @@ struct Guard: Sendable {
                 // The key's id, never its secret.
                 await failed(context, what, Accounts.keyID(of: secret).map { "key id \($0): unknown, revoked or expired" } ?? "not an iotc_ key")
                 return unauthorized("the API key is not valid: unknown, revoked or expired")
+            }
+            if let wait = limit(key.id) {
+                var r = HubAPI.problem(.tooManyRequests, "this API key is over its request rate; try again in \(Int(wait.rounded(.up))) s")
+                r.headers[.retryAfter] = "\(max(1, Int(wait.rounded(.up))))"
+                return r
             }
             let principal = Principal(key: key, tenant: tenant, source: context.caller, audit: audit)
             let needed: Role

@@ -16,7 +16,7 @@ public enum HubAPI {
     ) -> Router<HubRequestContext> {
         let router = Router(context: HubRequestContext.self)
         let audit = AuditLog(store: accounts.store)
-        let guarded = Guard(accounts: accounts, audit: audit)
+        let guarded = Guard(accounts: accounts, audit: audit) { hub.takeAPIRequest(key: $0) }
         AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
         AccountsAPI.addAudit(to: router, audit: audit, guarded: guarded)
         let devices = Devices(store: accounts.store)

@@ -51,7 +51,7 @@ public struct AuditLog: Sendable {
         let now = clock()
         return try await store.transaction { db in
             // One chain: concurrent writers on PostgreSQL (several nodes) take turns.
-            if db.engine == .postgres { try await db.query("SELECT pg_advisory_xact_lock(7406178)") }
+            if db.engine == .postgres { _ = try await db.query("SELECT pg_advisory_xact_lock(7406178)") }
             let last = try await db.query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").first
             var e = entry
             e.sequence = (last?.int("seq") ?? 0) + 1

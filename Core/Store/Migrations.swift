@@ -43,7 +43,7 @@ public struct Migrator: Sendable {
             """)
         let migrations = self.migrations
         return try await store.transaction { db in
-            if db.engine == .postgres { try await db.query("SELECT pg_advisory_xact_lock(7406177)") }
+            if db.engine == .postgres { _ = try await db.query("SELECT pg_advisory_xact_lock(7406177)") }
             let applied = Set(try await db.query("SELECT version FROM schema_migrations").compactMap { $0.int("version") })
             if let newest = applied.max(), let known = migrations.last?.version, newest > known {
                 throw StoreError(.migration, "the database is at schema version \(newest), newer than this hub knows (\(known)); run a newer hub")

@@ -49,6 +49,15 @@ let testCatalog = ComponentCatalog([
             to: [ hook ]
         """
 
+    @Test func readsLimitsAndRefusesNegativeOnes() throws {
+        let c = try load("limits: { device_messages_per_second: 5, api_requests_per_second: 2.5, api_burst: 10 }\n")
+        #expect(c.limits.deviceMessagesPerSecond == 5 && c.limits.deviceBurst == 0)
+        #expect(c.limits.apiRequestsPerSecond == 2.5 && c.limits.apiBurst == 10)
+        let e = errors("limits:\n  device_burst: -1\n")
+        #expect(e.count == 1 && e[0].hasPrefix("site.yaml:2:17: error: limits.device_burst cannot be negative"), "\(e)")
+        #expect(errors("limits: { device_rate: 1 }\n") == ["site.yaml:1:11: error: unknown field 'device_rate' in limits (known fields: api_burst, api_requests_per_second, device_burst, device_messages_per_second)"])
+    }
+
     @Test func loadsAValidFile() throws {
         let c = try load(valid, env: ["HOOK_SECRET": "s3cret"])
         #expect(c.sources.map(\.name) == ["devices"])

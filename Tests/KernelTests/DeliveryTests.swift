@@ -108,3 +108,23 @@ import IoTCPluginKit
         }
     }
 }
+
+@Suite struct RateLimiterTests {
+    @Test func refillsAtItsRateUpToTheBurst() {
+        final class Clock: @unchecked Sendable { var now = 100.0 }
+        let clock = Clock()
+        let limiter = RateLimiter(rate: 2, burst: 3) { clock.now }
+        // The burst at once, then one every half second; keys do not share buckets.
+        #expect((0..<3).allSatisfy { _ in limiter.take("a") == nil })
+        let wait = limiter.take("a")
+        #expect(wait != nil && abs(wait! - 0.5) < 1e-9)
+        #expect(limiter.take("b") == nil)
+        clock.now += 0.5
+        #expect(limiter.take("a") == nil)
+        #expect(limiter.take("a") != nil)
+        // A long pause refills to the burst, not beyond.
+        clock.now += 60
+        #expect((0..<3).allSatisfy { _ in limiter.take("a") == nil })
+        #expect(limiter.take("a") != nil)
+    }
+}

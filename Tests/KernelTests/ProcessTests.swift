@@ -314,6 +314,32 @@ import IoTCStore
         hub.stop()
     }
 
+    @Test func ratesAreLimitedPerDeviceAndPerAPIKey() throws {
+        let dir = TempDir()
+        let apiPort = freePort(), httpPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { web: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ web ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            limits: { device_messages_per_second: 1, device_burst: 3, api_requests_per_second: 1, api_burst: 2 }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(waitForPort(httpPort) && eventually { http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200 }, "\(hub.log)")
+        // A device: its burst goes through, then it is held back with 503 and Retry-After; another
+        // device is not affected.
+        let codes = (0..<6).map { _ in postJSON("http://127.0.0.1:\(httpPort)/v1/devices/chatty/telemetry", "{}")?.status ?? 0 }
+        #expect(codes.prefix(3).allSatisfy { $0 == 202 } && codes.suffix(2).allSatisfy { $0 == 503 }, "\(codes)")
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/quiet/telemetry", "{}")?.status == 202)
+        // An API key: 429 with Retry-After once over its burst.
+        let calls = (0..<4).map { _ in http("GET", "http://127.0.0.1:\(apiPort)/v1/whoami", headers: owner) }
+        #expect(calls.prefix(2).allSatisfy { $0?.status == 200 }, "\(calls.map { $0?.status ?? 0 })")
+        #expect(calls.last??.status == 429 && calls.last??.headers["retry-after"] == "1", "\(String(describing: calls.last))")
+        let metrics = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+        #expect(metrics.contains(#"iotc_rate_limited_total{scope="device"}"#) && metrics.contains(#"iotc_rate_limited_total{scope="api_key"}"#))
+        hub.stop()
+    }
+
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
     @Test func runsOnAPostgreSQLStore() async throws {

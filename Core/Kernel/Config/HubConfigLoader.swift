@@ -54,12 +54,20 @@ public struct HubConfigLoader: Sendable {
         ])), "Static device tokens.", default: "[]"),
     ]
 
+    public static let limitFields: [ConfigField] = [
+        ConfigField("device_messages_per_second", .float, "Messages each device may send per second, on average; over it, the hub applies backpressure (HTTP 503 with Retry-After, MQTT stops reading). 0: no limit.", default: "0"),
+        ConfigField("device_burst", .float, "Messages a device may send at once above its rate (default: twice the rate).", default: "0"),
+        ConfigField("api_requests_per_second", .float, "Operator API requests each API key may make per second; over it, 429 with Retry-After. 0: no limit.", default: "0"),
+        ConfigField("api_burst", .float, "API requests a key may make at once above its rate (default: twice the rate).", default: "0"),
+    ]
+
     public static let topLevelFields: [ConfigField] = [
         ConfigField("version", .int, "Pipeline file format version.", default: "1", options: []),
         ConfigField("sources", .map(.object(sourceFields)), "Named source instances.", default: "{}"),
         ConfigField("sinks", .map(.object(sinkFields)), "Named sink instances.", default: "{}"),
         ConfigField("pipelines", .map(.object(pipelineFields)), "Named pipelines.", default: "{}"),
         ConfigField("auth", .object(authFields), "Device authentication.", default: "{}"),
+        ConfigField("limits", .object(limitFields), "Rate limits per device and per API key.", default: "{}"),
     ]
 
     /// Loads and checks files; throws every error found (warnings are returned).
@@ -136,9 +144,19 @@ public struct HubConfigLoader: Sendable {
                             }
                         }
                     }
+                case "limits":
+                    let o = v.object(value, fields: Self.limitFields, context: "limits")
+                    func number(_ k: String) -> Double? { o[k]?.number }
+                    for (k, keyPath) in [("device_messages_per_second", \LimitsConfig.deviceMessagesPerSecond), ("device_burst", \LimitsConfig.deviceBurst),
+                                         ("api_requests_per_second", \LimitsConfig.apiRequestsPerSecond), ("api_burst", \LimitsConfig.apiBurst)] {
+                        guard let n = number(k) else { continue }
+                        var at = value.location
+                        if case .mapping(let pairs, _) = value, let pair = pairs.first(where: { $0.key == k }) { at = pair.value.location }
+                        if n < 0 { d.error(at, "limits.\(k) cannot be negative", hint: "use 0 for no limit") } else { config.limits[keyPath: keyPath] = n }
+                    }
                 default:
                     let hint = Suggest.closest(key, in: Self.topLevelFields.map(\.name)).map { "did you mean '\($0)'?" }
-                        ?? "a pipeline file has sources, sinks, pipelines and auth"
+                        ?? "a pipeline file has sources, sinks, pipelines, auth and limits"
                     d.error(keyLoc, "unknown section '\(key)'", hint: hint)
                 }
             }

@@ -187,6 +187,7 @@ public enum DocsGenerator {
                 ("sinks", .object(Value.Object([("type", "object"), ("additionalProperties", .object(Value.Object([("oneOf", variants(.sink, HubConfigLoader.sinkFields.filter { $0.name != "plugin" }))])))]))),
                 ("pipelines", .object(Value.Object([("type", "object"), ("additionalProperties", .object(pipeline))]))),
                 ("auth", .object(object(HubConfigLoader.authFields))),
+                ("limits", .object(object(HubConfigLoader.limitFields))),
             ]))),
             ("additionalProperties", false),
         ])

@@ -4,6 +4,7 @@ import IoTCPluginKit
 import Logging
 import Metrics
 import Atomics
+import NIOConcurrencyHelpers
 
 /// The running hub: source and sink instances from plugins, pipelines between them, the router, the
 /// write-ahead logs, the dead-letter store, device authentication and downlink.
@@ -34,6 +35,10 @@ public final class Hub: HostServices, @unchecked Sendable {
     let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
 
     private let authFailures = Counter(label: "iotc_auth_failures_total")
+    private let deviceLimited = Counter(label: "iotc_rate_limited_total", dimensions: [("scope", "device")])
+    private let apiLimited = Counter(label: "iotc_rate_limited_total", dimensions: [("scope", "api_key")])
+    /// Rate limits from the pipeline files; nil when off. Replaced on reload.
+    private let limiters = NIOLockedValueBox<(device: RateLimiter?, api: RateLimiter?, config: LimitsConfig)>((nil, nil, LimitsConfig()))
 
     public init(plugins: PluginSet, dataDirectory: URL, logger: Logger) throws {
         self.plugins = plugins
@@ -152,6 +157,14 @@ public final class Hub: HostServices, @unchecked Sendable {
             pipelines = newPipelines
             authenticator = DeviceAuthenticator(new.auth)
         }
+        limiters.withLockedValue { current in
+            // Unchanged limits keep their buckets.
+            guard current.config != new.limits else { return }
+            let l = new.limits
+            current = (l.deviceMessagesPerSecond > 0 ? RateLimiter(rate: l.deviceMessagesPerSecond, burst: l.deviceBurst > 0 ? l.deviceBurst : 2 * l.deviceMessagesPerSecond) : nil,
+                       l.apiRequestsPerSecond > 0 ? RateLimiter(rate: l.apiRequestsPerSecond, burst: l.apiBurst > 0 ? l.apiBurst : 2 * l.apiRequestsPerSecond) : nil,
+                       l)
+        }
         for (pipeline, entries) in replays where !entries.isEmpty {
             logger.info("replaying \(entries.count) messages from the write-ahead log of pipeline '\(pipeline.name)'")
             let wal = pipeline.wal!
@@ -243,6 +256,11 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
         guard pipelines.allSatisfy(\.hasRoom) else {
             source.refusedBusy.increment()
+            return IOTC_ERR_BUSY
+        }
+        // Over its rate, a device is held back like a full pipeline holds it back.
+        if let limiter = limiters.withLockedValue({ $0.device }), limiter.take((m.tenant.isEmpty ? "default" : m.tenant) + "/" + m.device) != nil {
+            deviceLimited.increment()
             return IOTC_ERR_BUSY
         }
         var message = CanonicalMessage(m, receivedTime: clock())
@@ -454,6 +472,14 @@ public final class Hub: HostServices, @unchecked Sendable {
             replayed += 1
         }
         return (replayed, skipped)
+    }
+
+    /// Takes an operator API request of this key from its rate: nil when allowed, else the seconds
+    /// until the key may call again.
+    public func takeAPIRequest(key: String) -> Double? {
+        guard let limiter = limiters.withLockedValue({ $0.api }), let wait = limiter.take(key) else { return nil }
+        apiLimited.increment()
+        return wait
     }
 
     /// A snapshot for the API and the banner.
