@@ -68,7 +68,7 @@ let package = Package(
         .target(
             name: "IoTCKernel",
             dependencies: [
-                "CIoTCPluginABI", "IoTCPluginKit",
+                "CIoTCPluginABI", "IoTCPluginKit", "IoTCStore",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

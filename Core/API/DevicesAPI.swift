@@ -69,6 +69,55 @@ enum DevicesAPI {
         })
     }
 
+    /// Time series written by the `store` sink: raw points or aggregates over buckets, and the latest
+    /// point of every key.
+    static func addTelemetry(to router: Router<HubRequestContext>, telemetry: Telemetry, guarded: Guard) {
+        router.get("/v1/devices/:device/telemetry", use: guarded(.tenant(.viewer)) { request, context, p in
+            try await AccountsAPI.answer {
+                let device = try context.parameters.require("device")
+                let q = request.uri.queryParameters
+                let tenant = try AccountsAPI.target(q.get("tenant"), p)
+                guard let key = q.get("key"), !key.isEmpty else { throw APIProblem(.badRequest, "name the series: ?key=temperature") }
+                func millis(_ name: String, _ fallback: Int64) throws -> Int64 {
+                    guard let text = q.get(name) else { return fallback }
+                    guard let v = Int64(text) else { throw APIProblem(.badRequest, "\(name) is milliseconds since the epoch") }
+                    return v
+                }
+                let to = try millis("to", Int64(Date().timeIntervalSince1970 * 1000) + 1)
+                let from = try millis("from", to - 86_400_000)
+                guard from < to else { throw APIProblem(.badRequest, "from must be before to") }
+                var o = Value.Object([("device", .string(device)), ("key", .string(key)), ("from", .int(from)), ("to", .int(to))])
+                let points: [(time: Int64, value: Double)]
+                if let b = q.get("bucket") {
+                    guard let bucket = Int64(b), bucket >= 1, (to - from) / bucket <= 100_000 else {
+                        throw APIProblem(.badRequest, "bucket is milliseconds, at least 1, and at most 100,000 buckets per query")
+                    }
+                    let name = q.get("agg") ?? "avg"
+                    guard let agg = Telemetry.Aggregate(rawValue: name) else {
+                        throw APIProblem(.badRequest, "agg is one of \(Telemetry.Aggregate.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    points = try await telemetry.aggregate(tenant: tenant, device: device, key: key, from: from, to: to, bucket: bucket, agg)
+                    o["bucket"] = .int(bucket)
+                    o["agg"] = .string(agg.rawValue)
+                } else {
+                    let limit = q.get("limit").flatMap(Int.init) ?? 10_000
+                    guard (1...100_000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 100,000") }
+                    points = try await telemetry.points(tenant: tenant, device: device, key: key, from: from, to: to, limit: limit)
+                }
+                o["points"] = .array(points.map { .array([.int($0.time), .double($0.value)]) })
+                return HubAPI.json(.object(o))
+            }
+        })
+        router.get("/v1/devices/:device/telemetry/latest", use: guarded(.tenant(.viewer)) { request, context, p in
+            try await AccountsAPI.answer {
+                let device = try context.parameters.require("device")
+                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let latest = try await telemetry.latest(tenant: tenant, device: device)
+                return HubAPI.json(.object(Value.Object(latest.map { ($0.key, .object(Value.Object([("time", .int($0.time)), ("value", .double($0.value))]))) })))
+            }
+        })
+    }
+
     /// Credentials: tokens (shown once, at creation) and client-certificate fingerprints. A change
     /// reaches the hub's authentication at once.
     static func addCredentials(to router: Router<HubRequestContext>, devices: Devices, directory: RegistryDirectory, guarded: Guard) {

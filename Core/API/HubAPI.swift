@@ -22,6 +22,7 @@ public enum HubAPI {
         let devices = Devices(store: accounts.store)
         DevicesAPI.add(to: router, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
+        DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         router.get("/metrics") { _, _ in

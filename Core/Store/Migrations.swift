@@ -96,6 +96,20 @@ public enum Schema {
         Migration(2, "system tenant and API keys", sqlite: apiKeys(binary: "BLOB"), postgres: apiKeys(binary: "BYTEA")),
         Migration(3, "audit log", sqlite: auditLog(binary: "BLOB"), postgres: auditLog(binary: "BYTEA")),
         Migration(4, "device credentials", sqlite: deviceCredentials(binary: "BLOB"), postgres: deviceCredentials(binary: "BYTEA")),
+        // Points are keyed by what identifies them, so a redelivered one is written once; the key order
+        // serves range reads of one device's key. Not tied to devices: telemetry of a device removed
+        // from the registry stays until retention removes it.
+        Migration(5, "telemetry", [
+            """
+            CREATE TABLE telemetry (
+                tenant_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                key TEXT NOT NULL,
+                ts BIGINT NOT NULL,
+                value DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (tenant_id, device_id, key, ts))
+            """,
+        ]),
     ]
 
     private static func deviceCredentials(binary: String) -> [String] {

@@ -69,6 +69,7 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(1)
         }
         hub.attach(directory: directory)
+        hub.attach(store: db)
         let freshness = Task { await directory.keepFresh(logger: logger) }
         defer { freshness.cancel() }
         do { try hub.start(config) } catch {

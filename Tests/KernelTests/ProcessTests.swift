@@ -340,6 +340,41 @@ import IoTCStore
         hub.stop()
     }
 
+    @Test func theStoreSinkKeepsTimeSeriesForTheAPI() throws {
+        let dir = TempDir()
+        let apiPort = freePort(), httpPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { web: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { series: { plugin: store } }
+            pipelines: { t: { from: [ "web:devices/+/telemetry" ], steps: [ { decode: json } ], to: [ series ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        let api = "http://127.0.0.1:\(apiPort)"
+        #expect(waitForPort(httpPort) && eventually { http("GET", "\(api)/health")?.status == 200 }, "\(hub.log)")
+        for i in 0..<5 {
+            let body = #"{"rpm": \#(1000 + i), "engine": {"temp": 80.5, "on": true}, "label": "x"}"#
+            let r = http("POST", "http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", body: Array(body.utf8),
+                         headers: ["Content-Type": "application/json", "X-Device-Time": "\(1_700_000_000_000 + i * 1000)"])
+            #expect(r?.status == 202)
+        }
+        // Anonymous devices belong to the tenant "default"; the system tenant's key may name it.
+        let latestURL = "\(api)/v1/devices/pump-1/telemetry/latest?tenant=default"
+        #expect(eventually { http("GET", latestURL, headers: owner)?.body.contains("engine.on") == true }, "\(http("GET", latestURL, headers: owner)?.body ?? "")")
+        let latest = http("GET", latestURL, headers: owner)?.body ?? ""
+        #expect(latest.contains(#""rpm""#) && latest.contains(#""engine.temp""#) && !latest.contains("label"), "\(latest)")
+        let count = http("GET", "\(api)/v1/devices/pump-1/telemetry?tenant=default&key=rpm&from=0&bucket=86400000000&agg=count", headers: owner)
+        #expect(count?.status == 200 && count?.body.contains("5") == true, "\(count?.body ?? "")")
+        #expect(http("GET", "\(api)/v1/devices/pump-1/telemetry?tenant=default", headers: owner)?.status == 400)
+        #expect(http("GET", "\(api)/v1/devices/pump-1/telemetry?tenant=default&key=rpm&agg=median&bucket=1000", headers: owner)?.status == 400)
+        // Another tenant sees none of it.
+        let other = http("POST", "\(api)/v1/tenants", body: Array(#"{"id": "globex"}"#.utf8), headers: owner)
+        let globex = try #require(text((try? JSON.decode(other?.body ?? ""))?["owner_key"]?["secret"]))
+        #expect(http("GET", "\(api)/v1/devices/pump-1/telemetry/latest", headers: ["Authorization": "Bearer \(globex)"])?.body == "{}")
+        #expect(http("GET", latestURL, headers: ["Authorization": "Bearer \(globex)"])?.status == 404)
+        hub.stop()
+    }
+
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
     @Test func runsOnAPostgreSQLStore() async throws {

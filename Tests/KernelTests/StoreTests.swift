@@ -307,6 +307,42 @@ final class PostgresServer {
         }
     }
 
+    @Test(arguments: StoreEngine.allCases)
+    func telemetryIsWrittenOnceAndReadInBuckets(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let t = Telemetry(store: store)
+            // Ten minutes of one point a second (values 0...599), another key, another device, another tenant.
+            var points = (0..<600).map { TelemetryPoint(tenant: "acme", device: "pump-1", key: "rpm", time: 1_000_000 + Int64($0) * 1000, value: Double($0)) }
+            points.append(TelemetryPoint(tenant: "acme", device: "pump-1", key: "temp", time: 1_000_000, value: 21.5))
+            points.append(TelemetryPoint(tenant: "acme", device: "pump-2", key: "rpm", time: 1_000_000, value: -1))
+            points.append(TelemetryPoint(tenant: "globex", device: "pump-1", key: "rpm", time: 1_000_000, value: -2))
+            try await t.write(points)
+            // Written again (a redelivery): nothing changes.
+            try await t.write(Array(points.prefix(10)))
+            let raw = try await t.points(tenant: "acme", device: "pump-1", key: "rpm", from: 1_000_000, to: 1_010_000)
+            #expect(raw.map(\.value) == (0..<10).map(Double.init))
+            let from: Int64 = 1_000_000, to: Int64 = 1_600_000
+            func agg(_ a: Telemetry.Aggregate) async throws -> [Double] {
+                try await t.aggregate(tenant: "acme", device: "pump-1", key: "rpm", from: from, to: to, bucket: 60_000, a).map(\.value)
+            }
+            #expect(try await agg(.count) == Array(repeating: 60, count: 10))
+            #expect(try await agg(.min) == (0..<10).map { Double($0 * 60) })
+            #expect(try await agg(.max) == (0..<10).map { Double($0 * 60 + 59) })
+            #expect(try await agg(.last) == (0..<10).map { Double($0 * 60 + 59) })
+            // Bucket k holds 60k ... 60k + 59.
+            let sums: [Double] = (0..<10).map { k in Double(3600 * k + 1770) }
+            #expect(try await agg(.sum) == sums)
+            #expect(try await agg(.avg) == (0..<10).map { Double($0 * 60) + 29.5 })
+            let buckets = try await t.aggregate(tenant: "acme", device: "pump-1", key: "rpm", from: from, to: to, bucket: 60_000, .count)
+            #expect(buckets.map(\.time) == (0..<10).map { from + Int64($0) * 60_000 })
+            let latest = try await t.latest(tenant: "acme", device: "pump-1")
+            #expect(latest.map(\.key) == ["rpm", "temp"] && latest[0].value == 599 && latest[1].value == 21.5)
+            #expect(try await t.latest(tenant: "globex", device: "pump-1").map(\.value) == [-2])
+            #expect(try await t.deleteOlder(tenant: "acme", than: 1_300_000) == 302)
+            #expect(try await t.points(tenant: "acme", device: "pump-1", key: "rpm", from: 0, to: .max).count == 300)
+        }
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")

@@ -16,6 +16,10 @@ public struct ComponentCatalog: Sendable {
         public var fields: [ConfigField]
     }
 
+    /// Components the kernel provides itself: in every catalog, documented and in the schema like
+    /// plugins' ones.
+    static let builtins = [DownlinkSink.entry, StoreSink.entry]
+
     public private(set) var entries: [Entry] = []
     public init(_ entries: [Entry] = []) { self.entries = entries }
 

@@ -144,8 +144,8 @@ public struct PluginSet: @unchecked Sendable {
     public let libraries: [PluginLibrary]
     public init(_ libraries: [PluginLibrary]) { self.libraries = libraries }
 
-    /// Every component the loaded plugins offer, and the kernel's own (the `downlink` sink).
-    public var catalog: ComponentCatalog { ComponentCatalog([DownlinkSink.entry] + libraries.flatMap { $0.components.map(\.entry) }) }
+    /// Every component the loaded plugins offer, and the kernel's own (the `downlink` and `store` sinks).
+    public var catalog: ComponentCatalog { ComponentCatalog(ComponentCatalog.builtins + libraries.flatMap { $0.components.map(\.entry) }) }
 
     func component(_ kind: ComponentKind, _ name: String) -> LoadedComponent? {
         for l in libraries { if let c = l.components.first(where: { $0.entry.kind == kind && $0.entry.name == name }) { return c } }

@@ -4,6 +4,7 @@ import IoTCPluginKit
 import Logging
 import Metrics
 import Atomics
+import IoTCStore
 import NIOConcurrencyHelpers
 
 /// The running hub: source and sink instances from plugins, pipelines between them, the router, the
@@ -23,6 +24,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var authenticator = DeviceAuthenticator(AuthConfig())
     /// The device registry, consulted before the static tokens.
     private var directory: (any DeviceDirectory)?
+    /// The store, for the `store` sink.
+    private var store: (any Store)?
     private var identities: [UInt64: GrantedIdentity] = [:]
     private var nextHandle: UInt64 = 1
     /// Which source holds each connected device, for downlink.
@@ -81,6 +84,11 @@ public final class Hub: HostServices, @unchecked Sendable {
                 let instance: any SinkTarget
                 if c.component == DownlinkSink.name {
                     instance = DownlinkSink(config: c.config, hub: self)
+                } else if c.component == StoreSink.name {
+                    guard let store = lock.withLock({ self.store }) else {
+                        throw ComponentError("sink '\(c.name)' (store): this hub runs without a store")
+                    }
+                    instance = StoreSink(config: c.config, store: store)
                 } else {
                     let plugin = try makeInstance(.sink, c)
                     try plugin.start()
@@ -90,6 +98,7 @@ public final class Hub: HostServices, @unchecked Sendable {
                     logger.warning("\($0)")
                 }
                 (instance as? DownlinkSink)?.runtime = runtime
+                (instance as? StoreSink)?.runtime = runtime
                 (instance as? ComponentInstance)?.sinkRuntime = runtime
                 lock.withLock { sinkByInstance[ObjectIdentifier(instance)] = runtime }
                 runtime.start()
@@ -321,6 +330,9 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     /// Devices authenticate against the registry too, once it is attached.
     public func attach(directory: any DeviceDirectory) { lock.withLock { self.directory = directory } }
+
+    /// Gives the `store` sink its store; call before `start`.
+    public func attach(store: any Store) { lock.withLock { self.store = store } }
 
     func authenticate(from: ComponentInstance, _ c: Credentials) -> (GrantedIdentity, UInt64)? {
         let (auth, directory) = lock.withLock { (authenticator, self.directory) }
