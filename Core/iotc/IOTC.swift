@@ -27,7 +27,7 @@ struct IOTC: AsyncParsableCommand {
         commandName: "iotc",
         abstract: "IoT Connect Center: a connectivity hub for devices on MQTT, HTTP, CoAP, LwM2M and Modbus.",
         version: version,
-        subcommands: [Serve.self, Check.self, TestPipelines.self, Plugins.self, Docs.self, DeadLetters.self, Audit.self],
+        subcommands: [Serve.self, Check.self, TestPipelines.self, Plugins.self, Docs.self, DeadLetters.self, Audit.self, Bench.self],
         defaultSubcommand: Serve.self
     )
 }
