@@ -1,12 +1,13 @@
 import Foundation
 import Hummingbird
+import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
 
 /// The device registry: a tenant's devices, with names, profiles and labels. Reads need a viewer key,
 /// changes an admin key; the system tenant's keys may name another tenant with `?tenant=`.
 enum DevicesAPI {
-    static func add(to router: Router<HubRequestContext>, devices: Devices, directory: RegistryDirectory, guarded: Guard) {
+    static func add(to router: Router<HubRequestContext>, hub: Hub, devices: Devices, directory: RegistryDirectory, guarded: Guard) {
         router.get("/v1/devices", use: guarded(.tenant(.viewer)) { request, _, p in
             try await AccountsAPI.answer {
                 let q = request.uri.queryParameters
@@ -40,7 +41,15 @@ enum DevicesAPI {
                 let id = try context.parameters.require("device")
                 let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
                 guard let d = try await devices.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
-                return HubAPI.json(json(d))
+                var o = json(d)
+                if case .object(var fields) = o {
+                    fields["state"] = hub.presence(tenant: tenant, device: id).map { p in
+                        .object(Value.Object([("connected", .bool(p.connected)), ("source", .string(p.source)), ("remote_address", .string(p.remoteAddress)),
+                                              ("since", .int(p.since)), ("last_seen", .int(p.lastSeen))]))
+                    } ?? .null
+                    o = .object(fields)
+                }
+                return HubAPI.json(o)
             }
         })
         router.patch("/v1/devices/:device", use: guarded(.tenant(.admin)) { request, context, p in

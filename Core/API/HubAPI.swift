@@ -20,7 +20,7 @@ public enum HubAPI {
         AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
         AccountsAPI.addAudit(to: router, audit: audit, guarded: guarded)
         let devices = Devices(store: accounts.store)
-        DevicesAPI.add(to: router, devices: devices, directory: directory, guarded: guarded)
+        DevicesAPI.add(to: router, hub: hub, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }

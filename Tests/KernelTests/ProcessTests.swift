@@ -301,10 +301,14 @@ import IoTCStore
             time.sleep(30)
             """, token])
         #expect(eventually { watcher.log.contains("connected 0") }, "\(watcher.log)")
+        // The registry shows it connected, through which source, and when it was last seen.
+        let state = call("GET", "/v1/devices/pump-1?tenant=acme").body
+        #expect(state.contains(#""connected":true"#) && state.contains(#""source":"broker""#) && state.contains("last_seen"), "\(state)")
 
         // Revoked: refused at once on new requests and connections, and open connections close.
         #expect(call("DELETE", "/v1/devices/pump-1/credentials/\(credential)?tenant=acme").status == 204)
         #expect(eventually(timeout: 5) { watcher.log.contains("disconnected 152") }, "\(watcher.log)")
+        #expect(eventually { call("GET", "/v1/devices/pump-1?tenant=acme").body.contains(#""connected":false"#) })
         watcher.stop()
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", "{}", token: token)?.status == 401)
         let (refused, _) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(mqttPort)", "-i", "pump-1", "-u", "pump-1",

@@ -30,6 +30,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var nextHandle: UInt64 = 1
     /// Which source holds each connected device, for downlink.
     private var connectedVia: [String: String] = [:]
+    /// What the hub last saw of each device, by tenant and id.
+    private var presence: [String: DevicePresence] = [:]
     private var downlinkWaiters: [UInt64: @Sendable (Int32, String?) -> Void] = [:]
     private var nextDownlinkToken: UInt64 = 1
     private let messageCounter = ManagedAtomic<UInt64>(0)
@@ -347,10 +349,17 @@ public final class Hub: HostServices, @unchecked Sendable {
         let identity = GrantedIdentity(tenant: tenant, device: device)
         identity.credential = registered?.credential
         identity.source = from
+        let now = clock()
         let handle = lock.withLock { () -> UInt64 in
             let h = nextHandle
             nextHandle += 1
             identities[h] = identity
+            let key = tenant + "/" + device
+            if presence[key] == nil {
+                presence[key] = DevicePresence(connected: false, source: from.name, remoteAddress: c.remoteAddress, since: now, lastSeen: now)
+            } else {
+                presence[key]?.lastSeen = now
+            }
             return h
         }
         return (identity, handle)
@@ -390,15 +399,32 @@ public final class Hub: HostServices, @unchecked Sendable {
     func releaseIdentity(_ handle: UInt64) { lock.withLock { _ = identities.removeValue(forKey: handle) } }
 
     func deviceConnected(from: ComponentInstance, handle: UInt64, remote: String) {
+        let now = clock()
         lock.withLock {
-            if let id = identities[handle] { connectedVia[id.device] = from.name }
+            guard let id = identities[handle] else { return }
+            connectedVia[id.device] = from.name
+            presence[id.tenant + "/" + id.device] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
         }
     }
 
     func deviceDisconnected(from: ComponentInstance, handle: UInt64, reason: String) {
+        let now = clock()
         lock.withLock {
-            if let id = identities[handle], connectedVia[id.device] == from.name { connectedVia[id.device] = nil }
+            guard let id = identities[handle] else { return }
+            if connectedVia[id.device] == from.name { connectedVia[id.device] = nil }
+            let key = id.tenant + "/" + id.device
+            if presence[key]?.source == from.name {
+                presence[key]?.connected = false
+                presence[key]?.since = now
+                presence[key]?.lastSeen = now
+            }
         }
+    }
+
+    /// What the hub last saw of a device: connected or not, through which source, since when, and when
+    /// it last connected, disconnected or authenticated a request. Nil when not seen since the start.
+    public func presence(tenant: String, device: String) -> DevicePresence? {
+        lock.withLock { presence[tenant + "/" + device] }
     }
 
     func log(from: ComponentInstance, level: UInt32, _ text: String) {
@@ -509,6 +535,17 @@ public final class Hub: HostServices, @unchecked Sendable {
                 pipelines: pipelines.values.map { ($0.name, $0.isDurable, $0.queued) }.sorted { $0.0 < $1.0 })
         }
     }
+}
+
+/// A device's connection state as the hub saw it (milliseconds since the epoch).
+public struct DevicePresence: Sendable, Equatable {
+    public var connected: Bool
+    public var source: String
+    public var remoteAddress: String
+    /// When it connected (or disconnected, when not connected).
+    public var since: Int64
+    /// Its last connect, disconnect or authenticated request.
+    public var lastSeen: Int64
 }
 
 /// Calls `done` once all durable pipelines have logged a message (false if any failed).
