@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import IoTCPluginKit
+import IoTCKernel
 import IoTCStore
 
 /// Tenants and API keys. A tenant's keys see only that tenant: another tenant's resources answer 404,
@@ -74,6 +75,68 @@ enum AccountsAPI {
                 return Response(status: .noContent)
             }
         })
+    }
+
+    /// Team members: admins manage a tenant's users; a user logs in with e-mail and password for a
+    /// session key (12 hours, the user's role). Login attempts per user are limited (5 at once, then
+    /// one a minute), and failures are audited.
+    static func addUsers(to router: Router<HubRequestContext>, accounts: Accounts, audit: AuditLog, guarded: Guard) {
+        router.get("/v1/users", use: guarded(.tenant(.admin)) { request, _, p in
+            try await answer {
+                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                return HubAPI.json(.object(Value.Object([("items", .array(try await accounts.users(tenant: tenant).map(json)))])))
+            }
+        })
+        router.post("/v1/users", use: guarded(.tenant(.admin)) { request, _, p in
+            try await answer {
+                let body = try await JSONBody.read(request, allowed: ["email", "name", "role", "password", "tenant"])
+                let tenant = try target(try body.string("tenant"), p)
+                let roleName = try body.string("role") ?? Role.viewer.rawValue
+                guard let role = Role(rawValue: roleName) else { throw APIProblem(.badRequest, "unknown role '\(roleName.prefix(32))'") }
+                guard role <= p.key.role else { throw APIProblem(.forbidden, "a key with the role \(p.key.role.rawValue) cannot create a user with the role \(role.rawValue)") }
+                let user = try await accounts.createUser(tenant: tenant, email: try body.string("email", required: true)!, name: try body.string("name") ?? "",
+                                                         role: role, password: try body.string("password", required: true)!)
+                await p.record("user.create", target: user.email, tenant: tenant, detail: "role \(role.rawValue)")
+                return HubAPI.json(json(user), status: .created)
+            }
+        })
+        router.delete("/v1/users/:email", use: guarded(.tenant(.admin)) { request, context, p in
+            try await answer {
+                let email = try context.parameters.require("email")
+                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                guard try await accounts.deleteUser(tenant: tenant, email: email) else { throw APIProblem(.notFound, "no user '\(email.prefix(64))'") }
+                await p.record("user.delete", target: email, tenant: tenant)
+                return Response(status: .noContent)
+            }
+        })
+        let attempts = RateLimiter(rate: 1.0 / 60, burst: 5)
+        router.post("/v1/login") { request, context in
+            try await answer {
+                let body = try await JSONBody.read(request, allowed: ["tenant", "email", "password"])
+                let tenant = try body.string("tenant", required: true)!, email = try body.string("email", required: true)!.lowercased()
+                let password = try body.string("password", required: true)!
+                if let wait = attempts.take(tenant + "/" + email) {
+                    var r = HubAPI.problem(.tooManyRequests, "too many login attempts for this user; try again in \(Int(wait.rounded(.up))) s")
+                    r.headers[.retryAfter] = "\(Int(wait.rounded(.up)))"
+                    return r
+                }
+                guard let (key, secret) = try await accounts.login(tenant: tenant, email: email, password: password) else {
+                    _ = try? await audit.record(AuditEntry(tenant: Accounts.isValidID(tenant) ? tenant : "system", actor: "user:\(email.prefix(254))",
+                                                           action: "auth.failed", target: "POST /v1/login", source: context.caller,
+                                                           outcome: "denied", detail: "wrong e-mail or password"))
+                    var r = HubAPI.problem(.unauthorized, "wrong tenant, e-mail or password")
+                    r.headers[.wwwAuthenticate] = #"Bearer realm="iotc""#
+                    return r
+                }
+                _ = try? await audit.record(AuditEntry(tenant: tenant, actor: "user:\(email)", action: "user.login", target: key.id, source: context.caller))
+                return HubAPI.json(json(key, secret: secret), status: .created)
+            }
+        }
+    }
+
+    static func json(_ u: User) -> Value {
+        .object(Value.Object([("email", .string(u.email)), ("name", .string(u.name)), ("role", .string(u.role.rawValue)),
+                              ("tenant", .string(u.tenant)), ("created_at", .int(u.createdAt))]))
     }
 
     static func addAudit(to router: Router<HubRequestContext>, audit: AuditLog, guarded: Guard) {

@@ -19,6 +19,7 @@ public enum HubAPI {
         let guarded = Guard(accounts: accounts, audit: audit) { hub.takeAPIRequest(key: $0) }
         AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
         AccountsAPI.addAudit(to: router, audit: audit, guarded: guarded)
+        AccountsAPI.addUsers(to: router, accounts: accounts, audit: audit, guarded: guarded)
         let devices = Devices(store: accounts.store)
         DevicesAPI.add(to: router, hub: hub, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)

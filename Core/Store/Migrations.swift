@@ -110,6 +110,18 @@ public enum Schema {
                 PRIMARY KEY (tenant_id, device_id, key, ts))
             """,
         ]),
+        Migration(6, "users", [
+            """
+            CREATE TABLE users (
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                email TEXT NOT NULL,
+                name TEXT NOT NULL,
+                role TEXT NOT NULL,
+                password_hash TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, email))
+            """,
+        ]),
     ]
 
     private static func deviceCredentials(binary: String) -> [String] {

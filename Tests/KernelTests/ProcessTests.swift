@@ -205,6 +205,16 @@ import IoTCStore
         #expect(call("PATCH", "/v1/devices/pump-1", key: acmeOwner, #"{"name": "Main pump"}"#).body.contains("Main pump"))
         #expect(call("DELETE", "/v1/devices/pump-1", key: owner).status == 404)
 
+                // Team members log in for a session key with their role; guessing is limited and audited.
+        #expect(call("POST", "/v1/users", key: acmeOwner, #"{"email": "ops@acme.example", "role": "operator", "password": "long enough secret"}"#).status == 201)
+        let login = call("POST", "/v1/login", key: nil, #"{"tenant": "acme", "email": "ops@acme.example", "password": "long enough secret"}"#)
+        #expect(login.status == 201, "\(login.body)")
+        let session = try #require(text((try? JSON.decode(login.body))?["secret"]))
+        #expect(call("GET", "/v1/whoami", key: session).body.contains(#""role":"operator""#))
+        let guesses = (0..<6).map { _ in call("POST", "/v1/login", key: nil, #"{"tenant": "acme", "email": "ops@acme.example", "password": "wrong guess!!"}"#).status }
+        #expect(guesses.prefix(4).allSatisfy { $0 == 401 } && guesses.last == 429, "\(guesses)")
+        #expect(!call("GET", "/v1/users", key: acmeOwner).body.contains("long enough secret"))
+
                 // Roles: a viewer reads, and cannot hand out keys; nobody hands out more than they hold.
         let viewerBody = call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "dashboard", "role": "viewer", "expires_in": 3600}"#)
         #expect(viewerBody.status == 201, "\(viewerBody.body)")

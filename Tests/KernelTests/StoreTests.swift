@@ -343,6 +343,30 @@ final class PostgresServer {
         }
     }
 
+    @Test(arguments: StoreEngine.allCases)
+    func usersLogInWithAPasswordKeptAsASlowHash(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            let password = "correct horse battery staple"
+            _ = try await accounts.createUser(tenant: "acme", email: "Ada@Example.com", name: "Ada", role: .operator, password: password)
+            await #expect(throws: AccountsError.self) { try await accounts.createUser(tenant: "acme", email: "ada@example.com", name: "", role: .viewer, password: password) }
+            await #expect(throws: AccountsError.self) { try await accounts.createUser(tenant: "acme", email: "bob@example.com", name: "", role: .viewer, password: "short") }
+            await #expect(throws: AccountsError.self) { try await accounts.createUser(tenant: "acme", email: "not an address", name: "", role: .viewer, password: password) }
+            let stored = try await store.query("SELECT password_hash FROM users").first?.string("password_hash") ?? ""
+            #expect(stored.hasPrefix("pbkdf2-sha256$210000$") && !stored.contains(password))
+            // The right password gives a session key with the user's role; anything else gives nothing.
+            let session = try #require(try await accounts.login(tenant: "acme", email: "ada@example.com", password: password))
+            #expect(session.key.role == .operator && session.key.expiresAt != nil)
+            #expect(try await accounts.authenticate(session.secret)?.tenant.id == "acme")
+            #expect(try await accounts.login(tenant: "acme", email: "ada@example.com", password: password + "!") == nil)
+            #expect(try await accounts.login(tenant: "acme", email: "nobody@example.com", password: password) == nil)
+            #expect(try await accounts.login(tenant: "other", email: "ada@example.com", password: password) == nil)
+            #expect(try await accounts.deleteUser(tenant: "acme", email: "ADA@example.com"))
+            #expect(try await accounts.users(tenant: "acme").isEmpty)
+        }
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")
