@@ -33,6 +33,20 @@ enum AccountsAPI {
             guard p.tenant.system || id == p.tenant.id, let t = try await accounts.tenant(id) else { return notFound("tenant", id) }
             return HubAPI.json(json(t))
         })
+        // A tenant's owner sets its retention; the system tenant's owners may set any tenant's.
+        router.patch("/v1/tenants/:tenant", use: guarded(.tenant(.owner)) { request, context, p in
+            try await answer {
+                let id = try context.parameters.require("tenant")
+                guard p.tenant.system || id == p.tenant.id else { throw APIProblem(.notFound, "no tenant '\(id.prefix(64))'") }
+                let body = try await JSONBody.read(request, allowed: ["retention_days"])
+                guard let days = try body.integer("retention_days") else { throw APIProblem(.badRequest, "nothing to change: retention_days") }
+                guard try await accounts.setRetention(tenant: id, days: days), let t = try await accounts.tenant(id) else {
+                    throw APIProblem(.notFound, "no tenant '\(id.prefix(64))'")
+                }
+                await p.record("tenant.update", target: id, tenant: id, detail: "retention_days \(days)")
+                return HubAPI.json(json(t))
+            }
+        })
         router.delete("/v1/tenants/:tenant", use: guarded(.hub(.owner)) { _, context, p in
             let id = try context.parameters.require("tenant")
             guard try await accounts.deleteTenant(id) else { return notFound("tenant", id, "(the system tenant cannot be deleted)") }
@@ -192,7 +206,8 @@ enum AccountsAPI {
     }
 
     static func json(_ t: Tenant) -> Value {
-        .object(Value.Object([("id", .string(t.id)), ("name", .string(t.name)), ("system", .bool(t.system)), ("created_at", .int(t.createdAt))]))
+        .object(Value.Object([("id", .string(t.id)), ("name", .string(t.name)), ("system", .bool(t.system)), ("created_at", .int(t.createdAt)),
+                              ("retention_days", .int(t.retentionDays))]))
     }
 
     /// A key as the API shows it: never the secret, except once, in the answer that created it.

@@ -22,6 +22,8 @@ public struct Tenant: Sendable, Equatable {
     public var name: String
     public var system: Bool
     public var createdAt: Int64
+    /// Days of telemetry kept; 0 keeps it all.
+    public var retentionDays: Int64 = 0
 }
 
 /// An API key as stored: never the secret, only its SHA-256.
@@ -97,11 +99,28 @@ public struct Accounts: Sendable {
     }
 
     public func tenants() async throws -> [Tenant] {
-        try await store.query("SELECT id, name, system, created_at FROM tenants ORDER BY id").map(Self.tenant)
+        try await store.query("SELECT id, name, system, created_at, retention_days FROM tenants ORDER BY id").map(Self.tenant)
     }
 
     public func tenant(_ id: String) async throws -> Tenant? {
-        try await store.query("SELECT id, name, system, created_at FROM tenants WHERE id = ?", [.text(id)]).first.map(Self.tenant)
+        try await store.query("SELECT id, name, system, created_at, retention_days FROM tenants WHERE id = ?", [.text(id)]).first.map(Self.tenant)
+    }
+
+    /// Sets how many days of telemetry a tenant keeps (0: all); false when there is no such tenant.
+    public func setRetention(tenant: String, days: Int64) async throws -> Bool {
+        guard (0...36500).contains(days) else { throw AccountsError.invalid("retention_days is from 0 (keep all) to 36500") }
+        return try await store.execute("UPDATE tenants SET retention_days = ? WHERE id = ?", [.integer(days), .text(tenant)]) == 1
+    }
+
+    /// Deletes telemetry older than each tenant's retention; returns how many points went.
+    @discardableResult
+    public func applyRetention() async throws -> Int {
+        var deleted = 0
+        let telemetry = Telemetry(store: store)
+        for t in try await tenants() where t.retentionDays > 0 {
+            deleted += try await telemetry.deleteOlder(tenant: t.id, than: clock() - t.retentionDays * 86_400_000)
+        }
+        return deleted
     }
 
     /// Deletes a tenant with everything it owns. The system tenant cannot be deleted.
@@ -199,7 +218,8 @@ public struct Accounts: Sendable {
     }
 
     private static func tenant(_ r: Row) -> Tenant {
-        Tenant(id: r.string("id") ?? "", name: r.string("name") ?? "", system: r.int("system") == 1, createdAt: r.int("created_at") ?? 0)
+        Tenant(id: r.string("id") ?? "", name: r.string("name") ?? "", system: r.int("system") == 1, createdAt: r.int("created_at") ?? 0,
+               retentionDays: r.int("retention_days") ?? 0)
     }
 
     private static func key(_ r: Row) -> APIKey {

@@ -122,6 +122,7 @@ public enum Schema {
                 PRIMARY KEY (tenant_id, email))
             """,
         ]),
+        Migration(7, "telemetry retention per tenant", ["ALTER TABLE tenants ADD COLUMN retention_days BIGINT NOT NULL DEFAULT 0"]),
     ]
 
     private static func deviceCredentials(binary: String) -> [String] {

@@ -72,6 +72,19 @@ struct Serve: AsyncParsableCommand {
         hub.attach(store: db)
         let freshness = Task { await directory.keepFresh(logger: logger) }
         defer { freshness.cancel() }
+        // Telemetry retention: at start, then every hour.
+        let retention = Task {
+            while !Task.isCancelled {
+                do {
+                    let n = try await accounts.applyRetention()
+                    if n > 0 { logger.info("retention: deleted \(n) telemetry points") }
+                } catch {
+                    logger.warning("retention failed: \(error)")
+                }
+                try? await Task.sleep(nanoseconds: 3600 * 1_000_000_000)
+            }
+        }
+        defer { retention.cancel() }
         do { try hub.start(config) } catch {
             logger.error("\(error)")
             hub.stop(timeout: 5)

@@ -386,7 +386,15 @@ import IoTCStore
         let globex = try #require(text((try? JSON.decode(other?.body ?? ""))?["owner_key"]?["secret"]))
         #expect(http("GET", "\(api)/v1/devices/pump-1/telemetry/latest", headers: ["Authorization": "Bearer \(globex)"])?.body == "{}")
         #expect(http("GET", latestURL, headers: ["Authorization": "Bearer \(globex)"])?.status == 404)
+        // Retention: the points are from 2023; a tenant that keeps 30 days loses them at the next start.
+        #expect(http("POST", "\(api)/v1/tenants", body: Array(#"{"id": "default"}"#.utf8), headers: owner)?.status == 201)
+        #expect(http("PATCH", "\(api)/v1/tenants/default", body: Array(#"{"retention_days": 30}"#.utf8), headers: owner)?.body.contains(#""retention_days":30"#) == true)
+        #expect(http("PATCH", "\(api)/v1/tenants/default", body: Array(#"{"retention_days": -1}"#.utf8), headers: owner)?.status == 400)
+        #expect(http("PATCH", "\(api)/v1/tenants/default", body: Array(#"{"retention_days": 1}"#.utf8), headers: ["Authorization": "Bearer \(globex)"])?.status == 404)
         hub.stop()
+        let again = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(eventually { http("GET", latestURL, headers: owner)?.body == "{}" }, "\(http("GET", latestURL, headers: owner)?.body ?? "")")
+        again.stop()
     }
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
