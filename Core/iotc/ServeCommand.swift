@@ -70,6 +70,13 @@ struct Serve: AsyncParsableCommand {
         }
         hub.attach(directory: directory)
         hub.attach(store: db)
+        let audit = AuditLog(store: db)
+        hub.observeAuthFailures { f in
+            Task {
+                _ = try? await audit.record(AuditEntry(tenant: "system", actor: "device:\(f.device)", action: "device.auth.failed",
+                                                       target: "\(f.protocolName) source \(f.source)", source: f.remoteAddress, outcome: "denied"))
+            }
+        }
         let freshness = Task { await directory.keepFresh(logger: logger) }
         defer { freshness.cancel() }
         // Telemetry retention: at start, then every hour.

@@ -297,6 +297,9 @@ import IoTCStore
         // Another device's topic stays closed to it, and a wrong token gets nothing.
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-2/telemetry", "{}", token: token)?.status == 403)
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", "{}", token: token + "x")?.status == 401)
+        // The failed authentication is in the audit log (the device's claim and address, not what it presented).
+        #expect(eventually { call("GET", "/v1/audit?action=device.auth.failed").body.contains(#""actor":"device:pump-1""#) })
+        #expect(!call("GET", "/v1/audit?action=device.auth.failed").body.contains(token))
 
         // A device connected over MQTT 5 when its credentials are revoked is told so (0x98) and closed.
         let python = Build.packageRoot + "/.venv/bin/python"

@@ -26,6 +26,9 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var directory: (any DeviceDirectory)?
     /// The store, for the `store` sink.
     private var store: (any Store)?
+    /// Told of failed device authentications (for the audit log), at most one a second per address.
+    private var authFailureObserver: (@Sendable (DeviceAuthFailure) -> Void)?
+    private let authFailureLimiter = RateLimiter(rate: 1, burst: 5)
     private var identities: [UInt64: GrantedIdentity] = [:]
     private var nextHandle: UInt64 = 1
     /// Which source holds each connected device, for downlink.
@@ -336,6 +339,12 @@ public final class Hub: HostServices, @unchecked Sendable {
     /// Devices authenticate against the registry too, once it is attached.
     public func attach(directory: any DeviceDirectory) { lock.withLock { self.directory = directory } }
 
+    /// Reports failed device authentications to `observer` (the audit log); a flood from one address
+    /// is reported at about one a second, and counted in full in `iotc_auth_failures_total`.
+    public func observeAuthFailures(_ observer: @escaping @Sendable (DeviceAuthFailure) -> Void) {
+        lock.withLock { authFailureObserver = observer }
+    }
+
     /// Gives the `store` sink its store; call before `start`.
     public func attach(store: any Store) { lock.withLock { self.store = store } }
 
@@ -344,6 +353,10 @@ public final class Hub: HostServices, @unchecked Sendable {
         let registered = directory?.authenticate(c)
         guard let (tenant, device) = registered.map({ ($0.tenant, $0.device) }) ?? auth.authenticate(c) else {
             authFailures.increment()
+            let address = c.remoteAddress.split(separator: ":").dropLast().joined(separator: ":")
+            if let observer = lock.withLock({ authFailureObserver }), authFailureLimiter.take(address.isEmpty ? c.remoteAddress : address) == nil {
+                observer(DeviceAuthFailure(protocolName: c.protocolName, device: String(c.device.prefix(128)), source: from.name, remoteAddress: c.remoteAddress))
+            }
             logger.warning("device authentication failed", metadata: [
                 "protocol": "\(c.protocolName)", "device": "\(c.device.prefix(128))", "remote": "\(c.remoteAddress)", "source": "\(from.name)",
             ])
@@ -538,6 +551,14 @@ public final class Hub: HostServices, @unchecked Sendable {
                 pipelines: pipelines.values.map { ($0.name, $0.isDurable, $0.queued) }.sorted { $0.0 < $1.0 })
         }
     }
+}
+
+/// A device that presented credentials the hub refused (never the credentials themselves).
+public struct DeviceAuthFailure: Sendable {
+    public var protocolName: String
+    public var device: String
+    public var source: String
+    public var remoteAddress: String
 }
 
 /// A device's connection state as the hub saw it (milliseconds since the epoch).
