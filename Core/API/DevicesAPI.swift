@@ -3,6 +3,7 @@ import Hummingbird
 import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
+import NIOCore
 
 /// The device registry: a tenant's devices, with names, profiles and labels. Reads need a viewer key,
 /// changes an admin key; the system tenant's keys may name another tenant with `?tenant=`.
@@ -34,6 +35,40 @@ enum DevicesAPI {
                                                  profile: try body.string("profile") ?? "default", labels: try body.strings("labels") ?? [:])
                 await p.record("device.create", target: d.id, tenant: tenant)
                 return HubAPI.json(json(d), status: .created)
+            }
+        })
+        // Bulk provisioning: a JSON list or CSV (`id,name,profile` with a header line) in, a report per row
+        // out; with `tokens=true` each device created gets a token, shown in the report only.
+        router.post("/v1/devices/bulk", use: guarded(.tenant(.admin)) { request, _, p in
+            try await AccountsAPI.answer {
+                let q = request.uri.queryParameters
+                let tenant = try AccountsAPI.target(q.get("tenant"), p)
+                let withTokens = q.get("tokens") == "true"
+                let isCSV = request.headers[.contentType]?.lowercased().hasPrefix("text/csv") == true
+                let buffer: ByteBuffer
+                do { buffer = try await request.body.collect(upTo: 4 << 20) } catch { throw APIProblem(.contentTooLarge, "the body is over 4 MiB") }
+                let rows = try isCSV ? csvRows(String(decoding: buffer.readableBytesView, as: UTF8.self)) : jsonRows(Array(buffer.readableBytesView))
+                guard rows.count <= 10_000 else { throw APIProblem(.badRequest, "at most 10,000 devices per request") }
+                var report: [Value] = []
+                var created = 0
+                for (i, row) in rows.enumerated() {
+                    var entry = Value.Object([("row", .int(Int64(i + 1))), ("id", .string(row.id))])
+                    do {
+                        let d = try await devices.create(tenant: tenant, id: row.id, name: row.name, profile: row.profile, labels: row.labels)
+                        entry["status"] = .string("created")
+                        if withTokens { entry["token"] = .string(try await devices.issueToken(tenant: tenant, device: d.id).1) }
+                        created += 1
+                    } catch let e as AccountsError {
+                        switch e {
+                        case .conflict(let why): entry["status"] = .string("exists"); entry["detail"] = .string(why)
+                        default: entry["status"] = .string("invalid"); entry["detail"] = .string(e.description)
+                        }
+                    }
+                    report.append(.object(entry))
+                }
+                if withTokens, created > 0 { try await directory.refresh() }
+                await p.record("device.bulk_create", target: "\(created) of \(rows.count) devices", tenant: tenant)
+                return HubAPI.json(.object(Value.Object([("created", .int(Int64(created))), ("rows", .array(report))])))
             }
         })
         router.get("/v1/devices/:device", use: guarded(.tenant(.viewer)) { request, context, p in
@@ -189,6 +224,75 @@ enum DevicesAPI {
         if c.kind == .certificate { o["fingerprint"] = .string(c.digest.map { String(format: "%02x", $0) }.joined()) }
         if let token { o["token"] = .string(token) }
         return .object(o)
+    }
+
+    struct Row {
+        var id: String
+        var name = ""
+        var profile = "default"
+        var labels: [String: String] = [:]
+    }
+
+    /// `{"devices": [{"id": ..., "name": ..., "profile": ..., "labels": {...}}, ...]}`
+    static func jsonRows(_ bytes: [UInt8]) throws -> [Row] {
+        guard case .object(let o)? = try? JSON.decode(bytes), case .array(let items)? = o["devices"] else {
+            throw APIProblem(.badRequest, #"the body should be {"devices": [{"id": "...", ...}]} (or CSV with Content-Type: text/csv)"#)
+        }
+        return try items.enumerated().map { i, item in
+            guard case .object(let d) = item, case .string(let id)? = d["id"] else { throw APIProblem(.badRequest, "row \(i + 1): an object with an id") }
+            var row = Row(id: id)
+            if case .string(let n)? = d["name"] { row.name = n }
+            if case .string(let p)? = d["profile"] { row.profile = p }
+            if case .object(let l)? = d["labels"] {
+                for (k, v) in l {
+                    guard case .string(let s) = v else { throw APIProblem(.badRequest, "row \(i + 1): label '\(k.prefix(64))' should be a string") }
+                    row.labels[k] = s
+                }
+            }
+            return row
+        }
+    }
+
+    /// A header line naming the columns (`id` required; `name`, `profile`), then one device a line.
+    /// Fields may be quoted with double quotes (a doubled quote inside stands for one).
+    static func csvRows(_ text: String) throws -> [Row] {
+        var lines = text.split(whereSeparator: \.isNewline).map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        guard !lines.isEmpty else { throw APIProblem(.badRequest, "the CSV is empty") }
+        let header = csvFields(lines.removeFirst()).map { $0.lowercased() }
+        guard let idColumn = header.firstIndex(of: "id") else { throw APIProblem(.badRequest, "the CSV header needs an id column") }
+        if let unknown = header.first(where: { !["id", "name", "profile"].contains($0) }) {
+            throw APIProblem(.badRequest, "unknown CSV column '\(unknown.prefix(64))'; columns: id, name, profile")
+        }
+        return lines.map { line in
+            let f = csvFields(line)
+            func field(_ name: String) -> String? { header.firstIndex(of: name).flatMap { $0 < f.count ? f[$0] : nil } }
+            return Row(id: idColumn < f.count ? f[idColumn] : "", name: field("name") ?? "", profile: field("profile").flatMap { $0.isEmpty ? nil : $0 } ?? "default")
+        }
+    }
+
+    static func csvFields(_ line: String) -> [String] {
+        var fields: [String] = [], current = "", quoted = false
+        var chars = line.makeIterator()
+        while let c = chars.next() {
+            if quoted {
+                if c == "\"" {
+                    // A doubled quote is a quote; a single one ends the quoted part.
+                    var lookahead = chars
+                    if lookahead.next() == "\"" { current.append("\""); chars = lookahead } else { quoted = false }
+                } else {
+                    current.append(c)
+                }
+            } else if c == "\"" {
+                quoted = true
+            } else if c == "," {
+                fields.append(current.trimmingCharacters(in: .whitespaces))
+                current = ""
+            } else {
+                current.append(c)
+            }
+        }
+        fields.append(current.trimmingCharacters(in: .whitespaces))
+        return fields
     }
 
     static func json(_ d: Device) -> Value {

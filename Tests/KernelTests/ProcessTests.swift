@@ -204,6 +204,16 @@ import IoTCStore
         #expect(call("GET", "/v1/devices/pump-1?tenant=acme", key: owner).status == 200)
         #expect(call("PATCH", "/v1/devices/pump-1", key: acmeOwner, #"{"name": "Main pump"}"#).body.contains("Main pump"))
         #expect(call("DELETE", "/v1/devices/pump-1", key: owner).status == 404)
+        // Bulk provisioning, JSON and CSV, with a report per row (and tokens, shown only there).
+        let bulk = call("POST", "/v1/devices/bulk?tokens=true", key: acmeOwner,
+                        #"{"devices": [{"id": "valve-1", "labels": {"site": "south"}}, {"id": "pump-1"}, {"id": "bad id"}]}"#)
+        #expect(bulk.status == 200 && bulk.body.contains(#""created":1"#), "\(bulk.body)")
+        #expect(bulk.body.contains(#""status":"exists""#) && bulk.body.contains(#""status":"invalid""#) && bulk.body.contains("iotcd_"), "\(bulk.body)")
+        let csv = http("POST", "\(api)/v1/devices/bulk", body: Array("id,name,profile\nmeter-1,\"Meter, hall\",meter\nmeter-2,,\n".utf8),
+                       headers: ["Authorization": "Bearer \(acmeOwner)", "Content-Type": "text/csv"])
+        #expect(csv?.body.contains(#""created":2"#) == true, "\(csv?.body ?? "")")
+        #expect(call("GET", "/v1/devices/meter-1", key: acmeOwner).body.contains(#""name":"Meter, hall""#))
+        #expect(call("POST", "/v1/devices/bulk", key: acmeOwner, #"{"devices": 3}"#).status == 400)
 
                 // Team members log in for a session key with their role; guessing is limited and audited.
         #expect(call("POST", "/v1/users", key: acmeOwner, #"{"email": "ops@acme.example", "role": "operator", "password": "long enough secret"}"#).status == 201)
