@@ -83,7 +83,7 @@ let package = Package(
         .target(
             name: "IoTCStore",
             dependencies: [
-                "CSQLite",
+                "CSQLite", "IoTCPluginKit",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

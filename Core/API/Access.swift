@@ -64,11 +64,7 @@ struct Guard: Sendable {
                 await failed(context, what, Accounts.keyID(of: secret).map { "key id \($0): unknown, revoked or expired" } ?? "not an iotc_ key")
                 return unauthorized("the API key is not valid: unknown, revoked or expired")
             }
-            if let wait = limit(key.id) {
-                var r = HubAPI.problem(.tooManyRequests, "this API key is over its request rate; try again in \(Int(wait.rounded(.up))) s")
-                r.headers[.retryAfter] = "\(max(1, Int(wait.rounded(.up))))"
-                return r
-            }
+            if let wait = limit(key.id) { return HubAPI.tooManyRequests("this API key is over its request rate", wait: wait) }
             let principal = Principal(key: key, tenant: tenant, source: context.caller, audit: audit)
             let needed: Role
             switch access {
@@ -144,6 +140,13 @@ struct JSONBody {
             return out
         default: throw APIProblem(.badRequest, "the field '\(name)' should be an object of strings")
         }
+    }
+
+    /// `expires_in` (seconds, one minute to ten years) as an expiry time in milliseconds since the epoch.
+    func expiry() throws -> Int64? {
+        guard let seconds = try integer("expires_in") else { return nil }
+        guard (60...(10 * 365 * 86400)).contains(seconds) else { throw APIProblem(.badRequest, "expires_in is in seconds, from 60 to ten years") }
+        return Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
     }
 
     func integer(_ name: String) throws -> Int64? {

@@ -70,11 +70,7 @@ enum AccountsAPI {
                 }
                 // Nobody hands out more than they hold.
                 guard role <= p.key.role else { throw APIProblem(.forbidden, "a key with the role \(p.key.role.rawValue) cannot create a key with the role \(role.rawValue)") }
-                var expiresAt: Int64?
-                if let seconds = try body.integer("expires_in") {
-                    guard (60...(10 * 365 * 86400)).contains(seconds) else { throw APIProblem(.badRequest, "expires_in is in seconds, from 60 to ten years") }
-                    expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
-                }
+                let expiresAt = try body.expiry()
                 let (key, secret) = try await accounts.createKey(tenant: tenant, name: try body.string("name", required: true)!, role: role, expiresAt: expiresAt)
                 await p.record("api_key.create", target: key.id, tenant: tenant, detail: "role \(role.rawValue)")
                 return HubAPI.json(json(key, secret: secret), status: .created)
@@ -129,11 +125,7 @@ enum AccountsAPI {
                 let body = try await JSONBody.read(request, allowed: ["tenant", "email", "password"])
                 let tenant = try body.string("tenant", required: true)!, email = try body.string("email", required: true)!.lowercased()
                 let password = try body.string("password", required: true)!
-                if let wait = attempts.take(tenant + "/" + email) {
-                    var r = HubAPI.problem(.tooManyRequests, "too many login attempts for this user; try again in \(Int(wait.rounded(.up))) s")
-                    r.headers[.retryAfter] = "\(Int(wait.rounded(.up)))"
-                    return r
-                }
+                if let wait = attempts.take(tenant + "/" + email) { return HubAPI.tooManyRequests("too many login attempts for this user", wait: wait) }
                 guard let (key, secret) = try await accounts.login(tenant: tenant, email: email, password: password) else {
                     _ = try? await audit.record(AuditEntry(tenant: Accounts.isValidID(tenant) ? tenant : "system", actor: "user:\(email.prefix(254))",
                                                            action: "auth.failed", target: "POST /v1/login", source: context.caller,
@@ -192,6 +184,9 @@ enum AccountsAPI {
             return try await body()
         } catch let e as APIProblem {
             return HubAPI.problem(e.status, e.detail)
+        } catch let e as StoreError where e.kind == .constraint {
+            // Two requests raced past the existence checks: the database's constraint decided.
+            return HubAPI.problem(.conflict, "it exists already, or what it refers to is gone")
         } catch let e as AccountsError {
             switch e {
             case .invalid(let d): return HubAPI.problem(.badRequest, d)

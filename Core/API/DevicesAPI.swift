@@ -179,11 +179,7 @@ enum DevicesAPI {
                 let id = try context.parameters.require("device")
                 let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
                 let body = try await JSONBody.read(request, allowed: ["kind", "fingerprint", "expires_in"])
-                var expiresAt: Int64?
-                if let seconds = try body.integer("expires_in") {
-                    guard (60...(10 * 365 * 86400)).contains(seconds) else { throw APIProblem(.badRequest, "expires_in is in seconds, from 60 to ten years") }
-                    expiresAt = Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
-                }
+                let expiresAt = try body.expiry()
                 let answer: Value
                 switch try body.string("kind") ?? "token" {
                 case "token":

@@ -125,6 +125,14 @@ public enum HubAPI {
         json(.object(Value.Object(fields.map { ($0.key, .string($0.value)) })), status: status)
     }
 
+    /// 429 with `Retry-After` (whole seconds, at least one).
+    static func tooManyRequests(_ what: String, wait: Double) -> Response {
+        let seconds = max(1, Int(wait.rounded(.up)))
+        var r = problem(.tooManyRequests, "\(what); try again in \(seconds) s")
+        r.headers[.retryAfter] = "\(seconds)"
+        return r
+    }
+
     /// An RFC 9457 problem document.
     static func problem(_ status: HTTPResponse.Status, _ detail: String, extra: [(String, Value)] = []) -> Response {
         let o = Value.Object([("type", "about:blank"), ("title", .string(status.reasonPhrase)), ("status", .int(Int64(status.code))), ("detail", .string(detail))] + extra)

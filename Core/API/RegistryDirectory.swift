@@ -63,7 +63,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         func valid(_ e: Entry) -> Bool { e.expiresAt.map { $0 > now } ?? true }
         // A token as the secret (HTTP bearer, MQTT password) or as the MQTT user name with no password.
         for token in [c.secret, c.secret.isEmpty ? c.username : ""] where !token.isEmpty {
-            guard let id = Devices.tokenID(token), let e = tokens[id], valid(e), Self.equal(e.digest, Devices.digest(token)) else { continue }
+            guard let id = Devices.tokenID(token), let e = tokens[id], valid(e), ConstantTime.equal(e.digest, Devices.digest(token)) else { continue }
             return (e.tenant, e.device, e.id)
         }
         if !c.certificateFingerprint.isEmpty, let digest = Devices.fingerprintBytes(c.certificateFingerprint), let e = certificates[digest], valid(e) {
@@ -72,10 +72,4 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         return nil
     }
 
-    private static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<a.count { diff |= a[i] ^ b[i] }
-        return diff == 0
-    }
 }

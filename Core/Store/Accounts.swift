@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import IoTCPluginKit
 
 /// What a key may do, from least to most.
 public enum Role: String, Sendable, CaseIterable, Comparable, Codable {
@@ -162,7 +163,7 @@ public struct Accounts: Sendable {
             SELECT \(Self.keyColumns), k.hash, t.name AS tenant_name, t.system, t.created_at AS tenant_created_at
             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = ?
             """, [.text(parsed.id)])
-        guard let row = rows.first, let stored = row.bytes("hash"), Self.equal(stored, Self.hash(secret)) else { return nil }
+        guard let row = rows.first, let stored = row.bytes("hash"), ConstantTime.equal(stored, Self.hash(secret)) else { return nil }
         let key = Self.key(row)
         let now = clock()
         guard key.revokedAt == nil, key.expiresAt.map({ $0 > now }) ?? true else { return nil }
@@ -210,12 +211,6 @@ public struct Accounts: Sendable {
 
     static func hash(_ secret: String) -> [UInt8] { Array(SHA256.hash(data: Array(secret.utf8))) }
 
-    private static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<a.count { diff |= a[i] ^ b[i] }
-        return diff == 0
-    }
 
     private static func tenant(_ r: Row) -> Tenant {
         Tenant(id: r.string("id") ?? "", name: r.string("name") ?? "", system: r.int("system") == 1, createdAt: r.int("created_at") ?? 0,

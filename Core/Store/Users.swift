@@ -1,6 +1,7 @@
 import Crypto
 import CryptoExtras
 import Foundation
+import IoTCPluginKit
 
 /// A team member of a tenant: an e-mail address, a name, a role and a password kept only as a slow hash.
 public struct User: Sendable, Equatable {
@@ -76,11 +77,7 @@ extension Accounts {
               let key = try? KDF.Insecure.PBKDF2.deriveKey(from: Array(password.utf8), salt: salt, using: .sha256,
                                                           outputByteCount: expected.count, unsafeUncheckedRounds: rounds)
         else { return false }
-        let actual = key.withUnsafeBytes { Array($0) }
-        guard actual.count == expected.count else { return false }
-        var diff: UInt8 = 0
-        for (a, b) in zip(actual, expected) { diff |= a ^ b }
-        return diff == 0
+        return key.withUnsafeBytes { ConstantTime.equal($0, expected) }
     }
 
     /// Checked against when the user does not exist, at the same cost as a real one.

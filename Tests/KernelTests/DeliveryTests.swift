@@ -12,7 +12,6 @@ import IoTCPluginKit
         let lock = NSLock()
         var taken: [String] = []
         var calls = 0
-        var refusedOnce = Set<String>()
         let accept: Int
         let rejectID: String?
         weak var runtime: SinkRuntime?

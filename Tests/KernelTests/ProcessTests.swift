@@ -214,6 +214,9 @@ import IoTCStore
         #expect(csv?.body.contains(#""created":2"#) == true, "\(csv?.body ?? "")")
         #expect(call("GET", "/v1/devices/meter-1", key: acmeOwner).body.contains(#""name":"Meter, hall""#))
         #expect(call("POST", "/v1/devices/bulk", key: acmeOwner, #"{"devices": 3}"#).status == 400)
+        // An oversized body is refused as such, not with a server error.
+        let huge = #"{"id": "big", "name": ""# + String(repeating: "x", count: 100_000) + #""}"#
+        #expect(call("POST", "/v1/devices", key: acmeOwner, huge).status == 413)
 
                 // Team members log in for a session key with their role; guessing is limited and audited.
         #expect(call("POST", "/v1/users", key: acmeOwner, #"{"email": "ops@acme.example", "role": "operator", "password": "long enough secret"}"#).status == 201)

@@ -26,16 +26,10 @@ struct DeviceAuthenticator: Sendable {
         }
         let digest = Array(SHA256.hash(data: Array(c.secret.utf8)))
         var match: Entry?
-        for e in entries where Self.equal(e.digest, digest) && (c.device.isEmpty || c.device == e.device) { match = e }
+        for e in entries where ConstantTime.equal(e.digest, digest) && (c.device.isEmpty || c.device == e.device) { match = e }
         return match.map { ($0.tenant, $0.device) }
     }
 
-    private static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<a.count { diff |= a[i] ^ b[i] }
-        return diff == 0
-    }
 }
 
 /// A source of device identities beyond the pipeline files' static tokens: the device registry. Called

@@ -71,7 +71,7 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
         case .static:
             let user: User
             if let name = c.username {
-                guard let u = users[name], let expected = u.password, Self.equal(Array(expected.utf8), c.password ?? []) else {
+                guard let u = users[name], let expected = u.password, ConstantTime.equal(Array(expected.utf8), c.password ?? []) else {
                     host.log(.warning, "mqtt: authentication failed for user '\(name.prefix(64))' from \(c.remoteAddress)")
                     return nil
                 }
@@ -93,12 +93,6 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
         }
     }
 
-    private static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-        guard a.count == b.count else { return false }
-        var diff: UInt8 = 0
-        for i in 0..<a.count { diff |= a[i] ^ b[i] }
-        return diff == 0
-    }
 
     func mayPublish(_ identity: ClientIdentity, topic: String) -> Bool {
         if let s = identity as? StaticIdentity { return s.publish.contains { Topics.matches(topic: topic, filter: $0) } }
