@@ -149,6 +149,15 @@ struct JSONBody {
         return Int64(Date().timeIntervalSince1970 * 1000) + seconds * 1000
     }
 
+    func number(_ name: String) throws -> Double? {
+        switch fields[name] {
+        case nil, .null?: return nil
+        case .int(let i)?: return Double(i)
+        case .double(let d)?: return d
+        default: throw APIProblem(.badRequest, "the field '\(name)' should be a number")
+        }
+    }
+
     func integer(_ name: String) throws -> Int64? {
         switch fields[name] {
         case nil, .null?: return nil

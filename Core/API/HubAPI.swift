@@ -11,7 +11,7 @@ import Prometheus
 public enum HubAPI {
     /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
     public static func router(
-        hub: Hub, accounts: Accounts, directory: RegistryDirectory, registry: PrometheusCollectorRegistry,
+        hub: Hub, accounts: Accounts, directory: RegistryDirectory, commands: CommandCenter, registry: PrometheusCollectorRegistry,
         reload: @escaping @Sendable () async -> [Diagnostic]?
     ) -> Router<HubRequestContext> {
         let router = Router(context: HubRequestContext.self)
@@ -24,6 +24,7 @@ public enum HubAPI {
         DevicesAPI.add(to: router, hub: hub, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), guarded: guarded)
+        CommandsAPI.add(to: router, hub: hub, center: commands, devices: devices, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         router.get("/metrics") { _, _ in
@@ -77,35 +78,6 @@ public enum HubAPI {
             let n = hub.deadLetters.remove(ids: ids.isEmpty ? nil : ids)
             await p.record("dead_letters.purge", target: ids.isEmpty ? "all" : "\(ids.count) ids", detail: "\(n) purged")
             return json(.object(Value.Object([("purged", .int(Int64(n)))])))
-        })
-        router.post("/v1/devices/:device/commands", use: guarded(.hub(.operator)) { request, context, p in
-            let device = try context.parameters.require("device")
-            let body = try await request.body.collect(upTo: 1 << 20)
-            let value: Value
-            do { value = try JSON.decode(Array(body.readableBytesView)) } catch {
-                return problem(.badRequest, "the body is not valid JSON: \(error)")
-            }
-            guard case .object(let o) = value else { return problem(.badRequest, "the body should be a JSON object") }
-            var name = "command"
-            if case .string(let n)? = o["name"] { name = n }
-            var source: String?
-            if case .string(let s)? = o["source"] { source = s }
-            var timeout = 30.0
-            if let t = o["timeout"]?.number { timeout = max(0.1, min(300, t)) }
-            let payload = o["payload"] ?? .object(Value.Object())
-            let message = Message(kind: .command, tenant: "default", device: device, topic: "devices/\(device)/commands/\(name)",
-                                  contentType: "application/json", payload: JSON.encode(payload), qos: 1,
-                                  metadata: [KeyValue("command", name)])
-            let (code, reason) = await hub.sendDownlink(message, source: source, timeout: timeout)
-            await p.record("command.send", target: "device \(device)", outcome: code == 0 || code == 2 ? "ok" : "failed",
-                           detail: "\(name) (code \(code))")
-            switch code {
-            case 0: return json(["status": "delivered"], status: .ok)
-            case 2: return json(["status": "queued", "detail": reason ?? ""], status: .accepted)
-            case 5: return problem(.notFound, reason ?? "not found")
-            case 6: return problem(.conflict, reason ?? "unsupported")
-            default: return problem(.badGateway, reason ?? "the device did not take the command")
-            }
         })
         return router
     }

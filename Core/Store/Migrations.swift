@@ -123,6 +123,27 @@ public enum Schema {
             """,
         ]),
         Migration(7, "telemetry retention per tenant", ["ALTER TABLE tenants ADD COLUMN retention_days BIGINT NOT NULL DEFAULT 0"]),
+        // Commands to devices and what became of them. Not tied to devices by a foreign key: devices of the
+        // token list are not in the registry.
+        Migration(8, "device commands", [
+            """
+            CREATE TABLE commands (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                status TEXT NOT NULL,
+                result TEXT,
+                detail TEXT NOT NULL DEFAULT '',
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                delivered_at BIGINT,
+                completed_at BIGINT)
+            """,
+            "CREATE INDEX commands_by_device ON commands (tenant_id, device_id, created_at)",
+            "CREATE INDEX commands_pending ON commands (status, expires_at)",
+        ]),
     ]
 
     private static func deviceCredentials(binary: String) -> [String] {

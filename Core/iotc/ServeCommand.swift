@@ -92,6 +92,11 @@ struct Serve: AsyncParsableCommand {
             }
         }
         defer { retention.cancel() }
+        // Commands: answers from devices settle them; queued ones go to devices as they connect.
+        let commands = CommandCenter(hub: hub, commands: Commands(store: db), logger: logger)
+        commands.attach()
+        let commandQueue = Task { await commands.run() }
+        defer { commandQueue.cancel() }
         do { try hub.start(config) } catch {
             logger.error("\(error)")
             hub.stop(timeout: 5)
@@ -100,7 +105,7 @@ struct Serve: AsyncParsableCommand {
         if config.auth.allowAnonymous { logger.warning("auth.allow_anonymous is on: devices without credentials are accepted") }
 
         let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
-        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, registry: registry) { await reloader.reload() }
+        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, commands: commands, registry: registry) { await reloader.reload() }
         var banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
         banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }

@@ -479,7 +479,7 @@ import IoTCStore
         let file = dir.write("hub.yaml", """
             sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
             sinks: { hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/status/400" } }
-            pipelines: { t: { from: [ devices ], to: [ hook ] } }
+            pipelines: { t: { from: [ "devices:devices/+/telemetry" ], to: [ hook ] } }
             auth: { allow_anonymous: true }
             """)
         let hub = try serve(file, data: dir.path + "/data", api: apiPort)
@@ -487,18 +487,40 @@ import IoTCStore
         #expect(waitForPort(apiPort), "hub did not start: \(hub.log)")
         let api = "http://127.0.0.1:\(apiPort)"
 
-        // A command for a device that is waiting on a long-poll: 200 once it has taken it.
+        // A command for a device that is waiting on a long-poll: the device takes it, answers on
+        // /commands/{id}/result, and the API call that waited answers 200 with the result.
         let poll = Background { http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump/commands?wait=10", timeout: 15) }
         usleep(500_000)
-        let sent = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "start", "payload": {"rpm": 900}, "source": "devices"}"#, token: ProcessTests.ownerKey)
+        let sending = Background { postJSON("\(api)/v1/devices/pump/commands", #"{"name": "start", "payload": {"rpm": 900}, "source": "devices", "timeout": 10}"#, token: ProcessTests.ownerKey) }
+        let taken = try? JSON.decode(poll.wait()?.body ?? "")
+        let commandID = taken?["metadata"]?["command_id"]?.string ?? ""
+        #expect(commandID.hasPrefix("cmd-"), "\(String(describing: taken))")
+        #expect(taken?["topic"]?.string == "devices/pump/commands/start/\(commandID)")
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump/commands/\(commandID)/result", #"{"ok": true, "rpm": 900}"#)?.status == 202)
+        let sent = sending.wait()
         #expect(sent?.status == 200, "\(sent?.body ?? "")")
-        let taken = poll.wait()
-        #expect((try? JSON.decode(taken?.body ?? ""))?["topic"] == "devices/pump/commands/start")
-        // Nobody polling: the command waits in the device's queue and the API says so with 202.
-        let queued = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "stop", "source": "devices", "timeout": 0.3}"#, token: ProcessTests.ownerKey)
+        let answered = try? JSON.decode(sent?.body ?? "")
+        #expect(answered?["status"] == "succeeded")
+        #expect(answered?["result"]?["rpm"] == 900)
+        // Nobody polling: the command is queued (202) and goes to the device when it next polls.
+        let queued = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "stop", "timeout": 0.3}"#, token: ProcessTests.ownerKey)
         #expect(queued?.status == 202)
+        let queuedID = (try? JSON.decode(queued?.body ?? ""))?["id"]?.string ?? ""
+        #expect((try? JSON.decode(queued?.body ?? ""))?["status"] == "queued")
+        let later = http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump/commands?wait=10", timeout: 15)
+        #expect((try? JSON.decode(later?.body ?? ""))?["topic"]?.string == "devices/pump/commands/stop/\(queuedID)")
+        #expect(eventually { (try? JSON.decode(http("GET", "\(api)/v1/devices/pump/commands/\(queuedID)", headers: owner)?.body ?? ""))?["status"] == "delivered" })
+        // Not answered before its expiry: expired, and a late answer changes nothing.
+        #expect(eventually(timeout: 10) { (try? JSON.decode(http("GET", "\(api)/v1/devices/pump/commands", headers: owner)?.body ?? ""))?["items"]?.array?.count == 2 })
+        let shortLived = postJSON("\(api)/v1/devices/pump/commands", #"{"name": "blink", "timeout": 0, "expires_in": 1}"#, token: ProcessTests.ownerKey)
+        let shortID = (try? JSON.decode(shortLived?.body ?? ""))?["id"]?.string ?? ""
+        #expect(eventually(timeout: 10) { (try? JSON.decode(http("GET", "\(api)/v1/devices/pump/commands/\(shortID)", headers: owner)?.body ?? ""))?["status"] == "expired" })
+        _ = postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump/commands/\(shortID)/result", #"{"ok": true}"#)
+        #expect((try? JSON.decode(http("GET", "\(api)/v1/devices/pump/commands/\(shortID)", headers: owner)?.body ?? ""))?["status"] == "expired")
         #expect(postJSON("\(api)/v1/devices/pump/commands", "not json", token: ProcessTests.ownerKey)?.status == 400)
         #expect(postJSON("\(api)/v1/devices/pump/commands", #"{"source": "nowhere"}"#, token: ProcessTests.ownerKey)?.status == 404)
+        #expect(postJSON("\(api)/v1/devices/pump/commands", #"{"name": "a/b"}"#, token: ProcessTests.ownerKey)?.status == 400)
+        #expect(postJSON("\(api)/v1/devices/pump/commands", #"{"name": "x", "colour": 1}"#, token: ProcessTests.ownerKey)?.status == 400)
 
         // The webhook refuses everything (400): the message becomes a dead letter; `iotc dlq replay`
         // sends it through the running hub again, and it comes back.

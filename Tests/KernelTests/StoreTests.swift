@@ -367,6 +367,39 @@ final class PostgresServer {
         }
     }
 
+    @Test(arguments: StoreEngine.allCases)
+    func commandsMoveThroughTheirStatusesOnce(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            final class Clock: @unchecked Sendable { var now: Int64 = 1_000_000 }
+            let clock = Clock()
+            let commands = Commands(store: store, clock: { clock.now })
+            let c = try await commands.create(tenant: "acme", device: "pump-1", name: "start", payload: #"{"rpm":900}"#, expiresAt: 1_060_000)
+            clock.now += 1
+            let late = try await commands.create(tenant: "acme", device: "pump-1", name: "stop", payload: "{}", expiresAt: 1_010_000)
+            #expect(try await commands.queued().map(\.id) == [c.id, late.id])
+            // Only the device the command is for, in its tenant, can answer it.
+            #expect(try await !commands.complete(tenant: "globex", device: "pump-1", id: c.id, succeeded: true, result: "{}"))
+            #expect(try await !commands.complete(tenant: "acme", device: "pump-2", id: c.id, succeeded: true, result: "{}"))
+            #expect(try await commands.get(tenant: "globex", id: c.id) == nil)
+            #expect(try await commands.markDelivered(id: c.id))
+            #expect(try await !commands.markDelivered(id: c.id))
+            #expect(try await commands.complete(tenant: "acme", device: "pump-1", id: c.id, succeeded: false, result: #"{"error":"jammed"}"#))
+            // Answered once: a second answer changes nothing.
+            #expect(try await !commands.complete(tenant: "acme", device: "pump-1", id: c.id, succeeded: true, result: "{}"))
+            let done = try #require(try await commands.get(tenant: "acme", id: c.id))
+            #expect(done.status == .failed && done.result == #"{"error":"jammed"}"# && done.deliveredAt == 1_000_001 && done.completedAt == 1_000_001)
+            // Past its expiry a queued command expires, and an answer after that is refused.
+            clock.now = 1_020_000
+            #expect(try await commands.queued().isEmpty)
+            #expect(try await commands.expire() == 1)
+            #expect(try await !commands.complete(tenant: "acme", device: "pump-1", id: late.id, succeeded: true, result: "{}"))
+            let expired = try #require(try await commands.get(tenant: "acme", id: late.id))
+            #expect(expired.status == .expired && expired.detail == "not delivered before the expiry")
+            #expect(try await commands.list(tenant: "acme", device: "pump-1", limit: 10).map(\.status) == [.expired, .failed])
+            #expect(try await commands.list(tenant: "acme", device: "pump-1", status: .failed, limit: 10).map(\.id) == [c.id])
+        }
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")

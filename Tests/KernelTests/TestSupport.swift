@@ -249,3 +249,10 @@ func makeTestCertificates(in dir: TempDir) throws {
     try openssl(["x509", "-req", "-in", dir.path + "/dev.csr", "-CA", dir.path + "/ca.pem", "-CAkey", dir.path + "/ca.key",
                  "-CAcreateserial", "-out", dir.path + "/dev.pem", "-days", "1"])
 }
+
+extension Value {
+    /// The string, when this is one.
+    var string: String? { if case .string(let s) = self { s } else { nil } }
+    /// The elements, when this is an array.
+    var array: [Value]? { if case .array(let a) = self { a } else { nil } }
+}

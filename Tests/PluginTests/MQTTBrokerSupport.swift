@@ -7,10 +7,14 @@ import NIOEmbedded
 /// The hub as the broker tests see it: everyone may connect (but "bad" passwords), ACLs by prefix,
 /// and a record of what was submitted. `busy` makes submit answer backpressure.
 final class MemoryHub: HubLink, @unchecked Sendable {
+    /// A client whose user name is `t:NAME` belongs to tenant NAME; everyone else to `default`.
     final class User: ClientIdentity {
-        let tenant = "default"
+        let tenant: String
         let device: String
-        init(_ d: String) { device = d }
+        init(_ d: String, tenant: String = "default") {
+            device = d
+            self.tenant = tenant
+        }
     }
     private let lock = NIOLock()
     private var _submitted: [BrokerMessage] = []
@@ -27,7 +31,9 @@ final class MemoryHub: HubLink, @unchecked Sendable {
     var submitted: [BrokerMessage] { lock.withLock { _submitted } }
 
     func authenticate(_ c: ConnectCredentials) -> ClientIdentity? {
-        c.password.map { String(decoding: $0, as: UTF8.self) } == "bad" ? nil : User(c.clientID)
+        guard c.password.map({ String(decoding: $0, as: UTF8.self) }) != "bad" else { return nil }
+        if let u = c.username, u.hasPrefix("t:") { return User(c.clientID, tenant: String(u.dropFirst(2))) }
+        return User(c.clientID)
     }
     func mayPublish(_ identity: ClientIdentity, topic: String) -> Bool { !denyPublish.contains(topic) }
     func maySubscribe(_ identity: ClientIdentity, filter: String) -> Bool { !denySubscribe.contains(filter) }
@@ -72,10 +78,10 @@ final class TestClient: ConnectionControl {
 
     /// CONNECT; returns the CONNACK.
     @discardableResult
-    func connect(_ id: String, clean: Bool = true, keepAlive: UInt16 = 60, password: String? = nil, will: MQTTWill? = nil,
+    func connect(_ id: String, clean: Bool = true, keepAlive: UInt16 = 60, username: String? = nil, password: String? = nil, will: MQTTWill? = nil,
                  properties: [MQTTProperty] = []) -> MQTTConnAck? {
         send(.connect(MQTTConnect(version: version, clientID: id, cleanStart: clean, keepAlive: keepAlive,
-                                  username: password == nil ? nil : "u", password: password.map { Array($0.utf8) }, will: will, properties: properties)))
+                                  username: username ?? (password == nil ? nil : "u"), password: password.map { Array($0.utf8) }, will: will, properties: properties)))
         var packets = read()
         guard case .connack(let a)? = packets.first else { return nil }
         packets.removeFirst()

@@ -199,6 +199,43 @@ import Testing
         #expect(broker.retainedCount == 1)
     }
 
+    @Test func tenantsShareNoTopicsRetainedMessagesOrSessions() throws {
+        // The same client id in two tenants: two sessions, neither takes the other over.
+        let acme = TestClient(broker, hub), globex = TestClient(broker, hub)
+        #expect(acme.connect("pump-1", username: "t:acme")?.reasonCode == 0)
+        #expect(globex.connect("pump-1", username: "t:globex")?.reasonCode == 0)
+        #expect(!acme.closed && !globex.closed && broker.sessionCount == 2)
+        #expect(acme.subscribe("#") == [1] && globex.subscribe("#") == [1])
+        globex.send(.publish(MQTTPublish(topic: "devices/pump-1/telemetry", payload: Array("globex".utf8), qos: 1, retain: true, packetID: 1)))
+        acme.send(.publish(MQTTPublish(topic: "devices/pump-1/telemetry", payload: Array("acme".utf8), qos: 1, packetID: 1)))
+        // Each sees its own tenant's messages, under the topics it used; the hub gets those topics too.
+        #expect(acme.publishes().map { "\($0.topic) \(payload($0))" } == ["devices/pump-1/telemetry acme"])
+        #expect(globex.publishes().map { "\($0.topic) \(payload($0))" } == ["devices/pump-1/telemetry globex"])
+        #expect(hub.submitted.map(\.topic) == ["devices/pump-1/telemetry", "devices/pump-1/telemetry"])
+        // Retained messages stay in their tenant; a default-tenant client sees neither.
+        let late = TestClient(broker, hub), plain = TestClient(broker, hub)
+        late.connect("late", username: "t:acme")
+        plain.connect("plain")
+        _ = late.subscribe("devices/#")
+        _ = plain.subscribe("#")
+        #expect(late.publishes().isEmpty && plain.publishes().isEmpty)
+        // The space where tenants live cannot be named by anyone.
+        #expect(plain.subscribe("$tenant/globex/#") == [MQTTReason.notAuthorized])
+        #expect(acme.subscribe("$tenant/globex/#") == [MQTTReason.notAuthorized])
+        plain.send(.publish(MQTTPublish(topic: "$tenant/globex/devices/pump-1/telemetry", payload: [1], qos: 1, packetID: 2)))
+        guard case .puback(let refused)? = plain.read().first else { Issue.record("no PUBACK"); return }
+        #expect(refused.reasonCode == MQTTReason.notAuthorized)
+        #expect(globex.publishes().isEmpty)
+        // Downlink for a tenant reaches that tenant's subscribers only.
+        #expect(broker.publish(BrokerMessage(topic: TenantSpace(tenant: "acme").topic("devices/pump-1/commands/stop"), payload: ByteBuffer(string: "x"), qos: 1), from: nil) == 2)
+        #expect(acme.publishes().map(\.topic) == ["devices/pump-1/commands/stop"])
+        #expect(globex.publishes().isEmpty && plain.publishes().isEmpty)
+        // Reconnecting takes over the session of its own tenant only.
+        let again = TestClient(broker, hub)
+        again.connect("pump-1", username: "t:acme")
+        #expect(acme.closed && !globex.closed)
+    }
+
     @Test func sharedSubscriptionsTakeTurns() {
         let a = TestClient(broker, hub), b = TestClient(broker, hub), pub = TestClient(broker, hub)
         a.connect("a")

@@ -26,12 +26,14 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var directory: (any DeviceDirectory)?
     /// The store, for the `store` sink.
     private var store: (any Store)?
+    /// Told of devices' answers to commands; calls its completion once the answer is kept.
+    private var commandResultObserver: (@Sendable (CommandResult, @escaping @Sendable () -> Void) -> Void)?
     /// Told of failed device authentications (for the audit log), at most one a second per address.
     private var authFailureObserver: (@Sendable (DeviceAuthFailure) -> Void)?
     private let authFailureLimiter = RateLimiter(rate: 1, burst: 5)
     private var identities: [UInt64: GrantedIdentity] = [:]
     private var nextHandle: UInt64 = 1
-    /// Which source holds each connected device, for downlink.
+    /// Which source holds each connected device (by tenant and id), for downlink.
     private var connectedVia: [String: String] = [:]
     /// What the hub last saw of each device, by tenant and id.
     private var presence: [String: DevicePresence] = [:]
@@ -267,6 +269,9 @@ public final class Hub: HostServices, @unchecked Sendable {
         var pipelines: [PipelineRuntime] = []
         pipelines.reserveCapacity(targets.count)
         for t in targets where t.filter?.matches(m.topic) ?? true { pipelines.append(t.pipeline) }
+        if m.kind == .commandResult, let answered = takeCommandResult(m, done: pipelines.isEmpty ? done : nil) {
+            if pipelines.isEmpty { return answered }
+        }
         guard !pipelines.isEmpty else {
             source.droppedNoRoute.increment()
             return IOTC_ERR_NOT_FOUND
@@ -276,7 +281,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             return IOTC_ERR_BUSY
         }
         // Over its rate, a device is held back like a full pipeline holds it back.
-        if deviceLimitOn.load(ordering: .acquiring), let limiter = limiters.withLockedValue({ $0.device }), limiter.take((m.tenant.isEmpty ? "default" : m.tenant) + "/" + m.device) != nil {
+        if deviceLimitOn.load(ordering: .acquiring), let limiter = limiters.withLockedValue({ $0.device }), limiter.take(Self.deviceKey(m.tenant, m.device)) != nil {
             deviceLimited.increment()
             return IOTC_ERR_BUSY
         }
@@ -311,7 +316,18 @@ public final class Hub: HostServices, @unchecked Sendable {
             }
             routed = true
         }
+        if !routed, CommandTopics.isResult(topic), lock.withLock({ commandResultObserver != nil }) { return IOTC_OK }
         return routed ? IOTC_OK : IOTC_ERR_NOT_FOUND
+    }
+
+    /// Hands a device's answer to a command to the observer. Returns nil when there is no observer or
+    /// the topic names no command; `done` (when given) follows once the answer is kept.
+    private func takeCommandResult(_ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32? {
+        guard let observer = lock.withLock({ commandResultObserver }), let (device, id) = CommandTopics.parseResult(m.topic) else { return nil }
+        let result = CommandResult(tenant: m.tenant.isEmpty ? "default" : m.tenant, device: String(device), id: String(id),
+                                   contentType: m.contentType, payload: m.payload)
+        observer(result) { done?(IOTC_OK) }
+        return IOTC_OK
     }
 
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?) {
@@ -345,6 +361,13 @@ public final class Hub: HostServices, @unchecked Sendable {
         lock.withLock { authFailureObserver = observer }
     }
 
+    /// Sends devices' answers to commands (messages on `devices/{device}/results/{id}`) to `observer`.
+    /// Answers are taken whether or not a pipeline reads them too; one that no pipeline reads is
+    /// acknowledged once `observer` calls its completion.
+    public func observeCommandResults(_ observer: @escaping @Sendable (CommandResult, @escaping @Sendable () -> Void) -> Void) {
+        lock.withLock { commandResultObserver = observer }
+    }
+
     /// Gives the `store` sink its store; call before `start`.
     public func attach(store: any Store) { lock.withLock { self.store = store } }
 
@@ -370,7 +393,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             let h = nextHandle
             nextHandle += 1
             identities[h] = identity
-            let key = tenant + "/" + device
+            let key = Self.deviceKey(tenant, device)
             if presence[key] == nil {
                 presence[key] = DevicePresence(connected: false, source: from.name, remoteAddress: c.remoteAddress, since: now, lastSeen: now)
             } else {
@@ -418,8 +441,8 @@ public final class Hub: HostServices, @unchecked Sendable {
         let now = clock()
         lock.withLock {
             guard let id = identities[handle] else { return }
-            connectedVia[id.device] = from.name
-            presence[id.tenant + "/" + id.device] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
+            connectedVia[Self.deviceKey(id.tenant, id.device)] = from.name
+            presence[Self.deviceKey(id.tenant, id.device)] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
         }
     }
 
@@ -427,8 +450,8 @@ public final class Hub: HostServices, @unchecked Sendable {
         let now = clock()
         lock.withLock {
             guard let id = identities[handle] else { return }
-            if connectedVia[id.device] == from.name { connectedVia[id.device] = nil }
-            let key = id.tenant + "/" + id.device
+            let key = Self.deviceKey(id.tenant, id.device)
+            if connectedVia[key] == from.name { connectedVia[key] = nil }
             if presence[key]?.source == from.name {
                 presence[key]?.connected = false
                 presence[key]?.since = now
@@ -440,7 +463,7 @@ public final class Hub: HostServices, @unchecked Sendable {
     /// What the hub last saw of a device: connected or not, through which source, since when, and when
     /// it last connected, disconnected or authenticated a request. Nil when not seen since the start.
     public func presence(tenant: String, device: String) -> DevicePresence? {
-        lock.withLock { presence[tenant + "/" + device] }
+        lock.withLock { presence[Self.deviceKey(tenant, device)] }
     }
 
     func log(from: ComponentInstance, level: UInt32, _ text: String) {
@@ -473,7 +496,7 @@ public final class Hub: HostServices, @unchecked Sendable {
     func sendDownlink(_ message: Message, source: String?, timeout: TimeInterval, done: @escaping @Sendable (Int32, String?) -> Void) {
         let target: ComponentInstance? = lock.withLock {
             if let source { return sources[source]?.instance }
-            if let via = connectedVia[message.device] { return sources[via]?.instance }
+            if let via = connectedVia[Self.deviceKey(message.tenant, message.device)] { return sources[via]?.instance }
             let capable = sources.values.map(\.instance).filter(\.hasDownlink)
             return capable.count == 1 ? capable[0] : nil
         }
@@ -502,8 +525,16 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
     }
 
+    /// Whether `name` is a running source that sends to devices.
+    public func hasDownlinkSource(_ name: String) -> Bool { lock.withLock { sources[name]?.instance.hasDownlink ?? false } }
+
     /// The source a device is connected through, if any.
-    public func connectedSource(of device: String) -> String? { lock.withLock { connectedVia[device] } }
+    public func connectedSource(tenant: String = "default", of device: String) -> String? {
+        lock.withLock { connectedVia[Self.deviceKey(tenant, device)] }
+    }
+
+    /// Devices are unique per tenant: the key of one in the hub's tables. No tenant is `default`.
+    static func deviceKey(_ tenant: String, _ device: String) -> String { (tenant.isEmpty ? "default" : tenant) + "/" + device }
 
     /// Replays dead letters: a failed delivery goes back to its sink, a failed step back to its pipeline.
     /// Replayed entries leave the store. Returns how many were replayed and the ids that could not be.
@@ -559,6 +590,15 @@ public struct DeviceAuthFailure: Sendable {
     public var device: String
     public var source: String
     public var remoteAddress: String
+}
+
+/// A device's answer to a command.
+public struct CommandResult: Sendable {
+    public var tenant: String
+    public var device: String
+    public var id: String
+    public var contentType: String
+    public var payload: [UInt8]
 }
 
 /// A device's connection state as the hub saw it (milliseconds since the epoch).

@@ -29,8 +29,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
     private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
     static let reauthenticateAfter = TimeAmount.seconds(2)
-    private var streaming: (device: String, waiter: UInt64, identity: Identity)?
-    private var polling: (device: String, waiter: UInt64)?
+    private var streaming: (box: String, waiter: UInt64, identity: Identity)?
+    private var polling: (box: String, waiter: UInt64)?
 
     init(source: HTTPSource) { self.source = source }
 
@@ -170,7 +170,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .ingest(let device, let kind, let suffix):
             submit(context, request, body, device: device, kind: kind, topic: "devices/\(device)/\(suffix)")
         case .result(let device, let command):
-            submit(context, request, body, device: device, kind: .commandResult, topic: "devices/\(device)/commands/\(command)/result",
+            submit(context, request, body, device: device, kind: .commandResult, topic: CommandTopics.result(device: device, id: command),
                    extraProperties: [KeyValue("command_id", command)])
         case .poll(let device):
             poll(context, request, device: device)
@@ -250,7 +250,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         source.host.deviceConnected(identity, remoteAddress: context.channel.remoteAddress?.description ?? "")
         let channel = context.channel
-        let id = source.mailboxes.wait(device: device, persistent: false) { command in
+        let box = CommandMailboxes.key(tenant: identity.tenant, device: device)
+        let id = source.mailboxes.wait(box: box, persistent: false) { command in
             guard channel.isActive else { return false }
             loop.execute {
                 let (handler, context) = bound.value
@@ -264,11 +265,11 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             return true
         }
         guard id != 0 else { return }
-        polling = (device, id)
+        polling = (box, id)
         loop.scheduleTask(in: .milliseconds(Int64(wait * 1000))) {
             let (handler, context) = bound.value
             guard let p = handler.polling, p.waiter == id else { return }
-            handler.source.mailboxes.cancel(device: device, waiter: id)
+            handler.source.mailboxes.cancel(box: box, waiter: id)
             handler.polling = nil
             handler.respond(context, .noContent, json: nil)
             handler.source.host.deviceDisconnected(identity, reason: "poll timed out")
@@ -283,7 +284,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let channel = context.channel
-        let id = source.mailboxes.wait(device: device, persistent: true) { command in
+        let box = CommandMailboxes.key(tenant: identity.tenant, device: device)
+        let id = source.mailboxes.wait(box: box, persistent: true) { command in
             guard channel.isActive else { return false }
             var line: [UInt8] = Array("event: command\nid: \(command.message.id)\ndata: ".utf8)
             EnvelopeJSON.encode(command.message, into: &line)
@@ -295,7 +297,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             }
             return true
         }
-        streaming = (device, id, identity)
+        streaming = (box, id, identity)
         keepAlive(context, bound)
     }
 
@@ -319,12 +321,12 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         if let s = streaming {
-            source.mailboxes.cancel(device: s.device, waiter: s.waiter)
+            source.mailboxes.cancel(box: s.box, waiter: s.waiter)
             source.host.deviceDisconnected(s.identity, reason: "stream closed")
             streaming = nil
         }
         if let p = polling {
-            source.mailboxes.cancel(device: p.device, waiter: p.waiter)
+            source.mailboxes.cancel(box: p.box, waiter: p.waiter)
             polling = nil
         }
         context.fireChannelInactive()

@@ -150,12 +150,16 @@ final class CommandMailboxes: @unchecked Sendable {
         self.ttl = ttl
     }
 
+    /// A device's mailbox: device ids are unique per tenant only.
+    static func key(tenant: String, device: String) -> String { (tenant.isEmpty ? "default" : tenant) + "/" + device }
+
     /// Hands a command to a waiting device or queues it.
     func deliver(_ c: PendingCommand) {
         var refused = false
         var taken = false
+        let key = Self.key(tenant: c.message.tenant, device: c.message.device)
         lock.withLock {
-            var box = boxes[c.message.device] ?? Box()
+            var box = boxes[key] ?? Box()
             while let w = box.waiters.first {
                 if !w.persistent { box.waiters.removeFirst() }
                 if w.take(c) {
@@ -168,21 +172,21 @@ final class CommandMailboxes: @unchecked Sendable {
                 box.queue.removeAll { $0.expires < Date() }
                 if box.queue.count >= capacity { refused = true } else { box.queue.append(c) }
             }
-            boxes[c.message.device] = box
+            boxes[key] = box
         }
         if refused { c.ack.reject("the device's command queue is full (\(capacity))") }
     }
 
     /// The next queued command, or registers `take` to receive one. Returns the waiter id (0 when a
     /// queued command was handed over at once).
-    func wait(device: String, persistent: Bool, take: @escaping Waiter) -> UInt64 {
+    func wait(box key: String, persistent: Bool, take: @escaping Waiter) -> UInt64 {
         var ready: [PendingCommand] = []
         let id: UInt64 = lock.withLock {
-            var box = boxes[device] ?? Box()
+            var box = boxes[key] ?? Box()
             box.queue.removeAll { $0.expires < Date() }
             if !persistent, !box.queue.isEmpty {
                 ready = [box.queue.removeFirst()]
-                boxes[device] = box
+                boxes[key] = box
                 return 0
             }
             if persistent {
@@ -192,15 +196,15 @@ final class CommandMailboxes: @unchecked Sendable {
             let id = nextWaiter
             nextWaiter += 1
             box.waiters.append((id, take, persistent))
-            boxes[device] = box
+            boxes[key] = box
             return id
         }
         for c in ready where !take(c) { deliver(c) }
         return id
     }
 
-    func cancel(device: String, waiter: UInt64) {
-        lock.withLock { boxes[device]?.waiters.removeAll { $0.id == waiter } }
+    func cancel(box key: String, waiter: UInt64) {
+        lock.withLock { boxes[key]?.waiters.removeAll { $0.id == waiter } }
     }
 
     func closeAll() {

@@ -207,12 +207,15 @@ public final class ServerConnection: @unchecked Sendable {
             return refuse(c.password == nil ? MQTTReason.notAuthorized : MQTTReason.badUsernameOrPassword,
                           c.password == nil ? 0x05 : 0x04, "authentication failed")
         }
+        let space = TenantSpace(tenant: identity.tenant)
         if let w = c.will {
             guard w.qos <= broker.config.maximumQoS else { return refuse(MQTTReason.qosNotSupported, 0x05, "will QoS is over the maximum") }
             guard !w.retain || broker.config.retainAvailable else { return refuse(MQTTReason.retainNotSupported, 0x05, "retain is not available") }
-            guard hub.mayPublish(identity, topic: w.topic) else { return refuse(MQTTReason.notAuthorized, 0x05, "not authorized to publish the will topic") }
+            guard !TenantSpace.isReserved(w.topic), hub.mayPublish(identity, topic: w.topic) else {
+                return refuse(MQTTReason.notAuthorized, 0x05, "not authorized to publish the will topic")
+            }
             let (props, expiry) = Self.messageProperties(w.properties)
-            will = BrokerMessage(topic: w.topic, payload: w.payload, qos: w.qos, retain: w.retain, properties: props, expiry: expiry)
+            will = BrokerMessage(topic: space.topic(w.topic), payload: w.payload, qos: w.qos, retain: w.retain, properties: props, expiry: expiry)
             willDelay = w.properties.integer(MQTTProperty.willDelayInterval) ?? 0
         }
         // Session expiry: MQTT 5 asks; MQTT 3.1.1 persistent sessions get the maximum.
@@ -229,7 +232,7 @@ public final class ServerConnection: @unchecked Sendable {
             serverKeepAlive = keepAlive
         }
 
-        let (session, present) = broker.openSession(clientID: clientID, cleanStart: c.cleanStart, expiry: expiry)
+        let (session, present) = broker.openSession(clientID: space.sessionKey(clientID), cleanStart: c.cleanStart, expiry: expiry)
         self.session = session
         var props: [MQTTProperty] = []
         if v5 {
@@ -248,6 +251,7 @@ public final class ServerConnection: @unchecked Sendable {
         link.send(.connack(MQTTConnAck(sessionPresent: present, reasonCode: 0, properties: props)))
         state = .connected
         link.identity = identity
+        link.space = space
         broker.attach(session, link: link, resumed: present)
         hub.connected(identity, clientID: clientID, remoteAddress: remoteAddress)
         control?.expectPackets(within: keepAlive == 0 ? 0 : Double(keepAlive) * 1.5)
@@ -307,7 +311,7 @@ public final class ServerConnection: @unchecked Sendable {
             }
         }
 
-        let allowed = topic == lastAllowedTopic || hub.mayPublish(identity, topic: topic)
+        let allowed = topic == lastAllowedTopic || (!TenantSpace.isReserved(topic) && hub.mayPublish(identity, topic: topic))
         if allowed { lastAllowedTopic = topic }
         guard allowed else {
             // MQTT 5 says why; MQTT 3.1.1 has no way to, so the message is acknowledged and dropped.
@@ -344,6 +348,7 @@ public final class ServerConnection: @unchecked Sendable {
             break
         }
         if p.qos == 2 { _ = session.beginIncoming(p.packetID ?? 0) }
+        message.topic = link.space.topic(topic)
         let delivered = broker.publish(message, from: session)
         if status == .notRouted, let slot { settle(slot, nil, noSubscribers: delivered == 0) }
         if retryDelay > .milliseconds(2) { retryDelay = .milliseconds(2) }
@@ -451,7 +456,7 @@ public final class ServerConnection: @unchecked Sendable {
                 code = MQTTReason.wildcardSubscriptionsNotSupported
             } else if identifier != nil, !broker.config.subscriptionIdentifiers {
                 code = MQTTReason.subscriptionIdentifiersNotSupported
-            } else if !hub.maySubscribe(identity, filter: plain) {
+            } else if TenantSpace.isReserved(plain) || !hub.maySubscribe(identity, filter: plain) {
                 code = MQTTReason.notAuthorized
             } else {
                 var granted = options
@@ -464,13 +469,13 @@ public final class ServerConnection: @unchecked Sendable {
         }
         link.send(.suback(MQTTSubAck(packetID: s.packetID, reasonCodes: codes)))
         for (filter, options) in accepted {
-            broker.subscribe(session, filter: filter, options: options, identifier: identifier)
+            broker.subscribe(session, filter: link.space.filter(filter), options: options, identifier: identifier)
         }
     }
 
     private func unsubscribe(_ u: MQTTUnsubscribe) {
         guard let session else { return }
-        let codes = u.filters.map { broker.unsubscribe(session, filter: $0) ? MQTTReason.success : MQTTReason.noSubscriptionExisted }
+        let codes = u.filters.map { broker.unsubscribe(session, filter: link.space.filter($0)) ? MQTTReason.success : MQTTReason.noSubscriptionExisted }
         link.send(.unsuback(MQTTSubAck(packetID: u.packetID, reasonCodes: codes)))
     }
 

@@ -64,6 +64,8 @@ public final class ClientLink: @unchecked Sendable {
     public weak var owner: ClientLinkOwner?
     /// Who is connected on it, set once at CONNECT.
     public internal(set) var identity: ClientIdentity?
+    /// The tenant's part of the broker; topics are sent without its mount.
+    public internal(set) var space = TenantSpace(tenant: "")
 
     public init(maxPendingBytes: Int = 4 << 20) {
         self.maxPendingBytes = maxPendingBytes
@@ -139,7 +141,7 @@ public final class ClientLink: @unchecked Sendable {
         }
         let v5 = version == .v5
         var extras = MQTTPacketEncoder.PublishExtras(messageExpiry: v5 ? expiry : nil, subscriptionIdentifiers: v5 ? identifiers : [])
-        var topic = m.topic
+        var topic = space.clientTopic(m.topic)
         var newAlias: UInt16?
         if v5, topicAliasMaximum > 0 {
             if let a = aliases[m.topic] {

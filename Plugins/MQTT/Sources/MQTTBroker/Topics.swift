@@ -87,3 +87,48 @@ public struct SharedFilter: Sendable, Equatable {
 
     public static func isShared(_ text: String) -> Bool { text.hasPrefix("$share/") }
 }
+
+/// Where one tenant's clients live in the broker. Every topic, filter and session of a client of tenant
+/// `T` is kept under the mount point `$tenant/T/`, so clients of different tenants never see each
+/// other's messages, retained messages or sessions, even when they use the same topics and client ids.
+/// Clients see their own topics only; the mount is added on the way in and taken off on the way out.
+/// The tenant `default` (static users, token-list devices) has no mount: a single-tenant hub is a
+/// plain MQTT broker. Topics under `$tenant/` are reserved: no client may name one.
+public struct TenantSpace: Sendable, Equatable {
+    public static let reservedPrefix = "$tenant/"
+    public let mount: String
+
+    public init(tenant: String) {
+        mount = tenant.isEmpty || tenant == "default" ? "" : Self.reservedPrefix + tenant + "/"
+    }
+
+    /// Whether a tenant id can be a mount: not empty, and no `/`, `+`, `#` or U+0000.
+    public static func isValidTenant(_ tenant: String) -> Bool {
+        !tenant.isEmpty && !tenant.utf8.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 == 0 }
+    }
+
+    /// Whether a client-supplied topic or filter names the reserved space.
+    public static func isReserved(_ topicOrFilter: String) -> Bool {
+        topicOrFilter.utf8.starts(with: reservedPrefix.utf8)
+    }
+
+    /// The broker's topic for a client's topic.
+    public func topic(_ clientTopic: String) -> String { mount.isEmpty ? clientTopic : mount + clientTopic }
+
+    /// The broker's filter for a client's filter; a shared subscription keeps its group in front.
+    public func filter(_ clientFilter: String) -> String {
+        guard !mount.isEmpty else { return clientFilter }
+        if let s = SharedFilter(clientFilter) { return "$share/" + s.group + "/" + mount + s.filter }
+        return mount + clientFilter
+    }
+
+    /// A broker topic as the client sees it.
+    public func clientTopic(_ brokerTopic: String) -> String {
+        guard !mount.isEmpty, brokerTopic.utf8.starts(with: mount.utf8) else { return brokerTopic }
+        return String(decoding: brokerTopic.utf8.dropFirst(mount.utf8.count), as: UTF8.self)
+    }
+
+    /// The key of a client's session: client ids are unique per tenant, not across tenants. U+0000
+    /// cannot occur in a client id, so the key cannot collide with another tenant's.
+    public func sessionKey(_ clientID: String) -> String { mount.isEmpty ? clientID : mount + "\u{0}" + clientID }
+}

@@ -314,12 +314,15 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     func downlink(_ message: Message, ack: Ack) -> Bool {
         guard let broker else { return false }
         let topic = config.command_topic.replacingOccurrences(of: "{device}", with: message.device)
-        let m = BrokerMessage(message, defaultTopic: topic)
-        guard !m.topic.isEmpty, !m.topic.contains("+"), !m.topic.contains("#") else {
+        var m = BrokerMessage(message, defaultTopic: topic)
+        guard !m.topic.isEmpty, !m.topic.contains("+"), !m.topic.contains("#"), !TenantSpace.isReserved(m.topic) else {
             ack.reject("'\(m.topic)' is not a topic name")
             return true
         }
-        if broker.publish(m, from: nil) > 0 { ack.succeed() } else { ack.reject("no MQTT client is subscribed to \(m.topic)") }
+        let clientTopic = m.topic
+        // Into the message's tenant's part of the broker: only that tenant's clients can receive it.
+        m.topic = TenantSpace(tenant: message.tenant).topic(clientTopic)
+        if broker.publish(m, from: nil) > 0 { ack.succeed() } else { ack.reject("no MQTT client is subscribed to \(clientTopic)") }
         return true
     }
 }

@@ -30,11 +30,13 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
             guard let name = u.username, !name.isEmpty else { throw PluginError("every entry of users needs a username") }
             guard u.password?.isEmpty == false else { throw PluginError("user '\(name)' needs a password") }
             guard byName[name] == nil else { throw PluginError("user '\(name)' is listed twice") }
+            if let t = u.tenant, !TenantSpace.isValidTenant(t) { throw PluginError("user '\(name)': '\(t)' is not a tenant id (no '/', '+' or '#')") }
             for f in (u.publish ?? []) + (u.subscribe ?? []) where !Topics.isValidFilter(f.replacingOccurrences(of: "%c", with: "c").replacingOccurrences(of: "%u", with: "u")) {
                 throw PluginError("user '\(name)': '\(f)' is not a valid topic filter")
             }
             byName[name] = u
         }
+        if let t = anonymous?.tenant, !TenantSpace.isValidTenant(t) { throw PluginError("anonymous: '\(t)' is not a tenant id (no '/', '+' or '#')") }
         self.users = byName
         self.anonymous = anonymous
     }
@@ -140,8 +142,10 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
                        contentType: contentType, payload: Array(m.payload.readableBytesView), qos: m.qos, properties: props)
     }
 
-    /// `.../events` is an event, `.../attributes` attributes, everything else telemetry.
+    /// `.../events` is an event, `.../attributes` attributes, `devices/{id}/results/{command}` an answer
+    /// to a command, everything else telemetry.
     static func kind(of topic: String) -> MessageKind {
+        if CommandTopics.isResult(topic) { return .commandResult }
         if topic.hasSuffix("/events") || topic.hasSuffix("/event") { return .event }
         if topic.hasSuffix("/attributes") { return .attributes }
         return .telemetry
