@@ -56,14 +56,14 @@ enum AccountsAPI {
 
         router.get("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try target(request, p)
                 return HubAPI.json(.object(Value.Object([("items", .array(try await accounts.keys(tenant: tenant).map { json($0) }))])))
             }
         })
         router.post("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
                 let body = try await JSONBody.read(request, allowed: ["name", "role", "expires_in", "tenant"])
-                let tenant = try target(try body.string("tenant"), p)
+                let tenant = try target(request, p, body: body)
                 let roleName = try body.string("role") ?? Role.viewer.rawValue
                 guard let role = Role(rawValue: roleName) else {
                     throw APIProblem(.badRequest, "unknown role '\(roleName.prefix(32))'; roles: \(Role.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -79,7 +79,7 @@ enum AccountsAPI {
         router.delete("/v1/api-keys/:key", use: guarded(.tenant(.admin)) { request, context, p in
             try await answer {
                 let id = try context.parameters.require("key")
-                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try target(request, p)
                 guard try await accounts.revokeKey(tenant: tenant, id: id) else { return notFound("API key", id) }
                 await p.record("api_key.revoke", target: id, tenant: tenant)
                 return Response(status: .noContent)
@@ -93,14 +93,14 @@ enum AccountsAPI {
     static func addUsers(to router: Router<HubRequestContext>, accounts: Accounts, audit: AuditLog, guarded: Guard) {
         router.get("/v1/users", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try target(request, p)
                 return HubAPI.json(.object(Value.Object([("items", .array(try await accounts.users(tenant: tenant).map(json)))])))
             }
         })
         router.post("/v1/users", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
                 let body = try await JSONBody.read(request, allowed: ["email", "name", "role", "password", "tenant"])
-                let tenant = try target(try body.string("tenant"), p)
+                let tenant = try target(request, p, body: body)
                 let roleName = try body.string("role") ?? Role.viewer.rawValue
                 guard let role = Role(rawValue: roleName) else { throw APIProblem(.badRequest, "unknown role '\(roleName.prefix(32))'") }
                 guard role <= p.key.role else { throw APIProblem(.forbidden, "a key with the role \(p.key.role.rawValue) cannot create a user with the role \(role.rawValue)") }
@@ -113,7 +113,7 @@ enum AccountsAPI {
         router.delete("/v1/users/:email", use: guarded(.tenant(.admin)) { request, context, p in
             try await answer {
                 let email = try context.parameters.require("email")
-                let tenant = try target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try target(request, p)
                 guard try await accounts.deleteUser(tenant: tenant, email: email) else { throw APIProblem(.notFound, "no user '\(email.prefix(64))'") }
                 await p.record("user.delete", target: email, tenant: tenant)
                 return Response(status: .noContent)
@@ -149,7 +149,7 @@ enum AccountsAPI {
         router.get("/v1/audit", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
                 let q = request.uri.queryParameters
-                let tenant = try target(q.get("tenant"), p)
+                let tenant = try target(request, p)
                 // The system tenant's admins see every tenant's entries unless they name one.
                 let all = p.tenant.system && q.get("tenant") == nil
                 let limit = q.get("limit").flatMap(Int.init) ?? 100
@@ -171,6 +171,14 @@ enum AccountsAPI {
     }
 
     /// The tenant a request acts on: the caller's own, or (for the system tenant's keys) the one named.
+    /// The tenant a request is for: the one `?tenant=` (or the body's `tenant`) names, else the caller's.
+    static func target(_ request: Request, _ p: Principal, body: JSONBody? = nil) throws -> String {
+        let query = request.uri.queryParameters.get("tenant")
+        let field = try body?.string("tenant")
+        if let query, let field, query != field { throw APIProblem(.badRequest, "?tenant= and the body's tenant differ") }
+        return try target(query ?? field, p)
+    }
+
     static func target(_ named: String?, _ p: Principal) throws -> String {
         guard let named, named != p.tenant.id else { return p.tenant.id }
         // Another tenant's keys answer as if the tenant did not exist.

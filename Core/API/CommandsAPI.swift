@@ -61,7 +61,7 @@ enum CommandsAPI {
     /// The tenant and device a request names. The device must be in the tenant's registry; the system
     /// tenant's keys may also command devices of the hub's token list (tenant `default`), which are not.
     static func resolve(_ context: HubRequestContext, _ request: Request, _ p: Principal, _ devices: Devices) async throws -> (String, String) {
-        let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+        let tenant = try AccountsAPI.target(request, p)
         let device = try context.parameters.require("device")
         if try await devices.get(tenant: tenant, id: device) != nil { return (tenant, device) }
         if p.tenant.system, tenant == p.tenant.id, isTopicLevel(device) { return ("default", device) }

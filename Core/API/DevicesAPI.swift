@@ -12,7 +12,7 @@ enum DevicesAPI {
         router.get("/v1/devices", use: guarded(.tenant(.viewer)) { request, _, p in
             try await AccountsAPI.answer {
                 let q = request.uri.queryParameters
-                let tenant = try AccountsAPI.target(q.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 let limit = q.get("limit").flatMap(Int.init) ?? 100
                 guard (1...1000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 1000") }
                 var label: (String, String)?
@@ -30,7 +30,7 @@ enum DevicesAPI {
         router.post("/v1/devices", use: guarded(.tenant(.admin)) { request, _, p in
             try await AccountsAPI.answer {
                 let body = try await JSONBody.read(request, allowed: ["id", "name", "profile", "labels", "tenant"])
-                let tenant = try AccountsAPI.target(try body.string("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p, body: body)
                 let d = try await devices.create(tenant: tenant, id: try body.string("id", required: true)!, name: try body.string("name") ?? "",
                                                  profile: try body.string("profile") ?? "default", labels: try body.strings("labels") ?? [:])
                 await p.record("device.create", target: d.id, tenant: tenant)
@@ -42,7 +42,7 @@ enum DevicesAPI {
         router.post("/v1/devices/bulk", use: guarded(.tenant(.admin)) { request, _, p in
             try await AccountsAPI.answer {
                 let q = request.uri.queryParameters
-                let tenant = try AccountsAPI.target(q.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 let withTokens = q.get("tokens") == "true"
                 let isCSV = request.headers[.contentType]?.lowercased().hasPrefix("text/csv") == true
                 let buffer: ByteBuffer
@@ -74,7 +74,7 @@ enum DevicesAPI {
         router.get("/v1/devices/:device", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 guard let d = try await devices.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
                 var o = json(d)
                 if case .object(var fields) = o {
@@ -90,7 +90,7 @@ enum DevicesAPI {
         router.patch("/v1/devices/:device", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 let body = try await JSONBody.read(request, allowed: ["name", "profile", "labels"])
                 guard let d = try await devices.update(tenant: tenant, id: id, name: try body.string("name"), profile: try body.string("profile"),
                                                        labels: try body.strings("labels")) else {
@@ -103,7 +103,7 @@ enum DevicesAPI {
         router.delete("/v1/devices/:device", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 guard try await devices.delete(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
                 // Its credentials went with it: its open connections close.
                 try await directory.refresh()
@@ -120,7 +120,7 @@ enum DevicesAPI {
             try await AccountsAPI.answer {
                 let device = try context.parameters.require("device")
                 let q = request.uri.queryParameters
-                let tenant = try AccountsAPI.target(q.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 guard let key = q.get("key"), !key.isEmpty else { throw APIProblem(.badRequest, "name the series: ?key=temperature") }
                 func millis(_ name: String, _ fallback: Int64) throws -> Int64 {
                     guard let text = q.get(name) else { return fallback }
@@ -155,7 +155,7 @@ enum DevicesAPI {
         router.get("/v1/devices/:device/telemetry/latest", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
                 let device = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 let latest = try await telemetry.latest(tenant: tenant, device: device)
                 return HubAPI.json(.object(Value.Object(latest.map { ($0.key, .object(Value.Object([("time", .int($0.time)), ("value", .double($0.value))]))) })))
             }
@@ -168,7 +168,7 @@ enum DevicesAPI {
         router.get("/v1/devices/:device/credentials", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 guard try await devices.get(tenant: tenant, id: id) != nil else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
                 let list = try await devices.credentials(tenant: tenant, device: id)
                 return HubAPI.json(.object(Value.Object([("items", .array(list.map { json($0) }))])))
@@ -177,7 +177,7 @@ enum DevicesAPI {
         router.post("/v1/devices/:device/credentials", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 let body = try await JSONBody.read(request, allowed: ["kind", "fingerprint", "expires_in"])
                 let expiresAt = try body.expiry()
                 let answer: Value
@@ -199,7 +199,7 @@ enum DevicesAPI {
         router.delete("/v1/devices/:device/credentials/:credential", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try context.parameters.require("device"), credential = try context.parameters.require("credential")
-                let tenant = try AccountsAPI.target(request.uri.queryParameters.get("tenant"), p)
+                let tenant = try AccountsAPI.target(request, p)
                 guard try await devices.revokeCredential(tenant: tenant, device: id, id: credential) else {
                     throw APIProblem(.notFound, "device '\(id.prefix(128))' has no credential '\(credential.prefix(64))'")
                 }

@@ -16,6 +16,8 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         var device: String
         var digest: [UInt8]
         var expiresAt: Int64?
+        var profile: String
+        var grant: DirectoryGrant { DirectoryGrant(tenant: tenant, device: device, credential: id, profile: profile) }
     }
 
     private let devices: Devices
@@ -34,7 +36,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     public func refresh() async throws {
         var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:]
         for c in try await devices.activeCredentials() {
-            let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt)
+            let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt, profile: c.profile)
             switch c.kind {
             case .token: tokens[c.id] = e
             case .certificate: certificates[c.digest] = e
@@ -57,17 +59,17 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         }
     }
 
-    public func authenticate(_ c: Credentials) -> (tenant: String, device: String, credential: String)? {
+    public func authenticate(_ c: Credentials) -> DirectoryGrant? {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let (tokens, certificates) = state.withLockedValue { $0 }
         func valid(_ e: Entry) -> Bool { e.expiresAt.map { $0 > now } ?? true }
         // A token as the secret (HTTP bearer, MQTT password) or as the MQTT user name with no password.
         for token in [c.secret, c.secret.isEmpty ? c.username : ""] where !token.isEmpty {
             guard let id = Devices.tokenID(token), let e = tokens[id], valid(e), ConstantTime.equal(e.digest, Devices.digest(token)) else { continue }
-            return (e.tenant, e.device, e.id)
+            return e.grant
         }
         if !c.certificateFingerprint.isEmpty, let digest = Devices.fingerprintBytes(c.certificateFingerprint), let e = certificates[digest], valid(e) {
-            return (e.tenant, e.device, e.id)
+            return e.grant
         }
         return nil
     }

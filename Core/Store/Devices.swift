@@ -132,6 +132,8 @@ public struct DeviceCredential: Sendable, Equatable {
     public var createdAt: Int64
     public var expiresAt: Int64?
     public var revokedAt: Int64?
+    /// The device's profile (filled in by `activeCredentials`, for topic access).
+    public var profile = "default"
 
     public var active: Bool { revokedAt == nil }
 }
@@ -180,8 +182,14 @@ extension Devices {
 
     /// Every credential in force (not revoked, not expired), for the hub's in-memory directory.
     public func activeCredentials() async throws -> [DeviceCredential] {
-        try await store.query("SELECT * FROM device_credentials WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?)",
-                              [.integer(clock())]).map(Self.credential)
+        try await store.query("""
+            SELECT c.*, d.profile FROM device_credentials c JOIN devices d ON d.tenant_id = c.tenant_id AND d.id = c.device_id
+            WHERE c.revoked_at IS NULL AND (c.expires_at IS NULL OR c.expires_at > ?)
+            """, [.integer(clock())]).map { r in
+            var c = Self.credential(r)
+            c.profile = r.string("profile") ?? "default"
+            return c
+        }
     }
 
     static func newToken() -> (id: String, secret: String) {

@@ -58,6 +58,30 @@ let testCatalog = ComponentCatalog([
         #expect(errors("limits: { device_rate: 1 }\n") == ["site.yaml:1:11: error: unknown field 'device_rate' in limits (known fields: api_burst, api_requests_per_second, device_burst, device_messages_per_second)"])
     }
 
+    @Test func readsTopicAccessPerProfile() throws {
+        let c = try load("""
+            access:
+              profiles:
+                gateway: { publish: [ "devices/+/telemetry", "gateways/{device}/#" ], subscribe: [ "devices/+/commands/#" ] }
+                sensor: { publish: [ "devices/{device}/telemetry" ] }
+            """)
+        let access = c.access
+        #expect(access.mayPublish(profile: "gateway", device: "gw-1", topic: "devices/pump-9/telemetry"))
+        #expect(access.mayPublish(profile: "gateway", device: "gw-1", topic: "gateways/gw-1/status"))
+        #expect(!access.mayPublish(profile: "gateway", device: "gw-1", topic: "gateways/gw-2/status"))
+        #expect(access.maySubscribe(profile: "gateway", device: "gw-1", filter: "devices/pump-9/commands/#"))
+        #expect(!access.maySubscribe(profile: "gateway", device: "gw-1", filter: "devices/#"))
+        // Only what is listed; a subscription list left out is the device's own topics.
+        #expect(access.mayPublish(profile: "sensor", device: "s1", topic: "devices/s1/telemetry"))
+        #expect(!access.mayPublish(profile: "sensor", device: "s1", topic: "devices/s1/events"))
+        #expect(access.maySubscribe(profile: "sensor", device: "s1", filter: "devices/s1/commands/+"))
+        // Profiles not listed get the device's own topics.
+        #expect(access.mayPublish(profile: "other", device: "d", topic: "devices/d/x") && !access.mayPublish(profile: "other", device: "d", topic: "devices/e/x"))
+        let e = errors("access:\n  profiles:\n    p: { publish: [ \"a/#/b\" ] }\n")
+        #expect(e.count == 1 && e[0].hasPrefix("site.yaml:3:21: error: access.profiles.p.publish: 'a/#/b' is not a topic filter"), "\(e)")
+        #expect(errors("access: { profile: {} }\n").first?.contains("did you mean 'profiles'") == true, "\(errors("access: { profile: {} }\n"))")
+    }
+
     @Test func loadsAValidFile() throws {
         let c = try load(valid, env: ["HOOK_SECRET": "s3cret"])
         #expect(c.sources.map(\.name) == ["devices"])

@@ -486,6 +486,6 @@ import IoTCPluginKit
         ("devices//telemetry", "", false), ("other/s1/telemetry", "s1", false), ("devices/s1", "s1/", false),
     ])
     func confinesDevicesToTheirOwnTopics(topic: String, device: String, allowed: Bool) {
-        #expect(Hub.isOwnTopic(topic, device: device) == allowed)
+        #expect(TopicAccess.isOwnTopic(topic, device: device) == allowed)
     }
 }

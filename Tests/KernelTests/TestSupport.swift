@@ -86,8 +86,10 @@ func eventually(timeout: TimeInterval = 10, _ condition: () -> Bool) -> Bool {
 final class ChildProcess {
     let process = Process()
     let output: URL
+    /// Its standard input, when it was started `interactive`.
+    private var input: Pipe?
 
-    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil) throws {
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil, interactive: Bool = false) throws {
         output = FileManager.default.temporaryDirectory.appendingPathComponent("iotc-child-\(UUID().uuidString).log")
         FileManager.default.createFile(atPath: output.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: executable)
@@ -99,8 +101,15 @@ final class ChildProcess {
         let handle = try FileHandle(forWritingTo: output)
         process.standardOutput = handle
         process.standardError = handle
+        if interactive {
+            input = Pipe()
+            process.standardInput = input
+        }
         try withSignalsUnblocked { try process.run() }
     }
+
+    /// Writes a line to its standard input.
+    func send(_ line: String) { input?.fileHandleForWriting.write(Data((line + "\n").utf8)) }
 
     var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
     var pid: Int32 { process.processIdentifier }

@@ -8,6 +8,7 @@ public struct HubConfig: Sendable {
     public var pipelines: [PipelineConfig] = []
     public var auth = AuthConfig()
     public var limits = LimitsConfig()
+    public var access = TopicAccess()
     public var files: [String] = []
 
     public func source(_ name: String) -> ComponentConfig? { sources.first { $0.name == name } }

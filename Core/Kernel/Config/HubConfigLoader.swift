@@ -61,6 +61,19 @@ public struct HubConfigLoader: Sendable {
         ConfigField("api_burst", .float, "API requests a key may make at once above its rate (default: twice the rate).", default: "0"),
     ]
 
+    public static let profileFields: [ConfigField] = [
+        ConfigField("publish", .list(.string), "Topic filters the profile's devices may publish to; `{device}` is the device's own id.",
+                    default: #"[ "devices/{device}/#" ]"#, example: #"[ "devices/{device}/#", "gateways/{device}/#" ]"#),
+        ConfigField("subscribe", .list(.string), "Topic filters the profile's devices may subscribe to (a subscription must lie within one of them).",
+                    default: #"[ "devices/{device}/#" ]"#, example: #"[ "devices/+/commands/#" ]"#),
+    ]
+
+    public static let accessFields: [ConfigField] = [
+        ConfigField("profiles", .map(.object(profileFields)), """
+            Topic access per device profile, always within the device's own tenant. A profile not listed gets             `default`'s access; `default`, unless set, is the device's own topics (`devices/{device}/#`).
+            """, default: "{}"),
+    ]
+
     public static let topLevelFields: [ConfigField] = [
         ConfigField("version", .int, "Pipeline file format version.", default: "1", options: []),
         ConfigField("sources", .map(.object(sourceFields)), "Named source instances.", default: "{}"),
@@ -68,6 +81,7 @@ public struct HubConfigLoader: Sendable {
         ConfigField("pipelines", .map(.object(pipelineFields)), "Named pipelines.", default: "{}"),
         ConfigField("auth", .object(authFields), "Device authentication.", default: "{}"),
         ConfigField("limits", .object(limitFields), "Rate limits per device and per API key.", default: "{}"),
+        ConfigField("access", .object(accessFields), "Which topics devices may use, per device profile.", default: "{}"),
     ]
 
     /// Loads and checks files; throws every error found (warnings are returned).
@@ -154,9 +168,32 @@ public struct HubConfigLoader: Sendable {
                         if case .mapping(let pairs, _) = value, let pair = pairs.first(where: { $0.key == k }) { at = pair.value.location }
                         if n < 0 { d.error(at, "limits.\(k) cannot be negative", hint: "use 0 for no limit") } else { config.limits[keyPath: keyPath] = n }
                     }
+                case "access":
+                    let o = v.object(value, fields: Self.accessFields, context: "access")
+                    guard case .object(let profiles)? = o["profiles"] else { break }
+                    let profileNodes = value["profiles"].map { mappingPairs($0, "'access.profiles'", &d) } ?? []
+                    for (name, rules) in profiles {
+                        guard case .object(let r) = rules else { continue }
+                        let node = profileNodes.first { $0.0 == name }?.2
+                        func filters(_ key: String) -> [String] {
+                            guard case .array(let items)? = r[key] else { return TopicAccess.Rules.ownTopics.publish }
+                            var out: [String] = []
+                            for (i, item) in items.enumerated() {
+                                guard case .string(let f) = item else { continue }
+                                if let why = TopicFilter.validate(TopicAccess.fill(f, "device")) {
+                                    let at = listItems(node?[key]).dropFirst(i).first?.location ?? node?.location ?? value.location
+                                    d.error(at, "access.profiles.\(name).\(key): '\(f)' is not a topic filter: \(why)")
+                                }
+                                out.append(f)
+                            }
+                            return out
+                        }
+                        if config.access.profiles[name] != nil, let node { d.error(node.location, "profile '\(name)' is defined twice") }
+                        config.access.profiles[name] = TopicAccess.Rules(publish: filters("publish"), subscribe: filters("subscribe"))
+                    }
                 default:
                     let hint = Suggest.closest(key, in: Self.topLevelFields.map(\.name)).map { "did you mean '\($0)'?" }
-                        ?? "a pipeline file has sources, sinks, pipelines, auth and limits"
+                        ?? "a pipeline file has sources, sinks, pipelines, auth, limits and access"
                     d.error(keyLoc, "unknown section '\(key)'", hint: hint)
                 }
             }

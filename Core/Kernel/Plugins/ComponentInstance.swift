@@ -253,6 +253,8 @@ final class GrantedIdentity: @unchecked Sendable {
     let device: String
     /// The registry credential it was granted on, if any.
     var credential: String?
+    /// Its profile, which decides the topics it may use.
+    var profile = "default"
     /// The source it was granted to.
     weak var source: ComponentInstance?
     let cTenant: UnsafeMutablePointer<CChar>

@@ -37,5 +37,21 @@ struct DeviceAuthenticator: Sendable {
 public protocol DeviceDirectory: AnyObject, Sendable {
     /// The tenant and device for these credentials, and the credential's id (the hub closes the
     /// device's connections when it is revoked), or nil when they are unknown, revoked or expired.
-    func authenticate(_ c: Credentials) -> (tenant: String, device: String, credential: String)?
+    func authenticate(_ c: Credentials) -> DirectoryGrant?
+}
+
+/// A device the directory recognised: its tenant and id, the credential it used (the hub closes the
+/// device's connections when it is revoked) and its profile (which decides its topic access).
+public struct DirectoryGrant: Sendable, Equatable {
+    public var tenant: String
+    public var device: String
+    public var credential: String
+    public var profile: String
+
+    public init(tenant: String, device: String, credential: String, profile: String = "default") {
+        self.tenant = tenant
+        self.device = device
+        self.credential = credential
+        self.profile = profile
+    }
 }

@@ -22,6 +22,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var pipelines: [String: PipelineRuntime] = [:]
     /// Source name to the pipelines reading it, with their topic filters.
     private var authenticator = DeviceAuthenticator(AuthConfig())
+    /// Topic access per device profile; replaced on reload.
+    private var topicAccess = TopicAccess()
     /// The device registry, consulted before the static tokens.
     private var directory: (any DeviceDirectory)?
     /// The store, for the `store` sink.
@@ -174,6 +176,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             sinks = newSinks
             pipelines = newPipelines
             authenticator = DeviceAuthenticator(new.auth)
+            topicAccess = new.access
         }
         limiters.withLockedValue { current in
             // Unchanged limits keep their buckets.
@@ -387,6 +390,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
         let identity = GrantedIdentity(tenant: tenant, device: device)
         identity.credential = registered?.credential
+        if let registered { identity.profile = registered.profile }
         identity.source = from
         let now = clock()
         let handle = lock.withLock { () -> UInt64 in
@@ -404,21 +408,12 @@ public final class Hub: HostServices, @unchecked Sendable {
         return (identity, handle)
     }
 
+    /// A device's topic access, by its profile (the `access` section of the pipeline files). Its
+    /// tenant's confinement is the source's: topics are always within the device's tenant.
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool {
-        guard let identity = lock.withLock({ identities[handle] }) else { return false }
-        // Until per-profile ACLs exist, a device may use only its own topics.
-        return Self.isOwnTopic(topic, device: identity.device)
-    }
-
-    /// Whether `topic` is `devices/DEVICE` or below it (compared byte by byte, without building strings).
-    static func isOwnTopic(_ topic: String, device: String) -> Bool {
-        var t = topic.utf8[...]
-        let prefix = "devices/".utf8
-        guard !device.isEmpty, t.starts(with: prefix) else { return false }
-        t = t.dropFirst(prefix.count)
-        guard t.starts(with: device.utf8) else { return false }
-        t = t.dropFirst(device.utf8.count)
-        return t.isEmpty || t.first == UInt8(ascii: "/")
+        guard let (identity, access) = lock.withLock({ identities[handle].map { ($0, topicAccess) } }) else { return false }
+        if action == IOTC_ACTION_SUBSCRIBE { return access.maySubscribe(profile: identity.profile, device: identity.device, filter: topic) }
+        return access.mayPublish(profile: identity.profile, device: identity.device, topic: topic)
     }
 
     /// Closes the connections of every device authenticated with one of these credentials (they were
