@@ -15,6 +15,14 @@ public struct HubRequestContext: RequestContext, RemoteAddressRequestContext {
     }
 
     var caller: String { remoteAddress?.ipAddress ?? remoteAddress?.description ?? "" }
+
+    /// A path parameter, percent-decoded (`%3A` is `:`, `%40` is `@`); malformed escapes are a 400.
+    func parameter(_ name: String) throws -> String {
+        let raw = try parameters.require(name)
+        guard raw.contains("%") else { return raw }
+        guard let decoded = raw.removingPercentEncoding else { throw APIProblem(.badRequest, "the path's \(name) has a malformed %-escape") }
+        return decoded
+    }
 }
 
 /// Who is calling: an API key and its tenant, and where from.
@@ -23,6 +31,7 @@ public struct Principal: Sendable {
     public let tenant: Tenant
     let source: String
     let audit: AuditLog
+    let accounts: Accounts
 
     /// Appends to the audit log what this caller did (to its own tenant unless another is named).
     func record(_ action: String, target: String, tenant: String? = nil, outcome: String = "ok", detail: String = "") async {
@@ -65,7 +74,7 @@ struct Guard: Sendable {
                 return unauthorized("the API key is not valid: unknown, revoked or expired")
             }
             if let wait = limit(key.id) { return HubAPI.tooManyRequests("this API key is over its request rate", wait: wait) }
-            let principal = Principal(key: key, tenant: tenant, source: context.caller, audit: audit)
+            let principal = Principal(key: key, tenant: tenant, source: context.caller, audit: audit, accounts: accounts)
             let needed: Role
             switch access {
             case .hub(let role):
@@ -81,7 +90,8 @@ struct Guard: Sendable {
                 await principal.record("access.denied", target: what, outcome: "denied", detail: "needs the role \(needed.rawValue)")
                 return HubAPI.problem(.forbidden, "this needs the role \(needed.rawValue) or higher; the key has \(key.role.rawValue)")
             }
-            return try await body(request, context, principal)
+            // Refusals (APIProblem, store constraints) answer as problem documents, whatever the handler.
+            return try await AccountsAPI.answer { try await body(request, context, principal) }
         }
     }
 
@@ -102,10 +112,16 @@ struct JSONBody {
     let fields: Value.Object
 
     static func read(_ request: Request, allowed: Set<String>, limit: Int = 64 << 10) async throws -> JSONBody {
+        try await read(request, allowed: allowed, limit: limit, emptyIsNull: false)!
+    }
+
+    /// As `read`; an empty body is nil when `emptyIsNull`.
+    static func read(_ request: Request, allowed: Set<String>, limit: Int, emptyIsNull: Bool) async throws -> JSONBody? {
         let buffer: ByteBuffer
         do { buffer = try await request.body.collect(upTo: limit) } catch {
             throw APIProblem(.contentTooLarge, "the body is over \(limit) bytes")
         }
+        if emptyIsNull, buffer.readableBytes == 0 { return nil }
         let value: Value
         do { value = try JSON.decode(Array(buffer.readableBytesView)) } catch {
             throw APIProblem(.badRequest, "the body is not valid JSON: \(error)")
@@ -162,8 +178,40 @@ struct JSONBody {
         switch fields[name] {
         case nil, .null?: return nil
         case .int(let i)?: return i
+        case .double(let d)? where d == d.rounded() && abs(d) < 9e15: return Int64(d)
         default: throw APIProblem(.badRequest, "the field '\(name)' should be an integer")
         }
+    }
+}
+
+/// A request's query parameters, checked: a value given twice, or a number that is not one, is a 400
+/// with the reason, never silently a default.
+struct Query {
+    let request: Request
+
+    init(_ request: Request) { self.request = request }
+
+    func string(_ name: String) throws -> String? {
+        let all = request.uri.queryParameters.getAll(name)
+        guard all.count <= 1 else { throw APIProblem(.badRequest, "?\(name) is given \(all.count) times") }
+        return all.first
+    }
+
+    func integer(_ name: String, _ range: ClosedRange<Int64>) throws -> Int64? {
+        guard let text = try string(name) else { return nil }
+        guard let v = Int64(text), range.contains(v) else {
+            throw APIProblem(.badRequest, "?\(name) is an integer from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return v
+    }
+
+    /// `?limit=`: 1 to `max`, `fallback` when absent.
+    func limit(max: Int64 = 1000, fallback: Int64 = 100) throws -> Int { Int(try integer("limit", 1...max) ?? fallback) }
+
+    func boolean(_ name: String) throws -> Bool? {
+        guard let text = try string(name) else { return nil }
+        guard text == "true" || text == "false" else { throw APIProblem(.badRequest, "?\(name) is true or false") }
+        return text == "true"
     }
 }
 

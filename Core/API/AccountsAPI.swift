@@ -29,14 +29,14 @@ enum AccountsAPI {
             }
         })
         router.get("/v1/tenants/:tenant", use: guarded(.tenant(.viewer)) { _, context, p in
-            let id = try context.parameters.require("tenant")
+            let id = try context.parameter("tenant")
             guard p.tenant.system || id == p.tenant.id, let t = try await accounts.tenant(id) else { return notFound("tenant", id) }
             return HubAPI.json(json(t))
         })
         // A tenant's owner sets its retention; the system tenant's owners may set any tenant's.
         router.patch("/v1/tenants/:tenant", use: guarded(.tenant(.owner)) { request, context, p in
             try await answer {
-                let id = try context.parameters.require("tenant")
+                let id = try context.parameter("tenant")
                 guard p.tenant.system || id == p.tenant.id else { throw APIProblem(.notFound, "no tenant '\(id.prefix(64))'") }
                 let body = try await JSONBody.read(request, allowed: ["retention_days"])
                 guard let days = try body.integer("retention_days") else { throw APIProblem(.badRequest, "nothing to change: retention_days") }
@@ -48,7 +48,7 @@ enum AccountsAPI {
             }
         })
         router.delete("/v1/tenants/:tenant", use: guarded(.hub(.owner)) { _, context, p in
-            let id = try context.parameters.require("tenant")
+            let id = try context.parameter("tenant")
             guard try await accounts.deleteTenant(id) else { return notFound("tenant", id, "(the system tenant cannot be deleted)") }
             await p.record("tenant.delete", target: id)
             return Response(status: .noContent)
@@ -56,14 +56,14 @@ enum AccountsAPI {
 
         router.get("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let tenant = try target(request, p)
+                let tenant = try await target(request, p)
                 return HubAPI.json(.object(Value.Object([("items", .array(try await accounts.keys(tenant: tenant).map { json($0) }))])))
             }
         })
         router.post("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let body = try await JSONBody.read(request, allowed: ["name", "role", "expires_in", "tenant"])
-                let tenant = try target(request, p, body: body)
+                let body = try await JSONBody.read(request, allowed: ["name", "role", "expires_in"])
+                let tenant = try await target(request, p)
                 let roleName = try body.string("role") ?? Role.viewer.rawValue
                 guard let role = Role(rawValue: roleName) else {
                     throw APIProblem(.badRequest, "unknown role '\(roleName.prefix(32))'; roles: \(Role.allCases.map(\.rawValue).joined(separator: ", "))")
@@ -78,8 +78,8 @@ enum AccountsAPI {
         })
         router.delete("/v1/api-keys/:key", use: guarded(.tenant(.admin)) { request, context, p in
             try await answer {
-                let id = try context.parameters.require("key")
-                let tenant = try target(request, p)
+                let id = try context.parameter("key")
+                let tenant = try await target(request, p)
                 guard try await accounts.revokeKey(tenant: tenant, id: id) else { return notFound("API key", id) }
                 await p.record("api_key.revoke", target: id, tenant: tenant)
                 return Response(status: .noContent)
@@ -93,14 +93,14 @@ enum AccountsAPI {
     static func addUsers(to router: Router<HubRequestContext>, accounts: Accounts, audit: AuditLog, guarded: Guard) {
         router.get("/v1/users", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let tenant = try target(request, p)
+                let tenant = try await target(request, p)
                 return HubAPI.json(.object(Value.Object([("items", .array(try await accounts.users(tenant: tenant).map(json)))])))
             }
         })
         router.post("/v1/users", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let body = try await JSONBody.read(request, allowed: ["email", "name", "role", "password", "tenant"])
-                let tenant = try target(request, p, body: body)
+                let body = try await JSONBody.read(request, allowed: ["email", "name", "role", "password"])
+                let tenant = try await target(request, p)
                 let roleName = try body.string("role") ?? Role.viewer.rawValue
                 guard let role = Role(rawValue: roleName) else { throw APIProblem(.badRequest, "unknown role '\(roleName.prefix(32))'") }
                 guard role <= p.key.role else { throw APIProblem(.forbidden, "a key with the role \(p.key.role.rawValue) cannot create a user with the role \(role.rawValue)") }
@@ -112,8 +112,8 @@ enum AccountsAPI {
         })
         router.delete("/v1/users/:email", use: guarded(.tenant(.admin)) { request, context, p in
             try await answer {
-                let email = try context.parameters.require("email")
-                let tenant = try target(request, p)
+                let email = try context.parameter("email")
+                let tenant = try await target(request, p)
                 guard try await accounts.deleteUser(tenant: tenant, email: email) else { throw APIProblem(.notFound, "no user '\(email.prefix(64))'") }
                 await p.record("user.delete", target: email, tenant: tenant)
                 return Response(status: .noContent)
@@ -149,13 +149,12 @@ enum AccountsAPI {
         router.get("/v1/audit", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
                 let q = request.uri.queryParameters
-                let tenant = try target(request, p)
+                let tenant = try await target(request, p)
                 // The system tenant's admins see every tenant's entries unless they name one.
                 let all = p.tenant.system && q.get("tenant") == nil
-                let limit = q.get("limit").flatMap(Int.init) ?? 100
-                guard (1...1000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 1000") }
-                let entries = try await audit.entries(tenant: all ? nil : tenant, action: q.get("action"),
-                                                      before: q.get("before").flatMap(Int64.init), limit: limit)
+                let query = Query(request)
+                let entries = try await audit.entries(tenant: all ? nil : tenant, action: try query.string("action"),
+                                                      before: try query.integer("before", 0...Int64.max), limit: try query.limit())
                 return HubAPI.json(.object(Value.Object([("items", .array(entries.map(json)))])))
             }
         })
@@ -170,13 +169,13 @@ enum AccountsAPI {
         ]))
     }
 
-    /// The tenant a request acts on: the caller's own, or (for the system tenant's keys) the one named.
-    /// The tenant a request is for: the one `?tenant=` (or the body's `tenant`) names, else the caller's.
-    static func target(_ request: Request, _ p: Principal, body: JSONBody? = nil) throws -> String {
-        let query = request.uri.queryParameters.get("tenant")
-        let field = try body?.string("tenant")
-        if let query, let field, query != field { throw APIProblem(.badRequest, "?tenant= and the body's tenant differ") }
-        return try target(query ?? field, p)
+    /// The tenant a request acts on: the caller's own, or (for the system tenant's keys) the one `?tenant=` names.
+    static func target(_ request: Request, _ p: Principal) async throws -> String {
+        let named = try Query(request).string("tenant")
+        if let named, !Accounts.isValidID(named) { throw APIProblem(.badRequest, "?tenant is a tenant id: 1 to 63 lower-case letters, digits and dashes") }
+        let tenant = try target(named, p)
+        if tenant != p.tenant.id, try await p.accounts.tenant(tenant) == nil { throw APIProblem(.notFound, "no tenant '\(tenant)'") }
+        return tenant
     }
 
     static func target(_ named: String?, _ p: Principal) throws -> String {

@@ -25,18 +25,18 @@ enum CommandsAPI {
                 let sent = try await center.send(tenant: tenant, device: device, name: name, payload: body.fields["payload"] ?? .object(Value.Object()),
                                                  expiresIn: TimeInterval(expiresIn), source: source)
                 await p.record("command.send", target: "device \(device)", tenant: tenant, detail: "\(name) (\(sent.id), \(sent.status.rawValue))")
-                let now = try await center.wait(tenant: tenant, id: sent.id, timeout: timeout) ?? sent
+                // A device that is offline gets it when it connects: nothing to wait for now.
+                let now = sent.status == .queued ? sent : try await center.wait(tenant: tenant, id: sent.id, timeout: timeout) ?? sent
                 return HubAPI.json(json(now), status: now.status.isFinal ? .ok : .accepted)
             }
         })
         router.get("/v1/devices/:device/commands", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
                 let (tenant, device) = try await resolve(context, request, p, devices)
-                let q = request.uri.queryParameters
-                let limit = q.get("limit").flatMap(Int.init) ?? 100
-                guard (1...1000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 1000") }
+                let query = Query(request)
+                let limit = try query.limit()
                 var status: DeviceCommand.Status?
-                if let s = q.get("status") {
+                if let s = try query.string("status") {
                     guard let v = DeviceCommand.Status(rawValue: s) else {
                         throw APIProblem(.badRequest, "status is one of \(DeviceCommand.Status.allCases.map(\.rawValue).joined(separator: ", "))")
                     }
@@ -49,7 +49,7 @@ enum CommandsAPI {
         router.get("/v1/devices/:device/commands/:id", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
                 let (tenant, device) = try await resolve(context, request, p, devices)
-                let id = try context.parameters.require("id")
+                let id = try context.parameter("id")
                 guard let c = try await center.commands.get(tenant: tenant, id: id), c.device == device else {
                     throw APIProblem(.notFound, "no command '\(id.prefix(64))' for device '\(device.prefix(64))'")
                 }
@@ -61,8 +61,8 @@ enum CommandsAPI {
     /// The tenant and device a request names. The device must be in the tenant's registry; the system
     /// tenant's keys may also command devices of the hub's token list (tenant `default`), which are not.
     static func resolve(_ context: HubRequestContext, _ request: Request, _ p: Principal, _ devices: Devices) async throws -> (String, String) {
-        let tenant = try AccountsAPI.target(request, p)
-        let device = try context.parameters.require("device")
+        let tenant = try await AccountsAPI.target(request, p)
+        let device = try DevicesAPI.device(context)
         if try await devices.get(tenant: tenant, id: device) != nil { return (tenant, device) }
         if p.tenant.system, tenant == p.tenant.id, isTopicLevel(device) { return ("default", device) }
         throw APIProblem(.notFound, "no device '\(device.prefix(64))'")

@@ -11,16 +11,15 @@ enum DevicesAPI {
     static func add(to router: Router<HubRequestContext>, hub: Hub, devices: Devices, directory: RegistryDirectory, guarded: Guard) {
         router.get("/v1/devices", use: guarded(.tenant(.viewer)) { request, _, p in
             try await AccountsAPI.answer {
-                let q = request.uri.queryParameters
-                let tenant = try AccountsAPI.target(request, p)
-                let limit = q.get("limit").flatMap(Int.init) ?? 100
-                guard (1...1000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 1000") }
+                let tenant = try await AccountsAPI.target(request, p)
+                let query = Query(request)
+                let limit = try query.limit()
                 var label: (String, String)?
-                if let l = q.get("label") {
+                if let l = try query.string("label") {
                     guard let colon = l.firstIndex(of: ":") else { throw APIProblem(.badRequest, "label reads KEY:VALUE") }
                     label = (String(l[..<colon]), String(l[l.index(after: colon)...]))
                 }
-                let page = try await devices.list(tenant: tenant, label: label, after: q.get("after"), limit: limit)
+                let page = try await devices.list(tenant: tenant, label: label, after: try query.string("after"), limit: limit)
                 var o = Value.Object([("items", .array(page.map(json)))])
                 // The next page starts after the last id of a full one.
                 o["next"] = page.count == limit ? .string(page.last!.id) : .null
@@ -29,8 +28,8 @@ enum DevicesAPI {
         })
         router.post("/v1/devices", use: guarded(.tenant(.admin)) { request, _, p in
             try await AccountsAPI.answer {
-                let body = try await JSONBody.read(request, allowed: ["id", "name", "profile", "labels", "tenant"])
-                let tenant = try AccountsAPI.target(request, p, body: body)
+                let body = try await JSONBody.read(request, allowed: ["id", "name", "profile", "labels"])
+                let tenant = try await AccountsAPI.target(request, p)
                 let d = try await devices.create(tenant: tenant, id: try body.string("id", required: true)!, name: try body.string("name") ?? "",
                                                  profile: try body.string("profile") ?? "default", labels: try body.strings("labels") ?? [:])
                 await p.record("device.create", target: d.id, tenant: tenant)
@@ -41,9 +40,8 @@ enum DevicesAPI {
         // out; with `tokens=true` each device created gets a token, shown in the report only.
         router.post("/v1/devices/bulk", use: guarded(.tenant(.admin)) { request, _, p in
             try await AccountsAPI.answer {
-                let q = request.uri.queryParameters
-                let tenant = try AccountsAPI.target(request, p)
-                let withTokens = q.get("tokens") == "true"
+                let tenant = try await AccountsAPI.target(request, p)
+                let withTokens = try Query(request).boolean("tokens") ?? false
                 let isCSV = request.headers[.contentType]?.lowercased().hasPrefix("text/csv") == true
                 let buffer: ByteBuffer
                 do { buffer = try await request.body.collect(upTo: 4 << 20) } catch { throw APIProblem(.contentTooLarge, "the body is over 4 MiB") }
@@ -73,8 +71,8 @@ enum DevicesAPI {
         })
         router.get("/v1/devices/:device", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
-                let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request, p)
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
                 guard let d = try await devices.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
                 var o = json(d)
                 if case .object(var fields) = o {
@@ -89,8 +87,8 @@ enum DevicesAPI {
         })
         router.patch("/v1/devices/:device", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
-                let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request, p)
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
                 let body = try await JSONBody.read(request, allowed: ["name", "profile", "labels"])
                 guard let d = try await devices.update(tenant: tenant, id: id, name: try body.string("name"), profile: try body.string("profile"),
                                                        labels: try body.strings("labels")) else {
@@ -102,8 +100,8 @@ enum DevicesAPI {
         })
         router.delete("/v1/devices/:device", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
-                let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request, p)
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
                 guard try await devices.delete(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
                 // Its credentials went with it: its open connections close.
                 try await directory.refresh()
@@ -115,37 +113,37 @@ enum DevicesAPI {
 
     /// Time series written by the `store` sink: raw points or aggregates over buckets, and the latest
     /// point of every key.
+    static let times: ClosedRange<Int64> = -(1 << 53)...(1 << 53)
+
+    /// The `{device}` of a path: a malformed id is a 400 (as the OpenAPI document says), never a lookup.
+    static func device(_ context: HubRequestContext) throws -> String {
+        let id = try context.parameter("device")
+        guard Devices.isValidID(id) else { throw APIProblem(.badRequest, "a device id is 1 to 128 letters, digits and . _ : -") }
+        return id
+    }
+
     static func addTelemetry(to router: Router<HubRequestContext>, telemetry: Telemetry, guarded: Guard) {
         router.get("/v1/devices/:device/telemetry", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
-                let device = try context.parameters.require("device")
-                let q = request.uri.queryParameters
-                let tenant = try AccountsAPI.target(request, p)
-                guard let key = q.get("key"), !key.isEmpty else { throw APIProblem(.badRequest, "name the series: ?key=temperature") }
-                func millis(_ name: String, _ fallback: Int64) throws -> Int64 {
-                    guard let text = q.get(name) else { return fallback }
-                    guard let v = Int64(text) else { throw APIProblem(.badRequest, "\(name) is milliseconds since the epoch") }
-                    return v
-                }
-                let to = try millis("to", Int64(Date().timeIntervalSince1970 * 1000) + 1)
-                let from = try millis("from", to - 86_400_000)
-                guard from < to else { throw APIProblem(.badRequest, "from must be before to") }
+                let device = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
+                let q = Query(request)
+                guard let key = try q.string("key"), !key.isEmpty else { throw APIProblem(.badRequest, "name the series: ?key=temperature") }
+                // Times within ±2^53 ms (ages either side of the epoch): differences cannot overflow.
+                let to = try q.integer("to", Self.times) ?? Int64(Date().timeIntervalSince1970 * 1000) + 1
+                let from = try q.integer("from", Self.times) ?? to - 86_400_000
+                let limit = try q.limit(max: 100_000, fallback: 10_000)
                 var o = Value.Object([("device", .string(device)), ("key", .string(key)), ("from", .int(from)), ("to", .int(to))])
                 let points: [(time: Int64, value: Double)]
-                if let b = q.get("bucket") {
-                    guard let bucket = Int64(b), bucket >= 1, (to - from) / bucket <= 100_000 else {
-                        throw APIProblem(.badRequest, "bucket is milliseconds, at least 1, and at most 100,000 buckets per query")
-                    }
-                    let name = q.get("agg") ?? "avg"
-                    guard let agg = Telemetry.Aggregate(rawValue: name) else {
-                        throw APIProblem(.badRequest, "agg is one of \(Telemetry.Aggregate.allCases.map(\.rawValue).joined(separator: ", "))")
-                    }
-                    points = try await telemetry.aggregate(tenant: tenant, device: device, key: key, from: from, to: to, bucket: bucket, agg)
+                let name = try q.string("agg") ?? "avg"
+                guard let agg = Telemetry.Aggregate(rawValue: name) else {
+                    throw APIProblem(.badRequest, "agg is one of \(Telemetry.Aggregate.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                if let bucket = try q.integer("bucket", 1...Int64.max) {
+                    points = try await telemetry.aggregate(tenant: tenant, device: device, key: key, from: from, to: to, bucket: bucket, agg, limit: limit)
                     o["bucket"] = .int(bucket)
                     o["agg"] = .string(agg.rawValue)
                 } else {
-                    let limit = q.get("limit").flatMap(Int.init) ?? 10_000
-                    guard (1...100_000).contains(limit) else { throw APIProblem(.badRequest, "limit is from 1 to 100,000") }
                     points = try await telemetry.points(tenant: tenant, device: device, key: key, from: from, to: to, limit: limit)
                 }
                 o["points"] = .array(points.map { .array([.int($0.time), .double($0.value)]) })
@@ -154,8 +152,8 @@ enum DevicesAPI {
         })
         router.get("/v1/devices/:device/telemetry/latest", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
-                let device = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request, p)
+                let device = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
                 let latest = try await telemetry.latest(tenant: tenant, device: device)
                 return HubAPI.json(.object(Value.Object(latest.map { ($0.key, .object(Value.Object([("time", .int($0.time)), ("value", .double($0.value))]))) })))
             }
@@ -167,8 +165,8 @@ enum DevicesAPI {
     static func addCredentials(to router: Router<HubRequestContext>, devices: Devices, directory: RegistryDirectory, guarded: Guard) {
         router.get("/v1/devices/:device/credentials", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
-                let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request, p)
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
                 guard try await devices.get(tenant: tenant, id: id) != nil else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
                 let list = try await devices.credentials(tenant: tenant, device: id)
                 return HubAPI.json(.object(Value.Object([("items", .array(list.map { json($0) }))])))
@@ -176,13 +174,14 @@ enum DevicesAPI {
         })
         router.post("/v1/devices/:device/credentials", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
-                let id = try context.parameters.require("device")
-                let tenant = try AccountsAPI.target(request, p)
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
                 let body = try await JSONBody.read(request, allowed: ["kind", "fingerprint", "expires_in"])
                 let expiresAt = try body.expiry()
                 let answer: Value
                 switch try body.string("kind") ?? "token" {
                 case "token":
+                    guard try body.string("fingerprint") == nil else { throw APIProblem(.badRequest, "a token has no fingerprint; kind certificate has") }
                     let (c, token) = try await devices.issueToken(tenant: tenant, device: id, expiresAt: expiresAt)
                     answer = json(c, token: token)
                 case "certificate":
@@ -198,8 +197,8 @@ enum DevicesAPI {
         })
         router.delete("/v1/devices/:device/credentials/:credential", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
-                let id = try context.parameters.require("device"), credential = try context.parameters.require("credential")
-                let tenant = try AccountsAPI.target(request, p)
+                let id = try DevicesAPI.device(context), credential = try context.parameter("credential")
+                let tenant = try await AccountsAPI.target(request, p)
                 guard try await devices.revokeCredential(tenant: tenant, device: id, id: credential) else {
                     throw APIProblem(.notFound, "device '\(id.prefix(128))' has no credential '\(credential.prefix(64))'")
                 }
@@ -231,21 +230,24 @@ enum DevicesAPI {
 
     /// `{"devices": [{"id": ..., "name": ..., "profile": ..., "labels": {...}}, ...]}`
     static func jsonRows(_ bytes: [UInt8]) throws -> [Row] {
-        guard case .object(let o)? = try? JSON.decode(bytes), case .array(let items)? = o["devices"] else {
+        guard case .object(let o)? = try? JSON.decode(bytes), o.keys == ["devices"], case .array(let items)? = o["devices"] else {
             throw APIProblem(.badRequest, #"the body should be {"devices": [{"id": "...", ...}]} (or CSV with Content-Type: text/csv)"#)
         }
         return try items.enumerated().map { i, item in
-            guard case .object(let d) = item, case .string(let id)? = d["id"] else { throw APIProblem(.badRequest, "row \(i + 1): an object with an id") }
-            var row = Row(id: id)
-            if case .string(let n)? = d["name"] { row.name = n }
-            if case .string(let p)? = d["profile"] { row.profile = p }
-            if case .object(let l)? = d["labels"] {
-                for (k, v) in l {
-                    guard case .string(let s) = v else { throw APIProblem(.badRequest, "row \(i + 1): label '\(k.prefix(64))' should be a string") }
-                    row.labels[k] = s
-                }
+            guard case .object(let d) = item else { throw APIProblem(.badRequest, "row \(i + 1) should be an object") }
+            let fields = JSONBody(fields: d)
+            if let unknown = d.keys.first(where: { !["id", "name", "profile", "labels"].contains($0) }) {
+                throw APIProblem(.badRequest, "row \(i + 1): unknown field '\(unknown.prefix(64))'; known fields: id, name, labels, profile")
             }
-            return row
+            do {
+                var row = Row(id: try fields.string("id", required: true)!)
+                row.name = try fields.string("name") ?? ""
+                row.profile = try fields.string("profile") ?? "default"
+                row.labels = try fields.strings("labels") ?? [:]
+                return row
+            } catch let e as APIProblem {
+                throw APIProblem(.badRequest, "row \(i + 1): \(e.detail)")
+            }
         }
     }
 

@@ -11,10 +11,11 @@ import Prometheus
 public enum HubAPI {
     /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
     public static func router(
-        hub: Hub, accounts: Accounts, directory: RegistryDirectory, commands: CommandCenter, registry: PrometheusCollectorRegistry,
+        hub: Hub, accounts: Accounts, directory: RegistryDirectory, commands: CommandCenter, registry: PrometheusCollectorRegistry, version: String,
         reload: @escaping @Sendable () async -> [Diagnostic]?
     ) -> Router<HubRequestContext> {
         let router = Router(context: HubRequestContext.self)
+        router.add(middleware: UnroutedRequests())
         let audit = AuditLog(store: accounts.store)
         let guarded = Guard(accounts: accounts, audit: audit) { hub.takeAPIRequest(key: $0) }
         AccountsAPI.add(to: router, accounts: accounts, audit: audit, guarded: guarded)
@@ -25,8 +26,13 @@ public enum HubAPI {
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), guarded: guarded)
         CommandsAPI.add(to: router, hub: hub, center: commands, devices: devices, guarded: guarded)
+        ProvisioningAPI.add(to: router, provisioning: Provisioning(store: accounts.store), devices: devices, directory: directory, audit: audit, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
+        let description = JSON.encode(OpenAPI.document(version: version))
+        router.get("/openapi.json") { _, _ in
+            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: description)))
+        }
         router.get("/metrics") { _, _ in
             var buffer: [UInt8] = []
             registry.emit(into: &buffer)
@@ -60,7 +66,7 @@ public enum HubAPI {
             }))
         })
         router.get("/v1/dead-letters", use: guarded(.hub(.viewer)) { request, _, _ in
-            let limit = request.uri.queryParameters.get("limit").flatMap(Int.init) ?? 100
+            let limit = try Query(request).limit(max: 100_000)
             let entries = hub.deadLetters.list()
             return json(.object(Value.Object([
                 ("total", .int(Int64(entries.count))),
@@ -82,11 +88,19 @@ public enum HubAPI {
         return router
     }
 
+    /// `{"ids": [...]}`, or nil for an empty body (meaning all).
     private static func idsFromBody(_ request: Request) async throws -> [String]? {
-        let body = try await request.body.collect(upTo: 1 << 20)
-        guard body.readableBytes > 0, case .object(let o)? = try? JSON.decode(Array(body.readableBytesView)),
-              case .array(let items)? = o["ids"] else { return nil }
-        return items.compactMap { if case .string(let s) = $0 { s } else { nil } }
+        let body = try await JSONBody.read(request, allowed: ["ids"], limit: 1 << 20, emptyIsNull: true)
+        guard let body else { return nil }
+        switch body.fields["ids"] {
+        case nil, .null?: return nil
+        case .array(let items)?:
+            return try items.map { item in
+                guard case .string(let s) = item else { throw APIProblem(.badRequest, "ids is a list of strings") }
+                return s
+            }
+        default: throw APIProblem(.badRequest, "ids is a list of strings")
+        }
     }
 
     static func json(_ value: Value, status: HTTPResponse.Status = .ok) -> Response {

@@ -81,6 +81,10 @@ extension Value: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, Expres
     public init(dictionaryLiteral elements: (String, Value)...) { self = .object(Object(elements)) }
 }
 
+extension Value.Object: ExpressibleByDictionaryLiteral {
+    public init(dictionaryLiteral elements: (String, Value)...) { self.init(elements) }
+}
+
 /// A located error from a decoder: what is wrong and at which byte.
 public struct DecodeError: Error, Sendable, Equatable, CustomStringConvertible {
     public var message: String

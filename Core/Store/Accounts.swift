@@ -62,12 +62,12 @@ public struct Accounts: Sendable {
 
     // MARK: - Bootstrap
 
-    /// On the first start (no tenant yet): creates the system tenant `system` and an owner key for it,
+    /// On the first start (no system tenant yet): creates the system tenant `system` and an owner key for it,
     /// and returns the key's secret to show once. `presetKey` (an `iotc_` secret made elsewhere, e.g. by
     /// deployment tooling) is used instead of a new one. Nil when the hub was set up before.
     public func bootstrap(presetKey: String? = nil) async throws -> String? {
         try await store.transaction { db in
-            guard try await db.query("SELECT id FROM tenants LIMIT 1").isEmpty else { return nil }
+            guard try await db.query("SELECT id FROM tenants WHERE system = 1 LIMIT 1").isEmpty else { return nil }
             let now = clock()
             try await db.execute("INSERT INTO tenants (id, name, system, created_at) VALUES (?, ?, 1, ?)", ["system", "System", .integer(now)])
             let secret: String
@@ -89,7 +89,7 @@ public struct Accounts: Sendable {
 
     public func createTenant(id: String, name: String) async throws -> Tenant {
         guard Self.isValidID(id) else { throw AccountsError.invalid("a tenant id is 1 to 63 lower-case letters, digits and dashes, not starting with a dash") }
-        guard !name.isEmpty, name.count <= 200 else { throw AccountsError.invalid("a tenant name is 1 to 200 characters") }
+        guard !name.isEmpty, name.unicodeScalars.count <= 200 else { throw AccountsError.invalid("a tenant name is 1 to 200 characters") }
         let now = clock()
         do {
             try await store.execute("INSERT INTO tenants (id, name, system, created_at) VALUES (?, ?, 0, ?)", [.text(id), .text(name), .integer(now)])
@@ -133,7 +133,7 @@ public struct Accounts: Sendable {
 
     /// Creates a key; the secret is returned here and never again.
     public func createKey(tenant: String, name: String, role: Role, expiresAt: Int64? = nil) async throws -> (key: APIKey, secret: String) {
-        guard !name.isEmpty, name.count <= 200 else { throw AccountsError.invalid("a key name is 1 to 200 characters") }
+        guard !name.isEmpty, name.unicodeScalars.count <= 200 else { throw AccountsError.invalid("a key name is 1 to 200 characters") }
         if let expiresAt, expiresAt <= clock() { throw AccountsError.invalid("the expiry is in the past") }
         let (id, secret) = Self.newSecret()
         let now = clock()

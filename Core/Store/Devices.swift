@@ -38,12 +38,12 @@ public struct Devices: Sendable {
 
     static func check(_ d: Device) throws {
         guard isValidID(d.id) else { throw AccountsError.invalid("a device id is 1 to 128 letters, digits and . _ : -") }
-        guard d.name.count <= 200 else { throw AccountsError.invalid("a device name is at most 200 characters") }
+        guard d.name.unicodeScalars.count <= 200 else { throw AccountsError.invalid("a device name is at most 200 characters") }
         guard Accounts.isValidID(d.profile) else { throw AccountsError.invalid("a profile is 1 to 63 lower-case letters, digits and dashes") }
         guard d.labels.count <= 64 else { throw AccountsError.invalid("a device has at most 64 labels") }
         for (k, v) in d.labels {
             guard isValidLabelKey(k) else { throw AccountsError.invalid("label '\(k.prefix(64))': a key is 1 to 63 letters, digits and . _ -") }
-            guard v.count <= 256 else { throw AccountsError.invalid("label '\(k)': a value is at most 256 characters") }
+            guard v.unicodeScalars.count <= 256 else { throw AccountsError.invalid("label '\(k)': a value is at most 256 characters") }
         }
     }
 

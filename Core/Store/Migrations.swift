@@ -144,7 +144,41 @@ public enum Schema {
             "CREATE INDEX commands_by_device ON commands (tenant_id, device_id, created_at)",
             "CREATE INDEX commands_pending ON commands (status, expires_at)",
         ]),
+        // Devices of the pipeline files' token list (and anonymous ones) belong to the tenant `default`:
+        // a tenant like any other, so that its telemetry and commands can be named through the API.
+        Migration(9, "the default tenant", [
+            "INSERT INTO tenants (id, name, created_at) VALUES ('default', 'Devices of the pipeline files', 0) ON CONFLICT (id) DO NOTHING",
+        ]),
+        // Provisioning by claim: fleet keys that let devices obtain their own credentials, and the
+        // claim codes that each device presents (kept as slow hashes, as passwords are).
+        Migration(10, "provisioning by claim", sqlite: provisioning(binary: "BLOB"), postgres: provisioning(binary: "BYTEA")),
     ]
+
+    private static func provisioning(binary: String) -> [String] {
+        [
+            """
+            CREATE TABLE provisioning_keys (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                profile TEXT NOT NULL,
+                hash \(binary) NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                revoked_at BIGINT)
+            """,
+            """
+            CREATE TABLE device_claims (
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                device_id TEXT NOT NULL,
+                code_hash TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                expires_at BIGINT,
+                claimed_at BIGINT,
+                PRIMARY KEY (tenant_id, device_id))
+            """,
+        ]
+    }
 
     private static func deviceCredentials(binary: String) -> [String] {
         [

@@ -60,8 +60,9 @@ public struct Telemetry: Sendable {
 
     /// One aggregate per bucket of `bucket` milliseconds in [from, to), oldest first; empty buckets
     /// are left out. A bucket is named by its start.
+    /// One aggregate per bucket that has points, the first `limit` buckets.
     public func aggregate(tenant: String, device: String, key: String, from: Int64, to: Int64, bucket: Int64,
-                          _ aggregate: Aggregate) async throws -> [(time: Int64, value: Double)] {
+                          _ aggregate: Aggregate, limit: Int = 100_000) async throws -> [(time: Int64, value: Double)] {
         let range: [SQLValue] = [.text(tenant), .text(device), .text(key), .integer(from), .integer(to)]
         let rows: [Row]
         if aggregate == .last {
@@ -70,14 +71,14 @@ public struct Telemetry: Sendable {
                 SELECT b, value FROM (
                     SELECT (ts - ?) / ? AS b, value, ROW_NUMBER() OVER (PARTITION BY (ts - ?) / ? ORDER BY ts DESC) AS rn
                     FROM telemetry WHERE tenant_id = ? AND device_id = ? AND key = ? AND ts >= ? AND ts < ?) AS ranked
-                WHERE rn = 1 ORDER BY b
+                WHERE rn = 1 ORDER BY b LIMIT \(max(1, limit))
                 """, [.integer(from), .integer(bucket), .integer(from), .integer(bucket)] + range)
         } else {
             let f = aggregate == .count ? "COUNT(value)" : "\(aggregate.rawValue.uppercased())(value)"
             rows = try await store.query("""
                 SELECT (ts - ?) / ? AS b, \(f) AS value FROM telemetry
                 WHERE tenant_id = ? AND device_id = ? AND key = ? AND ts >= ? AND ts < ?
-                GROUP BY b ORDER BY b
+                GROUP BY b ORDER BY b LIMIT \(max(1, limit))
                 """, [.integer(from), .integer(bucket)] + range)
         }
         return rows.map { (from + ($0.int("b") ?? 0) * bucket, $0.double("value") ?? 0) }

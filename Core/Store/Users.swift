@@ -20,12 +20,13 @@ extension Accounts {
     public static let sessionLifetime: Int64 = 12 * 3600 * 1000
 
     public func createUser(tenant: String, email: String, name: String, role: Role, password: String) async throws -> User {
-        let email = email.lowercased()
-        guard email.count <= 254, email.split(separator: "@").count == 2, !email.contains(" ") else {
+        guard email.unicodeScalars.count <= 254, email.split(separator: "@", omittingEmptySubsequences: false).count == 2,
+              !email.hasPrefix("@"), !email.hasSuffix("@"), !email.contains(" ") else {
             throw AccountsError.invalid("'\(email.prefix(64))' is not an e-mail address")
         }
-        guard name.count <= 200 else { throw AccountsError.invalid("a name is at most 200 characters") }
-        guard password.count >= 12, password.utf8.count <= 1024 else { throw AccountsError.invalid("a password is 12 to 1024 characters") }
+        let email = email.lowercased()
+        guard name.unicodeScalars.count <= 200 else { throw AccountsError.invalid("a name is at most 200 characters") }
+        guard password.unicodeScalars.count >= 12, password.unicodeScalars.count <= 1024 else { throw AccountsError.invalid("a password is 12 to 1024 characters") }
         let hash = try Self.hashPassword(password)
         let now = clock()
         try await store.transaction { db in

@@ -105,7 +105,7 @@ struct Serve: AsyncParsableCommand {
         if config.auth.allowAnonymous { logger.warning("auth.allow_anonymous is on: devices without credentials are accepted") }
 
         let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
-        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, commands: commands, registry: registry) { await reloader.reload() }
+        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, commands: commands, registry: registry, version: IOTC.version) { await reloader.reload() }
         var banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
         banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }

@@ -291,7 +291,7 @@ import IoTCStore
                 ?? HTTPResult(status: 0, headers: [:], body: "")
         }
         #expect(call("POST", "/v1/tenants", #"{"id": "acme"}"#).status == 201)
-        #expect(call("POST", "/v1/devices?tenant=acme", #"{"id": "pump-1", "tenant": "acme"}"#).status == 201)
+        #expect(call("POST", "/v1/devices?tenant=acme", #"{"id": "pump-1"}"#).status == 201)
         let issued = call("POST", "/v1/devices/pump-1/credentials?tenant=acme", #"{"kind": "token"}"#)
         #expect(issued.status == 201, "\(issued.body)")
         let token = try #require(text((try? JSON.decode(issued.body))?["token"]))
@@ -342,6 +342,45 @@ import IoTCStore
         #expect(refused != 0)
         #expect(!hub.log.contains(token), "the token is in the log")
         hub.stop()
+    }
+
+    @Test func devicesClaimTheirCredentialsWithAFleetKey() throws {
+        let dir = TempDir()
+        let apiPort = freePort(), httpPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { web: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ "web:devices/+/telemetry" ], to: [ out ] } }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        let api = "http://127.0.0.1:\(apiPort)"
+        #expect(waitForPort(httpPort) && eventually { http("GET", "\(api)/health")?.status == 200 }, "\(hub.log)")
+        func call(_ method: String, _ path: String, _ body: String, key: String? = Self.ownerKey) -> HTTPResult {
+            var h = ["Content-Type": "application/json"]
+            if let key { h["Authorization"] = "Bearer \(key)" }
+            return http(method, api + path, body: Array(body.utf8), headers: h) ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+        let acme = try #require(text((try? JSON.decode(call("POST", "/v1/tenants", #"{"id": "acme"}"#).body))?["owner_key"]?["secret"]))
+        let created = call("POST", "/v1/provisioning-keys", #"{"name": "factory line 3", "profile": "meter"}"#, key: acme)
+        #expect(created.status == 201, "\(created.body)")
+        let fleetKey = try #require(text((try? JSON.decode(created.body))?["secret"]))
+        #expect(!call("GET", "/v1/provisioning-keys", "", key: acme).body.contains(fleetKey))
+        #expect(call("PUT", "/v1/devices/meter-7/claim-code", #"{"code": "K7-55-AB-19"}"#, key: acme).status == 200)
+        #expect(call("PUT", "/v1/devices/meter-7/claim-code", #"{"code": "short"}"#, key: acme).status == 400)
+        // The device, with no API key: a wrong code is refused, the right one gives it a token of its own.
+        #expect(call("POST", "/v1/claim", #"{"provisioning_key": "\#(fleetKey)", "device": "meter-7", "code": "wrong code!"}"#, key: nil).status == 401)
+        let claim = call("POST", "/v1/claim", #"{"provisioning_key": "\#(fleetKey)", "device": "meter-7", "code": "K7-55-AB-19"}"#, key: nil)
+        #expect(claim.status == 201, "\(claim.body)")
+        let token = try #require(text((try? JSON.decode(claim.body))?["credential"]?["token"]))
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/meter-7/telemetry", #"{"kwh": 12}"#, token: token)?.status == 202)
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").first?["tenant"] == "acme" })
+        #expect(call("GET", "/v1/devices/meter-7", "", key: acme).body.contains(#""profile":"meter""#))
+        // Once only; the code is spent.
+        #expect(call("POST", "/v1/claim", #"{"provisioning_key": "\#(fleetKey)", "device": "meter-7", "code": "K7-55-AB-19"}"#, key: nil).status == 401)
+        let audit = call("GET", "/v1/audit?limit=100", "", key: acme).body
+        #expect(audit.contains(#""action":"device.claim""#) && audit.contains(#""action":"provisioning_key.create""#), "\(audit)")
+        #expect(!hub.log.contains(fleetKey) && !hub.log.contains("K7-55-AB-19") && !audit.contains("K7-55-AB-19"))
     }
 
     @Test func ratesAreLimitedPerDeviceAndPerAPIKey() throws {
@@ -403,7 +442,8 @@ import IoTCStore
         #expect(http("GET", "\(api)/v1/devices/pump-1/telemetry/latest", headers: ["Authorization": "Bearer \(globex)"])?.body == "{}")
         #expect(http("GET", latestURL, headers: ["Authorization": "Bearer \(globex)"])?.status == 404)
         // Retention: the points are from 2023; a tenant that keeps 30 days loses them at the next start.
-        #expect(http("POST", "\(api)/v1/tenants", body: Array(#"{"id": "default"}"#.utf8), headers: owner)?.status == 201)
+        // The tenant "default" exists from the start (it holds the devices of the pipeline files).
+        #expect(http("POST", "\(api)/v1/tenants", body: Array(#"{"id": "default"}"#.utf8), headers: owner)?.status == 409)
         #expect(http("PATCH", "\(api)/v1/tenants/default", body: Array(#"{"retention_days": 30}"#.utf8), headers: owner)?.body.contains(#""retention_days":30"#) == true)
         #expect(http("PATCH", "\(api)/v1/tenants/default", body: Array(#"{"retention_days": -1}"#.utf8), headers: owner)?.status == 400)
         #expect(http("PATCH", "\(api)/v1/tenants/default", body: Array(#"{"retention_days": 1}"#.utf8), headers: ["Authorization": "Bearer \(globex)"])?.status == 404)

@@ -400,6 +400,34 @@ final class PostgresServer {
         }
     }
 
+    @Test(arguments: StoreEngine.allCases)
+    func devicesClaimTheirOwnCredentialsOnce(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store), provisioning = Provisioning(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            let (key, secret) = try await provisioning.createKey(tenant: "acme", name: "line 3", profile: "meter", expiresAt: nil)
+            #expect(secret.hasPrefix("iotcp_") && key.profile == "meter")
+            try await provisioning.setClaimCode(tenant: "acme", device: "meter-7", code: "K7-55-AB-19", expiresAt: nil)
+            let stored = try await store.query("SELECT code_hash FROM device_claims").first?.string("code_hash") ?? ""
+            #expect(stored.hasPrefix("pbkdf2-sha256$") && !stored.contains("K7-55"))
+            // Wrong code, wrong key, unknown device: nothing.
+            #expect(try await provisioning.claim(fleetKey: secret, device: "meter-7", code: "K7-55-AB-18", devices: devices) == nil)
+            #expect(try await provisioning.claim(fleetKey: secret + "x", device: "meter-7", code: "K7-55-AB-19", devices: devices) == nil)
+            #expect(try await provisioning.claim(fleetKey: secret, device: "meter-8", code: "K7-55-AB-19", devices: devices) == nil)
+            // The right ones: the device is registered with the key's profile and gets its own token, once.
+            let claimed = try #require(try await provisioning.claim(fleetKey: secret, device: "meter-7", code: "K7-55-AB-19", devices: devices))
+            #expect(claimed.tenant == "acme" && claimed.token.hasPrefix("iotcd_"))
+            #expect(try await devices.get(tenant: "acme", id: "meter-7")?.profile == "meter")
+            #expect(try await devices.activeCredentials().map(\.id) == [claimed.credential.id])
+            #expect(try await provisioning.claim(fleetKey: secret, device: "meter-7", code: "K7-55-AB-19", devices: devices) == nil)
+            await #expect(throws: AccountsError.self) { try await provisioning.setClaimCode(tenant: "acme", device: "meter-7", code: "another code", expiresAt: nil) }
+            // A revoked fleet key claims nothing more.
+            try await provisioning.setClaimCode(tenant: "acme", device: "meter-9", code: "K9-00-00-01", expiresAt: nil)
+            #expect(try await provisioning.revokeKey(tenant: "acme", id: key.id))
+            #expect(try await provisioning.claim(fleetKey: secret, device: "meter-9", code: "K9-00-00-01", devices: devices) == nil)
+        }
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")

@@ -65,7 +65,7 @@ import IoTCPluginKit
         clients.send(#"acme publish devices/pump-1/telemetry {"from":"acme"}"#)
         #expect(eventually { clients.log.contains(#"acme got devices/pump-1/telemetry {"from":"acme"}"#) }, "\(clients.log)")
         #expect(eventually { clients.log.contains(#"globex got devices/pump-1/telemetry {"from":"globex"}"#) }, "\(clients.log)")
-        #expect(eventually { clients.log.contains(#"gateway got devices/pump-1/telemetry {"from":"acme"}"#) }, "\(clients.log)")
+        #expect(eventually { clients.log.contains(#"gateway got devices/pump-1/telemetry {"from":"acme"}"#) }, "\(clients.log)\n\(hub.log.suffix(4000))")
         // Neither the gateway nor the other tenant's pump can reach beyond the tenant, by any name.
         clients.send("globex subscribe $tenant/acme/#")
         clients.send("gateway subscribe $tenant/globex/#")
@@ -89,7 +89,8 @@ import IoTCPluginKit
         let sent = call("POST", "/v1/devices/pump-1/commands", key: acme, #"{"name": "reboot", "payload": {"delay": 1}, "timeout": 10}"#)
         #expect(sent.status == 200 && field(sent, "status") == "succeeded", "\(sent.body)\n\(clients.log)")
         let commandID = field(sent, "id") ?? ""
-        #expect(clients.log.contains("acme got devices/pump-1/commands/reboot/\(commandID)"), "\(clients.log)")
+        #expect(eventually { clients.log.contains("acme got devices/pump-1/commands/reboot/\(commandID)") }, "\(clients.log)")
+        #expect(eventually { clients.log.contains("gateway got devices/pump-1/commands/reboot/\(commandID)") }, "\(clients.log)\n\(hub.log.suffix(4000))")
         #expect(!clients.log.contains("globex got devices/pump-1/commands"), "\(clients.log)")
 
         // The API: every endpoint that names a tenant's resource answers another tenant exactly as it
@@ -108,9 +109,13 @@ import IoTCPluginKit
             ("GET", "/v1/api-keys?tenant={tenant}", nil), ("POST", "/v1/api-keys?tenant={tenant}", #"{"name": "planted"}"#),
             ("GET", "/v1/users?tenant={tenant}", nil), ("POST", "/v1/users?tenant={tenant}", #"{"email": "x@example.com", "password": "long enough secret"}"#),
             ("GET", "/v1/audit?tenant={tenant}", nil),
+            ("GET", "/v1/provisioning-keys?tenant={tenant}", nil), ("POST", "/v1/provisioning-keys?tenant={tenant}", #"{"name": "planted"}"#),
+            ("DELETE", "/v1/provisioning-keys/{fleet}", nil),
         ]
-        let real = ["{device}": "gw-1", "{credential}": credentials["acme/gw-1"]!, "{command}": commandID, "{tenant}": "acme"]
-        let missing = ["{device}": "gw-404", "{credential}": "nocredential0000", "{command}": "cmd-00000000000000000000", "{tenant}": "nosuchtenant"]
+        let fleet = try #require(field(call("POST", "/v1/provisioning-keys", key: acme, #"{"name": "line 1"}"#), "id"))
+        let real = ["{device}": "gw-1", "{credential}": credentials["acme/gw-1"]!, "{command}": commandID, "{tenant}": "acme", "{fleet}": fleet]
+        let missing = ["{device}": "gw-404", "{credential}": "nocredential0000", "{command}": "cmd-00000000000000000000", "{tenant}": "nosuchtenant",
+                       "{fleet}": "nofleetkey00"]
         for (method, template, body) in resources {
             func fill(_ values: [String: String]) -> String { values.reduce(template) { $0.replacingOccurrences(of: $1.key, with: $1.value) } }
             let probe = call(method, fill(real), key: globex, body)

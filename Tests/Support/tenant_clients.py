@@ -5,10 +5,12 @@ Usage: tenant_clients.py PORT NAME=CLIENT_ID:TOKEN:SUBSCRIPTION...
 Each NAME connects with its client id and token, subscribes, and prints one line per event:
   NAME connected RC | NAME disconnected RC | NAME suback CODES | NAME got TOPIC PAYLOAD
 Lines on stdin drive it: "NAME publish TOPIC PAYLOAD [retain]" and "NAME subscribe FILTER".
-A command (a message with a response topic) is answered at once on that topic with {"ok": true, "by": NAME}.
+A command for the client's own device (a message on devices/CLIENT_ID/commands/... with a response
+topic) is answered at once on that topic with {"ok": true, "by": NAME}.
 """
 import json
 import sys
+import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -16,10 +18,14 @@ from paho.mqtt.properties import Properties
 
 port = int(sys.argv[1])
 clients = {}
+said = threading.Lock()
 
 
 def say(*parts):
-    print(*parts, flush=True)
+    # One line at a time: every client's network thread prints.
+    with said:
+        sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+        sys.stdout.flush()
 
 
 def make(name, client_id, token, subscription):
@@ -33,7 +39,7 @@ def make(name, client_id, token, subscription):
     def on_message(c, u, m):
         say(name, "got", m.topic, m.payload.decode(errors="replace"))
         response = getattr(m.properties, "ResponseTopic", None) if m.properties else None
-        if response:
+        if response and m.topic.startswith("devices/%s/commands/" % client_id):
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = m.properties.CorrelationData
             c.publish(response, json.dumps({"ok": True, "by": name}), qos=1, properties=props)
