@@ -46,6 +46,7 @@ bench:
 	swift build -c release $(SWIFT_BUILD_FLAGS)
 	Benchmarks/http-ingest.sh .build/release
 	Benchmarks/mqtt.sh .build/release
+	Benchmarks/mqtt-auth.sh .build/release
 	.build/release/iotc bench store
 
 ## Fuzz the decoders (JSON, CBOR, expressions, MQTT) with libFuzzer; FUZZ_SECONDS each (default 60).

@@ -6,7 +6,7 @@ import IoTCStore
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks that print figures (build with -c release).", subcommands: [StoreBench.self])
+        abstract: "Benchmarks that print figures (build with -c release).", subcommands: [StoreBench.self, ProvisionBench.self])
 }
 
 /// The store's figures: telemetry write throughput in batches, a day of 1-second data queried in
@@ -59,25 +59,9 @@ struct StoreBench: AsyncParsableCommand {
         print(String(format: "query: a day of 1 s data (86,400 points) in 1-minute buckets (1,440 averages): median %.1f ms, max %.1f ms (target < 50 ms)", latencies[10], latencies[20]))
 
         // 3. Authentication from memory with `devices` provisioned devices, as on MQTT CONNECT.
-        _ = try await Accounts(store: db).createTenant(id: "fleet", name: "Fleet")
-        let registry = Devices(store: db)
-        var tokens: [String] = []
-        tokens.reserveCapacity(devices)
         let t1 = Date()
-        var made = 0
-        while made < devices {
-            let n = min(1000, devices - made)
-            let range = made..<(made + n)
-            try await db.transaction { tx in
-                for i in range {
-                    try await tx.execute("INSERT INTO devices (tenant_id, id, created_at) VALUES ('fleet', ?, 0)", [.text("dev-\(i)")])
-                }
-            }
-            for i in made..<(made + n) {
-                tokens.append(try await registry.issueToken(tenant: "fleet", device: "dev-\(i)").1)
-            }
-            made += n
-        }
+        let tokens = try await ProvisionBench.provision(db, tenant: "fleet", devices: devices).map(\.token)
+        let registry = Devices(store: db)
         print(String(format: "provisioned %d devices with tokens in %.1f s", devices, Date().timeIntervalSince(t1)))
         let directory = RegistryDirectory(devices: registry)
         let t2 = Date()
@@ -93,5 +77,44 @@ struct StoreBench: AsyncParsableCommand {
         let authSeconds = Date().timeIntervalSince(t3)
         precondition(ok == attempts, "\(attempts - ok) authentications failed")
         print(String(format: "device authentications (registry tokens, in memory, one thread): %.0f/s (target >= 20,000 on MQTT CONNECT)", Double(attempts) / authSeconds))
+    }
+}
+
+/// Provisions a fleet for the MQTT CONNECT benchmark (`Benchmarks/mqtt-auth.sh`): a tenant with
+/// `devices` devices, each with a token, written to `--out` as "DEVICE TOKEN" lines.
+struct ProvisionBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "provision", abstract: "Provision a fleet of devices with tokens into a store.")
+    @Option(help: "The store.") var store: String
+    @Option(help: "Devices to provision.") var devices = 100_000
+    @Option(help: "The tenant to create them in.") var tenant = "fleet"
+    @Option(help: "Where to write the DEVICE TOKEN lines.") var out: String
+
+    func run() async throws {
+        let db = try await openStore(store)
+        let t0 = Date()
+        let fleet = try await Self.provision(db, tenant: tenant, devices: devices)
+        await db.close()
+        try fleet.map { "\($0.device) \($0.token)" }.joined(separator: "\n").write(toFile: out, atomically: true, encoding: .utf8)
+        print(String(format: "provisioned %d devices with tokens in tenant %@ in %.1f s", devices, tenant, Date().timeIntervalSince(t0)))
+    }
+
+    /// Creates the tenant and `devices` devices (`dev-0`, `dev-1`, ...) with a token each, a thousand per transaction.
+    static func provision(_ db: any Store, tenant: String, devices: Int) async throws -> [(device: String, token: String)] {
+        _ = try await Accounts(store: db).createTenant(id: tenant, name: tenant)
+        let registry = Devices(store: db)
+        var fleet: [(device: String, token: String)] = []
+        fleet.reserveCapacity(devices)
+        var made = 0
+        while made < devices {
+            let range = made..<min(devices, made + 1000)
+            try await db.transaction { tx in
+                for i in range {
+                    try await tx.execute("INSERT INTO devices (tenant_id, id, created_at) VALUES (?, ?, 0)", [.text(tenant), .text("dev-\(i)")])
+                }
+            }
+            for i in range { fleet.append(("dev-\(i)", try await registry.issueToken(tenant: tenant, device: "dev-\(i)").1)) }
+            made = range.upperBound
+        }
+        return fleet
     }
 }

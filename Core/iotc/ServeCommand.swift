@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Hummingbird
+import HummingbirdTLS
 import IoTCAPI
 import IoTCKernel
 import IoTCStore
@@ -19,6 +20,21 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
     @Option(help: "The store: sqlite:PATH (default: sqlite:DATA/iotc.db) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE; also IOTC_STORE.")
     var store: String?
+    @Option(help: "Serve the operator API over TLS with this certificate chain (PEM); also IOTC_API_TLS_CERT.") var apiTLSCert: String?
+    @Option(help: "The private key (PEM) of --api-tls-cert; also IOTC_API_TLS_KEY.") var apiTLSKey: String?
+
+    /// The API's TLS configuration when a certificate and key are given (both or neither).
+    func apiTLS(_ environment: [String: String]) throws -> TLSConfiguration? {
+        let cert = apiTLSCert ?? environment["IOTC_API_TLS_CERT"], key = apiTLSKey ?? environment["IOTC_API_TLS_KEY"]
+        guard cert != nil || key != nil else { return nil }
+        guard let cert, let key else { throw ValidationError("--api-tls-cert and --api-tls-key go together") }
+        do {
+            return TLSConfiguration.makeServerConfiguration(certificateChain: try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) },
+                                                            privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem)))
+        } catch {
+            throw ValidationError("cannot read the API's TLS certificate or key (\(cert), \(key)): \(error)")
+        }
+    }
 
     func run() async throws {
         let started = Date()
@@ -48,6 +64,7 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("--api should be HOST:PORT")
         }
         let environment = ProcessInfo.processInfo.environment
+        let tls = try apiTLS(environment)
         let storeURL = store ?? environment["IOTC_STORE"] ?? "sqlite:\(data)/iotc.db"
         let db: any Store
         let bootstrapKey: String?
@@ -106,16 +123,18 @@ struct Serve: AsyncParsableCommand {
 
         let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
         let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, commands: commands, registry: registry, version: IOTC.version) { await reloader.reload() }
-        var banner = Banner(started: started, api: api, data: data, hub: hub, config: config)
+        var banner = Banner(started: started, api: (tls == nil ? "http://" : "https://") + api, data: data, hub: hub, config: config)
         banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }
-        let app = Application(
-            router: router,
-            configuration: .init(address: .hostname(String(api[..<colon]), port: apiPort), serverName: "iotc"),
-            services: [HubService(hub: hub, reloader: reloader)],
-            onServerRunning: { [banner] _ in banner.print() },
-            logger: logger)
-        try await app.runService()
+        let configuration = ApplicationConfiguration(address: .hostname(String(api[..<colon]), port: apiPort), serverName: "iotc")
+        let services: [any Service] = [HubService(hub: hub, reloader: reloader)]
+        if let tls {
+            try await Application(router: router, server: try .tls(.http1(), tlsConfiguration: tls), configuration: configuration, services: services,
+                                  onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
+        } else {
+            try await Application(router: router, configuration: configuration, services: services,
+                                  onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
+        }
         await db.close()
     }
 }
@@ -190,7 +209,7 @@ struct Banner: Sendable {
     func print() {
         let s = hub.status
         var lines = ["IoT Connect Center \(IOTC.version) ready in \(String(format: "%.2f", Date().timeIntervalSince(started))) s"]
-        lines.append("  api        http://\(api)  (/health, /metrics, /v1)")
+        lines.append("  api        \(api)  (/health, /metrics, /openapi.json, /v1)")
         lines.append("  data       \(data)")
         lines.append("  store      \(store)")
         lines.append("  plugins    " + hub.plugins.libraries.map { "\($0.name) \($0.version)" }.sorted().joined(separator: ", "))

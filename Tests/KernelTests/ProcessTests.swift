@@ -383,6 +383,28 @@ import IoTCStore
         #expect(!hub.log.contains(fleetKey) && !hub.log.contains("K7-55-AB-19") && !audit.contains("K7-55-AB-19"))
     }
 
+    @Test func servesTheAPIOverTLSWhenGivenACertificate() throws {
+        let dir = TempDir()
+        try makeTestCertificates(in: dir)
+        let apiPort = freePort()
+        let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
+        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory,
+                                                "--api-tls-cert", dir.path + "/cert.pem", "--api-tls-key", dir.path + "/key.pem"],
+                                   environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort), "\(hub.log)")
+        let (code, out) = try run("/usr/bin/env", ["curl", "-sS", "--cacert", dir.path + "/cert.pem", "-H", "Authorization: Bearer \(Self.ownerKey)",
+                                                   "https://127.0.0.1:\(apiPort)/v1/whoami"])
+        #expect(code == 0 && out.contains(#""system":true"#), "\(out)")
+        // Plain HTTP gets no answer from a TLS listener; the banner names https.
+        #expect(http("GET", "http://127.0.0.1:\(apiPort)/health", timeout: 2)?.status != 200)
+        #expect(hub.log.contains("https://127.0.0.1:\(apiPort)"))
+        // A certificate without its key is refused at start, with the reason.
+        let (refused, why) = try run(Build.iotc, ["serve", file, "--data", dir.path + "/other", "--api", "127.0.0.1:\(freePort())", "--plugins", Build.directory,
+                                                  "--api-tls-cert", dir.path + "/cert.pem"])
+        #expect(refused != 0 && why.contains("--api-tls-cert and --api-tls-key go together"), "\(why)")
+    }
+
     @Test func ratesAreLimitedPerDeviceAndPerAPIKey() throws {
         let dir = TempDir()
         let apiPort = freePort(), httpPort = freePort()

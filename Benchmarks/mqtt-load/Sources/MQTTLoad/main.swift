@@ -5,6 +5,11 @@
 //   mqtt-load --port 1883 --pubs 1000 --subs 1 --qos 1 --rate 10            (fixed load, latency)
 //   mqtt-load --port 1883 --idle 10000 --server-pid PID                      (memory per connection)
 //   mqtt-load --port 1883 --pubs 50 --subs 0 --qos 1 --json                  (ingest: PUBACK rate)
+//   mqtt-load --port 1883 --connects 20000 --tokens FILE --concurrency 64     (authenticated CONNECTs/s)
+//
+// With --connects, each line of FILE is "DEVICE TOKEN": a client connects as DEVICE with TOKEN as its
+// password, waits for CONNACK (success counted), disconnects, and the next one starts; --concurrency
+// of them at a time, cycling through the file.
 //
 // Payload: publisher id, sequence number and send time (monotonic ns), padded to --size (or a JSON object
 // of those with --json). Only messages sent inside the window [warmup, warmup + duration) count. At
@@ -18,6 +23,7 @@ struct Options {
     var host = "127.0.0.1", port = 1883, pubs = 10, subs = 1, qos: UInt8 = 0, size = 64, rate = 0.0
     var window = 32, inflight = 32, duration = 10.0, warmup = 2.0, drain = 5.0, filter: String?, idle = 0
     var serverPID: Int32?, json = false, prefix = "load"
+    var connects = 0, tokens: String?, concurrency = 64
 
     init(_ args: [String]) {
         var i = 0
@@ -45,6 +51,9 @@ struct Options {
             case "--server-pid": serverPID = Int32(next())!
             case "--json": json = true
             case "--prefix": prefix = next()
+            case "--connects": connects = Int(next())!
+            case "--tokens": tokens = next()
+            case "--concurrency": concurrency = Int(next())!
             default: fatalError("unknown option \(args[i])")
             }
             i += 1
@@ -79,13 +88,15 @@ func mqttString(_ s: String, _ b: inout ByteBuffer) {
     b.writeString(s)
 }
 
-func connectPacket(_ id: String, keepAlive: UInt16) -> ByteBuffer {
+func connectPacket(_ id: String, keepAlive: UInt16, username: String? = nil, password: String? = nil) -> ByteBuffer {
     var body = ByteBuffer()
     mqttString("MQTT", &body)
     body.writeInteger(UInt8(4))
-    body.writeInteger(UInt8(2))
+    body.writeInteger(UInt8(2 | (username != nil ? 0x80 : 0) | (password != nil ? 0x40 : 0)))
     body.writeInteger(keepAlive)
     mqttString(id, &body)
+    if let username { mqttString(username, &body) }
+    if let password { mqttString(password, &body) }
     var out = ByteBuffer()
     out.writeInteger(UInt8(0x10))
     varint(body.readableBytes, &out)
@@ -319,6 +330,79 @@ func connect(_ handler: ChannelHandler & Sendable, id: String, keepAlive: UInt16
         .connect(host: o.host, port: o.port).wait()
     ch.writeAndFlush(connectPacket(id, keepAlive: keepAlive), promise: nil)
     return ch
+}
+
+/// One authenticated connection at a time on its slot: CONNECT, CONNACK, DISCONNECT, then the next.
+final class Connector: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    nonisolated(unsafe) static var accepted = 0
+    nonisolated(unsafe) static var refused = 0
+    var buffer = ByteBuffer()
+    let done: (Bool) -> Void
+    init(done: @escaping (Bool) -> Void) { self.done = done }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var b = unwrapInboundIn(data)
+        buffer.writeBuffer(&b)
+        guard let (type, body) = nextPacket(&buffer), type == 2 else { return }
+        let ok = body.getInteger(at: body.readerIndex + 1, as: UInt8.self) == 0
+        if ok { Connector.accepted += 1 } else { Connector.refused += 1 }
+        var bye = ByteBuffer()
+        bye.writeBytes([0xE0, 0x00])
+        context.writeAndFlush(NIOAny(bye)).whenComplete { _ in context.close(promise: nil) }
+        done(ok)
+    }
+}
+
+if o.connects > 0 {
+    guard let path = o.tokens, let text = try? String(contentsOfFile: path, encoding: .utf8) else { fatalError("--connects needs --tokens FILE") }
+    let pairs = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }.filter { $0.count == 2 }
+    precondition(!pairs.isEmpty, "no DEVICE TOKEN lines in \(path)")
+    /// The slots' shared state; touched on the one event loop only.
+    final class Connects: @unchecked Sendable {
+        var next = 0, finished = 0
+        let pairs: [[String]]
+        let allDone: EventLoopPromise<Void>
+        init(_ pairs: [[String]], _ allDone: EventLoopPromise<Void>) {
+            self.pairs = pairs
+            self.allDone = allDone
+        }
+
+        func finish() {
+            finished += 1
+            if finished == o.connects { allDone.succeed(()) } else { start() }
+        }
+
+        func start() {
+            guard next < o.connects else { return }
+            let pair = pairs[next % pairs.count]
+            next += 1
+            let handler = Connector { _ in self.finish() }
+            ClientBootstrap(group: loop)
+                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(handler) } }
+                .connect(host: o.host, port: o.port)
+                .whenComplete { r in
+                    switch r {
+                    case .success(let ch): ch.writeAndFlush(connectPacket(pair[0], keepAlive: 60, username: pair[0], password: pair[1]), promise: nil)
+                    case .failure:
+                        run.errors += 1
+                        self.finish()
+                    }
+                }
+        }
+    }
+    let t0 = now()
+    let allDone = loop.makePromise(of: Void.self)
+    let connects = Connects(pairs, allDone)
+    try loop.submit { for _ in 0..<min(o.concurrency, o.connects) { connects.start() } }.wait()
+    try allDone.futureResult.wait()
+    let seconds = Double(now() - t0) / 1e9
+    let (accepted, refused) = try loop.submit { (Connector.accepted, Connector.refused) }.wait()
+    print(String(format: "connects: %d in %.2f s = %.0f/s (accepted %d, refused %d, errors %d; %d distinct devices, %d at a time)",
+                 o.connects, seconds, Double(o.connects) / seconds, accepted, refused, run.errors, pairs.count, o.concurrency))
+    print(#"{"connects":\#(o.connects),"accepted":\#(accepted),"refused":\#(refused),"errors":\#(run.errors),"seconds":\#(seconds),"rate":\#(Double(o.connects) / seconds)}"#)
+    exit(accepted == o.connects ? 0 : 2)
 }
 
 if o.idle > 0 {
