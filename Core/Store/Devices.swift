@@ -223,3 +223,51 @@ extension Devices {
                          createdAt: r.int("created_at") ?? 0, expiresAt: r.int("expires_at"), revokedAt: r.int("revoked_at"))
     }
 }
+
+/// What the hub last saw of a device (milliseconds since the epoch).
+public struct DeviceState: Sendable, Equatable {
+    public var tenant: String
+    public var device: String
+    public var connected: Bool
+    public var source: String
+    public var remoteAddress: String
+    /// When it connected (or disconnected, when not connected).
+    public var since: Int64
+    public var lastSeen: Int64
+
+    public init(tenant: String, device: String, connected: Bool, source: String, remoteAddress: String, since: Int64, lastSeen: Int64) {
+        self.tenant = tenant
+        self.device = device
+        self.connected = connected
+        self.source = source
+        self.remoteAddress = remoteAddress
+        self.since = since
+        self.lastSeen = lastSeen
+    }
+}
+
+extension Devices {
+    /// Writes device states (one transaction, a row per device, replaced).
+    public func saveStates(_ states: [DeviceState]) async throws {
+        guard !states.isEmpty else { return }
+        try await store.transaction { db in
+            for s in states {
+                try await db.execute("""
+                    INSERT INTO device_state (tenant_id, device_id, connected, source, remote_address, since, last_seen) VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (tenant_id, device_id) DO UPDATE SET connected = excluded.connected, source = excluded.source,
+                        remote_address = excluded.remote_address, since = excluded.since, last_seen = excluded.last_seen
+                    """, [.text(s.tenant), .text(s.device), .integer(s.connected ? 1 : 0), .text(s.source), .text(s.remoteAddress),
+                          .integer(s.since), .integer(s.lastSeen)])
+            }
+        }
+    }
+
+    /// Every device state kept.
+    public func states() async throws -> [DeviceState] {
+        try await store.query("SELECT * FROM device_state").map { r in
+            DeviceState(tenant: r.string("tenant_id") ?? "", device: r.string("device_id") ?? "", connected: r.int("connected") == 1,
+                        source: r.string("source") ?? "", remoteAddress: r.string("remote_address") ?? "", since: r.int("since") ?? 0,
+                        lastSeen: r.int("last_seen") ?? 0)
+        }
+    }
+}

@@ -152,6 +152,21 @@ public enum Schema {
         // Provisioning by claim: fleet keys that let devices obtain their own credentials, and the
         // claim codes that each device presents (kept as slow hashes, as passwords are).
         Migration(10, "provisioning by claim", sqlite: provisioning(binary: "BLOB"), postgres: provisioning(binary: "BYTEA")),
+        // What the hub last saw of each device, written behind every few seconds, so that last seen
+        // survives a restart.
+        Migration(11, "device state", [
+            """
+            CREATE TABLE device_state (
+                tenant_id TEXT NOT NULL,
+                device_id TEXT NOT NULL,
+                connected BIGINT NOT NULL,
+                source TEXT NOT NULL,
+                remote_address TEXT NOT NULL,
+                since BIGINT NOT NULL,
+                last_seen BIGINT NOT NULL,
+                PRIMARY KEY (tenant_id, device_id))
+            """,
+        ]),
     ]
 
     private static func provisioning(binary: String) -> [String] {

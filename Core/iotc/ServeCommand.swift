@@ -109,6 +109,19 @@ struct Serve: AsyncParsableCommand {
             }
         }
         defer { retention.cancel() }
+        // What the hub saw of each device survives restarts: kept in the store, written every 2 seconds.
+        let registryDevices = Devices(store: db)
+        do { hub.restore(states: try await registryDevices.states()) } catch { logger.warning("cannot load device states: \(error)") }
+        let saveStates: @Sendable () async -> Void = {
+            do { try await registryDevices.saveStates(hub.takeChangedStates()) } catch { logger.warning("cannot save device states: \(error)") }
+        }
+        let stateWriter = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(nanoseconds: 2_000_000_000)
+                await saveStates()
+            }
+        }
+        defer { stateWriter.cancel() }
         // Commands: answers from devices settle them; queued ones go to devices as they connect.
         let commands = CommandCenter(hub: hub, commands: Commands(store: db), logger: logger)
         commands.attach()
@@ -135,6 +148,8 @@ struct Serve: AsyncParsableCommand {
             try await Application(router: router, configuration: configuration, services: services,
                                   onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
         }
+        stateWriter.cancel()
+        await saveStates()
         await db.close()
     }
 }

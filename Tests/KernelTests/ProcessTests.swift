@@ -341,7 +341,15 @@ import IoTCStore
                                                     "-P", token, "-q", "1", "-t", "devices/pump-1/telemetry", "-m", "{}"])
         #expect(refused != 0)
         #expect(!hub.log.contains(token), "the token is in the log")
+        // What the hub saw survives a restart: not connected, last seen as before.
+        let before = try? JSON.decode(call("GET", "/v1/devices/pump-1?tenant=acme").body)
         hub.stop()
+        let again = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { again.stop() }
+        #expect(eventually { http("GET", "\(api)/health")?.status == 200 }, "\(again.log)")
+        let after = try? JSON.decode(call("GET", "/v1/devices/pump-1?tenant=acme").body)
+        #expect(after?["state"]?["connected"] == false && after?["state"]?["source"] == "broker", "\(String(describing: after))")
+        #expect(after?["state"]?["last_seen"] != nil && after?["state"]?["last_seen"] == before?["state"]?["last_seen"], "\(String(describing: before)) \(String(describing: after))")
     }
 
     @Test func devicesClaimTheirCredentialsWithAFleetKey() throws {

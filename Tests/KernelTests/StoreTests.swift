@@ -428,6 +428,22 @@ final class PostgresServer {
         }
     }
 
+    @Test(arguments: StoreEngine.allCases)
+    func deviceStatesAreKeptAndReplaced(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let devices = Devices(store: store)
+            let first = DeviceState(tenant: "acme", device: "pump-1", connected: true, source: "broker", remoteAddress: "10.0.0.7:5000", since: 100, lastSeen: 150)
+            try await devices.saveStates([first, DeviceState(tenant: "globex", device: "pump-1", connected: false, source: "web", remoteAddress: "", since: 1, lastSeen: 2)])
+            var later = first
+            later.connected = false
+            later.since = 200
+            later.lastSeen = 200
+            try await devices.saveStates([later])
+            let states = try await devices.states().sorted { $0.tenant < $1.tenant }
+            #expect(states == [later, DeviceState(tenant: "globex", device: "pump-1", connected: false, source: "web", remoteAddress: "", since: 1, lastSeen: 2)])
+        }
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")

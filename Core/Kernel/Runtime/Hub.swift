@@ -37,8 +37,10 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var nextHandle: UInt64 = 1
     /// Which source holds each connected device (by tenant and id), for downlink.
     private var connectedVia: [String: String] = [:]
-    /// What the hub last saw of each device, by tenant and id.
+    /// What the hub last saw of each device, by tenant and id, and which entries changed since they
+    /// were last written to the store.
     private var presence: [String: DevicePresence] = [:]
+    private var changedPresence: Set<String> = []
     private var downlinkWaiters: [UInt64: @Sendable (Int32, String?) -> Void] = [:]
     private var nextDownlinkToken: UInt64 = 1
     private let messageCounter = ManagedAtomic<UInt64>(0)
@@ -398,6 +400,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             nextHandle += 1
             identities[h] = identity
             let key = Self.deviceKey(tenant, device)
+            changedPresence.insert(key)
             if presence[key] == nil {
                 presence[key] = DevicePresence(connected: false, source: from.name, remoteAddress: c.remoteAddress, since: now, lastSeen: now)
             } else {
@@ -438,6 +441,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             guard let id = identities[handle] else { return }
             connectedVia[Self.deviceKey(id.tenant, id.device)] = from.name
             presence[Self.deviceKey(id.tenant, id.device)] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
+            changedPresence.insert(Self.deviceKey(id.tenant, id.device))
         }
     }
 
@@ -448,9 +452,36 @@ public final class Hub: HostServices, @unchecked Sendable {
             let key = Self.deviceKey(id.tenant, id.device)
             if connectedVia[key] == from.name { connectedVia[key] = nil }
             if presence[key]?.source == from.name {
+                changedPresence.insert(key)
                 presence[key]?.connected = false
                 presence[key]?.since = now
                 presence[key]?.lastSeen = now
+            }
+        }
+    }
+
+    /// The device states that changed since the last call, for the store to keep.
+    public func takeChangedStates() -> [DeviceState] {
+        lock.withLock {
+            defer { changedPresence.removeAll(keepingCapacity: true) }
+            return changedPresence.compactMap { key in
+                guard let p = presence[key], let slash = key.firstIndex(of: "/") else { return nil }
+                return DeviceState(tenant: String(key[..<slash]), device: String(key[key.index(after: slash)...]), connected: p.connected,
+                                   source: p.source, remoteAddress: p.remoteAddress, since: p.since, lastSeen: p.lastSeen)
+            }
+        }
+    }
+
+    /// Device states kept from before a restart. Their connections ended with the hub that held them:
+    /// a device recorded as connected is disconnected since that hub was last seen to see it.
+    public func restore(states: [DeviceState]) {
+        lock.withLock {
+            for s in states {
+                let key = Self.deviceKey(s.tenant, s.device)
+                guard presence[key] == nil else { continue }
+                presence[key] = DevicePresence(connected: false, source: s.source, remoteAddress: s.remoteAddress,
+                                               since: s.connected ? s.lastSeen : s.since, lastSeen: s.lastSeen)
+                if s.connected { changedPresence.insert(key) }
             }
         }
     }
