@@ -154,7 +154,7 @@ enum AccountsAPI {
                 let all = p.tenant.system && q.get("tenant") == nil
                 let query = Query(request)
                 let entries = try await audit.entries(tenant: all ? nil : tenant, action: try query.string("action"),
-                                                      before: try query.integer("before", 0...Int64.max), limit: try query.limit())
+                                                      before: try query.integer("before", 0...(1 << 62)), limit: try query.limit())
                 return HubAPI.json(.object(Value.Object([("items", .array(entries.map(json)))])))
             }
         })

@@ -139,7 +139,7 @@ enum DevicesAPI {
                 guard let agg = Telemetry.Aggregate(rawValue: name) else {
                     throw APIProblem(.badRequest, "agg is one of \(Telemetry.Aggregate.allCases.map(\.rawValue).joined(separator: ", "))")
                 }
-                if let bucket = try q.integer("bucket", 1...Int64.max) {
+                if let bucket = try q.integer("bucket", 1...(1 << 53)) {
                     points = try await telemetry.aggregate(tenant: tenant, device: device, key: key, from: from, to: to, bucket: bucket, agg, limit: limit)
                     o["bucket"] = .int(bucket)
                     o["agg"] = .string(agg.rawValue)

@@ -20,8 +20,10 @@ extension Accounts {
     public static let sessionLifetime: Int64 = 12 * 3600 * 1000
 
     public func createUser(tenant: String, email: String, name: String, role: Role, password: String) async throws -> User {
-        guard email.unicodeScalars.count <= 254, email.split(separator: "@", omittingEmptySubsequences: false).count == 2,
-              !email.hasPrefix("@"), !email.hasSuffix("@"), !email.contains(" ") else {
+        // Checked byte by byte: "@" followed by a combining mark is one Character, not an "@".
+        let at = UInt8(ascii: "@"), bytes = email.utf8
+        guard email.unicodeScalars.count <= 254, bytes.filter({ $0 == at }).count == 1, bytes.first != at, bytes.last != at,
+              !bytes.contains(UInt8(ascii: " ")) else {
             throw AccountsError.invalid("'\(email.prefix(64))' is not an e-mail address")
         }
         let email = email.lowercased()
