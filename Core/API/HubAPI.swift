@@ -9,10 +9,10 @@ import Prometheus
 /// The operator API: health, Prometheus metrics, pipelines, plugins, dead letters, device commands,
 /// tenants and API keys. Everything under /v1 needs an API key; health, readiness and metrics do not.
 public enum HubAPI {
-    /// Builds the router. `reload` re-reads the pipeline files and applies them (as SIGHUP does).
+    /// Builds the router.
     public static func router(
-        hub: Hub, accounts: Accounts, directory: RegistryDirectory, commands: CommandCenter, registry: PrometheusCollectorRegistry, version: String,
-        reload: @escaping @Sendable () async -> [Diagnostic]?
+        hub: Hub, accounts: Accounts, directory: RegistryDirectory, commands: CommandCenter, pipelines: PipelineFiles,
+        registry: PrometheusCollectorRegistry, version: String
     ) -> Router<HubRequestContext> {
         let router = Router(context: HubRequestContext.self)
         router.add(middleware: UnroutedRequests())
@@ -45,16 +45,31 @@ public enum HubAPI {
                 ("pipelines", .array(s.pipelines.map { .object(Value.Object([("name", .string($0.name)), ("durable", .bool($0.durable)), ("queued", .int(Int64($0.queued)))])) })),
                 ("sources", .array(s.sources.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component))])) })),
                 ("sinks", .array(s.sinks.map { .object(Value.Object([("name", .string($0.name)), ("plugin", .string($0.component)), ("queued", .int(Int64($0.queued)))])) })),
+                ("files", .array(pipelines.files.map { .string(($0 as NSString).lastPathComponent) })),
             ])))
         })
+        // A pipeline file's new text: checked with the other files as they are (validate), or checked,
+        // written (the old text kept as FILE.bak) and applied (PUT).
+        router.post("/v1/pipelines/validate", use: guarded(.hub(.operator)) { request, _, _ in
+            let name = try Query(request).string("file") ?? (pipelines.files.first.map { ($0 as NSString).lastPathComponent } ?? "")
+            guard let file = pipelines.file(named: name) else { throw APIProblem(.notFound, "no pipeline file '\(name.prefix(64))'") }
+            let (errors, warnings) = pipelines.validate(replacing: file, with: try await yamlBody(request))
+            return json(.object(Value.Object([("valid", .bool(errors.isEmpty)), ("errors", .array(errors.map { .string($0.description) })),
+                                              ("warnings", .array(warnings.map { .string($0.description) }))])))
+        })
+        router.put("/v1/pipelines/files/:name", use: guarded(.hub(.admin)) { request, context, p in
+            let name = try context.parameter("name")
+            guard let file = pipelines.file(named: name) else { throw APIProblem(.notFound, "no pipeline file '\(name.prefix(64))'") }
+            let problems = await pipelines.apply(replacing: file, with: try await yamlBody(request))
+            await p.record("pipelines.apply", target: name, outcome: problems == nil ? "ok" : "failed", detail: problems.map { "\($0.count) errors" } ?? "")
+            if let problems { return invalidPipelines(problems) }
+            return json(["status": "applied"])
+        })
         router.post("/v1/pipelines/reload", use: guarded(.hub(.operator)) { _, _, p in
-            let problems = await reload()
+            let problems = await pipelines.reload()
             await p.record("pipelines.reload", target: "pipelines", outcome: problems == nil ? "ok" : "failed",
                            detail: problems.map { "\($0.count) errors" } ?? "")
-            if let problems {
-                return problem(.unprocessableContent, "the pipeline files have errors; the running configuration is unchanged",
-                               extra: [("errors", .array(problems.map { .string($0.description) }))])
-            }
+            if let problems { return invalidPipelines(problems) }
             return json(["status": "reloaded"])
         })
         router.get("/v1/plugins", use: guarded(.hub(.viewer)) { _, _, _ in
@@ -86,6 +101,20 @@ public enum HubAPI {
             return json(.object(Value.Object([("purged", .int(Int64(n)))])))
         })
         return router
+    }
+
+    /// 422 with every problem, `file:line:column: error: message (hint)`.
+    static func invalidPipelines(_ problems: [Diagnostic]) -> Response {
+        problem(.unprocessableContent, "the pipeline files have errors; the running configuration is unchanged",
+                extra: [("errors", .array(problems.map { .string($0.description) }))])
+    }
+
+    /// A pipeline file's text from a request body (UTF-8, up to 1 MiB).
+    static func yamlBody(_ request: Request) async throws -> String {
+        let buffer: ByteBuffer
+        do { buffer = try await request.body.collect(upTo: 1 << 20) } catch { throw APIProblem(.contentTooLarge, "a pipeline file is at most 1 MiB") }
+        guard let text = String(validating: buffer.readableBytesView, as: UTF8.self) else { throw APIProblem(.badRequest, "the body is not UTF-8 text") }
+        return text
     }
 
     /// `{"ids": [...]}`, or nil for an empty body (meaning all).

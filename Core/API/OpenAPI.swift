@@ -199,9 +199,15 @@ enum OpenAPI {
                   ok: (201, object([("tenant", string), ("device", string), ("credential", ref("Credential"))], required: ["tenant", "device", "credential"])),
                   open: true),
         Operation(method: "get", path: "/v1/pipelines", summary: "Pipelines, sources and sinks", tag: "hub", access: "viewer of the system tenant",
-                  ok: (200, object([("pipelines", array([:])), ("sources", array([:])), ("sinks", array([:]))], required: ["pipelines", "sources", "sinks"]))),
+                  ok: (200, object([("pipelines", array([:])), ("sources", array([:])), ("sinks", array([:])), ("files", array(string))],
+                                   required: ["pipelines", "sources", "sinks", "files"]))),
         Operation(method: "post", path: "/v1/pipelines/reload", summary: "Re-read the pipeline files", tag: "hub", access: "operator of the system tenant",
                   ok: (200, object([("status", string)]))),
+        Operation(method: "post", path: "/v1/pipelines/validate", summary: "Check a pipeline file's new text with the other files: valid or not, with every problem",
+                  tag: "hub", access: "operator of the system tenant", query: [("file", string)], body: ["description": "a pipeline file (YAML); any text is taken and checked"], bodyType: "application/yaml",
+                  ok: (200, object([("valid", boolean), ("errors", array(string)), ("warnings", array(string))], required: ["valid", "errors", "warnings"]))),
+        Operation(method: "put", path: "/v1/pipelines/files/{name}", summary: "Replace a pipeline file and apply it, if the files stay valid (422 otherwise)",
+                  tag: "hub", access: "admin of the system tenant", body: ["description": "a pipeline file (YAML); any text is taken and checked"], bodyType: "application/yaml", ok: (200, object([("status", string)]))),
         Operation(method: "get", path: "/v1/plugins", summary: "Loaded plugins", tag: "hub", access: "viewer of the system tenant", ok: (200, array([:]))),
         Operation(method: "get", path: "/v1/dead-letters", summary: "Dead letters", tag: "hub", access: "viewer of the system tenant",
                   query: [("limit", number(min: 1, max: 100_000))], ok: (200, object([("total", integer), ("items", array([:]))], required: ["total", "items"]))),
@@ -244,6 +250,10 @@ enum OpenAPI {
             }
             if op.path.hasPrefix("/v1") {
                 responses["400"] = problem("The request is not valid (malformed JSON, unknown fields, wrong types or values)")
+                if op.path.hasPrefix("/v1/pipelines/"), op.method != "get", !op.path.hasSuffix("/validate") {
+                    responses["422"] = ["description": "The pipeline files have errors (each as file:line:column: error: message); nothing changed",
+                                        "content": ["application/problem+json": ["schema": ref("Problem")]]]
+                }
                 responses["404"] = problem("Not found, or another tenant's")
                 responses["413"] = problem("The body is too large")
                 responses["429"] = problem("Over the rate limit; see Retry-After")

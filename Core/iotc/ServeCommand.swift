@@ -134,8 +134,9 @@ struct Serve: AsyncParsableCommand {
         }
         if config.auth.allowAnonymous { logger.warning("auth.allow_anonymous is on: devices without credentials are accepted") }
 
-        let reloader = Reloader(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
-        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, commands: commands, registry: registry, version: IOTC.version) { await reloader.reload() }
+        let reloader = PipelineFiles(hub: hub, loader: loader, files: pipelineFiles, logger: logger)
+        let router = HubAPI.router(hub: hub, accounts: accounts, directory: directory, commands: commands, pipelines: reloader, registry: registry,
+                                   version: IOTC.version)
         var banner = Banner(started: started, api: (tls == nil ? "http://" : "https://") + api, data: data, hub: hub, config: config)
         banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }
@@ -154,43 +155,10 @@ struct Serve: AsyncParsableCommand {
     }
 }
 
-/// Re-reads the pipeline files and applies them; on errors the running configuration stays.
-final class Reloader: Sendable {
-    let hub: Hub
-    let loader: HubConfigLoader
-    let files: [String]
-    let logger: Logger
-
-    init(hub: Hub, loader: HubConfigLoader, files: [String], logger: Logger) {
-        self.hub = hub
-        self.loader = loader
-        self.files = files
-        self.logger = logger
-    }
-
-    /// Returns the problems when the files are not valid.
-    func reload() async -> [Diagnostic]? {
-        do {
-            let (config, warnings) = try loader.load(files: files)
-            printDiagnostics(warnings)
-            try hub.reload(config)
-            logger.info("reloaded \(files.joined(separator: ", ")): \(config.pipelines.count) pipelines")
-            return nil
-        } catch let e as ConfigurationError {
-            for d in e.diagnostics { logger.error("\(d)") }
-            logger.error("reload refused: the running configuration is unchanged")
-            return e.diagnostics
-        } catch {
-            logger.error("reload failed: \(error)")
-            return [Diagnostic(at: .init(file: files.first ?? "", line: 1, column: 1), "\(error)")]
-        }
-    }
-}
-
 /// Runs until shutdown, reloading on SIGHUP, then drains the hub.
 struct HubService: Service {
     let hub: Hub
-    let reloader: Reloader
+    let reloader: PipelineFiles
 
     func run() async throws {
         let hangups = AsyncStream<Void> { continuation in

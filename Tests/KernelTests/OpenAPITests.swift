@@ -17,7 +17,8 @@ import IoTCStore
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")
         let router = HubAPI.router(hub: hub, accounts: Accounts(store: store), directory: RegistryDirectory(devices: Devices(store: store)),
                                    commands: CommandCenter(hub: hub, commands: Commands(store: store), logger: Logger(label: "test")),
-                                   registry: PrometheusCollectorRegistry(), version: "test") { nil }
+                                   pipelines: PipelineFiles(hub: hub, loader: HubConfigLoader(catalog: Build.plugins.catalog), files: [], logger: Logger(label: "test")),
+                                   registry: PrometheusCollectorRegistry(), version: "test")
         // Hummingbird writes parameters as ":name", OpenAPI as "{name}".
         let routes = Set(router.routes.map { route in
             "\(route.method.rawValue.lowercased()) " + route.path.description.split(separator: "/", omittingEmptySubsequences: false)

@@ -91,6 +91,44 @@ import IoTCStore
         #expect(!hub.log.contains("Fatal error"))
     }
 
+    @Test func checksAndAppliesPipelineFilesThroughTheAPI() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let out = dir.path + "/out.jsonl"
+        let original = """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { out: { plugin: file, path: "\(out)" } }
+            pipelines: { t: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """
+        let file = dir.write("hub.yaml", original)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        let api = "http://127.0.0.1:\(apiPort)"
+        #expect(waitForPort(httpPort) && eventually { http("GET", "\(api)/health")?.status == 200 }, "\(hub.log)")
+        func send(_ method: String, _ path: String, _ text: String) -> HTTPResult {
+            http(method, api + path, body: Array(text.utf8), headers: owner.merging(["Content-Type": "application/yaml"]) { a, _ in a })
+                ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+        #expect(http("GET", "\(api)/v1/pipelines", headers: owner)?.body.contains(#""files":["hub.yaml"]"#) == true)
+        // A broken text: every problem with its place, and nothing changes.
+        let broken = original.replacingOccurrences(of: "from: [ devices ]", with: "from: [ nowhere ]")
+        let checked = send("POST", "/v1/pipelines/validate", broken)
+        #expect(checked.status == 200 && checked.body.contains(#""valid":false"#) && checked.body.contains("hub.yaml:3:")
+                && checked.body.contains("undefined source 'nowhere'"), "\(checked.body)")
+        #expect(send("PUT", "/v1/pipelines/files/hub.yaml", broken).status == 422)
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == original)
+        #expect(send("PUT", "/v1/pipelines/files/..%2Fhub.yaml", original).status == 404)
+        // A good one: valid, then written (the old one kept) and running, without a restart.
+        let filtered = original.replacingOccurrences(of: "to: [ out ]", with: #"steps: [ { decode: json }, { filter: "n > 1" } ], to: [ out ]"#)
+        #expect(send("POST", "/v1/pipelines/validate?file=hub.yaml", filtered).body.contains(#""valid":true"#))
+        #expect(send("PUT", "/v1/pipelines/files/hub.yaml", filtered).status == 200)
+        #expect(try String(contentsOfFile: file, encoding: .utf8) == filtered && String(contentsOfFile: file + ".bak", encoding: .utf8) == original)
+        for n in [1, 2] { #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/a/telemetry", #"{"n":\#(n)}"#)?.status == 202) }
+        #expect(eventually { jsonLines(out).count == 1 } && jsonLines(out).first?["payload"]?["n"] == 2, "\(jsonLines(out))")
+        #expect(http("GET", "\(api)/v1/audit?action=pipelines.apply", headers: owner)?.body.contains(#""target":"hub.yaml""#) == true)
+    }
+
     @Test func exportsMQTTServerMetrics() throws {
         let dir = TempDir()
         let mqttPort = freePort(), apiPort = freePort()
