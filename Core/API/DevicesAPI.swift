@@ -176,19 +176,33 @@ enum DevicesAPI {
             try await AccountsAPI.answer {
                 let id = try DevicesAPI.device(context)
                 let tenant = try await AccountsAPI.target(request, p)
-                let body = try await JSONBody.read(request, allowed: ["kind", "fingerprint", "expires_in"])
+                let body = try await JSONBody.read(request, allowed: ["kind", "fingerprint", "identity", "key", "expires_in"])
                 let expiresAt = try body.expiry()
+                let kind = try body.string("kind") ?? "token"
+                // Each kind takes its own fields only.
+                let fields: [String: Set<String>] = ["token": [], "certificate": ["fingerprint"], "psk": ["identity", "key"]]
+                guard let own = fields[kind] else { throw APIProblem(.badRequest, "unknown credential kind '\(kind.prefix(32))'; kinds: token, certificate, psk") }
+                if let other = ["fingerprint", "identity", "key"].first(where: { !own.contains($0) && body.fields[$0] != nil && body.fields[$0] != .null }) {
+                    throw APIProblem(.badRequest, "a credential of kind \(kind) has no \(other)")
+                }
                 let answer: Value
-                switch try body.string("kind") ?? "token" {
+                switch kind {
                 case "token":
-                    guard try body.string("fingerprint") == nil else { throw APIProblem(.badRequest, "a token has no fingerprint; kind certificate has") }
                     let (c, token) = try await devices.issueToken(tenant: tenant, device: id, expiresAt: expiresAt)
                     answer = json(c, token: token)
                 case "certificate":
                     let fingerprint = try body.string("fingerprint", required: true)!
                     answer = json(try await devices.addCertificate(tenant: tenant, device: id, fingerprint: fingerprint, expiresAt: expiresAt))
-                case let other:
-                    throw APIProblem(.badRequest, "unknown credential kind '\(other.prefix(32))'; kinds: token, certificate")
+                default:
+                    guard let box = directory.box else { throw APIProblem(.conflict, "this hub has no secret key to keep pre-shared keys with") }
+                    var key: [UInt8]?
+                    if let hex = try body.string("key") {
+                        guard !hex.contains(":"), let bytes = Devices.hexBytes(hex) else { throw APIProblem(.badRequest, "key is the pre-shared key in hex") }
+                        key = bytes
+                    }
+                    let (c, secret) = try await devices.addPresharedKey(tenant: tenant, device: id, identity: try body.string("identity", required: true)!,
+                                                                        key: key, box: box, expiresAt: expiresAt)
+                    answer = json(c, key: secret)
                 }
                 try await directory.refresh()
                 await p.record("device.credential.create", target: id, tenant: tenant)
@@ -211,13 +225,15 @@ enum DevicesAPI {
 
     /// A credential as the API shows it: a token's secret only in the answer that created it, a
     /// certificate's fingerprint always.
-    static func json(_ c: DeviceCredential, token: String? = nil) -> Value {
+    static func json(_ c: DeviceCredential, token: String? = nil, key: [UInt8]? = nil) -> Value {
         var o = Value.Object([
             ("id", .string(c.id)), ("device", .string(c.device)), ("kind", .string(c.kind.rawValue)), ("created_at", .int(c.createdAt)),
             ("expires_at", c.expiresAt.map { .int($0) } ?? .null), ("revoked_at", c.revokedAt.map { .int($0) } ?? .null),
         ])
         if c.kind == .certificate { o["fingerprint"] = .string(c.digest.map { String(format: "%02x", $0) }.joined()) }
         if let token { o["token"] = .string(token) }
+        if let identity = c.identity { o["identity"] = .string(identity) }
+        if let key { o["key"] = .string(key.map { String(format: "%02x", $0) }.joined()) }
         return .object(o)
     }
 

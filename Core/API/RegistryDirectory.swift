@@ -21,31 +21,40 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     }
 
     private let devices: Devices
-    private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry])>(([:], [:]))
+    /// Opens the pre-shared keys; without it, none are loaded.
+    let box: SecretBox?
+    private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry], keys: [String: (Entry, [UInt8])])>(([:], [:], [:]))
 
     /// Told the ids of credentials that were in force and no longer are (revoked, expired, or their
     /// device deleted), so that the hub closes the connections made with them.
     private let onRevoked: @Sendable (Set<String>) -> Void
 
-    public init(devices: Devices, onRevoked: @escaping @Sendable (Set<String>) -> Void = { _ in }) {
+    public init(devices: Devices, box: SecretBox? = nil, onRevoked: @escaping @Sendable (Set<String>) -> Void = { _ in }) {
         self.devices = devices
+        self.box = box
         self.onRevoked = onRevoked
     }
 
     /// Loads every credential in force.
     public func refresh() async throws {
-        var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:]
+        var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:], keys: [String: (Entry, [UInt8])] = [:]
         for c in try await devices.activeCredentials() {
             let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt, profile: c.profile)
             switch c.kind {
             case .token: tokens[c.id] = e
             case .certificate: certificates[c.digest] = e
+            case .psk:
+                guard let box, let identity = c.identity, let sealed = c.sealedKey, let key = try? box.open(sealed) else { continue }
+                keys[identity] = (e, key)
             }
         }
-        let now = Set(tokens.keys).union(certificates.values.map(\.id))
+        func ids(_ t: [String: Entry], _ c: [[UInt8]: Entry], _ k: [String: (Entry, [UInt8])]) -> Set<String> {
+            Set(t.keys).union(c.values.map(\.id)).union(k.values.map(\.0.id))
+        }
+        let now = ids(tokens, certificates, keys)
         let before = state.withLockedValue { old -> Set<String> in
-            defer { old = (tokens, certificates) }
-            return Set(old.tokens.keys).union(old.certificates.values.map(\.id))
+            defer { old = (tokens, certificates, keys) }
+            return ids(old.tokens, old.certificates, old.keys)
         }
         let gone = before.subtracting(now)
         if !gone.isEmpty { onRevoked(gone) }
@@ -61,7 +70,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
 
     public func authenticate(_ c: Credentials) -> DirectoryGrant? {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        let (tokens, certificates) = state.withLockedValue { $0 }
+        let (tokens, certificates) = state.withLockedValue { ($0.tokens, $0.certificates) }
         func valid(_ e: Entry) -> Bool { e.expiresAt.map { $0 > now } ?? true }
         // A token as the secret (HTTP bearer, MQTT password) or as the MQTT user name with no password.
         for token in [c.secret, c.secret.isEmpty ? c.username : ""] where !token.isEmpty {
@@ -74,4 +83,10 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         return nil
     }
 
+    /// The device and key for a DTLS pre-shared key identity, while the key is in force.
+    public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        guard let (e, key) = state.withLockedValue({ $0.keys[identity] }), e.expiresAt.map({ $0 > now }) ?? true else { return nil }
+        return (e.grant, key)
+    }
 }

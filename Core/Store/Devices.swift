@@ -122,7 +122,7 @@ public struct Devices: Sendable {
 /// A device credential as stored: a token's SHA-256 (the token itself is shown once), or a client
 /// certificate's SHA-256 fingerprint for mutual TLS.
 public struct DeviceCredential: Sendable, Equatable {
-    public enum Kind: String, Sendable, CaseIterable { case token, certificate }
+    public enum Kind: String, Sendable, CaseIterable { case token, certificate, psk }
     public var id: String
     public var tenant: String
     public var device: String
@@ -134,6 +134,9 @@ public struct DeviceCredential: Sendable, Equatable {
     public var revokedAt: Int64?
     /// The device's profile (filled in by `activeCredentials`, for topic access).
     public var profile = "default"
+    /// A pre-shared key's identity, and its key sealed under the hub's secret key.
+    public var identity: String?
+    public var sealedKey: [UInt8]?
 
     public var active: Bool { revokedAt == nil }
 }
@@ -206,21 +209,66 @@ extension Devices {
     public static func digest(_ secret: String) -> [UInt8] { Accounts.hash(secret) }
 
     /// A SHA-256 fingerprint in hex (colons allowed) as bytes.
-    public static func fingerprintBytes(_ hex: String) -> [UInt8]? {
-        let digits = Array(hex.lowercased().utf8.filter { $0 != UInt8(ascii: ":") })
-        guard digits.count == 64 else { return nil }
+    public static func fingerprintBytes(_ hex: String) -> [UInt8]? { hexBytes(hex).flatMap { $0.count == 32 ? $0 : nil } }
+
+    /// Hex digits (colons allowed between them) as bytes; nil when anything else is there.
+    public static func hexBytes(_ hex: String) -> [UInt8]? {
+        func value(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+            default: nil
+            }
+        }
+        let digits = Array(hex.utf8.filter { $0 != UInt8(ascii: ":") })
+        guard !digits.isEmpty, digits.count % 2 == 0 else { return nil }
         var out: [UInt8] = []
-        for i in stride(from: 0, to: 64, by: 2) {
-            guard let b = UInt8(String(decoding: digits[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
-            out.append(b)
+        out.reserveCapacity(digits.count / 2)
+        for i in stride(from: 0, to: digits.count, by: 2) {
+            guard let hi = value(digits[i]), let lo = value(digits[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
         }
         return out
     }
 
     static func credential(_ r: Row) -> DeviceCredential {
-        DeviceCredential(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", device: r.string("device_id") ?? "",
-                         kind: DeviceCredential.Kind(rawValue: r.string("kind") ?? "") ?? .token, digest: r.bytes("digest") ?? [],
-                         createdAt: r.int("created_at") ?? 0, expiresAt: r.int("expires_at"), revokedAt: r.int("revoked_at"))
+        var c = DeviceCredential(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", device: r.string("device_id") ?? "",
+                                 kind: DeviceCredential.Kind(rawValue: r.string("kind") ?? "") ?? .token, digest: r.bytes("digest") ?? [],
+                                 createdAt: r.int("created_at") ?? 0, expiresAt: r.int("expires_at"), revokedAt: r.int("revoked_at"))
+        c.identity = r.string("identity")
+        c.sealedKey = r.bytes("sealed_key")
+        return c
+    }
+
+    /// Gives a device a DTLS pre-shared key (for CoAP and LwM2M): `identity` is what the device
+    /// presents in the handshake, unique among the keys in force; `key` (16 to 64 bytes) is made when
+    /// not given. The key is returned here and kept sealed; the listing shows the identity only.
+    public func addPresharedKey(tenant: String, device: String, identity: String, key: [UInt8]?, box: SecretBox,
+                                expiresAt: Int64? = nil) async throws -> (DeviceCredential, [UInt8]) {
+        guard (1...128).contains(identity.utf8.count), identity.utf8.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else {
+            throw AccountsError.invalid("a PSK identity is 1 to 128 printable ASCII characters")
+        }
+        var rng = SystemRandomNumberGenerator()
+        let key = key ?? (0..<16).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        guard (16...64).contains(key.count) else { throw AccountsError.invalid("a pre-shared key is 16 to 64 bytes (32 to 128 hex digits)") }
+        let id = Self.newToken().id, digest = Self.digest("psk:" + identity), sealed = try box.seal(key)
+        let now = clock()
+        try await store.transaction { db in
+            guard try await !db.query("SELECT id FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(device)]).isEmpty else {
+                throw AccountsError.notFound("no device '\(device.prefix(128))'")
+            }
+            if try await !db.query("SELECT id FROM device_credentials WHERE digest = ? AND revoked_at IS NULL", [.blob(digest)]).isEmpty {
+                throw AccountsError.conflict("this PSK identity is in use")
+            }
+            try await db.execute("""
+                INSERT INTO device_credentials (id, tenant_id, device_id, kind, digest, created_at, expires_at, identity, sealed_key)
+                VALUES (?, ?, ?, 'psk', ?, ?, ?, ?, ?)
+                """, [.text(id), .text(tenant), .text(device), .blob(digest), .integer(now), SQLValue(expiresAt), .text(identity), .blob(sealed)])
+        }
+        var c = DeviceCredential(id: id, tenant: tenant, device: device, kind: .psk, digest: digest, createdAt: now, expiresAt: expiresAt)
+        c.identity = identity
+        return (c, key)
     }
 }
 

@@ -167,6 +167,8 @@ public enum Schema {
                 PRIMARY KEY (tenant_id, device_id))
             """,
         ]),
+        // DTLS pre-shared keys: the identity a device presents, and its key sealed under the hub's secret key.
+        Migration(12, "pre-shared keys", sqlite: presharedKeys(binary: "BLOB"), postgres: presharedKeys(binary: "BYTEA")),
     ]
 
     private static func provisioning(binary: String) -> [String] {
@@ -192,6 +194,13 @@ public enum Schema {
                 claimed_at BIGINT,
                 PRIMARY KEY (tenant_id, device_id))
             """,
+        ]
+    }
+
+    private static func presharedKeys(binary: String) -> [String] {
+        [
+            "ALTER TABLE device_credentials ADD COLUMN identity TEXT",
+            "ALTER TABLE device_credentials ADD COLUMN sealed_key \(binary)",
         ]
     }
 

@@ -80,7 +80,13 @@ struct Serve: AsyncParsableCommand {
         // Devices authenticate against the registry's credentials, held in memory.
         let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger)
         // A revoked credential also closes the connections made with it.
-        let directory = RegistryDirectory(devices: Devices(store: db)) { [weak hub] gone in hub?.revoke(credentials: gone) }
+        // Pre-shared keys are kept sealed under the hub's secret key.
+        let box: SecretBox
+        do { box = try SecretBox.load(environment: environment["IOTC_SECRET_KEY"], file: data + "/secret.key") } catch {
+            logger.error("cannot load the hub's secret key: \(error)")
+            throw ExitCode(1)
+        }
+        let directory = RegistryDirectory(devices: Devices(store: db), box: box) { [weak hub] gone in hub?.revoke(credentials: gone) }
         do { try await directory.refresh() } catch {
             logger.error("cannot load device credentials: \(error)")
             throw ExitCode(1)

@@ -337,6 +337,16 @@ import IoTCStore
         #expect(token.hasPrefix("iotcd_"))
         // The token is shown once: the listing has no secret.
         #expect(!call("GET", "/v1/devices/pump-1/credentials?tenant=acme").body.contains(token))
+        // A DTLS pre-shared key (for CoAP and LwM2M) likewise: its identity is listed, its key is shown once
+        // and kept sealed under the hub's secret key (data/secret.key, the owner's only).
+        let psk = call("POST", "/v1/devices/pump-1/credentials?tenant=acme", #"{"kind": "psk", "identity": "pump-1.acme", "key": "00112233445566778899aabbccddeeff"}"#)
+        #expect(psk.status == 201 && psk.body.contains(#""key":"00112233445566778899aabbccddeeff""#), "\(psk.body)")
+        let listed = call("GET", "/v1/devices/pump-1/credentials?tenant=acme").body
+        #expect(listed.contains(#""identity":"pump-1.acme""#) && !listed.contains("00112233445566778899aabbccddeeff"), "\(listed)")
+        #expect(call("POST", "/v1/devices/pump-1/credentials?tenant=acme", #"{"kind": "psk", "identity": "pump-1.acme"}"#).status == 409)
+        #expect(call("POST", "/v1/devices/pump-1/credentials?tenant=acme", #"{"kind": "token", "identity": "x"}"#).status == 400)
+        let secretKey = try FileManager.default.attributesOfItem(atPath: dir.path + "/data/secret.key")
+        #expect((secretKey[.posixPermissions] as? Int) == 0o600)
 
         // HTTP with the token as bearer, MQTT with it as the password: both land, as tenant acme's pump-1.
         #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", #"{"via":"http"}"#, token: token)?.status == 202)

@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import IoTCStore
+import IoTCAPI
 
 /// A real PostgreSQL server from Debian's packages, in a temporary folder on a loopback port. initdb and
 /// the server run as the user postgres when the tests run as root (PostgreSQL refuses to run as root); the server is
@@ -441,6 +442,37 @@ final class PostgresServer {
             try await devices.saveStates([later])
             let states = try await devices.states().sorted { $0.tenant < $1.tenant }
             #expect(states == [later, DeviceState(tenant: "globex", device: "pump-1", connected: false, source: "web", remoteAddress: "", since: 1, lastSeen: 2)])
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func presharedKeysAreSealedAndFoundByIdentity(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: "valve-3", profile: "valve")
+            let box = try SecretBox(key: Array(repeating: 7, count: 32))
+            let given = Array(0..<16).map(UInt8.init)
+            let (c, key) = try await devices.addPresharedKey(tenant: "acme", device: "valve-3", identity: "valve-3@acme", key: given, box: box)
+            #expect(key == given && c.kind == .psk)
+            let (_, made) = try await devices.addPresharedKey(tenant: "acme", device: "valve-3", identity: "valve-3b", key: nil, box: box)
+            #expect(made.count == 16 && made != given)
+            // The identity is unique among keys in force; the key is never stored as given.
+            await #expect(throws: AccountsError.self) { try await devices.addPresharedKey(tenant: "acme", device: "valve-3", identity: "valve-3@acme", key: nil, box: box) }
+            await #expect(throws: AccountsError.self) { try await devices.addPresharedKey(tenant: "acme", device: "valve-3", identity: "x", key: [1, 2], box: box) }
+            let sealed = try #require(try await store.query("SELECT sealed_key FROM device_credentials WHERE id = ?", [.text(c.id)]).first?.bytes("sealed_key"))
+            #expect(sealed.count > 16 && !(0...(sealed.count - 16)).contains { Array(sealed[$0..<($0 + 16)]) == given })
+            // The directory finds device and key by identity, with the same secret key only, until revoked.
+            let directory = RegistryDirectory(devices: devices, box: box)
+            try await directory.refresh()
+            let found = try #require(directory.presharedKey(identity: "valve-3@acme"))
+            #expect(found.grant.tenant == "acme" && found.grant.device == "valve-3" && found.grant.profile == "valve" && found.key == given)
+            let stranger = RegistryDirectory(devices: devices, box: try SecretBox(key: Array(repeating: 8, count: 32)))
+            try await stranger.refresh()
+            #expect(stranger.presharedKey(identity: "valve-3@acme") == nil)
+            #expect(try await devices.revokeCredential(tenant: "acme", device: "valve-3", id: c.id))
+            try await directory.refresh()
+            #expect(directory.presharedKey(identity: "valve-3@acme") == nil && directory.presharedKey(identity: "valve-3b") != nil)
         }
     }
 
