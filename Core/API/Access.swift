@@ -90,6 +90,11 @@ struct Guard: Sendable {
                 await principal.record("access.denied", target: what, outcome: "denied", detail: "needs the role \(needed.rawValue)")
                 return HubAPI.problem(.forbidden, "this needs the role \(needed.rawValue) or higher; the key has \(key.role.rawValue)")
             }
+            // A key limited to some areas of the API (the OpenAPI document's tags) reaches only those.
+            if !key.scopes.isEmpty, let scope = OpenAPI.scope(method: request.method.rawValue, path: request.uri.path), !key.reaches(scope) {
+                await principal.record("access.denied", target: what, outcome: "denied", detail: "outside the key's scopes (needs \(scope))")
+                return HubAPI.problem(.forbidden, "this key is limited to \(key.scopes.joined(separator: ", ")); this is in \(scope)")
+            }
             // Refusals (APIProblem, store constraints) answer as problem documents, whatever the handler.
             return try await AccountsAPI.answer { try await body(request, context, principal) }
         }
@@ -140,6 +145,19 @@ struct JSONBody {
             return nil
         case .string(let s)?: return s
         default: throw APIProblem(.badRequest, "the field '\(name)' should be a string")
+        }
+    }
+
+    /// A list of strings.
+    func list(_ name: String) throws -> [String]? {
+        switch fields[name] {
+        case nil, .null?: return nil
+        case .array(let items)?:
+            return try items.map { item in
+                guard case .string(let s) = item else { throw APIProblem(.badRequest, "'\(name)' should be a list of strings") }
+                return s
+            }
+        default: throw APIProblem(.badRequest, "the field '\(name)' should be a list of strings")
         }
     }
 

@@ -62,7 +62,7 @@ enum AccountsAPI {
         })
         router.post("/v1/api-keys", use: guarded(.tenant(.admin)) { request, _, p in
             try await answer {
-                let body = try await JSONBody.read(request, allowed: ["name", "role", "expires_in"])
+                let body = try await JSONBody.read(request, allowed: ["name", "role", "expires_in", "scopes"])
                 let tenant = try await target(request, p)
                 let roleName = try body.string("role") ?? Role.viewer.rawValue
                 guard let role = Role(rawValue: roleName) else {
@@ -71,7 +71,13 @@ enum AccountsAPI {
                 // Nobody hands out more than they hold.
                 guard role <= p.key.role else { throw APIProblem(.forbidden, "a key with the role \(p.key.role.rawValue) cannot create a key with the role \(role.rawValue)") }
                 let expiresAt = try body.expiry()
-                let (key, secret) = try await accounts.createKey(tenant: tenant, name: try body.string("name", required: true)!, role: role, expiresAt: expiresAt)
+                let scopes = try body.list("scopes") ?? []
+                // Nor reaches further than they do: a limited key makes keys limited to (part of) its scopes.
+                if !p.key.scopes.isEmpty, scopes.isEmpty || !Set(scopes).isSubset(of: p.key.scopes) {
+                    throw APIProblem(.forbidden, "a key limited to \(p.key.scopes.joined(separator: ", ")) can only make keys limited to some of those")
+                }
+                let (key, secret) = try await accounts.createKey(tenant: tenant, name: try body.string("name", required: true)!, role: role,
+                                                                 expiresAt: expiresAt, scopes: scopes)
                 await p.record("api_key.create", target: key.id, tenant: tenant, detail: "role \(role.rawValue)")
                 return HubAPI.json(json(key, secret: secret), status: .created)
             }
@@ -218,7 +224,7 @@ enum AccountsAPI {
             ("id", .string(k.id)), ("prefix", .string(k.prefix)), ("tenant", .string(k.tenant)), ("name", .string(k.name)),
             ("role", .string(k.role.rawValue)), ("created_at", .int(k.createdAt)),
             ("expires_at", k.expiresAt.map { .int($0) } ?? .null), ("last_used_at", k.lastUsedAt.map { .int($0) } ?? .null),
-            ("revoked_at", k.revokedAt.map { .int($0) } ?? .null),
+            ("revoked_at", k.revokedAt.map { .int($0) } ?? .null), ("scopes", .array(k.scopes.map(Value.string))),
         ])
         if let secret { o["secret"] = .string(secret) }
         return .object(o)

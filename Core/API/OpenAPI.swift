@@ -1,5 +1,6 @@
 import Hummingbird
 import IoTCPluginKit
+import IoTCStore
 
 /// The operator API described as OpenAPI 3.1, served at `/openapi.json`. A test checks that it names
 /// every route the router has and no other, and schemathesis checks the running API against it.
@@ -50,6 +51,7 @@ enum OpenAPI {
                           required: ["id", "name", "system", "created_at", "retention_days"])),
         ("APIKey", object([("id", string), ("prefix", string), ("tenant", string), ("name", string), ("role", role), ("created_at", millis),
                            ("expires_at", nullableMillis), ("last_used_at", nullableMillis), ("revoked_at", nullableMillis),
+                           ("scopes", ["type": "array", "items": string, "description": "the areas (tags) of the API the key is limited to; empty for all"]),
                            ("secret", ["type": "string", "description": "only in the answer that created the key"])],
                           required: ["id", "prefix", "tenant", "name", "role", "created_at"])),
         ("User", object([("email", string), ("name", string), ("role", role), ("tenant", string), ("created_at", millis)],
@@ -103,7 +105,7 @@ enum OpenAPI {
         Operation(method: "get", path: "/ready", summary: "Readiness", tag: "hub", access: "open", ok: (200, object([("status", string)])), open: true),
         Operation(method: "get", path: "/metrics", summary: "Prometheus metrics (text exposition format)", tag: "hub", access: "open", ok: (200, nil), open: true),
         Operation(method: "get", path: "/openapi.json", summary: "This document", tag: "hub", access: "open", ok: (200, ["type": "object"]), open: true),
-        Operation(method: "get", path: "/v1/whoami", summary: "The calling key and its tenant", tag: "accounts", access: "any key",
+        Operation(method: "get", path: "/v1/whoami", summary: "The calling key and its tenant", tag: "session", access: "any key, whatever its scopes",
                   ok: (200, object([("key", ref("APIKey")), ("tenant", ref("Tenant"))], required: ["key", "tenant"]))),
         Operation(method: "get", path: "/v1/tenants", summary: "Tenants the key may see", tag: "accounts", access: "viewer"),
         Operation(method: "post", path: "/v1/tenants", summary: "Create a tenant and its owner key (the secret is in this answer only)", tag: "accounts",
@@ -117,7 +119,8 @@ enum OpenAPI {
         Operation(method: "get", path: "/v1/api-keys", summary: "The tenant's API keys (no secrets)", tag: "accounts", access: "admin", query: [tenantQuery]),
         Operation(method: "post", path: "/v1/api-keys", summary: "Create an API key (the secret is in this answer only)", tag: "accounts", access: "admin",
                   query: [tenantQuery],
-                  body: object([("name", text(min: 1, max: 200)), ("role", role), ("expires_in", number(min: 60, max: 315_360_000))],
+                  body: object([("name", text(min: 1, max: 200)), ("role", role), ("expires_in", number(min: 60, max: 315_360_000)),
+                                ("scopes", ["type": "array", "items": enumeration(APIKey.allScopes)])],
                                required: ["name"], closed: true),
                   ok: (201, ref("APIKey"))),
         Operation(method: "delete", path: "/v1/api-keys/{key}", summary: "Revoke an API key", tag: "accounts", access: "admin", query: [tenantQuery], ok: (204, nil)),
@@ -222,6 +225,25 @@ enum OpenAPI {
                   access: "operator of the system tenant", query: [("id", string)], ok: (200, object([("purged", integer)], required: ["purged"]))),
     ]
 
+    /// The operations whose path template `path` fits. A path named as it is (`/v1/devices/bulk`) is
+    /// that path, not a parameter's value.
+    static func operations(at path: String) -> [Operation] {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
+        let matching = operations.filter { op in
+            let template = op.path.split(separator: "/", omittingEmptySubsequences: false)
+            return template.count == segments.count && zip(template, segments).allSatisfy { t, s in t.hasPrefix("{") ? !s.isEmpty : t == s }
+        }
+        let exact = matching.filter { !$0.path.contains("{") }
+        return exact.isEmpty ? matching : exact
+    }
+
+    /// The area (scope) of the API a request falls in: its operation's tag. Nil for `session` (what any
+    /// key may always do) and for requests the document does not describe.
+    static func scope(method: String, path: String) -> String? {
+        guard let op = operations(at: path).first(where: { $0.method == method.lowercased() }), op.tag != "session" else { return nil }
+        return op.tag
+    }
+
     // MARK: - The document
 
     static func problem(_ description: String) -> Value {
@@ -302,14 +324,5 @@ struct UnroutedRequests<Context: RequestContext>: RouterMiddleware {
     }
 
     /// The methods the document allows on `path`.
-    static func methods(for path: String) -> [String] {
-        let segments = path.split(separator: "/", omittingEmptySubsequences: false)
-        let matching = OpenAPI.operations.filter { op in
-            let template = op.path.split(separator: "/", omittingEmptySubsequences: false)
-            return template.count == segments.count && zip(template, segments).allSatisfy { t, s in t.hasPrefix("{") ? !s.isEmpty : t == s }
-        }
-        // A path named as it is (`/v1/devices/bulk`) is that path, not a parameter's value.
-        let exact = matching.filter { !$0.path.contains("{") }
-        return (exact.isEmpty ? matching : exact).map { $0.method.uppercased() }
-    }
+    static func methods(for path: String) -> [String] { OpenAPI.operations(at: path).map { $0.method.uppercased() } }
 }

@@ -37,6 +37,14 @@ public struct APIKey: Sendable, Equatable {
     public var expiresAt: Int64?
     public var lastUsedAt: Int64?
     public var revokedAt: Int64?
+    /// The areas of the API the key is limited to (`APIKey.scopes`); empty for all of them.
+    public var scopes: [String] = []
+
+    /// The API's areas a key can be limited to.
+    public static let allScopes = ["accounts", "audit", "commands", "devices", "hub", "provisioning", "telemetry"]
+
+    /// Whether the key may reach an area.
+    public func reaches(_ scope: String) -> Bool { scopes.isEmpty || scopes.contains(scope) }
 
     /// The part of the secret that may be shown: `iotc_` and the key's id.
     public var prefix: String { "iotc_\(id)" }
@@ -132,8 +140,12 @@ public struct Accounts: Sendable {
     // MARK: - Keys
 
     /// Creates a key; the secret is returned here and never again.
-    public func createKey(tenant: String, name: String, role: Role, expiresAt: Int64? = nil) async throws -> (key: APIKey, secret: String) {
+    public func createKey(tenant: String, name: String, role: Role, expiresAt: Int64? = nil, scopes: [String] = []) async throws -> (key: APIKey, secret: String) {
         guard !name.isEmpty, name.unicodeScalars.count <= 200 else { throw AccountsError.invalid("a key name is 1 to 200 characters") }
+        if let unknown = scopes.first(where: { !APIKey.allScopes.contains($0) }) {
+            throw AccountsError.invalid("unknown scope '\(unknown.prefix(32))'; scopes: \(APIKey.allScopes.joined(separator: ", "))")
+        }
+        let scopes = Array(Set(scopes)).sorted()
         if let expiresAt, expiresAt <= clock() { throw AccountsError.invalid("the expiry is in the past") }
         let (id, secret) = Self.newSecret()
         let now = clock()
@@ -142,8 +154,11 @@ public struct Accounts: Sendable {
                 throw AccountsError.notFound("no tenant '\(tenant)'")
             }
             try await Self.insertKey(db, id: id, secret: secret, tenant: tenant, name: name, role: role, now: now, expiresAt: expiresAt)
+            if !scopes.isEmpty { try await db.execute("UPDATE api_keys SET scopes = ? WHERE id = ?", [.text(scopes.joined(separator: ",")), .text(id)]) }
         }
-        return (APIKey(id: id, tenant: tenant, name: name, role: role, createdAt: now, expiresAt: expiresAt), secret)
+        var key = APIKey(id: id, tenant: tenant, name: name, role: role, createdAt: now, expiresAt: expiresAt)
+        key.scopes = scopes
+        return (key, secret)
     }
 
     public func keys(tenant: String) async throws -> [APIKey] {
@@ -178,7 +193,7 @@ public struct Accounts: Sendable {
 
     // MARK: - Internals
 
-    static let keyColumns = "k.id, k.tenant_id, k.name, k.role, k.created_at, k.expires_at, k.last_used_at, k.revoked_at"
+    static let keyColumns = "k.id, k.tenant_id, k.name, k.role, k.created_at, k.expires_at, k.last_used_at, k.revoked_at, k.scopes"
 
     private static func insertKey(_ db: any StoreConnection, id: String, secret: String, tenant: String, name: String, role: Role,
                                   now: Int64, expiresAt: Int64?) async throws {
@@ -218,9 +233,11 @@ public struct Accounts: Sendable {
     }
 
     private static func key(_ r: Row) -> APIKey {
-        APIKey(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", name: r.string("name") ?? "",
-               role: Role(rawValue: r.string("role") ?? "") ?? .viewer, createdAt: r.int("created_at") ?? 0,
-               expiresAt: r.int("expires_at"), lastUsedAt: r.int("last_used_at"), revokedAt: r.int("revoked_at"))
+        var k = APIKey(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", name: r.string("name") ?? "",
+                       role: Role(rawValue: r.string("role") ?? "") ?? .viewer, createdAt: r.int("created_at") ?? 0,
+                       expiresAt: r.int("expires_at"), lastUsedAt: r.int("last_used_at"), revokedAt: r.int("revoked_at"))
+        k.scopes = (r.string("scopes") ?? "").split(separator: ",").map(String.init)
+        return k
     }
 }
 

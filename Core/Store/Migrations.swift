@@ -169,6 +169,8 @@ public enum Schema {
         ]),
         // DTLS pre-shared keys: the identity a device presents, and its key sealed under the hub's secret key.
         Migration(12, "pre-shared keys", sqlite: presharedKeys(binary: "BLOB"), postgres: presharedKeys(binary: "BYTEA")),
+        // What an API key may reach beyond its role: the API's areas it is limited to (empty: all).
+        Migration(13, "API key scopes", ["ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT ''"]),
     ]
 
     private static func provisioning(binary: String) -> [String] {

@@ -27,6 +27,9 @@ import IoTCStore
         let documented = Set(OpenAPI.operations.map { "\($0.method) \($0.path)" })
         #expect(routes.subtracting(documented).isEmpty, "not in the document: \(routes.subtracting(documented).sorted())")
         #expect(documented.subtracting(routes).isEmpty, "documented but not routed: \(documented.subtracting(routes).sorted())")
+        // The areas an API key can be limited to are the document's tags (but session, open to every key).
+        let tags = Set(OpenAPI.operations.filter { $0.path.hasPrefix("/v1/") }.map(\.tag)).subtracting(["session"])
+        #expect(tags == Set(APIKey.allScopes), "\(tags.sorted()) vs \(APIKey.allScopes)")
         // It is JSON that says it is OpenAPI 3.1, and every reference resolves.
         let text = String(decoding: JSON.encode(OpenAPI.document(version: "test")), as: UTF8.self)
         let document = try JSON.decode(Array(text.utf8))

@@ -274,6 +274,16 @@ import IoTCStore
         #expect(call("GET", "/v1/whoami", key: viewer).status == 200)
         #expect(call("POST", "/v1/api-keys", key: viewer, #"{"name": "x"}"#).status == 403)
         #expect(call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "x", "role": "emperor"}"#).status == 400)
+        // A key limited to some areas of the API reaches those only, and hands out no wider one.
+        let scopedBody = call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "grafana", "role": "admin", "scopes": ["telemetry", "devices"]}"#)
+        #expect(scopedBody.status == 201 && scopedBody.body.contains(#""scopes":["devices","telemetry"]"#), "\(scopedBody.body)")
+        let scoped = try #require(text((try? JSON.decode(scopedBody.body))?["secret"]))
+        #expect(call("GET", "/v1/devices", key: scoped).status == 200)
+        #expect(call("GET", "/v1/devices/pump-1/telemetry/latest", key: scoped).status == 200)
+        #expect(call("GET", "/v1/whoami", key: scoped).status == 200)
+        #expect(call("GET", "/v1/audit", key: scoped).status == 403)
+        #expect(call("GET", "/v1/api-keys", key: scoped).status == 403)
+        #expect(call("POST", "/v1/api-keys", key: acmeOwner, #"{"name": "x", "scopes": ["everything"]}"#).status == 400)
         // Revocation takes effect on the next request.
         #expect(call("DELETE", "/v1/api-keys/\(viewerID)", key: acmeOwner).status == 204)
         #expect(call("GET", "/v1/whoami", key: viewer).status == 401)
