@@ -389,8 +389,18 @@ import IoTCStore
         let state = call("GET", "/v1/devices/pump-1?tenant=acme").body
         #expect(state.contains(#""connected":true"#) && state.contains(#""source":"broker""#) && state.contains("last_seen"), "\(state)")
 
+        // An HTTP keep-alive connection, open before the revocation, is checked again within 2 seconds.
+        let kept = try #require(RawSocket(port: httpPort))
+        func post() -> String {
+            kept.send("POST /v1/devices/pump-1/telemetry HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            return kept.readResponses(1).first ?? ""
+        }
+        #expect(post().hasPrefix("HTTP/1.1 202"))
+
         // Revoked: refused at once on new requests and connections, and open connections close.
         #expect(call("DELETE", "/v1/devices/pump-1/credentials/\(credential)?tenant=acme").status == 204)
+        usleep(2_200_000)
+        #expect(post().hasPrefix("HTTP/1.1 401"), "a revoked token still works on an open keep-alive connection")
         #expect(eventually(timeout: 5) { watcher.log.contains("disconnected 152") }, "\(watcher.log)")
         #expect(eventually { call("GET", "/v1/devices/pump-1?tenant=acme").body.contains(#""connected":false"#) })
         watcher.stop()
