@@ -216,7 +216,7 @@ struct Banner: Sendable {
             lines.append("")
             lines.append("  First start: created the system tenant and its owner API key. It is shown only now; keep it safe:")
             lines.append("    \(key)")
-            lines.append("  Use it as a bearer token, e.g.: curl -H 'Authorization: Bearer \(key)' http://\(api)/v1/whoami")
+            lines.append("  Use it as a bearer token, e.g.: curl -H 'Authorization: Bearer \(key)' \(api)/v1/whoami")
         case .preset?:
             lines.append("  first start: created the system tenant with the owner key from IOTC_BOOTSTRAP_KEY")
         case nil:

@@ -481,6 +481,25 @@ import IoTCStore
         #expect(refused != 0 && why.contains("--api-tls-cert and --api-tls-key go together"), "\(why)")
     }
 
+    @Test func theFirstStartShowsTheOwnerKeyOnceWithAWorkingExample() throws {
+        let dir = TempDir()
+        let apiPort = freePort()
+        let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
+        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory])
+        #expect(eventually { hub.log.contains("/v1/whoami") }, "\(hub.log)")
+        let line = hub.log.split(separator: "\n").first { $0.contains("curl -H") }.map(String.init) ?? ""
+        #expect(line.hasSuffix("' http://127.0.0.1:\(apiPort)/v1/whoami"), "\(line)")
+        // The example works as printed.
+        let key = try #require(line.split(separator: "'").dropFirst().first?.split(separator: " ").last.map(String.init))
+        #expect(http("GET", "http://127.0.0.1:\(apiPort)/v1/whoami", headers: ["Authorization": "Bearer \(key)"])?.status == 200)
+        hub.stop()
+        // Shown once: not at the next start.
+        let again = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory])
+        defer { again.stop() }
+        #expect(eventually { again.log.contains("ready in") }, "\(again.log)")
+        #expect(!again.log.contains(key))
+    }
+
     @Test func ratesAreLimitedPerDeviceAndPerAPIKey() throws {
         let dir = TempDir()
         let apiPort = freePort(), httpPort = freePort()
