@@ -18,6 +18,10 @@ public final class CommandCenter: @unchecked Sendable {
     private let lock = NIOLock()
     /// Commands being handed to a device now (not offered twice at once).
     private var inFlight: Set<String> = []
+    /// Whether the store may hold open commands (unknown at start), and a count of commands made, so that
+    /// the queue is not polled while there is nothing to deliver or expire.
+    private var mayHaveOpen = true
+    private var made = 0
     /// Callers waiting for a command to reach a final status.
     private var waiters: [String: [UInt64: AsyncStream<Void>.Continuation]] = [:]
     private var nextWaiter: UInt64 = 0
@@ -44,6 +48,10 @@ public final class CommandCenter: @unchecked Sendable {
     public func send(tenant: String, device: String, name: String, payload: Value, expiresIn: TimeInterval, source: String?) async throws -> DeviceCommand {
         let expiresAt = Int64((Date().timeIntervalSince1970 + expiresIn) * 1000)
         let c = try await commands.create(tenant: tenant, device: device, name: name, payload: String(decoding: JSON.encode(payload), as: UTF8.self), expiresAt: expiresAt)
+        lock.withLock {
+            made += 1
+            mayHaveOpen = true
+        }
         await offer(c, source: source)
         return try await commands.get(tenant: tenant, id: c.id) ?? c
     }
@@ -117,13 +125,22 @@ public final class CommandCenter: @unchecked Sendable {
     }
 
     /// Expires what is past its expiry and offers the queued commands to their devices that are
-    /// connected now. Runs every `interval` seconds until cancelled.
+    /// connected now. Runs every `interval` seconds until cancelled; while no command is open it looks
+    /// only every 15th time (for commands another node of the same store made).
     public func run(every interval: TimeInterval = 1) async {
+        var round = 0
         while !Task.isCancelled {
+            round += 1
             do {
-                try await commands.expire()
-                for c in try await commands.queued() where hub.connectedSource(tenant: c.tenant, of: c.device) != nil {
-                    await offer(c, source: nil)
+                if let seen = lock.withLock({ mayHaveOpen || round % 15 == 0 ? made : nil }) {
+                    try await commands.expire()
+                    for c in try await commands.queued() where hub.connectedSource(tenant: c.tenant, of: c.device) != nil {
+                        await offer(c, source: nil)
+                    }
+                    if try await commands.openCount() == 0 {
+                        // Unless a command was made meanwhile.
+                        lock.withLock { if made == seen { mayHaveOpen = false } }
+                    }
                 }
             } catch {
                 logger.warning("command queue: \(error)")

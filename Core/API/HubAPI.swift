@@ -3,6 +3,7 @@ import Hummingbird
 import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
+import NIOConcurrencyHelpers
 import NIOCore
 import Prometheus
 
@@ -29,9 +30,14 @@ public enum HubAPI {
         ProvisioningAPI.add(to: router, provisioning: Provisioning(store: accounts.store), devices: devices, directory: directory, audit: audit, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
-        let description = JSON.encode(OpenAPI.document(version: version))
+        // Built at the first request: an idle hub does not carry it.
+        let description = NIOLockedValueBox<[UInt8]?>(nil)
         router.get("/openapi.json") { _, _ in
-            Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: description)))
+            let bytes = description.withLockedValue { cached in
+                if cached == nil { cached = JSON.encode(OpenAPI.document(version: version)) }
+                return cached!
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
         }
         router.get("/metrics") { _, _ in
             var buffer: [UInt8] = []

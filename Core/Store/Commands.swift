@@ -77,6 +77,11 @@ public struct Commands: Sendable {
                               [.integer(clock())]).map(Self.command)
     }
 
+    /// How many commands are still open (queued, or delivered and not answered).
+    public func openCount() async throws -> Int {
+        Int(try await store.query("SELECT COUNT(*) AS n FROM commands WHERE status IN ('queued', 'delivered')").first?.int("n") ?? 0)
+    }
+
     /// Queued → delivered. False when it was no longer queued.
     @discardableResult
     public func markDelivered(id: String) async throws -> Bool {
