@@ -122,10 +122,7 @@ struct JSONBody {
 
     /// As `read`; an empty body is nil when `emptyIsNull`.
     static func read(_ request: Request, allowed: Set<String>, limit: Int, emptyIsNull: Bool) async throws -> JSONBody? {
-        let buffer: ByteBuffer
-        do { buffer = try await request.body.collect(upTo: limit) } catch {
-            throw APIProblem(.contentTooLarge, "the body is over \(limit) bytes")
-        }
+        let buffer = try await collect(request, upTo: limit)
         if emptyIsNull, buffer.readableBytes == 0 { return nil }
         let value: Value
         do { value = try JSON.decode(Array(buffer.readableBytesView)) } catch {
@@ -199,6 +196,13 @@ struct JSONBody {
         case .double(let d)? where d == d.rounded() && abs(d) < 9e15: return Int64(d)
         default: throw APIProblem(.badRequest, "the field '\(name)' should be an integer")
         }
+    }
+}
+
+/// A request's whole body, at most `limit` bytes; a larger one is a 413 that says the limit.
+func collect(_ request: Request, upTo limit: Int) async throws -> ByteBuffer {
+    do { return try await request.body.collect(upTo: limit) } catch {
+        throw APIProblem(.contentTooLarge, "the body is over \(limit) bytes")
     }
 }
 

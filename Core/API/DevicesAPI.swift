@@ -43,8 +43,7 @@ enum DevicesAPI {
                 let tenant = try await AccountsAPI.target(request, p)
                 let withTokens = try Query(request).boolean("tokens") ?? false
                 let isCSV = request.headers[.contentType]?.lowercased().hasPrefix("text/csv") == true
-                let buffer: ByteBuffer
-                do { buffer = try await request.body.collect(upTo: 4 << 20) } catch { throw APIProblem(.contentTooLarge, "the body is over 4 MiB") }
+                let buffer = try await collect(request, upTo: 4 << 20)
                 let rows = try isCSV ? csvRows(String(decoding: buffer.readableBytesView, as: UTF8.self)) : jsonRows(Array(buffer.readableBytesView))
                 guard rows.count <= 10_000 else { throw APIProblem(.badRequest, "at most 10,000 devices per request") }
                 var report: [Value] = []

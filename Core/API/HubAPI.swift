@@ -117,8 +117,7 @@ public enum HubAPI {
 
     /// A pipeline file's text from a request body (UTF-8, up to 1 MiB).
     static func yamlBody(_ request: Request) async throws -> String {
-        let buffer: ByteBuffer
-        do { buffer = try await request.body.collect(upTo: 1 << 20) } catch { throw APIProblem(.contentTooLarge, "a pipeline file is at most 1 MiB") }
+        let buffer = try await collect(request, upTo: 1 << 20)
         guard let text = String(validating: buffer.readableBytesView, as: UTF8.self) else { throw APIProblem(.badRequest, "the body is not UTF-8 text") }
         return text
     }

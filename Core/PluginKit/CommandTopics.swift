@@ -14,19 +14,18 @@ public enum CommandTopics {
         return (levels[1], levels[3])
     }
 
-    /// Whether `topic` is an answer's, without building anything (for the routing of every message).
+    /// Whether `topic` is an answer's: `devices/D/results/I` with D and I not empty. One pass over the
+    /// bytes, nothing built (sources ask it for every message).
     public static func isResult(_ topic: String) -> Bool {
         let u = topic.utf8
-        guard u.starts(with: "devices/".utf8) else { return false }
-        var slashes = 0, afterSecond = u.startIndex
-        var i = u.startIndex
-        while i != u.endIndex {
-            if u[i] == UInt8(ascii: "/") {
-                slashes += 1
-                if slashes == 2 { afterSecond = u.index(after: i) }
-            }
-            i = u.index(after: i)
-        }
-        return slashes == 3 && u[afterSecond...].starts(with: "results/".utf8) && parseResult(topic) != nil
+        let prefix = "devices/".utf8
+        guard u.starts(with: prefix) else { return false }
+        let rest = u.dropFirst(prefix.count)
+        guard let slash = rest.firstIndex(of: UInt8(ascii: "/")), slash != rest.startIndex else { return false }
+        let tail = rest[rest.index(after: slash)...]
+        let results = "results/".utf8
+        guard tail.starts(with: results) else { return false }
+        let id = tail.dropFirst(results.count)
+        return !id.isEmpty && !id.contains(UInt8(ascii: "/"))
     }
 }

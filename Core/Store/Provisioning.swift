@@ -80,18 +80,20 @@ public struct Provisioning: Sendable {
     /// nothing). The device is registered with the key's profile if it is not yet.
     public func claim(fleetKey: String, device: String, code: String, devices: Devices) async throws -> ClaimedDevice? {
         let now = clock()
-        guard fleetKey.hasPrefix("iotcp_"), let id = Accounts.keyID(of: "iotc_" + fleetKey.dropFirst("iotcp_".count)),
-              let row = try await store.query("SELECT * FROM provisioning_keys WHERE id = ?", [.text(id)]).first,
-              let stored = row.bytes("hash"), ConstantTime.equal(stored, Accounts.hash(fleetKey)) else {
-            _ = Accounts.verifyPassword(code, Accounts.decoyHash)
-            return nil
+        var key: ProvisioningKey?
+        if fleetKey.hasPrefix("iotcp_"), let id = Accounts.keyID(of: "iotc_" + fleetKey.dropFirst("iotcp_".count)),
+           let row = try await store.query("SELECT * FROM provisioning_keys WHERE id = ?", [.text(id)]).first,
+           let stored = row.bytes("hash"), ConstantTime.equal(stored, Accounts.hash(fleetKey)) {
+            key = Self.key(row)
         }
-        let key = Self.key(row)
-        guard key.revokedAt == nil, key.expiresAt.map({ $0 > now }) ?? true else { return nil }
-        let claim = try await store.query("SELECT * FROM device_claims WHERE tenant_id = ? AND device_id = ?", [.text(key.tenant), .text(device)]).first
-        // The same work whether or not the device has a code.
+        var claim: Row?
+        if let key {
+            claim = try await store.query("SELECT * FROM device_claims WHERE tenant_id = ? AND device_id = ?", [.text(key.tenant), .text(device)]).first
+        }
+        // One slow hash on every path, so that how long a refusal takes tells nothing of why.
         let verified = Accounts.verifyPassword(code, claim?.string("code_hash") ?? Accounts.decoyHash)
-        guard let claim, verified, claim.int("claimed_at") == nil, claim.int("expires_at").map({ $0 > now }) ?? true else { return nil }
+        guard let key, key.revokedAt == nil, key.expiresAt.map({ $0 > now }) ?? true,
+              let claim, verified, claim.int("claimed_at") == nil, claim.int("expires_at").map({ $0 > now }) ?? true else { return nil }
         // The code counts once, even when two claims race.
         guard try await store.execute("UPDATE device_claims SET claimed_at = ? WHERE tenant_id = ? AND device_id = ? AND claimed_at IS NULL",
                                       [.integer(now), .text(key.tenant), .text(device)]) == 1 else { return nil }

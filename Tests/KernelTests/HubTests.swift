@@ -488,4 +488,15 @@ import IoTCPluginKit
     func confinesDevicesToTheirOwnTopics(topic: String, device: String, allowed: Bool) {
         #expect(TopicAccess.isOwnTopic(topic, device: device) == allowed)
     }
+
+    @Test(arguments: [
+        ("devices/d1/results/cmd-1", true), ("devices/d1/results/", false), ("devices//results/cmd-1", false),
+        ("devices/d1/results/cmd-1/x", false), ("devices/d1/result/cmd-1", false), ("devices/d1/commands/reboot/cmd-1", false),
+        ("device/d1/results/cmd-1", false), ("devices/d1", false),
+    ])
+    func recognisesAnswersToCommands(topic: String, isAnswer: Bool) {
+        #expect(CommandTopics.isResult(topic) == isAnswer)
+        // The quick check and the parse agree.
+        #expect((CommandTopics.parseResult(topic) != nil) == isAnswer)
+    }
 }

@@ -95,7 +95,11 @@ import IoTCPluginKit
 
         // The API: every endpoint that names a tenant's resource answers another tenant exactly as it
         // answers for a resource that does not exist.
-        #expect(eventually { call("GET", "/v1/devices/pump-1/telemetry/latest", key: acme).body.contains("from") == false })
+        // Each pump-1 sends a number over HTTP: the store keeps it under its own tenant.
+        for (tenant, rpm) in [("acme", 1111), ("globex", 2222)] {
+            #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/pump-1/telemetry", #"{"rpm": \#(rpm)}"#, token: tokens["\(tenant)/pump-1"]!)?.status == 202)
+        }
+        #expect(eventually { call("GET", "/v1/devices/pump-1/telemetry/latest", key: acme).body.contains("1111") })
         let resources: [(String, String, String?)] = [
             ("GET", "/v1/devices/{device}", nil), ("PATCH", "/v1/devices/{device}", #"{"name": "mine now"}"#), ("DELETE", "/v1/devices/{device}", nil),
             ("GET", "/v1/devices/{device}/credentials", nil), ("POST", "/v1/devices/{device}/credentials", #"{"kind": "token"}"#),
@@ -135,7 +139,9 @@ import IoTCPluginKit
         #expect(!audit.contains(#""tenant":"acme""#) && !audit.contains(commandID) && !audit.contains(credentials["acme/gw-1"]!), "\(audit)")
         #expect(call("GET", "/v1/audit?limit=1000", key: acme).body.contains(#""action":"command.send""#))
         // Globex's own pump-1 has its own telemetry and commands; acme's are not among them.
-        #expect(eventually { call("GET", "/v1/devices/pump-1/telemetry/latest", key: globex).status == 200 })
+        #expect(eventually { call("GET", "/v1/devices/pump-1/telemetry/latest", key: globex).body.contains("2222") })
+        #expect(!call("GET", "/v1/devices/pump-1/telemetry/latest", key: globex).body.contains("1111"))
+        #expect(!call("GET", "/v1/devices/pump-1/telemetry/latest", key: acme).body.contains("2222"))
         #expect(!call("GET", "/v1/devices/pump-1/commands", key: globex).body.contains(commandID))
         #expect(call("GET", "/v1/devices/pump-1/commands/\(commandID)", key: globex).status == 404)
         // And nothing was changed: acme's gateway still works and its device record is intact.

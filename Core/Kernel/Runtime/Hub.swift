@@ -373,11 +373,6 @@ public final class Hub: HostServices, @unchecked Sendable {
         lock.withLock { commandResultObserver = observer }
     }
 
-    /// The device and key for a DTLS pre-shared key identity, from the registry (for DTLS sources).
-    public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? {
-        lock.withLock { directory }?.presharedKey(identity: identity)
-    }
-
     /// Gives the `store` sink its store; call before `start`.
     public func attach(store: any Store) { lock.withLock { self.store = store } }
 
