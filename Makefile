@@ -47,6 +47,7 @@ bench:
 	Benchmarks/http-ingest.sh .build/release
 	Benchmarks/mqtt.sh .build/release
 	Benchmarks/mqtt-auth.sh .build/release
+	Benchmarks/coap.sh .build/release
 	.build/release/iotc bench store
 
 ## Fuzz the decoders (JSON, CBOR, expressions, MQTT) with libFuzzer; FUZZ_SECONDS each (default 60).

@@ -42,6 +42,7 @@ let package = Package(
         .library(name: "iotc-plugin-file", type: .dynamic, targets: ["FilePlugin"]),
         .library(name: "iotc-plugin-log", type: .dynamic, targets: ["LogPlugin"]),
         .library(name: "iotc-plugin-mqtt", type: .dynamic, targets: ["MQTTPlugin"]),
+        .library(name: "iotc-plugin-coap", type: .dynamic, targets: ["CoAPPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -119,6 +120,7 @@ let package = Package(
             "IoTCPluginKit",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Plugins/Shared/Sources/PluginNetworking"),
         .target(name: "HTTPCodec", dependencies: nio, path: "Plugins/HTTP/Sources/HTTPCodec"),
         plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
@@ -141,6 +143,15 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOWebSocket", package: "swift-nio"),
         ], swiftSettings: hotPath),
+        // libcoap 4.3 with OpenSSL (DTLS), from Debian's libcoap3-dev, and the event loop, PDU helpers
+        // and content formats the CoAP and LwM2M plugins share.
+        .systemLibrary(name: "CCoAP", path: "Plugins/CoAP/Sources/CCoAP", pkgConfig: "libcoap-3-openssl", providers: [.apt(["libcoap3-dev"])]),
+        .target(name: "CoAPRuntime", dependencies: [
+            "CCoAP", "IoTCPluginKit", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], path: "Plugins/CoAP/Sources/CoAPRuntime"),
+        plugin("CoAPPlugin", folder: "CoAP", dependencies: [
+            "CCoAP", "CoAPRuntime", "PluginNetworking", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         .testTarget(
             name: "KernelTests",
             dependencies: [
@@ -153,7 +164,7 @@ let package = Package(
         .testTarget(
             name: "PluginTests",
             dependencies: [
-                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec",
+                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

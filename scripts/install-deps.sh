@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Installs what a make target needs and is missing, from Debian's packages. Safe to run again.
 #   scripts/install-deps.sh run     what the hub needs to build and run
-#   scripts/install-deps.sh test    plus the real peers the tests start (mosquitto, mosquitto-clients)
+#   scripts/install-deps.sh test    plus the real peers the tests start (mosquitto, libcoap3-bin, ...)
 #   scripts/install-deps.sh bench   plus nginx and wrk for the HTTP benchmark
 set -euo pipefail
 
 want=(curl ca-certificates pkg-config libsqlite3-dev libcoap3-dev libmodbus-dev)
 case "${1:-run}" in
   run) ;;
-  test) want+=(mosquitto mosquitto-clients python3 coreutils binutils gcc openssl postgresql) ;;
-  bench) want+=(mosquitto mosquitto-clients python3 nginx-light wrk) ;;
+  test) want+=(mosquitto mosquitto-clients libcoap3-bin python3 coreutils binutils gcc openssl postgresql) ;;
+  bench) want+=(mosquitto mosquitto-clients libcoap3-bin python3 nginx-light wrk) ;;
   fuzz) ;;  # the Swift toolchain carries libFuzzer
   *) echo "usage: $0 run|test|bench|fuzz" >&2; exit 2 ;;
 esac

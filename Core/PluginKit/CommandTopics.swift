@@ -7,6 +7,13 @@ public enum CommandTopics {
 
     public static func result(device: String, id: String) -> String { "devices/\(device)/results/\(id)" }
 
+    /// Whether a device id from a URL or resource path can name a device in these topics: 1 to 128
+    /// bytes of UTF-8 without '/', '+', '#' or control characters.
+    public static func isDeviceID(_ s: String) -> Bool {
+        let u = s.utf8
+        return !u.isEmpty && u.count <= 128 && !u.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F }
+    }
+
     /// The device and command id of an answer's topic, or nil when `topic` is not one.
     public static func parseResult(_ topic: String) -> (device: Substring, id: Substring)? {
         let levels = topic.split(separator: "/", maxSplits: 4, omittingEmptySubsequences: false)

@@ -288,6 +288,14 @@ public enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// The URL and file name safe alphabet (RFC 4648 §5) without padding, as SenML's `vd` uses.
+    public static func encodeURL(_ bytes: [UInt8]) -> String {
+        var s = encode(bytes)
+        while s.hasSuffix("=") { s.removeLast() }
+        return String(s.map { $0 == "+" ? "-" : $0 == "/" ? "_" : $0 })
+    }
+
+    /// Decodes either alphabet, with or without padding.
     public static func decode(_ text: String) -> [UInt8]? {
         var out: [UInt8] = []
         var acc: UInt32 = 0, bits = 0

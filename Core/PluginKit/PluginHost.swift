@@ -86,6 +86,26 @@ public final class PluginHost: @unchecked Sendable {
         }
     }
 
+    /// The device and key for the pre-shared key identity a device presented in a DTLS handshake, from
+    /// the device registry; nil when the identity is unknown, revoked or expired, or the kernel
+    /// predates the call.
+    public func presharedKey(identity pskIdentity: String, remoteAddress: String) -> (identity: Identity, key: [UInt8])? {
+        guard let f = raw.pointee.preshared_key else { return nil }
+        var key = [UInt8](repeating: 0, count: 64)
+        var length = 0
+        var out = iotc_identity()
+        out.struct_size = UInt32(MemoryLayout<iotc_identity>.size)
+        let result = pskIdentity.withIOTCString { p in
+            remoteAddress.withIOTCString { r in
+                key.withUnsafeMutableBufferPointer { f(raw.pointee.ctx, p, r, $0.baseAddress, $0.count, &length, &out) }
+            }
+        }
+        guard result == IOTC_OK else { return nil }
+        let identity = Identity(host: self, tenant: String(out.tenant), device: String(out.device), handle: out.handle)
+        guard length <= key.count else { return nil }  // longer than any DTLS PSK the registry accepts
+        return (identity, Array(key[..<length]))
+    }
+
     /// May this identity do `action` on this canonical topic?
     public func authorize(_ identity: Identity, _ action: Action, topic: String) -> Bool {
         topic.withIOTCString { t in

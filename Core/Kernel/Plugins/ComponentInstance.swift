@@ -10,6 +10,8 @@ protocol HostServices: AnyObject, Sendable {
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?)
     func ack(from: ComponentInstance, tokens: UnsafeBufferPointer<UInt64>, result: Int32, reason: String?)
     func authenticate(from: ComponentInstance, _ credentials: Credentials) -> (GrantedIdentity, UInt64)?
+    /// The device and key for a DTLS pre-shared key identity, as `iotc_host.preshared_key` answers.
+    func presharedKey(from: ComponentInstance, identity: String, remoteAddress: String) -> (GrantedIdentity, UInt64, [UInt8])?
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool
     func releaseIdentity(_ handle: UInt64)
     func deviceConnected(from: ComponentInstance, handle: UInt64, remote: String)
@@ -63,6 +65,7 @@ final class ComponentInstance: @unchecked Sendable {
         h.metric = hostMetric
         h.routes = hostRoutes
         h.ack_batch = hostAckBatch
+        h.preshared_key = hostPresharedKey
         host.initialize(to: h)
         host.pointee.ctx = Unmanaged.passUnretained(self).toOpaque()
         let json = JSON.encode(.object(config))
@@ -190,6 +193,21 @@ private let hostAuthenticate: @convention(c) (UnsafeMutableRawPointer?, UnsafePo
                             secret: String(p.secret), certificateFingerprint: String(p.certificate_fingerprint),
                             remoteAddress: String(p.remote_address))
     guard let (identity, handle) = me.services?.authenticate(from: me, creds) else { return IOTC_ERR_DENIED }
+    out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
+    out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)
+    out.pointee.handle = handle
+    return IOTC_OK
+}
+
+private let hostPresharedKey: @convention(c) (UnsafeMutableRawPointer?, iotc_str, iotc_str, UnsafeMutablePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?, UnsafeMutablePointer<iotc_identity>?) -> Int32 = {
+    ctx, pskIdentity, remote, key, capacity, keyLength, out in
+    guard let ctx, let keyLength, let out else { return IOTC_ERR_INVALID }
+    let me = ComponentInstance.from(ctx)
+    guard let (identity, handle, bytes) = me.services?.presharedKey(from: me, identity: String(pskIdentity), remoteAddress: String(remote)) else {
+        return IOTC_ERR_DENIED
+    }
+    keyLength.pointee = bytes.count
+    if let key, bytes.count <= capacity { key.update(from: bytes, count: bytes.count) }
     out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
     out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)
     out.pointee.handle = handle

@@ -38,6 +38,12 @@ public protocol DeviceDirectory: AnyObject, Sendable {
     /// The tenant and device for these credentials, and the credential's id (the hub closes the
     /// device's connections when it is revoked), or nil when they are unknown, revoked or expired.
     func authenticate(_ c: Credentials) -> DirectoryGrant?
+    /// The device and key for a DTLS pre-shared key identity, while the key is in force.
+    func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])?
+}
+
+extension DeviceDirectory {
+    public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? { nil }
 }
 
 /// A device the directory recognised: its tenant and id, the credential it used (the hub closes the

@@ -380,16 +380,36 @@ public final class Hub: HostServices, @unchecked Sendable {
         let (auth, directory) = lock.withLock { (authenticator, self.directory) }
         let registered = directory?.authenticate(c)
         guard let (tenant, device) = registered.map({ ($0.tenant, $0.device) }) ?? auth.authenticate(c) else {
-            authFailures.increment()
-            let address = c.remoteAddress.split(separator: ":").dropLast().joined(separator: ":")
-            if let observer = lock.withLock({ authFailureObserver }), authFailureLimiter.take(address.isEmpty ? c.remoteAddress : address) == nil {
-                observer(DeviceAuthFailure(protocolName: c.protocolName, device: String(c.device.prefix(128)), source: from.name, remoteAddress: c.remoteAddress))
-            }
-            logger.warning("device authentication failed", metadata: [
-                "protocol": "\(c.protocolName)", "device": "\(c.device.prefix(128))", "remote": "\(c.remoteAddress)", "source": "\(from.name)",
-            ])
+            refused(from: from, c)
             return nil
         }
+        return admit(from: from, tenant: tenant, device: device, registered: registered, remoteAddress: c.remoteAddress)
+    }
+
+    /// The device and key for a DTLS pre-shared key identity (registry devices only: the pipeline
+    /// files hold no keys). An unknown identity counts as a failed authentication.
+    func presharedKey(from: ComponentInstance, identity: String, remoteAddress: String) -> (GrantedIdentity, UInt64, [UInt8])? {
+        guard let (grant, key) = lock.withLock({ directory })?.presharedKey(identity: identity) else {
+            refused(from: from, Credentials(protocolName: from.pluginName, device: identity, remoteAddress: remoteAddress))
+            return nil
+        }
+        let (granted, handle) = admit(from: from, tenant: grant.tenant, device: grant.device, registered: grant, remoteAddress: remoteAddress)
+        return (granted, handle, key)
+    }
+
+    private func refused(from: ComponentInstance, _ c: Credentials) {
+        authFailures.increment()
+        let address = c.remoteAddress.split(separator: ":").dropLast().joined(separator: ":")
+        let device = String(c.device.prefix(128))
+        if let observer = lock.withLock({ authFailureObserver }), authFailureLimiter.take(address.isEmpty ? c.remoteAddress : address) == nil {
+            observer(DeviceAuthFailure(protocolName: c.protocolName, device: device, source: from.name, remoteAddress: c.remoteAddress))
+        }
+        logger.warning("device authentication failed", metadata: [
+            "protocol": "\(c.protocolName)", "device": "\(device)", "remote": "\(c.remoteAddress)", "source": "\(from.name)",
+        ])
+    }
+
+    private func admit(from: ComponentInstance, tenant: String, device: String, registered: DirectoryGrant?, remoteAddress: String) -> (GrantedIdentity, UInt64) {
         let identity = GrantedIdentity(tenant: tenant, device: device)
         identity.credential = registered?.credential
         if let registered { identity.profile = registered.profile }
@@ -402,7 +422,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             let key = Self.deviceKey(tenant, device)
             changedPresence.insert(key)
             if presence[key] == nil {
-                presence[key] = DevicePresence(connected: false, source: from.name, remoteAddress: c.remoteAddress, since: now, lastSeen: now)
+                presence[key] = DevicePresence(connected: false, source: from.name, remoteAddress: remoteAddress, since: now, lastSeen: now)
             } else {
                 presence[key]?.lastSeen = now
             }

@@ -195,7 +195,15 @@ typedef struct iotc_host {
      * batches. Taken from a reserved slot: NULL from kernels that predate it, so check first. */
     void (*ack_batch)(void *ctx, const uint64_t *ack_tokens, size_t count, int32_t result, const char *reason);
 
-    void *reserved[6];
+    /* DTLS sources: the pre-shared key for the PSK identity a device presented in its handshake, from
+     * the device registry. On IOTC_OK, *key_len is the key's length, its bytes are in key when it fits
+     * in key_capacity, and *identity is filled as by authenticate (release it). IOTC_ERR_DENIED when the
+     * identity is unknown, revoked or expired (counted and audited as a failed authentication). Taken
+     * from a reserved slot: NULL from kernels that predate it, so check first. */
+    int32_t (*preshared_key)(void *ctx, iotc_str psk_identity, iotc_str remote_address, uint8_t *key,
+                             size_t key_capacity, size_t *key_len, iotc_identity *identity);
+
+    void *reserved[5];
 } iotc_host;
 
 /* ---- Config specs -------------------------------------------------------------------------------- */

@@ -113,7 +113,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         // Percent-decoding goes through Foundation; most ids need none.
         let rawID = Substring(parts[0])
         guard let device = rawID.utf8.contains(UInt8(ascii: "%")) ? rawID.removingPercentEncoding : String(rawID),
-              Self.validDeviceID(device) else { return nil }
+              CommandTopics.isDeviceID(device) else { return nil }
         func equals(_ part: Substring.UTF8View, _ s: StaticString) -> Bool {
             part.elementsEqual(UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
         }
@@ -131,11 +131,6 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// Device ids are 1 to 128 bytes of UTF-8 without '/', '+', '#' or control characters.
-    static func validDeviceID(_ s: String) -> Bool {
-        let u = s.utf8
-        return !u.isEmpty && u.count <= 128 && !u.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F }
-    }
 
     private func authenticate(_ context: ChannelHandlerContext, _ request: DeviceRequest, device: String) -> Identity? {
         var token = ""

@@ -1,0 +1,411 @@
+import CCoAP
+import CIoTCPluginABI
+import CoAPRuntime
+import Foundation
+import IoTCPluginKit
+import NIOConcurrencyHelpers
+import PluginNetworking
+
+/// The CoAP resources of the `coap` source, served on its libcoap loop thread: every request comes
+/// through libcoap's unknown-resource handler and is routed by the source's path templates.
+final class CoAPDeviceServer: @unchecked Sendable {
+    unowned let source: CoAPSource
+    let loop: CoAPEventLoop
+    var host: PluginHost { source.host }
+    /// A token is checked again after this long (a revoked one stops working on a known endpoint too).
+    static let reauthenticateAfterMs: Int64 = 2_000
+
+    init(source: CoAPSource, loop: CoAPEventLoop) {
+        self.source = source
+        self.loop = loop
+    }
+
+    func install() {
+        let r = coap_resource_unknown_init2(coapDeviceRequest, 0)
+        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT] { coap_register_handler(r, m, coapDeviceRequest) }
+        coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
+        coap_add_resource(loop.context, r)
+        coap_register_nack_handler(loop.context, coapDeviceNack)
+        loop.attachment = self
+    }
+
+    // MARK: requests
+
+    fileprivate func handle(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        let peer = loop.peer(session)
+        let state = PeerState.of(peer)
+        let mid = coap_pdu_get_mid(request)
+        // The second call for a request answered late (a separate response): its answer is ready.
+        if let async = coap_find_async(session, coap_pdu_get_token(request)), let box = coap_async_get_app_data(async) {
+            // libcoap removes the async entry itself when this call returns.
+            let pending = Unmanaged<PendingAnswer>.fromOpaque(box).takeRetainedValue()
+            coap_async_set_app_data(async, nil)
+            let code = answer(pending.result ?? IOTC_ERR_INTERNAL, response)
+            state.remember(pending.mid, code)
+            return
+        }
+        if let code = state.answered(mid) {
+            // A duplicate of an answered request: the same answer, nothing submitted again.
+            coap_pdu_set_code(response, code)
+            return
+        }
+        let path = PDU.path(request)
+        guard let (values, route) = match(path, peer) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
+            return
+        }
+        let method = coap_request_t(UInt32(PDU.code(request).rawValue))
+        switch route {
+        case .ingest(let kind, let suffix):
+            guard method == COAP_REQUEST_POST || method == COAP_REQUEST_PUT else { return notAllowed(response) }
+            guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
+            ingest(session, request, response, state, identity, kind: kind, topic: "devices/\(identity.device)/\(suffix)", extra: [])
+        case .result:
+            guard method == COAP_REQUEST_POST || method == COAP_REQUEST_PUT else { return notAllowed(response) }
+            guard let identity = authenticate(peer, request, response, device: values["device"]), let command = values["command"] else { return }
+            ingest(session, request, response, state, identity, kind: .commandResult, topic: CommandTopics.result(device: identity.device, id: command),
+                   extra: [KeyValue("command_id", command)])
+        case .commands:
+            guard method == COAP_REQUEST_GET else { return notAllowed(response) }
+            guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
+            commands(session, request, response, peer, state, identity)
+        }
+    }
+
+    private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
+
+    private func match(_ path: [Substring], _ peer: CoAPPeer) -> ([String: String], CoAPRoute)? {
+        for (template, route) in source.routes {
+            if let values = template.match(path) { return (values, route) }
+        }
+        return nil
+    }
+
+    /// The device the request speaks for: the DTLS identity, or the device of a `token=` query
+    /// option (cached per endpoint for a short while).
+    private func authenticate(_ peer: CoAPPeer, _ request: OpaquePointer, _ response: OpaquePointer, device: String?) -> Identity? {
+        if let device, !CommandTopics.isDeviceID(device) {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "invalid device id")
+            return nil
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        if peer.dtls {
+            // DTLS endpoints are authenticated in the handshake; no token is looked at.
+            guard let id = peer.identity else {
+                PDU.respond(response, COAP_RESPONSE_CODE_UNAUTHORIZED, diagnostic: "no DTLS identity")
+                return nil
+            }
+            return check(id, device, response)
+        }
+        let token = PDU.query(request, "token") ?? ""
+        if let id = peer.identity, peer.token == token, now - peer.authenticatedAt < Self.reauthenticateAfterMs, device == nil || id.device == device {
+            return id
+        }
+        guard let id = host.authenticate(Credentials(protocolName: "coap", device: device ?? "", secret: token, remoteAddress: peer.remote)) else {
+            peer.identity = nil
+            PDU.respond(response, COAP_RESPONSE_CODE_UNAUTHORIZED, diagnostic: token.isEmpty ? "credentials required (token=...)" : "invalid credentials")
+            return nil
+        }
+        peer.identity = id
+        peer.token = token
+        peer.authenticatedAt = now
+        return check(id, device, response)
+    }
+
+    private func check(_ id: Identity, _ device: String?, _ response: OpaquePointer) -> Identity? {
+        if let device, device != id.device {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "these credentials belong to another device")
+            return nil
+        }
+        return id
+    }
+
+    private func ingest(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, _ state: PeerState,
+                        _ identity: Identity, kind: MessageKind, topic: String, extra: [KeyValue]) {
+        let mid = coap_pdu_get_mid(request)
+        let format = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT) ?? ContentFormat.textPlain
+        let body = PDU.body(request)
+        guard body.count <= source.config.max_body_size else {
+            PDU.respond(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE, diagnostic: "the body is over \(source.config.max_body_size) bytes")
+            PDU.addUInt(response, COAP_OPTION_SIZE1, UInt32(clamping: source.config.max_body_size))
+            return
+        }
+        if let problem = PayloadCheck.problem(body, format: format) {
+            let code = problem.unsupported ? COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT : COAP_RESPONSE_CODE_BAD_REQUEST
+            PDU.respond(response, code, diagnostic: problem.text)
+            state.remember(mid, code)
+            return
+        }
+        guard host.authorize(identity, .publish, topic: topic) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "not allowed to publish to \(topic)")
+            return
+        }
+        var properties = extra
+        let method = coap_request_t(UInt32(PDU.code(request).rawValue))
+        properties.append(KeyValue("coap.method", method == COAP_REQUEST_PUT ? "PUT" : "POST"))
+        properties.append(KeyValue("coap.type", coap_pdu_get_type(request) == COAP_MESSAGE_CON ? "con" : "non"))
+        properties.append(KeyValue("coap.content_format", String(format)))
+        properties.append(KeyValue("coap.message_id", String(mid)))
+        let message = Message(kind: kind, tenant: identity.tenant, device: identity.device, topic: topic,
+                              contentType: ContentFormat.mediaType(format) ?? "application/octet-stream", payload: body,
+                              qos: coap_pdu_get_type(request) == COAP_MESSAGE_CON ? 1 : 0, properties: properties)
+        let pending = PendingAnswer(mid: mid)
+        let loop = self.loop
+        let status = host.submit(message) { result in
+            if pending.settle(result) { loop.execute { [weak self] in self?.trigger(pending) } }
+        }
+        switch status {
+        case .queued:
+            if let result = pending.deferIfOpen() {
+                state.remember(mid, answer(result, response))
+                return
+            }
+            // Not yet in the hub's hands (a durable pipeline's write-ahead log): answer separately.
+            guard let async = coap_register_async(session, request, 0) else {
+                PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE)
+                return
+            }
+            pending.session = coap_session_reference(session)
+            pending.token = PDU.token(request)
+            coap_async_set_app_data(async, Unmanaged.passRetained(pending).toOpaque())
+            state.started(mid)
+        case .busy:
+            busy(response)
+        case .rejected(IOTC_ERR_NOT_FOUND):
+            PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND, diagnostic: "no pipeline reads \(topic)")
+        case .rejected(IOTC_ERR_DENIED):
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "not allowed to publish to \(topic)")
+        case .rejected:
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "the hub refused the message")
+        }
+    }
+
+    /// Sets the answer to a submitted message and returns its code.
+    @discardableResult
+    private func answer(_ result: Int32, _ response: OpaquePointer) -> coap_pdu_code_t {
+        if result == IOTC_OK {
+            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
+            return COAP_RESPONSE_CODE_CHANGED
+        }
+        busy(response)
+        return COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE
+    }
+
+    private func busy(_ response: OpaquePointer) {
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE)
+        PDU.addUInt(response, COAP_OPTION_MAXAGE, UInt32(source.config.retry_after.rounded(.up)))
+    }
+
+    /// A late answer is ready: libcoap calls the handler again with the request.
+    private func trigger(_ pending: PendingAnswer) {
+        guard let session = pending.session else { return }
+        pending.token.withUnsafeBufferPointer { t in
+            if let async = coap_find_async(session, coap_bin_const_t(length: t.count, s: t.baseAddress)) { coap_async_trigger(async) }
+        }
+        pending.session = nil
+        coap_session_release(session)
+    }
+
+    // MARK: commands
+
+    private func commands(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, _ peer: CoAPPeer, _ state: PeerState, _ identity: Identity) {
+        let box = CommandMailboxes.key(tenant: identity.tenant, device: identity.device)
+        let token = PDU.token(request)
+        // A device that asks for its commands is reachable until its session ends: the hub's queued
+        // commands come to this source from now on.
+        if !state.connected {
+            state.connected = true
+            host.deviceConnected(identity, remoteAddress: peer.remote)
+        }
+        switch PDU.uint(request, COAP_OPTION_OBSERVE) {
+        case 0?:
+            // Register (or refresh) this observation; queued commands follow as notifications.
+            state.cancel(token: token, mailboxes: source.mailboxes)
+            let observation = Observation(session: session, token: token, box: box)
+            let loop = self.loop
+            let contentFormat = ContentFormat.json
+            observation.waiter = source.mailboxes.wait(box: box, persistent: true) { [weak observation] command in
+                guard let observation, observation.open else { return false }
+                loop.execute { [weak self] in self?.notify(observation, command, contentFormat) }
+                return true
+            }
+            state.observations.append(observation)
+            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT)
+            PDU.addUInt(response, COAP_OPTION_OBSERVE, observation.nextSequence())
+        case 1?:
+            state.cancel(token: token, mailboxes: source.mailboxes)
+            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT)
+        default:
+            // One command, if one waits.
+            let slot = NIOLockedValueBox<(open: Bool, command: PendingCommand?)>((true, nil))
+            let waiter = source.mailboxes.wait(box: box, persistent: false) { command in
+                slot.withLockedValue { s in
+                    guard s.open else { return false }
+                    s.command = command
+                    return true
+                }
+            }
+            let command = slot.withLockedValue { s -> PendingCommand? in
+                s.open = false
+                return s.command
+            }
+            if waiter != 0 { source.mailboxes.cancel(box: box, waiter: waiter) }
+            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT)
+            if let command {
+                var bytes: [UInt8] = []
+                EnvelopeJSON.encode(command.message, into: &bytes)
+                PDU.addUInt(response, COAP_OPTION_CONTENT_FORMAT, ContentFormat.json)
+                _ = coap_add_data(response, bytes.count, bytes)
+                command.ack.succeed()
+            }
+        }
+    }
+
+    /// Sends one command to an observer as a confirmable notification.
+    private func notify(_ o: Observation, _ command: PendingCommand, _ contentFormat: UInt32) {
+        guard o.open, let pdu = coap_new_pdu(COAP_MESSAGE_CON, COAP_RESPONSE_CODE_CONTENT, o.session) else {
+            source.mailboxes.deliver(command)
+            return
+        }
+        var bytes: [UInt8] = []
+        EnvelopeJSON.encode(command.message, into: &bytes)
+        guard bytes.count <= coap_session_max_pdu_size(o.session) - o.token.count - 16 else {
+            coap_delete_pdu(pdu)
+            command.ack.reject("the command is too large for one CoAP notification")
+            return
+        }
+        _ = coap_add_token(pdu, o.token.count, o.token)
+        PDU.addUInt(pdu, COAP_OPTION_OBSERVE, o.nextSequence())
+        PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat)
+        _ = coap_add_data(pdu, bytes.count, bytes)
+        if coap_send(o.session, pdu) == COAP_INVALID_MID {
+            command.ack.retry("the notification could not be sent")
+        } else {
+            command.ack.succeed()
+        }
+    }
+
+    /// A notification was refused (RST: the device stopped observing) or never acknowledged.
+    fileprivate func nack(_ session: OpaquePointer, _ sent: OpaquePointer?) {
+        guard let sent, let p = coap_session_get_app_data(session) else { return }
+        let peer = Unmanaged<CoAPPeer>.fromOpaque(p).takeUnretainedValue()
+        PeerState.of(peer).cancel(token: PDU.token(sent), mailboxes: source.mailboxes)
+    }
+
+    /// libcoap forgot a session: its observations end.
+    func closed(_ peer: CoAPPeer) {
+        guard let state = peer.attachment as? PeerState else { return }
+        for o in state.observations { state.cancel(token: o.token, mailboxes: source.mailboxes) }
+        if state.connected, let id = peer.identity { host.deviceDisconnected(id, reason: "the CoAP session ended") }
+    }
+}
+
+
+/// The answer to a submitted message, which may come on another thread before or after the handler
+/// decided to answer separately.
+final class PendingAnswer: @unchecked Sendable {
+    private let lock = NIOLock()
+    private var deferred = false
+    private(set) var result: Int32?
+    let mid: Int32
+    // Loop thread only:
+    var session: OpaquePointer?
+    var token: [UInt8] = []
+
+    init(mid: Int32) { self.mid = mid }
+
+    /// Records the result; true when the handler already chose a separate response (trigger it).
+    func settle(_ r: Int32) -> Bool { lock.withLock { result = r; return deferred } }
+
+    /// The result if it came already; otherwise marks the answer as separate and returns nil.
+    func deferIfOpen() -> Int32? {
+        lock.withLock {
+            if result == nil { deferred = true }
+            return result
+        }
+    }
+}
+
+/// One observation of a command resource.
+final class Observation: @unchecked Sendable {
+    let session: OpaquePointer
+    let token: [UInt8]
+    let box: String
+    var waiter: UInt64 = 0
+    private let lock = NIOLock()
+    private var _open = true
+    private var sequence: UInt32 = 1
+
+    var open: Bool { lock.withLock { _open } }
+
+    init(session: OpaquePointer, token: [UInt8], box: String) {
+        self.session = coap_session_reference(session)
+        self.token = token
+        self.box = box
+    }
+
+    /// Observe sequence numbers are 24 bits and only grow (RFC 7641 §4.4).
+    func nextSequence() -> UInt32 {
+        sequence = (sequence + 1) & 0xFFFFFF
+        return sequence
+    }
+
+    func close() -> Bool {
+        lock.withLock {
+            defer { _open = false }
+            return _open
+        }
+    }
+
+    deinit { coap_session_release(session) }
+}
+
+/// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).
+final class PeerState {
+    var observations: [Observation] = []
+    /// Whether the hub was told the device is reachable here (it asked for its commands).
+    var connected = false
+    private var recent: [(mid: Int32, code: coap_pdu_code_t)] = []
+    private var inFlight: Set<Int32> = []
+    /// Answers remembered per endpoint: more than a device sends within EXCHANGE_LIFETIME at its rate.
+    static let remembered = 64
+
+    static func of(_ peer: CoAPPeer) -> PeerState {
+        if let s = peer.attachment as? PeerState { return s }
+        let s = PeerState()
+        peer.attachment = s
+        return s
+    }
+
+    /// The answer already given to this message id, if any.
+    func answered(_ mid: Int32) -> coap_pdu_code_t? {
+        if inFlight.contains(mid) { return COAP_EMPTY_CODE }
+        return recent.last { $0.mid == mid }?.code
+    }
+
+    func started(_ mid: Int32) { inFlight.insert(mid) }
+
+    func remember(_ mid: Int32, _ code: coap_pdu_code_t) {
+        inFlight.remove(mid)
+        if recent.count >= Self.remembered { recent.removeFirst(recent.count - Self.remembered + 1) }
+        recent.append((mid, code))
+    }
+
+    func cancel(token: [UInt8], mailboxes: CommandMailboxes) {
+        observations.removeAll { o in
+            guard o.token == token else { return false }
+            if o.close() { mailboxes.cancel(box: o.box, waiter: o.waiter) }
+            return true
+        }
+    }
+}
+
+private let coapDeviceRequest: coap_method_handler_t = { resource, session, request, _, response in
+    guard let resource, let session, let request, let response, let data = coap_resource_get_userdata(resource) else { return }
+    Unmanaged<CoAPDeviceServer>.fromOpaque(data).takeUnretainedValue().handle(session, request, response)
+}
+
+private let coapDeviceNack: coap_nack_handler_t = { session, sent, _, _ in
+    guard let session, let server = CoAPEventLoop.of(coap_session_get_context(session))?.attachment as? CoAPDeviceServer else { return }
+    server.nack(session, sent)
+}

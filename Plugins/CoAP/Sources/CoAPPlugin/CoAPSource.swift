@@ -1,0 +1,136 @@
+import CCoAP
+import CoAPRuntime
+import Foundation
+import IoTCPluginKit
+import PluginNetworking
+
+@_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
+    Plugin.entry(name: "coap", version: "0.1.0", description: "Constrained devices send telemetry over CoAP (RFC 7252), on UDP or DTLS-PSK.", components: [CoAPSource.self], offered: v, count: n)
+}
+
+/// Devices POST or PUT telemetry, events and attributes to resource paths, answer commands, and
+/// observe their command resource; the server runs on libcoap.
+final class CoAPSource: Source, @unchecked Sendable {
+    struct Config: Decodable {
+        var listen: String
+        var dtls_listen: String?
+        var telemetry_path: String
+        var events_path: String
+        var attributes_path: String
+        var commands_path: String
+        var results_path: String
+        var max_body_size: Int
+        var retry_after: Double
+        var max_queued_commands: Int
+        var command_ttl: Double
+    }
+
+    static let name = "coap"
+    static let summary = "CoAP device server (UDP and DTLS-PSK): telemetry, events and attributes in, observed commands out."
+    static let description = """
+        Resources (the paths are settings; `{device}` is the device id, `{command}` a command id):
+
+        | method and default path | what it does |
+        |---|---|
+        | `POST` or `PUT /t/{device}` | telemetry; topic `devices/{device}/telemetry` |
+        | `POST` or `PUT /e/{device}` | an event; topic `devices/{device}/events` |
+        | `POST` or `PUT /a/{device}` | attributes; topic `devices/{device}/attributes` |
+        | `GET /c/{device}` with Observe | commands, one notification each (JSON envelope, Content-Format 50) |
+        | `GET /c/{device}` | the next queued command, or 2.05 with no payload when none waits |
+        | `POST /r/{device}/{command}` | the result of a command; kind `command_result` |
+
+        Payloads are JSON (Content-Format 50), CBOR (60), SenML-JSON (110), SenML-CBOR (112) or text \
+        (0); they are checked at the edge (4.00 with a diagnostic payload when malformed, 4.15 for other \
+        formats) and passed on as they came, with the Content-Format as the message's content type. \
+        Confirmable requests are answered once the hub has the message (on a durable pipeline, once it is \
+        in the write-ahead log): piggybacked when that is at once, otherwise as a separate response. A full \
+        pipeline answers 5.03 with Max-Age `retry_after`. Large bodies travel block-wise (RFC 7959) both \
+        ways. Duplicates (same message id from the same endpoint) are answered again, never submitted twice.
+
+        Devices authenticate with DTLS-PSK (`dtls_listen`; the identity and key are registry \
+        credentials), where `{device}` may be left out of the paths, or on plain UDP with a `token=` \
+        query option holding a device token. CoAP options survive as message properties: `coap.method`, \
+        `coap.type` (`con`/`non`), `coap.content_format` and `coap.message_id`. A device that observes or \
+        fetches its command resource counts as connected until libcoap ends its session (idle for 5 minutes \
+        or DTLS closed); the hub's queued commands go to it from then on.
+        """
+    static let fields: [ConfigField] = [
+        ConfigField("listen", .string, "UDP address and port for CoAP; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
+        ConfigField("dtls_listen", .string, "UDP address and port for CoAP over DTLS with pre-shared keys from the device registry.", example: "0.0.0.0:5684"),
+        ConfigField("telemetry_path", .string, "Resource for telemetry.", default: #""/t/{device}""#),
+        ConfigField("events_path", .string, "Resource for events.", default: #""/e/{device}""#),
+        ConfigField("attributes_path", .string, "Resource for attributes.", default: #""/a/{device}""#),
+        ConfigField("commands_path", .string, "Resource a device observes for its commands.", default: #""/c/{device}""#),
+        ConfigField("results_path", .string, "Resource for command results.", default: #""/r/{device}/{command}""#),
+        ConfigField("max_body_size", .byteSize, "Largest request body accepted (after block-wise reassembly).", default: "1048576", example: "1MiB"),
+        ConfigField("retry_after", .duration, "Max-Age of a 5.03 answer when a pipeline is full.", default: "1", example: "2s"),
+        ConfigField("max_queued_commands", .int, "Commands kept per device until it observes or fetches them; more are refused.", default: "100"),
+        ConfigField("command_ttl", .duration, "How long a queued command waits for its device.", default: "3600", example: "1h"),
+    ]
+
+    let config: Config
+    let host: PluginHost
+    let mailboxes: CommandMailboxes
+    let routes: [(template: PathTemplate, route: CoAPRoute)]
+    private var loop: CoAPEventLoop?
+    private var server: CoAPDeviceServer?
+
+    init(config: Config, host: PluginHost) throws {
+        self.config = config
+        self.host = host
+        guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
+        guard config.retry_after >= 0, config.retry_after < 86_400 else { throw PluginError("retry_after must be under a day") }
+        guard !config.listen.isEmpty || !(config.dtls_listen ?? "").isEmpty else { throw PluginError("set listen, dtls_listen or both") }
+        for a in [config.listen, config.dtls_listen ?? ""] where !a.isEmpty {
+            guard CoAPEventLoop.address(a) != nil else { throw PluginError("listen address '\(a)' should be HOST:PORT with a numeric host") }
+        }
+        mailboxes = CommandMailboxes(capacity: max(1, config.max_queued_commands), ttl: config.command_ttl)
+        func template(_ field: String, _ text: String, _ variables: Set<String>) throws -> PathTemplate {
+            do { return try PathTemplate(text, variables: variables) } catch { throw PluginError("\(field): \(error)") }
+        }
+        let device: Set<String> = ["device"]
+        routes = [
+            (try template("telemetry_path", config.telemetry_path, device), .ingest(.telemetry, "telemetry")),
+            (try template("events_path", config.events_path, device), .ingest(.event, "events")),
+            (try template("attributes_path", config.attributes_path, device), .ingest(.attributes, "attributes")),
+            (try template("commands_path", config.commands_path, device), .commands),
+            (try template("results_path", config.results_path, ["device", "command"]), .result),
+        ]
+        guard routes[4].template.has("command") else { throw PluginError("results_path must name {command}") }
+        let plain = config.listen.isEmpty ? [] : routes.filter { !$0.template.has("device") }
+        if let r = plain.first { throw PluginError("\(r.template) has no {device}: only DTLS devices could use it; add {device} or drop listen") }
+    }
+
+    func start() throws {
+        let loop = try CoAPEventLoop()
+        let server = CoAPDeviceServer(source: self, loop: loop)
+        loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
+        loop.sessionClosed = { [weak server] peer in server?.closed(peer) }
+        server.install()
+        if !config.listen.isEmpty { try loop.listen(config.listen, dtls: false) }
+        if let d = config.dtls_listen, !d.isEmpty { try loop.listen(d, dtls: true) }
+        loop.start(name: "coap")
+        self.loop = loop
+        self.server = server
+        host.log(.info, "coap source listening on \([config.listen, config.dtls_listen.map { "\($0) (DTLS)" } ?? ""].filter { !$0.isEmpty }.joined(separator: " and "))")
+    }
+
+    func stop() {
+        mailboxes.closeAll()
+        loop?.stop()
+        server = nil
+        loop = nil
+    }
+
+    func downlink(_ message: Message, ack: Ack) -> Bool {
+        mailboxes.deliver(PendingCommand(message: message, ack: ack, expires: Date().addingTimeInterval(config.command_ttl)))
+        return true
+    }
+}
+
+/// What a resource path leads to.
+enum CoAPRoute: Sendable {
+    case ingest(MessageKind, String)
+    case commands
+    case result
+}

@@ -1,0 +1,225 @@
+import CCoAP
+import Foundation
+import IoTCPluginKit
+import NIOConcurrencyHelpers
+
+/// One libcoap context on one dedicated thread. libcoap is not thread-safe, so everything that touches
+/// the context (handlers, sends, timers) runs on that thread; other threads hand it work with
+/// `execute`, which wakes the thread through an eventfd polled beside libcoap's own epoll descriptor.
+public final class CoAPEventLoop: @unchecked Sendable {
+    public let context: OpaquePointer
+    private let wake: Int32
+    private let lock = NIOLock()
+    private var jobs: [() -> Void] = []
+    private var stopping = false
+    private var worker: WorkerThread?
+    private var threadID: pthread_t?
+    /// Looks up a DTLS pre-shared key identity: the device's identity and key, or nil to refuse it.
+    public var presharedKey: ((_ identity: String, _ remote: String) -> (Identity, [UInt8])?)?
+    /// Called on the loop thread when libcoap forgets a session (idle timeout, DTLS close).
+    public var sessionClosed: ((CoAPPeer) -> Void)?
+    /// The server object that handles this loop's requests, for libcoap callbacks that know only a session.
+    public weak var attachment: AnyObject?
+
+    public init() throws {
+        coapStartupOnce
+        guard let ctx = coap_new_context(nil) else { throw PluginError("libcoap could not create a context") }
+        context = ctx
+        wake = eventfd(0, Int32(EFD_NONBLOCK | EFD_CLOEXEC))
+        guard wake >= 0 else {
+            coap_free_context(ctx)
+            throw PluginError("cannot create an eventfd: \(String(cString: strerror(errno)))")
+        }
+        // Large bodies both ways in Block1/Block2, reassembled by libcoap and handed over whole.
+        coap_context_set_block_mode(ctx, UInt8(COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY))
+        coap_register_event_handler(ctx, coapEventHandler)
+        coap_set_app_data(ctx, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit {
+        coap_free_context(context)
+        close(wake)
+    }
+
+    /// Listens for CoAP on UDP, or on DTLS with pre-shared keys from `presharedKey`.
+    public func listen(_ address: String, dtls: Bool) throws {
+        guard var addr = Self.address(address) else { throw PluginError("listen address '\(address)' should be HOST:PORT with a numeric host") }
+        if dtls {
+            guard coap_dtls_is_supported() != 0 else { throw PluginError("this libcoap build has no DTLS") }
+            var setup = coap_dtls_spsk_t()
+            setup.version = UInt8(COAP_DTLS_SPSK_SETUP_VERSION)
+            setup.validate_id_call_back = coapValidatePSKIdentity
+            setup.id_call_back_arg = Unmanaged.passUnretained(self).toOpaque()
+            guard coap_context_set_psk2(context, &setup) != 0 else { throw PluginError("libcoap refused the DTLS PSK set-up") }
+        }
+        guard coap_new_endpoint(context, &addr, dtls ? COAP_PROTO_DTLS : COAP_PROTO_UDP) != nil else {
+            throw PluginError("cannot listen on \(address) (\(dtls ? "DTLS" : "UDP")): the address is in use or not local")
+        }
+    }
+
+    /// A libcoap address for "HOST:PORT" ("[::1]:5683" for IPv6).
+    public static func address(_ text: String) -> coap_address_t? {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty { host = "0.0.0.0" }
+        var addr = coap_address_t()
+        coap_address_init(&addr)
+        if inet_pton(AF_INET, host, &addr.addr.sin.sin_addr) == 1 {
+            addr.addr.sin.sin_family = sa_family_t(AF_INET)
+            addr.addr.sin.sin_port = port.bigEndian
+            addr.size = socklen_t(MemoryLayout<sockaddr_in>.size)
+        } else if inet_pton(AF_INET6, host, &addr.addr.sin6.sin6_addr) == 1 {
+            addr.addr.sin6.sin6_family = sa_family_t(AF_INET6)
+            addr.addr.sin6.sin6_port = port.bigEndian
+            addr.size = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        } else {
+            return nil
+        }
+        return addr
+    }
+
+    /// Starts the loop thread.
+    public func start(name: String) {
+        worker = WorkerThread(name: name) { [self] in run() }
+    }
+
+    /// Runs `job` on the loop thread, soon.
+    public func execute(_ job: @escaping () -> Void) {
+        lock.withLock { jobs.append(job) }
+        var one: UInt64 = 1
+        _ = write(wake, &one, 8)
+    }
+
+    /// Whether the caller is on the loop thread.
+    public var inLoop: Bool { threadID.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
+
+    /// Stops the loop after the jobs queued so far and joins its thread.
+    public func stop() {
+        lock.withLock { stopping = true }
+        execute {}
+        worker?.join()
+        worker = nil
+    }
+
+    private func run() {
+        threadID = pthread_self()
+        let coapFD = coap_context_get_coap_fd(context)
+        var fds = [pollfd(fd: coapFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
+        while true {
+            var now: coap_tick_t = 0
+            coap_ticks(&now)
+            if coapFD >= 0 {
+                let next = coap_io_prepare_epoll(context, now)
+                _ = poll(&fds, 2, next == 0 ? -1 : Int32(min(next, 60_000)))
+                if fds[0].revents != 0 { _ = coap_io_process(context, coapNoWait) }
+            } else {
+                // A libcoap without epoll: its own select with a short timeout, jobs in between.
+                _ = coap_io_process(context, 5)
+            }
+            if fds[1].revents != 0 {
+                var count: UInt64 = 0
+                _ = read(wake, &count, 8)
+            }
+            let (batch, done) = lock.withLock { () -> ([() -> Void], Bool) in
+                defer { jobs.removeAll(keepingCapacity: true) }
+                return (jobs, stopping)
+            }
+            for job in batch { job() }
+            if done { break }
+        }
+        // Let what the jobs queued (last responses) go out.
+        _ = coap_io_process(context, coapNoWait)
+    }
+
+    /// The loop of a context, from its app data.
+    public static func of(_ ctx: OpaquePointer?) -> CoAPEventLoop? {
+        guard let ctx, let p = coap_get_app_data(ctx) else { return nil }
+        return Unmanaged<CoAPEventLoop>.fromOpaque(p).takeUnretainedValue()
+    }
+
+    /// The peer state of a session, made at first use and released with the session.
+    public func peer(_ session: OpaquePointer) -> CoAPPeer {
+        if let p = coap_session_get_app_data(session) { return Unmanaged<CoAPPeer>.fromOpaque(p).takeUnretainedValue() }
+        let peer = CoAPPeer(remote: Self.remoteAddress(session), dtls: coap_session_get_proto(session) == COAP_PROTO_DTLS)
+        coap_session_set_app_data(session, Unmanaged.passRetained(peer).toOpaque())
+        return peer
+    }
+
+    fileprivate func forget(_ session: OpaquePointer) {
+        guard let p = coap_session_get_app_data(session) else { return }
+        coap_session_set_app_data(session, nil)
+        let peer = Unmanaged<CoAPPeer>.fromOpaque(p).takeRetainedValue()
+        sessionClosed?(peer)
+        peer.clearKey()
+    }
+
+    fileprivate func validate(identity: String, session: OpaquePointer) -> UnsafePointer<coap_bin_const_t>? {
+        let peer = peer(session)
+        guard let (id, key) = presharedKey?(identity, peer.remote) else { return nil }
+        peer.identity = id
+        peer.setKey(key)
+        return peer.key.map { UnsafePointer($0) }
+    }
+
+    /// "ADDRESS:PORT" of a session's peer.
+    public static func remoteAddress(_ session: OpaquePointer) -> String {
+        guard let a = coap_session_get_addr_remote(session) else { return "" }
+        var buf = [UInt8](repeating: 0, count: 64)
+        let n = coap_print_addr(a, &buf, buf.count)
+        return String(decoding: buf[..<min(n, buf.count)], as: UTF8.self)
+    }
+}
+
+/// What the hub knows of one CoAP peer (a libcoap session): who it authenticated as, and the answers
+/// to its recent requests for deduplication. Used on the loop thread only.
+public final class CoAPPeer {
+    public let remote: String
+    public let dtls: Bool
+    /// The device: from the DTLS handshake (PSK identity), or from the last token it presented.
+    public var identity: Identity?
+    /// The token `identity` was granted for (empty for DTLS), and when, in ms since the epoch.
+    public var token = ""
+    public var authenticatedAt: Int64 = 0
+    /// Anything a plugin keeps per peer (its observations).
+    public var attachment: AnyObject?
+    fileprivate var key: UnsafeMutablePointer<coap_bin_const_t>?
+
+    init(remote: String, dtls: Bool) {
+        self.remote = remote
+        self.dtls = dtls
+    }
+
+    fileprivate func setKey(_ bytes: [UInt8]) {
+        clearKey()
+        key = bytes.withUnsafeBufferPointer { coap_new_bin_const($0.baseAddress, $0.count) }
+    }
+
+    fileprivate func clearKey() {
+        if let key { coap_delete_bin_const(key) }
+        key = nil
+    }
+}
+
+/// COAP_IO_NO_WAIT, which Swift cannot import ((uint32_t)-1).
+private let coapNoWait = UInt32.max
+
+private let coapStartupOnce: Void = {
+    coap_startup()
+    coap_set_log_level(coap_log_t(LOG_ERR))
+}()
+
+private let coapEventHandler: coap_event_handler_t = { session, event in
+    guard let session else { return 0 }
+    if event == COAP_EVENT_SERVER_SESSION_DEL || event == COAP_EVENT_DTLS_CLOSED || event == COAP_EVENT_DTLS_ERROR {
+        CoAPEventLoop.of(coap_session_get_context(session))?.forget(session)
+    }
+    return 0
+}
+
+private let coapValidatePSKIdentity: coap_dtls_id_callback_t = { identity, session, arg in
+    guard let identity, let session, let arg, identity.pointee.length <= 128 else { return nil }
+    let loop = Unmanaged<CoAPEventLoop>.fromOpaque(arg).takeUnretainedValue()
+    let name = String(decoding: UnsafeBufferPointer(start: identity.pointee.s, count: identity.pointee.length), as: UTF8.self)
+    return loop.validate(identity: name, session: session)
+}

@@ -1,0 +1,207 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The `coap` source against real CoAP peers: libcoap's `coap-client-openssl` and aiocoap.
+@Suite(.serialized) struct CoAPSourceTests {
+    static let ownerKey = "iotc_coaptests01_" + String(repeating: "k", count: 40)
+
+    /// A hub with a CoAP source on UDP and DTLS, a durable telemetry pipeline and a non-durable events one.
+    final class Hub {
+        let dir = TempDir()
+        let udp = freePort(), dtls = freePort(), api = freePort()
+        let process: ChildProcess
+
+        init() throws {
+            let file = dir.write("coap.yaml", """
+                version: 1
+                sources:
+                  coap:
+                    plugin: coap
+                    listen: "127.0.0.1:\(udp)"
+                    dtls_listen: "127.0.0.1:\(dtls)"
+                    retry_after: 3s
+                sinks:
+                  out:
+                    plugin: file
+                    path: \(dir.path)/out.jsonl
+                pipelines:
+                  telemetry:
+                    from: [ "coap:devices/+/telemetry" ]
+                    durable: true
+                    to: [ out ]
+                  events:
+                    from: [ "coap:devices/+/events" ]
+                    to: [ out ]
+                auth:
+                  allow_anonymous: true
+                """)
+            process = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(api)", "--plugins", Build.directory],
+                                       environment: ["IOTC_BOOTSTRAP_KEY": CoAPSourceTests.ownerKey])
+            #expect(waitForPort(api), "\(process.log)")
+        }
+
+        var lines: [Value] { jsonLines(dir.path + "/out.jsonl") }
+
+        func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
+            http(method, "http://127.0.0.1:\(api)\(path)", body: body.map { Array($0.utf8) },
+                 headers: ["Authorization": "Bearer \(CoAPSourceTests.ownerKey)", "Content-Type": "application/json"]) ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+
+        deinit { process.stop() }
+    }
+
+    static var client: String? { which("coap-client-openssl") }
+
+    func coap(_ args: [String]) throws -> String {
+        let client = try #require(Self.client, "coap-client-openssl is missing: run scripts/install-deps.sh test")
+        return try run(client, ["-B", "5"] + args).1
+    }
+
+    func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
+
+    @Test func takesTelemetryInEveryFormatAndRefusesBadPayloads() throws {
+        let hub = try Hub()
+        let base = "coap://127.0.0.1:\(hub.udp)"
+        // Durable pipeline: answered once in the write-ahead log (a separate response); the payload and
+        // the CoAP options survive.
+        var out = try coap(["-m", "post", "-t", "json", "-e", #"{"temperature": 21.5}"#, "\(base)/t/pump-1", "-v", "7"])
+        #expect(out.contains("c:2.04"), "\(out)")
+        #expect(eventually { hub.lines.count == 1 })
+        let first = try #require(hub.lines.first)
+        #expect(text(first["device"]) == "pump-1" && text(first["topic"]) == "devices/pump-1/telemetry" && first["payload"]?["temperature"] == .double(21.5))
+        #expect(first["properties"]?["coap.content_format"] == .string("50") && first["properties"]?["coap.type"] == .string("con")
+                && first["properties"]?["coap.method"] == .string("POST"), "\(first)")
+        // Non-confirmable, on a pipeline without a write-ahead log: a NON answer.
+        out = try coap(["-m", "put", "-N", "-t", "text", "-e", "door opened", "\(base)/e/pump-1", "-v", "7"])
+        #expect(out.contains("t:NON c:2.04"), "\(out)")
+        // SenML-JSON, and a block-wise body of 3 KB in 64-byte blocks.
+        out = try coap(["-m", "post", "-t", "110", "-e", #"[{"bn":"pump-1/","n":"rpm","v":1200,"u":"1/min"}]"#, "\(base)/t/pump-1"])
+        #expect(!out.contains("4."), "\(out)")
+        let big = hub.dir.write("big.json", "{\"blob\":\"" + String(repeating: "x", count: 3000) + "\"}")
+        out = try coap(["-m", "put", "-t", "json", "-f", big, "-b", "64", "\(base)/t/pump-1", "-v", "7"])
+        #expect(out.contains("Block1"), "\(out)")
+        #expect(eventually { hub.lines.count == 4 })
+        #expect(hub.lines.contains { text($0["payload"]?["blob"])?.count == 3000 })
+        #expect(hub.lines.contains { text($0["content_type"]) == "application/senml+json" })
+        // Bad payloads: the right code and a diagnostic, nothing stored.
+        #expect(try coap(["-m", "post", "-t", "json", "-e", #"{"t":"#, "\(base)/t/pump-1"]).contains("4.00 not valid JSON"))
+        #expect(try coap(["-m", "post", "-t", "110", "-e", #"[{"n":"t","v":"x"}]"#, "\(base)/t/pump-1"]).contains("4.00 SenML record 0: 'v' must be a number"))
+        #expect(try coap(["-m", "post", "-t", "41", "-e", "<a/>", "\(base)/t/pump-1"]).contains("4.15"))
+        #expect(try coap(["-m", "get", "\(base)/t/pump-1"]).contains("4.05"))
+        #expect(try coap(["-m", "post", "-e", "x", "\(base)/nowhere"]).contains("4.04"))
+        #expect(try coap(["-m", "post", "-t", "json", "-e", "{}", "\(base)/t/no-route/x"]).contains("4.04"))
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(hub.lines.count == 4)
+    }
+
+    @Test func answersADuplicateAgainWithoutSubmittingItTwice() throws {
+        let hub = try Hub()
+        let socket = try UDPSocket(port: hub.udp)
+        // CON POST /t/dev-d with message id 0x1234, token 0x42, Content-Format 50.
+        let request: [UInt8] = [0x41, 0x02, 0x12, 0x34, 0x42, 0xB1] + Array("t".utf8) + [0x05] + Array("dev-d".utf8) + [0x11, 50, 0xFF] + Array(#"{"n":1}"#.utf8)
+        socket.send(request)
+        let ack = try #require(socket.receive())
+        #expect(ack[0] >> 4 == 0x6 && ack[2] == 0x12 && ack[3] == 0x34, "an ACK for the message id: \(ack)")
+        if ack[1] == 0 {
+            // A separate response follows (durable pipeline); acknowledge it.
+            let response = try #require(socket.receive())
+            #expect(response[1] == 0x44, "2.04: \(response)")
+            socket.send([0x60, 0x00, response[2], response[3]])
+        } else {
+            #expect(ack[1] == 0x44)
+        }
+        socket.send(request)
+        let again = try #require(socket.receive())
+        #expect(again[0] >> 4 == 0x6 && again[1] == 0x44 && again[2] == 0x12 && again[3] == 0x34, "the same answer: \(again)")
+        // Malformed datagrams change nothing for anyone.
+        for junk: [UInt8] in [[0x40], [0x4F, 0x01, 0x00], [0x40, 0x02, 0x00, 0x01, 0xFF], Array(repeating: 0xFF, count: 40)] { socket.send(junk) }
+        #expect(try coap(["-m", "post", "-t", "json", "-e", #"{"n":2}"#, "coap://127.0.0.1:\(hub.udp)/t/dev-e"]).isEmpty)
+        #expect(eventually { hub.lines.count == 2 })
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(hub.lines.count == 2, "the duplicate was not submitted: \(hub.lines)")
+    }
+
+    @Test func authenticatesDTLSDevicesWithTheirRegistryKey() throws {
+        let hub = try Hub()
+        #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-9"}"#).status == 201)
+        let key = Array("0123456789abcdefghij".utf8)
+        let hex = key.map { String(format: "%02x", $0) }.joined()
+        #expect(hub.call("POST", "/v1/devices/meter-9/credentials", #"{"kind":"psk","identity":"meter-9-psk","key":"\#(hex)"}"#).status == 201)
+        let base = "coaps://127.0.0.1:\(hub.dtls)"
+        // The registry is read every 2 s.
+        var out = ""
+        #expect(eventually(timeout: 10) {
+            out = (try? coap(["-m", "post", "-t", "json", "-e", #"{"kwh":12}"#, "-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self), "\(base)/t/meter-9", "-v", "7"])) ?? ""
+            return out.contains("c:2.04")
+        }, "\(out)")
+        #expect(hub.lines.contains { text($0["device"]) == "meter-9" && text($0["tenant"]) == "system" })
+        let before = hub.lines.count
+        // A wrong key fails the handshake (coap-client still exits 0), a right key for another device's
+        // path is refused, and an unknown identity fails too.
+        out = try coap(["-m", "post", "-t", "json", "-e", #"{"kwh":13}"#, "-u", "meter-9-psk", "-k", "0123456789abcdefghiX", "\(base)/t/meter-9", "-v", "7"])
+        #expect(!out.contains("c:2.04"), "\(out)")
+        out = try coap(["-m", "post", "-t", "json", "-e", #"{"kwh":14}"#, "-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self), "\(base)/t/other"])
+        #expect(out.contains("4.03"), "\(out)")
+        out = try coap(["-m", "post", "-t", "json", "-e", #"{"kwh":15}"#, "-u", "nobody", "-k", String(decoding: key, as: UTF8.self), "\(base)/t/meter-9", "-v", "7"])
+        #expect(!out.contains("c:2.04"), "\(out)")
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(hub.lines.count == before)
+    }
+
+    @Test func deliversCommandsToObserversAndTakesTheirResults() throws {
+        let hub = try Hub()
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let device = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/coap_peers.py", "\(hub.udp)", "valve-3"])
+        #expect(eventually(timeout: 15) { device.log.contains("observing") }, "\(device.log)")
+        #expect(device.log.contains("telemetry 2.04 Changed") && device.log.contains("senml 2.04 Changed"), "\(device.log)")
+        #expect(device.log.contains("observing 2.05 Content observe"), "\(device.log)")
+        #expect(hub.lines.contains { text($0["content_type"]) == "application/senml+cbor" })
+        let sent = hub.call("POST", "/v1/devices/valve-3/commands", #"{"name":"open","payload":{"percent":40},"timeout":10}"#)
+        #expect(sent.status == 200 || sent.status == 201, "\(sent)")
+        let answer = try JSON.decode(sent.body)
+        #expect(text(answer["status"]) == "succeeded", "the device answered within the timeout: \(sent.body)\n\(device.log)")
+        #expect(device.log.contains("command open {'percent': 40}") && device.log.contains("result 2.04 Changed"), "\(device.log)")
+        // A command for a device that has not asked yet waits in the hub; once the device fetched its
+        // command resource (nothing waited then), the next fetch gets it.
+        let queued = hub.call("POST", "/v1/devices/valve-4/commands", #"{"name":"close","timeout":0}"#)
+        #expect(queued.status == 200 || queued.status == 201 || queued.status == 202, "\(queued)")
+        #expect(try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/c/valve-4"]).isEmpty)
+        var out = ""
+        #expect(eventually(timeout: 5) {
+            out = (try? coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/c/valve-4"])) ?? ""
+            return !out.isEmpty
+        })
+        #expect(out.contains(#""command":"close""#), "\(out)")
+        #expect(try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/c/valve-4"]).isEmpty, "nothing more waits")
+    }
+}
+
+/// A UDP socket connected to a port on loopback, for raw datagrams.
+final class UDPSocket {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        let r = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        guard r == 0 else { throw PluginError("cannot connect a UDP socket") }
+        var timeout = timeval(tv_sec: 3, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } }
+
+    func receive() -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: 2048)
+        let n = recv(fd, &buf, buf.count, 0)
+        return n > 0 ? Array(buf[..<n]) : nil
+    }
+
+    deinit { close(fd) }
+}
