@@ -149,6 +149,8 @@ let package = Package(
         .target(name: "CoAPRuntime", dependencies: [
             "CCoAP", "IoTCPluginKit", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Plugins/CoAP/Sources/CoAPRuntime"),
+        // LwM2M content formats (TLV), without I/O: for the LwM2M source and the fuzzer.
+        .target(name: "LwM2MCodec", path: "Plugins/LwM2M/Sources/LwM2MCodec"),
         plugin("CoAPPlugin", folder: "CoAP", dependencies: [
             "CCoAP", "CoAPRuntime", "PluginNetworking", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
@@ -164,7 +166,7 @@ let package = Package(
         .testTarget(
             name: "PluginTests",
             dependencies: [
-                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime",
+                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime", "LwM2MCodec",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

@@ -1,5 +1,5 @@
-// libFuzzer target: JSON and CBOR decoding of arbitrary bytes. Decoders must throw, never crash, and
-// whatever decodes must encode and decode again to an equal value.
+// libFuzzer target: JSON, CBOR and SenML decoding of arbitrary bytes. Decoders must throw, never crash,
+// and whatever decodes must encode and decode again to an equal value (SenML: to records again).
 import IoTCPluginKit
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -10,6 +10,11 @@ public func fuzzPayloadCodecs(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int3
     }
     if let v = try? CBOR.decode(bytes), !containsNaN(v) {
         guard let again = try? CBOR.decode(CBOR.encode(v)), again == v else { fatalError("CBOR round trip changed \(bytes)") }
+    }
+    for cbor in [false, true] {
+        if let records = try? SenML.decode(bytes, cbor: cbor), records.allSatisfy({ r in if case .number(let d)? = r.value { d.isFinite } else { true } }) {
+            guard (try? SenML.decode(SenML.encodeJSON(records), cbor: false)) != nil else { fatalError("SenML records did not encode: \(bytes)") }
+        }
     }
     return 0
 }
