@@ -43,6 +43,7 @@ let package = Package(
         .library(name: "iotc-plugin-log", type: .dynamic, targets: ["LogPlugin"]),
         .library(name: "iotc-plugin-mqtt", type: .dynamic, targets: ["MQTTPlugin"]),
         .library(name: "iotc-plugin-coap", type: .dynamic, targets: ["CoAPPlugin"]),
+        .library(name: "iotc-plugin-lwm2m", type: .dynamic, targets: ["LwM2MPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -149,8 +150,10 @@ let package = Package(
         .target(name: "CoAPRuntime", dependencies: [
             "CCoAP", "IoTCPluginKit", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Plugins/CoAP/Sources/CoAPRuntime"),
-        // LwM2M content formats (TLV), without I/O: for the LwM2M source and the fuzzer.
-        .target(name: "LwM2MCodec", path: "Plugins/LwM2M/Sources/LwM2MCodec"),
+        // LwM2M without I/O: TLV, link format, object definitions (built-in and OMA XML), values and the
+        // registration table; for the LwM2M source, its tests and the fuzzer.
+        .target(name: "LwM2MCodec", dependencies: ["IoTCPluginKit"], path: "Plugins/LwM2M/Sources/LwM2MCodec"),
+        plugin("LwM2MPlugin", folder: "LwM2M", dependencies: ["CCoAP", "CoAPRuntime", "LwM2MCodec"]),
         plugin("CoAPPlugin", folder: "CoAP", dependencies: [
             "CCoAP", "CoAPRuntime", "PluginNetworking", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),

@@ -5,8 +5,11 @@
 #     exactly as a POST; the hub's POST figure is printed too;
 #   - to the hub's coap source, through a pipeline (decode JSON) into the file sink, without and with
 #     the write-ahead log (durable: answered separately once the message is on disk).
-# Prints requests per second for each and the hub's share of libcoap's figure. LwM2M is not measured
-# here yet (see README). Usage: Benchmarks/coap.sh [BIN_DIR] (default .build/release).
+# Prints requests per second for each and the hub's share of libcoap's figure. Then LwM2M: LWM2M_CLIENTS
+# (default 10,000) simulated clients, one UDP socket each, register with the hub's lwm2m source and
+# hold for LWM2M_HOLD seconds (default 65) sending an Update every 60 s; prints the registrations, the
+# updates answered, and the hub's resident memory before and after, per client.
+# Usage: Benchmarks/coap.sh [BIN_DIR] (default .build/release).
 set -euo pipefail
 BIN=${1:-.build/release}
 DURATION=${DURATION:-8}
@@ -54,3 +57,31 @@ printf '  libcoap coap-server-openssl, PUT (no pipeline)   %8d req/s\n' "$LIB"
 printf '  hub, PUT, pipeline to the file sink              %8d req/s  (%d%% of libcoap; target 70%%)\n' "$HUB" $((HUB * 100 / LIB))
 printf '  hub, POST, pipeline to the file sink             %8d req/s  (%d%% of libcoap)\n' "$POST" $((POST * 100 / LIB))
 printf '  hub, POST, durable pipeline (write-ahead log)    %8d req/s  (%d%% of libcoap)\n' "$DURABLE" $((DURABLE * 100 / LIB))
+
+CLIENTS=${LWM2M_CLIENTS:-10000}
+HOLD=${LWM2M_HOLD:-65}
+LW_PORT=$(port)
+cat > "$WORK/lwm2m.yaml" <<YAML
+sources:
+  lw: { plugin: lwm2m, listen: "127.0.0.1:$LW_PORT" }
+sinks:
+  out: { plugin: file, path: "$WORK/lw.jsonl" }
+pipelines:
+  telemetry: { from: [ "lw:devices/+/telemetry" ], to: [ out ] }
+auth: { allow_anonymous: true }
+YAML
+rm -rf "$WORK/data"
+"$BIN/iotc" serve "$WORK/lwm2m.yaml" --data "$WORK/data" --api "127.0.0.1:$API_PORT" >"$WORK/hub.log" 2>&1 &
+LW=$!
+wait_port "$API_PORT"
+sleep 1
+rss() { awk '/VmRSS/ {print $2}' "/proc/$LW/status"; }
+BEFORE=$(rss)
+"$LOAD" lwm2m "$LW_PORT" "$CLIENTS" "$HOLD" > "$WORK/lwm2m.json"
+AFTER=$(rss)
+kill "$LW"; wait "$LW" 2>/dev/null || true
+printf 'LwM2M: %d simulated clients, lifetime 90 s, an Update every 60 s, held %ss\n' "$CLIENTS" "$HOLD"
+printf '  registered %d (%d registrations/s), updates sent %d and answered %d, other answers %d\n' \
+  "$(field registered < "$WORK/lwm2m.json")" "$(field registrations_per_s < "$WORK/lwm2m.json")" "$(field updates_sent < "$WORK/lwm2m.json")" \
+  "$(field updates_answered < "$WORK/lwm2m.json")" "$(field other_answers < "$WORK/lwm2m.json")"
+printf '  hub resident memory %d KiB before, %d KiB after: %d bytes per client\n' "$BEFORE" "$AFTER" $(( (AFTER - BEFORE) * 1024 / CLIENTS ))

@@ -9,8 +9,12 @@ import Glibc
 // requests per second. A request completes on a 2.xx answer, piggybacked or separate (whose CON is
 // acknowledged); error codes are counted, and a request unanswered for 2 s is sent again.
 let args = CommandLine.arguments
+if args.count == 5, args[1] == "lwm2m", let port = UInt16(args[2]), let clients = Int(args[3]), let seconds = Double(args[4]) {
+    LwM2MClients.run(port: port, clients: clients, seconds: seconds)
+    exit(0)
+}
 guard args.count == 5 || args.count == 6, let port = UInt16(args[1]), let seconds = Double(args[3]), let inFlight = Int(args[4]) else {
-    FileHandle.standardError.write(Data("usage: CoAPLoad PORT PATH SECONDS IN_FLIGHT [post|put]\n".utf8))
+    FileHandle.standardError.write(Data("usage: CoAPLoad PORT PATH SECONDS IN_FLIGHT [post|put]\n       CoAPLoad lwm2m PORT CLIENTS SECONDS\n".utf8))
     exit(2)
 }
 let path = args[2].split(separator: "/").map(String.init)

@@ -80,10 +80,7 @@ final class CoAPSource: Source, @unchecked Sendable {
         self.host = host
         guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
         guard config.retry_after >= 0, config.retry_after < 86_400 else { throw PluginError("retry_after must be under a day") }
-        guard !config.listen.isEmpty || !(config.dtls_listen ?? "").isEmpty else { throw PluginError("set listen, dtls_listen or both") }
-        for a in [config.listen, config.dtls_listen ?? ""] where !a.isEmpty {
-            guard CoAPEventLoop.address(a) != nil else { throw PluginError("listen address '\(a)' should be HOST:PORT with a numeric host") }
-        }
+        try CoAPEventLoop.validate(listen: config.listen, dtls: config.dtls_listen)
         mailboxes = CommandMailboxes(capacity: max(1, config.max_queued_commands), ttl: config.command_ttl)
         func template(_ field: String, _ text: String, _ variables: Set<String>) throws -> PathTemplate {
             do { return try PathTemplate(text, variables: variables) } catch { throw PluginError("\(field): \(error)") }
@@ -102,17 +99,14 @@ final class CoAPSource: Source, @unchecked Sendable {
     }
 
     func start() throws {
-        let loop = try CoAPEventLoop()
-        let server = CoAPDeviceServer(source: self, loop: loop)
-        loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
-        loop.sessionClosed = { [weak server] peer in server?.closed(peer) }
-        server.install()
-        if !config.listen.isEmpty { try loop.listen(config.listen, dtls: false) }
-        if let d = config.dtls_listen, !d.isEmpty { try loop.listen(d, dtls: true) }
-        loop.start(name: "coap")
-        self.loop = loop
+        var server: CoAPDeviceServer?
+        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, host: host) { loop in
+            let s = CoAPDeviceServer(source: self, loop: loop)
+            loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
+            s.install()
+            server = s
+        }
         self.server = server
-        host.log(.info, "coap source listening on \([config.listen, config.dtls_listen.map { "\($0) (DTLS)" } ?? ""].filter { !$0.isEmpty }.joined(separator: " and "))")
     }
 
     func stop() {

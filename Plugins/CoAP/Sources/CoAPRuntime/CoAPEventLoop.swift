@@ -20,6 +20,18 @@ public final class CoAPEventLoop: @unchecked Sendable {
     public var sessionClosed: ((CoAPPeer) -> Void)?
     /// The server object that handles this loop's requests, for libcoap callbacks that know only a session.
     public weak var attachment: AnyObject?
+    /// Called on the loop thread about once a second (lifetimes, time-outs).
+    public var tick: (() -> Void)?
+    /// Responses to requests this side sent (a server asking its clients, as LwM2M does): return false
+    /// to reject one (libcoap answers RST). Set before `start`.
+    public var response: ((_ session: OpaquePointer, _ sent: OpaquePointer?, _ received: OpaquePointer) -> Bool)? {
+        didSet { coap_register_response_handler(context, coapResponse) }
+    }
+    /// A confirmable message this side sent was refused (RST) or never acknowledged. Set before `start`.
+    public var nack: ((_ session: OpaquePointer, _ sent: OpaquePointer?) -> Void)? {
+        didSet { coap_register_nack_handler(context, coapNack) }
+    }
+    private var lastTick = 0.0
 
     public init() throws {
         coapStartupOnce
@@ -111,7 +123,8 @@ public final class CoAPEventLoop: @unchecked Sendable {
             coap_ticks(&now)
             if coapFD >= 0 {
                 let next = coap_io_prepare_epoll(context, now)
-                _ = poll(&fds, 2, next == 0 ? -1 : Int32(min(next, 60_000)))
+                let limit: UInt32 = tick == nil ? 60_000 : 1_000
+                _ = poll(&fds, 2, next == 0 ? Int32(limit) : Int32(min(next, limit)))
                 if fds[0].revents != 0 { _ = coap_io_process(context, coapNoWait) }
             } else {
                 // A libcoap without epoll: its own select with a short timeout, jobs in between.
@@ -126,6 +139,13 @@ public final class CoAPEventLoop: @unchecked Sendable {
                 return (jobs, stopping)
             }
             for job in batch { job() }
+            if let tick {
+                let t = Date().timeIntervalSince1970
+                if t - lastTick >= 1 {
+                    lastTick = t
+                    tick()
+                }
+            }
             if done { break }
         }
         // Let what the jobs queued (last responses) go out.
@@ -217,9 +237,42 @@ private let coapEventHandler: coap_event_handler_t = { session, event in
     return 0
 }
 
+private let coapResponse: coap_response_handler_t = { session, sent, received, _ in
+    guard let session, let received, let loop = CoAPEventLoop.of(coap_session_get_context(session)), let handle = loop.response else { return COAP_RESPONSE_OK }
+    return handle(session, sent, received) ? COAP_RESPONSE_OK : COAP_RESPONSE_FAIL
+}
+
+private let coapNack: coap_nack_handler_t = { session, sent, _, _ in
+    guard let session, let loop = CoAPEventLoop.of(coap_session_get_context(session)) else { return }
+    loop.nack?(session, sent)
+}
+
 private let coapValidatePSKIdentity: coap_dtls_id_callback_t = { identity, session, arg in
     guard let identity, let session, let arg, identity.pointee.length <= 128 else { return nil }
     let loop = Unmanaged<CoAPEventLoop>.fromOpaque(arg).takeUnretainedValue()
     let name = String(decoding: UnsafeBufferPointer(start: identity.pointee.s, count: identity.pointee.length), as: UTF8.self)
     return loop.validate(identity: name, session: session)
+}
+
+extension CoAPEventLoop {
+    /// Checks a CoAP plugin's `listen` and `dtls_listen` settings.
+    public static func validate(listen: String, dtls: String?) throws {
+        guard !listen.isEmpty || !(dtls ?? "").isEmpty else { throw PluginError("set listen, dtls_listen or both") }
+        for a in [listen, dtls ?? ""] where !a.isEmpty {
+            guard address(a) != nil else { throw PluginError("listen address '\(a)' should be HOST:PORT with a numeric host") }
+        }
+    }
+
+    /// A started loop serving `listen` (UDP) and `dtls` (DTLS with the registry's pre-shared keys,
+    /// through `host`); `install` sets up its resources and handlers before it listens.
+    public static func serve(name: String, listen: String, dtls: String?, host: PluginHost, install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
+        let loop = try CoAPEventLoop()
+        loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
+        install(loop)
+        if !listen.isEmpty { try loop.listen(listen, dtls: false) }
+        if let dtls, !dtls.isEmpty { try loop.listen(dtls, dtls: true) }
+        loop.start(name: name)
+        host.log(.info, "\(name) source listening on \([listen, dtls.map { $0.isEmpty ? "" : "\($0) (DTLS)" } ?? ""].filter { !$0.isEmpty }.joined(separator: " and "))")
+        return loop
+    }
 }

@@ -1,0 +1,99 @@
+/// The CoRE Link Format (RFC 6690) as LwM2M clients send it in Register and Update, and as Discover
+/// answers: `</>;rt="oma.lwm2m";ct=110, </1/0>, </3/0>;ver=1.1, </3303/0>`.
+public enum LinkFormat {
+    public struct Link: Sendable, Equatable {
+        public var target: String
+        public var attributes: [String: String]
+
+        public init(target: String, attributes: [String: String]) {
+            self.target = target
+            self.attributes = attributes
+        }
+
+        /// The target's numeric path (`/3303/0` → [3303, 0]), or nil when it is not an object path.
+        public var objectPath: [UInt16]? {
+            let parts = target.split(separator: "/", omittingEmptySubsequences: false).dropFirst()
+            guard !parts.isEmpty, parts.count <= 4, target.hasPrefix("/") else { return nil }
+            var out: [UInt16] = []
+            for p in parts {
+                guard !p.isEmpty, p.count <= 5, p.allSatisfy(\.isASCII), p.allSatisfy(\.isNumber), let n = UInt16(p) else { return nil }
+                out.append(n)
+            }
+            return out
+        }
+    }
+
+    public struct Error: Swift.Error, Sendable, Equatable, CustomStringConvertible {
+        public var offset: Int
+        public var reason: String
+        public var description: String { "link format at character \(offset): \(reason)" }
+    }
+
+    /// Parses a link-format payload; every link must be `<target>` with `;name` or `;name=value`
+    /// attributes (values bare or quoted). At most `limit` links.
+    public static func parse(_ text: String, limit: Int = 2048) throws(Error) -> [Link] {
+        let s = Array(text.utf8)
+        var i = 0
+        var links: [Link] = []
+        func skipSpace() { while i < s.count, s[i] == 0x20 || s[i] == 0x09 || s[i] == 0x0A || s[i] == 0x0D { i += 1 } }
+        skipSpace()
+        if i == s.count { return [] }
+        while true {
+            skipSpace()
+            guard i < s.count, s[i] == UInt8(ascii: "<") else { throw Error(offset: i, reason: "expected '<'") }
+            i += 1
+            let start = i
+            while i < s.count, s[i] != UInt8(ascii: ">") {
+                guard s[i] > 0x20, s[i] != UInt8(ascii: "<") else { throw Error(offset: i, reason: "a target may not contain spaces or '<'") }
+                i += 1
+            }
+            guard i < s.count else { throw Error(offset: start, reason: "unterminated target") }
+            var link = Link(target: String(decoding: s[start..<i], as: UTF8.self), attributes: [:])
+            i += 1
+            while i < s.count, s[i] == UInt8(ascii: ";") {
+                i += 1
+                let nameStart = i
+                while i < s.count, s[i] != UInt8(ascii: "="), s[i] != UInt8(ascii: ";"), s[i] != UInt8(ascii: ",") {
+                    guard s[i] > 0x20, s[i] != UInt8(ascii: "\"") else { throw Error(offset: i, reason: "bad attribute name") }
+                    i += 1
+                }
+                guard i > nameStart else { throw Error(offset: i, reason: "empty attribute name") }
+                let name = String(decoding: s[nameStart..<i], as: UTF8.self)
+                var value = ""
+                if i < s.count, s[i] == UInt8(ascii: "=") {
+                    i += 1
+                    if i < s.count, s[i] == UInt8(ascii: "\"") {
+                        i += 1
+                        let vStart = i
+                        while i < s.count, s[i] != UInt8(ascii: "\"") { i += 1 }
+                        guard i < s.count else { throw Error(offset: vStart, reason: "unterminated quoted value") }
+                        value = String(decoding: s[vStart..<i], as: UTF8.self)
+                        i += 1
+                    } else {
+                        let vStart = i
+                        while i < s.count, s[i] != UInt8(ascii: ";"), s[i] != UInt8(ascii: ",") { i += 1 }
+                        value = String(decoding: s[vStart..<i], as: UTF8.self)
+                    }
+                }
+                guard link.attributes.updateValue(value, forKey: name) == nil else { throw Error(offset: nameStart, reason: "attribute '\(name.prefix(16))' twice") }
+            }
+            links.append(link)
+            guard links.count <= limit else { throw Error(offset: i, reason: "more than \(limit) links") }
+            skipSpace()
+            if i == s.count { return links }
+            guard s[i] == UInt8(ascii: ",") else { throw Error(offset: i, reason: "expected ',' between links") }
+            i += 1
+        }
+    }
+
+    /// Writes links as link format, attributes sorted by name; values other than numbers are quoted.
+    public static func write(_ links: [Link]) -> String {
+        links.map { l in
+            "<\(l.target)>" + l.attributes.sorted { $0.key < $1.key }.map { a in
+                if a.value.isEmpty { return ";\(a.key)" }
+                let bare = a.value.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") }
+                return bare ? ";\(a.key)=\(a.value)" : ";\(a.key)=\"\(a.value)\""
+            }.joined()
+        }.joined(separator: ",")
+    }
+}

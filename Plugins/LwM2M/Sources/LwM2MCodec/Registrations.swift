@@ -1,0 +1,89 @@
+/// The registration interface's state (OMA-TS-LightweightM2M-Core 1.1 §6.2.1, §6.2.2, §6.2.3): who is
+/// registered under which endpoint name, until when. No I/O: the server applies each event and acts
+/// on the answer.
+public struct Registrations: Sendable {
+    public struct Registration: Sendable, Equatable {
+        /// The registration id the client was given (Location-Path `rd/{id}`).
+        public var id: String
+        public var endpoint: String
+        /// Who registered it: the device's tenant and id as authenticated.
+        public var tenant: String
+        public var device: String
+        public var lifetime: Int
+        public var binding: String
+        public var version: String
+        public var objects: [LinkFormat.Link]
+        /// Seconds since the epoch when it lapses without an Update.
+        public var expires: Double
+        /// The remote address it last spoke from.
+        public var remote: String
+    }
+
+    public enum RegisterOutcome: Sendable, Equatable {
+        /// Registered; `replaced` is an earlier registration of the same endpoint by the same device.
+        case registered(Registration, replaced: Registration?)
+        /// The endpoint name is registered by another device.
+        case endpointTaken
+    }
+
+    public private(set) var byID: [String: Registration] = [:]
+    private var idByEndpoint: [String: String] = [:]
+    private var nextID: UInt64 = 1
+    private let prefix: String
+
+    /// `prefix` makes ids unique across restarts (registration ids are never reused).
+    public init(idPrefix: String) { prefix = idPrefix }
+
+    public var count: Int { byID.count }
+
+    /// The endpoint name is unique per tenant.
+    private static func key(_ tenant: String, _ endpoint: String) -> String { tenant + "\u{0}" + endpoint }
+
+    public func registration(tenant: String, endpoint: String) -> Registration? {
+        idByEndpoint[Self.key(tenant, endpoint)].flatMap { byID[$0] }
+    }
+
+    public mutating func register(endpoint: String, tenant: String, device: String, lifetime: Int, binding: String, version: String,
+                                  objects: [LinkFormat.Link], remote: String, now: Double) -> RegisterOutcome {
+        let key = Self.key(tenant, endpoint)
+        var replaced: Registration?
+        if let old = idByEndpoint[key].flatMap({ byID[$0] }) {
+            guard old.device == device else { return .endpointTaken }
+            replaced = old
+            byID[old.id] = nil
+        }
+        let id = prefix + String(nextID, radix: 36)
+        nextID += 1
+        let r = Registration(id: id, endpoint: endpoint, tenant: tenant, device: device, lifetime: lifetime, binding: binding, version: version,
+                             objects: objects, expires: now + Double(lifetime), remote: remote)
+        byID[id] = r
+        idByEndpoint[key] = id
+        return .registered(r, replaced: replaced)
+    }
+
+    /// An Update: a new lifetime, binding or object list, and a fresh expiry. Nil when `id` is unknown
+    /// (the client must register again: 4.04).
+    public mutating func update(id: String, lifetime: Int?, binding: String?, objects: [LinkFormat.Link]?, remote: String, now: Double) -> Registration? {
+        guard var r = byID[id] else { return nil }
+        if let lifetime { r.lifetime = lifetime }
+        if let binding { r.binding = binding }
+        if let objects { r.objects = objects }
+        r.remote = remote
+        r.expires = now + Double(r.lifetime)
+        byID[id] = r
+        return r
+    }
+
+    public mutating func deregister(id: String) -> Registration? {
+        guard let r = byID.removeValue(forKey: id) else { return nil }
+        idByEndpoint[Self.key(r.tenant, r.endpoint)] = nil
+        return r
+    }
+
+    /// Removes and returns the registrations whose lifetime has passed.
+    public mutating func expire(now: Double) -> [Registration] {
+        let gone = byID.values.filter { $0.expires <= now }
+        for r in gone { _ = deregister(id: r.id) }
+        return gone
+    }
+}

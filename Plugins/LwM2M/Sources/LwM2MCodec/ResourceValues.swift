@@ -1,0 +1,170 @@
+import IoTCPluginKit
+
+/// An LwM2M path: /object[/instance[/resource[/resource instance]]].
+public struct LwM2MPath: Sendable, Hashable, CustomStringConvertible, Comparable {
+    public var ids: [UInt16]
+
+    public init(_ ids: [UInt16]) { self.ids = ids }
+
+    /// Parses "/3303/0/5700"; nil unless it is 1 to 4 numeric segments (each under 65535).
+    public init?(_ text: String) {
+        guard text.hasPrefix("/") else { return nil }
+        let parts = text.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        guard (1...4).contains(parts.count) else { return nil }
+        var ids: [UInt16] = []
+        for p in parts {
+            guard !p.isEmpty, p.count <= 5, p.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let n = UInt16(p), n != 65535 else { return nil }
+            ids.append(n)
+        }
+        self.ids = ids
+    }
+
+    public var description: String { "/" + ids.map(String.init).joined(separator: "/") }
+    public var object: UInt16 { ids[0] }
+    public static func < (a: LwM2MPath, b: LwM2MPath) -> Bool { a.ids.lexicographicallyPrecedes(b.ids) }
+}
+
+/// Turns LwM2M payloads into typed values by path, and values into payloads, with the object model.
+public struct ResourceValues: Sendable {
+    public let objects: ObjectRegistry
+
+    public init(objects: ObjectRegistry) { self.objects = objects }
+
+    public struct Error: Swift.Error, Sendable, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// The values in a Read or Notify payload for `path`, by full path, in the given Content-Format.
+    public func decode(_ payload: [UInt8], format: UInt32, path: LwM2MPath) throws(Error) -> [(LwM2MPath, Value)] {
+        switch format {
+        case 11542:
+            let entries: [TLV.Entry]
+            do { entries = try TLV.decode(payload) } catch { throw Error(description: error.description) }
+            var out: [(LwM2MPath, Value)] = []
+            try flatten(entries, under: path, into: &out)
+            return out
+        case 110, 112:
+            let records: [SenML.Record]
+            do { records = try SenML.decode(payload, cbor: format == 112) } catch { throw Error(description: error.description) }
+            return try records.map { (r) throws(Error) -> (LwM2MPath, Value) in
+                guard let p = LwM2MPath(r.name) else { throw Error(description: "the SenML name '\(r.name.prefix(64))' is not an LwM2M path") }
+                return (p, value(of: r))
+            }
+        case 0:
+            guard path.ids.count >= 3 else { throw Error(description: "text/plain carries one resource only") }
+            guard let s = String(validating: payload, as: UTF8.self) else { throw Error(description: "the text is not UTF-8") }
+            return [(path, typed(text: s, type(of: path)))]
+        case 42:
+            guard path.ids.count >= 3 else { throw Error(description: "opaque carries one resource only") }
+            return [(path, .bytes(payload))]
+        default:
+            throw Error(description: "Content-Format \(format) is not one the server reads (11542, 110, 112, 0, 42)")
+        }
+    }
+
+    private func flatten(_ entries: [TLV.Entry], under base: LwM2MPath, into out: inout [(LwM2MPath, Value)]) throws(Error) {
+        for e in entries {
+            // A TLV names the level below `base`, or restates `base`'s last level (a single resource read).
+            var p = base
+            switch e.kind {
+            case .objectInstance: p = base.ids.count >= 2 ? base : LwM2MPath(base.ids + [e.id])
+            case .resource, .multipleResource:
+                switch base.ids.count {
+                case 1: throw Error(description: "a resource TLV directly under object \(base.object)")
+                case 2: p = LwM2MPath(base.ids + [e.id])
+                default: p = LwM2MPath(Array(base.ids.prefix(2)) + [e.id])
+                }
+            case .resourceInstance: p = base.ids.count >= 4 ? base : LwM2MPath(Array(base.ids.prefix(3)) + [e.id])
+            }
+            switch e.kind {
+            case .objectInstance, .multipleResource:
+                if e.kind == .multipleResource {
+                    for c in e.children { out.append((LwM2MPath(p.ids + [c.id]), typed(bytes: c.value, type(of: p)))) }
+                } else {
+                    try flatten(e.children, under: p, into: &out)
+                }
+            case .resource, .resourceInstance:
+                out.append((p, typed(bytes: e.value, type(of: p))))
+            }
+        }
+    }
+
+    public func type(of path: LwM2MPath) -> ObjectDefinition.ResourceType {
+        guard path.ids.count >= 3 else { return .opaque }
+        return objects[path.object]?.resources[path.ids[2]]?.type ?? .opaque
+    }
+
+    func typed(bytes v: [UInt8], _ type: ObjectDefinition.ResourceType) -> Value {
+        switch type {
+        case .string, .corelink: return String(validating: v, as: UTF8.self).map { .string($0) } ?? .bytes(v)
+        case .integer, .unsignedInteger, .time: return TLV.integer(v).map { .int($0) } ?? .bytes(v)
+        case .float: return TLV.float(v).map { .double($0) } ?? TLV.integer(v).map { .int($0) } ?? .bytes(v)
+        case .boolean: return TLV.boolean(v).map { .bool($0) } ?? .bytes(v)
+        case .objectLink: return TLV.objectLink(v).map { .string("\($0.object):\($0.instance)") } ?? .bytes(v)
+        case .opaque, .none: return .bytes(v)
+        }
+    }
+
+    func typed(text s: String, _ type: ObjectDefinition.ResourceType) -> Value {
+        switch type {
+        case .integer, .unsignedInteger, .time: return Int64(s).map { .int($0) } ?? .string(s)
+        case .float: return Double(s).map { .double($0) } ?? .string(s)
+        case .boolean: return s == "1" ? .bool(true) : s == "0" ? .bool(false) : .string(s)
+        case .opaque: return Base64.decode(s).map { .bytes($0) } ?? .string(s)
+        default: return .string(s)
+        }
+    }
+
+    private func value(of r: SenML.Record) -> Value {
+        switch r.value {
+        case .number(let d)?: d.rounded() == d && abs(d) < 9e15 ? .int(Int64(d)) : .double(d)
+        case .string(let s)?: .string(s)
+        case .bool(let b)?: .bool(b)
+        case .data(let b)?: .bytes(b)
+        case nil: .null
+        }
+    }
+
+    /// The TLV bytes of one value for a resource of `type`; nil when the value does not fit the type.
+    public func bytes(_ value: Value, _ type: ObjectDefinition.ResourceType) -> [UInt8]? {
+        switch (type, value) {
+        case (.string, .string(let s)), (.corelink, .string(let s)): return Array(s.utf8)
+        case (.integer, .int(let i)), (.unsignedInteger, .int(let i)), (.time, .int(let i)): return TLV.bytes(integer: i)
+        case (.integer, .double(let d)), (.time, .double(let d)):
+            return d.rounded() == d && abs(d) < 9e15 ? TLV.bytes(integer: Int64(d)) : nil
+        case (.float, .double(let d)): return TLV.bytes(float: d)
+        case (.float, .int(let i)): return TLV.bytes(float: Double(i))
+        case (.boolean, .bool(let b)): return [b ? 1 : 0]
+        case (.opaque, .string(let s)): return Base64.decode(s)
+        case (.opaque, .bytes(let b)): return b
+        case (.objectLink, .string(let s)):
+            let p = s.split(separator: ":")
+            guard p.count == 2, let o = UInt16(p[0]), let i = UInt16(p[1]) else { return nil }
+            return [UInt8(o >> 8), UInt8(o & 0xFF), UInt8(i >> 8), UInt8(i & 0xFF)]
+        default: return nil
+        }
+    }
+
+    /// A TLV payload writing `values` (resource id → value) into an object instance, or a single
+    /// resource when `path` names one.
+    public func encodeTLV(path: LwM2MPath, values: [(UInt16, Value)]) throws(Error) -> [UInt8] {
+        var entries: [TLV.Entry] = []
+        for (id, v) in values {
+            let p = LwM2MPath(Array(path.ids.prefix(2)) + [id])
+            let type = self.type(of: p)
+            if case .array(let items) = v {
+                var children: [TLV.Entry] = []
+                for (k, item) in items.enumerated() {
+                    guard let b = bytes(item, type) else { throw Error(description: "\(p)/\(k): a \(type.rawValue) value is needed") }
+                    children.append(TLV.Entry(kind: .resourceInstance, id: UInt16(k), value: b))
+                }
+                entries.append(TLV.Entry(kind: .multipleResource, id: id, children: children))
+            } else {
+                guard let b = bytes(v, type) else { throw Error(description: "\(p): a \(type == .opaque ? "base64 (opaque)" : type.rawValue) value is needed") }
+                entries.append(TLV.Entry(kind: .resource, id: id, value: b))
+            }
+        }
+        // The instance (and resource) are in the URI: the payload holds resources only.
+        return TLV.encode(entries)
+    }
+}

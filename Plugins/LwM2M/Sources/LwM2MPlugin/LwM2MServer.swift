@@ -1,0 +1,492 @@
+import CCoAP
+import CIoTCPluginABI
+import CoAPRuntime
+import Foundation
+import IoTCPluginKit
+import LwM2MCodec
+
+/// The `lwm2m` source's server, on its libcoap loop thread: the registration interface as a CoAP
+/// server, and device management as requests the hub sends to registered clients over the session
+/// they registered on.
+final class LwM2MServer: @unchecked Sendable {
+    unowned let source: LwM2MSource
+    let loop: CoAPEventLoop
+    var host: PluginHost { source.host }
+    private var table: Registrations
+    /// Per registration id: the session the client last spoke on (referenced) and its identity.
+    private var links: [String: (session: OpaquePointer, identity: Identity)] = [:]
+    /// Requests sent and not answered, and observations, by token.
+    private var pending: [[UInt8]: Pending] = [:]
+
+    struct Pending {
+        enum Purpose {
+            /// An API command: its result goes back to the hub.
+            case command(id: String, name: String)
+            /// An observation: notifications become telemetry.
+            case observation
+        }
+        var purpose: Purpose
+        var registration: String
+        var path: LwM2MPath
+        var observing: Bool
+    }
+
+    init(source: LwM2MSource, loop: CoAPEventLoop) {
+        self.source = source
+        self.loop = loop
+        // Registration ids stay unique across restarts of the hub.
+        table = Registrations(idPrefix: String(UInt64(Date().timeIntervalSince1970), radix: 36) + "-")
+    }
+
+    func install() {
+        let r = coap_resource_unknown_init2(lwm2mRequest, 0)
+        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE] { coap_register_handler(r, m, lwm2mRequest) }
+        coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
+        coap_add_resource(loop.context, r)
+        loop.attachment = self
+        loop.response = { [unowned self] session, sent, received in self.response(session, received) }
+        loop.nack = { [unowned self] _, sent in if let sent { self.unanswered(PDU.token(sent)) } }
+        loop.tick = { [unowned self] in self.expire() }
+    }
+
+    /// After the loop stopped: every registration ends.
+    func stopped() {
+        for id in Array(links.keys) { end(id, event: nil) }
+    }
+
+    // MARK: the registration interface
+
+    fileprivate func handle(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        let path = PDU.path(request)
+        let method = coap_request_t(UInt32(PDU.code(request).rawValue))
+        switch (method, path.count, path.first) {
+        case (COAP_REQUEST_POST, 1, "rd"?): register(session, request, response)
+        case (COAP_REQUEST_POST, 2, "rd"?): update(session, request, response, id: String(path[1]))
+        case (COAP_REQUEST_DELETE, 2, "rd"?): deregister(session, request, response, id: String(path[1]))
+        case (_, 1, "rd"?), (_, 2, "rd"?): PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED)
+        default: PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
+        }
+    }
+
+    /// The Uri-Query options as name → value; nil (and a 4.00 set) when one is named twice.
+    private func queries(_ request: OpaquePointer, _ response: OpaquePointer) -> [String: String]? {
+        var out: [String: String] = [:]
+        for q in PDU.strings(request, COAP_OPTION_URI_QUERY) {
+            let (name, value) = q.firstIndex(of: "=").map { (String(q[..<$0]), String(q[q.index(after: $0)...])) } ?? (String(q), "")
+            guard out.updateValue(value, forKey: name) == nil else {
+                PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "'\(name.prefix(16))' given twice")
+                return nil
+            }
+        }
+        return out
+    }
+
+    /// The object links of a Register or Update payload (Content-Format 40); nil with a 4.00 set.
+    private func objectLinks(_ request: OpaquePointer, _ response: OpaquePointer) -> [LinkFormat.Link]?? {
+        let body = PDU.body(request)
+        if body.isEmpty { return .some(nil) }
+        if let f = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT), f != ContentFormat.linkFormat {
+            PDU.respond(response, COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT, diagnostic: "the object list is link format (40)")
+            return nil
+        }
+        guard let text = String(validating: body, as: UTF8.self) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "the object list is not UTF-8")
+            return nil
+        }
+        do {
+            let links = try LinkFormat.parse(text)
+            for l in links where l.objectPath == nil && l.target != "/" && l.attributes["rt"] != "oma.lwm2m" {
+                PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "'\(l.target.prefix(32))' is not an object or object instance")
+                return nil
+            }
+            for l in links where (l.objectPath?.count ?? 0) > 2 {
+                PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "'\(l.target.prefix(32))': the object list names objects and instances only")
+                return nil
+            }
+            return .some(links)
+        } catch {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: error.description)
+            return nil
+        }
+    }
+
+    private func lifetime(_ q: [String: String], _ response: OpaquePointer) -> Int?? {
+        guard let text = q["lt"] else { return .some(nil) }
+        guard let lt = Int(text), lt > 0 else {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "lt must be a positive number of seconds")
+            return nil
+        }
+        return .some(min(lt, Int(source.config.max_lifetime)))
+    }
+
+    private func binding(_ q: [String: String], _ response: OpaquePointer) -> String?? {
+        guard let b = q["b"] else { return .some(nil) }
+        guard !b.isEmpty, b.count <= 8, b.allSatisfy({ "UMHTSNQ".contains($0) }) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "b must be binding letters (U, T, S, N, Q)")
+            return nil
+        }
+        return .some(b)
+    }
+
+    /// The device this request speaks for: the DTLS identity, or the hub's authentication of `device`.
+    private func identity(_ session: OpaquePointer, device: String, token: String?) -> Identity? {
+        let peer = loop.peer(session)
+        if peer.dtls { return peer.identity }
+        if let id = peer.identity, id.device == device { return id }
+        let id = host.authenticate(Credentials(protocolName: "lwm2m", device: device, secret: token ?? "", remoteAddress: peer.remote))
+        peer.identity = id
+        return id
+    }
+
+    private func register(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response), let objects = objectLinks(request, response) else { return }
+        guard let ep = q["ep"], CommandTopics.isDeviceID(ep) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "ep (the endpoint name) is required: 1 to 128 characters without / + #")
+            return
+        }
+        let version = q["lwm2m"] ?? "1.0"
+        guard ["1.0", "1.1", "1.2"].contains(version) else {
+            // The versions are not compatible (OMA-TS-LightweightM2M-Core 1.1 §6.2.1).
+            PDU.respond(response, COAP_RESPONSE_CODE_PRECONDITION_FAILED, diagnostic: "LwM2M \(version.prefix(8)) is not supported (1.0 to 1.2 are)")
+            return
+        }
+        guard let id = identity(session, device: ep, token: q["token"]) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_UNAUTHORIZED, diagnostic: "unknown client")
+            return
+        }
+        guard id.device == ep else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "this client may register only as \(id.device)")
+            return
+        }
+        guard table.count < source.config.max_registrations || table.registration(tenant: id.tenant, endpoint: ep) != nil else {
+            PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, diagnostic: "the server holds its maximum of registrations")
+            return
+        }
+        let peer = loop.peer(session)
+        let outcome = table.register(endpoint: ep, tenant: id.tenant, device: id.device, lifetime: lt ?? Int(source.config.default_lifetime),
+                                     binding: b ?? "U", version: version, objects: objects ?? [], remote: peer.remote, now: Date().timeIntervalSince1970)
+        guard case .registered(let r, let replaced) = outcome else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "the endpoint name is registered by another device")
+            return
+        }
+        if let replaced { end(replaced.id, event: nil) }
+        links[r.id] = (coap_session_reference(session), id)
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_CREATED)
+        for segment in ["rd", r.id] { _ = coap_add_option(response, coap_option_num_t(COAP_OPTION_LOCATION_PATH), segment.utf8.count, segment) }
+        host.deviceConnected(id, remoteAddress: peer.remote)
+        lifecycle(r, "registered")
+        // Observe the configured paths this client has, once the 2.01 is on its way.
+        let paths = source.observePaths.filter { p in r.objects.contains { $0.objectPath?.first == p.object } }
+        if !paths.isEmpty {
+            loop.execute { [weak self] in
+                for p in paths { _ = self?.send(r.id, COAP_REQUEST_GET, p, observe: 0, accept: nil, purpose: .observation) }
+            }
+        }
+    }
+
+    private func update(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, id: String) {
+        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response), let objects = objectLinks(request, response) else { return }
+        guard let r = table.byID[id] else {
+            PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND, diagnostic: "no such registration: register again")
+            return
+        }
+        guard let who = identity(session, device: r.device, token: q["token"]), who.device == r.device, who.tenant == r.tenant else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN)
+            return
+        }
+        let peer = loop.peer(session)
+        guard let updated = table.update(id: id, lifetime: lt, binding: b, objects: objects, remote: peer.remote, now: Date().timeIntervalSince1970) else { return }
+        if let old = links[id], old.session != session {
+            // The client's address changed (NAT): later requests go to the new one.
+            coap_session_release(old.session)
+            links[id] = (coap_session_reference(session), who)
+        }
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
+        lifecycle(updated, "updated")
+    }
+
+    private func deregister(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, id: String) {
+        guard let r = table.byID[id] else {
+            PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
+            return
+        }
+        guard let who = identity(session, device: r.device, token: nil), who.device == r.device, who.tenant == r.tenant else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN)
+            return
+        }
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_DELETED)
+        end(id, event: "deregistered")
+    }
+
+    /// Ends a registration: its observations and requests are forgotten and the device is offline.
+    private func end(_ id: String, event: String?) {
+        let r = table.deregister(id: id) ?? nil
+        pending = pending.filter { $0.value.registration != id }
+        if let link = links.removeValue(forKey: id) {
+            host.deviceDisconnected(link.identity, reason: event ?? "registration replaced")
+            coap_session_release(link.session)
+        }
+        if let r, let event { lifecycle(r, event) }
+    }
+
+    private func expire() {
+        for r in table.expire(now: Date().timeIntervalSince1970) {
+            pending = pending.filter { $0.value.registration != r.id }
+            if let link = links.removeValue(forKey: r.id) {
+                host.deviceDisconnected(link.identity, reason: "the registration's lifetime passed")
+                coap_session_release(link.session)
+            }
+            lifecycle(r, "expired")
+        }
+    }
+
+    private func lifecycle(_ r: Registrations.Registration, _ event: String) {
+        let topic = "devices/\(r.endpoint)/lifecycle"
+        guard host.routes(topic) != .notRouted else { return }
+        let body: Value = [
+            "event": .string(event), "endpoint": .string(r.endpoint), "registration": .string(r.id), "lifetime": .int(Int64(r.lifetime)),
+            "binding": .string(r.binding), "lwm2m": .string(r.version), "objects": .string(LinkFormat.write(r.objects)),
+        ]
+        host.submit(Message(kind: .lifecycle, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
+                            payload: JSON.encode(body), qos: 0, properties: [KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.version", r.version)]))
+    }
+
+    // MARK: device management
+
+    /// Sends one request to a registered client; false when it has no session or libcoap refused.
+    private func send(_ registration: String, _ method: coap_request_t, _ path: LwM2MPath, observe: UInt32? = nil, contentFormat: UInt32? = nil,
+                      accept: UInt32?, query: [String] = [], payload: [UInt8] = [], purpose: Pending.Purpose) -> Bool {
+        guard let link = links[registration],
+              let pdu = coap_new_pdu(COAP_MESSAGE_CON, coap_pdu_code_t(rawValue: method.rawValue), link.session) else { return false }
+        var token = [UInt8](repeating: 0, count: 8)
+        var length = token.count
+        coap_session_new_token(link.session, &length, &token)
+        token = Array(token[..<length])
+        _ = coap_add_token(pdu, token.count, token)
+        if let observe { PDU.addUInt(pdu, COAP_OPTION_OBSERVE, observe) }
+        for id in path.ids {
+            let s = String(id)
+            _ = coap_add_option(pdu, coap_option_num_t(COAP_OPTION_URI_PATH), s.utf8.count, s)
+        }
+        if let contentFormat { PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat) }
+        for q in query { _ = coap_add_option(pdu, coap_option_num_t(COAP_OPTION_URI_QUERY), q.utf8.count, q) }
+        if let accept { PDU.addUInt(pdu, COAP_OPTION_ACCEPT, accept) }
+        if !payload.isEmpty {
+            // libcoap sends large bodies block-wise from a copy it frees when done.
+            let copy = UnsafeMutablePointer<UInt8>.allocate(capacity: payload.count)
+            copy.initialize(from: payload, count: payload.count)
+            guard coap_add_data_large_request(link.session, pdu, payload.count, copy, lwm2mReleaseCopy, copy) != 0 else {
+                coap_delete_pdu(pdu)
+                return false
+            }
+        }
+        pending[token] = Pending(purpose: purpose, registration: registration, path: path, observing: observe == 0)
+        if coap_send(link.session, pdu) == COAP_INVALID_MID {
+            pending[token] = nil
+            return false
+        }
+        return true
+    }
+
+    /// An API command for a registered client, as an LwM2M operation.
+    func command(_ message: Message, ack: Ack) {
+        let id = message.metadata("command_id") ?? message.id
+        let name = message.metadata("command") ?? ""
+        guard let r = table.registration(tenant: message.tenant.isEmpty ? "default" : message.tenant, endpoint: message.device) else {
+            ack.retry("\(message.device) is not registered")
+            return
+        }
+        // From here the command is delivered; a mistake in it is its failed result.
+        ack.succeed()
+        let fail = { (why: String) in self.result(r, commandID: id, path: nil, ok: false, code: nil, fields: ["error": .string(why)]) }
+        let args: Value
+        do { args = message.payload.isEmpty ? .object(Value.Object()) : try JSON.decode(message.payload) } catch { return fail("the command's payload is not JSON") }
+        guard case .string(let text)? = args["path"], let path = LwM2MPath(text) else { return fail("the command needs a \"path\" such as \"/3/0/9\"") }
+        let format: UInt32?
+        switch args["format"] {
+        case nil, .null?: format = nil
+        case .string("tlv")?: format = ContentFormat.lwm2mTLV
+        case .string("senml-json")?: format = ContentFormat.senmlJSON
+        case .string("senml-cbor")?: format = ContentFormat.senmlCBOR
+        case .string("text")?: format = ContentFormat.textPlain
+        default: return fail("format is one of tlv, senml-json, senml-cbor, text")
+        }
+        let purpose = Pending.Purpose.command(id: id, name: name)
+        var sent = false
+        switch name {
+        case "read":
+            sent = send(r.id, COAP_REQUEST_GET, path, accept: format, purpose: purpose)
+        case "discover":
+            sent = send(r.id, COAP_REQUEST_GET, path, accept: ContentFormat.linkFormat, purpose: purpose)
+        case "observe":
+            sent = send(r.id, COAP_REQUEST_GET, path, observe: 0, accept: format, purpose: purpose)
+        case "cancel-observe":
+            pending = pending.filter { !($0.value.registration == r.id && $0.value.path == path && $0.value.observing) }
+            sent = send(r.id, COAP_REQUEST_GET, path, observe: 1, accept: format, purpose: purpose)
+        case "execute":
+            var body: [UInt8] = []
+            if case .string(let a)? = args["args"] { body = Array(a.utf8) }
+            guard path.ids.count == 3 else { return fail("execute names a resource: /object/instance/resource") }
+            sent = send(r.id, COAP_REQUEST_POST, path, contentFormat: body.isEmpty ? nil : ContentFormat.textPlain, accept: nil, payload: body, purpose: purpose)
+        case "delete":
+            guard path.ids.count == 2 else { return fail("delete names an object instance: /object/instance") }
+            sent = send(r.id, COAP_REQUEST_DELETE, path, accept: nil, purpose: purpose)
+        case "write-attributes":
+            guard case .object(let attributes)? = args["attributes"], !attributes.isEmpty else { return fail("write-attributes needs \"attributes\", such as {\"pmin\": 10}") }
+            var query: [String] = []
+            for (k, v) in attributes {
+                guard ["pmin", "pmax", "gt", "lt", "st", "epmin", "epmax", "edge", "con", "hqmax"].contains(k) else { return fail("unknown attribute '\(k.prefix(16))'") }
+                switch v {
+                case .null: query.append(k)
+                case .int(let i): query.append("\(k)=\(i)")
+                case .double(let d): query.append("\(k)=\(d)")
+                default: return fail("attribute \(k) takes a number or null")
+                }
+            }
+            sent = send(r.id, COAP_REQUEST_PUT, path, accept: nil, query: query, purpose: purpose)
+        case "write", "create":
+            var values: [(UInt16, Value)] = []
+            if let v = args["value"] {
+                guard path.ids.count == 3, name == "write" else { return fail("\"value\" writes one resource: give /object/instance/resource") }
+                values = [(path.ids[2], v)]
+            } else if case .object(let o)? = args["values"] {
+                for (k, v) in o {
+                    guard let rid = UInt16(k) else { return fail("\"values\" are keyed by resource id, not '\(k.prefix(16))'") }
+                    values.append((rid, v))
+                }
+            } else {
+                return fail("\(name) needs \"value\" or \"values\"")
+            }
+            let payload: [UInt8]
+            do {
+                if name == "create" {
+                    guard path.ids.count == 1 else { return fail("create names an object: /object") }
+                    var instance: UInt16?
+                    if case .int(let i)? = args["instance"] { instance = UInt16(exactly: i) }
+                    let inner = try source.values.encodeTLV(path: LwM2MPath([path.object, instance ?? 0]), values: values)
+                    let children = try TLV.decode(inner)
+                    payload = instance.map { TLV.encode([TLV.Entry(kind: .objectInstance, id: $0, children: children)]) } ?? inner
+                } else {
+                    guard path.ids.count >= 2 else { return fail("write names an object instance or a resource") }
+                    payload = try source.values.encodeTLV(path: path, values: values)
+                }
+            } catch {
+                return fail("\(error)")
+            }
+            let replace: Bool = if case .bool(true)? = args["replace"] { true } else { path.ids.count == 3 }
+            sent = send(r.id, name == "create" || !replace ? COAP_REQUEST_POST : COAP_REQUEST_PUT, path,
+                        contentFormat: ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
+        default:
+            return fail("unknown LwM2M operation '\(name.prefix(32))' (read, discover, write, write-attributes, execute, create, delete, observe, cancel-observe)")
+        }
+        if !sent { fail("the request could not be sent") }
+    }
+
+    /// A response or notification for a request the hub sent.
+    private func response(_ session: OpaquePointer, _ received: OpaquePointer) -> Bool {
+        let token = PDU.token(received)
+        guard var p = pending[token], let r = table.byID[p.registration] else { return false }  // RST ends a stale observation
+        let code = coap_pdu_get_code(received)
+        let success = code.rawValue >> 5 == 2
+        let format = PDU.uint(received, COAP_OPTION_CONTENT_FORMAT)
+        let observeSequence = PDU.uint(received, COAP_OPTION_OBSERVE)
+        let body = PDU.body(received)
+        var decoded: [(LwM2MPath, Value)] = []
+        var decodeError: String?
+        if success, !body.isEmpty {
+            if format == ContentFormat.linkFormat {
+                decoded = []
+            } else {
+                do { decoded = try source.values.decode(body, format: format ?? ContentFormat.textPlain, path: p.path) } catch { decodeError = "\(error)" }
+            }
+        }
+        switch p.purpose {
+        case .command(let id, _):
+            var fields: Value.Object = [:]
+            if format == ContentFormat.linkFormat, let text = String(validating: body, as: UTF8.self) {
+                fields["links"] = .string(text)
+            } else if !decoded.isEmpty {
+                fields["values"] = .object(Value.Object(decoded.map { ($0.0.description, $0.1) }))
+            }
+            if let decodeError { fields["error"] = .string(decodeError) }
+            if !success, let text = String(validating: body, as: UTF8.self), !text.isEmpty { fields["error"] = .string(String(text.prefix(200))) }
+            if !success, fields["error"] == nil { fields["error"] = .string(Self.reason(code)) }
+            let locations = PDU.strings(received, COAP_OPTION_LOCATION_PATH)
+            if !locations.isEmpty { fields["location"] = .string("/" + locations.joined(separator: "/")) }
+            result(r, commandID: id, path: p.path, ok: success && decodeError == nil, code: code, fields: fields)
+            if p.observing, success, observeSequence != nil {
+                p.purpose = .observation
+                pending[token] = p
+            } else {
+                pending[token] = nil
+            }
+        case .observation:
+            guard success else {
+                pending[token] = nil
+                return true
+            }
+            if observeSequence == nil { pending[token] = nil }  // the client would not observe it
+            if !decoded.isEmpty { telemetry(r, p.path, decoded, format: format, sequence: observeSequence) }
+        }
+        return true
+    }
+
+    /// A request libcoap gave up on (no ACK, or RST).
+    private func unanswered(_ token: [UInt8]) {
+        guard let p = pending.removeValue(forKey: token), let r = table.byID[p.registration] else { return }
+        if case .command(let id, _) = p.purpose {
+            result(r, commandID: id, path: p.path, ok: false, code: nil, fields: ["error": .string("the client did not answer")])
+        }
+    }
+
+    private func result(_ r: Registrations.Registration, commandID: String, path: LwM2MPath?, ok: Bool, code: coap_pdu_code_t?, fields: Value.Object) {
+        var o: Value.Object = ["ok": .bool(ok)]
+        if let code { o["code"] = .string(PDU.codeText(code)) }
+        for (k, v) in fields { o[k] = v }
+        var properties = [KeyValue("command_id", commandID), KeyValue("lwm2m.endpoint", r.endpoint)]
+        if let path { properties.append(KeyValue("lwm2m.path", path.description)) }
+        host.submit(Message(kind: .commandResult, tenant: r.tenant, device: r.device, topic: CommandTopics.result(device: r.device, id: commandID),
+                            contentType: "application/json", payload: JSON.encode(.object(o)), qos: 1, properties: properties))
+    }
+
+    private func telemetry(_ r: Registrations.Registration, _ observed: LwM2MPath, _ values: [(LwM2MPath, Value)], format: UInt32?, sequence: UInt32?) {
+        let topic = "devices/\(r.endpoint)/telemetry"
+        var fields = Value.Object()
+        for (p, v) in values where p.ids.count >= 3 {
+            let definition = source.values.objects[p.object]
+            var name = definition?.fieldName(resource: p.ids[2]) ?? "\(p.object)_\(p.ids[2])"
+            if p.ids[1] != 0 { name += "_\(p.ids[1])" }
+            if p.ids.count == 4 { name += "_\(p.ids[3])" }
+            fields[name] = v
+        }
+        guard !fields.isEmpty else { return }
+        let version = r.objects.first { $0.objectPath?.first == observed.object }?.attributes["ver"] ?? source.values.objects[observed.object]?.version ?? "1.0"
+        var properties = [KeyValue("lwm2m.path", observed.description), KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.object_version", version)]
+        if let sequence { properties.append(KeyValue("coap.observe", String(sequence))) }
+        if let format { properties.append(KeyValue("coap.content_format", String(format))) }
+        let status = host.submit(Message(kind: .telemetry, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
+                                         payload: JSON.encode(.object(fields)), qos: 0, properties: properties))
+        if status == .busy { host.metric(.counter, "iotc_lwm2m_notifications_dropped_total", labels: [KeyValue("reason", "busy")], 1) }
+    }
+
+    static func reason(_ code: coap_pdu_code_t) -> String {
+        switch code {
+        case COAP_RESPONSE_CODE_BAD_REQUEST: "Bad Request"
+        case COAP_RESPONSE_CODE_UNAUTHORIZED: "Unauthorized"
+        case COAP_RESPONSE_CODE_NOT_FOUND: "Not Found"
+        case COAP_RESPONSE_CODE_NOT_ALLOWED: "Method Not Allowed"
+        case COAP_RESPONSE_CODE_NOT_ACCEPTABLE: "Not Acceptable"
+        case COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT: "Unsupported Content-Format"
+        default: "CoAP \(PDU.codeText(code))"
+        }
+    }
+}
+
+private let lwm2mRequest: coap_method_handler_t = { resource, session, request, _, response in
+    guard let resource, let session, let request, let response, let data = coap_resource_get_userdata(resource) else { return }
+    Unmanaged<LwM2MServer>.fromOpaque(data).takeUnretainedValue().handle(session, request, response)
+}
+
+private let lwm2mReleaseCopy: coap_release_large_data_t = { _, copy in
+    copy?.assumingMemoryBound(to: UInt8.self).deallocate()
+}

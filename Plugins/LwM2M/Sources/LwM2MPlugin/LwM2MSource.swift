@@ -1,0 +1,109 @@
+import CoAPRuntime
+import Foundation
+import IoTCPluginKit
+import LwM2MCodec
+
+@_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
+    Plugin.entry(name: "lwm2m", version: "0.1.0", description: "An OMA LwM2M 1.1 server: registration, device management and observations, on UDP or DTLS-PSK.", components: [LwM2MSource.self], offered: v, count: n)
+}
+
+/// An LwM2M 1.1 server (1.0 clients accepted) on libcoap: clients register, the hub reads, writes,
+/// executes and observes their objects, and observed values become canonical telemetry.
+final class LwM2MSource: Source, @unchecked Sendable {
+    struct Config: Decodable {
+        var listen: String
+        var dtls_listen: String?
+        var default_lifetime: Double
+        var max_lifetime: Double
+        var observe: [String]
+        var object_definitions: [String]
+        var max_registrations: Int
+    }
+
+    static let name = "lwm2m"
+    static let summary = "LwM2M 1.1 server (UDP and DTLS-PSK): registration, device management, observations as telemetry."
+    static let description = """
+        Clients register at `/rd` (`POST /rd?ep=NAME&lt=SECONDS&lwm2m=1.1&b=U` with their objects in link \
+        format), update (`POST /rd/{id}`) and de-register (`DELETE /rd/{id}`); a registration whose \
+        lifetime passes without an update ends, and the device is marked offline. The endpoint name is the \
+        device id: over DTLS it must be the device the PSK identity belongs to; on plain UDP the hub's \
+        authentication decides (`auth.allow_anonymous`, or `token=` in the registration's query).
+
+        API commands to a registered device are LwM2M operations, named by the command and given by its \
+        payload: `read` and `discover` (`path`, optional `format`: `tlv`, `senml-json`, `senml-cbor`, \
+        `text`), `write` (`path` and `value`, or `values` by resource id; `replace` for PUT), \
+        `write-attributes` (`path`, `attributes` such as `{"pmin": 10}`), `execute` (`path`, optional \
+        `args`), `create` (`path` of the object, `values`, optional `instance`), `delete` (`path`), \
+        `observe` and `cancel-observe` (`path`). Each answer comes back as the command's result: \
+        `{"ok": true, "code": "2.05", "values": {"/3/0/9": 87}}` or `{"ok": false, "code": "4.04", "error": \
+        "Not Found"}`. Contents are read in TLV, SenML-JSON, SenML-CBOR, text and opaque; writes go as TLV.
+
+        Notifications of observed resources (from the `observe` paths, started at registration for the \
+        objects a client lists, or from `observe` commands) become telemetry on `devices/{ep}/telemetry`: \
+        a JSON object named from the object model (`{"temperature": 21.5}` from /3303/0/5700; instance \
+        n > 0 adds `_n`), with the properties `lwm2m.path`, `lwm2m.endpoint`, `lwm2m.object_version`, \
+        `coap.observe` and `coap.content_format`. Registration, update, de-registration and expiry are \
+        `lifecycle` messages on `devices/{ep}/lifecycle` when a pipeline reads them.
+        """
+    static let fields: [ConfigField] = [
+        ConfigField("listen", .string, "UDP address and port; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
+        ConfigField("dtls_listen", .string, "UDP address and port for DTLS with pre-shared keys from the device registry.", example: "0.0.0.0:5684"),
+        ConfigField("default_lifetime", .duration, "Lifetime of a registration that names none (the specification's default).", default: "86400", example: "24h"),
+        ConfigField("max_lifetime", .duration, "Longest lifetime a client may ask for; longer ones are shortened to it.", default: "604800", example: "7d"),
+        ConfigField("observe", .list(.string), "Paths observed on every registration whose object list has the object, e.g. /3303/0/5700.", default: "[]", example: "[/3303/0/5700, /3/0/9]"),
+        ConfigField("object_definitions", .list(.string), "OMA LwM2M XML object definition files to load beside the built-in objects 0 to 7, 3303, 3304, 3311 and 3342.", default: "[]"),
+        ConfigField("max_registrations", .int, "Registrations held at most; more are refused with 5.03.", default: "100000", advanced: true),
+    ]
+
+    let config: Config
+    let host: PluginHost
+    let values: ResourceValues
+    let observePaths: [LwM2MPath]
+    private var loop: CoAPEventLoop?
+    private var server: LwM2MServer?
+
+    init(config: Config, host: PluginHost) throws {
+        self.config = config
+        self.host = host
+        guard config.default_lifetime >= 1, config.max_lifetime >= config.default_lifetime else {
+            throw PluginError("default_lifetime must be at least 1 s and max_lifetime at least default_lifetime")
+        }
+        try CoAPEventLoop.validate(listen: config.listen, dtls: config.dtls_listen)
+        observePaths = try config.observe.map { text in
+            guard let p = LwM2MPath(text) else { throw PluginError("observe: '\(text)' is not an LwM2M path such as /3303/0/5700") }
+            return p
+        }
+        var objects = ObjectRegistry()
+        for file in config.object_definitions {
+            guard let data = FileManager.default.contents(atPath: file) else { throw PluginError("object_definitions: cannot read \(file)") }
+            do { objects.add(try ObjectXML.parse(data, file: file)) } catch { throw PluginError("object_definitions: \(error)") }
+        }
+        values = ResourceValues(objects: objects)
+    }
+
+    func start() throws {
+        var server: LwM2MServer?
+        loop = try CoAPEventLoop.serve(name: "lwm2m", listen: config.listen, dtls: config.dtls_listen, host: host) { loop in
+            let s = LwM2MServer(source: self, loop: loop)
+            s.install()
+            server = s
+        }
+        self.server = server
+    }
+
+    func stop() {
+        loop?.stop()
+        server?.stopped()
+        server = nil
+        loop = nil
+    }
+
+    func downlink(_ message: Message, ack: Ack) -> Bool {
+        guard let loop, let server else {
+            ack.retry("the lwm2m source is stopped")
+            return true
+        }
+        loop.execute { server.command(message, ack: ack) }
+        return true
+    }
+}

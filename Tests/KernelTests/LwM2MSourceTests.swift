@@ -1,0 +1,162 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// The `lwm2m` source against an LwM2M client on aiocoap (Tests/Support/lwm2m_client.py) and
+/// libcoap's `coap-client-openssl`.
+@Suite(.serialized) struct LwM2MSourceTests {
+    static let ownerKey = "iotc_lwm2mtests1_" + String(repeating: "k", count: 40)
+
+    final class Hub {
+        let dir = TempDir()
+        let udp = freePort(), dtls = freePort(), api = freePort()
+        let process: ChildProcess
+
+        init() throws {
+            let file = dir.write("lwm2m.yaml", """
+                version: 1
+                sources:
+                  lw:
+                    plugin: lwm2m
+                    listen: "127.0.0.1:\(udp)"
+                    dtls_listen: "127.0.0.1:\(dtls)"
+                    observe: [ /3303/0/5700 ]
+                sinks:
+                  out:
+                    plugin: file
+                    path: \(dir.path)/out.jsonl
+                pipelines:
+                  devices:
+                    from: [ "lw:devices/+/telemetry", "lw:devices/+/lifecycle" ]
+                    to: [ out ]
+                auth:
+                  allow_anonymous: true
+                """)
+            process = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(api)", "--plugins", Build.directory],
+                                       environment: ["IOTC_BOOTSTRAP_KEY": LwM2MSourceTests.ownerKey])
+            #expect(waitForPort(api), "\(process.log)")
+        }
+
+        var lines: [Value] { jsonLines(dir.path + "/out.jsonl") }
+
+        func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
+            http(method, "http://127.0.0.1:\(api)\(path)", body: body.map { Array($0.utf8) },
+                 headers: ["Authorization": "Bearer \(LwM2MSourceTests.ownerKey)", "Content-Type": "application/json"], timeout: 20) ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+
+        /// Sends a command and returns its final record (the API waits up to `timeout` for the answer).
+        func command(_ device: String, _ name: String, _ payload: String) throws -> Value {
+            let r = call("POST", "/v1/devices/\(device)/commands", #"{"name":"\#(name)","payload":\#(payload),"timeout":10}"#)
+            return try JSON.decode(r.body)
+        }
+
+        deinit { process.stop() }
+    }
+
+    func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
+
+    func coap(_ args: [String]) throws -> String {
+        let client = try #require(which("coap-client-openssl"), "coap-client-openssl is missing: run scripts/install-deps.sh test")
+        return try run(client, ["-B", "5"] + args).1
+    }
+
+    @Test func registersIsManagedAndObservedAndDeregisters() throws {
+        let hub = try Hub()
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-7"], interactive: true)
+        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
+        // The registration is a lifecycle message with the object list and versions.
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" } })
+        let registered = try #require(hub.lines.first { text($0["payload"]?["event"]) == "registered" })
+        #expect(text(registered["device"]) == "node-7" && text(registered["payload"]?["lwm2m"]) == "1.1"
+                && text(registered["payload"]?["objects"])?.contains("</3303/0>;ver=1.1") == true, "\(registered)")
+        // The configured observation: notifications become named telemetry with their LwM2M path and version.
+        #expect(eventually(timeout: 10) { hub.lines.filter { text($0["kind"]) == "telemetry" }.count >= 3 }, "\(client.log)")
+        let notes = hub.lines.filter { text($0["kind"]) == "telemetry" }
+        #expect(notes[0]["payload"]?["temperature"] == .double(21.5), "\(notes[0])")
+        #expect(notes[0]["properties"]?["lwm2m.path"] == .string("/3303/0/5700") && notes[0]["properties"]?["lwm2m.object_version"] == .string("1.1")
+                && notes[0]["properties"]?["coap.content_format"] == .string("11542"), "\(notes[0])")
+        #expect(notes[1]["properties"]?["coap.observe"] != notes[2]["properties"]?["coap.observe"])
+
+        // Every operation through the API, with its answer as the command's result.
+        var c = try hub.command("node-7", "read", #"{"path":"/3/0"}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["values"]?["/3/0/0"] == .string("Open Mobile Alliance")
+                && c["result"]?["values"]?["/3/0/9"] == .int(87) && c["result"]?["values"]?["/3/0/6/1"] == .int(5), "\(c)")
+        c = try hub.command("node-7", "read", #"{"path":"/3/0/9","format":"text"}"#)
+        #expect(c["result"]?["values"]?["/3/0/9"] == .int(87), "\(c)")
+        c = try hub.command("node-7", "write", #"{"path":"/3/0/14","value":"+02"}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["code"] == .string("2.04"), "\(c)")
+        c = try hub.command("node-7", "write", #"{"path":"/3/0","values":{"14":"+03"}}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        c = try hub.command("node-7", "execute", #"{"path":"/3/0/4","args":"now"}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        c = try hub.command("node-7", "discover", #"{"path":"/3303/0"}"#)
+        #expect(text(c["result"]?["links"])?.contains("</3303/0/5700>;pmin=1") == true, "\(c)")
+        c = try hub.command("node-7", "write-attributes", #"{"path":"/3303/0/5700","attributes":{"pmin":10,"pmax":60}}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        c = try hub.command("node-7", "create", #"{"path":"/3303","instance":1,"values":{"5700":30.5}}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["location"] == .string("/3303/1"), "\(c)")
+        c = try hub.command("node-7", "delete", #"{"path":"/3303/1"}"#)
+        #expect(c["result"]?["code"] == .string("2.02"), "\(c)")
+        c = try hub.command("node-7", "read", #"{"path":"/9999/0"}"#)
+        #expect(text(c["status"]) == "failed" && c["result"]?["code"] == .string("4.04"), "\(c)")
+        c = try hub.command("node-7", "reboot-now", #"{"path":"/3/0"}"#)
+        #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("unknown LwM2M operation") == true, "\(c)")
+        for line in ["write /3/0/14 +02", "write /3/0/14 +03", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1"] {
+            #expect(client.log.contains(line), "\(line)\n\(client.log)")
+        }
+
+        client.send("update")
+        #expect(eventually { client.log.contains("updated 2.04 Changed") }, "\(client.log)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "updated" && $0["payload"]?["lifetime"] == .int(30) } })
+        client.send("deregister")
+        #expect(eventually { client.log.contains("deregistered 2.02 Deleted") }, "\(client.log)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "deregistered" } })
+        // Offline now: a command waits for the next registration.
+        let queued = hub.call("POST", "/v1/devices/node-7/commands", #"{"name":"read","payload":{"path":"/3/0"},"timeout":0}"#)
+        #expect(text((try? JSON.decode(queued.body))?["status"]) == "queued", "\(queued)")
+        client.send("quit")
+    }
+
+    @Test func refusesBadRegistrationsAndEndsLapsedOnes() throws {
+        let hub = try Hub()
+        let rd = "coap://127.0.0.1:\(hub.udp)/rd"
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?lt=60"]).contains("4.00 ep (the endpoint name) is required"))
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0", "\(rd)?ep=a"]).contains("4.00 link format at character 1: unterminated target"))
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0>,</a/b>", "\(rd)?ep=a"]).contains("4.00 '/a/b' is not an object"))
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0/1>", "\(rd)?ep=a"]).contains("4.00"))
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?ep=a&ep=b"]).contains("4.00 'ep' given twice"))
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?ep=a&lwm2m=9.9"]).contains("4.12"))
+        #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?ep=a&lt=-5"]).contains("4.00 lt must be"))
+        #expect(try coap(["-m", "post", "-t", "0", "-e", "</3/0>", "\(rd)?ep=a"]).contains("4.15"))
+        #expect(try coap(["-m", "post", "\(rd)/unknown"]).contains("4.04"))
+        #expect(try coap(["-m", "delete", "\(rd)/unknown"]).contains("4.04"))
+        #expect(try coap(["-m", "get", rd]).contains("4.05"))
+        #expect(!hub.lines.contains { text($0["kind"]) == "lifecycle" }, "nothing registered")
+        // A registration with a lifetime of 2 s that is never updated ends, and says so.
+        let out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?ep=brief&lt=2", "-v", "7"])
+        #expect(out.contains("c:2.01") && out.contains("Location-Path:rd"), "\(out)")
+        #expect(eventually(timeout: 6) { hub.lines.contains { text($0["payload"]?["event"]) == "expired" && text($0["device"]) == "brief" } })
+    }
+
+    @Test func registersOverDTLSWithTheDevicesKeyOnly() throws {
+        let hub = try Hub()
+        #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-5"}"#).status == 201)
+        let key = "lwm2m-key-0123456789"
+        let hex = key.utf8.map { String(format: "%02x", $0) }.joined()
+        #expect(hub.call("POST", "/v1/devices/meter-5/credentials", #"{"kind":"psk","identity":"meter-5","key":"\#(hex)"}"#).status == 201)
+        let rd = "coaps://127.0.0.1:\(hub.dtls)/rd"
+        var out = ""
+        #expect(eventually(timeout: 10) {
+            out = (try? coap(["-m", "post", "-t", "40", "-e", "</3/0>", "-u", "meter-5", "-k", key, "\(rd)?ep=meter-5&lt=60", "-v", "7"])) ?? ""
+            return out.contains("c:2.01")
+        }, "\(out)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" && text($0["tenant"]) == "system" } })
+        out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "-u", "meter-5", "-k", key, "\(rd)?ep=someone-else"])
+        #expect(out.contains("4.03"), "\(out)")
+        out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "-u", "meter-5", "-k", "wrong-key-0123456789", "\(rd)?ep=meter-5", "-v", "7"])
+        #expect(!out.contains("c:2.01"), "\(out)")
+    }
+}

@@ -1,0 +1,128 @@
+import Foundation
+import IoTCPluginKit
+import LwM2MCodec
+import Testing
+
+struct LinkFormatTests {
+    @Test func readsARegistrationsObjectList() throws {
+        let links = try LinkFormat.parse(#"</>;rt="oma.lwm2m";ct=11542, </1/0>,</3/0>;ver=1.1,</3303>;ver="1.1""#)
+        #expect(links.map(\.target) == ["/", "/1/0", "/3/0", "/3303"])
+        #expect(links[0].attributes == ["rt": "oma.lwm2m", "ct": "11542"])
+        #expect(links[2].objectPath == [3, 0] && links[2].attributes["ver"] == "1.1")
+        #expect(links[0].objectPath == nil && LinkFormat.Link(target: "/a/1", attributes: [:]).objectPath == nil)
+        #expect(try LinkFormat.parse("  ").isEmpty)
+        #expect(LinkFormat.write(links) == #"</>;ct=11542;rt="oma.lwm2m",</1/0>,</3/0>;ver=1.1,</3303>;ver=1.1"#)
+    }
+
+    @Test func refusesMalformedLists() {
+        for bad in ["</3/0", "3/0", "</3/0>;", "</3/0>;ver=1;ver=2", "</3/0> </4/0>", #"</3/0>;rt="x"#, "</3 /0>", "</3/0>,"] {
+            #expect(throws: LinkFormat.Error.self, "\(bad)") { try LinkFormat.parse(bad) }
+        }
+    }
+}
+
+struct RegistrationsTests {
+    @Test func registersUpdatesAndExpires() {
+        var t = Registrations(idPrefix: "x-")
+        guard case .registered(let r, nil) = t.register(endpoint: "ep1", tenant: "a", device: "ep1", lifetime: 60, binding: "U", version: "1.1",
+                                                        objects: [], remote: "r1", now: 1000) else { Issue.record("not registered"); return }
+        #expect(r.id == "x-1" && r.expires == 1060)
+        #expect(t.update(id: r.id, lifetime: 30, binding: nil, objects: nil, remote: "r2", now: 1010)?.expires == 1040)
+        #expect(t.update(id: "nope", lifetime: nil, binding: nil, objects: nil, remote: "r", now: 0) == nil)
+        // The same device registering again replaces its registration; another device may not take it.
+        guard case .registered(let again, let replaced?) = t.register(endpoint: "ep1", tenant: "a", device: "ep1", lifetime: 60, binding: "U",
+                                                                     version: "1.1", objects: [], remote: "r3", now: 1020) else { Issue.record("no re-registration"); return }
+        #expect(replaced.id == r.id && again.id == "x-2" && t.count == 1)
+        #expect(t.register(endpoint: "ep1", tenant: "a", device: "other", lifetime: 60, binding: "U", version: "1.1", objects: [], remote: "r", now: 1020) == .endpointTaken)
+        // Endpoint names are per tenant.
+        if case .endpointTaken = t.register(endpoint: "ep1", tenant: "b", device: "ep1", lifetime: 5, binding: "U", version: "1.0", objects: [], remote: "r", now: 1020) {
+            Issue.record("tenant b's ep1 is another endpoint")
+        }
+        #expect(t.expire(now: 1024).isEmpty)
+        #expect(t.expire(now: 1025).map(\.tenant) == ["b"])
+        #expect(t.deregister(id: again.id)?.endpoint == "ep1" && t.count == 0)
+    }
+}
+
+struct ObjectModelTests {
+    @Test func loadsOMAXMLDefinitions() throws {
+        let xml = """
+            <?xml version="1.0" encoding="utf-8"?>
+            <LWM2M xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+              <Object ObjectType="MODefinition">
+                <Name>Pressure</Name><Description1>Barometer</Description1><ObjectID>3323</ObjectID><ObjectURN>urn:oma:lwm2m:ext:3323</ObjectURN>
+                <LWM2MVersion>1.0</LWM2MVersion><ObjectVersion>1.1</ObjectVersion><MultipleInstances>Multiple</MultipleInstances><Mandatory>Optional</Mandatory>
+                <Resources>
+                  <Item ID="5700"><Name>Sensor Value</Name><Operations>R</Operations><MultipleInstances>Single</MultipleInstances>
+                    <Mandatory>Mandatory</Mandatory><Type>Float</Type><RangeEnumeration></RangeEnumeration><Units>Pa</Units><Description>Last value</Description></Item>
+                  <Item ID="5605"><Name>Reset Min and Max Measured Values</Name><Operations>E</Operations><MultipleInstances>Single</MultipleInstances>
+                    <Mandatory>Optional</Mandatory><Type></Type><RangeEnumeration></RangeEnumeration><Units></Units><Description></Description></Item>
+                </Resources>
+              </Object>
+            </LWM2M>
+            """
+        let objects = try ObjectXML.parse(Data(xml.utf8), file: "3323.xml")
+        #expect(objects.count == 1)
+        let p = try #require(objects.first)
+        #expect(p.id == 3323 && p.name == "Pressure" && p.version == "1.1" && p.multipleInstances)
+        #expect(p.resources[5700] == ObjectDefinition.Resource(id: 5700, name: "Sensor Value", type: .float, operations: "R", units: "Pa"))
+        #expect(p.resources[5605]?.type == ObjectDefinition.ResourceType.none && p.fieldName(resource: 5700) == "pressure")
+        var registry = ObjectRegistry()
+        registry.add(objects)
+        #expect(registry[3323]?.name == "Pressure" && registry[3303]?.fieldName(resource: 5700) == "temperature")
+        #expect(registry[3]?.fieldName(resource: 9) == "battery_level" && registry[3342]?.fieldName(resource: 5500) == "on_off_switch")
+    }
+
+    @Test func reportsBadXMLWithItsLocation() {
+        let cases = [
+            ("<LWM2M><Object><Name>X</Name></Object></LWM2M>", "bad.xml:1:", "numeric <ObjectID>"),
+            ("<LWM2M><Object><Name>X</Name><ObjectID>9</ObjectID><Resources><Item ID=\"1\"><Type>Number</Type></Item></Resources></Object></LWM2M>", "bad.xml:1:", "unknown Type 'Number'"),
+            ("<LWM2M><Object>", "bad.xml:1:", "not well-formed"),
+            ("<LWM2M></LWM2M>", "bad.xml:1:1", "no <Object>"),
+        ]
+        for (xml, location, reason) in cases {
+            do {
+                _ = try ObjectXML.parse(Data(xml.utf8), file: "bad.xml")
+                Issue.record("parsed \(xml)")
+            } catch {
+                #expect(error.description.hasPrefix(location) && error.description.contains(reason), "\(error)")
+            }
+        }
+    }
+}
+
+struct ResourceValuesTests {
+    let values = ResourceValues(objects: ObjectRegistry())
+
+    @Test func typesTLVBySpecificationAndPath() throws {
+        let device = TLV.encode([
+            TLV.Entry(kind: .resource, id: 0, value: Array("Open Mobile Alliance".utf8)),
+            TLV.Entry(kind: .multipleResource, id: 6, children: [TLV.Entry(kind: .resourceInstance, id: 0, value: [1]), TLV.Entry(kind: .resourceInstance, id: 1, value: [5])]),
+            TLV.Entry(kind: .resource, id: 9, value: [87]),
+        ])
+        let read = try values.decode(device, format: 11542, path: LwM2MPath([3, 0]))
+        #expect(read.map(\.0.description) == ["/3/0/0", "/3/0/6/0", "/3/0/6/1", "/3/0/9"])
+        #expect(read.map(\.1) == [.string("Open Mobile Alliance"), .int(1), .int(5), .int(87)])
+        let one = try values.decode(TLV.encode([TLV.Entry(kind: .resource, id: 5700, value: TLV.bytes(float: 21.5))]), format: 11542, path: LwM2MPath([3303, 0, 5700]))
+        #expect(one.map(\.0.description) == ["/3303/0/5700"] && one[0].1 == .double(21.5))
+        let objects = try values.decode(TLV.encode([TLV.Entry(kind: .objectInstance, id: 2, children: [TLV.Entry(kind: .resource, id: 5700, value: TLV.bytes(float: 1))])]),
+                                        format: 11542, path: LwM2MPath([3303]))
+        #expect(objects.map(\.0.description) == ["/3303/2/5700"])
+        #expect(try values.decode(Array("87".utf8), format: 0, path: LwM2MPath([3, 0, 9]))[0].1 == .int(87))
+        let senml = try values.decode(Array(#"[{"bn":"/3303/0/","n":"5700","v":20.5},{"n":"5701","vs":"Cel"}]"#.utf8), format: 110, path: LwM2MPath([3303, 0]))
+        #expect(senml.map(\.0.description) == ["/3303/0/5700", "/3303/0/5701"] && senml[0].1 == .double(20.5))
+    }
+
+    @Test func refusesWhatDoesNotFit() throws {
+        #expect(throws: ResourceValues.Error.self) { try values.decode([0xC8, 0x00], format: 11542, path: LwM2MPath([3, 0])) }
+        #expect(throws: ResourceValues.Error.self) { try values.decode(Array(#"[{"n":"temp","v":1}]"#.utf8), format: 110, path: LwM2MPath([3, 0])) }
+        #expect(throws: ResourceValues.Error.self) { try values.decode(Array("x".utf8), format: 0, path: LwM2MPath([3, 0])) }
+        #expect(throws: ResourceValues.Error.self) { try values.decode([1], format: 9999, path: LwM2MPath([3, 0, 1])) }
+        #expect(throws: ResourceValues.Error.self) { try values.encodeTLV(path: LwM2MPath([3, 0]), values: [(14, .int(2))]) }
+        let written = try values.encodeTLV(path: LwM2MPath([3, 0]), values: [(14, .string("+02")), (13, .int(1_700_000_000))])
+        #expect(try TLV.decode(written) == [TLV.Entry(kind: .resource, id: 14, value: Array("+02".utf8)),
+                                             TLV.Entry(kind: .resource, id: 13, value: TLV.bytes(integer: 1_700_000_000))])
+        for bad in ["", "3/0", "/", "/a", "/1/2/3/4/5", "/65535", "/1//2"] { #expect(LwM2MPath(bad) == nil, "\(bad)") }
+        #expect(LwM2MPath("/3303/0/5700")?.ids == [3303, 0, 5700])
+    }
+}

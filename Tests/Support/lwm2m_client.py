@@ -1,0 +1,198 @@
+"""An LwM2M 1.1 client on aiocoap for the hub's lwm2m source: it registers, serves the Device object
+(3), a Temperature object (3303, observable, TLV and text) and answers reads, writes, executes,
+discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
+`update`, `deregister`, `quit`.
+
+    lwm2m_client.py SERVER_PORT ENDPOINT
+"""
+import asyncio
+import struct
+import sys
+
+import aiocoap
+import aiocoap.resource as resource
+from aiocoap import Code, Message
+
+TLV, TEXT, LINK = 11542, 0, 40
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def tlv(kind, ident, value):
+    """One TLV entry (kind: 0 instance, 1 resource instance, 2 multiple resource, 3 resource)."""
+    t = kind << 6
+    idb = bytes([ident]) if ident <= 0xFF else struct.pack(">H", ident)
+    if ident > 0xFF:
+        t |= 0x20
+    n = len(value)
+    if n < 8:
+        t |= n
+        lb = b""
+    elif n <= 0xFF:
+        t |= 0x08
+        lb = bytes([n])
+    else:
+        t |= 0x10
+        lb = struct.pack(">H", n)
+    return bytes([t]) + idb + lb + value
+
+
+def parse_tlv(data):
+    out, i = [], 0
+    while i < len(data):
+        t = data[i]; i += 1
+        idlen = 2 if t & 0x20 else 1
+        ident = int.from_bytes(data[i:i + idlen], "big"); i += idlen
+        lt = (t >> 3) & 3
+        n = t & 7 if lt == 0 else int.from_bytes(data[i:i + lt], "big")
+        i += lt
+        out.append((t >> 6, ident, data[i:i + n])); i += n
+    return out
+
+
+class Device(resource.Resource):
+    def __init__(self):
+        super().__init__()
+        self.utc_offset = "+01"
+
+    def tlv(self):
+        return (tlv(3, 0, b"Open Mobile Alliance") + tlv(3, 1, b"Lightweight M2M Client")
+                + tlv(2, 6, tlv(1, 0, b"\x01") + tlv(1, 1, b"\x05")) + tlv(3, 9, b"\x57")
+                + tlv(3, 14, self.utc_offset.encode()))
+
+    async def render_get(self, request):
+        return Message(payload=self.tlv(), content_format=TLV)
+
+    async def render_post(self, request):
+        # Partial update of the instance.
+        for kind, ident, value in parse_tlv(request.payload):
+            if ident == 14:
+                self.utc_offset = value.decode()
+                say("write /3/0/14", self.utc_offset)
+        return Message(code=Code.CHANGED)
+
+
+class DeviceResource(resource.Resource):
+    def __init__(self, device, ident):
+        super().__init__()
+        self.device, self.ident = device, ident
+
+    async def render_get(self, request):
+        if self.ident == 9:
+            if request.opt.accept == TEXT:
+                return Message(payload=b"87", content_format=TEXT)
+            return Message(payload=tlv(3, 9, b"\x57"), content_format=TLV)
+        return Message(code=Code.NOT_FOUND)
+
+    async def render_put(self, request):
+        if self.ident != 14:
+            return Message(code=Code.METHOD_NOT_ALLOWED)
+        if request.opt.content_format == TLV:
+            value = parse_tlv(request.payload)[0][2].decode()
+        else:
+            value = request.payload.decode()
+        self.device.utc_offset = value
+        say("write /3/0/14", value)
+        return Message(code=Code.CHANGED)
+
+    async def render_post(self, request):
+        if self.ident == 4:
+            say("execute /3/0/4", request.payload.decode() or "-")
+            return Message(code=Code.CHANGED)
+        return Message(code=Code.METHOD_NOT_ALLOWED)
+
+
+class Temperature(resource.ObservableResource):
+    def __init__(self):
+        super().__init__()
+        self.value = 21.5
+        self.attributes = ""
+        self.ticker = None
+
+    def update_observation_count(self, count):
+        say("observers", count)
+        if count and self.ticker is None:
+            self.ticker = asyncio.get_event_loop().call_later(0.3, self.tick)
+
+    def tick(self):
+        self.value += 0.5
+        self.updated_state()
+        self.ticker = asyncio.get_event_loop().call_later(0.3, self.tick)
+
+    async def render_get(self, request):
+        if request.opt.accept == TEXT:
+            return Message(payload=str(self.value).encode(), content_format=TEXT)
+        return Message(payload=tlv(3, 5700, struct.pack(">d", self.value)), content_format=TLV)
+
+    async def render_put(self, request):
+        # Write-Attributes: the query only, no payload.
+        self.attributes = "&".join(request.opt.uri_query)
+        say("attributes /3303/0/5700", self.attributes)
+        return Message(code=Code.CHANGED)
+
+
+class TemperatureInstance(resource.Resource):
+    async def render_get(self, request):
+        if request.opt.accept == LINK:
+            return Message(payload=b"</3303/0>,</3303/0/5700>;pmin=1,</3303/0/5701>", content_format=LINK)
+        return Message(code=Code.NOT_ACCEPTABLE)
+
+
+class TemperatureObject(resource.Resource):
+    def __init__(self, site):
+        super().__init__()
+        self.site = site
+
+    async def render_post(self, request):
+        entries = parse_tlv(request.payload)
+        instance = entries[0][1] if entries and entries[0][0] == 0 else 1
+        say("create /3303/%d" % instance)
+        self.site.add_resource(["3303", str(instance)], Removable("/3303/%d" % instance))
+        return Message(code=Code.CREATED, location_path=["3303", str(instance)])
+
+
+class Removable(resource.Resource):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    async def render_delete(self, request):
+        say("delete", self.path)
+        return Message(code=Code.DELETED)
+
+
+async def main(port, endpoint):
+    site = resource.Site()
+    device = Device()
+    site.add_resource(["3", "0"], device)
+    for ident in (4, 9, 14):
+        site.add_resource(["3", "0", str(ident)], DeviceResource(device, ident))
+    site.add_resource(["3303", "0", "5700"], Temperature())
+    site.add_resource(["3303", "0"], TemperatureInstance())
+    site.add_resource(["3303"], TemperatureObject(site))
+    ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", 0))
+    server = "coap://127.0.0.1:%d" % port
+    r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=60&lwm2m=1.1&b=U" % (server, endpoint),
+                                  payload=b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1',
+                                  content_format=LINK)).response
+    location = "/" + "/".join(r.opt.location_path)
+    say("registered", r.code, location)
+    reader = asyncio.StreamReader()
+    await asyncio.get_event_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if line == "update":
+            r = await ctx.request(Message(code=Code.POST, uri=server + location + "?lt=30")).response
+            say("updated", r.code)
+        elif line == "deregister":
+            r = await ctx.request(Message(code=Code.DELETE, uri=server + location)).response
+            say("deregistered", r.code)
+        elif line in ("quit", ""):
+            break
+    await ctx.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
