@@ -150,6 +150,28 @@ import IoTCPluginKit
         #expect(hub.lines.count == before)
     }
 
+    @Test func sendsCommandsLargerThanADatagramBlockWise() throws {
+        let hub = try Hub()
+        let client = try #require(Self.client, "coap-client-openssl is missing: run scripts/install-deps.sh test")
+        let blob = String(repeating: "y", count: 3000)
+        // An observer gets the first block in the notification and fetches the rest (RFC 7959 §2.6).
+        let observer = try ChildProcess(client, ["-s", "8", "-B", "9", "-v", "7", "coap://127.0.0.1:\(hub.udp)/c/big-1"])
+        #expect(eventually { observer.log.contains("Observe:") })
+        let sent = hub.call("POST", "/v1/devices/big-1/commands", #"{"name":"flash","payload":{"blob":"\#(blob)"},"timeout":0}"#)
+        #expect(sent.status == 200 || sent.status == 201 || sent.status == 202, "\(sent)")
+        #expect(eventually(timeout: 8) { observer.log.contains("Block2:3/_/1024") }, "\(observer.log)")
+        #expect(observer.log.contains("Size2:") && observer.log.contains("ETag:"), "\(observer.log)")
+        // A plain GET gets a large command block-wise too (another device: big-1's observer would take it).
+        #expect(try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/c/big-2"]).isEmpty)
+        #expect(hub.call("POST", "/v1/devices/big-2/commands", #"{"name":"flash-again","payload":{"blob":"\#(blob)"},"timeout":0}"#).status < 300)
+        var out = ""
+        let found = eventually(timeout: 5) {
+            out = (try? coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/c/big-2"])) ?? ""
+            return out.contains("flash-again")
+        }
+        #expect(found && out.contains(blob), "the whole body came: \(out.count) bytes")
+    }
+
     @Test func deliversCommandsToObserversAndTakesTheirResults() throws {
         let hub = try Hub()
         let python = Build.packageRoot + "/.venv/bin/python"

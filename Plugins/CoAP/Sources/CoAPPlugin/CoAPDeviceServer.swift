@@ -31,7 +31,8 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     // MARK: requests
 
-    fileprivate func handle(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+    fileprivate func handle(_ resource: OpaquePointer, _ session: OpaquePointer, _ request: OpaquePointer, _ query: UnsafePointer<coap_string_t>?,
+                            _ response: OpaquePointer) {
         let peer = loop.peer(session)
         let state = PeerState.of(peer)
         let mid = coap_pdu_get_mid(request)
@@ -68,7 +69,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         case .commands:
             guard method == COAP_REQUEST_GET else { return notAllowed(response) }
             guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
-            commands(session, request, response, peer, state, identity)
+            commands(Request(resource: resource, session: session, pdu: request, query: query), response, peer, state, identity)
         }
     }
 
@@ -208,7 +209,16 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     // MARK: commands
 
-    private func commands(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, _ peer: CoAPPeer, _ state: PeerState, _ identity: Identity) {
+    /// What libcoap hands a request handler, for answers that may go block-wise.
+    struct Request {
+        var resource: OpaquePointer
+        var session: OpaquePointer
+        var pdu: OpaquePointer
+        var query: UnsafePointer<coap_string_t>?
+    }
+
+    private func commands(_ r: Request, _ response: OpaquePointer, _ peer: CoAPPeer, _ state: PeerState, _ identity: Identity) {
+        let (session, request) = (r.session, r.pdu)
         let box = CommandMailboxes.key(tenant: identity.tenant, device: identity.device)
         let token = PDU.token(request)
         // A device that asks for its commands is reachable until its session ends: the hub's queued
@@ -236,6 +246,15 @@ final class CoAPDeviceServer: @unchecked Sendable {
             state.cancel(token: token, mailboxes: source.mailboxes)
             coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT)
         default:
+            if let block2 = PDU.uint(request, COAP_OPTION_BLOCK2), block2 >> 4 > 0 {
+                // A later block of the last large command this endpoint was sent (RFC 7959 §2.6).
+                guard let large = state.large else {
+                    PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND, diagnostic: "no large command to continue")
+                    return
+                }
+                PDU.respondLarge(r.resource, session, request, response, r.query, format: ContentFormat.json, etag: large.etag, body: large.body)
+                return
+            }
             // One command, if one waits.
             let slot = NIOLockedValueBox<(open: Bool, command: PendingCommand?)>((true, nil))
             let waiter = source.mailboxes.wait(box: box, persistent: false) { command in
@@ -254,8 +273,8 @@ final class CoAPDeviceServer: @unchecked Sendable {
             if let command {
                 var bytes: [UInt8] = []
                 EnvelopeJSON.encode(command.message, into: &bytes)
-                PDU.addUInt(response, COAP_OPTION_CONTENT_FORMAT, ContentFormat.json)
-                _ = coap_add_data(response, bytes.count, bytes)
+                let etag = state.remember(large: bytes)
+                PDU.respondLarge(r.resource, session, request, response, r.query, format: ContentFormat.json, etag: etag, body: bytes)
                 command.ack.succeed()
             }
         }
@@ -269,15 +288,27 @@ final class CoAPDeviceServer: @unchecked Sendable {
         }
         var bytes: [UInt8] = []
         EnvelopeJSON.encode(command.message, into: &bytes)
-        guard bytes.count <= coap_session_max_pdu_size(o.session) - o.token.count - 16 else {
-            coap_delete_pdu(pdu)
-            command.ack.reject("the command is too large for one CoAP notification")
-            return
-        }
         _ = coap_add_token(pdu, o.token.count, o.token)
-        PDU.addUInt(pdu, COAP_OPTION_OBSERVE, o.nextSequence())
-        PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat)
-        _ = coap_add_data(pdu, bytes.count, bytes)
+        let room = coap_session_max_pdu_size(o.session) - o.token.count - 40
+        if bytes.count <= room {
+            PDU.addUInt(pdu, COAP_OPTION_OBSERVE, o.nextSequence())
+            PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat)
+            _ = coap_add_data(pdu, bytes.count, bytes)
+        } else {
+            // Too large for one datagram: the first block, and the device GETs the rest with Block2
+            // and this ETag (RFC 7959 §2.6).
+            var szx: UInt32 = 6
+            while szx > 0, 16 << szx > room { szx -= 1 }
+            let state = coap_session_get_app_data(o.session).map { PeerState.of(Unmanaged<CoAPPeer>.fromOpaque($0).takeUnretainedValue()) }
+            let etag = state?.remember(large: bytes) ?? 1
+            let tag = (0..<8).map { UInt8(truncatingIfNeeded: etag >> (8 * (7 - UInt64($0)))) }
+            _ = coap_add_option(pdu, coap_option_num_t(COAP_OPTION_ETAG), tag.count, tag)
+            PDU.addUInt(pdu, COAP_OPTION_OBSERVE, o.nextSequence())
+            PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat)
+            PDU.addUInt(pdu, COAP_OPTION_BLOCK2, 1 << 3 | szx)
+            PDU.addUInt(pdu, COAP_OPTION_SIZE2, UInt32(bytes.count))
+            _ = coap_add_data(pdu, 16 << Int(szx), bytes)
+        }
         if coap_send(o.session, pdu) == COAP_INVALID_MID {
             command.ack.retry("the notification could not be sent")
         } else {
@@ -365,6 +396,16 @@ final class PeerState {
     var observations: [Observation] = []
     /// Whether the hub was told the device is reachable here (it asked for its commands).
     var connected = false
+    /// The last command sent in blocks, for the device's Block2 requests of the rest.
+    private(set) var large: (etag: UInt64, body: [UInt8])?
+    private var etags: UInt64 = UInt64(Date().timeIntervalSince1970 * 1000) << 16
+
+    /// Keeps a command body for Block2 requests; returns its ETag.
+    func remember(large body: [UInt8]) -> UInt64 {
+        etags &+= 1
+        large = (etags, body)
+        return etags
+    }
     private var recent: [(mid: Int32, code: coap_pdu_code_t)] = []
     private var inFlight: Set<Int32> = []
     /// Answers remembered per endpoint: more than a device sends within EXCHANGE_LIFETIME at its rate.
@@ -400,9 +441,9 @@ final class PeerState {
     }
 }
 
-private let coapDeviceRequest: coap_method_handler_t = { resource, session, request, _, response in
+private let coapDeviceRequest: coap_method_handler_t = { resource, session, request, query, response in
     guard let resource, let session, let request, let response, let data = coap_resource_get_userdata(resource) else { return }
-    Unmanaged<CoAPDeviceServer>.fromOpaque(data).takeUnretainedValue().handle(session, request, response)
+    Unmanaged<CoAPDeviceServer>.fromOpaque(data).takeUnretainedValue().handle(resource, session, request, query, response)
 }
 
 private let coapDeviceNack: coap_nack_handler_t = { session, sent, _, _ in

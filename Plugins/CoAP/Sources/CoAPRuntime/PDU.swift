@@ -66,6 +66,24 @@ public enum PDU {
         _ = coap_add_option(pdu, coap_option_num_t(option), Int(n), buf)
     }
 
+    /// Answers with a body of any size: libcoap sends it whole or block-wise (RFC 7959 Block2) as the
+    /// request and the session allow, from a copy it frees when done. Sets 2.05 unless a code is set.
+    public static func respondLarge(_ resource: OpaquePointer, _ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer,
+                                    _ query: UnsafePointer<coap_string_t>?, format: UInt32, etag: UInt64, body: [UInt8]) {
+        if coap_pdu_get_code(response) == COAP_EMPTY_CODE { coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT) }
+        // The ETag goes on every block (libcoap 4.3.1 does not add the one it is given), so that a
+        // client can tell the blocks of one representation from another's.
+        if etag != 0 {
+            let tag = (0..<8).map { UInt8(truncatingIfNeeded: etag >> (8 * (7 - UInt64($0)))) }
+            _ = coap_add_option(response, coap_option_num_t(COAP_OPTION_ETAG), tag.count, tag)
+        }
+        let copy = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, body.count))
+        copy.initialize(from: body, count: body.count)
+        if coap_add_data_large_response(resource, session, request, response, query, UInt16(format), -1, 0, body.count, copy, pduReleaseCopy, copy) == 0 {
+            copy.deallocate()
+        }
+    }
+
     /// Sets a response's code and, for errors, a diagnostic payload (RFC 7252 §5.5.2).
     public static func respond(_ response: OpaquePointer, _ code: coap_pdu_code_t, diagnostic: String? = nil) {
         coap_pdu_set_code(response, code)
@@ -77,3 +95,7 @@ public enum PDU {
 }
 
 import Foundation
+
+private let pduReleaseCopy: coap_release_large_data_t = { _, copy in
+    copy?.assumingMemoryBound(to: UInt8.self).deallocate()
+}
