@@ -97,6 +97,29 @@ enum DevicesAPI {
                 return HubAPI.json(json(d))
             }
         })
+        router.get("/v1/devices/:device/attributes", use: guarded(.tenant(.viewer)) { request, context, p in
+            try await AccountsAPI.answer {
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
+                guard let a = try await devices.attributes(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
+                return HubAPI.json(.object(a))
+            }
+        })
+        router.put("/v1/devices/:device/attributes", use: guarded(.tenant(.admin)) { request, context, p in
+            try await AccountsAPI.answer {
+                let id = try DevicesAPI.device(context)
+                let tenant = try await AccountsAPI.target(request, p)
+                let buffer = try await collect(request, upTo: Devices.maxAttributesSize)
+                guard case .object(let a)? = try? JSON.decode(Array(buffer.readableBytesView)) else {
+                    throw APIProblem(.badRequest, "the body is a JSON object of attributes")
+                }
+                guard try await devices.setAttributes(tenant: tenant, id: id, a) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
+                // Devices fetch them from this hub's memory: load them now, not at the next refresh.
+                try await directory.refresh()
+                await p.record("device.attributes", target: id, tenant: tenant)
+                return HubAPI.json(.object(a))
+            }
+        })
         router.delete("/v1/devices/:device", use: guarded(.tenant(.admin)) { request, context, p in
             try await AccountsAPI.answer {
                 let id = try DevicesAPI.device(context)
@@ -121,11 +144,19 @@ enum DevicesAPI {
         return id
     }
 
-    static func addTelemetry(to router: Router<HubRequestContext>, telemetry: Telemetry, guarded: Guard) {
+    static func addTelemetry(to router: Router<HubRequestContext>, telemetry: Telemetry, devices: Devices, guarded: Guard) {
+        /// A device the hub knows: one in the registry, or one it has telemetry of (devices of the
+        /// pipeline files, and registry devices deleted since, until their data is removed).
+        @Sendable func known(_ tenant: String, _ device: String) async throws -> [(key: String, time: Int64, value: Double)] {
+            let latest = try await telemetry.latest(tenant: tenant, device: device)
+            if latest.isEmpty, try await devices.get(tenant: tenant, id: device) == nil { throw APIProblem(.notFound, "no device '\(device.prefix(128))'") }
+            return latest
+        }
         router.get("/v1/devices/:device/telemetry", use: guarded(.tenant(.viewer)) { request, context, p in
             try await AccountsAPI.answer {
                 let device = try DevicesAPI.device(context)
                 let tenant = try await AccountsAPI.target(request, p)
+                _ = try await known(tenant, device)
                 let q = Query(request)
                 guard let key = try q.string("key"), !key.isEmpty else { throw APIProblem(.badRequest, "name the series: ?key=temperature") }
                 // Times within ±2^53 ms (ages either side of the epoch): differences cannot overflow.
@@ -153,7 +184,7 @@ enum DevicesAPI {
             try await AccountsAPI.answer {
                 let device = try DevicesAPI.device(context)
                 let tenant = try await AccountsAPI.target(request, p)
-                let latest = try await telemetry.latest(tenant: tenant, device: device)
+                let latest = try await known(tenant, device)
                 return HubAPI.json(.object(Value.Object(latest.map { ($0.key, .object(Value.Object([("time", .int($0.time)), ("value", .double($0.value))]))) })))
             }
         })

@@ -25,7 +25,7 @@ public enum HubAPI {
         let devices = Devices(store: accounts.store)
         DevicesAPI.add(to: router, hub: hub, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
-        DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), guarded: guarded)
+        DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), devices: Devices(store: accounts.store), guarded: guarded)
         CommandsAPI.add(to: router, hub: hub, center: commands, devices: devices, guarded: guarded)
         ProvisioningAPI.add(to: router, provisioning: Provisioning(store: accounts.store), devices: devices, directory: directory, audit: audit, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }

@@ -24,6 +24,8 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     /// Opens the pre-shared keys; without it, none are loaded.
     let box: SecretBox?
     private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry], keys: [String: (Entry, [UInt8])])>(([:], [:], [:]))
+    /// Devices' attributes as JSON, by `Hub.deviceKey`; only devices that have some.
+    private let attributeState = NIOLockedValueBox<[String: [UInt8]]>([:])
 
     /// Told the ids of credentials that were in force and no longer are (revoked, expired, or their
     /// device deleted), so that the hub closes the connections made with them.
@@ -35,8 +37,11 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         self.onRevoked = onRevoked
     }
 
-    /// Loads every credential in force.
+    /// Loads every credential in force, and the devices' attributes.
     public func refresh() async throws {
+        var attributes: [String: [UInt8]] = [:]
+        for a in try await devices.allAttributes() { attributes[Hub.deviceKey(a.tenant, a.device)] = a.json }
+        attributeState.withLockedValue { $0 = attributes }
         var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:], keys: [String: (Entry, [UInt8])] = [:]
         for c in try await devices.activeCredentials() {
             let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt, profile: c.profile)
@@ -81,6 +86,10 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
             return e.grant
         }
         return nil
+    }
+
+    public func attributes(tenant: String, device: String) -> [UInt8]? {
+        attributeState.withLockedValue { $0[Hub.deviceKey(tenant, device)] }
     }
 
     /// The device and key for a DTLS pre-shared key identity, while the key is in force.

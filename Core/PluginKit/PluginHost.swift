@@ -106,6 +106,21 @@ public final class PluginHost: @unchecked Sendable {
         return (identity, Array(key[..<length]))
     }
 
+    /// The attributes the operator set for this device (its configuration) as JSON object bytes: `{}`
+    /// when it has none, nil when the kernel predates the call or no longer knows the identity.
+    public func attributes(_ identity: Identity) -> [UInt8]? {
+        guard let f = raw.pointee.device_attributes else { return nil }
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        var length = 0
+        for _ in 0..<2 {
+            let r = buffer.withUnsafeMutableBufferPointer { f(raw.pointee.ctx, identity.handle, $0.baseAddress, $0.count, &length) }
+            guard r == IOTC_OK else { return nil }
+            if length <= buffer.count { return Array(buffer[..<length]) }
+            buffer = [UInt8](repeating: 0, count: length)
+        }
+        return nil
+    }
+
     /// May this identity do `action` on this canonical topic?
     public func authorize(_ identity: Identity, _ action: Action, topic: String) -> Bool {
         topic.withIOTCString { t in

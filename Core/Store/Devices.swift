@@ -1,4 +1,5 @@
 import Foundation
+import IoTCPluginKit
 
 /// A device in the registry: its id within its tenant, a display name, a profile (its type) and labels.
 public struct Device: Sendable, Equatable {
@@ -81,6 +82,31 @@ public struct Devices: Sendable {
             try await db.execute("UPDATE devices SET name = ?, profile = ?, labels = ? WHERE tenant_id = ? AND id = ?",
                                  [.text(d.name), .text(d.profile), .text(Self.encode(d.labels)), .text(tenant), .text(id)])
             return d
+        }
+    }
+
+    /// The largest attributes object, as JSON: devices fetch it whole, so it stays small.
+    public static let maxAttributesSize = 16_384
+
+    /// Replaces a device's attributes (the configuration the operator sets and the device fetches).
+    /// Returns false when there is no such device.
+    public func setAttributes(tenant: String, id: String, _ attributes: Value.Object) async throws -> Bool {
+        let text = String(decoding: JSON.encode(.object(attributes)), as: UTF8.self)
+        guard text.utf8.count <= Self.maxAttributesSize else { throw AccountsError.invalid("the attributes are over \(Self.maxAttributesSize) bytes as JSON") }
+        return try await store.execute("UPDATE devices SET attributes = ? WHERE tenant_id = ? AND id = ?", [.text(text), .text(tenant), .text(id)]) == 1
+    }
+
+    /// A device's attributes, or nil when there is no such device.
+    public func attributes(tenant: String, id: String) async throws -> Value.Object? {
+        guard let row = try await store.query("SELECT attributes FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first else { return nil }
+        if case .object(let o)? = try? JSON.decode(row.string("attributes") ?? "{}") { return o }
+        return Value.Object()
+    }
+
+    /// Every device that has attributes, with them as JSON (for the hub's in-memory directory).
+    public func allAttributes() async throws -> [(tenant: String, device: String, json: [UInt8])] {
+        try await store.query("SELECT tenant_id, id, attributes FROM devices WHERE attributes <> '{}'").map {
+            ($0.string("tenant_id") ?? "", $0.string("id") ?? "", Array(($0.string("attributes") ?? "{}").utf8))
         }
     }
 

@@ -171,6 +171,8 @@ public enum Schema {
         Migration(12, "pre-shared keys", sqlite: presharedKeys(binary: "BLOB"), postgres: presharedKeys(binary: "BYTEA")),
         // What an API key may reach beyond its role: the API's areas it is limited to (empty: all).
         Migration(13, "API key scopes", ["ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT ''"]),
+        // Attributes the operator sets for a device (its configuration), which devices fetch.
+        Migration(14, "device attributes", ["ALTER TABLE devices ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}'"]),
     ]
 
     private static func provisioning(binary: String) -> [String] {

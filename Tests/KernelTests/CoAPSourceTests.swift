@@ -137,6 +137,11 @@ import IoTCPluginKit
             return out.contains("c:2.04")
         }, "\(out)")
         #expect(hub.lines.contains { text($0["device"]) == "meter-9" && text($0["tenant"]) == "system" })
+        // The device fetches the attributes the operator set for it (its configuration).
+        #expect(hub.call("PUT", "/v1/devices/meter-9/attributes", #"{"interval":30,"mode":"eco"}"#).status == 200)
+        out = try coap(["-m", "get", "-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self), "\(base)/a/meter-9"])
+        #expect((try? JSON.decode(out.trimmingCharacters(in: .whitespacesAndNewlines))) == ["interval": 30, "mode": "eco"], "\(out)")
+        #expect(try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/a/anonymous-1"]).contains("{}"), "a device without attributes gets {}")
         let before = hub.lines.count
         // A wrong key fails the handshake (coap-client still exits 0), a right key for another device's
         // path is refused, and an unknown identity fails too.

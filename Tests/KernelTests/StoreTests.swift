@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import IoTCPluginKit
 @testable import IoTCStore
 import IoTCAPI
 
@@ -473,6 +474,29 @@ final class PostgresServer {
             #expect(try await devices.revokeCredential(tenant: "acme", device: "valve-3", id: c.id))
             try await directory.refresh()
             #expect(directory.presharedKey(identity: "valve-3@acme") == nil && directory.presharedKey(identity: "valve-3b") != nil)
+        }
+    }
+
+    @Test(arguments: StoreEngine.allCases)
+    func attributesAreSetPerDeviceAndLoadedIntoTheDirectory(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: "valve-3")
+            _ = try await devices.create(tenant: "acme", id: "valve-4")
+            #expect(try await devices.attributes(tenant: "acme", id: "valve-3") == Value.Object())
+            let config: Value.Object = ["interval": .int(30), "mode": .string("eco"), "limits": .array([.double(1.5), .int(9)])]
+            #expect(try await devices.setAttributes(tenant: "acme", id: "valve-3", config))
+            #expect(try await devices.attributes(tenant: "acme", id: "valve-3") == config)
+            #expect(try await !devices.setAttributes(tenant: "acme", id: "nobody", config))
+            #expect(try await devices.attributes(tenant: "default", id: "valve-3") == nil, "another tenant's device is not found")
+            await #expect(throws: AccountsError.self) {
+                try await devices.setAttributes(tenant: "acme", id: "valve-4", ["blob": .string(String(repeating: "x", count: Devices.maxAttributesSize))])
+            }
+            let directory = RegistryDirectory(devices: devices)
+            try await directory.refresh()
+            #expect(directory.attributes(tenant: "acme", device: "valve-3").map { try? JSON.decode($0) } == .object(config))
+            #expect(directory.attributes(tenant: "acme", device: "valve-4") == nil, "devices without attributes are not held")
         }
     }
 

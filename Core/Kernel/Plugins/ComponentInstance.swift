@@ -12,6 +12,8 @@ protocol HostServices: AnyObject, Sendable {
     func authenticate(from: ComponentInstance, _ credentials: Credentials) -> (GrantedIdentity, UInt64)?
     /// The device and key for a DTLS pre-shared key identity, as `iotc_host.preshared_key` answers.
     func presharedKey(from: ComponentInstance, identity: String, remoteAddress: String) -> (GrantedIdentity, UInt64, [UInt8])?
+    /// A device's attributes as a JSON object, as `iotc_host.device_attributes` answers.
+    func attributes(handle: UInt64) -> [UInt8]?
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool
     func releaseIdentity(_ handle: UInt64)
     func deviceConnected(from: ComponentInstance, handle: UInt64, remote: String)
@@ -66,6 +68,7 @@ final class ComponentInstance: @unchecked Sendable {
         h.routes = hostRoutes
         h.ack_batch = hostAckBatch
         h.preshared_key = hostPresharedKey
+        h.device_attributes = hostDeviceAttributes
         host.initialize(to: h)
         host.pointee.ctx = Unmanaged.passUnretained(self).toOpaque()
         let json = JSON.encode(.object(config))
@@ -211,6 +214,15 @@ private let hostPresharedKey: @convention(c) (UnsafeMutableRawPointer?, iotc_str
     out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
     out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)
     out.pointee.handle = handle
+    return IOTC_OK
+}
+
+private let hostDeviceAttributes: @convention(c) (UnsafeMutableRawPointer?, UInt64, UnsafeMutablePointer<UInt8>?, Int, UnsafeMutablePointer<Int>?) -> Int32 = {
+    ctx, handle, buffer, capacity, length in
+    guard let ctx, let length else { return IOTC_ERR_INVALID }
+    guard let json = ComponentInstance.from(ctx).services?.attributes(handle: handle) else { return IOTC_ERR_NOT_FOUND }
+    length.pointee = json.count
+    if let buffer, json.count <= capacity { buffer.update(from: json, count: json.count) }
     return IOTC_OK
 }
 

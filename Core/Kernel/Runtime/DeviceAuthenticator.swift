@@ -40,10 +40,13 @@ public protocol DeviceDirectory: AnyObject, Sendable {
     func authenticate(_ c: Credentials) -> DirectoryGrant?
     /// The device and key for a DTLS pre-shared key identity, while the key is in force.
     func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])?
+    /// A device's attributes (the configuration the operator set) as a JSON object, or nil for none.
+    func attributes(tenant: String, device: String) -> [UInt8]?
 }
 
 extension DeviceDirectory {
     public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? { nil }
+    public func attributes(tenant: String, device: String) -> [UInt8]? { nil }
 }
 
 /// A device the directory recognised: its tenant and id, the credential it used (the hub closes the

@@ -397,6 +397,13 @@ public final class Hub: HostServices, @unchecked Sendable {
         return (granted, handle, key)
     }
 
+    /// The attributes of the device authenticated as `handle`, as a JSON object (`{}` for none); nil
+    /// for an unknown handle.
+    func attributes(handle: UInt64) -> [UInt8]? {
+        guard let (identity, directory) = lock.withLock({ identities[handle].map { ($0, self.directory) } }) else { return nil }
+        return directory?.attributes(tenant: identity.tenant, device: identity.device) ?? Array("{}".utf8)
+    }
+
     private func refused(from: ComponentInstance, _ c: Credentials) {
         authFailures.increment()
         let address = c.remoteAddress.split(separator: ":").dropLast().joined(separator: ":")
@@ -580,7 +587,7 @@ public final class Hub: HostServices, @unchecked Sendable {
     }
 
     /// Devices are unique per tenant: the key of one in the hub's tables. No tenant is `default`.
-    static func deviceKey(_ tenant: String, _ device: String) -> String { (tenant.isEmpty ? "default" : tenant) + "/" + device }
+    public static func deviceKey(_ tenant: String, _ device: String) -> String { (tenant.isEmpty ? "default" : tenant) + "/" + device }
 
     /// Replays dead letters: a failed delivery goes back to its sink, a failed step back to its pipeline.
     /// Replayed entries leave the store. Returns how many were replayed and the ids that could not be.

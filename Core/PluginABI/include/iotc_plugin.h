@@ -203,7 +203,14 @@ typedef struct iotc_host {
     int32_t (*preshared_key)(void *ctx, iotc_str psk_identity, iotc_str remote_address, uint8_t *key,
                              size_t key_capacity, size_t *key_len, iotc_identity *identity);
 
-    void *reserved[5];
+    /* The attributes the operator set for the device authenticated as identity_handle (its
+     * configuration), as a UTF-8 JSON object ("{}" for none). On IOTC_OK, *length is the JSON's length
+     * and its bytes are in buffer when it fits in capacity (call again with a larger buffer when not).
+     * IOTC_ERR_NOT_FOUND for an unknown handle. Taken from a reserved slot: NULL from kernels that
+     * predate it, so check first. */
+    int32_t (*device_attributes)(void *ctx, uint64_t identity_handle, uint8_t *buffer, size_t capacity, size_t *length);
+
+    void *reserved[4];
 } iotc_host;
 
 /* ---- Config specs -------------------------------------------------------------------------------- */

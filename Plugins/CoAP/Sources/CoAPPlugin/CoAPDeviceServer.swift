@@ -57,6 +57,11 @@ final class CoAPDeviceServer: @unchecked Sendable {
         }
         let method = coap_request_t(UInt32(PDU.code(request).rawValue))
         switch route {
+        case .ingest(.attributes, _) where method == COAP_REQUEST_GET:
+            // The attributes the operator set for the device: its configuration.
+            guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
+            let json = host.attributes(identity) ?? Array("{}".utf8)
+            PDU.respondLarge(resource, session, request, response, query, format: ContentFormat.json, etag: Self.etag(json), body: json)
         case .ingest(let kind, let suffix):
             guard method == COAP_REQUEST_POST || method == COAP_REQUEST_PUT else { return notAllowed(response) }
             guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
@@ -74,6 +79,13 @@ final class CoAPDeviceServer: @unchecked Sendable {
     }
 
     private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
+
+    /// An ETag for a representation: FNV-1a of its bytes (never 0, which means none).
+    static func etag(_ bytes: [UInt8]) -> UInt64 {
+        var h: UInt64 = 0xcbf2_9ce4_8422_2325
+        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        return h == 0 ? 1 : h
+    }
 
     private func match(_ path: [Substring], _ peer: CoAPPeer) -> ([String: String], CoAPRoute)? {
         for (template, route) in source.routes {

@@ -16,6 +16,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         case ingest(device: String, kind: MessageKind, suffix: String)
         case result(device: String, command: String)
         case poll(device: String)
+        case attributes(device: String)
         case stream(device: String)
     }
 
@@ -124,6 +125,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             if equals(parts[1], "attributes") { return .ingest(device: device, kind: .attributes, suffix: "attributes") }
             return nil
         case (.get, 2) where equals(parts[1], "commands"): return .poll(device: device)
+        case (.get, 2) where equals(parts[1], "attributes"): return .attributes(device: device)
         case (.get, 3) where equals(parts[1], "commands") && equals(parts[2], "stream"): return .stream(device: device)
         case (.post, 4) where equals(parts[1], "commands") && equals(parts[3], "result") && !parts[2].isEmpty:
             return .result(device: device, command: String(Substring(parts[2])))
@@ -167,6 +169,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .result(let device, let command):
             submit(context, request, body, device: device, kind: .commandResult, topic: CommandTopics.result(device: device, id: command),
                    extraProperties: [KeyValue("command_id", command)])
+        case .attributes(let device):
+            guard let identity = authenticate(context, request, device: device) else { return }
+            respond(context, .ok, body: source.host.attributes(identity) ?? Array("{}".utf8), contentType: "application/json")
         case .poll(let device):
             poll(context, request, device: device)
         case .stream(let device):
