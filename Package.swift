@@ -149,6 +149,7 @@ let package = Package(
         .systemLibrary(name: "CCoAP", path: "Plugins/CoAP/Sources/CCoAP", pkgConfig: "libcoap-3-openssl", providers: [.apt(["libcoap3-dev"])]),
         .target(name: "CoAPRuntime", dependencies: [
             "CCoAP", "IoTCPluginKit", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Plugins/CoAP/Sources/CoAPRuntime"),
         // LwM2M without I/O: TLV, link format, object definitions (built-in and OMA XML), values and the
         // registration table; for the LwM2M source, its tests and the fuzzer.

@@ -13,7 +13,9 @@ import IoTCPluginKit
         let udp = freePort(), dtls = freePort(), api = freePort()
         let process: ChildProcess
 
-        init() throws {
+        /// `configure` may write files into the hub's folder and returns more settings for the source.
+        init(configure: (TempDir) throws -> String = { _ in "" }) throws {
+            let extra = try configure(dir)
             let file = dir.write("coap.yaml", """
                 version: 1
                 sources:
@@ -22,6 +24,7 @@ import IoTCPluginKit
                     listen: "127.0.0.1:\(udp)"
                     dtls_listen: "127.0.0.1:\(dtls)"
                     retry_after: 3s
+                \(extra)
                 sinks:
                   out:
                     plugin: file
@@ -175,6 +178,41 @@ import IoTCPluginKit
             return out.contains("flash-again")
         }
         #expect(found && out.contains(blob), "the whole body came: \(out.count) bytes")
+    }
+
+    @Test func authenticatesDTLSDevicesByTheirRegisteredCertificate() throws {
+        let hub = try Hub { dir in
+            try makeTestCertificates(in: dir)
+            // A second device certificate from the same CA, never registered.
+            for args in [["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", dir.path + "/other.key", "-out", dir.path + "/other.csr", "-subj", "/CN=other"],
+                         ["x509", "-req", "-in", dir.path + "/other.csr", "-CA", dir.path + "/ca.pem", "-CAkey", dir.path + "/ca.key", "-CAcreateserial", "-out", dir.path + "/other.pem", "-days", "1"]] {
+                #expect(try run("/usr/bin/env", ["openssl"] + args).0 == 0)
+            }
+            return "    dtls_certificate: { certificate_file: \(dir.path)/cert.pem, key_file: \(dir.path)/key.pem, client_ca_file: \(dir.path)/ca.pem }"
+        }
+        let (_, fingerprintLine) = try run("/usr/bin/env", ["openssl", "x509", "-in", hub.dir.path + "/dev.pem", "-noout", "-fingerprint", "-sha256"])
+        let fingerprint = try #require(fingerprintLine.split(separator: "=").last).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(hub.call("POST", "/v1/devices", #"{"id":"sensor-1"}"#).status == 201)
+        #expect(hub.call("POST", "/v1/devices/sensor-1/credentials", #"{"kind":"certificate","fingerprint":"\#(fingerprint)"}"#).status == 201)
+        let base = "coaps://127.0.0.1:\(hub.dtls)"
+        func post(cert: String, key: String, path: String = "/t/sensor-1") throws -> String {
+            try coap(["-m", "post", "-t", "json", "-e", #"{"lux":300}"#, "-c", hub.dir.path + "/" + cert, "-j", hub.dir.path + "/" + key, "-n", base + path, "-v", "7"])
+        }
+        var out = ""
+        #expect(eventually(timeout: 10) {
+            out = (try? post(cert: "dev.pem", key: "dev.key")) ?? ""
+            return out.contains("c:2.04")
+        }, "\(out)")
+        #expect(eventually { hub.lines.contains { text($0["device"]) == "sensor-1" && text($0["tenant"]) == "system" } })
+        let before = hub.lines.count
+        // Another device's path; a certificate of the same CA that no device has; one of no known CA.
+        #expect(try post(cert: "dev.pem", key: "dev.key", path: "/t/someone").contains("4.03"))
+        out = try post(cert: "other.pem", key: "other.key")
+        #expect(!out.contains("c:2.04"), "\(out)")
+        out = try post(cert: "cert.pem", key: "key.pem")
+        #expect(!out.contains("c:2.04"), "\(out)")
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(hub.lines.count == before)
     }
 
     @Test func deliversCommandsToObserversAndTakesTheirResults() throws {

@@ -14,6 +14,7 @@ final class CoAPSource: Source, @unchecked Sendable {
     struct Config: Decodable {
         var listen: String
         var dtls_listen: String?
+        var dtls_certificate: ServerCertificates?
         var telemetry_path: String
         var events_path: String
         var attributes_path: String
@@ -58,6 +59,7 @@ final class CoAPSource: Source, @unchecked Sendable {
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "UDP address and port for CoAP; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
         ConfigField("dtls_listen", .string, "UDP address and port for CoAP over DTLS with pre-shared keys from the device registry.", example: "0.0.0.0:5684"),
+        ServerCertificates.field,
         ConfigField("telemetry_path", .string, "Resource for telemetry.", default: #""/t/{device}""#),
         ConfigField("events_path", .string, "Resource for events.", default: #""/e/{device}""#),
         ConfigField("attributes_path", .string, "Resource for attributes.", default: #""/a/{device}""#),
@@ -82,6 +84,7 @@ final class CoAPSource: Source, @unchecked Sendable {
         guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
         guard config.retry_after >= 0, config.retry_after < 86_400 else { throw PluginError("retry_after must be under a day") }
         try CoAPEventLoop.validate(listen: config.listen, dtls: config.dtls_listen)
+        if config.dtls_certificate != nil, (config.dtls_listen ?? "").isEmpty { throw PluginError("dtls_certificate needs dtls_listen") }
         mailboxes = CommandMailboxes(capacity: max(1, config.max_queued_commands), ttl: config.command_ttl)
         func template(_ field: String, _ text: String, _ variables: Set<String>) throws -> PathTemplate {
             do { return try PathTemplate(text, variables: variables) } catch { throw PluginError("\(field): \(error)") }
@@ -101,7 +104,7 @@ final class CoAPSource: Source, @unchecked Sendable {
 
     func start() throws {
         var server: CoAPDeviceServer?
-        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, host: host) { loop in
+        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
             let s = CoAPDeviceServer(source: self, loop: loop)
             loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
             s.install()

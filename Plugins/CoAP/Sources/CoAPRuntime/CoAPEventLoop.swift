@@ -1,4 +1,5 @@
 import CCoAP
+import Crypto
 import Foundation
 import IoTCPluginKit
 import NIOConcurrencyHelpers
@@ -16,6 +17,11 @@ public final class CoAPEventLoop: @unchecked Sendable {
     private var threadID: pthread_t?
     /// Looks up a DTLS pre-shared key identity: the device's identity and key, or nil to refuse it.
     public var presharedKey: ((_ identity: String, _ remote: String) -> (Identity, [UInt8])?)?
+    /// Looks up a DTLS client certificate by its SHA-256 fingerprint (lower-case hex of the DER): the
+    /// device's identity, or nil to refuse the handshake.
+    public var certificate: ((_ fingerprint: String, _ remote: String) -> Identity?)?
+    /// File paths libcoap reads during handshakes; kept for the context's life.
+    private var pkiPaths: [UnsafeMutablePointer<CChar>] = []
     /// Called on the loop thread when libcoap forgets a session (idle timeout, DTLS close).
     public var sessionClosed: ((CoAPPeer) -> Void)?
     /// The server object that handles this loop's requests, for libcoap callbacks that know only a session.
@@ -51,6 +57,34 @@ public final class CoAPEventLoop: @unchecked Sendable {
     deinit {
         coap_free_context(context)
         close(wake)
+        for p in pkiPaths { free(p) }
+    }
+
+    /// DTLS with certificates beside pre-shared keys: the server presents `certificateFile`, and every
+    /// client must present a certificate, which `certificate` maps to a device. With `clientCAFile`,
+    /// client certificates must chain to it; without, self-signed ones are taken (the registered
+    /// fingerprint is what counts).
+    public func useCertificates(certificateFile: String, keyFile: String, clientCAFile: String?) throws {
+        for f in [certificateFile, keyFile] + (clientCAFile.map { [$0] } ?? []) where !FileManager.default.isReadableFile(atPath: f) {
+            throw PluginError("cannot read \(f)")
+        }
+        var setup = coap_dtls_pki_t()
+        setup.version = UInt8(COAP_DTLS_PKI_SETUP_VERSION)
+        setup.verify_peer_cert = 1
+        setup.allow_self_signed = clientCAFile == nil ? 1 : 0
+        setup.cert_chain_validation = 1
+        setup.cert_chain_verify_depth = 3
+        setup.validate_cn_call_back = coapValidateCertificate
+        setup.cn_call_back_arg = Unmanaged.passUnretained(self).toOpaque()
+        let cert = strdup(certificateFile)!, key = strdup(keyFile)!
+        pkiPaths += [cert, key]
+        setup.pki_key.key_type = COAP_PKI_KEY_PEM
+        setup.pki_key.key.pem.public_cert = UnsafePointer(cert)
+        setup.pki_key.key.pem.private_key = UnsafePointer(key)
+        guard coap_context_set_pki(context, &setup) != 0 else { throw PluginError("libcoap refused the certificate \(certificateFile) or its key") }
+        if let clientCAFile {
+            guard coap_context_set_pki_root_cas(context, clientCAFile, nil) != 0 else { throw PluginError("libcoap refused the CA file \(clientCAFile)") }
+        }
     }
 
     /// Listens for CoAP on UDP, or on DTLS with pre-shared keys from `presharedKey`.
@@ -192,6 +226,14 @@ public final class CoAPEventLoop: @unchecked Sendable {
         return peer.key.map { UnsafePointer($0) }
     }
 
+    fileprivate func validate(certificate der: UnsafeBufferPointer<UInt8>, session: OpaquePointer) -> Bool {
+        let peer = peer(session)
+        let fingerprint = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+        guard let id = certificate?(fingerprint, peer.remote) else { return false }
+        peer.identity = id
+        return true
+    }
+
     /// "ADDRESS:PORT" of a session's peer.
     public static func remoteAddress(_ session: OpaquePointer) -> String {
         guard let a = coap_session_get_addr_remote(session) else { return "" }
@@ -257,11 +299,35 @@ private let coapNack: coap_nack_handler_t = { session, sent, _, _ in
     loop.nack?(session, sent)
 }
 
+private let coapValidateCertificate: coap_dtls_cn_callback_t = { _, der, length, session, depth, validated, arg in
+    // Only the device's own certificate (depth 0) names it; the chain above it is libcoap's to check.
+    guard depth == 0 else { return validated }
+    guard validated != 0, let der, let session, let arg, length > 0 else { return 0 }
+    let loop = Unmanaged<CoAPEventLoop>.fromOpaque(arg).takeUnretainedValue()
+    return loop.validate(certificate: UnsafeBufferPointer(start: der, count: length), session: session) ? 1 : 0
+}
+
 private let coapValidatePSKIdentity: coap_dtls_id_callback_t = { identity, session, arg in
     guard let identity, let session, let arg, identity.pointee.length <= 128 else { return nil }
     let loop = Unmanaged<CoAPEventLoop>.fromOpaque(arg).takeUnretainedValue()
     let name = String(decoding: UnsafeBufferPointer(start: identity.pointee.s, count: identity.pointee.length), as: UTF8.self)
     return loop.validate(identity: name, session: session)
+}
+
+/// A DTLS server's certificate files, as the `dtls_certificate` setting gives them.
+public struct ServerCertificates: Decodable, Sendable {
+    public var certificate_file: String
+    public var key_file: String
+    public var client_ca_file: String?
+
+    public static let fields: [ConfigField] = [
+        ConfigField("certificate_file", .string, "PEM certificate the server presents.", required: true),
+        ConfigField("key_file", .string, "PEM private key of that certificate.", required: true),
+        ConfigField("client_ca_file", .string, "PEM CA bundle client certificates must chain to; without it, self-signed client certificates are taken and the registered fingerprint decides."),
+    ]
+
+    public static let field = ConfigField("dtls_certificate", .object(fields),
+                                          "DTLS with certificates beside pre-shared keys, on dtls_listen: devices present a client certificate registered with them (kind certificate).")
 }
 
 extension CoAPEventLoop {
@@ -275,9 +341,16 @@ extension CoAPEventLoop {
 
     /// A started loop serving `listen` (UDP) and `dtls` (DTLS with the registry's pre-shared keys,
     /// through `host`); `install` sets up its resources and handlers before it listens.
-    public static func serve(name: String, listen: String, dtls: String?, host: PluginHost, install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
+    public static func serve(name: String, listen: String, dtls: String?, certificates: ServerCertificates?, host: PluginHost,
+                             install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
         let loop = try CoAPEventLoop()
         loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
+        if let c = certificates {
+            loop.certificate = { [host] fingerprint, remote in
+                host.authenticate(Credentials(protocolName: name, certificateFingerprint: fingerprint, remoteAddress: remote))
+            }
+            try loop.useCertificates(certificateFile: c.certificate_file, keyFile: c.key_file, clientCAFile: c.client_ca_file)
+        }
         install(loop)
         if !listen.isEmpty { try loop.listen(listen, dtls: false) }
         if let dtls, !dtls.isEmpty { try loop.listen(dtls, dtls: true) }

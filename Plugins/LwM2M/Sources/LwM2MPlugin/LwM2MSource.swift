@@ -13,6 +13,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
     struct Config: Decodable {
         var listen: String
         var dtls_listen: String?
+        var dtls_certificate: ServerCertificates?
         var default_lifetime: Double
         var max_lifetime: Double
         var observe: [String]
@@ -48,6 +49,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "UDP address and port; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
         ConfigField("dtls_listen", .string, "UDP address and port for DTLS with pre-shared keys from the device registry.", example: "0.0.0.0:5684"),
+        ServerCertificates.field,
         ConfigField("default_lifetime", .duration, "Lifetime of a registration that names none (the specification's default).", default: "86400", example: "24h"),
         ConfigField("max_lifetime", .duration, "Longest lifetime a client may ask for; longer ones are shortened to it.", default: "604800", example: "7d"),
         ConfigField("observe", .list(.string), "Paths observed on every registration whose object list has the object, e.g. /3303/0/5700.", default: "[]", example: "[/3303/0/5700, /3/0/9]"),
@@ -69,6 +71,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
             throw PluginError("default_lifetime must be at least 1 s and max_lifetime at least default_lifetime")
         }
         try CoAPEventLoop.validate(listen: config.listen, dtls: config.dtls_listen)
+        if config.dtls_certificate != nil, (config.dtls_listen ?? "").isEmpty { throw PluginError("dtls_certificate needs dtls_listen") }
         observePaths = try config.observe.map { text in
             guard let p = LwM2MPath(text) else { throw PluginError("observe: '\(text)' is not an LwM2M path such as /3303/0/5700") }
             return p
@@ -83,7 +86,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
 
     func start() throws {
         var server: LwM2MServer?
-        loop = try CoAPEventLoop.serve(name: "lwm2m", listen: config.listen, dtls: config.dtls_listen, host: host) { loop in
+        loop = try CoAPEventLoop.serve(name: "lwm2m", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
             let s = LwM2MServer(source: self, loop: loop)
             s.install()
             server = s
