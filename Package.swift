@@ -121,7 +121,6 @@ let package = Package(
             "IoTCPluginKit",
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ], path: "Plugins/Shared/Sources/PluginNetworking"),
         .target(name: "HTTPCodec", dependencies: nio, path: "Plugins/HTTP/Sources/HTTPCodec"),
         plugin("HTTPPlugin", folder: "HTTP", dependencies: nio + [
@@ -156,7 +155,7 @@ let package = Package(
         .target(name: "LwM2MCodec", dependencies: ["IoTCPluginKit"], path: "Plugins/LwM2M/Sources/LwM2MCodec"),
         plugin("LwM2MPlugin", folder: "LwM2M", dependencies: ["CCoAP", "CoAPRuntime", "LwM2MCodec"]),
         plugin("CoAPPlugin", folder: "CoAP", dependencies: [
-            "CCoAP", "CoAPRuntime", "PluginNetworking", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            "CCoAP", "CoAPRuntime", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         .testTarget(
             name: "KernelTests",

@@ -19,6 +19,10 @@ final class PipelineRuntime: @unchecked Sendable {
     private var processor: PipelineProcessor
     private var sinks: [String: SinkRuntime]
     private var stopping = false
+    /// The worker had messages at its last look, and is napping rather than waiting to be woken.
+    private var busy = false, napping = false
+    /// How long the worker naps after a busy moment: the most it adds to a message's latency.
+    static let nap: TimeInterval = 0.000_2
     private var worker: WorkerThread?
     private(set) var wal: WriteAheadLog?
     private let deadLetters: DeadLetterStore
@@ -77,8 +81,9 @@ final class PipelineRuntime: @unchecked Sendable {
         }
         cond.lock()
         queue.append(input)
-        // The worker only ever waits on an empty queue.
-        if queue.count == 1 { cond.signal() }
+        // The worker only ever waits on an empty queue; while it naps (it was busy a moment ago) it
+        // looks again by itself, so a steady stream of messages does not wake it once each.
+        if queue.count == 1 && !napping { cond.signal() }
         cond.unlock()
     }
 
@@ -97,7 +102,15 @@ final class PipelineRuntime: @unchecked Sendable {
         var done = DoneRecords()
         while true {
             cond.lock()
+            if queue.isEmpty && !stopping && busy {
+                // Busy a moment ago: nap briefly instead of asking each producer for a wake-up.
+                napping = true
+                _ = cond.wait(until: Date(timeIntervalSinceNow: Self.nap))
+                napping = false
+                busy = !queue.isEmpty
+            }
             while queue.isEmpty && !stopping { cond.wait() }
+            busy = true
             if queue.isEmpty && stopping {
                 cond.unlock()
                 break

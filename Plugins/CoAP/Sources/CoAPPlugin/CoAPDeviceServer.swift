@@ -4,7 +4,6 @@ import CoAPRuntime
 import Foundation
 import IoTCPluginKit
 import NIOConcurrencyHelpers
-import PluginNetworking
 
 /// The CoAP resources of the `coap` source, served on its libcoap loop thread: every request comes
 /// through libcoap's unknown-resource handler and is routed by the source's path templates.

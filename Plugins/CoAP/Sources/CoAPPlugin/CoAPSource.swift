@@ -2,7 +2,6 @@ import CCoAP
 import CoAPRuntime
 import Foundation
 import IoTCPluginKit
-import PluginNetworking
 
 @_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
     Plugin.entry(name: "coap", version: "0.1.0", description: "Constrained devices send telemetry over CoAP (RFC 7252), on UDP or DTLS-PSK.", components: [CoAPSource.self], offered: v, count: n)

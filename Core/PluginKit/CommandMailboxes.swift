@@ -1,6 +1,4 @@
 import Foundation
-import IoTCPluginKit
-import NIOConcurrencyHelpers
 
 /// A command waiting for its device.
 public struct PendingCommand: Sendable {
@@ -23,7 +21,7 @@ public final class CommandMailboxes: @unchecked Sendable {
         var queue: [PendingCommand] = []
         var waiters: [(id: UInt64, take: Waiter, persistent: Bool)] = []
     }
-    private let lock = NIOLock()
+    private let lock = NSLock()
     private var boxes: [String: Box] = [:]
     private var nextWaiter: UInt64 = 1
     public let capacity: Int
