@@ -37,6 +37,9 @@ import IoTCPluginKit
                   events:
                     from: [ "coap:devices/+/events" ]
                     to: [ out ]
+                  results:
+                    from: [ "coap:devices/+/results/+" ]
+                    to: [ out ]
                 auth:
                   allow_anonymous: true
                 """)
@@ -232,6 +235,11 @@ import IoTCPluginKit
         // the answer to its POST.
         #expect(eventually(timeout: 5) { device.log.contains("result 2.04 Changed") }, "\(device.log)")
         #expect(device.log.contains("command open {'percent': 40}"), "\(device.log)")
+        // The answer went through the pipeline as well, with its CoAP request's options.
+        let commandID = try #require(text(answer["id"]))
+        #expect(eventually { hub.lines.contains { text($0["kind"]) == "command_result" && $0["properties"]?["command_id"] == .string(commandID)
+                                                  && $0["properties"]?["coap.method"] == .string("POST") && $0["properties"]?["coap.content_format"] == .string("50") } },
+                "\(hub.lines)")
         // A command for a device that has not asked yet waits in the hub; once the device fetched its
         // command resource (nothing waited then), the next fetch gets it.
         let queued = hub.call("POST", "/v1/devices/valve-4/commands", #"{"name":"close","timeout":0}"#)

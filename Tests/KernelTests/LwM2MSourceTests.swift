@@ -28,7 +28,7 @@ import IoTCPluginKit
                     path: \(dir.path)/out.jsonl
                 pipelines:
                   devices:
-                    from: [ "lw:devices/+/telemetry", "lw:devices/+/lifecycle" ]
+                    from: [ "lw:devices/+/telemetry", "lw:devices/+/lifecycle", "lw:devices/+/results/+" ]
                     to: [ out ]
                 auth:
                   allow_anonymous: true
@@ -84,6 +84,10 @@ import IoTCPluginKit
         var c = try hub.command("node-7", "read", #"{"path":"/3/0"}"#)
         #expect(text(c["status"]) == "succeeded" && c["result"]?["values"]?["/3/0/0"] == .string("Open Mobile Alliance")
                 && c["result"]?["values"]?["/3/0/9"] == .int(87) && c["result"]?["values"]?["/3/0/6/1"] == .int(5), "\(c)")
+        // The answer also goes through the pipeline, with the LwM2M path it names.
+        let readID = try #require(text(c["id"]))
+        #expect(eventually { hub.lines.contains { text($0["kind"]) == "command_result" && $0["properties"]?["command_id"] == .string(readID)
+                                                  && $0["properties"]?["lwm2m.path"] == .string("/3/0") && $0["properties"]?["lwm2m.endpoint"] == .string("node-7") } })
         c = try hub.command("node-7", "read", #"{"path":"/3/0/9","format":"text"}"#)
         #expect(c["result"]?["values"]?["/3/0/9"] == .int(87), "\(c)")
         c = try hub.command("node-7", "write", #"{"path":"/3/0/14","value":"+02"}"#)
