@@ -13,7 +13,8 @@ import IoTCPluginKit
         let udp = freePort(), dtls = freePort(), api = freePort()
         let process: ChildProcess
 
-        init() throws {
+        /// `observe`: the paths observed at registration; `extra`: more settings of the lwm2m source.
+        init(observe: String = "[ /3303/0/5700 ]", extra: String = "") throws {
             let file = dir.write("lwm2m.yaml", """
                 version: 1
                 sources:
@@ -21,7 +22,8 @@ import IoTCPluginKit
                     plugin: lwm2m
                     listen: "127.0.0.1:\(udp)"
                     dtls_listen: "127.0.0.1:\(dtls)"
-                    observe: [ /3303/0/5700 ]
+                    observe: \(observe)
+                \(extra)
                 sinks:
                   out:
                     plugin: file
@@ -121,6 +123,29 @@ import IoTCPluginKit
         // Offline now: a command waits for the next registration.
         let queued = hub.call("POST", "/v1/devices/node-7/commands", #"{"name":"read","payload":{"path":"/3/0"},"timeout":0}"#)
         #expect(text((try? JSON.decode(queued.body))?["status"]) == "queued", "\(queued)")
+        client.send("quit")
+    }
+
+    @Test func holdsCommandsForAQueueModeClientUntilItSpeaks() throws {
+        // Nothing observed: notifications would keep the client awake (a client that speaks listens).
+        let hub = try Hub(observe: "[]", extra: "    queue_mode_listen: 1s")
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "sleepy-1", "queue"], interactive: true)
+        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01") }, "\(client.log)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" && $0["payload"]?["queue_mode"] == .bool(true) } })
+        // Past its listening time the client is asleep: the command waits in the hub.
+        Thread.sleep(forTimeInterval: 1.5)
+        let sent = hub.call("POST", "/v1/devices/sleepy-1/commands", #"{"name":"read","payload":{"path":"/3/0/9"},"timeout":1}"#)
+        let id = try #require(text((try? JSON.decode(sent.body))?["id"]), "\(sent)")
+        #expect(!client.log.contains("read /3/0/9"), "\(client.log)")
+        #expect(text((try? JSON.decode(sent.body))?["status"]) != "succeeded", "\(sent)")
+        // It speaks (an update): the command goes, and its answer settles it.
+        client.send("update")
+        #expect(eventually(timeout: 10) {
+            text((try? JSON.decode(hub.call("GET", "/v1/devices/sleepy-1/commands/\(id)").body))?["status"]) == "succeeded"
+        }, "\(client.log)")
+        #expect(client.log.contains("read /3/0/9"))
         client.send("quit")
     }
 

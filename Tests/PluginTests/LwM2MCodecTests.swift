@@ -42,6 +42,21 @@ struct RegistrationsTests {
         #expect(t.expire(now: 1025).map(\.tenant) == ["b"])
         #expect(t.deregister(id: again.id)?.endpoint == "ep1" && t.count == 0)
     }
+
+    @Test func queueModeClientsListenOnlyForAWhileAfterTheySpoke() {
+        var t = Registrations(idPrefix: "q-")
+        guard case .registered(let r, _) = t.register(endpoint: "s", tenant: "a", device: "s", lifetime: 600, binding: "UQ", version: "1.0",
+                                                     objects: [], remote: "r", now: 100) else { Issue.record("not registered"); return }
+        #expect(r.queueMode && r.awake(now: 150) && !r.awake(now: 193))
+        t.heard(id: r.id, now: 300)
+        #expect(t.byID[r.id]?.awake(now: 350) == true && t.byID[r.id]?.awake(now: 320, listening: 10) == false)
+        guard case .registered(let plain, _) = t.register(endpoint: "p", tenant: "a", device: "p", lifetime: 600, binding: "U", version: "1.1",
+                                                         objects: [], remote: "r", now: 100) else { return }
+        #expect(!plain.queueMode && plain.awake(now: 10_000))
+        guard case .registered(let q11, _) = t.register(endpoint: "n", tenant: "a", device: "n", lifetime: 600, binding: "U", queueMode: true, version: "1.1",
+                                                       objects: [], remote: "r", now: 100) else { return }
+        #expect(q11.queueMode)
+    }
 }
 
 struct ObjectModelTests {
@@ -111,6 +126,18 @@ struct ResourceValuesTests {
         #expect(try values.decode(Array("87".utf8), format: 0, path: LwM2MPath([3, 0, 9]))[0].1 == .int(87))
         let senml = try values.decode(Array(#"[{"bn":"/3303/0/","n":"5700","v":20.5},{"n":"5701","vs":"Cel"}]"#.utf8), format: 110, path: LwM2MPath([3303, 0]))
         #expect(senml.map(\.0.description) == ["/3303/0/5700", "/3303/0/5701"] && senml[0].1 == .double(20.5))
+    }
+
+    @Test func readsTheLwM2M10JSONFormat() throws {
+        let json = #"{"bn":"/3/0/","e":[{"n":"0","sv":"Open Mobile Alliance"},{"n":"9","v":87},{"n":"6/0","v":1},{"n":"13","v":1.5e9},{"n":"22/0","ov":"3:1"}]}"#
+        let read = try values.decode(Array(json.utf8), format: 11543, path: LwM2MPath([3, 0]))
+        #expect(read.map(\.0.description) == ["/3/0/0", "/3/0/9", "/3/0/6/0", "/3/0/13", "/3/0/22/0"])
+        #expect(read.map(\.1) == [.string("Open Mobile Alliance"), .int(87), .int(1), .int(1_500_000_000), .string("3:1")])
+        let single = try values.decode(Array(#"{"e":[{"v":21.5}]}"#.utf8), format: 11543, path: LwM2MPath([3303, 0, 5700]))
+        #expect(single.map(\.0.description) == ["/3303/0/5700"] && single[0].1 == .double(21.5))
+        for bad in [#"{"e":[{"n":"9"}]}"#, #"{"bn":"/x/","e":[{"n":"9","v":1}]}"#, #"{"e":{}}"#, #"{"e":[{"n":9,"v":1}]}"#, #"{"e":[{"n":"9","v":"1"}]}"#] {
+            #expect(throws: ResourceValues.Error.self, "\(bad)") { try values.decode(Array(bad.utf8), format: 11543, path: LwM2MPath([3, 0])) }
+        }
     }
 
     @Test func refusesWhatDoesNotFit() throws {

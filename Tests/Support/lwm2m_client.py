@@ -3,7 +3,7 @@
 discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
 `update`, `deregister`, `quit`.
 
-    lwm2m_client.py SERVER_PORT ENDPOINT
+    lwm2m_client.py SERVER_PORT ENDPOINT [queue]
 """
 import asyncio
 import struct
@@ -80,6 +80,7 @@ class DeviceResource(resource.Resource):
         self.device, self.ident = device, ident
 
     async def render_get(self, request):
+        say("read", "/3/0/%d" % self.ident)
         if self.ident == 9:
             if request.opt.accept == TEXT:
                 return Message(payload=b"87", content_format=TEXT)
@@ -163,7 +164,7 @@ class Removable(resource.Resource):
         return Message(code=Code.DELETED)
 
 
-async def main(port, endpoint):
+async def main(port, endpoint, queue):
     site = resource.Site()
     device = Device()
     site.add_resource(["3", "0"], device)
@@ -174,7 +175,7 @@ async def main(port, endpoint):
     site.add_resource(["3303"], TemperatureObject(site))
     ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", 0))
     server = "coap://127.0.0.1:%d" % port
-    r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=60&lwm2m=1.1&b=U" % (server, endpoint),
+    r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=60&lwm2m=1.1&b=U%s" % (server, endpoint, "&Q" if queue else ""),
                                   payload=b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1',
                                   content_format=LINK)).response
     location = "/" + "/".join(r.opt.location_path)
@@ -195,4 +196,4 @@ async def main(port, endpoint):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "queue"))

@@ -11,12 +11,21 @@ public struct Registrations: Sendable {
         public var device: String
         public var lifetime: Int
         public var binding: String
+        /// Queue mode (binding `Q` in 1.0, the `Q` parameter in 1.1): the client listens only for a
+        /// while after it last spoke, so requests wait for it.
+        public var queueMode: Bool
         public var version: String
         public var objects: [LinkFormat.Link]
         /// Seconds since the epoch when it lapses without an Update.
         public var expires: Double
         /// The remote address it last spoke from.
         public var remote: String
+        /// When it last spoke (seconds since the epoch).
+        public var heard: Double
+
+        /// Whether the client listens now: always, or in queue mode for `listening` seconds after it
+        /// last spoke (OMA-TS-LightweightM2M-Transport 1.1 §6.4: CoAP's MAX_TRANSMIT_WAIT, 93 s).
+        public func awake(now: Double, listening: Double = 93) -> Bool { !queueMode || now - heard < listening }
     }
 
     public enum RegisterOutcome: Sendable, Equatable {
@@ -43,8 +52,8 @@ public struct Registrations: Sendable {
         idByEndpoint[Self.key(tenant, endpoint)].flatMap { byID[$0] }
     }
 
-    public mutating func register(endpoint: String, tenant: String, device: String, lifetime: Int, binding: String, version: String,
-                                  objects: [LinkFormat.Link], remote: String, now: Double) -> RegisterOutcome {
+    public mutating func register(endpoint: String, tenant: String, device: String, lifetime: Int, binding: String, queueMode: Bool = false,
+                                  version: String, objects: [LinkFormat.Link], remote: String, now: Double) -> RegisterOutcome {
         let key = Self.key(tenant, endpoint)
         var replaced: Registration?
         if let old = idByEndpoint[key].flatMap({ byID[$0] }) {
@@ -54,8 +63,9 @@ public struct Registrations: Sendable {
         }
         let id = prefix + String(nextID, radix: 36)
         nextID += 1
-        let r = Registration(id: id, endpoint: endpoint, tenant: tenant, device: device, lifetime: lifetime, binding: binding, version: version,
-                             objects: objects, expires: now + Double(lifetime), remote: remote)
+        let r = Registration(id: id, endpoint: endpoint, tenant: tenant, device: device, lifetime: lifetime, binding: binding,
+                             queueMode: queueMode || binding.contains("Q"), version: version, objects: objects,
+                             expires: now + Double(lifetime), remote: remote, heard: now)
         byID[id] = r
         idByEndpoint[key] = id
         return .registered(r, replaced: replaced)
@@ -63,10 +73,16 @@ public struct Registrations: Sendable {
 
     /// An Update: a new lifetime, binding or object list, and a fresh expiry. Nil when `id` is unknown
     /// (the client must register again: 4.04).
-    public mutating func update(id: String, lifetime: Int?, binding: String?, objects: [LinkFormat.Link]?, remote: String, now: Double) -> Registration? {
+    public mutating func update(id: String, lifetime: Int?, binding: String?, queueMode: Bool? = nil, objects: [LinkFormat.Link]?, remote: String,
+                                now: Double) -> Registration? {
         guard var r = byID[id] else { return nil }
         if let lifetime { r.lifetime = lifetime }
-        if let binding { r.binding = binding }
+        if let binding {
+            r.binding = binding
+            r.queueMode = binding.contains("Q")
+        }
+        if let queueMode { r.queueMode = r.queueMode || queueMode }
+        r.heard = now
         if let objects { r.objects = objects }
         r.remote = remote
         r.expires = now + Double(r.lifetime)
@@ -79,6 +95,9 @@ public struct Registrations: Sendable {
         idByEndpoint[Self.key(r.tenant, r.endpoint)] = nil
         return r
     }
+
+    /// The client spoke (a response or notification): it listens for a while.
+    public mutating func heard(id: String, now: Double) { byID[id]?.heard = now }
 
     /// Removes and returns the registrations whose lifetime has passed.
     public mutating func expire(now: Double) -> [Registration] {

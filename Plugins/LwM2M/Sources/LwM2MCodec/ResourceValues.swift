@@ -43,6 +43,8 @@ public struct ResourceValues: Sendable {
             var out: [(LwM2MPath, Value)] = []
             try flatten(entries, under: path, into: &out)
             return out
+        case 11543:
+            return try decodeLwM2MJSON(payload, path: path)
         case 110, 112:
             let records: [SenML.Record]
             do { records = try SenML.decode(payload, cbor: format == 112) } catch { throw Error(description: error.description) }
@@ -58,7 +60,44 @@ public struct ResourceValues: Sendable {
             guard path.ids.count >= 3 else { throw Error(description: "opaque carries one resource only") }
             return [(path, .bytes(payload))]
         default:
-            throw Error(description: "Content-Format \(format) is not one the server reads (11542, 110, 112, 0, 42)")
+            throw Error(description: "Content-Format \(format) is not one the server reads (11542, 11543, 110, 112, 0, 42)")
+        }
+    }
+
+    /// The LwM2M 1.0 JSON format (OMA-TS-LightweightM2M-V1_0 §6.4.4): `{"bn": "/3/0/", "e": [{"n": "9",
+    /// "v": 87}, {"n": "0", "sv": "..."}, {"n": "x", "bv": true}, {"n": "y", "ov": "3:0"}]}`.
+    private func decodeLwM2MJSON(_ payload: [UInt8], path: LwM2MPath) throws(Error) -> [(LwM2MPath, Value)] {
+        let doc: Value
+        do { doc = try JSON.decode(payload) } catch { throw Error(description: "not valid JSON: \(error)") }
+        guard case .array(let entries)? = doc["e"] else { throw Error(description: "LwM2M JSON needs an \"e\" array") }
+        var base = path.description + "/"
+        if let bn = doc["bn"] {
+            guard case .string(let s) = bn else { throw Error(description: "\"bn\" must be a string") }
+            base = s
+        }
+        return try entries.enumerated().map { (i, e) throws(Error) -> (LwM2MPath, Value) in
+            guard case .object = e else { throw Error(description: "entry \(i) is not an object") }
+            var name = ""
+            if let n = e["n"] {
+                guard case .string(let s) = n else { throw Error(description: "entry \(i): \"n\" must be a string") }
+                name = s
+            }
+            let full = (base.hasSuffix("/") || name.isEmpty ? base : base + "/") + name
+            guard let p = LwM2MPath(full.hasSuffix("/") ? String(full.dropLast()) : full) else {
+                throw Error(description: "entry \(i): '\(full.prefix(64))' is not an LwM2M path")
+            }
+            let type = self.type(of: p)
+            if let v = e["v"] {
+                guard let d = v.number else { throw Error(description: "entry \(i): \"v\" must be a number") }
+                switch type {
+                case .integer, .unsignedInteger, .time: return (p, d.rounded() == d && abs(d) < 9e15 ? .int(Int64(d)) : .double(d))
+                default: return (p, .double(d))
+                }
+            }
+            if case .string(let s)? = e["sv"] { return (p, typed(text: s, type == .opaque ? .opaque : .string)) }
+            if case .bool(let b)? = e["bv"] { return (p, .bool(b)) }
+            if case .string(let s)? = e["ov"] { return (p, .string(s)) }
+            throw Error(description: "entry \(i) has no value (v, sv, bv or ov)")
         }
     }
 

@@ -17,6 +17,9 @@ final class LwM2MServer: @unchecked Sendable {
     private var links: [String: (session: OpaquePointer, identity: Identity)] = [:]
     /// Requests sent and not answered, and observations, by token.
     private var pending: [[UInt8]: Pending] = [:]
+    /// Commands for queue-mode clients that are asleep, by registration id: sent when the client next
+    /// speaks (registers again or updates).
+    private var waiting: [String: [(Message, Ack)]] = [:]
 
     struct Pending {
         enum Purpose {
@@ -164,12 +167,18 @@ final class LwM2MServer: @unchecked Sendable {
         }
         let peer = loop.peer(session)
         let outcome = table.register(endpoint: ep, tenant: id.tenant, device: id.device, lifetime: lt ?? Int(source.config.default_lifetime),
-                                     binding: b ?? "U", version: version, objects: objects ?? [], remote: peer.remote, now: Date().timeIntervalSince1970)
+                                     binding: b ?? "U", queueMode: q["Q"] != nil, version: version, objects: objects ?? [], remote: peer.remote,
+                                     now: Date().timeIntervalSince1970)
         guard case .registered(let r, let replaced) = outcome else {
             PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "the endpoint name is registered by another device")
             return
         }
-        if let replaced { end(replaced.id, event: nil) }
+        if let replaced {
+            // Commands waiting for the earlier registration go to this one.
+            let held = waiting.removeValue(forKey: replaced.id) ?? []
+            end(replaced.id, event: nil)
+            if !held.isEmpty { waiting[r.id] = held }
+        }
         links[r.id] = (coap_session_reference(session), id)
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CREATED)
         for segment in ["rd", r.id] { _ = coap_add_option(response, coap_option_num_t(COAP_OPTION_LOCATION_PATH), segment.utf8.count, segment) }
@@ -182,6 +191,7 @@ final class LwM2MServer: @unchecked Sendable {
                 for p in paths { _ = self?.send(r.id, COAP_REQUEST_GET, p, observe: 0, accept: nil, purpose: .observation) }
             }
         }
+        wake(r.id)
     }
 
     private func update(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, id: String) {
@@ -195,7 +205,8 @@ final class LwM2MServer: @unchecked Sendable {
             return
         }
         let peer = loop.peer(session)
-        guard let updated = table.update(id: id, lifetime: lt, binding: b, objects: objects, remote: peer.remote, now: Date().timeIntervalSince1970) else { return }
+        guard let updated = table.update(id: id, lifetime: lt, binding: b, queueMode: q["Q"] != nil ? true : nil, objects: objects, remote: peer.remote,
+                                         now: Date().timeIntervalSince1970) else { return }
         if let old = links[id], old.session != session {
             // The client's address changed (NAT): later requests go to the new one.
             coap_session_release(old.session)
@@ -203,6 +214,7 @@ final class LwM2MServer: @unchecked Sendable {
         }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
         lifecycle(updated, "updated")
+        wake(id)
     }
 
     private func deregister(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, id: String) {
@@ -218,8 +230,17 @@ final class LwM2MServer: @unchecked Sendable {
         end(id, event: "deregistered")
     }
 
+    /// A queue-mode client spoke: the commands that waited for it go now, after its answer.
+    private func wake(_ id: String) {
+        guard let held = waiting.removeValue(forKey: id), !held.isEmpty else { return }
+        loop.execute { [weak self] in
+            for (m, ack) in held { self?.command(m, ack: ack) }
+        }
+    }
+
     /// Ends a registration: its observations and requests are forgotten and the device is offline.
     private func end(_ id: String, event: String?) {
+        for (_, ack) in waiting.removeValue(forKey: id) ?? [] { ack.retry("the registration ended") }
         let r = table.deregister(id: id) ?? nil
         pending = pending.filter { $0.value.registration != id }
         if let link = links.removeValue(forKey: id) {
@@ -232,6 +253,7 @@ final class LwM2MServer: @unchecked Sendable {
     private func expire() {
         for r in table.expire(now: Date().timeIntervalSince1970) {
             pending = pending.filter { $0.value.registration != r.id }
+            for (_, ack) in waiting.removeValue(forKey: r.id) ?? [] { ack.retry("the registration's lifetime passed") }
             if let link = links.removeValue(forKey: r.id) {
                 host.deviceDisconnected(link.identity, reason: "the registration's lifetime passed")
                 coap_session_release(link.session)
@@ -245,7 +267,7 @@ final class LwM2MServer: @unchecked Sendable {
         guard host.routes(topic) != .notRouted else { return }
         let body: Value = [
             "event": .string(event), "endpoint": .string(r.endpoint), "registration": .string(r.id), "lifetime": .int(Int64(r.lifetime)),
-            "binding": .string(r.binding), "lwm2m": .string(r.version), "objects": .string(LinkFormat.write(r.objects)),
+            "binding": .string(r.binding), "queue_mode": .bool(r.queueMode), "lwm2m": .string(r.version), "objects": .string(LinkFormat.write(r.objects)),
         ]
         host.submit(Message(kind: .lifecycle, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
                             payload: JSON.encode(body), qos: 0, properties: [KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.version", r.version)]))
@@ -294,6 +316,19 @@ final class LwM2MServer: @unchecked Sendable {
         let name = message.metadata("command") ?? ""
         guard let r = table.registration(tenant: message.tenant.isEmpty ? "default" : message.tenant, endpoint: message.device) else {
             ack.retry("\(message.device) is not registered")
+            return
+        }
+        guard r.awake(now: Date().timeIntervalSince1970, listening: source.config.queue_mode_listen) else {
+            // Queue mode, asleep: the command goes when the client next registers or updates. The hub
+            // offers a command again until it is delivered: keep one copy, settling the older offer.
+            var held = waiting[r.id] ?? []
+            if let i = held.firstIndex(where: { $0.0.id == message.id }) {
+                held[i].1.retry("offered again")
+                held[i] = (message, ack)
+            } else {
+                held.append((message, ack))
+            }
+            waiting[r.id] = held
             return
         }
         // From here the command is delivered; a mistake in it is its failed result.
@@ -386,6 +421,7 @@ final class LwM2MServer: @unchecked Sendable {
     private func response(_ session: OpaquePointer, _ received: OpaquePointer) -> Bool {
         let token = PDU.token(received)
         guard var p = pending[token], let r = table.byID[p.registration] else { return false }  // RST ends a stale observation
+        table.heard(id: r.id, now: Date().timeIntervalSince1970)
         let code = coap_pdu_get_code(received)
         let success = code.rawValue >> 5 == 2
         let format = PDU.uint(received, COAP_OPTION_CONTENT_FORMAT)

@@ -19,6 +19,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         var observe: [String]
         var object_definitions: [String]
         var max_registrations: Int
+        var queue_mode_listen: Double
     }
 
     static let name = "lwm2m"
@@ -45,6 +46,10 @@ final class LwM2MSource: Source, @unchecked Sendable {
         n > 0 adds `_n`), with the properties `lwm2m.path`, `lwm2m.endpoint`, `lwm2m.object_version`, \
         `coap.observe` and `coap.content_format`. Registration, update, de-registration and expiry are \
         `lifecycle` messages on `devices/{ep}/lifecycle` when a pipeline reads them.
+
+        A client in queue mode (binding `UQ` in 1.0, the `Q` parameter in 1.1) is sent requests only while \
+        it listens, for `queue_mode_listen` after it last spoke; commands to it meanwhile wait and go when \
+        it next registers or updates.
         """
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "UDP address and port; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
@@ -54,6 +59,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         ConfigField("max_lifetime", .duration, "Longest lifetime a client may ask for; longer ones are shortened to it.", default: "604800", example: "7d"),
         ConfigField("observe", .list(.string), "Paths observed on every registration whose object list has the object, e.g. /3303/0/5700.", default: "[]", example: "[/3303/0/5700, /3/0/9]"),
         ConfigField("object_definitions", .list(.string), "OMA LwM2M XML object definition files to load beside the built-in objects 0 to 7, 3303, 3304, 3311 and 3342.", default: "[]"),
+        ConfigField("queue_mode_listen", .duration, "How long a queue-mode client (binding Q, or the Q parameter) listens after it last spoke; commands to it wait for its next update after that.", default: "93", example: "93s", advanced: true),
         ConfigField("max_registrations", .int, "Registrations held at most; more are refused with 5.03.", default: "100000", advanced: true),
     ]
 
@@ -67,6 +73,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
     init(config: Config, host: PluginHost) throws {
         self.config = config
         self.host = host
+        guard config.queue_mode_listen > 0 else { throw PluginError("queue_mode_listen must be positive") }
         guard config.default_lifetime >= 1, config.max_lifetime >= config.default_lifetime else {
             throw PluginError("default_lifetime must be at least 1 s and max_lifetime at least default_lifetime")
         }
