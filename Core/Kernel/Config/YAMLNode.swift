@@ -58,7 +58,9 @@ public indirect enum YAMLNode: Sendable {
     public static func parse(_ text: String, file: String) throws(ConfigurationError) -> YAMLNode? {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
+            // The basic resolver: scalars are typed by the config specs, not by YAML's implicit tags (whose
+            // regular expressions would load ICU, about 3.5 MiB resident, for nothing).
+            root = try Yams.compose(yaml: text, .basic)
         } catch let e as YamlError {
             throw ConfigurationError(diagnostics: [diagnostic(e, file: file)])
         } catch {
