@@ -114,6 +114,11 @@ import IoTCPluginKit
             #expect(client.log.contains(line), "\(line)\n\(client.log)")
         }
 
+        // Send: values the client reports by itself, one telemetry message per object.
+        client.send("send")
+        #expect(eventually { client.log.contains("sent 2.04 Changed") }, "\(client.log)")
+        #expect(eventually { hub.lines.contains { $0["payload"]?["battery_level"] == .int(55) && $0["properties"]?["lwm2m.operation"] == .string("send") } })
+        #expect(hub.lines.contains { $0["payload"]?["temperature"] == .double(30.5) && $0["properties"]?["lwm2m.path"] == .string("/3303") })
         client.send("update")
         #expect(eventually { client.log.contains("updated 2.04 Changed") }, "\(client.log)")
         #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "updated" && $0["payload"]?["lifetime"] == .int(30) } })
@@ -163,6 +168,7 @@ import IoTCPluginKit
         #expect(try coap(["-m", "post", "\(rd)/unknown"]).contains("4.04"))
         #expect(try coap(["-m", "delete", "\(rd)/unknown"]).contains("4.04"))
         #expect(try coap(["-m", "get", rd]).contains("4.05"))
+        #expect(try coap(["-m", "post", "-t", "110", "-e", #"[{"n":"/3/0/9","v":1}]"#, "coap://127.0.0.1:\(hub.udp)/dp"]).contains("4.03 register before sending"))
         #expect(!hub.lines.contains { text($0["kind"]) == "lifecycle" }, "nothing registered")
         // A registration with a lifetime of 2 s that is never updated ends, and says so.
         let out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?ep=brief&lt=2", "-v", "7"])

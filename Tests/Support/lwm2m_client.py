@@ -1,7 +1,7 @@
 """An LwM2M 1.1 client on aiocoap for the hub's lwm2m source: it registers, serves the Device object
 (3), a Temperature object (3303, observable, TLV and text) and answers reads, writes, executes,
 discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
-`update`, `deregister`, `quit`.
+`update`, `send`, `deregister`, `quit`.
 
     lwm2m_client.py SERVER_PORT ENDPOINT [queue]
 """
@@ -187,6 +187,10 @@ async def main(port, endpoint, queue):
         if line == "update":
             r = await ctx.request(Message(code=Code.POST, uri=server + location + "?lt=30")).response
             say("updated", r.code)
+        elif line == "send":
+            r = await ctx.request(Message(code=Code.POST, uri=server + "/dp", content_format=110,
+                                          payload=b'[{"bn":"/3303/0/","n":"5700","v":30.5},{"bn":"/3/0/","n":"9","v":55}]')).response
+            say("sent", r.code)
         elif line == "deregister":
             r = await ctx.request(Message(code=Code.DELETE, uri=server + location)).response
             say("deregistered", r.code)

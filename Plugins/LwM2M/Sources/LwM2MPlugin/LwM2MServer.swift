@@ -66,6 +66,7 @@ final class LwM2MServer: @unchecked Sendable {
         case (COAP_REQUEST_POST, 1, "rd"?): register(session, request, response)
         case (COAP_REQUEST_POST, 2, "rd"?): update(session, request, response, id: String(path[1]))
         case (COAP_REQUEST_DELETE, 2, "rd"?): deregister(session, request, response, id: String(path[1]))
+        case (COAP_REQUEST_POST, 1, "dp"?): send(session, request, response)
         case (_, 1, "rd"?), (_, 2, "rd"?): PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED)
         default: PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
         }
@@ -236,6 +237,35 @@ final class LwM2MServer: @unchecked Sendable {
         loop.execute { [weak self] in
             for (m, ack) in held { self?.command(m, ack: ack) }
         }
+    }
+
+    /// The Send operation (LwM2M 1.1 §6.4.6): a registered client reports values of its own accord, as
+    /// SenML-JSON or SenML-CBOR; they become telemetry as notifications do.
+    private func send(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        let peer = loop.peer(session)
+        guard let id = peer.identity, let r = table.registration(tenant: id.tenant, endpoint: id.device) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "register before sending")
+            return
+        }
+        let format = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT)
+        guard format == ContentFormat.senmlJSON || format == ContentFormat.senmlCBOR else {
+            PDU.respond(response, COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT, diagnostic: "Send takes SenML-JSON (110) or SenML-CBOR (112)")
+            return
+        }
+        let values: [(LwM2MPath, Value)]
+        do { values = try source.values.decode(PDU.body(request), format: format!, path: LwM2MPath([0])) } catch {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "\(error)")
+            return
+        }
+        table.heard(id: r.id, now: Date().timeIntervalSince1970)
+        // Grouped by object: each message names the object it reports, and its version.
+        var byObject: [UInt16: [(LwM2MPath, Value)]] = [:]
+        for v in values { byObject[v.0.object, default: []].append(v) }
+        for (object, values) in byObject.sorted(by: { $0.key < $1.key }) {
+            telemetry(r, LwM2MPath([object]), values, format: format, sequence: nil, sent: true)
+        }
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
+        wake(r.id)
     }
 
     /// Ends a registration: its observations and requests are forgotten and the device is offline.
@@ -485,7 +515,8 @@ final class LwM2MServer: @unchecked Sendable {
                             contentType: "application/json", payload: JSON.encode(.object(o)), qos: 1, properties: properties))
     }
 
-    private func telemetry(_ r: Registrations.Registration, _ observed: LwM2MPath, _ values: [(LwM2MPath, Value)], format: UInt32?, sequence: UInt32?) {
+    private func telemetry(_ r: Registrations.Registration, _ observed: LwM2MPath, _ values: [(LwM2MPath, Value)], format: UInt32?, sequence: UInt32?,
+                           sent: Bool = false) {
         let topic = "devices/\(r.endpoint)/telemetry"
         var fields = Value.Object()
         for (p, v) in values where p.ids.count >= 3 {
@@ -500,6 +531,7 @@ final class LwM2MServer: @unchecked Sendable {
         var properties = [KeyValue("lwm2m.path", observed.description), KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.object_version", version)]
         if let sequence { properties.append(KeyValue("coap.observe", String(sequence))) }
         if let format { properties.append(KeyValue("coap.content_format", String(format))) }
+        if sent { properties.append(KeyValue("lwm2m.operation", "send")) }
         let status = host.submit(Message(kind: .telemetry, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
                                          payload: JSON.encode(.object(fields)), qos: 0, properties: properties))
         if status == .busy { host.metric(.counter, "iotc_lwm2m_notifications_dropped_total", labels: [KeyValue("reason", "busy")], 1) }

@@ -45,7 +45,9 @@ final class LwM2MSource: Source, @unchecked Sendable {
         a JSON object named from the object model (`{"temperature": 21.5}` from /3303/0/5700; instance \
         n > 0 adds `_n`), with the properties `lwm2m.path`, `lwm2m.endpoint`, `lwm2m.object_version`, \
         `coap.observe` and `coap.content_format`. Registration, update, de-registration and expiry are \
-        `lifecycle` messages on `devices/{ep}/lifecycle` when a pipeline reads them.
+        `lifecycle` messages on `devices/{ep}/lifecycle` when a pipeline reads them. Values a registered \
+        client reports with Send (`POST /dp`, SenML-JSON or SenML-CBOR) become telemetry the same way, one \
+        message per object, with the property `lwm2m.operation` = `send`.
 
         A client in queue mode (binding `UQ` in 1.0, the `Q` parameter in 1.1) is sent requests only while \
         it listens, for `queue_mode_listen` after it last spoke; commands to it meanwhile wait and go when \
