@@ -94,6 +94,8 @@ import IoTCPluginKit
         #expect(c["result"]?["values"]?["/3/0/9"] == .int(87), "\(c)")
         c = try hub.command("node-7", "write", #"{"path":"/3/0/14","value":"+02"}"#)
         #expect(text(c["status"]) == "succeeded" && c["result"]?["code"] == .string("2.04"), "\(c)")
+        c = try hub.command("node-7", "write", #"{"path":"/3/0/14","value":"+04","format":"senml-json"}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
         c = try hub.command("node-7", "write", #"{"path":"/3/0","values":{"14":"+03"}}"#)
         #expect(text(c["status"]) == "succeeded", "\(c)")
         c = try hub.command("node-7", "execute", #"{"path":"/3/0/4","args":"now"}"#)
@@ -110,7 +112,7 @@ import IoTCPluginKit
         #expect(text(c["status"]) == "failed" && c["result"]?["code"] == .string("4.04"), "\(c)")
         c = try hub.command("node-7", "reboot-now", #"{"path":"/3/0"}"#)
         #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("unknown LwM2M operation") == true, "\(c)")
-        for line in ["write /3/0/14 +02", "write /3/0/14 +03", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1"] {
+        for line in ["write /3/0/14 +02", "write /3/0/14 +04", "write /3/0/14 +03", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1"] {
             #expect(client.log.contains(line), "\(line)\n\(client.log)")
         }
 

@@ -149,6 +149,10 @@ struct ResourceValuesTests {
         let written = try values.encodeTLV(path: LwM2MPath([3, 0]), values: [(14, .string("+02")), (13, .int(1_700_000_000))])
         #expect(try TLV.decode(written) == [TLV.Entry(kind: .resource, id: 14, value: Array("+02".utf8)),
                                              TLV.Entry(kind: .resource, id: 13, value: TLV.bytes(integer: 1_700_000_000))])
+        let senml = try values.encodeSenML(path: LwM2MPath([3, 0]), values: [(14, .string("+02")), (6, .array([.int(1), .int(5)]))])
+        #expect(try SenML.decode(senml, cbor: false) == [SenML.Record(name: "/3/0/14", value: .string("+02")), SenML.Record(name: "/3/0/6/0", value: .number(1)),
+                                                         SenML.Record(name: "/3/0/6/1", value: .number(5))])
+        #expect(throws: ResourceValues.Error.self) { try values.encodeSenML(path: LwM2MPath([3, 0]), values: [(9, .string("x"))]) }
         for bad in ["", "3/0", "/", "/a", "/1/2/3/4/5", "/65535", "/1//2"] { #expect(LwM2MPath(bad) == nil, "\(bad)") }
         #expect(LwM2MPath("/3303/0/5700")?.ids == [3303, 0, 5700])
     }

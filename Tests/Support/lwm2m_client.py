@@ -6,6 +6,7 @@ discovers, write-attributes, creates and deletes. Prints one line per event; rea
     lwm2m_client.py SERVER_PORT ENDPOINT [queue]
 """
 import asyncio
+import json
 import struct
 import sys
 
@@ -92,6 +93,8 @@ class DeviceResource(resource.Resource):
             return Message(code=Code.METHOD_NOT_ALLOWED)
         if request.opt.content_format == TLV:
             value = parse_tlv(request.payload)[0][2].decode()
+        elif request.opt.content_format == 110:
+            value = json.loads(request.payload)[0]["vs"]
         else:
             value = request.payload.decode()
         self.device.utc_offset = value

@@ -184,6 +184,33 @@ public struct ResourceValues: Sendable {
         }
     }
 
+    /// A SenML-JSON payload writing `values` (resource id → value) under `path`'s object instance, each
+    /// record named by its full path (LwM2M 1.1 §7.4.7); arrays are resource instances.
+    public func encodeSenML(path: LwM2MPath, values: [(UInt16, Value)]) throws(Error) -> [UInt8] {
+        var records: [SenML.Record] = []
+        for (id, v) in values {
+            let p = LwM2MPath(Array(path.ids.prefix(2)) + [id])
+            let type = self.type(of: p)
+            let items: [(String, Value)] = if case .array(let a) = v { a.enumerated().map { ("\(p)/\($0.offset)", $0.element) } } else { [(p.description, v)] }
+            for (name, item) in items {
+                let value: SenML.Record.Value
+                switch (type, item) {
+                case (.integer, .int(let i)), (.unsignedInteger, .int(let i)), (.time, .int(let i)): value = .number(Double(i))
+                case (.float, .double(let d)): value = .number(d)
+                case (.float, .int(let i)): value = .number(Double(i))
+                case (.boolean, .bool(let b)): value = .bool(b)
+                case (.string, .string(let s)), (.corelink, .string(let s)), (.objectLink, .string(let s)): value = .string(s)
+                case (.opaque, .string(let s)):
+                    guard let b = Base64.decode(s) else { throw Error(description: "\(name): an opaque value is base64") }
+                    value = .data(b)
+                default: throw Error(description: "\(name): a \(type == .opaque ? "base64 (opaque)" : type.rawValue) value is needed")
+                }
+                records.append(SenML.Record(name: name, value: value))
+            }
+        }
+        return SenML.encodeJSON(records)
+    }
+
     /// A TLV payload writing `values` (resource id → value) into an object instance, or a single
     /// resource when `path` names one.
     public func encodeTLV(path: LwM2MPath, values: [(UInt16, Value)]) throws(Error) -> [UInt8] {

@@ -433,14 +433,18 @@ final class LwM2MServer: @unchecked Sendable {
                     payload = instance.map { TLV.encode([TLV.Entry(kind: .objectInstance, id: $0, children: children)]) } ?? inner
                 } else {
                     guard path.ids.count >= 2 else { return fail("write names an object instance or a resource") }
-                    payload = try source.values.encodeTLV(path: path, values: values)
+                    payload = format == ContentFormat.senmlJSON ? try source.values.encodeSenML(path: path, values: values)
+                        : try source.values.encodeTLV(path: path, values: values)
                 }
             } catch {
                 return fail("\(error)")
             }
             let replace: Bool = if case .bool(true)? = args["replace"] { true } else { path.ids.count == 3 }
+            guard format == nil || format == ContentFormat.lwm2mTLV || (format == ContentFormat.senmlJSON && name == "write") else {
+                return fail("\(name) sends tlv\(name == "write" ? " or senml-json" : "")")
+            }
             sent = send(r.id, name == "create" || !replace ? COAP_REQUEST_POST : COAP_REQUEST_PUT, path,
-                        contentFormat: ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
+                        contentFormat: format == ContentFormat.senmlJSON ? ContentFormat.senmlJSON : ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
         default:
             return fail("unknown LwM2M operation '\(name.prefix(32))' (read, discover, write, write-attributes, execute, create, delete, observe, cancel-observe)")
         }
