@@ -24,8 +24,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT] { coap_register_handler(r, m, coapDeviceRequest) }
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
-        coap_register_nack_handler(loop.context, coapDeviceNack)
-        loop.attachment = self
+        loop.nack = { [unowned self] session, sent in nack(session, sent) }
     }
 
     // MARK: requests
@@ -50,7 +49,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
             return
         }
         let path = PDU.path(request)
-        guard let (values, route) = match(path, peer) else {
+        guard let (values, route) = match(path) else {
             PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
             return
         }
@@ -86,7 +85,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         return h == 0 ? 1 : h
     }
 
-    private func match(_ path: [Substring], _ peer: CoAPPeer) -> ([String: String], CoAPRoute)? {
+    private func match(_ path: [Substring]) -> ([String: String], CoAPRoute)? {
         for (template, route) in source.routes {
             if let values = template.match(path) { return (values, route) }
         }
@@ -136,6 +135,12 @@ final class CoAPDeviceServer: @unchecked Sendable {
                         _ identity: Identity, kind: MessageKind, topic: String, extra: [KeyValue]) {
         let mid = coap_pdu_get_mid(request)
         let format = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT) ?? ContentFormat.textPlain
+        // libcoap hands over a block-wise body once it has it whole, without Block1; a Block1 that is
+        // still there is a transfer that did not start at block 0 (RFC 7959 §2.9.2).
+        if let block1 = PDU.uint(request, COAP_OPTION_BLOCK1), block1 >> 4 > 0 || block1 & 0x8 != 0 {
+            PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0")
+            return
+        }
         let body = PDU.body(request)
         guard body.count <= source.config.max_body_size else {
             PDU.respond(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE, diagnostic: "the body is over \(source.config.max_body_size) bytes")
@@ -328,7 +333,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
     }
 
     /// A notification was refused (RST: the device stopped observing) or never acknowledged.
-    fileprivate func nack(_ session: OpaquePointer, _ sent: OpaquePointer?) {
+    private func nack(_ session: OpaquePointer, _ sent: OpaquePointer?) {
         guard let sent, let p = coap_session_get_app_data(session) else { return }
         let peer = Unmanaged<CoAPPeer>.fromOpaque(p).takeUnretainedValue()
         PeerState.of(peer).cancel(token: PDU.token(sent), mailboxes: source.mailboxes)
@@ -455,9 +460,4 @@ final class PeerState {
 private let coapDeviceRequest: coap_method_handler_t = { resource, session, request, query, response in
     guard let resource, let session, let request, let response, let data = coap_resource_get_userdata(resource) else { return }
     Unmanaged<CoAPDeviceServer>.fromOpaque(data).takeUnretainedValue().handle(resource, session, request, query, response)
-}
-
-private let coapDeviceNack: coap_nack_handler_t = { session, sent, _, _ in
-    guard let session, let server = CoAPEventLoop.of(coap_session_get_context(session))?.attachment as? CoAPDeviceServer else { return }
-    server.nack(session, sent)
 }

@@ -14,7 +14,6 @@ public final class CoAPEventLoop: @unchecked Sendable {
     private var jobs: [() -> Void] = []
     private var stopping = false
     private var worker: WorkerThread?
-    private var threadID: pthread_t?
     /// Looks up a DTLS pre-shared key identity: the device's identity and key, or nil to refuse it.
     public var presharedKey: ((_ identity: String, _ remote: String) -> (Identity, [UInt8])?)?
     /// Looks up a DTLS client certificate by its SHA-256 fingerprint (lower-case hex of the DER): the
@@ -24,8 +23,6 @@ public final class CoAPEventLoop: @unchecked Sendable {
     private var pkiPaths: [UnsafeMutablePointer<CChar>] = []
     /// Called on the loop thread when libcoap forgets a session (idle timeout, DTLS close).
     public var sessionClosed: ((CoAPPeer) -> Void)?
-    /// The server object that handles this loop's requests, for libcoap callbacks that know only a session.
-    public weak var attachment: AnyObject?
     /// Called on the loop thread about once a second (lifetimes, time-outs).
     public var tick: (() -> Void)?
     /// Responses to requests this side sent (a server asking its clients, as LwM2M does): return false
@@ -137,9 +134,6 @@ public final class CoAPEventLoop: @unchecked Sendable {
         _ = write(wake, &one, 8)
     }
 
-    /// Whether the caller is on the loop thread.
-    public var inLoop: Bool { threadID.map { pthread_equal($0, pthread_self()) != 0 } ?? false }
-
     /// Stops the loop after the jobs queued so far and joins its thread.
     public func stop() {
         lock.withLock { stopping = true }
@@ -149,7 +143,6 @@ public final class CoAPEventLoop: @unchecked Sendable {
     }
 
     private func run() {
-        threadID = pthread_self()
         let coapFD = coap_context_get_coap_fd(context)
         var fds = [pollfd(fd: coapFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
         while true {

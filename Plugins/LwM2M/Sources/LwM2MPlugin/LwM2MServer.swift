@@ -46,15 +46,16 @@ final class LwM2MServer: @unchecked Sendable {
         for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE] { coap_register_handler(r, m, lwm2mRequest) }
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
-        loop.attachment = self
         loop.response = { [unowned self] session, sent, received in self.response(session, received) }
         loop.nack = { [unowned self] _, sent in if let sent { self.unanswered(PDU.token(sent)) } }
         loop.tick = { [unowned self] in self.expire() }
     }
 
-    /// After the loop stopped: every registration ends.
+    /// After the loop stopped: every registration ends (without lifecycle messages: the hub is stopping).
     func stopped() {
-        for id in Array(links.keys) { end(id, event: nil) }
+        for id in Array(links.keys) {
+            if let r = table.deregister(id: id) { forget(r, reason: "the lwm2m source stopped", event: nil) }
+        }
     }
 
     // MARK: the registration interface
@@ -66,7 +67,7 @@ final class LwM2MServer: @unchecked Sendable {
         case (COAP_REQUEST_POST, 1, "rd"?): register(session, request, response)
         case (COAP_REQUEST_POST, 2, "rd"?): update(session, request, response, id: String(path[1]))
         case (COAP_REQUEST_DELETE, 2, "rd"?): deregister(session, request, response, id: String(path[1]))
-        case (COAP_REQUEST_POST, 1, "dp"?): send(session, request, response)
+        case (COAP_REQUEST_POST, 1, "dp"?): report(session, request, response)
         case (_, 1, "rd"?), (_, 2, "rd"?): PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED)
         default: PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
         }
@@ -176,9 +177,8 @@ final class LwM2MServer: @unchecked Sendable {
         }
         if let replaced {
             // Commands waiting for the earlier registration go to this one.
-            let held = waiting.removeValue(forKey: replaced.id) ?? []
-            end(replaced.id, event: nil)
-            if !held.isEmpty { waiting[r.id] = held }
+            if let held = waiting.removeValue(forKey: replaced.id) { waiting[r.id] = held }
+            forget(replaced, reason: "it registered again", event: nil)
         }
         links[r.id] = (coap_session_reference(session), id)
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CREATED)
@@ -228,7 +228,7 @@ final class LwM2MServer: @unchecked Sendable {
             return
         }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_DELETED)
-        end(id, event: "deregistered")
+        if let r = table.deregister(id: id) { forget(r, reason: "it de-registered", event: "deregistered") }
     }
 
     /// A queue-mode client spoke: the commands that waited for it go now, after its answer.
@@ -241,7 +241,7 @@ final class LwM2MServer: @unchecked Sendable {
 
     /// The Send operation (LwM2M 1.1 §6.4.6): a registered client reports values of its own accord, as
     /// SenML-JSON or SenML-CBOR; they become telemetry as notifications do.
-    private func send(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+    private func report(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
         let peer = loop.peer(session)
         guard let id = peer.identity, let r = table.registration(tenant: id.tenant, endpoint: id.device) else {
             PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "register before sending")
@@ -268,28 +268,21 @@ final class LwM2MServer: @unchecked Sendable {
         wake(r.id)
     }
 
-    /// Ends a registration: its observations and requests are forgotten and the device is offline.
-    private func end(_ id: String, event: String?) {
-        for (_, ack) in waiting.removeValue(forKey: id) ?? [] { ack.retry("the registration ended") }
-        let r = table.deregister(id: id) ?? nil
-        pending = pending.filter { $0.value.registration != id }
-        if let link = links.removeValue(forKey: id) {
-            host.deviceDisconnected(link.identity, reason: event ?? "registration replaced")
+    /// What the hub held for a registration that ended (the table no longer has it): its requests,
+    /// observations and waiting commands go, and the device is offline. `event` names the end in a
+    /// lifecycle message.
+    private func forget(_ r: Registrations.Registration, reason: String, event: String?) {
+        for (_, ack) in waiting.removeValue(forKey: r.id) ?? [] { ack.retry(reason) }
+        pending = pending.filter { $0.value.registration != r.id }
+        if let link = links.removeValue(forKey: r.id) {
+            host.deviceDisconnected(link.identity, reason: reason)
             coap_session_release(link.session)
         }
-        if let r, let event { lifecycle(r, event) }
+        if let event { lifecycle(r, event) }
     }
 
     private func expire() {
-        for r in table.expire(now: Date().timeIntervalSince1970) {
-            pending = pending.filter { $0.value.registration != r.id }
-            for (_, ack) in waiting.removeValue(forKey: r.id) ?? [] { ack.retry("the registration's lifetime passed") }
-            if let link = links.removeValue(forKey: r.id) {
-                host.deviceDisconnected(link.identity, reason: "the registration's lifetime passed")
-                coap_session_release(link.session)
-            }
-            lifecycle(r, "expired")
-        }
+        for r in table.expire(now: Date().timeIntervalSince1970) { forget(r, reason: "the registration's lifetime passed", event: "expired") }
     }
 
     private func lifecycle(_ r: Registrations.Registration, _ event: String) {
