@@ -7,68 +7,47 @@ import IoTCPluginKit
 @Suite(.serialized) struct CoAPSourceTests {
     static let ownerKey = "iotc_coaptests01_" + String(repeating: "k", count: 40)
 
-    /// A hub with a CoAP source on UDP and DTLS, a durable telemetry pipeline and a non-durable events one.
-    final class Hub {
-        let dir = TempDir()
-        let udp = freePort(), dtls = freePort(), api = freePort()
-        let process: ChildProcess
-
-        /// `configure` may write files into the hub's folder and returns more settings for the source.
-        init(configure: (TempDir) throws -> String = { _ in "" }) throws {
-            let extra = try configure(dir)
-            let file = dir.write("coap.yaml", """
-                version: 1
-                sources:
-                  coap:
-                    plugin: coap
-                    listen: "127.0.0.1:\(udp)"
-                    dtls_listen: "127.0.0.1:\(dtls)"
-                    retry_after: 3s
-                \(extra)
-                sinks:
-                  out:
-                    plugin: file
-                    path: \(dir.path)/out.jsonl
-                pipelines:
-                  telemetry:
-                    from: [ "coap:devices/+/telemetry" ]
-                    durable: true
-                    to: [ out ]
-                  events:
-                    from: [ "coap:devices/+/events" ]
-                    to: [ out ]
-                  results:
-                    from: [ "coap:devices/+/results/+" ]
-                    to: [ out ]
-                auth:
-                  allow_anonymous: true
-                """)
-            process = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(api)", "--plugins", Build.directory],
-                                       environment: ["IOTC_BOOTSTRAP_KEY": CoAPSourceTests.ownerKey])
-            #expect(waitForPort(api), "\(process.log)")
-        }
-
-        var lines: [Value] { jsonLines(dir.path + "/out.jsonl") }
-
-        func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
-            http(method, "http://127.0.0.1:\(api)\(path)", body: body.map { Array($0.utf8) },
-                 headers: ["Authorization": "Bearer \(CoAPSourceTests.ownerKey)", "Content-Type": "application/json"]) ?? HTTPResult(status: 0, headers: [:], body: "")
-        }
-
-        deinit { process.stop() }
+    /// A hub with a CoAP source on UDP and DTLS, a durable telemetry pipeline, a non-durable events one
+    /// and one for command results. `configure` may write files into the hub's folder and returns more
+    /// settings for the source.
+    static func hub(configure: @escaping (TempDir) throws -> String = { _ in "" }) throws -> ServedHub {
+        try ServedHub(key: ownerKey) { hub in """
+            version: 1
+            sources:
+              coap:
+                plugin: coap
+                listen: "127.0.0.1:\(hub.udp)"
+                dtls_listen: "127.0.0.1:\(hub.dtls)"
+                retry_after: 3s
+            \(try configure(hub.dir))
+            sinks:
+              out:
+                plugin: file
+                path: \(hub.dir.path)/out.jsonl
+            pipelines:
+              telemetry:
+                from: [ "coap:devices/+/telemetry" ]
+                durable: true
+                to: [ out ]
+              events:
+                from: [ "coap:devices/+/events" ]
+                to: [ out ]
+              results:
+                from: [ "coap:devices/+/results/+" ]
+                to: [ out ]
+            auth:
+              allow_anonymous: true
+            """ }
     }
 
     static var client: String? { which("coap-client-openssl") }
 
-    func coap(_ args: [String]) throws -> String {
-        let client = try #require(Self.client, "coap-client-openssl is missing: run scripts/install-deps.sh test")
-        return try run(client, ["-B", "5"] + args).1
-    }
+    func coap(_ args: [String]) throws -> String { try coapClient(args) }
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
     @Test func takesTelemetryInEveryFormatAndRefusesBadPayloads() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         let base = "coap://127.0.0.1:\(hub.udp)"
         // Durable pipeline: answered once in the write-ahead log (a separate response); the payload and
         // the CoAP options survive.
@@ -103,7 +82,7 @@ import IoTCPluginKit
     }
 
     @Test func answersADuplicateAgainWithoutSubmittingItTwice() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         let socket = try UDPSocket(port: hub.udp)
         // CON POST /t/dev-d with message id 0x1234, token 0x42, Content-Format 50.
         let request: [UInt8] = [0x41, 0x02, 0x12, 0x34, 0x42, 0xB1] + Array("t".utf8) + [0x05] + Array("dev-d".utf8) + [0x11, 50, 0xFF] + Array(#"{"n":1}"#.utf8)
@@ -152,7 +131,7 @@ import IoTCPluginKit
     }
 
     @Test func authenticatesDTLSDevicesWithTheirRegistryKey() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-9"}"#).status == 201)
         let key = Array("0123456789abcdefghij".utf8)
         let hex = key.map { String(format: "%02x", $0) }.joined()
@@ -184,7 +163,7 @@ import IoTCPluginKit
     }
 
     @Test func sendsCommandsLargerThanADatagramBlockWise() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         let client = try #require(Self.client, "coap-client-openssl is missing: run scripts/install-deps.sh test")
         let blob = String(repeating: "y", count: 3000)
         // An observer gets the first block in the notification and fetches the rest (RFC 7959 §2.6).
@@ -206,7 +185,7 @@ import IoTCPluginKit
     }
 
     @Test func authenticatesDTLSDevicesByTheirRegisteredCertificate() throws {
-        let hub = try Hub { dir in
+        let hub = try Self.hub { dir in
             try makeTestCertificates(in: dir)
             // A second device certificate from the same CA, never registered.
             for args in [["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", dir.path + "/other.key", "-out", dir.path + "/other.csr", "-subj", "/CN=other"],
@@ -241,7 +220,7 @@ import IoTCPluginKit
     }
 
     @Test func deliversCommandsToObserversAndTakesTheirResults() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         let python = Build.packageRoot + "/.venv/bin/python"
         try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
         let device = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/coap_peers.py", "\(hub.udp)", "valve-3"])

@@ -8,63 +8,38 @@ import IoTCPluginKit
 @Suite(.serialized) struct LwM2MSourceTests {
     static let ownerKey = "iotc_lwm2mtests1_" + String(repeating: "k", count: 40)
 
-    final class Hub {
-        let dir = TempDir()
-        let udp = freePort(), dtls = freePort(), api = freePort()
-        let process: ChildProcess
-
-        /// `observe`: the paths observed at registration; `extra`: more settings of the lwm2m source.
-        init(observe: String = "[ /3303/0/5700 ]", extra: String = "") throws {
-            let file = dir.write("lwm2m.yaml", """
-                version: 1
-                sources:
-                  lw:
-                    plugin: lwm2m
-                    listen: "127.0.0.1:\(udp)"
-                    dtls_listen: "127.0.0.1:\(dtls)"
-                    observe: \(observe)
-                \(extra)
-                sinks:
-                  out:
-                    plugin: file
-                    path: \(dir.path)/out.jsonl
-                pipelines:
-                  devices:
-                    from: [ "lw:devices/+/telemetry", "lw:devices/+/lifecycle", "lw:devices/+/results/+" ]
-                    to: [ out ]
-                auth:
-                  allow_anonymous: true
-                """)
-            process = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(api)", "--plugins", Build.directory],
-                                       environment: ["IOTC_BOOTSTRAP_KEY": LwM2MSourceTests.ownerKey])
-            #expect(waitForPort(api), "\(process.log)")
-        }
-
-        var lines: [Value] { jsonLines(dir.path + "/out.jsonl") }
-
-        func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
-            http(method, "http://127.0.0.1:\(api)\(path)", body: body.map { Array($0.utf8) },
-                 headers: ["Authorization": "Bearer \(LwM2MSourceTests.ownerKey)", "Content-Type": "application/json"], timeout: 20) ?? HTTPResult(status: 0, headers: [:], body: "")
-        }
-
-        /// Sends a command and returns its final record (the API waits up to `timeout` for the answer).
-        func command(_ device: String, _ name: String, _ payload: String) throws -> Value {
-            let r = call("POST", "/v1/devices/\(device)/commands", #"{"name":"\#(name)","payload":\#(payload),"timeout":10}"#)
-            return try JSON.decode(r.body)
-        }
-
-        deinit { process.stop() }
+    /// A hub with an LwM2M source on UDP and DTLS whose telemetry, lifecycle messages and command
+    /// results go to one file. `observe`: the paths observed at registration; `extra`: more settings of
+    /// the lwm2m source.
+    static func hub(observe: String = "[ /3303/0/5700 ]", extra: String = "") throws -> ServedHub {
+        try ServedHub(key: ownerKey) { hub in """
+            version: 1
+            sources:
+              lw:
+                plugin: lwm2m
+                listen: "127.0.0.1:\(hub.udp)"
+                dtls_listen: "127.0.0.1:\(hub.dtls)"
+                observe: \(observe)
+            \(extra)
+            sinks:
+              out:
+                plugin: file
+                path: \(hub.dir.path)/out.jsonl
+            pipelines:
+              devices:
+                from: [ "lw:devices/+/telemetry", "lw:devices/+/lifecycle", "lw:devices/+/results/+" ]
+                to: [ out ]
+            auth:
+              allow_anonymous: true
+            """ }
     }
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
-    func coap(_ args: [String]) throws -> String {
-        let client = try #require(which("coap-client-openssl"), "coap-client-openssl is missing: run scripts/install-deps.sh test")
-        return try run(client, ["-B", "5"] + args).1
-    }
+    func coap(_ args: [String]) throws -> String { try coapClient(args) }
 
     @Test func registersIsManagedAndObservedAndDeregisters() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         let python = Build.packageRoot + "/.venv/bin/python"
         try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
         let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-7"], interactive: true)
@@ -135,7 +110,7 @@ import IoTCPluginKit
 
     @Test func holdsCommandsForAQueueModeClientUntilItSpeaks() throws {
         // Nothing observed: notifications would keep the client awake (a client that speaks listens).
-        let hub = try Hub(observe: "[]", extra: "    queue_mode_listen: 1s")
+        let hub = try Self.hub(observe: "[]", extra: "    queue_mode_listen: 1s")
         let python = Build.packageRoot + "/.venv/bin/python"
         try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
         let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "sleepy-1", "queue"], interactive: true)
@@ -157,7 +132,7 @@ import IoTCPluginKit
     }
 
     @Test func refusesBadRegistrationsAndEndsLapsedOnes() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         let rd = "coap://127.0.0.1:\(hub.udp)/rd"
         #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "\(rd)?lt=60"]).contains("4.00 ep (the endpoint name) is required"))
         #expect(try coap(["-m", "post", "-t", "40", "-e", "</3/0", "\(rd)?ep=a"]).contains("4.00 link format at character 1: unterminated target"))
@@ -179,7 +154,7 @@ import IoTCPluginKit
     }
 
     @Test func registersOverDTLSWithTheDevicesKeyOnly() throws {
-        let hub = try Hub()
+        let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-5"}"#).status == 201)
         let key = "lwm2m-key-0123456789"
         let hex = key.utf8.map { String(format: "%02x", $0) }.joined()

@@ -265,3 +265,43 @@ extension Value {
     /// The elements, when this is an array.
     var array: [Value]? { if case .array(let a) = self { a } else { nil } }
 }
+
+/// A hub started as users start it (`iotc serve`) on a pipeline file in its own folder, with an owner
+/// key for the API and free ports for the UDP and DTLS listeners of the CoAP and LwM2M tests. The file
+/// sink of those pipelines writes `out.jsonl` in the folder.
+final class ServedHub {
+    let dir = TempDir()
+    let udp = freePort(), dtls = freePort(), api = freePort()
+    let key: String
+    private var process: ChildProcess?
+
+    /// `pipelineFile` is the YAML, given the hub (its folder and ports).
+    init(key: String, pipelineFile: (ServedHub) throws -> String) throws {
+        self.key = key
+        let file = dir.write("hub.yaml", try pipelineFile(self))
+        let p = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(api)", "--plugins", Build.directory],
+                                 environment: ["IOTC_BOOTSTRAP_KEY": key])
+        process = p
+        #expect(waitForPort(api), "\(p.log)")
+    }
+
+    var lines: [Value] { jsonLines(dir.path + "/out.jsonl") }
+
+    func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
+        http(method, "http://127.0.0.1:\(api)\(path)", body: body.map { Array($0.utf8) },
+             headers: ["Authorization": "Bearer \(key)", "Content-Type": "application/json"], timeout: 20) ?? HTTPResult(status: 0, headers: [:], body: "")
+    }
+
+    /// Sends a command and returns its record (the API waits up to 10 s for the answer).
+    func command(_ device: String, _ name: String, _ payload: String) throws -> Value {
+        try JSON.decode(call("POST", "/v1/devices/\(device)/commands", #"{"name":"\#(name)","payload":\#(payload),"timeout":10}"#).body)
+    }
+
+    deinit { process?.stop() }
+}
+
+/// libcoap's client, waiting at most 5 s for an answer; its output (stdout and stderr).
+func coapClient(_ args: [String]) throws -> String {
+    let client = try #require(which("coap-client-openssl"), "coap-client-openssl is missing: run scripts/install-deps.sh test")
+    return try run(client, ["-B", "5"] + args).1
+}
