@@ -131,6 +131,23 @@ import IoTCPluginKit
         client.send("quit")
     }
 
+    @Test func aBadObjectDefinitionStopsTheStartWithItsLocation() throws {
+        let dir = TempDir()
+        let xml = dir.write("bad.xml", "<LWM2M><Object><Name>X</Name></Object></LWM2M>\n")
+        let file = dir.write("hub.yaml", """
+            sources:
+              lw: { plugin: lwm2m, listen: "127.0.0.1:\(freePort())", object_definitions: [ \(xml) ] }
+            sinks:
+              out: { plugin: file, path: \(dir.path)/out.jsonl }
+            pipelines:
+              t: { from: [ "lw:devices/+/telemetry" ], to: [ out ] }
+            """)
+        let (code, output) = try run(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(freePort())", "--plugins", Build.directory],
+                                     environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        #expect(code != 0)
+        #expect(output.contains("source 'lw' (lwm2m): object_definitions: \(xml):1:39: an <Object> needs a numeric <ObjectID>"), "\(output)")
+    }
+
     @Test func refusesBadRegistrationsAndEndsLapsedOnes() throws {
         let hub = try Self.hub()
         let rd = "coap://127.0.0.1:\(hub.udp)/rd"
