@@ -81,6 +81,28 @@ import IoTCPluginKit
         #expect(hub.lines.count == 4)
     }
 
+    @Test func answersAFullPipelineWith503AndMaxAge() throws {
+        // Nothing listens on the broker port: the sink reports backpressure, its queue and then the
+        // pipeline's fill, and the CoAP source answers 5.03 with Max-Age instead of buffering.
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              coap: { plugin: coap, listen: "127.0.0.1:\(hub.udp)", retry_after: 3s }
+            sinks:
+              broker: { plugin: mqtt_publish, server: "127.0.0.1:\(freePort())", queue_size: 2, reconnect_initial: 50ms }
+            pipelines:
+              t: { from: [ "coap:devices/+/telemetry" ], queue_size: 2, to: [ broker ] }
+            auth: { allow_anonymous: true }
+            """ }
+        var outputs: [String] = []
+        for i in 0..<12 {
+            outputs.append(try coap(["-m", "post", "-t", "json", "-e", #"{"n":\#(i)}"#, "coap://127.0.0.1:\(hub.udp)/t/pump-9", "-v", "7"]))
+        }
+        let changed = outputs.filter { $0.contains("c:2.04") }.count
+        let refused = outputs.filter { $0.contains("c:5.03") }
+        #expect(changed >= 2 && changed <= 9, "the queues bound what is taken: \(changed)")
+        #expect(!refused.isEmpty && refused.allSatisfy { $0.contains("Max-Age:3") }, "\(outputs.last ?? "")")
+    }
+
     @Test func answersADuplicateAgainWithoutSubmittingItTwice() throws {
         let hub = try Self.hub()
         let socket = try UDPSocket(port: hub.udp)
