@@ -14,6 +14,13 @@ public enum CommandTopics {
         return !u.isEmpty && u.count <= 128 && !u.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F }
     }
 
+    /// The device, command name and id of a command's topic, or nil when `topic` is not one.
+    public static func parseCommand(_ topic: String) -> (device: Substring, name: Substring, id: Substring)? {
+        let levels = topic.split(separator: "/", maxSplits: 5, omittingEmptySubsequences: false)
+        guard levels.count == 5, levels[0] == "devices", levels[2] == "commands", !levels[1].isEmpty, !levels[3].isEmpty, !levels[4].isEmpty else { return nil }
+        return (levels[1], levels[3], levels[4])
+    }
+
     /// The device and command id of an answer's topic, or nil when `topic` is not one.
     public static func parseResult(_ topic: String) -> (device: Substring, id: Substring)? {
         let levels = topic.split(separator: "/", maxSplits: 4, omittingEmptySubsequences: false)

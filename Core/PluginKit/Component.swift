@@ -15,6 +15,10 @@ public protocol Component: AnyObject, Sendable {
     static var fields: [ConfigField] { get }
 
     init(config: Config, host: PluginHost) throws
+    /// Checks a configuration beyond its field types (ranges, overlaps, references between fields),
+    /// for `iotc check` and the hub's start, which locate each finding at the field its path names.
+    /// The default finds nothing.
+    static func check(_ config: Config) -> [ConfigFinding]
     /// Binds sockets, connects, starts threads. Throwing fails the start of the hub with the error.
     func start() throws
     /// Stops taking new work and settles what is in flight. Blocks until done.
@@ -23,6 +27,7 @@ public protocol Component: AnyObject, Sendable {
 
 extension Component {
     public static var description: String { "" }
+    public static func check(_ config: Config) -> [ConfigFinding] { [] }
     public func start() throws {}
     public func stop() {}
 }
@@ -63,6 +68,28 @@ extension Sink {
 /// A transformation: one message in, zero or more out.
 public protocol Step: Component {
     func process(_ message: Message) throws -> [Message]
+}
+
+/// What a component's `check` found in its configuration.
+public struct ConfigFinding: Sendable, Equatable, CustomStringConvertible {
+    public enum Severity: UInt32, Sendable {
+        case error = 0, warning, note
+    }
+    public var severity: Severity
+    /// The field concerned, as keys and list indexes joined by dots (`devices.0.registers.3.address`);
+    /// empty for the whole component.
+    public var path: String
+    public var text: String
+    public var hint: String?
+
+    public init(_ severity: Severity = .error, at path: String, _ text: String, hint: String? = nil) {
+        self.severity = severity
+        self.path = path
+        self.text = text
+        self.hint = hint
+    }
+
+    public var description: String { (path.isEmpty ? "" : "\(path): ") + text + (hint.map { " (\($0))" } ?? "") }
 }
 
 /// An error with text for the kernel's located error messages.

@@ -94,6 +94,19 @@ public enum Plugin {
             guard let source = box(instance).source else { return 0 }
             return max(0, source.disconnect(identityHandle: handle, reason: String(reason)))
         }
+        c.check = { selfPointer, json, length, report, context in
+            guard let selfPointer, let report, let factory = selfPointer.pointee.user_data else { return }
+            let bytes = json.map { Data(bytes: $0, count: length) } ?? Data("{}".utf8)
+            // A config that does not decode is reported by create(), with the field it stopped at.
+            let findings = Unmanaged<ComponentFactory>.fromOpaque(factory).takeUnretainedValue().check(bytes)
+            for f in findings {
+                f.path.withIOTCString { p in
+                    f.text.withIOTCString { t in
+                        (f.hint ?? "").withIOTCString { h in report(context, f.severity.rawValue, p, t, h) }
+                    }
+                }
+            }
+        }
         c.process = { instance, message, emit, emitContext, err in
             guard let step = box(instance).step, let message, let emit else {
                 return IOTC_ERR_UNSUPPORTED
@@ -138,10 +151,17 @@ private func fill(_ err: UnsafeMutablePointer<iotc_error>?, _ code: Int32, _ tex
 
 final class ComponentFactory {
     let make: (Data, PluginHost) throws -> ComponentInstance
+    let check: (Data) -> [ConfigFinding]
     init<T: Component>(_ type: T.Type) {
         make = { json, host in
             let config = try JSONDecoder().decode(T.Config.self, from: json)
+            // The checks `iotc check` runs hold at start too, for configs that never went through it.
+            if let error = T.check(config).first(where: { $0.severity == .error }) { throw PluginError(error.description) }
             return ComponentInstance(try T(config: config, host: host), host: host)
+        }
+        check = { json in
+            guard let config = try? JSONDecoder().decode(T.Config.self, from: json) else { return [] }
+            return T.check(config)
         }
     }
 }

@@ -121,6 +121,18 @@ public final class PluginHost: @unchecked Sendable {
         return nil
     }
 
+    /// An identity for a device this source reaches itself (one it polls), named by its own
+    /// configuration; for presence and for commands routed to the source. Nil when the kernel predates
+    /// the call or the tenant or id cannot name a device.
+    public func claim(tenant: String, device: String) -> Identity? {
+        guard let f = raw.pointee.claim_device else { return nil }
+        var out = iotc_identity()
+        out.struct_size = UInt32(MemoryLayout<iotc_identity>.size)
+        let r = tenant.withIOTCString { t in device.withIOTCString { d in f(raw.pointee.ctx, t, d, &out) } }
+        guard r == IOTC_OK else { return nil }
+        return Identity(host: self, tenant: String(out.tenant), device: String(out.device), handle: out.handle)
+    }
+
     /// May this identity do `action` on this canonical topic?
     public func authorize(_ identity: Identity, _ action: Action, topic: String) -> Bool {
         topic.withIOTCString { t in

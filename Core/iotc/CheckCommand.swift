@@ -7,6 +7,7 @@ struct Check: ParsableCommand {
 
     @OptionGroup var plugins: PluginOptions
     @Flag(help: "Report unset ${env:...} variables as warnings (to check files away from their secrets).") var ignoreMissingEnv = false
+    @Flag(name: .shortAndLong, help: "Also print the notes plugins derive from their configs (such as a Modbus source's request plan).") var verbose = false
     @Argument(help: "Pipeline files.") var files: [String]
 
     func run() throws {
@@ -14,9 +15,10 @@ struct Check: ParsableCommand {
         do {
             let (config, warnings) = try HubConfigLoader(catalog: set.catalog, missingEnvironmentIsWarning: ignoreMissingEnv).load(files: files)
             printDiagnostics(warnings)
+            if verbose { for n in config.notes { print(n) } }
             print("ok: \(config.sources.count) sources, \(config.sinks.count) sinks, \(config.pipelines.count) pipelines" + (warnings.isEmpty ? "" : ", \(warnings.count) warnings"))
         } catch {
-            printDiagnostics(error.diagnostics)
+            printDiagnostics(error.diagnostics.filter { verbose || $0.severity != .note })
             FileHandle.standardError.write(Data("\(error.diagnostics.filter { $0.severity == .error }.count) error(s)\n".utf8))
             throw ExitCode(1)
         }

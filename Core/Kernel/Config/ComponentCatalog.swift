@@ -14,6 +14,19 @@ public struct ComponentCatalog: Sendable {
         public var summary: String
         public var description: String
         public var fields: [ConfigField]
+        /// The component's own checks of a config (`iotc_component.check`); nil when it has none.
+        public var check: (@Sendable (Value.Object) -> [ConfigFinding])?
+
+        public init(name: String, kind: ComponentKind, plugin: String, summary: String, description: String, fields: [ConfigField],
+                    check: (@Sendable (Value.Object) -> [ConfigFinding])? = nil) {
+            self.name = name
+            self.kind = kind
+            self.plugin = plugin
+            self.summary = summary
+            self.description = description
+            self.fields = fields
+            self.check = check
+        }
     }
 
     /// Components the kernel provides itself: in every catalog, documented and in the schema like

@@ -16,7 +16,8 @@ public struct SourceLocation: Sendable, Equatable, CustomStringConvertible {
 
 /// One problem found in a pipeline file: where, what, and how to fix it.
 public struct Diagnostic: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Severity: String, Sendable { case error, warning }
+    /// A note is information, not a problem: a plan a plugin derived from its config.
+    public enum Severity: String, Sendable { case error, warning, note }
     public var location: SourceLocation
     public var severity: Severity
     public var message: String

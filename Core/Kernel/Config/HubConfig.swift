@@ -10,6 +10,8 @@ public struct HubConfig: Sendable {
     public var limits = LimitsConfig()
     public var access = TopicAccess()
     public var files: [String] = []
+    /// What plugins' checks derived from their configs (a Modbus source's request plan), for `iotc check`.
+    public var notes: [Diagnostic] = []
 
     public func source(_ name: String) -> ComponentConfig? { sources.first { $0.name == name } }
     public func sink(_ name: String) -> ComponentConfig? { sinks.first { $0.name == name } }

@@ -84,7 +84,8 @@ public struct HubConfigLoader: Sendable {
         ConfigField("access", .object(accessFields), "Which topics devices may use, per device profile.", default: "{}"),
     ]
 
-    /// Loads and checks files; throws every error found (warnings are returned).
+    /// Loads and checks files; throws every error found (warnings are returned, plugins' notes are in
+    /// the config's `notes`).
     public func load(files: [String]) throws(ConfigurationError) -> (HubConfig, [Diagnostic]) {
         var texts: [(String, String)] = []
         var d = Diagnostics()
@@ -216,7 +217,8 @@ public struct HubConfigLoader: Sendable {
         }
         d.sort()
         if d.hasErrors { throw ConfigurationError(diagnostics: d.items) }
-        return (config, d.items)
+        config.notes = d.items.filter { $0.severity == .note }
+        return (config, d.items.filter { $0.severity != .note })
     }
 
     private func mappingPairs(_ node: YAMLNode, _ context: String, _ d: inout Diagnostics) -> [(String, SourceLocation, YAMLNode)] {
@@ -247,6 +249,7 @@ public struct HubConfigLoader: Sendable {
             return nil
         }
         let kernelFields = kind == .sink ? Self.sinkFields : Self.sourceFields
+        let errorsBefore = v.diagnostics.errors.count
         var config = v.object(node, fields: entry.fields + kernelFields.filter { $0.name != "plugin" }, context: context, ignoring: ["plugin"])
         var c = ComponentConfig(name: name, component: plugin, config: Value.Object(), location: loc)
         c.secretFields = entry.fields.filter(\.secret).map(\.name)
@@ -261,6 +264,18 @@ public struct HubConfigLoader: Sendable {
         }
         for f in kernelFields { config[f.name] = nil }
         c.config = config
+        // The plugin's own checks, on a config whose fields are all well typed.
+        if let check = entry.check, v.diagnostics.errors.count == errorsBefore {
+            for f in check(config) {
+                let at = node.descendant(f.path)
+                let text = "\(context): \(f.text)"
+                switch f.severity {
+                case .error: v.diagnostics.error(at.location, text, hint: f.hint)
+                case .warning: v.diagnostics.warning(at.location, text, hint: f.hint)
+                case .note: v.diagnostics.append(Diagnostic(.note, at: at.location, text, hint: f.hint))
+                }
+            }
+        }
         return c
     }
 

@@ -54,6 +54,25 @@ public indirect enum YAMLNode: Sendable {
         return pairs.first { $0.key == key }?.value
     }
 
+    /// The node a dotted path of keys and list indexes names (`devices.0.registers.3.address`), or
+    /// the deepest one that exists on the way.
+    func descendant(_ path: String) -> YAMLNode {
+        var node = self
+        for part in path.split(separator: ".") {
+            switch node {
+            case .mapping(let pairs, _):
+                guard let next = pairs.first(where: { $0.key == part })?.value else { return node }
+                node = next
+            case .sequence(let items, _):
+                guard let i = Int(part), items.indices.contains(i) else { return node }
+                node = items[i]
+            case .scalar:
+                return node
+            }
+        }
+        return node
+    }
+
     /// Parses YAML text. Syntax errors and duplicate keys come back as located diagnostics.
     public static func parse(_ text: String, file: String) throws(ConfigurationError) -> YAMLNode? {
         let root: Node?

@@ -14,6 +14,8 @@ protocol HostServices: AnyObject, Sendable {
     func presharedKey(from: ComponentInstance, identity: String, remoteAddress: String) -> (GrantedIdentity, UInt64, [UInt8])?
     /// A device's attributes as a JSON object, as `iotc_host.device_attributes` answers.
     func attributes(handle: UInt64) -> [UInt8]?
+    /// An identity for a device the source's configuration names, as `iotc_host.claim_device` grants.
+    func claim(from: ComponentInstance, tenant: String, device: String) -> (GrantedIdentity, UInt64)?
     func authorize(from: ComponentInstance, handle: UInt64, action: UInt32, topic: String) -> Bool
     func releaseIdentity(_ handle: UInt64)
     func deviceConnected(from: ComponentInstance, handle: UInt64, remote: String)
@@ -69,6 +71,7 @@ final class ComponentInstance: @unchecked Sendable {
         h.ack_batch = hostAckBatch
         h.preshared_key = hostPresharedKey
         h.device_attributes = hostDeviceAttributes
+        h.claim_device = hostClaimDevice
         host.initialize(to: h)
         host.pointee.ctx = Unmanaged.passUnretained(self).toOpaque()
         let json = JSON.encode(.object(config))
@@ -211,6 +214,17 @@ private let hostPresharedKey: @convention(c) (UnsafeMutableRawPointer?, iotc_str
     }
     keyLength.pointee = bytes.count
     if let key, bytes.count <= capacity { key.update(from: bytes, count: bytes.count) }
+    out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
+    out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)
+    out.pointee.handle = handle
+    return IOTC_OK
+}
+
+private let hostClaimDevice: @convention(c) (UnsafeMutableRawPointer?, iotc_str, iotc_str, UnsafeMutablePointer<iotc_identity>?) -> Int32 = {
+    ctx, tenant, device, out in
+    guard let ctx, let out else { return IOTC_ERR_INVALID }
+    let me = ComponentInstance.from(ctx)
+    guard let (identity, handle) = me.services?.claim(from: me, tenant: String(tenant), device: String(device)) else { return IOTC_ERR_INVALID }
     out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
     out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)
     out.pointee.handle = handle

@@ -29,6 +29,11 @@ public final class PluginLibrary: @unchecked Sendable {
 public struct LoadedComponent: @unchecked Sendable {
     public let entry: ComponentCatalog.Entry
     let raw: UnsafePointer<iotc_component>
+
+    /// A descriptor pointer closures may capture: descriptors live as long as the process.
+    struct Pointer: @unchecked Sendable {
+        let raw: UnsafePointer<iotc_component>
+    }
 }
 
 /// Why a plugin could not be loaded; always names the file.
@@ -128,7 +133,7 @@ public enum PluginLoader {
                 name: cname, kind: kind, plugin: name,
                 summary: c.pointee.summary.map { String(cString: $0) } ?? "",
                 description: c.pointee.description.map { String(cString: $0) } ?? "",
-                fields: fields)
+                fields: fields, check: checker(c))
             components.append(LoadedComponent(entry: e, raw: c))
         }
         return PluginLibrary(path: path, name: name, version: d.version.map { String(cString: $0) } ?? "",
@@ -137,6 +142,34 @@ public enum PluginLoader {
     }
 
     private static func versions(_ v: [UInt32]) -> String { v.map(String.init).joined(separator: ", ") }
+
+    /// The component's own config checks, when its descriptor is large enough to have the slot and
+    /// fills it.
+    private static func checker(_ c: UnsafePointer<iotc_component>) -> (@Sendable (Value.Object) -> [ConfigFinding])? {
+        guard Int(c.pointee.struct_size) >= MemoryLayout<iotc_component>.offset(of: \.check)! + MemoryLayout<UnsafeRawPointer>.size,
+              c.pointee.check != nil else { return nil }
+        let component = LoadedComponent.Pointer(raw: c)
+        return { config in
+            let collector = FindingCollector()
+            let json = JSON.encode(.object(config))
+            json.withUnsafeBufferPointer { j in
+                j.withMemoryRebound(to: CChar.self) { text in
+                    component.raw.pointee.check?(component.raw, text.baseAddress, text.count, { context, severity, path, message, hint in
+                        guard let context else { return }
+                        let h = String(hint)
+                        Unmanaged<FindingCollector>.fromOpaque(context).takeUnretainedValue().findings.append(ConfigFinding(
+                            ConfigFinding.Severity(rawValue: severity) ?? .error, at: String(path), String(message), hint: h.isEmpty ? nil : h))
+                    }, Unmanaged.passUnretained(collector).toOpaque())
+                }
+            }
+            return withExtendedLifetime(collector) { collector.findings }
+        }
+    }
+}
+
+/// Where a component's check() reports land during the call.
+private final class FindingCollector {
+    var findings: [ConfigFinding] = []
 }
 
 /// The components of a set of plugins, as the config loader and the runtime need them.

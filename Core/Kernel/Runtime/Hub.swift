@@ -397,6 +397,14 @@ public final class Hub: HostServices, @unchecked Sendable {
         return (granted, handle, key)
     }
 
+    /// An identity for a device a source reaches itself and names in its configuration (a PLC it
+    /// polls): no credentials, since the operator wrote it into the pipeline file. Sources only.
+    func claim(from: ComponentInstance, tenant: String, device: String) -> (GrantedIdentity, UInt64)? {
+        let tenant = tenant.isEmpty ? "default" : tenant
+        guard from.kind == .source, CommandTopics.isDeviceID(tenant), CommandTopics.isDeviceID(device) else { return nil }
+        return admit(from: from, tenant: tenant, device: device, registered: nil, remoteAddress: "")
+    }
+
     /// The attributes of the device authenticated as `handle`, as a JSON object (`{}` for none); nil
     /// for an unknown handle.
     func attributes(handle: UInt64) -> [UInt8]? {

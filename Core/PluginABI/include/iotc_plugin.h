@@ -210,10 +210,23 @@ typedef struct iotc_host {
      * predate it, so check first. */
     int32_t (*device_attributes)(void *ctx, uint64_t identity_handle, uint8_t *buffer, size_t capacity, size_t *length);
 
-    void *reserved[4];
+    /* Sources that reach devices themselves (a Modbus master polling PLCs): an identity for a device
+     * the source's own configuration names, granted without credentials since the operator wrote it
+     * into the pipeline file. Use it with device_connected and device_disconnected (presence, and
+     * commands routed to this source) and release it like any other. IOTC_ERR_INVALID for a tenant or
+     * device id that cannot name a device. Taken from a reserved slot: NULL from kernels that predate
+     * it, so check first. */
+    int32_t (*claim_device)(void *ctx, iotc_str tenant, iotc_str device, iotc_identity *identity);
+
+    void *reserved[3];
 } iotc_host;
 
 /* ---- Config specs -------------------------------------------------------------------------------- */
+
+/* Severities of check() findings. */
+#define IOTC_CHECK_ERROR 0u
+#define IOTC_CHECK_WARNING 1u
+#define IOTC_CHECK_NOTE 2u
 
 /* Field types. */
 #define IOTC_FIELD_STRING 0u
@@ -306,7 +319,18 @@ typedef struct iotc_component {
      * NULL when the source holds no long-lived connections. */
     size_t (*disconnect)(void *instance, uint64_t identity_handle, iotc_str reason);
 
-    void *reserved[6];
+    /* Checks a configuration beyond what the field spec says (ranges, overlaps, references between
+     * fields) without creating an instance; `iotc check` and the hub's start call it with the config
+     * create() would get. report() is called once per finding with its severity, the path of the field
+     * it concerns within the config ("devices.0.registers.3.address"; empty for the whole component),
+     * which the kernel turns into the file:line:column of that field, and the text (and hint, may be
+     * empty). A note is information the operator may want (a plan the plugin derived from the config).
+     * Taken from a reserved slot: NULL when the component has no checks of its own. */
+    void (*check)(const struct iotc_component *self, const char *config_json, size_t config_len,
+                  void (*report)(void *report_ctx, uint32_t severity, iotc_str path, iotc_str text, iotc_str hint),
+                  void *report_ctx);
+
+    void *reserved[5];
 } iotc_component;
 
 /* What a plugin library describes of itself. */
