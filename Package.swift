@@ -44,6 +44,7 @@ let package = Package(
         .library(name: "iotc-plugin-mqtt", type: .dynamic, targets: ["MQTTPlugin"]),
         .library(name: "iotc-plugin-coap", type: .dynamic, targets: ["CoAPPlugin"]),
         .library(name: "iotc-plugin-lwm2m", type: .dynamic, targets: ["LwM2MPlugin"]),
+        .library(name: "iotc-plugin-modbus", type: .dynamic, targets: ["ModbusPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -157,6 +158,11 @@ let package = Package(
         plugin("CoAPPlugin", folder: "CoAP", dependencies: [
             "CCoAP", "CoAPRuntime", .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
+        // libmodbus 3.1 (Debian's libmodbus-dev) for the Modbus master, and the register maps without
+        // I/O: types, byte orders, checks and the read plan, for the source and its tests.
+        .systemLibrary(name: "CModbus", path: "Plugins/Modbus/Sources/CModbus", pkgConfig: "libmodbus", providers: [.apt(["libmodbus-dev"])]),
+        .target(name: "ModbusMap", dependencies: ["IoTCPluginKit"], path: "Plugins/Modbus/Sources/ModbusMap"),
+        plugin("ModbusPlugin", folder: "Modbus", dependencies: ["CModbus", "ModbusMap"]),
         .testTarget(
             name: "KernelTests",
             dependencies: [
@@ -169,7 +175,7 @@ let package = Package(
         .testTarget(
             name: "PluginTests",
             dependencies: [
-                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime", "LwM2MCodec",
+                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime", "LwM2MCodec", "ModbusMap",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

@@ -126,6 +126,53 @@ let testCatalog = ComponentCatalog([
         ])
     }
 
+    /// A plugin's own checks (`iotc_component.check`) come back through the ABI with the path of the
+    /// field concerned, which the loader turns into that field's place in the file; its notes (here the
+    /// Modbus read plan) stay out of the errors and warnings.
+    @Test func locatesAPluginsOwnFindingsAtTheFieldTheyConcern() throws {
+        func errors(_ yaml: String) -> [String] {
+            do {
+                _ = try HubConfigLoader(catalog: Build.plugins.catalog).load(texts: [("site.yaml", yaml)])
+                return []
+            } catch {
+                return error.diagnostics.filter { $0.severity == .error }.map(\.description)
+            }
+        }
+        let e = errors("""
+            sources:
+              plant:
+                plugin: modbus
+                devices:
+                  - device: meter-1
+                    tcp: 127.0.0.1:5020
+                    registers:
+                      - { name: power, address: 0, type: float32 }
+                      - { name: status, address: 1 }
+                  - device: meter-2
+                    unit: 300
+                    tcp: 127.0.0.1:5020
+                    groups:
+                      - name: slow
+                        registers: [ { name: flags, address: 7, bit: 15, bits: 2 } ]
+            """)
+        #expect(e == [
+            "site.yaml:9:38: error: source 'plant': 'status' (holding registers 1–1) overlaps 'power' (0–1) (each register or bit belongs to one value, except disjoint bit fields of one register)",
+            "site.yaml:11:15: error: source 'plant': unit 300 is out of range 0 to 255",
+            "site.yaml:15:68: error: source 'plant': a 2-bit field from bit 15 does not fit in a 16-bit register",
+        ])
+        let config = try HubConfigLoader(catalog: Build.plugins.catalog).load(texts: [("site.yaml", """
+            sources:
+              plant:
+                plugin: modbus
+                devices:
+                  - { device: meter-1, tcp: "127.0.0.1:5020", registers: [ { name: power, address: 0, type: float32 }, { name: status, address: 2 } ] }
+            """)])
+        #expect(config.1.isEmpty)
+        #expect(config.0.notes.map(\.description) == [
+            "site.yaml:5:9: note: source 'plant': device 'meter-1' group 'default' every 10s: 1 read: holding registers 0–2 (power, status)",
+        ])
+    }
+
     @Test func reportsYAMLSyntaxErrors() {
         #expect(errors("sources:\n  a: [1,\n").first?.hasPrefix("site.yaml:3:1: error: invalid YAML") == true)
         #expect(errors("sources:\n  a: { plugin: http }\n  a: { plugin: http }\n").first?.contains("duplicate key 'a'") == true)
