@@ -8,7 +8,7 @@ set -euo pipefail
 want=(curl ca-certificates pkg-config libsqlite3-dev libcoap3-dev libmodbus-dev)
 case "${1:-run}" in
   run) ;;
-  test) want+=(mosquitto mosquitto-clients libcoap3-bin python3 coreutils binutils gcc openssl postgresql) ;;
+  test) want+=(mosquitto mosquitto-clients libcoap3-bin mbpoll socat python3 coreutils binutils gcc openssl postgresql) ;;
   bench) want+=(mosquitto mosquitto-clients libcoap3-bin python3 nginx-light wrk) ;;
   fuzz) ;;  # the Swift toolchain carries libFuzzer
   *) echo "usage: $0 run|test|bench|fuzz" >&2; exit 2 ;;

@@ -109,7 +109,13 @@ final class ChildProcess {
     }
 
     /// Writes a line to its standard input.
-    func send(_ line: String) { input?.fileHandleForWriting.write(Data((line + "\n").utf8)) }
+    func send(_ line: String) {
+        // A child that has exited closed its end: the write fails (EPIPE, SIGPIPE ignored) instead of
+        // ending the test run.
+        Glibc.signal(SIGPIPE, SIG_IGN)
+        guard process.isRunning else { return }
+        try? input?.fileHandleForWriting.write(contentsOf: Data((line + "\n").utf8))
+    }
 
     var log: String { (try? String(contentsOf: output, encoding: .utf8)) ?? "" }
     var pid: Int32 { process.processIdentifier }
