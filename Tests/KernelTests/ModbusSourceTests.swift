@@ -238,6 +238,40 @@ final class ModbusPeer {
         _ = socat
     }
 
+    /// With `send: changes`, a poll sends only what moved beyond its deadband, and nothing when nothing
+    /// did; an RTU device whose answers fail their CRC is reported as such.
+    @Test func sendsOnlyChangesBeyondTheDeadbandAndReportsCRCErrors() throws {
+        let port = freePort()
+        let peer = try ModbusPeer(["tcp", "\(port)"])
+        peer.set("hr", 0, [100, 7])
+        let dir = TempDir()
+        let (socat, hubEnd, deviceEnd) = try Self.serialPair(dir)
+        let noisy = try ModbusPeer(["badcrc", deviceEnd])
+        let hub = try Self.hub("""
+                  - device: boiler
+                    tcp: "127.0.0.1:\(port)"
+                    interval: 200ms
+                    send: changes
+                    registers: [ { name: temperature, address: 0, scale: 0.1, deadband: 0.5 }, { name: state, address: 1 } ]
+                  - { device: line, serial: { port: "\(hubEnd)", baud: 19200 }, timeout: 300ms, interval: 300ms, registers: [ { name: a, address: 0 } ] }
+            """)
+        #expect(eventually(timeout: 10) { polls(hub, "boiler").count == 1 })
+        #expect(polls(hub, "boiler")[0]["payload"] == ["temperature": 10.0, "state": 7], "\(polls(hub, "boiler"))")
+        peer.set("hr", 0, [103])  // 10.3: within the deadband
+        Thread.sleep(forTimeInterval: 1)
+        #expect(polls(hub, "boiler").count == 1, "\(polls(hub, "boiler"))")
+        peer.set("hr", 0, [106])  // 10.6: 0.6 from the 10.0 last sent
+        #expect(eventually(timeout: 5) { polls(hub, "boiler").count == 2 })
+        #expect(polls(hub, "boiler")[1]["payload"]?["temperature"]?.number.map { abs($0 - 10.6) < 1e-9 } == true
+                && polls(hub, "boiler")[1]["payload"]?["state"] == nil, "\(polls(hub, "boiler"))")
+        peer.set("hr", 1, [8])
+        #expect(eventually(timeout: 5) { polls(hub, "boiler").count == 3 })
+        #expect(polls(hub, "boiler")[2]["payload"] == ["state": 8], "\(polls(hub, "boiler"))")
+
+        #expect(eventually(timeout: 10) { events(hub, "line").first?["error"] == "crc" }, "\(events(hub, "line")) \(noisy.process.log)")
+        _ = socat
+    }
+
     func events(_ hub: ServedHub, _ device: String) -> [Value] {
         hub.lines.filter { text($0["kind"]) == "event" && text($0["device"]) == device }.compactMap { $0["payload"] }
     }

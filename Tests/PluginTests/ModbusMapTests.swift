@@ -60,7 +60,7 @@ import Testing
 
     @Test func scaleOffsetAndBitFieldsApplyBothWays() throws {
         let scaled = Field(name: "t", address: 0, type: .int16, scale: 0.1, offset: -40)
-        #expect(scaled.decode(registers: [615][...]) == .double(615 * 0.1 - 40))
+        #expect(scaled.decode(registers: [615][...]) == .double(21.5))
         #expect(try scaled.encode(.double(21.5)) == .registers([615]))
         #expect(throws: MapError.self) { try scaled.encode(.double(4000)) }  // 44000 raw is past int16
         let alarm = Field(name: "alarm", address: 3, bit: 4)

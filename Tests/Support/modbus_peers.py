@@ -4,6 +4,7 @@
     modbus_peers.py rtu DEVICE [BAUD]            an RTU server (units 1 and 2) on a serial device (a pty)
     modbus_peers.py silent PORT                  takes connections and requests, never answers
     modbus_peers.py garbage PORT                 answers every request with one register, whatever was asked
+    modbus_peers.py badcrc DEVICE                an RTU device whose answers all fail their CRC
 
 Every unit holds 300 coils, discrete inputs, holding and input registers at protocol addresses 0-299,
 all zero; reading past them is exception 2. Lines on stdin drive it:
@@ -135,6 +136,17 @@ def garbage(header, body):
     return header[0:4] + (5).to_bytes(2, "big") + body[0:1] + bytes([body[1], 2, 0, 1])
 
 
+def badcrc(device):
+    import serial  # pyserial, which pymodbus's serial server uses too
+
+    line = serial.Serial(device, 19200, timeout=0.05)
+    say("ready", device)
+    while True:
+        request = line.read(8)  # a read request: unit, function, address, count, CRC
+        if len(request) == 8:
+            line.write(bytes([request[0], request[1], 2, 0, 1, 0xDE, 0xAD]))
+
+
 def main():
     mode = sys.argv[1]
     if mode == "tcp":
@@ -144,6 +156,8 @@ def main():
         asyncio.run(rtu(sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 19200))
     elif mode == "silent":
         asyncio.run(raw(int(sys.argv[2]), lambda h, b: None))
+    elif mode == "badcrc":
+        badcrc(sys.argv[2])
     elif mode == "garbage":
         asyncio.run(raw(int(sys.argv[2]), garbage))
     else:

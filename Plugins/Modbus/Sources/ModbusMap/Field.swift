@@ -154,7 +154,10 @@ public struct Field: Sendable, Equatable {
     /// become null, which JSON can carry.
     private func number(_ d: Double, exact: Value?) -> Value {
         if scaled {
-            let v = d * scale + offset
+            // A decimal scale (0.1, 0.01) divides by its inverse, which is exact: 615 × 0.1 would be
+            // 61.50000000000001, 615 / 10 is 61.5.
+            let inverse = (1 / scale).rounded()
+            let v = (abs(1 / scale - inverse) < 1e-9 && inverse != 0 ? d / inverse : d * scale) + offset
             return v.isFinite ? .double(v) : .null
         }
         if let exact { return exact }
