@@ -40,7 +40,7 @@ docs-check:
 	.build/debug/iotc docs --out docs --check
 
 ## Benchmarks (release build): HTTP ingest against nginx, start-up time and idle memory; the MQTT server
-## against mosquitto. Prints figures.
+## against mosquitto, CoAP against libcoap, Modbus polling jitter, the store. Prints figures.
 bench:
 	scripts/install-deps.sh bench
 	swift build -c release $(SWIFT_BUILD_FLAGS)
@@ -48,6 +48,7 @@ bench:
 	Benchmarks/mqtt.sh .build/release
 	Benchmarks/mqtt-auth.sh .build/release
 	Benchmarks/coap.sh .build/release
+	Benchmarks/modbus.sh .build/release
 	.build/release/iotc bench store
 
 ## Fuzz the decoders (JSON, CBOR, expressions, MQTT) with libFuzzer; FUZZ_SECONDS each (default 60).

@@ -28,8 +28,9 @@ if ((${#missing[@]})); then
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Python test peers (paho-mqtt, aiomqtt) in a virtualenv beside the package, for `make test`.
-if [ "${1:-run}" = test ]; then
+# Python test peers (paho-mqtt, aiomqtt, aiocoap, pymodbus) in a virtualenv beside the package, for
+# `make test` and the Modbus benchmark's simulated devices.
+if [ "${1:-run}" = test ] || [ "${1:-run}" = bench ]; then
   root=$(cd "$(dirname "$0")/.." && pwd)
   req="$root/Tests/Support/requirements.txt"
   if [ ! -x "$root/.venv/bin/python" ] || ! cmp -s "$req" "$root/.venv/requirements.txt"; then

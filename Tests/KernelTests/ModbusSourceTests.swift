@@ -333,6 +333,8 @@ final class ModbusPeer {
         #expect((back["failed_polls"]?.number ?? 0) >= 1, "\(back)")
         device = try JSON.decode(Array(hub.call("GET", "/v1/devices/good").body.utf8))
         #expect(device["state"]?["connected"] == .bool(true), "\(device)")
+        // The hub stops cleanly on SIGTERM, with a poller waiting on the silent server.
+        #expect(hub.stop(timeout: 10) == 0)
         _ = (silent, garbage)
     }
 }

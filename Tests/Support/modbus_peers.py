@@ -1,6 +1,7 @@
 """Modbus servers for the hub's tests and benchmark, on pymodbus (real Modbus TCP and RTU stacks).
 
-    modbus_peers.py tcp PORT[,PORT...] [UNITS]   TCP servers on 127.0.0.1, each with units 1..UNITS (2)
+    modbus_peers.py tcp PORT[,PORT...] [UNITS]   TCP servers on 127.0.0.1, each with units 1..UNITS (2); with
+                                                 MODBUS_TRACE=FILE, each request's arrival time goes to FILE
     modbus_peers.py rtu DEVICE [BAUD]            an RTU server (units 1 and 2) on a serial device (a pty)
     modbus_peers.py silent PORT                  takes connections and requests, never answers
     modbus_peers.py garbage PORT                 answers every request with one register, whatever was asked
@@ -15,7 +16,9 @@ all zero; reading past them is exception 2. Lines on stdin drive it:
     quit
 """
 import asyncio
+import os
 import sys
+import time
 
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -82,8 +85,15 @@ async def tcp(ports, units):
     ctx = context(range(1, units + 1))
     servers = {}
 
+    trace = open(os.environ["MODBUS_TRACE"], "a", buffering=1) if os.environ.get("MODBUS_TRACE") else None
+
     async def start(port):
-        server = ModbusTcpServer(ctx, address=("127.0.0.1", port))
+        def arrived(sending, packet):
+            # The time each request arrives, by port, for the benchmark's own view of the poll grid.
+            if not sending:
+                trace.write(f"{port} {time.time() * 1000:.1f}\n")
+            return packet
+        server = ModbusTcpServer(ctx, address=("127.0.0.1", port), trace_packet=arrived if trace else None)
         asyncio.create_task(server.serve_forever())
         for _ in range(100):
             if server.transport is not None:

@@ -231,6 +231,9 @@ public final class Hub: HostServices, @unchecked Sendable {
             pipelines = [:]
             sinks = [:]
         }
+        // The last references go here, outside the lock: a plugin instance's teardown may call back
+        // into the hub (releasing the identities it held).
+        withExtendedLifetime((srcs, pipes, snks)) {}
     }
 
     private static func same(_ a: ComponentConfig, _ b: ComponentConfig) -> Bool {

@@ -47,6 +47,8 @@ final class Poller: @unchecked Sendable {
         thread = nil
         wire.close()
         for d in devices where d.connected { if let id = d.identity { host.deviceDisconnected(id, reason: "the modbus source stopped") } }
+        // The identities go back to the kernel now rather than whenever the poller is freed.
+        devices = []
     }
 
     /// Queues a command for a device behind this connection; it runs between polls.
