@@ -108,6 +108,37 @@ import IoTCPluginKit
         client.send("quit")
     }
 
+    /// A pipeline drives an operation: each registration becomes a read of the battery level through
+    /// the `downlink` sink, named by the command's topic, and the answer comes back under that id.
+    @Test func aPipelineReadsEachClientAsItRegisters() throws {
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              lw: { plugin: lwm2m, listen: "127.0.0.1:\(hub.udp)", observe: [] }
+            sinks:
+              out: { plugin: file, path: \(hub.dir.path)/out.jsonl }
+              down: { plugin: downlink, source: lw }
+            pipelines:
+              results: { from: [ "lw:devices/+/results/+" ], to: [ out ] }
+              onboard:
+                from: [ "lw:devices/+/lifecycle" ]
+                steps:
+                  - decode: json
+                  - filter: "event == 'registered'"
+                  - map: { path: "'/3/0/9'" }
+                  - set: { msg.topic: "'devices/' + msg.device + '/commands/read/battery-' + msg.device", msg.kind: "'command'" }
+                  - encode: json
+                to: [ down ]
+            auth:
+              allow_anonymous: true
+            """ }
+        let python = Build.packageRoot + "/.venv/bin/python"
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-9"], interactive: true)
+        #expect(eventually(timeout: 15) { hub.lines.contains { text($0["kind"]) == "command_result" } }, "\(client.log) \(hub.lines)")
+        let result = try #require(hub.lines.first { text($0["kind"]) == "command_result" })
+        #expect(text(result["topic"]) == "devices/node-9/results/battery-node-9" && result["payload"]?["values"]?["/3/0/9"] == .int(87), "\(result)")
+        client.send("quit")
+    }
+
     @Test func holdsCommandsForAQueueModeClientUntilItSpeaks() throws {
         // Nothing observed: notifications would keep the client awake (a client that speaks listens).
         let hub = try Self.hub(observe: "[]", extra: "    queue_mode_listen: 1s")

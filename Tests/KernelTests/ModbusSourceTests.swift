@@ -125,7 +125,6 @@ final class ModbusPeer {
                     interval: 200ms
                     registers:
                       \(registers.map { "- " + $0 }.joined(separator: "\n          "))
-                      - { name: label, address: 100, type: string, length: 4 }
                       - { name: alarm, address: 110, bit: 0 }
                       - { name: ready, address: 110, bit: 2 }
                       - { name: mode, address: 110, bit: 12, bits: 4 }
@@ -134,11 +133,19 @@ final class ModbusPeer {
                       - { name: valve, table: coil, address: 1 }
                       - { name: fan, table: coil, address: 2 }
                       - { name: door, table: discrete_input, address: 5 }
+                    groups:
+                      - { name: nameplate, interval: 2s, registers: [ { name: label, address: 100, type: string, length: 4 } ] }
             """)
-        #expect(eventually(timeout: 15) { hub.lines.contains { text($0["kind"]) == "telemetry" } }, "\(hub.lines)")
-        let t = try #require(hub.lines.first { text($0["kind"]) == "telemetry" })
+        #expect(eventually(timeout: 15) { hub.lines.contains { $0["properties"]?["modbus.group"] == "default" } }, "\(hub.lines)")
+        let t = try #require(hub.lines.first { $0["properties"]?["modbus.group"] == "default" })
+        // The nameplate group is polled on its own, slower, interval: one message per poll of each group.
+        #expect(eventually(timeout: 5) { hub.lines.contains { $0["properties"]?["modbus.group"] == "nameplate" } })
+        Thread.sleep(forTimeInterval: 1)
+        let nameplate = hub.lines.filter { $0["properties"]?["modbus.group"] == "nameplate" }
+        #expect(nameplate.first?["payload"] == ["label": "PUMP-7"], "\(nameplate)")
+        #expect(hub.lines.filter { $0["properties"]?["modbus.group"] == "default" }.count >= 3 * nameplate.count, "\(hub.lines.count)")
         for (name, _, _, value) in layout { #expect(t["payload"]?[name] == value, "\(name): \(t["payload"]?[name] as Any)") }
-        #expect(t["payload"]?["label"] == "PUMP-7" && t["payload"]?["alarm"] == .bool(true) && t["payload"]?["ready"] == .bool(true)
+        #expect(t["payload"]?["label"] == nil && t["payload"]?["alarm"] == .bool(true) && t["payload"]?["ready"] == .bool(true)
                 && t["payload"]?["mode"] == .int(10) && t["payload"]?["pump"] == .bool(true) && t["payload"]?["valve"] == .bool(false)
                 && t["payload"]?["fan"] == .bool(true) && t["payload"]?["door"] == .bool(true), "\(t)")
         #expect(t["payload"]?["temperature"]?.number.map { abs($0 - 21.5) < 1e-9 } == true, "\(t)")
@@ -184,6 +191,8 @@ final class ModbusPeer {
         // Raw writes, and writes the map refuses before anything is written.
         let raw = try hub.command("meter-1", "write", #"{"table": "holding", "address": 200, "registers": [7, 8, 9]}"#)
         #expect(raw["result"]?["ok"] == .bool(true) && peer.get("hr", 200, 3) == [7, 8, 9], "\(raw)")
+        let coils = try hub.command("meter-1", "write", #"{"table": "coil", "address": 10, "coils": [true, false, true]}"#)
+        #expect(coils["result"]?["ok"] == .bool(true) && peer.get("co", 10, 3) == [1, 0, 1], "\(coils)")
         let bad = try hub.command("meter-1", "write", #"{"values": {"uint16_abcd": 70000}}"#)
         #expect(bad["result"]?["ok"] == .bool(false) && text(bad["result"]?["error"])?.contains("out of range") == true, "\(bad)")
         let readOnly = try hub.command("meter-1", "write", #"{"values": {"temperature": 20}}"#)
@@ -272,6 +281,43 @@ final class ModbusPeer {
         _ = socat
     }
 
+    /// A pipeline closes the loop: when one device's value crosses a threshold, it sends a write
+    /// command to another through the `downlink` sink (the command named by its topic).
+    @Test func aPipelineWritesToOneDeviceWhenAnotherCrossesAThreshold() throws {
+        let port = freePort()
+        let peer = try ModbusPeer(["tcp", "\(port)"])
+        peer.set(unit: 1, "hr", 0, [3])
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              plant:
+                plugin: modbus
+                devices:
+                  - { device: tank, tcp: "127.0.0.1:\(port)", unit: 1, interval: 200ms, registers: [ { name: level, address: 0 } ] }
+                  - { device: pump, tcp: "127.0.0.1:\(port)", unit: 2, interval: 200ms, registers: [ { name: on, table: coil, address: 0 } ] }
+            sinks:
+              out: { plugin: file, path: \(hub.dir.path)/out.jsonl }
+              down: { plugin: downlink, source: plant }
+            pipelines:
+              all: { from: [ plant ], to: [ out ] }
+              control:
+                from: [ "plant:devices/tank/telemetry" ]
+                steps:
+                  - decode: json
+                  - filter: "level > 5"
+                  - map: { values.on: "true" }
+                  - set: { msg.device: "'pump'", msg.topic: "'devices/pump/commands/write/auto-' + msg.id", msg.kind: "'command'" }
+                  - encode: json
+                to: [ down ]
+            """ }
+        #expect(eventually(timeout: 10) { polls(hub, "pump").count >= 2 })
+        #expect(polls(hub, "pump").allSatisfy { $0["payload"] == ["on": false] } && peer.get(unit: 2, "co", 0, 1) == [0])
+        peer.set(unit: 1, "hr", 0, [7])
+        #expect(eventually(timeout: 10) { peer.get(unit: 2, "co", 0, 1) == [1] })
+        #expect(eventually(timeout: 5) { polls(hub, "pump").last?["payload"] == ["on": true] })
+        let result = try #require(hub.lines.first { text($0["kind"]) == "command_result" && text($0["device"]) == "pump" })
+        #expect(result["payload"]?["ok"] == .bool(true) && text(result["topic"])?.hasPrefix("devices/pump/results/auto-") == true, "\(result)")
+    }
+
     func events(_ hub: ServedHub, _ device: String) -> [Value] {
         hub.lines.filter { text($0["kind"]) == "event" && text($0["device"]) == device }.compactMap { $0["payload"] }
     }
@@ -288,21 +334,26 @@ final class ModbusPeer {
         let peer = try ModbusPeer(["tcp", "\(good)"])
         let silent = try ModbusPeer(["silent", "\(silentPort)"])
         let garbage = try ModbusPeer(["garbage", "\(garbagePort)"])
+        let shortPort = freePort()
+        let short = try ModbusPeer(["short", "\(shortPort)"])
         peer.set("hr", 0, [42])
         let hub = try Self.hub("""
                   - { device: good, tenant: system, tcp: "127.0.0.1:\(good)", interval: 200ms, registers: [ { name: a, address: 0 } ] }
                   - { device: odd, tcp: "127.0.0.1:\(good)", unit: 2, interval: 200ms, registers: [ { name: ok, address: 0 }, { name: far, address: 400 } ] }
                   - { device: mute, tcp: "127.0.0.1:\(silentPort)", timeout: 500ms, interval: 200ms, registers: [ { name: a, address: 0 } ] }
                   - { device: noisy, tcp: "127.0.0.1:\(garbagePort)", interval: 200ms, registers: [ { name: a, address: 0, type: uint32 } ] }
+                  - { device: cut, tcp: "127.0.0.1:\(shortPort)", timeout: 500ms, interval: 200ms, registers: [ { name: a, address: 0 } ] }
                   - { device: gone, tcp: "127.0.0.1:\(nowhere)", interval: 200ms, registers: [ { name: a, address: 0 } ] }
             """)
         #expect(hub.call("POST", "/v1/devices", #"{"id": "good"}"#).status == 201)
-        #expect(eventually(timeout: 10) { ["odd", "mute", "noisy", "gone"].allSatisfy { !events(hub, $0).isEmpty } }, "\(hub.lines.filter { text($0["kind"]) == "event" })")
+        #expect(eventually(timeout: 10) { ["odd", "mute", "noisy", "cut", "gone"].allSatisfy { !events(hub, $0).isEmpty } }, "\(hub.lines.filter { text($0["kind"]) == "event" })")
         let odd = try #require(events(hub, "odd").first)
         #expect(odd["error"] == "exception" && odd["exception"] == .int(2) && text(odd["detail"])?.contains("holding registers 400–400") == true, "\(odd)")
         #expect(events(hub, "mute").first?["error"] == "timeout", "\(events(hub, "mute"))")
         #expect(events(hub, "noisy").first?["error"] == "malformed", "\(events(hub, "noisy"))")
         #expect(events(hub, "gone").first?["error"] == "connection", "\(events(hub, "gone"))")
+        // A frame cut short leaves the master waiting for the rest: a time-out.
+        #expect(events(hub, "cut").first?["error"] == "timeout", "\(events(hub, "cut"))")
         // The readable part of a device that refuses one read still arrives.
         #expect(polls(hub, "odd").first?["payload"] == ["ok": 0], "\(polls(hub, "odd"))")
 
@@ -315,6 +366,10 @@ final class ModbusPeer {
         #expect(times.count - start >= 13, "\(times.count - start) polls in 3 s")
         let steps = zip(times.dropFirst(), times).map { $0 - $1 }
         #expect(steps.allSatisfy { abs($0 - 200) <= 50 }, "\(steps)")
+        // Every failed poll is counted, by device and kind.
+        let metrics = hub.call("GET", "/metrics").body
+        #expect(metrics.contains("iotc_modbus_errors_total{") && metrics.contains(#"error="exception""#) && metrics.contains(#"error="timeout""#),
+                "\(metrics.split(separator: "\n").filter { $0.contains("modbus") })")
         // One event per change of state, not one per failed poll.
         #expect(events(hub, "mute").count == 1 && events(hub, "odd").count == 1, "\(events(hub, "mute")) \(events(hub, "odd"))")
         var device = try JSON.decode(Array(hub.call("GET", "/v1/devices/good").body.utf8))
@@ -335,6 +390,6 @@ final class ModbusPeer {
         #expect(device["state"]?["connected"] == .bool(true), "\(device)")
         // The hub stops cleanly on SIGTERM, with a poller waiting on the silent server.
         #expect(hub.stop(timeout: 10) == 0)
-        _ = (silent, garbage)
+        _ = (silent, garbage, short)
     }
 }

@@ -5,6 +5,7 @@
     modbus_peers.py rtu DEVICE [BAUD]            an RTU server (units 1 and 2) on a serial device (a pty)
     modbus_peers.py silent PORT                  takes connections and requests, never answers
     modbus_peers.py garbage PORT                 answers every request with one register, whatever was asked
+    modbus_peers.py short PORT                   answers every request with a frame cut short
     modbus_peers.py badcrc DEVICE                an RTU device whose answers all fail their CRC
 
 Every unit holds 300 coils, discrete inputs, holding and input registers at protocol addresses 0-299,
@@ -146,6 +147,11 @@ def garbage(header, body):
     return header[0:4] + (5).to_bytes(2, "big") + body[0:1] + bytes([body[1], 2, 0, 1])
 
 
+def short(header, body):
+    # The right transaction id and unit, a read-registers answer that claims 20 bytes and carries 2.
+    return header[0:4] + (5).to_bytes(2, "big") + body[0:1] + bytes([body[1], 20, 0, 1])
+
+
 def badcrc(device):
     import serial  # pyserial, which pymodbus's serial server uses too
 
@@ -168,6 +174,8 @@ def main():
         asyncio.run(raw(int(sys.argv[2]), lambda h, b: None))
     elif mode == "badcrc":
         badcrc(sys.argv[2])
+    elif mode == "short":
+        asyncio.run(raw(int(sys.argv[2]), short))
     elif mode == "garbage":
         asyncio.run(raw(int(sys.argv[2]), garbage))
     else:

@@ -335,8 +335,10 @@ final class LwM2MServer: @unchecked Sendable {
 
     /// An API command for a registered client, as an LwM2M operation.
     func command(_ message: Message, ack: Ack) {
-        let id = message.metadata("command_id") ?? message.id
-        let name = message.metadata("command") ?? ""
+        // API commands carry their name and id as metadata; a pipeline's downlink names them in the topic.
+        let named = CommandTopics.parseCommand(message.topic)
+        let id = message.metadata("command_id") ?? named.map { String($0.id) } ?? message.id
+        let name = message.metadata("command") ?? named.map { String($0.name) } ?? ""
         guard let r = table.registration(tenant: message.tenant.isEmpty ? "default" : message.tenant, endpoint: message.device) else {
             ack.retry("\(message.device) is not registered")
             return

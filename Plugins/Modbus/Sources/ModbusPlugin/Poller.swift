@@ -222,8 +222,10 @@ final class Poller: @unchecked Sendable {
 
     private func execute(_ d: Int, _ message: Message, ack: Ack) {
         let map = devices[d].map
-        let id = message.metadata("command_id") ?? message.id
-        let name = message.metadata("command") ?? CommandTopics.parseCommand(message.topic).map { String($0.name) } ?? ""
+        // API commands carry their name and id as metadata; a pipeline's downlink names them in the topic.
+        let named = CommandTopics.parseCommand(message.topic)
+        let id = message.metadata("command_id") ?? named.map { String($0.id) } ?? message.id
+        let name = message.metadata("command") ?? named.map { String($0.name) } ?? ""
         if let failure = connect(timeout: map.timeout) {
             return ack.retry(failure.detail)
         }
