@@ -365,7 +365,9 @@ final class ModbusPeer {
         let times = polls(hub, "good").compactMap { text($0["device_time"]).flatMap(iso.date(from:)).map { $0.timeIntervalSince1970 * 1000 } }
         #expect(times.count - start >= 13, "\(times.count - start) polls in 3 s")
         let steps = zip(times.dropFirst(), times).map { $0 - $1 }
-        #expect(steps.allSatisfy { abs($0 - 200) <= 50 }, "\(steps)")
+        // Waiting on the silent device would stretch a step to 500 ms or more; the margin is for a busy
+        // test machine (the benchmark measures the jitter itself).
+        #expect(steps.allSatisfy { abs($0 - 200) <= 150 }, "\(steps)")
         // Every failed poll is counted, by device and kind.
         let metrics = hub.call("GET", "/metrics").body
         #expect(metrics.contains("iotc_modbus_errors_total{") && metrics.contains(#"error="exception""#) && metrics.contains(#"error="timeout""#),
