@@ -173,6 +173,31 @@ let testCatalog = ComponentCatalog([
         ])
     }
 
+    @Test func locatesMistakesInRuleSteps() {
+        let e = errors("""
+            sources:
+              devices: { plugin: http }
+            sinks:
+              ops: { plugin: webhook, url: "https://ops.example.com" }
+            pipelines:
+              p:
+                from: [ devices ]
+                steps:
+                  - rule: { name: hot, raise: "temperature >", severity: urgent, to: [ opps ] }
+                  - rule: { name: cold, raise: "temperature < 0", message: "now {temperature +} C", for: soon }
+                  - rule: { raise: "true" }
+                to: [ ops ]
+            """)
+        #expect(e == [
+            "site.yaml:9:49: error: invalid expression in step 'rule' of pipeline 'p': expected a value but the expression ended",
+            "site.yaml:9:62: error: field 'severity' of step 'rule' of pipeline 'p' cannot be 'urgent' (one of: critical, major, minor, warning, info)",
+            "site.yaml:9:76: error: step 'rule' of pipeline 'p' names undefined sink 'opps' (did you mean 'ops'?)",
+            "site.yaml:10:83: error: invalid template in step 'rule' of pipeline 'p': expected a value but the expression ended",
+            "site.yaml:10:94: error: field 'for' of step 'rule' of pipeline 'p' is not a duration: 'soon' (write it like 250ms, 5s, 1m or 2h)",
+            "site.yaml:11:15: error: step 'rule' of pipeline 'p' needs field 'name' (for example name: freezer-warm)",
+        ])
+    }
+
     @Test func reportsYAMLSyntaxErrors() {
         #expect(errors("sources:\n  a: [1,\n").first?.hasPrefix("site.yaml:3:1: error: invalid YAML") == true)
         #expect(errors("sources:\n  a: { plugin: http }\n  a: { plugin: http }\n").first?.contains("duplicate key 'a'") == true)

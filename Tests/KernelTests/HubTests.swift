@@ -32,6 +32,50 @@ import IoTCPluginKit
         return Running(hub: hub, dir: dir, port: port)
     }
 
+    /// A running hub's rule step: alerts reach their sink, the evaluated messages go on, a reading the
+    /// rule cannot evaluate is counted and passed on, and an active alert stays active across a reload
+    /// (the next reading above the clear band raises nothing new; one below clears it).
+    @Test func rulesRaiseAndClearAlertsAcrossAReload() throws {
+        func pipelines(_ extra: String) -> String {
+            """
+            t:
+              from: [ "devices:devices/+/telemetry" ]
+              steps:
+                - decode: json
+                - rule: { name: hot, raise: "temperature > 80", clear: "temperature < 75", message: "{msg.device} at {temperature}", to: [ alerts ] }\(extra)
+              to: [ out ]
+            """
+        }
+        let sinks = "out: { plugin: file, path: \"$DIR/out.jsonl\" }\nalerts: { plugin: file, path: \"$DIR/alerts.jsonl\" }"
+        let r = try start(pipelines(""), sinks: sinks)
+        defer { r.hub.stop() }
+        for t in ["70", "85", "\"n/a\"", "82"] { #expect(postJSON("\(r.base)/oven-1/telemetry", #"{"temperature": \#(t)}"#)?.status == 202) }
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 4 })
+        var alerts = jsonLines(r.dir.path + "/alerts.jsonl")
+        #expect(alerts.count == 1 && alerts.first?["payload"]?["state"] == "raised" && alerts.first?["payload"]?["message"] == "oven-1 at 85"
+                && alerts.first?["topic"] == "alerts/hot" && alerts.first?["kind"] == "event", "\(alerts)")
+        // The reading the rule could not compare went on to the file like the others.
+        #expect(jsonLines(r.dir.path + "/out.jsonl").map { $0["payload"]?["temperature"] } == [70, 85, "n/a", 82])
+        // A reload that changes the pipeline keeps the rule's state.
+        let dir = r.dir.path
+        try r.hub.reload(try loadConfig("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(r.port)" }
+            sinks:
+              out: { plugin: file, path: "\(dir)/out.jsonl" }
+              alerts: { plugin: file, path: "\(dir)/alerts.jsonl" }
+            pipelines:
+            \(pipelines("\n    - set: { reloaded: \"true\" }").split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"))
+            auth: { allow_anonymous: true }
+            """))
+        #expect(postJSON("\(r.base)/oven-1/telemetry", #"{"temperature": 78}"#)?.status == 202)
+        #expect(postJSON("\(r.base)/oven-1/telemetry", #"{"temperature": 74}"#)?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 6 })
+        alerts = jsonLines(r.dir.path + "/alerts.jsonl")
+        #expect(alerts.map { $0["payload"]?["state"] } == ["raised", "cleared"], "\(alerts)")
+        #expect(jsonLines(r.dir.path + "/out.jsonl").last?["payload"]?["reloaded"] == .bool(true))
+    }
+
     @Test func ingestsTelemetryIntoAFile() throws {
         let r = try start("""
             telemetry:

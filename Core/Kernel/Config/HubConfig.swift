@@ -84,6 +84,8 @@ public struct StepConfig: Sendable {
         case set([Assignment])
         case filter(Expression)
         case route([RouteCase])
+        /// Raise and clear alerts per key.
+        case rule(RuleConfig)
         /// A step a plugin provides.
         case plugin(component: String, config: Value.Object)
     }

@@ -320,8 +320,15 @@ public struct HubConfigLoader: Sendable {
                 v.diagnostics.error(stepsNode.location, "'steps' of \(context) should be a list, not a \(stepsNode.typeName)")
             }
         }
-        if node["to"] == nil && !p.steps.contains(where: { if case .route = $0.kind { true } else { false } }) {
-            v.diagnostics.warning(loc, "\(context) has no 'to' sinks and no route step: its messages go nowhere")
+        let sends = p.steps.contains { step in
+            switch step.kind {
+            case .route: true
+            case .rule(let r): !r.to.isEmpty
+            default: false
+            }
+        }
+        if node["to"] == nil && !sends {
+            v.diagnostics.warning(loc, "\(context) has no 'to' sinks, no route step and no rule that sends alerts: its messages go nowhere")
         }
         return p
     }
@@ -351,7 +358,7 @@ public struct HubConfigLoader: Sendable {
         return out
     }
 
-    static let builtinSteps = ["decode", "encode", "map", "set", "filter", "route"]
+    static let builtinSteps = ["decode", "encode", "map", "set", "filter", "route", "rule"]
 
     private func step(_ node: YAMLNode, _ context: String, _ config: HubConfig, _ declared: (sources: Set<String>, sinks: Set<String>),
                       _ v: inout SpecValidator) -> StepConfig? {
@@ -396,6 +403,8 @@ public struct HubConfigLoader: Sendable {
         case "filter":
             guard let e = expression(value, stepContext, &v) else { return nil }
             return StepConfig(kind: .filter(e), location: keyLoc, name: key)
+        case "rule":
+            return rule(value, keyLoc, stepContext, config, declared.sinks, &v)
         case "route":
             guard case .sequence(let items, _) = value else {
                 v.diagnostics.error(value.location, "\(stepContext) takes a list of cases", hint: "- { topic: \"alarms/#\", to: [ops] }")
@@ -453,6 +462,30 @@ public struct HubConfigLoader: Sendable {
             v.diagnostics.error(loc.advanced(by: error.offset + (quoted ? 1 : 0)), "invalid expression in \(context): \(error.message)")
             return nil
         }
+    }
+
+    private func rule(_ node: YAMLNode, _ keyLoc: SourceLocation, _ context: String, _ config: HubConfig, _ declaredSinks: Set<String>,
+                      _ v: inout SpecValidator) -> StepConfig? {
+        let errors = v.diagnostics.errors.count
+        let o = v.object(node, fields: RuleConfig.fields, context: context)
+        // Every mistake is reported, not only the first.
+        let raise = node["raise"].flatMap { expression($0, context, &v) }
+        let clear = node["clear"].flatMap { expression($0, context, &v) }
+        let key = node["key"].flatMap { expression($0, context, &v) }
+        var message: Template?
+        if case .scalar(let text, let quoted, let loc)? = node["message"] {
+            do { message = try Template(text) } catch {
+                v.diagnostics.error(loc.advanced(by: error.offset + (quoted ? 1 : 0)), "invalid template in \(context): \(error.message)")
+            }
+        }
+        let to = sinkNames(node["to"], context: context, config, declaredSinks, &v)
+        guard v.diagnostics.errors.count == errors, case .string(let name)? = o["name"], let raise else { return nil }
+        if to.isEmpty {
+            v.diagnostics.warning(keyLoc, "rule '\(name)' in \(context) sends its alerts nowhere", hint: "add to: [ SINK ]")
+        }
+        let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
+                              severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to)
+        return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 
     private static let routeFields: [ConfigField] = [

@@ -7,6 +7,8 @@ public struct PipelineProcessor: Sendable {
     /// Plugin steps by index in `config.steps`.
     let pluginSteps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]]
     let clock: @Sendable () -> Int64
+    /// The state of the pipeline's rule steps (kept across reloads by the hub).
+    let rules: RuleStates
 
     /// A message leaving the pipeline for some sinks.
     public struct Output: Sendable {
@@ -38,15 +40,19 @@ public struct PipelineProcessor: Sendable {
         public var failures: [Failure] = []
         /// Messages that a filter dropped.
         public var filtered = 0
+        /// Rule steps that could not evaluate a message (a missing field): the message went on.
+        public var ruleErrors: [(rule: String, reason: String)] = []
     }
 
     public init(
         _ config: PipelineConfig,
         pluginSteps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]] = [:],
+        rules: RuleStates = RuleStates(),
         clock: @escaping @Sendable () -> Int64
     ) {
         self.config = config
         self.pluginSteps = pluginSteps
+        self.rules = rules
         self.clock = clock
     }
 
@@ -95,6 +101,15 @@ public struct PipelineProcessor: Sendable {
                     if let rc = try cases.first(where: { try matches($0, m) }) {
                         result.outputs.append(Output(message: m, sinks: rc.to))
                         if !rc.continues { return }
+                    }
+                case .rule(let rule):
+                    // A rule that cannot evaluate a message counts an error; the message goes on.
+                    do {
+                        if let alert = try evaluate(rule, m, context: context(m)), !rule.to.isEmpty {
+                            result.outputs.append(Output(message: alert, sinks: rule.to))
+                        }
+                    } catch {
+                        result.ruleErrors.append((rule.name, (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"))
                     }
                 case .plugin:
                     guard let run = pluginSteps[index] else { throw StepError("plugin step is not loaded") }

@@ -129,6 +129,9 @@ final class PipelineRuntime: @unchecked Sendable {
             for input in batch {
                 let result = processor.process(input.message)
                 dropped += result.filtered
+                for e in result.ruleErrors {
+                    Counter(label: "iotc_rule_errors_total", dimensions: [("pipeline", name), ("rule", e.rule)]).increment()
+                }
                 let s = input.settlement
                 for o in result.outputs {
                     let m = o.message.pluginMessage

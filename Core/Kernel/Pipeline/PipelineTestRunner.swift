@@ -97,6 +97,8 @@ public struct PipelineTestRunner {
         ConfigField("payload_text", .string, "Payload as raw text."),
         ConfigField("metadata", .map(.string), "Metadata.", default: "{}"),
         ConfigField("properties", .map(.string), "Protocol properties.", default: "{}"),
+        ConfigField("after", .duration, "Simulated time that passes before this message (rules' `for`, now()): a ten-minute test runs in a moment.", example: "5m"),
+        ConfigField("at", .string, "The simulated time of this message, RFC 3339 (instead of after)."),
     ]
 
     static let expectedFields: [ConfigField] = [
@@ -122,6 +124,7 @@ public struct PipelineTestRunner {
                 ConfigField("reason_contains", .string, "Text the reason contains."),
             ])), "Expected step failures, in order."),
             ConfigField("filtered", .int, "Messages a filter should drop."),
+            ConfigField("rule_errors", .int, "Messages a rule step could not evaluate (they go on)."),
         ]), "What must come out.", default: "{}"),
     ]
 
@@ -143,20 +146,28 @@ public struct PipelineTestRunner {
             }
             now = ms
         }
-        let clock = now
+        let clock = SimulatedClock(now)
         let processor: PipelineProcessor
         do {
-            processor = try hub.makeProcessor(p).withClock { clock }
+            processor = try hub.makeProcessor(p).withClock { clock.now }
         } catch {
             outcome.failures.append("\(node.location): \(error)")
             return outcome
         }
         var outputs: [String: [CanonicalMessage]] = [:]
         var failures: [PipelineProcessor.Failure] = []
-        var filtered = 0
+        var filtered = 0, ruleErrors = 0
         if case .array(let inputs)? = t["input"] {
             for case .object(let i) in inputs {
-                let m = message(i, now: now)
+                if let after = i["after"]?.number { clock.now += Int64(after * 1000) }
+                if case .string(let s)? = i["at"] {
+                    guard let ms = RFC3339.parse(s) else {
+                        outcome.failures.append("\(node.location): input 'at' is not RFC 3339: \(s)")
+                        return outcome
+                    }
+                    clock.now = ms
+                }
+                let m = message(i, now: clock.now)
                 let r = processor.process(m)
                 for o in r.outputs { for s in o.sinks { outputs[s, default: []].append(o.message) } }
                 for f in r.failures {
@@ -164,6 +175,7 @@ public struct PipelineTestRunner {
                     for s in p.errors { outputs[s, default: []].append(f.errorOutputMessage) }
                 }
                 filtered += r.filtered
+                ruleErrors += r.ruleErrors.count
             }
         }
         guard case .object(let expect)? = t["expect"] else { return outcome }
@@ -191,6 +203,9 @@ public struct PipelineTestRunner {
                     outcome.failures.append("error \(k + 1): reason '\(f.reason)' does not contain '\(text)'")
                 }
             }
+        }
+        if case .int(let n)? = expect["rule_errors"], Int(n) != ruleErrors {
+            outcome.failures.append("expected \(n) rule error(s), got \(ruleErrors)")
         }
         if case .int(let n)? = expect["filtered"], Int(n) != filtered {
             outcome.failures.append("expected \(n) filtered message(s), got \(filtered)")
@@ -254,9 +269,15 @@ public struct PipelineTestRunner {
     }
 }
 
+/// The clock of one pipeline test: inputs move it on with `after` and `at`.
+final class SimulatedClock: @unchecked Sendable {
+    var now: Int64
+    init(_ now: Int64) { self.now = now }
+}
+
 extension PipelineProcessor {
     /// The same pipeline with another clock.
     func withClock(_ clock: @escaping @Sendable () -> Int64) -> PipelineProcessor {
-        PipelineProcessor(config, pluginSteps: pluginSteps, clock: clock)
+        PipelineProcessor(config, pluginSteps: pluginSteps, rules: RuleStates(), clock: clock)
     }
 }

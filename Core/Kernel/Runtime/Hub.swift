@@ -42,6 +42,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var presence: [String: DevicePresence] = [:]
     private var changedPresence: Set<String> = []
     private var downlinkWaiters: [UInt64: @Sendable (Int32, String?) -> Void] = [:]
+    /// Each pipeline's rule state, by pipeline name.
+    private var ruleStates: [String: RuleStates] = [:]
     private var nextDownlinkToken: UInt64 = 1
     private let messageCounter = ManagedAtomic<UInt64>(0)
     private let idPrefix = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36) + "-"
@@ -260,7 +262,14 @@ public final class Hub: HostServices, @unchecked Sendable {
             try instance.start()
             steps[i] = { m in try instance.process(m.pluginMessage).map { CanonicalMessage($0, receivedTime: m.receivedTime) } }
         }
-        return PipelineProcessor(p, pluginSteps: steps, clock: clock)
+        // Rule state belongs to the pipeline's name, so that a reload keeps active alerts active.
+        let rules = lock.withLock { () -> RuleStates in
+            if let r = ruleStates[p.name] { return r }
+            let r = RuleStates()
+            ruleStates[p.name] = r
+            return r
+        }
+        return PipelineProcessor(p, pluginSteps: steps, rules: rules, clock: clock)
     }
 
     // MARK: - Host services

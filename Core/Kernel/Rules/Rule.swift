@@ -1,0 +1,189 @@
+import Foundation
+import IoTCPluginKit
+
+/// A `rule` step: an alert per key (the device by default) that is raised when `raise` holds (for
+/// `for` continuously, by message time) and cleared when `clear` holds, or when `raise` no longer does.
+/// A separate `clear` condition gives hysteresis: raise at 80, clear at 75. Each change of state is an
+/// alert message, sent to the step's `to` sinks; the message that caused it goes on through the
+/// pipeline unchanged.
+public struct RuleConfig: Sendable {
+    public var name: String
+    public var raise: Expression
+    public var clear: Expression?
+    /// Milliseconds `raise` must hold before the alert is raised; 0 raises at once.
+    public var holdFor: Int64
+    /// What the state is kept per; nil: the device.
+    public var key: Expression?
+    public var severity: String
+    public var message: Template?
+    public var to: [String]
+
+    public static let severities = ["critical", "major", "minor", "warning", "info"]
+
+    /// The fields of a rule step, for validation and docs.
+    public static let fields: [ConfigField] = [
+        ConfigField("name", .string, "The rule's name: alerts carry it, and its state is kept under it.", example: "freezer-warm", required: true),
+        ConfigField("raise", .string, "Condition that raises the alert (an expression).", example: "\"temperature > -10\"", required: true),
+        ConfigField("clear", .string, "Condition that clears it; without it, the alert clears when raise is false. Hysteresis: raise at 80, clear at 75.", example: "\"temperature < -12\""),
+        ConfigField("for", .duration, "How long raise must hold, by message time, before the alert is raised.", default: "0", example: "5m"),
+        ConfigField("key", .string, "Expression the state is kept per; default the device.", example: "\"meta.site\""),
+        ConfigField("severity", .string, "Severity of the alert.", default: #""major""#, options: severities),
+        ConfigField("message", .string, "Alert text; {expression} parts are filled from the message.", example: "\"{msg.device} is at {temperature} °C\""),
+        ConfigField("to", .list(.string), "Sinks that receive the alert messages (raised and cleared).", default: "[]", example: "[ alerts ]"),
+    ]
+}
+
+/// Text with `{expression}` parts.
+public struct Template: Sendable {
+    enum Part: Sendable {
+        case text(String)
+        case expression(Expression)
+    }
+    let parts: [Part]
+
+    /// Parses `text`; the error carries the offset (in characters) of the part that failed.
+    public init(_ text: String) throws(ExpressionError) {
+        var parts: [Part] = []
+        var rest = Substring(text)
+        while let open = rest.firstIndex(of: "{") {
+            if open > rest.startIndex { parts.append(.text(String(rest[..<open]))) }
+            guard let close = rest[open...].firstIndex(of: "}") else {
+                throw ExpressionError("'{' without '}' in the template", at: text.distance(from: text.startIndex, to: open))
+            }
+            let source = String(rest[rest.index(after: open)..<close])
+            do { parts.append(.expression(try Expression(source))) } catch {
+                throw ExpressionError(error.message, at: text.distance(from: text.startIndex, to: open) + 1 + error.offset)
+            }
+            rest = rest[rest.index(after: close)...]
+        }
+        if !rest.isEmpty { parts.append(.text(String(rest))) }
+        self.parts = parts
+    }
+
+    /// The text, with each part's value (`?` where one cannot be evaluated).
+    func render(_ context: EvaluationContext) -> String {
+        var out = ""
+        for p in parts {
+            switch p {
+            case .text(let t): out += t
+            case .expression(let e):
+                var c = context
+                switch try? e.evaluate(&c) {
+                case .string(let s)?: out += s
+                case .int(let i)?: out += String(i)
+                case .double(let d)?: out += d == d.rounded() && abs(d) < 1e15 ? String(Int64(d)) : String(d)
+                case .bool(let b)?: out += String(b)
+                case let v?: out += String(decoding: JSON.encode(v), as: UTF8.self)
+                case nil: out += "?"
+                }
+            }
+        }
+        return out
+    }
+}
+
+/// The state of every rule of a pipeline, per key. It outlives reloads of the pipeline (the hub keeps
+/// one per pipeline name), so a reload neither raises nor clears anything by itself.
+public final class RuleStates: @unchecked Sendable {
+    struct State {
+        var active = false
+        /// When `raise` started to hold, while waiting out `for`.
+        var pendingSince: Int64?
+        var raisedAt: Int64 = 0
+    }
+    private var states: [String: State] = [:]
+    private let lock = NSLock()
+
+    public init() {}
+
+    /// Alerts active now, as (rule, key).
+    public var active: [(rule: String, key: String)] {
+        lock.withLock { states.filter(\.value.active).map { k, _ in let p = k.split(separator: "\u{0}", maxSplits: 1); return (String(p[0]), String(p[1])) } }
+            .sorted { ($0.rule, $0.key) < ($1.rule, $1.key) }
+    }
+
+    /// Evaluates `rule` on a message (its conditions already tested by the caller's closure) and
+    /// returns the alert message for a change of state, if any.
+    func evaluate(_ rule: RuleConfig, key: String, time: Int64, raise: () throws -> Bool, clear: () throws -> Bool) rethrows -> Transition? {
+        let id = rule.name + "\u{0}" + key
+        lock.lock()
+        defer { lock.unlock() }
+        var s = states[id] ?? State()
+        defer { states[id] = s }
+        if !s.active {
+            guard try raise() else {
+                s.pendingSince = nil
+                return nil
+            }
+            let since = s.pendingSince ?? time
+            s.pendingSince = since
+            guard time - since >= rule.holdFor else { return nil }
+            s.active = true
+            s.pendingSince = nil
+            s.raisedAt = time
+            return .raised(since: since)
+        }
+        guard try clear() else { return nil }
+        s.active = false
+        return .cleared(raisedAt: s.raisedAt)
+    }
+
+    enum Transition {
+        case raised(since: Int64)
+        case cleared(raisedAt: Int64)
+    }
+}
+
+extension PipelineProcessor {
+    /// Runs a rule on a message: the alert message for a change of state, if any. A condition that
+    /// cannot be evaluated (a missing field) throws, and the caller counts it as a rule error.
+    func evaluate(_ rule: RuleConfig, _ m: CanonicalMessage, context: EvaluationContext) throws -> CanonicalMessage? {
+        var c = context
+        let key: String
+        if let k = rule.key {
+            switch try k.evaluate(&c) {
+            case .string(let s): key = s
+            case .null: key = ""
+            case let v: key = String(decoding: JSON.encode(v), as: UTF8.self)
+            }
+        } else {
+            key = m.device
+        }
+        let time = m.deviceTime ?? m.receivedTime
+        let transition = try rules.evaluate(rule, key: key, time: time,
+            raise: { var c = context; return try rule.raise.test(&c) },
+            clear: {
+                var c = context
+                if let clear = rule.clear { return try clear.test(&c) }
+                return !(try rule.raise.test(&c))
+            })
+        guard let transition else { return nil }
+        var o: Value.Object = ["rule": .string(rule.name), "severity": .string(rule.severity), "key": .string(key), "device": .string(m.device)]
+        switch transition {
+        case .raised(let since):
+            o["state"] = "raised"
+            o["since"] = .int(since)
+        case .cleared(let raisedAt):
+            o["state"] = "cleared"
+            o["raised_at"] = .int(raisedAt)
+        }
+        o["at"] = .int(time)
+        if let t = rule.message { o["message"] = .string(t.render(context)) }
+        o["value"] = context.payload
+        let alert = Message(id: m.id + "-" + rule.name, kind: .event, tenant: m.tenant, device: m.device, topic: "alerts/\(rule.name)",
+                            contentType: "application/json", deviceTime: time, receivedTime: m.receivedTime, qos: 1,
+                            metadata: [KeyValue("rule", rule.name), KeyValue("alert_state", transition.name)])
+        var out = CanonicalMessage(alert, receivedTime: m.receivedTime)
+        out.payload = .value(.object(o))
+        return out
+    }
+}
+
+extension RuleStates.Transition {
+    var name: String {
+        switch self {
+        case .raised: "raised"
+        case .cleared: "cleared"
+        }
+    }
+}
