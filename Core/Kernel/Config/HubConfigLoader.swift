@@ -472,6 +472,12 @@ public struct HubConfigLoader: Sendable {
         let raise = node["raise"].flatMap { expression($0, context, &v) }
         let clear = node["clear"].flatMap { expression($0, context, &v) }
         let key = node["key"].flatMap { expression($0, context, &v) }
+        let when = node["when"].flatMap { expression($0, context, &v) }
+        var window: RuleConfig.Window?
+        if case .object(let w)? = o["window"], let ofNode = node["window"]?["of"], let of = expression(ofNode, context, &v) {
+            window = RuleConfig.Window(over: Int64((w["over"]?.number ?? 0) * 1000), of: of,
+                                       maxSamples: max(1, Int(w["max_samples"]?.number ?? 10000)))
+        }
         var message: Template?
         if case .scalar(let text, let quoted, let loc)? = node["message"] {
             do { message = try Template(text) } catch {
@@ -484,7 +490,8 @@ public struct HubConfigLoader: Sendable {
             v.diagnostics.warning(keyLoc, "rule '\(name)' in \(context) sends its alerts nowhere", hint: "add to: [ SINK ]")
         }
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
-                              severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to)
+                              severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
+                              when: when, window: window)
         return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 

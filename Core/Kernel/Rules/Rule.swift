@@ -17,6 +17,25 @@ public struct RuleConfig: Sendable {
     public var severity: String
     public var message: Template?
     public var to: [String]
+    /// Only messages for which this holds are evaluated (and enter the window); nil: all.
+    public var when: Expression? = nil
+    /// A sliding window of a value per key, whose aggregates the conditions read as `window.avg` etc.
+    public var window: Window? = nil
+
+    public struct Window: Sendable {
+        /// Milliseconds of history kept.
+        public var over: Int64
+        /// The number each message adds.
+        public var of: Expression
+        /// Samples kept per key at most (the oldest go first).
+        public var maxSamples: Int
+    }
+
+    public static let windowFields: [ConfigField] = [
+        ConfigField("over", .duration, "How much history the window holds, by message time.", example: "10m", required: true),
+        ConfigField("of", .string, "The number each message adds (an expression).", example: "\"temperature\"", required: true),
+        ConfigField("max_samples", .int, "Samples kept per key at most; the oldest go first.", default: "10000"),
+    ]
 
     public static let severities = ["critical", "major", "minor", "warning", "info"]
 
@@ -30,6 +49,8 @@ public struct RuleConfig: Sendable {
         ConfigField("severity", .string, "Severity of the alert.", default: #""major""#, options: severities),
         ConfigField("message", .string, "Alert text; {expression} parts are filled from the message.", example: "\"{msg.device} is at {temperature} °C\""),
         ConfigField("to", .list(.string), "Sinks that receive the alert messages (raised and cleared).", default: "[]", example: "[ alerts ]"),
+        ConfigField("when", .string, "Only messages for which this holds are evaluated and enter the window (an expression).", example: "\"state == 'on'\""),
+        ConfigField("window", .object(windowFields), "A sliding window per key: raise and clear read window.avg, window.min, window.max, window.sum, window.count, window.first, window.last and window.rate (change per second from first to last)."),
     ]
 }
 
@@ -90,6 +111,9 @@ public final class RuleStates: @unchecked Sendable {
         /// When `raise` started to hold, while waiting out `for`.
         var pendingSince: Int64?
         var raisedAt: Int64 = 0
+        /// The window's samples (time, value), oldest first, from `head` on.
+        var samples: [(Int64, Double)] = []
+        var head = 0
     }
     private var states: [String: State] = [:]
     private let lock = NSLock()
@@ -100,6 +124,35 @@ public final class RuleStates: @unchecked Sendable {
     public var active: [(rule: String, key: String)] {
         lock.withLock { states.filter(\.value.active).map { k, _ in let p = k.split(separator: "\u{0}", maxSplits: 1); return (String(p[0]), String(p[1])) } }
             .sorted { ($0.rule, $0.key) < ($1.rule, $1.key) }
+    }
+
+    /// Adds a sample to the key's window, drops what fell out of it, and returns its aggregates.
+    func window(_ rule: RuleConfig, _ w: RuleConfig.Window, key: String, time: Int64, value: Double) -> Value {
+        let id = rule.name + "\u{0}" + key
+        lock.lock()
+        defer { lock.unlock() }
+        var s = states[id] ?? State()
+        defer { states[id] = s }
+        s.samples.append((time, value))
+        while s.head < s.samples.count, s.samples[s.head].0 < time - w.over || s.samples.count - s.head > w.maxSamples { s.head += 1 }
+        if s.head > 64, s.head * 2 > s.samples.count {
+            s.samples.removeFirst(s.head)
+            s.head = 0
+        }
+        let live = s.samples[s.head...]
+        var sum = 0.0, lo = Double.infinity, hi = -Double.infinity
+        for (_, v) in live {
+            sum += v
+            lo = min(lo, v)
+            hi = max(hi, v)
+        }
+        let first = live.first!, last = live.last!
+        let seconds = Double(last.0 - first.0) / 1000
+        return .object(Value.Object([
+            ("count", .int(Int64(live.count))), ("sum", .double(sum)), ("avg", .double(sum / Double(live.count))),
+            ("min", .double(lo)), ("max", .double(hi)), ("first", .double(first.1)), ("last", .double(last.1)),
+            ("rate", .double(seconds > 0 ? (last.1 - first.1) / seconds : 0)),
+        ]))
     }
 
     /// Evaluates `rule` on a message (its conditions already tested by the caller's closure) and
@@ -137,7 +190,12 @@ public final class RuleStates: @unchecked Sendable {
 extension PipelineProcessor {
     /// Runs a rule on a message: the alert message for a change of state, if any. A condition that
     /// cannot be evaluated (a missing field) throws, and the caller counts it as a rule error.
-    func evaluate(_ rule: RuleConfig, _ m: CanonicalMessage, context: EvaluationContext) throws -> CanonicalMessage? {
+    func evaluate(_ rule: RuleConfig, _ m: CanonicalMessage, context start: EvaluationContext) throws -> CanonicalMessage? {
+        var context = start
+        if let when = rule.when {
+            var c = context
+            guard try when.test(&c) else { return nil }
+        }
         var c = context
         let key: String
         if let k = rule.key {
@@ -150,6 +208,17 @@ extension PipelineProcessor {
             key = m.device
         }
         let time = m.deviceTime ?? m.receivedTime
+        if let w = rule.window {
+            var c = context
+            guard let value = try w.of.evaluate(&c).number else { throw ExpressionError("window value '\(w.of)' is not a number", at: 0) }
+            let aggregates = rules.window(rule, w, key: key, time: time, value: value)
+            if case .object(var o) = context.payload {
+                o["window"] = aggregates
+                context.payload = .object(o)
+            } else {
+                context.payload = .object(["window": aggregates])
+            }
+        }
         let transition = try rules.evaluate(rule, key: key, time: time,
             raise: { var c = context; return try rule.raise.test(&c) },
             clear: {
