@@ -76,6 +76,26 @@ import IoTCPluginKit
         #expect(jsonLines(r.dir.path + "/out.jsonl").last?["payload"]?["reloaded"] == .bool(true))
     }
 
+    /// An absence rule in a running hub: the pipeline's timer raises it while the device is silent
+    /// (no message comes to trigger it), and the device's next message clears it.
+    @Test func anAbsenceRuleIsRaisedByTheTimerAndClearedByTheNextMessage() throws {
+        let r = try start("""
+            t:
+              from: [ "devices:devices/+/telemetry" ]
+              steps:
+                - rule: { name: quiet, absent: 1s, message: "{msg.device} is quiet", to: [ alerts ] }
+              to: [ out ]
+            """, sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }\nalerts: { plugin: file, path: \"$DIR/alerts.jsonl\" }")
+        defer { r.hub.stop() }
+        #expect(postJSON("\(r.base)/meter-9/telemetry", #"{"kwh": 1}"#)?.status == 202)
+        #expect(eventually(timeout: 5) { jsonLines(r.dir.path + "/alerts.jsonl").count == 1 })
+        let raised = try #require(jsonLines(r.dir.path + "/alerts.jsonl").first)
+        #expect(raised["payload"]?["state"] == "raised" && raised["payload"]?["message"] == "meter-9 is quiet" && raised["device"] == "meter-9", "\(raised)")
+        #expect((raised["payload"]?["at"]?.number ?? 0) - (raised["payload"]?["since"]?.number ?? 0) >= 1000)
+        #expect(postJSON("\(r.base)/meter-9/telemetry", #"{"kwh": 2}"#)?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/alerts.jsonl").map { $0["payload"]?["state"] } == ["raised", "cleared"] })
+    }
+
     @Test func ingestsTelemetryIntoAFile() throws {
         let r = try start("""
             telemetry:

@@ -485,13 +485,22 @@ public struct HubConfigLoader: Sendable {
             }
         }
         let to = sinkNames(node["to"], context: context, config, declaredSinks, &v)
-        guard v.diagnostics.errors.count == errors, case .string(let name)? = o["name"], let raise else { return nil }
+        // An absence rule is raised by silence, every other one by its condition.
+        let absent = o["absent"]?.number.map { Int64($0 * 1000) }
+        if absent != nil, let r = node["raise"] {
+            v.diagnostics.error(r.location, "\(context) has both absent and raise", hint: "an absence rule is raised by silence; leave raise out")
+        } else if absent == nil, node["raise"] == nil, node.isMapping {
+            v.diagnostics.error(keyLoc, "\(context) needs field 'raise' (or 'absent')", hint: "for example raise: \"temperature > 80\"")
+        }
+        if absent.map({ $0 <= 0 }) == true, let a = node["absent"] { v.diagnostics.error(a.location, "absent must be longer than 0") }
+        guard v.diagnostics.errors.count == errors, case .string(let name)? = o["name"],
+              let raise = absent != nil ? try? Expression("false") : raise else { return nil }
         if to.isEmpty {
             v.diagnostics.warning(keyLoc, "rule '\(name)' in \(context) sends its alerts nowhere", hint: "add to: [ SINK ]")
         }
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
-                              when: when, window: window)
+                              when: when, window: window, absent: absent)
         return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 

@@ -37,6 +37,11 @@ public indirect enum YAMLNode: Sendable {
         }
     }
 
+    var isMapping: Bool {
+        if case .mapping = self { return true }
+        return false
+    }
+
     /// The string of a scalar.
     var string: String? {
         if case .scalar(let s, _, _) = self { return s }

@@ -9,6 +9,8 @@ public struct PipelineProcessor: Sendable {
     let clock: @Sendable () -> Int64
     /// The state of the pipeline's rule steps (kept across reloads by the hub).
     let rules: RuleStates
+    /// Whether it has absence rules, which its runtime's timer runs.
+    public let hasTimers: Bool
 
     /// A message leaving the pipeline for some sinks.
     public struct Output: Sendable {
@@ -54,6 +56,7 @@ public struct PipelineProcessor: Sendable {
         self.pluginSteps = pluginSteps
         self.rules = rules
         self.clock = clock
+        hasTimers = Self.hasTimers(config)
     }
 
     public func process(_ message: CanonicalMessage) -> Result {

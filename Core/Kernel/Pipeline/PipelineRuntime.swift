@@ -96,11 +96,34 @@ final class PipelineRuntime: @unchecked Sendable {
         cond.unlock()
     }
 
+    /// Runs the pipeline's timer (absence rules) and hands its alerts to their sinks.
+    private func tick() {
+        let (processor, sinks) = cond.withLock { (self.processor, self.sinks) }
+        var out = 0
+        for o in processor.tick(now: processor.clock()) {
+            let m = o.message.pluginMessage
+            for name in o.sinks {
+                guard let sink = sinks[name] else { continue }
+                sink.enqueue(contentsOf: [Delivery(message: m, pipeline: self.name, settlement: nil)])
+                out += 1
+            }
+        }
+        if out > 0 { sent.increment(by: Int64(out)) }
+    }
+
+    /// How often the timer runs, for pipelines that have one.
+    static let tickInterval: TimeInterval = 1
+
     private func run() {
         var batch: [PipelineInput] = []
         batch.reserveCapacity(64)
         var done = DoneRecords()
+        var nextTick = Date().addingTimeInterval(Self.tickInterval)
         while true {
+            if Date() >= nextTick {
+                if cond.withLock({ self.processor.hasTimers }) { tick() }
+                nextTick = Date().addingTimeInterval(Self.tickInterval)
+            }
             cond.lock()
             if queue.isEmpty && !stopping && busy {
                 // Busy a moment ago: nap briefly instead of asking each producer for a wake-up.
@@ -109,7 +132,22 @@ final class PipelineRuntime: @unchecked Sendable {
                 napping = false
                 busy = !queue.isEmpty
             }
-            while queue.isEmpty && !stopping { cond.wait() }
+            var timerDue = false
+            while queue.isEmpty && !stopping {
+                // A pipeline with a timer wakes for it; others sleep until there is work.
+                guard self.processor.hasTimers else {
+                    cond.wait()
+                    continue
+                }
+                if !cond.wait(until: nextTick) {
+                    timerDue = true
+                    break
+                }
+            }
+            if timerDue && queue.isEmpty {
+                cond.unlock()
+                continue
+            }
             busy = true
             if queue.isEmpty && stopping {
                 cond.unlock()

@@ -99,6 +99,7 @@ public struct PipelineTestRunner {
         ConfigField("properties", .map(.string), "Protocol properties.", default: "{}"),
         ConfigField("after", .duration, "Simulated time that passes before this message (rules' `for`, now()): a ten-minute test runs in a moment.", example: "5m"),
         ConfigField("at", .string, "The simulated time of this message, RFC 3339 (instead of after)."),
+        ConfigField("wait", .duration, "No message: only simulated time passes, and the pipeline's timer runs (absence rules).", example: "10m"),
     ]
 
     static let expectedFields: [ConfigField] = [
@@ -158,7 +159,13 @@ public struct PipelineTestRunner {
         var failures: [PipelineProcessor.Failure] = []
         var filtered = 0, ruleErrors = 0
         if case .array(let inputs)? = t["input"] {
+            func collect(_ r: [PipelineProcessor.Output]) { for o in r { for s in o.sinks { outputs[s, default: []].append(o.message) } } }
             for case .object(let i) in inputs {
+                if let wait = i["wait"]?.number {
+                    clock.now += Int64(wait * 1000)
+                    collect(processor.tick(now: clock.now))
+                    continue
+                }
                 if let after = i["after"]?.number { clock.now += Int64(after * 1000) }
                 if case .string(let s)? = i["at"] {
                     guard let ms = RFC3339.parse(s) else {
@@ -167,6 +174,8 @@ public struct PipelineTestRunner {
                     }
                     clock.now = ms
                 }
+                // The timer runs before each message, as it would have while time passed.
+                collect(processor.tick(now: clock.now))
                 let m = message(i, now: clock.now)
                 let r = processor.process(m)
                 for o in r.outputs { for s in o.sinks { outputs[s, default: []].append(o.message) } }

@@ -21,6 +21,9 @@ public struct RuleConfig: Sendable {
     public var when: Expression? = nil
     /// A sliding window of a value per key, whose aggregates the conditions read as `window.avg` etc.
     public var window: Window? = nil
+    /// An absence rule: raised by the pipeline's timer when a key has sent nothing for this many
+    /// milliseconds (by the hub's clock), cleared by its next message. `raise` is unused.
+    public var absent: Int64? = nil
 
     public struct Window: Sendable {
         /// Milliseconds of history kept.
@@ -42,7 +45,8 @@ public struct RuleConfig: Sendable {
     /// The fields of a rule step, for validation and docs.
     public static let fields: [ConfigField] = [
         ConfigField("name", .string, "The rule's name: alerts carry it, and its state is kept under it.", example: "freezer-warm", required: true),
-        ConfigField("raise", .string, "Condition that raises the alert (an expression).", example: "\"temperature > -10\"", required: true),
+        ConfigField("raise", .string, "Condition that raises the alert (an expression); every rule but an absence rule has one.", example: "\"temperature > -10\""),
+        ConfigField("absent", .duration, "An absence rule instead: raised by a timer when a key (device) has sent nothing for this long, cleared by its next message.", example: "10m"),
         ConfigField("clear", .string, "Condition that clears it; without it, the alert clears when raise is false. Hysteresis: raise at 80, clear at 75.", example: "\"temperature < -12\""),
         ConfigField("for", .duration, "How long raise must hold, by message time, before the alert is raised.", default: "0", example: "5m"),
         ConfigField("key", .string, "Expression the state is kept per; default the device.", example: "\"meta.site\""),
@@ -114,6 +118,9 @@ public final class RuleStates: @unchecked Sendable {
         /// The window's samples (time, value), oldest first, from `head` on.
         var samples: [(Int64, Double)] = []
         var head = 0
+        /// For absence rules: when the key was last heard from, and whose it was.
+        var lastSeen: Int64 = 0
+        var tenant = "", device = ""
     }
     private var states: [String: State] = [:]
     private let lock = NSLock()
@@ -124,6 +131,35 @@ public final class RuleStates: @unchecked Sendable {
     public var active: [(rule: String, key: String)] {
         lock.withLock { states.filter(\.value.active).map { k, _ in let p = k.split(separator: "\u{0}", maxSplits: 1); return (String(p[0]), String(p[1])) } }
             .sorted { ($0.rule, $0.key) < ($1.rule, $1.key) }
+    }
+
+    /// An absence rule heard from a key: its time is noted, and an active alert clears.
+    func heard(_ rule: RuleConfig, key: String, time: Int64, tenant: String, device: String) -> Transition? {
+        let id = rule.name + "\u{0}" + key
+        return lock.withLock {
+            var s = states[id] ?? State()
+            defer { states[id] = s }
+            s.lastSeen = max(s.lastSeen, time)
+            s.tenant = tenant
+            s.device = device
+            guard s.active else { return nil }
+            s.active = false
+            return .cleared(raisedAt: s.raisedAt)
+        }
+    }
+
+    /// Keys of an absence rule silent for its duration at `now` and not yet raised; they are raised.
+    func silent(_ rule: RuleConfig, after: Int64, now: Int64) -> [(key: String, tenant: String, device: String, lastSeen: Int64)] {
+        let prefix = rule.name + "\u{0}"
+        return lock.withLock {
+            var out: [(String, String, String, Int64)] = []
+            for (id, s) in states where !s.active && s.lastSeen > 0 && now - s.lastSeen >= after && id.hasPrefix(prefix) {
+                states[id]?.active = true
+                states[id]?.raisedAt = now
+                out.append((String(id.dropFirst(prefix.count)), s.tenant, s.device, s.lastSeen))
+            }
+            return out.sorted { $0.0 < $1.0 }
+        }
     }
 
     /// Adds a sample to the key's window, drops what fell out of it, and returns its aggregates.
@@ -207,6 +243,11 @@ extension PipelineProcessor {
         } else {
             key = m.device
         }
+        if rule.absent != nil {
+            // Silence is measured on the hub's clock: a device's own clock may be off.
+            guard let t = rules.heard(rule, key: key, time: m.receivedTime, tenant: m.tenant, device: m.device) else { return nil }
+            return alert(rule, t, key: key, tenant: m.tenant, device: m.device, time: m.receivedTime, context: context, id: m.id)
+        }
         let time = m.deviceTime ?? m.receivedTime
         if let w = rule.window {
             var c = context
@@ -227,7 +268,35 @@ extension PipelineProcessor {
                 return !(try rule.raise.test(&c))
             })
         guard let transition else { return nil }
-        var o: Value.Object = ["rule": .string(rule.name), "severity": .string(rule.severity), "key": .string(key), "device": .string(m.device)]
+        return alert(rule, transition, key: key, tenant: m.tenant, device: m.device, time: time, context: context, id: m.id)
+    }
+
+    /// The pipeline's timer: alerts of absence rules whose keys fell silent, by `now`.
+    public func tick(now: Int64) -> [Output] {
+        var out: [Output] = []
+        for step in config.steps {
+            guard case .rule(let rule) = step.kind, let after = rule.absent, !rule.to.isEmpty else { continue }
+            for s in rules.silent(rule, after: after, now: now) {
+                var envelope = EvaluationContext.Envelope()
+                envelope.device = s.device
+                envelope.tenant = s.tenant
+                let context = EvaluationContext(payload: .object(["silent_for": .int(now - s.lastSeen)]), envelope: envelope, now: now)
+                let alert = alert(rule, .raised(since: s.lastSeen), key: s.key, tenant: s.tenant, device: s.device, time: now, context: context,
+                                  id: "\(rule.name)-\(s.key)-\(now)")
+                out.append(Output(message: alert, sinks: rule.to))
+            }
+        }
+        return out
+    }
+
+    /// Whether a pipeline has rules a timer must run.
+    static func hasTimers(_ config: PipelineConfig) -> Bool {
+        config.steps.contains { if case .rule(let r) = $0.kind { r.absent != nil } else { false } }
+    }
+
+    private func alert(_ rule: RuleConfig, _ transition: RuleStates.Transition, key: String, tenant: String, device: String, time: Int64,
+                       context: EvaluationContext, id: String) -> CanonicalMessage {
+        var o: Value.Object = ["rule": .string(rule.name), "severity": .string(rule.severity), "key": .string(key), "device": .string(device)]
         switch transition {
         case .raised(let since):
             o["state"] = "raised"
@@ -239,10 +308,10 @@ extension PipelineProcessor {
         o["at"] = .int(time)
         if let t = rule.message { o["message"] = .string(t.render(context)) }
         o["value"] = context.payload
-        let alert = Message(id: m.id + "-" + rule.name, kind: .event, tenant: m.tenant, device: m.device, topic: "alerts/\(rule.name)",
-                            contentType: "application/json", deviceTime: time, receivedTime: m.receivedTime, qos: 1,
+        let alert = Message(id: id + "-" + rule.name, kind: .event, tenant: tenant, device: device, topic: "alerts/\(rule.name)",
+                            contentType: "application/json", deviceTime: time, receivedTime: time, qos: 1,
                             metadata: [KeyValue("rule", rule.name), KeyValue("alert_state", transition.name)])
-        var out = CanonicalMessage(alert, receivedTime: m.receivedTime)
+        var out = CanonicalMessage(alert, receivedTime: time)
         out.payload = .value(.object(o))
         return out
     }
