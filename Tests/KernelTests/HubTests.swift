@@ -96,6 +96,43 @@ import IoTCPluginKit
         #expect(eventually { jsonLines(r.dir.path + "/alerts.jsonl").map { $0["payload"]?["state"] } == ["raised", "cleared"] })
     }
 
+    /// Rule state survives a restart: an alert raised before it is still active after (the next hot
+    /// reading raises nothing new, a cool one clears it), and a window keeps its samples.
+    @Test func ruleStateSurvivesARestart() throws {
+        let dir = TempDir()
+        let port = freePort()
+        let yaml = """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(port)" }
+            sinks:
+              alerts: { plugin: file, path: "\(dir.path)/alerts.jsonl" }
+            pipelines:
+              t:
+                from: [ "devices:devices/+/telemetry" ]
+                steps:
+                  - decode: json
+                  - rule: { name: hot, raise: "temperature > 80", to: [ alerts ] }
+                  - rule: { name: busy, window: { over: 1h, of: "1" }, raise: "window.count >= 3", to: [ alerts ] }
+            auth: { allow_anonymous: true }
+            """
+        let base = "http://127.0.0.1:\(port)/v1/devices/oven-2/telemetry"
+        var hub = try makeHub(dir)
+        try hub.start(try loadConfig(yaml))
+        #expect(waitForPort(port))
+        #expect(postJSON(base, #"{"temperature": 90}"#)?.status == 202)
+        #expect(eventually { jsonLines(dir.path + "/alerts.jsonl").count == 1 })
+        hub.stop()
+        hub = try makeHub(dir)
+        try hub.start(try loadConfig(yaml))
+        defer { hub.stop() }
+        #expect(waitForPort(port))
+        #expect(postJSON(base, #"{"temperature": 95}"#)?.status == 202)  // still raised: nothing; the window's second sample
+        #expect(postJSON(base, #"{"temperature": 70}"#)?.status == 202)  // cleared; the third sample raises busy
+        #expect(eventually { jsonLines(dir.path + "/alerts.jsonl").count == 3 })
+        let alerts = jsonLines(dir.path + "/alerts.jsonl").map { "\($0["payload"]?["rule"] ?? .null) \($0["payload"]?["state"] ?? .null)" }
+        #expect(alerts == [#"string("hot") string("raised")"#, #"string("hot") string("cleared")"#, #"string("busy") string("raised")"#], "\(alerts)")
+    }
+
     @Test func ingestsTelemetryIntoAFile() throws {
         let r = try start("""
             telemetry:

@@ -9,7 +9,7 @@ public struct PipelineProcessor: Sendable {
     let clock: @Sendable () -> Int64
     /// The state of the pipeline's rule steps (kept across reloads by the hub).
     let rules: RuleStates
-    /// Whether it has absence rules, which its runtime's timer runs.
+    /// Whether it has rules, which its runtime's timer serves (absence, saving their state).
     public let hasTimers: Bool
 
     /// A message leaving the pipeline for some sinks.

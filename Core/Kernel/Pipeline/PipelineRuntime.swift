@@ -121,7 +121,10 @@ final class PipelineRuntime: @unchecked Sendable {
         var nextTick = Date().addingTimeInterval(Self.tickInterval)
         while true {
             if Date() >= nextTick {
-                if cond.withLock({ self.processor.hasTimers }) { tick() }
+                let processor = cond.withLock { self.processor }
+                if processor.hasTimers { tick() }  // absence rules; nothing when there are none
+                // Rule state reaches the data folder every 10 s when it changed (and at stop).
+                processor.rules.save(every: 10)
                 nextTick = Date().addingTimeInterval(Self.tickInterval)
             }
             cond.lock()

@@ -110,22 +110,57 @@ public struct Template: Sendable {
 /// The state of every rule of a pipeline, per key. It outlives reloads of the pipeline (the hub keeps
 /// one per pipeline name), so a reload neither raises nor clears anything by itself.
 public final class RuleStates: @unchecked Sendable {
-    struct State {
+    struct State: Codable {
         var active = false
         /// When `raise` started to hold, while waiting out `for`.
         var pendingSince: Int64?
         var raisedAt: Int64 = 0
         /// The window's samples (time, value), oldest first, from `head` on.
-        var samples: [(Int64, Double)] = []
+        var samples: [Sample] = []
         var head = 0
         /// For absence rules: when the key was last heard from, and whose it was.
         var lastSeen: Int64 = 0
         var tenant = "", device = ""
+
+        struct Sample: Codable {
+            var t: Int64
+            var v: Double
+        }
     }
     private var states: [String: State] = [:]
     private let lock = NSLock()
+    /// Where the states are kept between runs; nil keeps them in memory only.
+    private let file: URL?
+    private var dirty = false
+    private var savedAt = Date.distantPast
 
-    public init() {}
+    /// States kept in `file` (read now when it exists), or in memory only.
+    public init(file: URL? = nil) {
+        self.file = file
+        if let file, let data = try? Data(contentsOf: file), let saved = try? JSONDecoder().decode([String: State].self, from: data) {
+            states = saved
+        }
+    }
+
+    /// Writes the states to their file when they changed, at most every `interval` seconds (0: now).
+    public func save(every interval: TimeInterval = 0) {
+        guard let file else { return }
+        let snapshot: [String: State]? = lock.withLock {
+            guard dirty, Date().timeIntervalSince(savedAt) >= interval else { return nil }
+            dirty = false
+            savedAt = Date()
+            // The window's dropped samples are not kept.
+            return states.mapValues { s in
+                var c = s
+                c.samples = Array(s.samples[s.head...])
+                c.head = 0
+                return c
+            }
+        }
+        guard let snapshot, let data = try? JSONEncoder().encode(snapshot) else { return }
+        try? FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try? data.write(to: file, options: .atomic)
+    }
 
     /// Alerts active now, as (rule, key).
     public var active: [(rule: String, key: String)] {
@@ -139,6 +174,7 @@ public final class RuleStates: @unchecked Sendable {
         return lock.withLock {
             var s = states[id] ?? State()
             defer { states[id] = s }
+            dirty = true
             s.lastSeen = max(s.lastSeen, time)
             s.tenant = tenant
             s.device = device
@@ -154,6 +190,7 @@ public final class RuleStates: @unchecked Sendable {
         return lock.withLock {
             var out: [(String, String, String, Int64)] = []
             for (id, s) in states where !s.active && s.lastSeen > 0 && now - s.lastSeen >= after && id.hasPrefix(prefix) {
+                dirty = true
                 states[id]?.active = true
                 states[id]?.raisedAt = now
                 out.append((String(id.dropFirst(prefix.count)), s.tenant, s.device, s.lastSeen))
@@ -169,25 +206,26 @@ public final class RuleStates: @unchecked Sendable {
         defer { lock.unlock() }
         var s = states[id] ?? State()
         defer { states[id] = s }
-        s.samples.append((time, value))
-        while s.head < s.samples.count, s.samples[s.head].0 < time - w.over || s.samples.count - s.head > w.maxSamples { s.head += 1 }
+        dirty = true
+        s.samples.append(.init(t: time, v: value))
+        while s.head < s.samples.count, s.samples[s.head].t < time - w.over || s.samples.count - s.head > w.maxSamples { s.head += 1 }
         if s.head > 64, s.head * 2 > s.samples.count {
             s.samples.removeFirst(s.head)
             s.head = 0
         }
         let live = s.samples[s.head...]
         var sum = 0.0, lo = Double.infinity, hi = -Double.infinity
-        for (_, v) in live {
-            sum += v
-            lo = min(lo, v)
-            hi = max(hi, v)
+        for sample in live {
+            sum += sample.v
+            lo = min(lo, sample.v)
+            hi = max(hi, sample.v)
         }
         let first = live.first!, last = live.last!
-        let seconds = Double(last.0 - first.0) / 1000
+        let seconds = Double(last.t - first.t) / 1000
         return .object(Value.Object([
             ("count", .int(Int64(live.count))), ("sum", .double(sum)), ("avg", .double(sum / Double(live.count))),
-            ("min", .double(lo)), ("max", .double(hi)), ("first", .double(first.1)), ("last", .double(last.1)),
-            ("rate", .double(seconds > 0 ? (last.1 - first.1) / seconds : 0)),
+            ("min", .double(lo)), ("max", .double(hi)), ("first", .double(first.v)), ("last", .double(last.v)),
+            ("rate", .double(seconds > 0 ? (last.v - first.v) / seconds : 0)),
         ]))
     }
 
@@ -198,7 +236,11 @@ public final class RuleStates: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         var s = states[id] ?? State()
-        defer { states[id] = s }
+        let before = (s.active, s.pendingSince)
+        defer {
+            if (s.active, s.pendingSince) != before { dirty = true }
+            states[id] = s
+        }
         if !s.active {
             guard try raise() else {
                 s.pendingSince = nil
@@ -289,9 +331,10 @@ extension PipelineProcessor {
         return out
     }
 
-    /// Whether a pipeline has rules a timer must run.
+    /// Whether a pipeline has rules, which its runtime's timer serves: it raises absence rules and
+    /// saves the state of all of them.
     static func hasTimers(_ config: PipelineConfig) -> Bool {
-        config.steps.contains { if case .rule(let r) = $0.kind { r.absent != nil } else { false } }
+        config.steps.contains { if case .rule = $0.kind { true } else { false } }
     }
 
     private func alert(_ rule: RuleConfig, _ transition: RuleStates.Transition, key: String, tenant: String, device: String, time: Int64,

@@ -227,6 +227,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         for p in pipes.values { p.drainAndStop(deadline: deadline) }
         for s in snks.values { s.runtime.drainAndStop(deadline: deadline) }
         for p in pipes.values { p.wal?.close() }
+        for r in lock.withLock({ ruleStates.values }) { r.save() }
         for s in srcs.values { s.instance.routeTable.withLockedValue { $0 = [] } }
         lock.withLock {
             sources = [:]
@@ -265,7 +266,8 @@ public final class Hub: HostServices, @unchecked Sendable {
         // Rule state belongs to the pipeline's name, so that a reload keeps active alerts active.
         let rules = lock.withLock { () -> RuleStates in
             if let r = ruleStates[p.name] { return r }
-            let r = RuleStates()
+            // Kept in the data folder between runs, so that a restart neither re-raises nor forgets.
+            let r = RuleStates(file: dataDirectory.appendingPathComponent("rules").appendingPathComponent(p.name + ".json"))
             ruleStates[p.name] = r
             return r
         }
