@@ -50,6 +50,7 @@ bench:
 	Benchmarks/coap.sh .build/release
 	Benchmarks/modbus.sh .build/release
 	.build/release/iotc bench store
+	.build/release/iotc bench rules
 
 ## Fuzz the decoders (JSON, CBOR, expressions, MQTT) with libFuzzer; FUZZ_SECONDS each (default 60).
 fuzz:

@@ -6,7 +6,7 @@ import IoTCStore
 
 struct Bench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks that print figures (build with -c release).", subcommands: [StoreBench.self, ProvisionBench.self])
+        abstract: "Benchmarks that print figures (build with -c release).", subcommands: [StoreBench.self, ProvisionBench.self, RulesBench.self])
 }
 
 /// The store's figures: telemetry write throughput in batches, a day of 1-second data queried in
