@@ -27,6 +27,7 @@ public enum HubAPI {
         DevicesAPI.addCredentials(to: router, devices: devices, directory: directory, guarded: guarded)
         DevicesAPI.addTelemetry(to: router, telemetry: Telemetry(store: accounts.store), devices: Devices(store: accounts.store), guarded: guarded)
         CommandsAPI.add(to: router, hub: hub, center: commands, devices: devices, guarded: guarded)
+        AlertsAPI.add(to: router, book: hub.alerts, guarded: guarded)
         ProvisioningAPI.add(to: router, provisioning: Provisioning(store: accounts.store), devices: devices, directory: directory, audit: audit, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }

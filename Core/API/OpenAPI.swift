@@ -1,4 +1,5 @@
 import Hummingbird
+import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
 
@@ -75,6 +76,12 @@ enum OpenAPI {
                             ("result", ["description": "the device's answer (any JSON), null until it answers"]), ("detail", string)],
                            required: ["id", "device", "name", "status", "created_at", "expires_at"])),
         ("Items", object([("items", array([:]))], required: ["items"])),
+        ("Alert", object([("id", string), ("tenant", string), ("rule", string), ("key", string), ("device", string), ("severity", string),
+                          ("message", string), ("state", enumeration(Alert.State.allCases.map(\.rawValue))), ("raised_at", millis), ("updated_at", millis),
+                          ("count", ["type": "integer", "description": "how often the rule raised it; repeats and raises soon after a clear fold into it"]),
+                          ("history", array(object([("at", millis), ("action", string), ("by", ["type": ["string", "null"], "description": "the API key that acted; null for the rule"])],
+                                                   required: ["at", "action"])))],
+                         required: ["id", "tenant", "rule", "key", "device", "severity", "message", "state", "raised_at", "updated_at", "count", "history"])),
         ("ProvisioningKey", object([("id", string), ("name", string), ("profile", string), ("created_at", millis), ("expires_at", nullableMillis),
                                     ("revoked_at", nullableMillis), ("secret", ["type": "string", "description": "only in the answer that created the key"])],
                                    required: ["id", "name", "profile", "created_at"])),
@@ -191,6 +198,16 @@ enum OpenAPI {
                   query: [tenantQuery, ("status", enumeration(["queued", "delivered", "succeeded", "failed", "expired"])), limitQuery]),
         Operation(method: "get", path: "/v1/devices/{device}/commands/{id}", summary: "One command and its status", tag: "commands", access: "viewer",
                   query: [tenantQuery], ok: (200, ref("Command"))),
+        Operation(method: "get", path: "/v1/alerts", summary: "The tenant's alerts, newest first", tag: "alerts", access: "viewer",
+                  query: [tenantQuery, ("state", enumeration(Alert.State.allCases.map(\.rawValue))), ("rule", string), ("device", string), limitQuery]),
+        Operation(method: "get", path: "/v1/alerts/{id}", summary: "One alert and its history", tag: "alerts", access: "viewer",
+                  query: [tenantQuery], ok: (200, ref("Alert"))),
+        Operation(method: "post", path: "/v1/alerts/{id}/acknowledge", summary: "Acknowledge an active alert", tag: "alerts", access: "operator",
+                  query: [tenantQuery], ok: (200, ref("Alert")), bodyRequired: false),
+        Operation(method: "post", path: "/v1/alerts/{id}/clear", summary: "Clear an alert by hand", tag: "alerts", access: "operator",
+                  query: [tenantQuery], ok: (200, ref("Alert")), bodyRequired: false),
+        Operation(method: "post", path: "/v1/alerts/{id}/close", summary: "Close an alert: it takes no more actions, and the rule's next raise opens a new one",
+                  tag: "alerts", access: "operator", query: [tenantQuery], ok: (200, ref("Alert")), bodyRequired: false),
         Operation(method: "get", path: "/v1/provisioning-keys", summary: "The tenant's fleet provisioning keys (no secrets)", tag: "provisioning",
                   access: "admin", query: [tenantQuery]),
         Operation(method: "post", path: "/v1/provisioning-keys", summary: "Create a fleet provisioning key (the secret is in this answer only)",

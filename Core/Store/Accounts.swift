@@ -41,7 +41,7 @@ public struct APIKey: Sendable, Equatable {
     public var scopes: [String] = []
 
     /// The API's areas a key can be limited to.
-    public static let allScopes = ["accounts", "audit", "commands", "devices", "hub", "provisioning", "telemetry"]
+    public static let allScopes = ["accounts", "alerts", "audit", "commands", "devices", "hub", "provisioning", "telemetry"]
 
     /// Whether the key may reach an area.
     public func reaches(_ scope: String) -> Bool { scopes.isEmpty || scopes.contains(scope) }

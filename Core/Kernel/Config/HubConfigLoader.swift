@@ -323,12 +323,12 @@ public struct HubConfigLoader: Sendable {
         let sends = p.steps.contains { step in
             switch step.kind {
             case .route: true
-            case .rule(let r): !r.to.isEmpty
+            case .rule: true  // its alerts reach the alert book, and sinks when it names some
             default: false
             }
         }
         if node["to"] == nil && !sends {
-            v.diagnostics.warning(loc, "\(context) has no 'to' sinks, no route step and no rule that sends alerts: its messages go nowhere")
+            v.diagnostics.warning(loc, "\(context) has no 'to' sinks, no route step and no rule: its messages go nowhere")
         }
         return p
     }
@@ -495,9 +495,6 @@ public struct HubConfigLoader: Sendable {
         if absent.map({ $0 <= 0 }) == true, let a = node["absent"] { v.diagnostics.error(a.location, "absent must be longer than 0") }
         guard v.diagnostics.errors.count == errors, case .string(let name)? = o["name"],
               let raise = absent != nil ? try? Expression("false") : raise else { return nil }
-        if to.isEmpty {
-            v.diagnostics.warning(keyLoc, "rule '\(name)' in \(context) sends its alerts nowhere", hint: "add to: [ SINK ]")
-        }
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
                               when: when, window: window, absent: absent)

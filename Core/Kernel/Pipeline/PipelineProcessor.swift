@@ -44,6 +44,9 @@ public struct PipelineProcessor: Sendable {
         public var filtered = 0
         /// Rule steps that could not evaluate a message (a missing field): the message went on.
         public var ruleErrors: [(rule: String, reason: String)] = []
+        /// Every alert message the rules made (also those whose rule sends them to no sink), for the
+        /// hub's alert book.
+        public var alerts: [CanonicalMessage] = []
     }
 
     public init(
@@ -108,8 +111,9 @@ public struct PipelineProcessor: Sendable {
                 case .rule(let rule):
                     // A rule that cannot evaluate a message counts an error; the message goes on.
                     do {
-                        if let alert = try evaluate(rule, m, context: context(m)), !rule.to.isEmpty {
-                            result.outputs.append(Output(message: alert, sinks: rule.to))
+                        if let alert = try evaluate(rule, m, context: context(m)) {
+                            result.alerts.append(alert)
+                            if !rule.to.isEmpty { result.outputs.append(Output(message: alert, sinks: rule.to)) }
                         }
                     } catch {
                         result.ruleErrors.append((rule.name, (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"))

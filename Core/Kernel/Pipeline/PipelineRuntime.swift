@@ -25,6 +25,8 @@ final class PipelineRuntime: @unchecked Sendable {
     static let nap: TimeInterval = 0.000_2
     private var worker: WorkerThread?
     private(set) var wal: WriteAheadLog?
+    /// Where the rules' alerts are recorded for operators (the hub's alert book).
+    var alerts: AlertBook?
     private let deadLetters: DeadLetterStore
     private let log: @Sendable (String) -> Void
 
@@ -100,7 +102,9 @@ final class PipelineRuntime: @unchecked Sendable {
     private func tick() {
         let (processor, sinks) = cond.withLock { (self.processor, self.sinks) }
         var out = 0
-        for o in processor.tick(now: processor.clock()) {
+        let outputs = processor.tick(now: processor.clock())
+        alerts?.record(outputs.map(\.message))
+        for o in outputs {
             let m = o.message.pluginMessage
             for name in o.sinks {
                 guard let sink = sinks[name] else { continue }
@@ -170,6 +174,7 @@ final class PipelineRuntime: @unchecked Sendable {
             for input in batch {
                 let result = processor.process(input.message)
                 dropped += result.filtered
+                if !result.alerts.isEmpty { alerts?.record(result.alerts) }
                 for e in result.ruleErrors {
                     Counter(label: "iotc_rule_errors_total", dimensions: [("pipeline", name), ("rule", e.rule)]).increment()
                 }

@@ -160,6 +160,7 @@ public struct PipelineTestRunner {
         var filtered = 0, ruleErrors = 0
         if case .array(let inputs)? = t["input"] {
             func collect(_ r: [PipelineProcessor.Output]) { for o in r { for s in o.sinks { outputs[s, default: []].append(o.message) } } }
+            // (An absence rule without sinks yields outputs with none: they reach only the alert book.)
             for case .object(let i) in inputs {
                 if let wait = i["wait"]?.number {
                     clock.now += Int64(wait * 1000)

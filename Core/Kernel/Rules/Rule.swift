@@ -313,11 +313,12 @@ extension PipelineProcessor {
         return alert(rule, transition, key: key, tenant: m.tenant, device: m.device, time: time, context: context, id: m.id)
     }
 
-    /// The pipeline's timer: alerts of absence rules whose keys fell silent, by `now`.
+    /// The pipeline's timer: alerts of absence rules whose keys fell silent, by `now`, each with the
+    /// rule's sinks (none when the rule sends its alerts only to the alert book).
     public func tick(now: Int64) -> [Output] {
         var out: [Output] = []
         for step in config.steps {
-            guard case .rule(let rule) = step.kind, let after = rule.absent, !rule.to.isEmpty else { continue }
+            guard case .rule(let rule) = step.kind, let after = rule.absent else { continue }
             for s in rules.silent(rule, after: after, now: now) {
                 var envelope = EvaluationContext.Envelope()
                 envelope.device = s.device

@@ -13,6 +13,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     public let plugins: PluginSet
     public let dataDirectory: URL
     public let deadLetters: DeadLetterStore
+    /// The alerts rules raised, with their lifecycle, for the operator API.
+    public let alerts: AlertBook
     let logger: Logger
 
     private let lock = NSLock()
@@ -64,6 +66,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         self.logger = logger
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
         deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"))
+        alerts = AlertBook(file: dataDirectory.appendingPathComponent("alerts.json"))
     }
 
     // MARK: - Lifecycle
@@ -158,6 +161,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             let runtime = PipelineRuntime(processor: processor, sinks: sinkMap, wal: wal, deadLetters: deadLetters) { [logger] in
                 logger.warning("\($0)")
             }
+            runtime.alerts = alerts
             runtime.start()
             newPipelines[p.name] = runtime
             replays.append((runtime, pending))

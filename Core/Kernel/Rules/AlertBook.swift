@@ -1,0 +1,155 @@
+import Foundation
+import IoTCPluginKit
+
+/// An alert as operators see it: raised by a rule for a key, with a lifecycle (active, acknowledged,
+/// cleared, closed) and its history, who and when.
+public struct Alert: Codable, Sendable, Equatable {
+    public enum State: String, Codable, Sendable, CaseIterable {
+        case active, acknowledged, cleared, closed
+    }
+    public struct Event: Codable, Sendable, Equatable {
+        public var at: Int64
+        /// raised, repeated, cleared, reopened, acknowledged, closed
+        public var action: String
+        /// The API key that acted; nil for the rule itself.
+        public var by: String?
+    }
+    public var id: String
+    public var tenant: String
+    public var rule: String
+    public var key: String
+    public var device: String
+    public var severity: String
+    public var message: String
+    public var state: State
+    public var raisedAt: Int64
+    public var updatedAt: Int64
+    /// How often the rule raised it: a raise while it is open, or soon after it cleared, folds into it.
+    public var count: Int
+    public var history: [Event]
+}
+
+/// Every pipeline's alerts, in `DATA/alerts.json`. Rule transitions come in as alert messages; the
+/// operator API acknowledges, clears and closes. A raise while an alert for the same rule and key is
+/// open, or within `foldWindow` of its clearing, folds into it (its count goes up, it reopens) rather
+/// than opening another: duplicates become one alert, and a flapping condition one alert with a count.
+public final class AlertBook: @unchecked Sendable {
+    private var alerts: [Alert] = []
+    private let lock = NSLock()
+    private let file: URL?
+    private var nextID: Int
+    /// Milliseconds after its clearing during which a new raise reopens an alert.
+    public let foldWindow: Int64
+    /// Alerts kept at most; the oldest closed (then cleared) ones go first.
+    public let capacity: Int
+
+    public init(file: URL?, foldWindow: Int64 = 10 * 60_000, capacity: Int = 10_000) {
+        self.file = file
+        self.foldWindow = foldWindow
+        self.capacity = capacity
+        if let file, let data = try? Data(contentsOf: file), let saved = try? JSONDecoder().decode([Alert].self, from: data) { alerts = saved }
+        nextID = (alerts.compactMap { Int($0.id.dropFirst(2)) }.max() ?? 0) + 1
+    }
+
+    /// Takes rule alert messages (payloads as the rule step makes them).
+    public func record(_ messages: [CanonicalMessage]) {
+        guard !messages.isEmpty else { return }
+        lock.withLock {
+            for m in messages {
+                guard case .value(let p) = m.payload, case .string(let rule)? = p["rule"], case .string(let key)? = p["key"],
+                      case .string(let state)? = p["state"] else { continue }
+                let at = p["at"]?.number.map { Int64($0) } ?? m.receivedTime
+                let tenant = m.tenant.isEmpty ? "default" : m.tenant
+                let open = alerts.lastIndex { $0.tenant == tenant && $0.rule == rule && $0.key == key && $0.state != .closed }
+                if state == "raised" {
+                    let message = if case .string(let s)? = p["message"] { s } else { "" }
+                    if let i = open, alerts[i].state != .cleared || at - alerts[i].updatedAt <= foldWindow {
+                        alerts[i].count += 1
+                        alerts[i].history.append(.init(at: at, action: alerts[i].state == .cleared ? "reopened" : "repeated"))
+                        if alerts[i].state == .cleared { alerts[i].state = .active }
+                        alerts[i].message = message
+                        alerts[i].updatedAt = at
+                    } else {
+                        let severity = if case .string(let s)? = p["severity"] { s } else { "major" }
+                        alerts.append(Alert(id: "al\(nextID)", tenant: tenant, rule: rule, key: key, device: m.device, severity: severity,
+                                            message: message, state: .active, raisedAt: at, updatedAt: at, count: 1,
+                                            history: [.init(at: at, action: "raised")]))
+                        nextID += 1
+                    }
+                } else if state == "cleared", let i = open, alerts[i].state != .cleared {
+                    alerts[i].state = .cleared
+                    alerts[i].updatedAt = at
+                    alerts[i].history.append(.init(at: at, action: "cleared"))
+                }
+            }
+            trim()
+        }
+        save()
+    }
+
+    /// The tenant's alerts, newest first.
+    public func list(tenant: String, state: Alert.State? = nil, rule: String? = nil, device: String? = nil, limit: Int = 100) -> [Alert] {
+        lock.withLock {
+            Array(alerts.reversed().lazy.filter { a in
+                a.tenant == tenant && (state == nil || a.state == state) && (rule == nil || a.rule == rule) && (device == nil || a.device == device)
+            }.prefix(limit))
+        }
+    }
+
+    public func get(tenant: String, id: String) -> Alert? {
+        lock.withLock { alerts.first { $0.id == id && $0.tenant == tenant } }
+    }
+
+    /// Why an operator's action was refused.
+    public enum ActionError: Error, Equatable {
+        case notFound
+        case conflict(String)
+    }
+
+    public enum Action: String, Sendable {
+        case acknowledge, clear, close
+    }
+
+    /// An operator acknowledges, clears or closes an alert. A closed alert takes no more actions.
+    public func act(_ action: Action, tenant: String, id: String, by: String, at: Int64) throws(ActionError) -> Alert {
+        let result: Result<Alert, ActionError> = lock.withLock {
+            guard let i = alerts.firstIndex(where: { $0.id == id && $0.tenant == tenant }) else { return .failure(.notFound) }
+            var a = alerts[i]
+            switch (action, a.state) {
+            case (_, .closed):
+                return .failure(.conflict("the alert is closed"))
+            case (.acknowledge, .active):
+                a.state = .acknowledged
+            case (.acknowledge, _):
+                return .failure(.conflict("only an active alert can be acknowledged; this one is \(a.state.rawValue)"))
+            case (.clear, .cleared):
+                return .failure(.conflict("the alert is already cleared"))
+            case (.clear, _):
+                a.state = .cleared
+            case (.close, _):
+                a.state = .closed
+            }
+            a.updatedAt = at
+            a.history.append(.init(at: at, action: action == .acknowledge ? "acknowledged" : action == .clear ? "cleared" : "closed", by: by))
+            alerts[i] = a
+            return .success(a)
+        }
+        let a = try result.get()
+        save()
+        return a
+    }
+
+    private func trim() {
+        guard alerts.count > capacity else { return }
+        for state in [Alert.State.closed, .cleared] {
+            while alerts.count > capacity, let i = alerts.firstIndex(where: { $0.state == state }) { alerts.remove(at: i) }
+        }
+        if alerts.count > capacity { alerts.removeFirst(alerts.count - capacity) }
+    }
+
+    private func save() {
+        guard let file else { return }
+        guard let data = lock.withLock({ try? JSONEncoder().encode(alerts) }) else { return }
+        try? data.write(to: file, options: .atomic)
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+import Testing
+@testable import IoTCKernel
+import IoTCPluginKit
+
+/// Alerts as operators see them: a rule raises, clears and re-raises; the API lists, acknowledges,
+/// clears and closes, with who and when; repeats fold into one alert with a count; the book survives
+/// a restart of its store file.
+@Suite(.serialized) struct AlertsTests {
+    static let ownerKey = "iotc_alertstest1_" + String(repeating: "k", count: 40)
+
+    func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
+
+    @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
+        let http = freePort()
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(http)" }
+            sinks:
+              alerts: { plugin: file, path: \(hub.dir.path)/alerts.jsonl }
+            pipelines:
+              t:
+                from: [ "devices:devices/+/telemetry" ]
+                steps:
+                  - decode: json
+                  - rule: { name: hot, raise: "temperature > 80", clear: "temperature < 75", severity: critical, message: "{msg.device} at {temperature}", to: [ alerts ] }
+                  - rule: { name: quiet, raise: "temperature < 0" }
+            auth:
+              allow_anonymous: true
+            """ }
+        func post(_ t: Int) { #expect(postJSON("http://127.0.0.1:\(http)/v1/devices/oven-1/telemetry", #"{"temperature": \#(t)}"#)?.status == 202) }
+        func alerts(_ query: String = "") throws -> [Value] {
+            try JSON.decode(Array(hub.call("GET", "/v1/alerts?tenant=default\(query)").body.utf8))["items"]?.array ?? []
+        }
+        #expect(waitForPort(http))
+        post(90)
+        #expect(eventually { (try? alerts())?.count == 1 })
+        var a = try #require(try alerts().first)
+        let id = try #require(text(a["id"]))
+        #expect(a["state"] == "active" && a["rule"] == "hot" && a["key"] == "oven-1" && a["severity"] == "critical" && a["message"] == "oven-1 at 90"
+                && a["count"] == .int(1), "\(a)")
+        // An operator acknowledges it: who and when are in its history.
+        var r = hub.call("POST", "/v1/alerts/\(id)/acknowledge?tenant=default")
+        #expect(r.status == 200, "\(r.body)")
+        a = try JSON.decode(Array(r.body.utf8))
+        #expect(a["state"] == "acknowledged" && a["history"]?.array?.last?["action"] == "acknowledged"
+                && text(a["history"]?.array?.last?["by"])?.hasPrefix("key:") == true, "\(a)")
+        #expect(hub.call("POST", "/v1/alerts/\(id)/acknowledge?tenant=default").status == 409)
+        // The rule clears it; a raise soon after reopens the same alert with a count.
+        post(70)
+        #expect(eventually { (try? alerts("&state=cleared"))?.count == 1 })
+        post(95)
+        #expect(eventually { (try? alerts("&state=active"))?.first?["count"] == .int(2) })
+        #expect(try alerts().count == 1)
+        a = try JSON.decode(Array(hub.call("GET", "/v1/alerts/\(id)?tenant=default").body.utf8))
+        #expect(a["history"]?.array?.compactMap { text($0["action"]) } == ["raised", "acknowledged", "cleared", "reopened"], "\(a)")
+        // Closed, it takes no more actions, and the rule's next raise is a new alert.
+        #expect(hub.call("POST", "/v1/alerts/\(id)/close?tenant=default").status == 200)
+        #expect(hub.call("POST", "/v1/alerts/\(id)/clear?tenant=default").status == 409)
+        post(70)
+        post(99)
+        #expect(eventually { (try? alerts())?.count == 2 })
+        #expect(try alerts("&state=closed").map { text($0["id"]) } == [id])
+        // A rule without sinks still records its alerts; filters and unknown ids.
+        post(-5)
+        #expect(eventually { (try? alerts("&rule=quiet"))?.count == 1 })
+        #expect(hub.call("GET", "/v1/alerts/al999?tenant=default").status == 404)
+        #expect(hub.call("GET", "/v1/alerts?tenant=default&state=bogus").status == 400)
+        // The alert messages went to the sink too, and the actions are audited.
+        #expect(jsonLines(hub.dir.path + "/alerts.jsonl").compactMap { text($0["payload"]?["state"]) } == ["raised", "cleared", "raised", "cleared", "raised", "cleared"])
+        let audit = hub.call("GET", "/v1/audit?limit=50").body
+        #expect(audit.contains("alert.acknowledge") && audit.contains("alert.close"), "\(audit.prefix(400))")
+    }
+}
