@@ -11,6 +11,35 @@ import IoTCPluginKit
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
+    func alertMessage(_ state: String, key: String, at: Int64) -> CanonicalMessage {
+        var m = CanonicalMessage(Message(tenant: "t1", device: key, topic: "alerts/hot"), receivedTime: at)
+        m.payload = .value(["rule": "hot", "key": .string(key), "state": .string(state), "at": .int(at), "severity": "minor", "message": "m"])
+        return m
+    }
+
+    /// The book folds repeats and quick re-raises, opens a new alert after the fold window, and comes
+    /// back from its file.
+    @Test func foldsRepeatsAndKeepsItsAlertsInItsFile() throws {
+        let dir = TempDir()
+        let file = URL(fileURLWithPath: dir.path + "/alerts.json")
+        let book = AlertBook(file: file, foldWindow: 60_000)
+        book.record([alertMessage("raised", key: "k1", at: 1_000), alertMessage("cleared", key: "k1", at: 2_000)])
+        book.record([alertMessage("raised", key: "k1", at: 30_000)])  // within a minute of the clear: reopened
+        book.record([alertMessage("cleared", key: "k1", at: 40_000), alertMessage("raised", key: "k1", at: 200_000)])  // long after: a new one
+        book.record([alertMessage("raised", key: "k2", at: 200_500)])
+        let all = book.list(tenant: "t1")
+        #expect(all.map(\.key) == ["k2", "k1", "k1"] && all.map(\.count) == [1, 1, 2], "\(all)")
+        #expect(all[2].history.map(\.action) == ["raised", "cleared", "reopened", "cleared"])
+        #expect(throws: AlertBook.ActionError.notFound) { try book.act(.acknowledge, tenant: "other", id: all[0].id, by: "key:x", at: 1) }
+        _ = try book.act(.acknowledge, tenant: "t1", id: all[0].id, by: "key:x", at: 300_000)
+        book.save()
+        let again = AlertBook(file: file, foldWindow: 60_000)
+        #expect(again.list(tenant: "t1") == book.list(tenant: "t1"))
+        // New ids continue after the ones on file.
+        again.record([alertMessage("raised", key: "k3", at: 400_000)])
+        #expect(Set(again.list(tenant: "t1").map(\.id)).count == 4)
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """

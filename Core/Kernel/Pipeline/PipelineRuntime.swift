@@ -129,6 +129,7 @@ final class PipelineRuntime: @unchecked Sendable {
                 if processor.hasTimers { tick() }  // absence rules; nothing when there are none
                 // Rule state reaches the data folder every 10 s when it changed (and at stop).
                 processor.rules.save(every: 10)
+                alerts?.save(every: 1)
                 nextTick = Date().addingTimeInterval(Self.tickInterval)
             }
             cond.lock()

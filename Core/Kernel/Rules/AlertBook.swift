@@ -38,6 +38,8 @@ public final class AlertBook: @unchecked Sendable {
     private let lock = NSLock()
     private let file: URL?
     private var nextID: Int
+    private var dirty = false
+    private var savedAt = Date.distantPast
     /// Milliseconds after its clearing during which a new raise reopens an alert.
     public let foldWindow: Int64
     /// Alerts kept at most; the oldest closed (then cleared) ones go first.
@@ -83,8 +85,11 @@ public final class AlertBook: @unchecked Sendable {
                 }
             }
             trim()
+            dirty = true
         }
-        save()
+        // Many alerts at once (a fleet flapping) must not cost a file write each: at most one a second;
+        // the pipelines' timers and the hub's stop write what is left.
+        save(every: 1)
     }
 
     /// The tenant's alerts, newest first.
@@ -135,6 +140,7 @@ public final class AlertBook: @unchecked Sendable {
             return .success(a)
         }
         let a = try result.get()
+        lock.withLock { dirty = true }
         save()
         return a
     }
@@ -147,9 +153,16 @@ public final class AlertBook: @unchecked Sendable {
         if alerts.count > capacity { alerts.removeFirst(alerts.count - capacity) }
     }
 
-    private func save() {
+    /// Writes the book to its file when it changed, at most every `interval` seconds (0: now).
+    public func save(every interval: TimeInterval = 0) {
         guard let file else { return }
-        guard let data = lock.withLock({ try? JSONEncoder().encode(alerts) }) else { return }
+        let data: Data? = lock.withLock {
+            guard dirty, Date().timeIntervalSince(savedAt) >= interval else { return nil }
+            dirty = false
+            savedAt = Date()
+            return try? JSONEncoder().encode(alerts)
+        }
+        guard let data else { return }
         try? data.write(to: file, options: .atomic)
     }
 }

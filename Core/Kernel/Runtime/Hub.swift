@@ -232,6 +232,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         for s in snks.values { s.runtime.drainAndStop(deadline: deadline) }
         for p in pipes.values { p.wal?.close() }
         for r in lock.withLock({ ruleStates.values }) { r.save() }
+        alerts.save()
         for s in srcs.values { s.instance.routeTable.withLockedValue { $0 = [] } }
         lock.withLock {
             sources = [:]
