@@ -45,6 +45,7 @@ let package = Package(
         .library(name: "iotc-plugin-coap", type: .dynamic, targets: ["CoAPPlugin"]),
         .library(name: "iotc-plugin-lwm2m", type: .dynamic, targets: ["LwM2MPlugin"]),
         .library(name: "iotc-plugin-modbus", type: .dynamic, targets: ["ModbusPlugin"]),
+        .library(name: "iotc-plugin-email", type: .dynamic, targets: ["EmailPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -134,6 +135,7 @@ let package = Package(
         ]),
         plugin("FilePlugin", folder: "File", dependencies: []),
         plugin("LogPlugin", folder: "Log", dependencies: []),
+        plugin("EmailPlugin", folder: "Email", dependencies: nio + [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .target(name: "MQTTCodec", dependencies: nio, path: "Plugins/MQTT/Sources/MQTTCodec", swiftSettings: hotPath),
         .target(name: "MQTTBroker", dependencies: nio + ["MQTTCodec", .product(name: "Atomics", package: "swift-atomics"),
                                                          .product(name: "DequeModule", package: "swift-collections")],

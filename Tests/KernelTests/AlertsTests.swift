@@ -40,6 +40,54 @@ import IoTCPluginKit
         #expect(Set(again.list(tenant: "t1").map(\.id)).count == 4)
     }
 
+    /// The alert and its clearing arrive as two e-mails at a real SMTP server (aiosmtpd), over STARTTLS
+    /// and after AUTH PLAIN, with the subject and body filled from the alert.
+    @Test func anAlertAndItsClearingArriveByMail() throws {
+        let http = freePort(), smtp = freePort()
+        let certs = TempDir()
+        try makeTestCertificates(in: certs)
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let mails = certs.path + "/mails.jsonl"
+        let receiver = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/smtp_receiver.py", "\(smtp)", certs.path + "/cert.pem",
+                                                 certs.path + "/key.pem", mails, "alerts@example.com", "s3cret-pass"])
+        #expect(eventually(timeout: 20) { receiver.log.contains("ready") }, "\(receiver.log)")
+        let hub = try ServedHub(key: Self.ownerKey, pipelineFile: { hub in """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(http)" }
+            sinks:
+              mail:
+                plugin: smtp
+                server: "127.0.0.1:\(smtp)"
+                ca_file: \(certs.path)/cert.pem
+                username: alerts@example.com
+                password: "${env:SMTP_TEST_PASSWORD}"
+                from: iotc@example.com
+                to: [ ops@example.com, oncall@example.com ]
+            pipelines:
+              t:
+                from: [ "devices:devices/+/telemetry" ]
+                steps:
+                  - decode: json
+                  - rule: { name: freezer-warm, raise: "temperature > -10", clear: "temperature < -15", severity: critical, message: "{msg.device} is at {temperature} °C", to: [ mail ] }
+            auth:
+              allow_anonymous: true
+            """ }, environment: ["SMTP_TEST_PASSWORD": "s3cret-pass"])
+        #expect(waitForPort(http))
+        #expect(postJSON("http://127.0.0.1:\(http)/v1/devices/freezer-1/telemetry", #"{"temperature": -5}"#)?.status == 202)
+        #expect(postJSON("http://127.0.0.1:\(http)/v1/devices/freezer-1/telemetry", #"{"temperature": -20}"#)?.status == 202)
+        #expect(eventually(timeout: 15) { jsonLines(mails).count == 2 }, "\(receiver.log)")
+        let got = jsonLines(mails)
+        #expect(got.allSatisfy { $0["tls"] == .bool(true) && $0["user"] == "alerts@example.com" && $0["from"] == "iotc@example.com"
+                                  && $0["to"] == ["ops@example.com", "oncall@example.com"] }, "\(got)")
+        let first = text(got[0]["data"]) ?? "", second = text(got[1]["data"]) ?? ""
+        // The subject is not ASCII (°C), so it is an RFC 2047 encoded word; the body is UTF-8.
+        let subject = "[critical] freezer-warm raised: freezer-1 is at -5 °C"
+        #expect(first.contains("Subject: =?utf-8?B?\(Data(subject.utf8).base64EncodedString())?=") && first.contains("freezer-1 is at -5 °C")
+                && first.contains("state: raised"), "\(first)")
+        #expect(second.contains("state: cleared") && second.contains("freezer-1 is at -20 °C"), "\(second)")
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """

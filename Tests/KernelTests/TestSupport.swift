@@ -282,11 +282,11 @@ final class ServedHub {
     private var process: ChildProcess?
 
     /// `pipelineFile` is the YAML, given the hub (its folder and ports).
-    init(key: String, pipelineFile: (ServedHub) throws -> String) throws {
+    init(key: String, pipelineFile: (ServedHub) throws -> String, environment: [String: String] = [:]) throws {
         self.key = key
         let file = dir.write("hub.yaml", try pipelineFile(self))
         let p = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(api)", "--plugins", Build.directory],
-                                 environment: ["IOTC_BOOTSTRAP_KEY": key])
+                                 environment: environment.merging(["IOTC_BOOTSTRAP_KEY": key]) { a, _ in a })
         process = p
         #expect(waitForPort(api), "\(p.log)")
     }

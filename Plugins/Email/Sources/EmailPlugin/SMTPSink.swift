@@ -1,0 +1,162 @@
+import Foundation
+import IoTCPluginKit
+import NIOCore
+import NIOPosix
+import NIOSSL
+
+@_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
+    Plugin.entry(name: "email", version: "0.1.0", description: "Notifications by e-mail over SMTP with STARTTLS.", components: [SMTPSink.self], offered: v, count: n)
+}
+
+/// Sends each message as an e-mail: alerts from rule steps, or anything a pipeline routes here.
+final class SMTPSink: Sink, @unchecked Sendable {
+    struct Config: Decodable {
+        var server: String
+        var tls: String
+        var ca_file: String?
+        var server_name: String?
+        var username: String?
+        var password: String?
+        var from: String
+        var to: [String]
+        var subject: String
+        var body: String
+        var timeout: Double
+    }
+
+    static let name = "smtp"
+    static let summary = "E-mail over SMTP (STARTTLS by default): a mail per message, subject and body from templates."
+    static let description = """
+        Each message becomes one e-mail to `to`, sent over its own SMTP session: EHLO, STARTTLS \
+        (required unless `tls: none`; `tls: implicit` for port 465), AUTH PLAIN when `username` is set, \
+        MAIL, RCPT, DATA. `subject` and `body` are templates: `{name}` is a field of the message's JSON \
+        payload (`{value.temperature}` goes deeper), and `{msg.device}`, `{msg.topic}`, `{msg.kind}` \
+        name the envelope; a missing field is empty. The defaults suit alert messages from rule steps. \
+        A 4xx answer or a lost connection is retried by the hub (backoff, then dead letters); a 5xx answer \
+        fails the message at once.
+        """
+    static let fields: [ConfigField] = [
+        ConfigField("server", .string, "SMTP server as host:port.", example: "smtp.example.com:587", required: true),
+        ConfigField("tls", .string, "starttls (upgrade after EHLO, required), implicit (TLS from the start, port 465) or none.", default: #""starttls""#, options: ["starttls", "implicit", "none"]),
+        ConfigField("ca_file", .string, "PEM CA bundle to verify the server with, instead of the system's."),
+        ConfigField("server_name", .string, "Name to verify the server's certificate against; default the host of server."),
+        ConfigField("username", .string, "User for AUTH PLAIN (sent only over TLS).", example: "alerts@example.com"),
+        ConfigField("password", .string, "Password for AUTH PLAIN.", example: "${env:SMTP_PASSWORD}", secret: true),
+        ConfigField("from", .string, "Sender address.", example: "iotc@example.com", required: true),
+        ConfigField("to", .list(.string), "Recipient addresses.", example: "[ ops@example.com ]", required: true),
+        ConfigField("subject", .string, "Subject template.", default: #""[{severity}] {rule} {state}: {message}""#),
+        ConfigField("body", .string, "Body template.", default: #""{message}\n\nrule: {rule}\nstate: {state}\nseverity: {severity}\ndevice: {msg.device}\nkey: {key}\n""#),
+        ConfigField("timeout", .duration, "Time allowed for the connection and for each answer.", default: "30", example: "10s"),
+    ]
+
+    let config: Config
+    let host: PluginHost
+    private let server: (host: String, port: Int)
+    private let ssl: NIOSSLContext?
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// Mails go one at a time, in the order they came: an alert's clearing never lands before it.
+    private let outbox: AsyncStream<(Message, Ack)>.Continuation
+    private let sender: Task<Void, Never>
+
+    init(config: Config, host: PluginHost) throws {
+        self.config = config
+        self.host = host
+        guard let colon = config.server.lastIndex(of: ":"), let port = Int(config.server[config.server.index(after: colon)...]), (1...65535).contains(port) else {
+            throw PluginError("server must be host:port, not '\(config.server)'")
+        }
+        server = (String(config.server[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]")), port)
+        guard !config.to.isEmpty else { throw PluginError("to needs at least one address") }
+        for a in [config.from] + config.to where !a.contains("@") || a.contains(where: { $0 == "<" || $0 == ">" || $0 == "\r" || $0 == "\n" }) {
+            throw PluginError("'\(a)' is not an e-mail address")
+        }
+        if config.username != nil, config.tls == "none" { throw PluginError("username needs TLS: the password would cross the network in the clear") }
+        if config.tls == "none" {
+            ssl = nil
+        } else {
+            var c = TLSConfiguration.makeClientConfiguration()
+            if let ca = config.ca_file { c.trustRoots = .file(ca) }
+            ssl = try NIOSSLContext(configuration: c)
+        }
+        let (stream, continuation) = AsyncStream.makeStream(of: (Message, Ack).self)
+        outbox = continuation
+        let session = SMTPSession(host: server.host, port: server.port, tls: config.tls, sslContext: ssl,
+                                  serverName: config.server_name ?? (server.host.first?.isNumber == true ? nil : server.host),
+                                  username: config.username, password: config.password, timeout: .milliseconds(Int64(config.timeout * 1000)))
+        let (from, to, group) = (config.from, config.to, group)
+        let render = { [config] (m: Message) in Self.render(m, config) }
+        sender = Task {
+            for await (message, ack) in stream {
+                do {
+                    try await session.send(from: from, to: to, data: render(message), group: group)
+                    ack.succeed()
+                } catch let e as SMTPError {
+                    host.log(.warning, "mail not sent: \(e)")
+                    if e.transient { ack.retry(e.description) } else { ack.reject(e.description) }
+                } catch {
+                    ack.retry("\(error)")
+                }
+            }
+        }
+    }
+
+    func stop() {
+        outbox.finish()
+        sender.cancel()
+        try? group.syncShutdownGracefully()
+    }
+
+    func write(_ message: Message, ack: Ack) -> Bool {
+        outbox.yield((message, ack))
+        return true
+    }
+
+    /// The mail: headers and a UTF-8 body.
+    static func render(_ m: Message, _ config: Config) -> String {
+        let payload = (try? JSON.decode(m.payload)) ?? .null
+        let subject = Self.fill(config.subject, payload, m).replacingOccurrences(of: "\n", with: " ")
+        let body = Self.fill(config.body, payload, m)
+        let date = DateFormatter()
+        date.locale = Locale(identifier: "en_US_POSIX")
+        date.dateFormat = "EEE, dd MMM yyyy HH:mm:ss Z"
+        let domain = config.from.split(separator: "@").last.map(String.init) ?? "iotc.local"
+        return [
+            "From: \(config.from)", "To: \(config.to.joined(separator: ", "))", "Subject: \(Self.encodedWord(subject))",
+            "Date: \(date.string(from: Date()))", "Message-ID: <\(UUID().uuidString)@\(domain)>", "MIME-Version: 1.0",
+            "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit", "", body,
+        ].joined(separator: "\r\n")
+    }
+
+    /// `{path}` from the payload, `{msg.device}` and the like from the envelope; missing is empty.
+    static func fill(_ template: String, _ payload: Value, _ m: Message) -> String {
+        var out = ""
+        var rest = Substring(template)
+        while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
+            out += rest[..<open]
+            let path = rest[rest.index(after: open)..<close]
+            switch path {
+            case "msg.device": out += m.device
+            case "msg.topic": out += m.topic
+            case "msg.kind": out += m.kind.name
+            case "msg.tenant": out += m.tenant
+            default:
+                var v: Value? = payload
+                for part in path.split(separator: ".") { v = v?[String(part)] }
+                switch v {
+                case .string(let s)?: out += s
+                case .int(let i)?: out += String(i)
+                case .double(let d)?: out += String(d)
+                case .bool(let b)?: out += String(b)
+                case nil, .null?: break
+                case let x?: out += String(decoding: JSON.encode(x), as: UTF8.self)
+                }
+            }
+            rest = rest[rest.index(after: close)...]
+        }
+        return out + rest
+    }
+
+    /// A header value in RFC 2047 form when it is not plain ASCII.
+    static func encodedWord(_ s: String) -> String {
+        s.utf8.allSatisfy({ $0 < 0x80 && $0 >= 0x20 }) ? s : "=?utf-8?B?\(Data(s.utf8).base64EncodedString())?="
+    }
+}
