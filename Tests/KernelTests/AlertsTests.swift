@@ -88,6 +88,42 @@ import IoTCPluginKit
         #expect(second.contains("state: cleared") && second.contains("freezer-1 is at -20 °C"), "\(second)")
     }
 
+    /// A rule's command action: the device whose alert is raised gets a command (its payload the
+    /// alert), here by the HTTP device API's long-poll, and answers it.
+    @Test func aRuleSendsTheDeviceACommandWhenItsAlertIsRaised() throws {
+        let devicePort = freePort()
+        let hub = try ServedHub(key: Self.ownerKey) { _ in """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
+            sinks:
+              to-devices: { plugin: downlink, source: devices }
+            pipelines:
+              t:
+                from: [ "devices:devices/+/telemetry" ]
+                steps:
+                  - decode: json
+                  - rule: { name: too-hot, raise: "temperature > 80", clear: "temperature < 75", command: { name: cool-down, to: [ to-devices ] } }
+            auth:
+              allow_anonymous: true
+            """ }
+        _ = hub
+        #expect(waitForPort(devicePort))
+        let base = "http://127.0.0.1:\(devicePort)/v1/devices/oven-3"
+        #expect(postJSON(base + "/telemetry", #"{"temperature": 60}"#)?.status == 202)
+        #expect(postJSON(base + "/telemetry", #"{"temperature": 85}"#)?.status == 202)
+        let polled = try #require(http("GET", base + "/commands?wait=10", timeout: 15))
+        #expect(polled.status == 200, "\(polled.body)")
+        let command: Value = try JSON.decode(Array(polled.body.utf8))
+        let list = command.array ?? [command]
+        let first = try #require(list.first)
+        #expect(text(first["kind"]) == "command" && text(first["topic"])?.hasPrefix("devices/oven-3/commands/cool-down/") == true
+                && first["payload"]?["rule"] == "too-hot" && first["payload"]?["state"] == "raised", "\(polled.body)")
+        // The clearing sends none (on: raised is the default).
+        #expect(postJSON(base + "/telemetry", #"{"temperature": 70}"#)?.status == 202)
+        let none = http("GET", base + "/commands?wait=1", timeout: 5)
+        #expect(none?.status == 204, "\(none?.body ?? "")")
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """

@@ -485,6 +485,12 @@ public struct HubConfigLoader: Sendable {
             }
         }
         let to = sinkNames(node["to"], context: context, config, declaredSinks, &v)
+        var command: RuleConfig.CommandAction?
+        if case .object(let c)? = o["command"], case .string(let cname)? = c["name"] {
+            let on = { if case .string(let s)? = c["on"] { s } else { "raised" } }()
+            command = RuleConfig.CommandAction(name: cname, on: on == "both" ? ["raised", "cleared"] : [on],
+                                               to: sinkNames(node["command"]?["to"], context: context, config, declaredSinks, &v))
+        }
         // An absence rule is raised by silence, every other one by its condition.
         let absent = o["absent"]?.number.map { Int64($0 * 1000) }
         if absent != nil, let r = node["raise"] {
@@ -497,7 +503,7 @@ public struct HubConfigLoader: Sendable {
               let raise = absent != nil ? try? Expression("false") : raise else { return nil }
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
-                              when: when, window: window, absent: absent)
+                              when: when, window: window, absent: absent, command: command)
         return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 

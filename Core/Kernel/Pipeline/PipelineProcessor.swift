@@ -114,6 +114,7 @@ public struct PipelineProcessor: Sendable {
                         if let alert = try evaluate(rule, m, context: context(m)) {
                             result.alerts.append(alert)
                             if !rule.to.isEmpty { result.outputs.append(Output(message: alert, sinks: rule.to)) }
+                            if let command = command(rule, alert) { result.outputs.append(command) }
                         }
                     } catch {
                         result.ruleErrors.append((rule.name, (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"))

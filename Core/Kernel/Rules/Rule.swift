@@ -24,6 +24,22 @@ public struct RuleConfig: Sendable {
     /// An absence rule: raised by the pipeline's timer when a key has sent nothing for this many
     /// milliseconds (by the hub's clock), cleared by its next message. `raise` is unused.
     public var absent: Int64? = nil
+    /// A command sent to the alert's device when the alert is raised (or cleared).
+    public var command: CommandAction? = nil
+
+    public struct CommandAction: Sendable {
+        public var name: String
+        /// "raised", "cleared" or both.
+        public var on: Set<String>
+        /// Sinks that carry it to the device: `downlink` sinks.
+        public var to: [String]
+    }
+
+    public static let commandFields: [ConfigField] = [
+        ConfigField("name", .string, "The command's name (devices/{device}/commands/{name}/{id}).", example: "defrost", required: true),
+        ConfigField("on", .string, "Which transitions send it.", default: #""raised""#, options: ["raised", "cleared", "both"]),
+        ConfigField("to", .list(.string), "Sinks that carry it to the device: downlink sinks.", example: "[ to-devices ]", required: true),
+    ]
 
     public struct Window: Sendable {
         /// Milliseconds of history kept.
@@ -54,6 +70,7 @@ public struct RuleConfig: Sendable {
         ConfigField("message", .string, "Alert text; {expression} parts are filled from the message.", example: "\"{msg.device} is at {temperature} °C\""),
         ConfigField("to", .list(.string), "Sinks that receive the alert messages (raised and cleared).", default: "[]", example: "[ alerts ]"),
         ConfigField("when", .string, "Only messages for which this holds are evaluated and enter the window (an expression).", example: "\"state == 'on'\""),
+        ConfigField("command", .object(commandFields), "Also send the alert's device a command (its payload is the alert) when the alert is raised or cleared, through downlink sinks."),
         ConfigField("window", .object(windowFields), "A sliding window per key: raise and clear read window.avg, window.min, window.max, window.sum, window.count, window.first, window.last and window.rate (change per second from first to last)."),
     ]
 }
@@ -327,9 +344,23 @@ extension PipelineProcessor {
                 let alert = alert(rule, .raised(since: s.lastSeen), key: s.key, tenant: s.tenant, device: s.device, time: now, context: context,
                                   id: "\(rule.name)-\(s.key)-\(now)")
                 out.append(Output(message: alert, sinks: rule.to))
+                if let c = command(rule, alert) { out.append(c) }
             }
         }
         return out
+    }
+
+    /// The command a rule sends with an alert, if it has one for this transition.
+    func command(_ rule: RuleConfig, _ alert: CanonicalMessage) -> Output? {
+        guard let c = rule.command, let state = alert.metadata("alert_state"), c.on.contains(state), !c.to.isEmpty else { return nil }
+        var m = alert
+        let id = alert.id + "-" + c.name
+        m.kind = .command
+        m.topic = CommandTopics.command(device: alert.device, name: c.name, id: id)
+        m.id = id
+        m.setMetadata("command", c.name)
+        m.setMetadata("command_id", id)
+        return Output(message: m, sinks: c.to)
     }
 
     /// Whether a pipeline has rules, which its runtime's timer serves: it raises absence rules and
