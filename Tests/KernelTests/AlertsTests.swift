@@ -124,6 +124,35 @@ import IoTCPluginKit
         #expect(none?.status == 204, "\(none?.body ?? "")")
     }
 
+    /// A chat webhook (the JSON Slack and Teams take) gets the alert as one line of text.
+    @Test func anAlertReachesAChatWebhook() throws {
+        let devicePort = freePort(), receiverPort = freePort()
+        let dir = TempDir()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        #expect(waitForPort(receiverPort), "\(receiver.log)")
+        let hub = try ServedHub(key: Self.ownerKey) { _ in """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
+            sinks:
+              chat: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/hooks/ops", format: chat }
+            pipelines:
+              t:
+                from: [ "devices:devices/+/telemetry" ]
+                steps:
+                  - decode: json
+                  - rule: { name: hot, raise: "temperature > 80", severity: minor, message: "{msg.device} at {temperature}", to: [ chat ] }
+            auth:
+              allow_anonymous: true
+            """ }
+        _ = hub
+        #expect(waitForPort(devicePort))
+        #expect(postJSON("http://127.0.0.1:\(devicePort)/v1/devices/oven-4/telemetry", #"{"temperature": 81}"#)?.status == 202)
+        #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 1 })
+        let request = try #require(jsonLines(dir.path + "/requests.jsonl").first)
+        let body = try JSON.decode(Base64.decode(text(request["body_base64"]) ?? "") ?? [])
+        #expect(body == ["text": "[minor] hot raised: oven-4 at 81"] && request["headers"]?["content-type"] == "application/json", "\(request)")
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """

@@ -113,8 +113,8 @@ final class SMTPSink: Sink, @unchecked Sendable {
     /// The mail: headers and a UTF-8 body.
     static func render(_ m: Message, _ config: Config) -> String {
         let payload = (try? JSON.decode(m.payload)) ?? .null
-        let subject = Self.fill(config.subject, payload, m).replacingOccurrences(of: "\n", with: " ")
-        let body = Self.fill(config.body, payload, m)
+        let subject = TextTemplate.fill(config.subject, m, payload: payload).replacingOccurrences(of: "\n", with: " ")
+        let body = TextTemplate.fill(config.body, m, payload: payload)
         let date = DateFormatter()
         date.locale = Locale(identifier: "en_US_POSIX")
         date.dateFormat = "EEE, dd MMM yyyy HH:mm:ss Z"
@@ -124,35 +124,6 @@ final class SMTPSink: Sink, @unchecked Sendable {
             "Date: \(date.string(from: Date()))", "Message-ID: <\(UUID().uuidString)@\(domain)>", "MIME-Version: 1.0",
             "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit", "", body,
         ].joined(separator: "\r\n")
-    }
-
-    /// `{path}` from the payload, `{msg.device}` and the like from the envelope; missing is empty.
-    static func fill(_ template: String, _ payload: Value, _ m: Message) -> String {
-        var out = ""
-        var rest = Substring(template)
-        while let open = rest.firstIndex(of: "{"), let close = rest[open...].firstIndex(of: "}") {
-            out += rest[..<open]
-            let path = rest[rest.index(after: open)..<close]
-            switch path {
-            case "msg.device": out += m.device
-            case "msg.topic": out += m.topic
-            case "msg.kind": out += m.kind.name
-            case "msg.tenant": out += m.tenant
-            default:
-                var v: Value? = payload
-                for part in path.split(separator: ".") { v = v?[String(part)] }
-                switch v {
-                case .string(let s)?: out += s
-                case .int(let i)?: out += String(i)
-                case .double(let d)?: out += String(d)
-                case .bool(let b)?: out += String(b)
-                case nil, .null?: break
-                case let x?: out += String(decoding: JSON.encode(x), as: UTF8.self)
-                }
-            }
-            rest = rest[rest.index(after: close)...]
-        }
-        return out + rest
     }
 
     /// A header value in RFC 2047 form when it is not plain ASCII.

@@ -20,13 +20,15 @@ final class WebhookSink: Sink, @unchecked Sendable {
         var timeout: Double
         var max_concurrency: Int
         var format: String
+        var text: String
     }
 
     static let name = "webhook"
     static let summary = "POSTs each message to an HTTP(S) endpoint, signed with HMAC-SHA256."
     static let description = """
-        The body is the message payload (`format: payload`, the default) or the JSON envelope \
-        (`format: envelope`). Headers: `Content-Type`, `X-IoTC-Message-Id`, `X-IoTC-Device`, `X-IoTC-Topic`, \
+        The body is the message payload (`format: payload`, the default), the JSON envelope \
+        (`format: envelope`), or a chat message (`format: chat`): `{"text": ...}` from the `text` template, \
+        the shape Slack and Microsoft Teams incoming webhooks take (the default text suits rule alerts). Headers: `Content-Type`, `X-IoTC-Message-Id`, `X-IoTC-Device`, `X-IoTC-Topic`, \
         `X-IoTC-Timestamp` (Unix seconds) and, when `secret` is set, \
         `X-IoTC-Signature: sha256=HEX` where HEX is the lower-case HMAC-SHA256, keyed with the secret, of \
         `TIMESTAMP + "." + BODY`. A receiver recomputes it, compares in constant time and rejects old \
@@ -43,7 +45,8 @@ final class WebhookSink: Sink, @unchecked Sendable {
         ConfigField("secret", .string, "Key for the HMAC-SHA256 signature header.", example: "${env:WEBHOOK_SECRET}", secret: true),
         ConfigField("timeout", .duration, "Time allowed for one request.", default: "10", example: "10s"),
         ConfigField("max_concurrency", .int, "Requests in flight at once.", default: "16"),
-        ConfigField("format", .string, "The request body.", default: #""payload""#, options: ["payload", "envelope"]),
+        ConfigField("format", .string, "The request body: the payload, the JSON envelope, or chat: {\"text\": ...} from the text template, which Slack and Microsoft Teams incoming webhooks take.", default: #""payload""#, options: ["payload", "envelope", "chat"]),
+        ConfigField("text", .string, "With format: chat, the message text; {field} from the payload, {msg.device} from the envelope.", default: #""[{severity}] {rule} {state}: {message}""#),
     ]
 
     private let config: Config
@@ -85,11 +88,15 @@ final class WebhookSink: Sink, @unchecked Sendable {
         }
         guard admitted else { return false }
         var body: [UInt8] = []
-        if config.format == "envelope" { EnvelopeJSON.encode(message, into: &body) } else { body = message.payload }
+        switch config.format {
+        case "envelope": EnvelopeJSON.encode(message, into: &body)
+        case "chat": body = JSON.encode(["text": .string(TextTemplate.fill(config.text, message))])
+        default: body = message.payload
+        }
         do {
             let request = try HTTPClient.Request(url: url, method: HTTPMethod(rawValue: config.method))
             var r = request
-            r.headers.add(name: "Content-Type", value: config.format == "envelope" ? "application/json" : message.contentType)
+            r.headers.add(name: "Content-Type", value: config.format == "payload" ? message.contentType : "application/json")
             r.headers.add(name: "User-Agent", value: "iotc-webhook/0.1")
             r.headers.add(name: "X-IoTC-Message-Id", value: message.id)
             r.headers.add(name: "X-IoTC-Device", value: message.device)
