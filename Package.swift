@@ -46,6 +46,7 @@ let package = Package(
         .library(name: "iotc-plugin-lwm2m", type: .dynamic, targets: ["LwM2MPlugin"]),
         .library(name: "iotc-plugin-modbus", type: .dynamic, targets: ["ModbusPlugin"]),
         .library(name: "iotc-plugin-email", type: .dynamic, targets: ["EmailPlugin"]),
+        .library(name: "iotc-plugin-timer", type: .dynamic, targets: ["TimerPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
@@ -135,6 +136,9 @@ let package = Package(
         ]),
         plugin("FilePlugin", folder: "File", dependencies: []),
         plugin("LogPlugin", folder: "Log", dependencies: []),
+        // Cron schedules (no I/O), for the timer source and its tests.
+        .target(name: "TimerSchedule", path: "Plugins/Timer/Sources/TimerSchedule"),
+        plugin("TimerPlugin", folder: "Timer", dependencies: ["TimerSchedule"]),
         plugin("EmailPlugin", folder: "Email", dependencies: nio + [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
         .target(name: "MQTTCodec", dependencies: nio, path: "Plugins/MQTT/Sources/MQTTCodec", swiftSettings: hotPath),
         .target(name: "MQTTBroker", dependencies: nio + ["MQTTCodec", .product(name: "Atomics", package: "swift-atomics"),
@@ -177,7 +181,7 @@ let package = Package(
         .testTarget(
             name: "PluginTests",
             dependencies: [
-                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime", "LwM2MCodec", "ModbusMap",
+                "IoTCKernel", "MQTTCodec", "MQTTBroker", "HTTPCodec", "CoAPRuntime", "LwM2MCodec", "ModbusMap", "TimerSchedule",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

@@ -153,6 +153,41 @@ import IoTCPluginKit
         #expect(body == ["text": "[minor] hot raised: oven-4 at 81"] && request["headers"]?["content-type"] == "application/json", "\(request)")
     }
 
+    /// A timer source fires on its grid into a pipeline; iotc check locates a bad cron expression.
+    @Test func timersFireIntoPipelinesAndBadSchedulesAreLocated() throws {
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              schedule:
+                plugin: timer
+                timers:
+                  - { name: heartbeat, every: 300ms, payload: { job: check } }
+                  - { name: nightly, cron: "0 2 * * *" }
+            sinks:
+              out: { plugin: file, path: \(hub.dir.path)/out.jsonl }
+            pipelines:
+              jobs: { from: [ "schedule:timers/+" ], to: [ out ] }
+            """ }
+        #expect(eventually(timeout: 5) { hub.lines.count >= 3 })
+        let ticks = hub.lines
+        #expect(ticks.prefix(3).map { $0["payload"]?["count"] } == [1, 2, 3] && ticks[0]["payload"]?["job"] == "check"
+                && ticks[0]["topic"] == "timers/heartbeat" && ticks[0]["kind"] == "event", "\(ticks)")
+        let at = ticks.prefix(3).compactMap { $0["payload"]?["at"]?.number }
+        #expect(at.count == 3 && at[1] - at[0] == 300 && at[2] - at[1] == 300, "\(at)")
+
+        let dir = TempDir()
+        let file = dir.write("bad.yaml", """
+            sources:
+              schedule:
+                plugin: timer
+                timers:
+                  - { name: a, cron: "0 25 * * *" }
+                  - { name: b }
+            """)
+        let (code, out) = try run(Build.iotc, ["check", file, "--plugins", Build.directory])
+        #expect(code != 0 && out.contains("bad.yaml:5:26: error: source 'schedule': hour: 25 is outside 0-23")
+                && out.contains("bad.yaml:6:9: error: source 'schedule': timer 'b' needs every or cron"), "\(out)")
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """

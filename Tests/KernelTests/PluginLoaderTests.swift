@@ -24,7 +24,7 @@ import Testing
 
     @Test func loadsTheBuiltPlugins() throws {
         let names = Build.plugins.libraries.map(\.name).sorted()
-        #expect(names == ["coap", "email", "file", "http", "log", "lwm2m", "modbus", "mqtt", "webhook"])
+        #expect(names == ["coap", "email", "file", "http", "log", "lwm2m", "modbus", "mqtt", "timer", "webhook"])
         for p in Build.plugins.libraries { #expect(p.abiVersion == IOTC_ABI_VERSION_1) }
         let http = try #require(Build.plugins.libraries.first { $0.name == "http" })
         #expect(http.components.map(\.entry.name) == ["http"])
