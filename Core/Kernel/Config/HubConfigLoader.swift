@@ -503,7 +503,8 @@ public struct HubConfigLoader: Sendable {
               let raise = absent != nil ? try? Expression("false") : raise else { return nil }
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
-                              when: when, window: window, absent: absent, command: command)
+                              when: when, window: window, absent: absent, command: command,
+                              group: o["group"]?.number.map { Int64($0 * 1000) })
         return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 

@@ -113,7 +113,11 @@ public struct PipelineProcessor: Sendable {
                     do {
                         if let alert = try evaluate(rule, m, context: context(m)) {
                             result.alerts.append(alert)
-                            if !rule.to.isEmpty { result.outputs.append(Output(message: alert, sinks: rule.to)) }
+                            if rule.group != nil {
+                                rules.gather(rule, alert, at: alert.receivedTime)
+                            } else if !rule.to.isEmpty {
+                                result.outputs.append(Output(message: alert, sinks: rule.to))
+                            }
                             if let command = command(rule, alert) { result.outputs.append(command) }
                         }
                     } catch {

@@ -26,6 +26,10 @@ public struct RuleConfig: Sendable {
     public var absent: Int64? = nil
     /// A command sent to the alert's device when the alert is raised (or cleared).
     public var command: CommandAction? = nil
+    /// Milliseconds over which the rule's alerts for its sinks are gathered into one digest message
+    /// (an incident across a fleet is one notification, not one per device); nil sends each at once.
+    /// The alert book still records every transition as it happens.
+    public var group: Int64? = nil
 
     public struct CommandAction: Sendable {
         public var name: String
@@ -70,6 +74,7 @@ public struct RuleConfig: Sendable {
         ConfigField("message", .string, "Alert text; {expression} parts are filled from the message.", example: "\"{msg.device} is at {temperature} °C\""),
         ConfigField("to", .list(.string), "Sinks that receive the alert messages (raised and cleared).", default: "[]", example: "[ alerts ]"),
         ConfigField("when", .string, "Only messages for which this holds are evaluated and enter the window (an expression).", example: "\"state == 'on'\""),
+        ConfigField("group", .duration, "Gather the alerts for `to` over this long into one digest message (raised and cleared keys, counts), so that an incident across a fleet is one notification; the alert book still records each.", example: "1m"),
         ConfigField("command", .object(commandFields), "Also send the alert's device a command (its payload is the alert) when the alert is raised or cleared, through downlink sinks."),
         ConfigField("window", .object(windowFields), "A sliding window per key: raise and clear read window.avg, window.min, window.max, window.sum, window.count, window.first, window.last and window.rate (change per second from first to last)."),
     ]
@@ -183,6 +188,30 @@ public final class RuleStates: @unchecked Sendable {
     public var active: [(rule: String, key: String)] {
         lock.withLock { states.filter(\.value.active).map { k, _ in let p = k.split(separator: "\u{0}", maxSplits: 1); return (String(p[0]), String(p[1])) } }
             .sorted { ($0.rule, $0.key) < ($1.rule, $1.key) }
+    }
+
+    /// Alerts waiting for their rule's digest, by rule and tenant (a digest never mixes tenants):
+    /// when the first came, and the alerts.
+    private var digests: [String: (since: Int64, alerts: [CanonicalMessage])] = [:]
+
+    /// Holds an alert for its rule's next digest.
+    func gather(_ rule: RuleConfig, _ alert: CanonicalMessage, at time: Int64) {
+        lock.withLock {
+            let id = rule.name + "\u{0}" + alert.tenant
+            var d = digests[id] ?? (time, [])
+            d.alerts.append(alert)
+            digests[id] = d
+        }
+    }
+
+    /// The gathered alerts of a rule whose digests are due at `now` (taken), one list per tenant.
+    func dueDigests(_ rule: RuleConfig, every: Int64, now: Int64) -> [[CanonicalMessage]] {
+        lock.withLock {
+            let prefix = rule.name + "\u{0}"
+            let due = digests.filter { $0.key.hasPrefix(prefix) && now - $0.value.since >= every }.sorted { $0.key < $1.key }
+            for (k, _) in due { digests[k] = nil }
+            return due.map(\.value.alerts)
+        }
     }
 
     /// An absence rule heard from a key: its time is noted, and an active alert clears.
@@ -331,11 +360,15 @@ extension PipelineProcessor {
     }
 
     /// The pipeline's timer: alerts of absence rules whose keys fell silent, by `now`, each with the
-    /// rule's sinks (none when the rule sends its alerts only to the alert book).
+    /// rule's sinks (none when the rule sends its alerts only to the alert book), and digests due.
     public func tick(now: Int64) -> [Output] {
         var out: [Output] = []
         for step in config.steps {
-            guard case .rule(let rule) = step.kind, let after = rule.absent else { continue }
+            guard case .rule(let rule) = step.kind else { continue }
+            if let every = rule.group {
+                for alerts in rules.dueDigests(rule, every: every, now: now) { out.append(Output(message: digest(rule, alerts, now: now), sinks: rule.to)) }
+            }
+            guard let after = rule.absent else { continue }
             for s in rules.silent(rule, after: after, now: now) {
                 var envelope = EvaluationContext.Envelope()
                 envelope.device = s.device
@@ -343,10 +376,41 @@ extension PipelineProcessor {
                 let context = EvaluationContext(payload: .object(["silent_for": .int(now - s.lastSeen)]), envelope: envelope, now: now)
                 let alert = alert(rule, .raised(since: s.lastSeen), key: s.key, tenant: s.tenant, device: s.device, time: now, context: context,
                                   id: "\(rule.name)-\(s.key)-\(now)")
-                out.append(Output(message: alert, sinks: rule.to))
+                // Grouped, it waits for the digest; either way the alert book records it now.
+                if rule.group != nil { rules.gather(rule, alert, at: now) }
+                out.append(Output(message: alert, sinks: rule.group != nil ? [] : rule.to))
                 if let c = command(rule, alert) { out.append(c) }
             }
         }
+        return out
+    }
+
+    /// One message for a rule's gathered alerts: which keys were raised and cleared, and how many.
+    func digest(_ rule: RuleConfig, _ alerts: [CanonicalMessage], now: Int64) -> CanonicalMessage {
+        func entries(_ state: String) -> [Value] {
+            alerts.filter { $0.metadata("alert_state") == state }.compactMap { a -> Value? in
+                guard case .value(let p) = a.payload else { return nil }
+                return .object(Value.Object([("key", p["key"] ?? .null), ("device", p["device"] ?? .null), ("at", p["at"] ?? .null),
+                                             ("message", p["message"] ?? .null)]))
+            }
+        }
+        let raised = entries("raised"), cleared = entries("cleared")
+        func keys(_ list: [Value]) -> String {
+            let names = list.prefix(10).compactMap { if case .string(let k)? = $0["key"] { k } else { nil } }
+            return names.joined(separator: ", ") + (list.count > 10 ? " and \(list.count - 10) more" : "")
+        }
+        var text: [String] = []
+        if !raised.isEmpty { text.append("\(raised.count) raised (\(keys(raised)))") }
+        if !cleared.isEmpty { text.append("\(cleared.count) cleared (\(keys(cleared)))") }
+        let first = alerts[0]
+        let payload: Value.Object = ["rule": .string(rule.name), "severity": .string(rule.severity), "state": "digest",
+                                     "message": .string(text.joined(separator: ", ")), "count": .int(Int64(alerts.count)),
+                                     "raised": .array(raised), "cleared": .array(cleared), "at": .int(now)]
+        let m = Message(id: first.id + "-digest", kind: .event, tenant: first.tenant, device: "", topic: "alerts/\(rule.name)",
+                        contentType: "application/json", deviceTime: now, receivedTime: now, qos: 1,
+                        metadata: [KeyValue("rule", rule.name), KeyValue("alert_state", "digest")])
+        var out = CanonicalMessage(m, receivedTime: now)
+        out.payload = .value(.object(payload))
         return out
     }
 
