@@ -133,6 +133,38 @@ import IoTCPluginKit
         #expect(alerts == [#"string("hot") string("raised")"#, #"string("hot") string("cleared")"#, #"string("busy") string("raised")"#], "\(alerts)")
     }
 
+    /// Alerts as a stream: the pipeline sink hands a rule's alerts to a notification pipeline that
+    /// shapes them; a pipeline that feeds itself is stopped after 8 passes.
+    @Test func alertsFeedAnotherPipeline() throws {
+        let r = try start("""
+            t:
+              from: [ "devices:devices/+/telemetry" ]
+              steps:
+                - decode: json
+                - rule: { name: hot, raise: "temperature > 80", message: "{msg.device} at {temperature}", to: [ to-notify ] }
+            notify:
+              from: []
+              steps:
+                - decode: json
+                - map: { text: "upper(severity) + ': ' + message", device: "device" }
+              to: [ out ]
+            spin:
+              from: [ "devices:devices/+/events" ]
+              to: [ to-spin ]
+            """, sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }\nto-notify: { plugin: pipeline, pipeline: notify }\nto-spin: { plugin: pipeline, pipeline: spin, retry: { max_attempts: 1 } }")
+        defer { r.hub.stop() }
+        #expect(postJSON("\(r.base)/oven-5/telemetry", #"{"temperature": 90}"#)?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
+        let line = try #require(jsonLines(r.dir.path + "/out.jsonl").first)
+        #expect(line["payload"] == ["text": "MAJOR: oven-5 at 90", "device": "oven-5"] && line["topic"] == "alerts/hot"
+                && line["metadata"]?["pipeline_hops"] == "1", "\(line)")
+        // A loop: the message comes back to its own pipeline until the hop limit refuses it.
+        #expect(postJSON("\(r.base)/oven-5/events", #"{"n": 1}"#)?.status == 202)
+        #expect(eventually(timeout: 10) { r.hub.deadLetters.list().count == 1 })
+        let dead = try #require(r.hub.deadLetters.list().first)
+        #expect(dead.reason.contains("passed between pipelines 8 times") && dead.sink == "to-spin", "\(dead.reason)")
+    }
+
     @Test func ingestsTelemetryIntoAFile() throws {
         let r = try start("""
             telemetry:

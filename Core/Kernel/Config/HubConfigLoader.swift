@@ -215,6 +215,13 @@ public struct HubConfigLoader: Sendable {
                 ?? (names.isEmpty ? "define it under 'sources'" : "defined sources: \(names.joined(separator: ", "))")
             d.error(s.location, "sink '\(s.name)' sends downlink through undefined source '\(source)'", hint: hint)
         }
+        // The pipeline sink names a pipeline, from any file.
+        for s in config.sinks where s.component == PipelineSink.name {
+            guard case .string(let target)? = s.config["pipeline"], !config.pipelines.contains(where: { $0.name == target }) else { continue }
+            let names = config.pipelines.map(\.name).sorted()
+            let hint = Suggest.closest(target, in: names).map { "did you mean '\($0)'?" } ?? "defined pipelines: \(names.joined(separator: ", "))"
+            d.error(s.location, "sink '\(s.name)' hands messages to undefined pipeline '\(target)'", hint: hint)
+        }
         d.sort()
         if d.hasErrors { throw ConfigurationError(diagnostics: d.items) }
         config.notes = d.items.filter { $0.severity == .note }

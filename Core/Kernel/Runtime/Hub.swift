@@ -102,6 +102,8 @@ public final class Hub: HostServices, @unchecked Sendable {
                 let instance: any SinkTarget
                 if c.component == DownlinkSink.name {
                     instance = DownlinkSink(config: c.config, hub: self)
+                } else if c.component == PipelineSink.name {
+                    instance = PipelineSink(config: c.config, hub: self)
                 } else if c.component == StoreSink.name {
                     guard let store = lock.withLock({ self.store }) else {
                         throw ComponentError("sink '\(c.name)' (store): this hub runs without a store")
@@ -116,6 +118,7 @@ public final class Hub: HostServices, @unchecked Sendable {
                     logger.warning("\($0)")
                 }
                 (instance as? DownlinkSink)?.runtime = runtime
+                (instance as? PipelineSink)?.runtime = runtime
                 (instance as? StoreSink)?.runtime = runtime
                 (instance as? ComponentInstance)?.sinkRuntime = runtime
                 lock.withLock { sinkByInstance[ObjectIdentifier(instance)] = runtime }
@@ -414,6 +417,21 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
         let (granted, handle) = admit(from: from, tenant: grant.tenant, device: grant.device, registered: grant, remoteAddress: remoteAddress)
         return (granted, handle, key)
+    }
+
+    /// Hands a message to a pipeline by name (the `pipeline` sink): IOTC_OK when taken, and `done` is
+    /// told once it is logged (at once on a pipeline without a log); IOTC_ERR_BUSY when the pipeline is
+    /// full, IOTC_ERR_NOT_FOUND when there is none by that name (`done` is not called then).
+    func feed(pipeline name: String, _ message: CanonicalMessage, done: @escaping @Sendable (Bool) -> Void) -> Int32 {
+        guard let p = lock.withLock({ pipelines[name] }) else { return IOTC_ERR_NOT_FOUND }
+        guard p.hasRoom else { return IOTC_ERR_BUSY }
+        if p.isDurable {
+            p.accept(message, durable: done)
+        } else {
+            p.accept(message, durable: nil)
+            done(true)
+        }
+        return IOTC_OK
     }
 
     /// An identity for a device a source reaches itself and names in its configuration (a PLC it
