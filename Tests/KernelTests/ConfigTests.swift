@@ -173,6 +173,20 @@ let testCatalog = ComponentCatalog([
         ])
     }
 
+    @Test func warnsOfARuleThatCanNeverFire() throws {
+        let (_, warnings) = try HubConfigLoader(catalog: Build.plugins.catalog).load(texts: [("site.yaml", """
+            sources:
+              devices: { plugin: http }
+            pipelines:
+              p:
+                from: [ devices ]
+                steps:
+                  - rule: { name: never, raise: "1 > 2" }
+                  - rule: { name: sometimes, raise: "temperature > 2" }
+            """)])
+        #expect(warnings.map(\.description) == ["site.yaml:7:37: warning: rule 'never' in step 'rule' of pipeline 'p' can never fire: its raise condition is always false"])
+    }
+
     @Test func locatesMistakesInRuleSteps() {
         let e = errors("""
             sources:

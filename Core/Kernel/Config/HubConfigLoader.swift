@@ -508,6 +508,13 @@ public struct HubConfigLoader: Sendable {
         if absent.map({ $0 <= 0 }) == true, let a = node["absent"] { v.diagnostics.error(a.location, "absent must be longer than 0") }
         guard v.diagnostics.errors.count == errors, case .string(let name)? = o["name"],
               let raise = absent != nil ? try? Expression("false") : raise else { return nil }
+        // A condition that reads no field of the message and is false can never raise the alert.
+        if absent == nil, let r = node["raise"] {
+            var c = EvaluationContext(payload: .object(Value.Object()), now: 0)
+            if case .bool(false)? = try? raise.evaluate(&c) {
+                v.diagnostics.warning(r.location, "rule '\(name)' in \(context) can never fire: its raise condition is always false")
+            }
+        }
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
                               when: when, window: window, absent: absent, command: command,
