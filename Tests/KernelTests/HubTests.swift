@@ -165,6 +165,30 @@ import IoTCPluginKit
         #expect(dead.reason.contains("passed between pipelines 8 times") && dead.sink == "to-spin", "\(dead.reason)")
     }
 
+    /// Escalation: an alert still active and unacknowledged a second after it was raised goes to the
+    /// pager, once; an acknowledged one does not.
+    @Test func unacknowledgedAlertsEscalateOnce() throws {
+        let r = try start("""
+            t:
+              from: [ "devices:devices/+/telemetry" ]
+              steps:
+                - decode: json
+                - rule: { name: hot, raise: "temperature > 80", message: "{msg.device} at {temperature}", escalate: { after: 1s, to: [ pager ] } }
+            """, sinks: "pager: { plugin: file, path: \"$DIR/pager.jsonl\" }")
+        defer { r.hub.stop() }
+        #expect(postJSON("\(r.base)/oven-6/telemetry", #"{"temperature": 90}"#)?.status == 202)
+        #expect(postJSON("\(r.base)/oven-7/telemetry", #"{"temperature": 91}"#)?.status == 202)
+        #expect(eventually { r.hub.alerts.list(tenant: "default").count == 2 })
+        let seven = try #require(r.hub.alerts.list(tenant: "default").first { $0.device == "oven-7" })
+        _ = try r.hub.alerts.act(.acknowledge, tenant: "default", id: seven.id, by: "key:test", at: Int64(Date().timeIntervalSince1970 * 1000))
+        #expect(eventually(timeout: 5) { jsonLines(r.dir.path + "/pager.jsonl").count == 1 })
+        Thread.sleep(forTimeInterval: 1.5)
+        let pages = jsonLines(r.dir.path + "/pager.jsonl")
+        #expect(pages.count == 1 && pages[0]["payload"]?["state"] == "escalated" && pages[0]["payload"]?["device"] == "oven-6"
+                && pages[0]["payload"]?["message"] == "oven-6 at 90", "\(pages)")
+        #expect(r.hub.alerts.list(tenant: "default").first { $0.device == "oven-6" }?.history.map(\.action) == ["raised", "escalated"])
+    }
+
     @Test func ingestsTelemetryIntoAFile() throws {
         let r = try start("""
             telemetry:

@@ -498,6 +498,10 @@ public struct HubConfigLoader: Sendable {
             command = RuleConfig.CommandAction(name: cname, on: on == "both" ? ["raised", "cleared"] : [on],
                                                to: sinkNames(node["command"]?["to"], context: context, config, declaredSinks, &v))
         }
+        var escalate: (after: Int64, to: [String])?
+        if case .object(let e)? = o["escalate"], let after = e["after"]?.number {
+            escalate = (Int64(after * 1000), sinkNames(node["escalate"]?["to"], context: context, config, declaredSinks, &v))
+        }
         // An absence rule is raised by silence, every other one by its condition.
         let absent = o["absent"]?.number.map { Int64($0 * 1000) }
         if absent != nil, let r = node["raise"] {
@@ -518,7 +522,8 @@ public struct HubConfigLoader: Sendable {
         let rule = RuleConfig(name: name, raise: raise, clear: clear, holdFor: Int64(((o["for"]?.number) ?? 0) * 1000), key: key,
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
                               when: when, window: window, absent: absent, command: command,
-                              group: o["group"]?.number.map { Int64($0 * 1000) })
+                              group: o["group"]?.number.map { Int64($0 * 1000) },
+                              escalate: escalate)
         return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 

@@ -102,8 +102,10 @@ final class PipelineRuntime: @unchecked Sendable {
     private func tick() {
         let (processor, sinks) = cond.withLock { (self.processor, self.sinks) }
         var out = 0
-        let outputs = processor.tick(now: processor.clock())
+        let now = processor.clock()
+        var outputs = processor.tick(now: now)
         alerts?.record(outputs.map(\.message))
+        if let alerts { outputs += processor.escalations(alerts, now: now) }
         for o in outputs {
             let m = o.message.pluginMessage
             for name in o.sinks {

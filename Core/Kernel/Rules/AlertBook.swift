@@ -27,6 +27,8 @@ public struct Alert: Codable, Sendable, Equatable {
     /// How often the rule raised it: a raise while it is open, or soon after it cleared, folds into it.
     public var count: Int
     public var history: [Event]
+    /// When it was escalated for staying unacknowledged; nil until then (and again once it reopens).
+    public var escalatedAt: Int64?
 }
 
 /// Every pipeline's alerts, in `DATA/alerts.json`. Rule transitions come in as alert messages; the
@@ -68,7 +70,10 @@ public final class AlertBook: @unchecked Sendable {
                     if let i = open, alerts[i].state != .cleared || at - alerts[i].updatedAt <= foldWindow {
                         alerts[i].count += 1
                         alerts[i].history.append(.init(at: at, action: alerts[i].state == .cleared ? "reopened" : "repeated"))
-                        if alerts[i].state == .cleared { alerts[i].state = .active }
+                        if alerts[i].state == .cleared {
+                            alerts[i].state = .active
+                            alerts[i].escalatedAt = nil
+                        }
                         alerts[i].message = message
                         alerts[i].updatedAt = at
                     } else {
@@ -90,6 +95,24 @@ public final class AlertBook: @unchecked Sendable {
         // Many alerts at once (a fleet flapping) must not cost a file write each: at most one a second;
         // the pipelines' timers and the hub's stop write what is left.
         save(every: 1)
+    }
+
+    /// Alerts of `rule` active and unacknowledged for `after` milliseconds at `now`, not yet escalated:
+    /// they are marked escalated (in their history) and returned.
+    public func dueEscalations(rule: String, after: Int64, now: Int64) -> [Alert] {
+        let due: [Alert] = lock.withLock {
+            var out: [Alert] = []
+            for i in alerts.indices where alerts[i].rule == rule && alerts[i].state == .active && alerts[i].escalatedAt == nil
+                && now - alerts[i].raisedAt >= after {
+                alerts[i].escalatedAt = now
+                alerts[i].history.append(.init(at: now, action: "escalated"))
+                out.append(alerts[i])
+            }
+            if !out.isEmpty { dirty = true }
+            return out
+        }
+        if !due.isEmpty { save(every: 1) }
+        return due
     }
 
     /// The tenant's alerts, newest first.

@@ -30,6 +30,9 @@ public struct RuleConfig: Sendable {
     /// (an incident across a fleet is one notification, not one per device); nil sends each at once.
     /// The alert book still records every transition as it happens.
     public var group: Int64? = nil
+    /// Alerts still active and unacknowledged this many milliseconds after they were raised are sent,
+    /// once, to these sinks too (the on-call's pager after the team's chat).
+    public var escalate: (after: Int64, to: [String])? = nil
 
     public struct CommandAction: Sendable {
         public var name: String
@@ -75,6 +78,10 @@ public struct RuleConfig: Sendable {
         ConfigField("to", .list(.string), "Sinks that receive the alert messages (raised and cleared).", default: "[]", example: "[ alerts ]"),
         ConfigField("when", .string, "Only messages for which this holds are evaluated and enter the window (an expression).", example: "\"state == 'on'\""),
         ConfigField("group", .duration, "Gather the alerts for `to` over this long into one digest message (raised and cleared keys, counts), so that an incident across a fleet is one notification; the alert book still records each.", example: "1m"),
+        ConfigField("escalate", .object([
+            ConfigField("after", .duration, "How long an alert may stay active and unacknowledged.", example: "30m", required: true),
+            ConfigField("to", .list(.string), "Sinks that receive the escalation.", example: "[ pager ]", required: true),
+        ]), "Send an alert that stays active and unacknowledged for `after` to these sinks too, once (checked by the pipeline's timer against the alert book)."),
         ConfigField("command", .object(commandFields), "Also send the alert's device a command (its payload is the alert) when the alert is raised or cleared, through downlink sinks."),
         ConfigField("window", .object(windowFields), "A sliding window per key: raise and clear read window.avg, window.min, window.max, window.sum, window.count, window.first, window.last and window.rate (change per second from first to last)."),
     ]
@@ -380,6 +387,27 @@ extension PipelineProcessor {
                 if rule.group != nil { rules.gather(rule, alert, at: now) }
                 out.append(Output(message: alert, sinks: rule.group != nil ? [] : rule.to))
                 if let c = command(rule, alert) { out.append(c) }
+            }
+        }
+        return out
+    }
+
+    /// Escalations due by `now`: alerts of this pipeline's rules still active and unacknowledged after
+    /// their rule's `escalate.after`, as messages for `escalate.to` (state `escalated`).
+    public func escalations(_ book: AlertBook, now: Int64) -> [Output] {
+        var out: [Output] = []
+        for step in config.steps {
+            guard case .rule(let rule) = step.kind, let e = rule.escalate else { continue }
+            for a in book.dueEscalations(rule: rule.name, after: e.after, now: now) {
+                let payload: Value.Object = ["rule": .string(a.rule), "severity": .string(a.severity), "key": .string(a.key), "device": .string(a.device),
+                                             "state": "escalated", "alert": .string(a.id), "since": .int(a.raisedAt), "at": .int(now),
+                                             "message": .string(a.message), "count": .int(Int64(a.count))]
+                let m = Message(id: "\(a.id)-escalated-\(now)", kind: .event, tenant: a.tenant, device: a.device, topic: "alerts/\(rule.name)",
+                                contentType: "application/json", deviceTime: now, receivedTime: now, qos: 1,
+                                metadata: [KeyValue("rule", rule.name), KeyValue("alert_state", "escalated"), KeyValue("alert_id", a.id)])
+                var c = CanonicalMessage(m, receivedTime: now)
+                c.payload = .value(.object(payload))
+                out.append(Output(message: c, sinks: e.to))
             }
         }
         return out
