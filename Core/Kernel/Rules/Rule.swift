@@ -55,12 +55,16 @@ public struct RuleConfig: Sendable {
         public var of: Expression
         /// Samples kept per key at most (the oldest go first).
         public var maxSamples: Int
+        /// Fixed windows one after another (aligned to multiples of `over` since the epoch), each
+        /// judged once when it is complete, instead of one sliding over every message.
+        public var tumbling = false
     }
 
     public static let windowFields: [ConfigField] = [
         ConfigField("over", .duration, "How much history the window holds, by message time.", example: "10m", required: true),
         ConfigField("of", .string, "The number each message adds (an expression).", example: "\"temperature\"", required: true),
         ConfigField("max_samples", .int, "Samples kept per key at most; the oldest go first.", default: "10000"),
+        ConfigField("tumbling", .bool, "Fixed windows one after another (aligned to multiples of over), each judged once when the first message after it arrives, instead of a window sliding with every message.", default: "false"),
     ]
 
     public static let severities = ["critical", "major", "minor", "warning", "info"]
@@ -253,20 +257,36 @@ public final class RuleStates: @unchecked Sendable {
     }
 
     /// Adds a sample to the key's window, drops what fell out of it, and returns its aggregates.
-    func window(_ rule: RuleConfig, _ w: RuleConfig.Window, key: String, time: Int64, value: Double) -> Value {
+    func window(_ rule: RuleConfig, _ w: RuleConfig.Window, key: String, time: Int64, value: Double) -> Value? {
         let id = rule.name + "\u{0}" + key
         lock.lock()
         defer { lock.unlock() }
         var s = states[id] ?? State()
         defer { states[id] = s }
         dirty = true
+        if w.tumbling {
+            // A sample in a later window completes the current one: judge that, start the next.
+            let bucket = time - ((time % w.over) + w.over) % w.over
+            let live = s.samples[s.head...]
+            guard let first = live.first, first.t < bucket else {
+                if live.count < w.maxSamples { s.samples.append(.init(t: time, v: value)) }
+                return nil
+            }
+            let done = Self.aggregates(live)
+            s.samples = [.init(t: time, v: value)]
+            s.head = 0
+            return done
+        }
         s.samples.append(.init(t: time, v: value))
         while s.head < s.samples.count, s.samples[s.head].t < time - w.over || s.samples.count - s.head > w.maxSamples { s.head += 1 }
         if s.head > 64, s.head * 2 > s.samples.count {
             s.samples.removeFirst(s.head)
             s.head = 0
         }
-        let live = s.samples[s.head...]
+        return Self.aggregates(s.samples[s.head...])
+    }
+
+    static func aggregates(_ live: ArraySlice<State.Sample>) -> Value {
         var sum = 0.0, lo = Double.infinity, hi = -Double.infinity
         for sample in live {
             sum += sample.v
@@ -347,7 +367,8 @@ extension PipelineProcessor {
         if let w = rule.window {
             var c = context
             guard let value = try w.of.evaluate(&c).number else { throw ExpressionError("window value '\(w.of)' is not a number", at: 0) }
-            let aggregates = rules.window(rule, w, key: key, time: time, value: value)
+            // A tumbling window is judged only when one is complete.
+            guard let aggregates = rules.window(rule, w, key: key, time: time, value: value) else { return nil }
             if case .object(var o) = context.payload {
                 o["window"] = aggregates
                 context.payload = .object(o)
