@@ -92,6 +92,16 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         attributeState.withLockedValue { $0[Hub.deviceKey(tenant, device)] }
     }
 
+    public func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool {
+        guard var current = try await devices.attributes(tenant: tenant, id: device) else { return false }
+        for (k, v) in fields { current[k] = v }
+        guard try await devices.setAttributes(tenant: tenant, id: device, current) else { return false }
+        // Devices fetch them from memory: this device's entry changes now, not at the next refresh.
+        let json = JSON.encode(.object(current))
+        attributeState.withLockedValue { $0[Hub.deviceKey(tenant, device)] = json }
+        return true
+    }
+
     /// The device and key for a DTLS pre-shared key identity, while the key is in force.
     public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? {
         let now = Int64(Date().timeIntervalSince1970 * 1000)

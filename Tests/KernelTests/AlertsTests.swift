@@ -188,6 +188,48 @@ import IoTCPluginKit
                 && out.contains("bad.yaml:6:9: error: source 'schedule': timer 'b' needs every or cron"), "\(out)")
     }
 
+    /// An alert writes an attribute of its device: the rule hands its alerts to a pipeline that maps
+    /// them to `{"alarm": state}` for the attributes sink; the device reads its new configuration.
+    @Test func anAlertWritesAnAttributeOfItsDevice() throws {
+        let devicePort = freePort()
+        let hub = try ServedHub(key: Self.ownerKey) { _ in """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
+            sinks:
+              to-flags: { plugin: pipeline, pipeline: flags }
+              set-attributes: { plugin: attributes }
+            pipelines:
+              t:
+                from: [ "devices:devices/+/telemetry" ]
+                steps:
+                  - decode: json
+                  - rule: { name: hot, raise: "temperature > 80", clear: "temperature < 75", to: [ to-flags ] }
+              flags:
+                from: []
+                steps:
+                  - decode: json
+                  - map: { alarm: "state", alarm_rule: "rule" }
+                to: [ set-attributes ]
+            """ }
+        #expect(waitForPort(devicePort))
+        #expect(hub.call("POST", "/v1/devices", #"{"id": "oven-8"}"#).status == 201)
+        #expect(hub.call("PUT", "/v1/devices/oven-8/attributes", #"{"setpoint": 70}"#).status == 200)
+        let token = try #require(text(try JSON.decode(hub.call("POST", "/v1/devices/oven-8/credentials", #"{"kind": "token"}"#).body)["token"]))
+        func post(_ t: Int) {
+            #expect(http("POST", "http://127.0.0.1:\(devicePort)/v1/devices/oven-8/telemetry", body: Array(#"{"temperature": \#(t)}"#.utf8),
+                         headers: ["Authorization": "Bearer \(token)", "Content-Type": "application/json"])?.status == 202)
+        }
+        func attributes() -> Value? { try? JSON.decode(Array(hub.call("GET", "/v1/devices/oven-8/attributes").body.utf8)) }
+        post(90)
+        #expect(eventually { attributes()?["alarm"] == "raised" }, "\(attributes() ?? .null)")
+        #expect(attributes() == ["setpoint": 70, "alarm": "raised", "alarm_rule": "hot"])
+        // The device reads it as its configuration, from the hub's memory.
+        let fetched = http("GET", "http://127.0.0.1:\(devicePort)/v1/devices/oven-8/attributes", headers: ["Authorization": "Bearer \(token)"])
+        #expect(fetched.flatMap { try? JSON.decode(Array($0.body.utf8)) }?["alarm"] == "raised", "\(fetched?.body ?? "")")
+        post(70)
+        #expect(eventually { attributes()?["alarm"] == "cleared" })
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """

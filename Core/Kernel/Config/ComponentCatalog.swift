@@ -31,7 +31,7 @@ public struct ComponentCatalog: Sendable {
 
     /// Components the kernel provides itself: in every catalog, documented and in the schema like
     /// plugins' ones.
-    static let builtins = [DownlinkSink.entry, StoreSink.entry, PipelineSink.entry]
+    static let builtins = [DownlinkSink.entry, StoreSink.entry, PipelineSink.entry, AttributesSink.entry]
 
     public private(set) var entries: [Entry] = []
     public init(_ entries: [Entry] = []) { self.entries = entries }

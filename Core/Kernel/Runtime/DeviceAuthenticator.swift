@@ -42,11 +42,15 @@ public protocol DeviceDirectory: AnyObject, Sendable {
     func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])?
     /// A device's attributes (the configuration the operator set) as a JSON object, or nil for none.
     func attributes(tenant: String, device: String) -> [UInt8]?
+    /// Sets some of a registered device's attributes, keeping the others (the `attributes` sink):
+    /// false when there is no such device.
+    func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool
 }
 
 extension DeviceDirectory {
     public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? { nil }
     public func attributes(tenant: String, device: String) -> [UInt8]? { nil }
+    public func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool { false }
 }
 
 /// A device the directory recognised: its tenant and id, the credential it used (the hub closes the

@@ -104,6 +104,8 @@ public final class Hub: HostServices, @unchecked Sendable {
                     instance = DownlinkSink(config: c.config, hub: self)
                 } else if c.component == PipelineSink.name {
                     instance = PipelineSink(config: c.config, hub: self)
+                } else if c.component == AttributesSink.name {
+                    instance = AttributesSink(hub: self)
                 } else if c.component == StoreSink.name {
                     guard let store = lock.withLock({ self.store }) else {
                         throw ComponentError("sink '\(c.name)' (store): this hub runs without a store")
@@ -119,6 +121,7 @@ public final class Hub: HostServices, @unchecked Sendable {
                 }
                 (instance as? DownlinkSink)?.runtime = runtime
                 (instance as? PipelineSink)?.runtime = runtime
+                (instance as? AttributesSink)?.runtime = runtime
                 (instance as? StoreSink)?.runtime = runtime
                 (instance as? ComponentInstance)?.sinkRuntime = runtime
                 lock.withLock { sinkByInstance[ObjectIdentifier(instance)] = runtime }
@@ -417,6 +420,13 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
         let (granted, handle) = admit(from: from, tenant: grant.tenant, device: grant.device, registered: grant, remoteAddress: remoteAddress)
         return (granted, handle, key)
+    }
+
+    /// Sets some of a registered device's attributes (the `attributes` sink): false when the hub has
+    /// no registry or the device is not in it.
+    func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool {
+        guard let directory = lock.withLock({ self.directory }) else { return false }
+        return try await directory.mergeAttributes(tenant: tenant, device: device, fields)
     }
 
     /// Hands a message to a pipeline by name (the `pipeline` sink): IOTC_OK when taken, and `done` is
