@@ -64,7 +64,7 @@ public struct RuleConfig: Sendable {
         ConfigField("over", .duration, "How much history the window holds, by message time.", example: "10m", required: true),
         ConfigField("of", .string, "The number each message adds (an expression).", example: "\"temperature\"", required: true),
         ConfigField("max_samples", .int, "Samples kept per key at most; the oldest go first.", default: "10000"),
-        ConfigField("tumbling", .bool, "Fixed windows one after another (aligned to multiples of over), each judged once when the first message after it arrives, instead of a window sliding with every message.", default: "false"),
+        ConfigField("tumbling", .bool, "Fixed windows one after another (aligned to multiples of over), each judged once when the first message after it arrives, instead of a window sliding with every message; it keeps running aggregates, not samples.", default: "false"),
     ]
 
     public static let severities = ["critical", "major", "minor", "warning", "info"]
@@ -158,6 +158,28 @@ public final class RuleStates: @unchecked Sendable {
         struct Sample: Codable {
             var t: Int64
             var v: Double
+        }
+        /// A tumbling window's running aggregates: it keeps no samples.
+        var running: Running?
+
+        struct Running: Codable {
+            var count = 0
+            var sum = 0.0, min = Double.infinity, max = -Double.infinity
+            var first: Sample, last: Sample
+
+            init(_ s: Sample) {
+                first = s
+                last = s
+                add(s)
+            }
+
+            mutating func add(_ s: Sample) {
+                count += 1
+                sum += s.v
+                min = Swift.min(min, s.v)
+                max = Swift.max(max, s.v)
+                last = s
+            }
         }
     }
     private var states: [String: State] = [:]
@@ -265,17 +287,16 @@ public final class RuleStates: @unchecked Sendable {
         defer { states[id] = s }
         dirty = true
         if w.tumbling {
-            // A sample in a later window completes the current one: judge that, start the next.
+            // A sample in a later window completes the current one: judge that, start the next. Only
+            // running aggregates are kept, whatever the window's length.
             let bucket = time - ((time % w.over) + w.over) % w.over
-            let live = s.samples[s.head...]
-            guard let first = live.first, first.t < bucket else {
-                if live.count < w.maxSamples { s.samples.append(.init(t: time, v: value)) }
+            let sample = State.Sample(t: time, v: value)
+            guard let r = s.running, r.first.t < bucket else {
+                if s.running == nil { s.running = State.Running(sample) } else { s.running?.add(sample) }
                 return nil
             }
-            let done = Self.aggregates(live)
-            s.samples = [.init(t: time, v: value)]
-            s.head = 0
-            return done
+            s.running = State.Running(sample)
+            return Self.aggregates(count: r.count, sum: r.sum, min: r.min, max: r.max, first: r.first, last: r.last)
         }
         s.samples.append(.init(t: time, v: value))
         while s.head < s.samples.count, s.samples[s.head].t < time - w.over || s.samples.count - s.head > w.maxSamples { s.head += 1 }
@@ -293,10 +314,13 @@ public final class RuleStates: @unchecked Sendable {
             lo = min(lo, sample.v)
             hi = max(hi, sample.v)
         }
-        let first = live.first!, last = live.last!
+        return aggregates(count: live.count, sum: sum, min: lo, max: hi, first: live.first!, last: live.last!)
+    }
+
+    static func aggregates(count: Int, sum: Double, min lo: Double, max hi: Double, first: State.Sample, last: State.Sample) -> Value {
         let seconds = Double(last.t - first.t) / 1000
         return .object(Value.Object([
-            ("count", .int(Int64(live.count))), ("sum", .double(sum)), ("avg", .double(sum / Double(live.count))),
+            ("count", .int(Int64(count))), ("sum", .double(sum)), ("avg", .double(sum / Double(count))),
             ("min", .double(lo)), ("max", .double(hi)), ("first", .double(first.v)), ("last", .double(last.v)),
             ("rate", .double(seconds > 0 ? (last.v - first.v) / seconds : 0)),
         ]))
