@@ -37,6 +37,8 @@ struct RulesBench: ParsableCommand {
         let (config, _) = try HubConfigLoader(catalog: set.catalog).load(texts: [("rules-bench.yaml", Self.pipeline)])
         let clock = SimulatedTime()
         let processor = PipelineProcessor(config.pipelines[0], rules: RuleStates(), clock: { clock.now })
+        // As in the hub, every alert transition is recorded in an alert book (in memory here).
+        let book = AlertBook(file: nil)
         // A few payloads, encoded once: temperatures that cross the thresholds now and then, and one
         // start in a hundred messages.
         let payloads: [[UInt8]] = (0..<100).map { i in
@@ -54,16 +56,19 @@ struct RulesBench: ParsableCommand {
                 let m = Message(kind: .telemetry, tenant: "bench", device: names[k % devices], topic: "devices/\(names[k % devices])/telemetry",
                                 contentType: "application/json", payload: payloads[(k / devices + k * 7) % payloads.count], receivedTime: clock.now)
                 let r = processor.process(CanonicalMessage(m, receivedTime: clock.now))
+                book.record(r.alerts)
                 alerts += r.outputs.count
                 errors += r.ruleErrors.count
                 n += 1
             }
-            alerts += processor.tick(now: start0 + Int64((second + 1) * 1000)).count
+            let ticked = processor.tick(now: start0 + Int64((second + 1) * 1000))
+            book.record(ticked.map(\.message))
+            alerts += ticked.count
         }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
         let rss1 = residentBytes()
         let states = devices * 5
-        print(String(format: "rules: %d devices x %d msg/s, 5 rules each (threshold, duration, 1-minute window average, absence, count in an hour), %d simulated s", devices, rate, seconds))
+        print(String(format: "rules: %d devices x %d msg/s, 5 rules each (threshold, duration, 1-minute window average, absence, count in an hour), alerts recorded in an alert book, %d simulated s", devices, rate, seconds))
         print(String(format: "  messages        %9d in %.2f s = %.0f msg/s on one thread (target: %d msg/s)", n, elapsed, Double(n) / elapsed, devices * rate))
         print(String(format: "  rule evaluations %8.0f /s (5 per message); %d alert messages, %d rule errors", Double(n * 5) / elapsed, alerts, errors))
         print(String(format: "  rule state      %9.1f MiB resident for %d device-rule states = %.0f bytes each (the 1-minute window holds %d samples per device)",

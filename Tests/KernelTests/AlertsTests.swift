@@ -40,6 +40,20 @@ import IoTCPluginKit
         #expect(Set(again.list(tenant: "t1").map(\.id)).count == 4)
     }
 
+    /// Over capacity the book drops to nine tenths, closed alerts first, then cleared, then the oldest;
+    /// the alerts left still fold their rule's next transitions.
+    @Test func aFullBookDropsClosedThenClearedAlertsFirst() throws {
+        let book = AlertBook(file: nil, capacity: 10)
+        book.record((0..<8).map { alertMessage("raised", key: "k\($0)", at: Int64($0)) })
+        book.record([alertMessage("cleared", key: "k1", at: 20)])
+        _ = try book.act(.close, tenant: "t1", id: try #require(book.list(tenant: "t1").first { $0.key == "k2" }).id, by: "key:x", at: 21)
+        book.record((8..<11).map { alertMessage("raised", key: "k\($0)", at: Int64($0 + 30)) })  // 11 alerts: over capacity
+        let kept = book.list(tenant: "t1", limit: 100).map(\.key)
+        #expect(kept.count == 9 && !kept.contains("k2") && !kept.contains("k1"), "\(kept)")
+        book.record([alertMessage("cleared", key: "k5", at: 50)])
+        #expect(book.list(tenant: "t1", limit: 100).first { $0.key == "k5" }?.state == .cleared)
+    }
+
     /// The alert and its clearing arrive as two e-mails at a real SMTP server (aiosmtpd), over STARTTLS
     /// and after AUTH PLAIN, with the subject and body filled from the alert.
     @Test func anAlertAndItsClearingArriveByMail() throws {
@@ -64,12 +78,20 @@ import IoTCPluginKit
                 password: "${env:SMTP_TEST_PASSWORD}"
                 from: iotc@example.com
                 to: [ ops@example.com, oncall@example.com ]
+              mail-nobody:
+                plugin: smtp
+                server: "127.0.0.1:\(smtp)"
+                ca_file: \(certs.path)/cert.pem
+                username: alerts@example.com
+                password: "${env:SMTP_TEST_PASSWORD}"
+                from: iotc@example.com
+                to: [ nobody@example.com ]
             pipelines:
               t:
                 from: [ "devices:devices/+/telemetry" ]
                 steps:
                   - decode: json
-                  - rule: { name: freezer-warm, raise: "temperature > -10", clear: "temperature < -15", severity: critical, message: "{msg.device} is at {temperature} °C", to: [ mail ] }
+                  - rule: { name: freezer-warm, raise: "temperature > -10", clear: "temperature < -15", severity: critical, message: "{msg.device} is at {temperature} °C", to: [ mail, mail-nobody ] }
             auth:
               allow_anonymous: true
             """ }, environment: ["SMTP_TEST_PASSWORD": "s3cret-pass"])
@@ -86,6 +108,13 @@ import IoTCPluginKit
         #expect(first.contains("Subject: =?utf-8?B?\(Data(subject.utf8).base64EncodedString())?=") && first.contains("freezer-1 is at -5 °C")
                 && first.contains("state: raised"), "\(first)")
         #expect(second.contains("state: cleared") && second.contains("freezer-1 is at -20 °C"), "\(second)")
+        // The server refuses the other sink's recipient (550): a permanent failure, so both of its mails
+        // go straight to the dead-letter store with the server's answer, and nothing is sent through it.
+        #expect(eventually(timeout: 10) { (try? JSON.decode(Array(hub.call("GET", "/v1/dead-letters").body.utf8)))?["total"] == .int(2) })
+        let dead = hub.call("GET", "/v1/dead-letters").body
+        #expect(dead.contains("RCPT TO nobody@example.com: 550"), "\(dead.prefix(600))")
+        #expect(dead.contains("mail-nobody"), "\(dead.prefix(600))")
+        #expect(jsonLines(mails).count == 2)
     }
 
     /// A rule's command action: the device whose alert is raised gets a command (its payload the

@@ -1,5 +1,5 @@
 """An SMTP server for the e-mail sink's tests, on aiosmtpd: STARTTLS required, AUTH PLAIN and LOGIN
-with one user, each mail appended to a JSON-lines file.
+with one user, each mail appended to a JSON-lines file; RCPT TO nobody@... is refused with 550.
 
     smtp_receiver.py PORT CERT KEY OUT USER PASSWORD
 """
@@ -15,6 +15,13 @@ from aiosmtpd.smtp import AuthResult
 class Keep:
     def __init__(self, out):
         self.out = out
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # A permanent refusal to test senders with: nobody@... has no mailbox.
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         with open(self.out, "a") as f:

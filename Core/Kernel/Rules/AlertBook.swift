@@ -38,6 +38,9 @@ public struct Alert: Codable, Sendable, Equatable {
 public final class AlertBook: @unchecked Sendable {
     private var alerts: [Alert] = []
     private let lock = NSLock()
+    /// The position of each (tenant, rule, key)'s alert that is not closed: the rule's transitions find
+    /// it without a scan of the book (they come from the pipelines' workers, for whole fleets at once).
+    private var open: [String: Int] = [:]
     private let file: URL?
     private var nextID: Int
     private var dirty = false
@@ -53,6 +56,14 @@ public final class AlertBook: @unchecked Sendable {
         self.capacity = capacity
         if let file, let data = try? Data(contentsOf: file), let saved = try? JSONDecoder().decode([Alert].self, from: data) { alerts = saved }
         nextID = (alerts.compactMap { Int($0.id.dropFirst(2)) }.max() ?? 0) + 1
+        reindex()
+    }
+
+    private static func openKey(_ tenant: String, _ rule: String, _ key: String) -> String { tenant + "\u{0}" + rule + "\u{0}" + key }
+
+    private func reindex() {
+        open = [:]
+        for (i, a) in alerts.enumerated() where a.state != .closed { open[Self.openKey(a.tenant, a.rule, a.key)] = i }
     }
 
     /// Takes rule alert messages (payloads as the rule step makes them).
@@ -64,7 +75,8 @@ public final class AlertBook: @unchecked Sendable {
                       case .string(let state)? = p["state"] else { continue }
                 let at = p["at"]?.number.map { Int64($0) } ?? m.receivedTime
                 let tenant = m.tenant.isEmpty ? "default" : m.tenant
-                let open = alerts.lastIndex { $0.tenant == tenant && $0.rule == rule && $0.key == key && $0.state != .closed }
+                let openKey = Self.openKey(tenant, rule, key)
+                let open = self.open[openKey]
                 if state == "raised" {
                     let message = if case .string(let s)? = p["message"] { s } else { "" }
                     if let i = open, alerts[i].state != .cleared || at - alerts[i].updatedAt <= foldWindow {
@@ -81,6 +93,7 @@ public final class AlertBook: @unchecked Sendable {
                         alerts.append(Alert(id: "al\(nextID)", tenant: tenant, rule: rule, key: key, device: m.device, severity: severity,
                                             message: message, state: .active, raisedAt: at, updatedAt: at, count: 1,
                                             history: [.init(at: at, action: "raised")]))
+                        self.open[openKey] = alerts.count - 1
                         nextID += 1
                     }
                 } else if state == "cleared", let i = open, alerts[i].state != .cleared {
@@ -160,6 +173,7 @@ public final class AlertBook: @unchecked Sendable {
             a.updatedAt = at
             a.history.append(.init(at: at, action: action == .acknowledge ? "acknowledged" : action == .clear ? "cleared" : "closed", by: by))
             alerts[i] = a
+            if a.state == .closed { open[Self.openKey(a.tenant, a.rule, a.key)] = nil }
             return .success(a)
         }
         let a = try result.get()
@@ -168,12 +182,20 @@ public final class AlertBook: @unchecked Sendable {
         return a
     }
 
+    /// Over capacity, drops to nine tenths of it in one pass (so that a full book is not trimmed on
+    /// every transition): the oldest closed alerts first, then the oldest cleared, then the oldest.
     private func trim() {
         guard alerts.count > capacity else { return }
-        for state in [Alert.State.closed, .cleared] {
-            while alerts.count > capacity, let i = alerts.firstIndex(where: { $0.state == state }) { alerts.remove(at: i) }
+        var excess = alerts.count - capacity * 9 / 10
+        var drop = [Bool](repeating: false, count: alerts.count)
+        for state in [Alert.State.closed, .cleared, nil] {
+            for i in alerts.indices where excess > 0 && !drop[i] && (state == nil || alerts[i].state == state) {
+                drop[i] = true
+                excess -= 1
+            }
         }
-        if alerts.count > capacity { alerts.removeFirst(alerts.count - capacity) }
+        alerts = alerts.indices.filter { !drop[$0] }.map { alerts[$0] }
+        reindex()
     }
 
     /// Writes the book to its file when it changed, at most every `interval` seconds (0: now).
