@@ -56,8 +56,12 @@ enum AlertsAPI {
             ("id", .string(a.id)), ("tenant", .string(a.tenant)), ("rule", .string(a.rule)), ("key", .string(a.key)), ("device", .string(a.device)),
             ("severity", .string(a.severity)), ("message", .string(a.message)), ("state", .string(a.state.rawValue)),
             ("raised_at", .int(a.raisedAt)), ("updated_at", .int(a.updatedAt)), ("count", .int(Int64(a.count))),
+            ("failed_notifications", .int(Int64(a.failedNotifications ?? 0))),
             ("history", .array(a.history.map { e in
-                .object(Value.Object([("at", .int(e.at)), ("action", .string(e.action)), ("by", e.by.map(Value.string) ?? .null)]))
+                var o = Value.Object([("at", .int(e.at)), ("action", .string(e.action)), ("by", e.by.map(Value.string) ?? .null)])
+                if let s = e.sink { o["sink"] = .string(s) }
+                if let r = e.reason { o["reason"] = .string(r) }
+                return .object(o)
             })),
         ]))
     }

@@ -32,6 +32,7 @@ enum DevicesAPI {
                 let tenant = try await AccountsAPI.target(request, p)
                 let d = try await devices.create(tenant: tenant, id: try body.string("id", required: true)!, name: try body.string("name") ?? "",
                                                  profile: try body.string("profile") ?? "default", labels: try body.strings("labels") ?? [:])
+                directory.labelsChanged(tenant: tenant, device: d.id, d.labels)
                 await p.record("device.create", target: d.id, tenant: tenant)
                 return HubAPI.json(json(d), status: .created)
             }
@@ -93,6 +94,7 @@ enum DevicesAPI {
                                                        labels: try body.strings("labels")) else {
                     throw APIProblem(.notFound, "no device '\(id.prefix(128))'")
                 }
+                directory.labelsChanged(tenant: tenant, device: id, d.labels)
                 await p.record("device.update", target: id, tenant: tenant)
                 return HubAPI.json(json(d))
             }

@@ -26,6 +26,9 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry], keys: [String: (Entry, [UInt8])])>(([:], [:], [:]))
     /// Devices' attributes as JSON, by `Hub.deviceKey`; only devices that have some.
     private let attributeState = NIOLockedValueBox<[String: [UInt8]]>([:])
+    /// Devices' labels by `Hub.deviceKey`, and the devices with each label by tenant, name and value
+    /// (a rule's command to a device group looks them up while it runs).
+    private let labelState = NIOLockedValueBox<(labels: [String: [String: String]], members: [String: Set<String>])>(([:], [:]))
 
     /// Told the ids of credentials that were in force and no longer are (revoked, expired, or their
     /// device deleted), so that the hub closes the connections made with them.
@@ -42,6 +45,12 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         var attributes: [String: [UInt8]] = [:]
         for a in try await devices.allAttributes() { attributes[Hub.deviceKey(a.tenant, a.device)] = a.json }
         attributeState.withLockedValue { $0 = attributes }
+        var labels: [String: [String: String]] = [:], members: [String: Set<String>] = [:]
+        for d in try await devices.allLabels() {
+            labels[Hub.deviceKey(d.tenant, d.device)] = d.labels
+            for (k, v) in d.labels { members[Self.labelKey(d.tenant, k, v), default: []].insert(d.device) }
+        }
+        labelState.withLockedValue { $0 = (labels, members) }
         var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:], keys: [String: (Entry, [UInt8])] = [:]
         for c in try await devices.activeCredentials() {
             let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt, profile: c.profile)
@@ -100,6 +109,28 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         let json = JSON.encode(.object(current))
         attributeState.withLockedValue { $0[Hub.deviceKey(tenant, device)] = json }
         return true
+    }
+
+    private static func labelKey(_ tenant: String, _ key: String, _ value: String) -> String { tenant + "\u{0}" + key + "\u{0}" + value }
+
+    public func devices(tenant: String, labels: [KeyValue]) -> [String] {
+        guard !labels.isEmpty else { return [] }
+        return labelState.withLockedValue { s in
+            var found = s.members[Self.labelKey(tenant, labels[0].key, labels[0].value)] ?? []
+            for l in labels.dropFirst() where !found.isEmpty { found.formIntersection(s.members[Self.labelKey(tenant, l.key, l.value)] ?? []) }
+            return found.sorted()
+        }
+    }
+
+    /// A device's labels changed through this hub's API (nil: it was deleted): its groups change now,
+    /// not at the next refresh.
+    public func labelsChanged(tenant: String, device: String, _ labels: [String: String]?) {
+        let key = Hub.deviceKey(tenant, device)
+        labelState.withLockedValue { s in
+            for (k, v) in s.labels[key] ?? [:] { s.members[Self.labelKey(tenant, k, v)]?.remove(device) }
+            s.labels[key] = labels?.isEmpty == false ? labels : nil
+            for (k, v) in labels ?? [:] { s.members[Self.labelKey(tenant, k, v), default: []].insert(device) }
+        }
     }
 
     /// The device and key for a DTLS pre-shared key identity, while the key is in force.

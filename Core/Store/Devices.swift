@@ -110,6 +110,14 @@ public struct Devices: Sendable {
         }
     }
 
+    /// Every device that has labels, with them (for the hub's device groups).
+    public func allLabels() async throws -> [(tenant: String, device: String, labels: [String: String])] {
+        try await store.query("SELECT tenant_id, id, labels FROM devices WHERE labels <> '{}'").map {
+            let labels = ($0.string("labels").flatMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) } as? [String: String]) ?? [:]
+            return ($0.string("tenant_id") ?? "", $0.string("id") ?? "", labels)
+        }
+    }
+
     public func delete(tenant: String, id: String) async throws -> Bool {
         try await store.execute("DELETE FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]) == 1
     }

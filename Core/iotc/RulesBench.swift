@@ -62,8 +62,8 @@ struct RulesBench: ParsableCommand {
                 n += 1
             }
             let ticked = processor.tick(now: start0 + Int64((second + 1) * 1000))
-            book.record(ticked.map(\.message))
-            alerts += ticked.count
+            book.record(ticked.alerts)
+            alerts += ticked.outputs.count
         }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - began) / 1e9
         let rss1 = residentBytes()

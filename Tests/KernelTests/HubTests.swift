@@ -186,7 +186,9 @@ import IoTCPluginKit
         let pages = jsonLines(r.dir.path + "/pager.jsonl")
         #expect(pages.count == 1 && pages[0]["payload"]?["state"] == "escalated" && pages[0]["payload"]?["device"] == "oven-6"
                 && pages[0]["payload"]?["message"] == "oven-6 at 90", "\(pages)")
-        #expect(r.hub.alerts.list(tenant: "default").first { $0.device == "oven-6" }?.history.map(\.action) == ["raised", "escalated"])
+        // The page's delivery is recorded on the alert, by its id.
+        let history = r.hub.alerts.list(tenant: "default").first { $0.device == "oven-6" }?.history ?? []
+        #expect(history.map(\.action) == ["raised", "escalated", "notified"] && history.last?.sink == "pager", "\(history)")
     }
 
     @Test func ingestsTelemetryIntoAFile() throws {

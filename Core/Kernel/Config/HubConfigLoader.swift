@@ -498,6 +498,19 @@ public struct HubConfigLoader: Sendable {
             let on = { if case .string(let s)? = c["on"] { s } else { "raised" } }()
             command = RuleConfig.CommandAction(name: cname, on: on == "both" ? ["raised", "cleared"] : [on],
                                                to: sinkNames(node["command"]?["to"], context: context, config, declaredSinks, &v))
+            if case .mapping(let pairs, _)? = node["command"]?["group"] {
+                var group: [(label: String, value: Template)] = []
+                for (label, _, valueNode) in pairs {
+                    guard case .scalar(let text, let quoted, let loc) = valueNode else { continue }
+                    do { group.append((label, try Template(text))) } catch {
+                        v.diagnostics.error(loc.advanced(by: error.offset + (quoted ? 1 : 0)), "invalid template in command group of \(context): \(error.message)")
+                    }
+                }
+                if group.isEmpty, let g = node["command"]?["group"] {
+                    v.diagnostics.error(g.location, "command group of \(context) has no labels", hint: "for example group: { zone: north }")
+                }
+                command?.group = group
+            }
         }
         var escalate: (after: Int64, to: [String])?
         if case .object(let e)? = o["escalate"], let after = e["after"]?.number {
@@ -524,7 +537,7 @@ public struct HubConfigLoader: Sendable {
                               severity: { if case .string(let s)? = o["severity"] { s } else { "major" } }(), message: message, to: to,
                               when: when, window: window, absent: absent, command: command,
                               group: o["group"]?.number.map { Int64($0 * 1000) },
-                              escalate: escalate)
+                              escalate: escalate, throttle: o["throttle"]?.number.map { Int64($0 * 1000) })
         return StepConfig(kind: .rule(rule), location: keyLoc, name: "rule")
     }
 

@@ -49,6 +49,8 @@ struct Delivery: Sendable {
     var message: Message
     var pipeline: String
     var settlement: Settlement?
+    /// A rule's notification: its outcome is reported to the runtime's `notified`.
+    var notification = false
     var attempts = 0
     var dueAt: UInt64 = 0
     var startedAt: UInt64 = 0
@@ -75,6 +77,9 @@ final class SinkRuntime: @unchecked Sendable {
     private var pause = 0.01
     private var worker: WorkerThread?
     private let log: @Sendable (String) -> Void
+    /// Told how each notification (a delivery marked so) ended: taken by the sink (failure nil) or
+    /// dead-lettered (why). The hub records it on the alert.
+    var notified: (@Sendable (_ message: Message, _ sink: String, _ failure: String?) -> Void)?
 
     private let delivered: Counter
     private let retried: Counter
@@ -215,6 +220,7 @@ final class SinkRuntime: @unchecked Sendable {
             }
             done.commit()
             delivered.increment(by: Int64(settled.count))
+            if let notified { for d in settled where d.notification { notified(d.message, name, nil) } }
             return
         }
         if retrying > 0 { retried.increment(by: Int64(retrying)) }
@@ -235,6 +241,7 @@ final class SinkRuntime: @unchecked Sendable {
         } catch {
             log("cannot write dead letter for sink '\(name)': \(error)")
         }
+        if d.notification { notified?(d.message, name, reason) }
         var done = DoneRecords()
         done.settle(d.settlement)
         done.commit()

@@ -7,6 +7,8 @@ public struct PipelineProcessor: Sendable {
     /// Plugin steps by index in `config.steps`.
     let pluginSteps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]]
     let clock: @Sendable () -> Int64
+    /// The ids of a tenant's devices whose labels include these (a rule command's device group).
+    let devices: @Sendable (_ tenant: String, _ labels: [KeyValue]) -> [String]
     /// The state of the pipeline's rule steps (kept across reloads by the hub).
     let rules: RuleStates
     /// Whether it has rules, which its runtime's timer serves (absence, saving their state).
@@ -16,6 +18,9 @@ public struct PipelineProcessor: Sendable {
     public struct Output: Sendable {
         public var message: CanonicalMessage
         public var sinks: [String]
+        /// A rule's notification (an alert, digest or escalation): whether its sinks took it or not is
+        /// recorded on the alert.
+        public var notification = false
     }
 
     /// A message a step could not handle.
@@ -53,11 +58,13 @@ public struct PipelineProcessor: Sendable {
         _ config: PipelineConfig,
         pluginSteps: [Int: @Sendable (CanonicalMessage) throws -> [CanonicalMessage]] = [:],
         rules: RuleStates = RuleStates(),
+        devices: @escaping @Sendable (_ tenant: String, _ labels: [KeyValue]) -> [String] = { _, _ in [] },
         clock: @escaping @Sendable () -> Int64
     ) {
         self.config = config
         self.pluginSteps = pluginSteps
         self.rules = rules
+        self.devices = devices
         self.clock = clock
         hasTimers = Self.hasTimers(config)
     }
@@ -113,12 +120,8 @@ public struct PipelineProcessor: Sendable {
                     do {
                         if let alert = try evaluate(rule, m, context: context(m)) {
                             result.alerts.append(alert)
-                            if rule.group != nil {
-                                rules.gather(rule, alert, at: alert.receivedTime)
-                            } else if !rule.to.isEmpty {
-                                result.outputs.append(Output(message: alert, sinks: rule.to))
-                            }
-                            if let command = command(rule, alert) { result.outputs.append(command) }
+                            if let n = rules.notify(rule, alert, now: clock()) { result.outputs.append(Output(message: n, sinks: rule.to, notification: true)) }
+                            result.outputs += commands(rule, alert)
                         }
                     } catch {
                         result.ruleErrors.append((rule.name, (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"))

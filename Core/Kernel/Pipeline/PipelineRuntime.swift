@@ -103,14 +103,15 @@ final class PipelineRuntime: @unchecked Sendable {
         let (processor, sinks) = cond.withLock { (self.processor, self.sinks) }
         var out = 0
         let now = processor.clock()
-        var outputs = processor.tick(now: now)
-        alerts?.record(outputs.map(\.message))
+        let ticked = processor.tick(now: now)
+        var outputs = ticked.outputs
+        alerts?.record(ticked.alerts)
         if let alerts { outputs += processor.escalations(alerts, now: now) }
         for o in outputs {
             let m = o.message.pluginMessage
             for name in o.sinks {
                 guard let sink = sinks[name] else { continue }
-                sink.enqueue(contentsOf: [Delivery(message: m, pipeline: self.name, settlement: nil)])
+                sink.enqueue(contentsOf: [Delivery(message: m, pipeline: self.name, settlement: nil, notification: o.notification)])
                 out += 1
             }
         }
@@ -187,7 +188,7 @@ final class PipelineRuntime: @unchecked Sendable {
                     for sinkName in o.sinks {
                         guard let sink = sinks[sinkName] else { continue }
                         s?.add(1)
-                        deliver(sink, Delivery(message: m, pipeline: name, settlement: s))
+                        deliver(sink, Delivery(message: m, pipeline: name, settlement: s, notification: o.notification))
                         out += 1
                     }
                 }

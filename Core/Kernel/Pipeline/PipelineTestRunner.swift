@@ -117,6 +117,11 @@ public struct PipelineTestRunner {
         ConfigField("name", .string, "Test name.", required: true),
         ConfigField("pipeline", .string, "Pipeline under test.", required: true),
         ConfigField("now", .string, "Clock for now(), RFC 3339."),
+        ConfigField("devices", .list(.object([
+            ConfigField("id", .string, "Device id.", required: true),
+            ConfigField("tenant", .string, "Its tenant.", default: #""default""#),
+            ConfigField("labels", .map(.string), "Its labels.", default: "{}"),
+        ])), "Registered devices, for rule commands to device groups (by label).", default: "[]"),
         ConfigField("input", .list(.object(messageFields)), "Messages fed to the pipeline in order.", required: true),
         ConfigField("expect", .object([
             ConfigField("sinks", .map(.list(.object(expectedFields))), "Expected outputs per sink, in order; sinks not named are not checked."),
@@ -148,9 +153,22 @@ public struct PipelineTestRunner {
             now = ms
         }
         let clock = SimulatedClock(now)
+        var registered: [(tenant: String, id: String, labels: [String: String])] = []
+        if case .array(let list)? = t["devices"] {
+            for case .object(let d) in list {
+                guard case .string(let id)? = d["id"] else { continue }
+                let tenant = if case .string(let s)? = d["tenant"] { s } else { "default" }
+                var labels: [String: String] = [:]
+                if case .object(let l)? = d["labels"] { for (k, v) in l { if case .string(let s) = v { labels[k] = s } } }
+                registered.append((tenant, id, labels))
+            }
+        }
+        let devices = registered
         let processor: PipelineProcessor
         do {
-            processor = try hub.makeProcessor(p).withClock { clock.now }
+            processor = try hub.makeProcessor(p).withClock({ clock.now }, devices: { tenant, labels in
+                devices.filter { d in d.tenant == tenant && labels.allSatisfy { d.labels[$0.key] == $0.value } }.map(\.id).sorted()
+            })
         } catch {
             outcome.failures.append("\(node.location): \(error)")
             return outcome
@@ -159,8 +177,7 @@ public struct PipelineTestRunner {
         var failures: [PipelineProcessor.Failure] = []
         var filtered = 0, ruleErrors = 0
         if case .array(let inputs)? = t["input"] {
-            func collect(_ r: [PipelineProcessor.Output]) { for o in r { for s in o.sinks { outputs[s, default: []].append(o.message) } } }
-            // (An absence rule without sinks yields outputs with none: they reach only the alert book.)
+            func collect(_ r: PipelineProcessor.Result) { for o in r.outputs { for s in o.sinks { outputs[s, default: []].append(o.message) } } }
             for case .object(let i) in inputs {
                 if let wait = i["wait"]?.number {
                     clock.now += Int64(wait * 1000)
@@ -286,8 +303,8 @@ final class SimulatedClock: @unchecked Sendable {
 }
 
 extension PipelineProcessor {
-    /// The same pipeline with another clock.
-    func withClock(_ clock: @escaping @Sendable () -> Int64) -> PipelineProcessor {
-        PipelineProcessor(config, pluginSteps: pluginSteps, rules: RuleStates(), clock: clock)
+    /// The same pipeline with another clock and registry.
+    func withClock(_ clock: @escaping @Sendable () -> Int64, devices: @escaping @Sendable (_ tenant: String, _ labels: [KeyValue]) -> [String]) -> PipelineProcessor {
+        PipelineProcessor(config, pluginSteps: pluginSteps, rules: RuleStates(), devices: devices, clock: clock)
     }
 }

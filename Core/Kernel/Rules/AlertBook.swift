@@ -9,10 +9,14 @@ public struct Alert: Codable, Sendable, Equatable {
     }
     public struct Event: Codable, Sendable, Equatable {
         public var at: Int64
-        /// raised, repeated, cleared, reopened, acknowledged, closed
+        /// raised, repeated, cleared, reopened, acknowledged, closed, escalated; notified and
+        /// notification_failed for what became of the rule's notifications.
         public var action: String
         /// The API key that acted; nil for the rule itself.
         public var by: String?
+        /// The sink a notification went to, and why it failed.
+        public var sink: String? = nil
+        public var reason: String? = nil
     }
     public var id: String
     public var tenant: String
@@ -29,6 +33,17 @@ public struct Alert: Codable, Sendable, Equatable {
     public var history: [Event]
     /// When it was escalated for staying unacknowledged; nil until then (and again once it reopens).
     public var escalatedAt: Int64?
+    /// How many of its notifications could not be delivered (their sink gave up, and they went to
+    /// the dead letters); nil while none failed.
+    public var failedNotifications: Int? = nil
+
+    /// History kept per alert at most: the first event and the latest ones.
+    static let historyLimit = 200
+
+    mutating func append(_ e: Event) {
+        history.append(e)
+        if history.count > Self.historyLimit { history.remove(at: 1) }
+    }
 }
 
 /// Every pipeline's alerts, in `DATA/alerts.json`. Rule transitions come in as alert messages; the
@@ -81,7 +96,7 @@ public final class AlertBook: @unchecked Sendable {
                     let message = if case .string(let s)? = p["message"] { s } else { "" }
                     if let i = open, alerts[i].state != .cleared || at - alerts[i].updatedAt <= foldWindow {
                         alerts[i].count += 1
-                        alerts[i].history.append(.init(at: at, action: alerts[i].state == .cleared ? "reopened" : "repeated"))
+                        alerts[i].append(.init(at: at, action: alerts[i].state == .cleared ? "reopened" : "repeated"))
                         if alerts[i].state == .cleared {
                             alerts[i].state = .active
                             alerts[i].escalatedAt = nil
@@ -99,7 +114,7 @@ public final class AlertBook: @unchecked Sendable {
                 } else if state == "cleared", let i = open, alerts[i].state != .cleared {
                     alerts[i].state = .cleared
                     alerts[i].updatedAt = at
-                    alerts[i].history.append(.init(at: at, action: "cleared"))
+                    alerts[i].append(.init(at: at, action: "cleared"))
                 }
             }
             trim()
@@ -107,6 +122,32 @@ public final class AlertBook: @unchecked Sendable {
         }
         // Many alerts at once (a fleet flapping) must not cost a file write each: at most one a second;
         // the pipelines' timers and the hub's stop write what is left.
+        save(every: 1)
+    }
+
+    /// Records how a rule's notification ended, on the alerts it told of: an alert's transition or
+    /// escalation names one (by its id, or its rule and key), a digest the keys it gathered. A failure
+    /// (the sink gave up and the notification went to the dead letters) is counted on the alert.
+    public func notified(_ m: Message, sink: String, failure: String?, at: Int64) {
+        guard case .object(let p)? = try? JSON.decode(m.payload), case .string(let rule)? = p["rule"] else { return }
+        let tenant = m.tenant.isEmpty ? "default" : m.tenant
+        var keys: [String] = []
+        if case .string(let k)? = p["key"] { keys.append(k) }
+        for list in ["raised", "cleared"] {
+            guard case .array(let entries)? = p[list] else { continue }
+            for case .string(let k)? in entries.map({ $0["key"] }) { keys.append(k) }
+        }
+        let id = if case .string(let s)? = p["alert"] { s } else { nil as String? }
+        lock.withLock {
+            var touched = Set<Int>()
+            for k in keys { if let i = open[Self.openKey(tenant, rule, k)] { touched.insert(i) } }
+            if let id, let i = alerts.firstIndex(where: { $0.id == id && $0.tenant == tenant }) { touched.insert(i) }
+            for i in touched.sorted() {
+                alerts[i].append(.init(at: at, action: failure == nil ? "notified" : "notification_failed", sink: sink, reason: failure))
+                if failure != nil { alerts[i].failedNotifications = (alerts[i].failedNotifications ?? 0) + 1 }
+            }
+            if !touched.isEmpty { dirty = true }
+        }
         save(every: 1)
     }
 
@@ -118,7 +159,7 @@ public final class AlertBook: @unchecked Sendable {
             for i in alerts.indices where alerts[i].rule == rule && alerts[i].state == .active && alerts[i].escalatedAt == nil
                 && now - alerts[i].raisedAt >= after {
                 alerts[i].escalatedAt = now
-                alerts[i].history.append(.init(at: now, action: "escalated"))
+                alerts[i].append(.init(at: now, action: "escalated"))
                 out.append(alerts[i])
             }
             if !out.isEmpty { dirty = true }
@@ -171,7 +212,7 @@ public final class AlertBook: @unchecked Sendable {
                 a.state = .closed
             }
             a.updatedAt = at
-            a.history.append(.init(at: at, action: action == .acknowledge ? "acknowledged" : action == .clear ? "cleared" : "closed", by: by))
+            a.append(.init(at: at, action: action == .acknowledge ? "acknowledged" : action == .clear ? "cleared" : "closed", by: by))
             alerts[i] = a
             if a.state == .closed { open[Self.openKey(a.tenant, a.rule, a.key)] = nil }
             return .success(a)

@@ -33,6 +33,10 @@ public struct RuleConfig: Sendable {
     /// Alerts still active and unacknowledged this many milliseconds after they were raised are sent,
     /// once, to these sinks too (the on-call's pager after the team's chat).
     public var escalate: (after: Int64, to: [String])? = nil
+    /// At most one notification per alert (rule and key) to `to` in this many milliseconds; the
+    /// transitions in between are held, and the last one is sent when the time is up if it differs
+    /// from what was last sent. The alert book still records each.
+    public var throttle: Int64? = nil
 
     public struct CommandAction: Sendable {
         public var name: String
@@ -40,12 +44,16 @@ public struct RuleConfig: Sendable {
         public var on: Set<String>
         /// Sinks that carry it to the device: `downlink` sinks.
         public var to: [String]
+        /// Send it to the devices of the alert's tenant whose labels match these (values are templates
+        /// over the alert, as `{device}` or `{value.site}`) instead of to the alert's device.
+        public var group: [(label: String, value: Template)]? = nil
     }
 
     public static let commandFields: [ConfigField] = [
         ConfigField("name", .string, "The command's name (devices/{device}/commands/{name}/{id}).", example: "defrost", required: true),
         ConfigField("on", .string, "Which transitions send it.", default: #""raised""#, options: ["raised", "cleared", "both"]),
         ConfigField("to", .list(.string), "Sinks that carry it to the device: downlink sinks.", example: "[ to-devices ]", required: true),
+        ConfigField("group", .map(.string), "Send it to every device of the alert's tenant whose labels match these instead (a device group); values may be templates over the alert, such as {value.site}.", example: "{ zone: north, role: pump }"),
     ]
 
     public struct Window: Sendable {
@@ -86,7 +94,8 @@ public struct RuleConfig: Sendable {
             ConfigField("after", .duration, "How long an alert may stay active and unacknowledged.", example: "30m", required: true),
             ConfigField("to", .list(.string), "Sinks that receive the escalation.", example: "[ pager ]", required: true),
         ]), "Send an alert that stays active and unacknowledged for `after` to these sinks too, once (checked by the pipeline's timer against the alert book)."),
-        ConfigField("command", .object(commandFields), "Also send the alert's device a command (its payload is the alert) when the alert is raised or cleared, through downlink sinks."),
+        ConfigField("throttle", .duration, "At most one notification per alert (rule and key) to `to` this often: the transitions in between are held, and the latest is sent when the time is up if it differs from the last one sent (with the number suppressed); the alert book still records each.", example: "15m"),
+        ConfigField("command", .object(commandFields), "Also send the alert's device (or a group of devices) a command (its payload is the alert) when the alert is raised or cleared, through downlink sinks."),
         ConfigField("window", .object(windowFields), "A sliding window per key: raise and clear read window.avg, window.min, window.max, window.sum, window.count, window.first, window.last and window.rate (change per second from first to last)."),
     ]
 }
@@ -226,6 +235,61 @@ public final class RuleStates: @unchecked Sendable {
     /// Alerts waiting for their rule's digest, by rule and tenant (a digest never mixes tenants):
     /// when the first came, and the alerts.
     private var digests: [String: (since: Int64, alerts: [CanonicalMessage])] = [:]
+
+    /// Per alert (rule, tenant and key) of a throttled rule: when its sinks were last sent one, in
+    /// which state, and the latest transition held since, with how many were held.
+    private var throttles: [String: (sentAt: Int64, state: String, held: CanonicalMessage?, suppressed: Int)] = [:]
+
+    /// What of an alert goes to its rule's sinks now: nothing when the rule has none; with `throttle`,
+    /// at most one per alert per interval (the others are held for `dueThrottled`); with `group`, it
+    /// waits for the rule's digest.
+    func notify(_ rule: RuleConfig, _ alert: CanonicalMessage, now: Int64) -> CanonicalMessage? {
+        guard !rule.to.isEmpty else { return nil }
+        if let interval = rule.throttle, !admit(rule, alert, interval: interval, now: now) { return nil }
+        if rule.group != nil {
+            gather(rule, alert, at: alert.receivedTime)
+            return nil
+        }
+        return alert
+    }
+
+    private func admit(_ rule: RuleConfig, _ alert: CanonicalMessage, interval: Int64, now: Int64) -> Bool {
+        guard case .value(let p) = alert.payload, case .string(let key)? = p["key"] else { return true }
+        let state = alert.metadata("alert_state") ?? ""
+        let id = rule.name + "\u{0}" + alert.tenant + "\u{0}" + key
+        return lock.withLock {
+            if let t = throttles[id], now - t.sentAt < interval {
+                throttles[id] = (t.sentAt, t.state, alert, t.suppressed + 1)
+                return false
+            }
+            throttles[id] = (now, state, nil, 0)
+            return true
+        }
+    }
+
+    /// The held transitions of a throttled rule whose interval is over at `now`: the latest of each
+    /// alert, with `suppressed` (how many were held) in its payload, unless it is in the state that
+    /// was last sent (raised, cleared and raised again tells the sinks nothing new). Alerts quiet for
+    /// a whole interval are forgotten.
+    func dueThrottled(_ rule: RuleConfig, interval: Int64, now: Int64) -> [CanonicalMessage] {
+        let prefix = rule.name + "\u{0}"
+        return lock.withLock {
+            var out: [CanonicalMessage] = []
+            for (id, t) in throttles where id.hasPrefix(prefix) && now - t.sentAt >= interval {
+                guard var held = t.held, let state = held.metadata("alert_state"), state != t.state else {
+                    throttles[id] = nil
+                    continue
+                }
+                if case .value(.object(var o)) = held.payload {
+                    o["suppressed"] = .int(Int64(t.suppressed))
+                    held.payload = .value(.object(o))
+                }
+                throttles[id] = (now, state, nil, 0)
+                out.append(held)
+            }
+            return out.sorted { $0.id < $1.id }
+        }
+    }
 
     /// Holds an alert for its rule's next digest.
     func gather(_ rule: RuleConfig, _ alert: CanonicalMessage, at time: Int64) {
@@ -411,14 +475,27 @@ extension PipelineProcessor {
         return alert(rule, transition, key: key, tenant: m.tenant, device: m.device, time: time, context: context, id: m.id)
     }
 
-    /// The pipeline's timer: alerts of absence rules whose keys fell silent, by `now`, each with the
-    /// rule's sinks (none when the rule sends its alerts only to the alert book), and digests due.
-    public func tick(now: Int64) -> [Output] {
+    /// The pipeline's timer, at `now`: alerts of absence rules whose keys fell silent (in `alerts`, for
+    /// the alert book, and in `outputs` for the rule's sinks), held notifications of throttled rules,
+    /// and digests due.
+    public func tick(now: Int64) -> Result {
+        var result = Result()
         var out: [Output] = []
         for step in config.steps {
             guard case .rule(let rule) = step.kind else { continue }
+            if let interval = rule.throttle {
+                for held in rules.dueThrottled(rule, interval: interval, now: now) {
+                    if rule.group != nil {
+                        rules.gather(rule, held, at: now)
+                    } else {
+                        out.append(Output(message: held, sinks: rule.to, notification: true))
+                    }
+                }
+            }
             if let every = rule.group {
-                for alerts in rules.dueDigests(rule, every: every, now: now) { out.append(Output(message: digest(rule, alerts, now: now), sinks: rule.to)) }
+                for alerts in rules.dueDigests(rule, every: every, now: now) {
+                    out.append(Output(message: digest(rule, alerts, now: now), sinks: rule.to, notification: true))
+                }
             }
             guard let after = rule.absent else { continue }
             for s in rules.silent(rule, after: after, now: now) {
@@ -428,13 +505,14 @@ extension PipelineProcessor {
                 let context = EvaluationContext(payload: .object(["silent_for": .int(now - s.lastSeen)]), envelope: envelope, now: now)
                 let alert = alert(rule, .raised(since: s.lastSeen), key: s.key, tenant: s.tenant, device: s.device, time: now, context: context,
                                   id: "\(rule.name)-\(s.key)-\(now)")
-                // Grouped, it waits for the digest; either way the alert book records it now.
-                if rule.group != nil { rules.gather(rule, alert, at: now) }
-                out.append(Output(message: alert, sinks: rule.group != nil ? [] : rule.to))
-                if let c = command(rule, alert) { out.append(c) }
+                // The alert book records it now, whether or not its sinks hear of it now.
+                result.alerts.append(alert)
+                if let n = rules.notify(rule, alert, now: now) { out.append(Output(message: n, sinks: rule.to, notification: true)) }
+                out += commands(rule, alert)
             }
         }
-        return out
+        result.outputs = out
+        return result
     }
 
     /// Escalations due by `now`: alerts of this pipeline's rules still active and unacknowledged after
@@ -452,7 +530,7 @@ extension PipelineProcessor {
                                 metadata: [KeyValue("rule", rule.name), KeyValue("alert_state", "escalated"), KeyValue("alert_id", a.id)])
                 var c = CanonicalMessage(m, receivedTime: now)
                 c.payload = .value(.object(payload))
-                out.append(Output(message: c, sinks: e.to))
+                out.append(Output(message: c, sinks: e.to, notification: true))
             }
         }
         return out
@@ -487,17 +565,28 @@ extension PipelineProcessor {
         return out
     }
 
-    /// The command a rule sends with an alert, if it has one for this transition.
-    func command(_ rule: RuleConfig, _ alert: CanonicalMessage) -> Output? {
-        guard let c = rule.command, let state = alert.metadata("alert_state"), c.on.contains(state), !c.to.isEmpty else { return nil }
-        var m = alert
-        let id = alert.id + "-" + c.name
-        m.kind = .command
-        m.topic = CommandTopics.command(device: alert.device, name: c.name, id: id)
-        m.id = id
-        m.setMetadata("command", c.name)
-        m.setMetadata("command_id", id)
-        return Output(message: m, sinks: c.to)
+    /// The commands a rule sends with an alert for this transition: none, one to the alert's device, or
+    /// one to each device of its group (the devices of the alert's tenant with the group's labels).
+    func commands(_ rule: RuleConfig, _ alert: CanonicalMessage) -> [Output] {
+        guard let c = rule.command, let state = alert.metadata("alert_state"), c.on.contains(state), !c.to.isEmpty else { return [] }
+        var targets = [alert.device]
+        if let group = c.group {
+            let payload: Value = if case .value(let p) = alert.payload { p } else { .null }
+            let context = EvaluationContext(payload: payload, metadata: alert.metadata, envelope: alert.evaluationEnvelope, now: alert.receivedTime)
+            let labels = group.map { KeyValue($0.label, $0.value.render(context)) }
+            targets = devices(alert.tenant.isEmpty ? "default" : alert.tenant, labels)
+        }
+        return targets.map { device in
+            var m = alert
+            let id = alert.id + "-" + c.name + (c.group == nil ? "" : "-" + device)
+            m.kind = .command
+            m.device = device
+            m.topic = CommandTopics.command(device: device, name: c.name, id: id)
+            m.id = id
+            m.setMetadata("command", c.name)
+            m.setMetadata("command_id", id)
+            return Output(message: m, sinks: c.to)
+        }
     }
 
     /// Whether a pipeline has rules, which its runtime's timer serves: it raises absence rules and

@@ -45,12 +45,15 @@ public protocol DeviceDirectory: AnyObject, Sendable {
     /// Sets some of a registered device's attributes, keeping the others (the `attributes` sink):
     /// false when there is no such device.
     func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool
+    /// The ids of the tenant's devices whose labels include all of these (a device group), sorted.
+    func devices(tenant: String, labels: [KeyValue]) -> [String]
 }
 
 extension DeviceDirectory {
     public func presharedKey(identity: String) -> (grant: DirectoryGrant, key: [UInt8])? { nil }
     public func attributes(tenant: String, device: String) -> [UInt8]? { nil }
     public func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool { false }
+    public func devices(tenant: String, labels: [KeyValue]) -> [String] { [] }
 }
 
 /// A device the directory recognised: its tenant and id, the credential it used (the hub closes the

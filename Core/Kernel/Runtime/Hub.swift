@@ -119,6 +119,7 @@ public final class Hub: HostServices, @unchecked Sendable {
                 let runtime = SinkRuntime(name: c.name, instance: instance, options: c.delivery, deadLetters: deadLetters) { [logger] in
                     logger.warning("\($0)")
                 }
+                runtime.notified = { [alerts, clock] m, sink, failure in alerts.notified(m, sink: sink, failure: failure, at: clock()) }
                 (instance as? DownlinkSink)?.runtime = runtime
                 (instance as? PipelineSink)?.runtime = runtime
                 (instance as? AttributesSink)?.runtime = runtime
@@ -282,7 +283,9 @@ public final class Hub: HostServices, @unchecked Sendable {
             ruleStates[p.name] = r
             return r
         }
-        return PipelineProcessor(p, pluginSteps: steps, rules: rules, clock: clock)
+        return PipelineProcessor(p, pluginSteps: steps, rules: rules, devices: { [weak self] tenant, labels in
+            self?.lock.withLock { self?.directory }?.devices(tenant: tenant, labels: labels) ?? []
+        }, clock: clock)
     }
 
     // MARK: - Host services
