@@ -187,6 +187,42 @@ let testCatalog = ComponentCatalog([
         #expect(warnings.map(\.description) == ["site.yaml:7:37: warning: rule 'never' in step 'rule' of pipeline 'p' can never fire: its raise condition is always false"])
     }
 
+    /// Where the payload's fields are known (declared by `fields`, or made by a map step), a step that
+    /// reads another is warned of at the field's column; reads guarded by has() or ?? are not.
+    @Test func warnsOfFieldsTheMessagesDoNotCarry() throws {
+        let (_, warnings) = try HubConfigLoader(catalog: Build.plugins.catalog).load(texts: [("site.yaml", """
+            sources:
+              devices: { plugin: http }
+            pipelines:
+              declared:
+                from: [ devices ]
+                fields: [ temperature, door ]
+                steps:
+                  - decode: json
+                  - filter: "has(payload, 'humidity') and humidity > 0"
+                  - rule: { name: warm, raise: "temprature > -10", message: "at {tempreture} ({humidity ?? 0})" }
+                  - rule: { name: avg, window: { over: 1m, of: "temperature" }, raise: "window.avg > 3 and door == 'open'" }
+                  - set: { doubled: "temperature * 2" }
+                  - filter: "doubled > 1"
+                  - encode: json
+                  - filter: "anything"
+              mapped:
+                from: [ devices ]
+                steps:
+                  - map: { temp_c: "(temperature - 32) / 1.8" }
+                  - rule: { name: hot, raise: "temperature > 30" }
+              unknown:
+                from: [ devices ]
+                steps:
+                  - rule: { name: any, raise: "whatever > 1" }
+            """)])
+        #expect(warnings.map(\.description) == [
+            "site.yaml:10:37: warning: step 'rule' of pipeline 'declared' reads field 'temprature', which the messages here do not carry: it would be an error on every message (did you mean 'temperature'?)",
+            "site.yaml:10:70: warning: step 'rule' of pipeline 'declared' reads field 'tempreture', which the messages here do not carry: it would be an error on every message (did you mean 'temperature'?)",
+            "site.yaml:20:36: warning: step 'rule' of pipeline 'mapped' reads field 'temperature', which the messages here do not carry: it would be an error on every message (they carry temp_c (the map step at 19:9))",
+        ], "\(warnings)")
+    }
+
     @Test func locatesMistakesInRuleSteps() {
         let e = errors("""
             sources:

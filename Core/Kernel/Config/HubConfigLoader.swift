@@ -43,6 +43,7 @@ public struct HubConfigLoader: Sendable {
         ConfigField("durable", .bool, "Write each message to the write-ahead log before the device is acknowledged.", default: "false"),
         ConfigField("queue_size", .int, "Messages waiting for this pipeline before sources are told to back off.", default: "1024"),
         ConfigField("description", .string, "What the pipeline is for."),
+        ConfigField("fields", .list(.string), "The payload fields this pipeline's messages carry once decoded: iotc check warns of a step that reads another (after a map step, the fields it makes are known without this).", example: "[ temperature, humidity ]"),
     ]
 
     public static let authFields: [ConfigField] = [
@@ -320,9 +321,18 @@ public struct HubConfigLoader: Sendable {
         }
         p.to = sinkNames(node["to"], context: "\(context) 'to'", config, declared.sinks, &v)
         p.errors = sinkNames(node["errors"], context: "\(context) 'errors'", config, declared.sinks, &v)
+        if case .array(let fields)? = o["fields"] {
+            v.payloadFields = Set(fields.compactMap { if case .string(let s) = $0 { s } else { nil } })
+            v.payloadFieldsOrigin = "the fields of \(context)"
+        }
+        defer { v.payloadFields = nil }
         if let stepsNode = node["steps"] {
             if case .sequence(let items, _) = stepsNode {
-                for item in items { if let s = step(item, context, config, declared, &v) { p.steps.append(s) } }
+                for item in items {
+                    guard let s = step(item, context, config, declared, &v) else { continue }
+                    p.steps.append(s)
+                    Self.followFields(through: s, &v)
+                }
             } else if !stepsNode.isNullScalar {
                 v.diagnostics.error(stepsNode.location, "'steps' of \(context) should be a list, not a \(stepsNode.typeName)")
             }
@@ -458,13 +468,54 @@ public struct HubConfigLoader: Sendable {
         }
     }
 
+    /// The payload fields known after a step: a map makes exactly its fields, a set adds its own,
+    /// an encode or a plugin step leaves them unknown.
+    static func followFields(through s: StepConfig, _ v: inout SpecValidator) {
+        func fields(_ assignments: [Assignment]) -> Set<String>? {
+            var out = Set<String>()
+            for a in assignments {
+                switch a.target {
+                case .field(let path): guard let first = path.first else { return nil }; out.insert(first)
+                default: continue
+                }
+            }
+            return out
+        }
+        switch s.kind {
+        case .map(let a):
+            v.payloadFields = fields(a)
+            v.payloadFieldsOrigin = "the map step at \(s.location.line):\(s.location.column)"
+        case .set(let a):
+            if let known = v.payloadFields, let added = fields(a) { v.payloadFields = known.union(added) } else { v.payloadFields = nil }
+        case .encode, .plugin:
+            v.payloadFields = nil
+        default:
+            break
+        }
+    }
+
+    /// Warns of the payload fields an expression (or template) at `loc` reads that the messages are
+    /// known not to carry.
+    private func checkFields(_ refs: [(name: String, offset: Int)], at loc: SourceLocation, quoted: Bool, _ context: String, _ v: inout SpecValidator) {
+        guard let known = v.payloadFields else { return }
+        for r in refs where !known.contains(r.name) {
+            let names = known.sorted()
+            let hint = Suggest.closest(r.name, in: names).map { "did you mean '\($0)'?" }
+                ?? "they carry \(names.isEmpty ? "none" : names.joined(separator: ", ")) (\(v.payloadFieldsOrigin))"
+            v.diagnostics.warning(loc.advanced(by: r.offset + (quoted ? 1 : 0)),
+                                  "\(context) reads field '\(r.name)', which the messages here do not carry: it would be an error on every message", hint: hint)
+        }
+    }
+
     private func expression(_ node: YAMLNode, _ context: String, _ v: inout SpecValidator) -> Expression? {
         guard case .scalar(let text, let quoted, let loc) = node else {
             v.diagnostics.error(node.location, "\(context) needs an expression, not a \(node.typeName)")
             return nil
         }
         do {
-            return try Expression(text)
+            let e = try Expression(text)
+            checkFields(e.fieldReferences, at: loc, quoted: quoted, context, &v)
+            return e
         } catch {
             v.diagnostics.error(loc.advanced(by: error.offset + (quoted ? 1 : 0)), "invalid expression in \(context): \(error.message)")
             return nil
@@ -475,6 +526,11 @@ public struct HubConfigLoader: Sendable {
                       _ v: inout SpecValidator) -> StepConfig? {
         let errors = v.diagnostics.errors.count
         let o = v.object(node, fields: RuleConfig.fields, context: context)
+        // What a rule adds for its own conditions: the window's aggregates, an absence's silence.
+        let outer = v.payloadFields
+        if node["window"] != nil { v.payloadFields?.insert("window") }
+        if node["absent"] != nil { v.payloadFields?.insert("silent_for") }
+        defer { v.payloadFields = outer }
         // Every mistake is reported, not only the first.
         let raise = node["raise"].flatMap { expression($0, context, &v) }
         let clear = node["clear"].flatMap { expression($0, context, &v) }
@@ -488,7 +544,10 @@ public struct HubConfigLoader: Sendable {
         }
         var message: Template?
         if case .scalar(let text, let quoted, let loc)? = node["message"] {
-            do { message = try Template(text) } catch {
+            do {
+                message = try Template(text)
+                checkFields(message?.fieldReferences ?? [], at: loc, quoted: quoted, context, &v)
+            } catch {
                 v.diagnostics.error(loc.advanced(by: error.offset + (quoted ? 1 : 0)), "invalid template in \(context): \(error.message)")
             }
         }

@@ -11,6 +11,11 @@ struct SpecValidator {
     let environment: [String: String]
     /// Report unset `${env:...}` variables as warnings (for checking files away from their secrets).
     let missingEnvironmentIsWarning: Bool
+    /// The payload fields the messages carry at the step being read, when known (declared by the
+    /// pipeline's `fields`, or made by a `map` step): expressions that read another are warned of.
+    var payloadFields: Set<String>?
+    /// Where those fields were made known, for the hint.
+    var payloadFieldsOrigin = ""
 
     init(baseDirectory: String, environment: [String: String] = ProcessInfo.processInfo.environment, missingEnvironmentIsWarning: Bool = false) {
         self.baseDirectory = baseDirectory

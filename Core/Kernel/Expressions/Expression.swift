@@ -19,6 +19,16 @@ public struct Expression: Sendable, CustomStringConvertible {
 
     public var description: String { source }
 
+    /// The payload fields it reads by bare name (`temperature`; `location` of `location.lat`), with
+    /// their offsets, for checking against the fields a pipeline's messages are known to carry. Reads
+    /// that may meet a missing field on purpose are left out: the left of `??`, and what a `has(...)`
+    /// guards (the right of `and`, the branches of `?:`).
+    public var fieldReferences: [(name: String, offset: Int)] {
+        var out: [(String, Int)] = []
+        root.collectFields(&out)
+        return out
+    }
+
     /// Evaluates against a message.
     public func evaluate(_ context: inout EvaluationContext) throws(ExpressionError) -> Value {
         try root.evaluate(&context)
@@ -113,6 +123,43 @@ indirect enum ExpressionNode: Sendable {
         case add = "+", subtract = "-", multiply = "*", divide = "/", remainder = "%"
         case equal = "==", notEqual = "!=", less = "<", lessOrEqual = "<=", greater = ">", greaterOrEqual = ">="
         case contains = "in"
+    }
+
+    func collectFields(_ out: inout [(String, Int)]) {
+        switch self {
+        case .literal: break
+        case .name(let n, let offset): if !["payload", "meta", "msg"].contains(n) { out.append((n, offset)) }
+        case .member(let base, _, _): base.collectFields(&out)
+        case .index(let base, let index, _):
+            base.collectFields(&out)
+            index.collectFields(&out)
+        case .list(let items): for i in items { i.collectFields(&out) }
+        case .unary(_, let x, _): x.collectFields(&out)
+        case .binary(_, let l, let r, _), .or(let l, let r, _):
+            l.collectFields(&out)
+            r.collectFields(&out)
+        case .and(let l, let r, _):
+            l.collectFields(&out)
+            if !l.callsHas { r.collectFields(&out) }
+        case .coalesce(_, let r): r.collectFields(&out)
+        case .conditional(let cond, let a, let b, _):
+            cond.collectFields(&out)
+            if !cond.callsHas {
+                a.collectFields(&out)
+                b.collectFields(&out)
+            }
+        case .call(_, let args, _): for a in args { a.collectFields(&out) }
+        }
+    }
+
+    /// Whether it tests for a field with `has(...)`.
+    private var callsHas: Bool {
+        switch self {
+        case .call(let f, let args, _): f.name == "has" || args.contains { $0.callsHas }
+        case .unary(_, let x, _), .member(let x, _, _): x.callsHas
+        case .and(let l, let r, _), .or(let l, let r, _), .binary(_, let l, let r, _): l.callsHas || r.callsHas
+        default: false
+        }
     }
 
     func evaluate(_ c: inout EvaluationContext) throws(ExpressionError) -> Value {

@@ -104,7 +104,8 @@ public struct RuleConfig: Sendable {
 public struct Template: Sendable {
     enum Part: Sendable {
         case text(String)
-        case expression(Expression)
+        /// An expression and the offset of its text in the template's.
+        case expression(Expression, offset: Int)
     }
     let parts: [Part]
 
@@ -118,7 +119,7 @@ public struct Template: Sendable {
                 throw ExpressionError("'{' without '}' in the template", at: text.distance(from: text.startIndex, to: open))
             }
             let source = String(rest[rest.index(after: open)..<close])
-            do { parts.append(.expression(try Expression(source))) } catch {
+            do { parts.append(.expression(try Expression(source), offset: text.distance(from: text.startIndex, to: open) + 1)) } catch {
                 throw ExpressionError(error.message, at: text.distance(from: text.startIndex, to: open) + 1 + error.offset)
             }
             rest = rest[rest.index(after: close)...]
@@ -127,13 +128,21 @@ public struct Template: Sendable {
         self.parts = parts
     }
 
+    /// The payload fields its parts read, with offsets in the template's text.
+    public var fieldReferences: [(name: String, offset: Int)] {
+        parts.flatMap { p -> [(name: String, offset: Int)] in
+            guard case .expression(let e, let at) = p else { return [] }
+            return e.fieldReferences.map { ($0.name, at + $0.offset) }
+        }
+    }
+
     /// The text, with each part's value (`?` where one cannot be evaluated).
     func render(_ context: EvaluationContext) -> String {
         var out = ""
         for p in parts {
             switch p {
             case .text(let t): out += t
-            case .expression(let e):
+            case .expression(let e, _):
                 var c = context
                 switch try? e.evaluate(&c) {
                 case .string(let s)?: out += s
