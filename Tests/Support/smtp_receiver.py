@@ -1,5 +1,6 @@
 """An SMTP server for the e-mail sink's tests, on aiosmtpd: STARTTLS required, AUTH PLAIN and LOGIN
-with one user, each mail appended to a JSON-lines file; RCPT TO nobody@... is refused with 550.
+with one user, each mail appended to a JSON-lines file; RCPT TO nobody@... is refused with 550, and
+RCPT TO later@... is greylisted: refused with 451 every other time, starting with the first.
 
     smtp_receiver.py PORT CERT KEY OUT USER PASSWORD
 """
@@ -15,11 +16,17 @@ from aiosmtpd.smtp import AuthResult
 class Keep:
     def __init__(self, out):
         self.out = out
+        self.greylisted = 0
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         # A permanent refusal to test senders with: nobody@... has no mailbox.
         if address.startswith("nobody@"):
             return "550 5.1.1 no such mailbox"
+        # A transient refusal (greylisting): the sender must try again later.
+        if address.startswith("later@"):
+            self.greylisted += 1
+            if self.greylisted % 2 == 1:
+                return "451 4.7.1 greylisted, try again later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
