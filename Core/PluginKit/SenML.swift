@@ -121,21 +121,42 @@ public enum SenML {
 
     /// Encodes records as a SenML-JSON pack (names in full, no base fields).
     public static func encodeJSON(_ records: [Record]) -> [UInt8] {
-        .init(JSON.encode(.array(records.map { r in
-            var o = IoTCPluginKit.Value.Object()
-            o["n"] = .string(r.name)
-            if let u = r.unit { o["u"] = .string(u) }
-            switch r.value {
-            case .number(let d)?: o["v"] = d.rounded() == d && abs(d) < 1e15 ? .int(Int64(d)) : .double(d)
-            case .string(let s)?: o["vs"] = .string(s)
-            case .bool(let b)?: o["vb"] = .bool(b)
-            case .data(let b)?: o["vd"] = .string(Base64.encodeURL(b))
-            case nil: break
+        .init(JSON.encode(.array(records.map { r in .object(Value.Object(fields(r, data: { .string(Base64.encodeURL($0)) }).map { ($0.label, $0.value) })) })))
+    }
+
+    /// Encodes records as a SenML-CBOR pack (RFC 8428 §6: integer labels, data as a byte string).
+    public static func encodeCBOR(_ records: [Record]) -> [UInt8] {
+        // The array's head: its length in the initial byte, or in the 1, 2 or 4 bytes after it.
+        let n = records.count
+        var out: [UInt8] = n < 24 ? [0x80 | UInt8(n)] : n < 0x100 ? [0x98, UInt8(n)] : n < 0x10000 ? [0x99, UInt8(n >> 8), UInt8(n & 0xFF)]
+            : [0x9A, UInt8(n >> 24 & 0xFF), UInt8(n >> 16 & 0xFF), UInt8(n >> 8 & 0xFF), UInt8(n & 0xFF)]
+        for r in records {
+            let f = fields(r, data: { .bytes($0) })
+            out.append(0xA0 | UInt8(f.count))
+            for (label, value) in f {
+                CBOR.encode(.int(Int64(cborLabels[label]!)), into: &out)
+                CBOR.encode(value, into: &out)
             }
-            if let s = r.sum { o["s"] = .double(s) }
-            if r.time != 0 { o["t"] = .double(r.time) }
-            return .object(o)
-        })))
+        }
+        return out
+    }
+
+    private static let cborLabels: [String: Int] = ["n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "s": 5, "t": 6, "vd": 8]
+
+    /// A record's fields in order (name, unit, value, sum, time), with data in the encoding's form.
+    private static func fields(_ r: Record, data: ([UInt8]) -> IoTCPluginKit.Value) -> [(label: String, value: IoTCPluginKit.Value)] {
+        var o: [(String, IoTCPluginKit.Value)] = [("n", .string(r.name))]
+        if let u = r.unit { o.append(("u", .string(u))) }
+        switch r.value {
+        case .number(let d)?: o.append(("v", d.rounded() == d && abs(d) < 1e15 ? .int(Int64(d)) : .double(d)))
+        case .string(let s)?: o.append(("vs", .string(s)))
+        case .bool(let b)?: o.append(("vb", .bool(b)))
+        case .data(let b)?: o.append(("vd", data(b)))
+        case nil: break
+        }
+        if let s = r.sum { o.append(("s", .double(s))) }
+        if r.time != 0 { o.append(("t", .double(r.time))) }
+        return o
     }
 
     /// RFC 8428 §4.5.1: starts with a letter or digit, then letters, digits, '-', ':', '.', '/' and '_'.

@@ -73,6 +73,13 @@ import IoTCPluginKit
         #expect(text(c["status"]) == "succeeded", "\(c)")
         c = try hub.command("node-7", "write", #"{"path":"/3/0","values":{"14":"+03"}}"#)
         #expect(text(c["status"]) == "succeeded", "\(c)")
+        // SenML-CBOR (the client decodes it with cbor2) and plain text.
+        c = try hub.command("node-7", "write", #"{"path":"/3/0/14","value":"+05","format":"senml-cbor"}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        c = try hub.command("node-7", "write", #"{"path":"/3/0/14","value":"+06","format":"text"}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        c = try hub.command("node-7", "write", #"{"path":"/3/0","values":{"14":"+07"},"format":"text"}"#)
+        #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("text write is one value of one resource") == true, "\(c)")
         c = try hub.command("node-7", "execute", #"{"path":"/3/0/4","args":"now"}"#)
         #expect(text(c["status"]) == "succeeded", "\(c)")
         c = try hub.command("node-7", "discover", #"{"path":"/3303/0"}"#)
@@ -87,7 +94,7 @@ import IoTCPluginKit
         #expect(text(c["status"]) == "failed" && c["result"]?["code"] == .string("4.04"), "\(c)")
         c = try hub.command("node-7", "reboot-now", #"{"path":"/3/0"}"#)
         #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("unknown LwM2M operation") == true, "\(c)")
-        for line in ["write /3/0/14 +02", "write /3/0/14 +04", "write /3/0/14 +03", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1"] {
+        for line in ["write /3/0/14 +02", "write /3/0/14 +04", "write /3/0/14 +03", "write /3/0/14 +05 (senml-cbor)", "write /3/0/14 +06 (text)", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1"] {
             #expect(client.log.contains(line), "\(line)\n\(client.log)")
         }
 

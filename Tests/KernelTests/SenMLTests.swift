@@ -48,5 +48,13 @@ struct SenMLTests {
         let records = [SenML.Record(name: "/3303/0/5700", value: .number(21.5), unit: "Cel"), SenML.Record(name: "n", value: .bool(false)),
                        SenML.Record(name: "s", value: .string("x")), SenML.Record(name: "d", value: .data([0xFB, 0xFF]))]
         #expect(try SenML.decode(SenML.encodeJSON(records), cbor: false) == records)
+        #expect(try SenML.decode(SenML.encodeCBOR(records), cbor: true) == records)
+        // RFC 8428 §6: integer labels, data as a byte string: [{0: "d", 8: h'FBFF'}].
+        #expect(SenML.encodeCBOR([records[3]]) == [0x81, 0xA2, 0x00, 0x61, 0x64, 0x08, 0x42, 0xFB, 0xFF])
+        // Long packs have their length after the array's initial byte.
+        let many = (0..<300).map { SenML.Record(name: "r\($0)", value: .number(Double($0))) }
+        let encoded = SenML.encodeCBOR(many)
+        #expect(encoded.prefix(3) == [0x99, 0x01, 0x2C])
+        #expect(try SenML.decode(encoded, cbor: true) == many)
     }
 }

@@ -11,6 +11,7 @@ import struct
 import sys
 
 import aiocoap
+import cbor2
 import aiocoap.resource as resource
 from aiocoap import Code, Message
 
@@ -95,9 +96,16 @@ class DeviceResource(resource.Resource):
             value = parse_tlv(request.payload)[0][2].decode()
         elif request.opt.content_format == 110:
             value = json.loads(request.payload)[0]["vs"]
+        elif request.opt.content_format == 112:
+            record = cbor2.loads(request.payload)[0]  # RFC 8428 labels: 0 name, 3 string value
+            if record[0] != "/3/0/14":
+                return Message(code=Code.BAD_REQUEST)
+            value = record[3] + " (senml-cbor)"
+        elif request.opt.content_format == TEXT:
+            value = request.payload.decode() + " (text)"
         else:
-            value = request.payload.decode()
-        self.device.utc_offset = value
+            return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
+        self.device.utc_offset = value.split(" ")[0]
         say("write /3/0/14", value)
         return Message(code=Code.CHANGED)
 

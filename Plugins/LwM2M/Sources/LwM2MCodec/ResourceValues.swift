@@ -184,9 +184,10 @@ public struct ResourceValues: Sendable {
         }
     }
 
-    /// A SenML-JSON payload writing `values` (resource id → value) under `path`'s object instance, each
-    /// record named by its full path (LwM2M 1.1 §7.4.7); arrays are resource instances.
-    public func encodeSenML(path: LwM2MPath, values: [(UInt16, Value)]) throws(Error) -> [UInt8] {
+    /// A SenML-JSON (or SenML-CBOR) payload writing `values` (resource id → value) under `path`'s
+    /// object instance, each record named by its full path (LwM2M 1.1 §7.4.7); arrays are resource
+    /// instances.
+    public func encodeSenML(path: LwM2MPath, values: [(UInt16, Value)], cbor: Bool = false) throws(Error) -> [UInt8] {
         var records: [SenML.Record] = []
         for (id, v) in values {
             let p = LwM2MPath(Array(path.ids.prefix(2)) + [id])
@@ -208,7 +209,22 @@ public struct ResourceValues: Sendable {
                 records.append(SenML.Record(name: name, value: value))
             }
         }
-        return SenML.encodeJSON(records)
+        return cbor ? SenML.encodeCBOR(records) : SenML.encodeJSON(records)
+    }
+
+    /// A plain-text payload writing one single-instance resource (LwM2M 1.1 §7.4.1): numbers in
+    /// decimal, booleans as 1 or 0, object links as object:instance.
+    public func encodeText(path: LwM2MPath, value: Value) throws(Error) -> [UInt8] {
+        let type = self.type(of: path)
+        switch (type, value) {
+        case (.integer, .int(let i)), (.unsignedInteger, .int(let i)), (.time, .int(let i)): return Array(String(i).utf8)
+        case (.float, .double(let d)): return Array(String(d).utf8)
+        case (.float, .int(let i)): return Array(String(i).utf8)
+        case (.boolean, .bool(let b)): return [b ? UInt8(ascii: "1") : UInt8(ascii: "0")]
+        case (.string, .string(let s)), (.corelink, .string(let s)), (.objectLink, .string(let s)): return Array(s.utf8)
+        case (.opaque, _): throw Error(description: "\(path): an opaque resource is not written as text; use tlv or senml")
+        default: throw Error(description: "\(path): a \(type.rawValue) value is needed")
+        }
     }
 
     /// A TLV payload writing `values` (resource id → value) into an object instance, or a single

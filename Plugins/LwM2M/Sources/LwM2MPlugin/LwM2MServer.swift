@@ -428,18 +428,25 @@ final class LwM2MServer: @unchecked Sendable {
                     payload = instance.map { TLV.encode([TLV.Entry(kind: .objectInstance, id: $0, children: children)]) } ?? inner
                 } else {
                     guard path.ids.count >= 2 else { return fail("write names an object instance or a resource") }
-                    payload = format == ContentFormat.senmlJSON ? try source.values.encodeSenML(path: path, values: values)
-                        : try source.values.encodeTLV(path: path, values: values)
+                    switch format {
+                    case ContentFormat.senmlJSON?, ContentFormat.senmlCBOR?:
+                        payload = try source.values.encodeSenML(path: path, values: values, cbor: format == ContentFormat.senmlCBOR)
+                    case ContentFormat.textPlain?:
+                        guard path.ids.count == 3, values.count == 1 else {
+                            return fail("a text write is one value of one resource: /object/instance/resource")
+                        }
+                        payload = try source.values.encodeText(path: path, value: values[0].1)
+                    default:
+                        payload = try source.values.encodeTLV(path: path, values: values)
+                    }
                 }
             } catch {
                 return fail("\(error)")
             }
             let replace: Bool = if case .bool(true)? = args["replace"] { true } else { path.ids.count == 3 }
-            guard format == nil || format == ContentFormat.lwm2mTLV || (format == ContentFormat.senmlJSON && name == "write") else {
-                return fail("\(name) sends tlv\(name == "write" ? " or senml-json" : "")")
-            }
+            guard format == nil || format == ContentFormat.lwm2mTLV || name == "write" else { return fail("create sends tlv") }
             sent = send(r.id, name == "create" || !replace ? COAP_REQUEST_POST : COAP_REQUEST_PUT, path,
-                        contentFormat: format == ContentFormat.senmlJSON ? ContentFormat.senmlJSON : ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
+                        contentFormat: format ?? ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
         default:
             return fail("unknown LwM2M operation '\(name.prefix(32))' (read, discover, write, write-attributes, execute, create, delete, observe, cancel-observe)")
         }

@@ -38,7 +38,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         `args`), `create` (`path` of the object, `values`, optional `instance`), `delete` (`path`), \
         `observe` and `cancel-observe` (`path`). Each answer comes back as the command's result: \
         `{"ok": true, "code": "2.05", "values": {"/3/0/9": 87}}` or `{"ok": false, "code": "4.04", "error": \
-        "Not Found"}`. Contents are read in TLV, LwM2M JSON, SenML-JSON, SenML-CBOR, text and opaque; writes go as TLV, or as SenML-JSON with `"format": "senml-json"`.
+        "Not Found"}`. Contents are read in TLV, LwM2M JSON, SenML-JSON, SenML-CBOR, text and opaque; writes go as TLV, or with `"format"` as SenML-JSON, SenML-CBOR or text (one resource).
 
         Notifications of observed resources (from the `observe` paths, started at registration for the \
         objects a client lists, or from `observe` commands) become telemetry on `devices/{ep}/telemetry`: \
