@@ -62,6 +62,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
         .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-certificates", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1", from: "1.7.4"),
     ],
     targets: [
         .target(name: "CIoTCPluginABI", path: "Core/PluginABI", exclude: ["iotc_plugin.map"]),
@@ -104,6 +106,8 @@ let package = Package(
                 "IoTCKernel", "IoTCStore",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             path: "Core/API"
         ),
@@ -122,6 +126,7 @@ let package = Package(
         // Helpers several plugins' servers share: listen addresses, server TLS, certificate fingerprints.
         .target(name: "PluginNetworking", dependencies: [
             "IoTCPluginKit",
+            .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),
         ], path: "Plugins/Shared/Sources/PluginNetworking"),

@@ -29,6 +29,7 @@ public enum HubAPI {
         CommandsAPI.add(to: router, hub: hub, center: commands, devices: devices, guarded: guarded)
         AlertsAPI.add(to: router, book: hub.alerts, guarded: guarded)
         ProvisioningAPI.add(to: router, provisioning: Provisioning(store: accounts.store), devices: devices, directory: directory, audit: audit, guarded: guarded)
+        CertificateAuthoritiesAPI.add(to: router, authorities: CertificateAuthorities(store: accounts.store), directory: directory, guarded: guarded)
         router.get("/health") { _, _ in json(["status": "ok"]) }
         router.get("/ready") { _, _ in json(["status": "ready"]) }
         // Built at the first request: an idle hub does not carry it.

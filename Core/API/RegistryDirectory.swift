@@ -21,6 +21,9 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     }
 
     private let devices: Devices
+    /// The tenants' certificate authorities; without it, none are loaded.
+    private let authorities: CertificateAuthorities?
+    private let issuers = NIOLockedValueBox(ClientCertificates())
     /// Opens the pre-shared keys; without it, none are loaded.
     let box: SecretBox?
     private let state = NIOLockedValueBox<(tokens: [String: Entry], certificates: [[UInt8]: Entry], keys: [String: (Entry, [UInt8])])>(([:], [:], [:]))
@@ -34,8 +37,10 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     /// device deleted), so that the hub closes the connections made with them.
     private let onRevoked: @Sendable (Set<String>) -> Void
 
-    public init(devices: Devices, box: SecretBox? = nil, onRevoked: @escaping @Sendable (Set<String>) -> Void = { _ in }) {
+    public init(devices: Devices, box: SecretBox? = nil, authorities: CertificateAuthorities? = nil,
+                onRevoked: @escaping @Sendable (Set<String>) -> Void = { _ in }) {
         self.devices = devices
+        self.authorities = authorities
         self.box = box
         self.onRevoked = onRevoked
     }
@@ -65,11 +70,15 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         func ids(_ t: [String: Entry], _ c: [[UInt8]: Entry], _ k: [String: (Entry, [UInt8])]) -> Set<String> {
             Set(t.keys).union(c.values.map(\.id)).union(k.values.map(\.0.id))
         }
-        let now = ids(tokens, certificates, keys)
+        let issuersNow = ClientCertificates(try await authorities?.all() ?? [])
+        let now = ids(tokens, certificates, keys).union(issuersNow.ids)
         let before = state.withLockedValue { old -> Set<String> in
             defer { old = (tokens, certificates, keys) }
             return ids(old.tokens, old.certificates, old.keys)
-        }
+        }.union(issuers.withLockedValue { old in
+            defer { old = issuersNow }
+            return old.ids
+        })
         let gone = before.subtracting(now)
         if !gone.isEmpty { onRevoked(gone) }
     }
@@ -94,6 +103,8 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         if !c.certificateFingerprint.isEmpty, let digest = Devices.fingerprintBytes(c.certificateFingerprint), let e = certificates[digest], valid(e) {
             return e.grant
         }
+        // A certificate not registered on its own may have been issued by a tenant's authority.
+        if !c.certificateChain.isEmpty { return issuers.withLockedValue { $0 }.grant(c.certificateChain) }
         return nil
     }
 

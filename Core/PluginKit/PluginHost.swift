@@ -81,9 +81,28 @@ public final class PluginHost: @unchecked Sendable {
             c.remote_address = str(refs[5])
             var out = iotc_identity()
             out.struct_size = UInt32(MemoryLayout<iotc_identity>.size)
-            guard raw.pointee.authenticate(raw.pointee.ctx, &c, &out) == IOTC_OK else { return nil }
+            let chain = credentials.certificateChain
+            let ok = Self.withBytesList(chain) { list in
+                c.certificate_chain = list.baseAddress
+                c.certificate_chain_count = list.count
+                return raw.pointee.authenticate(raw.pointee.ctx, &c, &out) == IOTC_OK
+            }
+            guard ok else { return nil }
             return Identity(host: self, tenant: String(out.tenant), device: String(out.device), handle: out.handle)
         }
+    }
+
+    /// Calls `body` with C views of `list` (valid only during the call).
+    private static func withBytesList<R>(_ list: [[UInt8]], _ body: (UnsafeBufferPointer<iotc_bytes>) -> R) -> R {
+        guard !list.isEmpty else { return body(UnsafeBufferPointer(start: nil, count: 0)) }
+        let copies = list.map { bytes -> UnsafeMutableBufferPointer<UInt8> in
+            let p = UnsafeMutableBufferPointer<UInt8>.allocate(capacity: max(1, bytes.count))
+            _ = p.initialize(from: bytes)
+            return p
+        }
+        defer { for p in copies { p.deallocate() } }
+        let views = copies.enumerated().map { iotc_bytes(ptr: UnsafePointer($0.element.baseAddress), len: list[$0.offset].count) }
+        return views.withUnsafeBufferPointer(body)
     }
 
     /// The device and key for the pre-shared key identity a device presented in a DTLS handshake, from
@@ -226,11 +245,15 @@ public struct Credentials: Sendable {
     public var secret: String
     public var certificateFingerprint: String
     public var remoteAddress: String
+    /// The certificate chain presented in a TLS handshake (DER, leaf first), for certificates a
+    /// tenant's certificate authority issued.
+    public var certificateChain: [[UInt8]]
 
     public init(
         protocolName: String, device: String = "", username: String = "", secret: String = "",
-        certificateFingerprint: String = "", remoteAddress: String = ""
+        certificateFingerprint: String = "", remoteAddress: String = "", certificateChain: [[UInt8]] = []
     ) {
+        self.certificateChain = certificateChain
         self.protocolName = protocolName
         self.device = device
         self.username = username

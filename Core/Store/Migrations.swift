@@ -173,7 +173,28 @@ public enum Schema {
         Migration(13, "API key scopes", ["ALTER TABLE api_keys ADD COLUMN scopes TEXT NOT NULL DEFAULT ''"]),
         // Attributes the operator sets for a device (its configuration), which devices fetch.
         Migration(14, "device attributes", ["ALTER TABLE devices ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}'"]),
+        // Certificate authorities a tenant registers: client certificates they issue authenticate
+        // devices named by their subject's common name. A CA belongs to one tenant only.
+        Migration(15, "certificate authorities", sqlite: certificateAuthorities(binary: "BLOB"), postgres: certificateAuthorities(binary: "BYTEA")),
     ]
+
+    private static func certificateAuthorities(binary: String) -> [String] {
+        [
+            """
+            CREATE TABLE certificate_authorities (
+                id TEXT PRIMARY KEY,
+                tenant_id TEXT NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+                name TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                fingerprint \(binary) NOT NULL UNIQUE,
+                certificate \(binary) NOT NULL,
+                profile TEXT NOT NULL,
+                not_after BIGINT NOT NULL,
+                created_at BIGINT NOT NULL)
+            """,
+            "CREATE INDEX certificate_authorities_by_tenant ON certificate_authorities (tenant_id)",
+        ]
+    }
 
     private static func provisioning(binary: String) -> [String] {
         [

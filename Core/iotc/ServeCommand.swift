@@ -86,7 +86,9 @@ struct Serve: AsyncParsableCommand {
             logger.error("cannot load the hub's secret key: \(error)")
             throw ExitCode(1)
         }
-        let directory = RegistryDirectory(devices: Devices(store: db), box: box) { [weak hub] gone in hub?.revoke(credentials: gone) }
+        let directory = RegistryDirectory(devices: Devices(store: db), box: box, authorities: CertificateAuthorities(store: db)) { [weak hub] gone in
+            hub?.revoke(credentials: gone)
+        }
         do { try await directory.refresh() } catch {
             logger.error("cannot load device credentials: \(error)")
             throw ExitCode(1)

@@ -123,7 +123,8 @@ import IoTCPluginKit
         let again = try #require(socket.receive())
         #expect(again[0] >> 4 == 0x6 && again[1] == 0x44 && again[2] == 0x12 && again[3] == 0x34, "the same answer: \(again)")
         // A repeat that comes while the first is still being written (durable pipeline) gets an empty
-        // ACK; the one separate answer follows, and one message is stored.
+        // ACK and the one separate answer follows; a repeat that comes after the first was answered
+        // gets that same answer again (RFC 7252 §4.5). Either way one message is stored (below).
         let twice: [UInt8] = [0x41, 0x02, 0x20, 0x00, 0x51, 0xB1] + Array("t".utf8) + [0x05] + Array("dev-d".utf8) + [0x11, 50, 0xFF] + Array(#"{"n":3}"#.utf8)
         socket.send(twice)
         socket.send(twice)
@@ -133,7 +134,9 @@ import IoTCPluginKit
             if a[0] >> 4 == 0x4 { socket.send([0x60, 0x00, a[2], a[3]]) }  // acknowledge a separate answer
             if answers.contains(where: { $0[1] == 0x44 }) && answers.count >= 2 { break }
         }
-        #expect(answers.filter { $0[1] == 0x44 }.count == 1, "one 2.04 for the two copies: \(answers)")
+        let changed = answers.filter { $0[1] == 0x44 }
+        #expect(changed.count == 1 || (changed.count == 2 && changed.allSatisfy { $0[0] >> 4 == 0x6 && $0[2] == 0x20 && $0[3] == 0x00 }),
+                "one 2.04 for the two copies, or the same piggybacked 2.04 to each: \(answers)")
         #expect(answers.allSatisfy { $0[1] == 0x44 || ($0[0] >> 4 == 0x6 && $0[1] == 0 && $0[2] == 0x20 && $0[3] == 0x00) }, "\(answers)")
         // An unknown critical option (9) is refused with 4.02; a block-wise body that does not start at
         // block 0 with 4.08 (Block1 NUM 2, more to come, 16-byte blocks).

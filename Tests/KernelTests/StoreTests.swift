@@ -477,6 +477,44 @@ final class PostgresServer {
         }
     }
 
+    /// Certificate authorities and device labels on both engines: an authority belongs to one tenant,
+    /// and the directory's device groups follow labels.
+    @Test(arguments: StoreEngine.allCases)
+    func authoritiesAndLabelsLoadIntoTheDirectory(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store), authorities = CertificateAuthorities(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await accounts.createTenant(id: "umbrella", name: "Umbrella")
+            let der: [UInt8] = [0x30, 0x03, 0x02, 0x01, 0x01], fingerprint = Array(repeating: UInt8(9), count: 32)
+            let ca = try await authorities.create(tenant: "acme", name: "fleet", subject: "CN=Fleet CA", certificate: der, fingerprint: fingerprint,
+                                                  profile: "sensor", notAfter: 1_900_000_000_000)
+            await #expect(throws: AccountsError.self) {
+                try await authorities.create(tenant: "umbrella", name: "same", subject: "CN=Fleet CA", certificate: der, fingerprint: fingerprint,
+                                             profile: "default", notAfter: 1_900_000_000_000)
+            }
+            #expect(try await authorities.list(tenant: "acme") == [ca])
+            #expect(try await authorities.list(tenant: "umbrella").isEmpty)
+            #expect(try await authorities.get(tenant: "umbrella", id: ca.id) == nil)
+            #expect(try await authorities.get(tenant: "acme", id: ca.id)?.certificate == der)
+            #expect(try await !authorities.delete(tenant: "umbrella", id: ca.id))
+            #expect(try await authorities.delete(tenant: "acme", id: ca.id))
+            #expect(try await authorities.all().isEmpty)
+
+            _ = try await devices.create(tenant: "acme", id: "pump-1", labels: ["site": "north", "role": "pump"])
+            _ = try await devices.create(tenant: "acme", id: "pump-2", labels: ["site": "south", "role": "pump"])
+            _ = try await devices.create(tenant: "umbrella", id: "pump-9", labels: ["site": "north", "role": "pump"])
+            let directory = RegistryDirectory(devices: devices, authorities: authorities)
+            try await directory.refresh()
+            #expect(directory.devices(tenant: "acme", labels: [KeyValue("role", "pump")]) == ["pump-1", "pump-2"])
+            #expect(directory.devices(tenant: "acme", labels: [KeyValue("role", "pump"), KeyValue("site", "north")]) == ["pump-1"])
+            #expect(directory.devices(tenant: "acme", labels: [KeyValue("site", "east")]).isEmpty)
+            directory.labelsChanged(tenant: "acme", device: "pump-2", ["site": "north", "role": "pump"])
+            #expect(directory.devices(tenant: "acme", labels: [KeyValue("site", "north")]) == ["pump-1", "pump-2"])
+            directory.labelsChanged(tenant: "acme", device: "pump-1", nil)
+            #expect(directory.devices(tenant: "acme", labels: [KeyValue("site", "north")]) == ["pump-2"])
+        }
+    }
+
     @Test(arguments: StoreEngine.allCases)
     func attributesAreSetPerDeviceAndLoadedIntoTheDirectory(_ engine: StoreEngine) async throws {
         try await withStore(engine) { store in

@@ -195,9 +195,17 @@ private let hostAuthenticate: @convention(c) (UnsafeMutableRawPointer?, UnsafePo
     guard let ctx, let c, let out else { return IOTC_ERR_INVALID }
     let me = ComponentInstance.from(ctx)
     let p = c.pointee
+    var chain: [[UInt8]] = []
+    // The chain is a later field: a plugin built before it may have a shorter struct.
+    if Int(p.struct_size) >= MemoryLayout<iotc_credentials>.offset(of: \.certificate_chain_count)! + MemoryLayout<Int>.size,
+       let list = p.certificate_chain, p.certificate_chain_count > 0 {
+        for b in UnsafeBufferPointer(start: list, count: min(p.certificate_chain_count, 8)) where b.len <= 64 * 1024 {
+            chain.append(b.ptr.map { Array(UnsafeBufferPointer(start: $0, count: b.len)) } ?? [])
+        }
+    }
     let creds = Credentials(protocolName: String(p.protocol), device: String(p.device), username: String(p.username),
                             secret: String(p.secret), certificateFingerprint: String(p.certificate_fingerprint),
-                            remoteAddress: String(p.remote_address))
+                            remoteAddress: String(p.remote_address), certificateChain: chain)
     guard let (identity, handle) = me.services?.authenticate(from: me, creds) else { return IOTC_ERR_DENIED }
     out.pointee.tenant = iotc_str(ptr: identity.cTenant, len: identity.tenant.utf8.count)
     out.pointee.device = iotc_str(ptr: identity.cDevice, len: identity.device.utf8.count)

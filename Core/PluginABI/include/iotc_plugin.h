@@ -120,7 +120,14 @@ typedef struct iotc_credentials {
     iotc_str secret;          /* password or bearer token; the kernel never logs it */
     iotc_str certificate_fingerprint; /* SHA-256 of the client certificate (DER), lower-case hex */
     iotc_str remote_address;
-    void *reserved[4];
+    /* The certificate chain the client presented in its TLS handshake, DER, leaf first (the handshake
+     * proved it holds the leaf's key); NULL and 0 when none. The kernel accepts a leaf registered by
+     * its fingerprint, or one issued (directly or through intermediates in this chain) by a certificate
+     * authority a tenant registered, which names its device by the subject's common name. Formerly
+     * reserved: older plugins leave it NULL. */
+    const iotc_bytes *certificate_chain;
+    size_t certificate_chain_count;
+    void *reserved[2];
 } iotc_credentials;
 
 /* The identity the kernel grants. The strings belong to the kernel and stay valid until

@@ -145,11 +145,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         if let c = cached, c.token == token, c.device == device, NIODeadline.now() - c.at < Self.reauthenticateAfter { return c.identity }
         let remote = context.channel.remoteAddress?.description ?? ""
-        var fingerprint = ""
-        if let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate {
-            fingerprint = ServerTLS.fingerprint(cert)
-        }
-        guard let identity = source.host.authenticate(Credentials(protocolName: "http", device: device, secret: token, certificateFingerprint: fingerprint, remoteAddress: remote)) else {
+        let presented = ServerTLS.presented(context.pipeline.syncOperations)
+        guard let identity = source.host.authenticate(Credentials(protocolName: "http", device: device, secret: token, certificateFingerprint: presented.fingerprint,
+                                                                  remoteAddress: remote, certificateChain: presented.chain)) else {
             respond(context, .unauthorized, problem: token.isEmpty ? "credentials required" : "invalid credentials", extra: [("WWW-Authenticate", "Bearer")])
             return nil
         }

@@ -13,6 +13,8 @@ public struct ConnectCredentials: Sendable {
     public var password: [UInt8]?
     public var remoteAddress: String
     public var certificateFingerprint: String?
+    /// The TLS client certificate chain (DER, leaf first), for certificates a tenant's authority issued.
+    public var certificateChain: [[UInt8]] = []
 }
 
 /// What `submit` answered at once.

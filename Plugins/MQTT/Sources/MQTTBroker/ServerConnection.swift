@@ -39,6 +39,8 @@ public final class ServerConnection: @unchecked Sendable {
     let remoteAddress: String
     /// SHA-256 of the client's TLS certificate (lower-case hex), set by the transport before CONNECT.
     public var certificateFingerprint: String?
+    /// The client's TLS certificate chain (DER, leaf first), set with the fingerprint.
+    public var certificateChain: [[UInt8]] = []
     public weak var control: ConnectionControl?
 
     public private(set) var state = State.awaitingConnect
@@ -202,7 +204,7 @@ public final class ServerConnection: @unchecked Sendable {
             return refuse(MQTTReason.clientIdentifierNotValid, 0x02, "client id is longer than \(limits.maximumClientIDLength) bytes")
         }
         let credentials = ConnectCredentials(clientID: clientID, username: c.username, password: c.password,
-                                             remoteAddress: remoteAddress, certificateFingerprint: certificateFingerprint)
+                                             remoteAddress: remoteAddress, certificateFingerprint: certificateFingerprint, certificateChain: certificateChain)
         guard let identity = hub.authenticate(credentials) else {
             return refuse(c.password == nil ? MQTTReason.notAuthorized : MQTTReason.badUsernameOrPassword,
                           c.password == nil ? 0x05 : 0x04, "authentication failed")

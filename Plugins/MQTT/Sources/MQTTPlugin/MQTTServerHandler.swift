@@ -80,10 +80,11 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let connection, !closing else { return }
-        if connection.state == .awaitingConnect, connection.certificateFingerprint == nil,
-           let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLServerHandler.self).peerCertificate {
-            // The hub can authenticate a device by its certificate.
-            connection.certificateFingerprint = ServerTLS.fingerprint(cert)
+        if connection.state == .awaitingConnect, connection.certificateFingerprint == nil {
+            // The hub can authenticate a device by its certificate (registered, or issued by a tenant's authority).
+            let presented = ServerTLS.presented(context.pipeline.syncOperations)
+            connection.certificateFingerprint = presented.fingerprint
+            connection.certificateChain = presented.chain
         }
         reading = true
         defer { reading = false }

@@ -196,7 +196,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         }
         do {
             if !config.listen.isEmpty { channels.append(try bind(config.listen, group: group, broker: broker, transport: .tcp)) }
-            if let tls = config.tls, let ssl = sslContext { channels.append(try bind(tls.listen, group: group, broker: broker, transport: .tls(ssl))) }
+            if let tls = config.tls, let ssl = sslContext { channels.append(try bind(tls.listen, group: group, broker: broker, transport: .tls(ssl, tls.files))) }
             if let ws = config.websocket { channels.append(try bind(ws.listen, group: group, broker: broker, transport: .webSocket(path: ws.path ?? "/mqtt"))) }
         } catch {
             stop()
@@ -235,7 +235,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
 
     enum Transport {
         case tcp
-        case tls(NIOSSLContext)
+        case tls(NIOSSLContext, ServerTLSFiles)
         case webSocket(path: String)
     }
 
@@ -254,8 +254,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
                         switch transport {
                         case .tcp:
                             try source.addMQTTHandlers(ops, channel: channel, broker: broker)
-                        case .tls(let ssl):
-                            try ops.addHandler(NIOSSLServerHandler(context: ssl))
+                        case .tls(let ssl, let files):
+                            try ops.addHandler(try files.handler(ssl))
                             try source.addMQTTHandlers(ops, channel: channel, broker: broker)
                         case .webSocket(let path):
                             try WebSocketTransport.configure(channel: channel, path: path) { ch in

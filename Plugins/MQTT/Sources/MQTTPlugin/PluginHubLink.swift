@@ -68,7 +68,8 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
         case .hub:
             let secret = c.password.map { String(decoding: $0, as: UTF8.self) } ?? ""
             let creds = Credentials(protocolName: "mqtt", device: c.clientID, username: c.username ?? "", secret: secret,
-                                    certificateFingerprint: c.certificateFingerprint ?? "", remoteAddress: c.remoteAddress)
+                                    certificateFingerprint: c.certificateFingerprint ?? "", remoteAddress: c.remoteAddress,
+                                    certificateChain: c.certificateChain)
             return host.authenticate(creds).map(HubIdentity.init)
         case .static:
             let user: User

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import IoTCPluginKit
+import NIOCore
 import NIOSSL
 
 // Network helpers that several plugins' servers share (linked statically into each plugin).
@@ -24,15 +25,23 @@ public struct ServerTLSFiles: Decodable, Sendable {
     public var certificate_file: String
     public var key_file: String
     public var client_ca_file: String?
+    /// none, optional or required.
+    public var client_certificate: String?
 
     /// The config fields, for a plugin's spec.
     public static let fields: [ConfigField] = [
         ConfigField("certificate_file", .string, "PEM certificate chain.", required: true),
         ConfigField("key_file", .string, "PEM private key.", required: true),
-        ConfigField("client_ca_file", .string, "PEM CA bundle; when set, clients must present a certificate it signed."),
+        ConfigField("client_ca_file", .string, "PEM CA bundle; when set, clients must present a certificate it signed (checked in the TLS handshake)."),
+        ConfigField("client_certificate", .string, "Ask clients for a certificate. Without client_ca_file, the hub decides at authentication whether to trust it: a certificate registered for a device by its fingerprint, or one issued by a certificate authority a tenant registered (the device is its common name). optional lets devices without one in (they authenticate otherwise).",
+                    default: #""none""#, options: ["none", "optional", "required"]),
     ]
 
-    /// The server context; with `client_ca_file`, clients must present a certificate it signed.
+    /// Whether clients are asked for certificates.
+    public var requestsClientCertificates: Bool { client_ca_file != nil || (client_certificate ?? "none") != "none" }
+
+    /// The server context: with `client_ca_file`, clients must present a certificate it signed; with
+    /// `client_certificate` alone, they are asked for one, which the hub judges when they authenticate.
     public func context() throws -> NIOSSLContext {
         do {
             var c = TLSConfiguration.makeServerConfiguration(
@@ -40,16 +49,39 @@ public struct ServerTLSFiles: Decodable, Sendable {
                 privateKey: .privateKey(try NIOSSLPrivateKey(file: key_file, format: .pem)))
             if let client_ca_file {
                 c.trustRoots = .file(client_ca_file)
-                c.certificateVerification = .noHostnameVerification
+                c.certificateVerification = client_certificate == "optional" ? .optionalVerification : .noHostnameVerification
+            } else if let mode = client_certificate, mode != "none" {
+                c.certificateVerification = mode == "optional" ? .optionalVerification : .noHostnameVerification
             }
             return try NIOSSLContext(configuration: c)
         } catch {
             throw PluginError("TLS setup failed: \(error)")
         }
     }
+
+    /// The TLS handler for one connection. Asked for with `client_certificate` and no `client_ca_file`,
+    /// any chain a client presents passes the handshake (which still proves the client holds the leaf's
+    /// key) and is kept for `ServerTLS.presentedChain`: the hub trusts it or not when the device
+    /// authenticates.
+    public func handler(_ context: NIOSSLContext) throws -> NIOSSLServerHandler {
+        guard client_ca_file == nil, let mode = client_certificate, mode != "none" else { return NIOSSLServerHandler(context: context) }
+        return NIOSSLServerHandler(context: context, customVerificationCallbackWithMetadata: { chain, promise in
+            promise.succeed(.certificateVerified(VerificationMetadata(ValidatedCertificateChain(chain))))
+        })
+    }
 }
 
 public enum ServerTLS {
+    /// The certificate chain a TLS client presented (DER, leaf first), and its leaf's fingerprint; empty
+    /// when it presented none or the channel has no TLS.
+    public static func presented(_ pipeline: ChannelPipeline.SynchronousOperations) -> (chain: [[UInt8]], fingerprint: String) {
+        guard let tls = try? pipeline.handler(type: NIOSSLServerHandler.self) else { return ([], "") }
+        // With the hub judging certificates, the whole chain was kept in the handshake; with a CA
+        // file, the leaf is what identifies the device.
+        let chain = tls.peerValidatedCertificateChain.map(Array.init) ?? tls.peerCertificate.map { [$0] } ?? []
+        return (chain.compactMap { try? $0.toDERBytes() }, chain.first.map(fingerprint) ?? "")
+    }
+
     /// Lower-case hex SHA-256 of a certificate's DER form: how the hub recognises a device's certificate.
     public static func fingerprint(_ cert: NIOSSLCertificate) -> String {
         guard let der = try? cert.toDERBytes() else { return "" }

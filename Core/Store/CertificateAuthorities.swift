@@ -1,0 +1,76 @@
+import Foundation
+import IoTCPluginKit
+
+/// A certificate authority a tenant registered: client certificates it issues authenticate devices of
+/// that tenant, named by the certificate's subject common name, with the authority's profile.
+public struct CertificateAuthority: Sendable, Equatable {
+    public var id: String
+    public var tenant: String
+    public var name: String
+    /// The authority's subject, as text (`CN=Fleet CA,O=Example`).
+    public var subject: String
+    /// SHA-256 of its DER form.
+    public var fingerprint: [UInt8]
+    /// Its certificate, DER.
+    public var certificate: [UInt8]
+    public var profile: String
+    /// When the authority's own certificate expires (milliseconds since the epoch).
+    public var notAfter: Int64
+    public var createdAt: Int64
+}
+
+/// The tenants' certificate authorities. Parsing and checking a certificate is the caller's (the
+/// store keeps what it is given); one authority belongs to one tenant only.
+public struct CertificateAuthorities: Sendable {
+    public let store: any Store
+    let clock: @Sendable () -> Int64
+
+    public init(store: any Store, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
+        self.store = store
+        self.clock = clock
+    }
+
+    public func create(tenant: String, name: String, subject: String, certificate der: [UInt8], fingerprint: [UInt8], profile: String,
+                       notAfter: Int64) async throws -> CertificateAuthority {
+        guard !name.isEmpty, name.unicodeScalars.count <= 200 else { throw AccountsError.invalid("a name is 1 to 200 characters") }
+        guard Accounts.isValidID(profile) else { throw AccountsError.invalid("a profile is 1 to 63 lower-case letters, digits and dashes") }
+        let ca = CertificateAuthority(id: Devices.newToken().id, tenant: tenant, name: name, subject: subject, fingerprint: fingerprint,
+                                      certificate: der, profile: profile, notAfter: notAfter, createdAt: clock())
+        try await store.transaction { db in
+            // Whose devices a certificate names must never be in doubt: no authority is registered twice.
+            guard try await db.query("SELECT id FROM certificate_authorities WHERE fingerprint = ?", [.blob(fingerprint)]).isEmpty else {
+                throw AccountsError.conflict("this certificate authority is already registered")
+            }
+            try await db.execute("""
+                INSERT INTO certificate_authorities (id, tenant_id, name, subject, fingerprint, certificate, profile, not_after, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, [.text(ca.id), .text(tenant), .text(name), .text(subject), .blob(fingerprint), .blob(der), .text(profile),
+                      .integer(notAfter), .integer(ca.createdAt)])
+        }
+        return ca
+    }
+
+    public func list(tenant: String) async throws -> [CertificateAuthority] {
+        try await store.query("SELECT * FROM certificate_authorities WHERE tenant_id = ? ORDER BY created_at, id", [.text(tenant)]).map(Self.row)
+    }
+
+    public func get(tenant: String, id: String) async throws -> CertificateAuthority? {
+        try await store.query("SELECT * FROM certificate_authorities WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first.map(Self.row)
+    }
+
+    /// Every tenant's authorities, for the hub's authentication.
+    public func all() async throws -> [CertificateAuthority] {
+        try await store.query("SELECT * FROM certificate_authorities ORDER BY created_at, id").map(Self.row)
+    }
+
+    /// Removes an authority: its certificates stop authenticating (open connections close).
+    public func delete(tenant: String, id: String) async throws -> Bool {
+        try await store.execute("DELETE FROM certificate_authorities WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]) == 1
+    }
+
+    static func row(_ r: Row) -> CertificateAuthority {
+        CertificateAuthority(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", name: r.string("name") ?? "",
+                             subject: r.string("subject") ?? "", fingerprint: r.bytes("fingerprint") ?? [], certificate: r.bytes("certificate") ?? [],
+                             profile: r.string("profile") ?? "default", notAfter: r.int("not_after") ?? 0, createdAt: r.int("created_at") ?? 0)
+    }
+}
