@@ -98,6 +98,31 @@ import IoTCPluginKit
             #expect(client.log.contains(line), "\(line)\n\(client.log)")
         }
 
+        // LwM2M 1.1 composite operations on the root: several resources of several objects in one
+        // FETCH or iPATCH, in SenML-JSON and SenML-CBOR.
+        c = try hub.command("node-7", "read-composite", #"{"paths":["/3/0/9","/3/0/14","/3303/0/5700"]}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["values"]?["/3/0/9"] == .int(87) && c["result"]?["values"]?["/3/0/14"] == .string("+06")
+                && c["result"]?["values"]?["/3303/0/5700"]?.number != nil, "\(c)")
+        c = try hub.command("node-7", "write-composite", #"{"values":{"/3/0/14":"+08"},"format":"senml-cbor"}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["code"] == .string("2.04"), "\(c)")
+        c = try hub.command("node-7", "read-composite", #"{"paths":["/3/0/14"],"format":"senml-cbor"}"#)
+        #expect(c["result"]?["values"]?["/3/0/14"] == .string("+08"), "\(c)")
+        #expect(client.log.contains("read-composite 110 /3/0/9 /3/0/14 /3303/0/5700") && client.log.contains("read-composite 112 /3/0/14")
+                && client.log.contains("write-composite /3/0/14 +08 112"), "\(client.log)")
+        c = try hub.command("node-7", "write-composite", #"{"values":{"/3/0/14":5}}"#)
+        #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("/3/0/14") == true, "a string resource takes a string: \(c)")
+        c = try hub.command("node-7", "read-composite", #"{"paths":[]}"#)
+        #expect(text(c["status"]) == "failed", "\(c)")
+        // Observe-Composite: each notification is one telemetry message with every named resource.
+        c = try hub.command("node-7", "observe-composite", #"{"paths":["/3/0/9","/3303/0/5700"]}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        #expect(eventually(timeout: 10) {
+            hub.lines.filter { $0["properties"]?["lwm2m.path"] == .string("/") && $0["payload"]?["battery_level"] == .int(87) && $0["payload"]?["temperature"] != nil }.count >= 2
+        }, "\(client.log)")
+        c = try hub.command("node-7", "cancel-observe-composite", #"{"paths":["/3/0/9","/3303/0/5700"]}"#)
+        #expect(text(c["status"]) == "succeeded", "\(c)")
+        #expect(eventually { client.log.contains("composite observers 0") }, "\(client.log)")
+
         // Send: values the client reports by itself, one telemetry message per object.
         client.send("send")
         #expect(eventually { client.log.contains("sent 2.04 Changed") }, "\(client.log)")

@@ -175,13 +175,80 @@ class Removable(resource.Resource):
         return Message(code=Code.DELETED)
 
 
+class Root(resource.ObservableResource):
+    """LwM2M 1.1 composite operations on the root: Read- and Observe-Composite (FETCH with the paths as
+    SenML names) and Write-Composite (iPATCH with SenML records), in SenML-JSON (110) or SenML-CBOR (112)."""
+
+    def __init__(self, device, temperature):
+        super().__init__()
+        self.device, self.temperature = device, temperature
+        self.ticker = None
+
+    def decode(self, request):
+        if request.opt.content_format == 110:
+            return [{"n": r.get("bn", "") + r.get("n", ""), **{k: r[k] for k in ("v", "vs", "vb") if k in r}}
+                    for r in json.loads(request.payload)]
+        if request.opt.content_format == 112:
+            labels = {-2: "bn", 0: "n", 2: "v", 3: "vs", 4: "vb"}
+            records = [{labels.get(k, k): v for k, v in r.items()} for r in cbor2.loads(request.payload)]
+            return [{"n": r.get("bn", "") + r.get("n", ""), **{k: r[k] for k in ("v", "vs", "vb") if k in r}} for r in records]
+        return None
+
+    def value(self, name):
+        return {"/3/0/9": {"v": 87}, "/3/0/14": {"vs": self.device.utc_offset},
+                "/3303/0/5700": {"v": self.temperature.value}}.get(name)
+
+    def update_observation_count(self, count):
+        say("composite observers", count)
+        if count and self.ticker is None:
+            self.ticker = asyncio.get_event_loop().call_later(0.3, self.tick)
+        elif not count and self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+
+    def tick(self):
+        self.temperature.value += 0.5
+        self.updated_state()
+        self.ticker = asyncio.get_event_loop().call_later(0.3, self.tick)
+
+    async def render_fetch(self, request):
+        names = self.decode(request)
+        if names is None:
+            return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
+        say("read-composite", int(request.opt.content_format), " ".join(r["n"] for r in names))
+        records = []
+        for r in names:
+            v = self.value(r["n"])
+            if v is None:
+                return Message(code=Code.NOT_FOUND)
+            records.append({"n": r["n"], **v})
+        accept = request.opt.accept or request.opt.content_format
+        if accept == 112:
+            keys = {"n": 0, "v": 2, "vs": 3, "vb": 4}
+            return Message(payload=cbor2.dumps([{keys[k]: v for k, v in r.items()} for r in records]), content_format=112)
+        return Message(payload=json.dumps(records).encode(), content_format=110)
+
+    async def render_ipatch(self, request):
+        records = self.decode(request)
+        if records is None:
+            return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
+        for r in records:
+            if r["n"] != "/3/0/14" or "vs" not in r:
+                return Message(code=Code.METHOD_NOT_ALLOWED)
+            self.device.utc_offset = r["vs"]
+            say("write-composite /3/0/14", r["vs"], int(request.opt.content_format))
+        return Message(code=Code.CHANGED)
+
+
 async def main(port, endpoint, queue):
     site = resource.Site()
     device = Device()
     site.add_resource(["3", "0"], device)
     for ident in (4, 9, 14):
         site.add_resource(["3", "0", str(ident)], DeviceResource(device, ident))
-    site.add_resource(["3303", "0", "5700"], Temperature())
+    temperature = Temperature()
+    site.add_resource(["3303", "0", "5700"], temperature)
+    site.add_resource([], Root(device, temperature))
     site.add_resource(["3303", "0"], TemperatureInstance())
     site.add_resource(["3303"], TemperatureObject(site))
     ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", 0))

@@ -188,6 +188,12 @@ public struct ResourceValues: Sendable {
     /// object instance, each record named by its full path (LwM2M 1.1 §7.4.7); arrays are resource
     /// instances.
     public func encodeSenML(path: LwM2MPath, values: [(UInt16, Value)], cbor: Bool = false) throws(Error) -> [UInt8] {
+        let records = try senmlRecords(path: path, values: values)
+        return cbor ? SenML.encodeCBOR(records) : SenML.encodeJSON(records)
+    }
+
+    /// The SenML records writing `values` (resource id → value) under `path`'s object instance.
+    public func senmlRecords(path: LwM2MPath, values: [(UInt16, Value)]) throws(Error) -> [SenML.Record] {
         var records: [SenML.Record] = []
         for (id, v) in values {
             let p = LwM2MPath(Array(path.ids.prefix(2)) + [id])
@@ -209,7 +215,7 @@ public struct ResourceValues: Sendable {
                 records.append(SenML.Record(name: name, value: value))
             }
         }
-        return cbor ? SenML.encodeCBOR(records) : SenML.encodeJSON(records)
+        return records
     }
 
     /// A plain-text payload writing one single-instance resource (LwM2M 1.1 §7.4.1): numbers in

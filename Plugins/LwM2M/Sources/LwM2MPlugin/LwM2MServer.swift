@@ -361,7 +361,15 @@ final class LwM2MServer: @unchecked Sendable {
         let fail = { (why: String) in self.result(r, commandID: id, path: nil, ok: false, code: nil, fields: ["error": .string(why)]) }
         let args: Value
         do { args = message.payload.isEmpty ? .object(Value.Object()) : try JSON.decode(message.payload) } catch { return fail("the command's payload is not JSON") }
-        guard case .string(let text)? = args["path"], let path = LwM2MPath(text) else { return fail("the command needs a \"path\" such as \"/3/0/9\"") }
+        // Composite operations name their paths in the payload and act on the root.
+        let composite = name.hasSuffix("-composite")
+        let path: LwM2MPath
+        if composite {
+            path = LwM2MPath([])
+        } else {
+            guard case .string(let text)? = args["path"], let p = LwM2MPath(text) else { return fail("the command needs a \"path\" such as \"/3/0/9\"") }
+            path = p
+        }
         let format: UInt32?
         switch args["format"] {
         case nil, .null?: format = nil
@@ -447,8 +455,39 @@ final class LwM2MServer: @unchecked Sendable {
             guard format == nil || format == ContentFormat.lwm2mTLV || name == "write" else { return fail("create sends tlv") }
             sent = send(r.id, name == "create" || !replace ? COAP_REQUEST_POST : COAP_REQUEST_PUT, path,
                         contentFormat: format ?? ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
+        case "read-composite", "observe-composite", "cancel-observe-composite":
+            // LwM2M 1.1 composite operations: FETCH on the root with the paths as SenML names.
+            guard case .array(let list)? = args["paths"], (1...64).contains(list.count) else {
+                return fail("\(name) needs \"paths\" (1 to 64), such as [\"/3/0/9\", \"/3303/0/5700\"]")
+            }
+            var paths: [LwM2MPath] = []
+            for item in list {
+                guard case .string(let s) = item, let p = LwM2MPath(s) else { return fail("\"paths\" are LwM2M paths such as \"/3/0/9\"") }
+                paths.append(p)
+            }
+            guard let f = Self.compositeFormat(format) else { return fail("composite operations use senml-json or senml-cbor") }
+            let records = paths.map { SenML.Record(name: $0.description) }
+            let body = f == ContentFormat.senmlCBOR ? SenML.encodeCBOR(records) : SenML.encodeJSON(records)
+            if name == "cancel-observe-composite" {
+                pending = pending.filter { !($0.value.registration == r.id && $0.value.path.ids.isEmpty && $0.value.observing) }
+            }
+            let observe: UInt32? = name == "observe-composite" ? 0 : name == "cancel-observe-composite" ? 1 : nil
+            sent = send(r.id, COAP_REQUEST_FETCH, LwM2MPath([]), observe: observe, contentFormat: f, accept: f, payload: body, purpose: purpose)
+        case "write-composite":
+            // iPATCH on the root with the new values as SenML records, typed by the object model.
+            guard case .object(let o)? = args["values"], (1...64).contains(o.count) else {
+                return fail("write-composite needs \"values\" by resource path, such as {\"/3/0/14\": \"+02\", \"/1/0/3\": 60}")
+            }
+            guard let f = Self.compositeFormat(format) else { return fail("composite operations use senml-json or senml-cbor") }
+            var records: [SenML.Record] = []
+            for (k, v) in o {
+                guard let p = LwM2MPath(k), p.ids.count == 3 else { return fail("write-composite values are keyed by resource path (/object/instance/resource), not '\(k.prefix(32))'") }
+                do { records += try source.values.senmlRecords(path: p, values: [(p.ids[2], v)]) } catch { return fail("\(error)") }
+            }
+            let body = f == ContentFormat.senmlCBOR ? SenML.encodeCBOR(records) : SenML.encodeJSON(records)
+            sent = send(r.id, COAP_REQUEST_IPATCH, LwM2MPath([]), contentFormat: f, accept: nil, payload: body, purpose: purpose)
         default:
-            return fail("unknown LwM2M operation '\(name.prefix(32))' (read, discover, write, write-attributes, execute, create, delete, observe, cancel-observe)")
+            return fail("unknown LwM2M operation '\(name.prefix(32))' (read, discover, write, write-attributes, execute, create, delete, observe, cancel-observe, read-composite, write-composite, observe-composite, cancel-observe-composite)")
         }
         if !sent { fail("the request could not be sent") }
     }
@@ -533,7 +572,9 @@ final class LwM2MServer: @unchecked Sendable {
             fields[name] = v
         }
         guard !fields.isEmpty else { return }
-        let version = r.objects.first { $0.objectPath?.first == observed.object }?.attributes["ver"] ?? source.values.objects[observed.object]?.version ?? "1.0"
+        // A composite observation (of the root) is versioned by the object of its first value.
+        let object = observed.ids.first ?? values.first?.0.ids.first ?? 0
+        let version = r.objects.first { $0.objectPath?.first == object }?.attributes["ver"] ?? source.values.objects[object]?.version ?? "1.0"
         var properties = [KeyValue("lwm2m.path", observed.description), KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.object_version", version)]
         if let sequence { properties.append(KeyValue("coap.observe", String(sequence))) }
         if let format { properties.append(KeyValue("coap.content_format", String(format))) }
@@ -541,6 +582,15 @@ final class LwM2MServer: @unchecked Sendable {
         let status = host.submit(Message(kind: .telemetry, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
                                          payload: JSON.encode(.object(fields)), qos: 0, properties: properties))
         if status == .busy { host.metric(.counter, "iotc_lwm2m_notifications_dropped_total", labels: [KeyValue("reason", "busy")], 1) }
+    }
+
+    /// The format of a composite request and its answer: SenML-JSON unless SenML-CBOR is asked for.
+    static func compositeFormat(_ format: UInt32?) -> UInt32? {
+        switch format {
+        case nil: ContentFormat.senmlJSON
+        case ContentFormat.senmlJSON?, ContentFormat.senmlCBOR?: format
+        default: nil
+        }
     }
 
     static func reason(_ code: coap_pdu_code_t) -> String {

@@ -36,7 +36,9 @@ final class LwM2MSource: Source, @unchecked Sendable {
         `text`), `write` (`path` and `value`, or `values` by resource id; `replace` for PUT), \
         `write-attributes` (`path`, `attributes` such as `{"pmin": 10}`), `execute` (`path`, optional \
         `args`), `create` (`path` of the object, `values`, optional `instance`), `delete` (`path`), \
-        `observe` and `cancel-observe` (`path`). Each answer comes back as the command's result: \
+        `observe` and `cancel-observe` (`path`), and the LwM2M 1.1 composite operations on several \
+        resources at once: `read-composite`, `observe-composite` and `cancel-observe-composite` (`paths`), \
+        `write-composite` (`values` by resource path), in SenML-JSON or SenML-CBOR (`format`). Each answer comes back as the command's result: \
         `{"ok": true, "code": "2.05", "values": {"/3/0/9": 87}}` or `{"ok": false, "code": "4.04", "error": \
         "Not Found"}`. Contents are read in TLV, LwM2M JSON, SenML-JSON, SenML-CBOR, text and opaque; writes go as TLV, or with `"format"` as SenML-JSON, SenML-CBOR or text (one resource).
 
