@@ -140,6 +140,45 @@ import IoTCPluginKit
         client.send("quit")
     }
 
+    /// The bootstrap interface: a client asks (POST /bs), takes the Bootstrap-Delete, the writes of its
+    /// Security and Server instances and the Bootstrap-Finish, and registers with the server it was given,
+    /// with the lifetime it was given. A coaps server is given only to clients that bootstrap over DTLS.
+    @Test func bootstrapsAClientWhichThenRegisters() throws {
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              lw:
+                plugin: lwm2m
+                listen: "127.0.0.1:\(hub.udp)"
+                observe: []
+                bootstrap: { server_uri: "coap://127.0.0.1:\(hub.udp)", lifetime: 300, short_server_id: 7 }
+              secure:
+                plugin: lwm2m
+                listen: "127.0.0.1:\(hub.dtls)"
+                bootstrap: { server_uri: "coaps://127.0.0.1:5684" }
+            sinks:
+              out: { plugin: file, path: \(hub.dir.path)/out.jsonl }
+            pipelines:
+              devices: { from: [ "lw:devices/+/lifecycle", "secure:devices/+/lifecycle" ], to: [ out ] }
+            auth:
+              allow_anonymous: true
+            """ }
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-b", "bootstrap"], interactive: true)
+        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
+        let steps = ["bootstrap-request 2.04 Changed", "bootstrap-delete /", "bootstrap-write /0/1 coap://127.0.0.1:\(hub.udp) mode 3 ssid 7 identity -",
+                     "bootstrap-write /1/0 lifetime 300 binding U", "bootstrap-finish", "registered 2.01"]
+        let at = steps.map { client.log.range(of: $0)?.lowerBound }
+        #expect(at.allSatisfy { $0 != nil } && at.compactMap { $0 } == at.compactMap { $0 }.sorted(), "in this order: \(client.log)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "bootstrapped" && text($0["device"]) == "node-b" } }, "\(hub.lines)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" && $0["payload"]?["lifetime"] == .int(300) } }, "\(hub.lines)")
+        client.send("quit")
+        // Over plain UDP, a client cannot be handed a pre-shared key it never proved it holds.
+        let refused = try coap(["-m", "post", "coap://127.0.0.1:\(hub.dtls)/bs?ep=node-c"])
+        #expect(refused.contains("4.03"), "\(refused)")
+        #expect(try coap(["-m", "post", "coap://127.0.0.1:\(hub.udp)/bs"]).contains("4.00"))
+    }
+
     /// A pipeline drives an operation: each registration becomes a read of the battery level through
     /// the `downlink` sink, named by the command's topic, and the answer comes back under that id.
     @Test func aPipelineReadsEachClientAsItRegisters() throws {

@@ -157,3 +157,25 @@ struct ResourceValuesTests {
         #expect(LwM2MPath("/3303/0/5700")?.ids == [3303, 0, 5700])
     }
 }
+
+struct BootstrapPlanTests {
+    let values = ResourceValues(objects: ObjectRegistry())
+
+    /// A coaps server account carries the client's own PSK identity and key (Security Mode 0); a coap
+    /// one none (mode 3). The Server instance has the Short Server ID, lifetime and binding.
+    @Test func writesTheServerAccount() throws {
+        let secure = try BootstrapPlan(serverURI: "coaps://hub.example.com:5684", shortServerID: 3, lifetime: 600, binding: "UQ")
+        let security = try TLV.decode(secure.security(values, psk: (Array("meter-9".utf8), [1, 2, 3])))
+        func resource(_ entries: [TLV.Entry], _ id: UInt16) -> [UInt8]? { entries.first { $0.id == id }?.value }
+        #expect(resource(security, 0) == Array("coaps://hub.example.com:5684".utf8) && resource(security, 1) == [0] && resource(security, 2) == [0]
+                && resource(security, 3) == Array("meter-9".utf8) && resource(security, 5) == [1, 2, 3] && resource(security, 10) == [3])
+        let plain = try BootstrapPlan(serverURI: "coap://10.0.0.1:5683", shortServerID: 1, lifetime: 86400, binding: "U")
+        let open = try TLV.decode(plain.security(values, psk: nil))
+        #expect(resource(open, 2) == [3] && resource(open, 3) == [] && resource(open, 5) == [] && !plain.secure && secure.secure)
+        let server = try TLV.decode(secure.server(values))
+        #expect(resource(server, 0) == [3] && resource(server, 1) == [0x02, 0x58] && resource(server, 6) == [0] && resource(server, 7) == Array("UQ".utf8))
+        #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "http://x", shortServerID: 1, lifetime: 1, binding: "U") }
+        #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "coap://x", shortServerID: 0, lifetime: 1, binding: "U") }
+        #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "coap://x", shortServerID: 1, lifetime: 1, binding: "X") }
+    }
+}

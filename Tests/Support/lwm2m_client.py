@@ -1,9 +1,11 @@
 """An LwM2M 1.1 client on aiocoap for the hub's lwm2m source: it registers, serves the Device object
 (3), a Temperature object (3303, observable, TLV and text) and answers reads, writes, executes,
 discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
-`update`, `send`, `deregister`, `quit`.
+`update`, `send`, `deregister`, `quit`. With `bootstrap`, it first asks the server at SERVER_PORT to
+bootstrap it (POST /bs), takes the Bootstrap-Delete, the two Bootstrap-Writes and the Bootstrap-Finish,
+and then registers with the server it was given.
 
-    lwm2m_client.py SERVER_PORT ENDPOINT [queue]
+    lwm2m_client.py SERVER_PORT ENDPOINT [queue|bootstrap]
 """
 import asyncio
 import json
@@ -228,6 +230,11 @@ class Root(resource.ObservableResource):
             return Message(payload=cbor2.dumps([{keys[k]: v for k, v in r.items()} for r in records]), content_format=112)
         return Message(payload=json.dumps(records).encode(), content_format=110)
 
+    async def render_delete(self, request):
+        say("bootstrap-delete /")
+        self.device.accounts.clear()
+        return Message(code=Code.DELETED)
+
     async def render_ipatch(self, request):
         records = self.decode(request)
         if records is None:
@@ -240,9 +247,51 @@ class Root(resource.ObservableResource):
         return Message(code=Code.CHANGED)
 
 
-async def main(port, endpoint, queue):
+def tlv_values(payload):
+    """Resource id -> bytes of a TLV Write of one object instance."""
+    return {ident: value for kind, ident, value in parse_tlv(payload) if kind == 3}
+
+
+class Account(resource.Resource):
+    """/0/1 (Security) or /1/0 (Server), written by the bootstrap server."""
+
+    def __init__(self, device, path):
+        super().__init__()
+        self.device, self.path = device, path
+
+    async def render_put(self, request):
+        if request.opt.content_format != TLV:
+            return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
+        values = tlv_values(request.payload)
+        self.device.accounts[self.path] = values
+        if self.path == "/0/1":
+            say("bootstrap-write /0/1", values[0].decode(), "mode", int.from_bytes(values[2], "big", signed=True),
+                "ssid", int.from_bytes(values[10], "big", signed=True), "identity", values[3].decode() or "-")
+        else:
+            say("bootstrap-write /1/0 lifetime", int.from_bytes(values[1], "big", signed=True), "binding", values[7].decode())
+        return Message(code=Code.CHANGED)
+
+
+class Finish(resource.Resource):
+    def __init__(self, done):
+        super().__init__()
+        self.done = done
+
+    async def render_post(self, request):
+        say("bootstrap-finish")
+        self.done.set()
+        return Message(code=Code.CHANGED)
+
+
+async def main(port, endpoint, mode):
+    queue = mode == "queue"
     site = resource.Site()
     device = Device()
+    device.accounts = {}
+    finished = asyncio.Event()
+    site.add_resource(["0", "1"], Account(device, "/0/1"))
+    site.add_resource(["1", "0"], Account(device, "/1/0"))
+    site.add_resource(["bs"], Finish(finished))
     site.add_resource(["3", "0"], device)
     for ident in (4, 9, 14):
         site.add_resource(["3", "0", str(ident)], DeviceResource(device, ident))
@@ -252,8 +301,14 @@ async def main(port, endpoint, queue):
     site.add_resource(["3303", "0"], TemperatureInstance())
     site.add_resource(["3303"], TemperatureObject(site))
     ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", 0))
-    server = "coap://127.0.0.1:%d" % port
-    r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=60&lwm2m=1.1&b=U%s" % (server, endpoint, "&Q" if queue else ""),
+    server, lifetime = "coap://127.0.0.1:%d" % port, 60
+    if mode == "bootstrap":
+        r = await ctx.request(Message(code=Code.POST, uri="%s/bs?ep=%s" % (server, endpoint))).response
+        say("bootstrap-request", r.code)
+        await asyncio.wait_for(finished.wait(), 10)
+        server = device.accounts["/0/1"][0].decode()
+        lifetime = int.from_bytes(device.accounts["/1/0"][1], "big", signed=True)
+    r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=%d&lwm2m=1.1&b=U%s" % (server, endpoint, lifetime, "&Q" if queue else ""),
                                   payload=b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1',
                                   content_format=LINK)).response
     location = "/" + "/".join(r.opt.location_path)
@@ -278,4 +333,4 @@ async def main(port, endpoint, queue):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2], len(sys.argv) > 3 and sys.argv[3] == "queue"))
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else ""))

@@ -215,6 +215,7 @@ public final class CoAPEventLoop: @unchecked Sendable {
         let peer = peer(session)
         guard let (id, key) = presharedKey?(identity, peer.remote) else { return nil }
         peer.identity = id
+        peer.pskIdentity = identity
         peer.setKey(key)
         return peer.key.map { UnsafePointer($0) }
     }
@@ -249,6 +250,14 @@ public final class CoAPPeer {
     /// Anything a plugin keeps per peer (its observations).
     public var attachment: AnyObject?
     fileprivate var key: UnsafeMutablePointer<coap_bin_const_t>?
+    /// The PSK identity of a DTLS peer, as it presented it.
+    public fileprivate(set) var pskIdentity: String?
+
+    /// The pre-shared key of a DTLS peer (an LwM2M bootstrap server hands it on to the client's
+    /// server account); nil on UDP.
+    public var presharedKey: [UInt8]? {
+        key.map { Array(UnsafeBufferPointer(start: $0.pointee.s, count: $0.pointee.length)) }
+    }
 
     init(remote: String, dtls: Bool) {
         self.remote = remote

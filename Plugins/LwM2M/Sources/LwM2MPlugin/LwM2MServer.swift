@@ -27,6 +27,8 @@ final class LwM2MServer: @unchecked Sendable {
             case command(id: String, name: String)
             /// An observation: notifications become telemetry.
             case observation
+            /// A step of a client's bootstrap.
+            case bootstrap(Bootstrapping)
         }
         var purpose: Purpose
         var registration: String
@@ -68,6 +70,7 @@ final class LwM2MServer: @unchecked Sendable {
         case (COAP_REQUEST_POST, 2, "rd"?): update(session, request, response, id: String(path[1]))
         case (COAP_REQUEST_DELETE, 2, "rd"?): deregister(session, request, response, id: String(path[1]))
         case (COAP_REQUEST_POST, 1, "dp"?): report(session, request, response)
+        case (COAP_REQUEST_POST, 1, "bs"?): bootstrap(session, request, response)
         case (_, 1, "rd"?), (_, 2, "rd"?): PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED)
         default: PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
         }
@@ -143,26 +146,38 @@ final class LwM2MServer: @unchecked Sendable {
         return id
     }
 
-    private func register(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
-        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response), let objects = objectLinks(request, response) else { return }
+    /// The endpoint name a Register or Bootstrap-Request gives; nil with a 4.00 set.
+    private func endpoint(_ q: [String: String], _ response: OpaquePointer) -> String? {
         guard let ep = q["ep"], CommandTopics.isDeviceID(ep) else {
             PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "ep (the endpoint name) is required: 1 to 128 characters without / + #")
-            return
+            return nil
         }
+        return ep
+    }
+
+    /// The device a client speaks for, when it is the endpoint it names; nil with a 4.01 or 4.03 set.
+    private func client(_ session: OpaquePointer, endpoint ep: String, _ q: [String: String], _ response: OpaquePointer, doing: String) -> Identity? {
+        guard let id = identity(session, device: ep, token: q["token"]) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_UNAUTHORIZED, diagnostic: "unknown client")
+            return nil
+        }
+        guard id.device == ep else {
+            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "this client may \(doing) only as \(id.device)")
+            return nil
+        }
+        return id
+    }
+
+    private func register(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response), let objects = objectLinks(request, response) else { return }
+        guard let ep = endpoint(q, response) else { return }
         let version = q["lwm2m"] ?? "1.0"
         guard ["1.0", "1.1", "1.2"].contains(version) else {
             // The versions are not compatible (OMA-TS-LightweightM2M-Core 1.1 §6.2.1).
             PDU.respond(response, COAP_RESPONSE_CODE_PRECONDITION_FAILED, diagnostic: "LwM2M \(version.prefix(8)) is not supported (1.0 to 1.2 are)")
             return
         }
-        guard let id = identity(session, device: ep, token: q["token"]) else {
-            PDU.respond(response, COAP_RESPONSE_CODE_UNAUTHORIZED, diagnostic: "unknown client")
-            return
-        }
-        guard id.device == ep else {
-            PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "this client may register only as \(id.device)")
-            return
-        }
+        guard let id = client(session, endpoint: ep, q, response, doing: "register") else { return }
         guard table.count < source.config.max_registrations || table.registration(tenant: id.tenant, endpoint: ep) != nil else {
             PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, diagnostic: "the server holds its maximum of registrations")
             return
@@ -301,16 +316,23 @@ final class LwM2MServer: @unchecked Sendable {
     /// Sends one request to a registered client; false when it has no session or libcoap refused.
     private func send(_ registration: String, _ method: coap_request_t, _ path: LwM2MPath, observe: UInt32? = nil, contentFormat: UInt32? = nil,
                       accept: UInt32?, query: [String] = [], payload: [UInt8] = [], purpose: Pending.Purpose) -> Bool {
-        guard let link = links[registration],
-              let pdu = coap_new_pdu(COAP_MESSAGE_CON, coap_pdu_code_t(rawValue: method.rawValue), link.session) else { return false }
+        guard let link = links[registration] else { return false }
+        return send(on: link.session, registration: registration, method, path, observe: observe, contentFormat: contentFormat, accept: accept,
+                    query: query, payload: payload, purpose: purpose)
+    }
+
+    /// Sends one request on a session; false when libcoap refused.
+    private func send(on session: OpaquePointer, registration: String, _ method: coap_request_t, _ path: LwM2MPath, uriPath: [String]? = nil,
+                      observe: UInt32? = nil, contentFormat: UInt32? = nil, accept: UInt32?, query: [String] = [], payload: [UInt8] = [],
+                      purpose: Pending.Purpose) -> Bool {
+        guard let pdu = coap_new_pdu(COAP_MESSAGE_CON, coap_pdu_code_t(rawValue: method.rawValue), session) else { return false }
         var token = [UInt8](repeating: 0, count: 8)
         var length = token.count
-        coap_session_new_token(link.session, &length, &token)
+        coap_session_new_token(session, &length, &token)
         token = Array(token[..<length])
         _ = coap_add_token(pdu, token.count, token)
         if let observe { PDU.addUInt(pdu, COAP_OPTION_OBSERVE, observe) }
-        for id in path.ids {
-            let s = String(id)
+        for s in uriPath ?? path.ids.map(String.init) {
             _ = coap_add_option(pdu, coap_option_num_t(COAP_OPTION_URI_PATH), s.utf8.count, s)
         }
         if let contentFormat { PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat) }
@@ -320,13 +342,13 @@ final class LwM2MServer: @unchecked Sendable {
             // libcoap sends large bodies block-wise from a copy it frees when done.
             let copy = UnsafeMutablePointer<UInt8>.allocate(capacity: payload.count)
             copy.initialize(from: payload, count: payload.count)
-            guard coap_add_data_large_request(link.session, pdu, payload.count, copy, lwm2mReleaseCopy, copy) != 0 else {
+            guard coap_add_data_large_request(session, pdu, payload.count, copy, lwm2mReleaseCopy, copy) != 0 else {
                 coap_delete_pdu(pdu)
                 return false
             }
         }
         pending[token] = Pending(purpose: purpose, registration: registration, path: path, observing: observe == 0)
-        if coap_send(link.session, pdu) == COAP_INVALID_MID {
+        if coap_send(session, pdu) == COAP_INVALID_MID {
             pending[token] = nil
             return false
         }
@@ -495,6 +517,11 @@ final class LwM2MServer: @unchecked Sendable {
     /// A response or notification for a request the hub sent.
     private func response(_ session: OpaquePointer, _ received: OpaquePointer) -> Bool {
         let token = PDU.token(received)
+        if case .bootstrap(let job)? = pending[token]?.purpose {
+            pending[token] = nil
+            bootstrapAnswered(job, code: coap_pdu_get_code(received))
+            return true
+        }
         guard var p = pending[token], let r = table.byID[p.registration] else { return false }  // RST ends a stale observation
         table.heard(id: r.id, now: Date().timeIntervalSince1970)
         let code = coap_pdu_get_code(received)
@@ -531,6 +558,8 @@ final class LwM2MServer: @unchecked Sendable {
             } else {
                 pending[token] = nil
             }
+        case .bootstrap:
+            break  // answered above
         case .observation:
             guard success else {
                 pending[token] = nil
@@ -544,6 +573,11 @@ final class LwM2MServer: @unchecked Sendable {
 
     /// A request libcoap gave up on (no ACK, or RST).
     private func unanswered(_ token: [UInt8]) {
+        if case .bootstrap(let job)? = pending[token]?.purpose {
+            pending[token] = nil
+            bootstrapFailed(job, "the client did not answer \(job.step.name)")
+            return
+        }
         guard let p = pending.removeValue(forKey: token), let r = table.byID[p.registration] else { return }
         if case .command(let id, _) = p.purpose {
             result(r, commandID: id, path: p.path, ok: false, code: nil, fields: ["error": .string("the client did not answer")])
@@ -603,6 +637,117 @@ final class LwM2MServer: @unchecked Sendable {
         case COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT: "Unsupported Content-Format"
         default: "CoAP \(PDU.codeText(code))"
         }
+    }
+}
+
+// MARK: - the bootstrap interface
+
+/// One client's bootstrap, step by step on its session: Bootstrap-Delete of "/", Bootstrap-Write of
+/// the Security and Server instances, Bootstrap-Finish.
+final class Bootstrapping {
+    enum Step: Int {
+        case delete, writeSecurity, writeServer, finish
+
+        var name: String {
+            switch self {
+            case .delete: "Bootstrap-Delete"
+            case .writeSecurity, .writeServer: "Bootstrap-Write"
+            case .finish: "Bootstrap-Finish"
+            }
+        }
+    }
+    let endpoint: String
+    let identity: Identity
+    let session: OpaquePointer
+    let security: [UInt8], server: [UInt8]
+    var step = Step.delete
+
+    init(endpoint: String, identity: Identity, session: OpaquePointer, security: [UInt8], server: [UInt8]) {
+        self.endpoint = endpoint
+        self.identity = identity
+        self.session = coap_session_reference(session)
+        self.security = security
+        self.server = server
+    }
+
+    deinit { coap_session_release(session) }
+}
+
+extension LwM2MServer {
+    /// Bootstrap-Request (`POST /bs?ep=NAME`): answered 2.04, then the client is given the server
+    /// account of `bootstrap.server_uri` (with its own pre-shared key when that is `coaps`).
+    fileprivate func bootstrap(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        guard let plan = source.bootstrap else {
+            PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND, diagnostic: "this server does not bootstrap clients")
+            return
+        }
+        guard let q = queries(request, response), let ep = endpoint(q, response),
+              let id = client(session, endpoint: ep, q, response, doing: "bootstrap") else { return }
+        let peer = loop.peer(session)
+        var psk: (identity: [UInt8], key: [UInt8])?
+        if plan.secure {
+            // The server account gets the key the client proved it holds: it must have come over DTLS.
+            guard let name = peer.pskIdentity, let key = peer.presharedKey else {
+                PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "bootstrap over DTLS with a pre-shared key for a coaps server")
+                return
+            }
+            psk = (Array(name.utf8), key)
+        }
+        let security: [UInt8], server: [UInt8]
+        do {
+            security = try plan.security(source.values, psk: psk)
+            server = try plan.server(source.values)
+        } catch {
+            PDU.respond(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, diagnostic: "\(error)")
+            return
+        }
+        coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
+        let job = Bootstrapping(endpoint: ep, identity: id, session: session, security: security, server: server)
+        // The steps follow once the 2.04 is on its way.
+        loop.execute { [weak self] in self?.bootstrapStep(job) }
+    }
+
+    private func bootstrapStep(_ job: Bootstrapping) {
+        let sent = switch job.step {
+        case .delete:
+            send(on: job.session, registration: "", COAP_REQUEST_DELETE, LwM2MPath([]), accept: nil, purpose: .bootstrap(job))
+        case .writeSecurity:
+            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([0, BootstrapPlan.securityInstance]), contentFormat: ContentFormat.lwm2mTLV,
+                 accept: nil, payload: job.security, purpose: .bootstrap(job))
+        case .writeServer:
+            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([1, BootstrapPlan.serverInstance]), contentFormat: ContentFormat.lwm2mTLV,
+                 accept: nil, payload: job.server, purpose: .bootstrap(job))
+        case .finish:
+            send(on: job.session, registration: "", COAP_REQUEST_POST, LwM2MPath([]), uriPath: ["bs"], accept: nil, purpose: .bootstrap(job))
+        }
+        if !sent { bootstrapFailed(job, "\(job.step.name) could not be sent") }
+    }
+
+    fileprivate func bootstrapAnswered(_ job: Bootstrapping, code: coap_pdu_code_t) {
+        // Bootstrap-Delete answers 2.02, the writes and the finish 2.04.
+        guard code.rawValue >> 5 == 2 else {
+            bootstrapFailed(job, "the client answered \(job.step.name) with \(PDU.codeText(code))")
+            return
+        }
+        guard let next = Bootstrapping.Step(rawValue: job.step.rawValue + 1) else {
+            bootstrapEvent(job, "bootstrapped", reason: nil)
+            return
+        }
+        job.step = next
+        bootstrapStep(job)
+    }
+
+    fileprivate func bootstrapFailed(_ job: Bootstrapping, _ reason: String) {
+        bootstrapEvent(job, "bootstrap_failed", reason: reason)
+    }
+
+    private func bootstrapEvent(_ job: Bootstrapping, _ event: String, reason: String?) {
+        let topic = "devices/\(job.endpoint)/lifecycle"
+        guard host.routes(topic) != .notRouted else { return }
+        var body: Value.Object = ["event": .string(event), "endpoint": .string(job.endpoint), "server_uri": .string(source.bootstrap?.serverURI ?? "")]
+        if let reason { body["reason"] = .string(reason) }
+        host.submit(Message(kind: .lifecycle, tenant: job.identity.tenant, device: job.identity.device, topic: topic, contentType: "application/json",
+                            payload: JSON.encode(.object(body)), qos: 0, properties: [KeyValue("lwm2m.endpoint", job.endpoint)]))
     }
 }
 

@@ -20,6 +20,14 @@ final class LwM2MSource: Source, @unchecked Sendable {
         var object_definitions: [String]
         var max_registrations: Int
         var queue_mode_listen: Double
+        var bootstrap: Bootstrap?
+
+        struct Bootstrap: Decodable {
+            var server_uri: String
+            var short_server_id: Int
+            var lifetime: Double
+            var binding: String
+        }
     }
 
     static let name = "lwm2m"
@@ -65,12 +73,20 @@ final class LwM2MSource: Source, @unchecked Sendable {
         ConfigField("object_definitions", .list(.string), "OMA LwM2M XML object definition files to load beside the built-in objects 0 to 7, 3303, 3304, 3311 and 3342.", default: "[]"),
         ConfigField("queue_mode_listen", .duration, "How long a queue-mode client (binding Q, or the Q parameter) listens after it last spoke; commands to it wait for its next update after that.", default: "93", example: "93s", advanced: true),
         ConfigField("max_registrations", .int, "Registrations held at most; more are refused with 5.03.", default: "100000", advanced: true),
+        ConfigField("bootstrap", .object([
+            ConfigField("server_uri", .string, "The LwM2M server clients are sent to: coap://HOST:PORT (no security) or coaps://HOST:PORT (the pre-shared key the client bootstrapped with, so it must bootstrap over DTLS).", example: "coaps://hub.example.com:5684", required: true),
+            ConfigField("short_server_id", .int, "The server's Short Server ID.", default: "1"),
+            ConfigField("lifetime", .duration, "The registration lifetime written into the client's server account.", default: "86400", example: "1h"),
+            ConfigField("binding", .string, "The binding written into it.", default: #""U""#),
+        ]), "Also be the clients' bootstrap server (POST /bs on the same listeners): each client that asks is given one server account, for server_uri, by Bootstrap-Delete, Bootstrap-Write of /0/1 and /1/0, and Bootstrap-Finish."),
     ]
 
     let config: Config
     let host: PluginHost
     let values: ResourceValues
     let observePaths: [LwM2MPath]
+    /// What the bootstrap interface writes into clients; nil when it is off.
+    let bootstrap: BootstrapPlan?
     private var loop: CoAPEventLoop?
     private var server: LwM2MServer?
 
@@ -93,6 +109,13 @@ final class LwM2MSource: Source, @unchecked Sendable {
             do { objects.add(try ObjectXML.parse(data, file: file)) } catch { throw PluginError("object_definitions: \(error)") }
         }
         values = ResourceValues(objects: objects)
+        do {
+            bootstrap = try config.bootstrap.map { b throws(ResourceValues.Error) in
+                try BootstrapPlan(serverURI: b.server_uri, shortServerID: b.short_server_id, lifetime: Int(b.lifetime), binding: b.binding)
+            }
+        } catch {
+            throw PluginError("bootstrap: \(error)")
+        }
     }
 
     func start() throws {

@@ -1,0 +1,56 @@
+import IoTCPluginKit
+
+/// What the bootstrap server writes into a client (OMA-TS-LightweightM2M-Core 1.1 §5.2.7): one LwM2M
+/// Security instance (/0/1) and one LwM2M Server instance (/1/0) for the server the client is to
+/// register with, between a Bootstrap-Delete of "/" and a Bootstrap-Finish.
+public struct BootstrapPlan: Sendable, Equatable {
+    /// The server the client registers with: `coap://` (no security) or `coaps://` (pre-shared key).
+    public var serverURI: String
+    public var shortServerID: Int
+    /// Registration lifetime, seconds.
+    public var lifetime: Int
+    public var binding: String
+
+    /// The instances written: the Security instance 0 is left to the client's own bootstrap account.
+    public static let securityInstance: UInt16 = 1
+    public static let serverInstance: UInt16 = 0
+
+    /// Security Mode values (§E.1, resource 2 of object 0).
+    public static let preSharedKeyMode = 0, noSecurityMode = 3
+
+    public init(serverURI: String, shortServerID: Int, lifetime: Int, binding: String) throws(ResourceValues.Error) {
+        guard serverURI.hasPrefix("coap://") || serverURI.hasPrefix("coaps://"), serverURI.utf8.count <= 255 else {
+            throw ResourceValues.Error(description: "server_uri must be a coap:// or coaps:// URI")
+        }
+        guard (1...65534).contains(shortServerID) else { throw ResourceValues.Error(description: "short_server_id must be 1 to 65534") }
+        guard lifetime >= 1 else { throw ResourceValues.Error(description: "lifetime must be at least 1 s") }
+        guard !binding.isEmpty, binding.allSatisfy({ "UMHTSNQ".contains($0) }) else {
+            throw ResourceValues.Error(description: "binding must be binding letters (U, T, S, N, Q)")
+        }
+        self.serverURI = serverURI
+        self.shortServerID = shortServerID
+        self.lifetime = lifetime
+        self.binding = binding
+    }
+
+    /// Whether the server is reached over DTLS, with the pre-shared key the client bootstrapped with.
+    public var secure: Bool { serverURI.hasPrefix("coaps://") }
+
+    /// The Security instance (TLV, for a Bootstrap-Write of /0/1): for `coaps`, the client's PSK
+    /// identity and key; otherwise no security.
+    public func security(_ values: ResourceValues, psk: (identity: [UInt8], key: [UInt8])?) throws(ResourceValues.Error) -> [UInt8] {
+        let mode = psk == nil ? Self.noSecurityMode : Self.preSharedKeyMode
+        return try values.encodeTLV(path: LwM2MPath([0, Self.securityInstance]), values: [
+            (0, .string(serverURI)), (1, .bool(false)), (2, .int(Int64(mode))),
+            (3, .bytes(psk?.identity ?? [])), (4, .bytes([])), (5, .bytes(psk?.key ?? [])),
+            (10, .int(Int64(shortServerID))),
+        ])
+    }
+
+    /// The Server instance (TLV, for a Bootstrap-Write of /1/0).
+    public func server(_ values: ResourceValues) throws(ResourceValues.Error) -> [UInt8] {
+        try values.encodeTLV(path: LwM2MPath([1, Self.serverInstance]), values: [
+            (0, .int(Int64(shortServerID))), (1, .int(Int64(lifetime))), (6, .bool(false)), (7, .string(binding)),
+        ])
+    }
+}
