@@ -127,6 +127,7 @@ enum DevicesAPI {
                 let id = try DevicesAPI.device(context)
                 let tenant = try await AccountsAPI.target(request, p)
                 guard try await devices.delete(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no device '\(id.prefix(128))'") }
+                directory.labelsChanged(tenant: tenant, device: id, nil)
                 // Its credentials went with it: its open connections close.
                 try await directory.refresh()
                 await p.record("device.delete", target: id, tenant: tenant)

@@ -32,6 +32,10 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     /// Devices' labels by `Hub.deviceKey`, and the devices with each label by tenant, name and value
     /// (a rule's command to a device group looks them up while it runs).
     private let labelState = NIOLockedValueBox<(labels: [String: [String: String]], members: [String: Set<String>])>(([:], [:]))
+    /// When the labels were last read from the store: every device's row, so not at every refresh.
+    /// Changes made through this hub's API reach the index at once; other nodes' within this long.
+    private let labelsLoadedAt = NIOLockedValueBox<Date?>(nil)
+    static let labelReloadInterval: TimeInterval = 20
 
     /// Told the ids of credentials that were in force and no longer are (revoked, expired, or their
     /// device deleted), so that the hub closes the connections made with them.
@@ -50,12 +54,15 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         var attributes: [String: [UInt8]] = [:]
         for a in try await devices.allAttributes() { attributes[Hub.deviceKey(a.tenant, a.device)] = a.json }
         attributeState.withLockedValue { $0 = attributes }
-        var labels: [String: [String: String]] = [:], members: [String: Set<String>] = [:]
-        for d in try await devices.allLabels() {
-            labels[Hub.deviceKey(d.tenant, d.device)] = d.labels
-            for (k, v) in d.labels { members[Self.labelKey(d.tenant, k, v), default: []].insert(d.device) }
+        if labelsLoadedAt.withLockedValue({ $0.map { Date().timeIntervalSince($0) < Self.labelReloadInterval } ?? false }) == false {
+            var labels: [String: [String: String]] = [:], members: [String: Set<String>] = [:]
+            for d in try await devices.allLabels() {
+                labels[Hub.deviceKey(d.tenant, d.device)] = d.labels
+                for (k, v) in d.labels { members[Self.labelKey(d.tenant, k, v), default: []].insert(d.device) }
+            }
+            labelState.withLockedValue { $0 = (labels, members) }
+            labelsLoadedAt.withLockedValue { $0 = Date() }
         }
-        labelState.withLockedValue { $0 = (labels, members) }
         var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:], keys: [String: (Entry, [UInt8])] = [:]
         for c in try await devices.activeCredentials() {
             let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt, profile: c.profile)
