@@ -135,18 +135,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
                         _ identity: Identity, kind: MessageKind, topic: String, extra: [KeyValue]) {
         let mid = coap_pdu_get_mid(request)
         let format = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT) ?? ContentFormat.textPlain
-        // libcoap hands over a block-wise body once it has it whole, without Block1; a Block1 that is
-        // still there is a transfer that did not start at block 0 (RFC 7959 §2.9.2).
-        if let block1 = PDU.uint(request, COAP_OPTION_BLOCK1), block1 >> 4 > 0 || block1 & 0x8 != 0 {
-            PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0")
-            return
-        }
-        let body = PDU.body(request)
-        guard body.count <= source.config.max_body_size else {
-            PDU.respond(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE, diagnostic: "the body is over \(source.config.max_body_size) bytes")
-            PDU.addUInt(response, COAP_OPTION_SIZE1, UInt32(clamping: source.config.max_body_size))
-            return
-        }
+        guard let (body, blockSize) = assemble(request, response, state) else { return }
         if let problem = PayloadCheck.problem(body, format: format) {
             let code = problem.unsupported ? COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT : COAP_RESPONSE_CODE_BAD_REQUEST
             PDU.respond(response, code, diagnostic: problem.text)
@@ -163,6 +152,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         properties.append(KeyValue("coap.type", coap_pdu_get_type(request) == COAP_MESSAGE_CON ? "con" : "non"))
         properties.append(KeyValue("coap.content_format", String(format)))
         properties.append(KeyValue("coap.message_id", String(mid)))
+        if let blockSize { properties.append(KeyValue("coap.block1_size", String(blockSize))) }
         let message = Message(kind: kind, tenant: identity.tenant, device: identity.device, topic: topic,
                               contentType: ContentFormat.mediaType(format) ?? "application/octet-stream", payload: body,
                               qos: coap_pdu_get_type(request) == COAP_MESSAGE_CON ? 1 : 0, properties: properties)
@@ -195,6 +185,65 @@ final class CoAPDeviceServer: @unchecked Sendable {
         case .rejected:
             PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "the hub refused the message")
         }
+    }
+
+    /// The request's body, put together from its blocks (RFC 7959 §2.5) when it comes in Block1: nil
+    /// while more blocks are to come (answered 2.31 Continue) or when the transfer is wrong (4.08 for a
+    /// block out of sequence, 4.13 for a body over `max_body_size`). The block size is the one the
+    /// device used.
+    private func assemble(_ request: OpaquePointer, _ response: OpaquePointer, _ state: PeerState) -> (body: [UInt8], blockSize: Int?)? {
+        var length = 0, offset = 0, total = 0
+        var data: UnsafePointer<UInt8>?
+        let chunk: UnsafeBufferPointer<UInt8> = coap_get_data_large(request, &length, &data, &offset, &total) != 0 && data != nil
+            ? UnsafeBufferPointer(start: data, count: length) : UnsafeBufferPointer(start: nil, count: 0)
+        let limit = source.config.max_body_size
+        func tooLarge() -> (body: [UInt8], blockSize: Int?)? {
+            PDU.respond(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE, diagnostic: "the body is over \(limit) bytes")
+            PDU.addUInt(response, COAP_OPTION_SIZE1, UInt32(clamping: limit))
+            return nil
+        }
+        guard let block1 = PDU.uint(request, COAP_OPTION_BLOCK1) else {
+            return chunk.count <= limit ? (Array(chunk), nil) : tooLarge()
+        }
+        let num = Int(block1 >> 4), more = block1 & 0x8 != 0, szx = Int(block1 & 0x7)
+        guard szx < 7 else {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "BERT blocks (SZX 7) are for CoAP over TCP")
+            return nil
+        }
+        let size = 16 << szx, start = num * size
+        // A transfer is known by its resource and Request-Tag (RFC 9175 §3); its blocks' tokens differ.
+        let key = Array(PDU.strings(request, COAP_OPTION_URI_PATH).joined(separator: "/").utf8) + [0] + (PDU.opaque(request, COAP_OPTION_RTAG) ?? [])
+        if num == 0 { state.partial[key] = (body: [], size: size) }
+        guard var partial = state.partial[key], partial.size == size || start == partial.body.count else {
+            state.partial[key] = nil
+            // A transfer that did not start at block 0, or lost its place (RFC 7959 §2.9.2).
+            PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0 and goes in order")
+            return nil
+        }
+        if start == partial.body.count {
+            guard partial.body.count + chunk.count <= limit, total <= limit else {
+                state.partial[key] = nil
+                return tooLarge()
+            }
+            partial.body.append(contentsOf: chunk)
+            partial.size = size
+        } else if start + chunk.count != partial.body.count {
+            // Not the block just taken again (a retransmission), nor the next one.
+            state.partial[key] = nil
+            PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0 and goes in order")
+            return nil
+        }
+        guard !more else {
+            state.partial[key] = partial
+            state.trimPartials()
+            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTINUE)
+            PDU.addUInt(response, COAP_OPTION_BLOCK1, block1)
+            return nil
+        }
+        state.partial[key] = nil
+        // The answer to the last block names it (RFC 7959 §2.3).
+        PDU.addUInt(response, COAP_OPTION_BLOCK1, block1)
+        return (partial.body, size)
     }
 
     /// Sets the answer to a submitted message and returns its code.
@@ -410,6 +459,15 @@ final class Observation: @unchecked Sendable {
 /// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).
 final class PeerState {
     var observations: [Observation] = []
+    /// Block-wise request bodies being put together, by resource and Request-Tag: what came so far and
+    /// the block size.
+    var partial: [[UInt8]: (body: [UInt8], size: Int)] = [:]
+    /// Transfers held per endpoint at most; the others are dropped (their devices start again).
+    static let maxPartials = 4
+
+    func trimPartials() {
+        while partial.count > Self.maxPartials, let k = partial.keys.first { partial[k] = nil }
+    }
     /// Whether the hub was told the device is reachable here (it asked for its commands).
     var connected = false
     /// The last command sent in blocks, for the device's Block2 requests of the rest.

@@ -51,7 +51,8 @@ final class CoAPSource: Source, @unchecked Sendable {
         Devices authenticate with DTLS-PSK (`dtls_listen`; the identity and key are registry \
         credentials), where `{device}` may be left out of the paths, or on plain UDP with a `token=` \
         query option holding a device token. CoAP options survive as message properties: `coap.method`, \
-        `coap.type` (`con`/`non`), `coap.content_format` and `coap.message_id`. A device that observes or \
+        `coap.type` (`con`/`non`), `coap.content_format`, `coap.message_id` and, for a block-wise upload, \
+        `coap.block1_size`. A device that observes or \
         fetches its command resource counts as connected until libcoap ends its session (idle for 5 minutes \
         or DTLS closed); the hub's queued commands go to it from then on.
         """
@@ -103,7 +104,9 @@ final class CoAPSource: Source, @unchecked Sendable {
 
     func start() throws {
         var server: CoAPDeviceServer?
-        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
+        // Block1 bodies come block by block, so that the block size the device chose is known.
+        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host,
+                                       singleBody: false) { loop in
             let s = CoAPDeviceServer(source: self, loop: loop)
             loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
             s.install()

@@ -36,7 +36,9 @@ public final class CoAPEventLoop: @unchecked Sendable {
     }
     private var lastTick = 0.0
 
-    public init() throws {
+    /// `singleBody`: libcoap reassembles Block1 bodies and hands them over whole; without it, each
+    /// block reaches the handler (with its Block1 option, so its size is known) to be put together there.
+    public init(singleBody: Bool = true) throws {
         coapStartupOnce
         guard let ctx = coap_new_context(nil) else { throw PluginError("libcoap could not create a context") }
         context = ctx
@@ -45,8 +47,8 @@ public final class CoAPEventLoop: @unchecked Sendable {
             coap_free_context(ctx)
             throw PluginError("cannot create an eventfd: \(String(cString: strerror(errno)))")
         }
-        // Large bodies both ways in Block1/Block2, reassembled by libcoap and handed over whole.
-        coap_context_set_block_mode(ctx, UInt8(COAP_BLOCK_USE_LIBCOAP | COAP_BLOCK_SINGLE_BODY))
+        // Large bodies both ways in Block1/Block2, tracked by libcoap.
+        coap_context_set_block_mode(ctx, UInt8(COAP_BLOCK_USE_LIBCOAP | (singleBody ? COAP_BLOCK_SINGLE_BODY : 0)))
         coap_register_event_handler(ctx, coapEventHandler)
         coap_set_app_data(ctx, Unmanaged.passUnretained(self).toOpaque())
     }
@@ -344,8 +346,8 @@ extension CoAPEventLoop {
     /// A started loop serving `listen` (UDP) and `dtls` (DTLS with the registry's pre-shared keys,
     /// through `host`); `install` sets up its resources and handlers before it listens.
     public static func serve(name: String, listen: String, dtls: String?, certificates: ServerCertificates?, host: PluginHost,
-                             install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
-        let loop = try CoAPEventLoop()
+                             singleBody: Bool = true, install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
+        let loop = try CoAPEventLoop(singleBody: singleBody)
         loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
         if let c = certificates {
             loop.certificate = { [host] fingerprint, remote in

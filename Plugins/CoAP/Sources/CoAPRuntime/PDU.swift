@@ -53,6 +53,13 @@ public enum PDU {
         return "\(c >> 5).\(String(format: "%02d", c & 0x1F))"
     }
 
+    /// The value of an opaque option (the first, when repeated), or nil.
+    public static func opaque(_ pdu: OpaquePointer, _ option: Int32) -> [UInt8]? {
+        var it = coap_opt_iterator_t()
+        guard let opt = coap_check_option(pdu, coap_option_num_t(option), &it) else { return nil }
+        return Array(UnsafeBufferPointer(start: coap_opt_value(opt), count: Int(coap_opt_length(opt))))
+    }
+
     public static func token(_ pdu: OpaquePointer) -> [UInt8] {
         let t = coap_pdu_get_token(pdu)
         guard t.length > 0, let s = t.s else { return [] }
