@@ -155,15 +155,9 @@ public final class CoAPEventLoop: @unchecked Sendable {
                 let limit: UInt32 = tick == nil ? 60_000 : 1_000
                 _ = poll(&fds, 2, next == 0 ? Int32(limit) : Int32(min(next, limit)))
                 if fds[0].revents != 0 {
-                    // libcoap reads one datagram per call: take what is queued (up to a bound, so that
-                    // jobs and timers still run) before polling again.
-                    var probe = pollfd(fd: coapFD, events: Int16(POLLIN), revents: 0)
-                    var rounds = 0
-                    repeat {
-                        _ = coap_io_process(context, coapNoWait)
-                        rounds += 1
-                        probe.revents = 0
-                    } while rounds < 64 && poll(&probe, 1, 0) > 0
+                    // libcoap reads one datagram per ready descriptor: take what is queued (up to a
+                    // bound, so that jobs and timers still run) before preparing and polling again.
+                    _ = iotc_coap_drain_epoll(context, coapFD, 64)
                 }
             } else {
                 // A libcoap without epoll: its own select with a short timeout, jobs in between.
