@@ -166,7 +166,8 @@ import IoTCPluginKit
         try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
         let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-b", "bootstrap"], interactive: true)
         #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
-        let steps = ["bootstrap-request 2.04 Changed", "bootstrap-delete /", "bootstrap-write /0/1 coap://127.0.0.1:\(hub.udp) mode 3 ssid 7 identity -",
+        // The client's own bootstrap account is /0/1: Bootstrap-Discover shows it, and the server account goes to /0/0.
+        let steps = ["bootstrap-request 2.04 Changed", "bootstrap-delete /", "bootstrap-discover /", "bootstrap-write /0/0 coap://127.0.0.1:\(hub.udp) mode 3 ssid 7 identity -",
                      "bootstrap-write /1/0 lifetime 300 binding U", "bootstrap-finish", "registered 2.01"]
         let at = steps.map { client.log.range(of: $0)?.lowerBound }
         #expect(at.allSatisfy { $0 != nil } && at.compactMap { $0 } == at.compactMap { $0 }.sorted(), "in this order: \(client.log)")

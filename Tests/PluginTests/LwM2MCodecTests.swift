@@ -179,3 +179,12 @@ struct BootstrapPlanTests {
         #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "coap://x", shortServerID: 1, lifetime: 1, binding: "X") }
     }
 }
+
+extension BootstrapPlanTests {
+    /// The accounts go to the lowest instances the client's Bootstrap-Discover does not list.
+    @Test func writesToFreeInstances() throws {
+        let links = try LinkFormat.parse(#"</0/0>;uri="coap://bs",</0/2>,</1/1>;ssid=9,</3/0>"#)
+        #expect(BootstrapPlan.instances(discovered: links) == (security: 1, server: 0))
+        #expect(BootstrapPlan.instances(discovered: []) == (security: 0, server: 0))
+    }
+}

@@ -230,6 +230,13 @@ class Root(resource.ObservableResource):
             return Message(payload=cbor2.dumps([{keys[k]: v for k, v in r.items()} for r in records]), content_format=112)
         return Message(payload=json.dumps(records).encode(), content_format=110)
 
+    async def render_get(self, request):
+        # Bootstrap-Discover: what is left after a Bootstrap-Delete (the bootstrap account is /0/1 here).
+        if request.opt.accept != LINK:
+            return Message(code=Code.NOT_ACCEPTABLE)
+        say("bootstrap-discover /")
+        return Message(payload=b'lwm2m="1.1",</0/1>;uri="coap://bootstrap",</3/0>,</3303/0>', content_format=LINK)
+
     async def render_delete(self, request):
         say("bootstrap-delete /")
         self.device.accounts.clear()
@@ -264,8 +271,8 @@ class Account(resource.Resource):
             return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
         values = tlv_values(request.payload)
         self.device.accounts[self.path] = values
-        if self.path == "/0/1":
-            say("bootstrap-write /0/1", values[0].decode(), "mode", int.from_bytes(values[2], "big", signed=True),
+        if self.path.startswith("/0/"):
+            say("bootstrap-write", self.path, values[0].decode(), "mode", int.from_bytes(values[2], "big", signed=True),
                 "ssid", int.from_bytes(values[10], "big", signed=True), "identity", values[3].decode() or "-")
         else:
             say("bootstrap-write /1/0 lifetime", int.from_bytes(values[1], "big", signed=True), "binding", values[7].decode())
@@ -289,6 +296,7 @@ async def main(port, endpoint, mode):
     device = Device()
     device.accounts = {}
     finished = asyncio.Event()
+    site.add_resource(["0", "0"], Account(device, "/0/0"))
     site.add_resource(["0", "1"], Account(device, "/0/1"))
     site.add_resource(["1", "0"], Account(device, "/1/0"))
     site.add_resource(["bs"], Finish(finished))
@@ -306,7 +314,7 @@ async def main(port, endpoint, mode):
         r = await ctx.request(Message(code=Code.POST, uri="%s/bs?ep=%s" % (server, endpoint))).response
         say("bootstrap-request", r.code)
         await asyncio.wait_for(finished.wait(), 10)
-        server = device.accounts["/0/1"][0].decode()
+        server = next(v for k, v in device.accounts.items() if k.startswith("/0/"))[0].decode()
         lifetime = int.from_bytes(device.accounts["/1/0"][1], "big", signed=True)
     r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=%d&lwm2m=1.1&b=U%s" % (server, endpoint, lifetime, "&Q" if queue else ""),
                                   payload=b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1',

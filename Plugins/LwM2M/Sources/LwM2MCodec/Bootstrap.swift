@@ -11,9 +11,24 @@ public struct BootstrapPlan: Sendable, Equatable {
     public var lifetime: Int
     public var binding: String
 
-    /// The instances written: the Security instance 0 is left to the client's own bootstrap account.
+    /// The instances written when the client's Bootstrap-Discover says nothing: Security instance 0 is
+    /// usually the client's own bootstrap account.
     public static let securityInstance: UInt16 = 1
     public static let serverInstance: UInt16 = 0
+
+    /// The instances to write, from a Bootstrap-Discover of "/" after the Bootstrap-Delete: the lowest
+    /// of object 0 and of object 1 that the client does not list (what it lists is what the delete
+    /// kept: its bootstrap account).
+    public static func instances(discovered links: [LinkFormat.Link]) -> (security: UInt16, server: UInt16) {
+        func free(_ object: UInt16) -> UInt16 {
+            let used = Set(links.compactMap { l -> UInt16? in
+                guard let p = l.objectPath, p.count == 2, p[0] == object else { return nil }
+                return p[1]
+            })
+            return (0...UInt16.max - 1).first { !used.contains($0) } ?? 0
+        }
+        return (free(0), free(1))
+    }
 
     /// Security Mode values (§E.1, resource 2 of object 0).
     public static let preSharedKeyMode = 0, noSecurityMode = 3

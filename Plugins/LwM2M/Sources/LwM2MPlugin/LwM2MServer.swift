@@ -519,7 +519,7 @@ final class LwM2MServer: @unchecked Sendable {
         let token = PDU.token(received)
         if case .bootstrap(let job)? = pending[token]?.purpose {
             pending[token] = nil
-            bootstrapAnswered(job, code: coap_pdu_get_code(received))
+            bootstrapAnswered(job, code: coap_pdu_get_code(received), body: PDU.body(received))
             return true
         }
         guard var p = pending[token], let r = table.byID[p.registration] else { return false }  // RST ends a stale observation
@@ -646,11 +646,12 @@ final class LwM2MServer: @unchecked Sendable {
 /// the Security and Server instances, Bootstrap-Finish.
 final class Bootstrapping {
     enum Step: Int {
-        case delete, writeSecurity, writeServer, finish
+        case delete, discover, writeSecurity, writeServer, finish
 
         var name: String {
             switch self {
             case .delete: "Bootstrap-Delete"
+            case .discover: "Bootstrap-Discover"
             case .writeSecurity, .writeServer: "Bootstrap-Write"
             case .finish: "Bootstrap-Finish"
             }
@@ -661,6 +662,8 @@ final class Bootstrapping {
     let session: OpaquePointer
     let security: [UInt8], server: [UInt8]
     var step = Step.delete
+    /// Where the accounts go: free instances, from the client's Bootstrap-Discover.
+    var instances = (security: BootstrapPlan.securityInstance, server: BootstrapPlan.serverInstance)
 
     init(endpoint: String, identity: Identity, session: OpaquePointer, security: [UInt8], server: [UInt8]) {
         self.endpoint = endpoint
@@ -711,11 +714,13 @@ extension LwM2MServer {
         let sent = switch job.step {
         case .delete:
             send(on: job.session, registration: "", COAP_REQUEST_DELETE, LwM2MPath([]), accept: nil, purpose: .bootstrap(job))
+        case .discover:
+            send(on: job.session, registration: "", COAP_REQUEST_GET, LwM2MPath([]), accept: ContentFormat.linkFormat, purpose: .bootstrap(job))
         case .writeSecurity:
-            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([0, BootstrapPlan.securityInstance]), contentFormat: ContentFormat.lwm2mTLV,
+            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([0, job.instances.security]), contentFormat: ContentFormat.lwm2mTLV,
                  accept: nil, payload: job.security, purpose: .bootstrap(job))
         case .writeServer:
-            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([1, BootstrapPlan.serverInstance]), contentFormat: ContentFormat.lwm2mTLV,
+            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([1, job.instances.server]), contentFormat: ContentFormat.lwm2mTLV,
                  accept: nil, payload: job.server, purpose: .bootstrap(job))
         case .finish:
             send(on: job.session, registration: "", COAP_REQUEST_POST, LwM2MPath([]), uriPath: ["bs"], accept: nil, purpose: .bootstrap(job))
@@ -723,7 +728,19 @@ extension LwM2MServer {
         if !sent { bootstrapFailed(job, "\(job.step.name) could not be sent") }
     }
 
-    fileprivate func bootstrapAnswered(_ job: Bootstrapping, code: coap_pdu_code_t) {
+    fileprivate func bootstrapAnswered(_ job: Bootstrapping, code: coap_pdu_code_t, body: [UInt8]) {
+        if job.step == .discover {
+            // The free instances, from what the client lists; a client that does not answer
+            // Bootstrap-Discover gets the usual ones.
+            // A 1.1 answer starts with lwm2m="1.1", which is not a link.
+            if code.rawValue >> 5 == 2, let text = String(validating: body, as: UTF8.self), let start = text.firstIndex(of: "<"),
+               let links = try? LinkFormat.parse(String(text[start...]), limit: 4096) {
+                job.instances = BootstrapPlan.instances(discovered: links)
+            }
+            job.step = .writeSecurity
+            bootstrapStep(job)
+            return
+        }
         // Bootstrap-Delete answers 2.02, the writes and the finish 2.04.
         guard code.rawValue >> 5 == 2 else {
             bootstrapFailed(job, "the client answered \(job.step.name) with \(PDU.codeText(code))")
