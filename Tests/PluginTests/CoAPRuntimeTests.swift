@@ -31,3 +31,41 @@ struct ContentFormatTests {
         #expect(ContentFormat.mediaType(9999) == nil)
     }
 }
+
+struct BlockUploadsTests {
+    final class Endpoint {}
+
+    /// Uploads being put together are bounded per endpoint, in bytes overall, and in age; an endpoint's
+    /// end drops its own.
+    @Test func holdsUploadsWithinTheirBounds() {
+        var uploads = BlockUploads(budget: 100)
+        let a = Endpoint(), b = Endpoint()
+        func key(_ e: Endpoint, _ n: UInt8) -> BlockUploads.Key { .init(endpoint: ObjectIdentifier(e), transfer: [n]) }
+        let chunk = [UInt8](repeating: 1, count: 20)
+        for n in 0..<UInt8(BlockUploads.maxPerEndpoint) {
+            let kept = uploads.put(key(a, n), .init(body: chunk, size: 16, at: 0))
+            #expect(kept)
+        }
+        var kept = uploads.put(key(a, 9), .init(body: [], size: 16, at: 0))
+        #expect(!kept, "a fifth transfer of one endpoint")
+        kept = uploads.put(key(b, 0), .init(body: chunk + chunk, size: 16, at: 0))
+        #expect(!kept, "over the budget: 80 held, 40 more")
+        kept = uploads.put(key(b, 0), .init(body: chunk, size: 16, at: 0))
+        #expect(kept && uploads.held == 100)
+        // Taken out to grow, it no longer counts until it is put back.
+        var u = uploads.take(key(b, 0), now: 1)
+        #expect(u?.body.count == 20 && uploads.held == 80)
+        u?.body += chunk
+        kept = uploads.put(key(b, 0), u!)
+        #expect(!kept, "grown to 40 bytes, it no longer fits beside a's 80")
+        uploads.drop(endpoint: ObjectIdentifier(a))
+        kept = uploads.put(key(b, 0), u!)
+        #expect(kept && uploads.count == 1 && uploads.held == 40)
+        let old = uploads.take(key(b, 0), now: BlockUploads.maxAge + 1)
+        #expect(old == nil, "too old")
+        kept = uploads.put(key(b, 1), .init(body: chunk, size: 16, at: 0))
+        #expect(kept)
+        uploads.expire(now: BlockUploads.maxAge + 1)
+        #expect(uploads.count == 0 && uploads.held == 0)
+    }
+}

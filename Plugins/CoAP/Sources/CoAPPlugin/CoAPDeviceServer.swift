@@ -14,9 +14,13 @@ final class CoAPDeviceServer: @unchecked Sendable {
     /// A token is checked again after this long (a revoked one stops working on a known endpoint too).
     static let reauthenticateAfterMs: Int64 = 2_000
 
+    /// Block-wise uploads being put together: all of them hold at most eight bodies' worth of bytes.
+    private var uploads: BlockUploads
+
     init(source: CoAPSource, loop: CoAPEventLoop) {
         self.source = source
         self.loop = loop
+        uploads = BlockUploads(budget: 8 * source.config.max_body_size)
     }
 
     func install() {
@@ -25,6 +29,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
         loop.nack = { [unowned self] session, sent in nack(session, sent) }
+        loop.tick = { [unowned self] in uploads.expire(now: Date().timeIntervalSince1970) }
     }
 
     // MARK: requests
@@ -211,36 +216,37 @@ final class CoAPDeviceServer: @unchecked Sendable {
             return nil
         }
         let size = 16 << szx, start = num * size
-        // A transfer is known by its resource and Request-Tag (RFC 9175 §3); its blocks' tokens differ.
-        let key = Array(PDU.strings(request, COAP_OPTION_URI_PATH).joined(separator: "/").utf8) + [0] + (PDU.opaque(request, COAP_OPTION_RTAG) ?? [])
-        if num == 0 { state.partial[key] = (body: [], size: size) }
-        guard var partial = state.partial[key], partial.size == size || start == partial.body.count else {
-            state.partial[key] = nil
-            // A transfer that did not start at block 0, or lost its place (RFC 7959 §2.9.2).
+        let key = BlockUploads.Key(endpoint: ObjectIdentifier(state),
+                                   transfer: Array(PDU.strings(request, COAP_OPTION_URI_PATH).joined(separator: "/").utf8) + [0]
+                                       + (PDU.opaque(request, COAP_OPTION_RTAG) ?? []))
+        let now = Date().timeIntervalSince1970
+        // Taken out of the table while it grows, so that its body is not copied at every block.
+        var upload = uploads.take(key, now: now)
+        if num == 0 { upload = BlockUploads.Upload(body: [], size: size, at: now) }
+        guard var partial = upload else {
+            // A transfer that did not start at block 0, or whose earlier blocks were dropped (RFC 7959 §2.9.2).
             PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0 and goes in order")
             return nil
         }
         if start == partial.body.count {
-            guard partial.body.count + chunk.count <= limit, total <= limit else {
-                state.partial[key] = nil
-                return tooLarge()
-            }
+            guard partial.body.count + chunk.count <= limit, total <= limit else { return tooLarge() }
             partial.body.append(contentsOf: chunk)
             partial.size = size
         } else if start + chunk.count != partial.body.count {
-            // Not the block just taken again (a retransmission), nor the next one.
-            state.partial[key] = nil
+            // Neither the next block nor the last one again (a retransmission).
             PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0 and goes in order")
             return nil
         }
+        partial.at = now
         guard !more else {
-            state.partial[key] = partial
-            state.trimPartials()
+            guard uploads.put(key, partial) else {
+                busy(response)
+                return nil
+            }
             coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTINUE)
             PDU.addUInt(response, COAP_OPTION_BLOCK1, block1)
             return nil
         }
-        state.partial[key] = nil
         // The answer to the last block names it (RFC 7959 §2.3).
         PDU.addUInt(response, COAP_OPTION_BLOCK1, block1)
         return (partial.body, size)
@@ -391,6 +397,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
     /// libcoap forgot a session: its observations end.
     func closed(_ peer: CoAPPeer) {
         guard let state = peer.attachment as? PeerState else { return }
+        uploads.drop(endpoint: ObjectIdentifier(state))
         for o in state.observations { state.cancel(token: o.token, mailboxes: source.mailboxes) }
         if state.connected, let id = peer.identity { host.deviceDisconnected(id, reason: "the CoAP session ended") }
     }
@@ -459,15 +466,7 @@ final class Observation: @unchecked Sendable {
 /// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).
 final class PeerState {
     var observations: [Observation] = []
-    /// Block-wise request bodies being put together, by resource and Request-Tag: what came so far and
-    /// the block size.
-    var partial: [[UInt8]: (body: [UInt8], size: Int)] = [:]
-    /// Transfers held per endpoint at most; the others are dropped (their devices start again).
-    static let maxPartials = 4
 
-    func trimPartials() {
-        while partial.count > Self.maxPartials, let k = partial.keys.first { partial[k] = nil }
-    }
     /// Whether the hub was told the device is reachable here (it asked for its commands).
     var connected = false
     /// The last command sent in blocks, for the device's Block2 requests of the rest.
