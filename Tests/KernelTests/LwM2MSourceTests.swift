@@ -180,6 +180,26 @@ import IoTCPluginKit
         #expect(try coap(["-m", "post", "coap://127.0.0.1:\(hub.udp)/bs"]).contains("4.00"))
     }
 
+    /// `iotc check` locates mistakes in the source's settings at their field.
+    @Test func checkLocatesBadPathsAndBootstrapSettings() throws {
+        let dir = TempDir()
+        let file = dir.write("lw.yaml", """
+            sources:
+              lw:
+                plugin: lwm2m
+                listen: "127.0.0.1:5683"
+                observe: [ /3303/0/5700, "/abc" ]
+                bootstrap: { server_uri: "http://x", short_server_id: 0, binding: "X" }
+            sinks: { out: { plugin: log } }
+            pipelines: { t: { from: [ lw ], to: [ out ] } }
+            """)
+        let (code, out) = try run(Build.iotc, ["check", file, "--plugins", Build.directory])
+        #expect(code != 0 && out.contains("lw.yaml:5:30: error: source 'lw': '/abc' is not an LwM2M path")
+                && out.contains("lw.yaml:6:30: error: source 'lw': server_uri must be a coap:// or coaps:// URI")
+                && out.contains("lw.yaml:6:59: error: source 'lw': short_server_id must be 1 to 65534")
+                && out.contains("lw.yaml:6:71: error: source 'lw': binding must be binding letters"), "\(out)")
+    }
+
     /// A pipeline drives an operation: each registration becomes a read of the battery level through
     /// the `downlink` sink, named by the command's topic, and the answer comes back under that id.
     @Test func aPipelineReadsEachClientAsItRegisters() throws {

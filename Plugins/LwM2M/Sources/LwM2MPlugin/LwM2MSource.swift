@@ -81,6 +81,32 @@ final class LwM2MSource: Source, @unchecked Sendable {
         ]), "Also be the clients' bootstrap server (POST /bs on the same listeners): each client that asks is given one server account, for server_uri, by Bootstrap-Delete, Bootstrap-Discover (to find free instances), Bootstrap-Write of a Security and a Server instance, and Bootstrap-Finish."),
     ]
 
+    /// Mistakes `iotc check` locates at their field, before the hub starts.
+    static func check(_ config: Config) -> [ConfigFinding] {
+        var out: [ConfigFinding] = []
+        for (i, text) in config.observe.enumerated() where LwM2MPath(text) == nil {
+            out.append(ConfigFinding(at: "observe.\(i)", "'\(text)' is not an LwM2M path", hint: "such as /3303/0/5700"))
+        }
+        if config.default_lifetime < 1 { out.append(ConfigFinding(at: "default_lifetime", "default_lifetime must be at least 1 s")) }
+        if config.max_lifetime < config.default_lifetime { out.append(ConfigFinding(at: "max_lifetime", "max_lifetime must be at least default_lifetime")) }
+        if let b = config.bootstrap {
+            if !(b.server_uri.hasPrefix("coap://") || b.server_uri.hasPrefix("coaps://")) {
+                out.append(ConfigFinding(at: "bootstrap.server_uri", "server_uri must be a coap:// or coaps:// URI", hint: "coaps://hub.example.com:5684"))
+            }
+            if !(1...65534).contains(b.short_server_id) { out.append(ConfigFinding(at: "bootstrap.short_server_id", "short_server_id must be 1 to 65534")) }
+            if b.lifetime < 1 { out.append(ConfigFinding(at: "bootstrap.lifetime", "lifetime must be at least 1 s")) }
+            if b.binding.isEmpty || !b.binding.allSatisfy({ "UMHTSNQ".contains($0) }) {
+                out.append(ConfigFinding(at: "bootstrap.binding", "binding must be binding letters (U, T, S, N, Q)"))
+            }
+            if b.server_uri.hasPrefix("coaps://"), (config.dtls_listen ?? "").isEmpty {
+                out.append(ConfigFinding(.warning, at: "bootstrap.server_uri",
+                                         "a coaps server account carries the key the client bootstrapped with over DTLS, and this source has no dtls_listen",
+                                         hint: "clients must bootstrap over DTLS elsewhere, or set dtls_listen"))
+            }
+        }
+        return out
+    }
+
     let config: Config
     let host: PluginHost
     let values: ResourceValues
