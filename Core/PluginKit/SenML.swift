@@ -141,7 +141,7 @@ public enum SenML {
         return out
     }
 
-    private static let cborLabels: [String: Int] = ["n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "s": 5, "t": 6, "vd": 8]
+    private static let cborLabels: [String: Int] = ["n": 0, "u": 1, "v": 2, "vs": 3, "vb": 4, "s": 5, "t": 6, "ut": 7, "vd": 8]
 
     /// A record's fields in order (name, unit, value, sum, time), with data in the encoding's form.
     private static func fields(_ r: Record, data: ([UInt8]) -> IoTCPluginKit.Value) -> [(label: String, value: IoTCPluginKit.Value)] {
@@ -156,6 +156,7 @@ public enum SenML {
         }
         if let s = r.sum { o.append(("s", .double(s))) }
         if r.time != 0 { o.append(("t", .double(r.time))) }
+        if let ut = r.updateTime { o.append(("ut", .double(ut))) }
         return o
     }
 

@@ -14,6 +14,10 @@ public func fuzzPayloadCodecs(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int3
     for cbor in [false, true] {
         if let records = try? SenML.decode(bytes, cbor: cbor), records.allSatisfy({ r in if case .number(let d)? = r.value { d.isFinite } else { true } }) {
             guard (try? SenML.decode(SenML.encodeJSON(records), cbor: false)) != nil else { fatalError("SenML records did not encode: \(bytes)") }
+            // Both encodings keep every record whole: names, units, values, sums, times and update times.
+            guard (try? SenML.decode(SenML.encodeJSON(records), cbor: false)) == records, (try? SenML.decode(SenML.encodeCBOR(records), cbor: true)) == records else {
+                fatalError("SenML records did not round-trip: \(bytes)")
+            }
         }
     }
     return 0
