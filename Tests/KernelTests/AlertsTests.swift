@@ -11,6 +11,32 @@ import IoTCPluginKit
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }
 
+    /// A hub whose HTTP source at `port` feeds pipeline `t`: JSON decoded, then `steps` (rules), with
+    /// `sinks` and any other `pipelines` (YAML lines at their section's level; `$DIR` is the hub's folder).
+    func ruleHub(port: Int, sinks: [String], steps: [String], pipelines: [String] = [], anonymous: Bool = true,
+                 environment: [String: String] = [:]) throws -> ServedHub {
+        try ServedHub(key: Self.ownerKey, pipelineFile: { hub in
+            func block(_ lines: [String], _ indent: Int) -> String {
+                lines.map { String(repeating: " ", count: indent) + $0.replacingOccurrences(of: "$DIR", with: hub.dir.path) }.joined(separator: "\n")
+            }
+            return """
+                sources:
+                  devices: { plugin: http, listen: "127.0.0.1:\(port)" }
+                sinks:
+                \(block(sinks, 2))
+                pipelines:
+                  t:
+                    from: [ "devices:devices/+/telemetry" ]
+                    steps:
+                      - decode: json
+                \(block(steps, 6))
+                \(block(pipelines, 2))
+                auth:
+                  allow_anonymous: \(anonymous)
+                """
+        }, environment: environment)
+    }
+
     func alertMessage(_ state: String, key: String, at: Int64) -> CanonicalMessage {
         var m = CanonicalMessage(Message(tenant: "t1", device: key, topic: "alerts/hot"), receivedTime: at)
         m.payload = .value(["rule": "hot", "key": .string(key), "state": .string(state), "at": .int(at), "severity": "minor", "message": "m"])
@@ -66,44 +92,15 @@ import IoTCPluginKit
         let receiver = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/smtp_receiver.py", "\(smtp)", certs.path + "/cert.pem",
                                                  certs.path + "/key.pem", mails, "alerts@example.com", "s3cret-pass"])
         #expect(eventually(timeout: 20) { receiver.log.contains("ready") }, "\(receiver.log)")
-        let hub = try ServedHub(key: Self.ownerKey, pipelineFile: { hub in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(http)" }
-            sinks:
-              mail:
-                plugin: smtp
-                server: "127.0.0.1:\(smtp)"
-                ca_file: \(certs.path)/cert.pem
-                username: alerts@example.com
-                password: "${env:SMTP_TEST_PASSWORD}"
-                from: iotc@example.com
-                to: [ ops@example.com, oncall@example.com ]
-              mail-nobody:
-                plugin: smtp
-                server: "127.0.0.1:\(smtp)"
-                ca_file: \(certs.path)/cert.pem
-                username: alerts@example.com
-                password: "${env:SMTP_TEST_PASSWORD}"
-                from: iotc@example.com
-                to: [ nobody@example.com ]
-              mail-later:
-                plugin: smtp
-                server: "127.0.0.1:\(smtp)"
-                ca_file: \(certs.path)/cert.pem
-                username: alerts@example.com
-                password: "${env:SMTP_TEST_PASSWORD}"
-                from: iotc@example.com
-                to: [ later@example.com ]
-                retry: { initial_backoff: 50ms }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule: { name: freezer-warm, raise: "temperature > -10", clear: "temperature < -15", severity: critical, message: "{msg.device} is at {temperature} °C", to: [ mail, mail-nobody, mail-later ] }
-            auth:
-              allow_anonymous: true
-            """ }, environment: ["SMTP_TEST_PASSWORD": "s3cret-pass"])
+        // Three senders to the same server, for three kinds of recipient.
+        func mail(_ name: String, to: String, _ more: [String] = []) -> [String] {
+            ["\(name):", "  plugin: smtp", "  server: \"127.0.0.1:\(smtp)\"", "  ca_file: \(certs.path)/cert.pem", "  username: alerts@example.com",
+             "  password: \"${env:SMTP_TEST_PASSWORD}\"", "  from: iotc@example.com", "  to: [ \(to) ]"] + more.map { "  " + $0 }
+        }
+        let hub = try ruleHub(port: http, sinks: mail("mail", to: "ops@example.com, oncall@example.com") + mail("mail-nobody", to: "nobody@example.com")
+                                  + mail("mail-later", to: "later@example.com", ["retry: { initial_backoff: 50ms }"]), steps: [
+                "- rule: { name: freezer-warm, raise: \"temperature > -10\", clear: \"temperature < -15\", severity: critical, message: \"{msg.device} is at {temperature} °C\", to: [ mail, mail-nobody, mail-later ] }",
+            ], environment: ["SMTP_TEST_PASSWORD": "s3cret-pass"])
         #expect(waitForPort(http))
         #expect(postJSON("http://127.0.0.1:\(http)/v1/devices/freezer-1/telemetry", #"{"temperature": -5}"#)?.status == 202)
         #expect(postJSON("http://127.0.0.1:\(http)/v1/devices/freezer-1/telemetry", #"{"temperature": -20}"#)?.status == 202)
@@ -137,20 +134,11 @@ import IoTCPluginKit
     /// alert), here by the HTTP device API's long-poll, and answers it.
     @Test func aRuleSendsTheDeviceACommandWhenItsAlertIsRaised() throws {
         let devicePort = freePort()
-        let hub = try ServedHub(key: Self.ownerKey) { _ in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
-            sinks:
-              to-devices: { plugin: downlink, source: devices }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule: { name: too-hot, raise: "temperature > 80", clear: "temperature < 75", command: { name: cool-down, to: [ to-devices ] } }
-            auth:
-              allow_anonymous: true
-            """ }
+        let hub = try ruleHub(port: devicePort, sinks: [
+                "to-devices: { plugin: downlink, source: devices }",
+            ], steps: [
+                "- rule: { name: too-hot, raise: \"temperature > 80\", clear: \"temperature < 75\", command: { name: cool-down, to: [ to-devices ] } }",
+            ])
         _ = hub
         #expect(waitForPort(devicePort))
         let base = "http://127.0.0.1:\(devicePort)/v1/devices/oven-3"
@@ -173,22 +161,15 @@ import IoTCPluginKit
     /// one label taken from the alert's message; each pump long-polls its own.
     @Test func aRuleCommandsADeviceGroupChosenByLabels() throws {
         let devicePort = freePort()
-        let hub = try ServedHub(key: Self.ownerKey) { _ in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
-            sinks:
-              to-devices: { plugin: downlink, source: devices }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule:
-                      name: tank-full
-                      raise: "level > 95"
-                      clear: "level < 90"
-                      command: { name: stop, to: [ to-devices ], group: { site: "{value.site}", role: pump } }
-            """ }
+        let hub = try ruleHub(port: devicePort, sinks: [
+                "to-devices: { plugin: downlink, source: devices }",
+            ], steps: [
+                "- rule:",
+                "    name: tank-full",
+                "    raise: \"level > 95\"",
+                "    clear: \"level < 90\"",
+                "    command: { name: stop, to: [ to-devices ], group: { site: \"{value.site}\", role: pump } }",
+            ], anonymous: false)
         #expect(waitForPort(devicePort))
         var tokens: [String: String] = [:]
         for (id, labels) in [("tank-1", #"{"site": "north", "role": "tank"}"#), ("pump-1", #"{"site": "north", "role": "pump"}"#),
@@ -217,21 +198,12 @@ import IoTCPluginKit
     /// sink and the reason; one that was delivered is recorded too.
     @Test func anAlertRecordsThatNotifyingFailed() throws {
         let devicePort = freePort(), closedPort = freePort()
-        let hub = try ServedHub(key: Self.ownerKey) { hub in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
-            sinks:
-              ops: { plugin: webhook, url: "http://127.0.0.1:\(closedPort)/hooks/ops", timeout: 1s, retry: { max_attempts: 2, initial_backoff: 50ms } }
-              log: { plugin: file, path: \(hub.dir.path)/out.jsonl }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule: { name: hot, raise: "temperature > 80", to: [ ops, log ] }
-            auth:
-              allow_anonymous: true
-            """ }
+        let hub = try ruleHub(port: devicePort, sinks: [
+                "ops: { plugin: webhook, url: \"http://127.0.0.1:\(closedPort)/hooks/ops\", timeout: 1s, retry: { max_attempts: 2, initial_backoff: 50ms } }",
+                "log: { plugin: file, path: $DIR/out.jsonl }",
+            ], steps: [
+                "- rule: { name: hot, raise: \"temperature > 80\", to: [ ops, log ] }",
+            ])
         #expect(waitForPort(devicePort))
         #expect(postJSON("http://127.0.0.1:\(devicePort)/v1/devices/oven-5/telemetry", #"{"temperature": 90}"#)?.status == 202)
         func alert() -> Value? { (try? JSON.decode(Array(hub.call("GET", "/v1/alerts?tenant=default").body.utf8)))?["items"]?.array?.first }
@@ -250,20 +222,11 @@ import IoTCPluginKit
         let dir = TempDir()
         let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
         #expect(waitForPort(receiverPort), "\(receiver.log)")
-        let hub = try ServedHub(key: Self.ownerKey) { _ in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
-            sinks:
-              chat: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/hooks/ops", format: chat }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule: { name: hot, raise: "temperature > 80", severity: minor, message: "{msg.device} at {temperature}", to: [ chat ] }
-            auth:
-              allow_anonymous: true
-            """ }
+        let hub = try ruleHub(port: devicePort, sinks: [
+                "chat: { plugin: webhook, url: \"http://127.0.0.1:\(receiverPort)/hooks/ops\", format: chat }",
+            ], steps: [
+                "- rule: { name: hot, raise: \"temperature > 80\", severity: minor, message: \"{msg.device} at {temperature}\", to: [ chat ] }",
+            ])
         _ = hub
         #expect(waitForPort(devicePort))
         #expect(postJSON("http://127.0.0.1:\(devicePort)/v1/devices/oven-4/telemetry", #"{"temperature": 81}"#)?.status == 202)
@@ -312,25 +275,19 @@ import IoTCPluginKit
     /// them to `{"alarm": state}` for the attributes sink; the device reads its new configuration.
     @Test func anAlertWritesAnAttributeOfItsDevice() throws {
         let devicePort = freePort()
-        let hub = try ServedHub(key: Self.ownerKey) { _ in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(devicePort)" }
-            sinks:
-              to-flags: { plugin: pipeline, pipeline: flags }
-              set-attributes: { plugin: attributes }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule: { name: hot, raise: "temperature > 80", clear: "temperature < 75", to: [ to-flags ] }
-              flags:
-                from: []
-                steps:
-                  - decode: json
-                  - map: { alarm: "state", alarm_rule: "rule" }
-                to: [ set-attributes ]
-            """ }
+        let hub = try ruleHub(port: devicePort, sinks: [
+                "to-flags: { plugin: pipeline, pipeline: flags }",
+                "set-attributes: { plugin: attributes }",
+            ], steps: [
+                "- rule: { name: hot, raise: \"temperature > 80\", clear: \"temperature < 75\", to: [ to-flags ] }",
+            ], pipelines: [
+                "flags:",
+                "  from: []",
+                "  steps:",
+                "    - decode: json",
+                "    - map: { alarm: \"state\", alarm_rule: \"rule\" }",
+                "  to: [ set-attributes ]",
+            ], anonymous: false)
         #expect(waitForPort(devicePort))
         #expect(hub.call("POST", "/v1/devices", #"{"id": "oven-8"}"#).status == 201)
         #expect(hub.call("PUT", "/v1/devices/oven-8/attributes", #"{"setpoint": 70}"#).status == 200)
@@ -352,21 +309,12 @@ import IoTCPluginKit
 
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
-        let hub = try ServedHub(key: Self.ownerKey) { hub in """
-            sources:
-              devices: { plugin: http, listen: "127.0.0.1:\(http)" }
-            sinks:
-              alerts: { plugin: file, path: \(hub.dir.path)/alerts.jsonl }
-            pipelines:
-              t:
-                from: [ "devices:devices/+/telemetry" ]
-                steps:
-                  - decode: json
-                  - rule: { name: hot, raise: "temperature > 80", clear: "temperature < 75", severity: critical, message: "{msg.device} at {temperature}", to: [ alerts ] }
-                  - rule: { name: quiet, raise: "temperature < 0" }
-            auth:
-              allow_anonymous: true
-            """ }
+        let hub = try ruleHub(port: http, sinks: [
+                "alerts: { plugin: file, path: $DIR/alerts.jsonl }",
+            ], steps: [
+                "- rule: { name: hot, raise: \"temperature > 80\", clear: \"temperature < 75\", severity: critical, message: \"{msg.device} at {temperature}\", to: [ alerts ] }",
+                "- rule: { name: quiet, raise: \"temperature < 0\" }",
+            ])
         func post(_ t: Int) { #expect(postJSON("http://127.0.0.1:\(http)/v1/devices/oven-1/telemetry", #"{"temperature": \#(t)}"#)?.status == 202) }
         func alerts(_ query: String = "") throws -> [Value] {
             try JSON.decode(Array(hub.call("GET", "/v1/alerts?tenant=default\(query)").body.utf8))["items"]?.array ?? []
