@@ -190,6 +190,7 @@ import IoTCPluginKit
                 listen: "127.0.0.1:5683"
                 observe: [ /3303/0/5700, "/abc" ]
                 bootstrap: { server_uri: "http://x", short_server_id: 0, binding: "X" }
+                queue_mode_listen: 0
             sinks: { out: { plugin: log } }
             pipelines: { t: { from: [ lw ], to: [ out ] } }
             """)
@@ -197,7 +198,8 @@ import IoTCPluginKit
         #expect(code != 0 && out.contains("lw.yaml:5:30: error: source 'lw': '/abc' is not an LwM2M path")
                 && out.contains("lw.yaml:6:30: error: source 'lw': server_uri must be a coap:// or coaps:// URI")
                 && out.contains("lw.yaml:6:59: error: source 'lw': short_server_id must be 1 to 65534")
-                && out.contains("lw.yaml:6:71: error: source 'lw': binding must be binding letters"), "\(out)")
+                && out.contains("lw.yaml:6:71: error: source 'lw': binding must be binding letters")
+                && out.contains("lw.yaml:7:24: error: source 'lw': queue_mode_listen must be longer than 0"), "\(out)")
     }
 
     /// A pipeline drives an operation: each registration becomes a read of the battery level through

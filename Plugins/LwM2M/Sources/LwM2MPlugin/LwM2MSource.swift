@@ -89,6 +89,10 @@ final class LwM2MSource: Source, @unchecked Sendable {
         }
         if config.default_lifetime < 1 { out.append(ConfigFinding(at: "default_lifetime", "default_lifetime must be at least 1 s")) }
         if config.max_lifetime < config.default_lifetime { out.append(ConfigFinding(at: "max_lifetime", "max_lifetime must be at least default_lifetime")) }
+        if config.queue_mode_listen <= 0 { out.append(ConfigFinding(at: "queue_mode_listen", "queue_mode_listen must be longer than 0")) }
+        if config.dtls_certificate != nil, (config.dtls_listen ?? "").isEmpty {
+            out.append(ConfigFinding(at: "dtls_certificate", "dtls_certificate needs dtls_listen"))
+        }
         if let b = config.bootstrap {
             if !(b.server_uri.hasPrefix("coap://") || b.server_uri.hasPrefix("coaps://")) {
                 out.append(ConfigFinding(at: "bootstrap.server_uri", "server_uri must be a coap:// or coaps:// URI", hint: "coaps://hub.example.com:5684"))
@@ -119,16 +123,9 @@ final class LwM2MSource: Source, @unchecked Sendable {
     init(config: Config, host: PluginHost) throws {
         self.config = config
         self.host = host
-        guard config.queue_mode_listen > 0 else { throw PluginError("queue_mode_listen must be positive") }
-        guard config.default_lifetime >= 1, config.max_lifetime >= config.default_lifetime else {
-            throw PluginError("default_lifetime must be at least 1 s and max_lifetime at least default_lifetime")
-        }
+        // `check` has refused what is wrong in the settings before this runs.
         try CoAPEventLoop.validate(listen: config.listen, dtls: config.dtls_listen)
-        if config.dtls_certificate != nil, (config.dtls_listen ?? "").isEmpty { throw PluginError("dtls_certificate needs dtls_listen") }
-        observePaths = try config.observe.map { text in
-            guard let p = LwM2MPath(text) else { throw PluginError("observe: '\(text)' is not an LwM2M path such as /3303/0/5700") }
-            return p
-        }
+        observePaths = config.observe.compactMap(LwM2MPath.init)
         var objects = ObjectRegistry()
         for file in config.object_definitions {
             guard let data = FileManager.default.contents(atPath: file) else { throw PluginError("object_definitions: cannot read \(file)") }
