@@ -43,6 +43,31 @@ import IoTCPluginKit
         return m
     }
 
+    /// Rule state written before it was kept per tenant (rule and key only) is read into the tenant
+    /// the state names, or the pipeline files' devices' tenant, and goes on from there.
+    @Test func ruleStateOfAnEarlierVersionIsReadPerTenant() throws {
+        let dir = TempDir()
+        var open = RuleStates.State()
+        open.active = true
+        open.raisedAt = 5
+        var silent = RuleStates.State()
+        silent.tenant = "acme"
+        silent.lastSeen = 7
+        let old = ["hot\u{0}oven-1": open, "quiet\u{0}meter-2": silent]
+        let file = URL(fileURLWithPath: dir.path + "/rules.json")
+        try JSONEncoder().encode(old).write(to: file)
+        let states = RuleStates(file: file)
+        #expect(states.active.map { "\($0.rule)/\($0.key)" } == ["hot/oven-1"])
+        let rule = RuleConfig(name: "hot", raise: try Expression("true"), holdFor: 0, severity: "major", to: [])
+        // The same key in tenant default is the state that was active; in another tenant it is new.
+        #expect(states.evaluate(rule, tenant: "default", key: "oven-1", time: 10, raise: { true }, clear: { false }) == nil)
+        if case .raised? = states.evaluate(rule, tenant: "other", key: "oven-1", time: 10, raise: { true }, clear: { false }) {} else {
+            Issue.record("another tenant's device of the same id raised nothing")
+        }
+        let quiet = RuleConfig(name: "quiet", raise: try Expression("false"), holdFor: 0, severity: "major", to: [], absent: 1)
+        #expect(states.silent(quiet, after: 1, now: 100).map { "\($0.tenant)/\($0.key)" } == ["acme/meter-2"])
+    }
+
     /// The book folds repeats and quick re-raises, opens a new alert after the fold window, and comes
     /// back from its file.
     @Test func foldsRepeatsAndKeepsItsAlertsInItsFile() throws {

@@ -200,8 +200,17 @@ public final class RuleStates: @unchecked Sendable {
             }
         }
     }
+    /// By rule, tenant and key (`stateID`): two tenants' devices of the same id are two states.
     private var states: [String: State] = [:]
     private let lock = NSLock()
+
+    static func stateID(_ rule: String, tenant: String, key: String) -> String { rule + "\u{0}" + tenant + "\u{0}" + key }
+
+    /// The rule, tenant and key of a state's id.
+    static func parts(_ id: String) -> (rule: Substring, tenant: Substring, key: Substring) {
+        let p = id.split(separator: "\u{0}", maxSplits: 2, omittingEmptySubsequences: false)
+        return p.count == 3 ? (p[0], p[1], p[2]) : (p[0], "", p.count > 1 ? p[1] : "")
+    }
     /// Where the states are kept between runs; nil keeps them in memory only.
     private let file: URL?
     private var dirty = false
@@ -211,7 +220,13 @@ public final class RuleStates: @unchecked Sendable {
     public init(file: URL? = nil) {
         self.file = file
         if let file, let data = try? Data(contentsOf: file), let saved = try? JSONDecoder().decode([String: State].self, from: data) {
-            states = saved
+            // States written before they were kept per tenant (rule and key only) take the tenant the
+            // state knows, or the one of the pipeline files' devices.
+            for (id, s) in saved {
+                let p = Self.parts(id)
+                states[id.split(separator: "\u{0}", omittingEmptySubsequences: false).count == 3 ? id
+                       : Self.stateID(String(p.rule), tenant: s.tenant.isEmpty ? "default" : s.tenant, key: String(p.key))] = s
+            }
         }
     }
 
@@ -237,7 +252,7 @@ public final class RuleStates: @unchecked Sendable {
 
     /// Alerts active now, as (rule, key).
     public var active: [(rule: String, key: String)] {
-        lock.withLock { states.filter(\.value.active).map { k, _ in let p = k.split(separator: "\u{0}", maxSplits: 1); return (String(p[0]), String(p[1])) } }
+        lock.withLock { states.filter(\.value.active).map { k, _ in let p = Self.parts(k); return (String(p.rule), String(p.key)) } }
             .sorted { ($0.rule, $0.key) < ($1.rule, $1.key) }
     }
 
@@ -265,7 +280,7 @@ public final class RuleStates: @unchecked Sendable {
     private func admit(_ rule: RuleConfig, _ alert: CanonicalMessage, interval: Int64, now: Int64) -> Bool {
         guard case .value(let p) = alert.payload, case .string(let key)? = p["key"] else { return true }
         let state = alert.metadata("alert_state") ?? ""
-        let id = rule.name + "\u{0}" + alert.tenant + "\u{0}" + key
+        let id = Self.stateID(rule.name, tenant: alert.tenant, key: key)
         return lock.withLock {
             if let t = throttles[id], now - t.sentAt < interval {
                 throttles[id] = (t.sentAt, t.state, alert, t.suppressed + 1)
@@ -322,7 +337,7 @@ public final class RuleStates: @unchecked Sendable {
 
     /// An absence rule heard from a key: its time is noted, and an active alert clears.
     func heard(_ rule: RuleConfig, key: String, time: Int64, tenant: String, device: String) -> Transition? {
-        let id = rule.name + "\u{0}" + key
+        let id = Self.stateID(rule.name, tenant: tenant, key: key)
         return lock.withLock {
             var s = states[id] ?? State()
             defer { states[id] = s }
@@ -345,15 +360,15 @@ public final class RuleStates: @unchecked Sendable {
                 dirty = true
                 states[id]?.active = true
                 states[id]?.raisedAt = now
-                out.append((String(id.dropFirst(prefix.count)), s.tenant, s.device, s.lastSeen))
+                out.append((String(Self.parts(id).key), s.tenant, s.device, s.lastSeen))
             }
             return out.sorted { $0.0 < $1.0 }
         }
     }
 
     /// Adds a sample to the key's window, drops what fell out of it, and returns its aggregates.
-    func window(_ rule: RuleConfig, _ w: RuleConfig.Window, key: String, time: Int64, value: Double) -> Value? {
-        let id = rule.name + "\u{0}" + key
+    func window(_ rule: RuleConfig, _ w: RuleConfig.Window, tenant: String, key: String, time: Int64, value: Double) -> Value? {
+        let id = Self.stateID(rule.name, tenant: tenant, key: key)
         lock.lock()
         defer { lock.unlock() }
         var s = states[id] ?? State()
@@ -401,8 +416,8 @@ public final class RuleStates: @unchecked Sendable {
 
     /// Evaluates `rule` on a message (its conditions already tested by the caller's closure) and
     /// returns the alert message for a change of state, if any.
-    func evaluate(_ rule: RuleConfig, key: String, time: Int64, raise: () throws -> Bool, clear: () throws -> Bool) rethrows -> Transition? {
-        let id = rule.name + "\u{0}" + key
+    func evaluate(_ rule: RuleConfig, tenant: String, key: String, time: Int64, raise: () throws -> Bool, clear: () throws -> Bool) rethrows -> Transition? {
+        let id = Self.stateID(rule.name, tenant: tenant, key: key)
         lock.lock()
         defer { lock.unlock() }
         var s = states[id] ?? State()
@@ -465,7 +480,7 @@ extension PipelineProcessor {
             var c = context
             guard let value = try w.of.evaluate(&c).number else { throw ExpressionError("window value '\(w.of)' is not a number", at: 0) }
             // A tumbling window is judged only when one is complete.
-            guard let aggregates = rules.window(rule, w, key: key, time: time, value: value) else { return nil }
+            guard let aggregates = rules.window(rule, w, tenant: m.tenant, key: key, time: time, value: value) else { return nil }
             if case .object(var o) = context.payload {
                 o["window"] = aggregates
                 context.payload = .object(o)
@@ -473,7 +488,7 @@ extension PipelineProcessor {
                 context.payload = .object(["window": aggregates])
             }
         }
-        let transition = try rules.evaluate(rule, key: key, time: time,
+        let transition = try rules.evaluate(rule, tenant: m.tenant, key: key, time: time,
             raise: { var c = context; return try rule.raise.test(&c) },
             clear: {
                 var c = context
