@@ -1,10 +1,10 @@
 import ArgumentParser
 import Foundation
-#if canImport(FoundationNetworking)
-import FoundationNetworking
-#endif
 import IoTCKernel
 import IoTCPluginKit
+import NIOCore
+import NIOHTTP1
+import NIOPosix
 
 struct DeadLetters: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -40,7 +40,7 @@ struct DeadLetters: ParsableCommand {
 
         func run() throws {
             let body = ids.isEmpty ? "{}" : JSON.string(.object(Value.Object([("ids", .array(ids.map { .string($0) }))])))
-            let (status, text) = try APIClient.request("POST", "http://\(api)/v1/dead-letters/replay", body: body)
+            let (status, text) = try APIClient.request(.POST, api: api, path: "/v1/dead-letters/replay", body: body)
             print(text)
             if status != 200 { throw ExitCode(1) }
         }
@@ -58,34 +58,92 @@ struct DeadLetters: ParsableCommand {
     }
 }
 
-/// A small blocking HTTP client for talking to the running hub's API, with the API key from
-/// IOTC_API_KEY (the environment, not an option: options show in process lists).
+/// A small blocking HTTP/1.1 client for talking to the running hub's API (plain HTTP on the address
+/// given), with the API key from IOTC_API_KEY (the environment, not an option: options show in process
+/// lists).
 enum APIClient {
-    static func request(_ method: String, _ url: String, body: String?) throws -> (Int, String) {
-        guard let u = URL(string: url) else { throw ValidationError("invalid URL \(url)") }
-        var r = URLRequest(url: u)
-        r.httpMethod = method
-        if let key = ProcessInfo.processInfo.environment["IOTC_API_KEY"], !key.isEmpty {
-            r.setValue("Bearer \(key)", forHTTPHeaderField: "Authorization")
-        }
-        if let body {
-            r.httpBody = Data(body.utf8)
-            r.setValue("application/json", forHTTPHeaderField: "Content-Type")
-        }
-        let result = ResultBox()
-        let done = DispatchSemaphore(value: 0)
-        URLSession.shared.dataTask(with: r) { data, response, error in
-            result.value = (data, (response as? HTTPURLResponse)?.statusCode, error)
-            done.signal()
-        }.resume()
-        done.wait()
-        guard let (data, status, error) = result.value, error == nil, let status else {
-            throw ValidationError("cannot reach the hub at \(url)")
-        }
-        return (status, String(decoding: data ?? Data(), as: UTF8.self))
+    struct Failure: Error, CustomStringConvertible {
+        var description: String
     }
 
-    final class ResultBox: @unchecked Sendable {
-        var value: (Data?, Int?, (any Error)?)?
+    /// Sends one request to `api` (`host:port`) and returns the status and body of the answer.
+    static func request(_ method: HTTPMethod, api: String, path: String, body: String?, timeout: TimeAmount = .seconds(30)) throws -> (Int, String) {
+        guard let (host, port) = address(api) else { throw ValidationError("invalid API address \(api) (expected host:port)") }
+        let group = MultiThreadedEventLoopGroup.singleton
+        let promise = group.next().makePromise(of: (Int, String).self)
+        let channel: any Channel
+        do {
+            channel = try ClientBootstrap(group: group)
+                .connectTimeout(.seconds(5))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHTTPClientHandlers()
+                        try channel.pipeline.syncOperations.addHandler(ResponseReader(promise))
+                    }
+                }
+                .connect(host: host, port: port).wait()
+        } catch {
+            let failure = Failure(description: "cannot reach the hub at \(api): \(error)")
+            promise.fail(failure)
+            throw failure
+        }
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(Failure(description: "no answer from the hub at \(api) in time")) }
+        defer { deadline.cancel(); _ = channel.close() }
+        var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
+        head.headers.add(name: "Host", value: api)
+        head.headers.add(name: "Connection", value: "close")
+        if let key = ProcessInfo.processInfo.environment["IOTC_API_KEY"], !key.isEmpty {
+            head.headers.add(name: "Authorization", value: "Bearer \(key)")
+        }
+        let bytes = Array((body ?? "").utf8)
+        if body != nil { head.headers.add(name: "Content-Type", value: "application/json") }
+        head.headers.add(name: "Content-Length", value: String(bytes.count))
+        channel.write(HTTPClientRequestPart.head(head), promise: nil)
+        if !bytes.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: bytes))), promise: nil) }
+        channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
+        return try promise.futureResult.wait()
+    }
+
+    /// `host:port`, with an IPv6 host in brackets.
+    static func address(_ api: String) -> (String, Int)? {
+        guard let colon = api.lastIndex(of: ":"), let port = Int(api[api.index(after: colon)...]), (1...65535).contains(port) else { return nil }
+        var host = String(api[..<colon])
+        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    /// Collects the answer's status and body (up to 16 MiB) and settles the promise at its end.
+    private final class ResponseReader: ChannelInboundHandler {
+        typealias InboundIn = HTTPClientResponsePart
+        private let promise: EventLoopPromise<(Int, String)>
+        private var status = 0
+        private var body: [UInt8] = []
+
+        init(_ promise: EventLoopPromise<(Int, String)>) { self.promise = promise }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+            switch unwrapInboundIn(data) {
+            case .head(let head):
+                status = Int(head.status.code)
+            case .body(var buffer):
+                guard body.count + buffer.readableBytes <= 16 << 20 else {
+                    promise.fail(Failure(description: "the hub's answer is over 16 MiB"))
+                    context.close(promise: nil)
+                    return
+                }
+                body += buffer.readBytes(length: buffer.readableBytes) ?? []
+            case .end:
+                promise.succeed((status, String(decoding: body, as: UTF8.self)))
+            }
+        }
+
+        func channelInactive(context: ChannelHandlerContext) {
+            promise.fail(Failure(description: "the hub closed the connection before answering"))
+        }
+
+        func errorCaught(context: ChannelHandlerContext, error: any Error) {
+            promise.fail(error)
+            context.close(promise: nil)
+        }
     }
 }

@@ -38,6 +38,9 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         let started = Date()
+        // The hub keeps its times in UTC. Foundation's default zone set to UTC also spares looking the
+        // system's zone up in ICU's data when the API server starts (about 2 MiB resident, idle).
+        NSTimeZone.default = TimeZone(secondsFromGMT: 0)!
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)

@@ -785,6 +785,11 @@ import IoTCStore
         #expect(code == 0, "\(out)")
         #expect(out.contains(#""replayed":1"#))
         #expect(eventually { jsonLines(dir.path + "/requests.jsonl").count == 2 })
+        let (refusedCode, refusedOut) = try run(Build.iotc, ["dlq", "replay", "--api", "127.0.0.1:\(apiPort)"],
+                                                environment: ["IOTC_API_KEY": "iotc_nobody_" + String(repeating: "x", count: 40)])
+        #expect(refusedCode != 0 && refusedOut.contains(#""status":401"#), "\(refusedOut)")
+        let (unreachableCode, unreachableOut) = try run(Build.iotc, ["dlq", "replay", "--api", "127.0.0.1:\(freePort())"])
+        #expect(unreachableCode != 0 && unreachableOut.contains("cannot reach the hub at 127.0.0.1:"), "\(unreachableOut)")
 
         // Reload through the API: a broken file is refused with 422 and the errors; a good one applies.
         try "pipelines: { t: { from: [ nowhere ] } }".write(toFile: file, atomically: true, encoding: .utf8)

@@ -94,6 +94,20 @@ struct ObjectModelTests {
             ("<LWM2M><Object><Name>X</Name><ObjectID>9</ObjectID><Resources><Item ID=\"1\"><Type>Number</Type></Item></Resources></Object></LWM2M>", "bad.xml:1:", "unknown Type 'Number'"),
             ("<LWM2M><Object>", "bad.xml:1:", "not well-formed"),
             ("<LWM2M></LWM2M>", "bad.xml:1:1", "no <Object>"),
+            ("<LWM2M>\n  <Object><Name>X</Name></Object></LWM2M>", "bad.xml:2:3:", "numeric <ObjectID>"),
+            ("<LWM2M><Object><ObjectID>9</ObjectID><Name>X</Name><Resources><Item ID=\"x\"/></Resources></Object></LWM2M>", "bad.xml:1:63:", "numeric ID attribute"),
+            // Not well-formed, each located where it goes wrong.
+            ("<!DOCTYPE x [<!ENTITY a \"aaaa\">]><LWM2M/>", "bad.xml:1:1:", "document type declarations are not accepted"),
+            ("<LWM2M><Object></LWM2M>", "bad.xml:1:16:", "</LWM2M> where </Object> was expected"),
+            ("<LWM2M><Item ID='1' ID='2'/></LWM2M>", "bad.xml:1:24:", "attribute ID given twice"),
+            ("<LWM2M>\n<Name>a &bogus; b</Name></LWM2M>", "bad.xml:2:9:", "unknown entity &bogus;"),
+            ("<LWM2M>&#0;</LWM2M>", "bad.xml:1:8:", "unknown entity &#0;"),
+            ("<LWM2M>a & b</LWM2M>", "bad.xml:1:10:", "starts no reference"),
+            ("<LWM2M/>tail", "bad.xml:1:9:", "text outside the root element"),
+            ("<LWM2M/><LWM2M/>", "bad.xml:1:9:", "a second root element"),
+            ("<LWM2M><!-- open", "bad.xml:1:8:", "a comment is not closed"),
+            ("<LWM2M><Name a=\"1\"b=\"2\"/></LWM2M>", "bad.xml:1:19:", "expected a space"),
+            ("", "bad.xml:1:1:", "no root element"),
         ]
         for (xml, location, reason) in cases {
             do {
@@ -102,6 +116,23 @@ struct ObjectModelTests {
             } catch {
                 #expect(error.description.hasPrefix(location) && error.description.contains(reason), "\(error)")
             }
+        }
+    }
+
+    @Test func readsEntitiesCDATACommentsAndRefusesBytesThatAreNotUTF8() throws {
+        let xml = """
+            <?xml version="1.0"?>
+            <!-- a comment before the root -->
+            <LWM2M><Object><Name>Fish &amp; Chips &#x263A;&#65;</Name><ObjectID>40000</ObjectID>
+              <Resources><Item ID='1'><Name><![CDATA[<raw> & ready]]></Name><Type>String</Type></Item></Resources></Object></LWM2M>
+            """
+        let object = try #require(try ObjectXML.parse(Data(xml.utf8), file: "x.xml").first)
+        #expect(object.name == "Fish & Chips \u{263A}A" && object.resources[1]?.name == "<raw> & ready")
+        do {
+            _ = try ObjectXML.parse(Data([0x3C, 0x61, 0x3E, 0xFF, 0x3C, 0x2F, 0x61, 0x3E]), file: "x.xml")
+            Issue.record("parsed a byte that is not UTF-8")
+        } catch {
+            #expect(error.description == "x.xml:1:4: not well-formed XML (invalid UTF-8)")
         }
     }
 }
