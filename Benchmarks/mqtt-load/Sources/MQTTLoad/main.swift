@@ -359,12 +359,16 @@ if o.connects > 0 {
     let pairs = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }.filter { $0.count == 2 }
     precondition(!pairs.isEmpty, "no DEVICE TOKEN lines in \(path)")
     /// The slots' shared state; touched on the one event loop only.
+    // Resolved once: a connect by host name would resolve it again for every connection.
+    let address = try SocketAddress.makeAddressResolvingHost(o.host, port: o.port)
     final class Connects: @unchecked Sendable {
         var next = 0, finished = 0
         let pairs: [[String]]
+        let address: SocketAddress
         let allDone: EventLoopPromise<Void>
-        init(_ pairs: [[String]], _ allDone: EventLoopPromise<Void>) {
+        init(_ pairs: [[String]], _ address: SocketAddress, _ allDone: EventLoopPromise<Void>) {
             self.pairs = pairs
+            self.address = address
             self.allDone = allDone
         }
 
@@ -381,7 +385,7 @@ if o.connects > 0 {
             ClientBootstrap(group: loop)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { ch in ch.eventLoop.makeCompletedFuture { try ch.pipeline.syncOperations.addHandler(handler) } }
-                .connect(host: o.host, port: o.port)
+                .connect(to: address)
                 .whenComplete { r in
                     switch r {
                     case .success(let ch): ch.writeAndFlush(connectPacket(pair[0], keepAlive: 60, username: pair[0], password: pair[1]), promise: nil)
@@ -394,7 +398,7 @@ if o.connects > 0 {
     }
     let t0 = now()
     let allDone = loop.makePromise(of: Void.self)
-    let connects = Connects(pairs, allDone)
+    let connects = Connects(pairs, address, allDone)
     try loop.submit { for _ in 0..<min(o.concurrency, o.connects) { connects.start() } }.wait()
     try allDone.futureResult.wait()
     let seconds = Double(now() - t0) / 1e9
