@@ -3,6 +3,7 @@ import Hummingbird
 import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
+import X509
 
 /// A tenant's certificate authorities (admins): client certificates they issue authenticate the
 /// tenant's devices on mutual TLS, the device named by the certificate's subject common name.
@@ -33,6 +34,41 @@ enum CertificateAuthoritiesAPI {
             guard let ca = try await authorities.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'") }
             return HubAPI.json(json(ca))
         })
+        // The authority's revocation list: the certificates it names stop authenticating, and their open
+        // connections close. A list must be signed by the authority and no older than the one in force.
+        router.put("/v1/certificate-authorities/:authority/crl", use: guarded(.tenant(.admin)) { request, context, p in
+            let tenant = try await AccountsAPI.target(request, p)
+            let id = try context.parameter("authority")
+            let body = try await JSONBody.read(request, allowed: ["crl"], limit: 4 << 20)
+            let pem = try body.string("crl", required: true)!
+            guard pem.utf8.count <= 2 << 20 else { throw AccountsError.invalid("the revocation list is over 2 MiB") }
+            guard let ca = try await authorities.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'") }
+            let list = try RevocationList.parse(Array(pem.utf8))
+            guard let certificate = try? Certificate(derEncoded: ca.certificate), list.isIssued(by: certificate) else {
+                throw AccountsError.invalid("the revocation list is not signed by this certificate authority (\(ca.subject))")
+            }
+            guard list.thisUpdate.timeIntervalSinceNow < 300 else { throw AccountsError.invalid("the revocation list's thisUpdate is in the future") }
+            if let current = ca.revocationList.flatMap({ try? RevocationList.parse($0) }), list.thisUpdate < current.thisUpdate {
+                throw AccountsError.conflict("the revocation list is older than the one in force (thisUpdate \(current.thisUpdate))")
+            }
+            guard try await authorities.setRevocationList(tenant: tenant, id: id, list.der) else {
+                throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'")
+            }
+            try await directory.refresh()
+            await p.record("certificate_authority.crl.set", target: id, tenant: tenant, detail: "\(list.revoked.count) revoked")
+            guard let updated = try await authorities.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'") }
+            return HubAPI.json(json(updated))
+        })
+        router.delete("/v1/certificate-authorities/:authority/crl", use: guarded(.tenant(.admin)) { request, context, p in
+            let tenant = try await AccountsAPI.target(request, p)
+            let id = try context.parameter("authority")
+            guard try await authorities.setRevocationList(tenant: tenant, id: id, nil) else {
+                throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'")
+            }
+            try await directory.refresh()
+            await p.record("certificate_authority.crl.delete", target: id, tenant: tenant)
+            return Response(status: .noContent)
+        })
         router.delete("/v1/certificate-authorities/:authority", use: guarded(.tenant(.admin)) { request, context, p in
             let tenant = try await AccountsAPI.target(request, p)
             let id = try context.parameter("authority")
@@ -49,6 +85,13 @@ enum CertificateAuthoritiesAPI {
             ("id", .string(ca.id)), ("name", .string(ca.name)), ("subject", .string(ca.subject)),
             ("fingerprint", .string(ca.fingerprint.map { String(format: "%02x", $0) }.joined())), ("profile", .string(ca.profile)),
             ("not_after", .int(ca.notAfter)), ("created_at", .int(ca.createdAt)),
+            ("revocation_list", ca.revocationList.flatMap { try? RevocationList.parse($0) }.map { list in
+                .object(Value.Object([
+                    ("this_update", .int(Int64(list.thisUpdate.timeIntervalSince1970 * 1000))),
+                    ("next_update", list.nextUpdate.map { .int(Int64($0.timeIntervalSince1970 * 1000)) } ?? .null),
+                    ("revoked", .int(Int64(list.revoked.count))), ("set_at", .int(ca.revocationListSetAt ?? 0)),
+                ]))
+            } ?? .null),
         ]))
     }
 }

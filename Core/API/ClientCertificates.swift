@@ -9,16 +9,22 @@ import X509
 /// its TLS handshake (which proves it holds the leaf's key); the leaf, and any intermediates the device
 /// sent, must chain by signature to a registered authority, each certificate within its validity and
 /// each issuer a CA. The leaf's subject common name is the device's id, in the authority's tenant.
+/// A certificate in the authority's revocation list (the leaf, or the intermediate the authority
+/// signed) is refused.
 struct ClientCertificates: Sendable {
     struct Authority: Sendable {
         var record: CertificateAuthority
         var certificate: Certificate
+        var revoked: Set<Certificate.SerialNumber> = []
     }
 
     /// Registered authorities by subject (more than one may share a subject; the signature decides).
     private var bySubject: [DistinguishedName: [Authority]] = [:]
     /// The registered authorities' ids, for closing connections when one is removed.
     private(set) var ids: Set<String> = []
+    /// The credentials their revocation lists name (`AUTHORITY/SERIAL`), for closing connections made
+    /// with a certificate once it is listed.
+    private(set) var revokedIDs: Set<String> = []
 
     /// The longest chain followed from a leaf to a registered authority.
     static let maxDepth = 4
@@ -26,8 +32,11 @@ struct ClientCertificates: Sendable {
     init(_ records: [CertificateAuthority] = []) {
         for r in records {
             guard let c = try? Certificate(derEncoded: r.certificate) else { continue }
-            bySubject[c.subject, default: []].append(Authority(record: r, certificate: c))
+            // The API checked the list when it was set; one that no longer reads revokes nothing.
+            let revoked = r.revocationList.flatMap { try? RevocationList.parse($0) }.map(\.revoked) ?? []
+            bySubject[c.subject, default: []].append(Authority(record: r, certificate: c, revoked: revoked))
             ids.insert(r.id)
+            for serial in revoked { revokedIDs.insert(Self.credential(r.id, serial)) }
         }
     }
 
@@ -48,6 +57,15 @@ struct ClientCertificates: Sendable {
 
     static func fingerprint(_ der: [UInt8]) -> [UInt8] { Array(SHA256.hash(data: der)) }
 
+    /// The credential of a certificate an authority signed: `AUTHORITY/SERIAL` (serial in hex). The hub
+    /// revokes it with its authority, or on its own once the authority's revocation list names it.
+    static func credential(_ authority: String, _ serial: Certificate.SerialNumber) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var hex: [UInt8] = []
+        for b in serial.bytes { hex.append(digits[Int(b >> 4)]); hex.append(digits[Int(b & 15)]) }
+        return authority + "/" + String(decoding: hex, as: UTF8.self)
+    }
+
     /// The device a chain names, when a registered authority issued it; nil otherwise.
     func grant(_ chain: [[UInt8]], now: Date = Date()) -> DirectoryGrant? {
         guard !bySubject.isEmpty, let first = chain.first, let leaf = try? Certificate(derEncoded: first),
@@ -56,8 +74,9 @@ struct ClientCertificates: Sendable {
         var current = leaf
         for _ in 0...Self.maxDepth {
             if let ca = bySubject[current.issuer]?.first(where: { $0.certificate.publicKey.isValidSignature(current.signature, for: current) }) {
-                guard Self.inForce(ca.certificate, now) else { return nil }
-                return DirectoryGrant(tenant: ca.record.tenant, device: device, credential: ca.record.id, profile: ca.record.profile)
+                guard Self.inForce(ca.certificate, now), !ca.revoked.contains(current.serialNumber) else { return nil }
+                return DirectoryGrant(tenant: ca.record.tenant, device: device, credential: Self.credential(ca.record.id, current.serialNumber),
+                                      profile: ca.record.profile)
             }
             guard let issuer = intermediates.first(where: { $0.subject == current.issuer && $0.publicKey.isValidSignature(current.signature, for: current) }),
                   Self.inForce(issuer, now), case .isCertificateAuthority? = try? issuer.extensions.basicConstraints else { return nil }

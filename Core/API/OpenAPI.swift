@@ -91,8 +91,12 @@ enum OpenAPI {
                                    required: ["id", "name", "profile", "created_at"])),
         ("CertificateAuthority", object([("id", string), ("name", string), ("subject", string),
                                          ("fingerprint", ["type": "string", "description": "SHA-256 of the certificate (DER), hex"]),
-                                         ("profile", string), ("not_after", millis), ("created_at", millis)],
-                                        required: ["id", "name", "subject", "fingerprint", "profile", "not_after", "created_at"])),
+                                         ("profile", string), ("not_after", millis), ("created_at", millis),
+                                         ("revocation_list", ["oneOf": [["type": "null"], object([
+                                             ("this_update", millis), ("next_update", nullableMillis),
+                                             ("revoked", ["type": "integer", "description": "serial numbers listed"]), ("set_at", millis),
+                                         ], required: ["this_update", "next_update", "revoked", "set_at"])]])],
+                                        required: ["id", "name", "subject", "fingerprint", "profile", "not_after", "created_at", "revocation_list"])),
     ]
 
     // MARK: - Operations
@@ -236,6 +240,13 @@ enum OpenAPI {
         Operation(method: "get", path: "/v1/certificate-authorities/{authority}", summary: "One certificate authority", tag: "provisioning", access: "admin",
                   query: [tenantQuery], ok: (200, ref("CertificateAuthority"))),
         Operation(method: "delete", path: "/v1/certificate-authorities/{authority}", summary: "Remove a certificate authority (its devices' connections close)",
+                  tag: "provisioning", access: "admin", query: [tenantQuery], ok: (204, nil)),
+        Operation(method: "put", path: "/v1/certificate-authorities/{authority}/crl",
+                  summary: "Set the authority's revocation list (PEM X509 CRL it signed, no older than the one in force): the certificates it lists stop authenticating and their connections close",
+                  tag: "provisioning", access: "admin", query: [tenantQuery],
+                  body: object([("crl", text(min: 1, max: 2 << 20))], required: ["crl"], closed: true),
+                  ok: (200, ref("CertificateAuthority"))),
+        Operation(method: "delete", path: "/v1/certificate-authorities/{authority}/crl", summary: "Remove the authority's revocation list",
                   tag: "provisioning", access: "admin", query: [tenantQuery], ok: (204, nil)),
         Operation(method: "put", path: "/v1/devices/{device}/claim-code", summary: "Set a device's claim code (until it is claimed)", tag: "provisioning",
                   access: "admin", query: [tenantQuery],

@@ -79,14 +79,16 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         }
         let issuersNow = ClientCertificates(try await authorities?.all() ?? [])
         let now = ids(tokens, certificates, keys).union(issuersNow.ids)
+        let (issuersBefore, revokedBefore) = issuers.withLockedValue { old in
+            defer { old = issuersNow }
+            return (old.ids, old.revokedIDs)
+        }
         let before = state.withLockedValue { old -> Set<String> in
             defer { old = (tokens, certificates, keys) }
             return ids(old.tokens, old.certificates, old.keys)
-        }.union(issuers.withLockedValue { old in
-            defer { old = issuersNow }
-            return old.ids
-        })
-        let gone = before.subtracting(now)
+        }.union(issuersBefore)
+        // Gone: credentials no longer in force, and certificates a revocation list names since now.
+        let gone = before.subtracting(now).union(issuersNow.revokedIDs.subtracting(revokedBefore))
         if !gone.isEmpty { onRevoked(gone) }
     }
 

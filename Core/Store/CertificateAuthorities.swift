@@ -17,6 +17,9 @@ public struct CertificateAuthority: Sendable, Equatable {
     /// When the authority's own certificate expires (milliseconds since the epoch).
     public var notAfter: Int64
     public var createdAt: Int64
+    /// The revocation list it published last (DER), and when it was set.
+    public var revocationList: [UInt8]? = nil
+    public var revocationListSetAt: Int64? = nil
 }
 
 /// The tenants' certificate authorities. Parsing and checking a certificate is the caller's (the
@@ -63,6 +66,13 @@ public struct CertificateAuthorities: Sendable {
         try await store.query("SELECT * FROM certificate_authorities ORDER BY created_at, id").map(Self.row)
     }
 
+    /// Sets (or, with nil, removes) an authority's revocation list. Checking that the authority signed
+    /// it is the caller's.
+    public func setRevocationList(tenant: String, id: String, _ der: [UInt8]?) async throws -> Bool {
+        try await store.execute("UPDATE certificate_authorities SET crl = ?, crl_updated_at = ? WHERE tenant_id = ? AND id = ?",
+                                [der.map { .blob($0) } ?? .null, der == nil ? .null : .integer(clock()), .text(tenant), .text(id)]) == 1
+    }
+
     /// Removes an authority: its certificates stop authenticating (open connections close).
     public func delete(tenant: String, id: String) async throws -> Bool {
         try await store.execute("DELETE FROM certificate_authorities WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]) == 1
@@ -71,6 +81,7 @@ public struct CertificateAuthorities: Sendable {
     static func row(_ r: Row) -> CertificateAuthority {
         CertificateAuthority(id: r.string("id") ?? "", tenant: r.string("tenant_id") ?? "", name: r.string("name") ?? "",
                              subject: r.string("subject") ?? "", fingerprint: r.bytes("fingerprint") ?? [], certificate: r.bytes("certificate") ?? [],
-                             profile: r.string("profile") ?? "default", notAfter: r.int("not_after") ?? 0, createdAt: r.int("created_at") ?? 0)
+                             profile: r.string("profile") ?? "default", notAfter: r.int("not_after") ?? 0, createdAt: r.int("created_at") ?? 0,
+                             revocationList: r.bytes("crl"), revocationListSetAt: r.int("crl_updated_at"))
     }
 }

@@ -176,6 +176,10 @@ public enum Schema {
         // Certificate authorities a tenant registers: client certificates they issue authenticate
         // devices named by their subject's common name. A CA belongs to one tenant only.
         Migration(15, "certificate authorities", sqlite: certificateAuthorities(binary: "BLOB"), postgres: certificateAuthorities(binary: "BYTEA")),
+        // The revocation list an authority publishes (DER): the certificates it lists stop authenticating.
+        Migration(16, "certificate revocation lists",
+                  sqlite: ["ALTER TABLE certificate_authorities ADD COLUMN crl BLOB", "ALTER TABLE certificate_authorities ADD COLUMN crl_updated_at BIGINT"],
+                  postgres: ["ALTER TABLE certificate_authorities ADD COLUMN crl BYTEA", "ALTER TABLE certificate_authorities ADD COLUMN crl_updated_at BIGINT"]),
     ]
 
     private static func certificateAuthorities(binary: String) -> [String] {

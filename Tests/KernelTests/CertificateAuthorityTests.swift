@@ -4,6 +4,7 @@ import Testing
 @testable import IoTCKernel
 import IoTCPluginKit
 @testable import IoTCStore
+import X509
 
 /// Client certificates issued by a tenant's certificate authority: a device whose certificate was never
 /// registered on its own connects over mutual TLS (MQTT with mosquitto_pub, HTTPS with curl) as the
@@ -47,11 +48,7 @@ import IoTCPluginKit
         let mqtts = freePort(), https = freePort()
         let hub = try ServedHub(key: Self.ownerKey) { hub in """
             sources:
-              broker:
-                plugin: mqtt
-                listen: "127.0.0.1:\(freePort())"
-                authentication: hub
-                tls: { listen: "127.0.0.1:\(mqtts)", certificate_file: \(p)cert.pem, key_file: \(p)key.pem, client_certificate: optional }
+            \(Self.broker(tlsPort: mqtts, certificates: p))
               web:
                 plugin: http
                 listen: "127.0.0.1:\(https)"
@@ -107,17 +104,7 @@ import IoTCPluginKit
         #expect(try post("sensor-ca-2", cert: "ca-dev.pem", key: "ca-dev.key") != "202")
 
         // Removing the authority closes its devices' open connections and refuses new ones.
-        let python = Build.packageRoot + "/.venv/bin/python"
-        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
-        let watcher = try ChildProcess(python, ["-u", "-c", """
-            import ssl, sys, time, paho.mqtt.client as mqtt
-            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sensor-ca-1", protocol=mqtt.MQTTv5)
-            c.tls_set(ca_certs=sys.argv[1] + "cert.pem", certfile=sys.argv[1] + "ca-dev.pem", keyfile=sys.argv[1] + "ca-dev.key")
-            c.on_connect = lambda c, u, f, rc, p: print("connected", rc.value, flush=True)
-            c.on_disconnect = lambda c, u, f, rc, p: (print("disconnected", rc.value, flush=True), c.loop_stop())
-            c.connect("127.0.0.1", \(mqtts)); c.loop_start()
-            time.sleep(30)
-            """, p])
+        let watcher = try Self.connectedDevice(certificates: p, port: mqtts)
         #expect(eventually { watcher.log.contains("connected 0") }, "\(watcher.log)")
         #expect(hub.call("DELETE", "/v1/certificate-authorities/\(text(ca["id"]) ?? "?")").status == 204)
         #expect(eventually(timeout: 5) { watcher.log.contains("disconnected 152") }, "\(watcher.log)")
@@ -141,12 +128,164 @@ import IoTCPluginKit
                                           certificate: caDER, profile: "sensors", notAfter: 0, createdAt: 0)
         let issuers = ClientCertificates([record])
         let leaf = try der("ca-dev.pem")
-        #expect(issuers.grant([leaf]) == DirectoryGrant(tenant: "acme", device: "sensor-ca-1", credential: "ca1", profile: "sensors"))
+        let serial = try Certificate(derEncoded: leaf).serialNumber
+        #expect(issuers.grant([leaf]) == DirectoryGrant(tenant: "acme", device: "sensor-ca-1", credential: ClientCertificates.credential("ca1", serial), profile: "sensors"))
+        #expect(ClientCertificates.credential("ca1", serial) == "ca1/" + serial.bytes.map { String(format: "%02x", $0) }.joined())
         #expect(issuers.grant([leaf], now: Date().addingTimeInterval(3 * 86_400)) == nil, "expired")
         #expect(issuers.grant([leaf], now: Date().addingTimeInterval(-86_400)) == nil, "not yet valid")
         #expect(issuers.grant([try der("int-dev.pem"), try der("int.pem")])?.device == "sensor-ca-2")
         #expect(issuers.grant([try der("other-dev.pem")]) == nil)
         #expect(issuers.grant([Array("not a certificate".utf8)]) == nil)
+    }
+
+    /// The `broker` source (YAML at the sources' level): MQTT over TLS on `tlsPort` that asks for client
+    /// certificates and authenticates through the hub.
+    static func broker(tlsPort: Int, certificates p: String) -> String {
+        """
+          broker:
+            plugin: mqtt
+            listen: "127.0.0.1:\(freePort())"
+            authentication: hub
+            tls: { listen: "127.0.0.1:\(tlsPort)", certificate_file: \(p)cert.pem, key_file: \(p)key.pem, client_certificate: optional }
+        """
+    }
+
+    /// A paho-mqtt client that connects over mutual TLS as `sensor-ca-1` with `ca-dev.pem` and prints
+    /// `connected RC` and `disconnected RC` (MQTT 5 reason codes).
+    static func connectedDevice(certificates p: String, port: Int) throws -> ChildProcess {
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        return try ChildProcess(python, ["-u", "-c", """
+            import ssl, sys, time, paho.mqtt.client as mqtt
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="sensor-ca-1", protocol=mqtt.MQTTv5)
+            c.tls_set(ca_certs=sys.argv[1] + "cert.pem", certfile=sys.argv[1] + "ca-dev.pem", keyfile=sys.argv[1] + "ca-dev.key")
+            c.on_connect = lambda c, u, f, rc, p: print("connected", rc.value, flush=True)
+            c.on_disconnect = lambda c, u, f, rc, p: (print("disconnected", rc.value, flush=True), c.loop_stop())
+            c.connect("127.0.0.1", \(port)); c.loop_start()
+            time.sleep(30)
+            """, p])
+    }
+
+    /// A revocation list `name` that `ca` signs, listing `certificates` (files in `dir`), made with
+    /// `openssl ca` and its own database; returns its PEM.
+    static func revocationList(in dir: TempDir, ca: String, revoking certificates: [String], name: String) throws -> String {
+        let p = dir.path + "/"
+        let db = p + name + "-db/"
+        try FileManager.default.createDirectory(atPath: db, withIntermediateDirectories: true)
+        _ = dir.write(name + "-db/index.txt", "")
+        _ = dir.write(name + "-db/crlnumber", "01\n")
+        let config = dir.write(name + ".cnf", """
+            [ ca ]
+            default_ca = d
+            [ d ]
+            database = \(db)index.txt
+            crlnumber = \(db)crlnumber
+            default_md = sha256
+            default_crl_days = 1
+            """)
+        let signer = ["-config", config, "-keyfile", p + ca + ".key", "-cert", p + ca + ".pem"]
+        for c in certificates {
+            let (code, out) = try run("/usr/bin/env", ["openssl", "ca"] + signer + ["-revoke", p + c])
+            #expect(code == 0, "openssl ca -revoke: \(out)")
+        }
+        let (code, out) = try run("/usr/bin/env", ["openssl", "ca"] + signer + ["-gencrl", "-out", p + name + ".crl.pem"])
+        #expect(code == 0, "openssl ca -gencrl: \(out)")
+        return try String(contentsOfFile: p + name + ".crl.pem", encoding: .utf8)
+    }
+
+    /// Revocation lists on their own: read, checked against their authority, and the certificates they
+    /// name refused (the leaf an authority signed, or the intermediate it signed).
+    @Test func revocationListsRefuseTheCertificatesTheyName() throws {
+        let certs = TempDir()
+        try Self.makeAuthorities(in: certs)
+        func der(_ file: String) throws -> [UInt8] {
+            let pem = try String(contentsOfFile: certs.path + "/" + file, encoding: .utf8)
+            return try #require(Base64.decode(pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()))
+        }
+        let (fleet, caDER) = try ClientCertificates.parseAuthority(try String(contentsOfFile: certs.path + "/fleet-ca.pem", encoding: .utf8))
+        let (rogue, _) = try ClientCertificates.parseAuthority(try String(contentsOfFile: certs.path + "/rogue-ca.pem", encoding: .utf8))
+        let list = try RevocationList.parse(Array(try Self.revocationList(in: certs, ca: "fleet-ca", revoking: ["ca-dev.pem"], name: "leaf").utf8))
+        let leaf = try Certificate(derEncoded: try der("ca-dev.pem"))
+        #expect(list.revoked == [leaf.serialNumber] && list.isIssued(by: fleet) && !list.isIssued(by: rogue))
+        #expect(abs(list.thisUpdate.timeIntervalSinceNow) < 300 && list.nextUpdate.map { abs($0.timeIntervalSinceNow - 86_400) < 300 } == true)
+
+        func issuers(_ crl: RevocationList?) -> ClientCertificates {
+            ClientCertificates([CertificateAuthority(id: "ca1", tenant: "acme", name: "fleet", subject: "", fingerprint: ClientCertificates.fingerprint(caDER),
+                                                     certificate: caDER, profile: "sensors", notAfter: 0, createdAt: 0, revocationList: crl?.der)])
+        }
+        let chain = [try der("int-dev.pem"), try der("int.pem")]
+        let open = issuers(nil)
+        #expect(open.grant([try der("ca-dev.pem")])?.credential == ClientCertificates.credential("ca1", leaf.serialNumber))
+        let listed = issuers(list)
+        #expect(try listed.grant([der("ca-dev.pem")]) == nil && listed.grant(chain)?.device == "sensor-ca-2")
+        #expect(listed.revokedIDs == [ClientCertificates.credential("ca1", leaf.serialNumber)])
+        // Revoking the intermediate refuses what it issued.
+        let intermediate = try RevocationList.parse(Array(try Self.revocationList(in: certs, ca: "fleet-ca", revoking: ["int.pem"], name: "int").utf8))
+        #expect(try issuers(intermediate).grant(chain) == nil && issuers(intermediate).grant([der("ca-dev.pem")]) != nil)
+        // DER reads as PEM does; anything else is refused with a reason.
+        #expect(try RevocationList.parse(list.der).revoked == list.revoked)
+        for bad in ["-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "not a list", ""] {
+            #expect(throws: AccountsError.self) { try RevocationList.parse(Array(bad.utf8)) }
+        }
+        #expect(throws: AccountsError.self) { try RevocationList.parse(Array(list.der.dropLast(3))) }
+    }
+
+    /// Through the API: a list the authority signed closes the connections of the certificates it names
+    /// and refuses them from then on; another authority's list, and an older one, are refused; removing
+    /// the list lets them in again.
+    @Test func aRevocationListClosesAndRefusesTheCertificatesItNames() throws {
+        let certs = TempDir()
+        try makeTestCertificates(in: certs)
+        try Self.makeAuthorities(in: certs)
+        let p = certs.path + "/"
+        let older = try Self.revocationList(in: certs, ca: "fleet-ca", revoking: [], name: "empty")
+        Thread.sleep(forTimeInterval: 1.1)  // thisUpdate counts seconds
+        let revoking = try Self.revocationList(in: certs, ca: "fleet-ca", revoking: ["ca-dev.pem"], name: "leaf")
+        let foreign = try Self.revocationList(in: certs, ca: "rogue-ca", revoking: ["other-dev.pem"], name: "rogue")
+        let mqtts = freePort()
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+            \(Self.broker(tlsPort: mqtts, certificates: p))
+            sinks:
+              out: { plugin: file, path: \(hub.dir.path)/out.jsonl }
+            pipelines:
+              t: { from: [ "broker:devices/+/telemetry" ], to: [ out ] }
+            """ }
+        #expect(waitForPort(mqtts))
+        func publish(_ device: String, cert: String, key: String) throws -> Int32 {
+            try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(mqtts)", "--cafile", p + "cert.pem", "--cert", p + cert,
+                                     "--key", p + key, "-i", device, "-q", "1", "-t", "devices/\(device)/telemetry", "-m", "{}"]).0
+        }
+        let pem = try String(contentsOfFile: p + "fleet-ca.pem", encoding: .utf8)
+        let created = hub.call("POST", "/v1/certificate-authorities", String(decoding: JSON.encode(.object(["name": "fleet", "certificate": .string(pem)])), as: UTF8.self))
+        let id = try #require(text((try? JSON.decode(Array(created.body.utf8)) as Value)?["id"]), "\(created.body)")
+        func setList(_ crl: String) -> HTTPResult {
+            hub.call("PUT", "/v1/certificate-authorities/\(id)/crl", String(decoding: JSON.encode(.object(["crl": .string(crl)])), as: UTF8.self))
+        }
+        let watcher = try Self.connectedDevice(certificates: p, port: mqtts)
+        defer { watcher.stop() }
+        #expect(eventually { watcher.log.contains("connected 0") }, "\(watcher.log)")
+
+        #expect(setList(older).status == 200)
+        let set = setList(revoking)
+        #expect(set.status == 200, "\(set.body)")
+        let listed = (try? JSON.decode(Array(set.body.utf8)) as Value)?["revocation_list"]
+        #expect(listed?["revoked"] == 1 && listed?["next_update"]?.number != nil, "\(set.body)")
+        #expect(eventually(timeout: 5) { watcher.log.contains("disconnected 152") }, "\(watcher.log)")
+        #expect(try publish("sensor-ca-1", cert: "ca-dev.pem", key: "ca-dev.key") != 0)
+        #expect(try publish("sensor-ca-2", cert: "int-dev-chain.pem", key: "int-dev.key") == 0, "a certificate the list does not name")
+
+        let refused = setList(foreign)
+        #expect(refused.status == 400 && refused.body.contains("not signed by this certificate authority"), "\(refused.body)")
+        let stale = setList(older)
+        #expect(stale.status == 409 && stale.body.contains("older than the one in force"), "\(stale.body)")
+        #expect(setList("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n").status == 400)
+        #expect(hub.call("PUT", "/v1/certificate-authorities/nobody/crl", #"{"crl": "x"}"#).status == 404)
+
+        #expect(hub.call("DELETE", "/v1/certificate-authorities/\(id)/crl").status == 204)
+        #expect(try publish("sensor-ca-1", cert: "ca-dev.pem", key: "ca-dev.key") == 0)
+        #expect(hub.call("GET", "/v1/certificate-authorities/\(id)").body.contains(#""revocation_list":null"#))
+        #expect(hub.call("GET", "/v1/audit?action=certificate_authority.crl.set").body.contains("1 revoked"))
     }
 
     func text(_ v: Value?) -> String? { if case .string(let s)? = v { s } else { nil } }

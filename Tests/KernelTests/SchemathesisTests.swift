@@ -25,13 +25,18 @@ import IoTCPluginKit
         let created = http("POST", "\(api)/v1/tenants", body: Array(#"{"id": "fuzz"}"#.utf8),
                            headers: ["Authorization": "Bearer \(ProcessTests.ownerKey)", "Content-Type": "application/json"])
         let tenantKey = try #require((try? JSON.decode(created?.body ?? ""))?["owner_key"]?["secret"]?.string)
-        // A certificate authority's PEM is valid only when it is a real CA certificate, which no schema
-        // can say: its registration is not expected to take any schema-valid text (every other check
-        // still applies to it).
+        // A certificate authority's PEM is valid only when it is a real CA certificate, and a revocation
+        // list only when that authority signed it, which no schema can say: neither is expected to take
+        // any schema-valid text (every other check still applies to them).
         let config = dir.write("schemathesis.toml", """
             [[operations]]
             include-path = "/v1/certificate-authorities"
             include-method = "POST"
+            checks.positive_data_acceptance.enabled = false
+
+            [[operations]]
+            include-path = "/v1/certificate-authorities/{authority}/crl"
+            include-method = "PUT"
             checks.positive_data_acceptance.enabled = false
             """)
         for key in [ProcessTests.ownerKey, tenantKey] {

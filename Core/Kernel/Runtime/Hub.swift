@@ -505,11 +505,15 @@ public final class Hub: HostServices, @unchecked Sendable {
     }
 
     /// Closes the connections of every device authenticated with one of these credentials (they were
-    /// revoked or expired). Returns the number of connections the sources closed.
+    /// revoked or expired). A credential `ISSUER/ID` (a certificate an authority issued) is revoked
+    /// with its issuer too. Returns the number of connections the sources closed.
     @discardableResult
     public func revoke(credentials: Set<String>) -> Int {
         guard !credentials.isEmpty else { return 0 }
-        let affected = lock.withLock { identities.filter { $0.value.credential.map(credentials.contains) ?? false } }
+        func revoked(_ credential: String) -> Bool {
+            credentials.contains(credential) || credential.firstIndex(of: "/").map { credentials.contains(String(credential[..<$0])) } ?? false
+        }
+        let affected = lock.withLock { identities.filter { $0.value.credential.map(revoked) ?? false } }
         var closed = 0
         for (handle, identity) in affected {
             closed += identity.source?.disconnect(handle: handle, reason: "the device's credentials were revoked") ?? 0
