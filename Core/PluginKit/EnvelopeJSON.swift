@@ -67,18 +67,8 @@ public enum RFC3339 {
 
     /// Appends the text to `out` without building strings (it is on the per-message path).
     public static func write(_ ms: Int64, into out: inout [UInt8]) {
-        let (days, rem) = ms.quotientAndRemainder(dividingBy: 86_400_000)
-        let d = rem < 0 ? days - 1 : days, t = rem < 0 ? rem + 86_400_000 : rem
-        // Howard Hinnant's days-to-civil algorithm.
-        let z = d + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        let y = yoe + era * 400 + (m <= 2 ? 1 : 0)
+        let (d, t) = split(ms)
+        let (y, m, day) = civil(d)
         func digits(_ v: Int64, _ n: Int) {
             var v = v < 0 ? 0 : v
             var buf: (UInt8, UInt8, UInt8, UInt8) = (48, 48, 48, 48)
@@ -94,6 +84,25 @@ public enum RFC3339 {
         out.append(UInt8(ascii: "T")); digits(t / 3_600_000, 2); out.append(UInt8(ascii: ":")); digits(t / 60_000 % 60, 2)
         out.append(UInt8(ascii: ":")); digits(t / 1000 % 60, 2); out.append(UInt8(ascii: ".")); digits(t % 1000, 3)
         out.append(UInt8(ascii: "Z"))
+    }
+
+    /// Days since the epoch and milliseconds into that day (UTC).
+    static func split(_ ms: Int64) -> (days: Int64, ms: Int64) {
+        let (days, rem) = ms.quotientAndRemainder(dividingBy: 86_400_000)
+        return rem < 0 ? (days - 1, rem + 86_400_000) : (days, rem)
+    }
+
+    /// The civil date of a day since the epoch (Howard Hinnant's days-to-civil algorithm).
+    static func civil(_ d: Int64) -> (year: Int64, month: Int64, day: Int64) {
+        let z = d + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, day)
     }
 
     public static func parse(_ s: String) -> Int64? {
@@ -145,5 +154,18 @@ public enum RFC3339 {
         let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
         let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
         return era * 146_097 + doe - 719_468
+    }
+}
+
+/// Dates as e-mail writes them (RFC 5322), without Foundation's formatters.
+public enum RFC5322 {
+    /// An RFC 5322 date (e-mail's `Date:` header) in UTC: `Fri, 27 Nov 2026 14:09:31 +0000`.
+    public static func format(_ ms: Int64) -> String {
+        let (d, t) = RFC3339.split(ms)
+        let (y, m, day) = RFC3339.civil(d)
+        let weekdays = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"]  // 1970-01-01 was a Thursday
+        let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        func two(_ v: Int64) -> String { v < 10 ? "0\(v)" : "\(v)" }
+        return "\(weekdays[Int(((d % 7) + 7) % 7)]), \(two(day)) \(months[Int(m - 1)]) \(y) \(two(t / 3_600_000)):\(two(t / 60_000 % 60)):\(two(t / 1000 % 60)) +0000"
     }
 }

@@ -140,6 +140,8 @@ import IoTCPluginKit
         let subject = "[critical] freezer-warm raised: freezer-1 is at -5 °C"
         #expect(first.contains("Subject: =?utf-8?B?\(Data(subject.utf8).base64EncodedString())?=") && first.contains("freezer-1 is at -5 °C")
                 && first.contains("state: raised"), "\(first)")
+        #expect(first.contains(/\r\nDate: (Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d\d:\d\d:\d\d \+0000\r\n/),
+                "\(first)")
         #expect(second.contains("state: cleared") && second.contains("freezer-1 is at -20 °C"), "\(second)")
         // The server refuses the other sink's recipient (550): a permanent failure, so both of its mails
         // go straight to the dead-letter store with the server's answer, and nothing is sent through it.

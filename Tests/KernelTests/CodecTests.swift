@@ -85,3 +85,21 @@ import IoTCPluginKit
         #expect(throws: DecodeError.self) { _ = try CBOR.decode(deep) }
     }
 }
+
+/// Times written without Foundation's formatters, against Python's `datetime` and `email.utils`.
+@Suite struct TimeFormatTests {
+    static let cases: [(Int64, String, String)] = [
+        (0, "1970-01-01T00:00:00.000Z", "Thu, 01 Jan 1970 00:00:00 +0000"),
+        (1_795_785_169_700, "2026-11-27T13:12:49.700Z", "Fri, 27 Nov 2026 13:12:49 +0000"),
+        (951_868_799_999, "2000-02-29T23:59:59.999Z", "Tue, 29 Feb 2000 23:59:59 +0000"),
+        (-1, "1969-12-31T23:59:59.999Z", "Wed, 31 Dec 1969 23:59:59 +0000"),
+    ]
+
+    @Test(arguments: cases.indices)
+    func formatsAndParses(_ i: Int) {
+        let (ms, rfc3339, rfc5322) = Self.cases[i]
+        #expect(RFC3339.format(ms) == rfc3339)
+        #expect(RFC3339.parse(rfc3339) == ms)
+        #expect(RFC5322.format(ms) == rfc5322)
+    }
+}

@@ -314,3 +314,16 @@ func coapClient(_ args: [String]) throws -> String {
     let client = try #require(which("coap-client-openssl"), "coap-client-openssl is missing: run scripts/install-deps.sh test")
     return try run(client, ["-B", "5"] + args).1
 }
+
+/// A seeded generator (SplitMix64), for mutation tests that must run the same every time.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

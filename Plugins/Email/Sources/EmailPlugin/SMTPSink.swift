@@ -115,13 +115,10 @@ final class SMTPSink: Sink, @unchecked Sendable {
         let payload = (try? JSON.decode(m.payload)) ?? .null
         let subject = TextTemplate.fill(config.subject, m, payload: payload).replacingOccurrences(of: "\n", with: " ")
         let body = TextTemplate.fill(config.body, m, payload: payload)
-        let date = DateFormatter()
-        date.locale = Locale(identifier: "en_US_POSIX")
-        date.dateFormat = "EEE, dd MMM yyyy HH:mm:ss Z"
         let domain = config.from.split(separator: "@").last.map(String.init) ?? "iotc.local"
         return [
             "From: \(config.from)", "To: \(config.to.joined(separator: ", "))", "Subject: \(Self.encodedWord(subject))",
-            "Date: \(date.string(from: Date()))", "Message-ID: <\(UUID().uuidString)@\(domain)>", "MIME-Version: 1.0",
+            "Date: \(RFC5322.format(Int64(Date().timeIntervalSince1970 * 1000)))", "Message-ID: <\(UUID().uuidString)@\(domain)>", "MIME-Version: 1.0",
             "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit", "", body,
         ].joined(separator: "\r\n")
     }

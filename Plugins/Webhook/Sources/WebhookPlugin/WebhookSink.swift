@@ -52,7 +52,17 @@ final class WebhookSink: Sink, @unchecked Sendable {
     private let config: Config
     private let host: PluginHost
     private let url: URL
-    private let client: HTTPClient
+    private let clientConfiguration: HTTPClient.Configuration
+    /// Made at the first delivery: a sink that has sent nothing holds no client, nor its code in memory.
+    private let madeClient = NIOLockedValueBox<HTTPClient?>(nil)
+    private var client: HTTPClient {
+        madeClient.withLockedValue { made in
+            if let made { return made }
+            let c = HTTPClient(eventLoopGroupProvider: .singleton, configuration: clientConfiguration)
+            made = c
+            return c
+        }
+    }
     private let inFlight = NIOLockedValueBox(0)
     private let key: SymmetricKey?
 
@@ -68,7 +78,7 @@ final class WebhookSink: Sink, @unchecked Sendable {
         var c = HTTPClient.Configuration()
         c.timeout = .init(connect: .seconds(Int64(max(1, config.timeout))), read: .milliseconds(Int64(config.timeout * 1000)))
         c.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: config.max_concurrency)
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+        clientConfiguration = c
     }
 
     /// The signature header value for a body sent at `timestamp`.
@@ -136,6 +146,6 @@ final class WebhookSink: Sink, @unchecked Sendable {
         // failures settle them as retries (a durable pipeline sends them again after a restart).
         let deadline = Date().addingTimeInterval(2)
         while inFlight.withLockedValue({ $0 }) > 0 && Date() < deadline { usleep(2000) }
-        try? client.syncShutdown()
+        try? madeClient.withLockedValue({ $0 })?.syncShutdown()
     }
 }
