@@ -90,11 +90,21 @@ import IoTCPluginKit
         #expect(text(c["status"]) == "succeeded" && c["result"]?["location"] == .string("/3303/1"), "\(c)")
         c = try hub.command("node-7", "delete", #"{"path":"/3303/1"}"#)
         #expect(c["result"]?["code"] == .string("2.02"), "\(c)")
+        // Creates in SenML (the instance is in the records' names, so it must be given).
+        c = try hub.command("node-7", "create", #"{"path":"/3303","instance":2,"values":{"5700":31.5},"format":"senml-json"}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["location"] == .string("/3303/2"), "\(c)")
+        c = try hub.command("node-7", "create", #"{"path":"/3303","instance":3,"values":{"5700":32.5},"format":"senml-cbor"}"#)
+        #expect(text(c["status"]) == "succeeded" && c["result"]?["location"] == .string("/3303/3"), "\(c)")
+        c = try hub.command("node-7", "create", #"{"path":"/3303","values":{"5700":33.5},"format":"senml-json"}"#)
+        #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("names its \"instance\"") == true, "\(c)")
+        c = try hub.command("node-7", "create", #"{"path":"/3303","instance":4,"values":{"5700":1},"format":"text"}"#)
+        #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("create sends tlv, senml-json or senml-cbor") == true, "\(c)")
         c = try hub.command("node-7", "read", #"{"path":"/9999/0"}"#)
         #expect(text(c["status"]) == "failed" && c["result"]?["code"] == .string("4.04"), "\(c)")
         c = try hub.command("node-7", "reboot-now", #"{"path":"/3/0"}"#)
         #expect(text(c["status"]) == "failed" && text(c["result"]?["error"])?.contains("unknown LwM2M operation") == true, "\(c)")
-        for line in ["write /3/0/14 +02", "write /3/0/14 +04", "write /3/0/14 +03", "write /3/0/14 +05 (senml-cbor)", "write /3/0/14 +06 (text)", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1"] {
+        for line in ["write /3/0/14 +02", "write /3/0/14 +04", "write /3/0/14 +03", "write /3/0/14 +05 (senml-cbor)", "write /3/0/14 +06 (text)", "execute /3/0/4 now", "attributes /3303/0/5700 pmin=10&pmax=60", "create /3303/1", "delete /3303/1",
+                     "create /3303/2 (senml-json) 5700=31.5", "create /3303/3 (senml-cbor) 5700=32.5"] {
             #expect(client.log.contains(line), "\(line)\n\(client.log)")
         }
 

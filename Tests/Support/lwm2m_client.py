@@ -160,6 +160,18 @@ class TemperatureObject(resource.Resource):
         self.site = site
 
     async def render_post(self, request):
+        if request.opt.content_format in (110, 112):
+            # SenML names each resource by its full path: the instance is in the names.
+            records = json.loads(request.payload) if request.opt.content_format == 110 else \
+                [{"n": r.get(0), "v": r.get(2)} for r in cbor2.loads(request.payload)]
+            parts = records[0]["n"].strip("/").split("/")
+            if len(parts) != 3 or parts[0] != "3303":
+                return Message(code=Code.BAD_REQUEST)
+            instance = int(parts[1])
+            say("create /3303/%d (%s) %s=%s" % (instance, "senml-json" if request.opt.content_format == 110 else "senml-cbor",
+                                                parts[2], records[0]["v"]))
+            self.site.add_resource(["3303", str(instance)], Removable("/3303/%d" % instance))
+            return Message(code=Code.CREATED, location_path=["3303", str(instance)])
         entries = parse_tlv(request.payload)
         instance = entries[0][1] if entries and entries[0][0] == 0 else 1
         say("create /3303/%d" % instance)

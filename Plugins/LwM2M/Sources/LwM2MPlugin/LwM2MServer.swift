@@ -453,9 +453,19 @@ final class LwM2MServer: @unchecked Sendable {
                     guard path.ids.count == 1 else { return fail("create names an object: /object") }
                     var instance: UInt16?
                     if case .int(let i)? = args["instance"] { instance = UInt16(exactly: i) }
-                    let inner = try source.values.encodeTLV(path: LwM2MPath([path.object, instance ?? 0]), values: values)
-                    let children = try TLV.decode(inner)
-                    payload = instance.map { TLV.encode([TLV.Entry(kind: .objectInstance, id: $0, children: children)]) } ?? inner
+                    switch format {
+                    case ContentFormat.senmlJSON?, ContentFormat.senmlCBOR?:
+                        // SenML names every resource by its full path, so the instance is in the payload.
+                        guard let instance else { return fail("a create in SenML names its \"instance\" (TLV lets the client choose)") }
+                        payload = try source.values.encodeSenML(path: LwM2MPath([path.object, instance]), values: values,
+                                                                cbor: format == ContentFormat.senmlCBOR)
+                    case nil, ContentFormat.lwm2mTLV?:
+                        let inner = try source.values.encodeTLV(path: LwM2MPath([path.object, instance ?? 0]), values: values)
+                        let children = try TLV.decode(inner)
+                        payload = instance.map { TLV.encode([TLV.Entry(kind: .objectInstance, id: $0, children: children)]) } ?? inner
+                    default:
+                        return fail("create sends tlv, senml-json or senml-cbor")
+                    }
                 } else {
                     guard path.ids.count >= 2 else { return fail("write names an object instance or a resource") }
                     switch format {
@@ -474,7 +484,6 @@ final class LwM2MServer: @unchecked Sendable {
                 return fail("\(error)")
             }
             let replace: Bool = if case .bool(true)? = args["replace"] { true } else { path.ids.count == 3 }
-            guard format == nil || format == ContentFormat.lwm2mTLV || name == "write" else { return fail("create sends tlv") }
             sent = send(r.id, name == "create" || !replace ? COAP_REQUEST_POST : COAP_REQUEST_PUT, path,
                         contentFormat: format ?? ContentFormat.lwm2mTLV, accept: nil, payload: payload, purpose: purpose)
         case "read-composite", "observe-composite", "cancel-observe-composite":
