@@ -148,6 +148,16 @@ import IoTCPluginKit
                     + Array("0123456789abcdef".utf8))
         let block = try #require(socket.receive())
         #expect(block[1] == 0x88, "4.08 Request Entity Incomplete: \(block)")
+        // One endpoint holds at most 16 observations: a 17th is refused with 5.03 until one is cancelled.
+        func observe(_ token: UInt8, _ value: [UInt8]) -> [UInt8]? {
+            // CON GET /a/dev-o, message id 0x30tt, Observe (6) with `value`.
+            socket.send([0x41, 0x01, 0x30, token, token, 0x60 | UInt8(value.count)] + value + [0x51] + Array("a".utf8) + [0x05] + Array("dev-o".utf8))
+            return socket.receive()
+        }
+        for token in UInt8(1)...16 { #expect(observe(token, [])?[1] == 0x45, "2.05 for observation \(token)") }
+        #expect(observe(17, [])?[1] == 0xA3, "5.03 for the 17th")
+        #expect(observe(1, [1])?[1] == 0x45, "cancelling the first")
+        #expect(observe(18, [])?[1] == 0x45, "room again")
         // Malformed datagrams change nothing for anyone.
         for junk: [UInt8] in [[0x40], [0x4F, 0x01, 0x00], [0x40, 0x02, 0x00, 0x01, 0xFF], Array(repeating: 0xFF, count: 40)] { socket.send(junk) }
         #expect(try coap(["-m", "post", "-t", "json", "-e", #"{"n":2}"#, "coap://127.0.0.1:\(hub.udp)/t/dev-e"]).isEmpty)
@@ -175,6 +185,17 @@ import IoTCPluginKit
         out = try coap(["-m", "get", "-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self), "\(base)/a/meter-9"])
         #expect((try? JSON.decode(out.trimmingCharacters(in: .whitespacesAndNewlines))) == ["interval": 30, "mode": "eco"], "\(out)")
         #expect(try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/a/anonymous-1"]).contains("{}"), "a device without attributes gets {}")
+        // An observer of its attributes gets each change as a notification (checked every second), a
+        // large one block-wise.
+        let client = try #require(Self.client, "coap-client-openssl is missing: run scripts/install-deps.sh test")
+        let observer = try ChildProcess(client, ["-s", "9", "-v", "7", "-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self), "\(base)/a/meter-9"])
+        defer { observer.stop() }
+        #expect(eventually { observer.log.contains("Observe:") && observer.log.contains(#""mode":"eco""#) }, "\(observer.log)")
+        #expect(hub.call("PUT", "/v1/devices/meter-9/attributes", #"{"interval":60,"mode":"eco"}"#).status == 200)
+        #expect(eventually(timeout: 5) { observer.log.contains(#""interval":60"#) }, "\(observer.log)")
+        let note = String(repeating: "n", count: 2000)
+        #expect(hub.call("PUT", "/v1/devices/meter-9/attributes", #"{"interval":90,"note":"\#(note)"}"#).status == 200)
+        #expect(eventually(timeout: 5) { observer.log.contains("Block2:1/") && observer.log.contains(#""interval":90"#) }, "\(observer.log)")
         let before = hub.lines.count
         // A wrong key fails the handshake (coap-client still exits 0), a right key for another device's
         // path is refused, and an unknown identity fails too.

@@ -16,6 +16,10 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     /// Block-wise uploads being put together: all of them hold at most eight bodies' worth of bytes.
     private var uploads: BlockUploads
+    /// Observations of attributes resources (loop thread): each tick (a second) compares every observed
+    /// device's attributes with what its observer last got, and a change, made through the API or an
+    /// `attributes` sink on any node, goes out as a notification.
+    private var attributeWatches: [Observation] = []
 
     init(source: CoAPSource, loop: CoAPEventLoop) {
         self.source = source
@@ -29,7 +33,10 @@ final class CoAPDeviceServer: @unchecked Sendable {
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
         loop.nack = { [unowned self] session, sent in nack(session, sent) }
-        loop.tick = { [unowned self] in uploads.expire(now: Date().timeIntervalSince1970) }
+        loop.tick = { [unowned self] in
+            uploads.expire(now: Date().timeIntervalSince1970)
+            notifyChangedAttributes()
+        }
     }
 
     // MARK: requests
@@ -64,7 +71,23 @@ final class CoAPDeviceServer: @unchecked Sendable {
             // The attributes the operator set for the device: its configuration.
             guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
             let json = host.attributes(identity) ?? Array("{}".utf8)
-            PDU.respondLarge(resource, session, request, response, query, format: ContentFormat.json, etag: Self.etag(json), body: json)
+            let etag = Self.etag(json)
+            let token = PDU.token(request)
+            switch PDU.uint(request, COAP_OPTION_OBSERVE) {
+            case 0?:
+                // Register (or refresh) the observation: later changes follow as notifications.
+                guard admitObservation(state, token, response) else { return }
+                let observation = Observation(session: session, token: token, box: "", attributesOf: identity)
+                observation.etag = etag
+                state.observations.append(observation)
+                attributeWatches.append(observation)
+                PDU.addUInt(response, COAP_OPTION_OBSERVE, observation.nextSequence())
+            case 1?:
+                state.cancel(token: token, mailboxes: source.mailboxes)
+            default:
+                break
+            }
+            PDU.respondLarge(resource, session, request, response, query, format: ContentFormat.json, etag: etag, body: json)
         case .ingest(let kind, let suffix):
             guard method == COAP_REQUEST_POST || method == COAP_REQUEST_PUT else { return notAllowed(response) }
             guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
@@ -79,6 +102,17 @@ final class CoAPDeviceServer: @unchecked Sendable {
             guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
             commands(Request(resource: resource, session: session, pdu: request, query: query), response, peer, state, identity)
         }
+    }
+
+    /// Makes room for an observation by `token` (a new one with the same token replaces the old): false,
+    /// answered 5.03, when the endpoint holds as many as it may.
+    private func admitObservation(_ state: PeerState, _ token: [UInt8], _ response: OpaquePointer) -> Bool {
+        state.cancel(token: token, mailboxes: source.mailboxes)
+        guard state.observations.count < PeerState.maxObservations else {
+            PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, diagnostic: "too many observations from this endpoint")
+            return false
+        }
+        return true
     }
 
     private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
@@ -301,7 +335,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         switch PDU.uint(request, COAP_OPTION_OBSERVE) {
         case 0?:
             // Register (or refresh) this observation; queued commands follow as notifications.
-            state.cancel(token: token, mailboxes: source.mailboxes)
+            guard admitObservation(state, token, response) else { return }
             let observation = Observation(session: session, token: token, box: box)
             let loop = self.loop
             let contentFormat = ContentFormat.json
@@ -353,12 +387,40 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     /// Sends one command to an observer as a confirmable notification.
     private func notify(_ o: Observation, _ command: PendingCommand, _ contentFormat: UInt32) {
-        guard o.open, let pdu = coap_new_pdu(COAP_MESSAGE_CON, COAP_RESPONSE_CODE_CONTENT, o.session) else {
+        guard o.open else {
             source.mailboxes.deliver(command)
             return
         }
         var bytes: [UInt8] = []
         EnvelopeJSON.encode(command.message, into: &bytes)
+        let state = coap_session_get_app_data(o.session).map { PeerState.of(Unmanaged<CoAPPeer>.fromOpaque($0).takeUnretainedValue()) }
+        switch send(bytes, to: o, format: contentFormat, etag: { state?.remember(large: bytes) ?? 1 }) {
+        case nil: source.mailboxes.deliver(command)
+        case false?: command.ack.retry("the notification could not be sent")
+        case true?: command.ack.succeed()
+        }
+    }
+
+    /// Sends the attributes of each observed device whose attributes changed since its observer last
+    /// got them.
+    private func notifyChangedAttributes() {
+        attributeWatches.removeAll { !$0.open }
+        for o in attributeWatches {
+            guard let identity = o.attributesOf else { continue }
+            let json = host.attributes(identity) ?? Array("{}".utf8)
+            let etag = Self.etag(json)
+            guard etag != o.etag else { continue }
+            o.etag = etag
+            // The device GETs the rest of a large representation with Block2 and this ETag.
+            _ = send(json, to: o, format: ContentFormat.json, etag: { etag })
+        }
+    }
+
+    /// Sends `bytes` to an observer as a confirmable notification: whole, or its first block with an
+    /// ETag from `etag` when it does not fit a datagram (the device fetches the rest, RFC 7959 §2.6).
+    /// Nil when no notification could be made, false when it could not be sent.
+    private func send(_ bytes: [UInt8], to o: Observation, format contentFormat: UInt32, etag: () -> UInt64) -> Bool? {
+        guard let pdu = coap_new_pdu(COAP_MESSAGE_CON, COAP_RESPONSE_CODE_CONTENT, o.session) else { return nil }
         _ = coap_add_token(pdu, o.token.count, o.token)
         let room = coap_session_max_pdu_size(o.session) - o.token.count - 40
         if bytes.count <= room {
@@ -370,8 +432,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
             // and this ETag (RFC 7959 §2.6).
             var szx: UInt32 = 6
             while szx > 0, 16 << szx > room { szx -= 1 }
-            let state = coap_session_get_app_data(o.session).map { PeerState.of(Unmanaged<CoAPPeer>.fromOpaque($0).takeUnretainedValue()) }
-            let etag = state?.remember(large: bytes) ?? 1
+            let etag = etag()
             let tag = (0..<8).map { UInt8(truncatingIfNeeded: etag >> (8 * (7 - UInt64($0)))) }
             _ = coap_add_option(pdu, coap_option_num_t(COAP_OPTION_ETAG), tag.count, tag)
             PDU.addUInt(pdu, COAP_OPTION_OBSERVE, o.nextSequence())
@@ -380,11 +441,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
             PDU.addUInt(pdu, COAP_OPTION_SIZE2, UInt32(bytes.count))
             _ = coap_add_data(pdu, 16 << Int(szx), bytes)
         }
-        if coap_send(o.session, pdu) == COAP_INVALID_MID {
-            command.ack.retry("the notification could not be sent")
-        } else {
-            command.ack.succeed()
-        }
+        return coap_send(o.session, pdu) != COAP_INVALID_MID
     }
 
     /// A notification was refused (RST: the device stopped observing) or never acknowledged.
@@ -429,22 +486,26 @@ final class PendingAnswer: @unchecked Sendable {
     }
 }
 
-/// One observation of a command resource.
+/// One observation of a command resource, or of a device's attributes.
 final class Observation: @unchecked Sendable {
     let session: OpaquePointer
     let token: [UInt8]
     let box: String
     var waiter: UInt64 = 0
+    /// For an attributes observation: whose, and the ETag of what the observer last got (loop thread).
+    let attributesOf: Identity?
+    var etag: UInt64 = 0
     private let lock = NIOLock()
     private var _open = true
     private var sequence: UInt32 = 1
 
     var open: Bool { lock.withLock { _open } }
 
-    init(session: OpaquePointer, token: [UInt8], box: String) {
+    init(session: OpaquePointer, token: [UInt8], box: String, attributesOf: Identity? = nil) {
         self.session = coap_session_reference(session)
         self.token = token
         self.box = box
+        self.attributesOf = attributesOf
     }
 
     /// Observe sequence numbers are 24 bits and only grow (RFC 7641 §4.4).
@@ -466,6 +527,8 @@ final class Observation: @unchecked Sendable {
 /// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).
 final class PeerState {
     var observations: [Observation] = []
+    /// Observations one endpoint may hold at once (commands and attributes).
+    static let maxObservations = 16
 
     /// Whether the hub was told the device is reachable here (it asked for its commands).
     var connected = false
@@ -508,7 +571,7 @@ final class PeerState {
     func cancel(token: [UInt8], mailboxes: CommandMailboxes) {
         observations.removeAll { o in
             guard o.token == token else { return false }
-            if o.close() { mailboxes.cancel(box: o.box, waiter: o.waiter) }
+            if o.close(), o.waiter != 0 { mailboxes.cancel(box: o.box, waiter: o.waiter) }
             return true
         }
     }
