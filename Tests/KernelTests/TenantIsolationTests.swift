@@ -5,6 +5,15 @@ import IoTCPluginKit
 /// Tenant isolation from outside: devices and keys of one tenant try every topic and every endpoint
 /// on another tenant's devices, which use the same ids, and learn nothing.
 @Suite(.serialized) struct TenantIsolationTests {
+    /// Calls the hub's API on `port` with an API key.
+    struct Caller {
+        var port: Int
+        func callAsFunction(_ method: String, _ path: String, key: String, _ body: String? = nil) -> HTTPResult {
+            http(method, "http://127.0.0.1:\(port)" + path, body: body.map { Array($0.utf8) },
+                 headers: ["Authorization": "Bearer \(key)", "Content-Type": "application/json"]) ?? HTTPResult(status: 0, headers: [:], body: "")
+        }
+    }
+
     @Test func aTenantCanNeitherReachNorLearnAboutAnothersDevices() throws {
         try requirePeer(Mosquitto.installed, "mosquitto")
         let python = Build.packageRoot + "/.venv/bin/python"
@@ -27,12 +36,8 @@ import IoTCPluginKit
             """)
         let hub = try ProcessTests().serve(file, data: dir.path + "/data", api: apiPort)
         defer { hub.stop() }
-        let api = "http://127.0.0.1:\(apiPort)"
-        #expect(waitForPort(mqttPort) && eventually { http("GET", "\(api)/health")?.status == 200 }, "hub did not start: \(hub.log)")
-        func call(_ method: String, _ path: String, key: String, _ body: String? = nil) -> HTTPResult {
-            http(method, api + path, body: body.map { Array($0.utf8) }, headers: ["Authorization": "Bearer \(key)", "Content-Type": "application/json"])
-                ?? HTTPResult(status: 0, headers: [:], body: "")
-        }
+        #expect(waitForPort(mqttPort) && eventually { http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200 }, "hub did not start: \(hub.log)")
+        let call = Caller(port: apiPort)
         func field(_ r: HTTPResult, _ path: String...) -> String? {
             var v = try? JSON.decode(r.body)
             for p in path { v = v?[p] }
@@ -149,5 +154,52 @@ import IoTCPluginKit
         #expect(gw.status == 200 && !gw.body.contains("mine now"), "\(gw.body)")
         #expect(!call("GET", "/v1/devices", key: acme).body.contains("planted"))
         #expect(!hub.log.contains(tokens["acme/pump-1"]!) && !hub.log.contains(acme))
+    }
+
+    /// A device that subscribes to its configuration topic gets the attributes the operator set for it
+    /// as a retained message, and each change; another tenant's device of the same id gets its own; no
+    /// device can publish there.
+    @Test func devicesFindTheirConfigurationOnTheirConfigTopic() throws {
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let dir = TempDir()
+        let apiPort = freePort(), mqttPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources:
+              broker: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: hub }
+            sinks:
+              out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+            pipelines:
+              t: { from: [ "broker:devices/+/telemetry" ], to: [ out ] }
+            """)
+        let hub = try ProcessTests().serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(mqttPort) && eventually { http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200 }, "hub did not start: \(hub.log)")
+        let call = Caller(port: apiPort)
+        var keys: [String: String] = [:], tokens: [String: String] = [:]
+        for (tenant, interval) in [("acme", 30), ("globex", 99)] {
+            let created = call("POST", "/v1/tenants", key: ProcessTests.ownerKey, #"{"id": "\#(tenant)"}"#)
+            keys[tenant] = try #require((try? JSON.decode(created.body))?["owner_key"]?["secret"]?.string)
+            #expect(call("POST", "/v1/devices", key: keys[tenant]!, #"{"id": "pump-1"}"#).status == 201)
+            tokens[tenant] = try #require((try? JSON.decode(call("POST", "/v1/devices/pump-1/credentials", key: keys[tenant]!, #"{"kind": "token"}"#).body))?["token"]?.string)
+            #expect(call("PUT", "/v1/devices/pump-1/attributes", key: keys[tenant]!, #"{"interval": \#(interval)}"#).status == 200)
+        }
+        let clients = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/tenant_clients.py", "\(mqttPort)",
+                                                "acme=pump-1:\(tokens["acme"]!):devices/pump-1/config",
+                                                "globex=pump-1:\(tokens["globex"]!):devices/pump-1/#"], interactive: true)
+        defer { clients.stop() }
+        #expect(eventually { clients.log.contains(#"acme got devices/pump-1/config {"interval":30}"#) }, "\(clients.log)\n\(hub.log.suffix(3000))")
+        #expect(eventually { clients.log.contains(#"globex got devices/pump-1/config {"interval":99}"#) }, "\(clients.log)")
+        // A change reaches the device within about a second (the source compares once a second).
+        #expect(call("PUT", "/v1/devices/pump-1/attributes", key: keys["acme"]!, #"{"interval": 45}"#).status == 200)
+        #expect(eventually(timeout: 5) { clients.log.contains(#"acme got devices/pump-1/config {"interval":45}"#) }, "\(clients.log)")
+        // The device cannot write its configuration: subscribing again gets the hub's, not its own.
+        clients.send(#"acme publish devices/pump-1/config {"interval":0}"#)
+        #expect(eventually { clients.log.contains("acme published devices/pump-1/config") }, "\(clients.log)")
+        clients.send("acme subscribe devices/pump-1/config")
+        #expect(eventually { clients.log.components(separatedBy: #"acme got devices/pump-1/config {"interval":45}"#).count - 1 == 2 }, "\(clients.log)")
+        usleep(300_000)
+        #expect(!clients.log.contains(#"{"interval":0}"#) && !clients.log.contains(#"globex got devices/pump-1/config {"interval":30}"#)
+                && !clients.log.contains(#"globex got devices/pump-1/config {"interval":45}"#), "\(clients.log)")
     }
 }

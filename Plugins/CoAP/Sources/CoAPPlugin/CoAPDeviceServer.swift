@@ -119,8 +119,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     /// An ETag for a representation: FNV-1a of its bytes (never 0, which means none).
     static func etag(_ bytes: [UInt8]) -> UInt64 {
-        var h: UInt64 = 0xcbf2_9ce4_8422_2325
-        for b in bytes { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+        let h = FNV1a.hash(bytes)
         return h == 0 ? 1 : h
     }
 

@@ -40,4 +40,11 @@ public protocol HubLink: AnyObject, Sendable {
     func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, done: @escaping @Sendable (String?) -> Void) -> HubSubmitStatus
     func connected(_ identity: ClientIdentity, clientID: String, remoteAddress: String)
     func disconnected(_ identity: ClientIdentity, clientID: String, reason: String)
+    /// A subscription to `filter` (the client's own name for it, no share group) was granted and is
+    /// about to take effect: what the hub retains for it now reaches the client with it.
+    func subscribing(_ identity: ClientIdentity, filter: String)
+}
+
+extension HubLink {
+    public func subscribing(_ identity: ClientIdentity, filter: String) {}
 }

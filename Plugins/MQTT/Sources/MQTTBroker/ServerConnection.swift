@@ -471,6 +471,7 @@ public final class ServerConnection: @unchecked Sendable {
         }
         link.send(.suback(MQTTSubAck(packetID: s.packetID, reasonCodes: codes)))
         for (filter, options) in accepted {
+            hub.subscribing(identity, filter: SharedFilter(filter)?.filter ?? filter)
             broker.subscribe(session, filter: link.space.filter(filter), options: options, identifier: identifier)
         }
     }

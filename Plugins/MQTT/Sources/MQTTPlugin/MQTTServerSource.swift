@@ -32,6 +32,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var max_pending_bytes: Int
         var sys_interval: Double
         var command_topic: String
+        var config_topic: String
         var state_file: String?
         var state_save_interval: Double
         var threads: Int
@@ -113,6 +114,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("max_pending_bytes", .byteSize, "Bytes waiting for a slow client beyond which its QoS 0 messages are dropped (counted).", default: "4194304", advanced: true),
         ConfigField("sys_interval", .duration, "How often `$SYS/broker/...` statistics are published; 0 turns them off.", default: "10", example: "10s"),
         ConfigField("command_topic", .string, "Topic for downlink messages without one.", default: #""devices/{device}/commands""#),
+        ConfigField("config_topic", .string, "Where a device (authenticated by the hub) that subscribes finds the attributes the operator set for it, as a retained JSON message, and each change; devices may not publish there.", default: #""devices/{device}/config""#),
         ConfigField("state_file", .string, "Keep persistent sessions (subscriptions, queued and in-flight messages) and retained messages in this file across restarts: written at stop and every `state_save_interval`, read at start.", example: "data/mqtt-state.bin"),
         ConfigField("state_save_interval", .duration, "How often the state file is written while running (what a crash can lose).", default: "60", example: "1m"),
         ConfigField("threads", .int, "Event-loop threads; 0 means one per core less one (at least one), leaving a core to the pipelines.", default: "0", advanced: true),
@@ -130,6 +132,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private var sysTask: RepeatedTask?
     private var metricsTask: RepeatedTask?
     private var saveTask: RepeatedTask?
+    private var configTask: RepeatedTask?
     /// Counter values last reported to the hub (the hub takes increments).
     private var reported = (received: 0, sent: 0, dropped: 0, expired: 0)
     private let sweepers = IdleSweepers()
@@ -141,7 +144,12 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         if mode == .hub, !config.users.isEmpty || config.anonymous != nil {
             throw PluginError("users and anonymous apply with authentication: static")
         }
-        hubLink = try PluginHubLink(host: host, mode: mode, users: config.users, anonymous: config.anonymous)
+        let configTopic = config.config_topic.replacingOccurrences(of: "{device}", with: "d")
+        guard config.config_topic.contains("{device}"), Topics.isValidFilter(configTopic), !configTopic.contains("+"), !configTopic.contains("#"),
+              !configTopic.hasPrefix("$") else {
+            throw PluginError("config_topic must be a topic name with {device} in it")
+        }
+        hubLink = try PluginHubLink(host: host, mode: mode, users: config.users, anonymous: config.anonymous, configTopic: config.config_topic)
         guard (0...2).contains(config.max_qos) else { throw PluginError("max_qos must be 0, 1 or 2") }
         guard (1...65535).contains(config.receive_maximum) else { throw PluginError("receive_maximum must be 1 to 65535") }
         guard (0...65535).contains(config.topic_alias_maximum) else { throw PluginError("topic_alias_maximum must be 0 to 65535") }
@@ -210,6 +218,9 @@ final class MQTTServerSource: Source, @unchecked Sendable {
             }
         }
         metricsTask = group.next().scheduleRepeatedTask(initialDelay: .seconds(5), delay: .seconds(5)) { [weak self] _ in self?.reportMetrics() }
+        hubLink.configs.broker = broker
+        let configs = hubLink.configs
+        configTask = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in configs.poll() }
         let names = (config.listen.isEmpty ? [] : ["tcp"]) + (config.tls == nil ? [] : ["tls"]) + (config.websocket == nil ? [] : ["websocket"])
         let addresses = zip(names, channels).compactMap { name, ch in
             ch.localAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0) (\(name))" }
@@ -282,6 +293,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         metricsTask = nil
         saveTask?.cancel()
         saveTask = nil
+        configTask?.cancel()
+        configTask = nil
         for c in channels { try? c.close().wait() }
         channels = []
         sweepers.stopAll()

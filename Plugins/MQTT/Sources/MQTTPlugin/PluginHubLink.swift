@@ -19,12 +19,15 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
 
     let host: PluginHost
     let mode: Mode
+    /// The devices' configuration topics (hub authentication only).
+    let configs: DeviceConfigs
     private let users: [String: User]
     private let anonymous: User?
 
-    init(host: PluginHost, mode: Mode, users: [User], anonymous: User?) throws {
+    init(host: PluginHost, mode: Mode, users: [User], anonymous: User?, configTopic: String) throws {
         self.host = host
         self.mode = mode
+        configs = DeviceConfigs(host: host, template: configTopic)
         var byName: [String: User] = [:]
         for u in users {
             guard let name = u.username, !name.isEmpty else { throw PluginError("every entry of users needs a username") }
@@ -99,7 +102,8 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
 
     func mayPublish(_ identity: ClientIdentity, topic: String) -> Bool {
         if let s = identity as? StaticIdentity { return s.publish.contains { Topics.matches(topic: topic, filter: $0) } }
-        if let h = identity as? HubIdentity { return host.authorize(h.identity, .publish, topic: topic) }
+        // A device's configuration topic is the hub's to publish on.
+        if let h = identity as? HubIdentity { return topic != configs.topic(device: h.device) && host.authorize(h.identity, .publish, topic: topic) }
         return false
     }
 
@@ -153,11 +157,19 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
     }
 
     func connected(_ identity: ClientIdentity, clientID: String, remoteAddress: String) {
-        if let h = identity as? HubIdentity { host.deviceConnected(h.identity, remoteAddress: remoteAddress) }
+        guard let h = identity as? HubIdentity else { return }
+        host.deviceConnected(h.identity, remoteAddress: remoteAddress)
+        configs.connected(h.identity)
     }
 
     func disconnected(_ identity: ClientIdentity, clientID: String, reason: String) {
-        if let h = identity as? HubIdentity { host.deviceDisconnected(h.identity, reason: reason) }
+        guard let h = identity as? HubIdentity else { return }
+        host.deviceDisconnected(h.identity, reason: reason)
+        configs.disconnected(h.identity)
+    }
+
+    func subscribing(_ identity: ClientIdentity, filter: String) {
+        if let h = identity as? HubIdentity { configs.subscribing(h.identity, filter: filter) }
     }
 }
 
