@@ -14,6 +14,8 @@ import NIOCore
 final class DeviceConfigs: @unchecked Sendable {
     private let host: PluginHost
     private let template: String
+    /// The template's text before and after `{device}`.
+    private let prefix: Substring, suffix: Substring
     private struct Watch {
         var identity: Identity
         var connections: Int
@@ -27,9 +29,18 @@ final class DeviceConfigs: @unchecked Sendable {
     init(host: PluginHost, template: String) {
         self.host = host
         self.template = template
+        let marker = template.range(of: "{device}")
+        prefix = template[..<(marker?.lowerBound ?? template.endIndex)]
+        suffix = template[(marker?.upperBound ?? template.endIndex)...]
     }
 
     func topic(device: String) -> String { template.replacingOccurrences(of: "{device}", with: device) }
+
+    /// Whether `topic` is `device`'s configuration topic (on the publish path: nothing is built).
+    func isConfigTopic(_ topic: String, device: String) -> Bool {
+        topic.utf8.count == prefix.utf8.count + device.utf8.count + suffix.utf8.count && topic.hasPrefix(prefix) && topic.hasSuffix(suffix)
+            && topic.utf8.dropFirst(prefix.utf8.count).starts(with: device.utf8)
+    }
 
     private static func key(_ identity: Identity) -> String { identity.tenant + "/" + identity.device }
 
