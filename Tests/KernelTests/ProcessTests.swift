@@ -378,6 +378,19 @@ import IoTCStore
         #expect(call("PUT", "/v1/devices/nobody/attributes?tenant=acme", "{}").status == 404)
         let fetched = http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump-1/attributes", headers: device)
         #expect(fetched?.status == 200 && fetched?.body == #"{"rate":5,"valves":["a","b"]}"#, "\(String(describing: fetched))")
+        // Conditional: the same ETag gets 304 with no content; with ?wait= the answer comes when they
+        // change (200 and the new ETag), or 304 when the wait ends first.
+        let attributesURL = "http://127.0.0.1:\(httpPort)/v1/devices/pump-1/attributes"
+        let tag = try #require(fetched?.headers["etag"])
+        let unchanged = http("GET", attributesURL, headers: device.merging(["If-None-Match": tag]) { $1 })
+        #expect(unchanged?.status == 304 && unchanged?.body == "" && unchanged?.headers["content-length"] == nil, "\(String(describing: unchanged))")
+        let waiting = Background { http("GET", attributesURL + "?wait=10", headers: device.merging(["If-None-Match": tag]) { $1 }, timeout: 20) }
+        usleep(1_500_000)
+        #expect(call("PUT", "/v1/devices/pump-1/attributes?tenant=acme", #"{"rate": 6}"#).status == 200)
+        let changed = waiting.wait()
+        #expect(changed?.status == 200 && changed?.body == #"{"rate":6}"# && changed?.headers["etag"] != tag, "\(String(describing: changed))")
+        let quiet = http("GET", attributesURL + "?wait=1", headers: device.merging(["If-None-Match": changed?.headers["etag"] ?? ""]) { $1 })
+        #expect(quiet?.status == 304, "\(String(describing: quiet))")
         #expect(http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump-1/attributes")?.status == 401)
         // The failed authentication is in the audit log (the device's claim and address, not what it presented).
         #expect(eventually { call("GET", "/v1/audit?action=device.auth.failed").body.contains(#""actor":"device:pump-1""#) })

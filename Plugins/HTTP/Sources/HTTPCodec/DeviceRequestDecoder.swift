@@ -12,6 +12,7 @@ public struct DeviceRequest: Sendable {
     public var authorization: String?
     public var requestID: String?
     public var deviceTime: String?
+    public var ifNoneMatch: String?
     public var body: ByteBuffer
 
     public init(method: Method, target: String, http10: Bool, keepAlive: Bool, contentType: String? = nil,
@@ -148,6 +149,7 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             case 13 where equalsCaseless(b, p, colon, "authorization"): request.authorization = value()
             case 12 where equalsCaseless(b, p, colon, "x-request-id"): request.requestID = value()
             case 13 where equalsCaseless(b, p, colon, "x-device-time"): request.deviceTime = value()
+            case 13 where equalsCaseless(b, p, colon, "if-none-match"): request.ifNoneMatch = value()
             default: break
             }
             p = e + 2

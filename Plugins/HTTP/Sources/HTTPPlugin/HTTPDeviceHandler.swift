@@ -32,6 +32,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     static let reauthenticateAfter = TimeAmount.seconds(2)
     private var streaming: (box: String, waiter: UInt64, identity: Identity)?
     private var polling: (box: String, waiter: UInt64)?
+    /// A conditional GET of the attributes waits for them to change.
+    private var waitingForAttributes = false
 
     init(source: HTTPSource) { self.source = source }
 
@@ -169,7 +171,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                    extraProperties: [KeyValue("command_id", command)])
         case .attributes(let device):
             guard let identity = authenticate(context, request, device: device) else { return }
-            respond(context, .ok, body: source.host.attributes(identity) ?? Array("{}".utf8), contentType: "application/json")
+            attributes(context, request, identity)
         case .poll(let device):
             poll(context, request, device: device)
         case .stream(let device):
@@ -239,11 +241,59 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
+    /// The device's attributes with their ETag. With `If-None-Match` naming the current ones: 304 at
+    /// once, or with `?wait=S` when they change within S seconds (looked at every second; at most
+    /// `long_poll_timeout`), 304 when they do not.
+    private func attributes(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ identity: Identity) {
+        let current = { [source] in source.host.attributes(identity) ?? Array("{}".utf8) }
+        let json = current()
+        let tag = Self.etag(json)
+        guard let known = request.ifNoneMatch, known == tag || known == "*" else {
+            return respond(context, .ok, body: json, contentType: "application/json", extra: [("ETag", tag)])
+        }
+        let wait = max(0, min(Self.queryNumber(request.target, "wait") ?? 0, source.config.long_poll_timeout))
+        guard wait > 0 else { return respond(context, .notModified, body: [], contentType: nil, extra: [("ETag", tag)]) }
+        let deadline = NIODeadline.now() + .milliseconds(Int64(wait * 1000))
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        waitingForAttributes = true
+        func look() {
+            context.eventLoop.scheduleTask(in: .seconds(1)) {
+                let (handler, context) = bound.value
+                guard handler.waitingForAttributes, context.channel.isActive else { return }
+                let json = current()
+                let now = Self.etag(json)
+                if now != tag {
+                    handler.waitingForAttributes = false
+                    handler.respond(context, .ok, body: json, contentType: "application/json", extra: [("ETag", now)])
+                } else if NIODeadline.now() + .seconds(1) > deadline {
+                    handler.waitingForAttributes = false
+                    handler.respond(context, .notModified, body: [], contentType: nil, extra: [("ETag", tag)])
+                } else {
+                    look()
+                }
+            }
+        }
+        look()
+    }
+
+    /// A strong entity tag for a representation (quoted, as HTTP writes it).
+    static func etag(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var h = FNV1a.hash(bytes), out: [UInt8] = [UInt8(ascii: "\"")]
+        for _ in 0..<16 { out.append(digits[Int(h >> 60)]); h <<= 4 }
+        out.append(UInt8(ascii: "\""))
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// A number in the request's query (`?wait=30`).
+    static func queryNumber(_ target: String, _ name: String) -> Double? {
+        let query = target.split(separator: "?", maxSplits: 1).dropFirst().first ?? ""
+        return query.split(separator: "&").first { $0.hasPrefix(name + "=") }.flatMap { Double($0.dropFirst(name.count + 1)) }
+    }
+
     private func poll(_ context: ChannelHandlerContext, _ request: DeviceRequest, device: String) {
         guard let identity = authenticate(context, request, device: device) else { return }
-        let query = request.target.split(separator: "?", maxSplits: 1).dropFirst().first.map(String.init) ?? ""
-        let waitParam = query.split(separator: "&").first { $0.hasPrefix("wait=") }.flatMap { Double($0.dropFirst(5)) } ?? 0
-        let wait = max(0, min(waitParam, source.config.long_poll_timeout))
+        let wait = max(0, min(Self.queryNumber(request.target, "wait") ?? 0, source.config.long_poll_timeout))
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         source.host.deviceConnected(identity, remoteAddress: context.channel.remoteAddress?.description ?? "")
@@ -310,7 +360,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         // A connection that sends nothing is closed, unless it is waiting for commands.
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, streaming == nil, polling == nil {
+        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, streaming == nil, polling == nil, !waitingForAttributes {
             context.close(promise: nil)
             return
         }
@@ -327,6 +377,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             source.mailboxes.cancel(box: p.box, waiter: p.waiter)
             polling = nil
         }
+        waitingForAttributes = false
         context.fireChannelInactive()
     }
 
@@ -350,6 +401,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let reason: String
         static let ok = Status(code: 200, reason: "OK"), accepted = Status(code: 202, reason: "Accepted")
         static let noContent = Status(code: 204, reason: "No Content"), badRequest = Status(code: 400, reason: "Bad Request")
+        static let notModified = Status(code: 304, reason: "Not Modified")
         static let unauthorized = Status(code: 401, reason: "Unauthorized"), forbidden = Status(code: 403, reason: "Forbidden")
         static let notFound = Status(code: 404, reason: "Not Found"), methodNotAllowed = Status(code: 405, reason: "Method Not Allowed")
         static let payloadTooLarge = Status(code: 413, reason: "Content Too Large")
@@ -380,7 +432,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         var out = context.channel.allocator.buffer(capacity: 160 + body.count)
         out.writeString("HTTP/1.1 \(status.code) \(status.reason)\r\n")
         if let contentType { out.writeString("Content-Type: \(contentType)\r\n") }
-        out.writeString("Content-Length: \(body.count)\r\n")
+        // 204 and 304 have no content, and no Content-Length of 0 either (RFC 9110 8.6).
+        if status.code != 204 && status.code != 304 { out.writeString("Content-Length: \(body.count)\r\n") }
         for (k, v) in extra { out.writeString("\(k): \(v)\r\n") }
         out.writeString(keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n")
         out.writeBytes(body)
