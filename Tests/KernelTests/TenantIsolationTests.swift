@@ -201,5 +201,30 @@ import IoTCPluginKit
         usleep(300_000)
         #expect(!clients.log.contains(#"{"interval":0}"#) && !clients.log.contains(#"globex got devices/pump-1/config {"interval":30}"#)
                 && !clients.log.contains(#"globex got devices/pump-1/config {"interval":45}"#), "\(clients.log)")
+
+        // A device with a persistent session that was offline during a change gets it when it comes
+        // back, without subscribing again.
+        clients.stop()
+        let returning = try ChildProcess(python, ["-u", "-c", """
+            import sys, time, paho.mqtt.client as mqtt
+            from paho.mqtt.properties import Properties
+            from paho.mqtt.packettypes import PacketTypes
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pump-1", protocol=mqtt.MQTTv5)
+            c.username_pw_set("pump-1", sys.argv[2])
+            c.on_message = lambda c, u, m: print("got", m.payload.decode(), flush=True)
+            props = Properties(PacketTypes.CONNECT); props.SessionExpiryInterval = 300
+            c.connect("127.0.0.1", int(sys.argv[1]), clean_start=False, properties=props); c.loop_start()
+            time.sleep(0.5); c.subscribe("devices/pump-1/config", qos=1); time.sleep(1.5)
+            c.disconnect(); c.loop_stop(); print("offline", flush=True)
+            time.sleep(3)
+            c.connect("127.0.0.1", int(sys.argv[1]), clean_start=False, properties=props); c.loop_start()
+            print("back", flush=True); time.sleep(4)
+            """, "\(mqttPort)", tokens["acme"]!])
+        defer { returning.stop() }
+        #expect(eventually { returning.log.contains("offline") }, "\(returning.log)")
+        #expect(call("PUT", "/v1/devices/pump-1/attributes", key: keys["acme"]!, #"{"interval": 77}"#).status == 200)
+        #expect(eventually(timeout: 8) { returning.log.contains(#"got {"interval":77}"#) }, "\(returning.log)")
+        #expect(returning.log.components(separatedBy: "back")[0].contains(#"got {"interval":45}"#) && !returning.log.components(separatedBy: "back")[0].contains("77"),
+                "\(returning.log)")
     }
 }
