@@ -391,6 +391,27 @@ import IoTCStore
         #expect(changed?.status == 200 && changed?.body == #"{"rate":6}"# && changed?.headers["etag"] != tag, "\(String(describing: changed))")
         let quiet = http("GET", attributesURL + "?wait=1", headers: device.merging(["If-None-Match": changed?.headers["etag"] ?? ""]) { $1 })
         #expect(quiet?.status == 304, "\(String(describing: quiet))")
+        // A device's event stream carries its attributes first, then each change. (Closed at the end of
+        // this block, so that the device is not left connected over HTTP.)
+        do {
+            let sse = try #require(RawSocket(port: httpPort))
+            sse.send("GET /v1/devices/pump-1/commands/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\n\r\n")
+            var streamed = ""
+            func read(until done: (String) -> Bool) {
+                var buf = [UInt8](repeating: 0, count: 8192)
+                let deadline = Date().addingTimeInterval(6)
+                while Date() < deadline, !done(streamed) {
+                    let n = recv(sse.fd, &buf, buf.count, 0)
+                    if n <= 0 { break }
+                    streamed += String(decoding: buf[0..<n], as: UTF8.self)
+                }
+            }
+            read { $0.contains("event: attributes\nid: ") && $0.contains(#"data: {"rate":6}"#) }
+            #expect(streamed.contains(#"data: {"rate":6}"#), "\(streamed)")
+            #expect(call("PUT", "/v1/devices/pump-1/attributes?tenant=acme", #"{"rate": 7}"#).status == 200)
+            read { $0.contains(#"data: {"rate":7}"#) }
+            #expect(streamed.contains(#"data: {"rate":7}"#) && streamed.components(separatedBy: "event: attributes").count == 3, "\(streamed)")
+        }
         #expect(http("GET", "http://127.0.0.1:\(httpPort)/v1/devices/pump-1/attributes")?.status == 401)
         // The failed authentication is in the audit log (the device's claim and address, not what it presented).
         #expect(eventually { call("GET", "/v1/audit?action=device.auth.failed").body.contains(#""actor":"device:pump-1""#) })

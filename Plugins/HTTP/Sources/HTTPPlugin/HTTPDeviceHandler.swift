@@ -347,6 +347,25 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         streaming = (box, id, identity)
         keepAlive(context, bound)
+        // The device's attributes come first, and again each time they change.
+        attributeEvents(context, bound, identity, sent: nil)
+    }
+
+    /// Sends the device's attributes as an `event: attributes` when they differ from what the stream
+    /// last carried, and looks again in a second.
+    private func attributeEvents(_ context: ChannelHandlerContext, _ bound: NIOLoopBound<(HTTPDeviceHandler, ChannelHandlerContext)>,
+                                 _ identity: Identity, sent: String?) {
+        guard streaming != nil, context.channel.isActive else { return }
+        let json = source.host.attributes(identity) ?? Array("{}".utf8)
+        let tag = Self.etag(json)
+        if tag != sent {
+            let event = Array("event: attributes\nid: \(tag.dropFirst().dropLast())\ndata: ".utf8) + json + Array("\n\n".utf8)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer(bytes: event)), promise: nil)
+        }
+        context.eventLoop.scheduleTask(in: .seconds(1)) {
+            let (handler, context) = bound.value
+            handler.attributeEvents(context, bound, identity, sent: tag)
+        }
     }
 
     private func keepAlive(_ context: ChannelHandlerContext, _ bound: NIOLoopBound<(HTTPDeviceHandler, ChannelHandlerContext)>) {

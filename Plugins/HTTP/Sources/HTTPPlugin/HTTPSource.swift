@@ -35,7 +35,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         | `POST /v1/devices/{id}/telemetry` | telemetry; topic `devices/{id}/telemetry` |
         | `POST /v1/devices/{id}/events` | an event; topic `devices/{id}/events` |
         | `POST /v1/devices/{id}/attributes` | attributes; topic `devices/{id}/attributes` |
-        | `GET /v1/devices/{id}/attributes` | the attributes the operator set for the device (its configuration), with an ETag; with `If-None-Match` of the current ones, 304, or with `?wait=S` the next change within S seconds (at most `long_poll_timeout`; looked at every second) |
+        | `GET /v1/devices/{id}/attributes` | the attributes the operator set for the device (its configuration), with an ETag; with `If-None-Match` of the current ones, 304, or with `?wait=S` the next change within S seconds (at most `long_poll_timeout`; looked at every second); the command stream also carries them as `event: attributes`, first and at each change |
         | `GET /v1/devices/{id}/commands?wait=SECONDS` | long-poll for the next command (204 when none came) |
         | `GET /v1/devices/{id}/commands/stream` | commands as Server-Sent Events (`event: command`) |
         | `POST /v1/devices/{id}/commands/{command}/result` | the result of a command; kind `command_result` |
