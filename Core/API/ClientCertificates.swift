@@ -16,6 +16,9 @@ struct ClientCertificates: Sendable {
         var record: CertificateAuthority
         var certificate: Certificate
         var revoked: Set<Certificate.SerialNumber> = []
+        /// What was parsed: the record's id and when its revocation list was set.
+        var version: String { Self.version(record) }
+        static func version(_ r: CertificateAuthority) -> String { "\(r.id) \(r.revocationListSetAt ?? 0) \(r.revocationList?.count ?? 0)" }
     }
 
     /// Registered authorities by subject (more than one may share a subject; the signature decides).
@@ -29,14 +32,25 @@ struct ClientCertificates: Sendable {
     /// The longest chain followed from a leaf to a registered authority.
     static let maxDepth = 4
 
-    init(_ records: [CertificateAuthority] = []) {
+    /// The authorities of `records`. Those `earlier` already parsed (the same record, and the same
+    /// revocation list) are taken from it: the directory reloads them every few seconds, and a list
+    /// may hold many serials.
+    init(_ records: [CertificateAuthority] = [], reusing earlier: ClientCertificates? = nil) {
+        var parsed: [String: Authority] = [:]
+        for list in earlier.map({ Array($0.bySubject.values) }) ?? [] { for a in list { parsed[a.version] = a } }
         for r in records {
-            guard let c = try? Certificate(derEncoded: r.certificate) else { continue }
-            // The API checked the list when it was set; one that no longer reads revokes nothing.
-            let revoked = r.revocationList.flatMap { try? RevocationList.parse($0) }.map(\.revoked) ?? []
-            bySubject[c.subject, default: []].append(Authority(record: r, certificate: c, revoked: revoked))
+            let authority: Authority
+            if let known = parsed[Authority.version(r)] {
+                authority = known
+            } else {
+                guard let c = try? Certificate(derEncoded: r.certificate) else { continue }
+                // The API checked the list when it was set; one that no longer reads revokes nothing.
+                let revoked = r.revocationList.flatMap { try? RevocationList.parse($0) }.map(\.revoked) ?? []
+                authority = Authority(record: r, certificate: c, revoked: revoked)
+            }
+            bySubject[authority.certificate.subject, default: []].append(authority)
             ids.insert(r.id)
-            for serial in revoked { revokedIDs.insert(Self.credential(r.id, serial)) }
+            for serial in authority.revoked { revokedIDs.insert(Self.credential(r.id, serial)) }
         }
     }
 

@@ -77,7 +77,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         func ids(_ t: [String: Entry], _ c: [[UInt8]: Entry], _ k: [String: (Entry, [UInt8])]) -> Set<String> {
             Set(t.keys).union(c.values.map(\.id)).union(k.values.map(\.0.id))
         }
-        let issuersNow = ClientCertificates(try await authorities?.all() ?? [])
+        let issuersNow = ClientCertificates(try await authorities?.all() ?? [], reusing: issuers.withLockedValue { $0 })
         let now = ids(tokens, certificates, keys).union(issuersNow.ids)
         let (issuersBefore, revokedBefore) = issuers.withLockedValue { old in
             defer { old = issuersNow }

@@ -219,6 +219,15 @@ import X509
         let listed = issuers(list)
         #expect(try listed.grant([der("ca-dev.pem")]) == nil && listed.grant(chain)?.device == "sensor-ca-2")
         #expect(listed.revokedIDs == [ClientCertificates.credential("ca1", leaf.serialNumber)])
+        // Reloaded every few seconds, an authority is parsed again only when its list changed.
+        let record = CertificateAuthority(id: "ca1", tenant: "acme", name: "fleet", subject: "", fingerprint: ClientCertificates.fingerprint(caDER),
+                                          certificate: caDER, profile: "sensors", notAfter: 0, createdAt: 0, revocationList: list.der, revocationListSetAt: 5)
+        var changed = record
+        changed.revocationList = nil
+        changed.revocationListSetAt = nil
+        let first = ClientCertificates([record])
+        #expect(ClientCertificates([record], reusing: first).revokedIDs == first.revokedIDs)
+        #expect(ClientCertificates([changed], reusing: first).revokedIDs.isEmpty && ClientCertificates([], reusing: first).ids.isEmpty)
         // Revoking the intermediate refuses what it issued.
         let intermediate = try RevocationList.parse(Array(try Self.revocationList(in: certs, ca: "fleet-ca", revoking: ["int.pem"], name: "int").utf8))
         #expect(try issuers(intermediate).grant(chain) == nil && issuers(intermediate).grant([der("ca-dev.pem")]) != nil)
