@@ -206,19 +206,25 @@ import IoTCPluginKit
         // back, without subscribing again.
         clients.stop()
         let returning = try ChildProcess(python, ["-u", "-c", """
-            import sys, time, paho.mqtt.client as mqtt
+            import sys, threading, time, paho.mqtt.client as mqtt
             from paho.mqtt.properties import Properties
             from paho.mqtt.packettypes import PacketTypes
+            lock = threading.Lock()
+            def say(line):
+                # Whole lines: the network thread and this one both print.
+                with lock:
+                    sys.stdout.write(line + "\\n"); sys.stdout.flush()
             c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pump-1", protocol=mqtt.MQTTv5)
             c.username_pw_set("pump-1", sys.argv[2])
-            c.on_message = lambda c, u, m: print("got", m.payload.decode(), flush=True)
+            c.on_message = lambda c, u, m: say("got " + m.payload.decode())
             props = Properties(PacketTypes.CONNECT); props.SessionExpiryInterval = 300
             c.connect("127.0.0.1", int(sys.argv[1]), clean_start=False, properties=props); c.loop_start()
             time.sleep(0.5); c.subscribe("devices/pump-1/config", qos=1); time.sleep(1.5)
-            c.disconnect(); c.loop_stop(); print("offline", flush=True)
+            c.disconnect(); c.loop_stop(); say("offline")
             time.sleep(3)
+            say("back")
             c.connect("127.0.0.1", int(sys.argv[1]), clean_start=False, properties=props); c.loop_start()
-            print("back", flush=True); time.sleep(4)
+            time.sleep(4)
             """, "\(mqttPort)", tokens["acme"]!])
         defer { returning.stop() }
         #expect(eventually { returning.log.contains("offline") }, "\(returning.log)")
