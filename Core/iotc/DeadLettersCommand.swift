@@ -5,6 +5,7 @@ import IoTCPluginKit
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 
 struct DeadLetters: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -35,12 +36,13 @@ struct DeadLetters: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Replay dead letters through the running hub (all, or the ids given).",
             discussion: "Needs an API key of the system tenant with the role operator or higher, in IOTC_API_KEY.")
-        @Option(help: "Address of the running hub's API.") var api = "127.0.0.1:8080"
+        @Option(help: "Address of the running hub's API: HOST:PORT, or http:// or https:// in front.") var api = "127.0.0.1:8080"
+        @Option(help: "With https: the CA certificates (PEM) to trust for the API's certificate, instead of the system's.") var caFile: String?
         @Argument(help: "Entry ids; none means all.") var ids: [String] = []
 
         func run() throws {
             let body = ids.isEmpty ? "{}" : JSON.string(.object(Value.Object([("ids", .array(ids.map { .string($0) }))])))
-            let (status, text) = try APIClient.request(.POST, api: api, path: "/v1/dead-letters/replay", body: body)
+            let (status, text) = try APIClient.request(.POST, api: api, path: "/v1/dead-letters/replay", body: body, caFile: caFile)
             print(text)
             if status != 200 { throw ExitCode(1) }
         }
@@ -58,17 +60,35 @@ struct DeadLetters: ParsableCommand {
     }
 }
 
-/// A small blocking HTTP/1.1 client for talking to the running hub's API (plain HTTP on the address
-/// given), with the API key from IOTC_API_KEY (the environment, not an option: options show in process
-/// lists).
+/// A small blocking HTTP/1.1 client for talking to the running hub's API (plain HTTP, or HTTPS with the
+/// certificate checked against the system's CAs or `caFile`), with the API key from IOTC_API_KEY (the
+/// environment, not an option: options show in process lists).
 enum APIClient {
     struct Failure: Error, CustomStringConvertible {
         var description: String
     }
 
-    /// Sends one request to `api` (`host:port`) and returns the status and body of the answer.
-    static func request(_ method: HTTPMethod, api: String, path: String, body: String?, timeout: TimeAmount = .seconds(30)) throws -> (Int, String) {
-        guard let (host, port) = address(api) else { throw ValidationError("invalid API address \(api) (expected host:port)") }
+    /// Sends one request to `api` (`host:port`, `http://host:port` or `https://host:port`) and returns
+    /// the status and body of the answer.
+    static func request(_ method: HTTPMethod, api: String, path: String, body: String?, caFile: String? = nil,
+                        timeout: TimeAmount = .seconds(30)) throws -> (Int, String) {
+        let secure = api.hasPrefix("https://")
+        let hostPort = secure ? String(api.dropFirst(8)) : api.hasPrefix("http://") ? String(api.dropFirst(7)) : api
+        guard let (host, port) = address(hostPort) else { throw ValidationError("invalid API address \(api) (expected host:port)") }
+        var ssl: NIOSSLContext?
+        if secure {
+            var tls = TLSConfiguration.makeClientConfiguration()
+            do {
+                if let caFile { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caFile)) }
+                ssl = try NIOSSLContext(configuration: tls)
+            } catch {
+                throw ValidationError("cannot use the CA file \(caFile ?? ""): \(error)")
+            }
+        } else if caFile != nil {
+            throw ValidationError("--ca-file applies to an https:// API")
+        }
+        // Server name indication takes a name, not an address; an address is checked against the certificate as such.
+        let serverName = (try? SocketAddress(ipAddress: host, port: 0)) != nil ? nil : host
         let group = MultiThreadedEventLoopGroup.singleton
         let promise = group.next().makePromise(of: (Int, String).self)
         let channel: any Channel
@@ -77,6 +97,7 @@ enum APIClient {
                 .connectTimeout(.seconds(5))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        if let ssl { try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: ssl, serverHostname: serverName)) }
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(ResponseReader(promise))
                     }
@@ -90,7 +111,7 @@ enum APIClient {
         let deadline = channel.eventLoop.scheduleTask(in: timeout) { promise.fail(Failure(description: "no answer from the hub at \(api) in time")) }
         defer { deadline.cancel(); _ = channel.close() }
         var head = HTTPRequestHead(version: .http1_1, method: method, uri: path)
-        head.headers.add(name: "Host", value: api)
+        head.headers.add(name: "Host", value: hostPort)
         head.headers.add(name: "Connection", value: "close")
         if let key = ProcessInfo.processInfo.environment["IOTC_API_KEY"], !key.isEmpty {
             head.headers.add(name: "Authorization", value: "Bearer \(key)")
@@ -142,7 +163,11 @@ enum APIClient {
         }
 
         func errorCaught(context: ChannelHandlerContext, error: any Error) {
-            promise.fail(error)
+            if case NIOSSLError.handshakeFailed = error {
+                promise.fail(Failure(description: "the TLS handshake with the hub failed (is its certificate trusted? --ca-file names a CA to trust): \(error)"))
+            } else {
+                promise.fail(error)
+            }
             context.close(promise: nil)
         }
     }
