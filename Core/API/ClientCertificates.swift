@@ -16,9 +16,6 @@ struct ClientCertificates: Sendable {
         var record: CertificateAuthority
         var certificate: Certificate
         var revoked: Set<Certificate.SerialNumber> = []
-        /// What was parsed: the record's id and when its revocation list was set.
-        var version: String { Self.version(record) }
-        static func version(_ r: CertificateAuthority) -> String { "\(r.id) \(r.revocationListSetAt ?? 0) \(r.revocationList?.count ?? 0)" }
     }
 
     /// Registered authorities by subject (more than one may share a subject; the signature decides).
@@ -32,15 +29,15 @@ struct ClientCertificates: Sendable {
     /// The longest chain followed from a leaf to a registered authority.
     static let maxDepth = 4
 
-    /// The authorities of `records`. Those `earlier` already parsed (the same record, and the same
+    /// The authorities of `records`. Those `earlier` already parsed (the same record, with the same
     /// revocation list) are taken from it: the directory reloads them every few seconds, and a list
     /// may hold many serials.
     init(_ records: [CertificateAuthority] = [], reusing earlier: ClientCertificates? = nil) {
         var parsed: [String: Authority] = [:]
-        for list in earlier.map({ Array($0.bySubject.values) }) ?? [] { for a in list { parsed[a.version] = a } }
+        for list in earlier.map({ Array($0.bySubject.values) }) ?? [] { for a in list { parsed[a.record.id] = a } }
         for r in records {
             let authority: Authority
-            if let known = parsed[Authority.version(r)] {
+            if let known = parsed[r.id], known.record == r {
                 authority = known
             } else {
                 guard let c = try? Certificate(derEncoded: r.certificate) else { continue }
@@ -71,8 +68,8 @@ struct ClientCertificates: Sendable {
 
     static func fingerprint(_ der: [UInt8]) -> [UInt8] { Array(SHA256.hash(data: der)) }
 
-    /// The credential of a certificate an authority signed: `AUTHORITY/SERIAL` (serial in hex). The hub
-    /// revokes it with its authority, or on its own once the authority's revocation list names it.
+    /// The credential of a certificate an authority signed: `AUTHORITY/SERIAL` (serial in hex), revoked
+    /// on its own once the authority's revocation list names it (and with the authority, its issuer).
     static func credential(_ authority: String, _ serial: Certificate.SerialNumber) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var hex: [UInt8] = []
@@ -90,7 +87,7 @@ struct ClientCertificates: Sendable {
             if let ca = bySubject[current.issuer]?.first(where: { $0.certificate.publicKey.isValidSignature(current.signature, for: current) }) {
                 guard Self.inForce(ca.certificate, now), !ca.revoked.contains(current.serialNumber) else { return nil }
                 return DirectoryGrant(tenant: ca.record.tenant, device: device, credential: Self.credential(ca.record.id, current.serialNumber),
-                                      profile: ca.record.profile)
+                                      issuer: ca.record.id, profile: ca.record.profile)
             }
             guard let issuer = intermediates.first(where: { $0.subject == current.issuer && $0.publicKey.isValidSignature(current.signature, for: current) }),
                   Self.inForce(issuer, now), case .isCertificateAuthority? = try? issuer.extensions.basicConstraints else { return nil }

@@ -129,7 +129,8 @@ import X509
         let issuers = ClientCertificates([record])
         let leaf = try der("ca-dev.pem")
         let serial = try Certificate(derEncoded: leaf).serialNumber
-        #expect(issuers.grant([leaf]) == DirectoryGrant(tenant: "acme", device: "sensor-ca-1", credential: ClientCertificates.credential("ca1", serial), profile: "sensors"))
+        #expect(issuers.grant([leaf]) == DirectoryGrant(tenant: "acme", device: "sensor-ca-1", credential: ClientCertificates.credential("ca1", serial),
+                                                            issuer: "ca1", profile: "sensors"))
         #expect(ClientCertificates.credential("ca1", serial) == "ca1/" + serial.bytes.map { String(format: "%02x", $0) }.joined())
         #expect(issuers.grant([leaf], now: Date().addingTimeInterval(3 * 86_400)) == nil, "expired")
         #expect(issuers.grant([leaf], now: Date().addingTimeInterval(-86_400)) == nil, "not yet valid")
@@ -219,7 +220,8 @@ import X509
         let listed = issuers(list)
         #expect(try listed.grant([der("ca-dev.pem")]) == nil && listed.grant(chain)?.device == "sensor-ca-2")
         #expect(listed.revokedIDs == [ClientCertificates.credential("ca1", leaf.serialNumber)])
-        // Reloaded every few seconds, an authority is parsed again only when its list changed.
+        // Reloaded every few seconds, an authority is taken from the earlier parse only while its record
+        // (its list included) is the same: a changed or removed list is read again.
         let record = CertificateAuthority(id: "ca1", tenant: "acme", name: "fleet", subject: "", fingerprint: ClientCertificates.fingerprint(caDER),
                                           certificate: caDER, profile: "sensors", notAfter: 0, createdAt: 0, revocationList: list.der, revocationListSetAt: 5)
         var changed = record

@@ -303,8 +303,9 @@ private let hostAckBatch: @convention(c) (UnsafeMutableRawPointer?, UnsafePointe
 final class GrantedIdentity: @unchecked Sendable {
     let tenant: String
     let device: String
-    /// The registry credential it was granted on, if any.
+    /// The registry credential it was granted on, if any, and the authority that vouched for it.
     var credential: String?
+    var issuer: String?
     /// Its profile, which decides the topics it may use.
     var profile = "default"
     /// The source it was granted to.

@@ -57,17 +57,21 @@ extension DeviceDirectory {
 }
 
 /// A device the directory recognised: its tenant and id, the credential it used (the hub closes the
-/// device's connections when it is revoked) and its profile (which decides its topic access).
+/// device's connections when it is revoked), the authority that vouched for that credential if any (a
+/// certificate authority: revoking it revokes the grant too) and its profile (which decides its topic
+/// access).
 public struct DirectoryGrant: Sendable, Equatable {
     public var tenant: String
     public var device: String
     public var credential: String
+    public var issuer: String?
     public var profile: String
 
-    public init(tenant: String, device: String, credential: String, profile: String = "default") {
+    public init(tenant: String, device: String, credential: String, issuer: String? = nil, profile: String = "default") {
         self.tenant = tenant
         self.device = device
         self.credential = credential
+        self.issuer = issuer
         self.profile = profile
     }
 }

@@ -477,6 +477,7 @@ public final class Hub: HostServices, @unchecked Sendable {
     private func admit(from: ComponentInstance, tenant: String, device: String, registered: DirectoryGrant?, remoteAddress: String) -> (GrantedIdentity, UInt64) {
         let identity = GrantedIdentity(tenant: tenant, device: device)
         identity.credential = registered?.credential
+        identity.issuer = registered?.issuer
         if let registered { identity.profile = registered.profile }
         identity.source = from
         let now = clock()
@@ -505,15 +506,14 @@ public final class Hub: HostServices, @unchecked Sendable {
     }
 
     /// Closes the connections of every device authenticated with one of these credentials (they were
-    /// revoked or expired). A credential `ISSUER/ID` (a certificate an authority issued) is revoked
-    /// with its issuer too. Returns the number of connections the sources closed.
+    /// revoked or expired), or with one an authority among them vouched for. Returns the number of
+    /// connections the sources closed.
     @discardableResult
     public func revoke(credentials: Set<String>) -> Int {
         guard !credentials.isEmpty else { return 0 }
-        func revoked(_ credential: String) -> Bool {
-            credentials.contains(credential) || credential.firstIndex(of: "/").map { credentials.contains(String(credential[..<$0])) } ?? false
+        let affected = lock.withLock {
+            identities.filter { [$0.value.credential, $0.value.issuer].contains { $0.map(credentials.contains) ?? false } }
         }
-        let affected = lock.withLock { identities.filter { $0.value.credential.map(revoked) ?? false } }
         var closed = 0
         for (handle, identity) in affected {
             closed += identity.source?.disconnect(handle: handle, reason: "the device's credentials were revoked") ?? 0
