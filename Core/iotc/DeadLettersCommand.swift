@@ -74,7 +74,8 @@ enum APIClient {
                         timeout: TimeAmount = .seconds(30)) throws -> (Int, String) {
         let secure = api.hasPrefix("https://")
         let hostPort = secure ? String(api.dropFirst(8)) : api.hasPrefix("http://") ? String(api.dropFirst(7)) : api
-        guard let (host, port) = address(hostPort) else { throw ValidationError("invalid API address \(api) (expected host:port)") }
+        guard let address = HostPort(hostPort), address.port > 0 else { throw ValidationError("invalid API address \(api) (expected host:port)") }
+        let (host, port) = (address.host, address.port)
         var ssl: NIOSSLContext?
         if secure {
             var tls = TLSConfiguration.makeClientConfiguration()
@@ -123,14 +124,6 @@ enum APIClient {
         if !bytes.isEmpty { channel.write(HTTPClientRequestPart.body(.byteBuffer(ByteBuffer(bytes: bytes))), promise: nil) }
         channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         return try promise.futureResult.wait()
-    }
-
-    /// `host:port`, with an IPv6 host in brackets.
-    static func address(_ api: String) -> (String, Int)? {
-        guard let colon = api.lastIndex(of: ":"), let port = Int(api[api.index(after: colon)...]), (1...65535).contains(port) else { return nil }
-        var host = String(api[..<colon])
-        if host.hasPrefix("["), host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return host.isEmpty ? nil : (host, port)
     }
 
     /// Collects the answer's status and body (up to 16 MiB) and settles the promise at its end.

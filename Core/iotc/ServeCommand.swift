@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTLS
 import IoTCAPI
 import IoTCKernel
+import IoTCPluginKit
 import IoTCStore
 import Logging
 import Metrics
@@ -63,7 +64,7 @@ struct Serve: AsyncParsableCommand {
             printDiagnostics(error.diagnostics)
             throw ExitCode(1)
         }
-        guard let colon = api.lastIndex(of: ":"), let apiPort = Int(api[api.index(after: colon)...]) else {
+        guard let apiAddress = HostPort(api) else {
             throw ValidationError("--api should be HOST:PORT")
         }
         let environment = ProcessInfo.processInfo.environment
@@ -151,7 +152,7 @@ struct Serve: AsyncParsableCommand {
         var banner = Banner(started: started, api: (tls == nil ? "http://" : "https://") + api, data: data, hub: hub, config: config)
         banner.store = storeURL.hasPrefix("sqlite:") ? "SQLite \(storeURL.dropFirst(7))" : "PostgreSQL"
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }
-        let configuration = ApplicationConfiguration(address: .hostname(String(api[..<colon]), port: apiPort), serverName: "iotc")
+        let configuration = ApplicationConfiguration(address: .hostname(apiAddress.host, port: apiAddress.port), serverName: "iotc")
         let services: [any Service] = [HubService(hub: hub, reloader: reloader)]
         if let tls {
             try await Application(router: router, server: try .tls(.http1(), tlsConfiguration: tls), configuration: configuration, services: services,

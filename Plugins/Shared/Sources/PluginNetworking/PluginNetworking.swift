@@ -6,20 +6,6 @@ import NIOSSL
 
 // Network helpers that several plugins' servers share (linked statically into each plugin).
 
-/// `HOST:PORT`, `:PORT` (all addresses) or `[IPv6]:PORT`.
-public struct HostPort: Sendable, Equatable {
-    public var host: String
-    public var port: Int
-
-    public init?(_ text: String) {
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else { return nil }
-        var h = String(text[..<colon])
-        if h.hasPrefix("["), h.hasSuffix("]") { h = String(h.dropFirst().dropLast()) }
-        host = h.isEmpty ? "0.0.0.0" : h
-        self.port = port
-    }
-}
-
 /// A server's TLS files, as a plugin's `tls` config object gives them.
 public struct ServerTLSFiles: Decodable, Sendable {
     public var certificate_file: String
