@@ -17,8 +17,8 @@ final class CoAPDeviceServer: @unchecked Sendable {
     /// Block-wise uploads being put together: all of them hold at most eight bodies' worth of bytes.
     private var uploads: BlockUploads
     /// Observations of attributes resources (loop thread): each tick (a second) compares every observed
-    /// device's attributes with what its observer last got, and a change, made through the API or an
-    /// `attributes` sink on any node, goes out as a notification.
+    /// device's attributes with what its observer last got, and a change (through the API or an
+    /// `attributes` sink; another node's once the registry reloads) goes out as a notification.
     private var attributeWatches: [Observation] = []
 
     init(source: CoAPSource, loop: CoAPEventLoop) {

@@ -36,7 +36,7 @@ final class CoAPSource: Source, @unchecked Sendable {
         | `POST` or `PUT /e/{device}` | an event; topic `devices/{device}/events` |
         | `POST` or `PUT /a/{device}` | attributes; topic `devices/{device}/attributes` |
         | `GET /a/{device}` | the attributes the operator set for the device (its configuration), as JSON, with an ETag of their content |
-        | `GET /a/{device}` with Observe | the same, then a notification at each change (made through the API or an `attributes` sink, on any node; compared every second), block-wise when large |
+        | `GET /a/{device}` with Observe | the same, then a notification at each change (made through the API or an `attributes` sink; compared every second, another node's changes once the registry reloads), block-wise when large |
         | `GET /c/{device}` with Observe | commands, one notification each (JSON envelope, Content-Format 50) |
         | `GET /c/{device}` | the next queued command, or 2.05 with no payload when none waits |
         | `POST /r/{device}/{command}` | the result of a command; kind `command_result` |

@@ -7,8 +7,9 @@ import NIOCore
 /// Devices' configuration on MQTT: a device (authenticated by the hub) that subscribes to its
 /// `config_topic` gets the attributes the operator set for it (JSON) as a retained message there at
 /// once, and each change after that. The source compares every connected watched device's attributes
-/// with what it last published once a second, so a change made through the API, by an `attributes`
-/// sink or on another node arrives within about a second; a device that was offline gets the current
+/// with what it last published once a second, so a change made through this hub's API or by an
+/// `attributes` sink arrives within about a second (one made on another node once this node's registry
+/// reloads, every 2 s); a device that was offline gets the current
 /// ones when it connects again (its persistent session keeps the subscription). The topic is the hub's:
 /// devices may not publish to it.
 final class DeviceConfigs: @unchecked Sendable {
