@@ -71,10 +71,7 @@ struct ClientCertificates: Sendable {
     /// The credential of a certificate an authority signed: `AUTHORITY/SERIAL` (serial in hex), revoked
     /// on its own once the authority's revocation list names it (and with the authority, its issuer).
     static func credential(_ authority: String, _ serial: Certificate.SerialNumber) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var hex: [UInt8] = []
-        for b in serial.bytes { hex.append(digits[Int(b >> 4)]); hex.append(digits[Int(b & 15)]) }
-        return authority + "/" + String(decoding: hex, as: UTF8.self)
+        authority + "/" + serial.bytes.map { String(format: "%02x", $0) }.joined()
     }
 
     /// The device a chain names, when a registered authority issued it; nil otherwise.

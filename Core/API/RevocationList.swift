@@ -1,4 +1,5 @@
 import Foundation
+import IoTCPluginKit
 import IoTCStore
 import SwiftASN1
 import X509
@@ -105,15 +106,9 @@ struct RevocationList: Sendable {
         } else {
             return nil
         }
-        // Days from the civil date (Howard Hinnant's algorithm), in UTC.
-        let (y0, m, d, hh, mm, ss) = parts
-        let y = m <= 2 ? y0 - 1 : y0
-        let era = (y >= 0 ? y : y - 399) / 400
-        let yoe = y - era * 400
-        let doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1
-        let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-        let days = era * 146_097 + doe - 719_468
-        return Date(timeIntervalSince1970: TimeInterval(days * 86_400 + hh * 3600 + mm * 60 + ss))
+        let (y, m, d, hh, mm, ss) = parts
+        let days = RFC3339.days(fromCivil: Int64(y), Int64(m), Int64(d))
+        return Date(timeIntervalSince1970: TimeInterval(days * 86_400 + Int64(hh * 3600 + mm * 60 + ss)))
     }
 
     /// The signature algorithms a list may be signed with, by object identifier.

@@ -92,19 +92,6 @@ public enum RFC3339 {
         return rem < 0 ? (days - 1, rem + 86_400_000) : (days, rem)
     }
 
-    /// The civil date of a day since the epoch (Howard Hinnant's days-to-civil algorithm).
-    static func civil(_ d: Int64) -> (year: Int64, month: Int64, day: Int64) {
-        let z = d + 719_468
-        let era = (z >= 0 ? z : z - 146_096) / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let m = mp < 10 ? mp + 3 : mp - 9
-        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, day)
-    }
-
     public static func parse(_ s: String) -> Int64? {
         let c = Array(s.utf8)
         func num(_ from: Int, _ n: Int) -> Int64? {
@@ -147,7 +134,22 @@ public enum RFC3339 {
     }
 
     // Howard Hinnant's civil-calendar algorithms.
-    static func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
+
+    /// The civil date of a day since the epoch.
+    static func civil(_ d: Int64) -> (year: Int64, month: Int64, day: Int64) {
+        let z = d + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let m = mp < 10 ? mp + 3 : mp - 9
+        return (yoe + era * 400 + (m <= 2 ? 1 : 0), m, day)
+    }
+
+    /// Days since the epoch of a civil date (UTC).
+    public static func days(fromCivil y0: Int64, _ m: Int64, _ d: Int64) -> Int64 {
         let y = m <= 2 ? y0 - 1 : y0
         let era = (y >= 0 ? y : y - 399) / 400
         let yoe = y - era * 400

@@ -277,13 +277,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// A strong entity tag for a representation (quoted, as HTTP writes it).
-    static func etag(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var h = FNV1a.hash(bytes), out: [UInt8] = [UInt8(ascii: "\"")]
-        for _ in 0..<16 { out.append(digits[Int(h >> 60)]); h <<= 4 }
-        out.append(UInt8(ascii: "\""))
-        return String(decoding: out, as: UTF8.self)
-    }
+    static func etag(_ bytes: [UInt8]) -> String { "\"" + String(FNV1a.hash(bytes), radix: 16) + "\"" }
 
     /// A number in the request's query (`?wait=30`).
     static func queryNumber(_ target: String, _ name: String) -> Double? {
