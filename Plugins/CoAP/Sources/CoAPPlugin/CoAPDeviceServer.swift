@@ -392,8 +392,9 @@ final class CoAPDeviceServer: @unchecked Sendable {
         }
         var bytes: [UInt8] = []
         EnvelopeJSON.encode(command.message, into: &bytes)
-        let state = coap_session_get_app_data(o.session).map { PeerState.of(Unmanaged<CoAPPeer>.fromOpaque($0).takeUnretainedValue()) }
-        switch send(bytes, to: o, format: contentFormat, etag: { state?.remember(large: bytes) ?? 1 }) {
+        // A command too large for one datagram is kept for the device's Block2 requests of the rest.
+        let keep = { coap_session_get_app_data(o.session).map { PeerState.of(Unmanaged<CoAPPeer>.fromOpaque($0).takeUnretainedValue()).remember(large: bytes) } ?? 1 }
+        switch send(bytes, to: o, format: contentFormat, etag: keep) {
         case nil: source.mailboxes.deliver(command)
         case false?: command.ack.retry("the notification could not be sent")
         case true?: command.ack.succeed()
