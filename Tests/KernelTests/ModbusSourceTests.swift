@@ -340,9 +340,9 @@ final class ModbusPeer {
         let hub = try Self.hub("""
                   - { device: good, tenant: system, tcp: "127.0.0.1:\(good)", interval: 200ms, registers: [ { name: a, address: 0 } ] }
                   - { device: odd, tcp: "127.0.0.1:\(good)", unit: 2, interval: 200ms, registers: [ { name: ok, address: 0 }, { name: far, address: 400 } ] }
-                  - { device: mute, tcp: "127.0.0.1:\(silentPort)", timeout: 500ms, interval: 200ms, registers: [ { name: a, address: 0 } ] }
+                  - { device: mute, tcp: "127.0.0.1:\(silentPort)", timeout: 2s, interval: 200ms, registers: [ { name: a, address: 0 } ] }
                   - { device: noisy, tcp: "127.0.0.1:\(garbagePort)", interval: 200ms, registers: [ { name: a, address: 0, type: uint32 } ] }
-                  - { device: cut, tcp: "127.0.0.1:\(shortPort)", timeout: 500ms, interval: 200ms, registers: [ { name: a, address: 0 } ] }
+                  - { device: cut, tcp: "127.0.0.1:\(shortPort)", timeout: 2s, interval: 200ms, registers: [ { name: a, address: 0 } ] }
                   - { device: gone, tcp: "127.0.0.1:\(nowhere)", interval: 200ms, registers: [ { name: a, address: 0 } ] }
             """)
         #expect(hub.call("POST", "/v1/devices", #"{"id": "good"}"#).status == 201)
@@ -363,11 +363,12 @@ final class ModbusPeer {
         let iso = ISO8601DateFormatter()
         iso.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         let times = polls(hub, "good").compactMap { text($0["device_time"]).flatMap(iso.date(from:)).map { $0.timeIntervalSince1970 * 1000 } }
-        #expect(times.count - start >= 13, "\(times.count - start) polls in 3 s")
-        let steps = zip(times.dropFirst(), times).map { $0 - $1 }
-        // Waiting on the silent device would stretch a step to 500 ms or more; the margin is for a busy
-        // test machine (the benchmark measures the jitter itself).
-        #expect(steps.allSatisfy { abs($0 - 200) <= 150 }, "\(steps)")
+        // Waiting on the silent devices' 2 s time-outs would allow at most two polls in those 3 s and
+        // stretch steps to 2 s; a busy test machine may skip a tick of the grid, never that many (the
+        // benchmark measures the jitter itself).
+        #expect(times.count - start >= 8, "\(times.count - start) polls in 3 s")
+        let steps = zip(times.dropFirst(), times).map { $0 - $1 }.sorted()
+        #expect(!steps.isEmpty && abs(steps[steps.count / 2] - 200) <= 50 && steps.allSatisfy { $0 < 1500 }, "\(steps)")
         // Every failed poll is counted, by device and kind.
         let metrics = hub.call("GET", "/metrics").body
         #expect(metrics.contains("iotc_modbus_errors_total{") && metrics.contains(#"error="exception""#) && metrics.contains(#"error="timeout""#),
