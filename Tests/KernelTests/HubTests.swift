@@ -310,6 +310,20 @@ import IoTCPluginKit
         let responses = s.readResponses(6)
         #expect(responses.map { String($0.prefix(12)) } == Array(repeating: "HTTP/1.1 202", count: 5) + ["HTTP/1.1 404"])
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").map { $0["payload"]?["n"] } == [0, 1, 2, 3, 4] })
+        // Far more than the 64 KiB a client may send ahead, with a one-second long-poll in the middle:
+        // reading stops while the poll waits and resumes after it, and every request is answered in order.
+        batch = ""
+        for i in 0..<1800 {
+            if i == 300 { batch += "GET /v1/devices/p0/commands?wait=1 HTTP/1.1\r\nHost: x\r\n\r\n" }
+            let body = #"{"n":\#(i)}"#
+            batch += "POST /v1/devices/q/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        }
+        #expect(batch.utf8.count > 3 * 64 * 1024)
+        s.send(batch)
+        let statuses = s.readResponses(1801, timeout: 20).map { String($0.prefix(12)) }
+        #expect(statuses == Array(repeating: "HTTP/1.1 202", count: 300) + ["HTTP/1.1 204"] + Array(repeating: "HTTP/1.1 202", count: 1500),
+                "\(statuses.count) answers")
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").filter { $0["device"] == "q" }.map { $0["payload"]?["n"]?.number ?? -1 } == (0..<1800).map(Double.init) })
     }
 
     @Test func authenticatesDevicesWithBearerTokens() throws {

@@ -6,10 +6,13 @@ import NIOCore
 import NIOSSL
 import PluginNetworking
 
-/// One device connection: takes parsed requests in order (pipelined ones wait their turn),
-/// authenticates, submits messages and serves command fetches. Responses are written as bytes.
+/// One device connection: frames requests from the bytes it reads, one at a time (pipelined ones
+/// wait, unparsed, in the input buffer), authenticates, submits messages and serves command fetches.
+/// Responses are written as bytes. It also closes a connection that sends nothing for `idle_timeout`.
+/// Framing, answering and the idle check live in this one handler so that a request costs no hop
+/// between handlers and no boxing of the parsed request.
 final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = DeviceRequest
+    typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     enum Route: Equatable {
@@ -21,11 +24,19 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     private let source: HTTPSource
-    /// The request being answered; later pipelined requests wait in `backlog`.
+    private var decoder: DeviceRequestDecoder
+    /// Bytes read and not yet framed: later pipelined requests wait here while `current` is answered.
+    private var input = ByteBuffer()
+    /// How much a client may send ahead of the request being answered before reading stops.
+    static let readAhead = 64 * 1024
+    private var paused = false
+    /// Set while requests are being taken from `input`, so that one answered at once does not recurse.
+    private var draining = false
+    private var closing = false
+    private var lastRead = NIODeadline.now()
+    private var idleCheck: Scheduled<Void>?
+    /// The request being answered.
     private var current: DeviceRequest?
-    private var backlog = CircularBuffer<DeviceRequest>()
-    /// A framing error found while a request was being answered: sent after it, then the connection closes.
-    private var pendingError: DeviceRequestError?
     /// The identity of the last token seen on this connection, so keep-alive requests authenticate once
     /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
     private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
@@ -35,17 +46,76 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// A conditional GET of the attributes waits for them to change.
     private var waitingForAttributes = false
 
-    init(source: HTTPSource) { self.source = source }
+    init(source: HTTPSource) {
+        self.source = source
+        decoder = DeviceRequestDecoder(limits: DeviceRequestLimits(maxBodySize: source.config.max_body_size))
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        lastRead = .now()
+        scheduleIdleCheck(context, at: lastRead + idleTimeout)
+        context.fireChannelActive()
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let request = unwrapInboundIn(data)
+        var chunk = unwrapInboundIn(data)
+        lastRead = .now()
+        if input.readableBytes == 0 {
+            input = chunk
+        } else {
+            // Room is reclaimed once the requests read so far outweigh what is still waiting.
+            if input.readerIndex > Self.readAhead { input.discardReadBytes() }
+            input.writeBuffer(&chunk)
+        }
         if current != nil {
-            backlog.append(request)
-            // Bound what a client may pipeline ahead: stop reading until the backlog drains.
-            if backlog.count >= 16 { context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in } }
+            // Bound what a client may send ahead: stop reading until the request in hand is answered.
+            if input.readableBytes > Self.readAhead { setReading(context, false) }
             return
         }
-        start(context, request)
+        takeRequests(context)
+    }
+
+    /// Frames and starts requests from `input` while none is being answered.
+    private func takeRequests(_ context: ChannelHandlerContext) {
+        guard !draining else { return }
+        draining = true
+        defer { draining = false }
+        while current == nil, !closing, input.readableBytes > 0 {
+            let request: DeviceRequest?
+            do {
+                request = try decoder.decode(buffer: &input)
+            } catch {
+                return refuse(context, error as? DeviceRequestError ?? .malformed("\(error)"))
+            }
+            guard let request else { break }
+            start(context, request)
+        }
+        if current == nil { setReading(context, true) }
+    }
+
+    private func setReading(_ context: ChannelHandlerContext, _ on: Bool) {
+        guard paused == on else { return }
+        paused = !on
+        context.channel.setOption(ChannelOptions.autoRead, value: on).whenComplete { _ in }
+    }
+
+    private var idleTimeout: TimeAmount { .milliseconds(Int64(source.config.idle_timeout * 1000)) }
+
+    /// A connection that sends nothing for `idle_timeout` is closed, unless it is waiting for commands
+    /// or attributes.
+    private func scheduleIdleCheck(_ context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        idleCheck = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = bound.value
+            guard context.channel.isActive else { return }
+            let due = handler.lastRead + handler.idleTimeout
+            if NIODeadline.now() < due { return handler.scheduleIdleCheck(context, at: due) }
+            if handler.streaming == nil, handler.polling == nil, !handler.waitingForAttributes {
+                context.close(promise: nil)
+            } else {
+                handler.scheduleIdleCheck(context, at: .now() + handler.idleTimeout)
+            }
+        }
     }
 
     private func start(_ context: ChannelHandlerContext, _ request: DeviceRequest) {
@@ -61,23 +131,11 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// Called when the current request's response is complete: the next pipelined one starts.
     private func finished(_ context: ChannelHandlerContext) {
         current = nil
-        if let e = pendingError {
-            pendingError = nil
-            refuse(context, e)
-            return
-        }
-        if let next = backlog.popFirst() {
-            if backlog.count < 8 { context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in } }
-            start(context, next)
-        }
+        takeRequests(context)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard let e = error as? DeviceRequestError else {
-            context.close(promise: nil)
-            return
-        }
-        if current != nil { pendingError = e } else { refuse(context, e) }
+        context.close(promise: nil)
     }
 
     /// Answers a request that could not be framed and closes the connection.
@@ -371,16 +429,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        // A connection that sends nothing is closed, unless it is waiting for commands.
-        if let idle = event as? IdleStateHandler.IdleStateEvent, idle == .read, streaming == nil, polling == nil, !waitingForAttributes {
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
     func channelInactive(context: ChannelHandlerContext) {
+        idleCheck?.cancel()
+        idleCheck = nil
         if let s = streaming {
             source.mailboxes.cancel(box: s.box, waiter: s.waiter)
             source.host.deviceDisconnected(s.identity, reason: "stream closed")
@@ -455,7 +506,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             finished(context)
         } else {
             current = nil
-            backlog.removeAll()
+            closing = true
+            input.clear()
             let channel = context.channel
             done.whenComplete { _ in channel.close(promise: nil) }
         }

@@ -92,10 +92,7 @@ final class HTTPSource: Source, @unchecked Sendable {
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 128, initial: 1024, maximum: 65536))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .milliseconds(Int64(source.config.idle_timeout * 1000))))
                         if let ssl, let files = source.config.tls { try channel.pipeline.syncOperations.addHandler(try files.handler(ssl)) }
-                        let limits = DeviceRequestLimits(maxBodySize: source.config.max_body_size)
-                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(DeviceRequestDecoder(limits: limits)))
                         try channel.pipeline.syncOperations.addHandler(HTTPDeviceHandler(source: source))
                     }
                 }
