@@ -264,8 +264,15 @@ import IoTCPluginKit
         let g = try #require(RawSocket(port: r.port))
         g.send("\u{1}\u{2}NOT HTTP\r\n\r\n")
         #expect(g.readResponses(1).first?.hasPrefix("HTTP/1.1 400") == true)
-        #expect(postJSON("\(r.base)/d/telemetry", "{}")?.status == 202)
+        // Paths the API does not have, and an id that decodes to a slash.
+        #expect(postJSON("\(r.base)/d/telemetry/more", "{}")?.status == 404)
+        #expect(postJSON("\(r.base)/d/commands/c1/result/more", "{}")?.status == 404)
+        #expect(postJSON("\(r.base)/a%2Fb/telemetry", "{}")?.status == 404)
+        #expect(postJSON("http://127.0.0.1:\(r.port)/v1/devicesX/d/telemetry", "{}")?.status == 404)
+        // A percent-encoded id is decoded.
+        #expect(postJSON("\(r.base)/pump%2D7/telemetry", "{}")?.status == 202)
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
+        #expect(jsonLines(r.dir.path + "/out.jsonl").first?["device"] == "pump-7")
     }
 
     @Test func handlesWrongLengthsAndIdleConnections() throws {

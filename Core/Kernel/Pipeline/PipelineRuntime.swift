@@ -171,9 +171,14 @@ final class PipelineRuntime: @unchecked Sendable {
             cond.unlock()
             var out = 0, failed = 0, dropped = 0
             // Deliveries are handed to each sink once per batch: one lock and one wake-up, not one per message.
-            var deliveries: [ObjectIdentifier: (SinkRuntime, [Delivery])] = [:]
+            // A pipeline has few sinks: they are told apart by identity in a short list.
+            var deliveries: [(sink: SinkRuntime, list: [Delivery])] = []
             func deliver(_ sink: SinkRuntime, _ d: Delivery) {
-                deliveries[ObjectIdentifier(sink), default: (sink, [])].1.append(d)
+                if let k = deliveries.firstIndex(where: { $0.sink === sink }) {
+                    deliveries[k].list.append(d)
+                } else {
+                    deliveries.append((sink, [d]))
+                }
             }
             for input in batch {
                 let result = processor.process(input.message)
@@ -212,7 +217,7 @@ final class PipelineRuntime: @unchecked Sendable {
                 done.settle(s)
             }
             done.commit()
-            for (sink, list) in deliveries.values { sink.enqueue(contentsOf: list) }
+            for (sink, list) in deliveries { sink.enqueue(contentsOf: list) }
             received.increment(by: Int64(batch.count))
             if out > 0 { sent.increment(by: Int64(out)) }
             if failed > 0 { errored.increment(by: Int64(failed)) }

@@ -39,7 +39,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var current: DeviceRequest?
     /// The identity of the last token seen on this connection, so keep-alive requests authenticate once
     /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
-    private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
+    /// With it, the topic it was last allowed to publish to: asked again only at reauthentication.
+    private var cached: (token: String, device: String, identity: Identity, at: NIODeadline, published: String?)?
     static let reauthenticateAfter = TimeAmount.seconds(2)
     private var streaming: (box: String, waiter: UInt64, identity: Identity)?
     private var polling: (box: String, waiter: UInt64)?
@@ -155,41 +156,48 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     static func route(_ method: DeviceRequest.Method, _ uri: String) -> Route? {
         // Splits "/v1/devices/{id}/{rest...}" by scanning UTF-8 bytes: this runs for every request.
-        let u = uri.utf8
-        let path = u.firstIndex(of: UInt8(ascii: "?")).map { u[..<$0] } ?? u[...]
-        let prefix = "/v1/devices/".utf8
-        guard path.starts(with: prefix) else { return nil }
-        var parts: [Substring.UTF8View] = []
-        var rest = path.dropFirst(prefix.count)
-        while parts.count < 5 {
-            if let slash = rest.firstIndex(of: UInt8(ascii: "/")) {
-                parts.append(Substring(rest[..<slash]).utf8)
-                rest = rest[rest.index(after: slash)...]
-            } else {
-                parts.append(Substring(rest).utf8)
-                break
+        var uri = uri
+        return uri.withUTF8 { u -> Route? in
+            var end = 0
+            while end < u.count, u[end] != UInt8(ascii: "?") { end += 1 }
+            let prefix: StaticString = "/v1/devices/"
+            guard end >= prefix.utf8CodeUnitCount, memcmp(u.baseAddress!, prefix.utf8Start, prefix.utf8CodeUnitCount) == 0 else { return nil }
+            // Up to four segments after the prefix, as byte ranges; a fifth means no route.
+            var parts: (Range<Int>, Range<Int>, Range<Int>, Range<Int>) = (0..<0, 0..<0, 0..<0, 0..<0)
+            var count = 0, start = prefix.utf8CodeUnitCount
+            for k in start...end where k == end || u[k] == UInt8(ascii: "/") {
+                guard count < 4 else { return nil }
+                switch count {
+                case 0: parts.0 = start..<k
+                case 1: parts.1 = start..<k
+                case 2: parts.2 = start..<k
+                default: parts.3 = start..<k
+                }
+                count += 1
+                start = k + 1
             }
-        }
-        guard parts.count >= 2, parts.count <= 4 else { return nil }
-        // Percent-decoding goes through Foundation; most ids need none.
-        let rawID = Substring(parts[0])
-        guard let device = rawID.utf8.contains(UInt8(ascii: "%")) ? rawID.removingPercentEncoding : String(rawID),
-              CommandTopics.isDeviceID(device) else { return nil }
-        func equals(_ part: Substring.UTF8View, _ s: StaticString) -> Bool {
-            part.elementsEqual(UnsafeBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
-        }
-        switch (method, parts.count) {
-        case (.post, 2):
-            if equals(parts[1], "telemetry") { return .ingest(device: device, kind: .telemetry, suffix: "telemetry") }
-            if equals(parts[1], "events") { return .ingest(device: device, kind: .event, suffix: "events") }
-            if equals(parts[1], "attributes") { return .ingest(device: device, kind: .attributes, suffix: "attributes") }
-            return nil
-        case (.get, 2) where equals(parts[1], "commands"): return .poll(device: device)
-        case (.get, 2) where equals(parts[1], "attributes"): return .attributes(device: device)
-        case (.get, 3) where equals(parts[1], "commands") && equals(parts[2], "stream"): return .stream(device: device)
-        case (.post, 4) where equals(parts[1], "commands") && equals(parts[3], "result") && !parts[2].isEmpty:
-            return .result(device: device, command: String(Substring(parts[2])))
-        default: return nil
+            guard count >= 2 else { return nil }
+            func text(_ r: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: u[r]), as: UTF8.self) }
+            func equals(_ r: Range<Int>, _ s: StaticString) -> Bool {
+                r.count == s.utf8CodeUnitCount && memcmp(u.baseAddress! + r.lowerBound, s.utf8Start, r.count) == 0
+            }
+            // Percent-decoding goes through Foundation; most ids need none.
+            let raw = text(parts.0)
+            guard let device = u[parts.0].contains(UInt8(ascii: "%")) ? raw.removingPercentEncoding : raw,
+                  CommandTopics.isDeviceID(device) else { return nil }
+            switch (method, count) {
+            case (.post, 2):
+                if equals(parts.1, "telemetry") { return .ingest(device: device, kind: .telemetry, suffix: "telemetry") }
+                if equals(parts.1, "events") { return .ingest(device: device, kind: .event, suffix: "events") }
+                if equals(parts.1, "attributes") { return .ingest(device: device, kind: .attributes, suffix: "attributes") }
+                return nil
+            case (.get, 2) where equals(parts.1, "commands"): return .poll(device: device)
+            case (.get, 2) where equals(parts.1, "attributes"): return .attributes(device: device)
+            case (.get, 3) where equals(parts.1, "commands") && equals(parts.2, "stream"): return .stream(device: device)
+            case (.post, 4) where equals(parts.1, "commands") && equals(parts.3, "result") && !parts.2.isEmpty:
+                return .result(device: device, command: text(parts.2))
+            default: return nil
+            }
         }
     }
 
@@ -215,8 +223,16 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .forbidden, problem: "these credentials belong to another device")
             return nil
         }
-        cached = (token, device, identity, .now())
+        cached = (token, device, identity, .now(), nil)
         return identity
+    }
+
+    /// Whether the device may publish to `topic`, asked of the hub once per topic and authentication.
+    private func mayPublish(_ identity: Identity, _ topic: String) -> Bool {
+        if let c = cached, c.identity === identity, c.published == topic { return true }
+        guard source.host.authorize(identity, .publish, topic: topic) else { return false }
+        if cached?.identity === identity { cached?.published = topic }
+        return true
     }
 
     private func handle(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ route: Route) {
@@ -260,7 +276,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .badRequest, problem: "the body is not valid \(format == .json ? "JSON" : "CBOR"): \(reason)")
             return
         }
-        guard source.host.authorize(identity, .publish, topic: topic) else {
+        guard mayPublish(identity, topic) else {
             respond(context, .forbidden, problem: "not allowed to publish to \(topic)")
             return
         }
