@@ -14,17 +14,22 @@ import IoTCPluginKit
         var calls = 0
         let accept: Int
         let rejectID: String?
+        /// How long a write takes when it is not made on `fastThread`, in microseconds.
+        let delay: UInt32
+        var fastThread: pthread_t?
         weak var runtime: SinkRuntime?
 
-        init(accept: Int, rejectID: String? = nil) {
+        init(accept: Int, rejectID: String? = nil, delay: UInt32 = 0) {
             self.accept = accept
             self.rejectID = rejectID
+            self.delay = delay
         }
 
         func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
 
         func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
             var n = 0
+            if delay > 0, lock.withLock({ fastThread.map { pthread_equal($0, pthread_self()) == 0 } ?? true }) { usleep(delay) }
             lock.withLock {
                 calls += 1
                 for m in messages.prefix(accept) {
@@ -62,6 +67,28 @@ import IoTCPluginKit
         #expect(taken == (0..<500).map { "m\($0)" })
         // Batches, not one call per message, but never more than the sink takes at once.
         #expect(sink.lock.withLock { sink.calls } < 500)
+    }
+
+    /// A pipeline hands over small batches while the sink's worker is still writing a backlog (the
+    /// sink takes three at a time, and the worker's writes are slow): the sink still receives every
+    /// message in order.
+    @Test func batchesEnqueuedWhileTheWorkerWritesKeepTheirOrder() throws {
+        let dir = TempDir()
+        let sink = ChoosySink(accept: 3, delay: 5000)
+        sink.fastThread = pthread_self()
+        let runtime = SinkRuntime(name: "slow", instance: sink, options: DeliveryOptions(),
+                                  deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
+        sink.runtime = runtime
+        runtime.start()
+        let all = deliveries(240)
+        for start in stride(from: 0, to: all.count, by: 4) {
+            runtime.enqueue(contentsOf: Array(all[start..<(start + 4)]))
+            usleep(2000)
+        }
+        #expect(eventually(timeout: 20) { runtime.queued == 0 })
+        runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
+        let taken = sink.lock.withLock { sink.taken }
+        #expect(taken == (0..<240).map { "m\($0)" }, "first out of place: \(zip(taken, 0...).first { $0.0 != "m\($0.1)" }.map { "\($0)" } ?? "-")")
     }
 
     @Test func aMessageTheSinkRefusesGoesToTheDeadLettersAndTheRestGoOn() throws {

@@ -74,6 +74,10 @@ final class SinkRuntime: @unchecked Sendable {
     /// Who may be waiting on `cond`, so that wake-ups are sent only when someone listens.
     private var workerWaiting = false
     private var blockedEnqueuers = 0
+    /// A write is in the plugin's hands (the lock is released around it). Writes go one at a time, so
+    /// that the sink receives messages in the order they were queued, and what a write hands back goes
+    /// to the front of the queue before anything later is written.
+    private var writing = false
     private var pause = 0.01
     private var worker: WorkerThread?
     private let log: @Sendable (String) -> Void
@@ -116,7 +120,7 @@ final class SinkRuntime: @unchecked Sendable {
         cond.lock()
         var i = 0
         while i < list.count {
-            if ready.isEmpty && delayed.isEmpty && inFlight.count < options.maxInFlight && !stopping,
+            if !writing && ready.isEmpty && delayed.isEmpty && inFlight.count < options.maxInFlight && !stopping,
                DispatchTime.now().uptimeNanoseconds >= pausedUntil {
                 let n = min(list.count - i, options.maxInFlight - inFlight.count, Self.batchLimit)
                 write(Array(list[i..<(i + n)]))
@@ -151,9 +155,14 @@ final class SinkRuntime: @unchecked Sendable {
             tokens.append(token)
         }
         if blockedEnqueuers > 0 { cond.broadcast() }
+        writing = true
         cond.unlock()
         let (taken, refusal) = instance.write(batch.map(\.message), tokens: tokens)
         cond.lock()
+        defer {
+            writing = false
+            wake()
+        }
         if taken > 0 { pause = 0.01 }
         guard taken < batch.count else { return }
         // What was not taken goes back to the front of the queue, in order.
@@ -267,7 +276,7 @@ final class SinkRuntime: @unchecked Sendable {
                 ready.prepend(delayed.removeFirst())
             }
             if stopping && ready.isEmpty && delayed.isEmpty && inFlight.isEmpty { break }
-            if now >= pausedUntil, !ready.isEmpty && inFlight.count < options.maxInFlight {
+            if now >= pausedUntil, !writing, !ready.isEmpty && inFlight.count < options.maxInFlight {
                 var batch: [Delivery] = []
                 let n = min(ready.count, options.maxInFlight - inFlight.count, Self.batchLimit)
                 batch.reserveCapacity(n)
