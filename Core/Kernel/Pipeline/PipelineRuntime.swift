@@ -165,6 +165,9 @@ final class PipelineRuntime: @unchecked Sendable {
                 break
             }
             while batch.count < 64, let i = queue.popFirst() { batch.append(i) }
+            // Taken from the back, in order, so that each input is moved out rather than copied.
+            let taken = batch.count
+            batch.reverse()
             let processor = self.processor, sinks = self.sinks
             depth.record(queue.count)
             cond.broadcast()
@@ -180,7 +183,7 @@ final class PipelineRuntime: @unchecked Sendable {
                     deliveries.append((sink, [d]))
                 }
             }
-            for input in batch {
+            while let input = batch.popLast() {
                 let result = processor.process(input.message)
                 dropped += result.filtered
                 if !result.alerts.isEmpty { alerts?.record(result.alerts) }
@@ -218,7 +221,7 @@ final class PipelineRuntime: @unchecked Sendable {
             }
             done.commit()
             for (sink, list) in deliveries { sink.enqueue(contentsOf: list) }
-            received.increment(by: Int64(batch.count))
+            received.increment(by: Int64(taken))
             if out > 0 { sent.increment(by: Int64(out)) }
             if failed > 0 { errored.increment(by: Int64(failed)) }
             if dropped > 0 { filtered.increment(by: Int64(dropped)) }
