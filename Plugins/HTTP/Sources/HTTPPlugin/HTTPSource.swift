@@ -47,7 +47,10 @@ final class HTTPSource: Source, @unchecked Sendable {
         the message (on a durable pipeline: once it is in the write-ahead log), 503 with `Retry-After` when \
         the pipeline is full, and 404 when no pipeline reads the topic. An optional `X-Device-Time` header \
         (RFC 3339 or milliseconds since the epoch) sets the device time; `X-Request-Id` is kept as the \
-        property `http.request_id`. Errors are RFC 9457 `application/problem+json`.
+        property `http.request_id`. Errors are RFC 9457 `application/problem+json`. Connections are \
+        keep-alive (HTTP/1.1) and may pipeline requests: they are answered in order, and reading pauses \
+        while more than 64 KiB waits behind the request being answered (a long-poll, for example). A \
+        connection that sends nothing for `idle_timeout` is closed, unless it waits for commands.
         """
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "Address and port to listen on.", default: #""0.0.0.0:8081""#, example: "127.0.0.1:8081"),
