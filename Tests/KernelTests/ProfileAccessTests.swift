@@ -26,11 +26,8 @@ import IoTCPluginKit
         let hub = try ProcessTests().serve(file, data: dir.path + "/data", api: apiPort)
         defer { hub.stop() }
         #expect(eventually { http("GET", "http://127.0.0.1:\(apiPort)/health")?.status == 200 }, "hub did not start: \(hub.log)")
-        let key = ProcessTests.ownerKey
-        func call(_ method: String, _ path: String, _ body: String) -> HTTPResult {
-            http(method, "http://127.0.0.1:\(apiPort)" + path, body: Array(body.utf8),
-                 headers: ["Authorization": "Bearer \(key)", "Content-Type": "application/json"]) ?? HTTPResult(status: 0, headers: [:], body: "")
-        }
+        let api = TenantIsolationTests.Caller(port: apiPort)
+        func call(_ method: String, _ path: String, _ body: String) -> HTTPResult { api(method, path, key: ProcessTests.ownerKey, body) }
         var tokens: [String: String] = [:]
         for (device, profile) in [("meter-1", "sensor"), ("pump-1", "default")] {
             #expect(call("POST", "/v1/devices", #"{"id": "\#(device)", "profile": "\#(profile)"}"#).status == 201)
