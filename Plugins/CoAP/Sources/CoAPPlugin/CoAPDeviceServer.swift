@@ -51,8 +51,11 @@ final class CoAPDeviceServer: @unchecked Sendable {
             // libcoap removes the async entry itself when this call returns.
             let pending = Unmanaged<PendingAnswer>.fromOpaque(box).takeRetainedValue()
             coap_async_set_app_data(async, nil)
-            let code = answer(pending.result ?? IOTC_ERR_INTERNAL, response)
-            state.remember(pending.mid, code)
+            answer(pending.result ?? IOTC_ERR_INTERNAL, response)
+            // The request itself was acknowledged empty; a copy that comes now gets that same empty
+            // acknowledgement (RFC 7252 §4.5), while this confirmable response is retransmitted until
+            // the device acknowledges it.
+            state.remember(pending.mid, COAP_EMPTY_CODE)
             return
         }
         if let code = state.answered(mid) {

@@ -47,7 +47,9 @@ final class CoAPSource: Source, @unchecked Sendable {
         Confirmable requests are answered once the hub has the message (on a durable pipeline, once it is \
         in the write-ahead log): piggybacked when that is at once, otherwise as a separate response. A full \
         pipeline answers 5.03 with Max-Age `retry_after`. Large bodies travel block-wise (RFC 7959) both \
-        ways. Duplicates (same message id from the same endpoint) are answered again, never submitted twice.
+        ways. Duplicates (same message id from the same endpoint) are never submitted twice and get the \
+        acknowledgement the first copy got (RFC 7252 §4.5): the piggybacked answer again, or an empty ACK \
+        when the answer is or was sent separately (a confirmable response, retransmitted until acknowledged).
 
         Devices authenticate with DTLS-PSK (`dtls_listen`; the identity and key are registry \
         credentials), where `{device}` may be left out of the paths, or on plain UDP with a `token=` \
