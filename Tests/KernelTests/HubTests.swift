@@ -332,6 +332,20 @@ import IoTCPluginKit
                 "\(statuses.count) answers")
         let written = { jsonLines(r.dir.path + "/out.jsonl").filter { $0["device"] == "q" }.map { Int($0["payload"]?["n"]?.number ?? -1) } }
         #expect(eventually(timeout: 20) { written() == Array(0..<1800) }, "\(written().count) written; first out of place at \(written().enumerated().first { $0.offset != $0.element }.map { "\($0)" } ?? "-")")
+        // The same requests cut anywhere, a few bytes to a few hundred at a time, arrive whole.
+        var bytes = Array((0..<60).map { i -> String in
+            let body = #"{"n":\#(i)}"#
+            return "POST /v1/devices/cut/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
+        }.joined().utf8)[...]
+        var random = SplitMix(seed: 7)
+        while !bytes.isEmpty {
+            let n = min(bytes.count, Int.random(in: 1...300, using: &random))
+            s.send(Array(bytes.prefix(n)))
+            bytes = bytes.dropFirst(n)
+            usleep(1000)
+        }
+        #expect(s.readResponses(60, timeout: 10).map { String($0.prefix(12)) } == Array(repeating: "HTTP/1.1 202", count: 60))
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").filter { $0["device"] == "cut" }.map { Int($0["payload"]?["n"]?.number ?? -1) } == Array(0..<60) })
     }
 
     @Test func authenticatesDevicesWithBearerTokens() throws {

@@ -19,8 +19,7 @@ public enum PDU {
         var out: [Substring] = []
         while let opt = coap_option_next(&it) {
             let n = Int(coap_opt_length(opt))
-            let bytes = n == 0 ? [] : Array(UnsafeBufferPointer(start: coap_opt_value(opt), count: n))
-            out.append(Substring(String(decoding: bytes, as: UTF8.self)))
+            out.append(n == 0 ? "" : Substring(String(decoding: UnsafeBufferPointer(start: coap_opt_value(opt), count: n), as: UTF8.self)))
         }
         return out
     }
