@@ -83,6 +83,28 @@ import IoTCPluginKit
         #expect(trie.matches(topic).isEmpty == !expected)
     }
 
+    /// The filter's own matcher and the subscription trie (two implementations) agree on random
+    /// filters and topics, empty levels and `$` topics included.
+    @Test func agreesWithTheTrieOnRandomFiltersAndTopics() {
+        var random = SplitMix(seed: 11)
+        let words = ["a", "b", "", "ab", "$x"]
+        func levels(_ extra: [String]) -> [String] {
+            (0..<Int.random(in: 1...4, using: &random)).map { _ in (words + extra).randomElement(using: &random)! }
+        }
+        var compared = 0
+        for _ in 0..<20_000 {
+            var filterLevels = levels(["+", "+"])
+            if Bool.random(using: &random) { filterLevels.append("#") }
+            guard let filter = TopicFilter(filterLevels.joined(separator: "/")) else { continue }
+            let topic = levels([]).joined(separator: "/")
+            var trie = TopicTrie<Int>()
+            trie.insert(filter, 1)
+            #expect(filter.matches(topic) == !trie.matches(topic).isEmpty, "\(filter) on '\(topic)'")
+            compared += 1
+        }
+        #expect(compared > 15_000)
+    }
+
     @Test(arguments: ["", "a/#/b", "a/b#", "a+/b", "#/a"])
     func rejectsInvalidFilters(filter: String) {
         #expect(TopicFilter(filter) == nil)
