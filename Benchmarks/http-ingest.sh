@@ -2,14 +2,14 @@
 # HTTP ingest benchmark. Prints, from one run on this machine:
 #   - requests/s that nginx answers with a bare 204, and that the hub ingests through a pipeline with
 #     decode, map and filter into the file sink, both with wrk at 100 keep-alive connections, in
-#     ROUNDS alternating rounds of DURATION seconds each (default 3 of 5 s): this machine's speed
+#     ROUNDS alternating rounds of DURATION seconds each (default 5 of 5 s): this machine's speed
 #     drifts over minutes, so each hub round is compared with the nginx round just before it;
 #   - the hub's start-up time to ready and its resident memory idle with all plugins loaded.
 # Usage: Benchmarks/http-ingest.sh [BIN_DIR] (default .build/release). Loopback only.
 set -euo pipefail
 BIN=${1:-.build/release}
 DURATION=${DURATION:-5}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 HERE=$(cd "$(dirname "$0")" && pwd)
 source "$HERE/common.sh"
 rss_kib() { awk '/VmRSS/ {print $2}' /proc/$1/status; }

@@ -51,6 +51,9 @@ public struct PipelineConfig: Sendable {
     public var durable: Bool
     public var queueSize: Int
     public var location: SourceLocation
+
+    /// Messages a pipeline queues by default before its sources are told to back off.
+    public static let defaultQueueSize = 8192
 }
 
 /// `source` or `source:topic/filter/#`.
