@@ -100,7 +100,8 @@ echo "hub HTTP layer alone (a topic no pipeline reads: parsed, validated, answer
 edge_json=$(wrk -t2 -c100 -d${DURATION}s --latency -s "$HERE/post.lua" "http://127.0.0.1:$HUB_PORT/v1/devices/bench/events" | tail -1)
 echo "  $edge_json"
 sleep 1
-lines=$(wc -l < "$WORK/out.jsonl")
+# Counted by the hub (the file itself rotates at 256 MiB and keeps one earlier file).
+lines=$(curl -s "http://127.0.0.1:$API_PORT/metrics" | awk '/^iotc_sink_delivered_total\{sink="archive"\}/ {print $2}')
 
 python3 - "$(printf '%s\n' "${nginx_rounds[@]}")" "$(printf '%s\n' "${hub_rounds[@]}")" "$edge_json" "$baseline_json" <<PY
 import json, statistics, sys
@@ -123,7 +124,7 @@ print(f"hub HTTP layer alone:{e['req_rate']:>10.0f} req/s   ({e['req_rate']/n_ra
 print(f"bare SwiftNIO 202:   {b['req_rate']:>10.0f} req/s   ({b['req_rate']/n_rate*100:.1f} % of nginx); the hub reaches {h_rate/b['req_rate']*100:.0f} % of it")
 print(f"start-up to ready:   {$ready_ms:>10d} ms  (measured from outside; banner: $self_reported) (target < 1000 ms)")
 print(f"idle RSS, all plugins loaded: {$idle_rss/1024:.1f} MiB (target < 60 MiB); under load: {$load_rss/1024:.1f} MiB")
-print(f"messages written by the file sink: $lines")
+print(f"messages written by the file sink (iotc_sink_delivered_total): ${lines:-unknown}")
 print(json.dumps({"nginx_req_rate": round(n_rate), "hub_req_rate": round(h_rate), "ratio": round(ratio, 3), "round_ratios": [round(r, 3) for r in ratios],
                   "hub_p99_us": max(h["p99_us"] for h in hs), "hub_non_2xx": sum(h["non_2xx"] for h in hs), "http_layer_req_rate": e["req_rate"],
                   "nio_baseline_req_rate": b["req_rate"], "startup_ms": $ready_ms, "idle_rss_kib": $idle_rss, "load_rss_kib": $load_rss}))
