@@ -1,4 +1,4 @@
-import Foundation
+import IoTCPluginKit
 
 /// An MQTT-style topic filter on canonical topics: levels separated by `/`, `+` matches one level and
 /// `#` (last) matches any number of levels including none. As in MQTT, filters starting with a wildcard
@@ -29,35 +29,7 @@ public struct TopicFilter: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 
-    /// Runs for every message a source submits, so it walks both texts' bytes level by level.
-    public func matches(_ topic: String) -> Bool {
-        var topic = topic, filter = text
-        return topic.withUTF8 { t in filter.withUTF8 { f in Self.matches(filter: f, topic: t) } }
-    }
-
-    static func matches(filter f: UnsafeBufferPointer<UInt8>, topic t: UnsafeBufferPointer<UInt8>) -> Bool {
-        let slash = UInt8(ascii: "/"), plus = UInt8(ascii: "+"), hash = UInt8(ascii: "#")
-        if let c = f.first, c == plus || c == hash, t.first == UInt8(ascii: "$") { return false }
-        var i = 0, j = 0  // the start of the current level in the filter and in the topic
-        while true {
-            var fe = i, te = j
-            while fe < f.count, f[fe] != slash { fe += 1 }
-            while te < t.count, t[te] != slash { te += 1 }
-            let wildcard = fe - i == 1 ? f[i] : 0
-            if wildcard == hash { return true }
-            if wildcard != plus {
-                guard fe - i == te - j else { return false }
-                if fe > i, memcmp(f.baseAddress! + i, t.baseAddress! + j, fe - i) != 0 { return false }
-            }
-            if te == t.count {
-                // The topic ended: the filter must end here too, or go on with a last "/#" only.
-                return fe == f.count || (f.count - fe == 2 && f[fe + 1] == hash)
-            }
-            if fe == f.count { return false }
-            i = fe + 1
-            j = te + 1
-        }
-    }
+    public func matches(_ topic: String) -> Bool { TopicMatch.matches(topic: topic, filter: text) }
 }
 
 /// Subscriptions by topic filter, matched level by level (shared by the router and protocol plugins).

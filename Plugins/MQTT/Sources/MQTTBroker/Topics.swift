@@ -1,3 +1,5 @@
+import IoTCPluginKit
+
 /// Topic names and topic filters (MQTT 5 section 4.7).
 public enum Topics {
     /// Whether `filter` is a valid topic filter: `#` only as a whole last level, `+` only as a whole
@@ -23,34 +25,9 @@ public enum Topics {
         return true
     }
 
-    /// Whether a topic name matches a topic filter. Topics starting with `$` are not matched by a filter
-    /// whose first level is a wildcard.
-    public static func matches(topic: String, filter: String) -> Bool {
-        let t = Array(topic.utf8), f = Array(filter.utf8)
-        if t.first == UInt8(ascii: "$"), f.first == UInt8(ascii: "+") || f.first == UInt8(ascii: "#") { return false }
-        var ti = 0, fi = 0
-        while fi < f.count {
-            if f[fi] == UInt8(ascii: "#") { return true }
-            if f[fi] == UInt8(ascii: "+") {
-                while ti < t.count, t[ti] != UInt8(ascii: "/") { ti += 1 }
-                fi += 1
-            } else {
-                while fi < f.count, f[fi] != UInt8(ascii: "/") {
-                    guard ti < t.count, t[ti] == f[fi] else { return false }
-                    ti += 1
-                    fi += 1
-                }
-                guard ti == t.count || t[ti] == UInt8(ascii: "/") else { return false }
-            }
-            // Both at a level end.
-            if fi == f.count { return ti == t.count }
-            // f[fi] is "/": "a/#" also matches "a".
-            if ti == t.count { return f.count - fi == 2 && f[fi + 1] == UInt8(ascii: "#") }
-            ti += 1
-            fi += 1
-        }
-        return ti == t.count
-    }
+    /// Whether a topic name matches a topic filter (the plugin kit's matcher, shared with the hub's
+    /// routes). Topics starting with `$` are not matched by a filter whose first level is a wildcard.
+    public static func matches(topic: String, filter: String) -> Bool { TopicMatch.matches(topic: topic, filter: filter) }
 
     /// Whether every topic that `inner` matches is also matched by `outer` (for authorizing a
     /// subscription's filter against an access-control filter).
