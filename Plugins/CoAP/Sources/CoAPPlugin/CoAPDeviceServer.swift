@@ -183,7 +183,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
             state.remember(mid, code)
             return
         }
-        guard state.mayPublish(identity, topic, host: host) else {
+        guard state.permit.allows(identity, topic, host: host, now: Int64(Date().timeIntervalSince1970 * 1000), lifetime: Self.reauthenticateAfterMs) else {
             PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "not allowed to publish to \(topic)")
             return
         }
@@ -530,20 +530,8 @@ final class Observation: @unchecked Sendable {
 /// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).
 final class PeerState {
     var observations: [Observation] = []
-    /// The topic this endpoint's device was last allowed to publish to, and when (ms since the epoch):
-    /// the hub is asked again after `CoAPDeviceServer.reauthenticateAfterMs`, or for another topic.
-    private var published: (identity: Identity, topic: String, at: Int64)?
-
-    func mayPublish(_ identity: Identity, _ topic: String, host: PluginHost) -> Bool {
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
-        if let p = published, p.identity === identity, p.topic == topic, now - p.at < CoAPDeviceServer.reauthenticateAfterMs { return true }
-        guard host.authorize(identity, .publish, topic: topic) else {
-            published = nil
-            return false
-        }
-        published = (identity, topic, now)
-        return true
-    }
+    /// The hub's last yes to this endpoint's device publishing to a topic.
+    var permit = PublishPermit()
     /// Observations one endpoint may hold at once (commands and attributes).
     static let maxObservations = 16
 

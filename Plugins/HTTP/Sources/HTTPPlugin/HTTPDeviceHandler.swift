@@ -39,8 +39,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var current: DeviceRequest?
     /// The identity of the last token seen on this connection, so keep-alive requests authenticate once
     /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
-    /// With it, the topic it was last allowed to publish to: asked again only at reauthentication.
-    private var cached: (token: String, device: String, identity: Identity, at: NIODeadline, published: String?)?
+    private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
+    private var permit = PublishPermit()
     static let reauthenticateAfter = TimeAmount.seconds(2)
     private var streaming: (box: String, waiter: UInt64, identity: Identity)?
     private var polling: (box: String, waiter: UInt64)?
@@ -223,16 +223,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .forbidden, problem: "these credentials belong to another device")
             return nil
         }
-        cached = (token, device, identity, .now(), nil)
+        cached = (token, device, identity, .now())
         return identity
-    }
-
-    /// Whether the device may publish to `topic`, asked of the hub once per topic and authentication.
-    private func mayPublish(_ identity: Identity, _ topic: String) -> Bool {
-        if let c = cached, c.identity === identity, c.published == topic { return true }
-        guard source.host.authorize(identity, .publish, topic: topic) else { return false }
-        if cached?.identity === identity { cached?.published = topic }
-        return true
     }
 
     private func handle(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ route: Route) {
@@ -276,7 +268,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .badRequest, problem: "the body is not valid \(format == .json ? "JSON" : "CBOR"): \(reason)")
             return
         }
-        guard mayPublish(identity, topic) else {
+        guard permit.allows(identity, topic, host: source.host, now: Int64(NIODeadline.now().uptimeNanoseconds / 1_000_000),
+                            lifetime: Self.reauthenticateAfter.nanoseconds / 1_000_000) else {
             respond(context, .forbidden, problem: "not allowed to publish to \(topic)")
             return
         }
