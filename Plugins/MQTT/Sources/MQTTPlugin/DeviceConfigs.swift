@@ -14,9 +14,8 @@ import NIOCore
 /// devices may not publish to it.
 final class DeviceConfigs: @unchecked Sendable {
     private let host: PluginHost
-    private let template: String
-    /// The template's text before and after `{device}`.
-    private let prefix: Substring, suffix: Substring
+    /// The topic template's text before and after `{device}`.
+    private let prefix: String, suffix: String
     private struct Watch {
         var identity: Identity
         var connections: Int
@@ -29,18 +28,19 @@ final class DeviceConfigs: @unchecked Sendable {
 
     init(host: PluginHost, template: String) {
         self.host = host
-        self.template = template
         let marker = template.range(of: "{device}")
-        prefix = template[..<(marker?.lowerBound ?? template.endIndex)]
-        suffix = template[(marker?.upperBound ?? template.endIndex)...]
+        prefix = String(template[..<(marker?.lowerBound ?? template.endIndex)])
+        suffix = String(template[(marker?.upperBound ?? template.endIndex)...])
     }
 
-    func topic(device: String) -> String { template.replacingOccurrences(of: "{device}", with: device) }
+    func topic(device: String) -> String { prefix + device + suffix }
 
-    /// Whether `topic` is `device`'s configuration topic (on the publish path: nothing is built).
+    /// Whether `topic` is `device`'s configuration topic. It runs for every publish of a device, so it
+    /// compares bytes and builds nothing.
     func isConfigTopic(_ topic: String, device: String) -> Bool {
-        topic.utf8.count == prefix.utf8.count + device.utf8.count + suffix.utf8.count && topic.hasPrefix(prefix) && topic.hasSuffix(suffix)
-            && topic.utf8.dropFirst(prefix.utf8.count).starts(with: device.utf8)
+        let t = topic.utf8
+        return t.count == prefix.utf8.count + device.utf8.count + suffix.utf8.count && t.starts(with: prefix.utf8)
+            && t.dropFirst(prefix.utf8.count).starts(with: device.utf8) && t.suffix(suffix.utf8.count).elementsEqual(suffix.utf8)
     }
 
     private static func key(_ identity: Identity) -> String { identity.tenant + "/" + identity.device }
