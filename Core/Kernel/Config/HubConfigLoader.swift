@@ -41,7 +41,7 @@ public struct HubConfigLoader: Sendable {
         ConfigField("to", .list(.string), "Sinks that receive every message that leaves the last step.", default: "[]"),
         ConfigField("errors", .list(.string), "Sinks for messages a step could not handle; without it they go to the dead-letter store.", default: "[]"),
         ConfigField("durable", .bool, "Write each message to the write-ahead log before the device is acknowledged.", default: "false"),
-        ConfigField("queue_size", .int, "Messages waiting for this pipeline before sources are told to back off (the default holds about a tenth of a second at 60,000 messages/s, so that a pipeline thread kept off the CPU for a moment does not turn into refusals).", default: "8192"),
+        ConfigField("queue_size", .int, "Messages waiting for this pipeline before sources are told to back off (the default holds about a tenth of a second at 60,000 messages/s, so that a pipeline thread kept off the CPU for a moment does not turn into refusals).", default: String(PipelineConfig.defaultQueueSize)),
         ConfigField("description", .string, "What the pipeline is for."),
         ConfigField("fields", .list(.string), "The payload fields this pipeline's messages carry once decoded: iotc check warns of a step that reads another (after a map step, the fields it makes are known without this).", example: "[ temperature, humidity ]"),
     ]
