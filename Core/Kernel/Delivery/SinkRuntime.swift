@@ -161,7 +161,9 @@ final class SinkRuntime: @unchecked Sendable {
         cond.lock()
         defer {
             writing = false
-            wake()
+            // The worker has work now only if deliveries queued up behind this write (or it is
+            // draining); a write that left nothing behind wakes nobody.
+            if !ready.isEmpty || stopping { wake() }
         }
         if taken > 0 { pause = 0.01 }
         guard taken < batch.count else { return }
