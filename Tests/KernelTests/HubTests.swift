@@ -643,18 +643,46 @@ import IoTCPluginKit
 }
 
 @Suite struct FileSinkTests {
-    @Test func rotatesBySizeAndKeepsMaxFiles() throws {
-        let dir = TempDir()
+    /// `sync: none` appends on the hub's delivery thread, `every_batch` on the sink's writer thread.
+    /// A hub whose HTTP source feeds the file sink `out.jsonl` in `dir`, with `settings` added to the sink.
+    private func startHub(_ dir: TempDir, sink settings: String) throws -> (Hub, Int) {
         let hub = try makeHub(dir)
         let port = freePort()
         try hub.start(try loadConfig("""
             sources: { devices: { plugin: http, listen: "127.0.0.1:\(port)" } }
-            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl", format: payload, max_size: 200, max_files: 2 } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl", format: payload, \(settings) } }
             pipelines: { t: { from: [ devices ], to: [ out ] } }
             auth: { allow_anonymous: true }
             """))
-        defer { hub.stop() }
         #expect(waitForPort(port))
+        return (hub, port)
+    }
+
+    @Test(arguments: ["none", "every_batch"]) func writesEveryMessageOnceInOrder(sync: String) throws {
+        let dir = TempDir()
+        let (hub, port) = try startHub(dir, sink: "sync: \(sync)")
+        defer { hub.stop() }
+        // Four senders at once, so that batches of several messages reach the sink.
+        let perSender = 150
+        DispatchQueue.concurrentPerform(iterations: 4) { s in
+            for i in 0..<perSender {
+                _ = postJSON("http://127.0.0.1:\(port)/v1/devices/d\(s)/telemetry", #"{"s":\#(s),"n":\#(i)}"#)
+            }
+        }
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").count >= 4 * perSender })
+        #expect(eventually { hub.status.sinks.first?.queued == 0 })
+        let lines = jsonLines(dir.path + "/out.jsonl")
+        #expect(lines.count == 4 * perSender)
+        for s in 0..<4 {
+            let ns = lines.filter { $0["s"]?.number == Double(s) }.compactMap { $0["n"]?.number }
+            #expect(ns == (0..<perSender).map(Double.init), "sender \(s)")
+        }
+    }
+
+    @Test(arguments: ["none", "every_batch"]) func rotatesBySizeAndKeepsMaxFiles(sync: String) throws {
+        let dir = TempDir()
+        let (hub, port) = try startHub(dir, sink: "max_size: 200, max_files: 2, sync: \(sync)")
+        defer { hub.stop() }
         // Each line is 31 bytes; rotation happens after the write that passes 200 bytes. Each message is
         // written before the next is sent, so that every batch is one line.
         func written() -> Int { ["out.jsonl", "out.jsonl.1", "out.jsonl.2"].map { jsonLines(dir.path + "/" + $0).count }.reduce(0, +) }

@@ -27,8 +27,9 @@ final class FileSink: Sink, @unchecked Sendable {
         tenant, device, kind, topic, content type, metadata) and the payload, inline when it is JSON and as \
         `payload_base64` otherwise; with `format: payload` a line holds the payload alone. When the file \
         passes `max_size` it is renamed to `PATH.1` (older ones shift up to `PATH.<max_files>`) and a new \
-        file is started. Writes are batched; a message is acknowledged once its batch is written, and with \
-        `sync: every_batch` once it is also flushed to disk.
+        file is started. A message is acknowledged once its batch is written: with `sync: none` (the \
+        default) each batch the hub hands over is appended at once, on the hub's delivery thread; with \
+        `sync: every_batch` a writer thread appends what has gathered and flushes it to disk first.
         """
     static let fields: [ConfigField] = [
         ConfigField("path", .string, "File to append to; its folder is created if missing.", example: "/var/lib/iotc/telemetry.jsonl", required: true),
@@ -59,7 +60,12 @@ final class FileSink: Sink, @unchecked Sendable {
         let dir = (config.path as NSString).deletingLastPathComponent
         if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
         try openFile()
-        writer = WorkerThread(name: "iotc-file-sink") { [self] in run() }
+        // Without sync, a batch is appended on the caller's thread: an append to the page cache costs
+        // less than handing the batch to another thread and waking it. `fdatasync` can take
+        // milliseconds, so with sync a writer thread does it while the hub goes on.
+        if config.sync == "every_batch" {
+            writer = WorkerThread(name: "iotc-file-sink") { [self] in run() }
+        }
     }
 
     private func openFile() throws {
@@ -74,21 +80,37 @@ final class FileSink: Sink, @unchecked Sendable {
 
     func write(_ messages: [Message], acks: [Ack]) -> Int {
         cond.lock()
-        defer { cond.unlock() }
-        if stopping { return 0 }
-        let wasEmpty = buffer.isEmpty
-        for (message, ack) in zip(messages, acks) {
-            if config.format == "payload" {
-                buffer.append(contentsOf: message.payload.filter { $0 != 0x0A })
-            } else {
-                EnvelopeJSON.encode(message, into: &buffer)
-            }
-            buffer.append(0x0A)
-            tokens.append(ack.token)
+        if stopping {
+            cond.unlock()
+            return 0
         }
+        guard writer != nil else {
+            // Written here and now (the hub hands a sink one batch at a time).
+            buffer.removeAll(keepingCapacity: true)
+            encode(messages, into: &buffer)
+            let error = flush(buffer)
+            cond.unlock()
+            host.ack(acks.map(\.token), error.map { .retry($0) } ?? .success)
+            return messages.count
+        }
+        let wasEmpty = buffer.isEmpty
+        encode(messages, into: &buffer)
+        for ack in acks { tokens.append(ack.token) }
         // The writer only waits while the buffer is empty.
         if wasEmpty { cond.signal() }
+        cond.unlock()
         return messages.count
+    }
+
+    private func encode(_ messages: [Message], into out: inout [UInt8]) {
+        for message in messages {
+            if config.format == "payload" {
+                out.append(contentsOf: message.payload.filter { $0 != 0x0A })
+            } else {
+                EnvelopeJSON.encode(message, into: &out)
+            }
+            out.append(0x0A)
+        }
     }
 
     private func run() {
