@@ -126,7 +126,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         return h == 0 ? 1 : h
     }
 
-    private func match(_ path: [Substring]) -> ([String: String], CoAPRoute)? {
+    private func match(_ path: [Substring]) -> (PathMatch, CoAPRoute)? {
         for (template, route) in source.routes {
             if let values = template.match(path) { return (values, route) }
         }

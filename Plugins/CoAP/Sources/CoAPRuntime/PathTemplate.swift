@@ -32,20 +32,41 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
     /// Whether the template names this placeholder.
     public func has(_ variable: String) -> Bool { segments.contains(.variable(variable)) }
 
-    /// The placeholders' values when `path` (segments, without slashes) matches, else nil. Empty
-    /// segments never match a placeholder.
-    public func match(_ path: [Substring]) -> [String: String]? {
+    /// The match when `path` (segments, without slashes) fits the template, else nil. Empty segments
+    /// never match a placeholder.
+    public func match(_ path: [Substring]) -> PathMatch? {
         guard path.count == segments.count else { return nil }
-        var values: [String: String] = [:]
         for (s, p) in zip(segments, path) {
             switch s {
             case .literal(let l): guard p == l else { return nil }
-            case .variable(let name):
-                guard !p.isEmpty else { return nil }
-                values[name] = String(p)
+            case .variable: guard !p.isEmpty else { return nil }
             }
         }
-        return values
+        return PathMatch(template: self, path: path)
+    }
+}
+
+/// A path that fits a template: the placeholders' values are read from it on demand (a request
+/// handler asks for one or two), so that matching builds no dictionary.
+public struct PathMatch: Sendable {
+    let template: PathTemplate
+    let path: [Substring]
+
+    /// The value of a placeholder, or nil when the template has none of that name.
+    public subscript(_ name: String) -> String? {
+        for (s, p) in zip(template.segments, path) {
+            if case .variable(let n) = s, n == name { return String(p) }
+        }
+        return nil
+    }
+
+    /// Every placeholder's value.
+    public var values: [String: String] {
+        var out: [String: String] = [:]
+        for (s, p) in zip(template.segments, path) {
+            if case .variable(let n) = s { out[n] = String(p) }
+        }
+        return out
     }
 }
 
