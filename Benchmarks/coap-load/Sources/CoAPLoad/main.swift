@@ -68,8 +68,11 @@ var counting = false
 var done = 0, errors = 0, separate = 0, resent = 0
 var buf = [UInt8](repeating: 0, count: 2048)
 var lastSweep = start
-while now() - start < (counting ? seconds : warmUp) {
-    if !counting, now() - start >= warmUp - 0.001 {
+while true {
+    // The warm-up ends here and only here, so that the figures printed are always the counted window's.
+    let elapsed = now() - start
+    if counting && elapsed >= seconds { break }
+    if !counting && elapsed >= warmUp {
         counting = true
         start = now()
         (done, errors, separate, resent) = (0, 0, 0, 0)
