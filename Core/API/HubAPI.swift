@@ -89,11 +89,14 @@ public enum HubAPI {
             }))
         })
         router.get("/v1/dead-letters", use: guarded(.hub(.viewer)) { request, _, _ in
-            let limit = try Query(request).limit(max: 100_000)
-            let entries = hub.deadLetters.list()
+            let query = Query(request)
+            let limit = try query.limit(max: 100_000)
+            let page = hub.deadLetters.page(after: try query.string("after"), limit: limit)
             return json(.object(Value.Object([
-                ("total", .int(Int64(entries.count))),
-                ("items", .array(entries.prefix(max(0, limit)).map(DeadLetterStore.json))),
+                ("total", .int(Int64(page.total))),
+                ("items", .array(page.entries.map(DeadLetterStore.json))),
+                // The next page starts after the last id of a full one.
+                ("next", page.entries.count == limit ? .string(page.entries.last!.id) : .null),
             ])))
         })
         router.post("/v1/dead-letters/replay", use: guarded(.hub(.operator)) { request, _, p in

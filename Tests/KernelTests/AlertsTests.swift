@@ -354,7 +354,7 @@ import IoTCPluginKit
         #expect(a["state"] == "active" && a["rule"] == "hot" && a["key"] == "oven-1" && a["severity"] == "critical" && a["message"] == "oven-1 at 90"
                 && a["count"] == .int(1), "\(a)")
         // An operator acknowledges it: who and when are in its history.
-        var r = hub.call("POST", "/v1/alerts/\(id)/acknowledge?tenant=default")
+        let r = hub.call("POST", "/v1/alerts/\(id)/acknowledge?tenant=default")
         #expect(r.status == 200, "\(r.body)")
         a = try JSON.decode(Array(r.body.utf8))
         let acknowledged = a["history"]?.array?.last { $0["action"] == "acknowledged" }

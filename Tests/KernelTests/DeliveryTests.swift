@@ -105,6 +105,52 @@ import IoTCPluginKit
         #expect(store.list().map(\.message.id) == ["m3"])
     }
 
+    /// A dead letter for message `i`.
+    private func addLetter(_ store: DeadLetterStore, _ i: Int) throws {
+        try store.add(pipeline: "p", sink: nil, step: "decode", reason: "bad \(i)", attempts: 1,
+                      message: CanonicalMessage(Message(id: "m\(i)", payload: [UInt8(i % 256)]), receivedTime: 1))
+    }
+
+    @Test func theDeadLetterStoreKeepsTheNewestUpToItsBound() throws {
+        let dir = TempDir()
+        let store = try DeadLetterStore(directory: dir.url, maxEntries: 20)
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var n = 0
+        }
+        let evicted = Tally()
+        store.evicted = { n in evicted.lock.withLock { evicted.n += n } }
+        for i in 0..<45 { try addLetter(store, i) }
+        let kept = store.list().map(\.message.id)
+        // Past 20, the oldest go, down to 18 (nine tenths).
+        #expect(kept.count >= 18 && kept.count <= 20, "\(kept.count) kept")
+        #expect(kept == (45 - kept.count..<45).map { "m\($0)" }, "the newest are kept, in order")
+        #expect(evicted.lock.withLock { evicted.n } == 45 - kept.count)
+        // A store opened on the same folder counts what is there.
+        let reopened = try DeadLetterStore(directory: dir.url, maxEntries: 20)
+        #expect(reopened.page(after: nil, limit: 1).total == kept.count)
+    }
+
+    @Test func deadLettersAreListedAPageAtATime() throws {
+        let dir = TempDir()
+        let store = try DeadLetterStore(directory: dir.url)
+        for i in 0..<25 { try addLetter(store, i) }
+        var seen: [String] = []
+        var after: String?
+        var pages = 0
+        repeat {
+            let page = store.page(after: after, limit: 10)
+            #expect(page.total == 25)
+            seen += page.entries.map(\.message.id)
+            after = page.entries.count == 10 ? page.entries.last?.id : nil
+            pages += 1
+        } while after != nil && pages < 10
+        #expect(seen == (0..<25).map { "m\($0)" })
+        #expect(pages == 3)
+        #expect(store.page(after: "zzz", limit: 10).entries.isEmpty, "after every id: nothing")
+        #expect(store.remove(ids: nil) == 25 && store.page(after: nil, limit: 10).total == 0)
+    }
+
     func sample(_ i: Int) -> Message {
         let properties: [KeyValue] = i == 0 ? [] : [KeyValue("mqtt.user.site", "plant \(i)"), KeyValue("é", "ü")]
         let deviceTime: Int64? = i == 1 ? nil : Int64(1000 + i)

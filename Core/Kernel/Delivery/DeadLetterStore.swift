@@ -1,8 +1,11 @@
 import Foundation
 import IoTCPluginKit
+import Metrics
 
 /// Messages that could not be delivered (retries exhausted, rejected by a sink) or processed (a step
-/// failed): one JSON file each in the data directory, so they can be listed, replayed and purged.
+/// failed): one JSON file each in the data directory, so they can be listed, replayed and purged. The
+/// store is bounded: past `maxEntries` the oldest tenth is removed, so that a stream of messages that
+/// keep failing cannot fill the disk.
 public final class DeadLetterStore: @unchecked Sendable {
     public struct Entry: Sendable {
         public var id: String
@@ -18,12 +21,31 @@ public final class DeadLetterStore: @unchecked Sendable {
     }
 
     public let directory: URL
+    /// Most entries kept.
+    public let maxEntries: Int
+    public static let defaultMaxEntries = 100_000
     private let lock = NSLock()
     private var counter = 0
+    /// Entries in the folder as this store last counted them (`iotc dlq` may change the folder too).
+    private var count: Int
+    /// One eviction at a time.
+    private let evicting = NSLock()
+    private let evictedCounter = Counter(label: "iotc_dead_letters_evicted_total")
+    /// Told how many of the oldest entries were removed to make room.
+    public var evicted: (@Sendable (Int) -> Void)?
 
-    public init(directory: URL) throws {
+    public init(directory: URL, maxEntries: Int = DeadLetterStore.defaultMaxEntries) throws {
         self.directory = directory
+        self.maxEntries = max(1, maxEntries)
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        count = 0
+        count = names().count
+    }
+
+    /// The entries' file names, oldest first (an id starts with its time and a sequence number).
+    private func names() -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
+            .filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.sorted()
     }
 
     /// Stores an entry (written to a temporary file and renamed, so a crash leaves no half entry).
@@ -39,14 +61,43 @@ public final class DeadLetterStore: @unchecked Sendable {
         let tmp = directory.appendingPathComponent(".\(id).tmp")
         try data.write(to: tmp)
         try FileManager.default.moveItem(at: tmp, to: directory.appendingPathComponent("\(id).json"))
+        let full = lock.withLock { () -> Bool in
+            count += 1
+            return count > maxEntries
+        }
+        if full { evictOldest() }
         return id
     }
 
+    /// Removes the oldest entries down to nine tenths of `maxEntries`, so that the folder is listed
+    /// once per tenth of the bound rather than once per entry.
+    private func evictOldest() {
+        evicting.lock()
+        defer { evicting.unlock() }
+        let all = names()
+        let keep = maxEntries - maxEntries / 10
+        var removed = 0
+        if all.count > maxEntries {
+            for name in all.prefix(all.count - keep) where (try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))) != nil {
+                removed += 1
+            }
+        }
+        lock.withLock { count = all.count - removed }
+        guard removed > 0 else { return }
+        evictedCounter.increment(by: Int64(removed))
+        evicted?(removed)
+    }
+
     /// Every entry, oldest first.
-    public func list() -> [Entry] {
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
-            .filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.sorted()
-        return names.compactMap { entry(id: String($0.dropLast(5))) }
+    public func list() -> [Entry] { page(after: nil, limit: .max).entries }
+
+    /// Up to `limit` entries, oldest first, from the one after the id `after` (nil: the first), and
+    /// how many there are in all. Only the entries returned are read.
+    public func page(after: String?, limit: Int) -> (total: Int, entries: [Entry]) {
+        let all = names()
+        let start = after.map { a in all.firstIndex { $0 > a + ".json" } ?? all.endIndex } ?? all.startIndex
+        let entries = all[start...].prefix(max(0, limit)).compactMap { entry(id: String($0.dropLast(5))) }
+        return (all.count, entries)
     }
 
     public func entry(id: String) -> Entry? {
@@ -59,11 +110,12 @@ public final class DeadLetterStore: @unchecked Sendable {
     /// Removes entries; nil removes all. Returns how many were removed.
     @discardableResult
     public func remove(ids: [String]?) -> Int {
-        let targets = ids ?? list().map(\.id)
+        let targets = ids ?? names().map { String($0.dropLast(5)) }
         var n = 0
         for id in targets where !id.contains("/") {
             if (try? FileManager.default.removeItem(at: directory.appendingPathComponent("\(id).json"))) != nil { n += 1 }
         }
+        lock.withLock { count = max(0, count - n) }
         return n
     }
 

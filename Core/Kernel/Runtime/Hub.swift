@@ -60,12 +60,15 @@ public final class Hub: HostServices, @unchecked Sendable {
     /// Whether a device limit is set: checked first, so that submits take no lock when none is.
     private let deviceLimitOn = ManagedAtomic<Bool>(false)
 
-    public init(plugins: PluginSet, dataDirectory: URL, logger: Logger) throws {
+    public init(plugins: PluginSet, dataDirectory: URL, logger: Logger, maxDeadLetters: Int = DeadLetterStore.defaultMaxEntries) throws {
         self.plugins = plugins
         self.dataDirectory = dataDirectory
         self.logger = logger
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
-        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"))
+        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"), maxEntries: maxDeadLetters)
+        deadLetters.evicted = { [logger] n in
+            logger.warning("the dead-letter store holds its most (\(maxDeadLetters) entries): removed the \(n) oldest")
+        }
         alerts = AlertBook(file: dataDirectory.appendingPathComponent("alerts.json"))
     }
 
