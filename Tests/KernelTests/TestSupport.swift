@@ -91,7 +91,7 @@ final class ChildProcess {
 
     init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], directory: String? = nil, interactive: Bool = false) throws {
         output = FileManager.default.temporaryDirectory.appendingPathComponent("iotc-child-\(UUID().uuidString).log")
-        FileManager.default.createFile(atPath: output.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: output.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment
