@@ -88,6 +88,7 @@ enum APIClient {
         } else if caFile != nil {
             throw ValidationError("--ca-file applies to an https:// API")
         }
+        let tlsContext = ssl
         // Server name indication takes a name, not an address; an address is checked against the certificate as such.
         let serverName = (try? SocketAddress(ipAddress: host, port: 0)) != nil ? nil : host
         let group = MultiThreadedEventLoopGroup.singleton
@@ -98,7 +99,7 @@ enum APIClient {
                 .connectTimeout(.seconds(5))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        if let ssl { try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: ssl, serverHostname: serverName)) }
+                        if let tlsContext { try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tlsContext, serverHostname: serverName)) }
                         try channel.pipeline.syncOperations.addHTTPClientHandlers()
                         try channel.pipeline.syncOperations.addHandler(ResponseReader(promise))
                     }

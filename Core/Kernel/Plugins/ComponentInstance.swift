@@ -84,7 +84,7 @@ final class ComponentInstance: @unchecked Sendable {
         }
         guard let created else {
             // deinit frees the host structure.
-            throw ComponentError("\(kind) '\(name)' (\(component.entry.name)): \(String(cString: text))")
+            throw ComponentError("\(kind) '\(name)' (\(component.entry.name)): \(cText(text))")
         }
         instance = created
     }
@@ -95,7 +95,7 @@ final class ComponentInstance: @unchecked Sendable {
             var err = iotc_error(struct_size: UInt32(MemoryLayout<iotc_error>.size), code: 0, text: buf.baseAddress, capacity: buf.count)
             return component.raw.pointee.start(instance, &err)
         }
-        guard r == IOTC_OK else { throw ComponentError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(String(cString: text))") }
+        guard r == IOTC_OK else { throw ComponentError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(cText(text))") }
     }
 
     /// Stops taking work and settles what is in flight.
@@ -146,7 +146,7 @@ final class ComponentInstance: @unchecked Sendable {
                 component.raw.pointee.process(instance, cm, stepEmit, Unmanaged.passUnretained(collector).toOpaque(), &err)
             }
         }
-        guard r == IOTC_OK else { throw StepError(String(cString: text)) }
+        guard r == IOTC_OK else { throw StepError(cText(text)) }
         return collector.out
     }
 
@@ -324,4 +324,9 @@ final class GrantedIdentity: @unchecked Sendable {
         free(cTenant)
         free(cDevice)
     }
+}
+
+/// The NUL-terminated text a plugin wrote into a buffer the kernel lent it.
+private func cText(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

@@ -312,7 +312,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     /// once, or with `?wait=S` when they change within S seconds (looked at every second; at most
     /// `long_poll_timeout`), 304 when they do not.
     private func attributes(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ identity: Identity) {
-        let current = { [source] in source.host.attributes(identity) ?? Array("{}".utf8) }
+        let current: @Sendable () -> [UInt8] = { [source] in source.host.attributes(identity) ?? Array("{}".utf8) }
         let json = current()
         let tag = Self.etag(json)
         guard let known = request.ifNoneMatch, known == tag || known == "*" else {
@@ -323,8 +323,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let deadline = NIODeadline.now() + .milliseconds(Int64(wait * 1000))
         let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
         waitingForAttributes = true
-        func look() {
-            context.eventLoop.scheduleTask(in: .seconds(1)) {
+        let eventLoop = context.eventLoop
+        @Sendable func look() {
+            eventLoop.scheduleTask(in: .seconds(1)) {
                 let (handler, context) = bound.value
                 guard handler.waitingForAttributes, context.channel.isActive else { return }
                 let json = current()
@@ -399,9 +400,10 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             var line: [UInt8] = Array("event: command\nid: \(command.message.id)\ndata: ".utf8)
             EnvelopeJSON.encode(command.message, into: &line)
             line += Array("\n\n".utf8)
+            let event = line
             loop.execute {
                 let (_, context) = bound.value
-                context.writeAndFlush(NIOAny(ByteBuffer(bytes: line)))
+                context.writeAndFlush(NIOAny(ByteBuffer(bytes: event)))
                     .whenComplete { r in if case .success = r { command.ack.succeed() } else { command.ack.retry("the stream closed") } }
             }
             return true

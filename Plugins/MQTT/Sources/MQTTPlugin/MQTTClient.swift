@@ -264,7 +264,7 @@ final class MQTTClient: @unchecked Sendable {
         guard config.keep_alive > 0 else { return }
         let ch = channel
         lastPingAnswered = true
-        func tick() {
+        @Sendable func tick() {
             loop.scheduleTask(in: .milliseconds(Int64(config.keep_alive * 500))) {
                 guard let current = self.channel, current === ch, self.connected else { return }
                 guard self.lastPingAnswered else {
