@@ -41,6 +41,23 @@ import IoTCPluginKit
         #expect(String(decoding: out.message.payloadBytes, as: UTF8.self) == #"{"temperature_c":37.8,"location":{"site":"line-1"}}"#)
     }
 
+    /// A payload that steps only read leaves as the device sent it; one a step changed is encoded again.
+    @Test func aPayloadOnlyReadLeavesAsTheDeviceSentIt() throws {
+        let sent = #"{ "t" : 21.50, "n": 1e2, "s": "\u00e9" }"#
+        let read = try processor("- decode: auto\n- filter: \"t > 20\"\n- set: { meta.checked: \"'yes'\" }").process(message(sent))
+        let kept = try #require(read.outputs.first?.message)
+        #expect(kept.payloadBytes == Array(sent.utf8))
+        #expect(kept.pluginMessage.payload == Array(sent.utf8) && kept.pluginMessage.contentType == "application/json")
+        #expect(kept.payload == .value(["t": 21.5, "n": 100.0, "s": "é"]), "the steps still read the decoded value")
+        let changed = try processor("- decode: auto\n- set: { ok: \"true\" }").process(message(sent))
+        let encoded = try #require(changed.outputs.first?.message.payloadBytes)
+        #expect(encoded != Array(sent.utf8) && String(decoding: encoded, as: UTF8.self).hasSuffix(#""ok":true}"#))
+        #expect(try JSON.decode(encoded) == ["t": 21.5, "n": 100.0, "s": "é", "ok": true])
+        // Changing the content type alone also means encoding again.
+        let retyped = try processor("- decode: auto\n- set: { msg.content_type: \"'application/cbor'\" }").process(message(sent))
+        #expect(try #require(retyped.outputs.first?.message.payloadBytes) == CBOR.encode(["t": 21.5, "n": 100.0, "s": "é"]))
+    }
+
     @Test func setKeepsOtherFields() throws {
         let r = try processor("- decode: auto\n- set: { ok: \"true\" }").process(message(#"{"a": 1}"#))
         #expect(r.outputs.first?.message.payload == .value(["a": 1, "ok": true]))

@@ -13,8 +13,13 @@ public struct CanonicalMessage: Sendable {
     public var tenant: String
     public var device: String
     public var topic: String
-    public var contentType: String
-    public var payload: Payload
+    public var contentType: String { didSet { decodedFrom = nil } }
+    public var payload: Payload { didSet { decodedFrom = nil } }
+    /// The bytes a decode step read the payload's value from, kept while neither the payload nor the
+    /// content type has changed since: they are that value in that content type, so that a pipeline that
+    /// only reads the value (filters, rules) hands its sinks the device's own bytes, not the value encoded
+    /// again (which would also rewrite its numbers and spacing).
+    public private(set) var decodedFrom: [UInt8]?
     public var deviceTime: Int64?
     public var receivedTime: Int64
     public var qos: UInt8
@@ -36,11 +41,19 @@ public struct CanonicalMessage: Sendable {
         metadata = m.metadata
     }
 
-    /// The payload as bytes: a structured value is encoded by the content type (JSON by default).
+    /// A decode step's result: the value read from `bytes`, which are in `contentType`.
+    mutating func setDecoded(_ value: Value, from bytes: [UInt8], contentType: String) {
+        payload = .value(value)
+        self.contentType = contentType
+        decodedFrom = bytes
+    }
+
+    /// The payload as bytes: a structured value is encoded by the content type (JSON by default), unless
+    /// it is still the one decoded from the device's bytes.
     public var payloadBytes: [UInt8] {
         switch payload {
         case .bytes(let b): b
-        case .value(let v): (PayloadCodec(contentType: contentType) ?? .json).encode(v)
+        case .value(let v): decodedFrom ?? (PayloadCodec(contentType: contentType) ?? .json).encode(v)
         }
     }
 
@@ -53,9 +66,13 @@ public struct CanonicalMessage: Sendable {
         case .bytes(let b):
             bytes = b
         case .value(let v):
-            let codec = PayloadCodec(contentType: ct)
-            if codec == nil { ct = PayloadCodec.json.contentType }
-            bytes = (codec ?? .json).encode(v)
+            if let decodedFrom {
+                bytes = decodedFrom
+            } else {
+                let codec = PayloadCodec(contentType: ct)
+                if codec == nil { ct = PayloadCodec.json.contentType }
+                bytes = (codec ?? .json).encode(v)
+            }
         }
         return Message(id: id, kind: kind, tenant: tenant, device: device, topic: topic, contentType: ct,
                        payload: bytes, deviceTime: deviceTime, receivedTime: receivedTime, qos: qos,

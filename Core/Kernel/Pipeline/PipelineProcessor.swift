@@ -90,10 +90,9 @@ public struct PipelineProcessor: Sendable {
                                 ?? (untyped && (try? PayloadCodec.json.decode(bytes)) != nil ? .json : nil) else {
                             throw StepError("cannot decode content type '\(m.contentType)'\(untyped ? " (and the payload is not JSON)" : ""); name a codec: decode: json")
                         }
-                        do { m.payload = .value(try c.decode(bytes)) } catch {
+                        do { m.setDecoded(try c.decode(bytes), from: bytes, contentType: c.contentType) } catch {
                             throw StepError("payload is not valid \(c.rawValue.uppercased()): \(error)")
                         }
-                        m.contentType = c.contentType
                     }
                 case .encode(let codec):
                     if case .value(let v) = m.payload { m.payload = .bytes(codec.encode(v)) } else if let from = PayloadCodec(contentType: m.contentType), from != codec, case .bytes(let b) = m.payload {
