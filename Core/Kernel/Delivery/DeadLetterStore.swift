@@ -102,9 +102,8 @@ public final class DeadLetterStore: @unchecked Sendable {
         let keep = maxEntries - maxEntries / 10
         var removed = 0
         if all.count > maxEntries {
-            for name in all.prefix(all.count - keep) where (try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))) != nil {
-                removed += 1
-            }
+            let folder = directory.path + "/"
+            for name in all.prefix(all.count - keep) where unlink(folder + name) == 0 { removed += 1 }
         }
         lock.withLock { count = all.count - removed }
         guard removed > 0 else { return }
@@ -135,10 +134,9 @@ public final class DeadLetterStore: @unchecked Sendable {
     @discardableResult
     public func remove(ids: [String]?) -> Int {
         let targets = ids ?? names().map { String($0.dropLast(5)) }
+        let folder = directory.path + "/"
         var n = 0
-        for id in targets where !id.contains("/") {
-            if (try? FileManager.default.removeItem(at: directory.appendingPathComponent("\(id).json"))) != nil { n += 1 }
-        }
+        for id in targets where !id.contains("/") && unlink(folder + id + ".json") == 0 { n += 1 }
         lock.withLock { count = max(0, count - n) }
         return n
     }
