@@ -125,7 +125,11 @@ struct SMTPSession {
             }
             _ = try await command("STARTTLS", expect: 220...220, "STARTTLS")
             guard let ssl = sslContext else { throw SMTPError(description: "no TLS context", transient: false) }
-            try await channel.pipeline.addHandler(try NIOSSLClientHandler(context: ssl, serverHostname: serverName), position: .first).get()
+            // The TLS handler is made and added on the channel's event loop (it is not Sendable).
+            let hostname = serverName
+            try await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: ssl, serverHostname: hostname), position: .first)
+            }.get()
             hello = try await command("EHLO iotc.local", expect: 250...250, "EHLO after STARTTLS")
         }
         if let username, let password {
