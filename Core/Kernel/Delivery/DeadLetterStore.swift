@@ -57,40 +57,14 @@ public final class DeadLetterStore: @unchecked Sendable {
             return String(format: "%013lld-%06d-%04x", now, counter % 1_000_000, UInt16.random(in: 0...UInt16.max))
         }
         let entry = Entry(id: id, createdAt: now, pipeline: pipeline, sink: sink, step: step, reason: reason, attempts: attempts, message: message)
-        try write(JSON.encode(Self.value(entry)), name: "\(id).json")
+        // Plain system calls: this runs on a pipeline's thread for each message that fails.
+        if let failed = FileIO.replace(directory.path + "/\(id).json", with: JSON.encode(Self.value(entry))) { throw DeadLetterError(failed) }
         let full = lock.withLock { () -> Bool in
             count += 1
             return count > maxEntries
         }
         if full { evictOldest() }
         return id
-    }
-
-    /// Writes a file whole: to a hidden temporary name first, then renamed, so that a crash leaves no half
-    /// entry. Plain system calls: this runs on a pipeline's thread for each message that fails.
-    private func write(_ bytes: [UInt8], name: String) throws {
-        let folder = directory.path
-        let tmp = folder + "/." + name + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw DeadLetterError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
-        var written = 0
-        while written < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + written, $0.count - written) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                let why = String(cString: strerror(errno))
-                close(fd)
-                unlink(tmp)
-                throw DeadLetterError("cannot write \(tmp): \(why)")
-            }
-            written += n
-        }
-        close(fd)
-        guard rename(tmp, folder + "/" + name) == 0 else {
-            let why = String(cString: strerror(errno))
-            unlink(tmp)
-            throw DeadLetterError("cannot rename \(tmp): \(why)")
-        }
     }
 
     /// Removes the oldest entries down to nine tenths of `maxEntries`, so that the folder is listed

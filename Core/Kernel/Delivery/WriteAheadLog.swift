@@ -209,15 +209,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     /// Writes `bytes` to the current segment; `sync` makes them durable. Called by the writer thread
     /// without the lock held (and by `open` before the writer starts).
     private func write(_ bytes: [UInt8], sync: Bool) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw WALError("write failed: \(String(cString: strerror(errno)))")
-            }
-            offset += n
-        }
+        if let failed = FileIO.writeAll(fd, bytes) { throw WALError("write failed: \(failed)") }
         if sync, fdatasync(fd) != 0 { throw WALError("fdatasync failed: \(String(cString: strerror(errno)))") }
     }
 

@@ -137,15 +137,7 @@ final class FileSink: Sink, @unchecked Sendable {
         if fd < 0 {
             do { try openFile() } catch { return "\(error)" }
         }
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                return "write to \(config.path) failed: \(String(cString: strerror(errno)))"
-            }
-            offset += n
-        }
+        if let failed = FileIO.writeAll(fd, bytes) { return "write to \(config.path) failed: \(failed)" }
         if config.sync == "every_batch", fdatasync(fd) != 0 {
             return "fdatasync of \(config.path) failed: \(String(cString: strerror(errno)))"
         }
