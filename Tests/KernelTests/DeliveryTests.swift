@@ -113,13 +113,12 @@ import IoTCPluginKit
 
     @Test func theDeadLetterStoreKeepsTheNewestUpToItsBound() throws {
         let dir = TempDir()
-        let store = try DeadLetterStore(directory: dir.url, maxEntries: 20)
         final class Tally: @unchecked Sendable {
             let lock = NSLock()
             var n = 0
         }
         let evicted = Tally()
-        store.evicted = { n in evicted.lock.withLock { evicted.n += n } }
+        let store = try DeadLetterStore(directory: dir.url, maxEntries: 20) { n in evicted.lock.withLock { evicted.n += n } }
         for i in 0..<45 { try addLetter(store, i) }
         let kept = store.list().map(\.message.id)
         // Past 20, the oldest go, down to 18 (nine tenths).

@@ -32,21 +32,23 @@ public final class DeadLetterStore: @unchecked Sendable {
     private let evicting = NSLock()
     private let evictedCounter = Counter(label: "iotc_dead_letters_evicted_total")
     /// Told how many of the oldest entries were removed to make room.
-    public var evicted: (@Sendable (Int) -> Void)?
+    private let evicted: (@Sendable (Int) -> Void)?
 
-    public init(directory: URL, maxEntries: Int = DeadLetterStore.defaultMaxEntries) throws {
+    public init(directory: URL, maxEntries: Int = DeadLetterStore.defaultMaxEntries, evicted: (@Sendable (Int) -> Void)? = nil) throws {
         self.directory = directory
         self.maxEntries = max(1, maxEntries)
+        self.evicted = evicted
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        count = 0
-        count = names().count
+        count = Self.names(in: directory).count
     }
 
     /// The entries' file names, oldest first (an id starts with its time and a sequence number).
-    private func names() -> [String] {
+    private static func names(in directory: URL) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? [])
             .filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.sorted()
     }
+
+    private func names() -> [String] { Self.names(in: directory) }
 
     /// Stores an entry (written to a temporary file and renamed, so a crash leaves no half entry).
     @discardableResult

@@ -65,8 +65,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         self.dataDirectory = dataDirectory
         self.logger = logger
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
-        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"), maxEntries: maxDeadLetters)
-        deadLetters.evicted = { [logger] n in
+        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"), maxEntries: maxDeadLetters) { [logger] n in
             logger.warning("the dead-letter store holds its most (\(maxDeadLetters) entries): removed the \(n) oldest")
         }
         alerts = AlertBook(file: dataDirectory.appendingPathComponent("alerts.json"))
