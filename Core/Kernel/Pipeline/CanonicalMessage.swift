@@ -48,32 +48,26 @@ public struct CanonicalMessage: Sendable {
         decodedFrom = bytes
     }
 
-    /// The payload as bytes: a structured value is encoded by the content type (JSON by default), unless
-    /// it is still the one decoded from the device's bytes.
-    public var payloadBytes: [UInt8] {
+    /// The payload as bytes and the content type they are in: a structured value is the bytes it was
+    /// decoded from while it is unchanged, or else encoded by the content type, or as JSON (and so
+    /// labelled) when the content type names no codec.
+    private var encoded: (bytes: [UInt8], contentType: String) {
         switch payload {
-        case .bytes(let b): b
-        case .value(let v): decodedFrom ?? (PayloadCodec(contentType: contentType) ?? .json).encode(v)
+        case .bytes(let b):
+            return (b, contentType)
+        case .value(let v):
+            if let decodedFrom { return (decodedFrom, contentType) }
+            guard let codec = PayloadCodec(contentType: contentType) else { return (PayloadCodec.json.encode(v), PayloadCodec.json.contentType) }
+            return (codec.encode(v), contentType)
         }
     }
 
-    /// The message as plugins receive it: a structured value is encoded by the content type, or as
-    /// JSON (and so labelled) when the content type names no codec.
+    /// The payload as bytes (see `encoded`).
+    public var payloadBytes: [UInt8] { encoded.bytes }
+
+    /// The message as plugins receive it, its payload as bytes (see `encoded`).
     public var pluginMessage: Message {
-        var ct = contentType
-        let bytes: [UInt8]
-        switch payload {
-        case .bytes(let b):
-            bytes = b
-        case .value(let v):
-            if let decodedFrom {
-                bytes = decodedFrom
-            } else {
-                let codec = PayloadCodec(contentType: ct)
-                if codec == nil { ct = PayloadCodec.json.contentType }
-                bytes = (codec ?? .json).encode(v)
-            }
-        }
+        let (bytes, ct) = encoded
         return Message(id: id, kind: kind, tenant: tenant, device: device, topic: topic, contentType: ct,
                        payload: bytes, deviceTime: deviceTime, receivedTime: receivedTime, qos: qos,
                        properties: properties, metadata: metadata)
