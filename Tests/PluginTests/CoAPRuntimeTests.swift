@@ -4,14 +4,14 @@ import Testing
 struct PathTemplateTests {
     @Test func matchesWholeSegmentsAndNamesThePlaceholders() throws {
         let t = try PathTemplate("/r/{device}/{command}", variables: ["device", "command"])
-        #expect(t.match(["r", "pump-1", "cmd-9"])?.values == ["device": "pump-1", "command": "cmd-9"])
-        #expect(t.match(["r", "pump-1", "cmd-9"])?["command"] == "cmd-9" && t.match(["r", "pump-1", "cmd-9"])?["other"] == nil)
+        let m = t.match(["r", "pump-1", "cmd-9"])
+        #expect(m?["device"] == "pump-1" && m?["command"] == "cmd-9" && m?["other"] == nil)
         #expect(t.match(["r", "pump-1"]) == nil)
         #expect(t.match(["r", "", "cmd-9"]) == nil, "an empty segment is no id")
         #expect(t.match(["x", "pump-1", "cmd-9"]) == nil)
         #expect(t.has("command") && !t.has("tenant"))
         let fixed = try PathTemplate("telemetry", variables: ["device"])
-        #expect(fixed.match(["telemetry"])?.values == [:] && !fixed.has("device"))
+        #expect(fixed.match(["telemetry"]) != nil && fixed.match(["telemetry"])?["device"] == nil && !fixed.has("device"))
     }
 
     @Test func refusesTemplatesThatCannotWork() {

@@ -4,6 +4,7 @@ import MQTTCodec
 import NIOCore
 import NIOEmbedded
 import Testing
+import IoTCPluginKit
 
 /// The server's protocol logic without sockets: each test drives `ServerConnection`s as clients would.
 @Suite struct MQTTBrokerTests {
@@ -26,14 +27,14 @@ import Testing
         #expect(!Topics.isValidFilter("a+"))
         #expect(!Topics.isValidFilter("a/b#"))
         #expect(!Topics.isValidFilter(""))
-        #expect(Topics.matches(topic: "a/b/c", filter: "a/+/c"))
-        #expect(Topics.matches(topic: "a", filter: "a/#"))
-        #expect(Topics.matches(topic: "a/b", filter: "#"))
-        #expect(Topics.matches(topic: "/x", filter: "+/x"))
-        #expect(!Topics.matches(topic: "a/b/c", filter: "a/+"))
-        #expect(!Topics.matches(topic: "$SYS/x", filter: "#"))
-        #expect(!Topics.matches(topic: "$SYS/x", filter: "+/x"))
-        #expect(Topics.matches(topic: "$SYS/x", filter: "$SYS/#"))
+        #expect(TopicMatch.matches(topic: "a/b/c", filter: "a/+/c"))
+        #expect(TopicMatch.matches(topic: "a", filter: "a/#"))
+        #expect(TopicMatch.matches(topic: "a/b", filter: "#"))
+        #expect(TopicMatch.matches(topic: "/x", filter: "+/x"))
+        #expect(!TopicMatch.matches(topic: "a/b/c", filter: "a/+"))
+        #expect(!TopicMatch.matches(topic: "$SYS/x", filter: "#"))
+        #expect(!TopicMatch.matches(topic: "$SYS/x", filter: "+/x"))
+        #expect(TopicMatch.matches(topic: "$SYS/x", filter: "$SYS/#"))
         #expect(Topics.covers("a/#", "a/+/c"))
         #expect(Topics.covers("a/+", "a/b"))
         #expect(!Topics.covers("a/+", "a/#"))

@@ -59,15 +59,6 @@ public struct PathMatch: Sendable {
         }
         return nil
     }
-
-    /// Every placeholder's value.
-    public var values: [String: String] {
-        var out: [String: String] = [:]
-        for (s, p) in zip(template.segments, path) {
-            if case .variable(let n) = s { out[n] = String(p) }
-        }
-        return out
-    }
 }
 
 public struct PathTemplateError: Error, Sendable, CustomStringConvertible {

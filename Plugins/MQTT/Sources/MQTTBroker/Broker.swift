@@ -2,6 +2,7 @@ import Atomics
 import MQTTCodec
 import NIOConcurrencyHelpers
 import NIOCore
+import IoTCPluginKit
 
 /// Counters for `$SYS` topics and the hub's metrics.
 public final class BrokerCounters: Sendable {
@@ -201,7 +202,7 @@ public final class Broker: @unchecked Sendable {
             let existed = tree.insert(f, group: group, Subscription(session: session, options: options, identifier: identifier))
             session.subscriptions[filter] = (options, identifier)
             if group == nil, options.retainHandling == 0 || (options.retainHandling == 1 && !existed) {
-                for (topic, m) in retained where Topics.matches(topic: topic, filter: f) { toSend.append(m) }
+                for (topic, m) in retained where TopicMatch.matches(topic: topic, filter: f) { toSend.append(m) }
             }
             return existed
         }

@@ -25,10 +25,6 @@ public enum Topics {
         return true
     }
 
-    /// Whether a topic name matches a topic filter (the plugin kit's matcher, shared with the hub's
-    /// routes). Topics starting with `$` are not matched by a filter whose first level is a wildcard.
-    public static func matches(topic: String, filter: String) -> Bool { TopicMatch.matches(topic: topic, filter: filter) }
-
     /// Whether every topic that `inner` matches is also matched by `outer` (for authorizing a
     /// subscription's filter against an access-control filter).
     public static func covers(_ outer: String, _ inner: String) -> Bool {

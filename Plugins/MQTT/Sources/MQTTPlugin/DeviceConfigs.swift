@@ -48,7 +48,7 @@ final class DeviceConfigs: @unchecked Sendable {
     /// A device subscribes to `filter`: when it covers the device's configuration topic, the device is
     /// watched from now on, and its configuration is retained there before the subscription takes it.
     func subscribing(_ identity: Identity, filter: String) {
-        guard Topics.matches(topic: topic(device: identity.device), filter: filter) else { return }
+        guard TopicMatch.matches(topic: topic(device: identity.device), filter: filter) else { return }
         let key = Self.key(identity)
         watches.withLockedValue { w in
             if w[key] == nil { w[key] = Watch(identity: identity, connections: 1, etag: nil) } else { w[key]?.identity = identity }

@@ -101,7 +101,7 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
 
 
     func mayPublish(_ identity: ClientIdentity, topic: String) -> Bool {
-        if let s = identity as? StaticIdentity { return s.publish.contains { Topics.matches(topic: topic, filter: $0) } }
+        if let s = identity as? StaticIdentity { return s.publish.contains { TopicMatch.matches(topic: topic, filter: $0) } }
         // A device's configuration topic is the hub's to publish on.
         if let h = identity as? HubIdentity { return !configs.isConfigTopic(topic, device: h.device) && host.authorize(h.identity, .publish, topic: topic) }
         return false
