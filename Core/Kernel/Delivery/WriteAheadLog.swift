@@ -194,7 +194,8 @@ public final class WriteAheadLog: @unchecked Sendable {
 
     private func appendRecord(_ type: RecordType, _ seq: UInt64, _ m: CanonicalMessage?, more: some Collection<UInt64> = EmptyCollection()) {
         let start = pending.count
-        pending.append(contentsOf: [0, 0, 0, 0, 0, 0, 0, 0, type.rawValue])
+        pending.append(contentsOf: repeatElement(0, count: 8))  // length and checksum, filled in below
+        pending.append(type.rawValue)
         withUnsafeBytes(of: seq.littleEndian) { pending.append(contentsOf: $0) }
         if let m { MessageCodec.encode(m, into: &pending) }
         for s in more { withUnsafeBytes(of: s.littleEndian) { pending.append(contentsOf: $0) } }
@@ -223,6 +224,7 @@ public final class WriteAheadLog: @unchecked Sendable {
 
     private func writeLoop() {
         var spare: [UInt8] = []
+        var spareCompletions: [@Sendable (Bool) -> Void] = []
         wake.lock()
         while true {
             // Sleep until a message needs committing; done records alone wait up to doneFlushInterval.
@@ -233,10 +235,14 @@ public final class WriteAheadLog: @unchecked Sendable {
             if pending.isEmpty { continue }
             // Group commit: everything appended meanwhile goes to disk with one fdatasync, written
             // without the lock so that appends go on while the disk works. Done records alone need no sync.
-            let completions = pendingCompletions
-            pendingCompletions.removeAll(keepingCapacity: true)
-            var batch = spare
+            // Two buffers of each kind trade places, each kept uniquely referenced so that appends reuse
+            // its capacity (a shared one would be copied, then grown again from empty, on every batch).
+            var completions: [@Sendable (Bool) -> Void] = []
+            swap(&completions, &pendingCompletions)
+            swap(&pendingCompletions, &spareCompletions)
+            var batch: [UInt8] = []
             swap(&batch, &pending)
+            swap(&pending, &spare)
             wake.unlock()
             var ok = true
             var error: String?
@@ -264,10 +270,12 @@ public final class WriteAheadLog: @unchecked Sendable {
                 }
             }
             batch.removeAll(keepingCapacity: true)
-            spare = batch
+            swap(&spare, &batch)
             wake.unlock()
             for c in completions { c(ok) }
+            completions.removeAll(keepingCapacity: true)
             wake.lock()
+            swap(&spareCompletions, &completions)
         }
         wake.unlock()
     }
