@@ -167,26 +167,45 @@ struct JSONParser {
     mutating func number() throws(DecodeError) -> Value {
         let start = i
         var isInt = true
-        if b[i] == UInt8(ascii: "-") { i += 1 }
+        let negative = b[i] == UInt8(ascii: "-")
+        if negative { i += 1 }
         guard i < b.count, isDigit(b[i]) else { throw DecodeError("invalid number", at: start) }
+        // The digits, read as they are scanned: most numbers devices send need no text conversion.
+        // `digits` holds at most 19 of them; `exact` turns false when more (or an exponent) follow.
+        var digits: UInt64 = 0, count = 0, fractionDigits = 0, exact = true
+        func take(_ c: UInt8) {
+            if count < 19 { digits = digits &* 10 &+ UInt64(c &- 48); count += 1 } else { exact = false }
+        }
         if b[i] == UInt8(ascii: "0") {
             i += 1
             if i < b.count, isDigit(b[i]) { throw DecodeError("leading zero in number", at: start) }
         } else {
-            while i < b.count, isDigit(b[i]) { i += 1 }
+            while i < b.count, isDigit(b[i]) { take(b[i]); i += 1 }
         }
         if i < b.count, b[i] == UInt8(ascii: ".") {
             isInt = false
             i += 1
             guard i < b.count, isDigit(b[i]) else { throw DecodeError("invalid number", at: start) }
-            while i < b.count, isDigit(b[i]) { i += 1 }
+            while i < b.count, isDigit(b[i]) { take(b[i]); fractionDigits += 1; i += 1 }
         }
         if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
             isInt = false
+            exact = false
             i += 1
             if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
             guard i < b.count, isDigit(b[i]) else { throw DecodeError("invalid number", at: start) }
             while i < b.count, isDigit(b[i]) { i += 1 }
+        }
+        if exact {
+            if isInt, digits <= UInt64(Int64.max) {
+                return .int(negative ? -Int64(digits) : Int64(digits))
+            }
+            // A decimal of at most 15 significant digits and 22 fraction digits: both the digits and the
+            // power of ten are exact doubles, so one division rounds correctly (as strtod would).
+            if !isInt, digits < 1 << 53, fractionDigits <= 22 {
+                let d = Double(digits) / Self.powersOfTen[fractionDigits]
+                return .double(negative ? -d : d)
+            }
         }
         let text = String(decoding: UnsafeBufferPointer(rebasing: b[start..<i]), as: UTF8.self)
         if isInt, let v = Int64(text) { return .int(v) }
@@ -195,6 +214,8 @@ struct JSONParser {
     }
 
     private func isDigit(_ c: UInt8) -> Bool { c >= 48 && c <= 57 }
+
+    private static let powersOfTen: [Double] = (0...22).map { k in (0..<k).reduce(1.0) { r, _ in r * 10 } }
 
     mutating func string() throws(DecodeError) -> String {
         let start = i

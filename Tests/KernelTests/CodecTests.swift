@@ -45,7 +45,31 @@ import IoTCPluginKit
 
     @Test func bigIntegersBecomeDoubles() throws {
         #expect(try JSON.decode("9223372036854775807") == .int(.max))
+        #expect(try JSON.decode("-9223372036854775808") == .int(.min))
         #expect(try JSON.decode("9223372036854775808") == .double(9223372036854775808))
+        #expect(try JSON.decode("12345678901234567890123") == .double(12345678901234567890123))
+    }
+
+    /// Numbers are read as they are scanned where that is exact; every form must give the very double
+    /// the full text conversion gives (the same bits, so -0.0 stays negative).
+    @Test func numbersReadWhileScanningMatchTheFullConversion() throws {
+        var texts = ["0", "-0", "0.0", "-0.0", "71.6", "0.1", "0.3", "1.7976931348623157", "9007199254740993.5",
+                     "123456789012345.6", "1234567890123456.7", "0.0000000000000000000001", "0.00000000000000000000001",
+                     "5e-324", "1.5E3", "2e+2", "-12.25", "99999999999999999999.5", "4.35", "1e22", "0.1e1"]
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<20_000 {
+            let whole = UInt64.random(in: 0...(1 << 40), using: &rng)
+            let fraction = String(UInt64.random(in: 0...999_999_999_999, using: &rng)).prefix(Int.random(in: 1...12, using: &rng))
+            texts.append("\(Bool.random(using: &rng) ? "-" : "")\(whole).\(fraction)")
+        }
+        for text in texts {
+            let expected = Double(text)!
+            switch try JSON.decode(text) {
+            case .double(let d): #expect(d.bitPattern == expected.bitPattern, "\(text)")
+            case .int(let i): #expect(Double(i) == expected && !text.contains("."), "\(text)")
+            default: Issue.record("\(text) is not a number")
+            }
+        }
     }
 }
 
