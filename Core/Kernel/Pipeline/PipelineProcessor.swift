@@ -79,9 +79,9 @@ public struct PipelineProcessor: Sendable {
         var m = start
         var index = first
         while index < config.steps.count {
-            let step = config.steps[index]
             do {
-                switch step.kind {
+                // Read in place: a copy of the whole step per message shows in profiles.
+                switch config.steps[index].kind {
                 case .decode(let codec):
                     if case .bytes(let bytes) = m.payload {
                         // `auto` without a content type (MQTT 3.1.1 has none): JSON when it parses as JSON.
@@ -137,7 +137,7 @@ public struct PipelineProcessor: Sendable {
                 }
             } catch {
                 let reason = (error as? StepError)?.description ?? (error as? ExpressionError).map { "expression: \($0.message)" } ?? "\(error)"
-                result.failures.append(Failure(message: start, step: step.name, stepIndex: index, reason: reason, pipeline: config.name))
+                result.failures.append(Failure(message: start, step: config.steps[index].name, stepIndex: index, reason: reason, pipeline: config.name))
                 return
             }
             index += 1
