@@ -1,4 +1,5 @@
-/// A FIFO with amortised O(1) push and pop at both ends (the standard library has no deque).
+/// A FIFO with amortised O(1) push and pop at both ends (the standard library has no deque). Elements
+/// are moved in and out, not copied: a queued message is a large value with many references.
 struct RingBuffer<Element> {
     private var storage: [Element?]
     private var head = 0
@@ -8,23 +9,22 @@ struct RingBuffer<Element> {
 
     var isEmpty: Bool { count == 0 }
 
-    mutating func append(_ e: Element) {
+    mutating func append(_ e: consuming Element) {
         if count == storage.count { grow() }
-        storage[(head + count) % storage.count] = e
+        storage[(head + count) % storage.count] = consume e
         count += 1
     }
 
-    mutating func prepend(_ e: Element) {
+    mutating func prepend(_ e: consuming Element) {
         if count == storage.count { grow() }
         head = (head - 1 + storage.count) % storage.count
-        storage[head] = e
+        storage[head] = consume e
         count += 1
     }
 
     mutating func popFirst() -> Element? {
         guard count > 0 else { return nil }
-        let e = storage[head]
-        storage[head] = nil
+        let e = storage[head].take()
         head = (head + 1) % storage.count
         count -= 1
         return e
@@ -32,7 +32,7 @@ struct RingBuffer<Element> {
 
     private mutating func grow() {
         var s: [Element?] = Array(repeating: nil, count: storage.count * 2)
-        for i in 0..<count { s[i] = storage[(head + i) % storage.count] }
+        for i in 0..<count { s[i] = storage[(head + i) % storage.count].take() }
         storage = s
         head = 0
     }
