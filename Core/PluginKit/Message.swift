@@ -135,52 +135,61 @@ public struct Message: Sendable {
             kvs.deallocate()
             out.deallocate()
         }
-        var at = 0, kvAt = 0
-        func put(_ s: String) -> iotc_str {
-            let start = at
-            var s = s
-            s.withUTF8 { u in
-                u.withMemoryRebound(to: CChar.self) { c in
-                    if let base = c.baseAddress { (bytes.baseAddress! + at).update(from: base, count: c.count) }
-                }
-                at += u.count
-            }
-            return iotc_str(ptr: bytes.baseAddress! + start, len: at - start)
-        }
-        func put(_ list: [KeyValue]) -> UnsafePointer<iotc_kv>? {
-            guard !list.isEmpty else { return nil }
-            let first = kvAt
-            for kv in list {
-                (kvs.baseAddress! + kvAt).initialize(to: iotc_kv(key: put(kv.key), value: put(kv.value)))
-                kvAt += 1
-            }
-            return UnsafePointer(kvs.baseAddress! + first)
-        }
-        for (i, m) in messages.enumerated() {
+        var packer = CMessagePacker(bytes: bytes.baseAddress!, kvs: kvs.baseAddress!)
+        var i = 0
+        for m in messages {
             var c = iotc_message()
             c.struct_size = UInt32(MemoryLayout<iotc_message>.size)
             c.kind = m.kind.rawValue
-            c.id = put(m.id)
-            c.tenant = put(m.tenant)
-            c.device = put(m.device)
-            c.topic = put(m.topic)
-            c.content_type = put(m.contentType)
-            let payloadStart = at
-            m.payload.withUnsafeBytes { p in
-                if let base = p.baseAddress { UnsafeMutableRawPointer(bytes.baseAddress! + at).copyMemory(from: base, byteCount: p.count) }
-                at += p.count
-            }
-            c.payload = iotc_bytes(ptr: m.payload.isEmpty ? nil : UnsafeRawPointer(bytes.baseAddress! + payloadStart).assumingMemoryBound(to: UInt8.self), len: m.payload.count)
+            c.id = packer.put(m.id)
+            c.tenant = packer.put(m.tenant)
+            c.device = packer.put(m.device)
+            c.topic = packer.put(m.topic)
+            c.content_type = packer.put(m.contentType)
+            let payload = m.payload.withUnsafeBytes { packer.put($0) }
+            c.payload = iotc_bytes(ptr: m.payload.isEmpty ? nil : UnsafeRawPointer(payload).assumingMemoryBound(to: UInt8.self), len: m.payload.count)
             c.device_time_ms = m.deviceTime ?? IOTC_TIME_UNKNOWN
             c.received_time_ms = m.receivedTime ?? IOTC_TIME_UNKNOWN
             c.qos = UInt32(m.qos)
-            c.properties = put(m.properties)
+            c.properties = packer.put(m.properties)
             c.property_count = m.properties.count
-            c.metadata = put(m.metadata)
+            c.metadata = packer.put(m.metadata)
             c.metadata_count = m.metadata.count
             (out.baseAddress! + i).initialize(to: c)
+            i += 1
         }
         return try body(UnsafeBufferPointer(start: out.baseAddress, count: messages.count))
+    }
+}
+
+/// Fills the byte and key/value buffers of `Message.withCMessages` front to back. A value, not closures
+/// over local counters: those had each access checked at run time.
+private struct CMessagePacker {
+    let bytes: UnsafeMutablePointer<CChar>, kvs: UnsafeMutablePointer<iotc_kv>
+    var at = 0, kvAt = 0
+
+    mutating func put(_ raw: UnsafeRawBufferPointer) -> UnsafeMutablePointer<CChar> {
+        let start = bytes + at
+        if let base = raw.baseAddress { UnsafeMutableRawPointer(start).copyMemory(from: base, byteCount: raw.count) }
+        at += raw.count
+        return start
+    }
+
+    mutating func put(_ s: String) -> iotc_str {
+        var s = s
+        let n = s.utf8.count
+        return iotc_str(ptr: s.withUTF8 { put(UnsafeRawBufferPointer($0)) }, len: n)
+    }
+
+    mutating func put(_ list: [KeyValue]) -> UnsafePointer<iotc_kv>? {
+        guard !list.isEmpty else { return nil }
+        let first = kvs + kvAt
+        for kv in list {
+            let key = put(kv.key), value = put(kv.value)
+            (kvs + kvAt).initialize(to: iotc_kv(key: key, value: value))
+            kvAt += 1
+        }
+        return UnsafePointer(first)
     }
 }
 
