@@ -149,7 +149,7 @@ let package = Package(
         .target(name: "TimerSchedule", path: "Plugins/Timer/Sources/TimerSchedule"),
         plugin("TimerPlugin", folder: "Timer", dependencies: ["TimerSchedule"]),
         plugin("EmailPlugin", folder: "Email", dependencies: nio + [.product(name: "NIOSSL", package: "swift-nio-ssl")]),
-        .target(name: "MQTTCodec", dependencies: nio, path: "Plugins/MQTT/Sources/MQTTCodec", swiftSettings: hotPath),
+        .target(name: "MQTTCodec", dependencies: nio + ["IoTCPluginKit"], path: "Plugins/MQTT/Sources/MQTTCodec", swiftSettings: hotPath),
         .target(name: "MQTTBroker", dependencies: nio + ["MQTTCodec", "IoTCPluginKit", .product(name: "Atomics", package: "swift-atomics"),
                                                          .product(name: "DequeModule", package: "swift-collections")],
                 path: "Plugins/MQTT/Sources/MQTTBroker", swiftSettings: hotPath),

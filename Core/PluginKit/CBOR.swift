@@ -138,7 +138,7 @@ struct CBORReader {
         case 2: return .bytes(try chunks(2, info))
         case 3:
             let raw = try chunks(3, info)
-            guard let s = String(validating: raw, as: UTF8.self) else { throw DecodeError("invalid UTF-8 in CBOR text", at: start) }
+            guard let s = UTF8Text.string(raw) else { throw DecodeError("invalid UTF-8 in CBOR text", at: start) }
             return .string(s)
         case 4:
             var a: [Value] = []
@@ -152,7 +152,7 @@ struct CBORReader {
             }
             return .array(a)
         case 5:
-            var o = Value.Object()
+            var o = Value.Object.Builder()
             func key(_ v: Value) throws(DecodeError) -> String {
                 switch v {
                 case .string(let s): return s
@@ -161,15 +161,15 @@ struct CBORReader {
                 }
             }
             if let n = try length(info) {
-                for _ in 0..<n { let k = try key(try item(depth: depth + 1)); o[k] = try item(depth: depth + 1) }
+                for _ in 0..<n { let k = try key(try item(depth: depth + 1)); o.set(k, try item(depth: depth + 1)) }
             } else {
                 while !isBreak() {
                     let k = try key(try item(depth: depth + 1))
-                    o[k] = try item(depth: depth + 1)
+                    o.set(k, try item(depth: depth + 1))
                     guard o.count <= limits.maxElements else { throw DecodeError("CBOR map over the limit", at: i) }
                 }
             }
-            return .object(o)
+            return .object(o.object)
         case 6:
             _ = try uint(info)
             return try item(depth: depth + 1)

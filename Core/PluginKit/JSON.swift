@@ -112,9 +112,9 @@ struct JSONParser {
         case UInt8(ascii: "{"):
             guard depth < limits.maxDepth else { throw DecodeError("JSON nested deeper than \(limits.maxDepth)", at: i) }
             i += 1
-            var o = Value.Object()
+            var o = Value.Object.Builder()
             skipSpace()
-            if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .object(o) }
+            if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .object(o.object) }
             while true {
                 skipSpace()
                 guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw DecodeError("expected a string key", at: i) }
@@ -125,11 +125,11 @@ struct JSONParser {
                 skipSpace()
                 let v = try value(depth: depth + 1)
                 guard o.count < limits.maxElements else { throw DecodeError("object has too many members", at: i) }
-                o[key] = v
+                o.set(key, v)
                 skipSpace()
                 guard i < b.count else { throw DecodeError("unterminated object", at: i) }
                 if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "}") { i += 1; return .object(o) }
+                if b[i] == UInt8(ascii: "}") { i += 1; return .object(o.object) }
                 throw DecodeError("expected ',' or '}'", at: i)
             }
         case UInt8(ascii: "["):
@@ -227,7 +227,7 @@ struct JSONParser {
             if c == UInt8(ascii: "\"") {
                 let slice = UnsafeBufferPointer(rebasing: b[contentStart..<i])
                 i += 1
-                guard let s = String(validating: slice, as: UTF8.self) else { throw DecodeError("invalid UTF-8 in string", at: contentStart) }
+                guard let s = UTF8Text.string(slice) else { throw DecodeError("invalid UTF-8 in string", at: contentStart) }
                 return s
             }
             if c == UInt8(ascii: "\\") { break }
@@ -239,7 +239,7 @@ struct JSONParser {
             let c = b[i]
             if c == UInt8(ascii: "\"") {
                 i += 1
-                guard let s = String(validating: out, as: UTF8.self) else { throw DecodeError("invalid UTF-8 in string", at: contentStart) }
+                guard let s = UTF8Text.string(out) else { throw DecodeError("invalid UTF-8 in string", at: contentStart) }
                 return s
             }
             if c < 0x20 { throw DecodeError("control character in string", at: i) }

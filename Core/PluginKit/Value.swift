@@ -38,6 +38,34 @@ public enum Value: Sendable, Equatable {
         }
 
         public func makeIterator() -> Zip2Sequence<[String], [Value]>.Iterator { zip(keys, values).makeIterator() }
+
+        /// Builds an object member by member for a decoder. A key is found by a scan while the object is
+        /// small, then by a hash index kept beside it, so that a large document (or one crafted to stall
+        /// the decoder) costs linear time rather than quadratic. A repeated key keeps its first place and
+        /// takes its last value, as setting it does.
+        struct Builder {
+            private(set) var object = Object()
+            private var positions: [String: Int]?
+            static let indexedFrom = 16
+
+            var count: Int { object.keys.count }
+
+            mutating func set(_ key: String, _ value: Value) {
+                if positions == nil, object.keys.count >= Self.indexedFrom {
+                    var p = [String: Int](minimumCapacity: object.keys.count * 2)
+                    for (i, k) in object.keys.enumerated() { p[k] = i }
+                    positions = p
+                }
+                let existing = positions != nil ? positions![key] : object.keys.firstIndex(of: key)
+                if let existing {
+                    object.values[existing] = value
+                } else {
+                    positions?[key] = object.keys.count
+                    object.keys.append(key)
+                    object.values.append(value)
+                }
+            }
+        }
     }
 
     /// The type name used in error messages and by the `type()` function.

@@ -73,6 +73,57 @@ import IoTCPluginKit
     }
 }
 
+@Suite struct ValueObjectTests {
+    /// Past a few members the decoders find repeated keys by a hash index instead of a scan: the objects
+    /// must come out exactly as setting each member in turn makes them.
+    @Test(arguments: [10, 16, 17, 20_000])
+    func largeObjectsKeepOrderAndFindEveryKey(n: Int) throws {
+        let text = "{" + (0..<n).map { #""k\#($0)":\#($0)"# }.joined(separator: ",") + "}"
+        guard case .object(var o) = try JSON.decode(text) else { Issue.record("not an object"); return }
+        #expect(o.count == n)
+        #expect(o.keys.prefix(3) == ["k0", "k1", "k2"])
+        // Looked up by a scan (an object keeps no index): a sample of keys, the last one included.
+        let sample = Array(stride(from: 0, to: n, by: max(1, n / 100))) + [n - 1]
+        #expect(sample.allSatisfy { o["k\($0)"] == .int(Int64($0)) })
+        o["k5"] = "five"
+        #expect(o.count == n && o["k5"] == "five" && o.keys[5] == "k5")
+        // Repeated keys, before and after the index starts: the last value, in the first key's place.
+        let repeated = "{" + (0..<40).map { #""r\#($0 % 20)":\#($0)"# }.joined(separator: ",") + "}"
+        var expected = Value.Object()
+        for i in 0..<40 { expected["r\(i % 20)"] = .int(Int64(i)) }
+        #expect(try JSON.decode(repeated) == .object(expected))
+        #expect(expected.count == 20 && expected["r3"] == .int(23) && expected.keys[3] == "r3")
+        // CBOR maps go through the same builder: {"a": 1, "b": 2, "a": 3}.
+        #expect(try CBOR.decode([0xA3, 0x61, 0x61, 0x01, 0x61, 0x62, 0x02, 0x61, 0x61, 0x03]) == ["a": 3, "b": 2])
+    }
+}
+
+@Suite struct UTF8TextTests {
+    /// The ASCII shortcut must agree with the full validation wherever the first non-ASCII byte falls
+    /// (inside or after the eight-byte words), for valid and malformed sequences alike.
+    @Test func agreesWithTheFullValidation() {
+        let tails: [[UInt8]] = [[], [0xC3, 0xA9], [0xE2, 0x82, 0xAC], [0xF0, 0x9F, 0x98, 0x80], [0xFF], [0xC3], [0xC0, 0xAF],
+                                [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0x80], [0xE2, 0x82]]
+        for prefix in 0...17 {
+            for tail in tails {
+                for suffix in [0, 1, 9] {
+                    let bytes = Array(repeating: UInt8(ascii: "a"), count: prefix) + tail + Array(repeating: UInt8(ascii: "z"), count: suffix)
+                    let expected = String(validating: bytes, as: UTF8.self)
+                    #expect(UTF8Text.string(bytes) == expected, "\(bytes)")
+                    #expect(bytes.withUnsafeBytes { UTF8Text.isASCII($0) } == tail.isEmpty, "\(bytes)")
+                }
+            }
+        }
+    }
+
+    @Test func decoderStringsRejectMalformedUTF8() throws {
+        // JSON key and value, CBOR text: the decoders read strings through UTF8Text.
+        #expect(throws: DecodeError.self) { _ = try JSON.decode([0x7B, 0x22, 0x61, 0xC3, 0x22, 0x3A, 0x31, 0x7D]) }
+        #expect(throws: DecodeError.self) { _ = try CBOR.decode([0x62, 0xC3, 0x28]) }
+        #expect(try JSON.decode(Array(#"{"température":"été"}"#.utf8)) == ["température": "été"])
+    }
+}
+
 @Suite struct CBORCodecTests {
     /// Vectors from RFC 8949 appendix A.
     @Test(arguments: [

@@ -12,7 +12,7 @@ enum PayloadCheck {
     static func problem(_ body: [UInt8], format: UInt32) -> Problem? {
         switch format {
         case ContentFormat.textPlain:
-            return String(validating: body, as: UTF8.self) == nil ? Problem(unsupported: false, text: "the text is not valid UTF-8") : nil
+            return UTF8Text.string(body) == nil ? Problem(unsupported: false, text: "the text is not valid UTF-8") : nil
         case ContentFormat.json:
             guard !JSON.validate(body) else { return nil }
             do { _ = try JSON.decode(body) } catch { return Problem(unsupported: false, text: "not valid JSON: \(error)") }

@@ -1,4 +1,5 @@
 import DequeModule
+import IoTCPluginKit
 import MQTTCodec
 import NIOCore
 
@@ -324,7 +325,7 @@ public final class ServerConnection: @unchecked Sendable {
         if !p.properties.isEmpty {
             (message.properties, message.expiry) = Self.messageProperties(p.properties)
             if p.properties.integer(MQTTProperty.payloadFormatIndicator) == 1,
-               p.payload.withUnsafeReadableBytes({ String(validating: $0, as: UTF8.self) }) == nil {
+               p.payload.withUnsafeReadableBytes({ UTF8Text.string($0) }) == nil {
                 acknowledgeAtOnce(p, code: MQTTReason.payloadFormatInvalid, reason: "the payload is not UTF-8 as its format indicator says")
                 return
             }

@@ -1,3 +1,4 @@
+import IoTCPluginKit
 import NIOCore
 
 /// Decodes MQTT 3.1.1 and 5.0 packets. A server learns the version from CONNECT; a client sets it.
@@ -195,7 +196,7 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
         let s: String? = b.withUnsafeReadableBytes { raw in
             let bytes = UnsafeRawBufferPointer(rebasing: raw[0..<Int(n)])
             guard !bytes.contains(0) else { return nil }
-            return String(validating: bytes, as: UTF8.self)
+            return UTF8Text.string(bytes)
         }
         guard let s else { throw MQTTProtocolError("string is not well-formed UTF-8") }
         b.moveReaderIndex(forwardBy: Int(n))
