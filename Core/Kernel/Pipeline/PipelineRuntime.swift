@@ -78,7 +78,8 @@ final class PipelineRuntime: @unchecked Sendable {
     func accept(_ message: consuming CanonicalMessage, durable: (@Sendable (Bool) -> Void)?) {
         var input = PipelineInput(message: message, settlement: nil)
         if let wal {
-            let sequence = wal.append(input.message) { ok in durable?(ok) }
+            // The caller's closure itself, not one wrapped around it: a wrapper is an allocation per message.
+            let sequence = wal.append(input.message, completion: durable ?? { _ in })
             input.settlement = Settlement(wal: wal, sequence: sequence)
         }
         cond.lock()
