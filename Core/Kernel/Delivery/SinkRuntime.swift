@@ -119,16 +119,14 @@ final class SinkRuntime: @unchecked Sendable {
     func enqueue(contentsOf list: consuming [Delivery]) {
         cond.lock()
         // The common case, all of it written at once: the list is handed on, not copied.
-        if !writing && ready.isEmpty && delayed.isEmpty && !stopping, list.count <= min(options.maxInFlight - inFlight.count, Self.batchLimit),
-           DispatchTime.now().uptimeNanoseconds >= pausedUntil {
+        if !list.isEmpty, mayWriteNow, list.count <= min(options.maxInFlight - inFlight.count, Self.batchLimit) {
             write(consume list)
             cond.unlock()
             return
         }
         var i = 0
         while i < list.count {
-            if !writing && ready.isEmpty && delayed.isEmpty && inFlight.count < options.maxInFlight && !stopping,
-               DispatchTime.now().uptimeNanoseconds >= pausedUntil {
+            if mayWriteNow {
                 let n = min(list.count - i, options.maxInFlight - inFlight.count, Self.batchLimit)
                 write(Array(list[i..<(i + n)]))
                 i += n
@@ -146,6 +144,13 @@ final class SinkRuntime: @unchecked Sendable {
             wake()
         }
         cond.unlock()
+    }
+
+    /// Whether a caller may write to the plugin itself: nothing queued ahead, no write under way, room in
+    /// flight, and no pause after a refusal. Must hold `cond`.
+    private var mayWriteNow: Bool {
+        !writing && ready.isEmpty && delayed.isEmpty && inFlight.count < options.maxInFlight && !stopping
+            && DispatchTime.now().uptimeNanoseconds >= pausedUntil
     }
 
     /// Hands deliveries to the plugin, in one call when it takes batches. Must hold `cond`; releases it
