@@ -58,6 +58,21 @@ import IoTCPluginKit
         #expect(try #require(retyped.outputs.first?.message.payloadBytes) == CBOR.encode(["t": 21.5, "n": 100.0, "s": "é"]))
     }
 
+    /// `decode: auto` on a payload without a content type (MQTT 3.1.1): JSON when it parses as JSON,
+    /// labelled as such, the device's bytes kept; anything else, or a named type without a codec, fails.
+    @Test(arguments: ["", "application/octet-stream"])
+    func autoDecodesUntypedJSON(contentType: String) throws {
+        let p = try processor("- decode: auto")
+        let sent = #"{"t": 21.5}"#
+        let out = try #require(p.process(message(sent, contentType: contentType)).outputs.first?.message)
+        #expect(out.payload == .value(["t": 21.5]) && out.contentType == "application/json")
+        #expect(out.payloadBytes == Array(sent.utf8))
+        let refused = p.process(message("not json", contentType: contentType))
+        #expect(refused.outputs.isEmpty && refused.failures.first?.reason.contains("(and the payload is not JSON)") == true)
+        let named = p.process(message(sent, contentType: "text/plain"))
+        #expect(named.outputs.isEmpty && named.failures.first?.reason == "cannot decode content type 'text/plain'; name a codec: decode: json")
+    }
+
     @Test func setKeepsOtherFields() throws {
         let r = try processor("- decode: auto\n- set: { ok: \"true\" }").process(message(#"{"a": 1}"#))
         #expect(r.outputs.first?.message.payload == .value(["a": 1, "ok": true]))

@@ -84,14 +84,18 @@ public struct PipelineProcessor: Sendable {
                 switch config.steps[index].kind {
                 case .decode(let codec):
                     if case .bytes(let bytes) = m.payload {
-                        // `auto` without a content type (MQTT 3.1.1 has none): JSON when it parses as JSON.
-                        let untyped = m.contentType.isEmpty || m.contentType == "application/octet-stream"
-                        guard let c = codec ?? PayloadCodec(contentType: m.contentType)
-                                ?? (untyped && (try? PayloadCodec.json.decode(bytes)) != nil ? .json : nil) else {
-                            throw StepError("cannot decode content type '\(m.contentType)'\(untyped ? " (and the payload is not JSON)" : ""); name a codec: decode: json")
-                        }
-                        do { m.setDecoded(try c.decode(bytes), from: bytes, contentType: c.contentType) } catch {
-                            throw StepError("payload is not valid \(c.rawValue.uppercased()): \(error)")
+                        if let c = codec ?? PayloadCodec(contentType: m.contentType) {
+                            do { m.setDecoded(try c.decode(bytes), from: bytes, contentType: c.contentType) } catch {
+                                throw StepError("payload is not valid \(c.rawValue.uppercased()): \(error)")
+                            }
+                        } else {
+                            // `auto` without a content type (MQTT 3.1.1 has none): JSON when it parses as
+                            // JSON, parsed once (this is every such message's path through `decode: auto`).
+                            let untyped = m.contentType.isEmpty || m.contentType == "application/octet-stream"
+                            guard untyped, let v = try? PayloadCodec.json.decode(bytes) else {
+                                throw StepError("cannot decode content type '\(m.contentType)'\(untyped ? " (and the payload is not JSON)" : ""); name a codec: decode: json")
+                            }
+                            m.setDecoded(v, from: bytes, contentType: PayloadCodec.json.contentType)
                         }
                     }
                 case .encode(let codec):
