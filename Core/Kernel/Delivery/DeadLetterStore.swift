@@ -60,7 +60,7 @@ public final class DeadLetterStore: @unchecked Sendable {
         }
         let entry = Entry(id: id, createdAt: now, pipeline: pipeline, sink: sink, step: step, reason: reason, attempts: attempts, message: message)
         // Plain system calls: this runs on a pipeline's thread for each message that fails.
-        if let failed = FileIO.replace(directory.path + "/\(id).json", with: JSON.encode(Self.value(entry))) { throw DeadLetterError(failed) }
+        if let failed = FileIO.replace(directory.path + "/\(id).json", with: JSON.encode(Self.value(entry))) { throw HubError(failed) }
         let full = lock.withLock { () -> Bool in
             count += 1
             return count > maxEntries
@@ -174,9 +174,4 @@ public final class DeadLetterStore: @unchecked Sendable {
 
     /// The JSON form of an entry, as `iotc dlq list` and the API show it.
     public static func json(_ e: Entry) -> Value { value(e) }
-}
-
-struct DeadLetterError: Error, CustomStringConvertible {
-    let description: String
-    init(_ d: String) { description = d }
 }

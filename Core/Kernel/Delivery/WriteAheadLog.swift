@@ -185,7 +185,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         if fd >= 0 { Glibc.close(fd) }
         let path = directory.appendingPathComponent(segmentName(segmentFirst)).path
         fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw WALError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw HubError("cannot open \(path): \(FileIO.errorText())") }
         segmentSize = 0
         // Make the new file's directory entry durable too.
         let dfd = Glibc.open(directory.path, O_RDONLY | O_DIRECTORY)
@@ -210,8 +210,8 @@ public final class WriteAheadLog: @unchecked Sendable {
     /// Writes `bytes` to the current segment; `sync` makes them durable. Called by the writer thread
     /// without the lock held (and by `open` before the writer starts).
     private func write(_ bytes: [UInt8], sync: Bool) throws {
-        if let failed = FileIO.writeAll(fd, bytes) { throw WALError("write failed: \(failed)") }
-        if sync, fdatasync(fd) != 0 { throw WALError("fdatasync failed: \(String(cString: strerror(errno)))") }
+        if let failed = FileIO.writeAll(fd, bytes) { throw HubError("write failed: \(failed)") }
+        if sync, fdatasync(fd) != 0 { throw HubError("fdatasync failed: \(FileIO.errorText())") }
     }
 
     /// Must hold `wake`; used only before the writer thread starts.
@@ -279,9 +279,4 @@ public final class WriteAheadLog: @unchecked Sendable {
         }
         wake.unlock()
     }
-}
-
-struct WALError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
 }

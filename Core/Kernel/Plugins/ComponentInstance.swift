@@ -84,7 +84,7 @@ final class ComponentInstance: @unchecked Sendable {
         }
         guard let created else {
             // deinit frees the host structure.
-            throw ComponentError("\(kind) '\(name)' (\(component.entry.name)): \(cText(text))")
+            throw HubError("\(kind) '\(name)' (\(component.entry.name)): \(cText(text))")
         }
         instance = created
     }
@@ -95,7 +95,7 @@ final class ComponentInstance: @unchecked Sendable {
             var err = iotc_error(struct_size: UInt32(MemoryLayout<iotc_error>.size), code: 0, text: buf.baseAddress, capacity: buf.count)
             return component.raw.pointee.start(instance, &err)
         }
-        guard r == IOTC_OK else { throw ComponentError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(cText(text))") }
+        guard r == IOTC_OK else { throw HubError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(cText(text))") }
     }
 
     /// Stops taking work and settles what is in flight.
@@ -153,11 +153,6 @@ final class ComponentInstance: @unchecked Sendable {
     fileprivate static func from(_ ctx: UnsafeMutableRawPointer?) -> ComponentInstance {
         Unmanaged<ComponentInstance>.fromOpaque(ctx!).takeUnretainedValue()
     }
-}
-
-struct ComponentError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
 }
 
 // The C callbacks the kernel hands to plugins. They are globals in this file, not closures in main.swift,

@@ -110,7 +110,7 @@ public final class Hub: HostServices, @unchecked Sendable {
                     instance = AttributesSink(hub: self)
                 } else if c.component == StoreSink.name {
                     guard let store = lock.withLock({ self.store }) else {
-                        throw ComponentError("sink '\(c.name)' (store): this hub runs without a store")
+                        throw HubError("sink '\(c.name)' (store): this hub runs without a store")
                     }
                     instance = StoreSink(config: c.config, store: store)
                 } else {
@@ -263,7 +263,7 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     private func makeInstance(_ kind: ComponentKind, _ c: ComponentConfig) throws -> ComponentInstance {
         guard let component = plugins.component(kind, c.component) else {
-            throw ComponentError("\(kind) '\(c.name)': no loaded plugin provides '\(c.component)'")
+            throw HubError("\(kind) '\(c.name)': no loaded plugin provides '\(c.component)'")
         }
         return try ComponentInstance(name: c.name, component: component, config: c.config, services: self)
     }

@@ -70,7 +70,7 @@ final class FileSink: Sink, @unchecked Sendable {
 
     private func openFile() throws {
         fd = open(config.path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw PluginError("cannot open \(config.path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw PluginError("cannot open \(config.path): \(FileIO.errorText())") }
         var st = stat()
         fstat(fd, &st)
         size = Int64(st.st_size)
@@ -139,7 +139,7 @@ final class FileSink: Sink, @unchecked Sendable {
         }
         if let failed = FileIO.writeAll(fd, bytes) { return "write to \(config.path) failed: \(failed)" }
         if config.sync == "every_batch", fdatasync(fd) != 0 {
-            return "fdatasync of \(config.path) failed: \(String(cString: strerror(errno)))"
+            return "fdatasync of \(config.path) failed: \(FileIO.errorText())"
         }
         size += Int64(bytes.count)
         if size >= config.max_size { rotate() }

@@ -307,15 +307,15 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private func saveState() {
         guard let path = config.state_file, let broker else { return }
         let bytes = broker.saveState()
-        let temporary = path + ".new"
+        let dir = (path as NSString).deletingLastPathComponent
+        var failure: String?
         do {
-            let dir = (path as NSString).deletingLastPathComponent
             if !dir.isEmpty { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
-            try Data(bytes.readableBytesView).write(to: URL(fileURLWithPath: temporary))
-            guard rename(temporary, path) == 0 else { throw PluginError(String(cString: strerror(errno))) }
+            failure = FileIO.replace(path, with: Array(bytes.readableBytesView))
         } catch {
-            host.log(.error, "mqtt: cannot write the state file \(path): \(error)")
+            failure = "\(error)"
         }
+        if let failure { host.log(.error, "mqtt: cannot write the state file \(path): \(failure)") }
     }
 
     /// The hub revoked a device's credentials: its connections get DISCONNECT 0x98 (MQTT 5) and close.
