@@ -48,8 +48,6 @@ public final class DeadLetterStore: @unchecked Sendable {
             .filter { $0.hasSuffix(".json") && !$0.hasPrefix(".") }.sorted()
     }
 
-    private func names() -> [String] { Self.names(in: directory) }
-
     /// Stores an entry (written to a temporary file and renamed, so a crash leaves no half entry).
     @discardableResult
     public func add(pipeline: String, sink: String?, step: String?, reason: String, attempts: Int, message: CanonicalMessage) throws -> String {
@@ -74,7 +72,7 @@ public final class DeadLetterStore: @unchecked Sendable {
     private func evictOldest() {
         evicting.lock()
         defer { evicting.unlock() }
-        let all = names()
+        let all = Self.names(in: directory)
         let keep = maxEntries - maxEntries / 10
         var removed = 0
         if all.count > maxEntries {
@@ -93,7 +91,7 @@ public final class DeadLetterStore: @unchecked Sendable {
     /// Up to `limit` entries, oldest first, from the one after the id `after` (nil: the first), and
     /// how many there are in all. Only the entries returned are read.
     public func page(after: String?, limit: Int) -> (total: Int, entries: [Entry]) {
-        let all = names()
+        let all = Self.names(in: directory)
         let start = after.map { a in all.firstIndex { $0 > a + ".json" } ?? all.endIndex } ?? all.startIndex
         let entries = all[start...].prefix(max(0, limit)).compactMap { entry(id: String($0.dropLast(5))) }
         return (all.count, entries)
@@ -109,7 +107,7 @@ public final class DeadLetterStore: @unchecked Sendable {
     /// Removes entries; nil removes all. Returns how many were removed.
     @discardableResult
     public func remove(ids: [String]?) -> Int {
-        let targets = ids ?? names().map { String($0.dropLast(5)) }
+        let targets = ids ?? Self.names(in: directory).map { String($0.dropLast(5)) }
         let folder = directory.path + "/"
         var n = 0
         for id in targets where !id.contains("/") && unlink(folder + id + ".json") == 0 { n += 1 }
