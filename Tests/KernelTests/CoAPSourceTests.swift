@@ -100,7 +100,9 @@ import IoTCPluginKit
         }
         let changed = outputs.filter { $0.contains("c:2.04") }.count
         let refused = outputs.filter { $0.contains("c:5.03") }
-        #expect(changed >= 2 && changed <= 9, "the queues bound what is taken: \(changed)")
+        // What can be taken: the pipeline's queue (2), the batch its thread holds while it waits for the
+        // sink (2), and the sink's queue (2), which the deliveries of a refused write count against.
+        #expect(changed >= 2 && changed <= 6, "the queues bound what is taken: \(changed)")
         #expect(!refused.isEmpty && refused.allSatisfy { $0.contains("Max-Age:3") }, "\(outputs.last ?? "")")
     }
 

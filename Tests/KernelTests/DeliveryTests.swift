@@ -12,7 +12,8 @@ import IoTCPluginKit
         let lock = NSLock()
         var taken: [String] = []
         var calls = 0
-        let accept: Int
+        /// Read and changed under `lock`.
+        var accept: Int
         let rejectID: String?
         /// How long a write takes when it is not made on `fastThread`, in microseconds.
         let delay: UInt32
@@ -45,6 +46,14 @@ import IoTCPluginKit
         }
 
         func stop() {}
+    }
+
+    /// A count shared between threads.
+    final class Tally: @unchecked Sendable {
+        private let lock = NSLock()
+        private var n = 0
+        func add(_ k: Int) { lock.withLock { n += k } }
+        var value: Int { lock.withLock { n } }
     }
 
     func deliveries(_ n: Int) -> [Delivery] {
@@ -91,6 +100,42 @@ import IoTCPluginKit
         #expect(taken == (0..<240).map { "m\($0)" }, "first out of place: \(zip(taken, 0...).first { $0.0 != "m\($0.1)" }.map { "\($0)" } ?? "-")")
     }
 
+    /// A sink that says busy to every write (as an MQTT sink does while its broker is away) holds its
+    /// feeders back at the queue's size: the deliveries a refused write hands back do not leave room
+    /// behind them while the write is out. Once the sink takes messages, every one arrives, in order.
+    @Test func aBusySinkHoldsNoMoreThanItsQueue() throws {
+        let dir = TempDir()
+        let sink = ChoosySink(accept: 0, delay: 20_000)
+        var options = DeliveryOptions()
+        options.queueSize = 4
+        let runtime = SinkRuntime(name: "busy", instance: sink, options: options,
+                                  deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
+        sink.runtime = runtime
+        runtime.start()
+        let all = deliveries(60)
+        let fed = Tally()
+        let feeder = Thread {
+            for d in all {
+                runtime.enqueue(d)
+                fed.add(1)
+            }
+        }
+        feeder.start()
+        var most = 0
+        let until = Date().addingTimeInterval(1.5)
+        while Date() < until {
+            most = max(most, runtime.queued)
+            usleep(1000)
+        }
+        #expect(most <= options.queueSize, "held at most the queue: \(most)")
+        #expect(fed.value <= options.queueSize + 1 && sink.lock.withLock { sink.taken.isEmpty && sink.calls > 3 },
+                "the feeder waits while the sink refuses (\(fed.value) handed over)")
+        sink.lock.withLock { sink.accept = 100 }
+        #expect(eventually(timeout: 20) { fed.value == all.count && runtime.queued == 0 })
+        runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
+        #expect(sink.lock.withLock { sink.taken } == all.map(\.message.id))
+    }
+
     @Test func aMessageTheSinkRefusesGoesToTheDeadLettersAndTheRestGoOn() throws {
         let dir = TempDir()
         let sink = ChoosySink(accept: 100, rejectID: "m3")
@@ -113,18 +158,14 @@ import IoTCPluginKit
 
     @Test func theDeadLetterStoreKeepsTheNewestUpToItsBound() throws {
         let dir = TempDir()
-        final class Tally: @unchecked Sendable {
-            let lock = NSLock()
-            var n = 0
-        }
         let evicted = Tally()
-        let store = try DeadLetterStore(directory: dir.url, maxEntries: 20) { n in evicted.lock.withLock { evicted.n += n } }
+        let store = try DeadLetterStore(directory: dir.url, maxEntries: 20) { n in evicted.add(n) }
         for i in 0..<45 { try addLetter(store, i) }
         let kept = store.list().map(\.message.id)
         // Past 20, the oldest go, down to 18 (nine tenths).
         #expect(kept.count >= 18 && kept.count <= 20, "\(kept.count) kept")
         #expect(kept == (45 - kept.count..<45).map { "m\($0)" }, "the newest are kept, in order")
-        #expect(evicted.lock.withLock { evicted.n } == 45 - kept.count)
+        #expect(evicted.value == 45 - kept.count)
         // A store opened on the same folder counts what is there.
         let reopened = try DeadLetterStore(directory: dir.url, maxEntries: 20)
         #expect(reopened.page(after: nil, limit: 1).total == kept.count)

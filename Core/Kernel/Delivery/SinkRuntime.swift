@@ -74,10 +74,14 @@ final class SinkRuntime: @unchecked Sendable {
     /// Who may be waiting on `cond`, so that wake-ups are sent only when someone listens.
     private var workerWaiting = false
     private var blockedEnqueuers = 0
-    /// A write is in the plugin's hands (the lock is released around it). Writes go one at a time, so
-    /// that the sink receives messages in the order they were queued, and what a write hands back goes
-    /// to the front of the queue before anything later is written.
-    private var writing = false
+    /// How many deliveries a write has in the plugin's hands (0: no write under way; the lock is
+    /// released around it). Writes go one at a time, so that the sink receives messages in the order
+    /// they were queued, and what a write hands back goes to the front of the queue before anything
+    /// later is written. They count against the queue's room until the write returns: a busy sink hands
+    /// them all back, and room made by taking them out would let the queue grow by its size on every
+    /// refused write.
+    private var inWrite = 0
+    private var writing: Bool { inWrite > 0 }
     private var pause = 0.01
     private var worker: WorkerThread?
     private let log: @Sendable (String) -> Void
@@ -132,12 +136,12 @@ final class SinkRuntime: @unchecked Sendable {
                 i += n
                 continue
             }
-            while ready.count >= options.queueSize && !stopping {
+            while ready.count + inWrite >= options.queueSize && !stopping {
                 blockedEnqueuers += 1
                 cond.wait()
                 blockedEnqueuers -= 1
             }
-            while i < list.count && (ready.count < options.queueSize || stopping) {
+            while i < list.count && (ready.count + inWrite < options.queueSize || stopping) {
                 ready.append(list[i])
                 i += 1
             }
@@ -172,16 +176,15 @@ final class SinkRuntime: @unchecked Sendable {
             inFlight[token] = d
             tokens.append(token)
         }
-        if blockedEnqueuers > 0 { cond.broadcast() }
-        writing = true
+        inWrite = count
         cond.unlock()
         let (taken, refusal) = instance.write(messages, tokens: tokens)
         cond.lock()
         defer {
-            writing = false
+            inWrite = 0
             // The worker has work now only if deliveries queued up behind this write (or it is
-            // draining); a write that left nothing behind wakes nobody.
-            if !ready.isEmpty || stopping { wake() }
+            // draining), and pipelines waiting for room may have some; otherwise nobody is woken.
+            if !ready.isEmpty || stopping || blockedEnqueuers > 0 { wake() }
         }
         if taken > 0 { pause = 0.01 }
         guard taken < count else { return }
