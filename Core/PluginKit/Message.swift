@@ -116,8 +116,9 @@ public struct Message: Sendable {
     }
 
     /// Lends C views of several messages at once (for batch calls). Every string and payload is packed
-    /// into one buffer, and the key/value pairs into another: three allocations for the whole batch,
-    /// however many messages and fields it holds.
+    /// into one buffer, and the key/value pairs into another: three buffers for the whole batch, however
+    /// many messages and fields it holds, on the stack when they fit there (a single message always
+    /// does, unless its payload is large), so that handing one message across costs no allocation.
     public static func withCMessages<R>(_ messages: some Collection<Message>, _ body: (UnsafeBufferPointer<iotc_message>) throws -> R) rethrows -> R {
         var byteCount = 0, kvCount = 0
         for m in messages {
@@ -127,38 +128,15 @@ public struct Message: Sendable {
             for kv in m.metadata { byteCount += kv.key.utf8.count + kv.value.utf8.count }
             kvCount += m.properties.count + m.metadata.count
         }
-        let bytes = UnsafeMutableBufferPointer<CChar>.allocate(capacity: max(1, byteCount))
-        let kvs = UnsafeMutableBufferPointer<iotc_kv>.allocate(capacity: max(1, kvCount))
-        let out = UnsafeMutableBufferPointer<iotc_message>.allocate(capacity: max(1, messages.count))
-        defer {
-            bytes.deallocate()
-            kvs.deallocate()
-            out.deallocate()
+        return try withUnsafeTemporaryAllocation(of: CChar.self, capacity: max(1, byteCount)) { bytes in
+            try withUnsafeTemporaryAllocation(of: iotc_kv.self, capacity: max(1, kvCount)) { kvs in
+                try withUnsafeTemporaryAllocation(of: iotc_message.self, capacity: max(1, messages.count)) { out in
+                    var packer = CMessagePacker(bytes: bytes.baseAddress!, kvs: kvs.baseAddress!)
+                    for (i, m) in messages.enumerated() { (out.baseAddress! + i).initialize(to: packer.pack(m)) }
+                    return try body(UnsafeBufferPointer(start: out.baseAddress, count: messages.count))
+                }
+            }
         }
-        var packer = CMessagePacker(bytes: bytes.baseAddress!, kvs: kvs.baseAddress!)
-        var i = 0
-        for m in messages {
-            var c = iotc_message()
-            c.struct_size = UInt32(MemoryLayout<iotc_message>.size)
-            c.kind = m.kind.rawValue
-            c.id = packer.put(m.id)
-            c.tenant = packer.put(m.tenant)
-            c.device = packer.put(m.device)
-            c.topic = packer.put(m.topic)
-            c.content_type = packer.put(m.contentType)
-            let payload = m.payload.withUnsafeBytes { packer.put($0) }
-            c.payload = iotc_bytes(ptr: m.payload.isEmpty ? nil : UnsafeRawPointer(payload).assumingMemoryBound(to: UInt8.self), len: m.payload.count)
-            c.device_time_ms = m.deviceTime ?? IOTC_TIME_UNKNOWN
-            c.received_time_ms = m.receivedTime ?? IOTC_TIME_UNKNOWN
-            c.qos = UInt32(m.qos)
-            c.properties = packer.put(m.properties)
-            c.property_count = m.properties.count
-            c.metadata = packer.put(m.metadata)
-            c.metadata_count = m.metadata.count
-            (out.baseAddress! + i).initialize(to: c)
-            i += 1
-        }
-        return try body(UnsafeBufferPointer(start: out.baseAddress, count: messages.count))
     }
 }
 
@@ -167,6 +145,28 @@ public struct Message: Sendable {
 private struct CMessagePacker {
     let bytes: UnsafeMutablePointer<CChar>, kvs: UnsafeMutablePointer<iotc_kv>
     var at = 0, kvAt = 0
+
+    /// The C view of `m`, its strings, payload and key/value pairs copied into the buffers.
+    mutating func pack(_ m: Message) -> iotc_message {
+        var c = iotc_message()
+        c.struct_size = UInt32(MemoryLayout<iotc_message>.size)
+        c.kind = m.kind.rawValue
+        c.id = put(m.id)
+        c.tenant = put(m.tenant)
+        c.device = put(m.device)
+        c.topic = put(m.topic)
+        c.content_type = put(m.contentType)
+        let payload = m.payload.withUnsafeBytes { put($0) }
+        c.payload = iotc_bytes(ptr: m.payload.isEmpty ? nil : UnsafeRawPointer(payload).assumingMemoryBound(to: UInt8.self), len: m.payload.count)
+        c.device_time_ms = m.deviceTime ?? IOTC_TIME_UNKNOWN
+        c.received_time_ms = m.receivedTime ?? IOTC_TIME_UNKNOWN
+        c.qos = UInt32(m.qos)
+        c.properties = put(m.properties)
+        c.property_count = m.properties.count
+        c.metadata = put(m.metadata)
+        c.metadata_count = m.metadata.count
+        return c
+    }
 
     mutating func put(_ raw: UnsafeRawBufferPointer) -> UnsafeMutablePointer<CChar> {
         let start = bytes + at

@@ -70,3 +70,36 @@ struct BlockUploadsTests {
         #expect(uploads.count == 0 && uploads.held == 0)
     }
 }
+
+struct RecentAnswersTests {
+    @Test func remembersTheLastAnswersNewestFirst() {
+        var answers = RecentAnswers<Int>(capacity: 4, pending: 0)
+        #expect(answers.answer(1) == nil)
+        for id: Int32 in 1...6 { answers.remember(id, Int(id) * 10) }
+        // The ring holds the last four: 3 to 6; 1 and 2 were overwritten.
+        #expect(answers.answer(1) == nil && answers.answer(2) == nil)
+        #expect((3...6).map { answers.answer(Int32($0)) } == [30, 40, 50, 60])
+        // A message id used again has its latest answer, wherever the ring stands.
+        answers.remember(4, 99)
+        #expect(answers.answer(4) == 99 && answers.answer(3) == nil)
+        for id: Int32 in 7...9 { answers.remember(id, 1) }
+        #expect(answers.answer(4) == 99, "still among the last four")
+        answers.remember(10, 1)
+        #expect(answers.answer(4) == nil)
+        // Before the ring is full, too.
+        var early = RecentAnswers<Int>(capacity: 4, pending: 0)
+        early.remember(1, 10)
+        early.remember(2, 20)
+        early.remember(1, 77)
+        #expect(early.answer(1) == 77)
+    }
+
+    @Test func aRequestStillBeingAnsweredIsPending() {
+        var answers = RecentAnswers<Int>(capacity: 8, pending: -1)
+        answers.remember(7, 5)
+        answers.started(7)
+        #expect(answers.answer(7) == -1, "a copy while the separate answer is under way gets the empty acknowledgement")
+        answers.remember(7, 0)
+        #expect(answers.answer(7) == 0)
+    }
+}

@@ -4,6 +4,7 @@ import CoAPRuntime
 import Foundation
 import IoTCPluginKit
 import NIOConcurrencyHelpers
+import Synchronization
 
 /// The CoAP resources of the `coap` source, served on its libcoap loop thread: every request comes
 /// through libcoap's unknown-resource handler and is routed by the source's path templates.
@@ -188,6 +189,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
             return
         }
         var properties = extra
+        properties.reserveCapacity(extra.count + 5)
         let method = coap_request_t(UInt32(PDU.code(request).rawValue))
         properties.append(KeyValue("coap.method", method == COAP_REQUEST_PUT ? "PUT" : "POST"))
         properties.append(KeyValue("coap.type", coap_pdu_get_type(request) == COAP_MESSAGE_CON ? "con" : "non"))
@@ -467,9 +469,10 @@ final class CoAPDeviceServer: @unchecked Sendable {
 /// The answer to a submitted message, which may come on another thread before or after the handler
 /// decided to answer separately.
 final class PendingAnswer: @unchecked Sendable {
-    private let lock = NIOLock()
-    private var deferred = false
-    private(set) var result: Int32?
+    /// Held inline: one of these is made for every request, and a lock of its own would be another
+    /// allocation.
+    private let state = Mutex<(result: Int32?, deferred: Bool)>((nil, false))
+    var result: Int32? { state.withLock { $0.result } }
     let mid: Int32
     // Loop thread only:
     var session: OpaquePointer?
@@ -478,13 +481,18 @@ final class PendingAnswer: @unchecked Sendable {
     init(mid: Int32) { self.mid = mid }
 
     /// Records the result; true when the handler already chose a separate response (trigger it).
-    func settle(_ r: Int32) -> Bool { lock.withLock { result = r; return deferred } }
+    func settle(_ r: Int32) -> Bool {
+        state.withLock {
+            $0.result = r
+            return $0.deferred
+        }
+    }
 
     /// The result if it came already; otherwise marks the answer as separate and returns nil.
     func deferIfOpen() -> Int32? {
-        lock.withLock {
-            if result == nil { deferred = true }
-            return result
+        state.withLock {
+            if $0.result == nil { $0.deferred = true }
+            return $0.result
         }
     }
 }
@@ -547,10 +555,8 @@ final class PeerState {
         large = (etags, body)
         return etags
     }
-    private var recent: [(mid: Int32, code: coap_pdu_code_t)] = []
-    private var inFlight: Set<Int32> = []
     /// Answers remembered per endpoint: more than a device sends within EXCHANGE_LIFETIME at its rate.
-    static let remembered = 64
+    private var answers = RecentAnswers<coap_pdu_code_t>(capacity: 64, pending: COAP_EMPTY_CODE)
 
     static func of(_ peer: CoAPPeer) -> PeerState {
         if let s = peer.attachment as? PeerState { return s }
@@ -560,18 +566,11 @@ final class PeerState {
     }
 
     /// The answer already given to this message id, if any.
-    func answered(_ mid: Int32) -> coap_pdu_code_t? {
-        if inFlight.contains(mid) { return COAP_EMPTY_CODE }
-        return recent.last { $0.mid == mid }?.code
-    }
+    func answered(_ mid: Int32) -> coap_pdu_code_t? { answers.answer(mid) }
 
-    func started(_ mid: Int32) { inFlight.insert(mid) }
+    func started(_ mid: Int32) { answers.started(mid) }
 
-    func remember(_ mid: Int32, _ code: coap_pdu_code_t) {
-        inFlight.remove(mid)
-        if recent.count >= Self.remembered { recent.removeFirst(recent.count - Self.remembered + 1) }
-        recent.append((mid, code))
-    }
+    func remember(_ mid: Int32, _ code: coap_pdu_code_t) { answers.remember(mid, code) }
 
     func cancel(token: [UInt8], mailboxes: CommandMailboxes) {
         observations.removeAll { o in
