@@ -112,14 +112,22 @@ public struct Message: Sendable {
 
     /// Lends a C view of this message to `body`; the pointers are valid only inside it.
     public func withCMessage<R>(_ body: (UnsafePointer<iotc_message>) throws -> R) rethrows -> R {
-        try Message.withCMessages(CollectionOfOne(self)) { try body($0.baseAddress!) }
+        try withUnsafePointer(to: self) { m in
+            try Message.withCViews(UnsafeBufferPointer(start: m, count: 1)) { try body($0.baseAddress!) }
+        }
     }
 
     /// Lends C views of several messages at once (for batch calls). Every string and payload is packed
     /// into one buffer, and the key/value pairs into another: three buffers for the whole batch, however
     /// many messages and fields it holds, on the stack when they fit there (a single message always
     /// does, unless its payload is large), so that handing one message across costs no allocation.
-    public static func withCMessages<R>(_ messages: some Collection<Message>, _ body: (UnsafeBufferPointer<iotc_message>) throws -> R) rethrows -> R {
+    public static func withCMessages<R>(_ messages: [Message], _ body: (UnsafeBufferPointer<iotc_message>) throws -> R) rethrows -> R {
+        try messages.withUnsafeBufferPointer { try withCViews($0, body) }
+    }
+
+    /// The packing behind `withCMessage` and `withCMessages`, over a buffer: iterating a generic
+    /// collection of messages across the module boundary copied each one through an allocation.
+    private static func withCViews<R>(_ messages: UnsafeBufferPointer<Message>, _ body: (UnsafeBufferPointer<iotc_message>) throws -> R) rethrows -> R {
         var byteCount = 0, kvCount = 0
         for m in messages {
             byteCount += m.id.utf8.count + m.tenant.utf8.count + m.device.utf8.count + m.topic.utf8.count
@@ -132,7 +140,7 @@ public struct Message: Sendable {
             try withUnsafeTemporaryAllocation(of: iotc_kv.self, capacity: max(1, kvCount)) { kvs in
                 try withUnsafeTemporaryAllocation(of: iotc_message.self, capacity: max(1, messages.count)) { out in
                     var packer = CMessagePacker(bytes: bytes.baseAddress!, kvs: kvs.baseAddress!)
-                    for (i, m) in messages.enumerated() { (out.baseAddress! + i).initialize(to: packer.pack(m)) }
+                    for i in messages.indices { (out.baseAddress! + i).initialize(to: packer.pack(messages[i])) }
                     return try body(UnsafeBufferPointer(start: out.baseAddress, count: messages.count))
                 }
             }

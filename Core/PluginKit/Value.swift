@@ -16,6 +16,8 @@ public enum Value: Sendable, Equatable {
 
         public init() {}
         public init(_ pairs: [(String, Value)]) {
+            keys.reserveCapacity(pairs.count)
+            values.reserveCapacity(pairs.count)
             for (k, v) in pairs { self[k] = v }
         }
 
@@ -31,10 +33,23 @@ public enum Value: Sendable, Equatable {
                         values.remove(at: i)
                     }
                 } else if let newValue {
-                    keys.append(key)
-                    values.append(newValue)
+                    appendNew(key, newValue)
                 }
             }
+        }
+
+        /// Room made by the first member: objects from devices have a handful of members, and growing
+        /// both arrays a step at a time (1, 2, 4, 8) cost several allocations per object.
+        static let initialCapacity = 8
+
+        /// Adds a member whose key is not there yet.
+        private mutating func appendNew(_ key: String, _ value: Value) {
+            if keys.capacity == 0 {
+                keys.reserveCapacity(Self.initialCapacity)
+                values.reserveCapacity(Self.initialCapacity)
+            }
+            keys.append(key)
+            values.append(value)
         }
 
         public func makeIterator() -> Zip2Sequence<[String], [Value]>.Iterator { zip(keys, values).makeIterator() }
@@ -61,8 +76,7 @@ public enum Value: Sendable, Equatable {
                     object.values[existing] = value
                 } else {
                     positions?[key] = object.keys.count
-                    object.keys.append(key)
-                    object.values.append(value)
+                    object.appendNew(key, value)
                 }
             }
         }

@@ -126,7 +126,7 @@ final class TestClient: ConnectionControl {
     func runTasks() {
         var posted = connection.link.takeTasks()
         while !posted.isEmpty {
-            for t in posted { t() }
+            for t in posted { t.run() }
             posted = connection.link.takeTasks()
         }
     }

@@ -75,14 +75,19 @@ public final class ClientLink: @unchecked Sendable {
     func disconnect(_ reasonCode: UInt8) { owner?.linkMustDisconnect(reasonCode) }
 
     /// Work for the connection's event loop, posted from other threads (completions from the hub).
-    private var tasks: [@Sendable () -> Void] = []
+    private var tasks: [PostedTask] = []
+    /// A posted closure. Wrapped, because a closure stored in an array directly is converted to the
+    /// array's generic form, an allocation per task.
+    public struct PostedTask {
+        public let run: @Sendable () -> Void
+    }
 
     /// Runs `task` on the connection's event loop, with other posted tasks, before the next write:
     /// one hop for many completions instead of one each.
     public func post(_ task: @escaping @Sendable () -> Void) {
         let wakeNow: Bool = lock.withLock {
             guard !closing else { return false }
-            tasks.append(task)
+            tasks.append(PostedTask(run: task))
             guard !flushScheduled else { return false }
             flushScheduled = true
             return true
@@ -91,7 +96,7 @@ public final class ClientLink: @unchecked Sendable {
     }
 
     /// The posted tasks, to run before `takePending`. Called by the connection on its event loop.
-    public func takeTasks() -> [@Sendable () -> Void] {
+    public func takeTasks() -> [PostedTask] {
         lock.withLock {
             guard !tasks.isEmpty else { return [] }
             defer { tasks = [] }
