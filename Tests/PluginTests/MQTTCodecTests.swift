@@ -28,6 +28,10 @@ import Testing
         (.pubrec(MQTTPacketAck(packetID: 8)), .v5),
         (.pubrel(MQTTPacketAck(packetID: 8)), .v5),
         (.pubcomp(MQTTPacketAck(packetID: 8)), .v5),
+        (.puback(MQTTPacketAck(packetID: 300, reasonCode: 0x10, properties: [.string(MQTTProperty.reasonString, "no subscribers"), .userProperty("k", "v")])), .v5),
+        (.pubrec(MQTTPacketAck(packetID: 9, reasonCode: 0x80)), .v5),
+        (.pubrel(MQTTPacketAck(packetID: 9)), .v311),
+        (.pubcomp(MQTTPacketAck(packetID: 9)), .v311),
         (.pingreq, .v311), (.pingresp, .v5),
         (.disconnect(reasonCode: 0, properties: []), .v311),
         (.disconnect(reasonCode: 0x8E, properties: [.string(MQTTProperty.reasonString, "taken over")]), .v5),
@@ -64,6 +68,17 @@ import Testing
         // Remaining length 321 is encoded as C1 02 (section 1.5.5).
         let big = encode(.publish(MQTTPublish(topic: "a", payload: [UInt8](repeating: 0, count: 318))), .v311)
         #expect(Array(big.readableBytesView.prefix(3)) == [0x30, 0xC1, 0x02])
+        // Acknowledgements: the reason code and property length are left out on success without
+        // properties (MQTT 5 §3.4.2.1), so both versions send the 3.1.1 form; PUBREL has flags 0010.
+        for version in [MQTTVersion.v311, .v5] {
+            #expect(Array(encode(.puback(MQTTPacketAck(packetID: 7)), version).readableBytesView) == [0x40, 0x02, 0x00, 0x07])
+            #expect(Array(encode(.pubrel(MQTTPacketAck(packetID: 0x0102)), version).readableBytesView) == [0x62, 0x02, 0x01, 0x02])
+        }
+        #expect(Array(encode(.pubrec(MQTTPacketAck(packetID: 7, reasonCode: 0x10)), .v5).readableBytesView) == [0x50, 0x03, 0x00, 0x07, 0x10])
+        #expect(Array(encode(.pubcomp(MQTTPacketAck(packetID: 7, reasonCode: 0x92, properties: [.string(MQTTProperty.reasonString, "x")])), .v5).readableBytesView)
+                == [0x70, 0x08, 0x00, 0x07, 0x92, 0x04, 0x1F, 0x00, 0x01, 0x78])
+        // A 3.1.1 acknowledgement carries neither, whatever the packet holds.
+        #expect(Array(encode(.puback(MQTTPacketAck(packetID: 7, reasonCode: 0x10)), .v311).readableBytesView) == [0x40, 0x02, 0x00, 0x07])
     }
 
     func decodeError(_ bytes: [UInt8], version: MQTTVersion? = .v5, limit: Int = 268_435_460) -> MQTTProtocolError? {

@@ -384,10 +384,38 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
         out.writeImmutableBuffer(payload)
     }
 
+    /// Appends a PUBACK, PUBREC, PUBREL or PUBCOMP to `out`, sized first and written in place: one of
+    /// these answers every QoS 1 and 2 message, and a body built in a buffer of its own cost two
+    /// allocations each. The reason code and property length are left out when they may be (success,
+    /// no properties), as in MQTT 3.1.1.
+    static func writeAck(_ first: UInt8, _ a: MQTTPacketAck, v5: Bool, into out: inout ByteBuffer) {
+        let full = v5 && (a.reasonCode != 0 || !a.properties.isEmpty)
+        var propLength = 0
+        for p in a.properties where full { propLength += propertySize(p) }
+        let withProperties = full && !a.properties.isEmpty
+        let body = 2 + (full ? 1 : 0) + (withProperties ? variableIntegerSize(UInt32(propLength)) + propLength : 0)
+        out.writeInteger(first)
+        writeVariableInteger(UInt32(body), &out)
+        out.writeInteger(a.packetID)
+        guard full else { return }
+        out.writeInteger(a.reasonCode)
+        if withProperties {
+            writeVariableInteger(UInt32(propLength), &out)
+            writePropertyList(a.properties, &out)
+        }
+    }
+
     /// Appends one packet to `out`.
     public static func write(_ packet: MQTTPacket, version: MQTTVersion, into out: inout ByteBuffer) {
-        var body = ByteBuffer()
         let v5 = version == .v5
+        switch packet {
+        case .puback(let a): return writeAck(0x40, a, v5: v5, into: &out)
+        case .pubrec(let a): return writeAck(0x50, a, v5: v5, into: &out)
+        case .pubrel(let a): return writeAck(0x62, a, v5: v5, into: &out)
+        case .pubcomp(let a): return writeAck(0x70, a, v5: v5, into: &out)
+        default: break
+        }
+        var body = ByteBuffer()
         let first: UInt8
         switch packet {
         case .connect(let c):
@@ -419,18 +447,8 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
             writePublish(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, duplicate: p.duplicate,
                          packetID: p.packetID ?? 0, properties: v5 ? p.properties : nil, into: &out)
             return
-        case .puback(let a), .pubrec(let a), .pubrel(let a), .pubcomp(let a):
-            switch packet {
-            case .puback: first = 0x40
-            case .pubrec: first = 0x50
-            case .pubrel: first = 0x62
-            default: first = 0x70
-            }
-            body.writeInteger(a.packetID)
-            if v5, a.reasonCode != 0 || !a.properties.isEmpty {
-                body.writeInteger(a.reasonCode)
-                if !a.properties.isEmpty { writeProperties(a.properties, &body) }
-            }
+        case .puback, .pubrec, .pubrel, .pubcomp:
+            return  // written above
         case .subscribe(let s):
             first = 0x82
             body.writeInteger(s.packetID)
