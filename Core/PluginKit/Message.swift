@@ -215,10 +215,22 @@ extension String {
             self = ""
             return
         }
+        let bytes = UnsafeRawBufferPointer(start: ptr, count: s.len)
+        if s.len > 15, let known = Self.common.first(where: { $0.utf8.count == s.len && $0.utf8.elementsEqual(bytes) }) {
+            self = known
+            return
+        }
         self = ptr.withMemoryRebound(to: UInt8.self, capacity: s.len) {
             String(decoding: UnsafeBufferPointer(start: $0, count: s.len), as: UTF8.self)
         }
     }
+
+    /// Text that crosses the ABI with nearly every message and is too long to be stored inline (over 15
+    /// bytes): these literals are taken instead of a new allocation each time.
+    private static let common: [String] = [
+        "application/json", "application/octet-stream", "application/cbor", "application/senml+json",
+        "application/senml+cbor", "application/vnd.oma.lwm2m+tlv", "coap.content_format",
+    ]
 
     /// Lends this string as an `iotc_str` to `body`.
     public func withIOTCString<R>(_ body: (iotc_str) throws -> R) rethrows -> R {

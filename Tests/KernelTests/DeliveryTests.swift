@@ -219,6 +219,21 @@ import IoTCPluginKit
             #expect(a.metadata == b.metadata)
         }
     }
+
+    /// Text read from the ABI: common long strings come back as the same literal, others are copied;
+    /// either way the text is the bytes, and bad UTF-8 is repaired.
+    @Test func textFromTheABIIsTheBytes() {
+        func read(_ bytes: [UInt8]) -> String {
+            bytes.withUnsafeBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { String(iotc_str(ptr: $0.baseAddress, len: $0.count)) }
+            }
+        }
+        for text in ["application/json", "application/octet-stream", "coap.content_format", "application/jsox",
+                     "application/json+x", "applicatio", "", "a/much/longer/topic/than/fifteen/bytes", "température/ü"] {
+            #expect(read(Array(text.utf8)) == text)
+        }
+        #expect(read([0x61, 0x70, 0x70, 0x6C, 0x69, 0x63, 0x61, 0x74, 0x69, 0x6F, 0x6E, 0x2F, 0x6A, 0x73, 0x6F, 0xFF]) == "application/jso\u{FFFD}")
+    }
 }
 
 @Suite struct RateLimiterTests {

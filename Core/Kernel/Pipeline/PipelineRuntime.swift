@@ -78,8 +78,9 @@ final class PipelineRuntime: @unchecked Sendable {
     func accept(_ message: consuming CanonicalMessage, durable: (@Sendable (Bool) -> Void)?) {
         var input = PipelineInput(message: message, settlement: nil)
         if let wal {
-            // The caller's closure itself, not one wrapped around it: a wrapper is an allocation per message.
-            let sequence = wal.append(input.message, completion: durable ?? { _ in })
+            // The caller's closure itself, not one wrapped around it: a wrapper is an allocation per message
+            // (as is `??`, whose generic operands convert a closure at an allocation).
+            let sequence = if let durable { wal.append(input.message, completion: durable) } else { wal.append(input.message, completion: Self.ignore) }
             input.settlement = Settlement(wal: wal, sequence: sequence)
         }
         cond.lock()
@@ -89,6 +90,8 @@ final class PipelineRuntime: @unchecked Sendable {
         if queue.count == 1 && !napping { cond.signal() }
         cond.unlock()
     }
+
+    private static let ignore: @Sendable (Bool) -> Void = { _ in }
 
     /// Queues a message, waiting for room (for replay from the write-ahead log or the dead-letter store).
     func push(_ input: consuming PipelineInput) {

@@ -300,10 +300,21 @@ public final class Hub: HostServices, @unchecked Sendable {
     func submit(from source: ComponentInstance, _ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
         guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
         let targets = source.routeTable.withLockedValue { $0 }
-        // Routing and room first: a refused message costs no copy.
-        var pipelines: [PipelineRuntime] = []
-        pipelines.reserveCapacity(targets.count)
-        for t in targets where t.filter?.matches(m.topic) ?? true { pipelines.append(t.pipeline) }
+        // Routing and room first: a refused message costs no copy. The pipelines that take the message
+        // are listed on the stack, not in an array allocated per message.
+        return withUnsafeTemporaryAllocation(of: PipelineRuntime.self, capacity: targets.count) { list in
+            var n = 0
+            for t in targets where t.filter?.matches(m.topic) ?? true {
+                (list.baseAddress! + n).initialize(to: t.pipeline)
+                n += 1
+            }
+            defer { list.baseAddress?.deinitialize(count: n) }
+            return submit(from: source, m, to: UnsafeBufferPointer(rebasing: list[..<n]), done: done)
+        }
+    }
+
+    private func submit(from source: ComponentInstance, _ m: Message, to pipelines: UnsafeBufferPointer<PipelineRuntime>,
+                        done: (@Sendable (Int32) -> Void)?) -> Int32 {
         if m.kind == .commandResult, let answered = takeCommandResult(m, done: pipelines.isEmpty ? done : nil) {
             if pipelines.isEmpty { return answered }
         }
