@@ -194,6 +194,41 @@ import IoTCPluginKit
         #expect(history.map(\.action) == ["raised", "escalated", "notified"] && history.last?.sink == "pager", "\(history)")
     }
 
+    /// One source feeding several pipelines: a message goes to each pipeline whose `from` matches its
+    /// topic and to no other, durable and not alike, and is answered once it is in all of them.
+    @Test func aMessageGoesToEveryPipelineThatReadsItsTopic() throws {
+        let r = try start("""
+            all:
+              from: [ "devices:devices/+/telemetry" ]
+              durable: true
+              to: [ all ]
+            pumps:
+              from: [ "devices:devices/pump-1/telemetry", "devices:devices/pump-2/telemetry", "devices:devices/+/events" ]
+              durable: true
+              to: [ pumps ]
+            fans:
+              from: [ "devices:devices/fan-1/telemetry" ]
+              to: [ fans ]
+            """, sinks: """
+            all: { plugin: file, path: "$DIR/all.jsonl" }
+            pumps: { plugin: file, path: "$DIR/pumps.jsonl" }
+            fans: { plugin: file, path: "$DIR/fans.jsonl" }
+            """)
+        defer { r.hub.stop() }
+        for device in ["pump-1", "fan-1", "valve-1", "pump-2"] {
+            #expect(postJSON("\(r.base)/\(device)/telemetry", #"{"n": 1}"#)?.status == 202, "\(device)")
+        }
+        #expect(postJSON("\(r.base)/valve-1/events", "{}")?.status == 202)
+        func devices(_ file: String) -> [String] {
+            jsonLines(r.dir.path + "/" + file).compactMap { if case .string(let s)? = $0["device"] { s } else { nil } }.sorted()
+        }
+        #expect(eventually { devices("all.jsonl").count == 4 && devices("pumps.jsonl").count == 3 && devices("fans.jsonl").count == 1 })
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(devices("all.jsonl") == ["fan-1", "pump-1", "pump-2", "valve-1"])
+        #expect(devices("pumps.jsonl") == ["pump-1", "pump-2", "valve-1"])
+        #expect(devices("fans.jsonl") == ["fan-1"])
+    }
+
     @Test func ingestsTelemetryIntoAFile() throws {
         let r = try start("""
             telemetry:
