@@ -408,14 +408,7 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
     /// Appends one packet to `out`.
     public static func write(_ packet: MQTTPacket, version: MQTTVersion, into out: inout ByteBuffer) {
         let v5 = version == .v5
-        switch packet {
-        case .puback(let a): return writeAck(0x40, a, v5: v5, into: &out)
-        case .pubrec(let a): return writeAck(0x50, a, v5: v5, into: &out)
-        case .pubrel(let a): return writeAck(0x62, a, v5: v5, into: &out)
-        case .pubcomp(let a): return writeAck(0x70, a, v5: v5, into: &out)
-        default: break
-        }
-        var body = ByteBuffer()
+        var body = ByteBuffer()  // shares an empty storage: nothing is allocated until a packet writes to it
         let first: UInt8
         switch packet {
         case .connect(let c):
@@ -447,8 +440,10 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
             writePublish(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, duplicate: p.duplicate,
                          packetID: p.packetID ?? 0, properties: v5 ? p.properties : nil, into: &out)
             return
-        case .puback, .pubrec, .pubrel, .pubcomp:
-            return  // written above
+        case .puback(let a): return writeAck(0x40, a, v5: v5, into: &out)
+        case .pubrec(let a): return writeAck(0x50, a, v5: v5, into: &out)
+        case .pubrel(let a): return writeAck(0x62, a, v5: v5, into: &out)
+        case .pubcomp(let a): return writeAck(0x70, a, v5: v5, into: &out)
         case .subscribe(let s):
             first = 0x82
             body.writeInteger(s.packetID)
