@@ -15,7 +15,6 @@ public struct RecentAnswers<Code> {
         precondition(capacity > 0)
         self.capacity = capacity
         self.pending = pending
-        ring.reserveCapacity(capacity)
     }
 
     /// The answer already given to this message id, if any.
