@@ -56,6 +56,14 @@ import IoTCPluginKit
         var value: Int { lock.withLock { n } }
     }
 
+    /// A started runtime feeding `sink`.
+    func started(_ sink: ChoosySink, _ options: DeliveryOptions = DeliveryOptions(), deadLetters: DeadLetterStore) -> SinkRuntime {
+        let runtime = SinkRuntime(name: "test", instance: sink, options: options, deadLetters: deadLetters) { _ in }
+        sink.runtime = runtime
+        runtime.start()
+        return runtime
+    }
+
     func deliveries(_ n: Int) -> [Delivery] {
         (0..<n).map { Delivery(message: Message(id: "m\($0)", topic: "t", payload: [UInt8($0 % 256)]), pipeline: "p", settlement: nil) }
     }
@@ -65,10 +73,7 @@ import IoTCPluginKit
         let sink = ChoosySink(accept: 7)
         var options = DeliveryOptions()
         options.maxInFlight = 50
-        let runtime = SinkRuntime(name: "choosy", instance: sink, options: options,
-                                  deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
-        sink.runtime = runtime
-        runtime.start()
+        let runtime = started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url))
         runtime.enqueue(contentsOf: deliveries(500))
         #expect(eventually(timeout: 20) { runtime.queued == 0 })
         runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
@@ -85,10 +90,7 @@ import IoTCPluginKit
         let dir = TempDir()
         let sink = ChoosySink(accept: 3, delay: 5000)
         sink.fastThread = pthread_self()
-        let runtime = SinkRuntime(name: "slow", instance: sink, options: DeliveryOptions(),
-                                  deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
-        sink.runtime = runtime
-        runtime.start()
+        let runtime = started(sink, deadLetters: try DeadLetterStore(directory: dir.url))
         let all = deliveries(240)
         for start in stride(from: 0, to: all.count, by: 4) {
             runtime.enqueue(contentsOf: Array(all[start..<(start + 4)]))
@@ -108,10 +110,7 @@ import IoTCPluginKit
         let sink = ChoosySink(accept: 0, delay: 20_000)
         var options = DeliveryOptions()
         options.queueSize = 4
-        let runtime = SinkRuntime(name: "busy", instance: sink, options: options,
-                                  deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
-        sink.runtime = runtime
-        runtime.start()
+        let runtime = started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url))
         let all = deliveries(60)
         let fed = Tally()
         let feeder = Thread {
@@ -140,9 +139,7 @@ import IoTCPluginKit
         let dir = TempDir()
         let sink = ChoosySink(accept: 100, rejectID: "m3")
         let store = try DeadLetterStore(directory: dir.url)
-        let runtime = SinkRuntime(name: "choosy", instance: sink, options: DeliveryOptions(), deadLetters: store) { _ in }
-        sink.runtime = runtime
-        runtime.start()
+        let runtime = started(sink, deadLetters: store)
         runtime.enqueue(contentsOf: deliveries(10))
         #expect(eventually(timeout: 10) { runtime.queued == 0 })
         runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
