@@ -1,4 +1,7 @@
 import CIoTCPluginABI
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The kind of a canonical message.
 public enum MessageKind: UInt32, Sendable, CaseIterable, Codable {
@@ -215,10 +218,13 @@ extension String {
             self = ""
             return
         }
-        let bytes = UnsafeRawBufferPointer(start: ptr, count: s.len)
-        if s.len > 15, let known = Self.common.first(where: { $0.utf8.count == s.len && $0.utf8.elementsEqual(bytes) }) {
-            self = known
-            return
+        if s.len > 15 {
+            for known in Self.common where known.bytes.count == s.len {
+                if known.bytes.withUnsafeBytes({ memcmp($0.baseAddress!, ptr, s.len) }) == 0 {
+                    self = known.text
+                    return
+                }
+            }
         }
         self = ptr.withMemoryRebound(to: UInt8.self, capacity: s.len) {
             String(decoding: UnsafeBufferPointer(start: $0, count: s.len), as: UTF8.self)
@@ -227,10 +233,10 @@ extension String {
 
     /// Text that crosses the ABI with nearly every message and is too long to be stored inline (over 15
     /// bytes): these literals are taken instead of a new allocation each time.
-    private static let common: [String] = [
+    private static let common: [(bytes: [UInt8], text: String)] = [
         "application/json", "application/octet-stream", "application/cbor", "application/senml+json",
         "application/senml+cbor", "application/vnd.oma.lwm2m+tlv", "coap.content_format",
-    ]
+    ].map { (Array($0.utf8), $0) }
 
     /// Lends this string as an `iotc_str` to `body`.
     public func withIOTCString<R>(_ body: (iotc_str) throws -> R) rethrows -> R {

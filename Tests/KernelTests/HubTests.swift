@@ -32,6 +32,16 @@ import IoTCPluginKit
         return Running(hub: hub, dir: dir, port: port)
     }
 
+    /// Message ids are the hub's prefix and a counter in base 36, from the first counter to the last.
+    @Test func messageIDsAreThePrefixAndTheCounterInBase36() {
+        let prefix = Array("mk3x9q2a-".utf8)
+        for counter: UInt64 in [0, 1, 35, 36, 1_295, 1_296, 123_456_789, UInt64(Int64.max), .max] {
+            #expect(Hub.messageID(prefix: prefix, counter: counter) == "mk3x9q2a-" + String(counter, radix: 36))
+        }
+        #expect(Hub.messageID(prefix: [], counter: 0) == "0")
+        #expect(Hub.messageID(prefix: prefix, counter: .max) == "mk3x9q2a-3w5e11264sgsf")
+    }
+
     /// A running hub's rule step: alerts reach their sink, the evaluated messages go on, a reading the
     /// rule cannot evaluate is counted and passed on, and an active alert stays active across a reload
     /// (the next reading above the clear band raises nothing new; one below clears it).

@@ -26,7 +26,7 @@ public struct CanonicalMessage: Sendable {
     public var properties: [KeyValue]
     public var metadata: [KeyValue]
 
-    public init(_ m: Message, receivedTime: Int64) {
+    public init(_ m: consuming Message, receivedTime: Int64) {
         id = m.id
         kind = m.kind
         tenant = m.tenant

@@ -6,7 +6,7 @@ import Metrics
 
 /// What the kernel offers component instances; implemented by the hub (and by test doubles).
 protocol HostServices: AnyObject, Sendable {
-    func submit(from: ComponentInstance, _ message: Message, done: (@Sendable (Int32) -> Void)?) -> Int32
+    func submit(from: ComponentInstance, _ message: consuming Message, done: (@Sendable (Int32) -> Void)?) -> Int32
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?)
     func ack(from: ComponentInstance, tokens: UnsafeBufferPointer<UInt64>, result: Int32, reason: String?)
     func authenticate(from: ComponentInstance, _ credentials: Credentials) -> (GrantedIdentity, UInt64)?

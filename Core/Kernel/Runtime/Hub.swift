@@ -48,7 +48,7 @@ public final class Hub: HostServices, @unchecked Sendable {
     private var ruleStates: [String: RuleStates] = [:]
     private var nextDownlinkToken: UInt64 = 1
     private let messageCounter = ManagedAtomic<UInt64>(0)
-    private let idPrefix = String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36) + "-"
+    private let idPrefix = Array((String(UInt64(Date().timeIntervalSince1970 * 1000), radix: 36) + "-").utf8)
     /// Clock for expressions (milliseconds since the epoch).
     let clock: @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }
 
@@ -292,28 +292,48 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     // MARK: - Host services
 
-    /// A hub-unique message id: the start time and a counter, both base 36.
+    /// A hub-unique message id: the start time and a counter, both base 36. Written into one buffer
+    /// (one for every message that comes without an id): up to 15 bytes, the string is stored inline.
     func nextMessageID() -> String {
-        idPrefix + String(messageCounter.wrappingIncrementThenLoad(ordering: .relaxed), radix: 36)
+        Self.messageID(prefix: idPrefix, counter: messageCounter.wrappingIncrementThenLoad(ordering: .relaxed))
     }
 
-    func submit(from source: ComponentInstance, _ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
+    static func messageID(prefix: [UInt8], counter: UInt64) -> String {
+        // A UInt64 has at most 13 digits in base 36.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: prefix.count + 13) { buf in
+            var n = counter, start = buf.count
+            repeat {
+                start -= 1
+                buf[start] = base36Digits[Int(n % 36)]
+                n /= 36
+            } while n > 0
+            start -= prefix.count
+            _ = UnsafeMutableBufferPointer(rebasing: buf[start...]).initialize(from: prefix)
+            return String(decoding: UnsafeBufferPointer(rebasing: buf[start...]), as: UTF8.self)
+        }
+    }
+
+    private static let base36Digits = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)
+
+    func submit(from source: ComponentInstance, _ m: consuming Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
         guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
         let targets = source.routeTable.withLockedValue { $0 }
+        let topic = m.topic
+        var message = Optional(m)
         // Routing and room first: a refused message costs no copy. The pipelines that take the message
         // are listed on the stack, not in an array allocated per message.
         return withUnsafeTemporaryAllocation(of: PipelineRuntime.self, capacity: targets.count) { list in
             var n = 0
-            for t in targets where t.filter?.matches(m.topic) ?? true {
+            for t in targets where t.filter?.matches(topic) ?? true {
                 (list.baseAddress! + n).initialize(to: t.pipeline)
                 n += 1
             }
             defer { list.baseAddress?.deinitialize(count: n) }
-            return submit(from: source, m, to: UnsafeBufferPointer(rebasing: list[..<n]), done: done)
+            return submit(from: source, message.take()!, to: UnsafeBufferPointer(rebasing: list[..<n]), done: done)
         }
     }
 
-    private func submit(from source: ComponentInstance, _ m: Message, to pipelines: UnsafeBufferPointer<PipelineRuntime>,
+    private func submit(from source: ComponentInstance, _ m: consuming Message, to pipelines: UnsafeBufferPointer<PipelineRuntime>,
                         done: (@Sendable (Int32) -> Void)?) -> Int32 {
         if m.kind == .commandResult, let answered = takeCommandResult(m, done: pipelines.isEmpty ? done : nil) {
             if pipelines.isEmpty { return answered }
@@ -335,19 +355,20 @@ public final class Hub: HostServices, @unchecked Sendable {
         if message.id.isEmpty { message.id = nextMessageID() }
         if message.tenant.isEmpty { message.tenant = "default" }
         let durable = pipelines.lazy.filter(\.isDurable).count
-        if durable == 0 {
-            for p in pipelines { p.accept(message, durable: nil) }
-            done?(IOTC_OK)
-            return IOTC_OK
-        }
-        let arrive: @Sendable (Bool) -> Void
-        if durable == 1 {
-            arrive = { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
-        } else {
+        let arrive: (@Sendable (Bool) -> Void)?
+        switch durable {
+        case 0: arrive = nil
+        case 1: arrive = { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
+        default:
             let latch = DurabilityLatch(count: durable) { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
             arrive = { latch.arrive($0) }
         }
-        for p in pipelines { p.accept(message, durable: p.isDurable ? arrive : nil) }
+        // Every pipeline but the last takes a copy; the last takes the message itself (a copy retains
+        // each of its strings and arrays once more).
+        let last = pipelines.count - 1
+        for p in pipelines[..<last] { p.accept(message, durable: p.isDurable ? arrive : nil) }
+        pipelines[last].accept(message, durable: pipelines[last].isDurable ? arrive : nil)
+        if durable == 0 { done?(IOTC_OK) }
         return IOTC_OK
     }
 
