@@ -10,8 +10,10 @@ public enum CommandTopics {
     /// Whether a device id from a URL or resource path can name a device in these topics: 1 to 128
     /// bytes of UTF-8 without '/', '+', '#' or control characters.
     public static func isDeviceID(_ s: String) -> Bool {
-        let u = s.utf8
-        return !u.isEmpty && u.count <= 128 && !u.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F }
+        var s = s
+        return s.withUTF8 { u in
+            !u.isEmpty && u.count <= 128 && !u.contains { $0 == UInt8(ascii: "/") || $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") || $0 < 0x20 || $0 == 0x7F }
+        }
     }
 
     /// The device, command name and id of a command's topic, or nil when `topic` is not one.

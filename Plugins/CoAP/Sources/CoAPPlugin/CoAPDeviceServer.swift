@@ -95,7 +95,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         case .ingest(let kind, let suffix):
             guard method == COAP_REQUEST_POST || method == COAP_REQUEST_PUT else { return notAllowed(response) }
             guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
-            ingest(session, request, response, state, identity, kind: kind, topic: "devices/\(identity.device)/\(suffix)", extra: [])
+            ingest(session, request, response, state, identity, kind: kind, topic: state.topic(device: identity.device, suffix: suffix), extra: [])
         case .result:
             guard method == COAP_REQUEST_POST || method == COAP_REQUEST_PUT else { return notAllowed(response) }
             guard let identity = authenticate(peer, request, response, device: values["device"]), let command = values["command"] else { return }
@@ -555,6 +555,16 @@ final class PeerState {
         large = (etags, body)
         return etags
     }
+    /// The topic this endpoint's device last sent to, kept so that it is not built for every request.
+    private var lastTopic: (device: String, suffix: String, topic: String)?
+
+    func topic(device: String, suffix: String) -> String {
+        if let t = lastTopic, t.device == device, t.suffix == suffix { return t.topic }
+        let topic = "devices/\(device)/\(suffix)"
+        lastTopic = (device, suffix, topic)
+        return topic
+    }
+
     /// Answers remembered per endpoint: more than a device sends within EXCHANGE_LIFETIME at its rate.
     private var answers = RecentAnswers<coap_pdu_code_t>(capacity: 64, pending: COAP_EMPTY_CODE)
 

@@ -17,6 +17,7 @@ public enum PDU {
         coap_option_filter_set(&filter, coap_option_num_t(option))
         guard coap_option_iterator_init(pdu, &it, &filter) != nil else { return [] }
         var out: [Substring] = []
+        out.reserveCapacity(4)
         while let opt = coap_option_next(&it) {
             let n = Int(coap_opt_length(opt))
             out.append(n == 0 ? "" : Substring(String(decoding: UnsafeBufferPointer(start: coap_opt_value(opt), count: n), as: UTF8.self)))
