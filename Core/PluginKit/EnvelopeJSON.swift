@@ -37,14 +37,16 @@ public enum EnvelopeJSON {
             out.append(contentsOf: #","payload_base64":"#.utf8)
             JSON.encodeString(Base64.encode(m.payload), into: &out)
         }
-        pairs("metadata", m.metadata, &out)
-        pairs("properties", m.properties, &out)
+        pairs(#","metadata":{"#, m.metadata, &out)
+        pairs(#","properties":{"#, m.properties, &out)
         out.append(UInt8(ascii: "}"))
     }
 
-    private static func pairs(_ name: String, _ kv: [KeyValue], _ out: inout [UInt8]) {
+    /// `opening` is the member's name and the object's opening brace, as a literal (no text is built
+    /// per message).
+    private static func pairs(_ opening: StaticString, _ kv: [KeyValue], _ out: inout [UInt8]) {
         guard !kv.isEmpty else { return }
-        out.append(contentsOf: ",\"\(name)\":{".utf8)
+        out.append(contentsOf: UnsafeBufferPointer(start: opening.utf8Start, count: opening.utf8CodeUnitCount))
         for (i, p) in kv.enumerated() {
             if i > 0 { out.append(UInt8(ascii: ",")) }
             JSON.encodeString(p.key, into: &out)
