@@ -11,27 +11,27 @@ public enum Value: Sendable, Equatable {
 
     /// An object with keys in insertion order (payloads are small: lookup is a scan).
     public struct Object: Sendable, Equatable, Sequence {
-        public private(set) var keys: [String] = []
-        public private(set) var values: [Value] = []
+        /// The members in order, keys beside their values in one array: one allocation per object.
+        public private(set) var members: [(String, Value)] = []
 
         public init() {}
         public init(_ pairs: [(String, Value)]) {
-            keys.reserveCapacity(pairs.count)
-            values.reserveCapacity(pairs.count)
+            members.reserveCapacity(pairs.count)
             for (k, v) in pairs { self[k] = v }
         }
 
-        public var count: Int { keys.count }
-        public var isEmpty: Bool { keys.isEmpty }
+        public var count: Int { members.count }
+        public var isEmpty: Bool { members.isEmpty }
+        public var keys: [String] { members.map(\.0) }
+        public var values: [Value] { members.map(\.1) }
+
+        func index(of key: String) -> Int? { members.firstIndex { $0.0 == key } }
 
         public subscript(key: String) -> Value? {
-            get { keys.firstIndex(of: key).map { values[$0] } }
+            get { index(of: key).map { members[$0].1 } }
             set {
-                if let i = keys.firstIndex(of: key) {
-                    if let newValue { values[i] = newValue } else {
-                        keys.remove(at: i)
-                        values.remove(at: i)
-                    }
+                if let i = index(of: key) {
+                    if let newValue { members[i].1 = newValue } else { members.remove(at: i) }
                 } else if let newValue {
                     appendNew(key, newValue)
                 }
@@ -39,20 +39,21 @@ public enum Value: Sendable, Equatable {
         }
 
         /// Room made by the first member: objects from devices have a handful of members, and growing
-        /// both arrays a step at a time (1, 2, 4, 8) cost several allocations per object.
+        /// the array a step at a time (1, 2, 4, 8) cost several allocations per object.
         static let initialCapacity = 8
 
         /// Adds a member whose key is not there yet.
         private mutating func appendNew(_ key: String, _ value: Value) {
-            if keys.capacity == 0 {
-                keys.reserveCapacity(Self.initialCapacity)
-                values.reserveCapacity(Self.initialCapacity)
-            }
-            keys.append(key)
-            values.append(value)
+            if members.capacity == 0 { members.reserveCapacity(Self.initialCapacity) }
+            members.append((key, value))
         }
 
-        public func makeIterator() -> Zip2Sequence<[String], [Value]>.Iterator { zip(keys, values).makeIterator() }
+        public func makeIterator() -> IndexingIterator<[(String, Value)]> { members.makeIterator() }
+
+        /// Same members in the same order.
+        public static func == (a: Object, b: Object) -> Bool {
+            a.members.count == b.members.count && zip(a.members, b.members).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
+        }
 
         /// Builds an object member by member for a decoder. A key is found by a scan while the object is
         /// small, then by a hash index kept beside it, so that a large document (or one crafted to stall
@@ -63,19 +64,19 @@ public enum Value: Sendable, Equatable {
             private var positions: [String: Int]?
             static let indexedFrom = 16
 
-            var count: Int { object.keys.count }
+            var count: Int { object.members.count }
 
             mutating func set(_ key: String, _ value: Value) {
-                if positions == nil, object.keys.count >= Self.indexedFrom {
-                    var p = [String: Int](minimumCapacity: object.keys.count * 2)
-                    for (i, k) in object.keys.enumerated() { p[k] = i }
+                if positions == nil, object.members.count >= Self.indexedFrom {
+                    var p = [String: Int](minimumCapacity: object.members.count * 2)
+                    for (i, m) in object.members.enumerated() { p[m.0] = i }
                     positions = p
                 }
-                let existing = positions != nil ? positions![key] : object.keys.firstIndex(of: key)
+                let existing = positions != nil ? positions![key] : object.index(of: key)
                 if let existing {
-                    object.values[existing] = value
+                    object.members[existing].1 = value
                 } else {
-                    positions?[key] = object.keys.count
+                    positions?[key] = object.members.count
                     object.appendNew(key, value)
                 }
             }

@@ -237,13 +237,20 @@ indirect enum ExpressionNode: Sendable {
         case .binary(let op, let l, let r, let offset):
             return try Self.binary(op, l.evaluate(&c), r.evaluate(&c), offset, &c)
         case .call(let f, let args, let offset):
-            var values: [Value] = []
-            values.reserveCapacity(args.count)
-            for a in args { values.append(try a.evaluate(&c)) }
-            do {
-                return try f.apply(values, &c)
-            } catch {
-                throw ExpressionError("\(f.name)(): \(error.message)", at: offset)
+            // The arguments are lent from the stack: a call evaluated for every message allocates nothing
+            // for them.
+            return try withUnsafeTemporaryAllocation(of: Value.self, capacity: args.count) { buf throws(ExpressionError) -> Value in
+                var n = 0
+                defer { buf.baseAddress?.deinitialize(count: n) }
+                for a in args {
+                    (buf.baseAddress! + n).initialize(to: try a.evaluate(&c))
+                    n += 1
+                }
+                do throws(ExpressionError) {
+                    return try f.apply(UnsafeBufferPointer(rebasing: buf[..<n]), &c)
+                } catch {
+                    throw ExpressionError("\(f.name)(): \(error.message)", at: offset)
+                }
             }
         }
     }

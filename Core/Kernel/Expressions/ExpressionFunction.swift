@@ -7,9 +7,10 @@ struct ExpressionFunction: Sendable {
     let name: String
     let arity: ClosedRange<Int>
     let summary: String
-    let body: @Sendable ([Value], inout EvaluationContext) throws(ExpressionError) -> Value
+    /// The arguments are lent for the call only.
+    let body: @Sendable (UnsafeBufferPointer<Value>, inout EvaluationContext) throws(ExpressionError) -> Value
 
-    func apply(_ args: [Value], _ c: inout EvaluationContext) throws(ExpressionError) -> Value {
+    func apply(_ args: UnsafeBufferPointer<Value>, _ c: inout EvaluationContext) throws(ExpressionError) -> Value {
         try body(args, &c)
     }
 
@@ -172,8 +173,8 @@ struct ExpressionFunction: Sendable {
         return r.magnitude < 9.2e18 ? .int(Int64(r)) : .double(r)
     }
 
-    private static func extreme(_ a: [Value], _ c: inout EvaluationContext, _ better: (Int) -> Bool) throws(ExpressionError) -> Value {
-        var items = a
+    private static func extreme(_ a: UnsafeBufferPointer<Value>, _ c: inout EvaluationContext, _ better: (Int) -> Bool) throws(ExpressionError) -> Value {
+        var items = Array(a)
         if a.count == 1, case .array(let x) = a[0] { items = x }
         try c.spend(items.count)
         guard var best = items.first else { throw ExpressionError("needs at least one value", at: 0) }
