@@ -1,3 +1,4 @@
+import CIoTCPluginABI
 import Foundation
 import Testing
 @testable import IoTCKernel
@@ -123,5 +124,46 @@ import IoTCPluginKit
             #expect(CRC32C.checksum(bytes) == reference(bytes), "length \(length)")
             #expect(CRC32C.checksum(bytes[1...]) == reference(Array(bytes[1...])), "slice of length \(length - 1)")
         }
+    }
+}
+
+/// What the log tells once a message is on disk: a closure, a plugin's C callback with its context, or
+/// a latch over several pipelines.
+@Suite struct ArrivalTests {
+    final class Told: @unchecked Sendable {
+        private let lock = NSLock()
+        private var results: [Int32] = []
+        func add(_ r: Int32) { lock.withLock { results.append(r) } }
+        var all: [Int32] { lock.withLock { results } }
+    }
+
+    @Test func tellsAPluginThroughItsCallbackAndContext() {
+        let told = Told()
+        let callback: iotc_submit_done_fn = { context, result in
+            Unmanaged<Told>.fromOpaque(context!).takeUnretainedValue().add(result)
+        }
+        let context = Unmanaged.passUnretained(told).toOpaque()
+        Arrival(plugin: callback, context: context)(true)
+        Arrival(plugin: callback, context: context)(false)
+        #expect(told.all == [IOTC_OK, IOTC_ERR_INTERNAL])
+        withExtendedLifetime(told) {}
+    }
+
+    @Test func aLatchTellsOnceAllHaveArrivedAndFailsIfAnyFailed() {
+        let told = Told()
+        let done = Arrival { told.add($0 ? IOTC_OK : IOTC_ERR_INTERNAL) }
+        let three = Arrival.all(3, then: done)
+        three(true)
+        three(true)
+        #expect(told.all.isEmpty)
+        three(true)
+        #expect(told.all == [IOTC_OK])
+        let two = Arrival.all(2, then: done)
+        two(false)
+        two(true)
+        #expect(told.all == [IOTC_OK, IOTC_ERR_INTERNAL])
+        Arrival.nobody(true)
+        Arrival.all(1, then: done)(true)
+        #expect(told.all == [IOTC_OK, IOTC_ERR_INTERNAL, IOTC_OK])
     }
 }

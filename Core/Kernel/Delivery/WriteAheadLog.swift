@@ -28,12 +28,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     private let directory: URL
     private let wake = NSCondition()
     private var pending: [UInt8] = []
-    private var pendingCompletions: [Completion] = []
-    /// A completion kept in a list. Wrapped, because a closure stored in an array directly is converted
-    /// to the array's generic form, an allocation per message.
-    private struct Completion {
-        let run: @Sendable (Bool) -> Void
-    }
+    private var pendingCompletions: [Arrival] = []
     private var nextSequence: UInt64 = 1
     private var fd: Int32 = -1
     private var segmentSize = 0
@@ -115,6 +110,11 @@ public final class WriteAheadLog: @unchecked Sendable {
     /// Appends a message; `completion(true)` runs once it is on disk. Returns its sequence number.
     @discardableResult
     public func append(_ message: CanonicalMessage, completion: @escaping @Sendable (Bool) -> Void) -> UInt64 {
+        append(message, completion: Arrival(completion))
+    }
+
+    @discardableResult
+    func append(_ message: CanonicalMessage, completion: Arrival) -> UInt64 {
         wake.lock()
         defer { wake.unlock() }
         if closed || failure != nil {
@@ -126,7 +126,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         appendRecord(.message, seq, message)
         live[segmentFirst, default: 0] += 1
         liveTotal += 1
-        pendingCompletions.append(Completion(run: completion))
+        pendingCompletions.append(completion)
         wake.signal()
         return seq
     }
@@ -229,7 +229,7 @@ public final class WriteAheadLog: @unchecked Sendable {
 
     private func writeLoop() {
         var spare: [UInt8] = []
-        var spareCompletions: [Completion] = []
+        var spareCompletions: [Arrival] = []
         wake.lock()
         while true {
             // Sleep until a message needs committing; done records alone wait up to doneFlushInterval.
@@ -242,7 +242,7 @@ public final class WriteAheadLog: @unchecked Sendable {
             // without the lock so that appends go on while the disk works. Done records alone need no sync.
             // Two buffers of each kind trade places, each kept uniquely referenced so that appends reuse
             // its capacity (a shared one would be copied, then grown again from empty, on every batch).
-            var completions: [Completion] = []
+            var completions: [Arrival] = []
             swap(&completions, &pendingCompletions)
             swap(&pendingCompletions, &spareCompletions)
             var batch: [UInt8] = []
@@ -277,7 +277,7 @@ public final class WriteAheadLog: @unchecked Sendable {
             batch.removeAll(keepingCapacity: true)
             swap(&spare, &batch)
             wake.unlock()
-            for c in completions { c.run(ok) }
+            for c in completions { c(ok) }
             completions.removeAll(keepingCapacity: true)
             wake.lock()
             swap(&spareCompletions, &completions)

@@ -75,12 +75,11 @@ final class PipelineRuntime: @unchecked Sendable {
 
     /// Takes a message from a source. On a durable pipeline it is logged first and `durable` is told
     /// when it is on disk. Capacity was checked by the caller; a few racing submitters may overshoot it.
-    func accept(_ message: consuming CanonicalMessage, durable: (@Sendable (Bool) -> Void)?) {
+    /// `durable` is told once the message is in the write-ahead log (a pipeline without one takes `.nobody`).
+    func accept(_ message: consuming CanonicalMessage, durable: Arrival) {
         var input = PipelineInput(message: message, settlement: nil)
         if let wal {
-            // The caller's closure itself, not one wrapped around it: a wrapper is an allocation per message
-            // (as is `??`, whose generic operands convert a closure at an allocation).
-            let sequence = if let durable { wal.append(input.message, completion: durable) } else { wal.append(input.message, completion: Self.ignore) }
+            let sequence = wal.append(input.message, completion: durable)
             input.settlement = Settlement(wal: wal, sequence: sequence)
         }
         cond.lock()
@@ -90,8 +89,6 @@ final class PipelineRuntime: @unchecked Sendable {
         if queue.count == 1 && !napping { cond.signal() }
         cond.unlock()
     }
-
-    private static let ignore: @Sendable (Bool) -> Void = { _ in }
 
     /// Queues a message, waiting for room (for replay from the write-ahead log or the dead-letter store).
     func push(_ input: consuming PipelineInput) {

@@ -6,7 +6,7 @@ import Metrics
 
 /// What the kernel offers component instances; implemented by the hub (and by test doubles).
 protocol HostServices: AnyObject, Sendable {
-    func submit(from: ComponentInstance, _ message: consuming Message, done: (@Sendable (Int32) -> Void)?) -> Int32
+    func submit(from: ComponentInstance, _ message: consuming Message, done: Arrival) -> Int32
     func ack(from: ComponentInstance, token: UInt64, result: Int32, reason: String?)
     func ack(from: ComponentInstance, tokens: UnsafeBufferPointer<UInt64>, result: Int32, reason: String?)
     func authenticate(from: ComponentInstance, _ credentials: Credentials) -> (GrantedIdentity, UInt64)?
@@ -171,12 +171,8 @@ private let hostSubmit: @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<
     guard let ctx, let m else { return IOTC_ERR_INVALID }
     let me = ComponentInstance.from(ctx)
     guard let services = me.services else { return IOTC_ERR_BUSY }
-    var callback: (@Sendable (Int32) -> Void)?
-    if let done {
-        let context = UInt(bitPattern: doneCtx)
-        callback = { result in done(UnsafeMutableRawPointer(bitPattern: context), result) }
-    }
-    return services.submit(from: me, Message(m), done: callback)
+    let arrival = done.map { Arrival(plugin: $0, context: doneCtx) } ?? .nobody
+    return services.submit(from: me, Message(m), done: arrival)
 }
 
 private let hostAck: @convention(c) (UnsafeMutableRawPointer?, UInt64, Int32, UnsafePointer<CChar>?) -> Void = { ctx, token, result, reason in

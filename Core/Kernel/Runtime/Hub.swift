@@ -315,7 +315,7 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     private static let base36Digits = Array("0123456789abcdefghijklmnopqrstuvwxyz".utf8)
 
-    func submit(from source: ComponentInstance, _ m: consuming Message, done: (@Sendable (Int32) -> Void)?) -> Int32 {
+    func submit(from source: ComponentInstance, _ m: consuming Message, done: Arrival) -> Int32 {
         guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
         let targets = source.routeTable.withLockedValue { $0 }
         let topic = m.topic
@@ -334,8 +334,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     }
 
     private func submit(from source: ComponentInstance, _ m: consuming Message, to pipelines: UnsafeBufferPointer<PipelineRuntime>,
-                        done: (@Sendable (Int32) -> Void)?) -> Int32 {
-        if m.kind == .commandResult, let answered = takeCommandResult(m, done: pipelines.isEmpty ? done : nil) {
+                        done: Arrival) -> Int32 {
+        if m.kind == .commandResult, let answered = takeCommandResult(m, done: pipelines.isEmpty ? done : .nobody) {
             if pipelines.isEmpty { return answered }
         }
         guard !pipelines.isEmpty else {
@@ -355,20 +355,13 @@ public final class Hub: HostServices, @unchecked Sendable {
         if message.id.isEmpty { message.id = nextMessageID() }
         if message.tenant.isEmpty { message.tenant = "default" }
         let durable = pipelines.lazy.filter(\.isDurable).count
-        let arrive: (@Sendable (Bool) -> Void)?
-        switch durable {
-        case 0: arrive = nil
-        case 1: arrive = { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
-        default:
-            let latch = DurabilityLatch(count: durable) { ok in done?(ok ? IOTC_OK : IOTC_ERR_INTERNAL) }
-            arrive = { latch.arrive($0) }
-        }
+        let arrive = durable == 0 ? Arrival.nobody : Arrival.all(durable, then: done)
         // Every pipeline but the last takes a copy; the last takes the message itself (a copy retains
         // each of its strings and arrays once more).
         let last = pipelines.count - 1
-        for p in pipelines[..<last] { p.accept(message, durable: p.isDurable ? arrive : nil) }
-        pipelines[last].accept(message, durable: pipelines[last].isDurable ? arrive : nil)
-        if durable == 0 { done?(IOTC_OK) }
+        for p in pipelines[..<last] { p.accept(message, durable: p.isDurable ? arrive : .nobody) }
+        pipelines[last].accept(message, durable: pipelines[last].isDurable ? arrive : .nobody)
+        if durable == 0 { done(true) }
         return IOTC_OK
     }
 
@@ -389,11 +382,11 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     /// Hands a device's answer to a command to the observer. Returns nil when there is no observer or
     /// the topic names no command; `done` (when given) follows once the answer is kept.
-    private func takeCommandResult(_ m: Message, done: (@Sendable (Int32) -> Void)?) -> Int32? {
+    private func takeCommandResult(_ m: Message, done: Arrival) -> Int32? {
         guard let observer = lock.withLock({ commandResultObserver }), let (device, id) = CommandTopics.parseResult(m.topic) else { return nil }
         let result = CommandResult(tenant: m.tenant.isEmpty ? "default" : m.tenant, device: String(device), id: String(id),
                                    contentType: m.contentType, payload: m.payload)
-        observer(result) { done?(IOTC_OK) }
+        observer(result) { done(true) }
         return IOTC_OK
     }
 
@@ -473,9 +466,9 @@ public final class Hub: HostServices, @unchecked Sendable {
         guard let p = lock.withLock({ pipelines[name] }) else { return IOTC_ERR_NOT_FOUND }
         guard p.hasRoom else { return IOTC_ERR_BUSY }
         if p.isDurable {
-            p.accept(message, durable: done)
+            p.accept(message, durable: Arrival(done))
         } else {
-            p.accept(message, durable: nil)
+            p.accept(message, durable: .nobody)
             done(true)
         }
         return IOTC_OK
@@ -766,9 +759,9 @@ final class DurabilityLatch: @unchecked Sendable {
     private let lock = NSLock()
     private var remaining: Int
     private var ok = true
-    private let done: @Sendable (Bool) -> Void
+    private let done: Arrival
 
-    init(count: Int, done: @escaping @Sendable (Bool) -> Void) {
+    init(count: Int, done: Arrival) {
         remaining = count
         self.done = done
     }
