@@ -42,6 +42,40 @@ import IoTCPluginKit
         #expect(try WriteAheadLog(directory: dir.url).open().isEmpty)
     }
 
+    /// Many senders at once: messages keep coming while commits are on their way to disk, so the writer
+    /// lets groups grow (the commit delay). Every append is confirmed once, and all come back in order.
+    @Test func confirmsEveryMessageFromManySendersAndKeepsThemInOrder() throws {
+        let dir = TempDir()
+        let wal = try WriteAheadLog(directory: dir.url)
+        #expect(try wal.open().isEmpty)
+        final class Tally: @unchecked Sendable {
+            let lock = NSLock()
+            var confirmed = 0, failed = 0
+        }
+        let tally = Tally()
+        let senders = 8, each = 1_500
+        let all = DispatchGroup()
+        DispatchQueue.concurrentPerform(iterations: senders) { s in
+            for i in 0..<each {
+                all.enter()
+                wal.append(message(s * each + i)) { ok in
+                    tally.lock.withLock { if ok { tally.confirmed += 1 } else { tally.failed += 1 } }
+                    all.leave()
+                }
+            }
+        }
+        #expect(all.wait(timeout: .now() + 60) == .success)
+        #expect(tally.confirmed == senders * each && tally.failed == 0)
+        wal.close()
+
+        let again = try WriteAheadLog(directory: dir.url)
+        let pending = try again.open()
+        #expect(pending.count == senders * each)
+        #expect(zip(pending, pending.dropFirst()).allSatisfy { $0.sequence < $1.sequence })
+        #expect(Set(pending.map(\.message.id)).count == senders * each)
+        again.close()
+    }
+
     @Test func batchedDoneRecordsSurviveARestart() throws {
         let dir = TempDir()
         let wal = try WriteAheadLog(directory: dir.url)
