@@ -72,10 +72,12 @@ let package = Package(
             dependencies: ["CIoTCPluginABI"],
             path: "Core/PluginKit"
         ),
+        // C the kernel needs beside Swift (the CRC-32C instruction); not part of the plugin ABI.
+        .target(name: "CIoTCKernelSupport", path: "Core/KernelSupport"),
         .target(
             name: "IoTCKernel",
             dependencies: [
-                "CIoTCPluginABI", "IoTCPluginKit", "IoTCStore",
+                "CIoTCPluginABI", "CIoTCKernelSupport", "IoTCPluginKit", "IoTCStore",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),

@@ -159,6 +159,25 @@ import IoTCPluginKit
             #expect(CRC32C.checksum(bytes[1...]) == reference(Array(bytes[1...])), "slice of length \(length - 1)")
         }
     }
+
+    /// The processor's instruction (where there is one) and the tables agree, at every length and
+    /// alignment a record can have.
+    @Test func theInstructionAndTheTablesAgree() {
+        var rng = SystemRandomNumberGenerator()
+        let bytes = (0..<600).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        bytes.withUnsafeBytes { all in
+            for start in 0..<9 {
+                for length in 0...(all.count - start) {
+                    let p = UnsafeRawBufferPointer(rebasing: all[start..<(start + length)])
+                    if CRC32C.checksum(p) != CRC32C.software(p) {
+                        Issue.record("start \(start), length \(length)")
+                        return
+                    }
+                }
+            }
+        }
+        #expect(CRC32C.software(UnsafeRawBufferPointer(start: nil, count: 0)) == 0)
+    }
 }
 
 /// What the log tells once a message is on disk: a closure, a plugin's C callback with its context, or

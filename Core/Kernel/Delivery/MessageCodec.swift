@@ -1,3 +1,4 @@
+import CIoTCKernelSupport
 import IoTCPluginKit
 
 /// A compact binary form of a canonical message, for the write-ahead log.
@@ -86,7 +87,16 @@ enum CRC32C {
         bytes.withContiguousStorageIfAvailable { checksum(UnsafeRawBufferPointer($0)) } ?? Array(bytes).withUnsafeBytes { checksum($0) }
     }
 
+    /// With the processor's CRC-32C instruction when it has one (SSE 4.2), else by tables.
     static func checksum(_ p: UnsafeRawBufferPointer) -> UInt32 {
+        guard hardware, let base = p.baseAddress else { return software(p) }
+        return iotc_crc32c_hardware(0xFFFF_FFFF, base.assumingMemoryBound(to: UInt8.self), p.count) ^ 0xFFFF_FFFF
+    }
+
+    static let hardware = iotc_crc32c_hardware_available() != 0
+
+    /// Slicing-by-8, for processors without the instruction (and to check it against).
+    static func software(_ p: UnsafeRawBufferPointer) -> UInt32 {
         let t = tables
         var c: UInt32 = 0xFFFF_FFFF
         var i = 0
