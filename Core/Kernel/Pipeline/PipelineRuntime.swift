@@ -74,16 +74,13 @@ final class PipelineRuntime: @unchecked Sendable {
     var hasRoom: Bool { cond.withLock { queue.count < capacity && !stopping } }
 
     /// Takes a message from a source. On a durable pipeline it is logged first and `durable` is told
-    /// when it is on disk. Capacity was checked by the caller; a few racing submitters may overshoot it.
-    /// `durable` is told once the message is in the write-ahead log (a pipeline without one takes `.nobody`).
+    /// when it is on disk (a pipeline without a log takes `.nobody`). Capacity was checked by the
+    /// caller; a few racing submitters may overshoot it. The message is moved into the queue, not copied.
     func accept(_ message: consuming CanonicalMessage, durable: Arrival) {
-        var input = PipelineInput(message: message, settlement: nil)
-        if let wal {
-            let sequence = wal.append(input.message, completion: durable)
-            input.settlement = Settlement(wal: wal, sequence: sequence)
-        }
+        let settlement = wal.map { Settlement(wal: $0, sequence: $0.append(message, completion: durable)) }
+        let input = PipelineInput(message: message, settlement: settlement)
         cond.lock()
-        queue.append(input)
+        queue.append(consume input)
         // The worker only ever waits on an empty queue; while it naps (it was busy a moment ago) it
         // looks again by itself, so a steady stream of messages does not wake it once each.
         if queue.count == 1 && !napping { cond.signal() }

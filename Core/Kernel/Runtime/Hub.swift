@@ -351,18 +351,24 @@ public final class Hub: HostServices, @unchecked Sendable {
             deviceLimited.increment()
             return IOTC_ERR_BUSY
         }
-        var message = CanonicalMessage(m, receivedTime: clock())
-        if message.id.isEmpty { message.id = nextMessageID() }
-        if message.tenant.isEmpty { message.tenant = "default" }
+        let message = canonical(m)
         let durable = pipelines.lazy.filter(\.isDurable).count
         let arrive = durable == 0 ? Arrival.nobody : Arrival.all(durable, then: done)
         // Every pipeline but the last takes a copy; the last takes the message itself (a copy retains
         // each of its strings and arrays once more).
-        let last = pipelines.count - 1
-        for p in pipelines[..<last] { p.accept(message, durable: p.isDurable ? arrive : .nobody) }
-        pipelines[last].accept(message, durable: pipelines[last].isDurable ? arrive : .nobody)
+        let last = pipelines[pipelines.count - 1]
+        for p in pipelines.dropLast() { p.accept(message, durable: p.isDurable ? arrive : .nobody) }
+        last.accept(consume message, durable: last.isDurable ? arrive : .nobody)
         if durable == 0 { done(true) }
         return IOTC_OK
+    }
+
+    /// A source's message as the pipelines take it: received now, with an id and a tenant.
+    private func canonical(_ m: consuming Message) -> CanonicalMessage {
+        var message = CanonicalMessage(m, receivedTime: clock())
+        if message.id.isEmpty { message.id = nextMessageID() }
+        if message.tenant.isEmpty { message.tenant = "default" }
+        return message
     }
 
     func routes(from source: ComponentInstance, topic: String) -> Int32 {
