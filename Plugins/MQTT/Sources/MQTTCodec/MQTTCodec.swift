@@ -339,9 +339,14 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
         return 1 + variableIntegerSize(UInt32(body)) + body
     }
 
-    static func propertiesSize(_ properties: [MQTTProperty], _ extras: PublishExtras) -> Int {
+    static func propertiesSize(_ properties: [MQTTProperty]) -> Int {
         var n = 0
         for p in properties { n += propertySize(p) }
+        return n
+    }
+
+    static func propertiesSize(_ properties: [MQTTProperty], _ extras: PublishExtras) -> Int {
+        var n = propertiesSize(properties)
         if extras.messageExpiry != nil { n += 5 }
         if extras.topicAlias != nil { n += 3 }
         for id in extras.subscriptionIdentifiers { n += 1 + variableIntegerSize(id) }
@@ -390,9 +395,8 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
     /// no properties), as in MQTT 3.1.1.
     static func writeAck(_ first: UInt8, _ a: MQTTPacketAck, v5: Bool, into out: inout ByteBuffer) {
         let full = v5 && (a.reasonCode != 0 || !a.properties.isEmpty)
-        var propLength = 0
-        for p in a.properties where full { propLength += propertySize(p) }
         let withProperties = full && !a.properties.isEmpty
+        let propLength = withProperties ? propertiesSize(a.properties) : 0
         let body = 2 + (full ? 1 : 0) + (withProperties ? variableIntegerSize(UInt32(propLength)) + propLength : 0)
         out.writeInteger(first)
         writeVariableInteger(UInt32(body), &out)
@@ -526,10 +530,9 @@ public struct MQTTPacketEncoder: MessageToByteEncoder {
         }
     }
 
+    /// The property length, then the properties: sized first, written in place.
     static func writeProperties(_ props: [MQTTProperty], _ out: inout ByteBuffer) {
-        var p = ByteBuffer()
-        writePropertyList(props, &p)
-        writeVariableInteger(UInt32(p.readableBytes), &out)
-        out.writeBuffer(&p)
+        writeVariableInteger(UInt32(propertiesSize(props)), &out)
+        writePropertyList(props, &out)
     }
 }
