@@ -319,6 +319,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         guard source.kind == .source else { return IOTC_ERR_UNSUPPORTED }
         let targets = source.routeTable.withLockedValue { $0 }
         let topic = m.topic
+        // The closure below cannot consume a parameter it captures; it takes the message out of this.
         var message = Optional(m)
         // Routing and room first: a refused message costs no copy. The pipelines that take the message
         // are listed on the stack, not in an array allocated per message.
