@@ -145,7 +145,7 @@ for n in 0..<inputs {
                 }
                 connection.receive(p)
                 if case .connect = p, connection.state == .connected { connected += 1 }
-                for t in link.takeTasks() { t() }
+                for t in link.takeTasks() { t.run() }
                 if connection.state == .closed { break outer }
             }
         } catch let e as MQTTProtocolError {
