@@ -174,8 +174,8 @@ struct ExpressionFunction: Sendable {
     }
 
     private static func extreme(_ a: UnsafeBufferPointer<Value>, _ c: inout EvaluationContext, _ better: (Int) -> Bool) throws(ExpressionError) -> Value {
-        var items = Array(a)
-        if a.count == 1, case .array(let x) = a[0] { items = x }
+        let items: [Value]
+        if a.count == 1, case .array(let x) = a[0] { items = x } else { items = Array(a) }
         try c.spend(items.count)
         guard var best = items.first else { throw ExpressionError("needs at least one value", at: 0) }
         for v in items.dropFirst() {
