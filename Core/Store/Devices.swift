@@ -14,7 +14,8 @@ public struct Device: Sendable, Equatable {
 /// The device registry. Every call names the tenant: a device of another tenant is never found.
 public struct Devices: Sendable {
     public let store: any Store
-    let clock: @Sendable () -> Int64
+    /// Milliseconds since 1970: when credentials expire.
+    public let clock: @Sendable () -> Int64
 
     public init(store: any Store, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
         self.store = store
@@ -215,6 +216,16 @@ extension Devices {
     public func revokeCredential(tenant: String, device: String, id: String) async throws -> Bool {
         try await store.execute("UPDATE device_credentials SET revoked_at = ? WHERE tenant_id = ? AND device_id = ? AND id = ? AND revoked_at IS NULL",
                                 [.integer(clock()), .text(tenant), .text(device), .text(id)]) == 1
+    }
+
+    /// The registry's revision: it moves with every change to devices, their credentials and the
+    /// certificate authorities, made by any node (see migration 17). Read it before what it covers:
+    /// a change committed in between is then loaded early and seen again, never missed.
+    public func registryRevision() async throws -> Int64 {
+        guard let r = try await store.query("SELECT revision FROM registry_revision WHERE id = 1").first?.int("revision") else {
+            throw StoreError(.migration, "the registry revision is missing")
+        }
+        return r
     }
 
     /// Every credential in force (not revoked, not expired), for the hub's in-memory directory.

@@ -180,7 +180,37 @@ public enum Schema {
         Migration(16, "certificate revocation lists",
                   sqlite: ["ALTER TABLE certificate_authorities ADD COLUMN crl BLOB", "ALTER TABLE certificate_authorities ADD COLUMN crl_updated_at BIGINT"],
                   postgres: ["ALTER TABLE certificate_authorities ADD COLUMN crl BYTEA", "ALTER TABLE certificate_authorities ADD COLUMN crl_updated_at BIGINT"]),
+        // A counter that every change to what authenticates devices moves (devices, their credentials,
+        // certificate authorities), in the changing transaction itself, by triggers: whichever node or
+        // tool writes. The hub's in-memory directory reads it every few seconds and reloads only when it
+        // moved, instead of reading every device's credentials each time.
+        Migration(17, "registry revision", sqlite: registryRevision(sqlite: true), postgres: registryRevision(sqlite: false)),
     ]
+
+    /// The tables whose changes move the registry revision.
+    static let registryTables = ["devices", "device_credentials", "certificate_authorities"]
+
+    private static func registryRevision(sqlite: Bool) -> [String] {
+        let create = [
+            "CREATE TABLE registry_revision (id INTEGER PRIMARY KEY CHECK (id = 1), revision BIGINT NOT NULL)",
+            "INSERT INTO registry_revision (id, revision) VALUES (1, 0)",
+        ]
+        let bump = "UPDATE registry_revision SET revision = revision + 1 WHERE id = 1"
+        if sqlite {
+            // SQLite has row triggers only, one event each.
+            return create + registryTables.flatMap { table in
+                ["INSERT", "UPDATE", "DELETE"].map { event in
+                    "CREATE TRIGGER \(table)_\(event.lowercased())_moves_registry_revision AFTER \(event) ON \(table) BEGIN \(bump); END"
+                }
+            }
+        }
+        // One bump per statement, however many rows it changed.
+        return create + [
+            "CREATE FUNCTION move_registry_revision() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \(bump); RETURN NULL; END $$",
+        ] + registryTables.map { table in
+            "CREATE TRIGGER \(table)_moves_registry_revision AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON \(table) FOR EACH STATEMENT EXECUTE FUNCTION move_registry_revision()"
+        }
+    }
 
     private static func certificateAuthorities(binary: String) -> [String] {
         [

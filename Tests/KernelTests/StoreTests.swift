@@ -523,6 +523,72 @@ final class PostgresServer {
         }
     }
 
+    /// The directory reads the registry again only when it changed, whoever changed it (here plain SQL,
+    /// as another node or tool would), or when a credential in force expired; and then it names what is
+    /// no longer in force, for its connections to be closed.
+    @Test(arguments: StoreEngine.allCases)
+    func theDirectoryReloadsOnlyWhenTheRegistryChangedOrACredentialExpired(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            final class Clock: @unchecked Sendable {
+                let lock = NSLock()
+                var ms: Int64 = 1_800_000_000_000
+                var now: Int64 { lock.withLock { ms } }
+                func advance(_ d: Int64) { lock.withLock { ms += d } }
+            }
+            final class Gone: @unchecked Sendable {
+                let lock = NSLock()
+                var ids: [Set<String>] = []
+            }
+            let clock = Clock(), gone = Gone()
+            let accounts = Accounts(store: store), devices = Devices(store: store, clock: { clock.now })
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: "pump-1")
+            let (lasting, lastingToken) = try await devices.issueToken(tenant: "acme", device: "pump-1")
+            let (brief, briefToken) = try await devices.issueToken(tenant: "acme", device: "pump-1", expiresAt: clock.now + 60_000)
+            let directory = RegistryDirectory(devices: devices) { ids in gone.lock.withLock { gone.ids.append(ids) } }
+            func accepts(_ token: String) -> Bool { directory.authenticate(Credentials(protocolName: "mqtt", secret: token)) != nil }
+
+            let r0 = try await devices.registryRevision()
+            try await directory.refresh()
+            #expect(directory.reloads == 1 && accepts(lastingToken) && accepts(briefToken))
+            try await directory.refresh()
+            try await directory.refresh()
+            #expect(directory.reloads == 1, "nothing changed, nothing expired: not read again")
+            #expect(try await devices.registryRevision() == r0)
+
+            // Another writer revokes the lasting token: the revision moves, the directory reloads, and
+            // names the credential.
+            _ = try await store.execute("UPDATE device_credentials SET revoked_at = 1 WHERE id = ?", [.text(lasting.id)])
+            #expect(try await devices.registryRevision() > r0)
+            try await directory.refresh()
+            #expect(directory.reloads == 2 && !accepts(lastingToken) && accepts(briefToken))
+            #expect(gone.lock.withLock { gone.ids } == [[lasting.id]])
+            try await directory.refresh()
+            #expect(directory.reloads == 2)
+
+            // Nothing is written when the brief token expires: its time alone makes the directory reload.
+            clock.advance(59_000)
+            try await directory.refresh()
+            #expect(directory.reloads == 2 && accepts(briefToken))
+            clock.advance(1_000)
+            #expect(!accepts(briefToken), "refused at its expiry, before any reload")
+            try await directory.refresh()
+            #expect(directory.reloads == 3)
+            #expect(gone.lock.withLock { gone.ids } == [[lasting.id], [brief.id]])
+            try await directory.refresh()
+            #expect(directory.reloads == 3, "no credential left to expire")
+
+            // A new token, and the tenant's removal (its devices and credentials go by cascade).
+            let (fresh, freshToken) = try await devices.issueToken(tenant: "acme", device: "pump-1")
+            try await directory.refresh()
+            #expect(directory.reloads == 4 && accepts(freshToken))
+            _ = try await store.execute("DELETE FROM tenants WHERE id = 'acme'")
+            try await directory.refresh()
+            #expect(directory.reloads == 5 && !accepts(freshToken))
+            #expect(gone.lock.withLock { gone.ids }.last == [fresh.id])
+        }
+    }
+
     @Test(arguments: StoreEngine.allCases)
     func attributesAreSetPerDeviceAndLoadedIntoTheDirectory(_ engine: StoreEngine) async throws {
         try await withStore(engine) { store in
