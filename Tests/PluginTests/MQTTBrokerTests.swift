@@ -89,6 +89,30 @@ import IoTCPluginKit
         #expect(d.connect("b", properties: [.string(MQTTProperty.authenticationMethod, "SCRAM-SHA-1")])?.reasonCode == MQTTReason.badAuthenticationMethod)
     }
 
+    /// A CONNECT the decoder refused after reading its protocol version: an MQTT 5 client gets a
+    /// CONNACK with the reason code and why; an MQTT 3.1.1 client has no code for it and is closed.
+    @Test func aRefusedConnectIsAnsweredInTheClientsVersion() {
+        let c = TestClient(broker, hub)
+        c.connection.decodeFailed(MQTTProtocolError("receive maximum must not be 0", reasonCode: MQTTReason.protocolError), version: .v5)
+        guard case .connack(let ack)? = c.read().first else { Issue.record("no CONNACK"); return }
+        #expect(ack.reasonCode == MQTTReason.protocolError && !ack.sessionPresent)
+        #expect(ack.properties.first(MQTTProperty.reasonString) == .string(MQTTProperty.reasonString, "receive maximum must not be 0"))
+        #expect(c.closed)
+        let d = TestClient(broker, hub)
+        d.connection.decodeFailed(MQTTProtocolError("CONNECT reserved flag is set"), version: .v311)
+        #expect(d.read().isEmpty && d.closed)
+    }
+
+    /// Subscription identifiers go from server to client only ([MQTT-3.3.4-6]).
+    @Test func aClientsPublishMustNotCarryASubscriptionIdentifier() {
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        c.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 3, properties: [.varInt(MQTTProperty.subscriptionIdentifier, 7)])))
+        guard case .disconnect(let code, _)? = c.read().first else { Issue.record("no DISCONNECT"); return }
+        #expect(code == MQTTReason.protocolError && c.closed)
+        #expect(hub.submitted.isEmpty)
+    }
+
     @Test func publishBeforeConnectCloses() {
         let c = TestClient(broker, hub)
         c.connection.receive(.publish(MQTTPublish(topic: "a", payload: [1])))

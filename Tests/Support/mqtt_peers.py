@@ -492,6 +492,9 @@ def scenario_malformed():
         "bad utf-8": (0x30, struct.pack("!H", 2) + b"\xC3\x28\x00"),
         "duplicate property": (0x30, mstr("a") + props(b"\x01\x01\x01\x01")),
         "unknown property": (0x30, mstr("a") + props(b"\x7F\x00")),
+        # Subscription identifiers go from server to client only; a response topic is a topic name.
+        "subscription identifier from a client": (0x30, mstr("a") + props(b"\x0B\x01")),
+        "wildcard in the response topic": (0x30, mstr("a") + props(b"\x08" + mstr("r/#"))),
         "second connect": None,
     }
     for name, packet in cases.items():
@@ -517,6 +520,14 @@ def scenario_malformed():
     r = Raw()
     r.send(0x10, mstr("MQTT") + bytes([6, 2]) + struct.pack("!H", 60) + mstr("x"))
     check(r.closed_within(3) and r.buf[:4] == b"\x20\x02\x00\x01", f"protocol level 6: {r.buf.hex()}")
+    # A CONNECT that breaks a rule (Receive Maximum 0): an MQTT 5 client is told why in a CONNACK
+    # with reason code 0x82 and a reason string; MQTT 3.1.1 has no code for it, so it is just closed.
+    r = Raw()
+    r.send(0x10, mstr("MQTT") + bytes([5, 2]) + struct.pack("!H", 60) + props(b"\x21\x00\x00") + mstr("x"))
+    check(r.closed_within(3) and r.buf[:1] == b"\x20" and r.buf[3] == 0x82 and b"must not be 0" in r.buf, f"receive maximum 0: {r.buf.hex()}")
+    r = Raw()
+    r.send(0x10, mstr("MQTT") + bytes([4, 0x01]) + struct.pack("!H", 60) + mstr("x"))
+    check(r.closed_within(3) and r.buf == b"", f"3.1.1 CONNECT with its reserved flag: {r.buf.hex()}")
     # PUBLISH before CONNECT: closed.
     r = Raw()
     r.send(0x30, mstr("a") + b"x")

@@ -103,13 +103,20 @@ public final class ServerConnection: @unchecked Sendable {
     }
 
     /// The decoder refused the bytes: answer with the reason code where the protocol allows, and close.
-    public func decodeFailed(_ error: MQTTProtocolError) {
+    /// `version` is the protocol version the decoder read from a CONNECT it then refused, if it got
+    /// that far: an MQTT 5 client is told why in a CONNACK (section 4.13.1); MQTT 3.1.1 has no code
+    /// for a malformed CONNECT, so the connection just closes.
+    public func decodeFailed(_ error: MQTTProtocolError, version: MQTTVersion? = nil) {
         guard state != .closed else { return }
         switch state {
         case .awaitingConnect:
             if error.reasonCode == MQTTReason.unsupportedProtocolVersion {
                 link.version = .v311
                 link.send(.connack(MQTTConnAck(sessionPresent: false, reasonCode: 0x01)))
+            } else if version == .v5 {
+                link.version = .v5
+                link.send(.connack(MQTTConnAck(sessionPresent: false, reasonCode: error.reasonCode,
+                                               properties: [.string(MQTTProperty.reasonString, error.description)])))
             }
         case .connected:
             disconnectPacket(error.reasonCode, error.description)
@@ -296,6 +303,10 @@ public final class ServerConnection: @unchecked Sendable {
             } else {
                 inboundAliases[a] = topic
             }
+        }
+        // Subscription identifiers go from server to client only ([MQTT-3.3.4-6]).
+        if version == .v5, p.properties.first(MQTTProperty.subscriptionIdentifier) != nil {
+            return protocolError(MQTTReason.protocolError, "a client's PUBLISH carries a subscription identifier")
         }
         guard p.qos <= broker.config.maximumQoS else { return protocolError(MQTTReason.qosNotSupported, "QoS \(p.qos) is over the maximum") }
         guard !p.retain || broker.config.retainAvailable else { return protocolError(MQTTReason.retainNotSupported, "retain is not available") }

@@ -71,6 +71,7 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
                 id = p
             }
             let props = v5 ? try properties(&b, .publish) : []
+            if v5 { try Self.checkResponseTopic(props) }
             if topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
                 throw MQTTProtocolError("PUBLISH topic contains a wildcard", reasonCode: MQTTReason.topicNameInvalid)
             }
@@ -169,6 +170,7 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
         if flags & 4 != 0 {
             guard willQoS < 3 else { throw MQTTProtocolError("will QoS 3") }
             let willProps = v == .v5 ? try properties(&b, .will) : []
+            if v == .v5 { try Self.checkResponseTopic(willProps) }
             let topic = try string(&b)
             guard !topic.isEmpty, !topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) else {
                 throw MQTTProtocolError("will topic is not a valid topic name", reasonCode: MQTTReason.topicNameInvalid)
@@ -217,6 +219,14 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
             shift += 7
         }
         throw MQTTProtocolError("variable byte integer is longer than four bytes")
+    }
+
+    /// A response topic is a topic name: at least one character, no wildcards ([MQTT-3.3.2-14]).
+    static func checkResponseTopic(_ props: [MQTTProperty]) throws {
+        guard case .string(_, let t)? = props.first(MQTTProperty.responseTopic) else { return }
+        if t.isEmpty || t.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+            throw MQTTProtocolError("the response topic is not a valid topic name", reasonCode: MQTTReason.protocolError)
+        }
     }
 
     /// Where a property list appears; each property is allowed in some of these (section 2.2.2.2).

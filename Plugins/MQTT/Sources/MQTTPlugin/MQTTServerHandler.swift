@@ -102,7 +102,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
                 if closing { return }
             }
         } catch let e as MQTTProtocolError {
-            connection.decodeFailed(e)
+            connection.decodeFailed(e, version: decoder.version)
             return
         } catch {
             connection.transportClosed(reason: "\(error)")
@@ -122,7 +122,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         if let e = error as? MQTTProtocolError {
-            connection?.decodeFailed(e)
+            connection?.decodeFailed(e, version: decoder.version)
         } else {
             connection?.transportClosed(reason: "\(error)")
         }
