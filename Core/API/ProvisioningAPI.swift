@@ -47,7 +47,7 @@ enum ProvisioningAPI {
                 let body = try await JSONBody.read(request, allowed: ["provisioning_key", "device", "code"])
                 let fleetKey = try body.string("provisioning_key", required: true)!
                 let device = try body.string("device", required: true)!, code = try body.string("code", required: true)!
-                let keyID = Accounts.keyID(of: "iotc_" + fleetKey.dropFirst("iotcp_".count)) ?? "invalid"
+                let keyID = Accounts.keyID(of: fleetKey, prefix: "iotcp_") ?? "invalid"
                 if let wait = perAddress.take(context.caller) ?? perDevice.take(keyID + "/" + device.prefix(128)) {
                     return HubAPI.tooManyRequests("too many claims", wait: wait)
                 }

@@ -213,15 +213,23 @@ public struct Accounts: Sendable {
     }
 
     /// The id part of a well-formed secret, safe to log.
-    public static func keyID(of secret: String) -> String? { parse(secret)?.id }
+    public static func keyID(of secret: String, prefix: StaticString = "iotc_") -> String? { parse(secret, prefix: prefix)?.id }
 
-    static func parse(_ secret: String) -> (id: String, random: Substring)? {
-        guard secret.hasPrefix("iotc_"), secret.utf8.count <= 200 else { return nil }
-        let rest = secret.dropFirst(5)
-        guard let sep = rest.firstIndex(of: "_") else { return nil }
-        let id = String(rest[..<sep]), random = rest[rest.index(after: sep)...]
-        guard isValidID(id), random.utf8.count >= 32, random.utf8.allSatisfy({ alphabet.contains($0) }) else { return nil }
+    /// The id and random part of `PREFIX<id>_<random>` (API keys: `iotc_`; device tokens: `iotcd_`).
+    /// Checked on every authentication, so byte by byte.
+    static func parse(_ secret: String, prefix: StaticString = "iotc_") -> (id: String, random: Substring)? {
+        let p = prefix.withUTF8Buffer { String(decoding: $0, as: UTF8.self) }
+        guard secret.utf8.count <= 200, secret.hasPrefix(p) else { return nil }
+        let rest = secret.dropFirst(prefix.utf8CodeUnitCount)
+        guard let sep = rest.utf8.firstIndex(of: UInt8(ascii: "_")) else { return nil }
+        let id = String(rest[..<sep]), random = rest[rest.utf8.index(after: sep)...]
+        guard isValidID(id), random.utf8.count >= 32, random.utf8.allSatisfy(isAlphanumeric) else { return nil }
         return (id, random)
+    }
+
+    /// One of `alphabet`: an ASCII letter or digit.
+    static func isAlphanumeric(_ c: UInt8) -> Bool {
+        (0x30...0x39).contains(c) || (0x41...0x5A).contains(c) || (0x61...0x7A).contains(c)
     }
 
     static func hash(_ secret: String) -> [UInt8] { Array(SHA256.hash(data: Array(secret.utf8))) }

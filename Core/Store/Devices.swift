@@ -26,16 +26,12 @@ public struct Devices: Sendable {
     /// fit), safe in topics, URLs and file names.
     public static func isValidID(_ id: String) -> Bool {
         guard !id.isEmpty, id.utf8.count <= 128, id != ".", id != ".." else { return false }
-        return id.utf8.allSatisfy { isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: "-") }
+        return id.utf8.allSatisfy { Accounts.isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: "-") }
     }
 
     /// Label keys: 1 to 63 letters, digits and `.`, `_`, `-`; values up to 256 characters.
     public static func isValidLabelKey(_ k: String) -> Bool {
-        !k.isEmpty && k.utf8.count <= 63 && k.utf8.allSatisfy { isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
-    }
-
-    private static func isAlphanumeric(_ c: UInt8) -> Bool {
-        (0x30...0x39).contains(c) || (0x41...0x5A).contains(c) || (0x61...0x7A).contains(c)
+        !k.isEmpty && k.utf8.count <= 63 && k.utf8.allSatisfy { Accounts.isAlphanumeric($0) || $0 == UInt8(ascii: ".") || $0 == UInt8(ascii: "_") || $0 == UInt8(ascii: "-") }
     }
 
     static func check(_ d: Device) throws {
@@ -247,8 +243,7 @@ extension Devices {
 
     /// The credential id in a device token, if it is one.
     public static func tokenID(_ token: String) -> String? {
-        guard token.hasPrefix("iotcd_") else { return nil }
-        return Accounts.keyID(of: "iotc_" + token.dropFirst("iotcd_".count))
+        Accounts.parse(token, prefix: "iotcd_")?.id
     }
 
     public static func digest(_ secret: String) -> [UInt8] { Accounts.hash(secret) }

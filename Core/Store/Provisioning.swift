@@ -81,7 +81,7 @@ public struct Provisioning: Sendable {
     public func claim(fleetKey: String, device: String, code: String, devices: Devices) async throws -> ClaimedDevice? {
         let now = clock()
         var key: ProvisioningKey?
-        if fleetKey.hasPrefix("iotcp_"), let id = Accounts.keyID(of: "iotc_" + fleetKey.dropFirst("iotcp_".count)),
+        if let id = Accounts.keyID(of: fleetKey, prefix: "iotcp_"),
            let row = try await store.query("SELECT * FROM provisioning_keys WHERE id = ?", [.text(id)]).first,
            let stored = row.bytes("hash"), ConstantTime.equal(stored, Accounts.hash(fleetKey)) {
             key = Self.key(row)

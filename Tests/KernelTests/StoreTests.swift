@@ -612,6 +612,21 @@ final class PostgresServer {
         }
     }
 
+    /// Keys, device tokens and fleet keys share one form, `PREFIX<id>_<32 or more letters and digits>`,
+    /// read on every authentication.
+    @Test func secretsAreReadByTheirPrefixIdAndRandomPart() {
+        let random = "aB3" + String(repeating: "x9Z", count: 10)
+        #expect(Accounts.keyID(of: "iotc_k3y-1_" + random) == "k3y-1")
+        #expect(Devices.tokenID("iotcd_d3v_" + random) == "d3v")
+        #expect(Accounts.keyID(of: "iotcp_fl33t_" + random, prefix: "iotcp_") == "fl33t")
+        #expect(Accounts.keyID(of: Accounts.newSecret().secret) != nil)
+        for bad in ["iotcd_k3y_" + random, "iotc_k3y" + random, "iotc_k3y_" + random.dropFirst(3), "iotc_k3y_" + random + "-",
+                    "iotc_k3y_" + random + "é", "iotc_K3Y_" + random, "iotc__" + random, "iotc_-k_" + random, "iotc_k_" + random + String(repeating: "a", count: 200)] {
+            #expect(Accounts.keyID(of: bad) == nil, "\(bad)")
+        }
+        #expect(Devices.tokenID("iotc_d3v_" + random) == nil && Accounts.keyID(of: "iotc_fl33t_" + random, prefix: "iotcp_") == nil)
+    }
+
     @Test func aPresetBootstrapKeyIsUsedAsGiven() async throws {
         let dir = TempDir()
         let store = try await openStore("sqlite:\(dir.path)/iotc.db")

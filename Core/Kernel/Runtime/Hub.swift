@@ -562,9 +562,10 @@ public final class Hub: HostServices, @unchecked Sendable {
         let now = clock()
         lock.withLock {
             guard let id = identities[handle] else { return }
-            connectedVia[Self.deviceKey(id.tenant, id.device)] = from.name
-            presence[Self.deviceKey(id.tenant, id.device)] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
-            changedPresence.insert(Self.deviceKey(id.tenant, id.device))
+            let key = Self.deviceKey(id.tenant, id.device)
+            connectedVia[key] = from.name
+            presence[key] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
+            changedPresence.insert(key)
         }
     }
 
@@ -574,12 +575,11 @@ public final class Hub: HostServices, @unchecked Sendable {
             guard let id = identities[handle] else { return }
             let key = Self.deviceKey(id.tenant, id.device)
             if connectedVia[key] == from.name { connectedVia[key] = nil }
-            if presence[key]?.source == from.name {
-                changedPresence.insert(key)
-                presence[key]?.connected = false
-                presence[key]?.since = now
-                presence[key]?.lastSeen = now
-            }
+            guard let i = presence.index(forKey: key), presence.values[i].source == from.name else { return }
+            changedPresence.insert(key)
+            presence.values[i].connected = false
+            presence.values[i].since = now
+            presence.values[i].lastSeen = now
         }
     }
 
