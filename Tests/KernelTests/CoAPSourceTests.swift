@@ -82,6 +82,42 @@ import IoTCPluginKit
         #expect(hub.lines.count == 4)
     }
 
+    /// Methods a resource does not take get 4.05 (libcoap alone would answer DELETE with 2.02 Deleted
+    /// and FETCH with 4.04); an Accept option the resource cannot honour gets 4.06 (RFC 7252 §5.10.4);
+    /// a request carried in an Acknowledgement is ignored (§4.2), nothing submitted.
+    @Test func answersMethodsAndAcceptOptionsByTheRFC() throws {
+        let hub = try Self.hub()
+        let socket = try UDPSocket(port: hub.udp)
+        /// A request with token 0x42: `type` (0 CON, 2 ACK), `code`, message id `mid`, options (already
+        /// encoded), payload.
+        func request(_ type: UInt8, _ code: UInt8, _ mid: UInt8, _ options: [UInt8], _ payload: [UInt8] = []) -> [UInt8]? {
+            socket.send([0x41 | type << 4, code, 0x10, mid, 0x42] + options + (payload.isEmpty ? [] : [0xFF] + payload))
+            return socket.receive(timeout: 1)
+        }
+        let telemetry: [UInt8] = [0xB1] + Array("t".utf8) + [0x06] + Array("dev-m1".utf8)
+        let attributes: [UInt8] = [0xB1] + Array("a".utf8) + [0x06] + Array("dev-m1".utf8)
+        let commands: [UInt8] = [0xB1] + Array("c".utf8) + [0x06] + Array("dev-m1".utf8)
+        func code(_ answer: [UInt8]?) -> String { answer.map { "\($0[1] >> 5).\(String(format: "%02d", $0[1] & 31))" } ?? "none" }
+        #expect(code(request(0, 4, 1, telemetry)) == "4.05", "DELETE")
+        #expect(code(request(0, 5, 2, telemetry)) == "4.05", "FETCH")
+        #expect(code(request(0, 7, 3, telemetry)) == "4.05", "PATCH")
+        #expect(code(request(0, 4, 4, [0xB7] + Array("nowhere".utf8))) == "4.04", "DELETE of no resource")
+        // Accept: 50 (JSON) is served, 60 (CBOR) and 41 (XML) are not; the option (17) follows Uri-Path (11).
+        #expect(code(request(0, 1, 5, attributes + [0x61, 50])) == "2.05")
+        #expect(code(request(0, 1, 6, attributes + [0x61, 60])) == "4.06")
+        #expect(code(request(0, 1, 7, commands + [0x61, 41])) == "4.06")
+        #expect(code(request(0, 1, 8, commands)) == "2.05")
+        // A POST in an Acknowledgement: no answer, nothing stored; the same as CON is taken.
+        let body = Array(#"{"n":1}"#.utf8)
+        #expect(request(2, 2, 9, telemetry + [0x11, 50], body) == nil)
+        var answer = request(0, 2, 10, telemetry + [0x11, 50], body)
+        if answer?[1] == 0 { answer = socket.receive() }  // a separate response (durable pipeline)
+        #expect(code(answer) == "2.04")
+        #expect(eventually { hub.lines.count == 1 })
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(hub.lines.count == 1)
+    }
+
     @Test func answersAFullPipelineWith503AndMaxAge() throws {
         // Nothing listens on the broker port: the sink reports backpressure, its queue and then the
         // pipeline's fill, and the CoAP source answers 5.03 with Max-Age instead of buffering.

@@ -30,7 +30,11 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     func install() {
         let r = coap_resource_unknown_init2(coapDeviceRequest, 0)
-        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT] { coap_register_handler(r, m, coapDeviceRequest) }
+        // Every method comes here, so that one a resource does not take gets 4.05 (libcoap would
+        // answer a DELETE it has no handler for with 2.02 Deleted, and FETCH or PATCH with 4.04).
+        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE, COAP_REQUEST_FETCH, COAP_REQUEST_PATCH, COAP_REQUEST_IPATCH] {
+            coap_register_handler(r, m, coapDeviceRequest)
+        }
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
         loop.nack = { [unowned self] session, sent in nack(session, sent) }
@@ -44,6 +48,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
     fileprivate func handle(_ resource: OpaquePointer, _ session: OpaquePointer, _ request: OpaquePointer, _ query: UnsafePointer<coap_string_t>?,
                             _ response: OpaquePointer) {
+        guard PDU.isRequestMessage(request) else { return }
         let peer = loop.peer(session)
         let state = PeerState.of(peer)
         let mid = coap_pdu_get_mid(request)
@@ -73,7 +78,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         switch route {
         case .ingest(.attributes, _) where method == COAP_REQUEST_GET:
             // The attributes the operator set for the device: its configuration.
-            guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
+            guard let identity = authenticate(peer, request, response, device: values["device"]), acceptsJSON(request, response) else { return }
             let json = host.attributes(identity) ?? Array("{}".utf8)
             let etag = Self.etag(json)
             let token = PDU.token(request)
@@ -103,7 +108,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
                    extra: [KeyValue("command_id", command)])
         case .commands:
             guard method == COAP_REQUEST_GET else { return notAllowed(response) }
-            guard let identity = authenticate(peer, request, response, device: values["device"]) else { return }
+            guard let identity = authenticate(peer, request, response, device: values["device"]), acceptsJSON(request, response) else { return }
             commands(Request(resource: resource, session: session, pdu: request, query: query), response, peer, state, identity)
         }
     }
@@ -120,6 +125,14 @@ final class CoAPDeviceServer: @unchecked Sendable {
     }
 
     private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
+
+    /// The attributes and commands resources serve JSON only: a request whose Accept option names
+    /// another Content-Format gets 4.06 Not Acceptable (RFC 7252 §5.10.4).
+    private func acceptsJSON(_ request: OpaquePointer, _ response: OpaquePointer) -> Bool {
+        guard let accept = PDU.uint(request, COAP_OPTION_ACCEPT), accept != ContentFormat.json else { return true }
+        PDU.respond(response, COAP_RESPONSE_CODE_NOT_ACCEPTABLE, diagnostic: "Content-Format \(accept) is not served here (use 50, JSON)")
+        return false
+    }
 
     /// An ETag for a representation: FNV-1a of its bytes (never 0, which means none).
     static func etag(_ bytes: [UInt8]) -> UInt64 {

@@ -2,6 +2,14 @@ import CCoAP
 
 /// Reading requests and writing responses of libcoap PDUs (opaque `coap_pdu_t` pointers).
 public enum PDU {
+    /// Whether a request came in a message that may carry one: Confirmable or Non-confirmable. A
+    /// request in an Acknowledgement or Reset breaks RFC 7252 §4.2, and such messages are rejected by
+    /// ignoring them (§4.2, §4.3): a handler returns without answering.
+    public static func isRequestMessage(_ pdu: OpaquePointer) -> Bool {
+        let type = coap_pdu_get_type(pdu)
+        return type == COAP_MESSAGE_CON || type == COAP_MESSAGE_NON
+    }
+
     /// The value of an unsigned-integer option, or nil when it is absent.
     public static func uint(_ pdu: OpaquePointer, _ option: Int32) -> UInt32? {
         var it = coap_opt_iterator_t()

@@ -45,7 +45,9 @@ final class LwM2MServer: @unchecked Sendable {
 
     func install() {
         let r = coap_resource_unknown_init2(lwm2mRequest, 0)
-        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE] { coap_register_handler(r, m, lwm2mRequest) }
+        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE, COAP_REQUEST_FETCH, COAP_REQUEST_PATCH, COAP_REQUEST_IPATCH] {
+            coap_register_handler(r, m, lwm2mRequest)
+        }
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
         loop.response = { [unowned self] session, sent, received in self.response(session, received) }
@@ -63,6 +65,7 @@ final class LwM2MServer: @unchecked Sendable {
     // MARK: the registration interface
 
     fileprivate func handle(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+        guard PDU.isRequestMessage(request) else { return }
         let path = PDU.path(request)
         let method = coap_request_t(UInt32(PDU.code(request).rawValue))
         switch (method, path.count, path.first) {
