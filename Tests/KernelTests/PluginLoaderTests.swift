@@ -52,6 +52,14 @@ import Testing
         let (plugins, errors) = PluginLoader.discover(in: [dir.path])
         #expect(plugins.isEmpty)
         #expect(errors.map(\.path) == [path])
+        // The same folder through a symbolic link, and the same file linked from another folder, are
+        // read once; a copy is another file.
+        let other = TempDir()
+        try FileManager.default.createSymbolicLink(atPath: other.path + "/again", withDestinationPath: dir.path)
+        try FileManager.default.createSymbolicLink(atPath: other.path + "/libiotc-plugin-linked.so", withDestinationPath: path)
+        #expect(PluginLoader.discover(in: [dir.path, other.path + "/again", other.path]).errors.map(\.path) == [path])
+        try FileManager.default.copyItem(atPath: path, toPath: other.path + "/libiotc-plugin-copy.so")
+        #expect(PluginLoader.discover(in: [dir.path, other.path]).errors.count == 2)
     }
 
     @Test func refusesAPluginThatAsksForAnUnsupportedABIVersion() throws {

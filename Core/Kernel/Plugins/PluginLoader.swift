@@ -54,13 +54,17 @@ public enum PluginLoader {
     }
 
     /// Loads every plugin in the folders; problems come back one per file instead of stopping the scan.
+    /// A folder or file reached twice (the same one named through a symbolic link, as `.build/release`
+    /// names the executable's own folder) is read once.
     public static func discover(in directories: [String]) -> (plugins: [PluginLibrary], errors: [PluginLoadError]) {
         var plugins: [PluginLibrary] = [], errors: [PluginLoadError] = []
-        var seen = Set<String>()
-        for dir in directories {
+        var seen = Set<String>(), scanned = Set<String>(), files = Set<String>()
+        func real(_ path: String) -> String { URL(fileURLWithPath: path).resolvingSymlinksInPath().standardizedFileURL.path }
+        for dir in directories where scanned.insert(real(dir)).inserted {
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { continue }
             for name in names.sorted() where isPluginFileName(name) {
                 let path = (dir as NSString).appendingPathComponent(name)
+                guard files.insert(real(path)).inserted else { continue }
                 do {
                     let p = try load(path)
                     if seen.contains(p.name) {
