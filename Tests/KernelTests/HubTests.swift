@@ -297,7 +297,19 @@ import IoTCPluginKit
         #expect(http("POST", "\(r.base)/d/telemetry", body: [0x22, 0xC3, 0x28, 0x22], headers: ["Content-Type": "application/json"])?.status == 400)
         let big = postJSON("\(r.base)/d/telemetry", "{\"a\":\"\(String(repeating: "x", count: 100))\"}")
         #expect(big?.status == 413)
-        #expect(http("GET", "\(r.base)/d/telemetry")?.status == 405)
+        // A 405 and OPTIONS name the methods the resource takes (RFC 9110 §15.5.6); HEAD is GET's
+        // header fields alone, on the attributes, not on the commands a GET would take.
+        let wrong = http("GET", "\(r.base)/d/telemetry")
+        #expect(wrong?.status == 405 && wrong?.headers["allow"] == "POST, OPTIONS", "\(String(describing: wrong))")
+        let options = http("OPTIONS", "\(r.base)/d/attributes")
+        #expect(options?.status == 204 && options?.headers["allow"] == "GET, HEAD, POST, OPTIONS", "\(String(describing: options))")
+        #expect(http("HEAD", "\(r.base)/d/commands")?.headers["allow"] == "GET, OPTIONS")
+        let both = try #require(RawSocket(port: r.port))
+        both.send("HEAD /v1/devices/d/attributes HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/devices/d/attributes HTTP/1.1\r\nHost: x\r\n\r\n")
+        let answers = both.readResponses(2)
+        #expect(answers.count == 2 && answers[0].hasPrefix("HTTP/1.1 200") && answers[0].hasSuffix("\r\n\r\n") && answers[0].contains("Content-Length: 2\r\n"),
+                "\(answers)")
+        #expect(answers.count == 2 && answers[1].hasPrefix("HTTP/1.1 200") && answers[1].hasSuffix("\r\n\r\n{}"), "\(answers)")
         #expect(http("POST", "\(r.base)/d/telemetry", body: Array("{}".utf8), headers: ["Content-Type": "application/json", "X-Device-Time": "yesterday"])?.status == 400)
         #expect(http("GET", "http://127.0.0.1:\(r.port)/nothing")?.status == 404)
         // A body over the limit without Content-Length (chunked) is refused as well.

@@ -2,7 +2,7 @@ import NIOCore
 
 /// One HTTP/1.1 request of the device API, with the few headers the API reads.
 public struct DeviceRequest: Sendable {
-    public enum Method: Sendable, Equatable { case get, post, other }
+    public enum Method: Sendable, Equatable { case get, head, post, options, other }
     public var method: Method
     /// The request target as sent (path and query).
     public var target: String
@@ -103,7 +103,8 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         guard let sp1 = index(of: 32, in: b, from: start, to: lineEnd), let sp2 = index(of: 32, in: b, from: sp1 + 1, to: lineEnd),
               sp1 > start, sp2 > sp1 + 1 else { throw DeviceRequestError.malformed("bad request line") }
         for k in start..<sp1 where !isTokenChar(b[k]) { throw DeviceRequestError.malformed("bad method") }
-        let method: DeviceRequest.Method = equals(b, start, sp1, "GET") ? .get : equals(b, start, sp1, "POST") ? .post : .other
+        let method: DeviceRequest.Method = equals(b, start, sp1, "GET") ? .get : equals(b, start, sp1, "POST") ? .post
+            : equals(b, start, sp1, "HEAD") ? .head : equals(b, start, sp1, "OPTIONS") ? .options : .other
         for k in (sp1 + 1)..<sp2 where b[k] <= 32 || b[k] == 127 { throw DeviceRequestError.malformed("bad request target") }
         let target = String(decoding: UnsafeRawBufferPointer(rebasing: b[(sp1 + 1)..<sp2]), as: UTF8.self)
         let http10: Bool

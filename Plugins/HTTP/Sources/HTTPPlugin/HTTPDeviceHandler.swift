@@ -122,8 +122,11 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func start(_ context: ChannelHandlerContext, _ request: DeviceRequest) {
         current = request
         guard let route = Self.route(request.method, request.target) else {
-            let known = Self.route(.post, request.target) != nil || Self.route(.get, request.target) != nil
-            respond(context, known ? .methodNotAllowed : .notFound, problem: known ? "this method is not allowed here" : "no such resource")
+            // RFC 9110: a 405 lists the methods the resource takes (§15.5.6), and so does OPTIONS.
+            let allowed = Self.allowedMethods(request.target)
+            if allowed.isEmpty { return respond(context, .notFound, problem: "no such resource") }
+            if request.method == .options { return respond(context, .noContent, body: [], contentType: nil, extra: [("Allow", allowed)]) }
+            respond(context, .methodNotAllowed, problem: "this method is not allowed here", extra: [("Allow", allowed)])
             return
         }
         handle(context, request, route)
@@ -152,6 +155,13 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .malformed(let why):
             respond(context, .badRequest, problem: "malformed request: \(why)", close: true)
         }
+    }
+
+    /// The methods a device resource takes, for `Allow`; empty when there is no such resource.
+    static func allowedMethods(_ uri: String) -> String {
+        let methods: [(DeviceRequest.Method, String)] = [(.get, "GET"), (.head, "HEAD"), (.post, "POST")]
+        let taken = methods.filter { route($0.0, uri) != nil }.map(\.1)
+        return taken.isEmpty ? "" : (taken + ["OPTIONS"]).joined(separator: ", ")
     }
 
     static func route(_ method: DeviceRequest.Method, _ uri: String) -> Route? {
@@ -192,7 +202,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                 if equals(parts.1, "attributes") { return .ingest(device: device, kind: .attributes, suffix: "attributes") }
                 return nil
             case (.get, 2) where equals(parts.1, "commands"): return .poll(device: device)
-            case (.get, 2) where equals(parts.1, "attributes"): return .attributes(device: device)
+            // HEAD is GET without the body, where GET is safe: the attributes, not the commands it takes.
+            case (.get, 2) where equals(parts.1, "attributes"), (.head, 2) where equals(parts.1, "attributes"): return .attributes(device: device)
             case (.get, 3) where equals(parts.1, "commands") && equals(parts.2, "stream"): return .stream(device: device)
             case (.post, 4) where equals(parts.1, "commands") && equals(parts.3, "result") && !parts.2.isEmpty:
                 return .result(device: device, command: text(parts.2))
@@ -511,7 +522,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         if status.code != 204 && status.code != 304 { out.writeString("Content-Length: \(body.count)\r\n") }
         for (k, v) in extra { out.writeString("\(k): \(v)\r\n") }
         out.writeString(keepAlive ? "Connection: keep-alive\r\n\r\n" : "Connection: close\r\n\r\n")
-        out.writeBytes(body)
+        // A HEAD response has the GET response's header fields, Content-Length included, and no content.
+        if current?.method != .head { out.writeBytes(body) }
         let done = context.writeAndFlush(wrapOutboundOut(out))
         if keepAlive {
             finished(context)
