@@ -20,13 +20,22 @@ public final class PluginHost: @unchecked Sendable {
     /// (durably, on a durable pipeline): only then may the device be acknowledged.
     @discardableResult
     public func submit(_ message: Message, done: (@Sendable (Int32) -> Void)? = nil) -> SubmitStatus {
-        let result: Int32 = message.withCMessage { m in
-            guard let done else { return raw.pointee.submit(raw.pointee.ctx, m, nil, nil) }
-            let box = Unmanaged.passRetained(SubmitDoneBox(done)).toOpaque()
-            let r = raw.pointee.submit(raw.pointee.ctx, m, iotcPluginKitSubmitDone, box)
-            if r != IOTC_OK { Unmanaged<SubmitDoneBox>.fromOpaque(box).release() }
-            return r
-        }
+        guard let done else { return status(message.withCMessage { raw.pointee.submit(raw.pointee.ctx, $0, nil, nil) }) }
+        let box = Unmanaged.passRetained(SubmitDoneBox(done)).toOpaque()
+        let s = submit(message, done: iotcPluginKitSubmitDone, context: box)
+        if case .queued = s {} else { Unmanaged<SubmitDoneBox>.fromOpaque(box).release() }
+        return s
+    }
+
+    /// Submits a message with the ABI's own completion: `done(context, result)` is called once, on
+    /// any thread, when the result is `.queued`, and never otherwise (the caller then still owns
+    /// `context`). For sources that settle many messages without a closure each, as the MQTT server
+    /// does with the tickets its connections reuse.
+    public func submit(_ message: Message, done: iotc_submit_done_fn, context: UnsafeMutableRawPointer) -> SubmitStatus {
+        status(message.withCMessage { raw.pointee.submit(raw.pointee.ctx, $0, done, context) })
+    }
+
+    private func status(_ result: Int32) -> SubmitStatus {
         switch result {
         case IOTC_OK: return .queued
         case IOTC_ERR_BUSY: return .busy

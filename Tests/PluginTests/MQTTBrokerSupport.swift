@@ -18,7 +18,7 @@ final class MemoryHub: HubLink, @unchecked Sendable {
     }
     private let lock = NIOLock()
     private var _submitted: [BrokerMessage] = []
-    private var _pendingDone: [@Sendable (String?) -> Void] = []
+    private var _pendingDone: [SubmitTicket] = []
     var busy = false
     var routes = true
     /// Hold completions until `completeAll` (a durable pipeline still writing).
@@ -37,19 +37,21 @@ final class MemoryHub: HubLink, @unchecked Sendable {
     }
     func mayPublish(_ identity: ClientIdentity, topic: String) -> Bool { !denyPublish.contains(topic) }
     func maySubscribe(_ identity: ClientIdentity, filter: String) -> Bool { !denySubscribe.contains(filter) }
-    func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, done: @escaping @Sendable (String?) -> Void) -> HubSubmitStatus {
+    func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, ticket: SubmitTicket?) -> HubSubmitStatus {
         if busy { return .busy }
         guard routes else { return .notRouted }
         lock.withLock {
             _submitted.append(m)
-            if holdCompletions { _pendingDone.append(done) }
+            if holdCompletions, let ticket { _pendingDone.append(ticket) }
         }
-        if !holdCompletions { done(nil) }
+        if !holdCompletions { ticket?.complete(nil) }
         return .accepted
     }
+    /// The held completions' tickets, for a test to complete in its own order.
+    func takeHeld() -> [SubmitTicket] { lock.withLock { defer { _pendingDone = [] }; return _pendingDone } }
     func completeAll(_ failure: String? = nil) {
         let all = lock.withLock { defer { _pendingDone = [] }; return _pendingDone }
-        for d in all { d(failure) }
+        for t in all { t.complete(failure) }
     }
     func connected(_ identity: ClientIdentity, clientID: String, remoteAddress: String) { connectedClients.append(clientID) }
     func disconnected(_ identity: ClientIdentity, clientID: String, reason: String) { disconnectedClients.append(clientID) }
@@ -124,11 +126,7 @@ final class TestClient: ConnectionControl {
     }
 
     func runTasks() {
-        var posted = connection.link.takeTasks()
-        while !posted.isEmpty {
-            for t in posted { t.run() }
-            posted = connection.link.takeTasks()
-        }
+        while connection.runPosted() {}
     }
 
     func close() { closed = true }

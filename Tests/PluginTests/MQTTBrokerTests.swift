@@ -400,6 +400,33 @@ import IoTCPluginKit
         #expect(c.read() == [.puback(MQTTPacketAck(packetID: 1)), .pubrec(MQTTPacketAck(packetID: 2))])
     }
 
+    /// Completions that come out of order, one of them a failure, still acknowledge in arrival order,
+    /// each with its own reason code; a settled message's ticket serves a later message.
+    @Test func ticketsSettleInArrivalOrderAndAreReused() {
+        hub.holdCompletions = true
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        var seen = Set<ObjectIdentifier>()
+        for round in 0..<3 {
+            let first = UInt16(round * 4 + 1)
+            for id in first..<(first + 4) { c.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: id))) }
+            #expect(c.read().isEmpty)
+            let held = hub.takeHeld()
+            #expect(held.count == 4)
+            for t in held { seen.insert(ObjectIdentifier(t)) }
+            held[3].complete(nil)
+            held[1].complete("the disk is full")
+            #expect(c.read().isEmpty, "the first is not settled yet")
+            held[0].complete(nil)
+            held[2].complete(nil)
+            let acks = c.read().compactMap { if case .puback(let a) = $0 { a } else { nil } }
+            #expect(acks.map(\.packetID) == Array(first..<(first + 4)))
+            #expect(acks.map(\.reasonCode) == [0, MQTTReason.implementationSpecific, 0, 0])
+            #expect(acks.count == 4 && acks[1].properties == [.string(MQTTProperty.reasonString, "the disk is full")])
+        }
+        #expect(seen.count == 4, "twelve messages, four tickets")
+    }
+
     @Test func maximumPacketSizeOfTheClientIsRespected() {
         let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
         sub.connect("sub", properties: [.fourByte(MQTTProperty.maximumPacketSize, 64)])

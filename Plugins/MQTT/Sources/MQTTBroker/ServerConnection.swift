@@ -73,6 +73,9 @@ public final class ServerConnection: @unchecked Sendable {
         var reason: String?
     }
     private var owed = Deque<OwedAck>()
+    /// Tickets free for the next submitted QoS 1 or 2 publish, and the settled ones being run.
+    private var tickets: [SubmitTicket] = []
+    private var drained: [SubmitTicket] = []
     private var owedBase: UInt64 = 0
     /// Packets that arrived while the hub was full; reading is paused until they are taken.
     private var stalled: [MQTTPacket] = []
@@ -344,12 +347,16 @@ public final class ServerConnection: @unchecked Sendable {
 
         // The hub first: when its pipeline is full, nothing is routed and the packet waits.
         let slot: UInt64? = p.qos > 0 ? owedBase + UInt64(owed.count) : nil
-        if p.qos > 0 { owed.append(OwedAck(packetID: p.packetID ?? 0, qos: p.qos)) }
-        let status = hub.submit(message, identity: identity, clientID: clientID) { [weak self] failure in
-            guard let self, let slot else { return }
-            // Completions come from the hub's threads; the link carries them to this connection's loop in batches.
-            self.link.post { self.settle(slot, failure) }
+        // Completions come from the hub's threads; the link carries the tickets to this connection's
+        // loop in batches (`runPosted`).
+        var ticket: SubmitTicket?
+        if let slot {
+            owed.append(OwedAck(packetID: p.packetID ?? 0, qos: p.qos))
+            ticket = tickets.popLast() ?? SubmitTicket(link: link)
+            ticket!.slot = slot
         }
+        let status = hub.submit(message, identity: identity, clientID: clientID, ticket: ticket)
+        if status != .accepted, let ticket { tickets.append(ticket) }
         switch status {
         case .busy:
             if slot != nil { owed.removeLast() }
@@ -368,6 +375,26 @@ public final class ServerConnection: @unchecked Sendable {
         if retryDelay > .milliseconds(2) { retryDelay = .milliseconds(2) }
         if version == .v311, owed.count >= Int(limits.receiveMaximum) { pause() }
     }
+
+    /// Runs on the connection's event loop what other threads left for it: posted tasks, and the
+    /// tickets of settled messages (each then serves a later message). Returns whether there was any.
+    @discardableResult
+    public func runPosted() -> Bool {
+        let tasks = link.takeTasks()
+        for task in tasks { task.run() }
+        link.takeSettled(swapping: &drained)
+        let any = !tasks.isEmpty || !drained.isEmpty
+        for t in drained {
+            settle(t.slot, t.failure)
+            t.failure = nil
+            if tickets.count < Self.keptTickets { tickets.append(t) }
+        }
+        drained.removeAll(keepingCapacity: true)
+        return any
+    }
+
+    /// Tickets kept for reuse, at most: what a connection with that many messages in flight needs.
+    static let keptTickets = 64
 
     /// Acknowledges a publish that goes nowhere (refused, or invalid).
     private func acknowledgeAtOnce(_ p: MQTTPublish, code: UInt8, reason: String) {

@@ -95,6 +95,27 @@ public final class ClientLink: @unchecked Sendable {
         if wakeNow { wake() }
     }
 
+    /// Tickets whose messages the hub settled, for the connection's event loop.
+    private var settled: [SubmitTicket] = []
+
+    /// A submitted message was settled: its ticket goes to the connection's event loop with the other
+    /// settled ones and the posted tasks, before the next write.
+    func settle(_ ticket: SubmitTicket) {
+        let wakeNow: Bool = lock.withLock {
+            guard !closing else { return false }
+            settled.append(ticket)
+            guard !flushScheduled else { return false }
+            flushScheduled = true
+            return true
+        }
+        if wakeNow { wake() }
+    }
+
+    /// Swaps the settled tickets into `buffer` (empty), so that neither array is allocated again.
+    func takeSettled(swapping buffer: inout [SubmitTicket]) {
+        lock.withLock { swap(&settled, &buffer) }
+    }
+
     /// The posted tasks, to run before `takePending`. Called by the connection on its event loop.
     public func takeTasks() -> [PostedTask] {
         lock.withLock {
@@ -128,7 +149,7 @@ public final class ClientLink: @unchecked Sendable {
     /// Stops taking packets and tasks (the connection is closing). Tasks still waiting are dropped, so
     /// that completions arriving later do not keep the connection alive; bytes already encoded stay for
     /// the transport's last write.
-    func close() { lock.withLock { closing = true; tasks = [] } }
+    func close() { lock.withLock { closing = true; tasks = []; settled = [] } }
 
     /// Encodes a control packet.
     public func send(_ packet: MQTTPacket) {

@@ -143,7 +143,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
 
     private func flush() {
         guard let context, let connection else { return }
-        for task in connection.link.takeTasks() { task.run() }
+        connection.runPosted()
         guard let bytes = connection.link.takePending() else { return }
         context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
     }

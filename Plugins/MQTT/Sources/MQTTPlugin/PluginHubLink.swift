@@ -113,14 +113,23 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
         return false
     }
 
-    func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, done: @escaping @Sendable (String?) -> Void) -> HubSubmitStatus {
+    func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, ticket: SubmitTicket?) -> HubSubmitStatus {
         switch host.routes(m.topic) {
         case .notRouted: return .notRouted
         case .busy: return .busy
         case .routed: break
         }
         let message = Self.canonical(m, identity: identity, clientID: clientID)
-        switch host.submit(message, done: { r in done(r == IOTC_OK ? nil : "the hub could not take the message (code \(r))") }) {
+        let status: PluginHost.SubmitStatus
+        if let ticket {
+            // The ticket itself is the completion's context: retained here, released by the completion.
+            let context = Unmanaged.passRetained(ticket).toOpaque()
+            status = host.submit(message, done: completeTicket, context: context)
+            if case .queued = status {} else { Unmanaged<SubmitTicket>.fromOpaque(context).release() }
+        } else {
+            status = host.submit(message)
+        }
+        switch status {
         case .queued: return .accepted
         case .busy: return .busy
         case .rejected(let code): return code == IOTC_ERR_NOT_FOUND ? .notRouted : .refused("the hub refused the message (code \(code))")
@@ -194,4 +203,11 @@ extension BrokerMessage {
         self.init(topic: m.topic.isEmpty ? defaultTopic : m.topic, payload: ByteBuffer(bytes: m.payload), qos: min(m.qos, 2),
                   retain: m.property("mqtt.retain") == "true", properties: props, expiry: expiry)
     }
+}
+
+/// The kernel's completion of a submitted QoS 1 or 2 PUBLISH: its context is the retained ticket.
+private let completeTicket: iotc_submit_done_fn = { context, result in
+    guard let context else { return }
+    Unmanaged<SubmitTicket>.fromOpaque(context).takeRetainedValue()
+        .complete(result == IOTC_OK ? nil : "the hub could not take the message (code \(result))")
 }

@@ -83,9 +83,9 @@ final class FuzzHub: HubLink, @unchecked Sendable {
     func authenticate(_ c: ConnectCredentials) -> ClientIdentity? { c.clientID == "deny" ? nil : User() }
     func mayPublish(_ identity: ClientIdentity, topic: String) -> Bool { !topic.hasPrefix("x") }
     func maySubscribe(_ identity: ClientIdentity, filter: String) -> Bool { true }
-    func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, done: @escaping @Sendable (String?) -> Void) -> HubSubmitStatus {
+    func submit(_ m: BrokerMessage, identity: ClientIdentity, clientID: String, ticket: SubmitTicket?) -> HubSubmitStatus {
         if busy { return .busy }
-        done(nil)
+        ticket?.complete(nil)
         return .accepted
     }
     func connected(_ identity: ClientIdentity, clientID: String, remoteAddress: String) {}
@@ -145,7 +145,7 @@ for n in 0..<inputs {
                 }
                 connection.receive(p)
                 if case .connect = p, connection.state == .connected { connected += 1 }
-                for t in link.takeTasks() { t.run() }
+                connection.runPosted()
                 if connection.state == .closed { break outer }
             }
         } catch let e as MQTTProtocolError {
