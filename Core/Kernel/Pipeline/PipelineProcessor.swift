@@ -75,6 +75,17 @@ public struct PipelineProcessor: Sendable {
         return result
     }
 
+    /// The same into a result the caller reuses from message to message: emptied first, its lists
+    /// keep their room, so that a pipeline's worker does not allocate them for every message.
+    public func process(_ message: CanonicalMessage, into result: inout Result) {
+        result.outputs.removeAll(keepingCapacity: true)
+        result.failures.removeAll(keepingCapacity: true)
+        result.ruleErrors.removeAll(keepingCapacity: true)
+        result.alerts.removeAll(keepingCapacity: true)
+        result.filtered = 0
+        run(message, from: 0, &result)
+    }
+
     private func run(_ start: CanonicalMessage, from first: Int, _ result: inout Result) {
         var m = start
         var index = first

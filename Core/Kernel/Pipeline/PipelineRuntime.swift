@@ -122,6 +122,7 @@ final class PipelineRuntime: @unchecked Sendable {
     private func run() {
         var batch: [PipelineInput] = []
         batch.reserveCapacity(64)
+        var result = PipelineProcessor.Result()
         var done = DoneRecords()
         var nextTick = Date().addingTimeInterval(Self.tickInterval)
         while true {
@@ -183,7 +184,7 @@ final class PipelineRuntime: @unchecked Sendable {
                 }
             }
             while let input = batch.popLast() {
-                let result = processor.process(input.message)
+                processor.process(input.message, into: &result)
                 dropped += result.filtered
                 if !result.alerts.isEmpty { alerts?.record(result.alerts) }
                 for e in result.ruleErrors {
@@ -226,6 +227,9 @@ final class PipelineRuntime: @unchecked Sendable {
             if failed > 0 { errored.increment(by: Int64(failed)) }
             if dropped > 0 { filtered.increment(by: Int64(dropped)) }
             batch.removeAll(keepingCapacity: true)
+            // The last message's outputs are not kept until the next batch.
+            result.outputs.removeAll(keepingCapacity: true)
+            result.failures.removeAll(keepingCapacity: true)
         }
     }
 
