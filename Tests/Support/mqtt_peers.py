@@ -564,6 +564,21 @@ def scenario_websocket():
     check(got and got[0].payload == b"over websocket", "websocket client got nothing")
     ws.publish(topic + "/back", "from ws", qos=1)
     ws.stop(); tcp.stop()
+    # Requests that do not become an MQTT WebSocket get an HTTP answer and a closed connection: no
+    # `mqtt` subprotocol offered (400), another path (404), no upgrade at all (426).
+    for path, extra, status in [("/mqtt", "Sec-WebSocket-Protocol: mqttv3.1\r\n", b"400"), ("/other", "Sec-WebSocket-Protocol: mqtt\r\n", b"404"),
+                                ("/mqtt", None, b"426")]:
+        s = socket.create_connection((HOST, WS), timeout=5)
+        upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + extra if extra else ""
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n{upgrade}\r\n".encode())
+        answer = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+        check(answer.startswith(b"HTTP/1.1 " + status), f"{path} {extra!r}: {answer[:80]!r}")
+        s.close()
 
 
 def scenario_tls():

@@ -7,6 +7,7 @@ import NIOWebSocket
 /// `mqtt`, then MQTT bytes in binary frames (a packet may span frames, a frame may hold several).
 enum WebSocketTransport {
     static func configure(channel: Channel, path: String, then addMQTT: @escaping @Sendable (Channel) throws -> Void) throws {
+        let refusal = RefusedUpgradeHandler(path: path)
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: 1 << 24,
             shouldUpgrade: { channel, head in
@@ -20,12 +21,46 @@ enum WebSocketTransport {
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
+                    channel.pipeline.syncOperations.removeHandler(refusal, promise: nil)
                     try channel.pipeline.syncOperations.addHandler(WebSocketBytesHandler())
                     try addMQTT(channel)
                 }
             })
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
             withServerUpgrade: (upgraders: [upgrader], completionHandler: { _ in }))
+        try channel.pipeline.syncOperations.addHandler(refusal)
+    }
+}
+
+/// Answers a request that did not become an MQTT WebSocket, and closes: 404 on another path, 426
+/// Upgrade Required (with `Upgrade: websocket`) for a plain request, 400 for an upgrade that does not
+/// offer the `mqtt` subprotocol. Without it such a connection waited in silence. Removed when the
+/// upgrade happens.
+final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandler, Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let path: String
+
+    init(path: String) { self.path = path }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard case .head(let head) = unwrapInboundIn(data) else { return }
+        let requestPath = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        var headers = HTTPHeaders([("Content-Type", "text/plain"), ("Connection", "close")])
+        let status: HTTPResponseStatus, why: String
+        if requestPath != path {
+            (status, why) = (.notFound, "MQTT over WebSocket is served at \(path)")
+        } else if head.headers["Upgrade"].isEmpty {
+            (status, why) = (.upgradeRequired, "MQTT over WebSocket: upgrade to websocket with the subprotocol mqtt")
+            headers.add(name: "Upgrade", value: "websocket")
+        } else {
+            (status, why) = (.badRequest, "MQTT over WebSocket needs the subprotocol mqtt (Sec-WebSocket-Protocol)")
+        }
+        headers.add(name: "Content-Length", value: String(why.utf8.count))
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: why)))), promise: nil)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 }
 
