@@ -118,6 +118,22 @@ import IoTCPluginKit
         #expect(hub.lines.count == 1)
     }
 
+    /// A GET for a block past the end of the representation is refused (4.00) and the hub carries on:
+    /// the handler freed the body's copy a second time when libcoap refused it, and crashed.
+    @Test func aBlockPastTheEndIsRefusedAndTheHubCarriesOn() throws {
+        let hub = try Self.hub()
+        let socket = try UDPSocket(port: hub.udp)
+        let attributes: [UInt8] = [0xB1] + Array("a".utf8) + [0x06] + Array("dev-b1".utf8)
+        for (mid, block) in [(UInt8(1), UInt8(0x36)), (2, 0x16), (3, 0x1E)] {  // NUM 3 of 1024, NUM 1 of 1024, NUM 1 with M set
+            socket.send([0x41, 0x01, 0x20, mid, 0x42] + attributes + [0xC1, block])
+            let answer = try #require(socket.receive(), "no answer to block \(block)")
+            #expect(answer[1] == 0x80, "4.00: \(answer)")
+        }
+        socket.send([0x41, 0x01, 0x20, 0x09, 0x42] + attributes)
+        let answer = try #require(socket.receive(), "the hub no longer answers")
+        #expect(answer[1] == 0x45, "2.05: \(answer)")
+    }
+
     @Test func answersAFullPipelineWith503AndMaxAge() throws {
         // Nothing listens on the broker port: the sink reports backpressure, its queue and then the
         // pipeline's fill, and the CoAP source answers 5.03 with Max-Age instead of buffering.

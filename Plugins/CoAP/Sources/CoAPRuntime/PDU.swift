@@ -94,9 +94,10 @@ public enum PDU {
         }
         let copy = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, body.count))
         copy.initialize(from: body, count: body.count)
-        if coap_add_data_large_response(resource, session, request, response, query, UInt16(format), -1, 0, body.count, copy, pduReleaseCopy, copy) == 0 {
-            copy.deallocate()
-        }
+        // libcoap owns the copy from here and frees it through the release function on every path,
+        // failures included (a Block2 request past the end gets 4.00): freeing it here too when the
+        // call fails was a double free, which a GET for such a block turned into a crash.
+        _ = coap_add_data_large_response(resource, session, request, response, query, UInt16(format), -1, 0, body.count, copy, pduReleaseCopy, copy)
     }
 
     /// Sets a response's code and, for errors, a diagnostic payload (RFC 7252 §5.5.2).
