@@ -39,11 +39,12 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     private let labelsLoadedAt = NIOLockedValueBox<Date?>(nil)
     static let labelReloadInterval: TimeInterval = 20
 
-    /// What was loaded: the registry revision it reflects, the earliest expiry among the credentials
-    /// in force (when it passes, the credential is dropped and its connections closed), and the
-    /// revision the labels reflect.
+    /// What was loaded: the registry revisions the attributes and the credentials reflect, the
+    /// earliest expiry among the credentials in force (when it passes, the credential is dropped and
+    /// its connections closed), and the revision the labels reflect.
     private struct Loaded {
         var revision: Int64?
+        var credentialsRevision: Int64?
         var nextExpiry: Int64?
         var labelsRevision: Int64?
         var reloads = 0
@@ -67,16 +68,18 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     /// Loads every credential in force, and the devices' attributes, unless the registry has not
     /// changed since they were loaded and no credential has expired since.
     public func refresh() async throws {
-        let revision = try await devices.registryRevision()
+        let (revision, credentialsRevision) = try await devices.registryRevision()
         let time = devices.clock()
         let labelsWait = labelsLoadedAt.withLockedValue { $0.map { Date().timeIntervalSince($0) < Self.labelReloadInterval } ?? false }
-        let (changed, expired, labelsDue) = loaded.withLockedValue { l in
-            (l.revision != revision, l.nextExpiry.map { $0 <= time } ?? false, l.labelsRevision != revision && !labelsWait)
+        let (changed, credentialsChanged, expired, labelsDue) = loaded.withLockedValue { l in
+            (l.revision != revision, l.credentialsRevision != credentialsRevision, l.nextExpiry.map { $0 <= time } ?? false,
+             l.labelsRevision != revision && !labelsWait)
         }
         if changed {
             var attributes: [String: [UInt8]] = [:]
             for a in try await devices.allAttributes() { attributes[Hub.deviceKey(a.tenant, a.device)] = a.json }
             attributeState.withLockedValue { $0 = attributes }
+            loaded.withLockedValue { $0.revision = revision }
         }
         if labelsDue {
             var labels: [String: [String: String]] = [:], members: [String: Set<String>] = [:]
@@ -88,7 +91,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
             labelsLoadedAt.withLockedValue { $0 = Date() }
             loaded.withLockedValue { $0.labelsRevision = revision }
         }
-        guard changed || expired else { return }
+        guard credentialsChanged || expired else { return }
         var tokens: [String: Entry] = [:], certificates: [[UInt8]: Entry] = [:], keys: [String: (Entry, [UInt8])] = [:]
         for c in try await devices.activeCredentials() {
             let e = Entry(id: c.id, tenant: c.tenant, device: c.device, digest: c.digest, expiresAt: c.expiresAt, profile: c.profile)
@@ -103,7 +106,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
         let nextExpiry = [tokens.values.lazy.compactMap(\.expiresAt).min(), certificates.values.lazy.compactMap(\.expiresAt).min(),
                           keys.values.lazy.compactMap(\.0.expiresAt).min()].compactMap { $0 }.min()
         loaded.withLockedValue {
-            $0.revision = revision
+            $0.credentialsRevision = credentialsRevision
             $0.nextExpiry = nextExpiry
             $0.reloads += 1
         }

@@ -214,14 +214,18 @@ extension Devices {
                                 [.integer(clock()), .text(tenant), .text(device), .text(id)]) == 1
     }
 
-    /// The registry's revision: it moves with every change to devices, their credentials and the
-    /// certificate authorities, made by any node (see migration 17). Read it before what it covers:
-    /// a change committed in between is then loaded early and seen again, never missed.
-    public func registryRevision() async throws -> Int64 {
-        guard let r = try await store.query("SELECT revision FROM registry_revision WHERE id = 1").first?.int("revision") else {
+    /// The registry's revisions, moved by triggers in the changing transaction, whichever node
+    /// writes (migrations 17 and 18): `all` with every change to devices, their credentials and the
+    /// certificate authorities; `credentials` only with what authenticates (credentials, authorities,
+    /// devices added or removed, a device's profile), not with attributes, labels or names. Read them
+    /// before what they cover: a change committed in between is then loaded early and seen again,
+    /// never missed.
+    public func registryRevision() async throws -> (all: Int64, credentials: Int64) {
+        guard let row = try await store.query("SELECT revision, credentials FROM registry_revision WHERE id = 1").first,
+              let all = row.int("revision"), let credentials = row.int("credentials") else {
             throw StoreError(.migration, "the registry revision is missing")
         }
-        return r
+        return (all, credentials)
     }
 
     /// Every credential in force (not revoked, not expired), for the hub's in-memory directory.

@@ -185,6 +185,11 @@ public enum Schema {
         // tool writes. The hub's in-memory directory reads it every few seconds and reloads only when it
         // moved, instead of reading every device's credentials each time.
         Migration(17, "registry revision", sqlite: registryRevision(sqlite: true), postgres: registryRevision(sqlite: false)),
+        // A second counter beside it, `credentials`, that only what authenticates moves: credentials,
+        // authorities, devices added or removed, a device's profile. Writing attributes (an `attributes`
+        // sink may do so for every message) moves `revision` alone, so the directory reloads the
+        // attributes without reading every credential again.
+        Migration(18, "credentials revision", sqlite: credentialsRevision(sqlite: true), postgres: credentialsRevision(sqlite: false)),
     ]
 
     /// The tables whose changes move the registry revision.
@@ -210,6 +215,42 @@ public enum Schema {
         ] + registryTables.map { table in
             "CREATE TRIGGER \(table)_moves_registry_revision AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON \(table) FOR EACH STATEMENT EXECUTE FUNCTION move_registry_revision()"
         }
+    }
+
+    private static func credentialsRevision(sqlite: Bool) -> [String] {
+        let add = "ALTER TABLE registry_revision ADD COLUMN credentials BIGINT NOT NULL DEFAULT 0"
+        let both = "UPDATE registry_revision SET revision = revision + 1, credentials = credentials + 1 WHERE id = 1"
+        // What a device row carries into a credential in force: its identity and its profile.
+        let authenticating = "OLD.tenant_id <> NEW.tenant_id OR OLD.id <> NEW.id OR OLD.profile <> NEW.profile"
+        if sqlite {
+            let events = ["INSERT", "UPDATE", "DELETE"]
+            let drops = registryTables.flatMap { t in events.map { "DROP TRIGGER \(t)_\($0.lowercased())_moves_registry_revision" } }
+            var creates: [String] = []
+            for t in registryTables {
+                for e in events {
+                    let name = "\(t)_\(e.lowercased())_moves_registry_revision"
+                    if t == "devices" && e == "UPDATE" {
+                        creates.append("""
+                            CREATE TRIGGER \(name) AFTER UPDATE ON devices BEGIN UPDATE registry_revision SET revision = revision + 1, \
+                            credentials = credentials + (CASE WHEN \(authenticating) THEN 1 ELSE 0 END) WHERE id = 1; END
+                            """)
+                    } else {
+                        creates.append("CREATE TRIGGER \(name) AFTER \(e) ON \(t) BEGIN \(both); END")
+                    }
+                }
+            }
+            return [add] + drops + creates
+        }
+        return [
+            add,
+            // The credential tables' triggers call this one: now it moves both counters.
+            "CREATE OR REPLACE FUNCTION move_registry_revision() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \(both); RETURN NULL; END $$",
+            "CREATE FUNCTION move_devices_revision() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN UPDATE registry_revision SET revision = revision + 1 WHERE id = 1; RETURN NULL; END $$",
+            "DROP TRIGGER devices_moves_registry_revision ON devices",
+            "CREATE TRIGGER devices_moves_registry_revision AFTER INSERT OR DELETE OR TRUNCATE ON devices FOR EACH STATEMENT EXECUTE FUNCTION move_registry_revision()",
+            "CREATE TRIGGER devices_update_moves_registry_revision AFTER UPDATE ON devices FOR EACH STATEMENT EXECUTE FUNCTION move_devices_revision()",
+            "CREATE TRIGGER devices_update_moves_credentials_revision AFTER UPDATE ON devices FOR EACH ROW WHEN (\(authenticating)) EXECUTE FUNCTION move_registry_revision()",
+        ]
     }
 
     private static func certificateAuthorities(binary: String) -> [String] {

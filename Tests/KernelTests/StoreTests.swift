@@ -556,35 +556,50 @@ final class PostgresServer {
             #expect(directory.reloads == 1, "nothing changed, nothing expired: not read again")
             #expect(try await devices.registryRevision() == r0)
 
+            // Attributes written (as an `attributes` sink does for each message) move the registry's
+            // revision but not the credentials': the attributes are read again, the credentials are not.
+            #expect(try await devices.setAttributes(tenant: "acme", id: "pump-1", ["mode": .string("eco")]))
+            let r1 = try await devices.registryRevision()
+            #expect(r1.all > r0.all && r1.credentials == r0.credentials)
+            try await directory.refresh()
+            #expect(directory.reloads == 1)
+            #expect(directory.attributes(tenant: "acme", device: "pump-1").map { try? JSON.decode($0) } == .object(["mode": .string("eco")]))
+            // A new profile changes the grant a credential gives: the credentials are read again.
+            _ = try await devices.update(tenant: "acme", id: "pump-1", name: nil, profile: "valve", labels: nil)
+            #expect(try await devices.registryRevision().credentials > r0.credentials)
+            try await directory.refresh()
+            #expect(directory.reloads == 2 && directory.authenticate(Credentials(protocolName: "mqtt", secret: lastingToken))?.profile == "valve")
+            let r2 = try await devices.registryRevision()
+
             // Another writer revokes the lasting token: the revision moves, the directory reloads, and
             // names the credential.
             _ = try await store.execute("UPDATE device_credentials SET revoked_at = 1 WHERE id = ?", [.text(lasting.id)])
-            #expect(try await devices.registryRevision() > r0)
+            #expect(try await devices.registryRevision().credentials > r2.credentials)
             try await directory.refresh()
-            #expect(directory.reloads == 2 && !accepts(lastingToken) && accepts(briefToken))
+            #expect(directory.reloads == 3 && !accepts(lastingToken) && accepts(briefToken))
             #expect(gone.lock.withLock { gone.ids } == [[lasting.id]])
             try await directory.refresh()
-            #expect(directory.reloads == 2)
+            #expect(directory.reloads == 3)
 
             // Nothing is written when the brief token expires: its time alone makes the directory reload.
             clock.advance(59_000)
             try await directory.refresh()
-            #expect(directory.reloads == 2 && accepts(briefToken))
+            #expect(directory.reloads == 3 && accepts(briefToken))
             clock.advance(1_000)
             #expect(!accepts(briefToken), "refused at its expiry, before any reload")
             try await directory.refresh()
-            #expect(directory.reloads == 3)
+            #expect(directory.reloads == 4)
             #expect(gone.lock.withLock { gone.ids } == [[lasting.id], [brief.id]])
             try await directory.refresh()
-            #expect(directory.reloads == 3, "no credential left to expire")
+            #expect(directory.reloads == 4, "no credential left to expire")
 
             // A new token, and the tenant's removal (its devices and credentials go by cascade).
             let (fresh, freshToken) = try await devices.issueToken(tenant: "acme", device: "pump-1")
             try await directory.refresh()
-            #expect(directory.reloads == 4 && accepts(freshToken))
+            #expect(directory.reloads == 5 && accepts(freshToken))
             _ = try await store.execute("DELETE FROM tenants WHERE id = 'acme'")
             try await directory.refresh()
-            #expect(directory.reloads == 5 && !accepts(freshToken))
+            #expect(directory.reloads == 6 && !accepts(freshToken))
             #expect(gone.lock.withLock { gone.ids }.last == [fresh.id])
         }
     }
