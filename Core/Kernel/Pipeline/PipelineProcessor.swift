@@ -52,6 +52,15 @@ public struct PipelineProcessor: Sendable {
         /// Every alert message the rules made (also those whose rule sends them to no sink), for the
         /// hub's alert book.
         public var alerts: [CanonicalMessage] = []
+
+        /// Empties the result, keeping its lists' room for the next message.
+        public mutating func removeAll() {
+            outputs.removeAll(keepingCapacity: true)
+            failures.removeAll(keepingCapacity: true)
+            ruleErrors.removeAll(keepingCapacity: true)
+            alerts.removeAll(keepingCapacity: true)
+            filtered = 0
+        }
     }
 
     public init(
@@ -78,11 +87,7 @@ public struct PipelineProcessor: Sendable {
     /// The same into a result the caller reuses from message to message: emptied first, its lists
     /// keep their room, so that a pipeline's worker does not allocate them for every message.
     public func process(_ message: CanonicalMessage, into result: inout Result) {
-        result.outputs.removeAll(keepingCapacity: true)
-        result.failures.removeAll(keepingCapacity: true)
-        result.ruleErrors.removeAll(keepingCapacity: true)
-        result.alerts.removeAll(keepingCapacity: true)
-        result.filtered = 0
+        result.removeAll()
         run(message, from: 0, &result)
     }
 

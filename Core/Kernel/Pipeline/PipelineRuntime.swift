@@ -228,8 +228,7 @@ final class PipelineRuntime: @unchecked Sendable {
             if dropped > 0 { filtered.increment(by: Int64(dropped)) }
             batch.removeAll(keepingCapacity: true)
             // The last message's outputs are not kept until the next batch.
-            result.outputs.removeAll(keepingCapacity: true)
-            result.failures.removeAll(keepingCapacity: true)
+            result.removeAll()
         }
     }
 

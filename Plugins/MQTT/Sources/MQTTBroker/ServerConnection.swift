@@ -493,7 +493,7 @@ public final class ServerConnection: @unchecked Sendable {
                 code = MQTTReason.topicFilterInvalid
             } else if shared, !broker.config.sharedSubscriptions {
                 code = MQTTReason.sharedSubscriptionsNotSupported
-            } else if !broker.config.wildcardSubscriptions, plain.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+            } else if !broker.config.wildcardSubscriptions, MQTTPacketDecoder.hasWildcard(plain) {
                 code = MQTTReason.wildcardSubscriptionsNotSupported
             } else if identifier != nil, !broker.config.subscriptionIdentifiers {
                 code = MQTTReason.subscriptionIdentifiersNotSupported

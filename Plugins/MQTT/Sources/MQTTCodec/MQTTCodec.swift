@@ -72,7 +72,7 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
             }
             let props = v5 ? try properties(&b, .publish) : []
             if v5 { try Self.checkResponseTopic(props) }
-            if topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+            if Self.hasWildcard(topic) {
                 throw MQTTProtocolError("PUBLISH topic contains a wildcard", reasonCode: MQTTReason.topicNameInvalid)
             }
             if topic.isEmpty, !v5 || props.first(MQTTProperty.topicAlias) == nil {
@@ -172,7 +172,7 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
             let willProps = v == .v5 ? try properties(&b, .will) : []
             if v == .v5 { try Self.checkResponseTopic(willProps) }
             let topic = try string(&b)
-            guard !topic.isEmpty, !topic.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) else {
+            guard !topic.isEmpty, !Self.hasWildcard(topic) else {
                 throw MQTTProtocolError("will topic is not a valid topic name", reasonCode: MQTTReason.topicNameInvalid)
             }
             guard let n: UInt16 = b.readInteger(), let payload = b.readSlice(length: Int(n)) else { throw MQTTProtocolError("will payload runs past the end of the packet") }
@@ -221,10 +221,15 @@ public struct MQTTPacketDecoder: NIOSingleStepByteToMessageDecoder {
         throw MQTTProtocolError("variable byte integer is longer than four bytes")
     }
 
+    /// Whether a topic has a wildcard, which topic names (as opposed to filters) must not.
+    public static func hasWildcard(_ topic: String) -> Bool {
+        topic.utf8.contains { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }
+    }
+
     /// A response topic is a topic name: at least one character, no wildcards ([MQTT-3.3.2-14]).
     static func checkResponseTopic(_ props: [MQTTProperty]) throws {
         guard case .string(_, let t)? = props.first(MQTTProperty.responseTopic) else { return }
-        if t.isEmpty || t.utf8.contains(where: { $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: "#") }) {
+        if t.isEmpty || hasWildcard(t) {
             throw MQTTProtocolError("the response topic is not a valid topic name", reasonCode: MQTTReason.protocolError)
         }
     }

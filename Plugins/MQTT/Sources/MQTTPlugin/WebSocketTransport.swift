@@ -6,12 +6,15 @@ import NIOWebSocket
 /// MQTT over WebSocket (MQTT 5 section 6): an HTTP/1.1 upgrade on one path with the subprotocol
 /// `mqtt`, then MQTT bytes in binary frames (a packet may span frames, a frame may hold several).
 enum WebSocketTransport {
+    /// A request's path, without its query.
+    static func path(of head: HTTPRequestHead) -> Substring { head.uri.split(separator: "?", maxSplits: 1).first ?? Substring(head.uri) }
+
     static func configure(channel: Channel, path: String, then addMQTT: @escaping @Sendable (Channel) throws -> Void) throws {
         let refusal = RefusedUpgradeHandler(path: path)
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: 1 << 24,
             shouldUpgrade: { channel, head in
-                let requestPath = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+                let requestPath = WebSocketTransport.path(of: head)
                 let offered = head.headers["Sec-WebSocket-Protocol"].flatMap { $0.split(separator: ",") }
                     .map { $0.trimmingCharacters(in: .whitespaces) }
                 guard requestPath == path, offered.contains("mqtt") else { return channel.eventLoop.makeSucceededFuture(nil) }
@@ -45,7 +48,7 @@ final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard case .head(let head) = unwrapInboundIn(data) else { return }
-        let requestPath = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? head.uri
+        let requestPath = WebSocketTransport.path(of: head)
         var headers = HTTPHeaders([("Content-Type", "text/plain"), ("Connection", "close")])
         let status: HTTPResponseStatus, why: String
         if requestPath != path {
