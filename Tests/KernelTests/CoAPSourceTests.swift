@@ -207,6 +207,13 @@ import IoTCPluginKit
                     + Array("0123456789abcdef".utf8))
         let block = try #require(socket.receive())
         #expect(block[1] == 0x88, "4.08 Request Entity Incomplete: \(block)")
+        // A block with more to come carries exactly its size (RFC 7959 §2.3): none, or 15 bytes of 16, is 4.00.
+        for (mid, payload) in [(UInt8(3), [UInt8]()), (4, Array("0123456789abcde".utf8))] {
+            socket.send([0x41, 0x02, 0x20, mid, 0x53, 0xB1] + Array("t".utf8) + [0x05] + Array("dev-d".utf8) + [0x11, 50, 0xD1, 0x02, 0x08]
+                        + (payload.isEmpty ? [] : [0xFF] + payload))
+            let short = try #require(socket.receive())
+            #expect(short[1] == 0x80, "4.00 Bad Request: \(short)")
+        }
         // One endpoint holds at most 16 observations: a 17th is refused with 5.03 until one is cancelled.
         func observe(_ token: UInt8, _ value: [UInt8]) -> [UInt8]? {
             // CON GET /a/dev-o, message id 0x30tt, Observe (6) with `value`.

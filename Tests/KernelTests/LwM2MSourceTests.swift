@@ -305,6 +305,57 @@ import IoTCPluginKit
         #expect(eventually(timeout: 6) { hub.lines.contains { text($0["payload"]?["event"]) == "expired" && text($0["device"]) == "brief" } })
     }
 
+    /// Bodies longer than a block, both ways: a registration whose object list comes in Block1, and
+    /// a read whose answer comes in Block2, from the aiocoap client. Raw block-wise transfers that are
+    /// wrong get their error and the hub carries on: two datagrams, a first block with no payload and a
+    /// last one, crashed it inside libcoap's own reassembly, which is no longer used.
+    @Test func takesBlockWiseBodiesBothWaysAndRefusesBrokenTransfers() throws {
+        let hub = try Self.hub(extra: "    max_body_size: 4KiB")
+        let socket = try UDPSocket(port: hub.udp)
+        func post(_ mid: UInt8, block1: UInt8, _ payload: [UInt8], query: String = "ep=raw-1") -> [UInt8]? {
+            // CON POST /rd?QUERY, token = mid, Content-Format 40, Block1.
+            socket.send([0x41, 0x02, 0x30, mid, mid, 0xB2] + Array("rd".utf8) + [0x11, 40, 0x30 | UInt8(query.utf8.count)] + Array(query.utf8)
+                        + [0xC1, block1] + (payload.isEmpty ? [] : [0xFF] + payload))
+            return socket.receive()
+        }
+        func code(_ answer: [UInt8]?) -> String { answer.map { String(format: "%d.%02d", $0[1] >> 5, $0[1] & 0x1F) } ?? "no answer" }
+        // A first block with no payload, then a last one: the pair that crashed the hub.
+        #expect(code(post(1, block1: 0x08, [])) == "4.00")
+        #expect(code(post(2, block1: 0x10, [])) == "4.08")
+        // A block of 16 bytes with more to come and no Size1, then the same block as the last.
+        let first = Array("</1/0>,</3/0>,</".utf8)
+        #expect(code(post(3, block1: 0x08, first)) == "2.31")
+        #expect(code(post(4, block1: 0x00, first)) == "4.00", "a body of that one block: a broken object list")
+        // Block 2 when block 1 never came, and a body over max_body_size.
+        #expect(code(post(5, block1: 0x08, first)) == "2.31")
+        #expect(code(post(6, block1: 0x28, first)) == "4.08")
+        // Blocks of 1,024 bytes, more to come: the fourth makes it certain that the body is over 4 KiB.
+        let big = (0..<4).map { n in code(post(7 + UInt8(n), block1: UInt8(n << 4) | 0x0E, [UInt8](repeating: 0x20, count: 1024))) }
+        #expect(big == ["2.31", "2.31", "2.31", "4.13"])
+        // A whole block-wise registration: two blocks of 16 bytes, answered 2.31 and then 2.01.
+        #expect(code(post(20, block1: 0x08, first, query: "ep=raw-2")) == "2.31")
+        #expect(code(post(21, block1: 0x10, Array("3303/0>".utf8), query: "ep=raw-2")) == "2.01")
+        #expect(eventually { hub.lines.contains { text($0["device"]) == "raw-2" && text($0["payload"]?["objects"]) == "</1/0>,</3/0>,</3303/0>" } })
+
+        // The aiocoap client with an object list and a Device object longer than a block.
+        let python = Build.packageRoot + "/.venv/bin/python"
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-9", "large"], interactive: true)
+        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
+        #expect(eventually { hub.lines.contains { text($0["device"]) == "node-9" && text($0["payload"]?["objects"])?.hasSuffix(",</32769/199>") == true } })
+        let c = try hub.command("node-9", "read", #"{"path":"/3/0"}"#)
+        let model = try #require(text(c["result"]?["values"]?["/3/0/1"]), "\(c)")
+        #expect(model.count > 2_000 && model.hasSuffix("with a long model number") && c["result"]?["values"]?["/3/0/9"] == .int(87), "\(c)")
+        // Resets are a peer's normal answer: libcoap's alert for each one stays out of the hub's log.
+        for mid in UInt8(0x50)..<0x70 { socket.send([0x70, 0x00, 0x31, mid]) }
+        // Still serving the socket that sent the broken transfers (past the requests the hub sent it as raw-2).
+        socket.send([0x40, 0x00, 0x30, 0x40])
+        var reset = false
+        while !reset, let d = socket.receive() { reset = d[0] == 0x70 && d[2] == 0x30 && d[3] == 0x40 }
+        #expect(reset, "a ping is answered with a reset")
+        #expect(!hub.log.contains("got RST"), "\(hub.log.suffix(2_000))")
+        client.send("quit")
+    }
+
     @Test func registersOverDTLSWithTheDevicesKeyOnly() throws {
         let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-5"}"#).status == 201)

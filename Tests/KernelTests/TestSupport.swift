@@ -292,6 +292,8 @@ final class ServedHub {
     }
 
     var lines: [Value] { jsonLines(dir.path + "/out.jsonl") }
+    /// What the hub printed.
+    var log: String { process?.log ?? "" }
 
     func call(_ method: String, _ path: String, _ body: String? = nil) -> HTTPResult {
         http(method, "http://127.0.0.1:\(api)\(path)", body: body.map { Array($0.utf8) },

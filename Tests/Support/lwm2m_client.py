@@ -3,9 +3,10 @@
 discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
 `update`, `send`, `deregister`, `quit`. With `bootstrap`, it first asks the server at SERVER_PORT to
 bootstrap it (POST /bs), takes the Bootstrap-Delete, the two Bootstrap-Writes and the Bootstrap-Finish,
-and then registers with the server it was given.
+and then registers with the server it was given. With `large`, its object list and its Device object
+are longer than a block, so that the registration goes block-wise (Block1) and so do reads of /3/0 (Block2).
 
-    lwm2m_client.py SERVER_PORT ENDPOINT [queue|bootstrap]
+    lwm2m_client.py SERVER_PORT ENDPOINT [queue|bootstrap|large]
 """
 import asyncio
 import json
@@ -18,6 +19,8 @@ import aiocoap.resource as resource
 from aiocoap import Code, Message
 
 TLV, TEXT, LINK = 11542, 0, 40
+LARGE = len(sys.argv) > 3 and sys.argv[3] == "large"
+MODEL = b"Lightweight M2M Client" + (b" with a long model number" * 120 if LARGE else b"")
 
 
 def say(*parts):
@@ -62,7 +65,7 @@ class Device(resource.Resource):
         self.utc_offset = "+01"
 
     def tlv(self):
-        return (tlv(3, 0, b"Open Mobile Alliance") + tlv(3, 1, b"Lightweight M2M Client")
+        return (tlv(3, 0, b"Open Mobile Alliance") + tlv(3, 1, MODEL)
                 + tlv(2, 6, tlv(1, 0, b"\x01") + tlv(1, 1, b"\x05")) + tlv(3, 9, b"\x57")
                 + tlv(3, 14, self.utc_offset.encode()))
 
@@ -328,9 +331,11 @@ async def main(port, endpoint, mode):
         await asyncio.wait_for(finished.wait(), 10)
         server = next(v for k, v in device.accounts.items() if k.startswith("/0/"))[0].decode()
         lifetime = int.from_bytes(device.accounts["/1/0"][1], "big", signed=True)
+    objects = b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1'
+    if LARGE:
+        objects += b"".join(b",</32769/%d>" % i for i in range(200))
     r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=%d&lwm2m=1.1&b=U%s" % (server, endpoint, lifetime, "&Q" if queue else ""),
-                                  payload=b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1',
-                                  content_format=LINK)).response
+                                  payload=objects, content_format=LINK)).response
     location = "/" + "/".join(r.opt.location_path)
     say("registered", r.code, location)
     reader = asyncio.StreamReader()

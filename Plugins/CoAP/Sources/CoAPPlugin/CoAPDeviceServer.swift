@@ -243,64 +243,16 @@ final class CoAPDeviceServer: @unchecked Sendable {
         }
     }
 
-    /// The request's body, put together from its blocks (RFC 7959 §2.5) when it comes in Block1: nil
-    /// while more blocks are to come (answered 2.31 Continue) or when the transfer is wrong (4.08 for a
-    /// block out of sequence, 4.13 for a body over `max_body_size`). The block size is the one the
-    /// device used.
+    /// The request's body, put together from its blocks when it comes in Block1 (`BlockUploads`): nil
+    /// when the response is set (more blocks to come, a wrong transfer, or no room for it).
     private func assemble(_ request: OpaquePointer, _ response: OpaquePointer, _ state: PeerState) -> (body: [UInt8], blockSize: Int?)? {
-        var length = 0, offset = 0, total = 0
-        var data: UnsafePointer<UInt8>?
-        let chunk: UnsafeBufferPointer<UInt8> = coap_get_data_large(request, &length, &data, &offset, &total) != 0 && data != nil
-            ? UnsafeBufferPointer(start: data, count: length) : UnsafeBufferPointer(start: nil, count: 0)
-        let limit = source.config.max_body_size
-        func tooLarge() -> (body: [UInt8], blockSize: Int?)? {
-            PDU.respond(response, COAP_RESPONSE_CODE_REQUEST_TOO_LARGE, diagnostic: "the body is over \(limit) bytes")
-            PDU.addUInt(response, COAP_OPTION_SIZE1, UInt32(clamping: limit))
+        switch uploads.assemble(request, response, endpoint: ObjectIdentifier(state), limit: source.config.max_body_size, now: Date().timeIntervalSince1970) {
+        case .body(let body, let blockSize): return (body, blockSize)
+        case .answered: return nil
+        case .full:
+            busy(response)
             return nil
         }
-        guard let block1 = PDU.uint(request, COAP_OPTION_BLOCK1) else {
-            return chunk.count <= limit ? (Array(chunk), nil) : tooLarge()
-        }
-        let num = Int(block1 >> 4), more = block1 & 0x8 != 0, szx = Int(block1 & 0x7)
-        guard szx < 7 else {
-            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "BERT blocks (SZX 7) are for CoAP over TCP")
-            return nil
-        }
-        let size = 16 << szx, start = num * size
-        let key = BlockUploads.Key(endpoint: ObjectIdentifier(state),
-                                   transfer: Array(PDU.strings(request, COAP_OPTION_URI_PATH).joined(separator: "/").utf8) + [0]
-                                       + (PDU.opaque(request, COAP_OPTION_RTAG) ?? []))
-        let now = Date().timeIntervalSince1970
-        // Taken out of the table while it grows, so that its body is not copied at every block.
-        var upload = uploads.take(key, now: now)
-        if num == 0 { upload = BlockUploads.Upload(body: [], size: size, at: now) }
-        guard var partial = upload else {
-            // A transfer that did not start at block 0, or whose earlier blocks were dropped (RFC 7959 §2.9.2).
-            PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0 and goes in order")
-            return nil
-        }
-        if start == partial.body.count {
-            guard partial.body.count + chunk.count <= limit, total <= limit else { return tooLarge() }
-            partial.body.append(contentsOf: chunk)
-            partial.size = size
-        } else if start + chunk.count != partial.body.count {
-            // Neither the next block nor the last one again (a retransmission).
-            PDU.respond(response, COAP_RESPONSE_CODE_INCOMPLETE, diagnostic: "a block-wise body starts at block 0 and goes in order")
-            return nil
-        }
-        partial.at = now
-        guard !more else {
-            guard uploads.put(key, partial) else {
-                busy(response)
-                return nil
-            }
-            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTINUE)
-            PDU.addUInt(response, COAP_OPTION_BLOCK1, block1)
-            return nil
-        }
-        // The answer to the last block names it (RFC 7959 §2.3).
-        PDU.addUInt(response, COAP_OPTION_BLOCK1, block1)
-        return (partial.body, size)
     }
 
     /// Sets the answer to a submitted message and returns its code.

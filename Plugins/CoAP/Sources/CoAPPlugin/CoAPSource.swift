@@ -107,9 +107,7 @@ final class CoAPSource: Source, @unchecked Sendable {
 
     func start() throws {
         var server: CoAPDeviceServer?
-        // Block1 bodies come block by block, so that the block size the device chose is known.
-        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host,
-                                       singleBody: false) { loop in
+        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
             let s = CoAPDeviceServer(source: self, loop: loop)
             loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
             s.install()

@@ -36,9 +36,11 @@ public final class CoAPEventLoop: @unchecked Sendable {
     }
     private var lastTick = 0.0
 
-    /// `singleBody`: libcoap reassembles Block1 bodies and hands them over whole; without it, each
-    /// block reaches the handler (with its Block1 option, so its size is known) to be put together there.
-    public init(singleBody: Bool = true) throws {
+    /// libcoap sends large bodies block-wise and asks for the blocks of large responses, but hands
+    /// each block over as it comes, with its Block1 or Block2 option: the plugins put bodies together
+    /// (`BlockUploads`), because libcoap 4.3.1's own reassembly (`COAP_BLOCK_SINGLE_BODY`) crashes
+    /// on a transfer whose blocks carry no payload or no Size1.
+    public init() throws {
         coapStartupOnce
         guard let ctx = coap_new_context(nil) else { throw PluginError("libcoap could not create a context") }
         context = ctx
@@ -48,7 +50,7 @@ public final class CoAPEventLoop: @unchecked Sendable {
             throw PluginError("cannot create an eventfd: \(String(cString: strerror(errno)))")
         }
         // Large bodies both ways in Block1/Block2, tracked by libcoap.
-        coap_context_set_block_mode(ctx, UInt8(COAP_BLOCK_USE_LIBCOAP | (singleBody ? COAP_BLOCK_SINGLE_BODY : 0)))
+        coap_context_set_block_mode(ctx, UInt8(COAP_BLOCK_USE_LIBCOAP))
         coap_register_event_handler(ctx, coapEventHandler)
         coap_set_app_data(ctx, Unmanaged.passUnretained(self).toOpaque())
     }
@@ -277,7 +279,51 @@ private let coapNoWait = UInt32.max
 private let coapStartupOnce: Void = {
     coap_startup()
     coap_set_log_level(coap_log_t(LOG_ERR))
+    coap_set_log_handler(LibcoapLog.handler)
 }()
+
+/// libcoap's own messages (errors only), through the hub's log: a peer can make libcoap log at will,
+/// so they are bounded to `perMinute` lines a minute, with a count of those left out. libcoap logs a
+/// Reset it receives as an alert; a Reset is a peer's normal answer (RFC 7252 §4.2, and how it ends
+/// an observation), so those lines are dropped.
+enum LibcoapLog {
+    static let perMinute = 20
+    private static let lock = NIOLock()
+    nonisolated(unsafe) private static var host: PluginHost?
+    nonisolated(unsafe) private static var minute = 0
+    nonisolated(unsafe) private static var written = 0
+    nonisolated(unsafe) private static var leftOut = 0
+
+    /// The host whose log takes libcoap's messages (the last loop served: libcoap has one handler).
+    static func attach(_ h: PluginHost) { lock.withLock { host = h } }
+
+    static let handler: coap_log_handler_t = { _, message in
+        guard let message else { return }
+        var text = String(cString: message)
+        if text.hasPrefix("got RST for mid") { return }
+        while text.last?.isNewline == true { text.removeLast() }
+        let now = Int(Date().timeIntervalSince1970 / 60)
+        let (target, lines): (PluginHost?, [String]) = LibcoapLog.lock.withLock {
+            var lines: [String] = []
+            if now != minute {
+                if leftOut > 0 { lines.append("libcoap: \(leftOut) more messages in the last minute were left out") }
+                minute = now
+                written = 0
+                leftOut = 0
+            }
+            if written < perMinute {
+                written += 1
+                lines.append("libcoap: " + text)
+            } else {
+                leftOut += 1
+            }
+            return (host, lines)
+        }
+        for line in lines {
+            if let target { target.log(.error, line) } else { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+        }
+    }
+}
 
 private let coapEventHandler: coap_event_handler_t = { session, event in
     guard let session else { return 0 }
@@ -340,8 +386,9 @@ extension CoAPEventLoop {
     /// A started loop serving `listen` (UDP) and `dtls` (DTLS with the registry's pre-shared keys,
     /// through `host`); `install` sets up its resources and handlers before it listens.
     public static func serve(name: String, listen: String, dtls: String?, certificates: ServerCertificates?, host: PluginHost,
-                             singleBody: Bool = true, install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
-        let loop = try CoAPEventLoop(singleBody: singleBody)
+                             install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
+        let loop = try CoAPEventLoop()
+        LibcoapLog.attach(host)
         loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
         if let c = certificates {
             loop.certificate = { [host] fingerprint, remote in

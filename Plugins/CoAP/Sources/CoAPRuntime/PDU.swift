@@ -45,7 +45,7 @@ public enum PDU {
         return nil
     }
 
-    /// The whole body (libcoap reassembles Block1 transfers), or nil when there is none.
+    /// The PDU's payload: one block of a block-wise transfer (`BlockUploads` puts those together).
     public static func body(_ pdu: OpaquePointer) -> [UInt8] {
         var len = 0, offset = 0, total = 0
         var data: UnsafePointer<UInt8>?

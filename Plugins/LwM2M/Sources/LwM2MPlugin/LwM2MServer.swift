@@ -20,6 +20,20 @@ final class LwM2MServer: @unchecked Sendable {
     /// Commands for queue-mode clients that are asleep, by registration id: sent when the client next
     /// speaks (registers again or updates).
     private var waiting: [String: [(Message, Ack)]] = [:]
+    /// Request bodies clients send block-wise (Block1): all of them hold at most eight bodies' worth.
+    private var uploads: BlockUploads
+    /// Response bodies clients send block-wise (Block2), by the token of the request they answer:
+    /// libcoap asks for each next block and hands every block over as it comes.
+    private var downloads: [[UInt8]: Download] = [:]
+
+    struct Download {
+        var body: [UInt8]
+        /// The first block's Observe option: a notification's later blocks answer plain GETs.
+        var observe: UInt32?
+        /// Why the body cannot be used (over `max_body_size`, or blocks out of order): later blocks are dropped.
+        var problem: String?
+        var at: TimeInterval
+    }
 
     struct Pending {
         enum Purpose {
@@ -39,6 +53,7 @@ final class LwM2MServer: @unchecked Sendable {
     init(source: LwM2MSource, loop: CoAPEventLoop) {
         self.source = source
         self.loop = loop
+        uploads = BlockUploads(budget: 8 * source.config.max_body_size)
         // Registration ids stay unique across restarts of the hub.
         table = Registrations(idPrefix: String(UInt64(Date().timeIntervalSince1970), radix: 36) + "-")
     }
@@ -68,11 +83,21 @@ final class LwM2MServer: @unchecked Sendable {
         guard PDU.isRequestMessage(request) else { return }
         let path = PDU.path(request)
         let method = coap_request_t(UInt32(PDU.code(request).rawValue))
+        let body: [UInt8]
+        switch uploads.assemble(request, response, endpoint: ObjectIdentifier(loop.peer(session)), limit: source.config.max_body_size,
+                                now: Date().timeIntervalSince1970) {
+        case .body(let b, _): body = b
+        case .answered: return
+        case .full:
+            PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, diagnostic: "too many block-wise bodies in progress")
+            PDU.addUInt(response, COAP_OPTION_MAXAGE, 2)
+            return
+        }
         switch (method, path.count, path.first) {
-        case (COAP_REQUEST_POST, 1, "rd"?): register(session, request, response)
-        case (COAP_REQUEST_POST, 2, "rd"?): update(session, request, response, id: String(path[1]))
+        case (COAP_REQUEST_POST, 1, "rd"?): register(session, request, response, body: body)
+        case (COAP_REQUEST_POST, 2, "rd"?): update(session, request, response, body: body, id: String(path[1]))
         case (COAP_REQUEST_DELETE, 2, "rd"?): deregister(session, request, response, id: String(path[1]))
-        case (COAP_REQUEST_POST, 1, "dp"?): report(session, request, response)
+        case (COAP_REQUEST_POST, 1, "dp"?): report(session, request, response, body: body)
         case (COAP_REQUEST_POST, 1, "bs"?): bootstrap(session, request, response)
         case (_, 1, "rd"?), (_, 2, "rd"?): PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED)
         default: PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
@@ -93,8 +118,7 @@ final class LwM2MServer: @unchecked Sendable {
     }
 
     /// The object links of a Register or Update payload (Content-Format 40); nil with a 4.00 set.
-    private func objectLinks(_ request: OpaquePointer, _ response: OpaquePointer) -> [LinkFormat.Link]?? {
-        let body = PDU.body(request)
+    private func objectLinks(_ request: OpaquePointer, _ response: OpaquePointer, _ body: [UInt8]) -> [LinkFormat.Link]?? {
         if body.isEmpty { return .some(nil) }
         if let f = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT), f != ContentFormat.linkFormat {
             PDU.respond(response, COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT, diagnostic: "the object list is link format (40)")
@@ -171,8 +195,9 @@ final class LwM2MServer: @unchecked Sendable {
         return id
     }
 
-    private func register(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
-        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response), let objects = objectLinks(request, response) else { return }
+    private func register(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, body: [UInt8]) {
+        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response),
+              let objects = objectLinks(request, response, body) else { return }
         guard let ep = endpoint(q, response) else { return }
         let version = q["lwm2m"] ?? "1.0"
         guard ["1.0", "1.1", "1.2"].contains(version) else {
@@ -213,8 +238,9 @@ final class LwM2MServer: @unchecked Sendable {
         wake(r.id)
     }
 
-    private func update(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, id: String) {
-        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response), let objects = objectLinks(request, response) else { return }
+    private func update(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, body: [UInt8], id: String) {
+        guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response),
+              let objects = objectLinks(request, response, body) else { return }
         guard let r = table.byID[id] else {
             PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND, diagnostic: "no such registration: register again")
             return
@@ -259,7 +285,7 @@ final class LwM2MServer: @unchecked Sendable {
 
     /// The Send operation (LwM2M 1.1 §6.4.6): a registered client reports values of its own accord, as
     /// SenML-JSON or SenML-CBOR; they become telemetry as notifications do.
-    private func report(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
+    private func report(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, body: [UInt8]) {
         let peer = loop.peer(session)
         guard let id = peer.identity, let r = table.registration(tenant: id.tenant, endpoint: id.device) else {
             PDU.respond(response, COAP_RESPONSE_CODE_FORBIDDEN, diagnostic: "register before sending")
@@ -271,7 +297,7 @@ final class LwM2MServer: @unchecked Sendable {
             return
         }
         let values: [(LwM2MPath, Value)]
-        do { values = try source.values.decode(PDU.body(request), format: format!, path: LwM2MPath([0])) } catch {
+        do { values = try source.values.decode(body, format: format!, path: LwM2MPath([0])) } catch {
             PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "\(error)")
             return
         }
@@ -300,7 +326,16 @@ final class LwM2MServer: @unchecked Sendable {
     }
 
     private func expire() {
-        for r in table.expire(now: Date().timeIntervalSince1970) { forget(r, reason: "the registration's lifetime passed", event: "expired") }
+        let now = Date().timeIntervalSince1970
+        for r in table.expire(now: now) { forget(r, reason: "the registration's lifetime passed", event: "expired") }
+        uploads.expire(now: now)
+        // A block-wise response whose blocks stopped coming (libcoap gave up on the next block's request).
+        downloads = downloads.filter { pending[$0.key] != nil && now - $0.value.at <= BlockUploads.maxAge }
+    }
+
+    /// libcoap forgot a session: the bodies it was sending are dropped.
+    func closed(_ peer: CoAPPeer) {
+        uploads.drop(endpoint: ObjectIdentifier(peer))
     }
 
     private func lifecycle(_ r: Registrations.Registration, _ event: String) {
@@ -529,20 +564,46 @@ final class LwM2MServer: @unchecked Sendable {
     /// A response or notification for a request the hub sent.
     private func response(_ session: OpaquePointer, _ received: OpaquePointer) -> Bool {
         let token = PDU.token(received)
+        guard pending[token] != nil else { return false }  // RST ends a stale observation
+        var observeSequence = PDU.uint(received, COAP_OPTION_OBSERVE)
+        var body = PDU.body(received)
+        var decodeError: String?
+        if let block2 = PDU.uint(received, COAP_OPTION_BLOCK2) {
+            // One block of a block-wise response (RFC 7959 §2.4): kept until the last one.
+            let num = Int(block2 >> 4), more = block2 & 0x8 != 0, start = num * (16 << Int(min(block2 & 0x7, 6)))
+            let limit = source.config.max_body_size
+            guard var d = num == 0 ? Download(body: [], observe: observeSequence, problem: nil, at: 0) : downloads.removeValue(forKey: token) else {
+                return true  // a later block of a transfer that was dropped
+            }
+            if d.problem != nil || start + body.count == d.body.count {
+                // Dropped, or the last block again.
+            } else if start != d.body.count {
+                d.problem = "the client's block-wise answer came out of order"
+            } else if d.body.count + body.count > limit {
+                d.problem = "the client's answer is over max_body_size (\(limit) bytes)"
+            } else {
+                d.body += body
+            }
+            d.at = Date().timeIntervalSince1970
+            guard !more else {
+                downloads[token] = d
+                return true
+            }
+            body = d.problem == nil ? d.body : []
+            observeSequence = d.observe
+            decodeError = d.problem
+        }
         if case .bootstrap(let job)? = pending[token]?.purpose {
             pending[token] = nil
-            bootstrapAnswered(job, code: coap_pdu_get_code(received), body: PDU.body(received))
+            bootstrapAnswered(job, code: coap_pdu_get_code(received), body: body)
             return true
         }
-        guard var p = pending[token], let r = table.byID[p.registration] else { return false }  // RST ends a stale observation
+        guard var p = pending[token], let r = table.byID[p.registration] else { return false }
         table.heard(id: r.id, now: Date().timeIntervalSince1970)
         let code = coap_pdu_get_code(received)
         let success = code.rawValue >> 5 == 2
         let format = PDU.uint(received, COAP_OPTION_CONTENT_FORMAT)
-        let observeSequence = PDU.uint(received, COAP_OPTION_OBSERVE)
-        let body = PDU.body(received)
         var decoded: [(LwM2MPath, Value)] = []
-        var decodeError: String?
         if success, !body.isEmpty {
             if format == ContentFormat.linkFormat {
                 decoded = []
@@ -578,6 +639,7 @@ final class LwM2MServer: @unchecked Sendable {
                 return true
             }
             if observeSequence == nil { pending[token] = nil }  // the client would not observe it
+            if let decodeError { host.log(.warning, "lwm2m: a notification of \(p.path) from \(r.endpoint) was dropped: \(decodeError)") }
             if !decoded.isEmpty { telemetry(r, p.path, decoded, format: format, sequence: observeSequence) }
         }
         return true

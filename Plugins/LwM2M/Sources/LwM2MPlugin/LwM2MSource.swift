@@ -19,6 +19,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         var observe: [String]
         var object_definitions: [String]
         var max_registrations: Int
+        var max_body_size: Int
         var queue_mode_listen: Double
         var bootstrap: Bootstrap?
 
@@ -73,6 +74,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         ConfigField("object_definitions", .list(.string), "OMA LwM2M XML object definition files to load beside the built-in objects 0 to 7, 3303, 3304, 3311 and 3342.", default: "[]"),
         ConfigField("queue_mode_listen", .duration, "How long a queue-mode client (binding Q, or the Q parameter) listens after it last spoke; commands to it wait for its next update after that.", default: "93", example: "93s", advanced: true),
         ConfigField("max_registrations", .int, "Registrations held at most; more are refused with 5.03.", default: "100000", advanced: true),
+        ConfigField("max_body_size", .byteSize, "Largest body taken from a client, request or response, after block-wise reassembly; a larger request gets 4.13, a larger response fails its command.", default: "1048576", example: "1MiB", advanced: true),
         ConfigField("bootstrap", .object([
             ConfigField("server_uri", .string, "The LwM2M server clients are sent to: coap://HOST:PORT (no security) or coaps://HOST:PORT (the pre-shared key the client bootstrapped with, so it must bootstrap over DTLS).", example: "coaps://hub.example.com:5684", required: true),
             ConfigField("short_server_id", .int, "The server's Short Server ID.", default: "1"),
@@ -90,6 +92,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         if config.default_lifetime < 1 { out.append(ConfigFinding(at: "default_lifetime", "default_lifetime must be at least 1 s")) }
         if config.max_lifetime < config.default_lifetime { out.append(ConfigFinding(at: "max_lifetime", "max_lifetime must be at least default_lifetime")) }
         if config.queue_mode_listen <= 0 { out.append(ConfigFinding(at: "queue_mode_listen", "queue_mode_listen must be longer than 0")) }
+        if config.max_body_size <= 0 { out.append(ConfigFinding(at: "max_body_size", "max_body_size must be positive")) }
         if config.dtls_certificate != nil, (config.dtls_listen ?? "").isEmpty {
             out.append(ConfigFinding(at: "dtls_certificate", "dtls_certificate needs dtls_listen"))
         }
@@ -145,6 +148,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         var server: LwM2MServer?
         loop = try CoAPEventLoop.serve(name: "lwm2m", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
             let s = LwM2MServer(source: self, loop: loop)
+            loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
             s.install()
             server = s
         }
