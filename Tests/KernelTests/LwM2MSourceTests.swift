@@ -336,6 +336,44 @@ import IoTCPluginKit
         #expect(code(post(20, block1: 0x08, first, query: "ep=raw-2")) == "2.31")
         #expect(code(post(21, block1: 0x10, Array("3303/0>".utf8), query: "ep=raw-2")) == "2.01")
         #expect(eventually { hub.lines.contains { text($0["device"]) == "raw-2" && text($0["payload"]?["objects"]) == "</1/0>,</3/0>,</3303/0>" } })
+        // A read that raw-2 answers with a first block and more to come; libcoap asks for the next block
+        // under a token of its own, raw-2 resets that request, and the command fails at once.
+        nonisolated(unsafe) var read: Value?
+        let done = DispatchSemaphore(value: 0)
+        let (api, key) = (hub.api, hub.key)
+        DispatchQueue.global().async {
+            let r = http("POST", "http://127.0.0.1:\(api)/v1/devices/raw-2/commands", body: Array(#"{"name":"read","payload":{"path":"/3/0"},"timeout":10}"#.utf8),
+                         headers: ["Authorization": "Bearer \(key)", "Content-Type": "application/json"], timeout: 20)
+            read = r.flatMap { try? JSON.decode($0.body) }
+            done.signal()
+        }
+        var asked: [String] = []
+        while asked.count < 3, let d = socket.receive(), d[0] >> 4 == 0x4 {  // the hub's CON requests
+            let token = Array(d[4..<(4 + Int(d[0] & 0x0F))])
+            var path: [String] = [], block2 = false, i = 4 + token.count, number = 0
+            while i < d.count, d[i] != 0xFF {  // options with short deltas and lengths, as libcoap writes these
+                var delta = Int(d[i] >> 4), length = Int(d[i] & 0x0F)
+                i += 1
+                if delta == 13 { delta = 13 + Int(d[i]); i += 1 }
+                if length == 13 { length = 13 + Int(d[i]); i += 1 }
+                number += delta
+                if number == 11 { path.append(String(decoding: d[i..<(i + length)], as: UTF8.self)) }
+                if number == 23 { block2 = true }
+                i += length
+            }
+            asked.append("/" + path.joined(separator: "/") + (block2 ? " block2" : ""))
+            if block2 {
+                socket.send([0x70, 0x00, d[2], d[3]])  // RST
+            } else if path == ["3", "0"] {
+                // ACK 2.05, Content-Format 11542 (TLV), Block2 NUM 0, more, 16 bytes.
+                socket.send([0x60 | UInt8(token.count), 0x45, d[2], d[3]] + token + [0xC2, 0x2D, 0x16, 0xB1, 0x08, 0xFF] + [UInt8](repeating: 0xC8, count: 16))
+            } else {
+                socket.send([0x60 | UInt8(token.count), 0x84, d[2], d[3]] + token)  // 4.04
+            }
+        }
+        #expect(asked.contains("/3/0") && asked.contains("/3/0 block2"), "\(asked)")
+        #expect(done.wait(timeout: .now() + 12) == .success)
+        #expect(text(read?["status"]) == "failed" && text(read?["result"]?["error"]) == "the client did not answer", "\(String(describing: read))")
 
         // The aiocoap client with an object list and a Device object longer than a block.
         let python = Build.packageRoot + "/.venv/bin/python"

@@ -27,6 +27,8 @@ final class LwM2MServer: @unchecked Sendable {
     private var downloads: [[UInt8]: Download] = [:]
 
     struct Download {
+        /// The session the answer comes on.
+        var session: OpaquePointer
         var body: [UInt8]
         /// The first block's Observe option: a notification's later blocks answer plain GETs.
         var observe: UInt32?
@@ -66,7 +68,7 @@ final class LwM2MServer: @unchecked Sendable {
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
         loop.response = { [unowned self] session, sent, received in self.response(session, received) }
-        loop.nack = { [unowned self] _, sent in if let sent { self.unanswered(PDU.token(sent)) } }
+        loop.nack = { [unowned self] session, sent in if let sent { self.unanswered(session, sent) } }
         loop.tick = { [unowned self] in self.expire() }
     }
 
@@ -572,7 +574,7 @@ final class LwM2MServer: @unchecked Sendable {
             // One block of a block-wise response (RFC 7959 §2.4): kept until the last one.
             let num = Int(block2 >> 4), more = block2 & 0x8 != 0, start = num * (16 << Int(min(block2 & 0x7, 6)))
             let limit = source.config.max_body_size
-            guard var d = num == 0 ? Download(body: [], observe: observeSequence, problem: nil, at: 0) : downloads.removeValue(forKey: token) else {
+            guard var d = num == 0 ? Download(session: session, body: [], observe: observeSequence, problem: nil, at: 0) : downloads.removeValue(forKey: token) else {
                 return true  // a later block of a transfer that was dropped
             }
             if d.problem != nil || start + body.count == d.body.count {
@@ -646,7 +648,16 @@ final class LwM2MServer: @unchecked Sendable {
     }
 
     /// A request libcoap gave up on (no ACK, or RST).
-    private func unanswered(_ token: [UInt8]) {
+    private func unanswered(_ session: OpaquePointer, _ sent: OpaquePointer) {
+        var token = PDU.token(sent)
+        if pending[token] == nil, PDU.uint(sent, COAP_OPTION_BLOCK2) != nil {
+            // libcoap's request for a later block of an answer, under a token of its own: the transfer
+            // on that session (the one for that path, when there are several).
+            let path = PDU.path(sent).map(String.init)
+            let transfers = downloads.filter { $0.value.session == session }.map(\.key)
+            token = (transfers.count == 1 ? transfers.first : transfers.first { pending[$0]?.path.ids.map(String.init) == path }) ?? token
+        }
+        downloads[token] = nil
         if case .bootstrap(let job)? = pending[token]?.purpose {
             pending[token] = nil
             bootstrapFailed(job, "the client did not answer \(job.step.name)")
