@@ -25,12 +25,13 @@ build fuzz-payload-codecs Tests/Fuzz/FuzzPayloadCodecs.swift
 build fuzz-expressions Tests/Fuzz/FuzzExpressions.swift \
   Core/Kernel/Expressions/Expression.swift Core/Kernel/Expressions/ExpressionParser.swift Core/Kernel/Expressions/ExpressionFunction.swift
 build fuzz-lwm2m-tlv Tests/Fuzz/FuzzLwM2MTLV.swift Plugins/LwM2M/Sources/LwM2MCodec/TLV.swift
+build fuzz-lwm2m-cbor Tests/Fuzz/FuzzLwM2MCBOR.swift Plugins/LwM2M/Sources/LwM2MCodec/LwM2MCBOR.swift
 build fuzz-modbus-map Tests/Fuzz/FuzzModbusMap.swift Plugins/Modbus/Sources/ModbusMap/*.swift
 build fuzz-object-xml Tests/Fuzz/FuzzObjectXML.swift Plugins/LwM2M/Sources/LwM2MCodec/XMLReader.swift \
   Plugins/LwM2M/Sources/LwM2MCodec/ObjectXML.swift Plugins/LwM2M/Sources/LwM2MCodec/ObjectModel.swift
 
 status=0
-for f in fuzz-payload-codecs fuzz-expressions fuzz-lwm2m-tlv fuzz-modbus-map fuzz-object-xml; do
+for f in fuzz-payload-codecs fuzz-expressions fuzz-lwm2m-tlv fuzz-lwm2m-cbor fuzz-modbus-map fuzz-object-xml; do
   mkdir -p "$OUT/corpus/$f"
   echo "== $f for ${SECONDS_EACH}s"
   # Swift's backtracer would hold a crashed process; libFuzzer must see the crash itself.

@@ -171,6 +171,46 @@ struct ResourceValuesTests {
         }
     }
 
+    /// Plain CBOR (60) for one resource and LwM2M CBOR (11544), from bytes written out by hand (RFC 8949).
+    @Test func readsCBORAndLwM2MCBOR() throws {
+        #expect(try values.decode([0x18, 0x57], format: 60, path: LwM2MPath([3, 0, 9]))[0].1 == .int(87))
+        #expect(try values.decode([0xF9, 0x4D, 0x60], format: 60, path: LwM2MPath([3303, 0, 5700]))[0].1 == .double(21.5))
+        #expect(try values.decode([0x05], format: 60, path: LwM2MPath([3303, 0, 5700]))[0].1 == .double(5), "an integer for a float resource")
+        // A decimal fraction (tag 4): 27315 × 10^-2.
+        #expect(try values.decode([0xC4, 0x82, 0x21, 0x19, 0x6A, 0xB3], format: 60, path: LwM2MPath([3303, 0, 5700]))[0].1 == .double(273.15))
+        #expect(try values.decode([0x63] + Array("Cel".utf8), format: 60, path: LwM2MPath([3303, 0, 5701]))[0].1 == .string("Cel"))
+        // {[3, 0]: {0: "Open Mobile Alliance", 6: {0: 1, 1: 5}, 9: 87, 13: 1(1500000000)}}
+        let device: [UInt8] = [0xA1, 0x82, 0x03, 0x00, 0xA4, 0x00, 0x74] + Array("Open Mobile Alliance".utf8)
+            + [0x06, 0xA2, 0x00, 0x01, 0x01, 0x05, 0x09, 0x18, 0x57, 0x0D, 0xC1, 0x1A, 0x59, 0x68, 0x2F, 0x00]
+        let read = try values.decode(device, format: 11544, path: LwM2MPath([3, 0]))
+        #expect(read.map(\.0.description) == ["/3/0/0", "/3/0/6/0", "/3/0/6/1", "/3/0/9", "/3/0/13"])
+        #expect(read.map(\.1) == [.string("Open Mobile Alliance"), .int(1), .int(5), .int(87), .int(1_500_000_000)])
+        // {3303: {0: {5700: 21.5 (half), 5701: "Cel"}}}, and the same with an indefinite outer map and a double.
+        let nested: [UInt8] = [0xA1, 0x19, 0x0C, 0xE7, 0xA1, 0x00, 0xA2, 0x19, 0x16, 0x44, 0xF9, 0x4D, 0x60, 0x19, 0x16, 0x45, 0x63] + Array("Cel".utf8)
+        let temperature = try values.decode(nested, format: 11544, path: LwM2MPath([3303]))
+        #expect(temperature.map(\.0.description) == ["/3303/0/5700", "/3303/0/5701"] && temperature.map(\.1) == [.double(21.5), .string("Cel")])
+        let indefinite: [UInt8] = [0xBF, 0x19, 0x0C, 0xE7, 0xA1, 0x00, 0xA1, 0x19, 0x16, 0x44, 0xFB, 0x40, 0x35, 0x80, 0, 0, 0, 0, 0, 0xFF]
+        #expect(try values.decode(indefinite, format: 11544, path: LwM2MPath([3303, 0, 5700])).map(\.1) == [.double(21.5)])
+        let bad: [(String, [UInt8], LwM2MPath)] = [
+            ("outside the path asked for", [0xA1, 0x82, 0x03, 0x00, 0xA1, 0x09, 0x01], LwM2MPath([3303])),
+            ("a value at an instance", [0xA1, 0x82, 0x03, 0x00, 0x05], LwM2MPath([3])),
+            ("five levels", [0xA1, 0x85, 0x03, 0x00, 0x09, 0x00, 0x01, 0x01], LwM2MPath([3])),
+            ("an empty key", [0xA1, 0x80, 0x01], LwM2MPath([3])),
+            ("a text key", [0xA1, 0x61, 0x33, 0x01], LwM2MPath([3])),
+            ("id 65535", [0xA1, 0x83, 0x19, 0xFF, 0xFF, 0x00, 0x00, 0x01], LwM2MPath([])),
+            ("cut short", Array(device.dropLast(3)), LwM2MPath([3, 0])),
+            ("a byte after", device + [0x00], LwM2MPath([3, 0])),
+            ("a length past the end", [0xBF, 0x19, 0x0C, 0xE7, 0xA1, 0x00, 0xA1, 0x01, 0x7A, 0xFF, 0xFF, 0xFF, 0xFF], LwM2MPath([3303])),
+            ("not a map", [0x82, 0x01, 0x02], LwM2MPath([3])),
+        ]
+        for (name, bytes, path) in bad {
+            #expect(throws: ResourceValues.Error.self, "\(name)") { try values.decode(bytes, format: 11544, path: path) }
+        }
+        #expect(throws: ResourceValues.Error.self) { try values.decode([0x18, 0x57, 0x00], format: 60, path: LwM2MPath([3, 0, 9])) }
+        #expect(throws: ResourceValues.Error.self) { try values.decode([0x18, 0x57], format: 60, path: LwM2MPath([3, 0])) }
+        #expect(throws: ResourceValues.Error.self) { try values.decode([0xC1, 0xC1, 0x01], format: 60, path: LwM2MPath([3, 0, 13])) }
+    }
+
     @Test func refusesWhatDoesNotFit() throws {
         #expect(throws: ResourceValues.Error.self) { try values.decode([0xC8, 0x00], format: 11542, path: LwM2MPath([3, 0])) }
         #expect(throws: ResourceValues.Error.self) { try values.decode(Array(#"[{"n":"temp","v":1}]"#.utf8), format: 110, path: LwM2MPath([3, 0])) }

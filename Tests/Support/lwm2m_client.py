@@ -18,7 +18,7 @@ import cbor2
 import aiocoap.resource as resource
 from aiocoap import Code, Message
 
-TLV, TEXT, LINK = 11542, 0, 40
+TLV, TEXT, LINK, CBOR, LWM2M_CBOR = 11542, 0, 40, 60, 11544
 LARGE = len(sys.argv) > 3 and sys.argv[3] == "large"
 MODEL = b"Lightweight M2M Client" + (b" with a long model number" * 120 if LARGE else b"")
 
@@ -70,6 +70,10 @@ class Device(resource.Resource):
                 + tlv(3, 14, self.utc_offset.encode()))
 
     async def render_get(self, request):
+        if request.opt.accept == LWM2M_CBOR:
+            # Encoded by cbor2: a path key as an array (the tuple), then nested maps.
+            body = {(3, 0): {0: "Open Mobile Alliance", 1: MODEL.decode(), 6: {0: 1, 1: 5}, 9: 87, 14: self.utc_offset}}
+            return Message(payload=cbor2.dumps(body), content_format=LWM2M_CBOR)
         return Message(payload=self.tlv(), content_format=TLV)
 
     async def render_post(self, request):
@@ -91,6 +95,8 @@ class DeviceResource(resource.Resource):
         if self.ident == 9:
             if request.opt.accept == TEXT:
                 return Message(payload=b"87", content_format=TEXT)
+            if request.opt.accept == CBOR:
+                return Message(payload=cbor2.dumps(87), content_format=CBOR)
             return Message(payload=tlv(3, 9, b"\x57"), content_format=TLV)
         return Message(code=Code.NOT_FOUND)
 

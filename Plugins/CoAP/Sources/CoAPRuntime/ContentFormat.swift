@@ -10,6 +10,7 @@ public enum ContentFormat {
     public static let senmlCBOR: UInt32 = 112
     public static let lwm2mTLV: UInt32 = 11542
     public static let lwm2mJSON: UInt32 = 11543
+    public static let lwm2mCBOR: UInt32 = 11544
 
     private static let types: [UInt32: String] = [
         textPlain: "text/plain; charset=utf-8",
@@ -22,6 +23,7 @@ public enum ContentFormat {
         senmlCBOR: "application/senml+cbor",
         lwm2mTLV: "application/vnd.oma.lwm2m+tlv",
         lwm2mJSON: "application/vnd.oma.lwm2m+json",
+        lwm2mCBOR: "application/vnd.oma.lwm2m+cbor",
     ]
 
     /// The media type of a Content-Format number, or nil when it has none here.

@@ -52,6 +52,17 @@ public struct ResourceValues: Sendable {
                 guard let p = LwM2MPath(r.name) else { throw Error(description: "the SenML name '\(r.name.prefix(64))' is not an LwM2M path") }
                 return (p, value(of: r))
             }
+        case 60:
+            guard path.ids.count >= 3 else { throw Error(description: "CBOR (60) carries one resource only") }
+            do { return [(path, typed(cbor: try LwM2MCBOR.value(payload), type(of: path)))] } catch { throw Error(description: error.description) }
+        case 11544:
+            let entries: [(path: [UInt16], value: LwM2MCBOR.Item)]
+            do { entries = try LwM2MCBOR.entries(payload) } catch { throw Error(description: error.description) }
+            return try entries.map { (e) throws(Error) -> (LwM2MPath, Value) in
+                let p = LwM2MPath(e.path)
+                guard p.ids.starts(with: path.ids) else { throw Error(description: "\(p) is outside the path asked for, \(path)") }
+                return (p, typed(cbor: e.value, type(of: p)))
+            }
         case 0:
             guard path.ids.count >= 3 else { throw Error(description: "text/plain carries one resource only") }
             guard let s = String(validating: payload, as: UTF8.self) else { throw Error(description: "the text is not UTF-8") }
@@ -60,7 +71,7 @@ public struct ResourceValues: Sendable {
             guard path.ids.count >= 3 else { throw Error(description: "opaque carries one resource only") }
             return [(path, .bytes(payload))]
         default:
-            throw Error(description: "Content-Format \(format) is not one the server reads (11542, 11543, 110, 112, 0, 42)")
+            throw Error(description: "Content-Format \(format) is not one the server reads (11542, 11543, 11544, 110, 112, 60, 0, 42)")
         }
     }
 
@@ -141,6 +152,22 @@ public struct ResourceValues: Sendable {
         case .boolean: return TLV.boolean(v).map { .bool($0) } ?? .bytes(v)
         case .objectLink: return TLV.objectLink(v).map { .string("\($0.object):\($0.instance)") } ?? .bytes(v)
         case .opaque, .none: return .bytes(v)
+        }
+    }
+
+    func typed(cbor item: LwM2MCBOR.Item, _ type: ObjectDefinition.ResourceType) -> Value {
+        switch (item, type) {
+        case (.int(let i), .float): return .double(Double(i))
+        case (.int(let i), _): return .int(i)
+        case (.unsigned(let u), _): return .double(Double(u))
+        case (.float(let d), .integer), (.float(let d), .unsignedInteger), (.float(let d), .time):
+            return d.rounded() == d && abs(d) < 9e15 ? .int(Int64(d)) : .double(d)
+        case (.float(let d), _): return .double(d)
+        case (.bool(let b), _): return .bool(b)
+        case (.text(let s), _): return .string(s)
+        case (.bytes(let b), .string), (.bytes(let b), .corelink): return String(validating: b, as: UTF8.self).map { .string($0) } ?? .bytes(b)
+        case (.bytes(let b), _): return .bytes(b)
+        case (.null, _): return .null
         }
     }
 

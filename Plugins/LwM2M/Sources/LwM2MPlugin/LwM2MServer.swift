@@ -439,7 +439,9 @@ final class LwM2MServer: @unchecked Sendable {
         case .string("senml-json")?: format = ContentFormat.senmlJSON
         case .string("senml-cbor")?: format = ContentFormat.senmlCBOR
         case .string("text")?: format = ContentFormat.textPlain
-        default: return fail("format is one of tlv, senml-json, senml-cbor, text")
+        case .string("cbor")?: format = ContentFormat.cbor
+        case .string("lwm2m-cbor")?: format = ContentFormat.lwm2mCBOR
+        default: return fail("format is one of tlv, senml-json, senml-cbor, text, cbor, lwm2m-cbor")
         }
         let purpose = Pending.Purpose.command(id: id, name: name)
         var sent = false
@@ -516,8 +518,10 @@ final class LwM2MServer: @unchecked Sendable {
                             return fail("a text write is one value of one resource: /object/instance/resource")
                         }
                         payload = try source.values.encodeText(path: path, value: values[0].1)
-                    default:
+                    case nil, ContentFormat.lwm2mTLV?:
                         payload = try source.values.encodeTLV(path: path, values: values)
+                    default:
+                        return fail("write sends tlv, senml-json, senml-cbor or text")
                     }
                 }
             } catch {

@@ -42,7 +42,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
 
         API commands to a registered device are LwM2M operations, named by the command and given by its \
         payload: `read` and `discover` (`path`, optional `format`: `tlv`, `senml-json`, `senml-cbor`, \
-        `text`), `write` (`path` and `value`, or `values` by resource id; `replace` for PUT), \
+        `text`, `cbor`, `lwm2m-cbor`), `write` (`path` and `value`, or `values` by resource id; `replace` for PUT), \
         `write-attributes` (`path`, `attributes` such as `{"pmin": 10}`), `execute` (`path`, optional \
         `args`), `create` (`path` of the object, `values`, optional `instance`), `delete` (`path`), \
         `observe` and `cancel-observe` (`path`), and the LwM2M 1.1 composite operations on several \
