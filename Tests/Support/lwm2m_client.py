@@ -1,7 +1,7 @@
 """An LwM2M 1.1 client on aiocoap for the hub's lwm2m source: it registers, serves the Device object
 (3), a Temperature object (3303, observable, TLV and text) and answers reads, writes, executes,
 discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
-`update`, `send`, `deregister`, `quit`. With `bootstrap`, it first asks the server at SERVER_PORT to
+`update`, `send`, `send-cbor`, `deregister`, `quit`. With `bootstrap`, it first asks the server at SERVER_PORT to
 bootstrap it (POST /bs), takes the Bootstrap-Delete, the two Bootstrap-Writes and the Bootstrap-Finish,
 and then registers with the server it was given. With `large`, its object list and its Device object
 are longer than a block, so that the registration goes block-wise (Block1) and so do reads of /3/0 (Block2).
@@ -355,6 +355,11 @@ async def main(port, endpoint, mode):
             r = await ctx.request(Message(code=Code.POST, uri=server + "/dp", content_format=110,
                                           payload=b'[{"bn":"/3303/0/","n":"5700","v":30.5},{"bn":"/3/0/","n":"9","v":55}]')).response
             say("sent", r.code)
+        elif line == "send-cbor":
+            # LwM2M CBOR (1.2): nested maps, and a whole path as one array key.
+            body = cbor2.dumps({3303: {0: {5700: 31.5}}, (3, 0, 9): 56})
+            r = await ctx.request(Message(code=Code.POST, uri=server + "/dp", content_format=LWM2M_CBOR, payload=body)).response
+            say("sent-cbor", r.code)
         elif line == "deregister":
             r = await ctx.request(Message(code=Code.DELETE, uri=server + location)).response
             say("deregistered", r.code)

@@ -294,12 +294,12 @@ final class LwM2MServer: @unchecked Sendable {
             return
         }
         let format = PDU.uint(request, COAP_OPTION_CONTENT_FORMAT)
-        guard format == ContentFormat.senmlJSON || format == ContentFormat.senmlCBOR else {
-            PDU.respond(response, COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT, diagnostic: "Send takes SenML-JSON (110) or SenML-CBOR (112)")
+        guard let format, [ContentFormat.senmlJSON, ContentFormat.senmlCBOR, ContentFormat.lwm2mCBOR].contains(format) else {
+            PDU.respond(response, COAP_RESPONSE_CODE_UNSUPPORTED_CONTENT_FORMAT, diagnostic: "Send takes SenML-JSON (110), SenML-CBOR (112) or LwM2M CBOR (11544)")
             return
         }
         let values: [(LwM2MPath, Value)]
-        do { values = try source.values.decode(body, format: format!, path: LwM2MPath([0])) } catch {
+        do { values = try source.values.decode(body, format: format, path: LwM2MPath([])) } catch {
             PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "\(error)")
             return
         }

@@ -57,7 +57,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         n > 0 adds `_n`), with the properties `lwm2m.path`, `lwm2m.endpoint`, `lwm2m.object_version`, \
         `coap.observe` and `coap.content_format`. Registration, update, de-registration and expiry are \
         `lifecycle` messages on `devices/{ep}/lifecycle` when a pipeline reads them. Values a registered \
-        client reports with Send (`POST /dp`, SenML-JSON or SenML-CBOR) become telemetry the same way, one \
+        client reports with Send (`POST /dp`, SenML-JSON, SenML-CBOR or LwM2M CBOR) become telemetry the same way, one \
         message per object, with the property `lwm2m.operation` = `send`.
 
         A client in queue mode (binding `UQ` in 1.0, the `Q` parameter in 1.1) is sent requests only while \
