@@ -395,6 +395,10 @@ import IoTCPluginKit
         let c = try hub.command("node-9", "read", #"{"path":"/3/0"}"#)
         let model = try #require(text(c["result"]?["values"]?["/3/0/1"]), "\(c)")
         #expect(model.count > 2_000 && model.hasSuffix("with a long model number") && c["result"]?["values"]?["/3/0/9"] == .int(87), "\(c)")
+        // It lists the formats it reads, without TLV: a write that names none goes in SenML-JSON.
+        let w = try hub.command("node-9", "write", #"{"path":"/3/0/14","value":"+11"}"#)
+        #expect(text(w["status"]) == "succeeded", "\(w)")
+        #expect(eventually { client.log.contains("write /3/0/14 +11") }, "\(client.log)")
         // Resets are a peer's normal answer: libcoap's alert for each one stays out of the hub's log.
         for mid in UInt8(0x50)..<0x70 { socket.send([0x70, 0x00, 0x31, mid]) }
         // Still serving the socket that sent the broken transfers (past the requests the hub sent it as raw-2).

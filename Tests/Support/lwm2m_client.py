@@ -4,7 +4,8 @@ discovers, write-attributes, creates and deletes. Prints one line per event; rea
 `update`, `send`, `send-cbor`, `deregister`, `quit`. With `bootstrap`, it first asks the server at SERVER_PORT to
 bootstrap it (POST /bs), takes the Bootstrap-Delete, the two Bootstrap-Writes and the Bootstrap-Finish,
 and then registers with the server it was given. With `large`, its object list and its Device object
-are longer than a block, so that the registration goes block-wise (Block1) and so do reads of /3/0 (Block2).
+are longer than a block, so that the registration goes block-wise (Block1) and so do reads of /3/0 (Block2),
+and it lists the formats it reads without TLV.
 
     lwm2m_client.py SERVER_PORT ENDPOINT [queue|bootstrap|large]
 """
@@ -103,6 +104,8 @@ class DeviceResource(resource.Resource):
     async def render_put(self, request):
         if self.ident != 14:
             return Message(code=Code.METHOD_NOT_ALLOWED)
+        if request.opt.content_format == TLV and LARGE:
+            return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)  # it said it reads no TLV
         if request.opt.content_format == TLV:
             value = parse_tlv(request.payload)[0][2].decode()
         elif request.opt.content_format == 110:
@@ -339,7 +342,8 @@ async def main(port, endpoint, mode):
         lifetime = int.from_bytes(device.accounts["/1/0"][1], "big", signed=True)
     objects = b'</>;rt="oma.lwm2m";ct=11542,</1/0>,</3/0>,</3303/0>;ver=1.1'
     if LARGE:
-        objects += b"".join(b",</32769/%d>" % i for i in range(200))
+        # Also says it reads no TLV, so that writes come in SenML.
+        objects = objects.replace(b"ct=11542", b'ct="60 110 112 11544"') + b"".join(b",</32769/%d>" % i for i in range(200))
     r = await ctx.request(Message(code=Code.POST, uri="%s/rd?ep=%s&lt=%d&lwm2m=1.1&b=U%s" % (server, endpoint, lifetime, "&Q" if queue else ""),
                                   payload=objects, content_format=LINK)).response
     location = "/" + "/".join(r.opt.location_path)

@@ -106,3 +106,22 @@ public struct Registrations: Sendable {
         return gone
     }
 }
+
+extension Registrations.Registration {
+    /// The Content-Formats the client reads, from the `ct` attribute of its root link (`</>`, or the
+    /// one with `rt="oma.lwm2m"`; LwM2M 1.1 §6.2.1: one number, or several in quotes separated by
+    /// spaces); empty when it names none, as 1.0 clients do.
+    public var contentFormats: [UInt32] {
+        let root = objects.first { $0.attributes["rt"] == "oma.lwm2m" } ?? objects.first { $0.target == "/" }
+        return root?.attributes["ct"]?.split(separator: " ").compactMap { UInt32($0) } ?? []
+    }
+
+    /// The Content-Format of a write or create that names none: TLV (11542), which every 1.0 client
+    /// reads, unless the client lists what it reads without TLV; then the first of SenML-CBOR (112) and
+    /// SenML-JSON (110) it lists.
+    public var writeFormat: UInt32 {
+        let listed = contentFormats
+        if listed.isEmpty || listed.contains(11542) { return 11542 }
+        return listed.first { $0 == 112 || $0 == 110 } ?? 11542
+    }
+}

@@ -477,6 +477,8 @@ final class LwM2MServer: @unchecked Sendable {
             }
             sent = send(r.id, COAP_REQUEST_PUT, path, accept: nil, query: query, purpose: purpose)
         case "write", "create":
+            // The format the client reads, when the command names none.
+            let format: UInt32? = format ?? r.writeFormat
             var values: [(UInt16, Value)] = []
             if let v = args["value"] {
                 guard path.ids.count == 3, name == "write" else { return fail("\"value\" writes one resource: give /object/instance/resource") }

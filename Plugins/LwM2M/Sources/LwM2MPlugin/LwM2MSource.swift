@@ -49,7 +49,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         resources at once: `read-composite`, `observe-composite` and `cancel-observe-composite` (`paths`), \
         `write-composite` (`values` by resource path), in SenML-JSON or SenML-CBOR (`format`). Each answer comes back as the command's result: \
         `{"ok": true, "code": "2.05", "values": {"/3/0/9": 87}}` or `{"ok": false, "code": "4.04", "error": \
-        "Not Found"}`. Contents are read in TLV, LwM2M JSON, SenML-JSON, SenML-CBOR, text and opaque; writes go as TLV, or with `"format"` as SenML-JSON, SenML-CBOR or text (one resource).
+        "Not Found"}`. Contents are read in TLV, LwM2M JSON, SenML-JSON, SenML-CBOR, CBOR, LwM2M CBOR, text and opaque; writes go as TLV (or, for a client whose registration lists the formats it reads without TLV, SenML-CBOR or SenML-JSON), or with `"format"` as SenML-JSON, SenML-CBOR or text (one resource).
 
         Notifications of observed resources (from the `observe` paths, started at registration for the \
         objects a client lists, or from `observe` commands) become telemetry on `devices/{ep}/telemetry`: \
