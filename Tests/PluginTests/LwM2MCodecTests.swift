@@ -46,17 +46,17 @@ struct RegistrationsTests {
     /// Writes go in TLV unless the client's root link lists the formats it reads without TLV.
     @Test func writesInAFormatTheClientSaysItReads() throws {
         var t = Registrations(idPrefix: "x-")
-        func format(_ objects: String) throws -> (listed: [UInt32], write: UInt32) {
+        func format(_ objects: String) throws -> (listed: [UInt32], write: UInt32, composite: UInt32) {
             guard case .registered(let r, _) = t.register(endpoint: "ep", tenant: "a", device: "ep", lifetime: 60, binding: "U", version: "1.1",
-                                                          objects: try LinkFormat.parse(objects), remote: "r", now: 0) else { Issue.record("not registered"); return ([], 0) }
-            return (r.contentFormats, r.writeFormat)
+                                                          objects: try LinkFormat.parse(objects), remote: "r", now: 0) else { Issue.record("not registered"); return ([], 0, 0) }
+            return (r.contentFormats, r.writeFormat, r.compositeFormat)
         }
-        #expect(try format("</1/0>,</3/0>") == ([], 11542))
-        #expect(try format(#"</>;rt="oma.lwm2m";ct=11542,</3/0>"#) == ([11542], 11542))
-        #expect(try format(#"</>;rt="oma.lwm2m";ct="60 110 112 11542",</3/0>"#) == ([60, 110, 112, 11542], 11542))
-        #expect(try format(#"</>;rt="oma.lwm2m";ct="60 110 112 11544",</3/0>"#) == ([60, 110, 112, 11544], 110))
-        #expect(try format(#"</lwm2m>;rt="oma.lwm2m";ct=112,</lwm2m/3/0>"#) == ([112], 112))
-        #expect(try format(#"</>;ct=11544"#) == ([11544], 11542), "nothing it lists can be written: TLV")
+        #expect(try format("</1/0>,</3/0>") == ([], 11542, 110))
+        #expect(try format(#"</>;rt="oma.lwm2m";ct=11542,</3/0>"#) == ([11542], 11542, 110))
+        #expect(try format(#"</>;rt="oma.lwm2m";ct="60 110 112 11542",</3/0>"#) == ([60, 110, 112, 11542], 11542, 110))
+        #expect(try format(#"</>;rt="oma.lwm2m";ct="60 110 112 11544",</3/0>"#) == ([60, 110, 112, 11544], 110, 110))
+        #expect(try format(#"</lwm2m>;rt="oma.lwm2m";ct=112,</lwm2m/3/0>"#) == ([112], 112, 112))
+        #expect(try format(#"</>;ct=11544"#) == ([11544], 11542, 110), "nothing it lists can be written: TLV")
     }
 
     @Test func queueModeClientsListenOnlyForAWhileAfterTheySpoke() {

@@ -124,4 +124,11 @@ extension Registrations.Registration {
         if listed.isEmpty || listed.contains(11542) { return 11542 }
         return listed.first { $0 == 112 || $0 == 110 } ?? 11542
     }
+
+    /// The Content-Format of a composite operation that names none: SenML-JSON (110) unless the
+    /// client lists SenML-CBOR (112) and not SenML-JSON.
+    public var compositeFormat: UInt32 {
+        let listed = contentFormats
+        return listed.contains(112) && !listed.contains(110) ? 112 : 110
+    }
 }

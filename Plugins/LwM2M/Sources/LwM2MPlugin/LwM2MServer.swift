@@ -542,7 +542,7 @@ final class LwM2MServer: @unchecked Sendable {
                 guard case .string(let s) = item, let p = LwM2MPath(s) else { return fail("\"paths\" are LwM2M paths such as \"/3/0/9\"") }
                 paths.append(p)
             }
-            guard let f = Self.compositeFormat(format) else { return fail("composite operations use senml-json or senml-cbor") }
+            guard let f = Self.compositeFormat(format, r) else { return fail("composite operations use senml-json or senml-cbor") }
             let records = paths.map { SenML.Record(name: $0.description) }
             let body = f == ContentFormat.senmlCBOR ? SenML.encodeCBOR(records) : SenML.encodeJSON(records)
             if name == "cancel-observe-composite" {
@@ -555,7 +555,7 @@ final class LwM2MServer: @unchecked Sendable {
             guard case .object(let o)? = args["values"], (1...64).contains(o.count) else {
                 return fail("write-composite needs \"values\" by resource path, such as {\"/3/0/14\": \"+02\", \"/1/0/3\": 60}")
             }
-            guard let f = Self.compositeFormat(format) else { return fail("composite operations use senml-json or senml-cbor") }
+            guard let f = Self.compositeFormat(format, r) else { return fail("composite operations use senml-json or senml-cbor") }
             var records: [SenML.Record] = []
             for (k, v) in o {
                 guard let p = LwM2MPath(k), p.ids.count == 3 else { return fail("write-composite values are keyed by resource path (/object/instance/resource), not '\(k.prefix(32))'") }
@@ -710,9 +710,9 @@ final class LwM2MServer: @unchecked Sendable {
     }
 
     /// The format of a composite request and its answer: SenML-JSON unless SenML-CBOR is asked for.
-    static func compositeFormat(_ format: UInt32?) -> UInt32? {
+    static func compositeFormat(_ format: UInt32?, _ r: Registrations.Registration) -> UInt32? {
         switch format {
-        case nil: ContentFormat.senmlJSON
+        case nil: r.compositeFormat
         case ContentFormat.senmlJSON?, ContentFormat.senmlCBOR?: format
         default: nil
         }
