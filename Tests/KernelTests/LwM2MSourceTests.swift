@@ -360,27 +360,15 @@ import IoTCPluginKit
             done.signal()
         }
         var asked: [String] = []
-        while asked.count < 3, let d = socket.receive(), d[0] >> 4 == 0x4 {  // the hub's CON requests
-            let token = Array(d[4..<(4 + Int(d[0] & 0x0F))])
-            var path: [String] = [], block2 = false, i = 4 + token.count, number = 0
-            while i < d.count, d[i] != 0xFF {  // options with short deltas and lengths, as libcoap writes these
-                var delta = Int(d[i] >> 4), length = Int(d[i] & 0x0F)
-                i += 1
-                if delta == 13 { delta = 13 + Int(d[i]); i += 1 }
-                if length == 13 { length = 13 + Int(d[i]); i += 1 }
-                number += delta
-                if number == 11 { path.append(String(decoding: d[i..<(i + length)], as: UTF8.self)) }
-                if number == 23 { block2 = true }
-                i += length
-            }
-            asked.append("/" + path.joined(separator: "/") + (block2 ? " block2" : ""))
-            if block2 {
+        while asked.count < 3, let d = socket.receive(), let request = HubRequest(d) {
+            asked.append(request.path + (request.block2 ? " block2" : ""))
+            if request.block2 {
                 socket.send([0x70, 0x00, d[2], d[3]])  // RST
-            } else if path == ["3", "0"] {
+            } else if request.path == "/3/0" {
                 // ACK 2.05, Content-Format 11542 (TLV), Block2 NUM 0, more, 16 bytes.
-                socket.send([0x60 | UInt8(token.count), 0x45, d[2], d[3]] + token + [0xC2, 0x2D, 0x16, 0xB1, 0x08, 0xFF] + [UInt8](repeating: 0xC8, count: 16))
+                socket.send(request.ack(0x45, options: [0xC2, 0x2D, 0x16, 0xB1, 0x08], payload: [UInt8](repeating: 0xC8, count: 16)))
             } else {
-                socket.send([0x60 | UInt8(token.count), 0x84, d[2], d[3]] + token)  // 4.04
+                socket.send(request.ack(0x84))  // 4.04
             }
         }
         #expect(asked.contains("/3/0") && asked.contains("/3/0 block2"), "\(asked)")
@@ -410,6 +398,30 @@ import IoTCPluginKit
         client.send("quit")
     }
 
+    /// Notifications that come out of order are dropped (RFC 7641 §3.4): a raw client answers the
+    /// configured observation with Observe 10, then notifies 12, 11 (older) and 13.
+    @Test func dropsNotificationsThatComeOutOfOrder() throws {
+        let hub = try Self.hub()
+        let socket = try UDPSocket(port: hub.udp)
+        // CON POST /rd?ep=raw-o, Content-Format 40, </3303/0>.
+        socket.send([0x41, 0x02, 0x40, 0x01, 0x01, 0xB2] + Array("rd".utf8) + [0x11, 40, 0x38] + Array("ep=raw-o".utf8) + [0xFF] + Array("</3303/0>".utf8))
+        var observe: HubRequest?
+        while observe == nil, let d = socket.receive() {
+            if let r = HubRequest(d), r.path == "/3303/0/5700" { observe = r }
+        }
+        let request = try #require(observe, "the hub observes /3303/0/5700")
+        // ACK 2.05 with Observe 10, Content-Format 0, "20.5"; then CON notifications on the same token.
+        socket.send(request.ack(0x45, options: [0x61, 10, 0x60], payload: Array("20.5".utf8)))
+        for (mid, sequence, value) in [(UInt8(1), UInt8(12), "21.5"), (2, 11, "99"), (3, 13, "22.5")] {
+            socket.send([0x40 | UInt8(request.token.count), 0x45, 0x41, mid] + request.token + [0x61, sequence, 0x60, 0xFF] + Array(value.utf8))
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        func temperatures() -> [Value] { hub.lines.filter { text($0["device"]) == "raw-o" && text($0["kind"]) == "telemetry" }.compactMap { $0["payload"]?["temperature"] } }
+        #expect(eventually { temperatures().count >= 3 })
+        Thread.sleep(forTimeInterval: 0.5)
+        #expect(temperatures() == [.double(20.5), .double(21.5), .double(22.5)], "\(hub.lines)")
+    }
+
     @Test func registersOverDTLSWithTheDevicesKeyOnly() throws {
         let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-5"}"#).status == 201)
@@ -427,5 +439,38 @@ import IoTCPluginKit
         #expect(out.contains("4.03"), "\(out)")
         out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "-u", "meter-5", "-k", "wrong-key-0123456789", "\(rd)?ep=meter-5", "-v", "7"])
         #expect(!out.contains("c:2.01"), "\(out)")
+    }
+}
+
+/// A confirmable request the hub sent to a raw client: its token and Uri-Path, and whether it asks for
+/// a later block (Block2). Options are read with short deltas and lengths, as libcoap writes these.
+struct HubRequest {
+    let datagram: [UInt8]
+    let token: [UInt8]
+    let path: String
+    let block2: Bool
+
+    init?(_ d: [UInt8]) {
+        guard d.count >= 4, d[0] >> 4 == 0x4, d[1] >= 1, d[1] < 32 else { return nil }
+        datagram = d
+        token = Array(d[4..<(4 + Int(d[0] & 0x0F))])
+        var segments: [String] = [], block2 = false, i = 4 + token.count, number = 0
+        while i < d.count, d[i] != 0xFF {
+            var delta = Int(d[i] >> 4), length = Int(d[i] & 0x0F)
+            i += 1
+            if delta == 13 { delta = 13 + Int(d[i]); i += 1 }
+            if length == 13 { length = 13 + Int(d[i]); i += 1 }
+            number += delta
+            if number == 11 { segments.append(String(decoding: d[i..<(i + length)], as: UTF8.self)) }
+            if number == 23 { block2 = true }
+            i += length
+        }
+        path = "/" + segments.joined(separator: "/")
+        self.block2 = block2
+    }
+
+    /// A piggybacked answer: ACK with `code`, the encoded `options` and a payload.
+    func ack(_ code: UInt8, options: [UInt8] = [], payload: [UInt8] = []) -> [UInt8] {
+        [0x60 | UInt8(token.count), code, datagram[2], datagram[3]] + token + options + (payload.isEmpty ? [] : [0xFF] + payload)
     }
 }

@@ -50,6 +50,8 @@ final class LwM2MServer: @unchecked Sendable {
         var registration: String
         var path: LwM2MPath
         var observing: Bool
+        /// The last notification used, against which later ones are ordered.
+        var order: ObserveOrder? = nil
     }
 
     init(source: LwM2MSource, loop: CoAPEventLoop) {
@@ -633,8 +635,9 @@ final class LwM2MServer: @unchecked Sendable {
             let locations = PDU.strings(received, COAP_OPTION_LOCATION_PATH)
             if !locations.isEmpty { fields["location"] = .string("/" + locations.joined(separator: "/")) }
             result(r, commandID: id, path: p.path, ok: success && decodeError == nil, code: code, fields: fields)
-            if p.observing, success, observeSequence != nil {
+            if p.observing, success, let observeSequence {
                 p.purpose = .observation
+                p.order = ObserveOrder(sequence: observeSequence, at: Date().timeIntervalSince1970)
                 pending[token] = p
             } else {
                 pending[token] = nil
@@ -646,7 +649,16 @@ final class LwM2MServer: @unchecked Sendable {
                 pending[token] = nil
                 return true
             }
-            if observeSequence == nil { pending[token] = nil }  // the client would not observe it
+            if let observeSequence {
+                // A notification older than the last one used came out of order (RFC 7641 §3.4): dropped.
+                let now = Date().timeIntervalSince1970
+                var order = p.order ?? ObserveOrder(sequence: observeSequence, at: now - 129)  // the first is always taken
+                guard order.take(observeSequence, at: now) else { return true }
+                p.order = order
+                pending[token] = p
+            } else {
+                pending[token] = nil  // the client would not observe it
+            }
             if let decodeError { host.log(.warning, "lwm2m: a notification of \(p.path) from \(r.endpoint) was dropped: \(decodeError)") }
             if !decoded.isEmpty { telemetry(r, p.path, decoded, format: format, sequence: observeSequence) }
         }
