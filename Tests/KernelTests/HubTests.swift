@@ -330,6 +330,20 @@ import IoTCPluginKit
         #expect(postJSON("\(r.base)/pump%2D7/telemetry", "{}")?.status == 202)
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
         #expect(jsonLines(r.dir.path + "/out.jsonl").first?["device"] == "pump-7")
+        // Expect: 100-continue (RFC 9110 §10.1.1): the headers alone get 100 Continue, once; the body then
+        // gets the answer. A body sent with the headers, and HTTP/1.0, get no 100.
+        let e = try #require(RawSocket(port: r.port))
+        e.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-Continue\r\nContent-Length: 8\r\n\r\n")
+        #expect(e.readResponses(1, timeout: 2) == ["HTTP/1.1 100 Continue\r\n\r\n"])
+        e.send("{\"a\":")
+        e.send("11}")
+        #expect(e.readResponses(1).first?.hasPrefix("HTTP/1.1 202") == true)
+        e.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}"
+               + "POST /v1/devices/d/telemetry HTTP/1.0\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        let noContinue = e.readResponses(1)
+        #expect(noContinue.count == 1 && noContinue[0].hasPrefix("HTTP/1.1 202"), "\(noContinue)")
+        #expect(e.readResponses(1, timeout: 1).isEmpty, "no 100 for HTTP/1.0")
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 3 }, "the two bodies that came after 100 Continue and with it")
     }
 
     @Test func handlesWrongLengthsAndIdleConnections() throws {

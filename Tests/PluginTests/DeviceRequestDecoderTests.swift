@@ -51,6 +51,23 @@ import Testing
         }
     }
 
+    /// 100 Continue is due once the headers that ask for it are in and the body is not (RFC 9110 §10.1.1).
+    @Test func saysWhenAClientWaitsFor100Continue() throws {
+        var decoder = DeviceRequestDecoder(limits: limits)
+        var buffer = ByteBuffer(string: "POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n")
+        #expect(try decoder.decode(buffer: &buffer) == nil && !decoder.takeContinue(), "the headers are not all in")
+        buffer.writeString("\r\n")
+        #expect(try decoder.decode(buffer: &buffer) == nil && decoder.takeContinue() && !decoder.takeContinue(), "once")
+        buffer.writeString("{")
+        #expect(try decoder.decode(buffer: &buffer) == nil && !decoder.takeContinue())
+        buffer.writeString("}POST /b HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+        #expect(try decoder.decode(buffer: &buffer)?.target == "/a")
+        #expect(try decoder.decode(buffer: &buffer) == nil && decoder.takeContinue(), "the next request asks again")
+        var ten = ByteBuffer(string: "POST /c HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+        var other = DeviceRequestDecoder(limits: limits)
+        #expect(try other.decode(buffer: &ten) == nil && !other.takeContinue(), "not to HTTP/1.0")
+    }
+
     @Test func followsConnectionSemantics() throws {
         #expect(try decode("GET / HTTP/1.0\r\n\r\n").first?.keepAlive == false)
         #expect(try decode("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").first?.keepAlive == false)

@@ -54,12 +54,28 @@ public struct DeviceRequestLimits: Sendable {
 public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
     public typealias InboundOut = DeviceRequest
     public let limits: DeviceRequestLimits
+    /// The request in hand asked for 100 Continue (RFC 9110 §10.1.1) and its body has not all come.
+    private var continueDue = false
+    /// 100 Continue was taken for the request in hand.
+    private var continueTaken = false
 
     public init(limits: DeviceRequestLimits) { self.limits = limits }
 
+    /// Whether to send 100 Continue now: once per request that asks for it (HTTP/1.1, `Expect:
+    /// 100-continue`) while its body has not all come. A client that sent the body with the headers
+    /// gets none.
+    public mutating func takeContinue() -> Bool {
+        guard continueDue, !continueTaken else { return false }
+        continueTaken = true
+        return true
+    }
+
     public mutating func decode(buffer: inout ByteBuffer) throws -> DeviceRequest? {
-        let parsed = try buffer.withUnsafeReadableBytes { try Self.parse($0, limits) }
+        var expectsContinue = false
+        let parsed = try buffer.withUnsafeReadableBytes { try Self.parse($0, limits, expectsContinue: &expectsContinue) }
+        continueDue = parsed == nil && expectsContinue
         guard let (head, body, consumed) = parsed else { return nil }
+        continueTaken = false
         var request = head
         let base = buffer.readerIndex
         switch body {
@@ -88,8 +104,9 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         try decode(buffer: &buffer)
     }
 
-    /// Parses one request from the front of `b`. Returns nil when more bytes are needed.
-    static func parse(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits) throws -> (DeviceRequest, Body, Int)? {
+    /// Parses one request from the front of `b`. Returns nil when more bytes are needed; then
+    /// `expectsContinue` tells whether the headers are in and asked for 100 Continue.
+    static func parse(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits, expectsContinue: inout Bool) throws -> (DeviceRequest, Body, Int)? {
         // Leading empty lines before a request line are ignored (RFC 9112 section 2.2).
         var i = 0
         while i + 1 < b.count, b[i] == 13, b[i + 1] == 10 { i += 2 }
@@ -151,6 +168,9 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             case 12 where equalsCaseless(b, p, colon, "x-request-id"): request.requestID = value()
             case 13 where equalsCaseless(b, p, colon, "x-device-time"): request.deviceTime = value()
             case 13 where equalsCaseless(b, p, colon, "if-none-match"): request.ifNoneMatch = value()
+            case 6 where equalsCaseless(b, p, colon, "expect"):
+                // A client of HTTP/1.0 is never sent 100 (RFC 9110 §10.1.1).
+                expectsContinue = !http10 && equalsCaseless(b, vs, ve, "100-continue")
             default: break
             }
             p = e + 2

@@ -88,7 +88,11 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             } catch {
                 return refuse(context, error as? DeviceRequestError ?? .malformed("\(error)"))
             }
-            guard let request else { break }
+            guard let request else {
+                // Headers that asked for 100 Continue, and the client waits before sending the body.
+                if decoder.takeContinue() { context.writeAndFlush(wrapOutboundOut(Self.continue100), promise: nil) }
+                break
+            }
             start(context, request)
         }
         if current == nil { setReading(context, true) }
@@ -470,6 +474,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     // MARK: - Responses
 
     /// The answer to an accepted message, rendered once.
+    private static let continue100 = ByteBuffer(string: "HTTP/1.1 100 Continue\r\n\r\n")
     private static let acceptedKeepAlive = ByteBuffer(string: "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 21\r\nConnection: keep-alive\r\n\r\n{\"status\":\"accepted\"}")
 
     private func accepted(_ context: ChannelHandlerContext) {
