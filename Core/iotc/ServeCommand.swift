@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import IoTCAPI
 import IoTCKernel
@@ -159,13 +160,9 @@ struct Serve: AsyncParsableCommand {
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }
         let configuration = ApplicationConfiguration(address: .hostname(apiAddress.host, port: apiAddress.port), serverName: "iotc")
         let services: [any Service] = [HubService(hub: hub, reloader: reloader)]
-        if let tls {
-            try await Application(router: router, server: try .tls(.http1(), tlsConfiguration: tls), configuration: configuration, services: services,
-                                  onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
-        } else {
-            try await Application(router: router, configuration: configuration, services: services,
-                                  onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
-        }
+        let http1 = HTTPServerBuilder.http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()]))
+        try await Application(router: router, server: try tls.map { try .tls(http1, tlsConfiguration: $0) } ?? http1, configuration: configuration,
+                              services: services, onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
         stateWriter.cancel()
         await saveStates()
         await db.close()

@@ -601,6 +601,11 @@ import IoTCStore
         let (code, out) = try run("/usr/bin/env", ["curl", "-sS", "--cacert", dir.path + "/cert.pem", "-H", "Authorization: Bearer \(Self.ownerKey)",
                                                    "https://127.0.0.1:\(apiPort)/v1/whoami"])
         #expect(code == 0 && out.contains(#""system":true"#), "\(out)")
+        // Expect: 100-continue is answered over TLS too.
+        let (created, shown) = try run("/usr/bin/env", ["curl", "-sSv", "--cacert", dir.path + "/cert.pem", "-H", "Authorization: Bearer \(Self.ownerKey)",
+                                                        "-H", "Content-Type: application/json", "-H", "Expect: 100-continue", "-d", #"{"id":"tls-1"}"#,
+                                                        "https://127.0.0.1:\(apiPort)/v1/devices"])
+        #expect(created == 0 && shown.contains("< HTTP/1.1 100 Continue") && shown.contains("< HTTP/1.1 201"), "\(shown)")
         // The CLI talks to it too: with the CA it trusts, not without it (the certificate is self-signed).
         let replay = ["dlq", "replay", "--api", "https://127.0.0.1:\(apiPort)"]
         let (trusted, answer) = try run(Build.iotc, replay + ["--ca-file", dir.path + "/cert.pem"], environment: ["IOTC_API_KEY": Self.ownerKey])
@@ -614,6 +619,25 @@ import IoTCStore
         let (refused, reason) = try run(Build.iotc, ["serve", file, "--data", dir.path + "/other", "--api", "127.0.0.1:\(freePort())", "--plugins", Build.directory,
                                                      "--api-tls-cert", dir.path + "/cert.pem"])
         #expect(refused != 0 && reason.contains("--api-tls-cert and --api-tls-key go together"), "\(reason)")
+    }
+
+    /// `Expect: 100-continue` on the API (RFC 9110 §10.1.1): 100 Continue as soon as the headers are in,
+    /// then the answer to the body.
+    @Test func theAPIAnswersExpect100Continue() throws {
+        let dir = TempDir()
+        let apiPort = freePort()
+        let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
+        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory],
+                                   environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort), "\(hub.log)")
+        let s = try #require(RawSocket(port: apiPort))
+        let body = #"{"id":"expecting-1"}"#
+        s.send("POST /v1/devices HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(Self.ownerKey)\r\nContent-Type: application/json\r\n"
+               + "Expect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n")
+        #expect(s.readResponses(1, timeout: 2) == ["HTTP/1.1 100 Continue\r\n\r\n"])
+        s.send(body)
+        #expect(s.readResponses(1).first?.hasPrefix("HTTP/1.1 201") == true)
     }
 
     @Test func theFirstStartShowsTheOwnerKeyOnceWithAWorkingExample() throws {
