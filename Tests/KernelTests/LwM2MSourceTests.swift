@@ -437,6 +437,11 @@ import IoTCPluginKit
         #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" && text($0["tenant"]) == "system" } })
         out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "-u", "meter-5", "-k", key, "\(rd)?ep=someone-else"])
         #expect(out.contains("4.03"), "\(out)")
+        // Without an endpoint name, the credentials' device is the endpoint.
+        out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>,</1/0>", "-u", "meter-5", "-k", key, "\(rd)?lt=60", "-v", "7"])
+        #expect(out.contains("c:2.01"), "\(out)")
+        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" && text($0["device"]) == "meter-5"
+                                                   && text($0["payload"]?["objects"]) == "</3/0>,</1/0>" } })
         out = try coap(["-m", "post", "-t", "40", "-e", "</3/0>", "-u", "meter-5", "-k", "wrong-key-0123456789", "\(rd)?ep=meter-5", "-v", "7"])
         #expect(!out.contains("c:2.01"), "\(out)")
     }

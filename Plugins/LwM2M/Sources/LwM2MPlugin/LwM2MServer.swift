@@ -202,7 +202,9 @@ final class LwM2MServer: @unchecked Sendable {
     private func register(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, body: [UInt8]) {
         guard let q = queries(request, response), let lt = lifetime(q, response), let b = binding(q, response),
               let objects = objectLinks(request, response, body) else { return }
-        guard let ep = endpoint(q, response) else { return }
+        // Over DTLS the credentials name the client, and a 1.1 client may leave the endpoint name out.
+        let peer = loop.peer(session)
+        guard let ep = (q["ep"] == nil && peer.dtls ? peer.identity?.device : nil) ?? endpoint(q, response) else { return }
         let version = q["lwm2m"] ?? "1.0"
         guard ["1.0", "1.1", "1.2"].contains(version) else {
             // The versions are not compatible (OMA-TS-LightweightM2M-Core 1.1 §6.2.1).
@@ -214,7 +216,6 @@ final class LwM2MServer: @unchecked Sendable {
             PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, diagnostic: "the server holds its maximum of registrations")
             return
         }
-        let peer = loop.peer(session)
         let outcome = table.register(endpoint: ep, tenant: id.tenant, device: id.device, lifetime: lt ?? Int(source.config.default_lifetime),
                                      binding: b ?? "U", queueMode: q["Q"] != nil, version: version, objects: objects ?? [], remote: peer.remote,
                                      now: Date().timeIntervalSince1970)
