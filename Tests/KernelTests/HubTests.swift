@@ -343,7 +343,12 @@ import IoTCPluginKit
         let noContinue = e.readResponses(1)
         #expect(noContinue.count == 1 && noContinue[0].hasPrefix("HTTP/1.1 202"), "\(noContinue)")
         #expect(e.readResponses(1, timeout: 1).isEmpty, "no 100 for HTTP/1.0")
-        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 3 }, "the two bodies that came after 100 Continue and with it")
+        // A content coding the hub does not undo is refused, naming the one it takes; identity is the body as it is.
+        let gzip = http("POST", "\(r.base)/d/telemetry", body: [0x1F, 0x8B, 0x08, 0x00], headers: ["Content-Type": "application/json", "Content-Encoding": "gzip"])
+        #expect(gzip?.status == 415 && gzip?.headers["accept-encoding"] == "identity" && gzip?.body.contains("content coding 'gzip'") == true,
+                "\(String(describing: gzip))")
+        #expect(http("POST", "\(r.base)/d/telemetry", body: Array("{}".utf8), headers: ["Content-Type": "application/json", "Content-Encoding": "Identity"])?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 4 }, "the two bodies that came after 100 Continue and with it, and the identity one")
     }
 
     @Test func handlesWrongLengthsAndIdleConnections() throws {

@@ -13,6 +13,7 @@ public struct DeviceRequest: Sendable {
     public var requestID: String?
     public var deviceTime: String?
     public var ifNoneMatch: String?
+    public var contentEncoding: String?
     public var body: ByteBuffer
 
     public init(method: Method, target: String, http10: Bool, keepAlive: Bool, contentType: String? = nil,
@@ -168,6 +169,7 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             case 12 where equalsCaseless(b, p, colon, "x-request-id"): request.requestID = value()
             case 13 where equalsCaseless(b, p, colon, "x-device-time"): request.deviceTime = value()
             case 13 where equalsCaseless(b, p, colon, "if-none-match"): request.ifNoneMatch = value()
+            case 16 where equalsCaseless(b, p, colon, "content-encoding"): request.contentEncoding = value()
             case 6 where equalsCaseless(b, p, colon, "expect"):
                 // A client of HTTP/1.0 is never sent 100 (RFC 9110 §10.1.1).
                 expectsContinue = !http10 && equalsCaseless(b, vs, ve, "100-continue")

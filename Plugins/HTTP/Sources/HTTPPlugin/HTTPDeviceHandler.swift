@@ -244,6 +244,12 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func handle(_ context: ChannelHandlerContext, _ request: DeviceRequest, _ route: Route) {
         let body = request.body
+        // A content coding the hub does not undo (gzip and the like) would be read as the content
+        // itself: 415, naming the one coding it takes (RFC 9110 §15.5.16).
+        if let coding = request.contentEncoding, body.readableBytes > 0, coding.lowercased() != "identity" {
+            return respond(context, .unsupportedMediaType, problem: "content coding '\(coding.prefix(32))' is not accepted: send the body as it is",
+                           extra: [("Accept-Encoding", "identity")])
+        }
         switch route {
         case .ingest(let device, let kind, let suffix):
             submit(context, request, body, device: device, kind: kind, topic: "devices/\(device)/\(suffix)")
