@@ -317,6 +317,11 @@ import IoTCPluginKit
         s.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n50\r\n\(String(repeating: " ", count: 80))\r\n0\r\n\r\n")
         #expect(s.readResponses(1).first?.hasPrefix("HTTP/1.1 413") == true)
         #expect(s.isClosed())
+        // A transfer coding other than chunked cannot be framed: 501 (RFC 9112 §6.1), and the connection closes.
+        let coded = try #require(RawSocket(port: r.port))
+        coded.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        #expect(coded.readResponses(1).first?.hasPrefix("HTTP/1.1 501") == true)
+        #expect(coded.isClosed())
         // Garbage instead of HTTP: 400 and the connection closes; the server carries on.
         let g = try #require(RawSocket(port: r.port))
         g.send("\u{1}\u{2}NOT HTTP\r\n\r\n")

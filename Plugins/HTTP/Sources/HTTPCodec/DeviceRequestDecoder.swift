@@ -33,6 +33,8 @@ public struct DeviceRequest: Sendable {
 /// Why bytes are not an acceptable request. The connection answers and closes.
 public enum DeviceRequestError: Error, Equatable, Sendable {
     case malformed(String)
+    /// A transfer coding other than chunked: the body cannot be framed (RFC 9112 §6.1: 501).
+    case unsupportedTransferCoding
     case bodyTooLarge(Int?)
     case headerTooLarge
 }
@@ -159,7 +161,7 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
                 contentLength = n
             case 17 where equalsCaseless(b, p, colon, "transfer-encoding"):
                 // Only "chunked" is accepted (RFC 9112 section 6.1); anything else cannot be framed.
-                guard equalsCaseless(b, vs, ve, "chunked") else { throw DeviceRequestError.malformed("unsupported Transfer-Encoding") }
+                guard equalsCaseless(b, vs, ve, "chunked") else { throw DeviceRequestError.unsupportedTransferCoding }
                 chunked = true
             case 10 where equalsCaseless(b, p, colon, "connection"):
                 let v = value().lowercased()

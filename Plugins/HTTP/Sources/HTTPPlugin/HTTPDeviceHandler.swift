@@ -158,6 +158,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .headersTooLarge, problem: "the request line and headers are too large", close: true)
         case .malformed(let why):
             respond(context, .badRequest, problem: "malformed request: \(why)", close: true)
+        case .unsupportedTransferCoding:
+            respond(context, .notImplemented, problem: "the only transfer coding taken is chunked", close: true)
         }
     }
 
@@ -502,6 +504,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         static let unauthorized = Status(code: 401, reason: "Unauthorized"), forbidden = Status(code: 403, reason: "Forbidden")
         static let notFound = Status(code: 404, reason: "Not Found"), methodNotAllowed = Status(code: 405, reason: "Method Not Allowed")
         static let payloadTooLarge = Status(code: 413, reason: "Content Too Large")
+        static let notImplemented = Status(code: 501, reason: "Not Implemented")
         static let unsupportedMediaType = Status(code: 415, reason: "Unsupported Media Type")
         static let headersTooLarge = Status(code: 431, reason: "Request Header Fields Too Large")
         static let serviceUnavailable = Status(code: 503, reason: "Service Unavailable")
