@@ -422,6 +422,32 @@ import IoTCPluginKit
         #expect(temperatures() == [.double(20.5), .double(21.5), .double(22.5)], "\(hub.lines)")
     }
 
+    /// An Update whose object list adds an object starts the configured observations of that object.
+    @Test func observesAnObjectTheClientAddsInAnUpdate() throws {
+        let hub = try Self.hub()
+        let socket = try UDPSocket(port: hub.udp)
+        // CON POST /rd?ep=raw-u, Content-Format 40, </3/0>: nothing configured to observe.
+        socket.send([0x41, 0x02, 0x50, 0x01, 0x01, 0xB2] + Array("rd".utf8) + [0x11, 40, 0x38] + Array("ep=raw-u".utf8) + [0xFF] + Array("</3/0>".utf8))
+        let created = try #require(socket.receive())
+        #expect(created[1] == 0x41, "2.01: \(created)")
+        let location = HubRequest.options(created, number: 8)
+        #expect(location.count == 2 && location[0] == "rd", "\(location)")
+        #expect(socket.receive(timeout: 1) == nil, "no observation without object 3303")
+        // CON POST /rd/{id} with </3/0>,</3303/0>.
+        let id = Array(location.last!.utf8)
+        socket.send([0x41, 0x02, 0x50, 0x02, 0x02, 0xB2] + Array("rd".utf8) + [UInt8(id.count)] + id + [0x11, 40, 0xFF] + Array("</3/0>,</3303/0>".utf8))
+        var asked: [String] = []
+        while let d = socket.receive(timeout: 2) {
+            if let r = HubRequest(d) {
+                asked.append(r.path)
+                socket.send(r.ack(0x84))  // 4.04: the test does not serve it
+            } else {
+                #expect(d[1] == 0x44, "2.04: \(d)")
+            }
+        }
+        #expect(asked == ["/3303/0/5700"], "\(asked)")
+    }
+
     @Test func registersOverDTLSWithTheDevicesKeyOnly() throws {
         let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-5"}"#).status == 201)
@@ -459,19 +485,23 @@ struct HubRequest {
         guard d.count >= 4, d[0] >> 4 == 0x4, d[1] >= 1, d[1] < 32 else { return nil }
         datagram = d
         token = Array(d[4..<(4 + Int(d[0] & 0x0F))])
-        var segments: [String] = [], block2 = false, i = 4 + token.count, number = 0
+        path = "/" + Self.options(d, number: 11).joined(separator: "/")
+        block2 = !Self.options(d, number: 23).isEmpty
+    }
+
+    /// The values of one option (short deltas and lengths) in any message, as text.
+    static func options(_ d: [UInt8], number wanted: Int) -> [String] {
+        var out: [String] = [], i = 4 + Int(d[0] & 0x0F), number = 0
         while i < d.count, d[i] != 0xFF {
             var delta = Int(d[i] >> 4), length = Int(d[i] & 0x0F)
             i += 1
             if delta == 13 { delta = 13 + Int(d[i]); i += 1 }
             if length == 13 { length = 13 + Int(d[i]); i += 1 }
             number += delta
-            if number == 11 { segments.append(String(decoding: d[i..<(i + length)], as: UTF8.self)) }
-            if number == 23 { block2 = true }
+            if number == wanted { out.append(String(decoding: d[i..<(i + length)], as: UTF8.self)) }
             i += length
         }
-        path = "/" + segments.joined(separator: "/")
-        self.block2 = block2
+        return out
     }
 
     /// A piggybacked answer: ACK with `code`, the encoded `options` and a payload.

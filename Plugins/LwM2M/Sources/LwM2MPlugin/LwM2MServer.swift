@@ -233,14 +233,19 @@ final class LwM2MServer: @unchecked Sendable {
         for segment in ["rd", r.id] { _ = coap_add_option(response, coap_option_num_t(COAP_OPTION_LOCATION_PATH), segment.utf8.count, segment) }
         host.deviceConnected(id, remoteAddress: peer.remote)
         lifecycle(r, "registered")
-        // Observe the configured paths this client has, once the 2.01 is on its way.
-        let paths = source.observePaths.filter { p in r.objects.contains { $0.objectPath?.first == p.object } }
-        if !paths.isEmpty {
-            loop.execute { [weak self] in
-                for p in paths { _ = self?.send(r.id, COAP_REQUEST_GET, p, observe: 0, accept: nil, purpose: .observation) }
-            }
-        }
+        observeConfiguredPaths(r, had: [])
         wake(r.id)
+    }
+
+    /// Observes the configured paths whose object the client lists and did not list before (`had`:
+    /// its earlier object list), once the answer to its Register or Update is on its way.
+    private func observeConfiguredPaths(_ r: Registrations.Registration, had: [LinkFormat.Link]) {
+        func lists(_ objects: [LinkFormat.Link], _ object: UInt16) -> Bool { objects.contains { $0.objectPath?.first == object } }
+        let paths = source.observePaths.filter { lists(r.objects, $0.object) && !lists(had, $0.object) }
+        guard !paths.isEmpty else { return }
+        loop.execute { [weak self] in
+            for p in paths { _ = self?.send(r.id, COAP_REQUEST_GET, p, observe: 0, accept: nil, purpose: .observation) }
+        }
     }
 
     private func update(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, body: [UInt8], id: String) {
@@ -264,6 +269,8 @@ final class LwM2MServer: @unchecked Sendable {
         }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
         lifecycle(updated, "updated")
+        // An object the client lists for the first time has its configured paths observed.
+        observeConfiguredPaths(updated, had: r.objects)
         wake(id)
     }
 

@@ -52,7 +52,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         "Not Found"}`. Contents are read in TLV, LwM2M JSON, SenML-JSON, SenML-CBOR, CBOR, LwM2M CBOR, text and opaque; writes go as TLV (or, for a client whose registration lists the formats it reads without TLV, SenML-CBOR or SenML-JSON), or with `"format"` as SenML-JSON, SenML-CBOR or text (one resource).
 
         Notifications of observed resources (from the `observe` paths, started at registration for the \
-        objects a client lists, or from `observe` commands) become telemetry on `devices/{ep}/telemetry`: \
+        objects a client lists and at an Update that adds one, or from `observe` commands) become telemetry on `devices/{ep}/telemetry`: \
         a JSON object named from the object model (`{"temperature": 21.5}` from /3303/0/5700; instance \
         n > 0 adds `_n`), with the properties `lwm2m.path`, `lwm2m.endpoint`, `lwm2m.object_version`, \
         `coap.observe` and `coap.content_format`. Registration, update, de-registration and expiry are \
@@ -70,7 +70,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         ServerCertificates.field,
         ConfigField("default_lifetime", .duration, "Lifetime of a registration that names none (the specification's default).", default: "86400", example: "24h"),
         ConfigField("max_lifetime", .duration, "Longest lifetime a client may ask for; longer ones are shortened to it.", default: "604800", example: "7d"),
-        ConfigField("observe", .list(.string), "Paths observed on every registration whose object list has the object, e.g. /3303/0/5700.", default: "[]", example: "[/3303/0/5700, /3/0/9]"),
+        ConfigField("observe", .list(.string), "Paths observed on every registration whose object list has the object (or when an Update adds the object), e.g. /3303/0/5700.", default: "[]", example: "[/3303/0/5700, /3/0/9]"),
         ConfigField("object_definitions", .list(.string), "OMA LwM2M XML object definition files to load beside the built-in objects 0 to 7, 3303, 3304, 3311 and 3342.", default: "[]"),
         ConfigField("queue_mode_listen", .duration, "How long a queue-mode client (binding Q, or the Q parameter) listens after it last spoke; commands to it wait for its next update after that.", default: "93", example: "93s", advanced: true),
         ConfigField("max_registrations", .int, "Registrations held at most; more are refused with 5.03.", default: "100000", advanced: true),
