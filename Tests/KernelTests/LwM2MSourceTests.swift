@@ -448,6 +448,28 @@ import IoTCPluginKit
         #expect(asked == ["/3303/0/5700"], "\(asked)")
     }
 
+    /// A client whose objects are under an alternate path (`</lwm2m>;rt="oma.lwm2m"`) registers, and
+    /// the hub's requests go under that path.
+    @Test func sendsRequestsUnderAClientsAlternatePath() throws {
+        let hub = try Self.hub()
+        let socket = try UDPSocket(port: hub.udp)
+        let objects = #"</lwm2m>;rt="oma.lwm2m",</lwm2m/3/0>,</lwm2m/3303/0>"#
+        socket.send([0x41, 0x02, 0x60, 0x01, 0x01, 0xB2] + Array("rd".utf8) + [0x11, 40, 0x38] + Array("ep=raw-a".utf8) + [0xFF] + Array(objects.utf8))
+        var asked: [String] = []
+        var created = false
+        while let d = socket.receive(timeout: 2) {
+            if let r = HubRequest(d) {
+                asked.append(r.path)
+                socket.send(r.ack(0x45, options: [0x61, 1, 0x60], payload: Array("21.5".utf8)))  // 2.05, Observe 1, text
+            } else {
+                created = created || d[1] == 0x41
+            }
+        }
+        #expect(created, "2.01")
+        #expect(asked == ["/lwm2m/3303/0/5700"], "\(asked)")
+        #expect(eventually { hub.lines.contains { text($0["device"]) == "raw-a" && $0["payload"]?["temperature"] == .double(21.5) } }, "\(hub.lines)")
+    }
+
     @Test func registersOverDTLSWithTheDevicesKeyOnly() throws {
         let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-5"}"#).status == 201)

@@ -14,6 +14,18 @@ struct LinkFormatTests {
         #expect(LinkFormat.write(links) == #"</>;ct=11542;rt="oma.lwm2m",</1/0>,</3/0>;ver=1.1,</3303>;ver=1.1"#)
     }
 
+    /// A client's alternate path for its objects (LwM2M 1.1 §6.2.1): the target of its rt="oma.lwm2m" link.
+    @Test func readsAnAlternatePathForObjects() throws {
+        let links = try LinkFormat.parse(#"</lwm2m>;rt="oma.lwm2m";ct=110,</lwm2m/1/0>,</lwm2m/3303/0>;ver=1.1"#)
+        #expect(LinkFormat.root(of: links) == "/lwm2m")
+        #expect(links.map { $0.objectPath(under: "/lwm2m") } == [nil, [1, 0], [3303, 0]])
+        #expect(links[1].objectPath == nil, "not an object path at the root")
+        #expect(LinkFormat.root(of: try LinkFormat.parse(#"</>;rt="oma.lwm2m",</3/0>"#)) == "/")
+        #expect(LinkFormat.root(of: try LinkFormat.parse("</3/0>")) == "/")
+        #expect(LinkFormat.root(of: try LinkFormat.parse(#"</x/>;rt="oma.lwm2m""#)) == "/x")
+        #expect(LinkFormat.Link(target: "/lwm2mx/3/0", attributes: [:]).objectPath(under: "/lwm2m") == nil)
+    }
+
     @Test func refusesMalformedLists() {
         for bad in ["</3/0", "3/0", "</3/0>;", "</3/0>;ver=1;ver=2", "</3/0> </4/0>", #"</3/0>;rt="x"#, "</3 /0>", "</3/0>,"] {
             #expect(throws: LinkFormat.Error.self, "\(bad)") { try LinkFormat.parse(bad) }

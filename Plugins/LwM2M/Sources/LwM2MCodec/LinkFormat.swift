@@ -21,6 +21,21 @@ public enum LinkFormat {
             }
             return out
         }
+
+        /// The target's numeric path under `root`, the client's path for its objects ("/", or an
+        /// alternate path such as "/lwm2m": `root(of:)`), or nil when it is not an object path there.
+        public func objectPath(under root: String) -> [UInt16]? {
+            if root == "/" { return objectPath }
+            guard target.hasPrefix(root + "/") else { return nil }
+            return Link(target: String(target.dropFirst(root.count)), attributes: [:]).objectPath
+        }
+    }
+
+    /// The path under which a client's objects are (OMA LwM2M 1.1 §6.2.1, "Alternate Path"): the
+    /// target of its link with `rt="oma.lwm2m"`, such as `</lwm2m>;rt="oma.lwm2m"`; "/" when it has none.
+    public static func root(of links: [Link]) -> String {
+        guard let t = links.first(where: { $0.attributes["rt"] == "oma.lwm2m" })?.target, t != "/", t.hasPrefix("/") else { return "/" }
+        return t.hasSuffix("/") ? String(t.dropLast()) : t
     }
 
     public struct Error: Swift.Error, Sendable, Equatable, CustomStringConvertible {

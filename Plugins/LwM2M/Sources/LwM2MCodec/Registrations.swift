@@ -108,6 +108,15 @@ public struct Registrations: Sendable {
 }
 
 extension Registrations.Registration {
+    /// The path under which the client's objects are: "/" or its alternate path (`LinkFormat.root`).
+    public var rootPath: String { LinkFormat.root(of: objects) }
+
+    /// The link the client gave for `object` (or one of its instances), under its root path.
+    public func link(of object: UInt16) -> LinkFormat.Link? {
+        let root = rootPath
+        return objects.first { $0.objectPath(under: root)?.first == object }
+    }
+
     /// The Content-Formats the client reads, from the `ct` attribute of its root link (`</>`, or the
     /// one with `rt="oma.lwm2m"`; LwM2M 1.1 §6.2.1: one number, or several in quotes separated by
     /// spaces); empty when it names none, as 1.0 clients do.

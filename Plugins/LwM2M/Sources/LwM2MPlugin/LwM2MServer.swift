@@ -134,11 +134,12 @@ final class LwM2MServer: @unchecked Sendable {
         }
         do {
             let links = try LinkFormat.parse(text)
-            for l in links where l.objectPath == nil && l.target != "/" && l.attributes["rt"] != "oma.lwm2m" {
+            let root = LinkFormat.root(of: links)
+            for l in links where l.objectPath(under: root) == nil && l.target != "/" && l.attributes["rt"] != "oma.lwm2m" {
                 PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "'\(l.target.prefix(32))' is not an object or object instance")
                 return nil
             }
-            for l in links where (l.objectPath?.count ?? 0) > 2 {
+            for l in links where (l.objectPath(under: root)?.count ?? 0) > 2 {
                 PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: "'\(l.target.prefix(32))': the object list names objects and instances only")
                 return nil
             }
@@ -240,7 +241,10 @@ final class LwM2MServer: @unchecked Sendable {
     /// Observes the configured paths whose object the client lists and did not list before (`had`:
     /// its earlier object list), once the answer to its Register or Update is on its way.
     private func observeConfiguredPaths(_ r: Registrations.Registration, had: [LinkFormat.Link]) {
-        func lists(_ objects: [LinkFormat.Link], _ object: UInt16) -> Bool { objects.contains { $0.objectPath?.first == object } }
+        func lists(_ objects: [LinkFormat.Link], _ object: UInt16) -> Bool {
+            let root = LinkFormat.root(of: objects)
+            return objects.contains { $0.objectPath(under: root)?.first == object }
+        }
         let paths = source.observePaths.filter { lists(r.objects, $0.object) && !lists(had, $0.object) }
         guard !paths.isEmpty else { return }
         loop.execute { [weak self] in
@@ -367,8 +371,10 @@ final class LwM2MServer: @unchecked Sendable {
     private func send(_ registration: String, _ method: coap_request_t, _ path: LwM2MPath, observe: UInt32? = nil, contentFormat: UInt32? = nil,
                       accept: UInt32?, query: [String] = [], payload: [UInt8] = [], purpose: Pending.Purpose) -> Bool {
         guard let link = links[registration] else { return false }
-        return send(on: link.session, registration: registration, method, path, observe: observe, contentFormat: contentFormat, accept: accept,
-                    query: query, payload: payload, purpose: purpose)
+        // Under the client's alternate path for its objects, when it gave one.
+        let root = (table.byID[registration]?.rootPath ?? "/").split(separator: "/").map(String.init)
+        return send(on: link.session, registration: registration, method, path, uriPath: root.isEmpty ? nil : root + path.ids.map(String.init),
+                    observe: observe, contentFormat: contentFormat, accept: accept, query: query, payload: payload, purpose: purpose)
     }
 
     /// Sends one request on a session; false when libcoap refused.
@@ -719,7 +725,7 @@ final class LwM2MServer: @unchecked Sendable {
         guard !fields.isEmpty else { return }
         // A composite observation (of the root) is versioned by the object of its first value.
         let object = observed.ids.first ?? values.first?.0.ids.first ?? 0
-        let version = r.objects.first { $0.objectPath?.first == object }?.attributes["ver"] ?? source.values.objects[object]?.version ?? "1.0"
+        let version = r.link(of: object)?.attributes["ver"] ?? source.values.objects[object]?.version ?? "1.0"
         var properties = [KeyValue("lwm2m.path", observed.description), KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.object_version", version)]
         if let sequence { properties.append(KeyValue("coap.observe", String(sequence))) }
         if let format { properties.append(KeyValue("coap.content_format", String(format))) }
