@@ -322,6 +322,13 @@ import IoTCPluginKit
         coded.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
         #expect(coded.readResponses(1).first?.hasPrefix("HTTP/1.1 501") == true)
         #expect(coded.isClosed())
+        // HTTP/2.0 in an HTTP/1 request line: 505. A later 1.x is taken as 1.1 (RFC 9112 §2.3).
+        let two = try #require(RawSocket(port: r.port))
+        two.send("GET /v1/devices/d/attributes HTTP/2.0\r\nHost: x\r\n\r\n")
+        #expect(two.readResponses(1).first?.hasPrefix("HTTP/1.1 505") == true)
+        let later = try #require(RawSocket(port: r.port))
+        later.send("OPTIONS /v1/devices/d/attributes HTTP/1.2\r\nHost: x\r\n\r\n")
+        #expect(later.readResponses(1).first?.hasPrefix("HTTP/1.1 204") == true)
         // Garbage instead of HTTP: 400 and the connection closes; the server carries on.
         let g = try #require(RawSocket(port: r.port))
         g.send("\u{1}\u{2}NOT HTTP\r\n\r\n")

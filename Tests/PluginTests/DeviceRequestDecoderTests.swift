@@ -68,6 +68,12 @@ import Testing
         #expect(try other.decode(buffer: &ten) == nil && !other.takeContinue(), "not to HTTP/1.0")
     }
 
+    /// A later HTTP/1.x is taken as 1.1 (RFC 9112 §2.3).
+    @Test func takesALaterMinorVersionAs11() throws {
+        let r = try #require(try decode("GET / HTTP/1.2\r\n\r\n").first)
+        #expect(!r.http10 && r.keepAlive)
+    }
+
     @Test func followsConnectionSemantics() throws {
         #expect(try decode("GET / HTTP/1.0\r\n\r\n").first?.keepAlive == false)
         #expect(try decode("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").first?.keepAlive == false)
@@ -76,7 +82,9 @@ import Testing
     }
 
     @Test func refusesWhatItCannotFrameSafely() {
-        #expect(error("GET / HTTP/2.0\r\n\r\n") == .malformed("unsupported HTTP version"))
+        #expect(error("GET / HTTP/2.0\r\n\r\n") == .unsupportedVersion)
+        #expect(error("GET / HTTP/1.10\r\n\r\n") == .malformed("unsupported HTTP version"))
+        #expect(error("GET / http/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("G(T / HTTP/1.1\r\n\r\n") == .malformed("bad method"))
         #expect(error("GET /a b HTTP/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n") == .malformed("obsolete line folding"))

@@ -35,6 +35,8 @@ public enum DeviceRequestError: Error, Equatable, Sendable {
     case malformed(String)
     /// A transfer coding other than chunked: the body cannot be framed (RFC 9112 §6.1: 501).
     case unsupportedTransferCoding
+    /// A well-formed HTTP version of another major version, such as HTTP/2.0 (RFC 9110 §15.6.6: 505).
+    case unsupportedVersion
     case bodyTooLarge(Int?)
     case headerTooLarge
 }
@@ -127,10 +129,15 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             : equals(b, start, sp1, "HEAD") ? .head : equals(b, start, sp1, "OPTIONS") ? .options : .other
         for k in (sp1 + 1)..<sp2 where b[k] <= 32 || b[k] == 127 { throw DeviceRequestError.malformed("bad request target") }
         let target = String(decoding: UnsafeRawBufferPointer(rebasing: b[(sp1 + 1)..<sp2]), as: UTF8.self)
-        let http10: Bool
-        if equals(b, sp2 + 1, lineEnd, "HTTP/1.1") { http10 = false }
-        else if equals(b, sp2 + 1, lineEnd, "HTTP/1.0") { http10 = true }
-        else { throw DeviceRequestError.malformed("unsupported HTTP version") }
+        // HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3). A later 1.x is taken as 1.1, the
+        // highest minor version this parser follows; another major version gets 505.
+        let v = sp2 + 1
+        func digit(_ k: Int) -> Bool { b[k] >= 0x30 && b[k] <= 0x39 }
+        guard lineEnd - v == 8, equals(b, v, v + 5, "HTTP/"), digit(v + 5), b[v + 6] == UInt8(ascii: "."), digit(v + 7) else {
+            throw DeviceRequestError.malformed("unsupported HTTP version")
+        }
+        guard b[v + 5] == UInt8(ascii: "1") else { throw DeviceRequestError.unsupportedVersion }
+        let http10 = b[v + 7] == UInt8(ascii: "0")
 
         var request = DeviceRequest(method: method, target: target, http10: http10, keepAlive: !http10, body: ByteBuffer())
         var contentLength: Int?

@@ -160,6 +160,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             respond(context, .badRequest, problem: "malformed request: \(why)", close: true)
         case .unsupportedTransferCoding:
             respond(context, .notImplemented, problem: "the only transfer coding taken is chunked", close: true)
+        case .unsupportedVersion:
+            respond(context, .versionNotSupported, problem: "the device API speaks HTTP/1.1 (and 1.0)", close: true)
         }
     }
 
@@ -505,6 +507,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         static let notFound = Status(code: 404, reason: "Not Found"), methodNotAllowed = Status(code: 405, reason: "Method Not Allowed")
         static let payloadTooLarge = Status(code: 413, reason: "Content Too Large")
         static let notImplemented = Status(code: 501, reason: "Not Implemented")
+        static let versionNotSupported = Status(code: 505, reason: "HTTP Version Not Supported")
         static let unsupportedMediaType = Status(code: 415, reason: "Unsupported Media Type")
         static let headersTooLarge = Status(code: 431, reason: "Request Header Fields Too Large")
         static let serviceUnavailable = Status(code: 503, reason: "Service Unavailable")
