@@ -237,6 +237,11 @@ struct ResourceValuesTests {
         #expect(throws: ResourceValues.Error.self) { try values.decode([0x18, 0x57, 0x00], format: 60, path: LwM2MPath([3, 0, 9])) }
         #expect(throws: ResourceValues.Error.self) { try values.decode([0x18, 0x57], format: 60, path: LwM2MPath([3, 0])) }
         #expect(throws: ResourceValues.Error.self) { try values.decode([0xC1, 0xC1, 0x01], format: 60, path: LwM2MPath([3, 0, 13])) }
+        // A decimal fraction whose exponent is Int64's least value, and one past ±400: refused, not trapped.
+        #expect(throws: ResourceValues.Error.self) {
+            try values.decode([0xC4, 0x82, 0x3B, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], format: 60, path: LwM2MPath([3303, 0, 5700]))
+        }
+        #expect(throws: ResourceValues.Error.self) { try values.decode([0xC4, 0x82, 0x19, 0x01, 0x91, 0x01], format: 60, path: LwM2MPath([3303, 0, 5700])) }
     }
 
     @Test func refusesWhatDoesNotFit() throws {

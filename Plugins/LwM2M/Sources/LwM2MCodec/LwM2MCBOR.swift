@@ -34,8 +34,6 @@ public enum LwM2MCBOR {
         var r = Reader(bytes)
         var out: [(path: [UInt16], value: Item)] = []
         var path: [UInt16] = []
-        guard try r.head().major == 5 else { throw Error("LwM2M CBOR is a map", at: 0) }
-        r.i = 0
         try r.map(&path, into: &out, limit: limit)
         guard r.atEnd else { throw Error("bytes after the map", at: r.i) }
         return out
@@ -126,7 +124,8 @@ public enum LwM2MCBOR {
                     let at = i
                     let a = try head()
                     guard a.major == 4, a.argument == 2 else { throw Error("a decimal fraction is an array of two integers", at: at) }
-                    guard case .int(let e) = try leaf(tagged: true), case .int(let m) = try leaf(tagged: true), abs(e) <= 400 else {
+                    // The exponent's range is checked without abs(), which traps on Int64.min.
+                    guard case .int(let e) = try leaf(tagged: true), case .int(let m) = try leaf(tagged: true), (-400...400).contains(e) else {
                         throw Error("a decimal fraction is an array of two integers", at: at)
                     }
                     return .float(e < 0 ? Double(m) / pow10(Int(-e)) : Double(m) * pow10(Int(e)))
