@@ -50,8 +50,8 @@ final class LwM2MServer: @unchecked Sendable {
         var registration: String
         var path: LwM2MPath
         var observing: Bool
-        /// The last notification used, against which later ones are ordered.
-        var order: ObserveOrder? = nil
+        /// The notifications used so far, against which later ones are ordered.
+        var order = ObserveOrder()
     }
 
     init(source: LwM2MSource, loop: CoAPEventLoop) {
@@ -651,7 +651,7 @@ final class LwM2MServer: @unchecked Sendable {
             result(r, commandID: id, path: p.path, ok: success && decodeError == nil, code: code, fields: fields)
             if p.observing, success, let observeSequence {
                 p.purpose = .observation
-                p.order = ObserveOrder(sequence: observeSequence, at: Date().timeIntervalSince1970)
+                _ = p.order.take(observeSequence, at: Date().timeIntervalSince1970)
                 pending[token] = p
             } else {
                 pending[token] = nil
@@ -665,10 +665,7 @@ final class LwM2MServer: @unchecked Sendable {
             }
             if let observeSequence {
                 // A notification older than the last one used came out of order (RFC 7641 §3.4): dropped.
-                let now = Date().timeIntervalSince1970
-                var order = p.order ?? ObserveOrder(sequence: observeSequence, at: now - 129)  // the first is always taken
-                guard order.take(observeSequence, at: now) else { return true }
-                p.order = order
+                guard p.order.take(observeSequence, at: Date().timeIntervalSince1970) else { return true }
                 pending[token] = p
             } else {
                 pending[token] = nil  // the client would not observe it
