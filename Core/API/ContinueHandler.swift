@@ -5,10 +5,9 @@ import NIOHTTPTypes
 /// `Expect: 100-continue` on the REST API (RFC 9110 §10.1.1): a client that asks waits for 100
 /// Continue before it sends the body (curl waits a second, then sends anyway). The head is answered at
 /// once; the request then goes on as any other, and its final response follows.
-public final class ContinueHandler: ChannelDuplexHandler, RemovableChannelHandler {
+public final class ContinueHandler: ChannelInboundHandler, RemovableChannelHandler {
     public typealias InboundIn = HTTPRequestPart
     public typealias InboundOut = HTTPRequestPart
-    public typealias OutboundIn = HTTPResponsePart
     public typealias OutboundOut = HTTPResponsePart
 
     public init() {}

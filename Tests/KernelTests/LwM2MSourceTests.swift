@@ -387,6 +387,11 @@ import IoTCPluginKit
         let w = try hub.command("node-9", "write", #"{"path":"/3/0/14","value":"+11"}"#)
         #expect(text(w["status"]) == "succeeded", "\(w)")
         #expect(eventually { client.log.contains("write /3/0/14 +11") }, "\(client.log)")
+        // A write longer than a block goes in Block1, which aiocoap puts together.
+        let long = "+" + String(repeating: "1", count: 3_000)
+        let lw = try hub.command("node-9", "write", #"{"path":"/3/0/14","value":"\#(long)"}"#)
+        #expect(text(lw["status"]) == "succeeded", "\(lw)")
+        #expect(eventually { client.log.contains("write /3/0/14 \(long)") }, "\(client.log.suffix(500))")
         // Resets are a peer's normal answer: libcoap's alert for each one stays out of the hub's log.
         for mid in UInt8(0x50)..<0x70 { socket.send([0x70, 0x00, 0x31, mid]) }
         // Still serving the socket that sent the broken transfers (past the requests the hub sent it as raw-2).

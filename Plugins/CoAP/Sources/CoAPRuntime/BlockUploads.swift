@@ -1,13 +1,14 @@
 import CCoAP
 import Foundation
 
-/// Block-wise bodies being put together (RFC 7959 §2.5): requests a server takes in Block1, and
-/// responses a client takes in Block2, for every endpoint of a source; on the loop thread only.
-/// libcoap is told not to put bodies together itself (no `COAP_BLOCK_SINGLE_BODY`): its 4.3.1
-/// reassembly dereferences a body it never built when a transfer's blocks carry no payload or no
-/// Size1, so two datagrams from anyone crashed the process. Bounded three ways, so that devices that start uploads and never finish them
-/// cannot hold the hub's memory: a few transfers per endpoint, a budget of bytes for all of them, and
-/// an age after which a transfer is dropped (its device starts again).
+/// Block-wise request bodies being put together (RFC 7959 §2.5, Block1), for every endpoint of a
+/// source; on the loop thread only. libcoap is told not to put bodies together itself (no
+/// `COAP_BLOCK_SINGLE_BODY`): its 4.3.1 reassembly dereferences a body it never built when a
+/// transfer's blocks carry no payload or no Size1, so two datagrams from anyone crashed the process.
+/// (The LwM2M server gathers the Block2 answers to its own requests by token.) Bounded three ways, so
+/// that devices that start uploads and never finish them cannot hold the hub's memory: a few transfers
+/// per endpoint, a budget of bytes for all of them, and an age after which a transfer is dropped (its
+/// device starts again).
 public struct BlockUploads {
     public struct Upload {
         public var body: [UInt8]
@@ -154,4 +155,3 @@ public struct BlockUploads {
         return .body(partial.body, blockSize: size)
     }
 }
-

@@ -300,7 +300,7 @@ final class LwM2MServer: @unchecked Sendable {
     }
 
     /// The Send operation (LwM2M 1.1 §6.4.6): a registered client reports values of its own accord, as
-    /// SenML-JSON or SenML-CBOR; they become telemetry as notifications do.
+    /// SenML-JSON or SenML-CBOR, or LwM2M CBOR (1.2); they become telemetry as notifications do.
     private func report(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer, body: [UInt8]) {
         let peer = loop.peer(session)
         guard let id = peer.identity, let r = table.registration(tenant: id.tenant, endpoint: id.device) else {
@@ -681,10 +681,13 @@ final class LwM2MServer: @unchecked Sendable {
         var token = PDU.token(sent)
         if pending[token] == nil, PDU.uint(sent, COAP_OPTION_BLOCK2) != nil {
             // libcoap's request for a later block of an answer, under a token of its own: the transfer
-            // on that session (the one for that path, when there are several).
-            let path = PDU.path(sent).map(String.init)
+            // on that session (the one for that path, when there are several; the request's Uri-Path
+            // ends with it, after the client's alternate path if it has one).
+            let sentPath = PDU.path(sent)
             let transfers = downloads.filter { $0.value.session == session }.map(\.key)
-            token = (transfers.count == 1 ? transfers.first : transfers.first { pending[$0]?.path.ids.map(String.init) == path }) ?? token
+            token = (transfers.count == 1 ? transfers.first : transfers.first { t in
+                pending[t].map { p in sentPath.suffix(p.path.ids.count).elementsEqual(p.path.ids.map(String.init)) { $0 == $1 } } ?? false
+            }) ?? token
         }
         downloads[token] = nil
         if case .bootstrap(let job)? = pending[token]?.purpose {
