@@ -184,22 +184,58 @@ import IoTCPluginKit
             auth:
               allow_anonymous: true
             """ }
-        let python = Build.packageRoot + "/.venv/bin/python"
-        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
-        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-b", "bootstrap"], interactive: true)
-        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
-        // The client's own bootstrap account is /0/1: Bootstrap-Discover shows it, and the server account goes to /0/0.
-        let steps = ["bootstrap-request 2.04 Changed", "bootstrap-delete /", "bootstrap-discover /", "bootstrap-write /0/0 coap://127.0.0.1:\(hub.udp) mode 3 ssid 7 identity -",
-                     "bootstrap-write /1/0 lifetime 300 binding U", "bootstrap-finish", "registered 2.01"]
-        let at = steps.map { client.log.range(of: $0)?.lowerBound }
-        #expect(at.allSatisfy { $0 != nil } && at.compactMap { $0 } == at.compactMap { $0 }.sorted(), "in this order: \(client.log)")
+        let client = try bootstrapClient(hub, endpoint: "node-b", mode: "bootstrap", shortServerID: 7, lifetime: 300)
         #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "bootstrapped" && text($0["device"]) == "node-b" } }, "\(hub.lines)")
-        #expect(eventually { hub.lines.contains { text($0["payload"]?["event"]) == "registered" && $0["payload"]?["lifetime"] == .int(300) } }, "\(hub.lines)")
         client.send("quit")
         // Over plain UDP, a client cannot be handed a pre-shared key it never proved it holds.
         let refused = try coap(["-m", "post", "coap://127.0.0.1:\(hub.dtls)/bs?ep=node-c"])
         #expect(refused.contains("4.03"), "\(refused)")
         #expect(try coap(["-m", "post", "coap://127.0.0.1:\(hub.udp)/bs"]).contains("4.00"))
+    }
+
+    /// Runs the test client in a bootstrap mode against `hub` and checks that it went through each step
+    /// in order and registered with the server and lifetime it was given. The client's own bootstrap
+    /// account is /0/1: Bootstrap-Discover shows it, and the server account goes to /0/0.
+    private func bootstrapClient(_ hub: ServedHub, endpoint: String, mode: String, shortServerID: Int, lifetime: Int) throws -> ChildProcess {
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", endpoint, mode], interactive: true)
+        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
+        let steps = ["bootstrap-request 2.04 Changed", "bootstrap-delete /", "bootstrap-discover /",
+                     "bootstrap-write /0/0 coap://127.0.0.1:\(hub.udp) mode 3 ssid \(shortServerID) identity -",
+                     "bootstrap-write /1/0 lifetime \(lifetime) binding U", "bootstrap-finish", "registered 2.01"]
+        let at = steps.map { client.log.range(of: $0)?.lowerBound }
+        #expect(at.allSatisfy { $0 != nil } && at.compactMap { $0 } == at.compactMap { $0 }.sorted(), "in this order: \(client.log)")
+        #expect(eventually { hub.lines.contains { text($0["device"]) == endpoint && text($0["payload"]?["event"]) == "registered" && $0["payload"]?["lifetime"] == .int(Int64(lifetime)) } },
+                "\(hub.lines)")
+        return client
+    }
+
+    /// A 1.1 client that prefers SenML CBOR (`pct=112`) gets its Bootstrap-Writes in it, into the
+    /// instances its Bootstrap-Discover left free; the test's client refuses TLV. A `pct` the hub does
+    /// not write in is refused with 4.00.
+    @Test func bootstrapsInTheFormatTheClientPrefers() throws {
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              lw:
+                plugin: lwm2m
+                listen: "127.0.0.1:\(hub.udp)"
+                observe: []
+                bootstrap: { server_uri: "coap://127.0.0.1:\(hub.udp)", lifetime: 120, short_server_id: 9 }
+            sinks:
+              out: { plugin: file, path: \(hub.dir.path)/out.jsonl }
+            pipelines:
+              devices: { from: [ "lw:devices/+/lifecycle" ], to: [ out ] }
+            auth:
+              allow_anonymous: true
+            """ }
+        let client = try bootstrapClient(hub, endpoint: "node-s", mode: "bootstrap-senml", shortServerID: 9, lifetime: 120)
+        #expect(!client.log.contains("refused"), "\(client.log)")
+        client.send("quit")
+        for pct in ["11544", "json"] {
+            let refused = try coap(["-m", "post", "coap://127.0.0.1:\(hub.udp)/bs?ep=node-t&pct=\(pct)"])
+            #expect(refused.contains("4.00") && refused.contains("pct must be"), "\(refused)")
+        }
     }
 
     /// `iotc check` locates mistakes in the source's settings at their field.

@@ -269,18 +269,42 @@ struct BootstrapPlanTests {
     /// one none (mode 3). The Server instance has the Short Server ID, lifetime and binding.
     @Test func writesTheServerAccount() throws {
         let secure = try BootstrapPlan(serverURI: "coaps://hub.example.com:5684", shortServerID: 3, lifetime: 600, binding: "UQ")
-        let security = try TLV.decode(secure.security(values, psk: (Array("meter-9".utf8), [1, 2, 3])))
+        let security = try TLV.decode(BootstrapPlan.write(secure.securityValues(psk: (Array("meter-9".utf8), [1, 2, 3])), into: LwM2MPath([0, 1]), format: .tlv, values))
         func resource(_ entries: [TLV.Entry], _ id: UInt16) -> [UInt8]? { entries.first { $0.id == id }?.value }
         #expect(resource(security, 0) == Array("coaps://hub.example.com:5684".utf8) && resource(security, 1) == [0] && resource(security, 2) == [0]
                 && resource(security, 3) == Array("meter-9".utf8) && resource(security, 5) == [1, 2, 3] && resource(security, 10) == [3])
         let plain = try BootstrapPlan(serverURI: "coap://10.0.0.1:5683", shortServerID: 1, lifetime: 86400, binding: "U")
-        let open = try TLV.decode(plain.security(values, psk: nil))
+        let open = try TLV.decode(BootstrapPlan.write(plain.securityValues(psk: nil), into: LwM2MPath([0, 1]), format: .tlv, values))
         #expect(resource(open, 2) == [3] && resource(open, 3) == [] && resource(open, 5) == [] && !plain.secure && secure.secure)
-        let server = try TLV.decode(secure.server(values))
+        let server = try TLV.decode(BootstrapPlan.write(secure.serverValues, into: LwM2MPath([1, 0]), format: .tlv, values))
         #expect(resource(server, 0) == [3] && resource(server, 1) == [0x02, 0x58] && resource(server, 6) == [0] && resource(server, 7) == Array("UQ".utf8))
         #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "http://x", shortServerID: 1, lifetime: 1, binding: "U") }
         #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "coap://x", shortServerID: 0, lifetime: 1, binding: "U") }
         #expect(throws: ResourceValues.Error.self) { try BootstrapPlan(serverURI: "coap://x", shortServerID: 1, lifetime: 1, binding: "X") }
+    }
+
+    /// A client's `pct` picks SenML JSON or CBOR for the writes: each resource named by its full path
+    /// under the instance written, the key as bytes. Other formats are refused; no pct is TLV.
+    @Test func writesInTheFormatTheClientPrefers() throws {
+        let plan = try BootstrapPlan(serverURI: "coaps://hub.example.com:5684", shortServerID: 3, lifetime: 600, binding: "U")
+        let psk = (identity: Array("meter-9".utf8), key: [UInt8]([1, 2, 3]))
+        for (pct, cbor) in [("110", false), ("112", true)] {
+            let format = try BootstrapPlan.WriteFormat(pct: pct)
+            #expect(format.rawValue == UInt32(pct))
+            let records = try SenML.decode(BootstrapPlan.write(plan.securityValues(psk: psk), into: LwM2MPath([0, 2]), format: format, values), cbor: cbor)
+            #expect(records.contains(SenML.Record(name: "/0/2/0", value: .string("coaps://hub.example.com:5684"))))
+            #expect(records.contains(SenML.Record(name: "/0/2/1", value: .bool(false))))
+            #expect(records.contains(SenML.Record(name: "/0/2/2", value: .number(0))))
+            #expect(records.contains(SenML.Record(name: "/0/2/3", value: .data(Array("meter-9".utf8)))))
+            #expect(records.contains(SenML.Record(name: "/0/2/5", value: .data([1, 2, 3]))))
+            #expect(records.contains(SenML.Record(name: "/0/2/10", value: .number(3))))
+            let server = try SenML.decode(BootstrapPlan.write(plan.serverValues, into: LwM2MPath([1, 4]), format: format, values), cbor: cbor)
+            #expect(server.contains(SenML.Record(name: "/1/4/1", value: .number(600))) && server.contains(SenML.Record(name: "/1/4/7", value: .string("U"))))
+        }
+        #expect(try BootstrapPlan.WriteFormat(pct: nil) == .tlv && BootstrapPlan.WriteFormat(pct: "11542") == .tlv)
+        for bad in ["11544", "60", "x", "", "-1", "99999999999"] {
+            #expect(throws: ResourceValues.Error.self, "\(bad)") { try BootstrapPlan.WriteFormat(pct: bad) }
+        }
     }
 }
 

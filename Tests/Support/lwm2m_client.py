@@ -3,11 +3,12 @@
 discovers, write-attributes, creates and deletes. Prints one line per event; reads commands from stdin:
 `update`, `send`, `send-cbor`, `deregister`, `quit`. With `bootstrap`, it first asks the server at SERVER_PORT to
 bootstrap it (POST /bs), takes the Bootstrap-Delete, the two Bootstrap-Writes and the Bootstrap-Finish,
-and then registers with the server it was given. With `large`, its object list and its Device object
+and then registers with the server it was given; `bootstrap-senml` does the same but asks for SenML CBOR
+(pct=112) and refuses Bootstrap-Writes in TLV. With `large`, its object list and its Device object
 are longer than a block, so that the registration goes block-wise (Block1) and so do reads of /3/0 (Block2),
 and it lists the formats it reads without TLV.
 
-    lwm2m_client.py SERVER_PORT ENDPOINT [queue|bootstrap|large]
+    lwm2m_client.py SERVER_PORT ENDPOINT [queue|bootstrap|bootstrap-senml|large]
 """
 import asyncio
 import json
@@ -21,6 +22,8 @@ from aiocoap import Code, Message
 
 TLV, TEXT, LINK, CBOR, LWM2M_CBOR = 11542, 0, 40, 60, 11544
 LARGE = len(sys.argv) > 3 and sys.argv[3] == "large"
+# The Content-Format asked for Bootstrap-Writes (pct); TLV when not asked.
+BOOTSTRAP_FORMAT = 112 if len(sys.argv) > 3 and sys.argv[3] == "bootstrap-senml" else TLV
 MODEL = b"Lightweight M2M Client" + (b" with a long model number" * 120 if LARGE else b"")
 
 
@@ -283,6 +286,30 @@ def tlv_values(payload):
     return {ident: value for kind, ident, value in parse_tlv(payload) if kind == 3}
 
 
+def senml_cbor_values(payload, instance):
+    """Resource id -> bytes (as TLV would carry them) of a SenML CBOR write of one object instance;
+    every record must name a resource of that instance."""
+    labels = {-2: "bn", 0: "n", 2: "v", 3: "vs", 4: "vb", 8: "vd"}
+    values, base = {}, ""
+    for record in cbor2.loads(payload):
+        r = {labels.get(k, k): v for k, v in record.items()}
+        base = r.get("bn", base)
+        name = base + r.get("n", "")
+        prefix = instance + "/"
+        if not name.startswith(prefix) or not name[len(prefix):].isdigit():
+            raise ValueError("record %r is not a resource of %s" % (name, instance))
+        if "vs" in r:
+            value = r["vs"].encode()
+        elif "vd" in r:
+            value = bytes(r["vd"])
+        elif "vb" in r:
+            value = b"\x01" if r["vb"] else b"\x00"
+        else:
+            value = int(r["v"]).to_bytes(8, "big", signed=True)
+        values[int(name[len(prefix):])] = value
+    return values
+
+
 class Account(resource.Resource):
     """/0/1 (Security) or /1/0 (Server), written by the bootstrap server."""
 
@@ -291,9 +318,14 @@ class Account(resource.Resource):
         self.device, self.path = device, path
 
     async def render_put(self, request):
-        if request.opt.content_format != TLV:
+        if request.opt.content_format != BOOTSTRAP_FORMAT:
+            say("bootstrap-write refused: content format", request.opt.content_format)
             return Message(code=Code.UNSUPPORTED_CONTENT_FORMAT)
-        values = tlv_values(request.payload)
+        try:
+            values = tlv_values(request.payload) if BOOTSTRAP_FORMAT == TLV else senml_cbor_values(request.payload, self.path)
+        except (ValueError, KeyError) as e:
+            say("bootstrap-write refused:", e)
+            return Message(code=Code.BAD_REQUEST)
         self.device.accounts[self.path] = values
         if self.path.startswith("/0/"):
             say("bootstrap-write", self.path, values[0].decode(), "mode", int.from_bytes(values[2], "big", signed=True),
@@ -334,8 +366,9 @@ async def main(port, endpoint, mode):
     site.add_resource(["3303"], TemperatureObject(site))
     ctx = await aiocoap.Context.create_server_context(site, bind=("127.0.0.1", 0))
     server, lifetime = "coap://127.0.0.1:%d" % port, 60
-    if mode == "bootstrap":
-        r = await ctx.request(Message(code=Code.POST, uri="%s/bs?ep=%s" % (server, endpoint))).response
+    if mode.startswith("bootstrap"):
+        pct = "&pct=%d" % BOOTSTRAP_FORMAT if BOOTSTRAP_FORMAT != TLV else ""
+        r = await ctx.request(Message(code=Code.POST, uri="%s/bs?ep=%s%s" % (server, endpoint, pct))).response
         say("bootstrap-request", r.code)
         await asyncio.wait_for(finished.wait(), 10)
         server = next(v for k, v in device.accounts.items() if k.startswith("/0/"))[0].decode()

@@ -51,21 +51,48 @@ public struct BootstrapPlan: Sendable, Equatable {
     /// Whether the server is reached over DTLS, with the pre-shared key the client bootstrapped with.
     public var secure: Bool { serverURI.hasPrefix("coaps://") }
 
-    /// The Security instance (TLV, for a Bootstrap-Write of /0/1): for `coaps`, the client's PSK
-    /// identity and key; otherwise no security.
-    public func security(_ values: ResourceValues, psk: (identity: [UInt8], key: [UInt8])?) throws(ResourceValues.Error) -> [UInt8] {
+    /// The Content-Formats a Bootstrap-Write can be in: a 1.1 client names the one it prefers with
+    /// `pct` in its Bootstrap-Request (Core 1.1 §6.1.7.1); TLV otherwise, which every 1.0 client reads.
+    public enum WriteFormat: UInt32, Sendable {
+        case tlv = 11542, senmlJSON = 110, senmlCBOR = 112
+
+        /// The format a Bootstrap-Request's `pct` names (nil: TLV); an error for text that is not one
+        /// of the three.
+        public init(pct: String?) throws(ResourceValues.Error) {
+            guard let pct else {
+                self = .tlv
+                return
+            }
+            guard let n = UInt32(pct), let f = WriteFormat(rawValue: n) else {
+                throw ResourceValues.Error(description: "pct must be 11542 (TLV), 110 (SenML JSON) or 112 (SenML CBOR)")
+            }
+            self = f
+        }
+    }
+
+    /// The Security instance's resources: for `coaps`, the client's PSK identity and key; otherwise
+    /// no security.
+    public func securityValues(psk: (identity: [UInt8], key: [UInt8])?) -> [(UInt16, Value)] {
         let mode = psk == nil ? Self.noSecurityMode : Self.preSharedKeyMode
-        return try values.encodeTLV(path: LwM2MPath([0, Self.securityInstance]), values: [
+        return [
             (0, .string(serverURI)), (1, .bool(false)), (2, .int(Int64(mode))),
             (3, .bytes(psk?.identity ?? [])), (4, .bytes([])), (5, .bytes(psk?.key ?? [])),
             (10, .int(Int64(shortServerID))),
-        ])
+        ]
     }
 
-    /// The Server instance (TLV, for a Bootstrap-Write of /1/0).
-    public func server(_ values: ResourceValues) throws(ResourceValues.Error) -> [UInt8] {
-        try values.encodeTLV(path: LwM2MPath([1, Self.serverInstance]), values: [
-            (0, .int(Int64(shortServerID))), (1, .int(Int64(lifetime))), (6, .bool(false)), (7, .string(binding)),
-        ])
+    /// The Server instance's resources.
+    public var serverValues: [(UInt16, Value)] {
+        [(0, .int(Int64(shortServerID))), (1, .int(Int64(lifetime))), (6, .bool(false)), (7, .string(binding))]
+    }
+
+    /// The payload of a Bootstrap-Write of `values` into object instance `path` (/0/N or /1/N), in
+    /// `format`. SenML names each resource by its full path, so the instance must be the one written.
+    public static func write(_ values: [(UInt16, Value)], into path: LwM2MPath, format: WriteFormat, _ model: ResourceValues) throws(ResourceValues.Error) -> [UInt8] {
+        switch format {
+        case .tlv: try model.encodeTLV(path: path, values: values)
+        case .senmlJSON: try model.encodeSenML(path: path, values: values)
+        case .senmlCBOR: try model.encodeSenML(path: path, values: values, cbor: true)
+        }
     }
 }

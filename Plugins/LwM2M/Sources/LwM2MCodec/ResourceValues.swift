@@ -237,6 +237,7 @@ public struct ResourceValues: Sendable {
                 case (.opaque, .string(let s)):
                     guard let b = Base64.decode(s) else { throw Error(description: "\(name): an opaque value is base64") }
                     value = .data(b)
+                case (.opaque, .bytes(let b)): value = .data(b)
                 default: throw Error(description: "\(name): a \(type == .opaque ? "base64 (opaque)" : type.rawValue) value is needed")
                 }
                 records.append(SenML.Record(name: name, value: value))

@@ -777,17 +777,21 @@ final class Bootstrapping {
     let endpoint: String
     let identity: Identity
     let session: OpaquePointer
-    let security: [UInt8], server: [UInt8]
+    /// The resources of the two instances, and the format the client prefers them in (`pct`).
+    let security: [(UInt16, Value)], server: [(UInt16, Value)]
+    let format: BootstrapPlan.WriteFormat
     var step = Step.delete
     /// Where the accounts go: free instances, from the client's Bootstrap-Discover.
     var instances = (security: BootstrapPlan.securityInstance, server: BootstrapPlan.serverInstance)
 
-    init(endpoint: String, identity: Identity, session: OpaquePointer, security: [UInt8], server: [UInt8]) {
+    init(endpoint: String, identity: Identity, session: OpaquePointer, security: [(UInt16, Value)], server: [(UInt16, Value)],
+         format: BootstrapPlan.WriteFormat) {
         self.endpoint = endpoint
         self.identity = identity
         self.session = coap_session_reference(session)
         self.security = security
         self.server = server
+        self.format = format
     }
 
     deinit { coap_session_release(session) }
@@ -801,8 +805,13 @@ extension LwM2MServer {
             PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND, diagnostic: "this server does not bootstrap clients")
             return
         }
-        guard let q = queries(request, response), let ep = endpoint(q, response),
-              let id = client(session, endpoint: ep, q, response, doing: "bootstrap") else { return }
+        guard let q = queries(request, response), let ep = endpoint(q, response) else { return }
+        let format: BootstrapPlan.WriteFormat
+        do { format = try BootstrapPlan.WriteFormat(pct: q["pct"]) } catch {
+            PDU.respond(response, COAP_RESPONSE_CODE_BAD_REQUEST, diagnostic: error.description)
+            return
+        }
+        guard let id = client(session, endpoint: ep, q, response, doing: "bootstrap") else { return }
         let peer = loop.peer(session)
         var psk: (identity: [UInt8], key: [UInt8])?
         if plan.secure {
@@ -813,34 +822,32 @@ extension LwM2MServer {
             }
             psk = (Array(name.utf8), key)
         }
-        let security: [UInt8], server: [UInt8]
-        do {
-            security = try plan.security(source.values, psk: psk)
-            server = try plan.server(source.values)
-        } catch {
-            PDU.respond(response, COAP_RESPONSE_CODE_INTERNAL_ERROR, diagnostic: "\(error)")
-            return
-        }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
-        let job = Bootstrapping(endpoint: ep, identity: id, session: session, security: security, server: server)
+        let job = Bootstrapping(endpoint: ep, identity: id, session: session, security: plan.securityValues(psk: psk),
+                                server: plan.serverValues, format: format)
         // The steps follow once the 2.04 is on its way.
         loop.execute { [weak self] in self?.bootstrapStep(job) }
     }
 
     private func bootstrapStep(_ job: Bootstrapping) {
-        let sent = switch job.step {
+        let sent: Bool
+        switch job.step {
         case .delete:
-            send(on: job.session, registration: "", COAP_REQUEST_DELETE, LwM2MPath([]), accept: nil, purpose: .bootstrap(job))
+            sent = send(on: job.session, registration: "", COAP_REQUEST_DELETE, LwM2MPath([]), accept: nil, purpose: .bootstrap(job))
         case .discover:
-            send(on: job.session, registration: "", COAP_REQUEST_GET, LwM2MPath([]), accept: ContentFormat.linkFormat, purpose: .bootstrap(job))
-        case .writeSecurity:
-            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([0, job.instances.security]), contentFormat: ContentFormat.lwm2mTLV,
-                 accept: nil, payload: job.security, purpose: .bootstrap(job))
-        case .writeServer:
-            send(on: job.session, registration: "", COAP_REQUEST_PUT, LwM2MPath([1, job.instances.server]), contentFormat: ContentFormat.lwm2mTLV,
-                 accept: nil, payload: job.server, purpose: .bootstrap(job))
+            sent = send(on: job.session, registration: "", COAP_REQUEST_GET, LwM2MPath([]), accept: ContentFormat.linkFormat, purpose: .bootstrap(job))
+        case .writeSecurity, .writeServer:
+            // Encoded now, into the instances the client's Bootstrap-Discover left free (SenML names them).
+            let (path, values) = job.step == .writeSecurity
+                ? (LwM2MPath([0, job.instances.security]), job.security) : (LwM2MPath([1, job.instances.server]), job.server)
+            let payload: [UInt8]
+            do { payload = try BootstrapPlan.write(values, into: path, format: job.format, source.values) } catch {
+                return bootstrapFailed(job, "\(job.step.name) of \(path): \(error.description)")
+            }
+            sent = send(on: job.session, registration: "", COAP_REQUEST_PUT, path, contentFormat: job.format.rawValue,
+                        accept: nil, payload: payload, purpose: .bootstrap(job))
         case .finish:
-            send(on: job.session, registration: "", COAP_REQUEST_POST, LwM2MPath([]), uriPath: ["bs"], accept: nil, purpose: .bootstrap(job))
+            sent = send(on: job.session, registration: "", COAP_REQUEST_POST, LwM2MPath([]), uriPath: ["bs"], accept: nil, purpose: .bootstrap(job))
         }
         if !sent { bootstrapFailed(job, "\(job.step.name) could not be sent") }
     }

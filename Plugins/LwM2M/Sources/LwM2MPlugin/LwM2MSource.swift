@@ -80,7 +80,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
             ConfigField("short_server_id", .int, "The server's Short Server ID.", default: "1"),
             ConfigField("lifetime", .duration, "The registration lifetime written into the client's server account.", default: "86400", example: "1h"),
             ConfigField("binding", .string, "The binding written into it.", default: #""U""#),
-        ]), "Also be the clients' bootstrap server (POST /bs on the same listeners): each client that asks is given one server account, for server_uri, by Bootstrap-Delete, Bootstrap-Discover (to find free instances), Bootstrap-Write of a Security and a Server instance, and Bootstrap-Finish."),
+        ]), "Also be the clients' bootstrap server (POST /bs on the same listeners): each client that asks is given one server account, for server_uri, by Bootstrap-Delete, Bootstrap-Discover (to find free instances), Bootstrap-Write of a Security and a Server instance (in the format the request's pct asks for: TLV, SenML JSON or SenML CBOR; TLV by default), and Bootstrap-Finish."),
     ]
 
     /// Mistakes `iotc check` locates at their field, before the hub starts.
