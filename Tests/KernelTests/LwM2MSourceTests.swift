@@ -410,6 +410,58 @@ import IoTCPluginKit
         #expect(asked.contains("/3/0") && asked.contains("/3/0 block2"), "\(asked)")
         #expect(done.wait(timeout: .now() + 12) == .success)
         #expect(text(read?["status"]) == "failed" && text(read?["result"]?["error"]) == "the client did not answer", "\(String(describing: read))")
+        // Two reads answered block-wise at once, of /3/0 and of /1/3/0 (whose Uri-Path ends as /3/0's
+        // does): raw-2 resets only the next-block request for /1/3/0, while /3/0's is still open. That
+        // read fails at once, and the other is put together from its second block. libcoap has one
+        // exchange at a time with a peer (NSTART 1), so /3/0's next block is answered separately (an
+        // empty ACK first, the 2.05 after the reset), which lets the other read through meanwhile.
+        final class Answers: @unchecked Sendable {
+            let lock = NSLock()
+            var byPath: [String: Value] = [:]
+        }
+        let answers = Answers(), both = DispatchGroup()
+        for path in ["/3/0", "/1/3/0"] {
+            both.enter()
+            DispatchQueue.global().async {
+                let r = http("POST", "http://127.0.0.1:\(api)/v1/devices/raw-2/commands", body: Array(#"{"name":"read","payload":{"path":"\#(path)"},"timeout":10}"#.utf8),
+                             headers: ["Authorization": "Bearer \(key)", "Content-Type": "application/json"], timeout: 20)
+                answers.lock.withLock { answers.byPath[path] = r.flatMap { try? JSON.decode($0.body) } }
+                both.leave()
+            }
+        }
+        // TLV: resource 0 (Manufacturer), 29 bytes of text; 32 bytes in all, two blocks of 16.
+        let device: [UInt8] = [0xC8, 0x00, 29] + [UInt8](repeating: UInt8(ascii: "m"), count: 29)
+        var seen = Set<String>(), held: [UInt8]?, resetSent = false
+        while seen.count < 4 || held != nil {
+            if resetSent, let answer = held {
+                Thread.sleep(forTimeInterval: 0.2)  // the hub has taken the reset
+                socket.send(answer)
+                held = nil
+            }
+            guard let d = socket.receive() else { break }
+            guard let request = HubRequest(d) else { continue }  // the hub's ACK of the separate answer
+            seen.insert(request.path + (request.block2 ? " block2" : ""))
+            switch (request.path, request.block2) {
+            case ("/1/3/0", true):
+                socket.send([0x70, 0x00, d[2], d[3]])  // RST
+                resetSent = true
+            case ("/3/0", true):
+                // An empty ACK now; later CON 2.05 (message id 0x7777), TLV, Block2 NUM 1, last, the second 16 bytes.
+                socket.send([0x60, 0x00, d[2], d[3]])
+                let ack = request.ack(0x45, options: [0xC2, 0x2D, 0x16, 0xB1, 0x10], payload: Array(device[16...]))
+                held = [0x40 | UInt8(request.token.count), 0x45, 0x77, 0x77] + ack[4...]
+            // ACK 2.05, TLV, Block2 NUM 0, more, the first 16 bytes.
+            case ("/3/0", false), ("/1/3/0", false): socket.send(request.ack(0x45, options: [0xC2, 0x2D, 0x16, 0xB1, 0x08], payload: Array(device[..<16])))
+            default: socket.send(request.ack(0x84))
+            }
+        }
+        #expect(seen == ["/3/0", "/1/3/0", "/3/0 block2", "/1/3/0 block2"], "\(seen)")
+        #expect(both.wait(timeout: .now() + 12) == .success)
+        answers.lock.withLock {
+            let failed = answers.byPath["/1/3/0"], read = answers.byPath["/3/0"]
+            #expect(text(failed?["status"]) == "failed" && text(failed?["result"]?["error"]) == "the client did not answer", "\(String(describing: failed))")
+            #expect(text(read?["status"]) == "succeeded" && text(read?["result"]?["values"]?["/3/0/0"]) == String(repeating: "m", count: 29), "\(String(describing: read))")
+        }
 
         // The aiocoap client with an object list and a Device object longer than a block.
         let python = Build.packageRoot + "/.venv/bin/python"

@@ -49,6 +49,8 @@ final class LwM2MServer: @unchecked Sendable {
         var purpose: Purpose
         var registration: String
         var path: LwM2MPath
+        /// The Uri-Path the request went to (the path, under the client's alternate path if it has one).
+        var uriPath: [String]
         var observing: Bool
         /// The notifications used so far, against which later ones are ordered.
         var order = ObserveOrder()
@@ -388,7 +390,8 @@ final class LwM2MServer: @unchecked Sendable {
         token = Array(token[..<length])
         _ = coap_add_token(pdu, token.count, token)
         if let observe { PDU.addUInt(pdu, COAP_OPTION_OBSERVE, observe) }
-        for s in uriPath ?? path.ids.map(String.init) {
+        let uriPath = uriPath ?? path.ids.map(String.init)
+        for s in uriPath {
             _ = coap_add_option(pdu, coap_option_num_t(COAP_OPTION_URI_PATH), s.utf8.count, s)
         }
         if let contentFormat { PDU.addUInt(pdu, COAP_OPTION_CONTENT_FORMAT, contentFormat) }
@@ -403,7 +406,7 @@ final class LwM2MServer: @unchecked Sendable {
                 return false
             }
         }
-        pending[token] = Pending(purpose: purpose, registration: registration, path: path, observing: observe == 0)
+        pending[token] = Pending(purpose: purpose, registration: registration, path: path, uriPath: uriPath, observing: observe == 0)
         if coap_send(session, pdu) == COAP_INVALID_MID {
             pending[token] = nil
             return false
@@ -681,12 +684,11 @@ final class LwM2MServer: @unchecked Sendable {
         var token = PDU.token(sent)
         if pending[token] == nil, PDU.uint(sent, COAP_OPTION_BLOCK2) != nil {
             // libcoap's request for a later block of an answer, under a token of its own: the transfer
-            // on that session (the one for that path, when there are several; the request's Uri-Path
-            // ends with it, after the client's alternate path if it has one).
+            // on that session (the one whose request went to the same Uri-Path, when there are several).
             let sentPath = PDU.path(sent)
             let transfers = downloads.filter { $0.value.session == session }.map(\.key)
             token = (transfers.count == 1 ? transfers.first : transfers.first { t in
-                pending[t].map { p in sentPath.suffix(p.path.ids.count).elementsEqual(p.path.ids.map(String.init)) { $0 == $1 } } ?? false
+                pending[t].map { sentPath.elementsEqual($0.uriPath) { $0 == $1 } } ?? false
             }) ?? token
         }
         downloads[token] = nil
