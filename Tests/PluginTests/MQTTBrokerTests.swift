@@ -321,6 +321,12 @@ import IoTCPluginKit
         c.send(.publish(MQTTPublish(topic: "t", payload: [0xFF, 0xFE], qos: 1, packetID: 4, properties: [.byte(MQTTProperty.payloadFormatIndicator, 1)])))
         guard case .puback(let a)? = c.read().first else { Issue.record("no PUBACK"); return }
         #expect(a.reasonCode == MQTTReason.payloadFormatInvalid)
+        // A will whose payload is not what its indicator says refuses the connection.
+        let w = TestClient(broker, hub)
+        let bad = MQTTWill(topic: "w", payload: ByteBuffer(bytes: [0x61, 0xFF]), properties: [.byte(MQTTProperty.payloadFormatIndicator, 1)])
+        #expect(w.connect("w", will: bad)?.reasonCode == MQTTReason.payloadFormatInvalid)
+        let good = MQTTWill(topic: "w", payload: ByteBuffer(string: "gone"), properties: [.byte(MQTTProperty.payloadFormatIndicator, 1)])
+        #expect(TestClient(broker, hub).connect("w2", will: good)?.reasonCode == 0)
     }
 
     @Test func propertiesTravelEndToEnd() throws {

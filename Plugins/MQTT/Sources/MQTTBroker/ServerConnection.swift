@@ -224,6 +224,10 @@ public final class ServerConnection: @unchecked Sendable {
         if let w = c.will {
             guard w.qos <= broker.config.maximumQoS else { return refuse(MQTTReason.qosNotSupported, 0x05, "will QoS is over the maximum") }
             guard !w.retain || broker.config.retainAvailable else { return refuse(MQTTReason.retainNotSupported, 0x05, "retain is not available") }
+            // As a PUBLISH's payload is checked against its format indicator (MQTT 5 §3.1.3.2.3).
+            if w.properties.integer(MQTTProperty.payloadFormatIndicator) == 1, w.payload.withUnsafeReadableBytes({ UTF8Text.string($0) }) == nil {
+                return refuse(MQTTReason.payloadFormatInvalid, 0x05, "the will payload is not UTF-8 as its format indicator says")
+            }
             guard !TenantSpace.isReserved(w.topic), hub.mayPublish(identity, topic: w.topic) else {
                 return refuse(MQTTReason.notAuthorized, 0x05, "not authorized to publish the will topic")
             }
