@@ -25,36 +25,56 @@ struct Options {
     var serverPID: Int32?, json = false, prefix = "load"
     var connects = 0, tokens: String?, concurrency = 64
 
+    static let usage = """
+        usage: MQTTLoad [--host H] [--port N] [--pubs N] [--subs N] [--qos 0|1|2] [--size BYTES] [--rate MSG_PER_S]
+                        [--window N] [--inflight N] [--duration S] [--warmup S] [--drain S] [--filter F] [--json]
+                        [--prefix P] [--idle N --server-pid PID] [--connects N --tokens FILE --concurrency N]
+        """
+
+    /// Stops with the usage on standard error (exit status 2), as command-line tools do.
+    static func fail(_ why: String) -> Never {
+        FileHandle.standardError.write(Data("MQTTLoad: \(why)\n\(usage)\n".utf8))
+        exit(2)
+    }
+
     init(_ args: [String]) {
         var i = 0
         func next() -> String {
             i += 1
-            guard i < args.count else { fatalError("missing value for \(args[i - 1])") }
+            guard i < args.count else { Self.fail("missing value for \(args[i - 1])") }
             return args[i]
+        }
+        func number<T: LosslessStringConvertible>(_: T.Type = T.self) -> T {
+            let text = next()
+            guard let v = T(text) else { Self.fail("\(args[i - 1]) takes a number, not '\(text)'") }
+            return v
         }
         while i < args.count {
             switch args[i] {
             case "--host": host = next()
-            case "--port": port = Int(next())!
-            case "--pubs": pubs = Int(next())!
-            case "--subs": subs = Int(next())!
-            case "--qos": qos = UInt8(next())!
-            case "--size": size = Int(next())!
-            case "--rate": rate = Double(next())!
-            case "--window": window = Int(next())!
-            case "--inflight": inflight = Int(next())!
-            case "--duration": duration = Double(next())!
-            case "--warmup": warmup = Double(next())!
-            case "--drain": drain = Double(next())!
+            case "--port": port = number()
+            case "--pubs": pubs = number()
+            case "--subs": subs = number()
+            case "--qos": qos = number()
+            case "--size": size = number()
+            case "--rate": rate = number()
+            case "--window": window = number()
+            case "--inflight": inflight = number()
+            case "--duration": duration = number()
+            case "--warmup": warmup = number()
+            case "--drain": drain = number()
             case "--filter": filter = next()
-            case "--idle": idle = Int(next())!
-            case "--server-pid": serverPID = Int32(next())!
+            case "--idle": idle = number()
+            case "--server-pid": serverPID = number()
             case "--json": json = true
             case "--prefix": prefix = next()
-            case "--connects": connects = Int(next())!
+            case "--connects": connects = number()
             case "--tokens": tokens = next()
-            case "--concurrency": concurrency = Int(next())!
-            default: fatalError("unknown option \(args[i])")
+            case "--concurrency": concurrency = number()
+            case "--help", "-h":
+                print(Self.usage)
+                exit(0)
+            default: Self.fail("unknown option \(args[i])")
             }
             i += 1
         }
@@ -355,7 +375,7 @@ final class Connector: ChannelInboundHandler, @unchecked Sendable {
 }
 
 if o.connects > 0 {
-    guard let path = o.tokens, let text = try? String(contentsOfFile: path, encoding: .utf8) else { fatalError("--connects needs --tokens FILE") }
+    guard let path = o.tokens, let text = try? String(contentsOfFile: path, encoding: .utf8) else { Options.fail("--connects needs --tokens FILE (one device token per line)") }
     let pairs = text.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }.filter { $0.count == 2 }
     precondition(!pairs.isEmpty, "no DEVICE TOKEN lines in \(path)")
     /// The slots' shared state; touched on the one event loop only.
