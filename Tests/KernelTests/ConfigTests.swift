@@ -255,6 +255,28 @@ let testCatalog = ComponentCatalog([
         #expect(errors("sorces: {}\n") == ["site.yaml:1:1: error: unknown section 'sorces' (did you mean 'sources'?)"])
     }
 
+    /// Aliases repeat their anchor's steps; nested aliases that would stand for billions of nodes
+    /// ("billion laughs", 9^9 here) are refused with a located error instead of being expanded.
+    @Test func takesAliasesButNotAliasBombs() throws {
+        let c = try load("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:9000" }
+            sinks:
+              out: { plugin: webhook, url: "http://127.0.0.1:1/x" }
+            pipelines:
+              a: { from: [ "devices:a/#" ], steps: &steps [ { decode: json }, { filter: "x > 1" } ], to: [ out ] }
+              b: { from: [ "devices:b/#" ], steps: *steps, to: [ out ] }
+            """)
+        #expect(c.pipelines.map { $0.steps.map(\.name) } == [["decode", "filter"], ["decode", "filter"]])
+        var bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        for (name, previous) in zip("bcdefghi", "abcdefgh") {
+            bomb += "\(name): &\(name) [\(Array(repeating: "*\(previous)", count: 9).joined(separator: ", "))]\n"
+        }
+        #expect(errors(bomb + "sources: {}\n") == [
+            "site.yaml:1:20: error: the file stands for more than \(YAMLNode.nodeLimit) YAML nodes (each alias repeats all of its anchor's nodes; use fewer aliases)"
+        ])
+    }
+
     @Test func reportsMissingEnvironmentWithoutLeakingSecrets() {
         let e = errors(valid)
         #expect(e == ["site.yaml:4:65: error: environment variable 'HOOK_SECRET' used by field 'secret' of sink 'hook' is not set"])

@@ -92,7 +92,8 @@ public indirect enum YAMLNode: Sendable {
         }
         guard let root else { return nil }
         var diagnostics = Diagnostics()
-        let node = convert(root, file: file, &diagnostics)
+        var budget = nodeLimit
+        let node = convert(root, file: file, &diagnostics, budget: &budget)
         if diagnostics.hasErrors { throw ConfigurationError(diagnostics: diagnostics.items) }
         return node
     }
@@ -112,16 +113,30 @@ public indirect enum YAMLNode: Sendable {
         }
     }
 
-    private static func convert(_ node: Node, file: String, _ d: inout Diagnostics) -> YAMLNode {
+    /// The most nodes a file may stand for. An alias repeats its anchor's nodes, so a few lines of
+    /// aliases of aliases ("billion laughs") could otherwise stand for billions of them, and take the
+    /// hub's memory while it reads the file.
+    static let nodeLimit = 250_000
+
+    private static func convert(_ node: Node, file: String, _ d: inout Diagnostics, budget: inout Int) -> YAMLNode {
         let loc = node.mark.map { SourceLocation(file: file, line: $0.line, column: $0.column) }
             ?? SourceLocation(file: file, line: 1, column: 1)
+        // `budget` is the nodes left, and -1 once one too many was met (reported once, then nothing more is read).
+        guard budget > 0 else {
+            if budget == 0 {
+                d.error(loc, "the file stands for more than \(nodeLimit) YAML nodes", hint: "each alias repeats all of its anchor's nodes; use fewer aliases")
+                budget = -1
+            }
+            return .scalar("", quoted: false, loc)
+        }
+        budget -= 1
         switch node {
         case .scalar(let s):
             return .scalar(s.string, quoted: s.style != .plain, loc)
         case .mapping(let m):
             var pairs: [(key: String, keyLocation: SourceLocation, value: YAMLNode)] = []
-            for (k, v) in m {
-                let keyNode = convert(k, file: file, &d)
+            for (k, v) in m where budget >= 0 {
+                let keyNode = convert(k, file: file, &d, budget: &budget)
                 guard case .scalar(let key, _, let keyLoc) = keyNode else {
                     d.error(keyNode.location, "mapping keys must be plain text")
                     continue
@@ -130,13 +145,16 @@ public indirect enum YAMLNode: Sendable {
                     d.error(keyLoc, "duplicate key '\(key)'", hint: "each key may appear once in a mapping")
                     continue
                 }
-                pairs.append((key, keyLoc, convert(v, file: file, &d)))
+                pairs.append((key, keyLoc, convert(v, file: file, &d, budget: &budget)))
             }
             return .mapping(pairs, loc)
         case .sequence(let s):
-            return .sequence(s.map { convert($0, file: file, &d) }, loc)
+            var items: [YAMLNode] = []
+            for item in s where budget >= 0 { items.append(convert(item, file: file, &d, budget: &budget)) }
+            return .sequence(items, loc)
         case .alias:
-            d.error(loc, "YAML aliases are not supported in pipeline files")
+            // The composer has already put the anchor's node in each alias's place.
+            d.error(loc, "unresolved YAML alias")
             return .scalar("", quoted: false, loc)
         }
     }
