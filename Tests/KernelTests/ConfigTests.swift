@@ -255,6 +255,31 @@ let testCatalog = ComponentCatalog([
         #expect(errors("sorces: {}\n") == ["site.yaml:1:1: error: unknown section 'sorces' (did you mean 'sources'?)"])
     }
 
+    /// Names become file names under the data folder (a pipeline's write-ahead log and rule state):
+    /// one that could climb out of it, or break a `source:filter` reference, is refused at the name.
+    @Test func refusesNamesThatAreNotPlainNames() {
+        let hint = "(1 to 64 letters, digits, '_', '-' and '.', not starting with '.')"
+        #expect(errors("""
+            sources:
+              "../up": { plugin: http, listen: "127.0.0.1:9000" }
+              "a:b": { plugin: http, listen: "127.0.0.1:9001" }
+              ok-1.x_2: { plugin: http, listen: "127.0.0.1:9002" }
+            sinks:
+              "a/b": { plugin: webhook, url: "http://127.0.0.1:1/x" }
+              ".hidden": { plugin: webhook, url: "http://127.0.0.1:1/x" }
+            pipelines:
+              "../../../tmp/evil": { from: [ ok-1.x_2 ], durable: true, to: [ "a/b" ] }
+              "\(String(repeating: "p", count: 65))": { from: [ ok-1.x_2 ], to: [ "a/b" ] }
+            """).filter { !$0.contains("undefined") } == [
+            "site.yaml:2:3: error: '../up' is not a valid source name \(hint)",
+            "site.yaml:3:3: error: 'a:b' is not a valid source name \(hint)",
+            "site.yaml:6:3: error: 'a/b' is not a valid sink name \(hint)",
+            "site.yaml:7:3: error: '.hidden' is not a valid sink name \(hint)",
+            "site.yaml:9:3: error: '../../../tmp/evil' is not a valid pipeline name \(hint)",
+            "site.yaml:10:3: error: '\(String(repeating: "p", count: 64))' is not a valid pipeline name \(hint)",
+        ])
+    }
+
     /// Aliases repeat their anchor's steps; nested aliases that would stand for billions of nodes
     /// ("billion laughs", 9^9 here) are refused with a located error instead of being expanded.
     @Test func takesAliasesButNotAliasBombs() throws {

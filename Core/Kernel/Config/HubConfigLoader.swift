@@ -132,7 +132,7 @@ public struct HubConfigLoader: Sendable {
                     if value.string != "1" { d.error(value.location, "unsupported pipeline file version '\(value.string ?? value.typeName)'", hint: "this hub reads version 1") }
                 case "sources", "sinks":
                     let kind: ComponentKind = key == "sources" ? .source : .sink
-                    for (name, nameLoc, node) in mappingPairs(value, "'\(key)'", &d) {
+                    for (name, nameLoc, node) in mappingPairs(value, "'\(key)'", &d) where Self.checkName(name, of: "\(kind)", at: nameLoc, &d) {
                         let isNew = kind == .source ? declared.sources.insert(name).inserted : declared.sinks.insert(name).inserted
                         guard isNew else {
                             d.error(nameLoc, "\(kind) '\(name)' is defined twice")
@@ -143,7 +143,7 @@ public struct HubConfigLoader: Sendable {
                         }
                     }
                 case "pipelines":
-                    for (name, nameLoc, node) in mappingPairs(value, "'pipelines'", &d) {
+                    for (name, nameLoc, node) in mappingPairs(value, "'pipelines'", &d) where Self.checkName(name, of: "pipeline", at: nameLoc, &d) {
                         if config.pipelines.contains(where: { $0.name == name }) || pending.contains(where: { $0.0 == name }) {
                             d.error(nameLoc, "pipeline '\(name)' is defined twice")
                             continue
@@ -227,6 +227,23 @@ public struct HubConfigLoader: Sendable {
         if d.hasErrors { throw ConfigurationError(diagnostics: d.items) }
         config.notes = d.items.filter { $0.severity == .note }
         return (config, d.items.filter { $0.severity != .note })
+    }
+
+    /// Whether a source, sink or pipeline name is one the hub can use everywhere it goes: in file names
+    /// under the data folder (a pipeline's write-ahead log and rule state), in `source:filter`
+    /// references, metric labels and the API's paths. 1 to 64 letters, digits, '_', '-' and '.', not
+    /// starting with '.'; an error at the name otherwise (a name such as "../x" would put files
+    /// outside the data folder).
+    static func checkName(_ name: String, of what: String, at loc: SourceLocation, _ d: inout Diagnostics) -> Bool {
+        let bytes = Array(name.utf8)
+        let ok = (1...64).contains(bytes.count) && bytes[0] != UInt8(ascii: ".")
+            && bytes.allSatisfy { b in
+                (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5A) || (b >= 0x61 && b <= 0x7A) || b == 0x5F || b == 0x2D || b == 0x2E
+            }
+        if !ok {
+            d.error(loc, "'\(name.prefix(64))' is not a valid \(what) name", hint: "1 to 64 letters, digits, '_', '-' and '.', not starting with '.'")
+        }
+        return ok
     }
 
     private func mappingPairs(_ node: YAMLNode, _ context: String, _ d: inout Diagnostics) -> [(String, SourceLocation, YAMLNode)] {
