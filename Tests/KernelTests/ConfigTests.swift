@@ -255,6 +255,43 @@ let testCatalog = ComponentCatalog([
         #expect(errors("sorces: {}\n") == ["site.yaml:1:1: error: unknown section 'sorces' (did you mean 'sources'?)"])
     }
 
+    /// What a reference brings in (any file the hub can read, any of its environment) and what a secret
+    /// field holds never shows in a message: not the value whole, not a line of it, not a part cut
+    /// short; nothing else is hidden.
+    @Test func messagesConcealReferencedAndSecretValues() throws {
+        var c = Concealed()
+        c.add("root:x:0:0:root:/root:/bin/bash\nsystemd-timesync:x:997:997:systemd Time Synchronization")
+        c.add("pässwörd")
+        c.add("abcd")
+        c.add("xyz")
+        #expect(c("listen address 'root:x:0:0:root:/root:/bin/bash\nsystemd-timesync:x:997:997:systemd Time Synchron' is bad")
+                == "listen address '…' is bad")
+        #expect(c("line 2: systemd-timesync:x:997") == "line 2: …")
+        #expect(c("a pässwörd!") == "a …!")
+        #expect(c("abcd and abc and xyz") == "… and abc and xyz")
+        #expect(c("nothing here") == "nothing here" && Concealed()("root:x:0:0:root") == "root:x:0:0:root")
+        // Through the loader: a duration from the environment that is not one is not quoted back.
+        let e = errors("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:9000" }
+            sinks:
+              hook: { plugin: webhook, url: "http://127.0.0.1:1/x", timeout: "${env:T}" }
+            pipelines:
+              p: { from: [ devices ], to: [ hook ] }
+            """, env: ["T": "top-secret-value"])
+        #expect(e == ["site.yaml:4:66: error: field 'timeout' of sink 'hook' is not a duration: '…' (write it like 250ms, 5s, 1m or 2h)"], "\(e)")
+        let hub = try load("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:9000" }
+            sinks:
+              hook: { plugin: webhook, url: "${env:URL}", secret: "${env:S}" }
+            pipelines:
+              p: { from: [ devices ], to: [ hook ] }
+            """, env: ["URL": "http://127.0.0.1:1/private-path", "S": "shared-secret"])
+        let concealed = try #require(hub.sink("hook")?.concealed)
+        #expect(concealed("POST http://127.0.0.1:1/private-path failed, signed with shared-secret") == "POST … failed, signed with …")
+    }
+
     /// Names become file names under the data folder (a pipeline's write-ahead log and rule state):
     /// one that could climb out of it, or break a `source:filter` reference, is refused at the name.
     @Test func refusesNamesThatAreNotPlainNames() {

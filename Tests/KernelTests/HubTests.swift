@@ -32,6 +32,29 @@ import IoTCPluginKit
         return Running(hub: hub, dir: dir, port: port)
     }
 
+    /// A plugin's error about a value a reference brought in shows "…" in its place: a pipeline file
+    /// (which an admin key can apply through the API) cannot read a file back through the hub's errors.
+    @Test func aPluginsErrorDoesNotQuoteAReferencedFile() throws {
+        let dir = TempDir()
+        let file = dir.write("listen.txt", "first-line-of-a-private-file\nsecond-line-of-it\n")
+        let hub = try makeHub(dir)
+        defer { hub.stop() }
+        let config = try loadConfig("""
+            sources:
+              devices: { plugin: http, listen: "${file:\(file)}" }
+            sinks:
+              out: { plugin: file, path: \(dir.path)/out.jsonl }
+            pipelines:
+              p: { from: [ devices ], to: [ out ] }
+            """)
+        #expect {
+            try hub.start(config)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("listen address") && text.contains("…") && !text.contains("private") && !text.contains("second-line")
+        }
+    }
+
     /// Message ids are the hub's prefix and a counter in base 36, from the first counter to the last.
     @Test func messageIDsAreThePrefixAndTheCounterInBase36() {
         let prefix = Array("mk3x9q2a-".utf8)

@@ -29,6 +29,8 @@ public struct ComponentConfig: Sendable {
     public var delivery = DeliveryOptions()
     /// Names of fields that are secret, so that nothing prints their values.
     public var secretFields: [String] = []
+    /// What messages about the component must not show (its secrets, and what references brought in).
+    public var concealed = Concealed()
 }
 
 /// How the kernel feeds a sink.

@@ -120,7 +120,9 @@ public struct HubConfigLoader: Sendable {
                 continue
             }
             guard let root else { continue }
-            var v = SpecValidator(baseDirectory: (file as NSString).deletingLastPathComponent, environment: environment,
+            // `${file:...}` paths are relative to the file's folder ("." for a file named without one).
+            let folder = (file as NSString).deletingLastPathComponent
+            var v = SpecValidator(baseDirectory: folder.isEmpty ? "." : folder, environment: environment,
                                   missingEnvironmentIsWarning: missingEnvironmentIsWarning)
             guard case .mapping(let pairs, _) = root else {
                 d.error(root.location, "a pipeline file should be a mapping with sources, sinks and pipelines")
@@ -289,15 +291,16 @@ public struct HubConfigLoader: Sendable {
         }
         for f in kernelFields { config[f.name] = nil }
         c.config = config
+        c.concealed = v.concealed
         // The plugin's own checks, on a config whose fields are all well typed.
         if let check = entry.check, v.diagnostics.errors.count == errorsBefore {
             for f in check(config) {
                 let at = node.descendant(f.path)
-                let text = "\(context): \(f.text)"
+                let text = "\(context): \(c.concealed(f.text))", hint = f.hint.map { c.concealed($0) }
                 switch f.severity {
-                case .error: v.diagnostics.error(at.location, text, hint: f.hint)
-                case .warning: v.diagnostics.warning(at.location, text, hint: f.hint)
-                case .note: v.diagnostics.append(Diagnostic(.note, at: at.location, text, hint: f.hint))
+                case .error: v.diagnostics.error(at.location, text, hint: hint)
+                case .warning: v.diagnostics.warning(at.location, text, hint: hint)
+                case .note: v.diagnostics.append(Diagnostic(.note, at: at.location, text, hint: hint))
                 }
             }
         }

@@ -6,6 +6,9 @@ import IoTCPluginKit
 /// Every problem is recorded with its location; a secret's value never appears in a message.
 struct SpecValidator {
     var diagnostics = Diagnostics()
+    /// The values of secret fields and whatever references put in the file: messages about it and its
+    /// components show none of them.
+    var concealed = Concealed()
     /// Folder that `${file:...}` paths are relative to.
     let baseDirectory: String
     let environment: [String: String]
@@ -93,11 +96,14 @@ struct SpecValidator {
         }
         guard case .scalar(let raw, let quoted, let loc) = node else { return wrong() }
         guard let text = resolve(raw, at: loc, secret: secret, context: context) else { return nil }
+        if secret { concealed.add(text) }
+        // What a message may show of the value: nothing of a secret, or of what a reference brought in.
+        let shown = secret || raw.contains("${") ? "…" : text
         switch type {
         case .string:
             if !options.isEmpty, !options.contains(text) {
                 let hint = Suggest.closest(text, in: options).map { "did you mean '\($0)'?" } ?? "one of: \(options.joined(separator: ", "))"
-                diagnostics.error(loc, "\(context) cannot be '\(secret ? "…" : text)'", hint: hint)
+                diagnostics.error(loc, "\(context) cannot be '\(shown)'", hint: hint)
                 return nil
             }
             if !quoted, YAMLNode.isNull(text) { return wrong() }
@@ -113,13 +119,13 @@ struct SpecValidator {
             return .bool(b)
         case .duration:
             guard let s = Durations.seconds(text) else {
-                diagnostics.error(loc, "\(context) is not a duration: '\(text)'", hint: "write it like 250ms, 5s, 1m or 2h")
+                diagnostics.error(loc, "\(context) is not a duration: '\(shown)'", hint: "write it like 250ms, 5s, 1m or 2h")
                 return nil
             }
             return .double(s)
         case .byteSize:
             guard let b = ByteSizes.bytes(text) else {
-                diagnostics.error(loc, "\(context) is not a byte size: '\(text)'", hint: "write it like 512, 64KiB or 1MiB")
+                diagnostics.error(loc, "\(context) is not a byte size: '\(shown)'", hint: "write it like 512, 64KiB or 1MiB")
                 return nil
             }
             return .int(b)
@@ -173,6 +179,7 @@ struct SpecValidator {
                     continue
                 }
                 out += v
+                concealed.add(v)
             } else if reference.hasPrefix("file:") {
                 var path = String(reference.dropFirst(5))
                 if !path.hasPrefix("/") { path = baseDirectory + "/" + path }
@@ -180,7 +187,9 @@ struct SpecValidator {
                     diagnostics.error(loc, "cannot read file '\(path)' used by \(context)")
                     return nil
                 }
-                out += s.hasSuffix("\n") ? String(s.dropLast()) : s
+                let v = s.hasSuffix("\n") ? String(s.dropLast()) : s
+                out += v
+                concealed.add(v)
             } else {
                 diagnostics.error(loc, "unknown reference '${\(secret ? "…" : String(reference))}' in \(context)", hint: "write ${env:NAME} or ${file:PATH}")
                 return nil
@@ -232,5 +241,68 @@ public enum ByteSizes {
         guard let scale = units[t.dropFirst(digits.count).trimmingCharacters(in: .whitespaces)] else { return nil }
         let (v, overflow) = n.multipliedReportingOverflow(by: scale)
         return overflow ? nil : v
+    }
+}
+
+/// Text that messages must not show: the values of secret fields, and whatever a `${env:...}` or
+/// `${file:...}` reference brought into a pipeline file (which may be any file the hub can read, or
+/// any of its environment). Messages about a component (its plugin's errors, log lines and check
+/// findings) show "…" in place of any 8 bytes in a row that such a value holds, so that a value quoted
+/// in part (one line of it, or cut short) is hidden too; a value of 4 to 7 bytes is hidden where it
+/// appears whole. Shorter ones are left, as hiding them would hide most of any message and reveal little.
+public struct Concealed: Sendable {
+    /// Every run of 8 bytes in the longer values, as a number.
+    private var runs: Set<UInt64> = []
+    private var short: [[UInt8]] = []
+    public init() {}
+
+    public var isEmpty: Bool { runs.isEmpty && short.isEmpty }
+
+    mutating func add(_ value: String) {
+        let b = Array(value.utf8)
+        if b.count >= 8 {
+            for i in 0...(b.count - 8) { runs.insert(Self.run(b, i)) }
+        } else if b.count >= 4, !short.contains(b) {
+            short.append(b)
+        }
+    }
+
+    private static func run(_ b: [UInt8], _ i: Int) -> UInt64 {
+        var v: UInt64 = 0
+        for k in 0..<8 { v = v << 8 | UInt64(b[i + k]) }
+        return v
+    }
+
+    public func callAsFunction(_ text: String) -> String {
+        guard !isEmpty else { return text }
+        let b = Array(text.utf8)
+        var hide = [Bool](repeating: false, count: b.count)
+        var any = false
+        if b.count >= 8, !runs.isEmpty {
+            for i in 0...(b.count - 8) where runs.contains(Self.run(b, i)) {
+                for k in i..<(i + 8) { hide[k] = true }
+                any = true
+            }
+        }
+        for w in short where b.count >= w.count {
+            for i in 0...(b.count - w.count) where !hide[i] && b[i..<(i + w.count)].elementsEqual(w) {
+                for k in i..<(i + w.count) { hide[k] = true }
+                any = true
+            }
+        }
+        guard any else { return text }
+        // Hidden runs take whole characters: a UTF-8 continuation byte next to one is hidden too.
+        for i in b.indices where hide[i] {
+            var l = i
+            while l > 0, b[l] & 0xC0 == 0x80 { l -= 1; hide[l] = true }
+            var r = i
+            while r + 1 < b.count, b[r + 1] & 0xC0 == 0x80 { r += 1; hide[r] = true }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(b.count)
+        for i in b.indices {
+            if !hide[i] { out.append(b[i]) } else if i == 0 || !hide[i - 1] { out += Array("…".utf8) }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 }

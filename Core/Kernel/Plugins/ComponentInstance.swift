@@ -30,6 +30,8 @@ protocol HostServices: AnyObject, Sendable {
 final class ComponentInstance: @unchecked Sendable {
     let name: String
     let kind: ComponentKind
+    /// What the plugin's errors and log lines must not show: its config's secrets and referenced values.
+    let concealed: Concealed
     let component: LoadedComponent
     weak var services: (any HostServices)?
     private let host: UnsafeMutablePointer<iotc_host>
@@ -49,8 +51,9 @@ final class ComponentInstance: @unchecked Sendable {
     /// A sink's runtime, which settles the sink's acknowledgements.
     weak var sinkRuntime: SinkRuntime?
 
-    init(name: String, component: LoadedComponent, config: Value.Object, services: any HostServices) throws {
+    init(name: String, component: LoadedComponent, config: Value.Object, concealed: Concealed = Concealed(), services: any HostServices) throws {
         self.name = name
+        self.concealed = concealed
         self.kind = component.entry.kind
         self.component = component
         self.services = services
@@ -84,7 +87,7 @@ final class ComponentInstance: @unchecked Sendable {
         }
         guard let created else {
             // deinit frees the host structure.
-            throw HubError("\(kind) '\(name)' (\(component.entry.name)): \(cText(text))")
+            throw HubError("\(kind) '\(name)' (\(component.entry.name)): \(concealed(cText(text)))")
         }
         instance = created
     }
@@ -95,7 +98,7 @@ final class ComponentInstance: @unchecked Sendable {
             var err = iotc_error(struct_size: UInt32(MemoryLayout<iotc_error>.size), code: 0, text: buf.baseAddress, capacity: buf.count)
             return component.raw.pointee.start(instance, &err)
         }
-        guard r == IOTC_OK else { throw HubError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(cText(text))") }
+        guard r == IOTC_OK else { throw HubError("\(kind) '\(name)' (\(component.entry.name)) did not start: \(concealed(cText(text)))") }
     }
 
     /// Stops taking work and settles what is in flight.
@@ -146,7 +149,7 @@ final class ComponentInstance: @unchecked Sendable {
                 component.raw.pointee.process(instance, cm, stepEmit, Unmanaged.passUnretained(collector).toOpaque(), &err)
             }
         }
-        guard r == IOTC_OK else { throw StepError(cText(text)) }
+        guard r == IOTC_OK else { throw StepError(concealed(cText(text))) }
         return collector.out
     }
 
@@ -265,7 +268,7 @@ private let hostDeviceDisconnected: @convention(c) (UnsafeMutableRawPointer?, UI
 private let hostLog: @convention(c) (UnsafeMutableRawPointer?, UInt32, iotc_str) -> Void = { ctx, level, text in
     guard let ctx else { return }
     let me = ComponentInstance.from(ctx)
-    me.services?.log(from: me, level: level, String(text))
+    me.services?.log(from: me, level: level, me.concealed.isEmpty ? String(text) : me.concealed(String(text)))
 }
 
 private let hostMetric: @convention(c) (UnsafeMutableRawPointer?, UInt32, iotc_str, UnsafePointer<iotc_kv>?, Int, Double) -> Void = {

@@ -265,7 +265,7 @@ public final class Hub: HostServices, @unchecked Sendable {
         guard let component = plugins.component(kind, c.component) else {
             throw HubError("\(kind) '\(c.name)': no loaded plugin provides '\(c.component)'")
         }
-        return try ComponentInstance(name: c.name, component: component, config: c.config, services: self)
+        return try ComponentInstance(name: c.name, component: component, config: c.config, concealed: c.concealed, services: self)
     }
 
     func makeProcessor(_ p: PipelineConfig) throws -> PipelineProcessor {
