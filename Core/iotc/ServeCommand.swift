@@ -46,7 +46,7 @@ struct Serve: AsyncParsableCommand {
         NSTimeZone.default = TimeZone(secondsFromGMT: 0)!
         let level = Logger.Level(rawValue: logLevel) ?? .info
         LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
+            var h = OneLineLogHandler(StreamLogHandler.standardError(label: label))
             h.logLevel = level
             return h
         }

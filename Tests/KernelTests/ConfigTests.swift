@@ -2,6 +2,7 @@ import Foundation
 import Testing
 @testable import IoTCKernel
 import IoTCPluginKit
+import Logging
 
 /// A catalog with a source and a sink, so that config checks run without loading plugins.
 let testCatalog = ComponentCatalog([
@@ -253,6 +254,32 @@ let testCatalog = ComponentCatalog([
         #expect(errors("sources:\n  a: { plugin: http }\n  a: { plugin: http }\n").first?.contains("duplicate key 'a'") == true)
         #expect(errors("- just\n- a list\n") == ["site.yaml:1:1: error: a pipeline file should be a mapping with sources, sinks and pipelines"])
         #expect(errors("sorces: {}\n") == ["site.yaml:1:1: error: unknown section 'sorces' (did you mean 'sources'?)"])
+    }
+
+    /// Log records are written one per line: line breaks and other control characters that they quote
+    /// are escaped, in the message and in metadata; other text is left as it is.
+    @Test func logRecordsStayOnOneLine() {
+        #expect(OneLineLogHandler.oneLine("a\nb\rc\u{0}d\u{1B}[0m\u{85}\u{2028}\u{2029}\u{7F}") == "a\\nb\\rc\\u{0}d\\u{1B}[0m\\u{85}\\u{2028}\\u{2029}\\u{7F}")
+        #expect(OneLineLogHandler.oneLine("tab\tand é, 漢字 and \\n as written") == "tab\tand é, 漢字 and \\n as written")
+        final class Capture: LogHandler, @unchecked Sendable {
+            var events: [LogEvent] = []
+            var metadata: Logger.Metadata = [:]
+            var metadataProvider: Logger.MetadataProvider?
+            var logLevel: Logger.Level = .trace
+            subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+                get { metadata[key] }
+                set { metadata[key] = newValue }
+            }
+            func log(event: LogEvent) { events.append(event) }
+        }
+        let capture = Capture()
+        var logger = Logger(label: "t") { _ in OneLineLogHandler(capture) }
+        logger[metadataKey: "client"] = "c\nd"
+        logger.warning("user 'u\nFORGED'", metadata: ["topic": "t\n1", "list": ["x\ny"]])
+        let e = capture.events.first
+        #expect(capture.events.count == 1 && e?.message.description == "user 'u\\nFORGED'")
+        #expect(e?.metadata?["topic"] == .string("t\\n1") && e?.metadata?["list"] == .array([.string("x\\ny")]))
+        #expect(capture.metadata["client"] == .string("c\\nd"))
     }
 
     /// What a reference brings in (any file the hub can read, any of its environment) and what a secret

@@ -143,6 +143,27 @@ import IoTCPluginKit
         #expect(jsonLines(dir.path + "/out.jsonl").count == 1)
     }
 
+    /// What a device sends and the log quotes (here a user name with line breaks, a Unicode line
+    /// separator and a terminal escape) stays on its log line: the device cannot write lines of its own.
+    @Test func aDeviceCannotAddLinesToTheLog() throws {
+        let port = freePort()
+        let hub = try ServedHub(key: "iotc_mqttlogtest1_" + String(repeating: "k", count: 40)) { hub in """
+            sources: { devices: { plugin: mqtt, listen: "127.0.0.1:\(port)", authentication: static, anonymous: { publish: [ "#" ] } } }
+            sinks: { out: { plugin: file, path: "\(hub.dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ "devices:devices/#" ], to: [ out ] } }
+            """ }
+        #expect(waitForPort(port))
+        let forged = "2026-01-01T00:00:00+0000 error iotc: FORGED"
+        // MQTT 3.1.1 CONNECT with a user name and password (mosquitto's clients refuse such a user name).
+        func string(_ s: String) -> [UInt8] { let b = Array(s.utf8); return [UInt8(b.count >> 8), UInt8(b.count & 0xFF)] + b }
+        let body = string("MQTT") + [4, 0xC2, 0, 60] + string("d1") + string("user\n\(forged)\u{2028}x\u{1B}[31m") + string("pw")
+        let socket = try #require(RawSocket(port: port))
+        socket.send([0x10, UInt8(body.count)] + body)
+        #expect(socket.isClosed(), "a refused CONNECT closes the connection")
+        #expect(eventually { hub.log.contains("authentication failed for user 'user\\n\(forged)\\u{2028}x\\u{1B}[31m'") }, "\(hub.log)")
+        #expect(!hub.log.split(separator: "\n").contains { $0.hasPrefix(forged) }, "\(hub.log)")
+    }
+
     @Test func publishesEnterPipelinesWithTheirProperties() throws {
         let server = try Server()
         let (code, out) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", "mqttv5", "-i", "press-7",
