@@ -78,6 +78,11 @@ import Testing
         #expect(try decode("GET / HTTP/1.0\r\n\r\n").first?.keepAlive == false)
         #expect(try decode("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").first?.keepAlive == false)
         #expect(try decode("\r\n\r\nGET / HTTP/1.1\r\n\r\n").count == 1)  // leading empty lines are ignored
+        // A target in absolute form is taken as its path and query (RFC 9112 §3.2.2).
+        #expect(try decode("POST http://hub.example.com:8081/v1/devices/d/telemetry?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n").first?.target
+                == "/v1/devices/d/telemetry?x=1")
+        #expect(DeviceRequestDecoder.originForm("HTTPS://h") == "/" && DeviceRequestDecoder.originForm("http://h?q=1") == "/?q=1")
+        #expect(DeviceRequestDecoder.originForm("/a?b=http://c/d") == "/a?b=http://c/d" && DeviceRequestDecoder.originForm("*") == "*")
         #expect(try decode("GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").isEmpty)  // waits for the body
     }
 
@@ -86,6 +91,9 @@ import Testing
         #expect(error("GET / HTTP/1.10\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("GET / http/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("G(T / HTTP/1.1\r\n\r\n") == .malformed("bad method"))
+        // Lines that end in LF alone are refused at once, not waited on until the connection times out.
+        #expect(error("GET / HTTP/1.1\nHost: a\n\n") == .malformed("a line ends in LF without CR"))
+        #expect(error("GET / HTTP/1.1\r\nHost: a\n") == .malformed("a line ends in LF without CR"))
         #expect(error("GET /a b HTTP/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n") == .malformed("obsolete line folding"))
         #expect(error("GET / HTTP/1.1\r\nBad Name: a\r\n\r\n") == .malformed("bad header name"))

@@ -118,6 +118,11 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         let start = i
         guard let headerEnd = findHeaderEnd(b, from: start, limit: limits.maxHeaderSize) else {
             if b.count - start > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
+            // Lines end in CRLF: a request whose lines end in LF alone would never end its headers, and
+            // would wait for more until the connection timed out; it is answered at once instead.
+            for k in start..<b.count where b[k] == 10 && (k == start || b[k - 1] != 13) {
+                throw DeviceRequestError.malformed("a line ends in LF without CR")
+            }
             return nil
         }
         // Request line: method SP target SP HTTP/1.x
@@ -128,7 +133,7 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         let method: DeviceRequest.Method = equals(b, start, sp1, "GET") ? .get : equals(b, start, sp1, "POST") ? .post
             : equals(b, start, sp1, "HEAD") ? .head : equals(b, start, sp1, "OPTIONS") ? .options : .other
         for k in (sp1 + 1)..<sp2 where b[k] <= 32 || b[k] == 127 { throw DeviceRequestError.malformed("bad request target") }
-        let target = String(decoding: UnsafeRawBufferPointer(rebasing: b[(sp1 + 1)..<sp2]), as: UTF8.self)
+        let target = Self.originForm(String(decoding: UnsafeRawBufferPointer(rebasing: b[(sp1 + 1)..<sp2]), as: UTF8.self))
         // HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3). A later 1.x is taken as 1.1, the
         // highest minor version this parser follows; another major version gets 505.
         let v = sp2 + 1
@@ -236,6 +241,16 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     // MARK: - Byte helpers
+
+    /// The path and query of a target in absolute form (`http://host/path?q`), which a server must
+    /// accept (RFC 9112 §3.2.2); other targets as they are.
+    public static func originForm(_ target: String) -> String {
+        guard let first = target.utf8.first, first != UInt8(ascii: "/"), let colon = target.firstIndex(of: ":"),
+              ["http", "https"].contains(target[..<colon].lowercased()), target[colon...].hasPrefix("://") else { return target }
+        let rest = target[target.index(colon, offsetBy: 3)...]
+        guard let cut = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) else { return "/" }
+        return rest[cut] == "?" ? "/" + rest[cut...] : String(rest[cut...])
+    }
 
     private static func findHeaderEnd(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> Int? {
         var k = from
