@@ -324,6 +324,12 @@ import IoTCPluginKit
         // header fields alone, on the attributes, not on the commands a GET would take.
         let wrong = http("GET", "\(r.base)/d/telemetry")
         #expect(wrong?.status == 405 && wrong?.headers["allow"] == "POST, OPTIONS", "\(String(describing: wrong))")
+        // A method HTTP does not define (methods are case-sensitive) is not implemented: 501.
+        let unknown = try #require(RawSocket(port: r.port))
+        unknown.send("post /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nFROB /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\n\r\n")
+        let notImplemented = unknown.readResponses(2)
+        #expect(notImplemented.count == 2 && notImplemented.allSatisfy { $0.hasPrefix("HTTP/1.1 501") }, "\(notImplemented)")
+        #expect(http("PUT", "\(r.base)/d/telemetry")?.status == 405)
         let options = http("OPTIONS", "\(r.base)/d/attributes")
         #expect(options?.status == 204 && options?.headers["allow"] == "GET, HEAD, POST, OPTIONS", "\(String(describing: options))")
         #expect(http("HEAD", "\(r.base)/d/commands")?.headers["allow"] == "GET, OPTIONS")

@@ -2,7 +2,10 @@ import NIOCore
 
 /// One HTTP/1.1 request of the device API, with the few headers the API reads.
 public struct DeviceRequest: Sendable {
-    public enum Method: Sendable, Equatable { case get, head, post, options, other }
+    /// `other` is another method RFC 9110 defines (PUT, DELETE, CONNECT, TRACE, PATCH), which no
+    /// resource here takes (405); `unknown` is any other token, such as `post` (methods are case-
+    /// sensitive), which the server does not implement (501).
+    public enum Method: Sendable, Equatable { case get, head, post, options, other, unknown }
     public var method: Method
     /// The request target as sent (path and query).
     public var target: String
@@ -131,7 +134,8 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
               sp1 > start, sp2 > sp1 + 1 else { throw DeviceRequestError.malformed("bad request line") }
         for k in start..<sp1 where !isTokenChar(b[k]) { throw DeviceRequestError.malformed("bad method") }
         let method: DeviceRequest.Method = equals(b, start, sp1, "GET") ? .get : equals(b, start, sp1, "POST") ? .post
-            : equals(b, start, sp1, "HEAD") ? .head : equals(b, start, sp1, "OPTIONS") ? .options : .other
+            : equals(b, start, sp1, "HEAD") ? .head : equals(b, start, sp1, "OPTIONS") ? .options
+            : ["PUT", "DELETE", "CONNECT", "TRACE", "PATCH"].contains { equals(b, start, sp1, $0) } ? .other : .unknown
         for k in (sp1 + 1)..<sp2 where b[k] <= 32 || b[k] == 127 { throw DeviceRequestError.malformed("bad request target") }
         let target = Self.originForm(String(decoding: UnsafeRawBufferPointer(rebasing: b[(sp1 + 1)..<sp2]), as: UTF8.self))
         // HTTP-version = "HTTP/" DIGIT "." DIGIT (RFC 9112 §2.3). A later 1.x is taken as 1.1, the

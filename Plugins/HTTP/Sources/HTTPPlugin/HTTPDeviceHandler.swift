@@ -125,6 +125,8 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func start(_ context: ChannelHandlerContext, _ request: DeviceRequest) {
         current = request
+        // A method RFC 9110 does not define is not implemented (§9.1: 501), whatever the resource.
+        guard request.method != .unknown else { return respond(context, .notImplemented, problem: "this method is not implemented") }
         guard let route = Self.route(request.method, request.target) else {
             // RFC 9110: a 405 lists the methods the resource takes (§15.5.6), and so does OPTIONS.
             let allowed = Self.allowedMethods(request.target)
