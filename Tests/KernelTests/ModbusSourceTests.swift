@@ -14,8 +14,11 @@ final class ModbusPeer {
         #expect(eventually(timeout: 20) { process.log.contains("ready") }, "\(process.log)")
     }
 
+    /// The peer's complete lines that start with `prefix`: a line still being written (no newline
+    /// yet) is not counted, or a reply could be read before its last values came.
     private func replies(_ prefix: String) -> [Substring] {
-        process.log.split(separator: "\n").filter { $0.hasPrefix(prefix) }
+        let log = process.log
+        return log[..<(log.lastIndex(of: "\n") ?? log.startIndex)].split(separator: "\n").filter { $0.hasPrefix(prefix) }
     }
 
     /// Sends a line and waits for its answer (a line starting with `expect`).
