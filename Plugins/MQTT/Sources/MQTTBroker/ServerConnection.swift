@@ -225,7 +225,7 @@ public final class ServerConnection: @unchecked Sendable {
             guard w.qos <= broker.config.maximumQoS else { return refuse(MQTTReason.qosNotSupported, 0x05, "will QoS is over the maximum") }
             guard !w.retain || broker.config.retainAvailable else { return refuse(MQTTReason.retainNotSupported, 0x05, "retain is not available") }
             // As a PUBLISH's payload is checked against its format indicator (MQTT 5 §3.1.3.2.3).
-            if w.properties.integer(MQTTProperty.payloadFormatIndicator) == 1, w.payload.withUnsafeReadableBytes({ UTF8Text.string($0) }) == nil {
+            if Self.contradictsItsFormat(w.payload, w.properties) {
                 return refuse(MQTTReason.payloadFormatInvalid, 0x05, "the will payload is not UTF-8 as its format indicator says")
             }
             guard !TenantSpace.isReserved(w.topic), hub.mayPublish(identity, topic: w.topic) else {
@@ -342,8 +342,7 @@ public final class ServerConnection: @unchecked Sendable {
         var message = BrokerMessage(topic: topic, payload: p.payload, qos: p.qos, retain: p.retain)
         if !p.properties.isEmpty {
             (message.properties, message.expiry) = Self.messageProperties(p.properties)
-            if p.properties.integer(MQTTProperty.payloadFormatIndicator) == 1,
-               p.payload.withUnsafeReadableBytes({ UTF8Text.string($0) }) == nil {
+            if Self.contradictsItsFormat(p.payload, p.properties) {
                 acknowledgeAtOnce(p, code: MQTTReason.payloadFormatInvalid, reason: "the payload is not UTF-8 as its format indicator says")
                 return
             }
@@ -435,6 +434,12 @@ public final class ServerConnection: @unchecked Sendable {
             }
         }
         if readingPaused, stalled.isEmpty, owed.count < Int(limits.receiveMaximum) / 2 { resume() }
+    }
+
+    /// A payload whose format indicator says UTF-8 (1) and which is not (MQTT 5 §3.3.2.3.2, and the
+    /// will's §3.1.3.2.3): the receiver may refuse it with 0x99.
+    static func contradictsItsFormat(_ payload: ByteBuffer, _ properties: [MQTTProperty]) -> Bool {
+        properties.integer(MQTTProperty.payloadFormatIndicator) == 1 && payload.withUnsafeReadableBytes({ UTF8Text.string($0) }) == nil
     }
 
     // MARK: - Backpressure
