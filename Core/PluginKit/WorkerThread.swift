@@ -6,15 +6,38 @@ public final class WorkerThread: @unchecked Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let thread: Thread
 
-    /// Starts `body` on a new thread.
+    /// Starts `body` on a new thread. The name is what `top -H`, `ps -L` and debuggers show: Linux keeps
+    /// its first 15 bytes (`osName`), so the part that tells threads apart should come first.
     public init(name: String, _ body: @escaping @Sendable () -> Void) {
         let done = finished
+        let osName = Self.osName(name)
         thread = Thread {
+            #if os(Linux)
+            // Foundation passes the whole name on, which Linux refuses past 15 bytes: the thread would
+            // keep the name of the thread that made it. (`pthread_setname_np` is not imported here.)
+            let fd = open("/proc/thread-self/comm", O_WRONLY)
+            if fd >= 0 {
+                _ = osName.withCString { write(fd, $0, strlen($0)) }
+                close(fd)
+            }
+            #endif
             body()
             done.signal()
         }
         thread.name = name
         thread.start()
+    }
+
+    /// `name` cut to the 15 bytes a Linux thread name holds, at a character boundary.
+    public static func osName(_ name: String) -> String {
+        var n = 0
+        var cut = name.startIndex
+        for c in name.unicodeScalars {
+            n += String(c).utf8.count
+            if n > 15 { break }
+            cut = name.unicodeScalars.index(after: cut)
+        }
+        return String(name.unicodeScalars[..<cut])
     }
 
     /// Waits for the loop to return; false when `deadline` came first (nil: wait as long as it takes).

@@ -91,6 +91,30 @@ import IoTCStore
         #expect(!hub.log.contains("Fatal error"))
     }
 
+    /// Operators tell the hub's threads apart in `top -H` and `ps -L` by name: Linux keeps 15 bytes of it.
+    @Test func namesItsThreadsAfterTheirPipelinesAndSinks() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { archive: { plugin: file, path: "\(dir.path)/out.jsonl", sync: every_batch } }
+            pipelines: { telemetry: { from: [ devices ], durable: true, to: [ archive ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort), "hub did not start: \(hub.log)")
+        let pid = hub.process.processIdentifier
+        let names = Set(((try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []).compactMap {
+            (try? String(contentsOfFile: "/proc/\(pid)/task/\($0)/comm", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        })
+        for expected in ["pipe-telemetry", "sink-archive", "wal-telemetry", "fsync-out.jsonl"] {
+            #expect(names.contains(expected), "no thread named \(expected) among \(names.sorted())")
+        }
+        #expect(WorkerThread.osName("pipe-a-rather-long-name") == "pipe-a-rather-l")
+        #expect(WorkerThread.osName("sink-é-ééééééé") == "sink-é-ééé")  // 14 bytes: cut between characters, not inside one
+    }
+
     @Test func checksAndAppliesPipelineFilesThroughTheAPI() throws {
         let dir = TempDir()
         let httpPort = freePort(), apiPort = freePort()

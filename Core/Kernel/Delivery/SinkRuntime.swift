@@ -109,7 +109,7 @@ final class SinkRuntime: @unchecked Sendable {
     }
 
     func start() {
-        worker = WorkerThread(name: "iotc-sink-\(name)") { [self] in run() }
+        worker = WorkerThread(name: "sink-\(name)") { [self] in run() }
     }
 
     /// Queues a delivery, waiting while the queue is full (this is how pressure reaches pipelines).

@@ -113,7 +113,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         for name in segments where name != segmentName(segmentFirst) {
             try? FileManager.default.removeItem(at: directory.appendingPathComponent(name))
         }
-        writer = WorkerThread(name: "iotc-wal") { [weak self] in self?.writeLoop() }
+        writer = WorkerThread(name: "wal-\(directory.lastPathComponent)") { [weak self] in self?.writeLoop() }
         return entries
     }
 

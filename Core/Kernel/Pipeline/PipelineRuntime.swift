@@ -57,7 +57,7 @@ final class PipelineRuntime: @unchecked Sendable {
     var queued: Int { cond.withLock { queue.count } }
 
     func start() {
-        worker = WorkerThread(name: "iotc-pipeline-\(name)") { [self] in run() }
+        worker = WorkerThread(name: "pipe-\(name)") { [self] in run() }
     }
 
     /// Swaps in a new definition; queued messages go through the new steps.

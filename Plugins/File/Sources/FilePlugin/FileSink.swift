@@ -64,7 +64,7 @@ final class FileSink: Sink, @unchecked Sendable {
         // less than handing the batch to another thread and waking it. `fdatasync` can take
         // milliseconds, so with sync a writer thread does it while the hub goes on.
         if config.sync == "every_batch" {
-            writer = WorkerThread(name: "iotc-file-sink") { [self] in run() }
+            writer = WorkerThread(name: "fsync-\((config.path as NSString).lastPathComponent)") { [self] in run() }
         }
     }
 

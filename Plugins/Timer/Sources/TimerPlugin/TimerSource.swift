@@ -102,7 +102,7 @@ final class TimerSource: Source, @unchecked Sendable {
     }
 
     func start() throws {
-        thread = WorkerThread(name: "iotc-timers") { [self] in run() }
+        thread = WorkerThread(name: "timers") { [self] in run() }
     }
 
     func stop() {
