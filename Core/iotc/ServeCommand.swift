@@ -211,7 +211,8 @@ struct Banner: Sendable {
         lines.append("  store      \(store)")
         lines.append("  plugins    " + hub.plugins.libraries.map { "\($0.name) \($0.version)" }.sorted().joined(separator: ", "))
         for src in config.sources {
-            let listen = src.config["listen"].flatMap { if case .string(let l) = $0 { " on \(l)" } else { nil } } ?? ""
+            // As the plugin's own log lines: a reference's value shows as "…".
+            let listen = src.config["listen"].flatMap { if case .string(let l) = $0 { " on \(src.concealed(l))" } else { nil } } ?? ""
             lines.append("  source     \(src.name) (\(src.component)\(listen))")
         }
         for sink in s.sinks { lines.append("  sink       \(sink.name) (\(sink.component))") }

@@ -19,13 +19,15 @@ let testCatalog = ComponentCatalog([
 ])
 
 @Suite struct ConfigTests {
-    func load(_ yaml: String, env: [String: String] = [:]) throws(ConfigurationError) -> HubConfig {
-        try HubConfigLoader(catalog: testCatalog, environment: env).load(texts: [("site.yaml", yaml)]).0
+    func load(_ yaml: String, env: [String: String] = [:], catalog: ComponentCatalog = testCatalog) throws(ConfigurationError) -> HubConfig {
+        try HubConfigLoader(catalog: catalog, environment: env).load(texts: [("site.yaml", yaml)]).0
     }
 
-    func errors(_ yaml: String, env: [String: String] = [:]) -> [String] {
+    /// The errors of `yaml` as the loader words them (`catalog`: the plugins it knows; the real ones
+    /// for their own checks).
+    func errors(_ yaml: String, env: [String: String] = [:], catalog: ComponentCatalog = testCatalog) -> [String] {
         do {
-            _ = try load(yaml, env: env)
+            _ = try load(yaml, env: env, catalog: catalog)
             return []
         } catch {
             return error.diagnostics.filter { $0.severity == .error }.map(\.description)
@@ -131,14 +133,6 @@ let testCatalog = ComponentCatalog([
     /// field concerned, which the loader turns into that field's place in the file; its notes (here the
     /// Modbus read plan) stay out of the errors and warnings.
     @Test func locatesAPluginsOwnFindingsAtTheFieldTheyConcern() throws {
-        func errors(_ yaml: String) -> [String] {
-            do {
-                _ = try HubConfigLoader(catalog: Build.plugins.catalog).load(texts: [("site.yaml", yaml)])
-                return []
-            } catch {
-                return error.diagnostics.filter { $0.severity == .error }.map(\.description)
-            }
-        }
         let e = errors("""
             sources:
               plant:
@@ -155,7 +149,7 @@ let testCatalog = ComponentCatalog([
                     groups:
                       - name: slow
                         registers: [ { name: flags, address: 7, bit: 15, bits: 2 } ]
-            """)
+            """, catalog: Build.plugins.catalog)
         #expect(e == [
             "site.yaml:9:38: error: source 'plant': 'status' (holding registers 1–1) overlaps 'power' (0–1) (each register or bit belongs to one value, except disjoint bit fields of one register)",
             "site.yaml:11:15: error: source 'plant': unit 300 is out of range 0 to 255",
@@ -307,6 +301,16 @@ let testCatalog = ComponentCatalog([
               p: { from: [ devices ], to: [ hook ] }
             """, env: ["T": "top-secret-value"])
         #expect(e == ["site.yaml:4:66: error: field 'timeout' of sink 'hook' is not a duration: '…' (write it like 250ms, 5s, 1m or 2h)"], "\(e)")
+        // A plugin's own check that quotes the value (the LwM2M source's observe paths).
+        let found = errors("""
+            sources:
+              things: { plugin: lwm2m, listen: "127.0.0.1:9000", observe: [ "${env:P}" ] }
+            sinks:
+              out: { plugin: log }
+            pipelines:
+              p: { from: [ things ], to: [ out ] }
+            """, env: ["P": "/etc/shadow-contents"], catalog: Build.plugins.catalog)
+        #expect(found.count == 1 && found[0].contains("'…' is not an LwM2M path") && !found[0].contains("shadow"), "\(found)")
         let hub = try load("""
             sources:
               devices: { plugin: http, listen: "127.0.0.1:9000" }

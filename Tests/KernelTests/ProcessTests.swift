@@ -91,6 +91,24 @@ import IoTCStore
         #expect(!hub.log.contains("Fatal error"))
     }
 
+    /// A plugin's log line that quotes a value a reference brought in shows "…" in its place.
+    @Test func pluginLogLinesConcealReferencedValues() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "${env:IOTC_TEST_LISTEN}" } }
+            sinks: { out: { plugin: log } }
+            pipelines: { p: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory],
+                                   environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey, "IOTC_TEST_LISTEN": "127.0.0.1:\(httpPort)"])
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort), "hub did not start: \(hub.log)")
+        #expect(eventually { hub.log.contains("http source listening on …") }, "\(hub.log)")
+        #expect(!hub.log.contains("127.0.0.1:\(httpPort)"), "\(hub.log)")
+    }
+
     /// Operators tell the hub's threads apart in `top -H` and `ps -L` by name: Linux keeps 15 bytes of it.
     @Test func namesItsThreadsAfterTheirPipelinesAndSinks() throws {
         let dir = TempDir()
