@@ -27,11 +27,12 @@ build fuzz-expressions Tests/Fuzz/FuzzExpressions.swift \
 build fuzz-lwm2m-tlv Tests/Fuzz/FuzzLwM2MTLV.swift Plugins/LwM2M/Sources/LwM2MCodec/TLV.swift
 build fuzz-lwm2m-cbor Tests/Fuzz/FuzzLwM2MCBOR.swift Plugins/LwM2M/Sources/LwM2MCodec/LwM2MCBOR.swift
 build fuzz-modbus-map Tests/Fuzz/FuzzModbusMap.swift Plugins/Modbus/Sources/ModbusMap/*.swift
+build fuzz-link-format Tests/Fuzz/FuzzLinkFormat.swift Plugins/LwM2M/Sources/LwM2MCodec/LinkFormat.swift
 build fuzz-object-xml Tests/Fuzz/FuzzObjectXML.swift Plugins/LwM2M/Sources/LwM2MCodec/XMLReader.swift \
   Plugins/LwM2M/Sources/LwM2MCodec/ObjectXML.swift Plugins/LwM2M/Sources/LwM2MCodec/ObjectModel.swift
 
 status=0
-for f in fuzz-payload-codecs fuzz-expressions fuzz-lwm2m-tlv fuzz-lwm2m-cbor fuzz-modbus-map fuzz-object-xml; do
+for f in fuzz-payload-codecs fuzz-expressions fuzz-lwm2m-tlv fuzz-lwm2m-cbor fuzz-link-format fuzz-modbus-map fuzz-object-xml; do
   mkdir -p "$OUT/corpus/$f"
   echo "== $f for ${SECONDS_EACH}s"
   # Swift's backtracer would hold a crashed process; libFuzzer must see the crash itself.

@@ -14,6 +14,16 @@ struct LinkFormatTests {
         #expect(LinkFormat.write(links) == #"</>;ct=11542;rt="oma.lwm2m",</1/0>,</3/0>;ver=1.1,</3303>;ver=1.1"#)
     }
 
+    /// A quoted value may hold `"` and `\` as quoted-pairs (RFC 6690 §2, RFC 2616's quoted-string);
+    /// such a registration was refused ("expected ','"). Written back, they are escaped again.
+    @Test func readsQuotedPairsInValues() throws {
+        let text = #"</3/0>;title="a \"quoted\" name, with \\ and ; in it";ver=1.1,</4/0>"#
+        let links = try LinkFormat.parse(text)
+        #expect(links.count == 2 && links[0].attributes["title"] == #"a "quoted" name, with \ and ; in it"#)
+        #expect(LinkFormat.write(links) == #"</3/0>;title="a \"quoted\" name, with \\ and ; in it";ver=1.1,</4/0>"#)
+        #expect(try LinkFormat.parse(LinkFormat.write(links)) == links)
+    }
+
     /// A client's alternate path for its objects (LwM2M 1.1 §6.2.1): the target of its rt="oma.lwm2m" link.
     @Test func readsAnAlternatePathForObjects() throws {
         let links = try LinkFormat.parse(#"</lwm2m>;rt="oma.lwm2m";ct=110,</lwm2m/1/0>,</lwm2m/3303/0>;ver=1.1"#)

@@ -78,11 +78,18 @@ public enum LinkFormat {
                 if i < s.count, s[i] == UInt8(ascii: "=") {
                     i += 1
                     if i < s.count, s[i] == UInt8(ascii: "\"") {
+                        // A quoted-string, where a backslash takes the next character as it is
+                        // (RFC 6690 §2 by RFC 2616's quoted-pair): `title="a \"b\""` is `a "b"`.
                         i += 1
                         let vStart = i
-                        while i < s.count, s[i] != UInt8(ascii: "\"") { i += 1 }
+                        var bytes: [UInt8] = []
+                        while i < s.count, s[i] != UInt8(ascii: "\"") {
+                            if s[i] == UInt8(ascii: "\\"), i + 1 < s.count { i += 1 }
+                            bytes.append(s[i])
+                            i += 1
+                        }
                         guard i < s.count else { throw Error(offset: vStart, reason: "unterminated quoted value") }
-                        value = String(decoding: s[vStart..<i], as: UTF8.self)
+                        value = String(decoding: bytes, as: UTF8.self)
                         i += 1
                     } else {
                         let vStart = i
@@ -101,13 +108,22 @@ public enum LinkFormat {
         }
     }
 
-    /// Writes links as link format, attributes sorted by name; values other than numbers are quoted.
+    /// Writes links as link format, attributes sorted by name; values other than numbers are quoted,
+    /// with `"` and `\` escaped. What `parse` reads, `write` writes so that `parse` reads it the same.
     public static func write(_ links: [Link]) -> String {
         links.map { l in
             "<\(l.target)>" + l.attributes.sorted { $0.key < $1.key }.map { a in
                 if a.value.isEmpty { return ";\(a.key)" }
                 let bare = a.value.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") }
-                return bare ? ";\(a.key)=\(a.value)" : ";\(a.key)=\"\(a.value)\""
+                if bare { return ";\(a.key)=\(a.value)" }
+                // Byte by byte: as characters, a `"` followed by a combining mark is not a `"`.
+                var quoted: [UInt8] = [UInt8(ascii: "\"")]
+                for b in a.value.utf8 {
+                    if b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") { quoted.append(UInt8(ascii: "\\")) }
+                    quoted.append(b)
+                }
+                quoted.append(UInt8(ascii: "\""))
+                return ";\(a.key)=" + String(decoding: quoted, as: UTF8.self)
             }.joined()
         }.joined(separator: ",")
     }
