@@ -35,8 +35,10 @@ let package = Package(
     products: [
         .executable(name: "iotc", targets: ["iotc"]),
         .library(name: "IoTCPluginKit", targets: ["IoTCPluginKit"]),
-        // The MQTT codec and server logic, for the fuzzer in Tests/Fuzz/mqtt.
+        // The MQTT codec and server logic, and the HTTP device API's request decoder, for the
+        // network fuzzers in Tests/Fuzz/servers.
         .library(name: "IoTCMQTT", targets: ["MQTTCodec", "MQTTBroker"]),
+        .library(name: "IoTCHTTPCodec", targets: ["HTTPCodec"]),
         .library(name: "iotc-plugin-http", type: .dynamic, targets: ["HTTPPlugin"]),
         .library(name: "iotc-plugin-webhook", type: .dynamic, targets: ["WebhookPlugin"]),
         .library(name: "iotc-plugin-file", type: .dynamic, targets: ["FilePlugin"]),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets in Tests/Fuzz with swiftc (-sanitize=fuzzer,address) and runs each for
-# SECONDS (default 60), then the MQTT server's mutation fuzzer (Tests/Fuzz/mqtt). Crashing inputs are kept in .build-fuzz/crashes/. Usage: scripts/fuzz.sh [SECONDS]
+# SECONDS (default 60), then the MQTT and HTTP servers' mutation fuzzers (Tests/Fuzz/servers). Crashing
+# inputs are kept in .build-fuzz/crashes/. Usage: scripts/fuzz.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${1:-60}
@@ -42,11 +43,16 @@ for f in fuzz-payload-codecs fuzz-expressions fuzz-lwm2m-tlv fuzz-lwm2m-cbor fuz
   fi
   if ls "$OUT/crashes/$f-"* >/dev/null 2>&1; then echo "$f: crashing inputs in $OUT/crashes"; status=1; fi
 done
-# The MQTT server: a seeded mutation fuzzer over the decoder and the whole connection logic
-# (Tests/Fuzz/mqtt), MQTT_INPUTS inputs (default a million).
+# The network decoders, as sockets feed them (Tests/Fuzz/servers): seeded mutations through the MQTT
+# decoder and the whole server logic (MQTT_INPUTS, default a million), and through the HTTP device
+# API's request decoder, whole and in random pieces (HTTP_INPUTS, default a million).
+swift build -c release --package-path Tests/Fuzz/servers --scratch-path .build-fuzz-servers 2>&1 | grep -E "error|warning: unre" || true
 echo "== mqtt (seeded mutation, ${MQTT_INPUTS:-1000000} inputs)"
-swift build -c release --package-path Tests/Fuzz/mqtt --scratch-path .build-fuzz-mqtt 2>&1 | grep -E "error|warning: unre" || true
-if ! SWIFT_BACKTRACE=enable=no .build-fuzz-mqtt/release/MQTTFuzz "${MQTT_INPUTS:-1000000}"; then
+if ! SWIFT_BACKTRACE=enable=no .build-fuzz-servers/release/MQTTFuzz "${MQTT_INPUTS:-1000000}"; then
   echo "mqtt: the fuzzer failed (see above)"; status=1
+fi
+echo "== http (seeded mutation, ${HTTP_INPUTS:-1000000} inputs)"
+if ! SWIFT_BACKTRACE=enable=no .build-fuzz-servers/release/HTTPFuzz "${HTTP_INPUTS:-1000000}"; then
+  echo "http: the fuzzer failed (see above)"; status=1
 fi
 exit $status

@@ -1,6 +1,7 @@
 // Usage: MQTTFuzz [INPUTS] [SEED]. Exits non-zero (with the input in hex) when an invariant breaks;
 // a crash is a failure by itself.
 import Foundation
+import FuzzSupport
 import MQTTBroker
 import MQTTCodec
 import NIOCore
@@ -8,18 +9,6 @@ import NIOEmbedded
 
 let inputs = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1])! : 1_000_000
 var rng = SplitMix(seed: CommandLine.arguments.count > 2 ? UInt64(CommandLine.arguments[2])! : 0x1075)
-
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func encode(_ p: MQTTPacket, _ v: MQTTVersion) -> [UInt8] {
     var b = ByteBuffer()
@@ -56,24 +45,8 @@ for v in [MQTTVersion.v311, .v5] {
 /// the mutations reach the packets after it and the connected server.
 @MainActor func mutate(_ input: [UInt8]) -> [UInt8] {
     let keep = Bool.random(using: &rng) ? Int(input[1]) + 2 : 0
-    var b = Array(input[keep...])
     let interesting: [UInt8] = [0, 1, 2, 0x7F, 0x80, 0xFF, 0x23, 0x2B, 0x24, 0x2F, 0x26, 0x0B, 0x30, 0x82]
-    for _ in 0..<(Bool.random(using: &rng) ? 1 : Int.random(in: 2...8, using: &rng)) {
-        guard !b.isEmpty else { b = [UInt8.random(in: 0...255, using: &rng)]; continue }
-        let i = Int.random(in: 0..<b.count, using: &rng)
-        switch Int.random(in: 0..<7, using: &rng) {
-        case 0: b[i] ^= UInt8(1 << Int.random(in: 0..<8, using: &rng))
-        case 1: b[i] = interesting.randomElement(using: &rng)!
-        case 2: b.insert(UInt8.random(in: 0...255, using: &rng), at: i)
-        case 3: b.remove(at: i)
-        case 4:
-            let n = Int.random(in: 1...min(16, b.count - i), using: &rng)
-            b.insert(contentsOf: b[i..<(i + n)], at: Int.random(in: 0...b.count, using: &rng))
-        case 5: b.removeSubrange(i...)
-        default: b[i] = UInt8.random(in: 0...255, using: &rng)
-        }
-    }
-    return Array(input[..<keep]) + b
+    return Array(input[..<keep]) + Mutator.mutate(Array(input[keep...]), interesting: interesting, using: &rng)
 }
 
 /// A hub that takes everything, sometimes busy.
