@@ -1,4 +1,4 @@
-import HTTPCodec
+@testable import HTTPCodec
 import NIOCore
 import NIOEmbedded
 import Testing
@@ -86,7 +86,7 @@ import Testing
         #expect(try decode("GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").isEmpty)  // waits for the body
     }
 
-    @Test func refusesWhatItCannotFrameSafely() {
+    @Test func refusesWhatItCannotFrameSafely() throws {
         #expect(error("GET / HTTP/2.0\r\n\r\n") == .unsupportedVersion)
         #expect(error("GET / HTTP/1.10\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("GET / http/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
@@ -110,6 +110,36 @@ import Testing
         #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFF\r\n") == .bodyTooLarge(nil))
         #expect(error("GET / HTTP/1.1\r\nX: \(String(repeating: "a", count: 17000))\r\n\r\n") == .headerTooLarge)
         #expect(error("GET / HTTP/1.1\r\n" + String(repeating: "X: 1\r\n", count: 101) + "\r\n") == .headerTooLarge)
+        // Empty lines before the request line count toward the header section: sent without end, they
+        // were all kept (a client grew the hub by 200 MB with 210 MB of them) and read again each time.
+        #expect(error(String(repeating: "\r\n", count: 8193)) == .headerTooLarge)
+        #expect(try decode(String(repeating: "\r\n", count: 100) + "GET / HTTP/1.1\r\n\r\n").count == 1)
+        // Chunked applied twice (two fields are one list), and the field in HTTP/1.0 (RFC 9112 §6.1).
+        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .unsupportedTransferCoding)
+        #expect(error("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .malformed("Transfer-Encoding in an HTTP/1.0 request"))
+    }
+
+    /// A request's bytes come in many reads; what was read is not read again. A megabyte of 1-byte
+    /// chunks sent 100 bytes at a time took over a second of the event loop when each read started over.
+    @Test func goesOnFromWhereItStoppedWhenMoreComes() throws {
+        var decoder = DeviceRequestDecoder(limits: DeviceRequestLimits(maxBodySize: 1 << 20))
+        var buffer = ByteBuffer(string: "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        #expect(try decoder.decode(buffer: &buffer) == nil)
+        #expect(decoder.progress.head != nil && decoder.progress.chunks.isEmpty)
+        for n in 1...3 {
+            buffer.writeString("1\r\nx\r\n2")
+            #expect(try decoder.decode(buffer: &buffer) == nil)
+            #expect(decoder.progress.chunks.count == 2 * n - 1, "the chunks before stay read")
+            buffer.writeString("\r\nyz\r\n")
+        }
+        buffer.writeString("0\r\nA: b\r\n")
+        #expect(try decoder.decode(buffer: &buffer) == nil && decoder.progress.inTrailers)
+        buffer.writeString("\r\nGET /b HTTP/1.1\r\n")
+        let r = try #require(try decoder.decode(buffer: &buffer))
+        #expect(String(buffer: r.body) == "xyzxyzxyz" && r.target == "/a")
+        #expect(try decoder.decode(buffer: &buffer) == nil && decoder.progress.scanned == buffer.readableBytes, "the next request's header search")
+        buffer.writeString("\r\n")
+        #expect(try decoder.decode(buffer: &buffer)?.target == "/b")
     }
 
     /// Random corruptions of valid requests: each either decodes, waits for more bytes or is refused

@@ -66,6 +66,8 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
     private var continueDue = false
     /// 100 Continue was taken for the request in hand.
     private var continueTaken = false
+    /// How far the request in hand has been read.
+    private(set) var progress = Progress()
 
     public init(limits: DeviceRequestLimits) { self.limits = limits }
 
@@ -79,10 +81,16 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
     }
 
     public mutating func decode(buffer: inout ByteBuffer) throws -> DeviceRequest? {
-        var expectsContinue = false
-        let parsed = try buffer.withUnsafeReadableBytes { try Self.parse($0, limits, expectsContinue: &expectsContinue) }
-        continueDue = parsed == nil && expectsContinue
+        let parsed: (DeviceRequest, Body, Int)?
+        do {
+            parsed = try buffer.withUnsafeReadableBytes { [limits] in try Self.parse($0, limits, &progress) }
+        } catch {
+            progress = Progress()
+            throw error
+        }
+        continueDue = parsed == nil && progress.head?.expectsContinue == true
         guard let (head, body, consumed) = parsed else { return nil }
+        progress = Progress()
         continueTaken = false
         var request = head
         let base = buffer.readerIndex
@@ -112,21 +120,54 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         try decode(buffer: &buffer)
     }
 
-    /// Parses one request from the front of `b`. Returns nil when more bytes are needed; then
-    /// `expectsContinue` tells whether the headers are in and asked for 100 Continue.
-    static func parse(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits, expectsContinue: inout Bool) throws -> (DeviceRequest, Body, Int)? {
-        // Leading empty lines before a request line are ignored (RFC 9112 section 2.2).
+    /// How far the request at the front of the buffer has been read, so that what came before is not
+    /// read again when more comes: a request's bytes may come in thousands of reads, and reading from
+    /// its start each time would cost time growing with the square of its size (a megabyte of 1-byte
+    /// chunks sent 100 bytes at a time took over a second of the event loop). Offsets are from the
+    /// buffer's first readable byte, which stays in place until the request is taken.
+    struct Progress {
+        /// Readable bytes at the last look (fewer now: the buffer is another one, and reading starts over).
+        var seen = 0
+        /// Bytes searched for the end of the header section.
+        var scanned = 0
+        /// The request once its header section is in, whether it asked for 100 Continue, and its framing.
+        var head: (request: DeviceRequest, expectsContinue: Bool, chunked: Bool, length: Int)?
+        /// Where the body's unread part starts: the next chunk-size line, or the next trailer line.
+        var next = 0
+        /// The chunks read so far, and their total size.
+        var chunks: [Range<Int>] = []
+        var total = 0
+        /// The last chunk (size 0) is read, and `next` is at a trailer line.
+        var inTrailers = false
+    }
+
+    /// Parses one request from the front of `b`, going on from `p`. Returns nil when more bytes are
+    /// needed (with `p` telling how far it got).
+    static func parse(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits, _ p: inout Progress) throws -> (DeviceRequest, Body, Int)? {
+        if b.count < p.seen { p = Progress() }
+        p.seen = b.count
+        if p.head == nil {
+            guard try parseHead(b, limits, &p) else { return nil }
+        }
+        return try parseBody(b, limits, &p)
+    }
+
+    /// Reads the request line and header fields into `p.head` once they are all in; false until then.
+    private static func parseHead(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits, _ p: inout Progress) throws -> Bool {
+        // Leading empty lines before a request line are ignored (RFC 9112 section 2.2). They count
+        // toward the header section's size, so that a client cannot send them without end.
         var i = 0
         while i + 1 < b.count, b[i] == 13, b[i + 1] == 10 { i += 2 }
         let start = i
-        guard let headerEnd = findHeaderEnd(b, from: start, limit: limits.maxHeaderSize) else {
-            if b.count - start > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
+        guard let headerEnd = findHeaderEnd(b, from: max(start, p.scanned - 3), limit: limits.maxHeaderSize) else {
+            if b.count > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
             // Lines end in CRLF: a request whose lines end in LF alone would never end its headers, and
             // would wait for more until the connection timed out; it is answered at once instead.
-            for k in start..<b.count where b[k] == 10 && (k == start || b[k - 1] != 13) {
+            for k in max(start, p.scanned)..<b.count where b[k] == 10 && (k == start || b[k - 1] != 13) {
                 throw DeviceRequestError.malformed("a line ends in LF without CR")
             }
-            return nil
+            p.scanned = b.count
+            return false
         }
         // Request line: method SP target SP HTTP/1.x
         guard let lineEnd = crlf(b, from: start, to: headerEnd) else { throw DeviceRequestError.malformed("bad request line") }
@@ -149,24 +190,25 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         let http10 = b[v + 7] == UInt8(ascii: "0")
 
         var request = DeviceRequest(method: method, target: target, http10: http10, keepAlive: !http10, body: ByteBuffer())
+        var expectsContinue = false
         var contentLength: Int?
         var chunked = false
         var headers = 0
-        var p = lineEnd + 2
-        while p < headerEnd {
-            guard let e = crlf(b, from: p, to: headerEnd + 2) else { throw DeviceRequestError.malformed("bad header line") }
+        var h = lineEnd + 2
+        while h < headerEnd {
+            guard let e = crlf(b, from: h, to: headerEnd + 2) else { throw DeviceRequestError.malformed("bad header line") }
             headers += 1
             guard headers <= limits.maxHeaders else { throw DeviceRequestError.headerTooLarge }
-            guard b[p] != 32 && b[p] != 9 else { throw DeviceRequestError.malformed("obsolete line folding") }
-            guard let colon = index(of: UInt8(ascii: ":"), in: b, from: p, to: e), colon > p else { throw DeviceRequestError.malformed("bad header line") }
-            for k in p..<colon where !isTokenChar(b[k]) { throw DeviceRequestError.malformed("bad header name") }
+            guard b[h] != 32 && b[h] != 9 else { throw DeviceRequestError.malformed("obsolete line folding") }
+            guard let colon = index(of: UInt8(ascii: ":"), in: b, from: h, to: e), colon > h else { throw DeviceRequestError.malformed("bad header line") }
+            for k in h..<colon where !isTokenChar(b[k]) { throw DeviceRequestError.malformed("bad header name") }
             var vs = colon + 1, ve = e
             while vs < ve, b[vs] == 32 || b[vs] == 9 { vs += 1 }
             while ve > vs, b[ve - 1] == 32 || b[ve - 1] == 9 { ve -= 1 }
             for k in vs..<ve where (b[k] < 32 && b[k] != 9) || b[k] == 127 { throw DeviceRequestError.malformed("bad header value") }
             func value() -> String { String(decoding: UnsafeRawBufferPointer(rebasing: b[vs..<ve]), as: UTF8.self) }
-            switch colon - p {
-            case 14 where equalsCaseless(b, p, colon, "content-length"):
+            switch colon - h {
+            case 14 where equalsCaseless(b, h, colon, "content-length"):
                 var n = 0
                 guard ve > vs else { throw DeviceRequestError.malformed("bad Content-Length") }
                 for k in vs..<ve {
@@ -175,73 +217,85 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
                 }
                 if let c = contentLength, c != n { throw DeviceRequestError.malformed("conflicting Content-Length") }
                 contentLength = n
-            case 17 where equalsCaseless(b, p, colon, "transfer-encoding"):
-                // Only "chunked" is accepted (RFC 9112 section 6.1); anything else cannot be framed.
-                guard equalsCaseless(b, vs, ve, "chunked") else { throw DeviceRequestError.unsupportedTransferCoding }
+            case 17 where equalsCaseless(b, h, colon, "transfer-encoding"):
+                // Only "chunked" is accepted (RFC 9112 section 6.1); anything else cannot be framed, nor
+                // can chunked applied twice (a second field is a list continued: "chunked, chunked").
+                // An HTTP/1.0 message with the field has faulty framing (§6.1 MUST).
+                guard !http10 else { throw DeviceRequestError.malformed("Transfer-Encoding in an HTTP/1.0 request") }
+                guard equalsCaseless(b, vs, ve, "chunked"), !chunked else { throw DeviceRequestError.unsupportedTransferCoding }
                 chunked = true
-            case 10 where equalsCaseless(b, p, colon, "connection"):
+            case 10 where equalsCaseless(b, h, colon, "connection"):
                 let v = value().lowercased()
                 if v.contains("close") { request.keepAlive = false } else if v.contains("keep-alive") { request.keepAlive = true }
-            case 12 where equalsCaseless(b, p, colon, "content-type"): request.contentType = value()
-            case 13 where equalsCaseless(b, p, colon, "authorization"): request.authorization = value()
-            case 12 where equalsCaseless(b, p, colon, "x-request-id"): request.requestID = value()
-            case 13 where equalsCaseless(b, p, colon, "x-device-time"): request.deviceTime = value()
-            case 13 where equalsCaseless(b, p, colon, "if-none-match"): request.ifNoneMatch = value()
-            case 16 where equalsCaseless(b, p, colon, "content-encoding"): request.contentEncoding = value()
-            case 6 where equalsCaseless(b, p, colon, "expect"):
+            case 12 where equalsCaseless(b, h, colon, "content-type"): request.contentType = value()
+            case 13 where equalsCaseless(b, h, colon, "authorization"): request.authorization = value()
+            case 12 where equalsCaseless(b, h, colon, "x-request-id"): request.requestID = value()
+            case 13 where equalsCaseless(b, h, colon, "x-device-time"): request.deviceTime = value()
+            case 13 where equalsCaseless(b, h, colon, "if-none-match"): request.ifNoneMatch = value()
+            case 16 where equalsCaseless(b, h, colon, "content-encoding"): request.contentEncoding = value()
+            case 6 where equalsCaseless(b, h, colon, "expect"):
                 // A client of HTTP/1.0 is never sent 100 (RFC 9110 §10.1.1).
                 expectsContinue = !http10 && equalsCaseless(b, vs, ve, "100-continue")
             default: break
             }
-            p = e + 2
+            h = e + 2
         }
-        var q = headerEnd + 4
-        if chunked {
-            // A message with both is refused: it is the classic request-smuggling shape (RFC 9112 6.3).
-            guard contentLength == nil else { throw DeviceRequestError.malformed("both Content-Length and Transfer-Encoding") }
-            var ranges: [Range<Int>] = []
-            var total = 0
-            while true {
-                guard let e = crlf(b, from: q, to: b.count) else {
-                    if b.count - q > 1024 { throw DeviceRequestError.malformed("bad chunk size") }
-                    return nil
-                }
-                var size = 0, k = q, digits = 0
-                while k < e, let d = hexDigit(b[k]) {
-                    size = size * 16 + d
-                    digits += 1
-                    guard digits <= 8 else { throw DeviceRequestError.bodyTooLarge(nil) }
-                    k += 1
-                }
-                guard digits > 0, k == e || b[k] == UInt8(ascii: ";") || b[k] == 32 || b[k] == 9 else {
-                    throw DeviceRequestError.malformed("bad chunk size")
-                }
-                total += size
-                guard total <= limits.maxBodySize else { throw DeviceRequestError.bodyTooLarge(nil) }
-                q = e + 2
-                if size == 0 {
-                    // Trailer fields (ignored), then an empty line.
-                    while true {
-                        guard let t = crlf(b, from: q, to: b.count) else {
-                            if b.count - q > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
-                            return nil
-                        }
-                        let empty = t == q
-                        q = t + 2
-                        if empty { break }
-                    }
-                    return (request, .chunks(ranges), q)
-                }
-                guard b.count >= q + size + 2 else { return nil }
-                guard b[q + size] == 13, b[q + size + 1] == 10 else { throw DeviceRequestError.malformed("bad chunk") }
-                ranges.append(q..<(q + size))
-                q += size + 2
-            }
-        }
+        // A message with both is refused: it is the classic request-smuggling shape (RFC 9112 6.3).
+        if chunked, contentLength != nil { throw DeviceRequestError.malformed("both Content-Length and Transfer-Encoding") }
         let length = contentLength ?? 0
         guard length <= limits.maxBodySize else { throw DeviceRequestError.bodyTooLarge(length) }
-        guard b.count >= q + length else { return nil }
-        return (request, length == 0 ? .none : .bytes(q..<(q + length)), q + length)
+        p.head = (request, expectsContinue, chunked, length)
+        p.next = headerEnd + 4
+        return true
+    }
+
+    /// Frames the body of the request in `p.head`, going on from `p.next`.
+    private static func parseBody(_ b: UnsafeRawBufferPointer, _ limits: DeviceRequestLimits, _ p: inout Progress) throws -> (DeviceRequest, Body, Int)? {
+        guard let head = p.head else { return nil }
+        guard head.chunked else {
+            let q = p.next
+            guard b.count >= q + head.length else { return nil }
+            return (head.request, head.length == 0 ? .none : .bytes(q..<(q + head.length)), q + head.length)
+        }
+        while !p.inTrailers {
+            let q = p.next
+            guard let e = crlf(b, from: q, to: b.count) else {
+                if b.count - q > 1024 { throw DeviceRequestError.malformed("bad chunk size") }
+                return nil
+            }
+            var size = 0, k = q, digits = 0
+            while k < e, let d = hexDigit(b[k]) {
+                size = size * 16 + d
+                digits += 1
+                guard digits <= 8 else { throw DeviceRequestError.bodyTooLarge(nil) }
+                k += 1
+            }
+            guard digits > 0, k == e || b[k] == UInt8(ascii: ";") || b[k] == 32 || b[k] == 9 else {
+                throw DeviceRequestError.malformed("bad chunk size")
+            }
+            guard p.total + size <= limits.maxBodySize else { throw DeviceRequestError.bodyTooLarge(nil) }
+            if size == 0 {
+                p.inTrailers = true
+                p.next = e + 2
+                break
+            }
+            let data = e + 2
+            guard b.count >= data + size + 2 else { return nil }
+            guard b[data + size] == 13, b[data + size + 1] == 10 else { throw DeviceRequestError.malformed("bad chunk") }
+            p.chunks.append(data..<(data + size))
+            p.total += size
+            p.next = data + size + 2
+        }
+        // Trailer fields (ignored), then an empty line.
+        while true {
+            guard let t = crlf(b, from: p.next, to: b.count) else {
+                if b.count - p.next > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
+                return nil
+            }
+            let empty = t == p.next
+            p.next = t + 2
+            if empty { return (head.request, .chunks(p.chunks), p.next) }
+        }
     }
 
     // MARK: - Byte helpers
@@ -256,9 +310,10 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         return rest[cut] == "?" ? "/" + rest[cut...] : String(rest[cut...])
     }
 
+    /// The CR of the first CRLFCRLF at or after `from`, within the first `limit` bytes (and its 4).
     private static func findHeaderEnd(_ b: UnsafeRawBufferPointer, from: Int, limit: Int) -> Int? {
         var k = from
-        let end = min(b.count, from + limit + 4)
+        let end = min(b.count, limit + 4)
         while k + 3 < end {
             if b[k] == 13, b[k + 1] == 10, b[k + 2] == 13, b[k + 3] == 10 { return k }
             k += 1
