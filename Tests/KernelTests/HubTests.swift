@@ -411,6 +411,18 @@ import IoTCPluginKit
         cut.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"a\":3")
         shutdown(cut.fd, Int32(SHUT_WR))
         #expect(cut.isClosed())
+        // A header section sent a byte at a time, each within the idle time-out: 408 once it has taken
+        // longer than the time-out in all, and the connection closes.
+        let slow = try #require(RawSocket(port: r.port))
+        let began = Date()
+        for byte in "POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\n".utf8 {
+            slow.send([byte])
+            usleep(100_000)
+            if Date().timeIntervalSince(began) > 3 { break }
+        }
+        let timedOut = slow.readResponses(1, timeout: 1)
+        #expect(timedOut.first?.hasPrefix("HTTP/1.1 408") == true, "\(timedOut)")
+        #expect(slow.isClosed(timeout: 1))
         // A command stream stays open past the idle time-out.
         let stream = try #require(RawSocket(port: r.port))
         stream.send("GET /v1/devices/d/commands/stream HTTP/1.1\r\nHost: x\r\n\r\n")

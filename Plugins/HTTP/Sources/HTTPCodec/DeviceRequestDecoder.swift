@@ -71,6 +71,9 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
 
     public init(limits: DeviceRequestLimits) { self.limits = limits }
 
+    /// Whether the request in hand has its request line and header fields in (and waits for its body).
+    public var hasHead: Bool { progress.head != nil }
+
     /// Whether to send 100 Continue now: once per request that asks for it (HTTP/1.1, `Expect:
     /// 100-continue`) while its body has not all come. A client that sent the body with the headers
     /// gets none.

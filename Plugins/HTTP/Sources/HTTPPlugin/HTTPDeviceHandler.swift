@@ -34,6 +34,10 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var draining = false
     private var closing = false
     private var lastRead = NIODeadline.now()
+    /// When the first byte of a request whose header section is not all in came: the section must
+    /// come within `idle_timeout` of it, however slowly its bytes trickle in (a client sending a byte
+    /// now and then would otherwise hold the connection for as long as it liked).
+    private var headStarted: NIODeadline?
     private var idleCheck: Scheduled<Void>?
     /// The request being answered.
     private var current: DeviceRequest?
@@ -91,8 +95,10 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let request else {
                 // Headers that asked for 100 Continue, and the client waits before sending the body.
                 if decoder.takeContinue() { context.writeAndFlush(wrapOutboundOut(Self.continue100), promise: nil) }
+                if decoder.hasHead { headStarted = nil } else if headStarted == nil { headStarted = .now() }
                 break
             }
+            headStarted = nil
             start(context, request)
         }
         if current == nil { setReading(context, true) }
@@ -113,8 +119,13 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         idleCheck = context.eventLoop.scheduleTask(deadline: deadline) {
             let (handler, context) = bound.value
             guard context.channel.isActive else { return }
-            let due = handler.lastRead + handler.idleTimeout
-            if NIODeadline.now() < due { return handler.scheduleIdleCheck(context, at: due) }
+            let now = NIODeadline.now()
+            if let started = handler.headStarted, handler.current == nil, !handler.closing {
+                if now >= started + handler.idleTimeout { return handler.timeOutRequest(context) }
+            }
+            let headDue = handler.current == nil ? handler.headStarted.map { $0 + handler.idleTimeout } : nil
+            let due = min(handler.lastRead + handler.idleTimeout, headDue ?? .distantFuture)
+            if now < due { return handler.scheduleIdleCheck(context, at: due) }
             if handler.streaming == nil, handler.polling == nil, !handler.waitingForAttributes {
                 context.close(promise: nil)
             } else {
@@ -165,6 +176,13 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         case .unsupportedVersion:
             respond(context, .versionNotSupported, problem: "the device API speaks HTTP/1.1 (and 1.0)", close: true)
         }
+    }
+
+    /// A request's header section did not all come within `idle_timeout` of its first byte (RFC 9110
+    /// §15.5.9: 408, and the connection closes).
+    private func timeOutRequest(_ context: ChannelHandlerContext) {
+        current = DeviceRequest(method: .other, target: "", http10: false, keepAlive: false, body: ByteBuffer())
+        respond(context, .requestTimeout, problem: "the request line and headers did not all come within \(source.config.idle_timeout) s", close: true)
     }
 
     /// The methods a device resource takes, for `Allow`; empty when there is no such resource.
@@ -507,6 +525,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         static let notModified = Status(code: 304, reason: "Not Modified")
         static let unauthorized = Status(code: 401, reason: "Unauthorized"), forbidden = Status(code: 403, reason: "Forbidden")
         static let notFound = Status(code: 404, reason: "Not Found"), methodNotAllowed = Status(code: 405, reason: "Method Not Allowed")
+        static let requestTimeout = Status(code: 408, reason: "Request Timeout")
         static let payloadTooLarge = Status(code: 413, reason: "Content Too Large")
         static let notImplemented = Status(code: 501, reason: "Not Implemented")
         static let versionNotSupported = Status(code: 505, reason: "HTTP Version Not Supported")
