@@ -193,6 +193,60 @@ import IoTCStore
         hub.stop()
     }
 
+    /// A source's max_connections: one over it is closed as it is accepted (counted, and logged once per
+    /// power of ten); those in are not disturbed, and a place that frees is taken again. MQTT counts its
+    /// TCP and WebSocket listeners together.
+    @Test func closesConnectionsOverASourcesLimit() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), mqttPort = freePort(), wsPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(httpPort)", max_connections: 2 }
+              mqtt:
+                plugin: mqtt
+                listen: "127.0.0.1:\(mqttPort)"
+                websocket: { listen: "127.0.0.1:\(wsPort)" }
+                max_connections: 2
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ devices ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort) && waitForPort(mqttPort), "hub did not start: \(hub.log)")
+        // waitForPort's probes have closed; their places are free once the hub saw them close.
+        usleep(300_000)
+        let post = "POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        let a = try #require(RawSocket(port: httpPort)), b = try #require(RawSocket(port: httpPort))
+        a.send(post)
+        #expect(a.readResponses(1).first?.hasPrefix("HTTP/1.1 202") == true)
+        let over = try #require(RawSocket(port: httpPort))
+        #expect(over.isClosed(timeout: 2), "a third connection is closed")
+        b.send(post)
+        #expect(b.readResponses(1).first?.hasPrefix("HTTP/1.1 202") == true, "the two in are not disturbed")
+        shutdown(a.fd, Int32(SHUT_RDWR))
+        var kept: [RawSocket] = []  // open until the test ends, so that each try takes a place if it can
+        #expect(eventually {
+            guard let c = RawSocket(port: httpPort) else { return false }
+            kept.append(c)
+            c.send(post)
+            return c.readResponses(1, timeout: 1).first?.hasPrefix("HTTP/1.1 202") == true
+        }, "the place a closed connection left is taken again")
+        // MQTT: one on TCP and one on WebSocket take both places; a third, on TCP, is closed unanswered.
+        let m1 = try #require(RawSocket(port: mqttPort)), m2 = try #require(RawSocket(port: wsPort))
+        _ = m2
+        m1.send([0x10, 0x0D, 0x00, 0x04] + Array("MQTT".utf8) + [0x04, 0x02, 0x00, 0x3C, 0x00, 0x01, 0x61])
+        #expect(m1.readBytes(4, timeout: 3) == [0x20, 0x02, 0x00, 0x00], "CONNACK for the first")
+        let m3 = try #require(RawSocket(port: mqttPort))
+        #expect(m3.isClosed(timeout: 2))
+        #expect(eventually(timeout: 10) {
+            let text = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+            return text.contains(#"iotc_connections_refused_total{plugin="http",source="devices"} 1"#)
+                && text.contains(#"iotc_connections_refused_total{plugin="mqtt",source="mqtt"} 1"#)
+        }, "\(http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.split(separator: "\n").filter { $0.contains("refused") } ?? [])")
+        #expect(hub.log.contains("http source: max_connections (2) reached; 1 connection refused so far"), "\(hub.log)")
+    }
+
     @Test func fullPipelineStopsMQTTReadingWithoutLoss() throws {
         // A one-message pipeline queue: the MQTT server must hold the publisher back (stop reading and
         // offer again), never drop. The hub's refusals show that backpressure really happened.

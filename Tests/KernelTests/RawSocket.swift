@@ -36,6 +36,21 @@ final class RawSocket {
         return text.components(separatedBy: "HTTP/1.1 ").dropFirst().map { "HTTP/1.1 " + $0 }
     }
 
+    /// Reads `count` bytes, or fewer when the peer closes or time runs out.
+    func readBytes(_ count: Int, timeout: TimeInterval = 5) -> [UInt8] {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: count)
+        let deadline = Date().addingTimeInterval(timeout)
+        defer { setTimeout(5) }
+        while out.count < count, Date() < deadline {
+            setTimeout(max(0.01, deadline.timeIntervalSinceNow))
+            let n = recv(fd, &buf, count - out.count, 0)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return out
+    }
+
     /// Whether every response seen so far has its whole body.
     private static func complete(_ text: String, _ count: Int) -> Bool {
         let parts = text.components(separatedBy: "HTTP/1.1 ").dropFirst()

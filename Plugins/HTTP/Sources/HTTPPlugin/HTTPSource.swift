@@ -23,6 +23,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         var idle_timeout: Double
         var threads: Int
         var tls: ServerTLSFiles?
+        var max_connections: Int
     }
 
     static let name = "http"
@@ -62,6 +63,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("threads", .int, "Event-loop threads serving connections; 0 means one per core.", default: "0", advanced: true),
         ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted); a request's line and headers must all come within it (408).", default: "60", example: "60s"),
         ConfigField("tls", .object(ServerTLSFiles.fields), "Serve HTTPS instead of HTTP."),
+        ConnectionLimit.field,
     ]
 
     let config: Config
@@ -70,6 +72,7 @@ final class HTTPSource: Source, @unchecked Sendable {
     private var group: MultiThreadedEventLoopGroup?
     private var channel: Channel?
     private let sslContext: NIOSSLContext?
+    let connections: ConnectionLimit
 
     init(config: Config, host: PluginHost) throws {
         self.config = config
@@ -78,6 +81,8 @@ final class HTTPSource: Source, @unchecked Sendable {
         guard config.max_body_size > 0 else { throw PluginError("max_body_size must be positive") }
         guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
+        guard config.max_connections >= 0 else { throw PluginError("max_connections must not be negative") }
+        connections = ConnectionLimit(config.max_connections, host: host, source: "http source")
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
         sslContext = try config.tls?.context()
     }
@@ -96,6 +101,7 @@ final class HTTPSource: Source, @unchecked Sendable {
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 128, initial: 1024, maximum: 65536))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try source.connections.admit(channel)
                         if let ssl, let files = source.config.tls { try channel.pipeline.syncOperations.addHandler(try files.handler(ssl)) }
                         try channel.pipeline.syncOperations.addHandler(HTTPDeviceHandler(source: source))
                     }

@@ -36,6 +36,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var state_file: String?
         var state_save_interval: Double
         var threads: Int
+        var max_connections: Int
         struct TLS: Decodable {
             var listen: String
             var files: ServerTLSFiles
@@ -118,6 +119,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("state_file", .string, "Keep persistent sessions (subscriptions, queued and in-flight messages) and retained messages in this file across restarts: written at stop and every `state_save_interval`, read at start.", example: "data/mqtt-state.bin"),
         ConfigField("state_save_interval", .duration, "How often the state file is written while running (what a crash can lose).", default: "60", example: "1m"),
         ConfigField("threads", .int, "Event-loop threads; 0 means one per core less one (at least one), leaving a core to the pipelines.", default: "0", advanced: true),
+        ConnectionLimit.field,
     ]
 
     let config: Config
@@ -128,6 +130,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private var group: MultiThreadedEventLoopGroup?
     private(set) var broker: Broker?
     private var channels: [Channel] = []
+    /// Shared by the TCP, TLS and WebSocket listeners.
+    private let connections: ConnectionLimit
     private let sslContext: NIOSSLContext?
     private var sysTask: RepeatedTask?
     private var metricsTask: RepeatedTask?
@@ -159,6 +163,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         guard config.connect_timeout > 0 else { throw PluginError("connect_timeout must be positive") }
         guard (0...65535).contains(config.max_keep_alive) else { throw PluginError("max_keep_alive must be at most 65535 s") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
+        guard config.max_connections >= 0 else { throw PluginError("max_connections must not be negative") }
+        connections = ConnectionLimit(config.max_connections, host: host, source: "mqtt source")
         for address in [config.listen, config.tls?.listen, config.websocket?.listen].compactMap({ $0 }) where !address.isEmpty {
             guard HostPort(address) != nil else { throw PluginError("listen address '\(address)' should be HOST:PORT") }
         }
@@ -261,6 +267,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
                 .childChannelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try source.connections.admit(channel)
                         let ops = channel.pipeline.syncOperations
                         switch transport {
                         case .tcp:

@@ -3,6 +3,7 @@ import Foundation
 import IoTCPluginKit
 import NIOCore
 import NIOSSL
+import Synchronization
 
 // Network helpers that several plugins' servers share (linked statically into each plugin).
 
@@ -73,4 +74,55 @@ public enum ServerTLS {
         guard let der = try? cert.toDERBytes() else { return "" }
         return SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
     }
+}
+
+/// At most `limit` connections open at once on a source's listeners (0: no limit). A connection over
+/// the limit is closed as it is accepted, before anything is read from it, and counted; the others are
+/// not disturbed, and the hub keeps descriptors for its other sources and its API.
+public final class ConnectionLimit: Sendable {
+    public let limit: Int
+    private let open = Atomic<Int>(0)
+    private let refusedSoFar = Atomic<Int>(0)
+    /// Told of each refused connection (for a metric and an occasional log line), on its event loop.
+    private let onRefused: @Sendable (_ refusedSoFar: Int) -> Void
+
+    public struct Reached: Error, CustomStringConvertible {
+        public var description: String { "the source's max_connections is reached" }
+    }
+
+    public init(_ limit: Int, onRefused: @escaping @Sendable (_ refusedSoFar: Int) -> Void = { _ in }) {
+        self.limit = limit
+        self.onRefused = onRefused
+    }
+
+    /// A source's limit: each refusal counts in `iotc_connections_refused_total`, and the 1st, 10th,
+    /// 100th... is logged (a flood of connections does not flood the log).
+    public convenience init(_ limit: Int, host: PluginHost, source: String) {
+        self.init(limit) { n in
+            host.metric(.counter, "iotc_connections_refused_total", 1)
+            var p = 1
+            while p < n { p *= 10 }
+            if p == n { host.log(.warning, "\(source): max_connections (\(limit)) reached; \(n) connection\(n == 1 ? "" : "s") refused so far") }
+        }
+    }
+
+    /// The config field, for a plugin's spec.
+    public static let field = ConfigField("max_connections", .int,
+        "Most connections open at once (0: no limit); one over it is closed as it is accepted and counted in iotc_connections_refused_total.",
+        default: "0")
+
+    /// Takes a place for a newly accepted `channel`, given back when it closes. Throws when every place
+    /// is taken: a child channel initializer that throws has its channel closed by NIO.
+    public func admit(_ channel: Channel) throws {
+        guard limit > 0 else { return }
+        guard open.add(1, ordering: .relaxed).newValue <= limit else {
+            open.subtract(1, ordering: .relaxed)
+            onRefused(refusedSoFar.add(1, ordering: .relaxed).newValue)
+            throw Reached()
+        }
+        channel.closeFuture.whenComplete { [self] _ in open.subtract(1, ordering: .relaxed) }
+    }
+
+    /// Connections open now (counted only when there is a limit).
+    public var current: Int { open.load(ordering: .relaxed) }
 }
