@@ -423,13 +423,27 @@ import IoTCPluginKit
         let timedOut = slow.readResponses(1, timeout: 1)
         #expect(timedOut.first?.hasPrefix("HTTP/1.1 408") == true, "\(timedOut)")
         #expect(slow.isClosed(timeout: 1))
+        // A body at 5,000 bytes/s takes 2 s, four times the idle time-out, and is taken: past the time-out
+        // a request needs only keep a pace of 500 bytes/s. At 330 bytes/s it gets 408.
+        for (piece, pause, status) in [(1_000, 200_000, "202"), (100, 300_000, "408")] {
+            let s = try #require(RawSocket(port: r.port))
+            s.send("POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10002\r\n\r\n\"")
+            let began = Date()
+            for _ in 0..<(10_000 / piece) where Date().timeIntervalSince(began) < 6 {
+                usleep(useconds_t(pause))
+                s.send(String(repeating: "x", count: piece))
+            }
+            s.send("\"")
+            let answer = s.readResponses(1, timeout: 2)
+            #expect(answer.first?.hasPrefix("HTTP/1.1 \(status)") == true, "\(piece) bytes every \(pause) µs: \(answer)")
+        }
         // A command stream stays open past the idle time-out.
         let stream = try #require(RawSocket(port: r.port))
         stream.send("GET /v1/devices/d/commands/stream HTTP/1.1\r\nHost: x\r\n\r\n")
         #expect(!stream.isClosed(timeout: 1.5))
-        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 2 })
         usleep(200_000)
-        #expect(jsonLines(r.dir.path + "/out.jsonl").map { $0["payload"] } == [["a": 2]])
+        #expect(jsonLines(r.dir.path + "/out.jsonl").map { $0["payload"] } == [["a": 2], .string(String(repeating: "x", count: 10_000))])
     }
 
     @Test func answersPipelinedRequestsInOrder() throws {

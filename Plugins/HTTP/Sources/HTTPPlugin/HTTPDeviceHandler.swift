@@ -34,10 +34,12 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var draining = false
     private var closing = false
     private var lastRead = NIODeadline.now()
-    /// When the first byte of a request whose header section is not all in came: the section must
-    /// come within `idle_timeout` of it, however slowly its bytes trickle in (a client sending a byte
-    /// now and then would otherwise hold the connection for as long as it liked).
-    private var headStarted: NIODeadline?
+    /// When the first byte of the request not yet all in came. A request must come at a pace: all of it
+    /// within `idle_timeout` of its first byte, plus a second for every 500 bytes of it that have come
+    /// (`minimumRate`, as Apache's mod_reqtimeout). Timing only silence would let a client that sends a
+    /// byte now and then hold the connection for as long as it liked.
+    private var requestStarted: NIODeadline?
+    static let minimumRate = 500
     private var idleCheck: Scheduled<Void>?
     /// The request being answered.
     private var current: DeviceRequest?
@@ -95,10 +97,10 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             guard let request else {
                 // Headers that asked for 100 Continue, and the client waits before sending the body.
                 if decoder.takeContinue() { context.writeAndFlush(wrapOutboundOut(Self.continue100), promise: nil) }
-                if decoder.hasHead { headStarted = nil } else if headStarted == nil { headStarted = .now() }
+                if requestStarted == nil { requestStarted = .now() }
                 break
             }
-            headStarted = nil
+            requestStarted = nil
             start(context, request)
         }
         if current == nil { setReading(context, true) }
@@ -120,11 +122,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
             let (handler, context) = bound.value
             guard context.channel.isActive else { return }
             let now = NIODeadline.now()
-            if let started = handler.headStarted, handler.current == nil, !handler.closing {
-                if now >= started + handler.idleTimeout { return handler.timeOutRequest(context) }
-            }
-            let headDue = handler.current == nil ? handler.headStarted.map { $0 + handler.idleTimeout } : nil
-            let due = min(handler.lastRead + handler.idleTimeout, headDue ?? .distantFuture)
+            let requestDue = handler.requestDue
+            if let requestDue, now >= requestDue { return handler.timeOutRequest(context) }
+            let due = min(handler.lastRead + handler.idleTimeout, requestDue ?? .distantFuture)
             if now < due { return handler.scheduleIdleCheck(context, at: due) }
             if handler.streaming == nil, handler.polling == nil, !handler.waitingForAttributes {
                 context.close(promise: nil)
@@ -178,11 +178,18 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// A request's header section did not all come within `idle_timeout` of its first byte (RFC 9110
-    /// §15.5.9: 408, and the connection closes).
+    /// When the request coming in must be all in (see `requestStarted`); nil when none is coming in.
+    /// Its bytes so far are all of `input`: the requests before it were taken out.
+    private var requestDue: NIODeadline? {
+        guard let requestStarted, current == nil, !closing else { return nil }
+        return requestStarted + idleTimeout + .milliseconds(Int64(input.readableBytes * 1000 / Self.minimumRate))
+    }
+
+    /// A request did not come at the pace `requestStarted` says (RFC 9110 §15.5.9: 408, and the
+    /// connection closes).
     private func timeOutRequest(_ context: ChannelHandlerContext) {
         current = DeviceRequest(method: .other, target: "", http10: false, keepAlive: false, body: ByteBuffer())
-        respond(context, .requestTimeout, problem: "the request line and headers did not all come within \(source.config.idle_timeout) s", close: true)
+        respond(context, .requestTimeout, problem: "the request did not all come within \(source.config.idle_timeout) s and a second per \(Self.minimumRate) bytes", close: true)
     }
 
     /// The methods a device resource takes, for `Allow`; empty when there is no such resource.

@@ -52,7 +52,8 @@ final class HTTPSource: Source, @unchecked Sendable {
         keep-alive (HTTP/1.1) and may pipeline requests: they are answered in order, and reading pauses \
         while more than 64 KiB waits behind the request being answered (a long-poll, for example). A \
         connection that sends nothing for `idle_timeout` is closed, unless it waits for commands, and a \
-        request whose line and headers have not all come within `idle_timeout` of its first byte gets 408.
+        request that has not all come within `idle_timeout` of its first byte, plus a second per 500 bytes \
+        of it, gets 408.
         """
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "Address and port to listen on.", default: #""0.0.0.0:8081""#, example: "127.0.0.1:8081"),
@@ -61,7 +62,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("max_queued_commands", .int, "Commands kept per device until it fetches them; more are refused.", default: "100"),
         ConfigField("command_ttl", .duration, "How long a queued command waits for its device.", default: "3600", example: "1h"),
         ConfigField("threads", .int, "Event-loop threads serving connections; 0 means one per core.", default: "0", advanced: true),
-        ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted); a request's line and headers must all come within it (408).", default: "60", example: "60s"),
+        ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted); a request must all come within it, plus a second per 500 bytes of it (408).", default: "60", example: "60s"),
         ConfigField("tls", .object(ServerTLSFiles.fields), "Serve HTTPS instead of HTTP."),
         ConnectionLimit.field,
     ]
