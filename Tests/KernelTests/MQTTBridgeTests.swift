@@ -31,6 +31,14 @@ import IoTCPluginKit
         #expect(code == 0, "\(out)")
     }
 
+    /// Whether the bridge's subscription is in place: publishes a probe until one reaches the file sink.
+    func subscribed(_ broker: Mosquitto, _ dir: TempDir) -> Bool {
+        eventually(timeout: 10) {
+            try? publish(broker.port, "site/probe/telemetry", #"{"probe":true}"#)
+            return !jsonLines(dir.path + "/out.jsonl").isEmpty
+        }
+    }
+
     @Test func bringsSubscribedMessagesIntoPipelines() throws {
         try requirePeer(Mosquitto.installed, "mosquitto")
         let broker = Mosquitto()
@@ -38,11 +46,7 @@ import IoTCPluginKit
         let dir = TempDir()
         let hub = try hub(dir, broker: broker.port)
         defer { hub.stop() }
-        // Wait for the subscription: publish until something arrives.
-        #expect(eventually(timeout: 10) {
-            try? publish(broker.port, "site/probe/telemetry", #"{"probe":true}"#)
-            return !jsonLines(dir.path + "/out.jsonl").isEmpty
-        })
+        #expect(subscribed(broker, dir))
         try publish(broker.port, "site/press-7/telemetry", #"{"bar":4.2}"#, extra: ["-D", "publish", "user-property", "line", "3"])
         try publish(broker.port, "site/press-7/other", #"{"ignored":true}"#)
         #expect(eventually { jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["bar": 4.2] } })
@@ -51,6 +55,25 @@ import IoTCPluginKit
         #expect(m["topic"] == "site/press-7/telemetry")
         #expect(m["properties"]?["mqtt.user.line"] == "3")
         #expect(!jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["ignored": true] })
+    }
+
+    /// The bridge announces its max_packet_size to an MQTT 5 broker, which then does not send it a
+    /// larger packet (MQTT 5 §3.1.2.11.4): the large message is not delivered, and the connection and
+    /// the messages after it are not disturbed.
+    @Test func announcesItsMaximumPacketSize() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let broker = Mosquitto()
+        try broker.start()
+        let dir = TempDir()
+        let hub = try hub(dir, broker: broker.port, extra: "max_packet_size: 1KiB")
+        defer { hub.stop() }
+        #expect(subscribed(broker, dir))
+        try publish(broker.port, "site/big/telemetry", #"{"pad":"\#(String(repeating: "x", count: 2000))"}"#)
+        try publish(broker.port, "site/small/telemetry", #"{"after":1}"#)
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["after": 1] } })
+        #expect(!jsonLines(dir.path + "/out.jsonl").contains { $0["device"] == "big" })
+        usleep(1_500_000)  // the bridge's reconnect delay, had the connection closed
+        #expect(broker.log.components(separatedBy: "as hub-bridge").count - 1 == 1, "one connection: \(broker.log)")
     }
 
     @Test(arguments: ["5", "3.1.1"])
@@ -62,10 +85,7 @@ import IoTCPluginKit
         let dir = TempDir()
         let hub = try hub(dir, broker: broker.port, extra: "protocol_version: \"\(version)\"")
         defer { hub.stop() }
-        #expect(eventually(timeout: 10) {
-            try? publish(broker.port, "site/probe/telemetry", #"{"probe":true}"#)
-            return !jsonLines(dir.path + "/out.jsonl").isEmpty
-        })
+        #expect(subscribed(broker, dir))
         // Restart the broker; it keeps the hub's session. Publish before the hub is back (its reconnect
         // waits a second): the broker queues the messages for the hub's session.
         broker.stop()

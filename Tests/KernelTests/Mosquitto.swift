@@ -35,6 +35,9 @@ final class Mosquitto {
 
     func stop() { broker?.stop() }
 
+    /// What the broker logged (connections and disconnections among it).
+    var log: String { broker?.log ?? "" }
+
     /// Starts mosquitto_sub (line-buffered, so that output shows at once) on `filter` and waits until it
     /// receives a probe message.
     func subscribe(_ filter: String, qos: Int = 1) throws -> ChildProcess {

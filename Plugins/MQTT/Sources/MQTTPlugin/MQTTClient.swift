@@ -16,6 +16,7 @@ struct BrokerConnectionConfig: Decodable {
     var keep_alive: Double
     var reconnect_initial: Double
     var reconnect_max: Double
+    var max_packet_size: Int
     var tls: TLS?
     struct TLS: Decodable {
         var ca_file: String?
@@ -33,6 +34,8 @@ struct BrokerConnectionConfig: Decodable {
         ConfigField("keep_alive", .duration, "Keep-alive interval.", default: "30", example: "30s"),
         ConfigField("reconnect_initial", .duration, "First reconnect delay; it doubles up to reconnect_max.", default: "0.5", example: "500ms", advanced: true),
         ConfigField("reconnect_max", .duration, "Longest reconnect delay.", default: "30", example: "30s", advanced: true),
+        ConfigField("max_packet_size", .byteSize, "Largest packet taken from the broker (announced to an MQTT 5 broker, which then does not send larger ones); a larger one closes the connection.",
+                    default: "1048576", example: "1MiB"),
         ConfigField("tls", .object([
             ConfigField("ca_file", .string, "PEM CA bundle to verify the broker; the system's when unset."),
             ConfigField("certificate_file", .string, "PEM client certificate, for brokers that require one."),
@@ -89,6 +92,7 @@ final class MQTTClient: @unchecked Sendable {
         guard let colon = config.server.lastIndex(of: ":"), let port = Int(config.server[config.server.index(after: colon)...]),
               (1...65535).contains(port) else { throw PluginError("server '\(config.server)' should be HOST:PORT") }
         address = (String(config.server[..<colon]), port)
+        guard (64...268_435_455).contains(config.max_packet_size) else { throw PluginError("max_packet_size must be 64 B to 256 MiB") }
         self.name = name
         self.config = config
         self.host = host
@@ -153,6 +157,7 @@ final class MQTTClient: @unchecked Sendable {
         let ssl = sslContext
         let serverName = config.tls?.server_name ?? address.host
         let version = self.version
+        let maxPacketSize = config.max_packet_size
         ClientBootstrap(group: loop)
             .connectTimeout(.seconds(10))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -162,7 +167,8 @@ final class MQTTClient: @unchecked Sendable {
                         let name = serverName.first?.isNumber == true ? nil : serverName
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: ssl, serverHostname: name))
                     }
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(version: version)))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MQTTPacketDecoder(
+                        version: version, limits: MQTTDecoderLimits(maximumPacketSize: maxPacketSize))))
                     try channel.pipeline.syncOperations.addHandler(MessageToByteHandler(MQTTPacketEncoder(version: version)))
                     try channel.pipeline.syncOperations.addHandler(handler)
                 }
@@ -175,6 +181,7 @@ final class MQTTClient: @unchecked Sendable {
                     var props: [MQTTProperty] = []
                     if version == .v5 {
                         props.append(.twoByte(MQTTProperty.receiveMaximum, 65535))
+                        props.append(.fourByte(MQTTProperty.maximumPacketSize, UInt32(self.config.max_packet_size)))
                         if self.sessionExpiry > 0 { props.append(.fourByte(MQTTProperty.sessionExpiryInterval, self.sessionExpiry)) }
                     }
                     let connect = MQTTConnect(version: version, clientID: self.clientID, cleanStart: self.cleanStart,
