@@ -202,6 +202,17 @@ struct Banner: Sendable {
     /// What the first start created, to show once.
     enum Bootstrap { case generated(String), preset }
     var bootstrap: Bootstrap?
+    /// Where a generated owner key is written, in the data folder, when standard output is not a terminal.
+    static let ownerKeyFile = "owner-key"
+
+    /// Writes `text` to a new file that only this user may read (0600); false if it exists or cannot be made.
+    static func writePrivately(_ text: String, to path: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        let bytes = Array(text.utf8)
+        return bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == bytes.count
+    }
 
     func print() {
         let s = hub.status
@@ -220,12 +231,25 @@ struct Banner: Sendable {
             lines.append("  pipeline   \(p.name): \(p.from.map { $0.source + ($0.filter.map { ":\($0)" } ?? "") }.joined(separator: ", ")) -> \(p.to.joined(separator: ", "))\(p.durable ? " (durable)" : "")")
         }
         switch bootstrap {
-        case .generated(let key)?:
+        case .generated(let key)? where isatty(STDOUT_FILENO) == 1:
             // Shown on the terminal once, never logged: the store keeps only its hash.
             lines.append("")
             lines.append("  First start: created the system tenant and its owner API key. It is shown only now; keep it safe:")
             lines.append("    \(key)")
             lines.append("  Use it as a bearer token, e.g.: curl -H 'Authorization: Bearer \(key)' \(api)/v1/whoami")
+        case .generated(let key)?:
+            // Standard output is a file, a pipe or a journal: a log. The key goes to a file only this
+            // user can read instead.
+            let file = (data as NSString).appendingPathComponent(Self.ownerKeyFile)
+            lines.append("")
+            if Self.writePrivately(key + "\n", to: file) {
+                lines.append("  First start: created the system tenant and its owner API key, written to \(file) (readable by this user only;")
+                lines.append("  not shown here, as standard output is not a terminal). Keep the key safe and delete the file.")
+                lines.append("  Use it as a bearer token, e.g.: curl -H \"Authorization: Bearer $(cat \(file))\" \(api)/v1/whoami")
+            } else {
+                lines.append("  First start: created the system tenant and its owner API key, but could not write it to \(file): it is not")
+                lines.append("  shown here, as standard output is not a terminal. Start again on a fresh data folder, or set IOTC_BOOTSTRAP_KEY.")
+            }
         case .preset?:
             lines.append("  first start: created the system tenant with the owner key from IOTC_BOOTSTRAP_KEY")
         case nil:

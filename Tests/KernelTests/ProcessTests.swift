@@ -736,16 +736,24 @@ import IoTCStore
         #expect(s.readResponses(1).first?.hasPrefix("HTTP/1.1 201") == true)
     }
 
-    @Test func theFirstStartShowsTheOwnerKeyOnceWithAWorkingExample() throws {
+    /// The first start's owner key is shown on a terminal; when standard output is a file (here), it is
+    /// a log, and the key goes to an owner-only file in the data folder instead, with an example that works.
+    @Test func theFirstStartGivesTheOwnerKeyOnceWithAWorkingExample() throws {
         let dir = TempDir()
         let apiPort = freePort()
         let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
         let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory])
         #expect(eventually { hub.log.contains("/v1/whoami") }, "\(hub.log)")
-        let line = hub.log.split(separator: "\n").first { $0.contains("curl -H") }.map(String.init) ?? ""
-        #expect(line.hasSuffix("' http://127.0.0.1:\(apiPort)/v1/whoami"), "\(line)")
+        let keyFile = dir.path + "/data/owner-key"
+        let key = try String(contentsOfFile: keyFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(key.hasPrefix("iotc_") && !hub.log.contains(key), "the key is not in the log")
+        #expect(((try? FileManager.default.attributesOfItem(atPath: keyFile)[.posixPermissions]) as? Int) == 0o600)
         // The example works as printed.
-        let key = try #require(line.split(separator: "'").dropFirst().first?.split(separator: " ").last.map(String.init))
+        let line = hub.log.split(separator: "\n").first { $0.contains("curl -H") }.map(String.init) ?? ""
+        #expect(line.hasSuffix("\"Authorization: Bearer $(cat \(keyFile))\" http://127.0.0.1:\(apiPort)/v1/whoami"), "\(line)")
+        let example = try #require(line.range(of: "curl -H").map { "curl -s -H" + line[$0.upperBound...] })
+        let (code, out) = try run("/bin/sh", ["-c", example])
+        #expect(code == 0 && out.contains("\"tenant\""), "\(out)")
         #expect(http("GET", "http://127.0.0.1:\(apiPort)/v1/whoami", headers: ["Authorization": "Bearer \(key)"])?.status == 200)
         hub.stop()
         // Shown once: not at the next start.
