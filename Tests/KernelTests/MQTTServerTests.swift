@@ -164,6 +164,30 @@ import IoTCPluginKit
         #expect(!hub.log.split(separator: "\n").contains { $0.hasPrefix(forged) }, "\(hub.log)")
     }
 
+    /// A WebSocket connection must finish its upgrade within connect_timeout (1 s here), and frames are
+    /// bounded by max_packet_size (4 KiB here): before, a connection that never upgraded stayed open, and
+    /// a frame of up to 16 MiB was held whole.
+    @Test func boundsTheWebSocketUpgradeAndItsFrames() throws {
+        let server = try Server()
+        let silent = try #require(RawSocket(port: server.ws))
+        let trickling = try #require(RawSocket(port: server.ws))
+        let began = Date()
+        for byte in "GET /mqtt HTTP/1.1\r\nHost: x\r\n".utf8.prefix(20) {
+            trickling.send([byte])
+            usleep(100_000)
+        }
+        #expect(silent.isClosed(timeout: 3) && trickling.isClosed(timeout: 3), "not upgraded within connect_timeout")
+        #expect(Date().timeIntervalSince(began) < 4)
+        // Upgraded: a binary frame announcing 64 KiB is refused (close 1009, Message Too Big) at once.
+        let ws = try #require(RawSocket(port: server.ws))
+        ws.send("GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+        #expect(ws.readResponses(1).first?.hasPrefix("HTTP/1.1 101") == true)
+        ws.send([0x82, 0xFF] + [0, 0, 0, 0, 0, 1, 0, 0] + [1, 2, 3, 4])  // masked, 65,536 bytes to come
+        #expect(ws.readBytes(4, timeout: 3).prefix(2) == [0x88, 0x02], "a close frame")
+        #expect(ws.isClosed(timeout: 3))
+    }
+
     @Test func publishesEnterPipelinesWithTheirProperties() throws {
         let server = try Server()
         let (code, out) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", "mqttv5", "-i", "press-7",

@@ -276,7 +276,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
                             try ops.addHandler(try files.handler(ssl))
                             try source.addMQTTHandlers(ops, channel: channel, broker: broker)
                         case .webSocket(let path):
-                            try WebSocketTransport.configure(channel: channel, path: path) { ch in
+                            try WebSocketTransport.configure(channel: channel, path: path, timeout: .milliseconds(Int64(source.config.connect_timeout * 1000)),
+                                                             maxFrameSize: source.config.max_packet_size) { ch in
                                 try source.addMQTTHandlers(ch.pipeline.syncOperations, channel: ch, broker: broker)
                             }
                         }

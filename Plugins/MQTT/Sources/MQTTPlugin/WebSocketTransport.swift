@@ -9,10 +9,17 @@ enum WebSocketTransport {
     /// A request's path, without its query.
     static func path(of head: HTTPRequestHead) -> Substring { head.uri.split(separator: "?", maxSplits: 1).first ?? Substring(head.uri) }
 
-    static func configure(channel: Channel, path: String, then addMQTT: @escaping @Sendable (Channel) throws -> Void) throws {
+    /// Serves the upgrade on `channel`, then hands it to `addMQTT`. The upgrade must be done within
+    /// `timeout` (the source's connect_timeout, which then starts again for CONNECT), or the connection
+    /// closes: the MQTT handler that times out a silent connection is only added after it. A frame may
+    /// be as large as the largest MQTT packet taken (`maxFrameSize`), as the decoder holds a whole frame.
+    static func configure(channel: Channel, path: String, timeout: TimeAmount, maxFrameSize: Int,
+                          then addMQTT: @escaping @Sendable (Channel) throws -> Void) throws {
         let refusal = RefusedUpgradeHandler(path: path)
+        let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
+        channel.closeFuture.whenComplete { _ in deadline.cancel() }
         let upgrader = NIOWebSocketServerUpgrader(
-            maxFrameSize: 1 << 24,
+            maxFrameSize: maxFrameSize,
             shouldUpgrade: { channel, head in
                 let requestPath = WebSocketTransport.path(of: head)
                 let offered = head.headers["Sec-WebSocket-Protocol"].flatMap { $0.split(separator: ",") }
@@ -24,6 +31,7 @@ enum WebSocketTransport {
             },
             upgradePipelineHandler: { channel, _ in
                 channel.eventLoop.makeCompletedFuture {
+                    deadline.cancel()
                     channel.pipeline.syncOperations.removeHandler(refusal, promise: nil)
                     try channel.pipeline.syncOperations.addHandler(WebSocketBytesHandler())
                     try addMQTT(channel)
