@@ -247,6 +247,31 @@ import IoTCStore
         #expect(hub.log.contains("http source: max_connections (2) reached; 1 connection refused so far"), "\(hub.log)")
     }
 
+    /// Only a webhook answer's status counts, and its body is not held: three answers of 256 MiB each
+    /// went whole into the hub's memory before.
+    @Test func aWebhookAnswersBodyIsNotHeld() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort(), receiverPort = freePort()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/big/256", timeout: 30s, max_in_flight: 1 } }
+            pipelines: { t: { from: [ devices ], to: [ hook ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort) && waitForPort(receiverPort), "\(hub.log)")
+        for i in 0..<3 { #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"n":\#(i)}"#)?.status == 202) }
+        #expect(eventually(timeout: 30) {
+            http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.contains(#"iotc_sink_delivered_total{sink="hook"} 3"#) == true
+        }, "\(hub.log.suffix(1000))")
+        let status = try String(contentsOfFile: "/proc/\(hub.process.processIdentifier)/status", encoding: .utf8)
+        let peak = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") }.flatMap { Int($0.split(separator: " ").dropFirst().first ?? "") } ?? 0
+        #expect(peak > 0 && peak < 200 * 1024, "peak resident memory \(peak) kB")
+    }
+
     @Test func fullPipelineStopsMQTTReadingWithoutLoss() throws {
         // A one-message pipeline queue: the MQTT server must hold the publisher back (stop reading and
         // offer again), never drop. The hub's refusals show that backpressure really happened.

@@ -1,5 +1,5 @@
 """A webhook endpoint for tests: records each request as a JSON line and answers with the status
-named by the path (/status/500 answers 500; anything else 204)."""
+named by the path (/status/500 answers 500), or 200 with a body of N MiB for /big/N; anything else 204."""
 import base64
 import json
 import signal
@@ -25,6 +25,15 @@ class Handler(BaseHTTPRequestHandler):
         parts = self.path.strip("/").split("/")
         if len(parts) == 2 and parts[0] == "status":
             status = int(parts[1])
+        if len(parts) == 2 and parts[0] == "big":
+            mib = int(parts[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(mib << 20))
+            self.end_headers()
+            chunk = b"x" * (1 << 20)
+            for _ in range(mib):
+                self.wfile.write(chunk)
+            return
         self.send_response(status)
         self.send_header("Content-Length", "0")
         self.end_headers()

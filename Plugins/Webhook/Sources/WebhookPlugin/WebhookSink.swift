@@ -117,12 +117,12 @@ final class WebhookSink: Sink, @unchecked Sendable {
             for (k, v) in config.headers { r.headers.replaceOrAdd(name: k, value: v) }
             r.body = .bytes(body)
             let started = DispatchTime.now().uptimeNanoseconds
-            client.execute(request: r, deadline: .now() + .milliseconds(Int64(config.timeout * 1000))).whenComplete { [self] result in
+            client.execute(request: r, delegate: StatusOnly(), deadline: .now() + .milliseconds(Int64(config.timeout * 1000))).futureResult.whenComplete { [self] result in
                 inFlight.withLockedValue { $0 -= 1 }
                 host.metric(.histogram, "iotc_webhook_request_seconds", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
                 switch result {
-                case .success(let response):
-                    let code = response.status.code
+                case .success(let status):
+                    let code = status.code
                     if (200..<300).contains(code) {
                         ack.succeed()
                     } else if code == 408 || code == 429 || code >= 500 {
@@ -148,4 +148,22 @@ final class WebhookSink: Sink, @unchecked Sendable {
         while inFlight.withLockedValue({ $0 }) > 0 && Date() < deadline { usleep(2000) }
         try? madeClient.withLockedValue({ $0 })?.syncShutdown()
     }
+}
+
+/// Takes a response's status and lets its body go by unread: only the status decides a delivery, and
+/// an endpoint's body, however large, is not held (the default delegate keeps it all in memory).
+final class StatusOnly: HTTPClientResponseDelegate, @unchecked Sendable {
+    typealias Response = HTTPResponseStatus
+    private var status = HTTPResponseStatus.internalServerError
+
+    func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
+        status = head.status
+        return task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didReceiveBodyPart(task: HTTPClient.Task<Response>, _ buffer: ByteBuffer) -> EventLoopFuture<Void> {
+        task.eventLoop.makeSucceededVoidFuture()
+    }
+
+    func didFinishRequest(task: HTTPClient.Task<Response>) throws -> HTTPResponseStatus { status }
 }
