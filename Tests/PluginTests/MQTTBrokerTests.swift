@@ -288,6 +288,28 @@ import IoTCPluginKit
         #expect(v3.subscribe("secret/#") == [0x80])
     }
 
+    /// A session holds at most maximumSubscriptions: past it each new filter gets Quota exceeded (0x80 on
+    /// 3.1.1); a filter it holds is replaced without counting twice, and an unsubscribe makes room.
+    @Test func subscriptionsPerSessionAreBounded() {
+        var config = BrokerConfig()
+        config.maximumSubscriptions = 2
+        let broker = Broker(config: config, timers: loop)
+        let c = TestClient(broker, hub)
+        c.connect("c")
+        #expect(c.subscribe("a/1") == [1] && c.subscribe("a/2") == [1])
+        #expect(c.subscribe("a/3") == [MQTTReason.quotaExceeded])
+        #expect(c.subscribe("a/1", qos: 2) == [2], "a filter held is replaced")
+        c.send(.subscribe(MQTTSubscribe(packetID: 2, filters: [("a/2", MQTTSubscriptionOptions(qos: 0)), ("a/4", MQTTSubscriptionOptions(qos: 0))])))
+        #expect(c.read() == [.suback(MQTTSubAck(packetID: 2, reasonCodes: [0, MQTTReason.quotaExceeded]))])
+        c.send(.unsubscribe(MQTTUnsubscribe(packetID: 3, filters: ["a/2"])))
+        _ = c.read()
+        #expect(c.subscribe("a/4") == [1], "room after an unsubscribe")
+        #expect(broker.subscriptionCount == 2)
+        let v3 = TestClient(broker, hub, version: .v311)
+        v3.connect("v3")
+        #expect(v3.subscribe("b/1") == [1] && v3.subscribe("b/2") == [1] && v3.subscribe("b/3") == [0x80])
+    }
+
     @Test func unsubscribeReportsWhetherASubscriptionExisted() {
         let c = TestClient(broker, hub)
         c.connect("c")

@@ -29,6 +29,9 @@ public struct BrokerConfig: Sendable {
     /// Longest session expiry granted (seconds); MQTT 3.1.1 persistent sessions get this too.
     public var maximumSessionExpiry: UInt32 = 7 * 24 * 3600
     public var maximumRetained = 100_000
+    /// Most subscriptions one session may hold (0: no limit); a SUBSCRIBE past it is refused per filter
+    /// with Quota exceeded (0x97; MQTT 3.1.1: 0x80).
+    public var maximumSubscriptions = 0
     public var session = SessionLimits()
     public init() {}
 }
@@ -210,6 +213,11 @@ public final class Broker: @unchecked Sendable {
             session.deliver(m, qos: min(m.qos, options.qos), retain: true, identifiers: identifier.map { [$0] } ?? [])
         }
         return existed
+    }
+
+    /// The filters `session` subscribes to (as the broker keys them: tenant-spaced, shared ones whole).
+    public func subscriptionFilters(of session: Session) -> Set<String> {
+        lock.withLock { Set(session.subscriptions.keys) }
     }
 
     /// Removes a subscription; returns whether it existed.

@@ -489,6 +489,9 @@ public final class ServerConnection: @unchecked Sendable {
         let v5 = version == .v5
         var codes: [UInt8] = []
         var accepted: [(String, MQTTSubscriptionOptions)] = []
+        // Within the session's quota: a filter it already holds is replaced, not added.
+        let limit = broker.config.maximumSubscriptions
+        var held = limit > 0 ? broker.subscriptionFilters(of: session) : []
         for (filter, options) in s.filters {
             let shared = SharedFilter.isShared(filter)
             let plain = SharedFilter(filter)?.filter ?? filter
@@ -508,7 +511,10 @@ public final class ServerConnection: @unchecked Sendable {
                 code = MQTTReason.subscriptionIdentifiersNotSupported
             } else if TenantSpace.isReserved(plain) || !hub.maySubscribe(identity, filter: plain) {
                 code = MQTTReason.notAuthorized
+            } else if limit > 0, !held.contains(link.space.filter(filter)), held.count >= limit {
+                code = MQTTReason.quotaExceeded
             } else {
+                if limit > 0 { held.insert(link.space.filter(filter)) }
                 var granted = options
                 granted.qos = min(options.qos, broker.config.maximumQoS)
                 accepted.append((filter, granted))
