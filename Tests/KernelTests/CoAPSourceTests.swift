@@ -118,6 +118,28 @@ import IoTCPluginKit
         #expect(hub.lines.count == 1)
     }
 
+    /// Every new client address and port makes a libcoap session: idle ones are bounded by
+    /// max_idle_sessions (the least recently used dropped), and counted in iotc_coap_sessions. A client
+    /// whose session was dropped is served again.
+    @Test func boundsIdleSessions() throws {
+        let hub = try Self.hub { _ in "    max_idle_sessions: 5" }
+        func post(_ socket: UDPSocket, _ mid: UInt8) -> UInt8? {
+            let device = Array("dev-s".utf8)
+            socket.send([0x40, 0x02, 0x20, mid, 0xB1] + Array("e".utf8) + [UInt8(device.count)] + device + [0x11, 50, 0xFF] + Array("{}".utf8))
+            return socket.receive(timeout: 2)?[1]
+        }
+        let sockets = try (0..<30).map { _ in try UDPSocket(port: hub.udp) }
+        for (i, s) in sockets.enumerated() { #expect(post(s, UInt8(i)) == 0x44, "2.04 for client \(i)") }
+        func sessions() -> Int? {
+            let text = hub.call("GET", "/metrics").body
+            return text.split(separator: "\n").first { $0.hasPrefix("iotc_coap_sessions{") }.flatMap { Double($0.split(separator: " ").last ?? "")  }.map { Int($0) }
+        }
+        // Reported every 5 s: wait for a report made after the clients came (31 without the bound).
+        Thread.sleep(forTimeInterval: 5.5)
+        #expect((1...6).contains(sessions() ?? 0), "sessions: \(String(describing: sessions()))")
+        #expect(post(sockets[0], 200) == 0x44, "the first client, whose session was dropped, is served again")
+    }
+
     /// A GET for a block past the end of the representation is refused (4.00) and the hub carries on:
     /// the handler freed the body's copy a second time when libcoap refused it, and crashed.
     @Test func aBlockPastTheEndIsRefusedAndTheHubCarriesOn() throws {

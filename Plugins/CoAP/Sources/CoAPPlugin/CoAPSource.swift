@@ -14,6 +14,7 @@ final class CoAPSource: Source, @unchecked Sendable {
         var listen: String
         var dtls_listen: String?
         var dtls_certificate: ServerCertificates?
+        var max_idle_sessions: Int
         var telemetry_path: String
         var events_path: String
         var attributes_path: String
@@ -63,6 +64,7 @@ final class CoAPSource: Source, @unchecked Sendable {
         ConfigField("listen", .string, "UDP address and port for CoAP; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
         ConfigField("dtls_listen", .string, "UDP address and port for CoAP over DTLS with pre-shared keys from the device registry.", example: "0.0.0.0:5684"),
         ServerCertificates.field,
+        CoAPEventLoop.maxIdleSessionsField,
         ConfigField("telemetry_path", .string, "Resource for telemetry.", default: #""/t/{device}""#),
         ConfigField("events_path", .string, "Resource for events.", default: #""/e/{device}""#),
         ConfigField("attributes_path", .string, "Resource for attributes.", default: #""/a/{device}""#),
@@ -107,7 +109,8 @@ final class CoAPSource: Source, @unchecked Sendable {
 
     func start() throws {
         var server: CoAPDeviceServer?
-        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
+        loop = try CoAPEventLoop.serve(name: "coap", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate,
+                                       maxIdleSessions: config.max_idle_sessions, host: host) { loop in
             let s = CoAPDeviceServer(source: self, loop: loop)
             loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
             s.install()

@@ -35,6 +35,22 @@ public final class CoAPEventLoop: @unchecked Sendable {
         didSet { coap_register_nack_handler(context, coapNack) }
     }
     private var lastTick = 0.0
+    /// Server sessions libcoap holds now (loop thread), from its session events.
+    public private(set) var sessions = 0
+    /// Told the number of sessions every 5 s, on the loop thread (the `iotc_coap_sessions` gauge).
+    public var sessionsReport: ((Int) -> Void)?
+    private var lastReport = 0.0
+
+    /// The config field bounding idle sessions, for the coap and lwm2m sources' specs.
+    public static let maxIdleSessionsField = ConfigField("max_idle_sessions", .int,
+        "Most server sessions (one per client address and port) kept while idle; past it libcoap drops the least recently used, which a client that speaks again gets back. Sessions with observations or transfers under way are not idle. 0: no limit.",
+        default: "20000")
+
+    /// Bounds the idle sessions (`maxIdleSessionsField`): sessions cost memory, and every datagram
+    /// from a new address and port, which anyone can send over UDP, makes one. Call before `start`.
+    public func limitIdleSessions(_ n: Int) {
+        coap_context_set_max_idle_sessions(context, UInt32(clamping: max(0, n)))
+    }
 
     /// libcoap sends large bodies block-wise and asks for the blocks of large responses, but hands
     /// each block over as it comes, with its Block1 or Block2 option: the plugins put bodies together
@@ -174,6 +190,13 @@ public final class CoAPEventLoop: @unchecked Sendable {
                 return (jobs, stopping)
             }
             for job in batch { job() }
+            if let sessionsReport {
+                let t = Date().timeIntervalSince1970
+                if t - lastReport >= 5 {
+                    lastReport = t
+                    sessionsReport(sessions)
+                }
+            }
             if let tick {
                 let t = Date().timeIntervalSince1970
                 if t - lastTick >= 1 {
@@ -200,6 +223,9 @@ public final class CoAPEventLoop: @unchecked Sendable {
         coap_session_set_app_data(session, Unmanaged.passRetained(peer).toOpaque())
         return peer
     }
+
+    fileprivate func sessionOpened() { sessions += 1 }
+    fileprivate func sessionDeleted() { sessions = max(0, sessions - 1) }
 
     fileprivate func forget(_ session: OpaquePointer) {
         guard let p = coap_session_get_app_data(session) else { return }
@@ -326,9 +352,11 @@ enum LibcoapLog {
 }
 
 private let coapEventHandler: coap_event_handler_t = { session, event in
-    guard let session else { return 0 }
+    guard let session, let loop = CoAPEventLoop.of(coap_session_get_context(session)) else { return 0 }
+    if event == COAP_EVENT_SERVER_SESSION_NEW { loop.sessionOpened() }
+    if event == COAP_EVENT_SERVER_SESSION_DEL { loop.sessionDeleted() }
     if event == COAP_EVENT_SERVER_SESSION_DEL || event == COAP_EVENT_DTLS_CLOSED || event == COAP_EVENT_DTLS_ERROR {
-        CoAPEventLoop.of(coap_session_get_context(session))?.forget(session)
+        loop.forget(session)
     }
     return 0
 }
@@ -385,10 +413,12 @@ extension CoAPEventLoop {
 
     /// A started loop serving `listen` (UDP) and `dtls` (DTLS with the registry's pre-shared keys,
     /// through `host`); `install` sets up its resources and handlers before it listens.
-    public static func serve(name: String, listen: String, dtls: String?, certificates: ServerCertificates?, host: PluginHost,
-                             install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
+    public static func serve(name: String, listen: String, dtls: String?, certificates: ServerCertificates?, maxIdleSessions: Int,
+                             host: PluginHost, install: (CoAPEventLoop) -> Void) throws -> CoAPEventLoop {
         let loop = try CoAPEventLoop()
         LibcoapLog.attach(host)
+        loop.limitIdleSessions(maxIdleSessions)
+        loop.sessionsReport = { [host] n in host.metric(.gauge, "iotc_coap_sessions", Double(n)) }
         loop.presharedKey = { [host] identity, remote in host.presharedKey(identity: identity, remoteAddress: remote) }
         if let c = certificates {
             loop.certificate = { [host] fingerprint, remote in

@@ -14,6 +14,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         var listen: String
         var dtls_listen: String?
         var dtls_certificate: ServerCertificates?
+        var max_idle_sessions: Int
         var default_lifetime: Double
         var max_lifetime: Double
         var observe: [String]
@@ -68,6 +69,7 @@ final class LwM2MSource: Source, @unchecked Sendable {
         ConfigField("listen", .string, "UDP address and port; empty for none.", default: #""0.0.0.0:5683""#, example: "127.0.0.1:5683"),
         ConfigField("dtls_listen", .string, "UDP address and port for DTLS with pre-shared keys from the device registry.", example: "0.0.0.0:5684"),
         ServerCertificates.field,
+        CoAPEventLoop.maxIdleSessionsField,
         ConfigField("default_lifetime", .duration, "Lifetime of a registration that names none (the specification's default).", default: "86400", example: "24h"),
         ConfigField("max_lifetime", .duration, "Longest lifetime a client may ask for; longer ones are shortened to it.", default: "604800", example: "7d"),
         ConfigField("observe", .list(.string), "Paths observed on every registration whose object list has the object (or when an Update adds the object), e.g. /3303/0/5700.", default: "[]", example: "[/3303/0/5700, /3/0/9]"),
@@ -146,7 +148,8 @@ final class LwM2MSource: Source, @unchecked Sendable {
 
     func start() throws {
         var server: LwM2MServer?
-        loop = try CoAPEventLoop.serve(name: "lwm2m", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate, host: host) { loop in
+        loop = try CoAPEventLoop.serve(name: "lwm2m", listen: config.listen, dtls: config.dtls_listen, certificates: config.dtls_certificate,
+                                       maxIdleSessions: config.max_idle_sessions, host: host) { loop in
             let s = LwM2MServer(source: self, loop: loop)
             loop.sessionClosed = { [weak s] peer in s?.closed(peer) }
             s.install()
