@@ -25,6 +25,8 @@ struct Serve: AsyncParsableCommand {
     var store: String?
     @Option(help: "Serve the operator API over TLS with this certificate chain (PEM); also IOTC_API_TLS_CERT.") var apiTLSCert: String?
     @Option(help: "The private key (PEM) of --api-tls-cert; also IOTC_API_TLS_KEY.") var apiTLSKey: String?
+    @Option(help: "Seconds an operator API connection may wait with no request, or between the parts of one, before it is closed (answers being written, event streams among them, are not cut).")
+    var apiIdleTimeout = 60.0
 
     /// The API's TLS configuration when a certificate and key are given (both or neither).
     func apiTLS(_ environment: [String: String]) throws -> TLSConfiguration? {
@@ -160,7 +162,10 @@ struct Serve: AsyncParsableCommand {
         banner.bootstrap = bootstrapKey.map { environment["IOTC_BOOTSTRAP_KEY"] == nil ? .generated($0) : .preset }
         let configuration = ApplicationConfiguration(address: .hostname(apiAddress.host, port: apiAddress.port), serverName: "iotc")
         let services: [any Service] = [HubService(hub: hub, reloader: reloader)]
-        let http1 = HTTPServerBuilder.http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()]))
+        guard apiIdleTimeout > 0 else { throw ValidationError("--api-idle-timeout must be positive") }
+        // Without it, a connection that sends nothing (or a request a byte at a time) stays for good.
+        let http1 = HTTPServerBuilder.http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()],
+                                                                 idleTimeout: .milliseconds(Int64(apiIdleTimeout * 1000))))
         try await Application(router: router, server: try tls.map { try .tls(http1, tlsConfiguration: $0) } ?? http1, configuration: configuration,
                               services: services, onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
         stateWriter.cancel()

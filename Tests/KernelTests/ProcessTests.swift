@@ -133,6 +133,30 @@ import IoTCStore
         #expect(WorkerThread.osName("sink-é-ééééééé") == "sink-é-ééé")  // 14 bytes: cut between characters, not inside one
     }
 
+    /// The operator API closes a connection that sends no request, or none whole, within
+    /// --api-idle-timeout; a kept-alive connection that keeps asking is served.
+    @Test func theAPIClosesIdleConnections() throws {
+        let dir = TempDir()
+        let apiPort = freePort()
+        let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
+        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory,
+                                                "--api-idle-timeout", "1"], environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort), "\(hub.log)")
+        let silent = try #require(RawSocket(port: apiPort)), trickling = try #require(RawSocket(port: apiPort)), busy = try #require(RawSocket(port: apiPort))
+        let began = Date()
+        for byte in "GET /health HTTP/1.1\r\nHost: x\r\n".utf8.prefix(15) {
+            trickling.send([byte])
+            busy.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            #expect(busy.readResponses(1, timeout: 2).first?.hasPrefix("HTTP/1.1 200") == true)
+            usleep(150_000)
+        }
+        #expect(silent.isClosed(timeout: 2) && trickling.isClosed(timeout: 2), "closed within the idle time-out")
+        #expect(Date().timeIntervalSince(began) < 5)
+        busy.send("GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(busy.readResponses(1, timeout: 2).first?.hasPrefix("HTTP/1.1 200") == true, "a connection in use stays")
+    }
+
     @Test func checksAndAppliesPipelineFilesThroughTheAPI() throws {
         let dir = TempDir()
         let httpPort = freePort(), apiPort = freePort()
