@@ -874,3 +874,16 @@ import IoTCPluginKit
         #expect((CommandTopics.parseResult(topic) != nil) == isAnswer)
     }
 }
+
+@Suite struct LogBudgetTests {
+    /// A burst, then one line a second; the line let through after a hold says how many were held.
+    @Test func letsABurstThenOneASecondAndCountsTheRest() {
+        let start: UInt64 = 1_000_000_000
+        let budget = LogBudget(perSecond: 1, burst: 3)
+        var taken = (0..<10).map { budget.take(now: start + UInt64($0) * 1_000_000) }
+        #expect(taken == [0, 0, 0, nil, nil, nil, nil, nil, nil, nil])
+        taken = [budget.take(now: start + 1_200_000_000), budget.take(now: start + 1_300_000_000)]
+        #expect(taken == [7, nil], "seven held back before the line a second later")
+        #expect(budget.take(now: start + 10_000_000_000) == 1)
+    }
+}

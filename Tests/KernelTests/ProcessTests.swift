@@ -135,6 +135,35 @@ import IoTCStore
 
     /// The operator API closes a connection that sends no request, or none whole, within
     /// --api-idle-timeout; a kept-alive connection that keeps asking is served.
+    /// Failed device authentications are all counted, but logged and audited at most once a second
+    /// per address (a burst of 5): a client hammering wrong credentials floods neither.
+    @Test func failedAuthenticationsDoNotFloodTheLog() throws {
+        let dir = TempDir()
+        let mqttPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { broker: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: hub } }
+            sinks: { out: { plugin: log } }
+            pipelines: { t: { from: [ broker ], to: [ out ] } }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(apiPort), "\(hub.log)")
+        func string(_ s: String) -> [UInt8] { let b = Array(s.utf8); return [UInt8(b.count >> 8), UInt8(b.count & 0xFF)] + b }
+        let body = string("MQTT") + [4, 0xC2, 0, 60] + string("d1") + string("d1") + string("wrong")
+        for _ in 0..<20 {
+            let socket = try #require(RawSocket(port: mqttPort))
+            socket.send([0x10, UInt8(body.count)] + body)
+            #expect(socket.readBytes(4, timeout: 3) == [0x20, 0x02, 0x00, 0x04], "CONNACK 4, bad user name or password")
+        }
+        #expect(eventually {
+            http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.contains("iotc_auth_failures_total 20") == true
+        }, "\(http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.split(separator: "\n").filter { $0.contains("auth_failures") } ?? [])")
+        let logged = hub.log.components(separatedBy: "device authentication failed").count - 1
+        #expect((5...7).contains(logged), "\(logged) lines logged")
+        let audited = http("GET", "http://127.0.0.1:\(apiPort)/v1/audit?action=device.auth.failed", headers: owner)?.body ?? ""
+        #expect((5...7).contains(audited.components(separatedBy: "device.auth.failed").count - 1), "\(audited.prefix(300))")
+    }
+
     @Test func theAPIClosesIdleConnections() throws {
         let dir = TempDir()
         let apiPort = freePort()

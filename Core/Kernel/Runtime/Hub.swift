@@ -496,11 +496,14 @@ public final class Hub: HostServices, @unchecked Sendable {
         return directory?.attributes(tenant: identity.tenant, device: identity.device) ?? Array("{}".utf8)
     }
 
+    /// A failed device authentication: counted always; audited and logged at most once a second per
+    /// address (a burst of 5), so that a client hammering wrong credentials floods neither.
     private func refused(from: ComponentInstance, _ c: Credentials) {
         authFailures.increment()
         let address = c.remoteAddress.split(separator: ":").dropLast().joined(separator: ":")
         let device = String(c.device.prefix(128))
-        if let observer = lock.withLock({ authFailureObserver }), authFailureLimiter.take(address.isEmpty ? c.remoteAddress : address) == nil {
+        guard authFailureLimiter.take(address.isEmpty ? c.remoteAddress : address) == nil else { return }
+        if let observer = lock.withLock({ authFailureObserver }) {
             observer(DeviceAuthFailure(protocolName: c.protocolName, device: device, source: from.name, remoteAddress: c.remoteAddress))
         }
         logger.warning("device authentication failed", metadata: [

@@ -19,6 +19,8 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
 
     let host: PluginHost
     let mode: Mode
+    /// Failed logins of static users are logged at most once a second (a burst of 5).
+    private let failures = LogBudget()
     /// The devices' configuration topics (hub authentication only).
     let configs: DeviceConfigs
     private let users: [String: User]
@@ -78,13 +80,18 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
             let user: User
             if let name = c.username {
                 guard let u = users[name], let expected = u.password, ConstantTime.equal(Array(expected.utf8), c.password ?? []) else {
-                    host.log(.warning, "mqtt: authentication failed for user '\(name.prefix(64))' from \(c.remoteAddress)")
+                    if let held = failures.take() {
+                        host.log(.warning, "mqtt: authentication failed for user '\(name.prefix(64))' from \(c.remoteAddress)"
+                                 + (held > 0 ? " (\(held) more failures not logged)" : ""))
+                    }
                     return nil
                 }
                 user = u
             } else {
                 guard let a = anonymous else {
-                    host.log(.warning, "mqtt: anonymous connection refused from \(c.remoteAddress)")
+                    if let held = failures.take() {
+                        host.log(.warning, "mqtt: anonymous connection refused from \(c.remoteAddress)" + (held > 0 ? " (\(held) more failures not logged)" : ""))
+                    }
                     return nil
                 }
                 user = a

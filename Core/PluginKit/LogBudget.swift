@@ -1,0 +1,33 @@
+import Foundation
+import Synchronization
+
+/// At most `perSecond` log lines a second, with a burst of `burst`, for lines an outsider can cause
+/// (failed logins): a client hammering wrong credentials does not flood the log. Lines held back are
+/// counted, and the next line let through says how many.
+public final class LogBudget: Sendable {
+    private let perSecond: Double
+    private let burst: Double
+    private let state: Mutex<(tokens: Double, at: UInt64, held: Int)>
+
+    public init(perSecond: Double = 1, burst: Double = 5) {
+        self.perSecond = perSecond
+        self.burst = burst
+        state = Mutex((burst, DispatchTime.now().uptimeNanoseconds, 0))
+    }
+
+    /// Whether to log a line now: the number of lines held back since the last one let through, or nil
+    /// to hold this one back.
+    public func take(now: UInt64 = DispatchTime.now().uptimeNanoseconds) -> Int? {
+        state.withLock { s in
+            s.tokens = min(burst, s.tokens + Double(now &- s.at) / 1e9 * perSecond)
+            s.at = now
+            guard s.tokens >= 1 else {
+                s.held += 1
+                return nil
+            }
+            s.tokens -= 1
+            defer { s.held = 0 }
+            return s.held
+        }
+    }
+}
