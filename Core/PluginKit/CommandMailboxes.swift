@@ -54,7 +54,7 @@ public final class CommandMailboxes: @unchecked Sendable {
                 box.queue.removeAll { $0.expires < Date() }
                 if box.queue.count >= capacity { refused = true } else { box.queue.append(c) }
             }
-            boxes[key] = box
+            keep(box, at: key)
         }
         if refused { c.ack.reject("the device's command queue is full (\(capacity))") }
     }
@@ -68,7 +68,7 @@ public final class CommandMailboxes: @unchecked Sendable {
             box.queue.removeAll { $0.expires < Date() }
             if !persistent, !box.queue.isEmpty {
                 ready = [box.queue.removeFirst()]
-                boxes[key] = box
+                keep(box, at: key)
                 return 0
             }
             if persistent {
@@ -78,7 +78,7 @@ public final class CommandMailboxes: @unchecked Sendable {
             let id = nextWaiter
             nextWaiter += 1
             box.waiters.append((id, take, persistent))
-            boxes[key] = box
+            keep(box, at: key)
             return id
         }
         for c in ready where !take(c) { deliver(c) }
@@ -86,8 +86,21 @@ public final class CommandMailboxes: @unchecked Sendable {
     }
 
     public func cancel(box key: String, waiter: UInt64) {
-        lock.withLock { boxes[key]?.waiters.removeAll { $0.id == waiter } }
+        lock.withLock {
+            guard var box = boxes[key] else { return }
+            box.waiters.removeAll { $0.id == waiter }
+            keep(box, at: key)
+        }
     }
+
+    /// Stores a box, or drops it when it holds nothing: a device that polled once, or a client that
+    /// polled for made-up device ids, leaves no box behind. Under the lock.
+    private func keep(_ box: Box, at key: String) {
+        boxes[key] = box.queue.isEmpty && box.waiters.isEmpty ? nil : box
+    }
+
+    /// Mailboxes held now: those with commands queued or devices waiting.
+    public var count: Int { lock.withLock { boxes.count } }
 
     public func closeAll() {
         let pending: [PendingCommand] = lock.withLock {

@@ -887,3 +887,18 @@ import IoTCPluginKit
         #expect(budget.take(now: start + 10_000_000_000) == 1)
     }
 }
+
+@Suite struct CommandMailboxesTests {
+    /// A poll that ends leaves no mailbox behind: a client polling for made-up device ids (with
+    /// anonymous access) grew the table by one box each.
+    @Test func aPollThatEndsLeavesNoMailbox() {
+        let boxes = CommandMailboxes(capacity: 10, ttl: 60)
+        for i in 0..<1000 {
+            let key = CommandMailboxes.key(tenant: "t", device: "made-up-\(i)")
+            let waiter = boxes.wait(box: key, persistent: i % 2 == 0) { _ in true }
+            #expect(boxes.count == 1)
+            boxes.cancel(box: key, waiter: waiter)
+        }
+        #expect(boxes.count == 0)
+    }
+}
