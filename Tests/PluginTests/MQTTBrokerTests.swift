@@ -203,6 +203,35 @@ import IoTCPluginKit
         #expect(plain.publishes().first?.retain == false)
     }
 
+    /// The retained messages hold at most maximumRetainedBytes (topics and payloads): past it a new one
+    /// is routed but not kept; a replacement that does not fit clears the value it replaces (never
+    /// served stale); clearing makes room. Only the count was bounded: 100,000 retained messages of
+    /// 1 MiB each would have been kept.
+    @Test func retainedMessagesAreBoundedInBytes() {
+        var config = BrokerConfig()
+        config.maximumRetainedBytes = 100
+        let broker = Broker(config: config, timers: loop)
+        let pub = TestClient(broker, hub)
+        pub.connect("pub")
+        func retain(_ topic: String, _ n: Int) { pub.send(.publish(MQTTPublish(topic: topic, payload: Array(repeating: 0x61, count: n), retain: true))) }
+        retain("a/1", 40)
+        retain("a/2", 40)
+        #expect(broker.retainedCount == 2 && broker.retainedByteCount == 86)
+        retain("a/3", 40)
+        #expect(broker.retainedCount == 2 && broker.retainedByteCount == 86, "over the bound: not kept")
+        retain("a/1", 70)
+        #expect(broker.retainedCount == 1 && broker.retainedByteCount == 43, "a replacement that does not fit clears the old value")
+        retain("a/1", 10)
+        retain("a/3", 40)
+        #expect(broker.retainedCount == 3 && broker.retainedByteCount == 99)
+        retain("a/2", 0)
+        #expect(broker.retainedCount == 2 && broker.retainedByteCount == 56, "cleared")
+        let s = TestClient(broker, hub)
+        s.connect("s")
+        _ = s.subscribe("a/#", qos: 0)
+        #expect(Set(s.publishes().map(\.topic)) == ["a/1", "a/3"])
+    }
+
     @Test func retainedMessagesFollowRetainHandling() {
         let pub = TestClient(broker, hub)
         pub.connect("pub")

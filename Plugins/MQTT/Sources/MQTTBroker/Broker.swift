@@ -29,6 +29,9 @@ public struct BrokerConfig: Sendable {
     /// Longest session expiry granted (seconds); MQTT 3.1.1 persistent sessions get this too.
     public var maximumSessionExpiry: UInt32 = 7 * 24 * 3600
     public var maximumRetained = 100_000
+    /// Most bytes (topics and payloads) the retained messages may hold together (0: no limit); past
+    /// it, as past `maximumRetained`, a new retained message is routed but not kept.
+    public var maximumRetainedBytes = 0
     /// Most subscriptions one session may hold (0: no limit); a SUBSCRIBE past it is refused per filter
     /// with Quota exceeded (0x97; MQTT 3.1.1: 0x80).
     public var maximumSubscriptions = 0
@@ -45,6 +48,8 @@ public final class Broker: @unchecked Sendable {
     private let tree = SubscriptionTree()
     private var sessions: [String: Session] = [:]
     private var retained: [String: BrokerMessage] = [:]
+    /// What `retained` holds, in `retainedSize` bytes.
+    private var retainedBytes = 0
     /// Deliveries by topic, for topics whose match has no shared or no-local subscription; cleared
     /// whenever subscriptions change. Devices publish to the same few topics over and over.
     private var routes: [String: [Delivery]] = [:]
@@ -238,13 +243,7 @@ public final class Broker: @unchecked Sendable {
     public func publish(_ m: BrokerMessage, from publisher: Session?) -> Int {
         var deliveries: [Delivery] = []
         lock.withLock {
-            if m.retain, config.retainAvailable {
-                if m.payload.readableBytes == 0 {
-                    retained[m.topic] = nil
-                } else if retained[m.topic] != nil || retained.count < config.maximumRetained {
-                    retained[m.topic] = m
-                }
-            }
+            if m.retain, config.retainAvailable { retain(m) }
             if let cached = routes[m.topic] {
                 deliveries = cached
                 return
@@ -260,6 +259,25 @@ public final class Broker: @unchecked Sendable {
         }
         return deliveries.count
     }
+
+    /// Keeps `m` as its topic's retained message (an empty payload clears it), within the count and
+    /// byte bounds: past them a new one is not kept. A message that replaces another always clears it
+    /// (MQTT: it replaces any retained message of its topic), and is kept itself if it fits: a later
+    /// subscriber never gets the value it replaced. Under the lock.
+    private func retain(_ m: BrokerMessage) {
+        let old = retained.removeValue(forKey: m.topic).map(Self.retainedSize) ?? 0
+        retainedBytes -= old
+        guard m.payload.readableBytes > 0, old > 0 || retained.count < config.maximumRetained else { return }
+        let size = Self.retainedSize(m)
+        guard config.maximumRetainedBytes == 0 || retainedBytes + size <= config.maximumRetainedBytes else { return }
+        retained[m.topic] = m
+        retainedBytes += size
+    }
+
+    static func retainedSize(_ m: BrokerMessage) -> Int { m.topic.utf8.count + m.payload.readableBytes }
+
+    /// Bytes the retained messages hold (topics and payloads).
+    public var retainedByteCount: Int { lock.withLock { retainedBytes } }
 
     /// Publishes broker statistics under `$SYS/broker/` as retained messages.
     public func publishStatistics(version: String) {
@@ -338,7 +356,7 @@ extension Broker {
             restored.append((s, subs))
         }
         lock.withLock {
-            for m in retainedIn { retained[m.topic] = m }
+            for m in retainedIn { retain(m) }
             routes.removeAll(keepingCapacity: true)
             for (s, subs) in restored where sessions[s.clientID] == nil {
                 sessions[s.clientID] = s
