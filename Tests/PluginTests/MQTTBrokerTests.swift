@@ -16,6 +16,16 @@ import IoTCPluginKit
 
     func payload(_ p: MQTTPublish) -> String { String(buffer: p.payload) }
 
+    /// A broker configured by `configure`, and a client `id` connected to it.
+    func connected(_ id: String, _ configure: (inout BrokerConfig) -> Void) -> (Broker, TestClient) {
+        var config = BrokerConfig()
+        configure(&config)
+        let broker = Broker(config: config, timers: loop)
+        let client = TestClient(broker, hub)
+        client.connect(id)
+        return (broker, client)
+    }
+
     // MARK: - Topics
 
     @Test func topicFilters() {
@@ -208,11 +218,7 @@ import IoTCPluginKit
     /// served stale); clearing makes room. Only the count was bounded: 100,000 retained messages of
     /// 1 MiB each would have been kept.
     @Test func retainedMessagesAreBoundedInBytes() {
-        var config = BrokerConfig()
-        config.maximumRetainedBytes = 100
-        let broker = Broker(config: config, timers: loop)
-        let pub = TestClient(broker, hub)
-        pub.connect("pub")
+        let (broker, pub) = connected("pub") { $0.maximumRetainedBytes = 100 }
         func retain(_ topic: String, _ n: Int) { pub.send(.publish(MQTTPublish(topic: topic, payload: Array(repeating: 0x61, count: n), retain: true))) }
         retain("a/1", 40)
         retain("a/2", 40)
@@ -320,11 +326,7 @@ import IoTCPluginKit
     /// A session holds at most maximumSubscriptions: past it each new filter gets Quota exceeded (0x80 on
     /// 3.1.1); a filter it holds is replaced without counting twice, and an unsubscribe makes room.
     @Test func subscriptionsPerSessionAreBounded() {
-        var config = BrokerConfig()
-        config.maximumSubscriptions = 2
-        let broker = Broker(config: config, timers: loop)
-        let c = TestClient(broker, hub)
-        c.connect("c")
+        let (broker, c) = connected("c") { $0.maximumSubscriptions = 2 }
         #expect(c.subscribe("a/1") == [1] && c.subscribe("a/2") == [1])
         #expect(c.subscribe("a/3") == [MQTTReason.quotaExceeded])
         #expect(c.subscribe("a/1", qos: 2) == [2], "a filter held is replaced")
