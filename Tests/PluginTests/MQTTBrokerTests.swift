@@ -323,6 +323,21 @@ import IoTCPluginKit
         #expect(v3.subscribe("secret/#") == [0x80])
     }
 
+    /// The broker holds at most maximumSessions, offline ones included: one more is refused with Quota
+    /// exceeded (0x03 on 3.1.1), a client with a session gets it back, and an ended clean session makes room.
+    @Test func sessionsAreBounded() {
+        let (broker, kept) = connected("kept") { $0.maximumSessions = 2 }
+        let offline = TestClient(broker, hub)
+        #expect(offline.connect("offline", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 3600)])?.reasonCode == 0)
+        offline.send(.disconnect(reasonCode: 0, properties: []))
+        #expect(broker.sessionCount == 2, "an offline session is held")
+        #expect(TestClient(broker, hub).connect("third")?.reasonCode == MQTTReason.quotaExceeded)
+        #expect(TestClient(broker, hub, version: .v311).connect("third")?.reasonCode == 0x03)
+        #expect(TestClient(broker, hub).connect("offline", clean: false)?.reasonCode == 0, "its own session back")
+        kept.send(.disconnect(reasonCode: 0, properties: []))
+        #expect(TestClient(broker, hub).connect("third")?.reasonCode == 0, "room once a clean session ended")
+    }
+
     /// A session holds at most maximumSubscriptions: past it each new filter gets Quota exceeded (0x80 on
     /// 3.1.1); a filter it holds is replaced without counting twice, and an unsubscribe makes room.
     @Test func subscriptionsPerSessionAreBounded() {

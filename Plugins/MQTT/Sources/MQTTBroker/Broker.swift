@@ -35,6 +35,9 @@ public struct BrokerConfig: Sendable {
     /// Most subscriptions one session may hold (0: no limit); a SUBSCRIBE past it is refused per filter
     /// with Quota exceeded (0x97; MQTT 3.1.1: 0x80).
     public var maximumSubscriptions = 0
+    /// Most sessions the broker holds, connected or kept for offline clients (0: no limit); a CONNECT
+    /// that would open one more is refused with Quota exceeded (0x97; MQTT 3.1.1: 0x03).
+    public var maximumSessions = 0
     public var session = SessionLimits()
     public init() {}
 }
@@ -174,6 +177,13 @@ public final class Broker: @unchecked Sendable {
     }
 
     public var sessionCount: Int { lock.withLock { sessions.count } }
+
+    /// Whether a client may have the session `key` (its own, or a new one within `maximumSessions`).
+    /// Connects in flight at once may pass it together by a few.
+    public func mayOpenSession(_ key: String) -> Bool {
+        guard config.maximumSessions > 0 else { return true }
+        return lock.withLock { sessions[key] != nil || sessions.count < config.maximumSessions }
+    }
     public var subscriptionCount: Int { lock.withLock { tree.count } }
     public var retainedCount: Int { lock.withLock { retained.count } }
     public func session(_ clientID: String) -> Session? { lock.withLock { sessions[clientID] } }

@@ -221,6 +221,9 @@ public final class ServerConnection: @unchecked Sendable {
                           c.password == nil ? 0x05 : 0x04, "authentication failed")
         }
         let space = TenantSpace(tenant: identity.tenant)
+        guard broker.mayOpenSession(space.sessionKey(clientID)) else {
+            return refuse(MQTTReason.quotaExceeded, 0x03, "the server holds as many sessions as it may")
+        }
         if let w = c.will {
             guard w.qos <= broker.config.maximumQoS else { return refuse(MQTTReason.qosNotSupported, 0x05, "will QoS is over the maximum") }
             guard !w.retain || broker.config.retainAvailable else { return refuse(MQTTReason.retainNotSupported, 0x05, "retain is not available") }

@@ -27,6 +27,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var max_retained: Int
         var max_retained_bytes: Int
         var max_subscriptions: Int
+        var max_sessions: Int
         var max_session_expiry: Double
         var max_queued_messages: Int
         var queue_full_policy: String
@@ -111,6 +112,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("retain_available", .bool, "Keep retained messages.", default: "true"),
         ConfigField("max_retained", .int, "Retained messages kept; more are not retained.", default: "100000"),
         ConfigField("max_retained_bytes", .byteSize, "Bytes (topics and payloads) the retained messages may hold together; past it a new one is not retained. 0: no limit.", default: "268435456", example: "256MiB"),
+        ConfigField("max_sessions", .int, "Sessions held at once, connected or kept for offline clients; a CONNECT that would open one more is refused with Quota exceeded (0x97; MQTT 3.1.1: 0x03). 0: no limit.", default: "0"),
         ConfigField("max_subscriptions", .int, "Subscriptions one session may hold; a filter past it is refused with Quota exceeded (0x97; MQTT 3.1.1: 0x80). 0: no limit.", default: "1000"),
         ConfigField("max_session_expiry", .duration, "Longest a session outlives its connection (MQTT 3.1.1 persistent sessions get this).", default: "604800", example: "7d"),
         ConfigField("max_queued_messages", .int, "Messages kept per session for an offline or slow client.", default: "1000"),
@@ -163,6 +165,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         guard (0...65535).contains(config.topic_alias_maximum) else { throw PluginError("topic_alias_maximum must be 0 to 65535") }
         guard (64...268_435_455).contains(config.max_packet_size) else { throw PluginError("max_packet_size must be 64 B to 256 MiB") }
         guard config.max_retained_bytes >= 0 else { throw PluginError("max_retained_bytes must not be negative") }
+        guard config.max_sessions >= 0 else { throw PluginError("max_sessions must not be negative") }
         guard config.max_subscriptions >= 0 else { throw PluginError("max_subscriptions must not be negative") }
         guard config.max_queued_messages >= 0 else { throw PluginError("max_queued_messages must not be negative") }
         guard let policy = QueueFullPolicy(rawValue: config.queue_full_policy) else { throw PluginError("queue_full_policy must be drop_new or drop_oldest") }
@@ -188,6 +191,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         b.maximumRetained = config.max_retained
         b.maximumRetainedBytes = config.max_retained_bytes
         b.maximumSubscriptions = config.max_subscriptions
+        b.maximumSessions = config.max_sessions
         b.maximumSessionExpiry = UInt32(min(max(config.max_session_expiry, 0), Double(UInt32.max)))
         b.session = SessionLimits(maxQueued: config.max_queued_messages, policy: policy, queueQoS0: config.queue_qos0)
         brokerConfig = b
