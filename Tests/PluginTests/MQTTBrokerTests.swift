@@ -553,6 +553,26 @@ import IoTCPluginKit
         #expect(back.closed)
     }
 
+    /// The queue is bounded in bytes too: past maxQueuedBytes drop_oldest makes room (as many as it
+    /// takes) and drop_new drops the new message; one larger than the whole allowance is never queued.
+    @Test(arguments: [QueueFullPolicy.dropOldest, .dropNew])
+    func queueBoundInBytesFollowsItsPolicy(_ policy: QueueFullPolicy) {
+        let (broker, pub) = connected("p") { $0.session = SessionLimits(maxQueued: 100, maxQueuedBytes: 10, policy: policy) }
+        let sub = TestClient(broker, hub)
+        sub.connect("s", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 100)])
+        _ = sub.subscribe("q", qos: 1)
+        sub.connection.transportClosed(reason: "gone")
+        for (i, size) in [4, 4, 9, 11].enumerated() {
+            pub.send(.publish(MQTTPublish(topic: "q", payload: [UInt8(i)] + Array(repeating: 0, count: size - 1), qos: 1, packetID: UInt16(i + 1))))
+        }
+        let back = TestClient(broker, hub)
+        back.connect("s", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 100)])
+        let firsts = back.publishes().map { $0.payload.getInteger(at: 0, as: UInt8.self) }
+        // 4 + 4, then 9: drop_oldest drops both 4s to make room for it, drop_new drops it; 11 never fits.
+        #expect(firsts == (policy == .dropOldest ? [2] : [0, 1]))
+        #expect(broker.counters.dropped.value == (policy == .dropOldest ? 3 : 2))
+    }
+
     @Test func queueBoundFollowsItsPolicy() {
         var config = BrokerConfig()
         config.session = SessionLimits(maxQueued: 2, policy: .dropOldest)

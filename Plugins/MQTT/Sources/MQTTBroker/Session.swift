@@ -219,11 +219,15 @@ public enum QueueFullPolicy: String, Sendable {
 
 public struct SessionLimits: Sendable {
     public var maxQueued: Int
+    /// Most payload bytes queued (0: no limit): with `maxQueued` alone, a session could hold that many
+    /// messages of the largest size.
+    public var maxQueuedBytes: Int
     public var policy: QueueFullPolicy
     /// Queue QoS 0 messages for offline clients too.
     public var queueQoS0: Bool
-    public init(maxQueued: Int = 1000, policy: QueueFullPolicy = .dropNew, queueQoS0: Bool = false) {
+    public init(maxQueued: Int = 1000, maxQueuedBytes: Int = 0, policy: QueueFullPolicy = .dropNew, queueQoS0: Bool = false) {
         self.maxQueued = maxQueued
+        self.maxQueuedBytes = maxQueuedBytes
         self.policy = policy
         self.queueQoS0 = queueQoS0
     }
@@ -259,6 +263,8 @@ public final class Session: @unchecked Sendable {
     }
     private var inflight: [UInt16: Outbound] = [:]
     private var queue = Deque<Outbound>()
+    /// The payload bytes in `queue`.
+    private var queuedBytes = 0
     private var nextPacketID: UInt16 = 0
     private var sequence: UInt64 = 0
     /// Packet ids of QoS 2 messages received and not yet released by PUBREL.
@@ -274,6 +280,7 @@ public final class Session: @unchecked Sendable {
     /// The connection the session is attached to, if any.
     var currentLink: ClientLink? { lock.withLock { link } }
     public var queuedCount: Int { lock.withLock { queue.count } }
+    public var queuedByteCount: Int { lock.withLock { queuedBytes } }
     public var inflightCount: Int { lock.withLock { inflight.count } }
 
     /// Hands a message to this session: written to the client, put in flight, or queued.
@@ -303,14 +310,23 @@ public final class Session: @unchecked Sendable {
     }
 
     private func enqueue(_ o: Outbound) -> Bool {
-        if queue.count >= limits.maxQueued {
-            counters.dropped.add(1)
-            switch limits.policy {
-            case .dropNew: return false
-            case .dropOldest: queue.removeFirst()
+        let size = o.message.payload.readableBytes
+        func full() -> Bool {
+            queue.count >= limits.maxQueued || (limits.maxQueuedBytes > 0 && queuedBytes + size > limits.maxQueuedBytes)
+        }
+        if full() {
+            // A message larger than the whole allowance is never queued; otherwise, by the policy.
+            guard limits.policy == .dropOldest, limits.maxQueuedBytes == 0 || size <= limits.maxQueuedBytes else {
+                counters.dropped.add(1)
+                return false
+            }
+            while full(), let dropped = queue.popFirst() {
+                queuedBytes -= dropped.message.payload.readableBytes
+                counters.dropped.add(1)
             }
         }
         queue.append(o)
+        queuedBytes += size
         return true
     }
 
@@ -340,6 +356,7 @@ public final class Session: @unchecked Sendable {
         guard let link else { return }
         let now = NIODeadline.now()
         while inflight.count < link.receiveMaximum, let o = queue.popFirst() {
+            queuedBytes -= o.message.payload.readableBytes
             let expiry = o.message.secondsLeft(now: now)
             if expiry == 0 {
                 counters.expired.add(1)
@@ -517,6 +534,7 @@ extension Session {
             inflight = flight
             self.sequence = sequence
             queue = queued
+            queuedBytes = queued.reduce(0) { $0 + $1.message.payload.readableBytes }
             awaitingRelease = awaiting
         }
     }
