@@ -132,6 +132,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     public func keepFresh(every interval: Double = 2, logger: Logger) async {
         while !Task.isCancelled {
             try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
+            if Task.isCancelled { break }
             do { try await refresh() } catch { logger.warning("cannot reload device credentials: \(error)") }
         }
     }

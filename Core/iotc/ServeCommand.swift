@@ -170,6 +170,13 @@ struct Serve: AsyncParsableCommand {
                               services: services, onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
         stateWriter.cancel()
         await saveStates()
+        // The store's users stop before it closes (each would otherwise fail once against a closed
+        // store); the registry's and retention's loops are waited for, as one may be mid-query.
+        freshness.cancel()
+        retention.cancel()
+        commandQueue.cancel()
+        await freshness.value
+        await retention.value
         await db.close()
     }
 }
