@@ -30,14 +30,9 @@ public final class WorkerThread: @unchecked Sendable {
 
     /// `name` cut to the 15 bytes a Linux thread name holds, at a character boundary.
     public static func osName(_ name: String) -> String {
-        var n = 0
-        var cut = name.startIndex
-        for c in name.unicodeScalars {
-            n += String(c).utf8.count
-            if n > 15 { break }
-            cut = name.unicodeScalars.index(after: cut)
-        }
-        return String(name.unicodeScalars[..<cut])
+        var bytes = 0
+        let kept = name.unicodeScalars.prefix { bytes += $0.utf8.count; return bytes <= 15 }
+        return String(String.UnicodeScalarView(kept))
     }
 
     /// Waits for the loop to return; false when `deadline` came first (nil: wait as long as it takes).

@@ -155,8 +155,7 @@ import IoTCPluginKit
         #expect(waitForPort(port))
         let forged = "2026-01-01T00:00:00+0000 error iotc: FORGED"
         // MQTT 3.1.1 CONNECT with a user name and password (mosquitto's clients refuse such a user name).
-        func string(_ s: String) -> [UInt8] { let b = Array(s.utf8); return [UInt8(b.count >> 8), UInt8(b.count & 0xFF)] + b }
-        let body = string("MQTT") + [4, 0xC2, 0, 60] + string("d1") + string("user\n\(forged)\u{2028}x\u{1B}[31m") + string("pw")
+        let body = mqttString("MQTT") + [4, 0xC2, 0, 60] + mqttString("d1") + mqttString("user\n\(forged)\u{2028}x\u{1B}[31m") + mqttString("pw")
         let socket = try #require(RawSocket(port: port))
         socket.send([0x10, UInt8(body.count)] + body)
         #expect(socket.isClosed(), "a refused CONNECT closes the connection")

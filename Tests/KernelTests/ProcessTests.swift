@@ -25,10 +25,13 @@ import IoTCStore
     static let ownerKey = "iotc_processtests_" + String(repeating: "K3y", count: 11)
     let owner = ["Authorization": "Bearer \(ProcessTests.ownerKey)"]
 
-    func serve(_ file: String, data: String, api: Int, store: String? = nil) throws -> ChildProcess {
+    /// `iotc serve FILE` with its data folder, API port and the plugins built here; `arguments` follow,
+    /// and `environment` (by default the owner key these tests use) is added to the process's own.
+    func serve(_ file: String, data: String, api: Int, store: String? = nil, arguments: [String] = [],
+               environment: [String: String] = ["IOTC_BOOTSTRAP_KEY": ProcessTests.ownerKey]) throws -> ChildProcess {
         try ChildProcess(Build.iotc, ["serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory]
-                         + (store.map { ["--store", $0] } ?? []),
-                         environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+                         + (store.map { ["--store", $0] } ?? []) + arguments,
+                         environment: environment)
     }
 
     @Test func deliversEveryAcknowledgedMessageAfterKillMinus9() throws {
@@ -103,8 +106,8 @@ import IoTCStore
             pipelines: { p: { from: [ devices ], to: [ out ] } }
             auth: { allow_anonymous: true }
             """)
-        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory],
-                                   environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey, "IOTC_TEST_LISTEN": "127.0.0.1:\(httpPort)"])
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort,
+                            environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey, "IOTC_TEST_LISTEN": "127.0.0.1:\(httpPort)"])
         defer { hub.stop() }
         #expect(waitForPort(httpPort), "hub did not start: \(hub.log)")
         #expect(eventually { hub.log.contains("http source listening on …") }, "\(hub.log)")
@@ -150,8 +153,7 @@ import IoTCStore
         let hub = try serve(file, data: dir.path + "/data", api: apiPort)
         defer { hub.stop() }
         #expect(waitForPort(apiPort), "\(hub.log)")
-        func string(_ s: String) -> [UInt8] { let b = Array(s.utf8); return [UInt8(b.count >> 8), UInt8(b.count & 0xFF)] + b }
-        let body = string("MQTT") + [4, 0xC2, 0, 60] + string("d1") + string("d1") + string("wrong")
+        let body = mqttString("MQTT") + [4, 0xC2, 0, 60] + mqttString("d1") + mqttString("d1") + mqttString("wrong")
         for _ in 0..<20 {
             let socket = try #require(RawSocket(port: mqttPort))
             socket.send([0x10, UInt8(body.count)] + body)
@@ -170,8 +172,7 @@ import IoTCStore
         let dir = TempDir()
         let apiPort = freePort()
         let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
-        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory,
-                                                "--api-idle-timeout", "1"], environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort, arguments: ["--api-idle-timeout", "1"])
         defer { hub.stop() }
         #expect(waitForPort(apiPort), "\(hub.log)")
         let silent = try #require(RawSocket(port: apiPort)), trickling = try #require(RawSocket(port: apiPort)), busy = try #require(RawSocket(port: apiPort))
@@ -771,9 +772,8 @@ import IoTCStore
         try makeTestCertificates(in: dir)
         let apiPort = freePort()
         let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
-        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory,
-                                                "--api-tls-cert", dir.path + "/cert.pem", "--api-tls-key", dir.path + "/key.pem"],
-                                   environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort,
+                            arguments: ["--api-tls-cert", dir.path + "/cert.pem", "--api-tls-key", dir.path + "/key.pem"])
         defer { hub.stop() }
         #expect(waitForPort(apiPort), "\(hub.log)")
         let (code, out) = try run("/usr/bin/env", ["curl", "-sS", "--cacert", dir.path + "/cert.pem", "-H", "Authorization: Bearer \(Self.ownerKey)",
@@ -805,8 +805,7 @@ import IoTCStore
         let dir = TempDir()
         let apiPort = freePort()
         let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
-        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory],
-                                   environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey])
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
         defer { hub.stop() }
         #expect(waitForPort(apiPort), "\(hub.log)")
         let s = try #require(RawSocket(port: apiPort))
@@ -824,7 +823,7 @@ import IoTCStore
         let dir = TempDir()
         let apiPort = freePort()
         let file = dir.write("hub.yaml", "sinks: { out: { plugin: log } }\n")
-        let hub = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory])
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort, environment: [:])
         #expect(eventually { hub.log.contains("/v1/whoami") }, "\(hub.log)")
         let keyFile = dir.path + "/data/owner-key"
         let key = try String(contentsOfFile: keyFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -839,7 +838,7 @@ import IoTCStore
         #expect(http("GET", "http://127.0.0.1:\(apiPort)/v1/whoami", headers: ["Authorization": "Bearer \(key)"])?.status == 200)
         hub.stop()
         // Shown once: not at the next start.
-        let again = try ChildProcess(Build.iotc, ["serve", file, "--data", dir.path + "/data", "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory])
+        let again = try serve(file, data: dir.path + "/data", api: apiPort, environment: [:])
         defer { again.stop() }
         #expect(eventually { again.log.contains("ready in") }, "\(again.log)")
         #expect(!again.log.contains(key))

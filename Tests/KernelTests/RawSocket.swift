@@ -109,3 +109,9 @@ final class SilentServer {
 
     deinit { close(fd) }
 }
+
+/// An MQTT UTF-8 string (a 2-byte length, then the bytes), for CONNECT packets written by hand.
+func mqttString(_ s: String) -> [UInt8] {
+    let b = Array(s.utf8)
+    return [UInt8(b.count >> 8), UInt8(b.count & 0xFF)] + b
+}
