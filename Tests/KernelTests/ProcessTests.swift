@@ -249,8 +249,8 @@ import IoTCStore
         hub.stop()
     }
 
-    /// A source's max_connections: one over it is closed as it is accepted (counted, and logged once per
-    /// power of ten); those in are not disturbed, and a place that frees is taken again. MQTT counts its
+    /// A source's max_connections: one over it is closed as it is accepted (counted, and logged at most once
+    /// a second); those in are not disturbed, and a place that frees is taken again. MQTT counts its
     /// TCP and WebSocket listeners together.
     @Test func closesConnectionsOverASourcesLimit() throws {
         let dir = TempDir()

@@ -95,14 +95,15 @@ public final class ConnectionLimit: Sendable {
         self.onRefused = onRefused
     }
 
-    /// A source's limit: each refusal counts in `iotc_connections_refused_total`, and the 1st, 10th,
-    /// 100th... is logged (a flood of connections does not flood the log).
+    /// A source's limit: each refusal counts in `iotc_connections_refused_total`, and is logged at most
+    /// once a second (`LogBudget`: a flood of connections does not flood the log).
     public convenience init(_ limit: Int, host: PluginHost, source: String) {
+        let budget = LogBudget()
         self.init(limit) { n in
             host.metric(.counter, "iotc_connections_refused_total", 1)
-            var p = 1
-            while p < n { p *= 10 }
-            if p == n { host.log(.warning, "\(source): max_connections (\(limit)) reached; \(n) connection\(n == 1 ? "" : "s") refused so far") }
+            if budget.take() != nil {
+                host.log(.warning, "\(source): max_connections (\(limit)) reached; \(n) connection\(n == 1 ? "" : "s") refused so far")
+            }
         }
     }
 
@@ -123,6 +124,4 @@ public final class ConnectionLimit: Sendable {
         channel.closeFuture.whenComplete { [self] _ in open.subtract(1, ordering: .relaxed) }
     }
 
-    /// Connections open now (counted only when there is a limit).
-    public var current: Int { open.load(ordering: .relaxed) }
 }
