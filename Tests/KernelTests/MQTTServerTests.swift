@@ -86,6 +86,26 @@ import IoTCPluginKit
         #expect(code == 0, "\(out)")
     }
 
+    /// pipelines/examples/mqtt-broker.yaml, the plain broker the plugin's README offers MQTT test suites:
+    /// clients of both versions talk to each other through it with no credentials and no pipeline.
+    @Test func theExampleBrokerServesAnyClient() throws {
+        let dir = TempDir()
+        let port = freePort()
+        let example = try String(contentsOfFile: Build.packageRoot + "/pipelines/examples/mqtt-broker.yaml", encoding: .utf8)
+        let text = example.replacingOccurrences(of: "127.0.0.1:1883", with: "127.0.0.1:\(port)")
+        try #require(text != example, "the example no longer listens on 127.0.0.1:1883")
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig(text, file: "mqtt-broker.yaml"))
+        defer { hub.stop() }
+        #expect(waitForPort(port))
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        for scenario in ["pubsub311", "pubsub5", "retained", "will", "sessions5", "qos2_reconnect"] {
+            let (code, out) = try run(python, [Build.packageRoot + "/Tests/Support/mqtt_peers.py", scenario, "127.0.0.1", "\(port)"])
+            #expect(code == 0, "\(scenario): \(out)")
+        }
+    }
+
     @Test func requiresClientCertificatesWhenConfigured() throws {
         let dir = TempDir()
         try makeTestCertificates(in: dir)
