@@ -330,6 +330,33 @@ import IoTCStore
         #expect(peak > 0 && peak < 200 * 1024, "peak resident memory \(peak) kB")
     }
 
+    /// An answer's status settles a delivery when it comes: a 200 whose body trickles in for longer than
+    /// the sink's timeout is a delivery, not a failure to retry (which sent the message again).
+    @Test func aWebhookAnswerSettlesOnItsStatus() throws {
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort(), receiverPort = freePort()
+        let requests = dir.path + "/requests.jsonl"
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", requests])
+        defer { receiver.stop() }
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { hook: { plugin: webhook, url: "http://127.0.0.1:\(receiverPort)/slow/6", timeout: 1s,
+                             retry: { initial_backoff: 100ms, max_backoff: 200ms } } }
+            pipelines: { t: { from: [ devices ], durable: true, to: [ hook ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort) && waitForPort(receiverPort), "\(hub.log)")
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"n":1}"#)?.status == 202)
+        #expect(eventually(timeout: 10) {
+            http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.contains(#"iotc_sink_delivered_total{sink="hook"} 1"#) == true
+        }, "\(hub.log.suffix(1000))")
+        // The body takes 3 s against a deadline of 1 s; a retry would have come within that time.
+        Thread.sleep(forTimeInterval: 3.5)
+        #expect(jsonLines(requests).count == 1, "the endpoint got \(jsonLines(requests).count) requests")
+    }
+
     @Test func fullPipelineStopsMQTTReadingWithoutLoss() throws {
         // A one-message pipeline queue: the MQTT server must hold the publisher back (stop reading and
         // offer again), never drop. The hub's refusals show that backpressure really happened.

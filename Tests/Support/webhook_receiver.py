@@ -1,9 +1,11 @@
 """A webhook endpoint for tests: records each request as a JSON line and answers with the status
-named by the path (/status/500 answers 500), or 200 with a body of N MiB for /big/N; anything else 204."""
+named by the path (/status/500 answers 500), or 200 with a body of N MiB for /big/N, or 200 with a body of N
+bytes sent one every half second for /slow/N; anything else 204."""
 import base64
 import json
 import signal
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 port, record = int(sys.argv[1]), sys.argv[2]
@@ -33,6 +35,17 @@ class Handler(BaseHTTPRequestHandler):
             chunk = b"x" * (1 << 20)
             for _ in range(mib):
                 self.wfile.write(chunk)
+            return
+        if len(parts) == 2 and parts[0] == "slow":
+            n = int(parts[1])
+            self.send_response(200)
+            self.send_header("Content-Length", str(n))
+            self.end_headers()
+            self.wfile.flush()
+            for _ in range(n):
+                time.sleep(0.5)
+                self.wfile.write(b"x")
+                self.wfile.flush()
             return
         self.send_response(status)
         self.send_header("Content-Length", "0")

@@ -117,20 +117,23 @@ final class WebhookSink: Sink, @unchecked Sendable {
             for (k, v) in config.headers { r.headers.replaceOrAdd(name: k, value: v) }
             r.body = .bytes(body)
             let started = DispatchTime.now().uptimeNanoseconds
-            client.execute(request: r, delegate: StatusOnly(), deadline: .now() + .milliseconds(Int64(config.timeout * 1000))).futureResult.whenComplete { [self] result in
+            // The answer's status settles the delivery as soon as it comes: a body sent slowly, or cut by
+            // the deadline, does not turn an accepted message into a retry (and a second delivery).
+            let delegate = StatusOnly { [url] status in
+                let code = status.code
+                if (200..<300).contains(code) {
+                    ack.succeed()
+                } else if code == 408 || code == 429 || code >= 500 {
+                    ack.retry("\(url.host ?? "") answered \(code)")
+                } else {
+                    ack.reject("\(url.host ?? "") answered \(code)")
+                }
+            }
+            client.execute(request: r, delegate: delegate, deadline: .now() + .milliseconds(Int64(config.timeout * 1000))).futureResult.whenComplete { [self] result in
                 inFlight.withLockedValue { $0 -= 1 }
                 host.metric(.histogram, "iotc_webhook_request_seconds", Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
-                switch result {
-                case .success(let status):
-                    let code = status.code
-                    if (200..<300).contains(code) {
-                        ack.succeed()
-                    } else if code == 408 || code == 429 || code >= 500 {
-                        ack.retry("\(url.host ?? "") answered \(code)")
-                    } else {
-                        ack.reject("\(url.host ?? "") answered \(code)")
-                    }
-                case .failure(let error):
+                // Completion runs on the request's event loop, as the delegate does.
+                if case .failure(let error) = result, !delegate.answered {
                     ack.retry("request to \(url.host ?? "") failed: \(error)")
                 }
             }
@@ -150,14 +153,23 @@ final class WebhookSink: Sink, @unchecked Sendable {
     }
 }
 
-/// Takes a response's status and lets its body go by unread: only the status decides a delivery, and
-/// an endpoint's body, however large, is not held (the default delegate keeps it all in memory).
+/// Takes a response's status, hands it to `decide` at once, and lets the body go by unread: only the
+/// status decides a delivery, and an endpoint's body, however large or slow, is not held (the default
+/// delegate keeps it all in memory, and only completes once it has all come).
 final class StatusOnly: HTTPClientResponseDelegate, @unchecked Sendable {
-    typealias Response = HTTPResponseStatus
-    private var status = HTTPResponseStatus.internalServerError
+    typealias Response = Void
+    private let decide: (HTTPResponseStatus) -> Void
+    /// Whether the answer's head came (read on the request's event loop only).
+    private(set) var answered = false
+
+    init(decide: @escaping (HTTPResponseStatus) -> Void) { self.decide = decide }
 
     func didReceiveHead(task: HTTPClient.Task<Response>, _ head: HTTPResponseHead) -> EventLoopFuture<Void> {
-        status = head.status
+        // An informational head (1xx) is not the answer.
+        if !answered, head.status.code >= 200 {
+            answered = true
+            decide(head.status)
+        }
         return task.eventLoop.makeSucceededVoidFuture()
     }
 
@@ -165,5 +177,5 @@ final class StatusOnly: HTTPClientResponseDelegate, @unchecked Sendable {
         task.eventLoop.makeSucceededVoidFuture()
     }
 
-    func didFinishRequest(task: HTTPClient.Task<Response>) throws -> HTTPResponseStatus { status }
+    func didFinishRequest(task: HTTPClient.Task<Response>) throws {}
 }
