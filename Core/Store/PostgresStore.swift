@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import NIOCore
 import NIOPosix
+import NIOSSL
 import PostgresNIO
 
 /// The PostgreSQL engine, for scale and for several hub nodes on one database: a pool of connections
@@ -11,7 +12,8 @@ public final class PostgresStore: Store, @unchecked Sendable {
     private let client: PostgresClient
     private let runner: Task<Void, Never>
 
-    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`; the password may also come from PGPASSWORD.
+    /// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?PARAMETERS]`; the password may also come from
+    /// PGPASSWORD. The parameters are libpq's for TLS (`TLSSettings`).
     public init(url: String, logger: Logger = Logger(label: "iotc.store")) async throws {
         guard let c = URLComponents(string: url), let host = c.host, !host.isEmpty, let user = c.user, !user.isEmpty else {
             throw StoreError(.connection, "a PostgreSQL store URL reads postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
@@ -19,24 +21,91 @@ public final class PostgresStore: Store, @unchecked Sendable {
         let database = String(c.path.drop { $0 == "/" })
         let password = c.password?.removingPercentEncoding ?? ProcessInfo.processInfo.environment["PGPASSWORD"]
         let port = c.port ?? 5432, username = user.removingPercentEncoding ?? user
+        let tls = try TLSSettings(c.queryItems ?? [])
         // One direct connection first: the pool would keep retrying a server that is not there, and
         // its error names the cause. The URL's password is never part of the message.
         do {
             let probe = try await PostgresConnection.connect(
                 on: MultiThreadedEventLoopGroup.singleton.any(),
                 configuration: .init(host: host, port: port, username: username, password: password,
-                                     database: database.isEmpty ? nil : database, tls: .disable),
+                                     database: database.isEmpty ? nil : database, tls: try tls.connectionTLS()),
                 id: 0, logger: logger).get()
             try await probe.close()
         } catch {
-            throw StoreError(.connection, "cannot connect to PostgreSQL at \(host):\(port) as \(username): \(Self.describe(error))")
+            throw StoreError(.connection, "cannot connect to PostgreSQL at \(host):\(port) as \(username) (sslmode=\(tls.mode.rawValue)): \(Self.describe(error))")
         }
         var config = PostgresClient.Configuration(host: host, port: port, username: username, password: password,
-                                                  database: database.isEmpty ? nil : database, tls: .disable)
+                                                  database: database.isEmpty ? nil : database, tls: tls.clientTLS)
         config.options.maximumConnections = 8
         let client = PostgresClient(configuration: config, backgroundLogger: logger)
         self.client = client
         runner = Task { await client.run() }
+    }
+
+    /// TLS to the server, from the URL's parameters as libpq reads them: `sslmode` (`disable`; `prefer`,
+    /// the default: TLS when the server offers it; `require`: TLS or no connection; `verify-ca`: and a
+    /// certificate that `sslrootcert`, or the system's roots, vouch for; `verify-full`: and one that
+    /// names the host), `sslrootcert`, and `sslcert` with `sslkey` for a client certificate. `prefer`
+    /// and `require` check no certificate, as in libpq: they keep out eavesdroppers, not impostors.
+    struct TLSSettings {
+        enum Mode: String, CaseIterable {
+            case disable, prefer, require, verifyCA = "verify-ca", verifyFull = "verify-full"
+        }
+        var mode = Mode.prefer
+        var configuration = TLSConfiguration.makeClientConfiguration()
+
+        init(_ items: [URLQueryItem]) throws {
+            var rootFile: String?, certFile: String?, keyFile: String?
+            for item in items {
+                let value = item.value ?? ""
+                switch item.name {
+                case "sslmode":
+                    guard let m = Mode(rawValue: value) else {
+                        throw StoreError(.connection, "sslmode '\(value)' is not one of \(Mode.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    mode = m
+                case "sslrootcert": rootFile = value
+                case "sslcert": certFile = value
+                case "sslkey": keyFile = value
+                default:
+                    throw StoreError(.connection, "the store URL's parameter '\(item.name)' is not known (known: sslmode, sslrootcert, sslcert, sslkey)")
+                }
+            }
+            switch mode {
+            case .disable, .prefer, .require: configuration.certificateVerification = .none
+            case .verifyCA: configuration.certificateVerification = .noHostnameVerification
+            case .verifyFull: configuration.certificateVerification = .fullVerification
+            }
+            func read<T>(_ parameter: String, _ path: String, _ load: (String) throws -> T) throws -> T {
+                do { return try load(path) } catch {
+                    throw StoreError(.connection, "cannot read the store URL's \(parameter) '\(path)': \(error)")
+                }
+            }
+            if let rootFile {
+                configuration.trustRoots = .certificates(try read("sslrootcert", rootFile) { try NIOSSLCertificate.fromPEMFile($0) })
+            }
+            guard (certFile == nil) == (keyFile == nil) else { throw StoreError(.connection, "the store URL's sslcert and sslkey go together") }
+            if let certFile, let keyFile {
+                configuration.certificateChain = try read("sslcert", certFile) { try NIOSSLCertificate.fromPEMFile($0).map { .certificate($0) } }
+                configuration.privateKey = .privateKey(try read("sslkey", keyFile) { try NIOSSLPrivateKey(file: $0, format: .pem) })
+            }
+        }
+
+        var clientTLS: PostgresClient.Configuration.TLS {
+            switch mode {
+            case .disable: .disable
+            case .prefer: .prefer(configuration)
+            case .require, .verifyCA, .verifyFull: .require(configuration)
+            }
+        }
+
+        func connectionTLS() throws -> PostgresConnection.Configuration.TLS {
+            switch mode {
+            case .disable: .disable
+            case .prefer: .prefer(try NIOSSLContext(configuration: configuration))
+            case .require, .verifyCA, .verifyFull: .require(try NIOSSLContext(configuration: configuration))
+            }
+        }
     }
 
     public func close() async {
@@ -159,7 +228,11 @@ public final class PostgresStore: Store, @unchecked Sendable {
     }
 
     private static func describe(_ error: any Error) -> String {
-        if let e = error as? PSQLError { return e.serverInfo?[.message] ?? "\(e.code)" }
+        if let e = error as? PSQLError {
+            if e.code == .sslUnsupported { return "the server does not offer TLS" }
+            if let underlying = e.underlying { return e.serverInfo?[.message] ?? "\(e.code): \(underlying)" }
+            return e.serverInfo?[.message] ?? "\(e.code)"
+        }
         if case .server(let e) = error as? PostgresError { return e.fields[.message] ?? e.description }
         return "\(error)"
     }

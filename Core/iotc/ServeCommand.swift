@@ -21,7 +21,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most dead letters kept; past it the oldest tenth is removed.") var maxDeadLetters = DeadLetterStore.defaultMaxEntries
     @Option(help: "Address of the operator API (metrics, health, dead letters, commands).") var api = "127.0.0.1:8080"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
-    @Option(help: "The store: sqlite:PATH (default: sqlite:DATA/iotc.db) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE; also IOTC_STORE.")
+    @Option(help: "The store: sqlite:PATH (default: sqlite:DATA/iotc.db) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=verify-full&sslrootcert=PATH]; also IOTC_STORE.")
     var store: String?
     @Option(help: "Serve the operator API over TLS with this certificate chain (PEM); also IOTC_API_TLS_CERT.") var apiTLSCert: String?
     @Option(help: "The private key (PEM) of --api-tls-cert; also IOTC_API_TLS_KEY.") var apiTLSKey: String?

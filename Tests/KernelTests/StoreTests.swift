@@ -26,15 +26,25 @@ final class PostgresServer {
             : (exe, arguments)
     }
 
-    func start() throws {
+    /// `tls`: the server's certificate and key files (PEM), to take TLS connections too.
+    func start(tls: (certificate: String, key: String)? = nil) throws {
         try #require(Self.binDirectory != nil, "PostgreSQL is not installed: run scripts/install-deps.sh test")
         if getuid() == 0 { chown(dir.path, postgresUID(), 0) }
         let data = dir.path + "/data"
         let (exe, args) = command("initdb", ["-D", data, "-U", "iotc", "--auth=trust", "-E", "UTF8", "--no-sync"])
         let (code, output) = try run(exe, args)
         try #require(code == 0, "initdb failed: \(output)")
-        let (server, serverArgs) = command("postgres", ["-D", data, "-k", dir.path, "-p", "\(port)",
-                                                        "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+        var settings = ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+        if let tls {
+            // The server reads its key only when the key is its own and private.
+            let cert = dir.path + "/server.crt", key = dir.path + "/server.key"
+            try FileManager.default.copyItem(atPath: tls.certificate, toPath: cert)
+            try FileManager.default.copyItem(atPath: tls.key, toPath: key)
+            chmod(key, 0o600)
+            if getuid() == 0 { for f in [cert, key] { chown(f, postgresUID(), 0) } }
+            settings += ["-c", "ssl=on", "-c", "ssl_cert_file=\(cert)", "-c", "ssl_key_file=\(key)"]
+        }
+        let (server, serverArgs) = command("postgres", ["-D", data, "-k", dir.path, "-p", "\(port)"] + settings)
         self.server = try ChildProcess(server, serverArgs)
         try #require(waitForPort(port), "PostgreSQL did not start: \(self.server?.log ?? "")")
         // The port opens before the server takes connections ("the database system is starting up").
@@ -57,6 +67,86 @@ final class PostgresServer {
     func stop() { server?.stop(SIGINT) }
 
     private func postgresUID() -> uid_t { getpwnam("postgres")?.pointee.pw_uid ?? 0 }
+}
+
+/// TLS to PostgreSQL, set with libpq's URL parameters (`sslmode`, `sslrootcert`), against real servers
+/// with and without TLS.
+@Suite(.serialized) struct PostgresTLSTests {
+    /// Whether the store's connections to the server are encrypted, as the server sees them.
+    func encrypted(_ url: String) async throws -> Bool {
+        let store = try await PostgresStore(url: url)
+        defer { Task { await store.close() } }
+        let rows = try await store.query("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", [])
+        return rows.first?["ssl"] == .integer(1)
+    }
+
+    /// The error the store gives for `url`, or nil when it connects.
+    func failure(_ url: String) async -> String? {
+        do {
+            let store = try await PostgresStore(url: url)
+            await store.close()
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func connectsOverTLSAndChecksTheServersCertificate() async throws {
+        let certs = TempDir()
+        try makeTestCertificates(in: certs)
+        let server = PostgresServer()
+        try server.start(tls: (certs.path + "/cert.pem", certs.path + "/key.pem"))
+        defer { server.stop() }
+        let base = "postgres://iotc@127.0.0.1:\(server.port)/postgres"
+        // prefer (the default) and require encrypt without checking the certificate; verify-full checks
+        // it against the given root, and the host (127.0.0.1, in the certificate's names).
+        #expect(try await encrypted(base))
+        #expect(try await encrypted(base + "?sslmode=require"))
+        #expect(try await encrypted(base + "?sslmode=verify-full&sslrootcert=\(certs.path)/cert.pem"))
+        #expect(try await encrypted(base + "?sslmode=verify-ca&sslrootcert=\(certs.path)/cert.pem"))
+        #expect(try await !encrypted(base + "?sslmode=disable"))
+        // A root that did not sign the server's certificate: no connection.
+        let wrongRoot = await failure(base + "?sslmode=verify-full&sslrootcert=\(certs.path)/ca.pem")
+        #expect(wrongRoot?.contains("sslmode=verify-full") == true, "\(wrongRoot ?? "connected")")
+        // By a host name the certificate carries.
+        let byName = await failure("postgres://iotc@localhost:\(server.port)/postgres?sslmode=verify-full&sslrootcert=\(certs.path)/cert.pem")
+        #expect(byName == nil, "\(byName ?? "")")
+    }
+
+    /// verify-ca takes a certificate its root vouches for whatever host it names; verify-full also wants
+    /// the host among its names.
+    @Test func verifyFullAlsoChecksTheHostsName() async throws {
+        let certs = TempDir()
+        let (code, out) = try run("/usr/bin/env", ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                                                   "-keyout", certs.path + "/key.pem", "-out", certs.path + "/cert.pem", "-days", "1",
+                                                   "-subj", "/CN=db.example", "-addext", "subjectAltName=DNS:db.example"])
+        try #require(code == 0, "\(out)")
+        let server = PostgresServer()
+        try server.start(tls: (certs.path + "/cert.pem", certs.path + "/key.pem"))
+        defer { server.stop() }
+        let base = "postgres://iotc@127.0.0.1:\(server.port)/postgres?sslrootcert=\(certs.path)/cert.pem&sslmode="
+        #expect(try await encrypted(base + "verify-ca"))
+        let failed = await failure(base + "verify-full")
+        #expect(failed?.contains("cannot connect to PostgreSQL") == true, "\(failed ?? "connected")")
+    }
+
+    @Test func refusesWhatItCannotHonour() async throws {
+        let server = PostgresServer()
+        try server.start()
+        defer { server.stop() }
+        let base = "postgres://iotc:pw@127.0.0.1:\(server.port)/postgres"
+        #expect(try await !encrypted(base), "prefer falls back to a plain connection")
+        let required = await failure(base + "?sslmode=require")
+        #expect(required?.contains("(sslmode=require): the server does not offer TLS") == true, "\(required ?? "connected")")
+        let unknownMode = await failure(base + "?sslmode=sometimes")
+        #expect(unknownMode?.contains("sslmode 'sometimes' is not one of disable, prefer, require, verify-ca, verify-full") == true, "\(unknownMode ?? "")")
+        let unknownParameter = await failure(base + "?sslmod=require")
+        #expect(unknownParameter?.contains("parameter 'sslmod' is not known") == true, "\(unknownParameter ?? "")")
+        let missingFile = await failure(base + "?sslmode=verify-full&sslrootcert=/nonexistent/root.pem")
+        #expect(missingFile?.contains("cannot read the store URL's sslrootcert '/nonexistent/root.pem'") == true, "\(missingFile ?? "")")
+        // The URL's password appears in no error.
+        for e in [required, unknownMode, unknownParameter, missingFile] { #expect(e?.contains(":pw@") == false) }
+    }
 }
 
 /// One suite, both engines: every test runs on SQLite and on a real PostgreSQL server. Serialized:
