@@ -26,8 +26,10 @@ final class PostgresServer {
             : (exe, arguments)
     }
 
-    /// `tls`: the server's certificate and key files (PEM), to take TLS connections too.
-    func start(tls: (certificate: String, key: String)? = nil) throws {
+    /// `tls`: the server's certificate and key files (PEM), to take TLS connections too; `clientCA`: then
+    /// it takes only TLS connections with a client certificate this authority issued, for the user its
+    /// common name names.
+    func start(tls: (certificate: String, key: String)? = nil, clientCA: String? = nil) throws {
         try #require(Self.binDirectory != nil, "PostgreSQL is not installed: run scripts/install-deps.sh test")
         if getuid() == 0 { chown(dir.path, postgresUID(), 0) }
         let data = dir.path + "/data"
@@ -43,6 +45,13 @@ final class PostgresServer {
             chmod(key, 0o600)
             if getuid() == 0 { for f in [cert, key] { chown(f, postgresUID(), 0) } }
             settings += ["-c", "ssl=on", "-c", "ssl_cert_file=\(cert)", "-c", "ssl_key_file=\(key)"]
+            if let clientCA {
+                let ca = dir.path + "/client-ca.pem"
+                try FileManager.default.copyItem(atPath: clientCA, toPath: ca)
+                if getuid() == 0 { chown(ca, postgresUID(), 0) }
+                settings += ["-c", "ssl_ca_file=\(ca)"]
+                try "hostssl all all 127.0.0.1/32 cert\nlocal all all trust\n".write(toFile: data + "/pg_hba.conf", atomically: false, encoding: .utf8)
+            }
         }
         let (server, serverArgs) = command("postgres", ["-D", data, "-k", dir.path, "-p", "\(port)"] + settings)
         self.server = try ChildProcess(server, serverArgs)
@@ -128,6 +137,27 @@ final class PostgresServer {
         #expect(try await encrypted(base + "verify-ca"))
         let failed = await failure(base + "verify-full")
         #expect(failed?.contains("cannot connect to PostgreSQL") == true, "\(failed ?? "connected")")
+    }
+
+    /// A server that takes only client certificates: sslcert and sslkey present one.
+    @Test func presentsAClientCertificate() async throws {
+        let certs = TempDir()
+        try makeTestCertificates(in: certs)
+        for args in [["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", certs.path + "/iotc.key",
+                      "-out", certs.path + "/iotc.csr", "-subj", "/CN=iotc"],
+                     ["x509", "-req", "-in", certs.path + "/iotc.csr", "-CA", certs.path + "/ca.pem", "-CAkey", certs.path + "/ca.key",
+                      "-CAcreateserial", "-out", certs.path + "/iotc.pem", "-days", "1"]] {
+            let (code, out) = try run("/usr/bin/env", ["openssl"] + args)
+            try #require(code == 0, "\(out)")
+        }
+        let server = PostgresServer()
+        try server.start(tls: (certs.path + "/cert.pem", certs.path + "/key.pem"), clientCA: certs.path + "/ca.pem")
+        defer { server.stop() }
+        let base = "postgres://iotc@127.0.0.1:\(server.port)/postgres?sslmode=verify-full&sslrootcert=\(certs.path)/cert.pem"
+        #expect(try await encrypted(base + "&sslcert=\(certs.path)/iotc.pem&sslkey=\(certs.path)/iotc.key"))
+        #expect(await failure(base) != nil, "the server took a connection without a client certificate")
+        let half = await failure(base + "&sslcert=\(certs.path)/iotc.pem")
+        #expect(half?.contains("sslcert and sslkey go together") == true, "\(half ?? "connected")")
     }
 
     @Test func refusesWhatItCannotHonour() async throws {
