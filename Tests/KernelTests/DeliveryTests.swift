@@ -135,6 +135,63 @@ import IoTCPluginKit
         #expect(sink.lock.withLock { sink.taken } == all.map(\.message.id))
     }
 
+    /// A sink that asks for every write to be tried again, from another thread.
+    final class FailingSink: SinkTarget, @unchecked Sendable {
+        let attempts = Tally()
+        weak var runtime: SinkRuntime?
+        func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
+        func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+            attempts.add(messages.count)
+            DispatchQueue.global().async { self.runtime?.ack(tokens: tokens, result: IOTC_ERR_RETRY, reason: "down") }
+            return (messages.count, IOTC_OK)
+        }
+        func stop() {}
+    }
+
+    /// Stopping, a failing sink keeps retrying a message that nothing else keeps until the deadline, but
+    /// leaves one from a durable pipeline to its write-ahead log at once (the next start replays it):
+    /// a stop with a webhook endpoint down took the whole 30 s before.
+    @Test func stoppingLeavesDurableMessagesToTheirLogAndRetriesTheRest() throws {
+        let dir = TempDir()
+        var options = DeliveryOptions()
+        options.initialBackoff = 0.05
+        options.maxBackoff = 0.1
+        options.maxAttempts = 0
+        func runtime(_ sink: FailingSink) throws -> SinkRuntime {
+            let r = SinkRuntime(name: "test", instance: sink, options: options,
+                                deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters"))) { _ in }
+            sink.runtime = r
+            r.start()
+            return r
+        }
+        let walDirectory = dir.url.appendingPathComponent("wal")
+        let wal = try WriteAheadLog(directory: walDirectory)
+        #expect(try wal.open().isEmpty)
+        let written = DispatchSemaphore(value: 0)
+        let sequence = wal.append(CanonicalMessage(Message(id: "kept", topic: "t", payload: [1]), receivedTime: 1)) { _ in written.signal() }
+        written.wait()
+
+        let durableSink = FailingSink()
+        let durable = try runtime(durableSink)
+        durable.enqueue(Delivery(message: Message(id: "kept", topic: "t", payload: [1]), pipeline: "p", settlement: Settlement(wal: wal, sequence: sequence)))
+        #expect(eventually(timeout: 10) { durableSink.attempts.value >= 3 })
+        var started = Date()
+        durable.drainAndStop(deadline: Date().addingTimeInterval(5))
+        #expect(Date().timeIntervalSince(started) < 1, "stopped after \(Date().timeIntervalSince(started)) s")
+        wal.close()
+        #expect(try WriteAheadLog(directory: walDirectory).open().map(\.message.id) == ["kept"], "the log still holds it")
+
+        let plainSink = FailingSink()
+        let plain = try runtime(plainSink)
+        plain.enqueue(contentsOf: deliveries(1))
+        #expect(eventually(timeout: 10) { plainSink.attempts.value >= 3 })
+        let before = plainSink.attempts.value
+        started = Date()
+        plain.drainAndStop(deadline: Date().addingTimeInterval(1.5))
+        #expect(Date().timeIntervalSince(started) > 1.2, "a message nothing else keeps is retried until the deadline")
+        #expect(plainSink.attempts.value > before + 3)
+    }
+
     @Test func aMessageTheSinkRefusesGoesToTheDeadLettersAndTheRestGoOn() throws {
         let dir = TempDir()
         let sink = ChoosySink(accept: 100, rejectID: "m3")

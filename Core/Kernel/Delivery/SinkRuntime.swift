@@ -69,6 +69,8 @@ final class SinkRuntime: @unchecked Sendable {
     private var inFlight: [UInt64: Delivery] = [:]
     private var nextToken: UInt64 = 1
     private var stopping = false
+    /// Messages of durable pipelines not retried because the sink is stopping (their logs replay them).
+    private var leftForReplay = 0
     /// While the sink reports backpressure, the worker pauses (doubling up to a second).
     private var pausedUntil: UInt64 = 0
     /// Who may be waiting on `cond`, so that wake-ups are sent only when someone listens.
@@ -229,6 +231,13 @@ final class SinkRuntime: @unchecked Sendable {
             guard var d = inFlight.removeValue(forKey: token) else { continue }
             if result == IOTC_ERR_RETRY {
                 d.attempts += 1
+                // Stopping, a message in a write-ahead log is left unsettled rather than retried: the
+                // next start replays it, and a failing sink does not hold the stop until its deadline.
+                if stopping, d.settlement != nil {
+                    leftForReplay += 1
+                    retrying += 1
+                    continue
+                }
                 if options.maxAttempts == 0 || d.attempts < options.maxAttempts {
                     schedule(d)
                     retrying += 1
@@ -322,10 +331,15 @@ final class SinkRuntime: @unchecked Sendable {
         cond.unlock()
     }
 
-    /// Delivers what is queued (retries included, until `deadline`), then stops the plugin.
+    /// Delivers what is queued, then stops the plugin. Retries wait until `deadline` only for messages
+    /// that nothing else keeps: one from a durable pipeline waiting for a retry is left in its log, which
+    /// replays it on the next start (a retry that comes due while stopping is left there too).
     func drainAndStop(deadline: Date) {
         cond.lock()
         stopping = true
+        let kept = delayed.count
+        delayed.removeAll { $0.settlement != nil }
+        leftForReplay += kept - delayed.count
         cond.broadcast()
         cond.unlock()
         if worker?.join(until: deadline) == false {
@@ -336,6 +350,9 @@ final class SinkRuntime: @unchecked Sendable {
             delayed.removeAll()
             cond.broadcast()
             cond.unlock()
+        }
+        if let n = cond.withLock({ leftForReplay > 0 ? leftForReplay : nil }) {
+            log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") that failed will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")
         }
         instance.stop()
     }
