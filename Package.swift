@@ -145,6 +145,7 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         plugin("WebhookPlugin", folder: "Webhook", dependencies: [
+            "PluginNetworking",
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "Crypto", package: "swift-crypto"),
         ]),

@@ -367,6 +367,51 @@ import IoTCStore
         #expect(jsonLines(requests).count == 1, "the endpoint got \(jsonLines(requests).count) requests")
     }
 
+    /// A webhook to an https endpoint with a private CA that wants client certificates: `tls.ca_file`
+    /// makes its certificate trusted, and `tls.certificate_file`/`key_file` present ours. Without the CA,
+    /// or without our certificate, nothing is delivered (retried, not sent in the clear or unverified).
+    @Test func aWebhookSpeaksTLSWithAPrivateCAAndAClientCertificate() throws {
+        let dir = TempDir()
+        try makeTestCertificates(in: dir)
+        let httpPort = freePort(), apiPort = freePort(), receiverPort = freePort()
+        let requests = dir.path + "/requests.jsonl"
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", requests,
+                                                         dir.path + "/cert.pem", dir.path + "/key.pem", dir.path + "/ca.pem"])
+        defer { receiver.stop() }
+        let endpoint = "https://127.0.0.1:\(receiverPort)"
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks:
+              trusted: { plugin: webhook, url: "\(endpoint)/trusted", timeout: 2s,
+                         tls: { ca_file: "\(dir.path)/cert.pem", certificate_file: "\(dir.path)/dev.pem", key_file: "\(dir.path)/dev.key" } }
+              untrusted: { plugin: webhook, url: "\(endpoint)/untrusted", timeout: 2s,
+                           tls: { certificate_file: "\(dir.path)/dev.pem", key_file: "\(dir.path)/dev.key" } }
+              anonymous: { plugin: webhook, url: "\(endpoint)/anonymous", timeout: 2s, tls: { ca_file: "\(dir.path)/cert.pem" } }
+            pipelines: { t: { from: [ devices ], durable: true, to: [ trusted, untrusted, anonymous ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort) && waitForPort(receiverPort), "\(hub.log)")
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"n":1}"#)?.status == 202)
+        func metric(_ name: String, _ sink: String) -> Double {
+            let text = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+            let line = text.split(separator: "\n").first { $0.hasPrefix("\(name){sink=\"\(sink)\"} ") }
+            return line.flatMap { Double($0.split(separator: " ").last ?? "") } ?? 0
+        }
+        #expect(eventually(timeout: 10) {
+            metric("iotc_sink_delivered_total", "trusted") == 1
+                && metric("iotc_sink_retries_total", "untrusted") >= 1 && metric("iotc_sink_retries_total", "anonymous") >= 1
+        }, "\(hub.log.suffix(2000))")
+        #expect(metric("iotc_sink_delivered_total", "untrusted") == 0 && metric("iotc_sink_delivered_total", "anonymous") == 0)
+        #expect(jsonLines(requests).compactMap { $0["path"]?.string } == ["/trusted"])
+        // The stop does not wait on the failing sinks: their message stays in the write-ahead log.
+        let stopping = Date()
+        #expect(hub.stop() == 0)
+        #expect(Date().timeIntervalSince(stopping) < 10, "the stop took \(Date().timeIntervalSince(stopping)) s")
+        #expect(hub.log.contains("sink 'untrusted': 1 message that failed will be sent again from its pipeline's write-ahead log on the next start"), "\(hub.log.suffix(1000))")
+    }
+
     @Test func fullPipelineStopsMQTTReadingWithoutLoss() throws {
         // A one-message pipeline queue: the MQTT server must hold the publisher back (stop reading and
         // offer again), never drop. The hub's refusals show that backpressure really happened.

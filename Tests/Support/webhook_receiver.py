@@ -1,9 +1,12 @@
 """A webhook endpoint for tests: records each request as a JSON line and answers with the status
 named by the path (/status/500 answers 500), or 200 with a body of N MiB for /big/N, or 200 with a body of N
-bytes sent one every half second for /slow/N; anything else 204."""
+bytes sent one every half second for /slow/N; anything else 204. With CERT and KEY it speaks https, and with
+CLIENT_CA it also wants a client certificate that authority issued.
+Usage: webhook_receiver.py PORT RECORD_FILE [CERT KEY [CLIENT_CA]]"""
 import base64
 import json
 import signal
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -57,4 +60,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+if len(sys.argv) > 4:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    if len(sys.argv) > 5:
+        context.load_verify_locations(sys.argv[5])
+        context.verify_mode = ssl.CERT_REQUIRED
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()

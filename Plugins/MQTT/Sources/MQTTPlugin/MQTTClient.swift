@@ -5,6 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
+import PluginNetworking
 
 /// Connection settings shared by the bridge's sink (`mqtt_publish`) and source (`mqtt_subscribe`).
 struct BrokerConnectionConfig: Decodable {
@@ -17,13 +18,7 @@ struct BrokerConnectionConfig: Decodable {
     var reconnect_initial: Double
     var reconnect_max: Double
     var max_packet_size: Int
-    var tls: TLS?
-    struct TLS: Decodable {
-        var ca_file: String?
-        var certificate_file: String?
-        var key_file: String?
-        var server_name: String?
-    }
+    var tls: ClientTLSFiles?
 
     static let fields: [ConfigField] = [
         ConfigField("server", .string, "Broker address as host:port.", example: "127.0.0.1:1883", required: true),
@@ -36,12 +31,7 @@ struct BrokerConnectionConfig: Decodable {
         ConfigField("reconnect_max", .duration, "Longest reconnect delay.", default: "30", example: "30s", advanced: true),
         ConfigField("max_packet_size", .byteSize, "Largest packet taken from the broker (announced to an MQTT 5 broker, which then does not send larger ones); a larger one closes the connection.",
                     default: "1048576", example: "1MiB"),
-        ConfigField("tls", .object([
-            ConfigField("ca_file", .string, "PEM CA bundle to verify the broker; the system's when unset."),
-            ConfigField("certificate_file", .string, "PEM client certificate, for brokers that require one."),
-            ConfigField("key_file", .string, "PEM client key."),
-            ConfigField("server_name", .string, "Name to verify in the broker's certificate; the server host when unset."),
-        ]), "Connect with TLS."),
+        ConfigField("tls", .object(ClientTLSFiles.fields(server: "broker", serverName: true)), "Connect with TLS."),
     ]
 }
 
@@ -104,13 +94,7 @@ final class MQTTClient: @unchecked Sendable {
         clientID = config.client_id ?? "iotc-\(UInt32.random(in: 0...UInt32.max))"
         backoff = config.reconnect_initial
         if let tls = config.tls {
-            var c = TLSConfiguration.makeClientConfiguration()
-            if let ca = tls.ca_file { c.trustRoots = .file(ca) }
-            if let cert = tls.certificate_file, let key = tls.key_file {
-                c.certificateChain = try NIOSSLCertificate.fromPEMFile(cert).map { .certificate($0) }
-                c.privateKey = .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))
-            }
-            sslContext = try NIOSSLContext(configuration: c)
+            sslContext = try NIOSSLContext(configuration: try tls.configuration())
         } else {
             sslContext = nil
         }

@@ -58,6 +58,43 @@ public struct ServerTLSFiles: Decodable, Sendable {
     }
 }
 
+/// A client's TLS files (the MQTT bridge to its broker, a webhook to its endpoint), as a plugin's `tls`
+/// config object gives them: the roots that vouch for the server, and a certificate of our own for
+/// servers that ask for one.
+public struct ClientTLSFiles: Decodable, Sendable {
+    public var ca_file: String?
+    public var certificate_file: String?
+    public var key_file: String?
+    /// The name to check in the server's certificate instead of its host (plugins that offer it).
+    public var server_name: String?
+
+    /// The config fields, for a plugin's spec; `server` names the other side ("broker", "endpoint").
+    public static func fields(server: String, serverName: Bool) -> [ConfigField] {
+        [
+            ConfigField("ca_file", .string, "PEM CA bundle to verify the \(server) with; the system's when unset."),
+            ConfigField("certificate_file", .string, "PEM client certificate, for \(server)s that require one (with key_file)."),
+            ConfigField("key_file", .string, "PEM client key."),
+        ] + (serverName ? [ConfigField("server_name", .string, "Name to verify in the \(server)'s certificate; the server host when unset.")] : [])
+    }
+
+    /// The client configuration: the server's certificate is always verified, against `ca_file` or the
+    /// system's roots.
+    public func configuration() throws -> TLSConfiguration {
+        var c = TLSConfiguration.makeClientConfiguration()
+        guard (certificate_file == nil) == (key_file == nil) else { throw PluginError("tls: certificate_file and key_file go together") }
+        do {
+            if let ca_file { c.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca_file)) }
+            if let certificate_file, let key_file {
+                c.certificateChain = try NIOSSLCertificate.fromPEMFile(certificate_file).map { .certificate($0) }
+                c.privateKey = .privateKey(try NIOSSLPrivateKey(file: key_file, format: .pem))
+            }
+        } catch {
+            throw PluginError("tls: cannot read the certificate or key files: \(error)")
+        }
+        return c
+    }
+}
+
 public enum ServerTLS {
     /// The certificate chain a TLS client presented (DER, leaf first), and its leaf's fingerprint; empty
     /// when it presented none or the channel has no TLS.

@@ -5,6 +5,7 @@ import IoTCPluginKit
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
+import PluginNetworking
 
 @_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
     Plugin.entry(name: "webhook", version: "0.1.0", description: "Delivers messages to an HTTP endpoint.", components: [WebhookSink.self], offered: v, count: n)
@@ -21,6 +22,7 @@ final class WebhookSink: Sink, @unchecked Sendable {
         var max_concurrency: Int
         var format: String
         var text: String
+        var tls: ClientTLSFiles?
     }
 
     static let name = "webhook"
@@ -36,7 +38,9 @@ final class WebhookSink: Sink, @unchecked Sendable {
 
         A 2xx answer acknowledges the message. 408, 429, 5xx, time-outs and connection errors are retried \
         by the hub with backoff; any other status rejects the message to the dead-letter store. At most \
-        `max_concurrency` requests are in flight.
+        `max_concurrency` requests are in flight. An https endpoint's certificate is verified against the \
+        system's roots, or `tls.ca_file`; `tls.certificate_file` and `tls.key_file` present a client \
+        certificate to endpoints that ask for one.
         """
     static let fields: [ConfigField] = [
         ConfigField("url", .string, "Endpoint URL (http or https).", example: "https://ops.example.com/iot", required: true),
@@ -46,6 +50,7 @@ final class WebhookSink: Sink, @unchecked Sendable {
         ConfigField("timeout", .duration, "Time allowed for one request.", default: "10", example: "10s"),
         ConfigField("max_concurrency", .int, "Requests in flight at once.", default: "16"),
         ConfigField("format", .string, "The request body: the payload, the JSON envelope, or chat: {\"text\": ...} from the text template, which Slack and Microsoft Teams incoming webhooks take.", default: #""payload""#, options: ["payload", "envelope", "chat"]),
+        ConfigField("tls", .object(ClientTLSFiles.fields(server: "endpoint", serverName: false)), "TLS settings for an https url."),
         ConfigField("text", .string, "With format: chat, the message text; {field} from the payload, {msg.device} from the envelope.", default: #""[{severity}] {rule} {state}: {message}""#),
     ]
 
@@ -78,6 +83,10 @@ final class WebhookSink: Sink, @unchecked Sendable {
         var c = HTTPClient.Configuration()
         c.timeout = .init(connect: .seconds(Int64(max(1, config.timeout))), read: .milliseconds(Int64(config.timeout * 1000)))
         c.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: config.max_concurrency)
+        if let tls = config.tls {
+            guard scheme == "https" else { throw PluginError("tls is set but url '\(config.url)' is not https") }
+            c.tlsConfiguration = try tls.configuration()
+        }
         clientConfiguration = c
     }
 
