@@ -681,6 +681,43 @@ import IoTCPluginKit
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").contains { $0["kind"] == "command_result" } })
     }
 
+    /// A webhook with a wrong URL, fixed by a reload: the messages the old sink kept retrying go to the
+    /// new one at once (in the order their retries came to, as retries go), and the reload does not wait
+    /// on the old endpoint. Before, the reload
+    /// took the whole 30 s drain and the messages stayed in the log until the next start.
+    @Test func aReloadHandsASinksUndeliveredMessagesToItsNewInstance() throws {
+        let receiverPort = freePort(), deadPort = freePort()
+        let dir = TempDir()
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        #expect(waitForPort(receiverPort))
+        func sink(_ port: Int) -> String {
+            "hook: { plugin: webhook, url: \"http://127.0.0.1:\(port)/ok\", timeout: 2s, retry: { max_attempts: 0, initial_backoff: 200ms, max_backoff: 1s } }"
+        }
+        let r = try start("t: { from: [ devices ], durable: true, to: [ hook ] }", sinks: sink(deadPort))
+        defer { r.hub.stop(timeout: 1) }
+        for n in 1...3 { #expect(postJSON("\(r.base)/d1/telemetry", #"{"n":\#(n)}"#)?.status == 202) }
+        #expect(eventually { r.hub.status.sinks.first?.queued == 3 }, "\(r.hub.status.sinks)")
+        let fixed = try loadConfig("""
+            sources:
+              devices: { plugin: http, listen: "127.0.0.1:\(r.port)" }
+            sinks:
+              \(sink(receiverPort))
+            pipelines:
+              t: { from: [ devices ], durable: true, to: [ hook ] }
+            auth: { allow_anonymous: true }
+            """)
+        let reloading = Date()
+        try r.hub.reload(fixed)
+        #expect(Date().timeIntervalSince(reloading) < 5, "the reload took \(Date().timeIntervalSince(reloading)) s")
+        #expect(eventually(timeout: 10) { jsonLines(dir.path + "/requests.jsonl").count == 3 })
+        let bodies = jsonLines(dir.path + "/requests.jsonl").compactMap { $0["body_base64"]?.string }
+            .compactMap { Data(base64Encoded: $0).map { String(decoding: $0, as: UTF8.self) } }
+        #expect(bodies.sorted() == [#"{"n":1}"#, #"{"n":2}"#, #"{"n":3}"#])
+        // Settled in the new instance, so they leave the write-ahead log.
+        #expect(eventually { r.hub.status.sinks.first?.queued == 0 })
+    }
+
     @Test func reloadKeepsConnectionsAndAppliesNewSteps() throws {
         let r = try start("t: { from: [ devices ], steps: [ { decode: json } ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }")
         defer { r.hub.stop() }

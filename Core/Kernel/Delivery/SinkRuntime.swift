@@ -71,6 +71,8 @@ final class SinkRuntime: @unchecked Sendable {
     private var stopping = false
     /// Messages of durable pipelines not retried because the sink is stopping (their logs replay them).
     private var leftForReplay = 0
+    /// The runtime that replaced this one in a reload: failed writes go to it instead of being retried.
+    private var successor: SinkRuntime?
     /// While the sink reports backpressure, the worker pauses (doubling up to a second).
     private var pausedUntil: UInt64 = 0
     /// Who may be waiting on `cond`, so that wake-ups are sent only when someone listens.
@@ -226,13 +228,20 @@ final class SinkRuntime: @unchecked Sendable {
         var settled: [Delivery] = []
         settled.reserveCapacity(tokens.count)
         var retrying = 0
+        var handed: [Delivery] = []
         cond.lock()
         for token in tokens {
             guard var d = inFlight.removeValue(forKey: token) else { continue }
             if result == IOTC_ERR_RETRY {
                 d.attempts += 1
-                // Stopping, a message in a write-ahead log is left unsettled rather than retried: the
-                // next start replays it, and a failing sink does not hold the stop until its deadline.
+                // Stopping, a failed write goes to the runtime that replaced this one; without one, a
+                // message in a write-ahead log is left unsettled rather than retried: the next start
+                // replays it, and a failing sink does not hold the stop until its deadline.
+                if stopping, successor != nil {
+                    handed.append(d)
+                    retrying += 1
+                    continue
+                }
                 if stopping, d.settlement != nil {
                     leftForReplay += 1
                     retrying += 1
@@ -251,7 +260,9 @@ final class SinkRuntime: @unchecked Sendable {
         // The worker has something to do only if deliveries wait for the slot just freed, a retry was
         // scheduled, or it is draining; otherwise an ack wakes nobody.
         if workerWaiting && (!ready.isEmpty || retrying > 0 || stopping) { cond.broadcast() }
+        let next = successor
         cond.unlock()
+        if !handed.isEmpty { next?.adopt(handed) }
         if result == IOTC_OK {
             let now = DispatchTime.now().uptimeNanoseconds
             var done = DoneRecords()
@@ -334,14 +345,31 @@ final class SinkRuntime: @unchecked Sendable {
     /// Delivers what is queued, then stops the plugin. Retries wait until `deadline` only for messages
     /// that nothing else keeps: one from a durable pipeline waiting for a retry is left in its log, which
     /// replays it on the next start (a retry that comes due while stopping is left there too).
-    func drainAndStop(deadline: Date) {
+    ///
+    /// With a `successor` (a reload replaced this sink), nothing waits on this instance: what is queued
+    /// or waiting for a retry goes to the successor at once, ahead of what it has, and so does a write
+    /// still out that fails; only writes out wait for this instance (until `deadline`). A sink whose
+    /// endpoint was wrong is fixed by a reload, and its messages go to the new one.
+    func drainAndStop(deadline: Date, successor: SinkRuntime? = nil) {
         cond.lock()
         stopping = true
-        let kept = delayed.count
-        delayed.removeAll { $0.settlement != nil }
-        leftForReplay += kept - delayed.count
+        var handed: [Delivery] = []
+        if let successor {
+            self.successor = successor
+            handed = delayed
+            while let d = ready.popFirst() { handed.append(d) }
+            delayed.removeAll()
+        } else {
+            let kept = delayed.count
+            delayed.removeAll { $0.settlement != nil }
+            leftForReplay += kept - delayed.count
+        }
         cond.broadcast()
         cond.unlock()
+        if !handed.isEmpty {
+            successor?.adopt(handed)
+            log("sink '\(name)': \(handed.count) queued message\(handed.count == 1 ? "" : "s") handed to its new instance")
+        }
         if worker?.join(until: deadline) == false {
             // Out of time: what is left stays unsettled, so a durable pipeline replays it on the next start.
             cond.lock()
@@ -355,5 +383,17 @@ final class SinkRuntime: @unchecked Sendable {
             log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") that failed will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")
         }
         instance.stop()
+    }
+
+    /// Takes deliveries a replaced runtime of this sink did not make, ahead of the queue (they came
+    /// first), beyond its bound (they were admitted under the old one's).
+    func adopt(_ deliveries: [Delivery]) {
+        cond.lock()
+        for var d in deliveries.reversed() {
+            d.dueAt = 0
+            ready.prepend(d)
+        }
+        wake()
+        cond.unlock()
     }
 }

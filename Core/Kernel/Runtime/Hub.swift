@@ -226,7 +226,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             p.wal?.close()
         }
         for (name, s) in old.sinks where newSinks[name]?.runtime !== s.runtime {
-            s.runtime.drainAndStop(deadline: deadline)
+            s.runtime.drainAndStop(deadline: deadline, successor: newSinks[name]?.runtime)
             lock.withLock { _ = sinkByInstance.removeValue(forKey: ObjectIdentifier(s.runtime.instance)) }
         }
         if let startFailure { throw startFailure }
