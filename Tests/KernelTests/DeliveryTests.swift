@@ -192,6 +192,48 @@ import IoTCPluginKit
         #expect(plainSink.attempts.value > before + 3)
     }
 
+    /// A sink that takes writes and never settles them (an endpoint that hangs).
+    final class HangingSink: SinkTarget, @unchecked Sendable {
+        let taken = Tally()
+        func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
+        func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+            taken.add(messages.count)
+            return (messages.count, IOTC_OK)
+        }
+        func stop() {}
+    }
+
+    /// A reload replaces a sink whose endpoint hangs: what was queued goes to the new instance, and so
+    /// does a delivery a pipeline was still waiting to queue on the old one (it would have been left
+    /// in the old queue, which nobody writes once the old instance stops).
+    @Test func aReplacedSinkPassesOnWhatWasQueuedAndWhatWasStillComing() throws {
+        let dir = TempDir()
+        var options = DeliveryOptions()
+        options.maxInFlight = 1
+        options.queueSize = 1
+        let hanging = HangingSink()
+        let old = SinkRuntime(name: "test", instance: hanging, options: options, deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
+        old.start()
+        let all = deliveries(3)
+        old.enqueue(all[0])  // written, never settled
+        old.enqueue(all[1])  // queued
+        #expect(eventually { hanging.taken.value == 1 && old.queued == 2 })
+        let fed = Tally()
+        let feeder = Thread {
+            old.enqueue(all[2])  // waits for room
+            fed.add(1)
+        }
+        feeder.start()
+        usleep(200_000)
+        #expect(fed.value == 0, "the third waits for room")
+        let fresh = ChoosySink(accept: 100)
+        let successor = started(fresh, deadLetters: try DeadLetterStore(directory: dir.url))
+        old.drainAndStop(deadline: Date().addingTimeInterval(1), successor: successor)
+        #expect(eventually(timeout: 5) { fed.value == 1 && fresh.lock.withLock { fresh.taken.count } == 2 })
+        #expect(fresh.lock.withLock { fresh.taken } == ["m1", "m2"])
+        successor.drainAndStop(deadline: Date().addingTimeInterval(5))
+    }
+
     @Test func aMessageTheSinkRefusesGoesToTheDeadLettersAndTheRestGoOn() throws {
         let dir = TempDir()
         let sink = ChoosySink(accept: 100, rejectID: "m3")

@@ -126,6 +126,13 @@ final class SinkRuntime: @unchecked Sendable {
     /// has room in flight, the caller's thread writes to the sink itself, sparing a hand-off.
     func enqueue(contentsOf list: consuming [Delivery]) {
         cond.lock()
+        // Replaced in a reload: what still comes here (a pipeline that read the old sink map) goes on to
+        // the new instance, as what was queued here did.
+        if stopping, let next = successor {
+            cond.unlock()
+            next.enqueue(contentsOf: list)
+            return
+        }
         // The common case, all of it written at once: the list is handed on, not copied.
         if !list.isEmpty, mayWriteNow, list.count <= min(options.maxInFlight - inFlight.count, Self.batchLimit) {
             write(consume list)
@@ -144,6 +151,11 @@ final class SinkRuntime: @unchecked Sendable {
                 blockedEnqueuers += 1
                 cond.wait()
                 blockedEnqueuers -= 1
+            }
+            if stopping, let next = successor {
+                cond.unlock()
+                next.enqueue(contentsOf: Array(list[i...]))
+                return
             }
             while i < list.count && (ready.count + inWrite < options.queueSize || stopping) {
                 ready.append(list[i])
