@@ -135,14 +135,17 @@ import IoTCPluginKit
         #expect(sink.lock.withLock { sink.taken } == all.map(\.message.id))
     }
 
-    /// A sink that asks for every write to be tried again, from another thread.
-    final class FailingSink: SinkTarget, @unchecked Sendable {
+    /// A sink that takes every write and answers each with `answer` from another thread, or never
+    /// when it is nil (an endpoint that hangs).
+    final class ScriptedSink: SinkTarget, @unchecked Sendable {
         let attempts = Tally()
+        let answer: Int32?
         weak var runtime: SinkRuntime?
+        init(answer: Int32?) { self.answer = answer }
         func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
         func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
             attempts.add(messages.count)
-            DispatchQueue.global().async { self.runtime?.ack(tokens: tokens, result: IOTC_ERR_RETRY, reason: "down") }
+            if let answer { DispatchQueue.global().async { self.runtime?.ack(tokens: tokens, result: answer, reason: "down") } }
             return (messages.count, IOTC_OK)
         }
         func stop() {}
@@ -157,7 +160,7 @@ import IoTCPluginKit
         options.initialBackoff = 0.05
         options.maxBackoff = 0.1
         options.maxAttempts = 0
-        func runtime(_ sink: FailingSink) throws -> SinkRuntime {
+        func runtime(_ sink: ScriptedSink) throws -> SinkRuntime {
             let r = SinkRuntime(name: "test", instance: sink, options: options,
                                 deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters"))) { _ in }
             sink.runtime = r
@@ -171,7 +174,7 @@ import IoTCPluginKit
         let sequence = wal.append(CanonicalMessage(Message(id: "kept", topic: "t", payload: [1]), receivedTime: 1)) { _ in written.signal() }
         written.wait()
 
-        let durableSink = FailingSink()
+        let durableSink = ScriptedSink(answer: IOTC_ERR_RETRY)
         let durable = try runtime(durableSink)
         durable.enqueue(Delivery(message: Message(id: "kept", topic: "t", payload: [1]), pipeline: "p", settlement: Settlement(wal: wal, sequence: sequence)))
         #expect(eventually(timeout: 10) { durableSink.attempts.value >= 3 })
@@ -181,7 +184,7 @@ import IoTCPluginKit
         wal.close()
         #expect(try WriteAheadLog(directory: walDirectory).open().map(\.message.id) == ["kept"], "the log still holds it")
 
-        let plainSink = FailingSink()
+        let plainSink = ScriptedSink(answer: IOTC_ERR_RETRY)
         let plain = try runtime(plainSink)
         plain.enqueue(contentsOf: deliveries(1))
         #expect(eventually(timeout: 10) { plainSink.attempts.value >= 3 })
@@ -192,17 +195,6 @@ import IoTCPluginKit
         #expect(plainSink.attempts.value > before + 3)
     }
 
-    /// A sink that takes writes and never settles them (an endpoint that hangs).
-    final class HangingSink: SinkTarget, @unchecked Sendable {
-        let taken = Tally()
-        func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
-        func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
-            taken.add(messages.count)
-            return (messages.count, IOTC_OK)
-        }
-        func stop() {}
-    }
-
     /// A reload replaces a sink whose endpoint hangs: what was queued goes to the new instance, and so
     /// does a delivery a pipeline was still waiting to queue on the old one (it would have been left
     /// in the old queue, which nobody writes once the old instance stops).
@@ -211,13 +203,13 @@ import IoTCPluginKit
         var options = DeliveryOptions()
         options.maxInFlight = 1
         options.queueSize = 1
-        let hanging = HangingSink()
+        let hanging = ScriptedSink(answer: nil)
         let old = SinkRuntime(name: "test", instance: hanging, options: options, deadLetters: try DeadLetterStore(directory: dir.url)) { _ in }
         old.start()
         let all = deliveries(3)
         old.enqueue(all[0])  // written, never settled
         old.enqueue(all[1])  // queued
-        #expect(eventually { hanging.taken.value == 1 && old.queued == 2 })
+        #expect(eventually { hanging.attempts.value == 1 && old.queued == 2 })
         let fed = Tally()
         let feeder = Thread {
             old.enqueue(all[2])  // waits for room
