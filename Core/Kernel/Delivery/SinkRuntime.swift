@@ -371,6 +371,9 @@ final class SinkRuntime: @unchecked Sendable {
             handed = delayed
             while let d = ready.popFirst() { handed.append(d) }
             delayed.removeAll()
+            // Handed on before anyone waiting here wakes: what they forward then comes after these.
+            // (The successor's lock is only ever taken inside this one, never the other way.)
+            if !handed.isEmpty { successor.adopt(handed) }
         } else {
             let kept = delayed.count
             delayed.removeAll { $0.settlement != nil }
@@ -379,7 +382,6 @@ final class SinkRuntime: @unchecked Sendable {
         cond.broadcast()
         cond.unlock()
         if !handed.isEmpty {
-            successor?.adopt(handed)
             log("sink '\(name)': \(handed.count) queued message\(handed.count == 1 ? "" : "s") handed to its new instance")
         }
         if worker?.join(until: deadline) == false {
