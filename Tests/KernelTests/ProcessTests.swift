@@ -304,7 +304,8 @@ import IoTCStore
         }, "\(http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.split(separator: "\n").filter { $0.contains("refused") } ?? [])")
         #expect(hub.log.contains("http source: max_connections (2) reached; 1 connection refused so far"), "\(hub.log)")
         // A flood of refusals is counted whole but logged at the log budget's pace (a burst of 5, then one
-        // line a second): 40 refusals within a second or two write a handful of lines, not 40.
+        // line a second): 40 refusals within a second or two write a handful of lines, not 40 (the bound
+        // leaves room for a slow machine, where they may take several seconds).
         let flood = (0..<40).compactMap { _ in RawSocket(port: mqttPort) }
         #expect(flood.count == 40)
         #expect(flood.allSatisfy { $0.isClosed(timeout: 2) })
@@ -312,7 +313,7 @@ import IoTCStore
             http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.contains(#"iotc_connections_refused_total{plugin="mqtt",source="mqtt"} 41"#) == true
         })
         let lines = hub.log.split(separator: "\n").filter { $0.contains("mqtt source: max_connections (2) reached") }
-        #expect((2...8).contains(lines.count), "\(lines.count) lines: \(lines)")
+        #expect((2...15).contains(lines.count), "\(lines.count) lines: \(lines)")
     }
 
     /// Only a webhook answer's status counts, and its body is not held: three answers of 256 MiB each
