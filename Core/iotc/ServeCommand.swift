@@ -171,12 +171,9 @@ struct Serve: AsyncParsableCommand {
         stateWriter.cancel()
         await saveStates()
         // The store's users stop before it closes (each would otherwise fail once against a closed
-        // store); the registry's and retention's loops are waited for, as one may be mid-query.
-        freshness.cancel()
-        retention.cancel()
-        commandQueue.cancel()
-        await freshness.value
-        await retention.value
+        // store), and are waited for, as each may be mid-query.
+        for task in [freshness, retention, commandQueue] { task.cancel() }
+        for task in [freshness, retention, commandQueue] { await task.value }
         await db.close()
     }
 }
