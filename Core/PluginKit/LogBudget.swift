@@ -30,4 +30,9 @@ public final class LogBudget: Sendable {
             return s.held
         }
     }
+
+    /// `line` to log now, saying how many lines were held back before it; nil to hold it back.
+    public func line(_ line: @autoclosure () -> String) -> String? {
+        take().map { held in line() + (held > 0 ? " (\(held) more not logged)" : "") }
+    }
 }

@@ -923,6 +923,19 @@ import IoTCPluginKit
         #expect(taken == [7, nil], "seven held back before the line a second later")
         #expect(budget.take(now: start + 10_000_000_000) == 1)
     }
+
+    /// The line form: as it is after nothing was held, with the count after a hold, nil while held.
+    @Test func linesSayHowManyWereHeld() {
+        let budget = LogBudget(perSecond: 0.001, burst: 1)
+        #expect(budget.line("refused") == "refused")
+        #expect(budget.line("refused") == nil)
+        #expect(budget.line("refused") == nil)
+        // Taken at the clock's 0 ns and held at 1 ns; `line` runs at the real time, long after.
+        let later = LogBudget(perSecond: 1000, burst: 1)
+        _ = later.take(now: 0)
+        #expect(later.take(now: 1) == nil)
+        #expect(later.line("refused") == "refused (1 more not logged)")
+    }
 }
 
 @Suite struct CommandMailboxesTests {

@@ -80,18 +80,15 @@ final class PluginHubLink: HubLink, @unchecked Sendable {
             let user: User
             if let name = c.username {
                 guard let u = users[name], let expected = u.password, ConstantTime.equal(Array(expected.utf8), c.password ?? []) else {
-                    if let held = failures.take() {
-                        host.log(.warning, "mqtt: authentication failed for user '\(name.prefix(64))' from \(c.remoteAddress)"
-                                 + (held > 0 ? " (\(held) more failures not logged)" : ""))
+                    if let line = failures.line("mqtt: authentication failed for user '\(name.prefix(64))' from \(c.remoteAddress)") {
+                        host.log(.warning, line)
                     }
                     return nil
                 }
                 user = u
             } else {
                 guard let a = anonymous else {
-                    if let held = failures.take() {
-                        host.log(.warning, "mqtt: anonymous connection refused from \(c.remoteAddress)" + (held > 0 ? " (\(held) more failures not logged)" : ""))
-                    }
+                    if let line = failures.line("mqtt: anonymous connection refused from \(c.remoteAddress)") { host.log(.warning, line) }
                     return nil
                 }
                 user = a
