@@ -109,11 +109,15 @@ import IoTCPluginKit
         try hub.start(try loadConfig("""
             sources:
               upstream: { plugin: mqtt_subscribe, server: "127.0.0.1:\(tlsPort)", topics: [ "in/#" ], tls: \(tls), reconnect_initial: 200ms }
+              untrusting: { plugin: mqtt_subscribe, server: "127.0.0.1:\(tlsPort)", topics: [ "in/#" ], reconnect_initial: 200ms,
+                            tls: { certificate_file: "\(certs.path)/dev.pem", key_file: "\(certs.path)/dev.key" } }
             sinks:
               out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+              unverified: { plugin: file, path: "\(dir.path)/unverified.jsonl" }
               broker: { plugin: mqtt_publish, server: "127.0.0.1:\(tlsPort)", topic: "out/{device}", tls: \(tls), reconnect_initial: 200ms }
             pipelines:
               inbound: { from: [ "upstream:in/#" ], steps: [ { decode: json } ], to: [ out, broker ] }
+              unverified: { from: [ "untrusting:in/#" ], to: [ unverified ] }
             """))
         defer { hub.stop() }
         let sub = try broker.subscribe("out/#")
@@ -123,6 +127,12 @@ import IoTCPluginKit
             return sub.log.contains("out/x")
         }, "subscriber got: \(sub.log)")
         #expect(jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["tls": true] })
+        // A bridge without the broker's CA (the system's roots, which do not know this self-signed
+        // certificate) never gets in, however often it tries.
+        Thread.sleep(forTimeInterval: 1)
+        try publish(broker.port, "in/z/telemetry", #"{"tls":true}"#)
+        #expect(eventually(timeout: 5) { jsonLines(dir.path + "/out.jsonl").count >= 2 })
+        #expect(jsonLines(dir.path + "/unverified.jsonl").isEmpty, "a bridge that could not verify the broker got its messages")
         // Without a client certificate the broker refuses the bridge.
         let (code, out) = try run(which("mosquitto_pub")!, ["-h", "127.0.0.1", "-p", "\(tlsPort)", "--cafile", certs.path + "/cert.pem",
                                                             "-t", "in/y", "-m", "x"])
