@@ -26,7 +26,10 @@ public final class SQLiteStore: Store, @unchecked Sendable {
         }
         db = handle
         sqlite3_busy_timeout(handle, 5000)
-        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON"] {
+        // temp_store: a statement journal (which a multi-row statement in a transaction keeps, so that
+        // it can be undone alone) and sorts stay in memory; in files, each multi-row write of telemetry
+        // or device states spilled its journal to a temporary file, with a write call per page.
+        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON", "PRAGMA temp_store=MEMORY"] {
             _ = try run(pragma, [])
         }
     }

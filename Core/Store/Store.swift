@@ -137,3 +137,20 @@ public func openStore(_ url: String, migrations: [Migration] = Schema.migrations
     }
     return store
 }
+
+extension Collection {
+    /// The rows in runs for multi-row statements: runs of `limit`, then the rest in runs of powers of
+    /// two, so that the statements prepared and cached for them take a few shapes (the SQLite engine
+    /// keeps 256), not one per remainder.
+    func statementRuns(of limit: Int) -> [SubSequence] {
+        var runs: [SubSequence] = []
+        var rest = self[...]
+        while !rest.isEmpty {
+            var n = Swift.min(limit, rest.count)
+            if n < limit { n = 1 << (Int.bitWidth - 1 - n.leadingZeroBitCount) }  // the largest power of two ≤ n
+            runs.append(rest.prefix(n))
+            rest = rest.dropFirst(n)
+        }
+        return runs
+    }
+}

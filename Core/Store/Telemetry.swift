@@ -33,10 +33,7 @@ public struct Telemetry: Sendable {
     public func write(_ points: [TelemetryPoint]) async throws {
         guard !points.isEmpty else { return }
         try await store.transaction { db in
-            var rest = points[...]
-            while !rest.isEmpty {
-                let chunk = rest.prefix(Self.rowsPerStatement)
-                rest = rest.dropFirst(chunk.count)
+            for chunk in points.statementRuns(of: Self.rowsPerStatement) {
                 let values = Array(repeating: "(?, ?, ?, ?, ?)", count: chunk.count).joined(separator: ", ")
                 var params: [SQLValue] = []
                 params.reserveCapacity(chunk.count * 5)

@@ -551,6 +551,29 @@ final class PostgresServer {
         }
     }
 
+    /// Multi-row statements come in a few shapes, whatever the number of rows, so that the prepared
+    /// statements the SQLite engine caches are not one per remainder.
+    @Test func multiRowStatementsTakeAFewShapes() {
+        var shapes = Set<Int>()
+        for count in 0...1_000 {
+            let rows = Array(0..<count)
+            let runs = rows.statementRuns(of: 200)
+            #expect(runs.flatMap { $0 } == rows)
+            shapes.formUnion(runs.map(\.count))
+        }
+        #expect(shapes == [200, 128, 64, 32, 16, 8, 4, 2, 1])
+    }
+
+    /// The SQLite engine's settings: the write-ahead journal, and statement journals and sorts in memory
+    /// (in temporary files, each multi-row write spilled its statement journal with a write call per page).
+    @Test func sqliteKeepsItsJournalsWhereItShould() async throws {
+        let dir = TempDir()
+        let store = try await openStore("sqlite:\(dir.path)/iotc.db")
+        #expect(try await store.query("PRAGMA journal_mode").first?.string("journal_mode") == "wal")
+        #expect(try await store.query("PRAGMA temp_store").first?.int("temp_store") == 2)
+        await store.close()
+    }
+
     @Test(arguments: StoreEngine.allCases)
     func deviceStatesAreKeptAndReplaced(_ engine: StoreEngine) async throws {
         try await withStore(engine) { store in
@@ -564,6 +587,22 @@ final class PostgresServer {
             try await devices.saveStates([later])
             let states = try await devices.states().sorted { $0.tenant < $1.tenant }
             #expect(states == [later, DeviceState(tenant: "globex", device: "pump-1", connected: false, source: "web", remoteAddress: "", since: 1, lastSeen: 2)])
+
+            // A fleet's worth at once (several statements), with one device twice in one statement's rows:
+            // the later state counts.
+            var fleet = (0..<250).map {
+                DeviceState(tenant: "fleet", device: "meter-\($0)", connected: true, source: "broker", remoteAddress: "10.1.0.\($0 % 250):1883", since: Int64($0), lastSeen: Int64($0))
+            }
+            var gone = fleet[7]
+            gone.connected = false
+            gone.lastSeen = 1_000
+            fleet.insert(gone, at: 20)
+            try await devices.saveStates(fleet)
+            let saved = try await devices.states().filter { $0.tenant == "fleet" }
+            #expect(saved.count == 250)
+            #expect(Set(saved.map(\.device)) == Set((0..<250).map { "meter-\($0)" }))
+            #expect(saved.first { $0.device == "meter-7" } == gone)
+            #expect(saved.first { $0.device == "meter-249" } == fleet.last)
         }
     }
 
