@@ -133,7 +133,11 @@ struct Serve: AsyncParsableCommand {
         let registryDevices = Devices(store: db)
         do { hub.restore(states: try await registryDevices.states()) } catch { logger.warning("cannot load device states: \(error)") }
         let saveStates: @Sendable () async -> Void = {
-            do { try await registryDevices.saveStates(hub.takeChangedStates()) } catch { logger.warning("cannot save device states: \(error)") }
+            let states = hub.takeChangedStates()
+            do { try await registryDevices.saveStates(states) } catch {
+                hub.returnUnsaved(states)  // tried again in 2 seconds
+                logger.warning("cannot save device states: \(error)")
+            }
         }
         let stateWriter = Task {
             while !Task.isCancelled {

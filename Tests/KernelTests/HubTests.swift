@@ -3,6 +3,7 @@ import Foundation
 import Testing
 @testable import IoTCKernel
 import IoTCPluginKit
+import IoTCStore
 
 /// The hub in this process with the real plugins: HTTP in, file, webhook and MQTT out.
 @Suite(.serialized) struct HubTests {
@@ -30,6 +31,19 @@ import IoTCPluginKit
         try hub.start(try loadConfig(yaml, environment: env))
         #expect(waitForPort(port))
         return Running(hub: hub, dir: dir, port: port)
+    }
+
+    /// Device states the store could not keep are given again at the next save, as they are by then.
+    @Test func unsavedDeviceStatesAreGivenAgain() throws {
+        let dir = TempDir()
+        let hub = try makeHub(dir)
+        hub.restore(states: [DeviceState(tenant: "acme", device: "pump-1", connected: true, source: "broker", remoteAddress: "10.0.0.7:5000", since: 100, lastSeen: 150)])
+        let taken = hub.takeChangedStates()
+        #expect(taken.map(\.device) == ["pump-1"] && taken.first?.connected == false)
+        #expect(hub.takeChangedStates().isEmpty)
+        hub.returnUnsaved(taken)
+        #expect(hub.takeChangedStates() == taken)
+        #expect(hub.takeChangedStates().isEmpty)
     }
 
     /// A plugin's error about a value a reference brought in shows "…" in its place: a pipeline file

@@ -598,6 +598,14 @@ public final class Hub: HostServices, @unchecked Sendable {
         }
     }
 
+    /// States that `takeChangedStates` gave but the store did not keep (it was unreachable, say): the
+    /// next call gives them again, as they are by then.
+    public func returnUnsaved(_ states: [DeviceState]) {
+        lock.withLock {
+            for s in states { changedPresence.insert(Self.deviceKey(s.tenant, s.device)) }
+        }
+    }
+
     /// Device states kept from before a restart. Their connections ended with the hub that held them:
     /// a device recorded as connected is disconnected since that hub was last seen to see it.
     public func restore(states: [DeviceState]) {
