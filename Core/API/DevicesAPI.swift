@@ -47,20 +47,20 @@ enum DevicesAPI {
                 let buffer = try await collect(request, upTo: 4 << 20)
                 let rows = try isCSV ? csvRows(String(decoding: buffer.readableBytesView, as: UTF8.self)) : jsonRows(Array(buffer.readableBytesView))
                 guard rows.count <= 10_000 else { throw APIProblem(.badRequest, "at most 10,000 devices per request") }
+                let outcomes = try await devices.createMany(
+                    tenant: tenant, rows.map { Devices.NewDevice(id: $0.id, name: $0.name, profile: $0.profile, labels: $0.labels) }, tokens: withTokens)
                 var report: [Value] = []
+                report.reserveCapacity(rows.count)
                 var created = 0
-                for (i, row) in rows.enumerated() {
+                for (i, (row, outcome)) in zip(rows, outcomes).enumerated() {
                     var entry = Value.Object([("row", .int(Int64(i + 1))), ("id", .string(row.id))])
-                    do {
-                        let d = try await devices.create(tenant: tenant, id: row.id, name: row.name, profile: row.profile, labels: row.labels)
+                    switch outcome {
+                    case .created(let token):
                         entry["status"] = .string("created")
-                        if withTokens { entry["token"] = .string(try await devices.issueToken(tenant: tenant, device: d.id).1) }
+                        if let token { entry["token"] = .string(token) }
                         created += 1
-                    } catch let e as AccountsError {
-                        switch e {
-                        case .conflict(let why): entry["status"] = .string("exists"); entry["detail"] = .string(why)
-                        default: entry["status"] = .string("invalid"); entry["detail"] = .string(e.description)
-                        }
+                    case .exists(let why): entry["status"] = .string("exists"); entry["detail"] = .string(why)
+                    case .invalid(let why): entry["status"] = .string("invalid"); entry["detail"] = .string(why)
                     }
                     report.append(.object(entry))
                 }

@@ -62,6 +62,112 @@ public struct Devices: Sendable {
         return d
     }
 
+    /// A device to register with `createMany`.
+    public struct NewDevice: Sendable {
+        public var id: String
+        public var name: String
+        public var profile: String
+        public var labels: [String: String]
+
+        public init(id: String, name: String = "", profile: String = "default", labels: [String: String] = [:]) {
+            self.id = id
+            self.name = name
+            self.profile = profile
+            self.labels = labels
+        }
+    }
+
+    /// What `createMany` did with one row.
+    public enum BulkOutcome: Sendable, Equatable {
+        /// Registered, with its token when tokens were asked for (shown here only).
+        case created(token: String?)
+        /// The device exists, or an earlier row names it.
+        case exists(String)
+        case invalid(String)
+    }
+
+    /// Rows per INSERT statement of `createMany`: devices take six parameters, tokens seven.
+    static let bulkRowsPerStatement = 100
+
+    /// Registers many devices at once, each with a token when `tokens` is set: a row that is invalid,
+    /// names a device that exists or repeats an earlier row's id is reported and skipped, and the
+    /// rest are written in one transaction, a hundred rows per statement (one at a time, 10,000
+    /// devices with tokens took seconds).
+    public func createMany(tenant: String, _ rows: [NewDevice], tokens: Bool) async throws -> [BulkOutcome] {
+        let now = clock()
+        var outcomes = [BulkOutcome](repeating: .invalid(""), count: rows.count)
+        var valid: [(row: Int, device: Device)] = []
+        var seen = Set<String>()
+        for (i, r) in rows.enumerated() {
+            let d = Device(tenant: tenant, id: r.id, name: r.name, profile: r.profile, labels: r.labels, createdAt: now)
+            do { try Self.check(d) } catch {
+                outcomes[i] = .invalid((error as? AccountsError)?.description ?? "\(error)")
+                continue
+            }
+            guard seen.insert(d.id).inserted else {
+                outcomes[i] = .exists("device '\(d.id)' exists")
+                continue
+            }
+            valid.append((i, d))
+        }
+        let candidates = valid
+        let secrets = tokens ? candidates.map { _ in Self.newToken() } : []
+        // On PostgreSQL another writer may add one of these devices between the look-up and the insert:
+        // the insert then fails whole, and the look-up, run again, finds it.
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let existing = try await store.transaction { db in
+                    guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
+                        throw AccountsError.notFound("no tenant '\(tenant.prefix(64))'")
+                    }
+                    var existing = Set<String>()
+                    for run in candidates.statementRuns(of: 500) {
+                        let marks = Array(repeating: "?", count: run.count).joined(separator: ", ")
+                        let found = try await db.query("SELECT id FROM devices WHERE tenant_id = ? AND id IN (\(marks))",
+                                                       [.text(tenant)] + run.map { .text($0.device.id) })
+                        for r in found { if let id = r.string("id") { existing.insert(id) } }
+                    }
+                    let fresh = candidates.indices.filter { !existing.contains(candidates[$0].device.id) }
+                    for run in fresh.statementRuns(of: Self.bulkRowsPerStatement) {
+                        var params: [SQLValue] = []
+                        params.reserveCapacity(run.count * 6)
+                        for k in run {
+                            let d = candidates[k].device
+                            params += [.text(tenant), .text(d.id), .text(d.name), .text(d.profile), .text(Self.encode(d.labels)), .integer(now)]
+                        }
+                        try await db.execute("""
+                            INSERT INTO devices (tenant_id, id, name, profile, labels, created_at)
+                            VALUES \(Array(repeating: "(?, ?, ?, ?, ?, ?)", count: run.count).joined(separator: ", "))
+                            """, params)
+                    }
+                    if tokens {
+                        for run in fresh.statementRuns(of: Self.bulkRowsPerStatement) {
+                            var params: [SQLValue] = []
+                            params.reserveCapacity(run.count * 7)
+                            for k in run {
+                                params += [.text(secrets[k].id), .text(tenant), .text(candidates[k].device.id), .text(DeviceCredential.Kind.token.rawValue),
+                                           .blob(Self.digest(secrets[k].secret)), .integer(now), .null]
+                            }
+                            try await db.execute("""
+                                INSERT INTO device_credentials (id, tenant_id, device_id, kind, digest, created_at, expires_at)
+                                VALUES \(Array(repeating: "(?, ?, ?, ?, ?, ?, ?)", count: run.count).joined(separator: ", "))
+                                """, params)
+                        }
+                    }
+                    return existing
+                }
+                for (k, c) in candidates.enumerated() {
+                    outcomes[c.row] = existing.contains(c.device.id) ? .exists("device '\(c.device.id)' exists") : .created(token: tokens ? secrets[k].secret : nil)
+                }
+                return outcomes
+            } catch let e as StoreError where e.kind == .constraint && attempt < 3 {
+                continue
+            }
+        }
+    }
+
     public func get(tenant: String, id: String) async throws -> Device? {
         try await store.query("SELECT * FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first.map(Self.device)
     }

@@ -551,6 +551,41 @@ final class PostgresServer {
         }
     }
 
+    /// Bulk provisioning: valid rows are created together with their tokens; a row that is invalid,
+    /// names an existing device or repeats an earlier row is reported and skipped.
+    @Test(arguments: StoreEngine.allCases)
+    func manyDevicesAreCreatedAtOnce(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: "meter-3", name: "old")
+            var rows = (0..<250).map { Devices.NewDevice(id: "meter-\($0)", profile: "meter", labels: ["site": "north"]) }
+            rows.insert(Devices.NewDevice(id: "bad id"), at: 5)
+            rows.insert(Devices.NewDevice(id: "meter-0", name: "again"), at: 7)
+            let outcomes = try await devices.createMany(tenant: "acme", rows, tokens: true)
+            #expect(outcomes.count == rows.count)
+            if case .invalid = outcomes[5] {} else { Issue.record("row 6: \(outcomes[5])") }
+            #expect(outcomes[7] == .exists("device 'meter-0' exists"))
+            #expect(outcomes[rows.firstIndex { $0.id == "meter-3" }!] == .exists("device 'meter-3' exists"))
+            #expect(try await devices.get(tenant: "acme", id: "meter-3")?.name == "old")
+            let created = zip(rows, outcomes).compactMap { r, o -> (String, String)? in
+                if case .created(let token?) = o { (r.id, token) } else { nil }
+            }
+            #expect(created.count == 249)
+            let last = try await devices.get(tenant: "acme", id: "meter-249")
+            #expect(last?.profile == "meter" && last?.labels == ["site": "north"] && last?.name == "")
+            // Each token is the device's own credential.
+            let active = try await devices.activeCredentials()
+            for (device, token) in created {
+                let c = active.first { $0.id == Devices.tokenID(token) }
+                #expect(c?.device == device && c?.tenant == "acme" && c?.digest == Devices.digest(token), "\(device)")
+            }
+            // Without tokens, and into a tenant that does not exist.
+            #expect(try await devices.createMany(tenant: "acme", [Devices.NewDevice(id: "valve-1")], tokens: false) == [.created(token: nil)])
+            await #expect(throws: AccountsError.self) { try await devices.createMany(tenant: "nobody", [Devices.NewDevice(id: "x")], tokens: false) }
+        }
+    }
+
     /// Multi-row statements come in a few shapes, whatever the number of rows, so that the prepared
     /// statements the SQLite engine caches are not one per remainder.
     @Test func multiRowStatementsTakeAFewShapes() {
