@@ -159,9 +159,7 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
     }
 
     public func mergeAttributes(tenant: String, device: String, _ fields: Value.Object) async throws -> Bool {
-        guard var current = try await devices.attributes(tenant: tenant, id: device) else { return false }
-        for (k, v) in fields { current[k] = v }
-        guard try await devices.setAttributes(tenant: tenant, id: device, current) else { return false }
+        guard let current = try await devices.mergeAttributes(tenant: tenant, id: device, fields) else { return false }
         // Devices fetch them from memory: this device's entry changes now, not at the next refresh.
         let json = JSON.encode(.object(current))
         attributeState.withLockedValue { $0[Hub.deviceKey(tenant, device)] = json }

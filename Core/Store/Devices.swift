@@ -199,6 +199,25 @@ public struct Devices: Sendable {
         return try await store.execute("UPDATE devices SET attributes = ? WHERE tenant_id = ? AND id = ?", [.text(text), .text(tenant), .text(id)]) == 1
     }
 
+    /// Sets the fields given among a device's attributes, keeping the others, in one transaction (on
+    /// PostgreSQL the device's row is locked while it is read, so that two nodes' merges cannot drop
+    /// each other's fields). Returns the attributes as written, or nil when there is no such device.
+    public func mergeAttributes(tenant: String, id: String, _ fields: Value.Object) async throws -> Value.Object? {
+        try await store.transaction { db in
+            let lock = db.engine == .postgres ? " FOR UPDATE" : ""
+            guard let row = try await db.query("SELECT attributes FROM devices WHERE tenant_id = ? AND id = ?\(lock)", [.text(tenant), .text(id)]).first else {
+                return nil
+            }
+            var current = Value.Object()
+            if case .object(let o)? = try? JSON.decode(row.string("attributes") ?? "{}") { current = o }
+            for (k, v) in fields { current[k] = v }
+            let text = String(decoding: JSON.encode(.object(current)), as: UTF8.self)
+            guard text.utf8.count <= Self.maxAttributesSize else { throw AccountsError.invalid("the attributes are over \(Self.maxAttributesSize) bytes as JSON") }
+            try await db.execute("UPDATE devices SET attributes = ? WHERE tenant_id = ? AND id = ?", [.text(text), .text(tenant), .text(id)])
+            return current
+        }
+    }
+
     /// A device's attributes, or nil when there is no such device.
     public func attributes(tenant: String, id: String) async throws -> Value.Object? {
         guard let row = try await store.query("SELECT attributes FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first else { return nil }

@@ -334,6 +334,40 @@ import IoTCPluginKit
         #expect(eventually { attributes()?["alarm"] == "cleared" })
     }
 
+    /// Messages for one device merge into its attributes one after another: none of their fields is
+    /// lost to another message's write, even when they come at once, and the last value of a field wins.
+    @Test func attributesMergeEveryMessageInOrder() throws {
+        let devicePort = freePort()
+        let hub = try ruleHub(port: devicePort, sinks: [
+                "set-attributes: { plugin: attributes }",
+            ], steps: [], pipelines: [
+                "attrs:",
+                "  from: [ \"devices:devices/+/telemetry\" ]",
+                "  steps: [ { decode: json } ]",
+                "  to: [ set-attributes ]",
+            ])
+        #expect(waitForPort(devicePort))
+        #expect(hub.call("POST", "/v1/devices?tenant=default", #"{"id": "valve-9"}"#).status == 201)
+        // Eight senders at once, so that messages for the device arrive while others are being written.
+        let count = 80
+        DispatchQueue.concurrentPerform(iterations: 8) { sender in
+            for i in stride(from: sender, to: count, by: 8) {
+                _ = postJSON("http://127.0.0.1:\(devicePort)/v1/devices/valve-9/telemetry", #"{"k\#(i)": \#(i)}"#)
+            }
+        }
+        func attributes() -> Value? { try? JSON.decode(Array(hub.call("GET", "/v1/devices/valve-9/attributes?tenant=default").body.utf8)) }
+        // In the order they came: the last of a sequence sent by one sender wins.
+        for i in 0..<20 {
+            #expect(postJSON("http://127.0.0.1:\(devicePort)/v1/devices/valve-9/telemetry", #"{"seq": \#(i)}"#)?.status == 202)
+        }
+        #expect(eventually { attributes()?["seq"] == .int(19) })
+        Thread.sleep(forTimeInterval: 0.5)
+        let final = attributes()
+        let missing = (0..<count).filter { final?["k\($0)"] != .int(Int64($0)) }
+        #expect(missing.isEmpty, "fields lost: \(missing)")
+        #expect(final?["seq"] == .int(19), "\(final ?? .null)")
+    }
+
     @Test func theAPIFollowsAnAlertThroughItsLifecycle() throws {
         let http = freePort()
         let hub = try ruleHub(port: http, sinks: [

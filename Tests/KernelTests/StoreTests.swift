@@ -586,6 +586,28 @@ final class PostgresServer {
         }
     }
 
+    /// Merges of a device's attributes that run at once keep each other's fields.
+    @Test(arguments: StoreEngine.allCases)
+    func attributeMergesAtOnceKeepEachOthersFields(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: "valve-9")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for i in 0..<40 {
+                    group.addTask { _ = try await devices.mergeAttributes(tenant: "acme", id: "valve-9", ["k\(i)": .int(Int64(i))]) }
+                }
+                try await group.waitForAll()
+            }
+            let attributes = try #require(try await devices.attributes(tenant: "acme", id: "valve-9"))
+            #expect(attributes.count == 40 && (0..<40).allSatisfy { attributes["k\($0)"] == .int(Int64($0)) }, "\(attributes)")
+            #expect(try await devices.mergeAttributes(tenant: "acme", id: "nobody", ["a": 1]) == nil)
+            await #expect(throws: AccountsError.self) {
+                try await devices.mergeAttributes(tenant: "acme", id: "valve-9", ["big": .string(String(repeating: "x", count: 20_000))])
+            }
+        }
+    }
+
     /// Multi-row statements come in a few shapes, whatever the number of rows, so that the prepared
     /// statements the SQLite engine caches are not one per remainder.
     @Test func multiRowStatementsTakeAFewShapes() {

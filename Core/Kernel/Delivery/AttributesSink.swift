@@ -26,23 +26,43 @@ final class AttributesSink: SinkTarget, @unchecked Sendable {
 
     init(hub: Hub) { self.hub = hub }
 
-    func write(_ m: Message, token: UInt64) -> Int32 {
-        guard let hub else { return IOTC_ERR_RETRY }
-        guard case .object(let fields)? = try? JSON.decode(m.payload) else {
-            runtime?.ack(token: token, result: IOTC_ERR_INVALID, reason: "the payload is not a JSON object of attributes")
-            return IOTC_OK
+    /// The merge of the latest batch: each batch waits for the one before, so that a device's
+    /// messages are merged in the order they came (at once, a later message's merge could read the
+    /// attributes before an earlier one's write and drop its fields).
+    private var last: Task<Void, Never>?
+    private let lock = NSLock()
+
+    func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
+
+    func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+        guard let hub else { return (0, IOTC_ERR_RETRY) }
+        var merges: [(tenant: String, device: String, fields: Value.Object, token: UInt64)] = []
+        merges.reserveCapacity(messages.count)
+        for (m, token) in zip(messages, tokens) {
+            guard case .object(let fields)? = try? JSON.decode(m.payload) else {
+                runtime?.ack(token: token, result: IOTC_ERR_INVALID, reason: "the payload is not a JSON object of attributes")
+                continue
+            }
+            merges.append((m.tenant.isEmpty ? "default" : m.tenant, m.device, fields, token))
         }
-        let tenant = m.tenant.isEmpty ? "default" : m.tenant
-        Task { [weak self] in
-            do {
-                let ok = try await hub.mergeAttributes(tenant: tenant, device: m.device, fields)
-                self?.runtime?.ack(token: token, result: ok ? IOTC_OK : IOTC_ERR_INVALID,
-                                   reason: ok ? nil : "device '\(m.device)' is not in the registry of tenant '\(tenant)'")
-            } catch {
-                self?.runtime?.ack(token: token, result: IOTC_ERR_RETRY, reason: "cannot write attributes: \(error)")
+        guard !merges.isEmpty else { return (messages.count, IOTC_OK) }
+        let batch = merges
+        lock.withLock {
+            let previous = last
+            last = Task { [weak self] in
+                await previous?.value
+                for w in batch {
+                    do {
+                        let ok = try await hub.mergeAttributes(tenant: w.tenant, device: w.device, w.fields)
+                        self?.runtime?.ack(token: w.token, result: ok ? IOTC_OK : IOTC_ERR_INVALID,
+                                           reason: ok ? nil : "device '\(w.device)' is not in the registry of tenant '\(w.tenant)'")
+                    } catch {
+                        self?.runtime?.ack(token: w.token, result: IOTC_ERR_RETRY, reason: "cannot write attributes: \(error)")
+                    }
+                }
             }
         }
-        return IOTC_OK
+        return (messages.count, IOTC_OK)
     }
 
     func stop() {}
