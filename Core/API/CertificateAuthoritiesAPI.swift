@@ -42,18 +42,26 @@ enum CertificateAuthoritiesAPI {
             let body = try await JSONBody.read(request, allowed: ["crl"], limit: 4 << 20)
             let pem = try body.string("crl", required: true)!
             guard pem.utf8.count <= 2 << 20 else { throw AccountsError.invalid("the revocation list is over 2 MiB") }
-            guard let ca = try await authorities.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'") }
-            let list = try RevocationList.parse(Array(pem.utf8))
-            guard let certificate = try? Certificate(derEncoded: ca.certificate), list.isIssued(by: certificate) else {
-                throw AccountsError.invalid("the revocation list is not signed by this certificate authority (\(ca.subject))")
+            // Checked against the list in force and set only while it is still that one: when another
+            // list came meanwhile, the check runs again against it.
+            var parsed: RevocationList?
+            var attempts = 0
+            while true {
+                guard let ca = try await authorities.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'") }
+                let list = try parsed ?? RevocationList.parse(Array(pem.utf8))
+                parsed = list
+                guard list.thisUpdate.timeIntervalSinceNow < 300 else { throw AccountsError.invalid("the revocation list's thisUpdate is in the future") }
+                guard let certificate = try? Certificate(derEncoded: ca.certificate), list.isIssued(by: certificate) else {
+                    throw AccountsError.invalid("the revocation list is not signed by this certificate authority (\(ca.subject))")
+                }
+                if let current = ca.revocationList.flatMap({ try? RevocationList.parse($0) }), list.thisUpdate < current.thisUpdate {
+                    throw AccountsError.conflict("the revocation list is older than the one in force (thisUpdate \(current.thisUpdate))")
+                }
+                if try await authorities.replaceRevocationList(tenant: tenant, id: id, list.der, current: ca.revocationList) { break }
+                attempts += 1
+                guard attempts < 5 else { throw AccountsError.conflict("the revocation list kept changing meanwhile; put it again") }
             }
-            guard list.thisUpdate.timeIntervalSinceNow < 300 else { throw AccountsError.invalid("the revocation list's thisUpdate is in the future") }
-            if let current = ca.revocationList.flatMap({ try? RevocationList.parse($0) }), list.thisUpdate < current.thisUpdate {
-                throw AccountsError.conflict("the revocation list is older than the one in force (thisUpdate \(current.thisUpdate))")
-            }
-            guard try await authorities.setRevocationList(tenant: tenant, id: id, list.der) else {
-                throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'")
-            }
+            let list = parsed!
             try await directory.refresh()
             await p.record("certificate_authority.crl.set", target: id, tenant: tenant, detail: "\(list.revoked.count) revoked")
             guard let updated = try await authorities.get(tenant: tenant, id: id) else { throw APIProblem(.notFound, "no certificate authority '\(id.prefix(64))'") }

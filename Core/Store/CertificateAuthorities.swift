@@ -73,6 +73,15 @@ public struct CertificateAuthorities: Sendable {
                                 [der.map { .blob($0) } ?? .null, der == nil ? .null : .integer(clock()), .text(tenant), .text(id)]) == 1
     }
 
+    /// Sets an authority's revocation list only while the one in force is still `current` (as the
+    /// caller read it, nil for none), so that of two lists put at once an older one cannot land last
+    /// and bring back what the newer one revoked. False when the authority is gone or its list changed.
+    public func replaceRevocationList(tenant: String, id: String, _ der: [UInt8], current: [UInt8]?) async throws -> Bool {
+        let same = store.engine == .postgres ? "crl IS NOT DISTINCT FROM ?" : "crl IS ?"
+        return try await store.execute("UPDATE certificate_authorities SET crl = ?, crl_updated_at = ? WHERE tenant_id = ? AND id = ? AND \(same)",
+                                       [.blob(der), .integer(clock()), .text(tenant), .text(id), current.map { .blob($0) } ?? .null]) == 1
+    }
+
     /// Removes an authority: its certificates stop authenticating (open connections close).
     public func delete(tenant: String, id: String) async throws -> Bool {
         try await store.execute("DELETE FROM certificate_authorities WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]) == 1
