@@ -172,10 +172,15 @@ public struct Devices: Sendable {
         try await store.query("SELECT * FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first.map(Self.device)
     }
 
-    /// Replaces the name, profile and labels given (nil leaves a field as it is).
+    /// For a row read in a transaction in order to be written back: on PostgreSQL it is locked until
+    /// the transaction ends, so that two writers cannot each write back what the other changed. (SQLite
+    /// runs one transaction at a time.)
+    static func forUpdate(_ db: any StoreConnection) -> String { db.engine == .postgres ? " FOR UPDATE" : "" }
+
+    /// Replaces the name, profile and labels given (nil leaves a field as it is), in one transaction.
     public func update(tenant: String, id: String, name: String?, profile: String?, labels: [String: String]?) async throws -> Device? {
         try await store.transaction { db in
-            guard var d = try await db.query("SELECT * FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).first.map(Self.device) else {
+            guard var d = try await db.query("SELECT * FROM devices WHERE tenant_id = ? AND id = ?\(Self.forUpdate(db))", [.text(tenant), .text(id)]).first.map(Self.device) else {
                 return nil
             }
             if let name { d.name = name }
@@ -204,8 +209,7 @@ public struct Devices: Sendable {
     /// each other's fields). Returns the attributes as written, or nil when there is no such device.
     public func mergeAttributes(tenant: String, id: String, _ fields: Value.Object) async throws -> Value.Object? {
         try await store.transaction { db in
-            let lock = db.engine == .postgres ? " FOR UPDATE" : ""
-            guard let row = try await db.query("SELECT attributes FROM devices WHERE tenant_id = ? AND id = ?\(lock)", [.text(tenant), .text(id)]).first else {
+            guard let row = try await db.query("SELECT attributes FROM devices WHERE tenant_id = ? AND id = ?\(Self.forUpdate(db))", [.text(tenant), .text(id)]).first else {
                 return nil
             }
             var current = Value.Object()

@@ -608,6 +608,23 @@ final class PostgresServer {
         }
     }
 
+    /// Two updates of a device at once, one of its name and one of its labels, keep each other's change.
+    @Test(arguments: StoreEngine.allCases)
+    func updatesAtOnceKeepEachOthersChanges(_ engine: StoreEngine) async throws {
+        try await withStore(engine) { store in
+            let accounts = Accounts(store: store), devices = Devices(store: store)
+            _ = try await accounts.createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: "pump-1")
+            for round in 0..<20 {
+                async let named = devices.update(tenant: "acme", id: "pump-1", name: "pump \(round)", profile: nil, labels: nil)
+                async let labelled = devices.update(tenant: "acme", id: "pump-1", name: nil, profile: nil, labels: ["round": "\(round)"])
+                _ = try await (named, labelled)
+                let d = try await devices.get(tenant: "acme", id: "pump-1")
+                #expect(d?.name == "pump \(round)" && d?.labels == ["round": "\(round)"], "round \(round): \(String(describing: d))")
+            }
+        }
+    }
+
     /// Multi-row statements come in a few shapes, whatever the number of rows, so that the prepared
     /// statements the SQLite engine caches are not one per remainder.
     @Test func multiRowStatementsTakeAFewShapes() {
