@@ -54,6 +54,13 @@ public struct APIKey: Sendable, Equatable {
 /// recognise a leaked key, the id finds its row without scanning, and only a hash of the whole secret is
 /// stored (the random part has 190 bits, so a fast hash is enough: nothing is left to guess).
 public struct Accounts: Sendable {
+    /// Within a transaction that adds something to a tenant: the tenant must exist.
+    static func requireTenant(_ db: any StoreConnection, _ tenant: String) async throws {
+        guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
+            throw AccountsError.notFound("no tenant '\(tenant.prefix(64))'")
+        }
+    }
+
     public let store: any Store
     let clock: @Sendable () -> Int64
 
@@ -150,9 +157,7 @@ public struct Accounts: Sendable {
         let (id, secret) = Self.newSecret()
         let now = clock()
         try await store.transaction { db in
-            guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
-                throw AccountsError.notFound("no tenant '\(tenant)'")
-            }
+            try await Self.requireTenant(db, tenant)
             try await Self.insertKey(db, id: id, secret: secret, tenant: tenant, name: name, role: role, now: now, expiresAt: expiresAt)
             if !scopes.isEmpty { try await db.execute("UPDATE api_keys SET scopes = ? WHERE id = ?", [.text(scopes.joined(separator: ",")), .text(id)]) }
         }

@@ -49,9 +49,7 @@ public struct Devices: Sendable {
         let d = Device(tenant: tenant, id: id, name: name, profile: profile, labels: labels, createdAt: clock())
         try Self.check(d)
         try await store.transaction { db in
-            guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
-                throw AccountsError.notFound("no tenant '\(tenant.prefix(64))'")
-            }
+            try await Accounts.requireTenant(db, tenant)
             guard try await db.query("SELECT id FROM devices WHERE tenant_id = ? AND id = ?", [.text(tenant), .text(id)]).isEmpty else {
                 throw AccountsError.conflict("device '\(id)' exists")
             }
@@ -110,8 +108,8 @@ public struct Devices: Sendable {
             }
             valid.append((i, d))
         }
-        let candidates = valid
-        let secrets = tokens ? candidates.map { _ in Self.newToken() } : []
+        let devices = valid.map(\.device)
+        let secrets = tokens ? valid.map { _ in Self.newToken() } : []
         // On PostgreSQL another writer may add one of these devices between the look-up and the insert:
         // the insert then fails whole, and the look-up, run again, finds it.
         var attempt = 0
@@ -119,46 +117,9 @@ public struct Devices: Sendable {
             attempt += 1
             do {
                 let existing = try await store.transaction { db in
-                    guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
-                        throw AccountsError.notFound("no tenant '\(tenant.prefix(64))'")
-                    }
-                    var existing = Set<String>()
-                    for run in candidates.statementRuns(of: 500) {
-                        let marks = Array(repeating: "?", count: run.count).joined(separator: ", ")
-                        let found = try await db.query("SELECT id FROM devices WHERE tenant_id = ? AND id IN (\(marks))",
-                                                       [.text(tenant)] + run.map { .text($0.device.id) })
-                        for r in found { if let id = r.string("id") { existing.insert(id) } }
-                    }
-                    let fresh = candidates.indices.filter { !existing.contains(candidates[$0].device.id) }
-                    for run in fresh.statementRuns(of: Self.bulkRowsPerStatement) {
-                        var params: [SQLValue] = []
-                        params.reserveCapacity(run.count * 6)
-                        for k in run {
-                            let d = candidates[k].device
-                            params += [.text(tenant), .text(d.id), .text(d.name), .text(d.profile), .text(Self.encode(d.labels)), .integer(now)]
-                        }
-                        try await db.execute("""
-                            INSERT INTO devices (tenant_id, id, name, profile, labels, created_at)
-                            VALUES \(Array(repeating: "(?, ?, ?, ?, ?, ?)", count: run.count).joined(separator: ", "))
-                            """, params)
-                    }
-                    if tokens {
-                        for run in fresh.statementRuns(of: Self.bulkRowsPerStatement) {
-                            var params: [SQLValue] = []
-                            params.reserveCapacity(run.count * 7)
-                            for k in run {
-                                params += [.text(secrets[k].id), .text(tenant), .text(candidates[k].device.id), .text(DeviceCredential.Kind.token.rawValue),
-                                           .blob(Self.digest(secrets[k].secret)), .integer(now), .null]
-                            }
-                            try await db.execute("""
-                                INSERT INTO device_credentials (id, tenant_id, device_id, kind, digest, created_at, expires_at)
-                                VALUES \(Array(repeating: "(?, ?, ?, ?, ?, ?, ?)", count: run.count).joined(separator: ", "))
-                                """, params)
-                        }
-                    }
-                    return existing
+                    try await Self.insertAbsent(db, tenant: tenant, devices, secrets: secrets, now: now)
                 }
-                for (k, c) in candidates.enumerated() {
+                for (k, c) in valid.enumerated() {
                     outcomes[c.row] = existing.contains(c.device.id) ? .exists("device '\(c.device.id)' exists") : .created(token: tokens ? secrets[k].secret : nil)
                 }
                 return outcomes
@@ -166,6 +127,36 @@ public struct Devices: Sendable {
                 continue
             }
         }
+    }
+
+    /// `createMany`'s transaction: finds which of `devices` exist, inserts the others, each with its
+    /// token (`secrets[i]` for `devices[i]`) when there are secrets, and returns the ids that existed.
+    private static func insertAbsent(_ db: any StoreConnection, tenant: String, _ devices: [Device], secrets: [(id: String, secret: String)],
+                                     now: Int64) async throws -> Set<String> {
+        try await Accounts.requireTenant(db, tenant)
+        var existing = Set<String>()
+        for run in devices.statementRuns(of: 500) {
+            let marks = Array(repeating: "?", count: run.count).joined(separator: ", ")
+            let found = try await db.query("SELECT id FROM devices WHERE tenant_id = ? AND id IN (\(marks))", [.text(tenant)] + run.map { .text($0.id) })
+            existing.formUnion(found.compactMap { $0.string("id") })
+        }
+        let fresh = devices.indices.filter { !existing.contains(devices[$0].id) }
+        for run in fresh.statementRuns(of: bulkRowsPerStatement) {
+            try await db.execute("INSERT INTO devices (tenant_id, id, name, profile, labels, created_at) VALUES \(rowPlaceholders(run.count, columns: 6))",
+                                 run.flatMap { k -> [SQLValue] in
+                                     let d = devices[k]
+                                     return [.text(tenant), .text(d.id), .text(d.name), .text(d.profile), .text(encode(d.labels)), .integer(now)]
+                                 })
+            guard !secrets.isEmpty else { continue }
+            try await db.execute("""
+                INSERT INTO device_credentials (id, tenant_id, device_id, kind, digest, created_at, expires_at)
+                VALUES \(rowPlaceholders(run.count, columns: 7))
+                """, run.flatMap { k -> [SQLValue] in
+                    [.text(secrets[k].id), .text(tenant), .text(devices[k].id), .text(DeviceCredential.Kind.token.rawValue),
+                     .blob(digest(secrets[k].secret)), .integer(now), .null]
+                })
+        }
+        return existing
     }
 
     public func get(tenant: String, id: String) async throws -> Device? {
@@ -491,7 +482,7 @@ extension Devices {
                 }
                 try await db.execute("""
                     INSERT INTO device_state (tenant_id, device_id, connected, source, remote_address, since, last_seen)
-                    VALUES \(Array(repeating: "(?, ?, ?, ?, ?, ?, ?)", count: chunk.count).joined(separator: ", "))
+                    VALUES \(rowPlaceholders(chunk.count, columns: 7))
                     ON CONFLICT (tenant_id, device_id) DO UPDATE SET connected = excluded.connected, source = excluded.source,
                         remote_address = excluded.remote_address, since = excluded.since, last_seen = excluded.last_seen
                     """, params)

@@ -138,6 +138,12 @@ public func openStore(_ url: String, migrations: [Migration] = Schema.migrations
     return store
 }
 
+/// `(?, ?), (?, ?)`: the VALUES of a multi-row statement of `rows` rows of `columns` parameters.
+func rowPlaceholders(_ rows: Int, columns: Int) -> String {
+    let row = "(" + Array(repeating: "?", count: columns).joined(separator: ", ") + ")"
+    return Array(repeating: row, count: rows).joined(separator: ", ")
+}
+
 extension Collection {
     /// The rows in runs for multi-row statements: runs of `limit`, then the rest in runs of powers of
     /// two, so that the statements prepared and cached for them take a few shapes (the SQLite engine

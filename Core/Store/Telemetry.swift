@@ -34,12 +34,11 @@ public struct Telemetry: Sendable {
         guard !points.isEmpty else { return }
         try await store.transaction { db in
             for chunk in points.statementRuns(of: Self.rowsPerStatement) {
-                let values = Array(repeating: "(?, ?, ?, ?, ?)", count: chunk.count).joined(separator: ", ")
                 var params: [SQLValue] = []
                 params.reserveCapacity(chunk.count * 5)
                 for p in chunk { params += [.text(p.tenant), .text(p.device), .text(p.key), .integer(p.time), .real(p.value)] }
                 try await db.execute("""
-                    INSERT INTO telemetry (tenant_id, device_id, key, ts, value) VALUES \(values)
+                    INSERT INTO telemetry (tenant_id, device_id, key, ts, value) VALUES \(rowPlaceholders(chunk.count, columns: 5))
                     ON CONFLICT (tenant_id, device_id, key, ts) DO NOTHING
                     """, params)
             }

@@ -32,9 +32,7 @@ extension Accounts {
         let hash = try Self.hashPassword(password)
         let now = clock()
         try await store.transaction { db in
-            guard try await !db.query("SELECT id FROM tenants WHERE id = ?", [.text(tenant)]).isEmpty else {
-                throw AccountsError.notFound("no tenant '\(tenant.prefix(64))'")
-            }
+            try await Accounts.requireTenant(db, tenant)
             guard try await db.query("SELECT email FROM users WHERE tenant_id = ? AND email = ?", [.text(tenant), .text(email)]).isEmpty else {
                 throw AccountsError.conflict("user '\(email)' exists")
             }

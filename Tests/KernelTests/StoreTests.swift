@@ -207,6 +207,17 @@ final class PostgresServer {
         }
     }
 
+    /// A store with the tenant acme and one device of it, for the registry's tests.
+    func withAcmeDevice(_ engine: StoreEngine, id: String, name: String = "", profile: String = "default",
+                        _ body: (any Store, Devices) async throws -> Void) async throws {
+        try await withStore(engine) { store in
+            let devices = Devices(store: store)
+            _ = try await Accounts(store: store).createTenant(id: "acme", name: "Acme")
+            _ = try await devices.create(tenant: "acme", id: id, name: name, profile: profile)
+            try await body(store, devices)
+        }
+    }
+
     @Test(arguments: StoreEngine.allCases)
     func migratesOnOpenAndOnlyOnce(_ engine: StoreEngine) async throws {
         try await withStore(engine) { store in
@@ -555,10 +566,7 @@ final class PostgresServer {
     /// names an existing device or repeats an earlier row is reported and skipped.
     @Test(arguments: StoreEngine.allCases)
     func manyDevicesAreCreatedAtOnce(_ engine: StoreEngine) async throws {
-        try await withStore(engine) { store in
-            let accounts = Accounts(store: store), devices = Devices(store: store)
-            _ = try await accounts.createTenant(id: "acme", name: "Acme")
-            _ = try await devices.create(tenant: "acme", id: "meter-3", name: "old")
+        try await withAcmeDevice(engine, id: "meter-3", name: "old") { store, devices in
             var rows = (0..<250).map { Devices.NewDevice(id: "meter-\($0)", profile: "meter", labels: ["site": "north"]) }
             rows.insert(Devices.NewDevice(id: "bad id"), at: 5)
             rows.insert(Devices.NewDevice(id: "meter-0", name: "again"), at: 7)
@@ -589,10 +597,7 @@ final class PostgresServer {
     /// Merges of a device's attributes that run at once keep each other's fields.
     @Test(arguments: StoreEngine.allCases)
     func attributeMergesAtOnceKeepEachOthersFields(_ engine: StoreEngine) async throws {
-        try await withStore(engine) { store in
-            let accounts = Accounts(store: store), devices = Devices(store: store)
-            _ = try await accounts.createTenant(id: "acme", name: "Acme")
-            _ = try await devices.create(tenant: "acme", id: "valve-9")
+        try await withAcmeDevice(engine, id: "valve-9") { store, devices in
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for i in 0..<40 {
                     group.addTask { _ = try await devices.mergeAttributes(tenant: "acme", id: "valve-9", ["k\(i)": .int(Int64(i))]) }
@@ -611,10 +616,7 @@ final class PostgresServer {
     /// Two updates of a device at once, one of its name and one of its labels, keep each other's change.
     @Test(arguments: StoreEngine.allCases)
     func updatesAtOnceKeepEachOthersChanges(_ engine: StoreEngine) async throws {
-        try await withStore(engine) { store in
-            let accounts = Accounts(store: store), devices = Devices(store: store)
-            _ = try await accounts.createTenant(id: "acme", name: "Acme")
-            _ = try await devices.create(tenant: "acme", id: "pump-1")
+        try await withAcmeDevice(engine, id: "pump-1") { store, devices in
             for round in 0..<20 {
                 async let named = devices.update(tenant: "acme", id: "pump-1", name: "pump \(round)", profile: nil, labels: nil)
                 async let labelled = devices.update(tenant: "acme", id: "pump-1", name: nil, profile: nil, labels: ["round": "\(round)"])
@@ -683,10 +685,7 @@ final class PostgresServer {
 
     @Test(arguments: StoreEngine.allCases)
     func presharedKeysAreSealedAndFoundByIdentity(_ engine: StoreEngine) async throws {
-        try await withStore(engine) { store in
-            let accounts = Accounts(store: store), devices = Devices(store: store)
-            _ = try await accounts.createTenant(id: "acme", name: "Acme")
-            _ = try await devices.create(tenant: "acme", id: "valve-3", profile: "valve")
+        try await withAcmeDevice(engine, id: "valve-3", profile: "valve") { store, devices in
             let box = try SecretBox(key: Array(repeating: 7, count: 32))
             let given = Array(0..<16).map(UInt8.init)
             let (c, key) = try await devices.addPresharedKey(tenant: "acme", device: "valve-3", identity: "valve-3@acme", key: given, box: box)
@@ -849,10 +848,7 @@ final class PostgresServer {
 
     @Test(arguments: StoreEngine.allCases)
     func attributesAreSetPerDeviceAndLoadedIntoTheDirectory(_ engine: StoreEngine) async throws {
-        try await withStore(engine) { store in
-            let accounts = Accounts(store: store), devices = Devices(store: store)
-            _ = try await accounts.createTenant(id: "acme", name: "Acme")
-            _ = try await devices.create(tenant: "acme", id: "valve-3")
+        try await withAcmeDevice(engine, id: "valve-3") { store, devices in
             _ = try await devices.create(tenant: "acme", id: "valve-4")
             #expect(try await devices.attributes(tenant: "acme", id: "valve-3") == Value.Object())
             let config: Value.Object = ["interval": .int(30), "mode": .string("eco"), "limits": .array([.double(1.5), .int(9)])]
