@@ -67,6 +67,61 @@ import IoTCStore
         #expect(again.log.contains("replaying 40 messages from the write-ahead log"))
     }
 
+    /// The same under load: four MQTT clients publish QoS 1 as fast as the hub acknowledges, group
+    /// commits of the write-ahead log in flight, while the broker the pipeline delivers to is down (so
+    /// what was acknowledged is still queued), and the hub is killed among them. Every publish that
+    /// got its PUBACK is delivered after the restart.
+    @Test func deliversEveryAcknowledgedMQTTPublishAfterKillMinus9UnderLoad() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let dir = TempDir()
+        let mqttPort = freePort(), apiPort = freePort()
+        let broker = Mosquitto()
+        let acked = dir.path + "/acked"
+        let file = dir.write("hub.yaml", """
+            sources:
+              devices: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: static, anonymous: { publish: [ "#" ] } }
+            sinks:
+              broker: { plugin: mqtt_publish, server: "127.0.0.1:\(broker.port)", topic: "hub/out", qos: 1, reconnect_initial: 100ms, reconnect_max: 500ms }
+            pipelines: { t: { from: [ "devices:load/#" ], durable: true, steps: [ { decode: json } ], to: [ broker ] } }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        #expect(waitForPort(mqttPort), "hub did not start: \(hub.log)")
+        let load = try ChildProcess(python, [Build.packageRoot + "/Tests/Support/mqtt_peers.py", "publish_until_dropped", "127.0.0.1", "\(mqttPort)"],
+                                    environment: ["IOTC_ACKED_FILE": acked])
+        // Killed while the pipeline's queue fills (its sink's queue, 1,024, is full first).
+        let taken = #/iotc_messages_in_total\{pipeline="t"\} (\d+)/#
+        #expect(eventually(timeout: 30) {
+            (http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.firstMatch(of: taken)).flatMap { Int($0.1) } ?? 0 >= 1000
+        }, "too few messages: \(load.log)\n\(hub.log.suffix(2000))")
+        hub.stop(SIGKILL)
+        #expect(eventually(timeout: 30) { !load.process.isRunning })
+        #expect(load.process.terminationStatus == 0, "\(load.log)")
+        var expected = Set<String>()
+        for line in ((try? String(contentsOfFile: acked, encoding: .utf8)) ?? "").split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2 { expected.insert("\(parts[0]) \(parts[1])") }
+        }
+        #expect(expected.count >= 1000)
+
+        try broker.start()
+        defer { broker.stop() }
+        let sub = try broker.subscribe("hub/#")
+        defer { sub.stop() }
+        func delivered() -> Set<String> {
+            Set(sub.log.split(separator: "\n").compactMap { line -> String? in
+                guard line.hasPrefix("hub/"), let brace = line.firstIndex(of: "{"), let m = try? JSON.decode(String(line[brace...])),
+                      case .string(let client)? = m["client"], case .int(let seq)? = m["seq"] else { return nil }
+                return "\(client) \(seq)"
+            })
+        }
+        let again = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { again.stop() }
+        #expect(eventually(timeout: 60) { delivered().isSuperset(of: expected) },
+                "\(expected.subtracting(delivered()).count) of \(expected.count) acknowledged messages missing; hub log:\n\(again.log.suffix(2000))")
+    }
+
     @Test func drainsOnSIGTERMAndReloadsOnSIGHUP() throws {
         let dir = TempDir()
         let httpPort = freePort(), apiPort = freePort()

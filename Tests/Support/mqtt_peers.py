@@ -657,6 +657,48 @@ def scenario_auth():
     a.stop()
 
 
+def scenario_publish_until_dropped():
+    """QoS 1 publishers (two of each version) send numbered JSON messages as fast as the server takes
+    them until it goes away; what each was acknowledged is written to IOTC_ACKED_FILE as lines
+    `client seq`, for the caller to check that the hub kept all of it."""
+    import os
+    out = os.environ["IOTC_ACKED_FILE"]
+    results = {}
+
+    def publisher(name, version):
+        kwargs = dict(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=name, reconnect_on_failure=False,
+                      protocol=mqtt.MQTTv5 if version == 5 else mqtt.MQTTv311)
+        c = mqtt.Client(**kwargs)
+        c.max_inflight_messages_set(100)
+        connected = threading.Event()
+        c.on_connect = lambda *a: connected.set()
+        c.connect(HOST, TCP)
+        c.loop_start()
+        check(connected.wait(10), f"{name}: no CONNACK")
+        sent, seq, deadline = [], 0, time.time() + 60
+        while c.is_connected() and time.time() < deadline:
+            sent.append((seq, c.publish(f"load/{name}", f'{{"client":"{name}","seq":{seq}}}', qos=1)))
+            seq += 1
+            # At most 500 unacknowledged (paho would queue without bound).
+            while seq > 500 and c.is_connected() and not sent[seq - 500][1].is_published():
+                time.sleep(0.001)
+        time.sleep(1)
+        c.loop_stop()
+        results[name] = [s for s, info in sent if info.is_published()]
+
+    clients = [(f"p{i}-v{v}", v) for i, v in enumerate((5, 5, 4, 4))]
+    threads = [threading.Thread(target=publisher, args=c) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with open(out, "w") as f:
+        for name, seqs in results.items():
+            f.writelines(f"{name} {s}\n" for s in seqs)
+    counts = {name: len(results.get(name, [])) for name, _ in clients}
+    check(all(counts.values()), f"a publisher was acknowledged nothing: {counts}")
+
+
 def main():
     name = sys.argv[1]
     fn = globals().get("scenario_" + name)
