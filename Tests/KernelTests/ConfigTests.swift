@@ -400,6 +400,17 @@ let testCatalog = ComponentCatalog([
         #expect(c.sink("hook")?.config["url"] == .string("http://h/${env:X}/x"))
     }
 
+    /// A duration the components could not hold (in nanoseconds, 64 bits) is an error in the file, not
+    /// a crash at start.
+    @Test func refusesDurationsLongerThanAHundredYears() {
+        let e = errors("""
+            sinks:
+              hook: { plugin: webhook, url: "http://h/", timeout: 999999999999999999h }
+              long: { plugin: webhook, url: "http://h/", timeout: 36500d }
+            """)
+        #expect(e == ["site.yaml:2:55: error: field 'timeout' of sink 'hook' is too long: '999999999999999999h' (at most 100 years: 36500d)"], "\(e)")
+    }
+
     @Test func acceptsDurationsAndSizes() {
         #expect(Durations.seconds("250ms") == 0.25)
         #expect(Durations.seconds("1h30m") == 5400)

@@ -122,6 +122,10 @@ struct SpecValidator {
                 diagnostics.error(loc, "\(context) is not a duration: '\(shown)'", hint: "write it like 250ms, 5s, 1m or 2h")
                 return nil
             }
+            guard s <= Durations.longest else {
+                diagnostics.error(loc, "\(context) is too long: '\(shown)'", hint: "at most 100 years: 36500d")
+                return nil
+            }
             return .double(s)
         case .byteSize:
             guard let b = ByteSizes.bytes(text) else {
@@ -202,6 +206,11 @@ struct SpecValidator {
 
 /// Durations as pipeline files write them.
 public enum Durations {
+    /// The longest duration a file may give: 100 years. Components turn durations into nanoseconds in
+    /// 64 bits, add them to the clock and double backoffs up to them; under this bound none of that
+    /// overflows (292 years of nanoseconds fit).
+    public static let longest: Double = 36_500 * 86_400
+
     /// "250ms", "5s", "1m", "2h", "1h30m", "1.5s", or a plain number of seconds.
     public static func seconds(_ text: String) -> Double? {
         let t = text.trimmingCharacters(in: .whitespaces)
