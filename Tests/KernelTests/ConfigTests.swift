@@ -411,6 +411,22 @@ let testCatalog = ComponentCatalog([
         #expect(e == ["site.yaml:2:55: error: field 'timeout' of sink 'hook' is too long: '999999999999999999h' (at most 100 years: 36500d)"], "\(e)")
     }
 
+    @Test func refusesQueuesAndAttemptsBelowTheirLeast() {
+        let e = errors("""
+            sources: { devices: { plugin: http } }
+            sinks:
+              hook: { plugin: webhook, url: "http://h/", queue_size: 0, max_in_flight: -1, retry: { max_attempts: -2 } }
+            pipelines:
+              p: { from: [ devices ], to: [ hook ], queue_size: -5 }
+            """)
+        #expect(e == [
+            "site.yaml:3:58: error: field 'queue_size' of sink 'hook' must be at least 1, not 0",
+            "site.yaml:3:76: error: field 'max_in_flight' of sink 'hook' must be at least 1, not -1",
+            "site.yaml:3:103: error: field 'max_attempts' of sink 'hook' must be at least 0, not -2",
+            "site.yaml:5:53: error: field 'queue_size' of pipeline 'p' must be at least 1, not -5",
+        ], "\(e)")
+    }
+
     @Test func acceptsDurationsAndSizes() {
         #expect(Durations.seconds("250ms") == 0.25)
         #expect(Durations.seconds("1h30m") == 5400)

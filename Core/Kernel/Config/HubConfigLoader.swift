@@ -281,10 +281,10 @@ public struct HubConfigLoader: Sendable {
         var c = ComponentConfig(name: name, component: plugin, config: Value.Object(), location: loc)
         c.secretFields = entry.fields.filter(\.secret).map(\.name)
         if kind == .sink {
-            if case .int(let n)? = config["max_in_flight"] { c.delivery.maxInFlight = max(1, Int(n)) }
-            if case .int(let n)? = config["queue_size"] { c.delivery.queueSize = max(1, Int(n)) }
+            if let n = Self.count("max_in_flight", in: config, node, least: 1, context: context, &v) { c.delivery.maxInFlight = n }
+            if let n = Self.count("queue_size", in: config, node, least: 1, context: context, &v) { c.delivery.queueSize = n }
             if case .object(let r)? = config["retry"] {
-                if case .int(let n)? = r["max_attempts"] { c.delivery.maxAttempts = max(0, Int(n)) }
+                if let n = Self.count("retry.max_attempts", in: r, node, least: 0, context: context, &v) { c.delivery.maxAttempts = n }
                 if let s = r["initial_backoff"]?.number { c.delivery.initialBackoff = s }
                 if let s = r["max_backoff"]?.number { c.delivery.maxBackoff = s }
             }
@@ -307,6 +307,19 @@ public struct HubConfigLoader: Sendable {
         return c
     }
 
+    /// A count of the kernel's (a queue, a window, attempts) at `path` (dotted; its last part is read from
+    /// `values`): an error at the value when it is below `least`.
+    private static func count(_ path: String, in values: Value.Object, _ node: YAMLNode, least: Int64, context: String,
+                              _ v: inout SpecValidator) -> Int? {
+        let key = String(path.split(separator: ".").last ?? "")
+        guard case .int(let n)? = values[key] else { return nil }
+        guard n >= least else {
+            v.diagnostics.error(node.descendant(path).location, "field '\(key)' of \(context) must be at least \(least), not \(n)")
+            return nil
+        }
+        return Int(n)
+    }
+
     private func pipeline(_ name: String, _ loc: SourceLocation, _ node: YAMLNode, _ config: HubConfig,
                           _ declared: (sources: Set<String>, sinks: Set<String>), _ v: inout SpecValidator) -> PipelineConfig? {
         let context = "pipeline '\(name)'"
@@ -314,7 +327,7 @@ public struct HubConfigLoader: Sendable {
         guard case .mapping = node else { return nil }
         var p = PipelineConfig(name: name, from: [], steps: [], to: [], errors: [], durable: false, queueSize: PipelineConfig.defaultQueueSize, location: loc)
         if case .bool(let b)? = o["durable"] { p.durable = b }
-        if case .int(let n)? = o["queue_size"] { p.queueSize = max(1, Int(n)) }
+        if let n = Self.count("queue_size", in: o, node, least: 1, context: context, &v) { p.queueSize = n }
         // Source references, with their own locations.
         for item in listItems(node["from"]) {
             guard case .scalar(let text, let quoted, let l) = item else { continue }
