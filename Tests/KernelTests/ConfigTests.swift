@@ -427,6 +427,24 @@ let testCatalog = ComponentCatalog([
         ], "\(e)")
     }
 
+    /// Setting a field walks its path: a map target 50,000 levels deep overflowed the pipeline thread's
+    /// stack on the first message.
+    @Test func refusesMapTargetsDeeperThanPayloadsNest() {
+        let deep = Array(repeating: "a", count: 65).joined(separator: ".")
+        let e = errors("""
+            sources: { devices: { plugin: http } }
+            sinks: { out: { plugin: webhook, url: "http://h/" } }
+            pipelines:
+              p:
+                from: [ devices ]
+                steps:
+                  - map: { ok: "1", "\(Array(repeating: "a", count: 64).joined(separator: "."))": "2" }
+                  - set: { "payload.\(deep)": "3" }
+                to: [ out ]
+            """)
+        #expect(e == ["site.yaml:8:16: error: target 'payload.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.…' in step 'set' of pipeline 'p' is nested deeper than 64 levels"], "\(e)")
+    }
+
     @Test func acceptsDurationsAndSizes() {
         #expect(Durations.seconds("250ms") == 0.25)
         #expect(Durations.seconds("1h30m") == 5400)

@@ -494,10 +494,15 @@ public struct HubConfigLoader: Sendable {
                 return nil
             }
             return .envelope(parts[1])
-        case "payload":
-            return parts.count == 1 ? .field([]) : .field(Array(parts.dropFirst()))
         default:
-            return .field(parts)
+            let path = parts[0] == "payload" ? Array(parts.dropFirst()) : parts
+            // Payloads nest no deeper than the hub decodes them (and setting a field walks its path).
+            let deepest = DecodeLimits().maxDepth
+            guard path.count <= deepest else {
+                d.error(loc, "target '\(target.prefix(40))…' in \(context) is nested deeper than \(deepest) levels")
+                return nil
+            }
+            return .field(path)
         }
     }
 
