@@ -411,6 +411,15 @@ let testCatalog = ComponentCatalog([
         #expect(e == ["site.yaml:2:55: error: field 'timeout' of sink 'hook' is too long: '999999999999999999h' (at most 100 years: 36500d)"], "\(e)")
     }
 
+    /// The same for byte sizes: a CoAP source with max_body_size 2^63 - 1 crashed at start (eight of
+    /// them are its budget for block-wise uploads).
+    @Test func refusesByteSizesOverAPebibyte() {
+        let e = errors("""
+            sources: { devices: { plugin: http, max_body_size: 9223372036854775807 } }
+            """)
+        #expect(e == ["site.yaml:1:52: error: field 'max_body_size' of source 'devices' is too large: '9223372036854775807' (at most 1 PiB: 1048576GiB)"], "\(e)")
+    }
+
     @Test func refusesQueuesAndAttemptsBelowTheirLeast() {
         let e = errors("""
             sources: { devices: { plugin: http } }

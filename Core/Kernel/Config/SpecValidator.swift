@@ -132,6 +132,10 @@ struct SpecValidator {
                 diagnostics.error(loc, "\(context) is not a byte size: '\(shown)'", hint: "write it like 512, 64KiB or 1MiB")
                 return nil
             }
+            guard b <= ByteSizes.largest else {
+                diagnostics.error(loc, "\(context) is too large: '\(shown)'", hint: "at most 1 PiB: 1048576GiB")
+                return nil
+            }
             return .int(b)
         default: return nil
         }
@@ -241,6 +245,10 @@ public enum Durations {
 
 /// Byte sizes as pipeline files write them.
 public enum ByteSizes {
+    /// The largest byte size a file may give: 1 PiB. Components scale sizes by small factors (a budget
+    /// of eight bodies, say); under this bound none of that overflows 64 bits.
+    public static let largest: Int64 = 1 << 50
+
     public static func bytes(_ text: String) -> Int64? {
         let t = text.trimmingCharacters(in: .whitespaces)
         let digits = t.prefix { $0.isNumber }
