@@ -48,6 +48,14 @@ import IoTCPluginKit
         func stop() {}
     }
 
+    /// Log lines collected from any thread.
+    final class Lines: @unchecked Sendable {
+        private let lock = NSLock()
+        private var lines: [String] = []
+        func append(_ line: String) { lock.withLock { lines.append(line) } }
+        var all: [String] { lock.withLock { lines } }
+    }
+
     /// A count shared between threads.
     final class Tally: @unchecked Sendable {
         private let lock = NSLock()
@@ -149,6 +157,46 @@ import IoTCPluginKit
             return (messages.count, IOTC_OK)
         }
         func stop() {}
+    }
+
+    /// A sink that fails (retry) while `down` is set and takes messages otherwise.
+    final class FlakySink: SinkTarget, @unchecked Sendable {
+        let attempts = Tally()
+        let down = Tally()
+        weak var runtime: SinkRuntime?
+        func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
+        func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+            attempts.add(messages.count)
+            let failing = down.value > 0
+            DispatchQueue.global().async { self.runtime?.ack(tokens: tokens, result: failing ? IOTC_ERR_RETRY : IOTC_OK, reason: failing ? "disk full" : nil) }
+            return (messages.count, IOTC_OK)
+        }
+        func stop() {}
+    }
+
+    /// A sink that starts failing is logged once with the reason, and once more when it writes again;
+    /// the retries between are only counted (a webhook or file sink failing was silent until its
+    /// messages reached the dead-letter store).
+    @Test func logsASinkThatStartsFailingAndWhenItWritesAgain() throws {
+        let dir = TempDir()
+        var options = DeliveryOptions()
+        options.initialBackoff = 0.01
+        options.maxBackoff = 0.02
+        options.maxAttempts = 0
+        let lines = Lines()
+        let sink = FlakySink()
+        sink.down.add(1)
+        let runtime = SinkRuntime(name: "archive", instance: sink, options: options,
+                                  deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters"))) { lines.append($0) }
+        sink.runtime = runtime
+        runtime.start()
+        defer { runtime.drainAndStop(deadline: Date().addingTimeInterval(1)) }
+        runtime.enqueue(contentsOf: deliveries(3))
+        #expect(eventually(timeout: 10) { sink.attempts.value >= 20 })
+        #expect(lines.all == ["sink 'archive' failed a write and retries it with backoff: disk full (until it writes again, further failures are counted in iotc_sink_retries_total, not logged)"])
+        sink.down.add(-1)
+        #expect(eventually(timeout: 10) { runtime.queued == 0 })
+        #expect(lines.all.last == "sink 'archive' writes again" && lines.all.count == 2, "\(lines.all)")
     }
 
     /// Stopping, a failing sink keeps retrying a message that nothing else keeps until the deadline, but

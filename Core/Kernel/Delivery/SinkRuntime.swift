@@ -71,6 +71,9 @@ final class SinkRuntime: @unchecked Sendable {
     private var stopping = false
     /// Messages of durable pipelines not retried because the sink is stopping (their logs replay them).
     private var leftForReplay = 0
+    /// Whether the sink's last settled write failed and is being retried: the first such failure and the
+    /// first success after it are logged, the failures between them only counted (retries metric).
+    private var failing = false
     /// The runtime that replaced this one in a reload: failed writes go to it instead of being retried.
     private var successor: SinkRuntime?
     /// While the sink reports backpressure, the worker pauses (doubling up to a second).
@@ -273,7 +276,20 @@ final class SinkRuntime: @unchecked Sendable {
         // scheduled, or it is draining; otherwise an ack wakes nobody.
         if workerWaiting && (!ready.isEmpty || retrying > 0 || stopping) { cond.broadcast() }
         let next = successor
+        var changed: Bool?  // the sink started failing (true) or writes again (false)
+        if result == IOTC_OK, failing, !settled.isEmpty {
+            failing = false
+            changed = false
+        } else if result == IOTC_ERR_RETRY, retrying > 0, !failing, !stopping {
+            failing = true
+            changed = true
+        }
         cond.unlock()
+        switch changed {
+        case true?: log("sink '\(name)' failed a write and retries it with backoff: \(reason ?? "no reason given") (until it writes again, further failures are counted in iotc_sink_retries_total, not logged)")
+        case false?: log("sink '\(name)' writes again")
+        case nil: break
+        }
         if !handed.isEmpty { next?.adopt(handed) }
         if result == IOTC_OK {
             let now = DispatchTime.now().uptimeNanoseconds

@@ -118,8 +118,9 @@ public final class Hub: HostServices, @unchecked Sendable {
                     try plugin.start()
                     instance = plugin
                 }
-                let runtime = SinkRuntime(name: c.name, instance: instance, options: c.delivery, deadLetters: deadLetters) { [logger] in
-                    logger.warning("\($0)")
+                // A write's failure reason is the plugin's text: it may quote the sink's secrets.
+                let runtime = SinkRuntime(name: c.name, instance: instance, options: c.delivery, deadLetters: deadLetters) { [logger, concealed = c.concealed] in
+                    logger.warning("\(concealed($0))")
                 }
                 runtime.notified = { [alerts, clock] m, sink, failure in alerts.notified(m, sink: sink, failure: failure, at: clock()) }
                 (instance as? DownlinkSink)?.runtime = runtime
