@@ -454,6 +454,25 @@ let testCatalog = ComponentCatalog([
         #expect(e == ["site.yaml:8:16: error: target 'payload.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.…' in step 'set' of pipeline 'p' is nested deeper than 64 levels"], "\(e)")
     }
 
+    /// A window's max_samples went through a Double on its way to an Int: 2^63 - 1 crashed iotc check.
+    @Test func readsAWindowsSampleLimitAsACount() throws {
+        func rule(_ samples: String) -> String {
+            """
+            sources: { devices: { plugin: http } }
+            sinks: { out: { plugin: webhook, url: "http://h/" } }
+            pipelines:
+              p:
+                from: [ devices ]
+                steps:
+                  - rule: { name: w, raise: "avg > 1", window: { over: 1m, of: n, max_samples: \(samples) }, to: [ out ] }
+            """
+        }
+        #expect(errors(rule("0")) == ["site.yaml:7:84: error: field 'max_samples' of step 'rule' of pipeline 'p' must be at least 1, not 0"], "\(errors(rule("0")))")
+        let c = try load(rule("9223372036854775807"))
+        guard case .rule(let r)? = c.pipelines.first?.steps.first?.kind else { Issue.record("no rule"); return }
+        #expect(r.window?.maxSamples == Int.max)
+    }
+
     @Test func acceptsDurationsAndSizes() {
         #expect(Durations.seconds("250ms") == 0.25)
         #expect(Durations.seconds("1h30m") == 5400)

@@ -577,7 +577,8 @@ public struct HubConfigLoader: Sendable {
         var window: RuleConfig.Window?
         if case .object(let w)? = o["window"], let ofNode = node["window"]?["of"], let of = expression(ofNode, context, &v) {
             window = RuleConfig.Window(over: Int64((w["over"]?.number ?? 0) * 1000), of: of,
-                                       maxSamples: max(1, Int(w["max_samples"]?.number ?? 10000)), tumbling: w["tumbling"] == .bool(true))
+                                       maxSamples: Self.count("window.max_samples", in: w, node, least: 1, context: context, &v) ?? 10000,
+                                       tumbling: w["tumbling"] == .bool(true))
             if (window?.over ?? 0) <= 0, let n = node["window"]?["over"] { v.diagnostics.error(n.location, "window over must be longer than 0") }
         }
         var message: Template?
