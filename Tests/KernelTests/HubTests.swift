@@ -902,6 +902,22 @@ import IoTCStore
         #expect(kept == kept.sorted())
         #expect(kept.count < 40)
     }
+
+    /// Rotation shifts the rotated files there are: with max_files 2^63 - 1 it shifted (tried to) that
+    /// many names on every rotation and the sink never wrote again.
+    @Test func rotatesWithAnyMaxFiles() throws {
+        let dir = TempDir()
+        let (hub, port) = try startHub(dir, sink: "max_size: 100, max_files: 9223372036854775807")
+        defer { hub.stop() }
+        for i in 0..<12 {
+            #expect(postJSON("http://127.0.0.1:\(port)/v1/devices/d/telemetry", #"{"n":\#(i),"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#)?.status == 202)
+            #expect(eventually(timeout: 5) { hub.status.sinks.first?.queued == 0 }, "message \(i) not written")
+        }
+        hub.stop()
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { $0.hasPrefix("out.jsonl") }
+        let kept = (0..<files.count).reversed().flatMap { jsonLines(dir.path + "/out.jsonl" + ($0 == 0 ? "" : ".\($0)")) }.compactMap { $0["n"]?.number }
+        #expect(kept == (0..<12).map(Double.init), "\(files.sorted())")
+    }
 }
 
 @Suite struct TopicAuthorizationTests {

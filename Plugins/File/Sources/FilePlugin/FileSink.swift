@@ -153,8 +153,15 @@ final class FileSink: Sink, @unchecked Sendable {
         if config.max_files == 0 {
             try? fm.removeItem(atPath: config.path)
         } else {
-            try? fm.removeItem(atPath: "\(config.path).\(config.max_files)")
-            for i in stride(from: config.max_files - 1, through: 1, by: -1) {
+            // Shift only the rotated files there are (PATH.1 up to the first missing one), so that the
+            // work follows the files kept, not `max_files` (which may be any count).
+            var last = 0
+            while last < config.max_files, fm.fileExists(atPath: "\(config.path).\(last + 1)") { last += 1 }
+            if last == config.max_files {
+                try? fm.removeItem(atPath: "\(config.path).\(last)")
+                last -= 1
+            }
+            for i in stride(from: last, through: 1, by: -1) {
                 try? fm.moveItem(atPath: "\(config.path).\(i)", toPath: "\(config.path).\(i + 1)")
             }
             try? fm.moveItem(atPath: config.path, toPath: "\(config.path).1")
