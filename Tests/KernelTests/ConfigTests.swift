@@ -420,6 +420,19 @@ let testCatalog = ComponentCatalog([
         #expect(e == ["site.yaml:1:52: error: field 'max_body_size' of source 'devices' is too large: '9223372036854775807' (at most 1 PiB: 1048576GiB)"], "\(e)")
     }
 
+    @Test func refusesRetriesWithoutAPause() {
+        let e = errors("""
+            sinks:
+              a: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 0s } }
+              b: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 1s, max_backoff: 500ms } }
+              c: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 10ms, max_backoff: 10ms } }
+            """)
+        #expect(e == [
+            "site.yaml:2:69: error: field 'initial_backoff' of sink 'a' must be at least 10ms",
+            "site.yaml:3:86: error: field 'max_backoff' of sink 'b' must not be shorter than initial_backoff",
+        ], "\(e)")
+    }
+
     @Test func refusesQueuesAndAttemptsBelowTheirLeast() {
         let e = errors("""
             sources: { devices: { plugin: http } }

@@ -25,8 +25,8 @@ public struct HubConfigLoader: Sendable {
 
     static let retryFields: [ConfigField] = [
         ConfigField("max_attempts", .int, "Deliveries tried before the message goes to the dead-letter store (0: no limit).", default: "10"),
-        ConfigField("initial_backoff", .duration, "Wait before the first retry; it doubles each time.", default: "0.1", example: "100ms"),
-        ConfigField("max_backoff", .duration, "Longest wait between retries.", default: "30", example: "30s"),
+        ConfigField("initial_backoff", .duration, "Wait before the first retry (at least 10ms); it doubles each time.", default: "0.1", example: "100ms"),
+        ConfigField("max_backoff", .duration, "Longest wait between retries (not shorter than initial_backoff).", default: "30", example: "30s"),
     ]
 
     /// Kernel options every source takes besides its plugin's own fields.
@@ -285,8 +285,18 @@ public struct HubConfigLoader: Sendable {
             if let n = Self.count("queue_size", in: config, node, least: 1, context: context, &v) { c.delivery.queueSize = n }
             if case .object(let r)? = config["retry"] {
                 if let n = Self.count("retry.max_attempts", in: r, node, least: 0, context: context, &v) { c.delivery.maxAttempts = n }
-                if let s = r["initial_backoff"]?.number { c.delivery.initialBackoff = s }
-                if let s = r["max_backoff"]?.number { c.delivery.maxBackoff = s }
+                // A failing sink retried without a pause would take a core (a file sink on a full disk
+                // failed 80,000 times in five seconds with no backoff).
+                if let s = r["initial_backoff"]?.number {
+                    if s >= 0.01 { c.delivery.initialBackoff = s } else {
+                        v.diagnostics.error(node.descendant("retry.initial_backoff").location, "field 'initial_backoff' of \(context) must be at least 10ms")
+                    }
+                }
+                if let s = r["max_backoff"]?.number {
+                    if s >= c.delivery.initialBackoff { c.delivery.maxBackoff = s } else {
+                        v.diagnostics.error(node.descendant("retry.max_backoff").location, "field 'max_backoff' of \(context) must not be shorter than initial_backoff")
+                    }
+                }
             }
         }
         for f in kernelFields { config[f.name] = nil }

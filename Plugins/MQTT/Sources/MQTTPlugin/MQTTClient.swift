@@ -27,8 +27,8 @@ struct BrokerConnectionConfig: Decodable {
         ConfigField("password", .string, "Password.", example: "${env:MQTT_PASSWORD}", secret: true),
         ConfigField("protocol_version", .string, "MQTT protocol version.", default: #""5""#, options: ["3.1.1", "5"]),
         ConfigField("keep_alive", .duration, "Keep-alive interval.", default: "30", example: "30s"),
-        ConfigField("reconnect_initial", .duration, "First reconnect delay; it doubles up to reconnect_max.", default: "0.5", example: "500ms", advanced: true),
-        ConfigField("reconnect_max", .duration, "Longest reconnect delay.", default: "30", example: "30s", advanced: true),
+        ConfigField("reconnect_initial", .duration, "First reconnect delay (at least 10ms); it doubles up to reconnect_max.", default: "0.5", example: "500ms", advanced: true),
+        ConfigField("reconnect_max", .duration, "Longest reconnect delay (not shorter than reconnect_initial).", default: "30", example: "30s", advanced: true),
         ConfigField("max_packet_size", .byteSize, "Largest packet taken from the broker (announced to an MQTT 5 broker, which then does not send larger ones); a larger one closes the connection.",
                     default: "1048576", example: "1MiB"),
         ConfigField("tls", .object(ClientTLSFiles.fields(server: "broker", serverName: true)), "Connect with TLS."),
@@ -83,6 +83,9 @@ final class MQTTClient: @unchecked Sendable {
               (1...65535).contains(port) else { throw PluginError("server '\(config.server)' should be HOST:PORT") }
         address = (String(config.server[..<colon]), port)
         guard (64...268_435_455).contains(config.max_packet_size) else { throw PluginError("max_packet_size must be 64 B to 256 MiB") }
+        // A broker that is down would otherwise be dialled in a tight loop, a warning each time.
+        guard config.reconnect_initial >= 0.01 else { throw PluginError("reconnect_initial must be at least 10ms") }
+        guard config.reconnect_max >= config.reconnect_initial else { throw PluginError("reconnect_max must not be shorter than reconnect_initial") }
         self.name = name
         self.config = config
         self.host = host
