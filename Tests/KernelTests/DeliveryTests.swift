@@ -8,7 +8,12 @@ import IoTCPluginKit
 @Suite struct DeliveryTests {
     /// A sink that takes at most `accept` messages per call (then says busy) and acknowledges them from
     /// another thread, recording what it took.
-    final class ChoosySink: SinkTarget, @unchecked Sendable {
+    /// A test sink that settles its writes through the runtime feeding it.
+    protocol Settling: SinkTarget, AnyObject {
+        var runtime: SinkRuntime? { get set }
+    }
+
+    final class ChoosySink: Settling, @unchecked Sendable {
         let lock = NSLock()
         var taken: [String] = []
         var calls = 0
@@ -64,9 +69,10 @@ import IoTCPluginKit
         var value: Int { lock.withLock { n } }
     }
 
-    /// A started runtime feeding `sink`.
-    func started(_ sink: ChoosySink, _ options: DeliveryOptions = DeliveryOptions(), deadLetters: DeadLetterStore) -> SinkRuntime {
-        let runtime = SinkRuntime(name: "test", instance: sink, options: options, deadLetters: deadLetters) { _ in }
+    /// A started runtime feeding `sink`; its log lines go to `log`.
+    func started(_ sink: some Settling, _ options: DeliveryOptions = DeliveryOptions(), deadLetters: DeadLetterStore, name: String = "test",
+                 log: @escaping @Sendable (String) -> Void = { _ in }) -> SinkRuntime {
+        let runtime = SinkRuntime(name: name, instance: sink, options: options, deadLetters: deadLetters, log: log)
         sink.runtime = runtime
         runtime.start()
         return runtime
@@ -145,7 +151,7 @@ import IoTCPluginKit
 
     /// A sink that takes every write and answers each with `answer` from another thread, or never
     /// when it is nil (an endpoint that hangs).
-    final class ScriptedSink: SinkTarget, @unchecked Sendable {
+    final class ScriptedSink: Settling, @unchecked Sendable {
         let attempts = Tally()
         private let lock = NSLock()
         private var _answer: Int32?
@@ -176,10 +182,7 @@ import IoTCPluginKit
         options.maxAttempts = 0
         let lines = Lines()
         let sink = ScriptedSink(answer: IOTC_ERR_RETRY)
-        let runtime = SinkRuntime(name: "archive", instance: sink, options: options,
-                                  deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters"))) { lines.append($0) }
-        sink.runtime = runtime
-        runtime.start()
+        let runtime = started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url), name: "archive") { lines.append($0) }
         defer { runtime.drainAndStop(deadline: Date().addingTimeInterval(1)) }
         runtime.enqueue(contentsOf: deliveries(3))
         #expect(eventually(timeout: 10) { sink.attempts.value >= 20 })
@@ -199,11 +202,7 @@ import IoTCPluginKit
         options.maxBackoff = 0.1
         options.maxAttempts = 0
         func runtime(_ sink: ScriptedSink) throws -> SinkRuntime {
-            let r = SinkRuntime(name: "test", instance: sink, options: options,
-                                deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters"))) { _ in }
-            sink.runtime = r
-            r.start()
-            return r
+            self.started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters")))
         }
         let walDirectory = dir.url.appendingPathComponent("wal")
         let wal = try WriteAheadLog(directory: walDirectory)
