@@ -169,6 +169,31 @@ import IoTCStore
         #expect(!hub.log.contains("127.0.0.1:\(httpPort)"), "\(hub.log)")
     }
 
+    /// A sink that starts failing is logged with its plugin's reason, and the reason is concealed like the
+    /// sink's other messages: here the file sink's path came from the environment, and the disk is full.
+    @Test func logsASinksFirstFailureWithItsReasonConcealed() throws {
+        try #require(FileManager.default.fileExists(atPath: "/dev/full"), "no /dev/full")
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { archive: { plugin: file, path: "${env:IOTC_TEST_ARCHIVE}", retry: { initial_backoff: 10ms, max_backoff: 20ms } } }
+            pipelines: { p: { from: [ devices ], to: [ archive ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort,
+                            environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey, "IOTC_TEST_ARCHIVE": "/dev/full"])
+        defer { hub.stop() }
+        #expect(waitForPort(httpPort), "hub did not start: \(hub.log)")
+        #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"n":1}"#)?.status == 202)
+        #expect(eventually { hub.log.contains("sink 'archive' failed a write and retries it with backoff: write to … failed: No space left on device") },
+                "\(hub.log.suffix(1000))")
+        // Retried every 20 ms since, and logged once.
+        usleep(300_000)
+        #expect(hub.log.components(separatedBy: "sink 'archive' failed a write").count == 2, "\(hub.log.suffix(1000))")
+        #expect(!hub.log.contains("/dev/full"), "\(hub.log.suffix(1000))")
+    }
+
     /// Operators tell the hub's threads apart in `top -H` and `ps -L` by name: Linux keeps 15 bytes of it.
     @Test func namesItsThreadsAfterTheirPipelinesAndSinks() throws {
         let dir = TempDir()
