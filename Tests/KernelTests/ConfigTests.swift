@@ -426,10 +426,12 @@ let testCatalog = ComponentCatalog([
               a: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 0s } }
               b: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 1s, max_backoff: 500ms } }
               c: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 10ms, max_backoff: 10ms } }
+              d: { plugin: webhook, url: "http://h/", retry: { initial_backoff: 1ms, max_backoff: 50ms } }
             """)
         #expect(e == [
             "site.yaml:2:69: error: field 'initial_backoff' of sink 'a' must be at least 10ms",
             "site.yaml:3:86: error: field 'max_backoff' of sink 'b' must not be shorter than initial_backoff",
+            "site.yaml:5:69: error: field 'initial_backoff' of sink 'd' must be at least 10ms",
         ], "\(e)")
     }
 

@@ -287,12 +287,15 @@ public struct HubConfigLoader: Sendable {
                 if let n = Self.count("retry.max_attempts", in: r, node, least: 0, context: context, &v) { c.delivery.maxAttempts = n }
                 // A failing sink retried without a pause would take a core (a file sink on a full disk
                 // failed 80,000 times in five seconds with no backoff).
+                var initialTaken = true
                 if let s = r["initial_backoff"]?.number {
-                    if s >= 0.01 { c.delivery.initialBackoff = s } else {
+                    initialTaken = s >= 0.01
+                    if initialTaken { c.delivery.initialBackoff = s } else {
                         v.diagnostics.error(node.descendant("retry.initial_backoff").location, "field 'initial_backoff' of \(context) must be at least 10ms")
                     }
                 }
-                if let s = r["max_backoff"]?.number {
+                // Compared with the initial backoff the file gave, not with the default in its place.
+                if initialTaken, let s = r["max_backoff"]?.number {
                     if s >= c.delivery.initialBackoff { c.delivery.maxBackoff = s } else {
                         v.diagnostics.error(node.descendant("retry.max_backoff").location, "field 'max_backoff' of \(context) must not be shorter than initial_backoff")
                     }
