@@ -39,6 +39,23 @@ import IoTCPluginKit
         }
     }
 
+    /// Reconnect delays that would dial a down broker in a tight loop are refused by `iotc check`, at
+    /// their fields, for both components that own a connection.
+    @Test func checkRefusesReconnectDelaysWithoutAPause() throws {
+        let dir = TempDir()
+        let file = dir.write("bridge.yaml", """
+            sources:
+              up: { plugin: mqtt_subscribe, server: "127.0.0.1:1883", topics: [ "a/#" ], reconnect_initial: 0s }
+            sinks:
+              down: { plugin: mqtt_publish, server: "127.0.0.1:1883", reconnect_initial: 1s, reconnect_max: 500ms }
+            pipelines: { p: { from: [ up ], to: [ down ] } }
+            """)
+        let (code, out) = try run(Build.iotc, ["check", file, "--plugins", Build.directory])
+        #expect(code == 1)
+        #expect(out.contains("bridge.yaml:2:97: error: source 'up': reconnect_initial must be at least 10ms"), "\(out)")
+        #expect(out.contains("bridge.yaml:4:97: error: sink 'down': reconnect_max must not be shorter than reconnect_initial"), "\(out)")
+    }
+
     @Test func bringsSubscribedMessagesIntoPipelines() throws {
         try requirePeer(Mosquitto.installed, "mosquitto")
         let broker = Mosquitto()

@@ -33,6 +33,15 @@ struct BrokerConnectionConfig: Decodable {
                     default: "1048576", example: "1MiB"),
         ConfigField("tls", .object(ClientTLSFiles.fields(server: "broker", serverName: true)), "Connect with TLS."),
     ]
+
+    /// Mistakes `iotc check` locates at their field (the components that own a connection report these).
+    var findings: [ConfigFinding] {
+        var out: [ConfigFinding] = []
+        // A broker that is down would otherwise be dialled in a tight loop, a warning each time.
+        if reconnect_initial < 0.01 { out.append(ConfigFinding(at: "reconnect_initial", "reconnect_initial must be at least 10ms")) }
+        if reconnect_max < reconnect_initial { out.append(ConfigFinding(at: "reconnect_max", "reconnect_max must not be shorter than reconnect_initial")) }
+        return out
+    }
 }
 
 /// What the client tells its owner, on the client's event loop.
@@ -83,9 +92,6 @@ final class MQTTClient: @unchecked Sendable {
               (1...65535).contains(port) else { throw PluginError("server '\(config.server)' should be HOST:PORT") }
         address = (String(config.server[..<colon]), port)
         guard (64...268_435_455).contains(config.max_packet_size) else { throw PluginError("max_packet_size must be 64 B to 256 MiB") }
-        // A broker that is down would otherwise be dialled in a tight loop, a warning each time.
-        guard config.reconnect_initial >= 0.01 else { throw PluginError("reconnect_initial must be at least 10ms") }
-        guard config.reconnect_max >= config.reconnect_initial else { throw PluginError("reconnect_max must not be shorter than reconnect_initial") }
         self.name = name
         self.config = config
         self.host = host

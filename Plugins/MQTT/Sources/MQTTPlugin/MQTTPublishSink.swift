@@ -41,6 +41,8 @@ final class MQTTPublishSink: Sink, @unchecked Sendable {
         ConfigField("forward_properties", .bool, "Carry the message's MQTT 5 properties and content type.", default: "true"),
     ]
 
+    static func check(_ config: Config) -> [ConfigFinding] { config.connection.findings }
+
     let config: Config
     let client: MQTTClient
     var version: MQTTVersion { client.version }

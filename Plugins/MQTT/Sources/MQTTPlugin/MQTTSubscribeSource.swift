@@ -47,6 +47,8 @@ final class MQTTSubscribeSource: Source, @unchecked Sendable {
         ConfigField("device", .string, "Device id template; `{N}` is the topic's Nth level.", default: #""{2}""#),
     ]
 
+    static func check(_ config: Config) -> [ConfigFinding] { config.connection.findings }
+
     let config: Config
     let host: PluginHost
     let client: MQTTClient
