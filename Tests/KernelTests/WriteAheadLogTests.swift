@@ -107,6 +107,54 @@ import IoTCPluginKit
         #expect(try WriteAheadLog(directory: dir.url).open().isEmpty)
     }
 
+    /// The disk fails (here the segment's descriptor is /dev/full, which fails every write with ENOSPC):
+    /// the messages of the failed commit and those appended meanwhile are refused, not one completion
+    /// waits for ever, the failure and the recovery are reported once each, and the log writes again
+    /// (in a new segment, as /dev/full cannot be cut back), keeping what it confirmed before and after.
+    @Test func aFailingDiskRefusesMessagesUntilItWritesAgain() throws {
+        let dir = TempDir()
+        final class Events: @unchecked Sendable {
+            let lock = NSLock()
+            var seen: [WriteAheadLog.Event] = []
+        }
+        let events = Events()
+        let wal = try WriteAheadLog(directory: dir.url) { e in events.lock.withLock { events.seen.append(e) } }
+        _ = try wal.open()
+        _ = appendSync(wal, message(0))
+
+        let full = open("/dev/full", O_WRONLY | O_CLOEXEC)
+        try #require(full >= 0, "no /dev/full")
+        let segment = wal.fd
+        #expect(dup2(full, segment) == segment)
+        close(full)
+        final class Outcomes: @unchecked Sendable {
+            let lock = NSLock()
+            var refused = 0, confirmed = 0
+        }
+        let outcomes = Outcomes()
+        let all = DispatchGroup()
+        DispatchQueue.concurrentPerform(iterations: 4) { s in
+            for i in 0..<50 {
+                all.enter()
+                wal.append(message(100 + s * 50 + i)) { ok in
+                    outcomes.lock.withLock { if ok { outcomes.confirmed += 1 } else { outcomes.refused += 1 } }
+                    all.leave()
+                }
+            }
+        }
+        #expect(all.wait(timeout: .now() + 30) == .success, "a completion never came")
+        #expect(outcomes.refused >= 1 && outcomes.refused + outcomes.confirmed == 200)
+        let failure = events.lock.withLock { events.seen.first }
+        guard case .failed(let why)? = failure else { Issue.record("no failure reported: \(String(describing: failure))"); return }
+        #expect(why.contains("No space left on device"), "\(why)")
+
+        _ = appendSync(wal, message(1))
+        #expect(events.lock.withLock { events.seen.count } == 2 && events.lock.withLock { events.seen.last } == .writesAgain)
+        wal.close()
+        let back = try WriteAheadLog(directory: dir.url).open().map(\.message.id)
+        #expect(back.first == "m0" && back.last == "m1" && back.count == 2 + outcomes.confirmed, "\(back)")
+    }
+
     @Test func ignoresATornRecordAtTheTail() throws {
         let dir = TempDir()
         let wal = try WriteAheadLog(directory: dir.url)

@@ -501,6 +501,29 @@ import IoTCPluginKit
         #expect(seen.count == 4, "twelve messages, four tickets")
     }
 
+    /// MQTT 3.1.1 cannot say that a message was not taken (its PUBACK has no reason code): when the hub
+    /// could not store one, the connection closes without acknowledging it or anything after it, and
+    /// a QoS 2 message sent again after the reconnect is a new message, not a duplicate.
+    @Test(arguments: [UInt8(1), 2]) func aMessageTheHubDidNotTakeIsNeverAcknowledgedToA311Client(qos: UInt8) {
+        hub.holdCompletions = true
+        let c = TestClient(broker, hub, version: .v311)
+        c.connect("keeper", clean: false)
+        for id in UInt16(1)...3 { c.send(.publish(MQTTPublish(topic: "t", payload: [UInt8(id)], qos: qos, packetID: id))) }
+        let held = hub.takeHeld()
+        #expect(held.count == 3)
+        held[0].complete(nil)
+        held[2].complete(nil)
+        held[1].complete("the disk is full")
+        let answered = c.read()
+        #expect(answered == [qos == 1 ? .puback(MQTTPacketAck(packetID: 1)) : .pubrec(MQTTPacketAck(packetID: 1))])
+        #expect(c.closed, "the connection stays open after a message that was not taken")
+
+        let back = TestClient(broker, hub, version: .v311)
+        #expect(back.connect("keeper", clean: false)?.sessionPresent == true)
+        back.send(.publish(MQTTPublish(topic: "t", payload: [2], qos: qos, duplicate: true, packetID: 2)))
+        #expect(hub.takeHeld().count == 1, "the message sent again was not submitted again")
+    }
+
     @Test func maximumPacketSizeOfTheClientIsRespected() {
         let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
         sub.connect("sub", properties: [.fourByte(MQTTProperty.maximumPacketSize, 64)])

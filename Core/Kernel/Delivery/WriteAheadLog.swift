@@ -11,7 +11,19 @@ import Glibc
 ///
 /// Record: `[u32 length][u32 crc32c][u8 type][u64 sequence][body]`, little-endian. The body of a message
 /// record is the encoded message; a done-batch record's body is further u64 sequences.
+///
+/// A commit that fails (a full disk, an I/O error) fails its messages' completions and leaves nothing
+/// of itself in the file: the segment is cut back to its last commit, or, where that is not possible,
+/// the log goes on in a new segment. Each later commit tries the disk again, so the log writes again
+/// as soon as the disk takes it. `report` hears of the first failure and of the first commit after it.
 public final class WriteAheadLog: @unchecked Sendable {
+    /// What the writer tells of the disk: a commit failed (with why) after commits that worked, or the
+    /// first commit after failures worked.
+    public enum Event: Sendable, Equatable {
+        case failed(String)
+        case writesAgain
+    }
+
     public struct Entry: Sendable {
         public let sequence: UInt64
         public let message: CanonicalMessage
@@ -40,7 +52,8 @@ public final class WriteAheadLog: @unchecked Sendable {
     private var pending: [UInt8] = []
     private var pendingCompletions: [Arrival] = []
     private var nextSequence: UInt64 = 1
-    private var fd: Int32 = -1
+    /// The current segment's descriptor (a test puts a failing device in its place).
+    private(set) var fd: Int32 = -1
     private var segmentSize = 0
     private var segmentFirst: UInt64 = 1
     /// Live (not done) messages per segment, by the segment's first sequence. Sequences only grow, so
@@ -50,12 +63,15 @@ public final class WriteAheadLog: @unchecked Sendable {
     private var liveTotal = 0
     private var closed = false
     private var writer: WorkerThread?
-    private var failure: String?
+    /// Whether the last commit failed (only the writer thread uses it).
+    private var failing = false
+    private let report: @Sendable (Event) -> Void
 
     /// Opens the log in `directory`, returning the messages that were never completed.
-    public init(directory: URL, segmentLimit: Int = 32 << 20) throws {
+    public init(directory: URL, segmentLimit: Int = 32 << 20, report: @escaping @Sendable (Event) -> Void = { _ in }) throws {
         self.directory = directory
         self.segmentLimit = segmentLimit
+        self.report = report
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     }
 
@@ -127,7 +143,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     func append(_ message: CanonicalMessage, completion: Arrival) -> UInt64 {
         wake.lock()
         defer { wake.unlock() }
-        if closed || failure != nil {
+        if closed {
             completion(false)
             return 0
         }
@@ -225,6 +241,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     /// Writes `bytes` to the current segment; `sync` makes them durable. Called by the writer thread
     /// without the lock held (and by `open` before the writer starts).
     private func write(_ bytes: [UInt8], sync: Bool) throws {
+        if fd < 0 { try openSegment() }  // a segment that could not be opened after a failure
         if let failed = FileIO.writeAll(fd, bytes) { throw HubError("write failed: \(failed)") }
         if sync, fdatasync(fd) != 0 { throw HubError("fdatasync failed: \(FileIO.errorText())") }
     }
@@ -235,6 +252,25 @@ public final class WriteAheadLog: @unchecked Sendable {
         try write(pending, sync: true)
         segmentSize += pending.count
         pending.removeAll(keepingCapacity: true)
+    }
+
+    /// Leaves nothing of a failed commit in the log: the segment is cut back to its last commit, so that
+    /// a torn record does not end the segment for the records after it; where it cannot be cut, the log
+    /// goes on in a new segment. The writer thread, holding `wake`.
+    private func discardFailedCommit() {
+        if fd >= 0, ftruncate(fd, off_t(segmentSize)) == 0 { return }
+        startSegment()
+    }
+
+    /// Goes on in a new segment, named after the next sequence. When it cannot be opened, the next
+    /// commit tries again. The writer thread, holding `wake`.
+    private func startSegment() {
+        if segmentStarts.last != nextSequence {
+            segmentFirst = nextSequence
+            segmentStarts.append(segmentFirst)
+        }
+        try? openSegment()
+        dropFinishedSegments()
     }
 
     private func writeLoop() {
@@ -248,7 +284,7 @@ public final class WriteAheadLog: @unchecked Sendable {
                 if pending.isEmpty { wake.wait() } else if !wake.wait(until: Date().addingTimeInterval(Self.doneFlushInterval)) { break }
             }
             if pending.isEmpty && closed { break }
-            if pending.isEmpty { continue }
+            if pending.isEmpty && pendingCompletions.isEmpty { continue }
             if cameDuringCommit >= Self.busyGroup {
                 var waited: UInt32 = 0
                 var seen = pendingCompletions.count
@@ -282,25 +318,22 @@ public final class WriteAheadLog: @unchecked Sendable {
             }
             wake.lock()
             cameDuringCommit = completions.isEmpty ? 0 : pendingCompletions.count
+            var event: Event?
             if let error {
-                failure = error
-                pending.removeAll()
+                // What was appended meanwhile stays pending and tries the disk at the next commit.
+                discardFailedCommit()
+                if !failing { event = .failed(error) }
+                failing = true
             } else {
+                if failing { event = .writesAgain }
+                failing = false
                 segmentSize += batch.count
-                if segmentSize > segmentLimit {
-                    segmentFirst = nextSequence
-                    segmentStarts.append(segmentFirst)
-                    do {
-                        try openSegment()
-                    } catch let e {
-                        failure = "\(e)"
-                    }
-                    dropFinishedSegments()
-                }
+                if segmentSize > segmentLimit { startSegment() }
             }
             batch.removeAll(keepingCapacity: true)
             swap(&spare, &batch)
             wake.unlock()
+            if let event { report(event) }
             for c in completions { c(ok) }
             completions.removeAll(keepingCapacity: true)
             wake.lock()

@@ -154,7 +154,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             if let existing = old.pipelines[p.name] {
                 existing.update(processor: processor, sinks: sinkMap)
                 if p.durable, !existing.isDurable {
-                    let wal = try WriteAheadLog(directory: walDirectory(p.name))
+                    let wal = try writeAheadLog(p.name)
                     replays.append((existing, try wal.open()))
                     existing.attach(wal: wal)
                 }
@@ -164,7 +164,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             var wal: WriteAheadLog?
             var pending: [WriteAheadLog.Entry] = []
             if p.durable {
-                let log = try WriteAheadLog(directory: walDirectory(p.name))
+                let log = try writeAheadLog(p.name)
                 pending = try log.open()
                 wal = log
             }
@@ -258,8 +258,17 @@ public final class Hub: HostServices, @unchecked Sendable {
         a.component == b.component && a.delivery == b.delivery && JSON.encode(.object(a.config)) == JSON.encode(.object(b.config))
     }
 
-    private func walDirectory(_ pipeline: String) -> URL {
-        dataDirectory.appendingPathComponent("wal").appendingPathComponent(pipeline)
+    /// A durable pipeline's write-ahead log, in the data folder; what it tells of the disk is logged.
+    private func writeAheadLog(_ pipeline: String) throws -> WriteAheadLog {
+        let directory = dataDirectory.appendingPathComponent("wal").appendingPathComponent(pipeline)
+        return try WriteAheadLog(directory: directory) { [logger] event in
+            switch event {
+            case .failed(let why):
+                logger.error("the write-ahead log of pipeline '\(pipeline)' cannot write: \(why); its sources are told that new messages were not taken, until it writes again")
+            case .writesAgain:
+                logger.notice("the write-ahead log of pipeline '\(pipeline)' writes again")
+            }
+        }
     }
 
     private func makeInstance(_ kind: ComponentKind, _ c: ComponentConfig) throws -> ComponentInstance {

@@ -71,6 +71,8 @@ public final class ServerConnection: @unchecked Sendable {
         var done = false
         var reasonCode: UInt8 = 0
         var reason: String?
+        /// The hub did not take the message (its log could not store it): not a refusal of the client's.
+        var notTaken = false
     }
     private var owed = Deque<OwedAck>()
     /// Tickets free for the next submitted QoS 1 or 2 publish, and the settled ones being run.
@@ -418,13 +420,22 @@ public final class ServerConnection: @unchecked Sendable {
         if let failure {
             owed[i].reasonCode = code ?? MQTTReason.implementationSpecific
             owed[i].reason = failure
+            owed[i].notTaken = code == nil
         } else if noSubscribers {
             owed[i].reasonCode = MQTTReason.noMatchingSubscribers
         }
         while let first = owed.first, first.done {
+            let v5 = version == .v5
+            if first.notTaken, !v5 {
+                // MQTT 3.1.1 cannot acknowledge a message as not taken, and a PUBACK or PUBREC would make
+                // the client drop it: the connection closes unanswered, and the client sends the
+                // message again when it reconnects (§4.4), as a new one if it was QoS 2.
+                if first.qos == 2 { _ = session?.release(first.packetID) }
+                shutdown(reason: "the hub could not take a message: \(first.reason ?? "no reason given")", publishWill: true)
+                return
+            }
             owed.removeFirst()
             owedBase += 1
-            let v5 = version == .v5
             var props: [MQTTProperty] = []
             if v5, let r = first.reason, problemInformation { props.append(.string(MQTTProperty.reasonString, r)) }
             let ack = MQTTPacketAck(packetID: first.packetID, reasonCode: v5 ? first.reasonCode : 0, properties: props)
