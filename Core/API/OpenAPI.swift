@@ -339,6 +339,7 @@ enum OpenAPI {
                 responses["401"] = problem(op.open ? "Wrong credentials" : "No valid API key")
                 if !op.open { responses["403"] = problem("The key's role or tenant may not do this") }
                 if op.method == "post" || op.method == "put" { responses["409"] = problem("It exists already, or is used up") }
+                responses["503"] = problem("The store cannot work now (a full disk, a lost connection to its server); see Retry-After")
             }
             o["responses"] = .object(responses)
             if op.open { o["security"] = [] }
@@ -362,7 +363,9 @@ enum OpenAPI {
 }
 
 /// Requests no route takes: 405 with `Allow` when the path exists with other methods (as the
-/// document says), else 404; both as problem documents.
+/// document says), else 404; both as problem documents. And what no handler answered: a store that
+/// cannot work now (a full disk, a lost connection) is 503 with `Retry-After`, anything else 500, both
+/// as problem documents and logged.
 struct UnroutedRequests<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
@@ -373,6 +376,16 @@ struct UnroutedRequests<Context: RequestContext>: RouterMiddleware {
             var r = HubAPI.problem(.methodNotAllowed, "\(request.method.rawValue) is not allowed here; allowed: \(methods.joined(separator: ", "))")
             r.headers[.allow] = methods.joined(separator: ", ")
             return r
+        } catch let e as HTTPError {
+            throw e
+        } catch let e as StoreError where e.kind == .unavailable {
+            context.logger.error("\(request.method.rawValue) \(request.uri.path): the store cannot work now: \(e)")
+            var r = HubAPI.problem(.serviceUnavailable, "the store cannot work now (\(e)); retry later")
+            r.headers[.retryAfter] = "5"
+            return r
+        } catch {
+            context.logger.error("\(request.method.rawValue) \(request.uri.path) failed: \(error)")
+            return HubAPI.problem(.internalServerError, "the request failed inside the hub; its log says why")
         }
     }
 

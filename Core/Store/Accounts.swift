@@ -187,9 +187,10 @@ public struct Accounts: Sendable {
         let key = Self.key(row)
         let now = clock()
         guard key.revokedAt == nil, key.expiresAt.map({ $0 > now }) ?? true else { return nil }
-        // Last use, at most once a minute per key.
+        // Last use, at most once a minute per key; bookkeeping that does not keep the key out when the
+        // store cannot write (a full disk).
         if (key.lastUsedAt ?? 0) < now - 60_000 {
-            try await store.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [.integer(now), .text(key.id)])
+            _ = try? await store.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", [.integer(now), .text(key.id)])
         }
         let tenant = Tenant(id: key.tenant, name: row.string("tenant_name") ?? "", system: row.int("system") == 1,
                             createdAt: row.int("tenant_created_at") ?? 0)

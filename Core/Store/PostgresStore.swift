@@ -165,8 +165,7 @@ public final class PostgresStore: Store, @unchecked Sendable {
         do {
             result = try await conn.query(text, binds).get()
         } catch {
-            // SQLSTATE class 23: integrity constraint violation.
-            throw StoreError(sqlState(error)?.hasPrefix("23") == true ? .constraint : .statement, "PostgreSQL: \(describe(error))")
+            throw StoreError(kind(of: error), "PostgreSQL: \(describe(error))")
         }
         let rows = try result.rows.map { row in
             var columns: [String] = [], values: [SQLValue] = []
@@ -218,6 +217,17 @@ public final class PostgresStore: Store, @unchecked Sendable {
             previous = ch
         }
         return (out, n)
+    }
+
+    /// SQLSTATE class 23 is an integrity constraint violation; 53 (insufficient resources: a full disk,
+    /// out of memory, too many connections), 08 (connection exception) and 57P (the server shutting
+    /// down or restarting) say the store cannot work now. An error without a SQLSTATE did not come
+    /// from the server: the connection failed.
+    private static func kind(of error: any Error) -> StoreError.Kind {
+        guard let state = sqlState(error) else { return .unavailable }
+        if state.hasPrefix("23") { return .constraint }
+        if state.hasPrefix("53") || state.hasPrefix("08") || state.hasPrefix("57P") { return .unavailable }
+        return .statement
     }
 
     /// The server's SQLSTATE, from either error type postgres-nio throws.

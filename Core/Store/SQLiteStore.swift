@@ -173,8 +173,12 @@ public final class SQLiteStore: Store, @unchecked Sendable {
     private func error(_ db: OpaquePointer) -> StoreError {
         let code = sqlite3_extended_errcode(db)
         let message = String(cString: sqlite3_errmsg(db))
-        let constraint = code & 0xFF == SQLITE_CONSTRAINT
-        return StoreError(constraint ? .constraint : .statement, "SQLite: \(message)")
+        let kind: StoreError.Kind = switch code & 0xFF {
+        case SQLITE_CONSTRAINT: .constraint
+        case SQLITE_FULL, SQLITE_IOERR, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_NOMEM, SQLITE_CANTOPEN, SQLITE_READONLY: .unavailable
+        default: .statement
+        }
+        return StoreError(kind, "SQLite: \(message)")
     }
 }
 

@@ -108,7 +108,9 @@ public protocol Store: StoreConnection {
 /// A store failure, with the engine's own message (never the statement's parameters, which may hold
 /// secrets).
 public struct StoreError: Error, CustomStringConvertible, Sendable {
-    public enum Kind: Sendable { case connection, statement, constraint, migration }
+    /// `unavailable`: the store cannot do it now, whatever was asked (its disk is full, an I/O error,
+    /// it is busy or out of memory, the connection to the server is lost); worth trying again later.
+    public enum Kind: Sendable { case connection, statement, constraint, migration, unavailable }
     public var kind: Kind
     public var description: String
 

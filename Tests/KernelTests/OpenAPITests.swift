@@ -39,3 +39,52 @@ import IoTCStore
         await store.close()
     }
 }
+
+/// The API over a store that cannot write: SQLite's page limit stands in for a full disk (it fails the
+/// same way, "database or disk is full").
+@Suite struct StoreUnavailableTests {
+    @Test func aStoreThatCannotWriteGets503WithRetryAfterAndReadsGoOn() async throws {
+        let dir = TempDir()
+        let hub = try makeHub(dir)
+        let store = try await openStore("sqlite:\(dir.path)/iotc.db")
+        let accounts = Accounts(store: store)
+        let owner = try #require(try await accounts.bootstrap())
+        let router = HubAPI.router(hub: hub, accounts: accounts, directory: RegistryDirectory(devices: Devices(store: store)),
+                                   commands: CommandCenter(hub: hub, commands: Commands(store: store), logger: Logger(label: "test")),
+                                   pipelines: PipelineFiles(hub: hub, loader: HubConfigLoader(catalog: Build.plugins.catalog), files: [], logger: Logger(label: "test")),
+                                   registry: PrometheusCollectorRegistry(), version: "test")
+        final class Port: @unchecked Sendable { var value = 0 }
+        let port = Port()
+        let running = DispatchSemaphore(value: 0)
+        let app = Application(router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
+                              onServerRunning: { channel in port.value = channel.localAddress?.port ?? 0; running.signal() },
+                              logger: Logger(label: "test"))
+        let server = Task { try await app.runService(gracefulShutdownSignals: []) }
+        defer { server.cancel() }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in DispatchQueue.global().async { running.wait(); c.resume() } }
+        func call(_ method: String, _ path: String, _ body: String? = nil) async -> HTTPResult? {
+            await withCheckedContinuation { c in
+                DispatchQueue.global().async {
+                    c.resume(returning: http(method, "http://127.0.0.1:\(port.value)\(path)", body: body.map { Array($0.utf8) },
+                                             headers: ["Authorization": "Bearer \(owner)", "Content-Type": "application/json"]))
+                }
+            }
+        }
+        // No more pages than now: devices are created until the room left in them is used up.
+        let pages = try await store.query("PRAGMA page_count").first?.int("page_count") ?? 0
+        #expect(pages > 0)
+        _ = try await store.query("PRAGMA max_page_count = \(pages)")
+        var refused: HTTPResult?
+        for i in 0..<500 where refused == nil {
+            let r = await call("POST", "/v1/devices", #"{"id": "sensor-\#(i)", "name": "\#(String(repeating: "n", count: 200))"}"#)
+            if r?.status != 201 { refused = r }
+        }
+        #expect(refused?.status == 503, "\(String(describing: refused))")
+        #expect(refused?.headers["retry-after"] == "5")
+        #expect(refused?.headers["content-type"] == "application/problem+json")
+        #expect(refused?.body.contains("database or disk is full") == true, "\(refused?.body ?? "")")
+        let read = await call("GET", "/v1/devices")
+        #expect(read?.status == 200, "a read needs no room: \(String(describing: read))")
+        await store.close()
+    }
+}
