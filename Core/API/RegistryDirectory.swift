@@ -130,10 +130,16 @@ public final class RegistryDirectory: DeviceDirectory, @unchecked Sendable {
 
     /// Refreshes every `interval` seconds until cancelled.
     public func keepFresh(every interval: Double = 2, logger: Logger) async {
+        let trouble = FailureNotice()
         while !Task.isCancelled {
             try? await Task.sleep(nanoseconds: UInt64(interval * 1e9))
             if Task.isCancelled { break }
-            do { try await refresh() } catch { logger.warning("cannot reload device credentials: \(error)") }
+            do {
+                try await refresh()
+                if trouble.worked() { logger.notice("device credentials are reloaded again") }
+            } catch {
+                if trouble.failed() { logger.warning("cannot reload device credentials (tried again every \(interval) s, logged again when it works): \(error)") }
+            }
         }
     }
 

@@ -36,3 +36,17 @@ public final class LogBudget: Sendable {
         take().map { held in line() + (held > 0 ? " (\(held) more not logged)" : "") }
     }
 }
+
+/// Tells of a recurring job's trouble once instead of on every try (a store that cannot write, a file
+/// that cannot be saved): the first failure, and the first success after failures.
+public final class FailureNotice: Sendable {
+    private let failing = Atomic<Bool>(false)
+
+    public init() {}
+
+    /// Whether this failure is the first since the job last worked: log it then.
+    public func failed() -> Bool { !failing.exchange(true, ordering: .relaxed) }
+
+    /// Whether the job works again after failing: say so then.
+    public func worked() -> Bool { failing.exchange(false, ordering: .relaxed) }
+}

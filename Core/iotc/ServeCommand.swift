@@ -132,11 +132,15 @@ struct Serve: AsyncParsableCommand {
         // What the hub saw of each device survives restarts: kept in the store, written every 2 seconds.
         let registryDevices = Devices(store: db)
         do { hub.restore(states: try await registryDevices.states()) } catch { logger.warning("cannot load device states: \(error)") }
+        let statesTrouble = FailureNotice()
         let saveStates: @Sendable () async -> Void = {
             let states = hub.takeChangedStates()
-            do { try await registryDevices.saveStates(states) } catch {
+            do {
+                try await registryDevices.saveStates(states)
+                if statesTrouble.worked() { logger.notice("device states are saved again") }
+            } catch {
                 hub.returnUnsaved(states)  // tried again in 2 seconds
-                logger.warning("cannot save device states: \(error)")
+                if statesTrouble.failed() { logger.warning("cannot save device states (tried again every 2 s, logged again when it works): \(error)") }
             }
         }
         let stateWriter = Task {

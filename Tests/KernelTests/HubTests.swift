@@ -966,6 +966,15 @@ import IoTCStore
         #expect(later.take(now: 1) == nil)
         #expect(later.line("refused") == "refused (1 more not logged)")
     }
+
+    /// A recurring job's trouble is told once: its first failure, then its first success after failures.
+    @Test func aFailureNoticeTellsTheFirstFailureAndTheRecoveryOnce() {
+        let notice = FailureNotice()
+        #expect(!notice.worked(), "working from the start is nothing to tell")
+        #expect([notice.failed(), notice.failed(), notice.failed()] == [true, false, false])
+        #expect([notice.worked(), notice.worked()] == [true, false])
+        #expect(notice.failed())
+    }
 }
 
 @Suite struct CommandMailboxesTests {

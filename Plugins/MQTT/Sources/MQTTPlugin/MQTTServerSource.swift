@@ -326,6 +326,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         saveState()
     }
 
+    private let stateTrouble = FailureNotice()
+
     /// Writes the state file (atomically: a new file renamed over the old one).
     private func saveState() {
         guard let path = config.state_file, let broker else { return }
@@ -338,7 +340,11 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         } catch {
             failure = "\(error)"
         }
-        if let failure { host.log(.error, "mqtt: cannot write the state file \(path): \(failure)") }
+        if let failure {
+            if stateTrouble.failed() { host.log(.error, "mqtt: cannot write the state file \(path) (tried again at each save, logged again when it works): \(failure)") }
+        } else if stateTrouble.worked() {
+            host.log(.notice, "mqtt: the state file \(path) is written again")
+        }
     }
 
     /// The hub revoked a device's credentials: its connections get DISCONNECT 0x98 (MQTT 5) and close.
