@@ -275,6 +275,32 @@ import IoTCPluginKit
         #expect(store.list().map(\.message.id) == ["m3"])
     }
 
+    /// The dead-letter store cannot write (its folder is gone, a file in its place): a durable message the
+    /// sink refuses is not settled, so it stays in its write-ahead log for the next start, and the log
+    /// says so; before, it was settled and lost.
+    @Test func aDurableMessageWhoseDeadLetterCannotBeWrittenStaysInItsLog() throws {
+        let dir = TempDir()
+        let letters = dir.url.appendingPathComponent("dead-letters")
+        let store = try DeadLetterStore(directory: letters)
+        try FileManager.default.removeItem(at: letters)
+        try Data("not a folder".utf8).write(to: letters)
+        let walDirectory = dir.url.appendingPathComponent("wal")
+        let wal = try WriteAheadLog(directory: walDirectory)
+        #expect(try wal.open().isEmpty)
+        let written = DispatchSemaphore(value: 0)
+        let message = Message(id: "refused", topic: "t", payload: [1])
+        let sequence = wal.append(CanonicalMessage(message, receivedTime: 1)) { _ in written.signal() }
+        written.wait()
+        let lines = Lines()
+        let runtime = started(ScriptedSink(answer: IOTC_ERR_INVALID), deadLetters: store, log: { lines.append($0) })
+        runtime.enqueue(Delivery(message: message, pipeline: "p", settlement: Settlement(wal: wal, sequence: sequence)))
+        #expect(eventually(timeout: 10) { lines.all.contains { $0.contains("cannot write the dead letter of message refused") } })
+        runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
+        #expect(lines.all.contains { $0.contains("stays in the write-ahead log of pipeline 'p'") }, "\(lines.all)")
+        wal.close()
+        #expect(try WriteAheadLog(directory: walDirectory).open().map(\.message.id) == ["refused"], "the log no longer holds it")
+    }
+
     /// A dead letter for message `i`.
     private func addLetter(_ store: DeadLetterStore, _ i: Int) throws {
         try store.add(pipeline: "p", sink: nil, step: "decode", reason: "bad \(i)", attempts: 1,

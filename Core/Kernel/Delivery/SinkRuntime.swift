@@ -319,7 +319,14 @@ final class SinkRuntime: @unchecked Sendable {
                                 message: CanonicalMessage(d.message, receivedTime: d.message.receivedTime ?? 0))
             log("message \(d.message.id) for sink '\(name)' moved to the dead-letter store: \(reason)")
         } catch {
-            log("cannot write dead letter for sink '\(name)': \(error)")
+            if d.notification { notified?(d.message, name, reason) }
+            guard d.settlement == nil else {
+                // Not settled: the message stays in its pipeline's write-ahead log, replayed at the next start.
+                log("cannot write the dead letter of message \(d.message.id) for sink '\(name)' (\(error)); it stays in the write-ahead log of pipeline '\(d.pipeline)', which delivers it again at the next start")
+                return
+            }
+            log("cannot write the dead letter of message \(d.message.id) for sink '\(name)' (\(error)); the message is lost (its pipeline is not durable)")
+            return
         }
         if d.notification { notified?(d.message, name, reason) }
         var done = DoneRecords()

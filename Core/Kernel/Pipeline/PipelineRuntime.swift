@@ -207,7 +207,13 @@ final class PipelineRuntime: @unchecked Sendable {
                         do {
                             try deadLetters.add(pipeline: name, sink: nil, step: f.step, reason: f.reason, attempts: 1, message: f.message)
                         } catch {
-                            log("cannot write dead letter for pipeline '\(name)': \(error)")
+                            if let s {
+                                // A share never settled: the message stays in the write-ahead log, replayed at the next start.
+                                s.add(1)
+                                log("cannot write the dead letter of message \(f.message.id) for pipeline '\(name)' (\(error)); it stays in the pipeline's write-ahead log and goes through the pipeline again at the next start")
+                            } else {
+                                log("cannot write the dead letter of message \(f.message.id) for pipeline '\(name)' (\(error)); the message is lost (the pipeline is not durable)")
+                            }
                         }
                     } else {
                         let pm = f.errorOutputMessage.pluginMessage
