@@ -112,6 +112,33 @@ import IoTCPluginKit
                 "got \(jsonLines(dir.path + "/out.jsonl").count) lines")
     }
 
+    /// The hub cannot take a bridged QoS 1 message (its pipeline's log fails a write: the segment's
+    /// descriptor, found in /proc/self/fd, is made /dev/full). The bridge does not acknowledge it,
+    /// which would hold a place in the broker's window for good, but reconnects, and the broker
+    /// sends it again on the new connection.
+    @Test func reconnectsSoThatTheBrokerSendsAgainWhatTheHubCouldNotTake() throws {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let broker = Mosquitto()
+        try broker.start()
+        let dir = TempDir()
+        let hub = try hub(dir, broker: broker.port)
+        defer { hub.stop() }
+        #expect(subscribed(broker, dir))
+        let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap(Int32.init)
+        let segment = try #require(fds.first { fd in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.contains("/wal/bridged/wal-") == true
+        }, "the log's segment is not open")
+        let full = open("/dev/full", O_WRONLY | O_CLOEXEC)
+        try #require(full >= 0, "no /dev/full")
+        #expect(dup2(full, segment) == segment)
+        close(full)
+        try publish(broker.port, "site/once/telemetry", #"{"n":1}"#)
+        // The first copy reached the sink while the log failed; the broker's second comes after the reconnect.
+        #expect(eventually(timeout: 15) { jsonLines(dir.path + "/out.jsonl").filter { $0["device"] == "once" }.count == 2 },
+                "\(jsonLines(dir.path + "/out.jsonl").filter { $0["device"] == "once" }.count) copies; broker: \(broker.log.suffix(800))")
+        #expect(broker.log.components(separatedBy: "as hub-bridge").count - 1 == 2, "one reconnect: \(broker.log.suffix(800))")
+    }
+
     @Test func bridgesBothWaysOverTLSWithAClientCertificate() throws {
         try requirePeer(Mosquitto.installed, "mosquitto")
         let certs = TempDir()

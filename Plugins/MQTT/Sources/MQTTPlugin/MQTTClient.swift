@@ -47,9 +47,10 @@ struct BrokerConnectionConfig: Decodable {
 /// What the client tells its owner, on the client's event loop.
 protocol MQTTClientDelegate: AnyObject, Sendable {
     func clientConnected(sessionPresent: Bool)
-    /// A message from a subscription. Call `settle` once the hub has it: the client then sends PUBACK
-    /// (QoS 1) or PUBREC (QoS 2), so an unsettled message is delivered again by the broker.
-    func clientReceived(_ publish: MQTTPublish, settle: @escaping @Sendable () -> Void)
+    /// A message from a subscription. Call `settle(true)` once the hub has it: the client then sends
+    /// PUBACK (QoS 1) or PUBREC (QoS 2). `settle(false)` (the hub could not take it) closes the
+    /// connection unacknowledged, and the broker delivers the message again on the next one.
+    func clientReceived(_ publish: MQTTPublish, settle: @escaping @Sendable (_ taken: Bool) -> Void)
     func clientDisconnected()
 }
 
@@ -225,9 +226,16 @@ final class MQTTClient: @unchecked Sendable {
             let ch = channel
             let id = p.packetID ?? 0
             let qos = p.qos
-            delegate?.clientReceived(p) { [loop] in
+            delegate?.clientReceived(p) { [loop, name, host, server = config.server] taken in
                 loop.execute {
                     guard let ch, ch === self.channel else { return }  // the broker sends it again on the next connection
+                    guard taken else {
+                        // Not acknowledged, it would hold a place in the broker's window for good, and the
+                        // broker sends it again only on a new connection (MQTT 5 §4.4): reconnect.
+                        host.log(.warning, "\(name): the hub could not take a message on \(p.topic); reconnecting to \(server) so that the broker sends it again")
+                        ch.close(promise: nil)
+                        return
+                    }
                     if qos == 1 { ch.writeAndFlush(MQTTPacket.puback(MQTTPacketAck(packetID: id)), promise: nil) }
                     if qos == 2 { ch.writeAndFlush(MQTTPacket.pubrec(MQTTPacketAck(packetID: id)), promise: nil) }
                 }

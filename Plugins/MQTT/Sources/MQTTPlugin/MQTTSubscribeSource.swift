@@ -53,7 +53,7 @@ final class MQTTSubscribeSource: Source, @unchecked Sendable {
     let host: PluginHost
     let client: MQTTClient
     /// Received and not yet taken by the hub, in arrival order. On the client's event loop only.
-    private var backlog: [(Message, UInt8, @Sendable () -> Void)] = []
+    private var backlog: [(Message, UInt8, @Sendable (Bool) -> Void)] = []
     private var retryDelay = TimeAmount.milliseconds(5)
 
     init(config: Config, host: PluginHost) throws {
@@ -85,7 +85,7 @@ extension MQTTSubscribeSource: MQTTClientDelegate {
     /// Messages not yet taken are dropped: the broker sends them again on the next connection.
     func clientDisconnected() { backlog.removeAll() }
 
-    func clientReceived(_ p: MQTTPublish, settle: @escaping @Sendable () -> Void) {
+    func clientReceived(_ p: MQTTPublish, settle: @escaping @Sendable (_ taken: Bool) -> Void) {
         let (props, expiry) = ServerConnection.messageProperties(p.properties)
         let m = BrokerMessage(topic: p.topic, payload: p.payload, qos: p.qos, retain: p.retain, properties: props, expiry: expiry)
         var message = PluginHubLink.canonical(m, identity: BridgeIdentity(device: device(for: p.topic)), clientID: config.connection.client_id ?? "")
@@ -99,11 +99,11 @@ extension MQTTSubscribeSource: MQTTClientDelegate {
     private func drain() {
         while let (message, qos, settle) = backlog.first {
             let status = host.submit(message) { result in
-                if result == IOTC_OK, qos > 0 { settle() }
+                if qos > 0 { settle(result == IOTC_OK) }
             }
             switch status {
             case .queued:
-                if qos == 0 { settle() }
+                if qos == 0 { settle(true) }
             case .busy:
                 client.loop.scheduleTask(in: retryDelay) { self.drain() }
                 retryDelay = min(retryDelay * 2, .milliseconds(200))
@@ -111,7 +111,7 @@ extension MQTTSubscribeSource: MQTTClientDelegate {
             case .rejected(let code):
                 // No pipeline reads it: acknowledge, or the broker would send it forever.
                 if code != IOTC_ERR_NOT_FOUND { host.log(.warning, "mqtt_subscribe: the hub refused a message on \(message.topic) (code \(code))") }
-                settle()
+                settle(true)
             }
             backlog.removeFirst()
         }
