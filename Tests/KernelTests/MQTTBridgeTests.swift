@@ -39,6 +39,17 @@ import IoTCPluginKit
         }
     }
 
+    /// A mosquitto, and a hub whose bridge has subscribed to it.
+    func bridged(extra: String = "") throws -> (Mosquitto, TempDir, Hub) {
+        try requirePeer(Mosquitto.installed, "mosquitto")
+        let broker = Mosquitto()
+        try broker.start()
+        let dir = TempDir()
+        let hub = try hub(dir, broker: broker.port, extra: extra)
+        #expect(subscribed(broker, dir))
+        return (broker, dir, hub)
+    }
+
     /// Reconnect delays that would dial a down broker in a tight loop are refused by `iotc check`, at
     /// their fields, for both components that own a connection.
     @Test func checkRefusesReconnectDelaysWithoutAPause() throws {
@@ -57,13 +68,8 @@ import IoTCPluginKit
     }
 
     @Test func bringsSubscribedMessagesIntoPipelines() throws {
-        try requirePeer(Mosquitto.installed, "mosquitto")
-        let broker = Mosquitto()
-        try broker.start()
-        let dir = TempDir()
-        let hub = try hub(dir, broker: broker.port)
+        let (broker, dir, hub) = try bridged()
         defer { hub.stop() }
-        #expect(subscribed(broker, dir))
         try publish(broker.port, "site/press-7/telemetry", #"{"bar":4.2}"#, extra: ["-D", "publish", "user-property", "line", "3"])
         try publish(broker.port, "site/press-7/other", #"{"ignored":true}"#)
         #expect(eventually { jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["bar": 4.2] } })
@@ -78,13 +84,8 @@ import IoTCPluginKit
     /// larger packet (MQTT 5 §3.1.2.11.4): the large message is not delivered, and the connection and
     /// the messages after it are not disturbed.
     @Test func announcesItsMaximumPacketSize() throws {
-        try requirePeer(Mosquitto.installed, "mosquitto")
-        let broker = Mosquitto()
-        try broker.start()
-        let dir = TempDir()
-        let hub = try hub(dir, broker: broker.port, extra: "max_packet_size: 1KiB")
+        let (broker, dir, hub) = try bridged(extra: "max_packet_size: 1KiB")
         defer { hub.stop() }
-        #expect(subscribed(broker, dir))
         try publish(broker.port, "site/big/telemetry", #"{"pad":"\#(String(repeating: "x", count: 2000))"}"#)
         try publish(broker.port, "site/small/telemetry", #"{"after":1}"#)
         #expect(eventually { jsonLines(dir.path + "/out.jsonl").contains { $0["payload"] == ["after": 1] } })
@@ -117,16 +118,11 @@ import IoTCPluginKit
     /// which would hold a place in the broker's window for good, but reconnects, and the broker
     /// sends it again on the new connection.
     @Test func reconnectsSoThatTheBrokerSendsAgainWhatTheHubCouldNotTake() throws {
-        try requirePeer(Mosquitto.installed, "mosquitto")
-        let broker = Mosquitto()
-        try broker.start()
-        let dir = TempDir()
-        let hub = try hub(dir, broker: broker.port)
+        let (broker, dir, hub) = try bridged()
         defer { hub.stop() }
-        #expect(subscribed(broker, dir))
         let fds = try FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd").compactMap(Int32.init)
         let segment = try #require(fds.first { fd in
-            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.contains("/wal/bridged/wal-") == true
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"))?.hasPrefix(dir.path + "/data/wal/bridged/wal-") == true
         }, "the log's segment is not open")
         let full = open("/dev/full", O_WRONLY | O_CLOEXEC)
         try #require(full >= 0, "no /dev/full")
