@@ -162,6 +162,39 @@ import IoTCPluginKit
         client.send("quit")
     }
 
+    /// A Send is answered 2.04 only once the hub has its values (a durable pipeline: in its write-ahead
+    /// log, answered separately when the commit is not at once), and 5.03 with Max-Age when the hub
+    /// cannot take them (here the pipeline fills behind a webhook that never answers), so that the
+    /// client sends them again; before, every Send got 2.04 and a full pipeline dropped its values.
+    @Test func aSendIsAnsweredWithTheHubsVerdict() throws {
+        let silent = try #require(SilentServer())
+        let hub = try ServedHub(key: Self.ownerKey) { hub in """
+            sources:
+              lw: { plugin: lwm2m, listen: "127.0.0.1:\(hub.udp)", observe: [] }
+            sinks:
+              hook: { plugin: webhook, url: "http://127.0.0.1:\(silent.port)/in", timeout: 2s, queue_size: 1, max_in_flight: 1 }
+            pipelines:
+              sent: { from: [ "lw:devices/+/telemetry" ], durable: true, queue_size: 4, to: [ hook ] }
+            auth:
+              allow_anonymous: true
+            """ }
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let client = try ChildProcess(python, ["-u", Build.packageRoot + "/Tests/Support/lwm2m_client.py", "\(hub.udp)", "node-s"], interactive: true)
+        defer { client.send("quit") }
+        #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
+        client.send("send")
+        #expect(eventually { client.log.contains("sent 2.04 Changed") }, "\(client.log)")
+        for _ in 0..<8 where !client.log.contains("sent 5.03") {
+            let answers = client.log.components(separatedBy: "sent ").count
+            client.send("send")
+            _ = eventually { client.log.components(separatedBy: "sent ").count > answers }
+        }
+        #expect(client.log.contains("sent 5.03 Service Unavailable"), "\(client.log)")
+        // Stopping would try each queued message on the silent webhook first: not needed here.
+        _ = hub.stop(timeout: 1)
+    }
+
     /// The bootstrap interface: a client asks (POST /bs), takes the Bootstrap-Delete, the writes of its
     /// Security and Server instances and the Bootstrap-Finish, and registers with the server it was given,
     /// with the lifetime it was given. A coaps server is given only to clients that bootstrap over DTLS.

@@ -53,10 +53,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         let state = PeerState.of(peer)
         let mid = coap_pdu_get_mid(request)
         // The second call for a request answered late (a separate response): its answer is ready.
-        if let async = coap_find_async(session, coap_pdu_get_token(request)), let box = coap_async_get_app_data(async) {
-            // libcoap removes the async entry itself when this call returns.
-            let pending = Unmanaged<PendingAnswer>.fromOpaque(box).takeRetainedValue()
-            coap_async_set_app_data(async, nil)
+        if let pending = PendingAnswer.resumed(session, request) {
             answer(pending.result ?? IOTC_ERR_INTERNAL, response)
             // The request itself was acknowledged empty; a copy that comes now gets that same empty
             // acknowledgement (RFC 7252 §4.5), while this confirmable response is retransmitted until
@@ -215,7 +212,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         let pending = PendingAnswer(mid: mid)
         let loop = self.loop
         let status = host.submit(message) { result in
-            if pending.settle(result) { loop.execute { [weak self] in self?.trigger(pending) } }
+            if pending.settle(result) { loop.execute { pending.trigger() } }
         }
         switch status {
         case .queued:
@@ -224,13 +221,10 @@ final class CoAPDeviceServer: @unchecked Sendable {
                 return
             }
             // Not yet in the hub's hands (a durable pipeline's write-ahead log): answer separately.
-            guard let async = coap_register_async(session, request, 0) else {
+            guard pending.answerLater(session, request) else {
                 PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE)
                 return
             }
-            pending.session = coap_session_reference(session)
-            pending.token = PDU.token(request)
-            coap_async_set_app_data(async, Unmanaged.passRetained(pending).toOpaque())
             state.started(mid)
         case .busy:
             busy(response)
@@ -269,16 +263,6 @@ final class CoAPDeviceServer: @unchecked Sendable {
     private func busy(_ response: OpaquePointer) {
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE)
         PDU.addUInt(response, COAP_OPTION_MAXAGE, UInt32(source.config.retry_after.rounded(.up)))
-    }
-
-    /// A late answer is ready: libcoap calls the handler again with the request.
-    private func trigger(_ pending: PendingAnswer) {
-        guard let session = pending.session else { return }
-        pending.token.withUnsafeBufferPointer { t in
-            if let async = coap_find_async(session, coap_bin_const_t(length: t.count, s: t.baseAddress)) { coap_async_trigger(async) }
-        }
-        pending.session = nil
-        coap_session_release(session)
     }
 
     // MARK: commands
@@ -430,37 +414,6 @@ final class CoAPDeviceServer: @unchecked Sendable {
     }
 }
 
-
-/// The answer to a submitted message, which may come on another thread before or after the handler
-/// decided to answer separately.
-final class PendingAnswer: @unchecked Sendable {
-    /// Held inline: one of these is made for every request, and a lock of its own would be another
-    /// allocation.
-    private let state = Mutex<(result: Int32?, deferred: Bool)>((nil, false))
-    var result: Int32? { state.withLock { $0.result } }
-    let mid: Int32
-    // Loop thread only:
-    var session: OpaquePointer?
-    var token: [UInt8] = []
-
-    init(mid: Int32) { self.mid = mid }
-
-    /// Records the result; true when the handler already chose a separate response (trigger it).
-    func settle(_ r: Int32) -> Bool {
-        state.withLock {
-            $0.result = r
-            return $0.deferred
-        }
-    }
-
-    /// The result if it came already; otherwise marks the answer as separate and returns nil.
-    func deferIfOpen() -> Int32? {
-        state.withLock {
-            if $0.result == nil { $0.deferred = true }
-            return $0.result
-        }
-    }
-}
 
 /// One observation of a command resource, or of a device's attributes.
 final class Observation: @unchecked Sendable {

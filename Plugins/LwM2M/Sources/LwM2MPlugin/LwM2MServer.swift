@@ -87,6 +87,11 @@ final class LwM2MServer: @unchecked Sendable {
 
     fileprivate func handle(_ session: OpaquePointer, _ request: OpaquePointer, _ response: OpaquePointer) {
         guard PDU.isRequestMessage(request) else { return }
+        // The second call for a Send answered late (a separate response): the hub's verdict is in.
+        if let pending = PendingAnswer.resumed(session, request) {
+            answerSend(pending.result ?? IOTC_ERR_INTERNAL, response)
+            return
+        }
         let path = PDU.path(request)
         let method = coap_request_t(UInt32(PDU.code(request).rawValue))
         let body: [UInt8]
@@ -323,11 +328,29 @@ final class LwM2MServer: @unchecked Sendable {
         // Grouped by object: each message names the object it reports, and its version.
         var byObject: [UInt16: [(LwM2MPath, Value)]] = [:]
         for v in values { byObject[v.0.object, default: []].append(v) }
+        // 2.04 once the hub has every message (a durable pipeline: in its write-ahead log), in a
+        // separate response when that is not at once; 5.03 when it could not take one, so that the
+        // client sends the values again.
+        let pending = PendingAnswer(mid: coap_pdu_get_mid(request), parts: byObject.count)
         for (object, values) in byObject.sorted(by: { $0.key < $1.key }) {
-            telemetry(r, LwM2MPath([object]), values, format: format, sequence: nil, sent: true)
+            telemetry(r, LwM2MPath([object]), values, format: format, sequence: nil, sent: pending)
         }
-        coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
         wake(r.id)
+        if let result = pending.deferIfOpen() {
+            answerSend(result, response)
+        } else if !pending.answerLater(session, request) {
+            answerSend(IOTC_ERR_BUSY, response)
+        }
+    }
+
+    /// The answer to a Send: 2.04, or 5.03 with Max-Age when the hub could not take its values.
+    private func answerSend(_ result: Int32, _ response: OpaquePointer) {
+        guard result != IOTC_OK else {
+            coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
+            return
+        }
+        PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE, diagnostic: "the hub could not take the values; send them again")
+        PDU.addUInt(response, COAP_OPTION_MAXAGE, 2)
     }
 
     /// What the hub held for a registration that ended (the table no longer has it): its requests,
@@ -713,8 +736,10 @@ final class LwM2MServer: @unchecked Sendable {
                             contentType: "application/json", payload: JSON.encode(.object(o)), qos: 1, properties: properties))
     }
 
+    /// Values as a telemetry message. Those of a Send (`sent`) settle its answer with the hub's verdict;
+    /// notifications are not held for it (the client does not keep them).
     private func telemetry(_ r: Registrations.Registration, _ observed: LwM2MPath, _ values: [(LwM2MPath, Value)], format: UInt32?, sequence: UInt32?,
-                           sent: Bool = false) {
+                           sent: PendingAnswer? = nil) {
         let topic = "devices/\(r.endpoint)/telemetry"
         var fields = Value.Object()
         for (p, v) in values where p.ids.count >= 3 {
@@ -724,17 +749,35 @@ final class LwM2MServer: @unchecked Sendable {
             if p.ids.count == 4 { name += "_\(p.ids[3])" }
             fields[name] = v
         }
-        guard !fields.isEmpty else { return }
+        guard !fields.isEmpty else {
+            _ = sent?.settle(IOTC_OK)
+            return
+        }
         // A composite observation (of the root) is versioned by the object of its first value.
         let object = observed.ids.first ?? values.first?.0.ids.first ?? 0
         let version = r.link(of: object)?.attributes["ver"] ?? source.values.objects[object]?.version ?? "1.0"
         var properties = [KeyValue("lwm2m.path", observed.description), KeyValue("lwm2m.endpoint", r.endpoint), KeyValue("lwm2m.object_version", version)]
         if let sequence { properties.append(KeyValue("coap.observe", String(sequence))) }
         if let format { properties.append(KeyValue("coap.content_format", String(format))) }
-        if sent { properties.append(KeyValue("lwm2m.operation", "send")) }
-        let status = host.submit(Message(kind: .telemetry, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
-                                         payload: JSON.encode(.object(fields)), qos: 0, properties: properties))
-        if status == .busy { host.metric(.counter, "iotc_lwm2m_notifications_dropped_total", labels: [KeyValue("reason", "busy")], 1) }
+        if sent != nil { properties.append(KeyValue("lwm2m.operation", "send")) }
+        let message = Message(kind: .telemetry, tenant: r.tenant, device: r.device, topic: topic, contentType: "application/json",
+                              payload: JSON.encode(.object(fields)), qos: sent == nil ? 0 : 1, properties: properties)
+        guard let sent else {
+            let status = host.submit(message)
+            if status == .busy { host.metric(.counter, "iotc_lwm2m_notifications_dropped_total", labels: [KeyValue("reason", "busy")], 1) }
+            return
+        }
+        let loop = self.loop
+        let status = host.submit(message) { result in
+            if sent.settle(result) { loop.execute { sent.trigger() } }
+        }
+        switch status {
+        case .queued: break
+        case .busy: _ = sent.settle(IOTC_ERR_BUSY)
+        // No pipeline reads the values, or the device's profile may not publish them: dropped, as
+        // notifications are; the client has nothing to send again.
+        case .rejected: _ = sent.settle(IOTC_OK)
+        }
     }
 
     /// The format of a composite request and its answer: SenML-JSON unless SenML-CBOR is asked for.
