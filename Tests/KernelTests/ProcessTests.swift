@@ -222,6 +222,52 @@ import IoTCStore
 
     /// The operator API closes a connection that sends no request, or none whole, within
     /// --api-idle-timeout; a kept-alive connection that keeps asking is served.
+    /// Out of file descriptors (the hub runs with an open-file limit of 128 and clients hold more
+    /// connections than that), a listener does not spin on the accept that fails: the hub uses next to
+    /// no CPU, says why in its log, and takes new clients again once descriptors are free. Before, the
+    /// listener took a core, tens of thousands of failed accepts a second (the HTTP source's listener
+    /// has the same guard).
+    @Test func aListenerOutOfFileDescriptorsWaitsInsteadOfSpinning() throws {
+        let dir = TempDir()
+        let mqttPort = freePort(), httpPort = freePort(), apiPort = freePort()
+        let file = dir.write("hub.yaml", """
+            sources:
+              devices: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: static, anonymous: { publish: [ "#" ] } }
+              web: { plugin: http, listen: "127.0.0.1:\(httpPort)" }
+            sinks:
+              out: { plugin: file, path: "\(dir.path)/out.jsonl" }
+            pipelines: { t: { from: [ "devices:t/#", "web" ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """)
+        let hub = try ChildProcess("/bin/sh", ["-c", "ulimit -n 128 && exec \"$0\" \"$@\"", Build.iotc, "serve", file, "--data", dir.path + "/data",
+                                               "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory],
+                                   environment: ["IOTC_BOOTSTRAP_KEY": ProcessTests.ownerKey])
+        defer { _ = hub.stop(timeout: 5) }
+        #expect(waitForPort(mqttPort) && waitForPort(httpPort), "hub did not start: \(hub.log)")
+        var held = (0..<160).compactMap { _ in RawSocket(port: mqttPort) }
+        #expect(held.count == 160)
+        #expect(eventually(timeout: 10) { hub.log.contains("mqtt: cannot accept connections") }, "\(hub.log.suffix(1500))")
+        func cpuTicks() -> Int {
+            let fields = ((try? String(contentsOfFile: "/proc/\(hub.process.processIdentifier)/stat", encoding: .utf8)) ?? "")
+                .split(separator: ")").last?.split(separator: " ") ?? []
+            return fields.count > 12 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
+        }
+        let before = cpuTicks()
+        usleep(2_000_000)
+        let used = cpuTicks() - before
+        #expect(used < 60, "\(used) ticks of CPU in 2 s while out of descriptors (a spinning listener takes about 200)")
+        // Freed: the hub first accepts and closes what waited in the backlog, then new clients get in.
+        held.removeAll()
+        let mosquittoPub = try #require(which("mosquitto_pub"), "mosquitto-clients is missing: run scripts/install-deps.sh test")
+        #expect(eventually(timeout: 15) {
+            (try? run(mosquittoPub, ["-h", "127.0.0.1", "-p", "\(mqttPort)", "-q", "1", "-t", "t/after", "-m", #"{"n":1}"#]))?.0 == 0
+        }, "\(hub.log.suffix(1500))")
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").contains { $0["topic"] == "t/after" } })
+        #expect(eventually {
+            http("POST", "http://127.0.0.1:\(httpPort)/v1/devices/d1/telemetry", body: Array(#"{"n":2}"#.utf8), headers: ["Content-Type": "application/json"])?.status == 202
+        })
+    }
+
     /// Failed device authentications are all counted, but logged and audited at most once a second
     /// per address (a burst of 5): a client hammering wrong credentials floods neither.
     @Test func failedAuthenticationsDoNotFloodTheLog() throws {

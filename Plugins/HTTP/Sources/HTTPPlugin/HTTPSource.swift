@@ -97,6 +97,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         do {
             channel = try ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
+                .serverChannelInitializer { [host = source.host] channel in AcceptFailures.install(on: channel, host: host, source: Self.name) }
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 128, initial: 1024, maximum: 65536))

@@ -277,6 +277,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         do {
             return try ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 1024)
+                .serverChannelInitializer { [host = source.host] channel in AcceptFailures.install(on: channel, host: host, source: Self.name) }
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 128, maximum: 65536))
