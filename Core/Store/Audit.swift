@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import Logging
 
 /// One audit entry: who did what to what, when, from where, and how it ended. Never a secret.
 public struct AuditEntry: Sendable, Equatable {
@@ -40,14 +41,30 @@ public struct AuditLog: Sendable {
     public let store: any Store
     let clock: @Sendable () -> Int64
 
-    public init(store: any Store, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) }) {
+    /// Where an entry that could not be appended is told of: callers go on (the change it records is
+    /// done), so the hub's log keeps what the audit log could not.
+    let logger: Logger
+
+    public init(store: any Store, clock: @escaping @Sendable () -> Int64 = { Int64(Date().timeIntervalSince1970 * 1000) },
+                logger: Logger = Logger(label: "iotc.audit")) {
         self.store = store
         self.clock = clock
+        self.logger = logger
     }
 
-    /// Appends an entry; entries are chained in the order they commit.
+    /// Appends an entry; entries are chained in the order they commit. One that cannot be appended (the
+    /// store cannot write) is logged as an error, then the error is thrown.
     @discardableResult
     public func record(_ entry: AuditEntry) async throws -> AuditEntry {
+        do {
+            return try await append(entry)
+        } catch {
+            logger.error("cannot append to the audit log: \(entry.action) by \(entry.actor) on '\(entry.target)' (\(entry.outcome)): \(error)")
+            throw error
+        }
+    }
+
+    private func append(_ entry: AuditEntry) async throws -> AuditEntry {
         let now = clock()
         return try await store.transaction { db in
             // One chain: concurrent writers on PostgreSQL (several nodes) take turns.

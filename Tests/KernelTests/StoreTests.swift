@@ -3,6 +3,8 @@ import Testing
 import IoTCPluginKit
 @testable import IoTCStore
 import IoTCAPI
+import Logging
+import NIOConcurrencyHelpers
 
 /// A real PostgreSQL server from Debian's packages, in a temporary folder on a loopback port. initdb and
 /// the server run as the user postgres when the tests run as root (PostgreSQL refuses to run as root); the server is
@@ -373,6 +375,37 @@ final class PostgresServer {
             #expect(try await accounts.deleteTenant("system") == false)
             #expect(try await accounts.deleteTenant("acme"))
             #expect(try await accounts.keys(tenant: "acme").isEmpty)
+        }
+    }
+
+    /// An entry the store cannot take (SQLite's page limit standing in for a full disk) is an error of
+    /// the kind `unavailable`, and the hub's log says which entry was lost (callers go on: the change it
+    /// records is done).
+    @Test func anAuditEntryThatCannotBeAppendedIsLogged() async throws {
+        final class Lines: LogHandler, @unchecked Sendable {
+            static let seen = NIOLockedValueBox<[String]>([])
+            var metadata: Logger.Metadata = [:]
+            var logLevel: Logger.Level = .info
+            subscript(metadataKey key: String) -> Logger.Metadata.Value? { get { metadata[key] } set { metadata[key] = newValue } }
+            func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
+                Self.seen.withLockedValue { $0.append("\(level) \(message)") }
+            }
+        }
+        try await withStore(.sqlite) { store in
+            let audit = AuditLog(store: store, logger: Logger(label: "test") { _ in Lines() })
+            let pages = try await store.query("PRAGMA page_count").first?.int("page_count") ?? 0
+            _ = try await store.query("PRAGMA max_page_count = \(pages)")
+            var failure: StoreError?
+            for i in 0..<500 where failure == nil {
+                do {
+                    try await audit.record(AuditEntry(tenant: "acme", actor: "key:k1", action: "device.create", target: "sensor-\(i)",
+                                                      detail: String(repeating: "d", count: 200)))
+                } catch let e as StoreError { failure = e }
+            }
+            #expect(failure?.kind == .unavailable, "\(String(describing: failure))")
+            let lines = Lines.seen.withLockedValue { $0 }
+            #expect(lines.count == 1 && lines[0].hasPrefix("error cannot append to the audit log: device.create by key:k1 on 'sensor-")
+                    && lines[0].contains("database or disk is full"), "\(lines)")
         }
     }
 
