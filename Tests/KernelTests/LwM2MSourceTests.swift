@@ -185,6 +185,9 @@ import IoTCPluginKit
         #expect(eventually(timeout: 15) { client.log.contains("registered 2.01 Created /rd/") }, "\(client.log)")
         client.send("send")
         #expect(eventually { client.log.contains("sent 2.04 Changed") }, "\(client.log)")
+        // No values: nothing to wait for, answered at once.
+        client.send("send-empty")
+        #expect(eventually { client.log.contains("sent-empty 2.04 Changed") }, "\(client.log)")
         for _ in 0..<8 where !client.log.contains("sent 5.03") {
             let answers = client.log.components(separatedBy: "sent ").count
             client.send("send")

@@ -392,6 +392,9 @@ async def main(port, endpoint, mode):
             r = await ctx.request(Message(code=Code.POST, uri=server + "/dp", content_format=110,
                                           payload=b'[{"bn":"/3303/0/","n":"5700","v":30.5},{"bn":"/3/0/","n":"9","v":55}]')).response
             say("sent", r.code)
+        elif line == "send-empty":
+            r = await ctx.request(Message(code=Code.POST, uri=server + "/dp", content_format=110, payload=b'[]')).response
+            say("sent-empty", r.code)
         elif line == "send-cbor":
             # LwM2M CBOR (1.2): nested maps, and a whole path as one array key.
             body = cbor2.dumps({3303: {0: {5700: 31.5}}, (3, 0, 9): 56})

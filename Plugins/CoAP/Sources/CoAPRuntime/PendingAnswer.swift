@@ -16,10 +16,11 @@ public final class PendingAnswer: @unchecked Sendable {
     private var session: OpaquePointer?
     private var token: [UInt8] = []
 
-    /// An answer that waits for `parts` verdicts (one per message the request became).
+    /// An answer that waits for `parts` verdicts (one per message the request became; none: it is
+    /// complete, and OK, at once).
     public init(mid: Int32, parts: Int = 1) {
         self.mid = mid
-        state = Mutex((max(parts, 1), nil, false))
+        state = Mutex((max(parts, 0), nil, false))
     }
 
     /// The verdict once every part is settled: 0 (IOTC_OK) when all were taken, else the first failure.
