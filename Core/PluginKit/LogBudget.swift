@@ -48,5 +48,8 @@ public final class FailureNotice: Sendable {
     public func failed() -> Bool { !failing.exchange(true, ordering: .relaxed) }
 
     /// Whether the job works again after failing: say so then.
-    public func worked() -> Bool { failing.exchange(false, ordering: .relaxed) }
+    public func worked() -> Bool {
+        // Read first: a job that works (the common case, once per batch on some paths) writes nothing.
+        failing.load(ordering: .relaxed) && failing.exchange(false, ordering: .relaxed)
+    }
 }

@@ -78,6 +78,15 @@ import IoTCPluginKit
         return runtime
     }
 
+    /// Options of a sink that retries without end, with these pauses.
+    func retryingForever(initialBackoff: Double, maxBackoff: Double) -> DeliveryOptions {
+        var options = DeliveryOptions()
+        options.initialBackoff = initialBackoff
+        options.maxBackoff = maxBackoff
+        options.maxAttempts = 0
+        return options
+    }
+
     func deliveries(_ n: Int) -> [Delivery] {
         (0..<n).map { Delivery(message: Message(id: "m\($0)", topic: "t", payload: [UInt8($0 % 256)]), pipeline: "p", settlement: nil) }
     }
@@ -176,10 +185,7 @@ import IoTCPluginKit
     /// messages reached the dead-letter store).
     @Test func logsASinkThatStartsFailingAndWhenItWritesAgain() throws {
         let dir = TempDir()
-        var options = DeliveryOptions()
-        options.initialBackoff = 0.01
-        options.maxBackoff = 0.02
-        options.maxAttempts = 0
+        let options = retryingForever(initialBackoff: 0.01, maxBackoff: 0.02)
         let lines = Lines()
         let sink = ScriptedSink(answer: IOTC_ERR_RETRY)
         let runtime = started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url), name: "archive") { lines.append($0) }
@@ -197,10 +203,7 @@ import IoTCPluginKit
     /// a stop with a webhook endpoint down took the whole 30 s before.
     @Test func stoppingLeavesDurableMessagesToTheirLogAndRetriesTheRest() throws {
         let dir = TempDir()
-        var options = DeliveryOptions()
-        options.initialBackoff = 0.05
-        options.maxBackoff = 0.1
-        options.maxAttempts = 0
+        let options = retryingForever(initialBackoff: 0.05, maxBackoff: 0.1)
         func runtime(_ sink: ScriptedSink) throws -> SinkRuntime {
             self.started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters")))
         }

@@ -27,11 +27,13 @@ import IoTCStore
 
     /// `iotc serve FILE` with its data folder, API port and the plugins built here; `arguments` follow,
     /// and `environment` (by default the owner key these tests use) is added to the process's own.
-    func serve(_ file: String, data: String, api: Int, store: String? = nil, arguments: [String] = [],
+    /// `iotc serve` as a child process; `openFileLimit` runs it under `ulimit -n`.
+    func serve(_ file: String, data: String, api: Int, store: String? = nil, arguments: [String] = [], openFileLimit: Int? = nil,
                environment: [String: String] = ["IOTC_BOOTSTRAP_KEY": ProcessTests.ownerKey]) throws -> ChildProcess {
-        try ChildProcess(Build.iotc, ["serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory]
-                         + (store.map { ["--store", $0] } ?? []) + arguments,
-                         environment: environment)
+        let command = [Build.iotc, "serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory]
+            + (store.map { ["--store", $0] } ?? []) + arguments
+        guard let openFileLimit else { return try ChildProcess(command[0], Array(command.dropFirst()), environment: environment) }
+        return try ChildProcess("/bin/sh", ["-c", "ulimit -n \(openFileLimit) && exec \"$0\" \"$@\""] + command, environment: environment)
     }
 
     @Test func deliversEveryAcknowledgedMessageAfterKillMinus9() throws {
@@ -239,9 +241,7 @@ import IoTCStore
             pipelines: { t: { from: [ "devices:t/#", "web" ], to: [ out ] } }
             auth: { allow_anonymous: true }
             """)
-        let hub = try ChildProcess("/bin/sh", ["-c", "ulimit -n 128 && exec \"$0\" \"$@\"", Build.iotc, "serve", file, "--data", dir.path + "/data",
-                                               "--api", "127.0.0.1:\(apiPort)", "--plugins", Build.directory],
-                                   environment: ["IOTC_BOOTSTRAP_KEY": ProcessTests.ownerKey])
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort, openFileLimit: 128)
         defer { _ = hub.stop(timeout: 5) }
         #expect(waitForPort(mqttPort) && waitForPort(httpPort), "hub did not start: \(hub.log)")
         var held = (0..<160).compactMap { _ in RawSocket(port: mqttPort) }

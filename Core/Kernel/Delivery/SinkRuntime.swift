@@ -73,7 +73,7 @@ final class SinkRuntime: @unchecked Sendable {
     private var leftForReplay = 0
     /// Whether the sink's last settled write failed and is being retried: the first such failure and the
     /// first success after it are logged, the failures between them only counted (retries metric).
-    private var failing = false
+    private let trouble = FailureNotice()
     /// The runtime that replaced this one in a reload: failed writes go to it instead of being retried.
     private var successor: SinkRuntime?
     /// While the sink reports backpressure, the worker pauses (doubling up to a second).
@@ -277,11 +277,9 @@ final class SinkRuntime: @unchecked Sendable {
         if workerWaiting && (!ready.isEmpty || retrying > 0 || stopping) { cond.broadcast() }
         let next = successor
         var changed: Bool?  // the sink started failing (true) or writes again (false)
-        if result == IOTC_OK, failing, !settled.isEmpty {
-            failing = false
+        if result == IOTC_OK, !settled.isEmpty, trouble.worked() {
             changed = false
-        } else if result == IOTC_ERR_RETRY, retrying > 0, !failing, !stopping {
-            failing = true
+        } else if result == IOTC_ERR_RETRY, retrying > 0, !stopping, trouble.failed() {
             changed = true
         }
         cond.unlock()

@@ -63,8 +63,8 @@ public final class WriteAheadLog: @unchecked Sendable {
     private var liveTotal = 0
     private var closed = false
     private var writer: WorkerThread?
-    /// Whether the last commit failed (only the writer thread uses it).
-    private var failing = false
+    /// Whether the last commit failed: the first failure and the first commit after failures are reported.
+    private let trouble = FailureNotice()
     private let report: @Sendable (Event) -> Void
 
     /// Opens the log in `directory`, returning the messages that were never completed.
@@ -322,11 +322,9 @@ public final class WriteAheadLog: @unchecked Sendable {
             if let error {
                 // What was appended meanwhile stays pending and tries the disk at the next commit.
                 discardFailedCommit()
-                if !failing { event = .failed(error) }
-                failing = true
+                if trouble.failed() { event = .failed(error) }
             } else {
-                if failing { event = .writesAgain }
-                failing = false
+                if trouble.worked() { event = .writesAgain }
                 segmentSize += batch.count
                 if segmentSize > segmentLimit { startSegment() }
             }
