@@ -11,6 +11,9 @@ public final class BrokerCounters: Sendable {
     public let dropped = ManagedAtomic<Int>(0)
     public let expired = ManagedAtomic<Int>(0)
     public let connected = ManagedAtomic<Int>(0)
+    /// Client connections in memory, from accept until freed, whether or not they sent CONNECT: it
+    /// comes back to the open sockets' count once closed ones are let go (else something holds them).
+    public let held = ManagedAtomic<Int>(0)
     public let bytesReceived = ManagedAtomic<Int>(0)
     init() {}
 }

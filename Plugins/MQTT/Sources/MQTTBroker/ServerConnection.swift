@@ -94,7 +94,10 @@ public final class ServerConnection: @unchecked Sendable {
         self.link = link
         self.remoteAddress = remoteAddress
         self.certificateFingerprint = certificateFingerprint
+        broker.counters.held.add(1)
     }
+
+    deinit { broker.counters.held.add(-1) }
 
     // MARK: - Input
 

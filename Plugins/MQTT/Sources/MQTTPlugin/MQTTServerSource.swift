@@ -254,6 +254,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         guard let broker else { return }
         let c = broker.counters
         host.metric(.gauge, "iotc_mqtt_connections", Double(c.connected.value))
+        host.metric(.gauge, "iotc_mqtt_sockets", Double(c.held.value))
         host.metric(.gauge, "iotc_mqtt_sessions", Double(broker.sessionCount))
         host.metric(.gauge, "iotc_mqtt_subscriptions", Double(broker.subscriptionCount))
         host.metric(.gauge, "iotc_mqtt_retained_messages", Double(broker.retainedCount))
