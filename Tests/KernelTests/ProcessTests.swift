@@ -155,6 +155,45 @@ import IoTCStore
         #expect(!hub.log.contains("store is closed"), "\(hub.log.suffix(500))")
     }
 
+    /// Devices observing their commands and attributes over CoAP as the source restarts (a reload that
+    /// changes it) and as the hub stops: the observations' hold on their sessions ends with the source
+    /// (libcoap aborted the process, asserting that no session was still referenced).
+    @Test func reloadsAndStopsWhileCoAPDevicesObserve() throws {
+        let client = try #require(which("coap-client-openssl"), "coap-client-openssl is missing: run scripts/install-deps.sh test")
+        let dir = TempDir()
+        let udp = freePort(), apiPort = freePort()
+        let out = dir.path + "/out.jsonl"
+        func config(retryAfter: Int) -> String {
+            """
+            sources: { coap: { plugin: coap, listen: "127.0.0.1:\(udp)", retry_after: \(retryAfter)s } }
+            sinks: { out: { plugin: file, path: "\(out)" } }
+            pipelines: { t: { from: [ "coap:devices/+/telemetry" ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """
+        }
+        let file = dir.write("hub.yaml", config(retryAfter: 3))
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(eventually { hub.log.contains("coap source listening") }, "hub did not start: \(hub.log)")
+        let observers = try ["c/valve-1", "a/valve-2"].map { try ChildProcess(client, ["-s", "60", "-v", "7", "coap://127.0.0.1:\(udp)/\($0)"]) }
+        defer { for o in observers { o.stop() } }
+        #expect(eventually { observers.allSatisfy { $0.log.contains("Observe:") } }, "\(observers.map(\.log))")
+        try config(retryAfter: 4).write(toFile: file, atomically: true, encoding: .utf8)
+        hub.signal(SIGHUP)
+        #expect(eventually { hub.log.contains("reloaded") }, "\(hub.log.suffix(2000))")
+        // The new source serves, and the process is the same one.
+        #expect(eventually(timeout: 5) {
+            (try? coapClient(["-m", "post", "-t", "json", "-e", #"{"n":1}"#, "coap://127.0.0.1:\(udp)/t/valve-1", "-v", "7"]))?.contains("c:2.04") == true
+        }, "\(hub.log.suffix(2000))")
+        #expect(eventually { jsonLines(out).count == 1 })
+        // Observed again, then stopped with the observations open.
+        let again = try ChildProcess(client, ["-s", "60", "-v", "7", "coap://127.0.0.1:\(udp)/c/valve-3"])
+        defer { again.stop() }
+        #expect(eventually { again.log.contains("Observe:") }, "\(again.log)")
+        #expect(hub.stop(SIGTERM) == 0, "\(hub.log.suffix(3000))")
+        #expect(!hub.log.contains("Assertion") && !hub.log.contains("crashed"), "\(hub.log.suffix(3000))")
+    }
+
     /// A plugin's log line that quotes a value a reference brought in shows "…" in its place.
     @Test func pluginLogLinesConcealReferencedValues() throws {
         let dir = TempDir()

@@ -83,7 +83,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
             case 0?:
                 // Register (or refresh) the observation: later changes follow as notifications.
                 guard admitObservation(state, token, response) else { return }
-                let observation = Observation(session: session, token: token, box: "", attributesOf: identity)
+                let observation = Observation(session: session, loop: loop, token: token, box: "", attributesOf: identity)
                 observation.etag = etag
                 state.observations.append(observation)
                 attributeWatches.append(observation)
@@ -221,7 +221,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
                 return
             }
             // Not yet in the hub's hands (a durable pipeline's write-ahead log): answer separately.
-            guard pending.answerLater(session, request) else {
+            guard pending.answerLater(session, request, loop: loop) else {
                 PDU.respond(response, COAP_RESPONSE_CODE_SERVICE_UNAVAILABLE)
                 return
             }
@@ -289,7 +289,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         case 0?:
             // Register (or refresh) this observation; queued commands follow as notifications.
             guard admitObservation(state, token, response) else { return }
-            let observation = Observation(session: session, token: token, box: box)
+            let observation = Observation(session: session, loop: loop, token: token, box: box)
             let loop = self.loop
             let contentFormat = ContentFormat.json
             observation.waiter = source.mailboxes.wait(box: box, persistent: true) { [weak observation] command in
@@ -417,7 +417,9 @@ final class CoAPDeviceServer: @unchecked Sendable {
 
 /// One observation of a command resource, or of a device's attributes.
 final class Observation: @unchecked Sendable {
+    /// Valid while the loop lives (the loop lets go of it if the observation outlives it).
     let session: OpaquePointer
+    private weak var loop: CoAPEventLoop?
     let token: [UInt8]
     let box: String
     var waiter: UInt64 = 0
@@ -430,8 +432,9 @@ final class Observation: @unchecked Sendable {
 
     var open: Bool { lock.withLock { _open } }
 
-    init(session: OpaquePointer, token: [UInt8], box: String, attributesOf: Identity? = nil) {
-        self.session = coap_session_reference(session)
+    init(session: OpaquePointer, loop: CoAPEventLoop, token: [UInt8], box: String, attributesOf: Identity? = nil) {
+        self.session = loop.hold(session)
+        self.loop = loop
         self.token = token
         self.box = box
         self.attributesOf = attributesOf
@@ -450,7 +453,7 @@ final class Observation: @unchecked Sendable {
         }
     }
 
-    deinit { coap_session_release(session) }
+    deinit { loop?.letGo(session) }
 }
 
 /// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).

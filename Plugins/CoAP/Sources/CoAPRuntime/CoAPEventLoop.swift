@@ -40,6 +40,12 @@ public final class CoAPEventLoop: @unchecked Sendable {
     /// Told the number of sessions every 5 s, on the loop thread (the `iotc_coap_sessions` gauge).
     public var sessionsReport: ((Int) -> Void)?
     private var lastReport = 0.0
+    /// The sessions the plugins keep a reference on (observations, registrations, answers sent
+    /// later), with how many each (loop thread). libcoap asserts, as it frees the context, that no
+    /// session is referenced any more: the loop lets go of those still held first.
+    private var held: [OpaquePointer: Int] = [:]
+    /// The thread running the loop, while it runs (under `lock`).
+    private var loopThread: pthread_t?
 
     /// The config field bounding idle sessions, for the coap and lwm2m sources' specs.
     public static let maxIdleSessionsField = ConfigField("max_idle_sessions", .int,
@@ -72,6 +78,12 @@ public final class CoAPEventLoop: @unchecked Sendable {
     }
 
     deinit {
+        // Observations, registrations and late answers their holders still keep (a device observing
+        // its commands as the source stops or reloads): libcoap would abort the process.
+        for (session, count) in held {
+            for _ in 0..<count { coap_session_release(session) }
+        }
+        held = [:]
         coap_free_context(context)
         close(wake)
         for p in pkiPaths { free(p) }
@@ -162,7 +174,28 @@ public final class CoAPEventLoop: @unchecked Sendable {
         worker = nil
     }
 
+    /// Keeps `session` for later use (loop thread): it stays valid until `letGo`, or until the loop
+    /// is gone, after which the holder must not use it.
+    public func hold(_ session: OpaquePointer) -> OpaquePointer {
+        held[session, default: 0] += 1
+        return coap_session_reference(session)
+    }
+
+    /// Lets go of a session `hold` kept. From another thread (an observation freed where a command
+    /// was delivered) it is done on the loop thread; once the loop has stopped, the loop's end does it.
+    public func letGo(_ session: OpaquePointer) {
+        guard let t = lock.withLock({ loopThread }), pthread_equal(t, pthread_self()) != 0 else {
+            execute { [weak self] in self?.letGo(session) }
+            return
+        }
+        guard let n = held[session] else { return }
+        held[session] = n > 1 ? n - 1 : nil
+        coap_session_release(session)
+    }
+
     private func run() {
+        lock.withLock { loopThread = pthread_self() }
+        defer { lock.withLock { loopThread = nil } }
         let coapFD = coap_context_get_coap_fd(context)
         var fds = [pollfd(fd: coapFD, events: Int16(POLLIN), revents: 0), pollfd(fd: wake, events: Int16(POLLIN), revents: 0)]
         while true {

@@ -14,6 +14,7 @@ public final class PendingAnswer: @unchecked Sendable {
     public let mid: Int32
     // Loop thread only:
     private var session: OpaquePointer?
+    private weak var loop: CoAPEventLoop?
     private var token: [UInt8] = []
 
     /// An answer that waits for `parts` verdicts (one per message the request became; none: it is
@@ -49,9 +50,10 @@ public final class PendingAnswer: @unchecked Sendable {
     }
 
     /// Has libcoap hold the request for a separate response; false when it cannot (answer at once).
-    public func answerLater(_ session: OpaquePointer, _ request: OpaquePointer) -> Bool {
+    public func answerLater(_ session: OpaquePointer, _ request: OpaquePointer, loop: CoAPEventLoop) -> Bool {
         guard let async = coap_register_async(session, request, 0) else { return false }
-        self.session = coap_session_reference(session)
+        self.session = loop.hold(session)
+        self.loop = loop
         token = PDU.token(request)
         coap_async_set_app_data(async, Unmanaged.passRetained(self).toOpaque())
         return true
@@ -67,11 +69,11 @@ public final class PendingAnswer: @unchecked Sendable {
 
     /// The verdict is in: libcoap calls the handler again with the request. Loop thread.
     public func trigger() {
-        guard let session else { return }
+        guard let session, let loop else { return }
         token.withUnsafeBufferPointer { t in
             if let async = coap_find_async(session, coap_bin_const_t(length: t.count, s: t.baseAddress)) { coap_async_trigger(async) }
         }
         self.session = nil
-        coap_session_release(session)
+        loop.letGo(session)
     }
 }

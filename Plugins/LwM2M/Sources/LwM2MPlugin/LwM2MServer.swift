@@ -236,7 +236,7 @@ final class LwM2MServer: @unchecked Sendable {
             if let held = waiting.removeValue(forKey: replaced.id) { waiting[r.id] = held }
             forget(replaced, reason: "it registered again", event: nil)
         }
-        links[r.id] = (coap_session_reference(session), id)
+        links[r.id] = (loop.hold(session), id)
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CREATED)
         for segment in ["rd", r.id] { _ = coap_add_option(response, coap_option_num_t(COAP_OPTION_LOCATION_PATH), segment.utf8.count, segment) }
         host.deviceConnected(id, remoteAddress: peer.remote)
@@ -275,8 +275,8 @@ final class LwM2MServer: @unchecked Sendable {
                                          now: Date().timeIntervalSince1970) else { return }
         if let old = links[id], old.session != session {
             // The client's address changed (NAT): later requests go to the new one.
-            coap_session_release(old.session)
-            links[id] = (coap_session_reference(session), who)
+            loop.letGo(old.session)
+            links[id] = (loop.hold(session), who)
         }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
         lifecycle(updated, "updated")
@@ -338,7 +338,7 @@ final class LwM2MServer: @unchecked Sendable {
         wake(r.id)
         if let result = pending.deferIfOpen() {
             answerSend(result, response)
-        } else if !pending.answerLater(session, request) {
+        } else if !pending.answerLater(session, request, loop: loop) {
             answerSend(IOTC_ERR_BUSY, response)
         }
     }
@@ -361,7 +361,7 @@ final class LwM2MServer: @unchecked Sendable {
         pending = pending.filter { $0.value.registration != r.id }
         if let link = links.removeValue(forKey: r.id) {
             host.deviceDisconnected(link.identity, reason: reason)
-            coap_session_release(link.session)
+            loop.letGo(link.session)
         }
         if let event { lifecycle(r, event) }
     }
@@ -821,7 +821,9 @@ final class Bootstrapping {
     }
     let endpoint: String
     let identity: Identity
+    /// Valid while the loop lives (the loop lets go of it if the bootstrap outlives it).
     let session: OpaquePointer
+    private weak var loop: CoAPEventLoop?
     /// The resources of the two instances, and the format the client prefers them in (`pct`).
     let security: [(UInt16, Value)], server: [(UInt16, Value)]
     let format: BootstrapPlan.WriteFormat
@@ -829,17 +831,18 @@ final class Bootstrapping {
     /// Where the accounts go: free instances, from the client's Bootstrap-Discover.
     var instances = (security: BootstrapPlan.securityInstance, server: BootstrapPlan.serverInstance)
 
-    init(endpoint: String, identity: Identity, session: OpaquePointer, security: [(UInt16, Value)], server: [(UInt16, Value)],
+    init(endpoint: String, identity: Identity, session: OpaquePointer, loop: CoAPEventLoop, security: [(UInt16, Value)], server: [(UInt16, Value)],
          format: BootstrapPlan.WriteFormat) {
         self.endpoint = endpoint
         self.identity = identity
-        self.session = coap_session_reference(session)
+        self.session = loop.hold(session)
+        self.loop = loop
         self.security = security
         self.server = server
         self.format = format
     }
 
-    deinit { coap_session_release(session) }
+    deinit { loop?.letGo(session) }
 }
 
 extension LwM2MServer {
@@ -868,7 +871,7 @@ extension LwM2MServer {
             psk = (Array(name.utf8), key)
         }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
-        let job = Bootstrapping(endpoint: ep, identity: id, session: session, security: plan.securityValues(psk: psk),
+        let job = Bootstrapping(endpoint: ep, identity: id, session: session, loop: loop, security: plan.securityValues(psk: psk),
                                 server: plan.serverValues, format: format)
         // The steps follow once the 2.04 is on its way.
         loop.execute { [weak self] in self?.bootstrapStep(job) }
