@@ -92,11 +92,12 @@ import IoTCStore
         #expect(waitForPort(mqttPort), "hub did not start: \(hub.log)")
         let load = try ChildProcess(python, [Build.packageRoot + "/Tests/Support/mqtt_peers.py", "publish_until_dropped", "127.0.0.1", "\(mqttPort)"],
                                     environment: ["IOTC_ACKED_FILE": acked])
-        // Killed while the pipeline's queue fills (its sink's queue, 1,024, is full first).
+        // Killed while the pipeline's queue fills (its sink's queue, 1,024, is full first; the pipeline
+        // stops taking at 978 to 1,023, with the messages the sink holds for a retry).
         let taken = #/iotc_messages_in_total\{pipeline="t"\} (\d+)/#
         #expect(eventually(timeout: 30) {
-            (http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.firstMatch(of: taken)).flatMap { Int($0.1) } ?? 0 >= 1000
-        }, "too few messages: \(load.log)\n\(hub.log.suffix(2000))")
+            (http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.firstMatch(of: taken)).flatMap { Int($0.1) } ?? 0 >= 900
+        }, "too few messages: \(load.log)\n\(hub.log.suffix(2000))\n\(http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body.split(separator: "\n").filter { $0.contains("mqtt") || $0.contains("pipeline") } ?? [])")
         hub.stop(SIGKILL)
         #expect(eventually(timeout: 30) { !load.process.isRunning })
         #expect(load.process.terminationStatus == 0, "\(load.log)")
@@ -192,6 +193,58 @@ import IoTCStore
         #expect(eventually { again.log.contains("Observe:") }, "\(again.log)")
         #expect(hub.stop(SIGTERM) == 0, "\(hub.log.suffix(3000))")
         #expect(!hub.log.contains("Assertion") && !hub.log.contains("crashed"), "\(hub.log.suffix(3000))")
+    }
+
+    /// Devices send over MQTT, HTTP and CoAP into a durable pipeline while its three sources restart
+    /// with every reload (a changed setting each time): every message the hub acknowledged reaches the
+    /// sink. With SwiftNIO's strict mode, which crashes where a task is handed to a loop group that has
+    /// shut down (a verdict that comes after its source stopped), the hub neither crashes nor logs that.
+    @Test func losesNoAcknowledgedMessageAcrossReloadsUnderLoad() throws {
+        let python = Build.packageRoot + "/.venv/bin/python"
+        try #require(FileManager.default.isExecutableFile(atPath: python), "no .venv: run scripts/install-deps.sh test")
+        let dir = TempDir()
+        let mqttPort = freePort(), httpPort = freePort(), udp = freePort(), apiPort = freePort()
+        let out = dir.path + "/out.jsonl"
+        func config(_ v: Int) -> String {
+            """
+            sources:
+              coap: { plugin: coap, listen: "127.0.0.1:\(udp)", retry_after: \(v)s }
+              mqtt: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", connect_timeout: \(v)s }
+              http: { plugin: http, listen: "127.0.0.1:\(httpPort)", max_body_size: \(v)KiB }
+            sinks: { out: { plugin: file, path: "\(out)" } }
+            pipelines:
+              t:
+                from: [ "coap:devices/+/telemetry", "mqtt:devices/+/telemetry", "http:devices/+/telemetry" ]
+                durable: true
+                steps: [ { decode: json } ]
+                to: [ out ]
+            auth: { allow_anonymous: true }
+            """
+        }
+        let file = dir.write("hub.yaml", config(2))
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort,
+                            environment: ["IOTC_BOOTSTRAP_KEY": Self.ownerKey, "SWIFTNIO_STRICT": "1"])
+        defer { hub.stop() }
+        #expect(waitForPort(mqttPort) && waitForPort(httpPort), "hub did not start: \(hub.log)")
+        let acked = dir.path + "/acked.json"
+        let load = try ChildProcess(python, [Build.packageRoot + "/Tests/Support/acked_load.py", "10", "\(mqttPort)", "\(httpPort)", "\(udp)", acked])
+        for v in 3...8 {
+            Thread.sleep(forTimeInterval: 1.4)
+            try config(v).write(toFile: file, atomically: true, encoding: .utf8)
+            hub.signal(SIGHUP)
+        }
+        #expect(eventually(timeout: 30) { !load.process.isRunning }, "\(load.log)")
+        #expect(hub.log.components(separatedBy: "reloaded").count - 1 == 6, "\(hub.log.suffix(3000))")
+        #expect(hub.stop(SIGTERM) == 0, "\(hub.log.suffix(3000))")
+        #expect(!hub.log.contains("Fatal error") && !hub.log.contains("EventLoop that has already shut down"), "\(hub.log.suffix(3000))")
+        let delivered = Set(jsonLines(out).compactMap { $0["payload"]?["id"]?.string })
+        let sent = try #require(try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: acked))) as? [String: [String]], "\(load.log)")
+        for kind in ["mqtt", "http", "coap"] {
+            let ids = sent[kind] ?? []
+            #expect(ids.count >= 50, "\(kind): only \(ids.count) acknowledged: \(load.log)")
+            let missing = ids.filter { !delivered.contains($0) }
+            #expect(missing.isEmpty, "\(kind): \(missing.count) of \(ids.count) acknowledged messages missing, e.g. \(missing.prefix(5))")
+        }
     }
 
     /// A plugin's log line that quotes a value a reference brought in shows "…" in its place.

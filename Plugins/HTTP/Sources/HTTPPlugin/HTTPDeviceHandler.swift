@@ -339,6 +339,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                               payload: bytes, deviceTime: deviceTime, qos: 1, properties: properties)
         let loop = context.eventLoop
         let bound = NIOLoopBound((self, context), eventLoop: loop)
+        let gate = source.gate
         let status = source.host.submit(message) { result in
             let answer: @Sendable () -> Void = {
                 let (handler, context) = bound.value
@@ -349,7 +350,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                 }
             }
             // A pipeline without a write-ahead log accepts at once, on this event loop.
-            if loop.inEventLoop { answer() } else { loop.execute(answer) }
+            if loop.inEventLoop { answer() } else { gate.execute(on: loop, answer) }
         }
         switch status {
         case .queued: break
@@ -413,9 +414,10 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         source.host.deviceConnected(identity, remoteAddress: context.channel.remoteAddress?.description ?? "")
         let channel = context.channel
         let box = CommandMailboxes.key(tenant: identity.tenant, device: device)
+        let gate = source.gate
         let id = source.mailboxes.wait(box: box, persistent: false) { command in
             guard channel.isActive else { return false }
-            loop.execute {
+            gate.execute(on: loop, {
                 let (handler, context) = bound.value
                 handler.polling = nil
                 var line: [UInt8] = []
@@ -423,7 +425,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
                 handler.respond(context, .ok, body: line, contentType: "application/json")
                 command.ack.succeed()
                 handler.source.host.deviceDisconnected(identity, reason: "poll answered")
-            }
+            }, otherwise: { command.ack.retry("the http source stopped") })
             return true
         }
         guard id != 0 else { return }
@@ -447,17 +449,18 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         let channel = context.channel
         let box = CommandMailboxes.key(tenant: identity.tenant, device: device)
+        let gate = source.gate
         let id = source.mailboxes.wait(box: box, persistent: true) { command in
             guard channel.isActive else { return false }
             var line: [UInt8] = Array("event: command\nid: \(command.message.id)\ndata: ".utf8)
             EnvelopeJSON.encode(command.message, into: &line)
             line += Array("\n\n".utf8)
             let event = line
-            loop.execute {
+            gate.execute(on: loop, {
                 let (_, context) = bound.value
                 context.writeAndFlush(NIOAny(ByteBuffer(bytes: event)))
                     .whenComplete { r in if case .success = r { command.ack.succeed() } else { command.ack.retry("the stream closed") } }
-            }
+            }, otherwise: { command.ack.retry("the http source stopped") })
             return true
         }
         streaming = (box, id, identity)

@@ -71,6 +71,8 @@ final class HTTPSource: Source, @unchecked Sendable {
     let host: PluginHost
     let mailboxes: CommandMailboxes
     private var group: MultiThreadedEventLoopGroup?
+    /// What the hub's threads hand the connections (verdicts, commands), closed before the group stops.
+    let gate = LoopGate()
     private var channel: Channel?
     private let sslContext: NIOSSLContext?
     let connections: ConnectionLimit
@@ -124,6 +126,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         try? channel?.close().wait()
         channel = nil
         mailboxes.closeAll()
+        gate.close()
         try? group?.syncShutdownGracefully()
         group = nil
     }

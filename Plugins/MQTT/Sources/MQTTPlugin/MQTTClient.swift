@@ -68,6 +68,9 @@ final class MQTTClient: @unchecked Sendable {
     let loop: EventLoop
     private let address: (host: String, port: Int)
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    /// What other threads hand the loop (publishes, verdicts on received messages), closed before the
+    /// group stops.
+    private let gate = LoopGate()
     private let sslContext: NIOSSLContext?
     private let clientID: String
     private let subscriptions: [(String, UInt8)]
@@ -124,7 +127,7 @@ final class MQTTClient: @unchecked Sendable {
     /// Publishes (after `reserve`). `done(nil)` when written (QoS 0) or acknowledged (QoS 1); `done(code)`
     /// with the reason code on refusal or 0x80 when the connection was lost first.
     func publish(_ publish: MQTTPublish, done: @escaping @Sendable (UInt8?) -> Void) {
-        loop.execute {
+        gate.execute(on: loop, {
             guard let ch = self.channel, self.connected else {
                 done(MQTTReason.unspecified)
                 self.publishState()
@@ -142,7 +145,7 @@ final class MQTTClient: @unchecked Sendable {
                 }
             }
             self.publishState()
-        }
+        }, otherwise: { done(MQTTReason.unspecified) })
     }
 
     private func connect() {
@@ -226,8 +229,9 @@ final class MQTTClient: @unchecked Sendable {
             let ch = channel
             let id = p.packetID ?? 0
             let qos = p.qos
-            delegate?.clientReceived(p) { [loop, name, host, server = config.server] taken in
-                loop.execute {
+            delegate?.clientReceived(p) { [loop, gate, name, host, server = config.server] taken in
+                // Once stopped, the broker sends it again on the next connection.
+                gate.execute(on: loop) {
                     guard let ch, ch === self.channel else { return }  // the broker sends it again on the next connection
                     guard taken else {
                         // Not acknowledged, it would hold a place in the broker's window for good, and the
@@ -311,6 +315,7 @@ final class MQTTClient: @unchecked Sendable {
             }
         }.flatMap { $0 }
         try? done.wait()
+        gate.close()
         try? group.syncShutdownGracefully()
     }
 }

@@ -17,6 +17,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     private let connectTimeout: Double
     private let maxPendingBytes: Int
     private let sweeper: IdleSweeper
+    private let gate: LoopGate
     private var connection: ServerConnection?
     private var context: ChannelHandlerContext?
     private var loop: EventLoop?
@@ -33,7 +34,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     /// Bytes of a packet not yet complete; nil between packets.
     private var partial: ByteBuffer?
 
-    init(broker: Broker, hub: HubLink, limits: ServerLimits, connectTimeout: Double, maxPendingBytes: Int, sweeper: IdleSweeper) {
+    init(broker: Broker, hub: HubLink, limits: ServerLimits, connectTimeout: Double, maxPendingBytes: Int, sweeper: IdleSweeper, gate: LoopGate) {
         self.sweeper = sweeper
         decoder = MQTTPacketDecoder(limits: MQTTDecoderLimits(maximumPacketSize: limits.maximumPacketSize))
         self.broker = broker
@@ -41,6 +42,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
         self.limits = limits
         self.connectTimeout = connectTimeout
         self.maxPendingBytes = maxPendingBytes
+        self.gate = gate
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -193,8 +195,10 @@ extension MQTTServerHandler: ClientLinkOwner {
         if reading, loop?.inEventLoop == true {
             flushAfterRead = true
         } else {
-            loop?.execute { self.flush() }
+            if let loop { gate.execute(on: loop) { self.flush() } }
         }
     }
-    func linkMustDisconnect(_ reasonCode: UInt8) { loop?.execute { self.connection?.disconnect(reasonCode: reasonCode) } }
+    func linkMustDisconnect(_ reasonCode: UInt8) {
+        if let loop { gate.execute(on: loop) { self.connection?.disconnect(reasonCode: reasonCode) } }
+    }
 }

@@ -148,6 +148,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     /// Counter values last reported to the hub (the hub takes increments).
     private var reported = (received: 0, sent: 0, dropped: 0, expired: 0)
     private let sweepers = IdleSweepers()
+    /// What other threads hand the connections (verdicts, deliveries), closed before the group stops.
+    private let gate = LoopGate()
 
     init(config: Config, host: PluginHost) throws {
         self.config = config
@@ -308,7 +310,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
 
     func addMQTTHandlers(_ ops: ChannelPipeline.SynchronousOperations, channel: Channel, broker: Broker) throws {
         try ops.addHandler(MQTTServerHandler(broker: broker, hub: hubLink, limits: limits, connectTimeout: config.connect_timeout,
-                                             maxPendingBytes: config.max_pending_bytes, sweeper: sweepers.sweeper(for: channel.eventLoop)))
+                                             maxPendingBytes: config.max_pending_bytes, sweeper: sweepers.sweeper(for: channel.eventLoop), gate: gate))
     }
 
     func stop() {
@@ -323,6 +325,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         for c in channels { try? c.close().wait() }
         channels = []
         sweepers.stopAll()
+        gate.close()
         try? group?.syncShutdownGracefully()
         group = nil
         saveState()

@@ -202,3 +202,27 @@ public final class AcceptFailures: ChannelInboundHandler, Sendable {
         channel.eventLoop.scheduleTask(in: Self.backoff) { try? channel.syncOptions?.setOption(.autoRead, value: true) }
     }
 }
+
+/// Hands work from the hub's threads to a plugin's event loops: a message's verdict, a command, a
+/// publish. Such work can come after the plugin stopped (a durable pipeline's log commits once a
+/// reload has stopped the source), and NIO refuses a task on a loop group that has shut down (it logs
+/// an error, and in strict mode, which is to become its default, crashes). The plugin closes the gate
+/// before it shuts its group down; work that comes later runs its `otherwise` instead, which gives
+/// back what the work held (a command to retry, a publish to offer again).
+public final class LoopGate: Sendable {
+    private let state = Mutex(true)
+
+    public init() {}
+
+    /// Queues `job` on `loop` while the gate is open; else runs `otherwise` here.
+    public func execute(on loop: EventLoop, _ job: @escaping @Sendable () -> Void, otherwise: () -> Void = {}) {
+        let queued = state.withLock { open -> Bool in
+            if open { loop.execute(job) }
+            return open
+        }
+        if !queued { otherwise() }
+    }
+
+    /// No work is queued from now on. Call before the group shuts down.
+    public func close() { state.withLock { $0 = false } }
+}
