@@ -77,7 +77,8 @@ struct SMTPSession {
     var password: String?
     var timeout: TimeAmount
 
-    func send(from: String, to: [String], data: String, group: any EventLoopGroup) async throws {
+    /// `opened` is told the connection once it is made (the sink closes it if it stops meanwhile).
+    func send(from: String, to: [String], data: String, group: any EventLoopGroup, opened: (Channel) -> Void = { _ in }) async throws {
         let handler = SMTPReplyHandler()
         let implicitTLS = tls == "implicit" ? sslContext : nil
         let serverName = self.serverName
@@ -96,6 +97,7 @@ struct SMTPSession {
         } catch {
             throw SMTPError(description: "cannot connect to \(host):\(port): \(error)", transient: true)
         }
+        opened(channel)
         defer { channel.close(promise: nil) }
         func reply() async throws -> SMTPReply {
             let f = channel.eventLoop.flatSubmit { handler.next(channel.eventLoop) }

@@ -1,5 +1,6 @@
 import Foundation
 import IoTCPluginKit
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import NIOSSL
@@ -57,6 +58,10 @@ final class SMTPSink: Sink, @unchecked Sendable {
     /// Mails go one at a time, in the order they came: an alert's clearing never lands before it.
     private let outbox: AsyncStream<(Message, Ack)>.Continuation
     private let sender: Task<Void, Never>
+    /// The connection of the mail being sent, closed at stop; and the sender's end, which the stop
+    /// waits for before it shuts the group down (a session would otherwise use a loop that is gone).
+    private let current = NIOLockedValueBox<(channel: Channel?, stopping: Bool)>((nil, false))
+    private let senderDone = DispatchSemaphore(value: 0)
 
     init(config: Config, host: PluginHost) throws {
         self.config = config
@@ -84,17 +89,28 @@ final class SMTPSink: Sink, @unchecked Sendable {
                                   username: config.username, password: config.password, timeout: .milliseconds(Int64(config.timeout * 1000)))
         let (from, to, group) = (config.from, config.to, group)
         let render = { [config] (m: Message) in Self.render(m, config) }
+        let (current, senderDone) = (current, senderDone)
         sender = Task {
+            defer { senderDone.signal() }
             for await (message, ack) in stream {
                 do {
-                    try await session.send(from: from, to: to, data: render(message), group: group)
+                    try await session.send(from: from, to: to, data: render(message), group: group) { channel in
+                        let stopping = current.withLockedValue { c -> Bool in
+                            c.channel = channel
+                            return c.stopping
+                        }
+                        if stopping { channel.close(promise: nil) }
+                    }
                     ack.succeed()
+                } catch _ where current.withLockedValue({ $0.stopping }) {
+                    ack.retry("the smtp sink stopped")
                 } catch let e as SMTPError {
                     host.log(.warning, "mail not sent: \(e)")
                     if e.transient { ack.retry(e.description) } else { ack.reject(e.description) }
                 } catch {
                     ack.retry("\(error)")
                 }
+                current.withLockedValue { $0.channel = nil }
             }
         }
     }
@@ -102,6 +118,11 @@ final class SMTPSink: Sink, @unchecked Sendable {
     func stop() {
         outbox.finish()
         sender.cancel()
+        current.withLockedValue { c -> Channel? in
+            c.stopping = true
+            return c.channel
+        }?.close(promise: nil)
+        _ = senderDone.wait(timeout: .now() + .seconds(5))
         try? group.syncShutdownGracefully()
     }
 
