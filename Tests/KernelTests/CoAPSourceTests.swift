@@ -273,6 +273,19 @@ import IoTCPluginKit
         out = try coap(["-m", "get", "-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self), "\(base)/a/meter-9"])
         #expect((try? JSON.decode(out.trimmingCharacters(in: .whitespacesAndNewlines))) == ["interval": 30, "mode": "eco"], "\(out)")
         #expect(try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/a/anonymous-1"]).contains("{}"), "a device without attributes gets {}")
+        // Resource discovery (RFC 6690) lists the device's own resources, filtered by a query, and none
+        // to an endpoint without credentials.
+        let psk = ["-u", "meter-9-psk", "-k", String(decoding: key, as: UTF8.self)]
+        out = try coap(["-m", "get"] + psk + ["\(base)/.well-known/core"])
+        #expect(out.trimmingCharacters(in: .whitespacesAndNewlines) == [
+            #"</t/meter-9>;rt="iotc.telemetry";ct="0 50 60 110 112""#, #"</e/meter-9>;rt="iotc.events";ct="0 50 60 110 112""#,
+            #"</a/meter-9>;rt="iotc.attributes";ct="0 50 60 110 112";obs"#, #"</c/meter-9>;rt="iotc.commands";ct=50;obs"#,
+        ].joined(separator: ","), "\(out)")
+        out = try coap(["-m", "get"] + psk + ["\(base)/.well-known/core?rt=iotc.c*", "-v", "7"])
+        #expect(out.contains("Content-Format:application/link-format") && out.contains(#"'</c/meter-9>;rt="iotc.commands";ct=50;obs'"#), "\(out)")
+        out = try coap(["-m", "get", "coap://127.0.0.1:\(hub.udp)/.well-known/core", "-v", "7"])
+        #expect(out.contains("c:2.05") && out.contains("Content-Format:application/link-format") && !out.contains("meter-9"), "\(out)")
+        #expect(try coap(["-m", "post", "coap://127.0.0.1:\(hub.udp)/.well-known/core", "-v", "7"]).contains("c:4.05"))
         // An observer of its attributes gets each change as a notification (checked every second), a
         // large one block-wise.
         let client = try #require(Self.client, "coap-client-openssl is missing: run scripts/install-deps.sh test")

@@ -37,6 +37,14 @@ final class CoAPDeviceServer: @unchecked Sendable {
         }
         coap_resource_set_userdata(r, Unmanaged.passUnretained(self).toOpaque())
         coap_add_resource(loop.context, r)
+        // Resource discovery (RFC 6690) in place of libcoap's, which lists nothing here: every request
+        // comes through the unknown-resource handler.
+        let wellKnown = coap_resource_init(coap_make_str_const(".well-known/core"), 0)
+        for m in [COAP_REQUEST_GET, COAP_REQUEST_POST, COAP_REQUEST_PUT, COAP_REQUEST_DELETE, COAP_REQUEST_FETCH, COAP_REQUEST_PATCH, COAP_REQUEST_IPATCH] {
+            coap_register_handler(wellKnown, m, coapDeviceRequest)
+        }
+        coap_resource_set_userdata(wellKnown, Unmanaged.passUnretained(self).toOpaque())
+        coap_add_resource(loop.context, wellKnown)
         loop.nack = { [unowned self] session, sent in nack(session, sent) }
         loop.tick = { [unowned self] in
             uploads.expire(now: Date().timeIntervalSince1970)
@@ -67,6 +75,9 @@ final class CoAPDeviceServer: @unchecked Sendable {
             return
         }
         let path = PDU.path(request)
+        if path.count == 2, path[0] == ".well-known", path[1] == "core" {
+            return discover(resource, session, request, query, response, peer)
+        }
         guard let (values, route) = match(path) else {
             PDU.respond(response, COAP_RESPONSE_CODE_NOT_FOUND)
             return
@@ -122,6 +133,30 @@ final class CoAPDeviceServer: @unchecked Sendable {
     }
 
     private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
+
+    /// `GET /.well-known/core`: the resources of the device asking (its DTLS identity, or the device of
+    /// its `token=`), in CoRE Link Format with their resource types, Content-Formats and whether they
+    /// can be observed. Without credentials the list is empty: it names no device. A query parameter
+    /// other than `token` filters the links (RFC 6690 §4.1: `rt=iotc.commands`, `href=/c*`).
+    private func discover(_ resource: OpaquePointer, _ session: OpaquePointer, _ request: OpaquePointer, _ query: UnsafePointer<coap_string_t>?,
+                          _ response: OpaquePointer, _ peer: CoAPPeer) {
+        guard coap_request_t(UInt32(PDU.code(request).rawValue)) == COAP_REQUEST_GET else { return notAllowed(response) }
+        var identity: Identity?
+        if peer.dtls || PDU.query(request, "token") != nil {
+            guard let id = authenticate(peer, request, response, device: nil) else { return }
+            identity = id
+        }
+        let filter = PDU.strings(request, COAP_OPTION_URI_QUERY).first { !$0.hasPrefix("token=") && $0 != "token" }
+        var links: [String] = []
+        if let identity {
+            for (template, route) in source.routes {
+                guard let href = template.filled(["device": identity.device]) else { continue }
+                let link = DiscoveredLink(href: href, route: route)
+                if link.passes(filter) { links.append(link.text) }
+            }
+        }
+        PDU.respondLarge(resource, session, request, response, query, format: ContentFormat.linkFormat, etag: 0, body: Array(links.joined(separator: ",").utf8))
+    }
 
     /// The attributes and commands resources serve JSON only: a request whose Accept option names
     /// another Content-Format gets 4.06 Not Acceptable (RFC 7252 §5.10.4).
@@ -414,6 +449,47 @@ final class CoAPDeviceServer: @unchecked Sendable {
     }
 }
 
+
+/// One resource in the `/.well-known/core` answer (RFC 6690, with RFC 7252 §7.2's `ct` and RFC
+/// 7641's `obs`).
+struct DiscoveredLink {
+    let href: String
+    let rt: String
+    let formats: [UInt32]
+    let observable: Bool
+
+    init(href: String, route: CoAPRoute) {
+        self.href = href
+        let ingest = [ContentFormat.textPlain, ContentFormat.json, ContentFormat.cbor, ContentFormat.senmlJSON, ContentFormat.senmlCBOR]
+        switch route {
+        case .ingest(.telemetry, _): (rt, formats, observable) = ("iotc.telemetry", ingest, false)
+        case .ingest(.attributes, _): (rt, formats, observable) = ("iotc.attributes", ingest, true)
+        case .ingest: (rt, formats, observable) = ("iotc.events", ingest, false)
+        case .commands: (rt, formats, observable) = ("iotc.commands", [ContentFormat.json], true)
+        case .result: (rt, formats, observable) = ("iotc.results", ingest, false)
+        }
+    }
+
+    var text: String {
+        let ct = formats.count == 1 ? "\(formats[0])" : "\"" + formats.map(String.init).joined(separator: " ") + "\""
+        return "<\(href)>;rt=\"\(rt)\";ct=\(ct)" + (observable ? ";obs" : "")
+    }
+
+    /// A `name=value` query (RFC 6690 §4.1; a trailing `*` matches any rest) on href, rt, ct or obs;
+    /// nil passes every link.
+    func passes(_ filter: Substring?) -> Bool {
+        guard let filter else { return true }
+        let (name, value) = filter.firstIndex(of: "=").map { (filter[..<$0], filter[filter.index(after: $0)...]) } ?? (filter, "")
+        func fits(_ target: String) -> Bool { value.hasSuffix("*") ? target.hasPrefix(value.dropLast()) : target == value }
+        switch name {
+        case "href": return fits(href)
+        case "rt": return fits(rt)
+        case "ct": return formats.contains { fits(String($0)) }
+        case "obs": return observable
+        default: return false
+        }
+    }
+}
 
 /// One observation of a command resource, or of a device's attributes.
 final class Observation: @unchecked Sendable {

@@ -41,6 +41,7 @@ final class CoAPSource: Source, @unchecked Sendable {
         | `GET /c/{device}` with Observe | commands, one notification each (JSON envelope, Content-Format 50) |
         | `GET /c/{device}` | the next queued command, or 2.05 with no payload when none waits |
         | `POST /r/{device}/{command}` | the result of a command; kind `command_result` |
+        | `GET /.well-known/core` | resource discovery (RFC 6690): the asking device's resources (by its DTLS identity or `token=`) with `rt`, `ct` and `obs`; a query such as `rt=iotc.commands` or `href=/c*` filters them; empty without credentials |
 
         Payloads are JSON (Content-Format 50), CBOR (60), SenML-JSON (110), SenML-CBOR (112) or text \
         (0); they are checked at the edge (4.00 with a diagnostic payload when malformed, 4.15 for other \

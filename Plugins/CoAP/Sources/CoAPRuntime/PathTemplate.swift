@@ -32,6 +32,20 @@ public struct PathTemplate: Sendable, Equatable, CustomStringConvertible {
     /// Whether the template names this placeholder.
     public func has(_ variable: String) -> Bool { segments.contains(.variable(variable)) }
 
+    /// The path with each placeholder filled from `values` ("/a/b"), or nil when one has no value.
+    public func filled(_ values: [String: String]) -> String? {
+        var path = ""
+        for s in segments {
+            switch s {
+            case .literal(let l): path += "/" + l
+            case .variable(let n):
+                guard let v = values[n] else { return nil }
+                path += "/" + v
+            }
+        }
+        return path.isEmpty ? "/" : path
+    }
+
     /// The match when `path` (segments, without slashes) fits the template, else nil. Empty segments
     /// never match a placeholder.
     public func match(_ path: [Substring]) -> PathMatch? {
