@@ -4,6 +4,7 @@ import Testing
 @testable import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
+import NIOConcurrencyHelpers
 
 /// The hub in this process with the real plugins: HTTP in, file, webhook and MQTT out.
 @Suite(.serialized) struct HubTests {
@@ -124,6 +125,46 @@ import IoTCStore
         alerts = jsonLines(r.dir.path + "/alerts.jsonl")
         #expect(alerts.map { $0["payload"]?["state"] } == ["raised", "cleared"], "\(alerts)")
         #expect(jsonLines(r.dir.path + "/out.jsonl").last?["payload"]?["reloaded"] == .bool(true))
+    }
+
+    /// Reloads that come together (SIGHUP and the API, two API calls) are applied one after the other:
+    /// each replaces the changed sources once, and nothing is left running beside the hub (two
+    /// reloads from the same running set both started a new source: one failed to bind, or, on UDP,
+    /// a second CoAP source kept the port, unreferenced).
+    @Test func appliesReloadsThatComeTogetherOneAtATime() throws {
+        let dir = TempDir()
+        let port = freePort(), udp = freePort()
+        func config(_ v: Int) throws -> HubConfig {
+            try loadConfig("""
+                sources:
+                  devices: { plugin: http, listen: "127.0.0.1:\(port)", max_body_size: \(v)KiB }
+                  coap: { plugin: coap, listen: "127.0.0.1:\(udp)", retry_after: \(v)s }
+                sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+                pipelines: { t: { from: [ "devices:devices/+/telemetry", "coap:devices/+/telemetry" ], to: [ out ] } }
+                auth: { allow_anonymous: true }
+                """)
+        }
+        let hub = try makeHub(dir)
+        try hub.start(config(1))
+        let configs = try (2...7).map(config)
+        let failures = NIOLockedValueBox<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: configs.count) { i in
+            do { try hub.reload(configs[i]) } catch { failures.withLockedValue { $0.append("\(error)") } }
+        }
+        #expect(failures.withLockedValue { $0 }.isEmpty, "\(failures.withLockedValue { $0 })")
+        #expect(postJSON("http://127.0.0.1:\(port)/v1/devices/d/telemetry", #"{"n":1}"#)?.status == 202)
+        hub.stop()
+        // Nothing kept the ports.
+        func binds(_ type: Int32, _ port: Int) -> Bool {
+            let fd = socket(AF_INET, type, 0)
+            defer { close(fd) }
+            var addr = sockaddr_in()
+            addr.sin_family = sa_family_t(AF_INET)
+            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+            addr.sin_port = in_port_t(UInt16(port).bigEndian)
+            return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
+        }
+        #expect(binds(Int32(SOCK_STREAM.rawValue), port) && binds(Int32(SOCK_DGRAM.rawValue), udp))
     }
 
     /// An absence rule in a running hub: the pipeline's timer raises it while the device is silent

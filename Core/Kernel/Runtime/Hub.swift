@@ -18,6 +18,8 @@ public final class Hub: HostServices, @unchecked Sendable {
     let logger: Logger
 
     private let lock = NSLock()
+    /// Held while a configuration is applied or the hub stops: one change at a time.
+    private let changing = NSLock()
     private var sources: [String: (config: ComponentConfig, instance: ComponentInstance)] = [:]
     private var sinks: [String: (config: ComponentConfig, runtime: SinkRuntime)] = [:]
     private var sinkByInstance: [ObjectIdentifier: SinkRuntime] = [:]
@@ -87,6 +89,13 @@ public final class Hub: HostServices, @unchecked Sendable {
     }
 
     private func apply(_ new: HubConfig) throws {
+        // One change at a time (SIGHUP, the API and a stop can come together): two reloads working
+        // from the same running set would both replace a changed source, and one of the two new
+        // instances would keep running, unreferenced, on the port (or fail to bind it).
+        try changing.withLock { () throws in try applyNow(new) }
+    }
+
+    private func applyNow(_ new: HubConfig) throws {
         let old = lock.withLock { (sources: sources, sinks: sinks, pipelines: pipelines) }
 
         // Prepare everything that can fail before anything running changes: new and changed sinks
@@ -235,6 +244,10 @@ public final class Hub: HostServices, @unchecked Sendable {
 
     /// Stops sources (no new messages), drains pipelines and sinks, and closes the logs.
     public func stop(timeout: TimeInterval = 30) {
+        changing.withLock { stopNow(timeout: timeout) }
+    }
+
+    private func stopNow(timeout: TimeInterval) {
         let (srcs, pipes, snks) = lock.withLock { (sources, pipelines, sinks) }
         for s in srcs.values { s.instance.stop() }
         let deadline = Date().addingTimeInterval(timeout)
