@@ -10,6 +10,7 @@ public final class PipelineFiles: Sendable {
     let loader: HubConfigLoader
     public let files: [String]
     public let logger: Logger
+    private let writing = NSLock()
 
     public init(hub: Hub, loader: HubConfigLoader, files: [String], logger: Logger) {
         self.hub = hub
@@ -60,6 +61,17 @@ public final class PipelineFiles: Sendable {
     /// Replaces `file` with `text` when the set stays valid (the old text kept as `FILE.bak`), then
     /// applies it. Returns the problems, or nil when it was applied.
     public func apply(replacing file: String, with text: String) async -> [Diagnostic]? {
+        if let problems = write(file, text) { return problems }
+        return await reload()
+    }
+
+    /// Checks and writes one replacement at a time: two at once would each be checked against the
+    /// files as they were (together they may not be valid), and would write the same temporary file.
+    private func write(_ file: String, _ text: String) -> [Diagnostic]? {
+        writing.withLock { writeNow(file, text) }
+    }
+
+    private func writeNow(_ file: String, _ text: String) -> [Diagnostic]? {
         let (errors, _) = validate(replacing: file, with: text)
         guard errors.isEmpty else { return errors }
         do {
@@ -73,6 +85,6 @@ public final class PipelineFiles: Sendable {
         } catch {
             return [Diagnostic(at: .init(file: file, line: 1, column: 1), "cannot write the file: \(error)")]
         }
-        return await reload()
+        return nil
     }
 }

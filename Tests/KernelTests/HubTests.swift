@@ -4,6 +4,8 @@ import Testing
 @testable import IoTCKernel
 import IoTCPluginKit
 import IoTCStore
+import IoTCAPI
+import Logging
 import NIOConcurrencyHelpers
 
 /// The hub in this process with the real plugins: HTTP in, file, webhook and MQTT out.
@@ -165,6 +167,35 @@ import NIOConcurrencyHelpers
             return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
         }
         #expect(binds(Int32(SOCK_STREAM.rawValue), port) && binds(Int32(SOCK_DGRAM.rawValue), udp))
+    }
+
+    /// Pipeline files replaced at the same moment (two API calls) are checked and written one at a time:
+    /// two texts that are valid each but not together (the same pipeline in two files) cannot both
+    /// land, which would leave files that the next start refuses.
+    @Test func replacesPipelineFilesOneAtATime() async throws {
+        let dir = TempDir()
+        let port = freePort()
+        let sources = "sources: { devices: { plugin: http, listen: \"127.0.0.1:\(port)\" } }\nsinks: { out: { plugin: log } }\nauth: { allow_anonymous: true }\n"
+        let pipelines = "pipelines: { p: { from: [ devices ], to: [ out ] } }\n"
+        let a = dir.write("a.yaml", sources), b = dir.write("b.yaml", pipelines)
+        let loader = HubConfigLoader(catalog: Build.plugins.catalog)
+        let hub = try makeHub(dir)
+        try hub.start(try loader.load(files: [a, b]).0)
+        defer { hub.stop() }
+        let files = PipelineFiles(hub: hub, loader: loader, files: [a, b], logger: Logger(label: "test"))
+        var landed = 0
+        for round in 0..<8 {
+            let extra = "q\(round): { from: [ devices ], to: [ out ] }"
+            async let first = files.apply(replacing: a, with: sources + "pipelines: { \(extra) }\n")
+            async let second = files.apply(replacing: b, with: "pipelines: { p: { from: [ devices ], to: [ out ] }, \(extra) }\n")
+            let (x, y) = await (first, second)
+            #expect(x == nil || y == nil, "round \(round): both landed")
+            landed += (x == nil ? 1 : 0) + (y == nil ? 1 : 0)
+            #expect((try? loader.load(files: [a, b])) != nil, "round \(round): the files on disk are not valid together")
+            let resetA = await files.apply(replacing: a, with: sources), resetB = await files.apply(replacing: b, with: pipelines)
+            #expect(resetA == nil && resetB == nil)
+        }
+        #expect(landed == 8)
     }
 
     /// An absence rule in a running hub: the pipeline's timer raises it while the device is silent
