@@ -27,7 +27,7 @@ public final class PipelineFiles: Sendable {
         do {
             let (config, warnings) = try loader.load(files: files)
             for w in warnings { logger.warning("\(w)") }
-            try hub.reload(config)
+            try await Self.onOwnThread { [hub] in try hub.reload(config) }
             logger.info("reloaded \(files.joined(separator: ", ")): \(config.pipelines.count) pipelines")
             return nil
         } catch let e as ConfigurationError {
@@ -37,6 +37,22 @@ public final class PipelineFiles: Sendable {
         } catch {
             logger.error("reload failed: \(error)")
             return [Diagnostic(at: .init(file: files.first ?? "", line: 1, column: 1), "\(error)")]
+        }
+    }
+
+    /// Runs blocking work on a thread of its own. A reload waits for the sinks it retires (up to 30 s
+    /// for one whose endpoint does not answer) and for a reload under way: on the async tasks' pool,
+    /// one thread per core, two reloads at once held every thread and the API answered nothing.
+    static func onOwnThread(_ work: @escaping @Sendable () throws -> Void) async throws {
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
+            Thread {
+                do {
+                    try work()
+                    done.resume()
+                } catch {
+                    done.resume(throwing: error)
+                }
+            }.start()
         }
     }
 

@@ -247,6 +247,38 @@ import IoTCStore
         }
     }
 
+    /// Two reloads through the API while a sink they replace waits on an endpoint that does not answer
+    /// (each reload waits up to 30 s for it): the API still answers at once. The reloads ran on the
+    /// async tasks' pool, one thread per core, and held all of it on this machine (/health took 30 s).
+    @Test func answersWhileReloadsWaitForASlowSink() throws {
+        let silent = try #require(SilentServer())
+        let dir = TempDir()
+        let httpPort = freePort(), apiPort = freePort()
+        func config(_ path: String) -> String {
+            """
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(httpPort)" } }
+            sinks: { hook: { plugin: webhook, url: "http://127.0.0.1:\(silent.port)/\(path)", timeout: 60s } }
+            pipelines: { t: { from: [ devices ], to: [ hook ] } }
+            auth: { allow_anonymous: true }
+            """
+        }
+        let file = dir.write("hub.yaml", config("a"))
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop(SIGKILL) }
+        #expect(waitForPort(httpPort), "hub did not start: \(hub.log)")
+        for i in 0..<3 { #expect(postJSON("http://127.0.0.1:\(httpPort)/v1/devices/d/telemetry", #"{"n":\#(i)}"#)?.status == 202) }
+        Thread.sleep(forTimeInterval: 0.5)
+        let api = "http://127.0.0.1:\(apiPort)"
+        for path in ["b", "c"] {
+            try config(path).write(toFile: file, atomically: true, encoding: .utf8)
+            Thread { _ = http("POST", "\(api)/v1/pipelines/reload", headers: self.owner, timeout: 90) }.start()
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        let asked = Date()
+        #expect(http("GET", "\(api)/health", timeout: 40)?.status == 200)
+        #expect(Date().timeIntervalSince(asked) < 5, "the API took \(Date().timeIntervalSince(asked)) s to answer")
+    }
+
     /// A plugin's log line that quotes a value a reference brought in shows "…" in its place.
     @Test func pluginLogLinesConcealReferencedValues() throws {
         let dir = TempDir()
