@@ -331,6 +331,19 @@ import IoTCPluginKit
         #expect(queued.split(separator: "\n").map(String.init) == ["keep/0 m0", "keep/1 m1", "keep/2 m2"])
         let (_, retained) = try mosquitto("mosquitto_sub", ["-t", "status/#", "-C", "1", "-W", "5", "-v"])
         #expect(retained.contains("status/hub up"))
+        hub.stop()
+
+        // A damaged state file (a power loss, say) does not keep devices out: the server starts
+        // without it and keeps the file aside.
+        let damaged = Array((try Data(contentsOf: URL(fileURLWithPath: dir.path + "/mqtt-state.bin"))).prefix(40)) + [0xFF, 0xFF, 0xFF]
+        try Data(damaged).write(to: URL(fileURLWithPath: dir.path + "/mqtt-state.bin"))
+        hub = try makeHub(dir)
+        try hub.start(try loadConfig(yaml))
+        #expect(waitForPort(port))
+        #expect(try mosquitto("mosquitto_pub", ["-q", "1", "-t", "after/damage", "-m", "x"]).0 == 0)
+        #expect(FileManager.default.contents(atPath: dir.path + "/mqtt-state.bin.unreadable").map(Array.init) == damaged)
+        let (_, none) = try mosquitto("mosquitto_sub", ["-t", "status/#", "-C", "1", "-W", "2", "-v"])
+        #expect(!none.contains("status/hub up"), "\(none)")
     }
 
 }

@@ -209,18 +209,23 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         // load generator) need a core, and cross-loop hand-offs cost more than a second loop gains.
         let group = MultiThreadedEventLoopGroup(numberOfThreads: config.threads > 0 ? config.threads : max(1, System.coreCount - 1))
         self.group = group
-        let broker = Broker(config: brokerConfig, timers: group.next())
-        self.broker = broker
+        var broker = Broker(config: brokerConfig, timers: group.next())
         if let path = config.state_file, let data = FileManager.default.contents(atPath: path) {
             do {
                 let (sessions, retained) = try broker.restoreState(ByteBuffer(bytes: data))
                 host.log(.info, "mqtt: restored \(sessions) sessions and \(retained) retained messages from \(path)")
             } catch {
-                try? group.syncShutdownGracefully()
-                self.group = nil
-                throw PluginError("cannot read \(path): \(error)")
+                // Devices must still connect after, say, a power loss that left the file damaged: the
+                // server starts without the saved state (none of it half read), and the file is kept
+                // aside to look at.
+                broker = Broker(config: brokerConfig, timers: group.next())
+                let aside = path + ".unreadable"
+                let moved = rename(path, aside) == 0
+                host.log(.error, "mqtt: cannot read the state file \(path) (\(error)); started without its sessions and retained messages"
+                         + (moved ? "; the file is kept as \(aside)" : ""))
             }
         }
+        self.broker = broker
         if config.state_file != nil, config.state_save_interval > 0 {
             let every = TimeAmount.milliseconds(Int64(config.state_save_interval * 1000))
             saveTask = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [weak self] _ in self?.saveState() }
