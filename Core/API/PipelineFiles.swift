@@ -1,5 +1,6 @@
 import Foundation
 import IoTCKernel
+import IoTCPluginKit
 import Logging
 
 /// The pipeline files the hub runs: reloaded on SIGHUP and through the API, checked and replaced
@@ -45,14 +46,7 @@ public final class PipelineFiles: Sendable {
     /// one thread per core, two reloads at once held every thread and the API answered nothing.
     static func onOwnThread(_ work: @escaping @Sendable () throws -> Void) async throws {
         try await withCheckedThrowingContinuation { (done: CheckedContinuation<Void, any Error>) in
-            Thread {
-                do {
-                    try work()
-                    done.resume()
-                } catch {
-                    done.resume(throwing: error)
-                }
-            }.start()
+            _ = WorkerThread(name: "reload") { done.resume(with: Result { try work() }) }
         }
     }
 

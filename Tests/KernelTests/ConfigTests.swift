@@ -255,18 +255,7 @@ let testCatalog = ComponentCatalog([
     @Test func logRecordsStayOnOneLine() {
         #expect(OneLineLogHandler.oneLine("a\nb\rc\u{0}d\u{1B}[0m\u{85}\u{2028}\u{2029}\u{7F}") == "a\\nb\\rc\\u{0}d\\u{1B}[0m\\u{85}\\u{2028}\\u{2029}\\u{7F}")
         #expect(OneLineLogHandler.oneLine("tab\tand é, 漢字 and \\n as written") == "tab\tand é, 漢字 and \\n as written")
-        final class Capture: LogHandler, @unchecked Sendable {
-            var events: [LogEvent] = []
-            var metadata: Logger.Metadata = [:]
-            var metadataProvider: Logger.MetadataProvider?
-            var logLevel: Logger.Level = .trace
-            subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-                get { metadata[key] }
-                set { metadata[key] = newValue }
-            }
-            func log(event: LogEvent) { events.append(event) }
-        }
-        let capture = Capture()
+        let capture = LogCapture()
         var logger = Logger(label: "t") { _ in OneLineLogHandler(capture) }
         logger[metadataKey: "client"] = "c\nd"
         logger.warning("user 'u\nFORGED'", metadata: ["topic": "t\n1", "list": ["x\ny"]])

@@ -4,7 +4,6 @@ import IoTCPluginKit
 @testable import IoTCStore
 import IoTCAPI
 import Logging
-import NIOConcurrencyHelpers
 
 /// A real PostgreSQL server from Debian's packages, in a temporary folder on a loopback port. initdb and
 /// the server run as the user postgres when the tests run as root (PostgreSQL refuses to run as root); the server is
@@ -382,17 +381,9 @@ final class PostgresServer {
     /// the kind `unavailable`, and the hub's log says which entry was lost (callers go on: the change it
     /// records is done).
     @Test func anAuditEntryThatCannotBeAppendedIsLogged() async throws {
-        final class Lines: LogHandler, @unchecked Sendable {
-            static let seen = NIOLockedValueBox<[String]>([])
-            var metadata: Logger.Metadata = [:]
-            var logLevel: Logger.Level = .info
-            subscript(metadataKey key: String) -> Logger.Metadata.Value? { get { metadata[key] } set { metadata[key] = newValue } }
-            func log(level: Logger.Level, message: Logger.Message, metadata: Logger.Metadata?, source: String, file: String, function: String, line: UInt) {
-                Self.seen.withLockedValue { $0.append("\(level) \(message)") }
-            }
-        }
+        let capture = LogCapture()
         try await withStore(.sqlite) { store in
-            let audit = AuditLog(store: store, logger: Logger(label: "test") { _ in Lines() })
+            let audit = AuditLog(store: store, logger: Logger(label: "test") { _ in capture })
             let pages = try await store.query("PRAGMA page_count").first?.int("page_count") ?? 0
             _ = try await store.query("PRAGMA max_page_count = \(pages)")
             var failure: StoreError?
@@ -403,7 +394,7 @@ final class PostgresServer {
                 } catch let e as StoreError { failure = e }
             }
             #expect(failure?.kind == .unavailable, "\(String(describing: failure))")
-            let lines = Lines.seen.withLockedValue { $0 }
+            let lines = capture.lines
             #expect(lines.count == 1 && lines[0].hasPrefix("error cannot append to the audit log: device.create by key:k1 on 'sensor-")
                     && lines[0].contains("database or disk is full"), "\(lines)")
         }

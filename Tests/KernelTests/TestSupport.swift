@@ -329,3 +329,20 @@ struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// A log handler that keeps what is logged, for tests that check what a log line says.
+final class LogCapture: LogHandler, @unchecked Sendable {
+    private let lock = NSLock()
+    private var kept: [LogEvent] = []
+    var metadata: Logger.Metadata = [:]
+    var metadataProvider: Logger.MetadataProvider?
+    var logLevel: Logger.Level = .trace
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { lock.withLock { kept.append(event) } }
+    var events: [LogEvent] { lock.withLock { kept } }
+    /// "LEVEL message" per record.
+    var lines: [String] { events.map { "\($0.level) \($0.message)" } }
+}

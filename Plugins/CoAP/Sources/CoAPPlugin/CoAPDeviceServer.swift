@@ -150,8 +150,8 @@ final class CoAPDeviceServer: @unchecked Sendable {
         var links: [String] = []
         if let identity {
             for (template, route) in source.routes {
-                guard let href = template.filled(["device": identity.device]) else { continue }
-                let link = DiscoveredLink(href: href, route: route)
+                // Results are posted to a command's own path: nothing to list.
+                guard let href = template.filled(["device": identity.device]), let link = DiscoveredLink(href: href, route: route) else { continue }
                 if link.passes(filter) { links.append(link.text) }
             }
         }
@@ -458,15 +458,15 @@ struct DiscoveredLink {
     let formats: [UInt32]
     let observable: Bool
 
-    init(href: String, route: CoAPRoute) {
+    init?(href: String, route: CoAPRoute) {
         self.href = href
-        let ingest = [ContentFormat.textPlain, ContentFormat.json, ContentFormat.cbor, ContentFormat.senmlJSON, ContentFormat.senmlCBOR]
         switch route {
-        case .ingest(.telemetry, _): (rt, formats, observable) = ("iotc.telemetry", ingest, false)
-        case .ingest(.attributes, _): (rt, formats, observable) = ("iotc.attributes", ingest, true)
-        case .ingest: (rt, formats, observable) = ("iotc.events", ingest, false)
+        case .ingest(let kind, let suffix):
+            // The topic's last segment names the resource type: iotc.telemetry, iotc.events, iotc.attributes.
+            (rt, observable) = ("iotc." + suffix, kind == .attributes)
+            formats = [ContentFormat.textPlain, ContentFormat.json, ContentFormat.cbor, ContentFormat.senmlJSON, ContentFormat.senmlCBOR]
         case .commands: (rt, formats, observable) = ("iotc.commands", [ContentFormat.json], true)
-        case .result: (rt, formats, observable) = ("iotc.results", ingest, false)
+        case .result: return nil
         }
     }
 
@@ -493,9 +493,8 @@ struct DiscoveredLink {
 
 /// One observation of a command resource, or of a device's attributes.
 final class Observation: @unchecked Sendable {
-    /// Valid while the loop lives (the loop lets go of it if the observation outlives it).
-    let session: OpaquePointer
-    private weak var loop: CoAPEventLoop?
+    private let held: HeldSession
+    var session: OpaquePointer { held.session }
     let token: [UInt8]
     let box: String
     var waiter: UInt64 = 0
@@ -509,8 +508,7 @@ final class Observation: @unchecked Sendable {
     var open: Bool { lock.withLock { _open } }
 
     init(session: OpaquePointer, loop: CoAPEventLoop, token: [UInt8], box: String, attributesOf: Identity? = nil) {
-        self.session = loop.hold(session)
-        self.loop = loop
+        held = loop.hold(session)
         self.token = token
         self.box = box
         self.attributesOf = attributesOf
@@ -529,7 +527,6 @@ final class Observation: @unchecked Sendable {
         }
     }
 
-    deinit { loop?.letGo(session) }
 }
 
 /// Per-endpoint state of the `coap` source: observations and recent answers (deduplication).

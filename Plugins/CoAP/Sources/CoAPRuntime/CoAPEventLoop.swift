@@ -174,16 +174,15 @@ public final class CoAPEventLoop: @unchecked Sendable {
         worker = nil
     }
 
-    /// Keeps `session` for later use (loop thread): it stays valid until `letGo`, or until the loop
-    /// is gone, after which the holder must not use it.
-    public func hold(_ session: OpaquePointer) -> OpaquePointer {
+    /// Keeps `session` for later use (loop thread), for as long as the hold lives.
+    public func hold(_ session: OpaquePointer) -> HeldSession {
         held[session, default: 0] += 1
-        return coap_session_reference(session)
+        return HeldSession(coap_session_reference(session), loop: self)
     }
 
     /// Lets go of a session `hold` kept. From another thread (an observation freed where a command
     /// was delivered) it is done on the loop thread; once the loop has stopped, the loop's end does it.
-    public func letGo(_ session: OpaquePointer) {
+    fileprivate func letGo(_ session: OpaquePointer) {
         guard let t = lock.withLock({ loopThread }), pthread_equal(t, pthread_self()) != 0 else {
             execute { [weak self] in self?.letGo(session) }
             return
@@ -330,6 +329,22 @@ public final class CoAPPeer {
         if let key { coap_delete_bin_const(key) }
         key = nil
     }
+}
+
+/// A plugin's hold on a libcoap session (an observation, a registration, an answer sent later): the
+/// session stays valid while the hold lives and is let go when it goes. libcoap asserts, as it frees
+/// its context, that no session is referenced any more, so a loop that ends first lets go of what is
+/// still held, and `session` must then not be used (nothing runs on a stopped loop).
+public final class HeldSession: @unchecked Sendable {
+    public let session: OpaquePointer
+    private weak var loop: CoAPEventLoop?
+
+    fileprivate init(_ session: OpaquePointer, loop: CoAPEventLoop) {
+        self.session = session
+        self.loop = loop
+    }
+
+    deinit { loop?.letGo(session) }
 }
 
 /// COAP_IO_NO_WAIT, which Swift cannot import ((uint32_t)-1).

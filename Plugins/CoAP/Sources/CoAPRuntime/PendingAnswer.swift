@@ -13,8 +13,7 @@ public final class PendingAnswer: @unchecked Sendable {
     private let state: Mutex<(open: Int, failure: Int32?, deferred: Bool)>
     public let mid: Int32
     // Loop thread only:
-    private var session: OpaquePointer?
-    private weak var loop: CoAPEventLoop?
+    private var held: HeldSession?
     private var token: [UInt8] = []
 
     /// An answer that waits for `parts` verdicts (one per message the request became; none: it is
@@ -52,8 +51,7 @@ public final class PendingAnswer: @unchecked Sendable {
     /// Has libcoap hold the request for a separate response; false when it cannot (answer at once).
     public func answerLater(_ session: OpaquePointer, _ request: OpaquePointer, loop: CoAPEventLoop) -> Bool {
         guard let async = coap_register_async(session, request, 0) else { return false }
-        self.session = loop.hold(session)
-        self.loop = loop
+        held = loop.hold(session)
         token = PDU.token(request)
         coap_async_set_app_data(async, Unmanaged.passRetained(self).toOpaque())
         return true
@@ -69,11 +67,10 @@ public final class PendingAnswer: @unchecked Sendable {
 
     /// The verdict is in: libcoap calls the handler again with the request. Loop thread.
     public func trigger() {
-        guard let session, let loop else { return }
+        guard let session = held?.session else { return }
         token.withUnsafeBufferPointer { t in
             if let async = coap_find_async(session, coap_bin_const_t(length: t.count, s: t.baseAddress)) { coap_async_trigger(async) }
         }
-        self.session = nil
-        loop.letGo(session)
+        held = nil
     }
 }

@@ -14,7 +14,7 @@ final class LwM2MServer: @unchecked Sendable {
     var host: PluginHost { source.host }
     private var table: Registrations
     /// Per registration id: the session the client last spoke on (referenced) and its identity.
-    private var links: [String: (session: OpaquePointer, identity: Identity)] = [:]
+    private var links: [String: (held: HeldSession, identity: Identity)] = [:]
     /// Requests sent and not answered, and observations, by token.
     private var pending: [[UInt8]: Pending] = [:]
     /// Commands for queue-mode clients that are asleep, by registration id: sent when the client next
@@ -273,9 +273,8 @@ final class LwM2MServer: @unchecked Sendable {
         let peer = loop.peer(session)
         guard let updated = table.update(id: id, lifetime: lt, binding: b, queueMode: q["Q"] != nil ? true : nil, objects: objects, remote: peer.remote,
                                          now: Date().timeIntervalSince1970) else { return }
-        if let old = links[id], old.session != session {
+        if let old = links[id], old.held.session != session {
             // The client's address changed (NAT): later requests go to the new one.
-            loop.letGo(old.session)
             links[id] = (loop.hold(session), who)
         }
         coap_pdu_set_code(response, COAP_RESPONSE_CODE_CHANGED)
@@ -361,7 +360,6 @@ final class LwM2MServer: @unchecked Sendable {
         pending = pending.filter { $0.value.registration != r.id }
         if let link = links.removeValue(forKey: r.id) {
             host.deviceDisconnected(link.identity, reason: reason)
-            loop.letGo(link.session)
         }
         if let event { lifecycle(r, event) }
     }
@@ -398,7 +396,7 @@ final class LwM2MServer: @unchecked Sendable {
         guard let link = links[registration] else { return false }
         // Under the client's alternate path for its objects, when it gave one.
         let root = (table.byID[registration]?.rootPath ?? "/").split(separator: "/").map(String.init)
-        return send(on: link.session, registration: registration, method, path, uriPath: root.isEmpty ? nil : root + path.ids.map(String.init),
+        return send(on: link.held.session, registration: registration, method, path, uriPath: root.isEmpty ? nil : root + path.ids.map(String.init),
                     observe: observe, contentFormat: contentFormat, accept: accept, query: query, payload: payload, purpose: purpose)
     }
 
@@ -821,9 +819,8 @@ final class Bootstrapping {
     }
     let endpoint: String
     let identity: Identity
-    /// Valid while the loop lives (the loop lets go of it if the bootstrap outlives it).
-    let session: OpaquePointer
-    private weak var loop: CoAPEventLoop?
+    private let held: HeldSession
+    var session: OpaquePointer { held.session }
     /// The resources of the two instances, and the format the client prefers them in (`pct`).
     let security: [(UInt16, Value)], server: [(UInt16, Value)]
     let format: BootstrapPlan.WriteFormat
@@ -835,14 +832,12 @@ final class Bootstrapping {
          format: BootstrapPlan.WriteFormat) {
         self.endpoint = endpoint
         self.identity = identity
-        self.session = loop.hold(session)
-        self.loop = loop
+        held = loop.hold(session)
         self.security = security
         self.server = server
         self.format = format
     }
 
-    deinit { loop?.letGo(session) }
 }
 
 extension LwM2MServer {

@@ -230,7 +230,6 @@ final class MQTTClient: @unchecked Sendable {
             let id = p.packetID ?? 0
             let qos = p.qos
             delegate?.clientReceived(p) { [loop, gate, name, host, server = config.server] taken in
-                // Once stopped, the broker sends it again on the next connection.
                 gate.execute(on: loop) {
                     guard let ch, ch === self.channel else { return }  // the broker sends it again on the next connection
                     guard taken else {
