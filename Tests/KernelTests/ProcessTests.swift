@@ -25,9 +25,9 @@ import IoTCStore
     static let ownerKey = "iotc_processtests_" + String(repeating: "K3y", count: 11)
     let owner = ["Authorization": "Bearer \(ProcessTests.ownerKey)"]
 
-    /// `iotc serve FILE` with its data folder, API port and the plugins built here; `arguments` follow,
-    /// and `environment` (by default the owner key these tests use) is added to the process's own.
-    /// `iotc serve` as a child process; `openFileLimit` runs it under `ulimit -n`.
+    /// `iotc serve FILE` as a child process, with its data folder, API port and the plugins built here;
+    /// `arguments` follow, `environment` (by default the owner key these tests use) is added to the
+    /// process's own, and `openFileLimit` runs it under `ulimit -n`.
     func serve(_ file: String, data: String, api: Int, store: String? = nil, arguments: [String] = [], openFileLimit: Int? = nil,
                environment: [String: String] = ["IOTC_BOOTSTRAP_KEY": ProcessTests.ownerKey]) throws -> ChildProcess {
         let command = [Build.iotc, "serve", file, "--data", data, "--api", "127.0.0.1:\(api)", "--plugins", Build.directory]
@@ -195,6 +195,45 @@ import IoTCStore
         #expect(!hub.log.contains("Assertion") && !hub.log.contains("crashed"), "\(hub.log.suffix(3000))")
     }
 
+    /// LwM2M clients that register and then answer nothing, so the server's own requests to them (it
+    /// observes configured paths) are still under way as a reload restarts the source and as the hub
+    /// stops: freeing the source's context, libcoap reports those requests unanswered, and the source
+    /// that had set the handler was gone by then (the hub crashed on every such stop).
+    @Test func reloadsAndStopsWhileRequestsToLwM2MClientsAreUnanswered() throws {
+        let dir = TempDir()
+        let udp = freePort(), apiPort = freePort()
+        func config(_ v: Int) -> String {
+            """
+            sources: { lw: { plugin: lwm2m, listen: "127.0.0.1:\(udp)", observe: [ "/3303/0/5700", "/3/0" ], max_idle_sessions: 100\(v) } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ "lw:devices/+/lifecycle" ], to: [ out ] } }
+            auth: { allow_anonymous: true }
+            """
+        }
+        let file = dir.write("hub.yaml", config(1))
+        let hub = try serve(file, data: dir.path + "/data", api: apiPort)
+        defer { hub.stop() }
+        #expect(eventually { hub.log.contains("lwm2m source listening") }, "hub did not start: \(hub.log)")
+        // CON POST /rd?ep=silent-N, Content-Format 40, listing the Device and Temperature objects; then silence.
+        func register(_ n: Int) throws -> UDPSocket {
+            let socket = try UDPSocket(port: udp)
+            let ep = Array("ep=silent-\(n)".utf8)
+            socket.send([0x40, 0x02, 0x10, UInt8(n), 0xB2] + Array("rd".utf8) + [0x11, 0x28, 0x30 | UInt8(ep.count)] + ep + [0xFF] + Array("</1/0>,</3/0>,</3303/0>".utf8))
+            return socket
+        }
+        var clients = try (1...3).map(register)
+        #expect(clients.allSatisfy { $0.receive()?[1] == 0x41 }, "2.01 Created for each")
+        Thread.sleep(forTimeInterval: 1)  // the server's observe requests are out, waiting for answers
+        try config(2).write(toFile: file, atomically: true, encoding: .utf8)
+        hub.signal(SIGHUP)
+        #expect(eventually { hub.log.contains("reloaded") }, "\(hub.log.suffix(2000))")
+        clients += try (4...6).map(register)
+        #expect(clients.suffix(3).allSatisfy { $0.receive()?[1] == 0x41 }, "2.01 Created by the new source")
+        Thread.sleep(forTimeInterval: 1)
+        #expect(hub.stop(SIGTERM) == 0, "\(hub.log.suffix(3000))")
+        #expect(!hub.log.contains("Fatal error") && !hub.log.contains("crashed"), "\(hub.log.suffix(3000))")
+    }
+
     /// Devices send over MQTT, HTTP and CoAP into a durable pipeline while its three sources restart
     /// with every reload (a changed setting each time): every message the hub acknowledged reaches the
     /// sink. With SwiftNIO's strict mode, which crashes where a task is handed to a loop group that has
@@ -346,8 +385,6 @@ import IoTCStore
         #expect(WorkerThread.osName("sink-é-ééééééé") == "sink-é-ééé")  // 14 bytes: cut between characters, not inside one
     }
 
-    /// The operator API closes a connection that sends no request, or none whole, within
-    /// --api-idle-timeout; a kept-alive connection that keeps asking is served.
     /// Out of file descriptors (the hub runs with an open-file limit of 128 and clients hold more
     /// connections than that), a listener does not spin on the accept that fails: the hub uses next to
     /// no CPU, says why in its log, and takes new clients again once descriptors are free. Before, the
@@ -420,6 +457,8 @@ import IoTCStore
         #expect((5...7).contains(audited.components(separatedBy: "device.auth.failed").count - 1), "\(audited.prefix(300))")
     }
 
+    /// The operator API closes a connection that sends no request, or none whole, within
+    /// --api-idle-timeout; a kept-alive connection that keeps asking is served.
     @Test func theAPIClosesIdleConnections() throws {
         let dir = TempDir()
         let apiPort = freePort()

@@ -78,6 +78,10 @@ public final class CoAPEventLoop: @unchecked Sendable {
     }
 
     deinit {
+        // Freeing the context ends its sessions, and libcoap reports their unanswered requests (nack)
+        // and their end: the plugin that set these handlers is gone by now (its `unowned` captures
+        // would crash), so nothing is reported.
+        (nack, response, sessionClosed, tick, sessionsReport) = (nil, nil, nil, nil, nil)
         // Observations, registrations and late answers their holders still keep (a device observing
         // its commands as the source stops or reloads): libcoap would abort the process.
         for (session, count) in held {
