@@ -156,21 +156,8 @@ import NIOConcurrencyHelpers
         #expect(failures.withLockedValue { $0 }.isEmpty, "\(failures.withLockedValue { $0 })")
         #expect(postJSON("http://127.0.0.1:\(port)/v1/devices/d/telemetry", #"{"n":1}"#)?.status == 202)
         hub.stop()
-        // Nothing kept the ports. (TCP with SO_REUSEADDR, as the hub binds: the test's own closed
-        // connection may leave the port in TIME_WAIT, while a listener left running still refuses it.
-        // Not UDP: libcoap sets it too, and a second socket would then bind beside a leaked one.)
-        func binds(_ type: Int32, _ port: Int) -> Bool {
-            let fd = socket(AF_INET, type, 0)
-            defer { close(fd) }
-            var one: Int32 = 1
-            if type == Int32(SOCK_STREAM.rawValue) { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
-            var addr = sockaddr_in()
-            addr.sin_family = sa_family_t(AF_INET)
-            addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-            addr.sin_port = in_port_t(UInt16(port).bigEndian)
-            return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } } == 0
-        }
-        #expect(binds(Int32(SOCK_STREAM.rawValue), port) && binds(Int32(SOCK_DGRAM.rawValue), udp))
+        // Nothing kept the ports.
+        #expect(bindsOnLoopback(port, SOCK_STREAM) && bindsOnLoopback(udp, SOCK_DGRAM))
     }
 
     /// Pipeline files replaced at the same moment (two API calls) are checked and written one at a time:

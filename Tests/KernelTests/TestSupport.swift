@@ -41,18 +41,62 @@ final class TempDir {
     }
 }
 
-/// A free TCP port on loopback.
+/// A port free on loopback for both TCP and UDP, taken below the kernel's ephemeral range.
+///
+/// A port the kernel hands out for `bind(0)` comes from the ephemeral range, which is also where every
+/// outgoing connection's local port comes from: between this check and the hub's bind a client's
+/// connection (any test's, running in parallel) could take it ("Address already in use"). Ports below
+/// the range are only ever taken by an explicit bind, and this hands each one out once per test process,
+/// starting from an offset derived from the process id so that two test processes rarely meet.
 func freePort() -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    PortPool.shared.next()
+}
+
+private final class PortPool: @unchecked Sendable {
+    static let shared = PortPool()
+    private let lock = NSLock()
+    private let low: Int, high: Int
+    private var cursor: Int
+
+    private init() {
+        var ephemeralLow = 32768
+        if let range = try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8),
+           let first = range.split(whereSeparator: { $0 == " " || $0 == "\t" || $0 == "\n" }).first, let n = Int(first) {
+            ephemeralLow = n
+        }
+        high = ephemeralLow - 1
+        low = max(10_000, high - 12_000)
+        cursor = low + Int(getpid()) % (high - low + 1)
+    }
+
+    func next() -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        for _ in low...high {
+            let port = cursor
+            cursor = cursor == high ? low : cursor + 1
+            if bindsOnLoopback(port, SOCK_STREAM) && bindsOnLoopback(port, SOCK_DGRAM) { return port }
+        }
+        fatalError("no free port in \(low)...\(high)")
+    }
+}
+
+/// Whether a socket of the kind binds to the port on 127.0.0.1: TCP with SO_REUSEADDR, as the hub binds
+/// it (a connection of the test's own left in TIME_WAIT does not count, a listener does); UDP without
+/// (libcoap sets it, and a second socket would bind beside one left open).
+func bindsOnLoopback(_ port: Int, _ kind: __socket_type) -> Bool {
+    let fd = socket(AF_INET, Int32(kind.rawValue), 0)
+    guard fd >= 0 else { return false }
     defer { close(fd) }
+    var one: Int32 = 1
+    if kind == SOCK_STREAM { setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size)) }
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = 0
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) } }
-    _ = withUnsafeMutablePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-    return Int(UInt16(bigEndian: addr.sin_port))
+    addr.sin_port = in_port_t(UInt16(port).bigEndian)
+    return withUnsafePointer(to: &addr) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    } == 0
 }
 
 /// Waits until something accepts connections on the port.
