@@ -105,6 +105,8 @@ let package = Package(
             ],
             path: "Core/Store"
         ),
+        // What the kernel's and the plugins' servers share: listeners that wait out a lack of descriptors.
+        .target(name: "IoTCNetworking", dependencies: ["IoTCPluginKit", .product(name: "NIOCore", package: "swift-nio")], path: "Core/Networking"),
         .target(
             name: "IoTCAPI",
             dependencies: [
@@ -119,7 +121,7 @@ let package = Package(
         .executableTarget(
             name: "iotc",
             dependencies: [
-                "IoTCKernel", "IoTCAPI", "IoTCStore",
+                "IoTCKernel", "IoTCAPI", "IoTCStore", "IoTCNetworking",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -134,7 +136,7 @@ let package = Package(
         ),
         // Helpers several plugins' servers share: listen addresses, server TLS, certificate fingerprints.
         .target(name: "PluginNetworking", dependencies: [
-            "IoTCPluginKit",
+            "IoTCPluginKit", "IoTCNetworking",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Crypto", package: "swift-crypto"),

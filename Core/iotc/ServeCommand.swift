@@ -5,6 +5,7 @@ import HummingbirdCore
 import HummingbirdTLS
 import IoTCAPI
 import IoTCKernel
+import IoTCNetworking
 import IoTCPluginKit
 import IoTCStore
 import Logging
@@ -175,7 +176,14 @@ struct Serve: AsyncParsableCommand {
         let http1 = HTTPServerBuilder.http1(configuration: .init(additionalChannelHandlers: [ContinueHandler()],
                                                                  idleTimeout: .milliseconds(Int64(apiIdleTimeout * 1000))))
         try await Application(router: router, server: try tls.map { try .tls(http1, tlsConfiguration: $0) } ?? http1, configuration: configuration,
-                              services: services, onServerRunning: { [banner] _ in banner.print() }, logger: logger).runService()
+                              services: services, onServerRunning: { [banner, logger] listener in
+                                  // Out of descriptors, the listener waits instead of spinning.
+                                  let failures = Counter(label: "iotc_accept_failures_total", dimensions: [("listener", "api")])
+                                  try? await listener.pipeline.addHandler(AcceptFailures(
+                                      listener: "api", remedy: "raise the open-file limit", log: { logger.error("\($0)") }, count: { failures.increment() }),
+                                      position: .first)
+                                  banner.print()
+                              }, logger: logger).runService()
         stateWriter.cancel()
         await saveStates()
         // The store's users stop before it closes (each would otherwise fail once against a closed

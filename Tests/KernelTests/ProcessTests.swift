@@ -389,13 +389,14 @@ import IoTCStore
     /// connections than that), a listener does not spin on the accept that fails: the hub uses next to
     /// no CPU, says why in its log, and takes new clients again once descriptors are free. Before, the
     /// listener took a core, tens of thousands of failed accepts a second (the HTTP source's listener
-    /// has the same guard).
+    /// and the operator API's have the same guard; the API's listener spun as well, and kept spinning
+    /// when the server's own backoff handler was left to it).
     @Test func aListenerOutOfFileDescriptorsWaitsInsteadOfSpinning() throws {
         let dir = TempDir()
         let mqttPort = freePort(), httpPort = freePort(), apiPort = freePort()
         let file = dir.write("hub.yaml", """
             sources:
-              devices: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: static, anonymous: { publish: [ "#" ] } }
+              devices: { plugin: mqtt, listen: "127.0.0.1:\(mqttPort)", authentication: static, anonymous: { publish: [ "#" ] }, connect_timeout: 60s }
               web: { plugin: http, listen: "127.0.0.1:\(httpPort)" }
             sinks:
               out: { plugin: file, path: "\(dir.path)/out.jsonl" }
@@ -405,18 +406,24 @@ import IoTCStore
         let hub = try serve(file, data: dir.path + "/data", api: apiPort, openFileLimit: 128)
         defer { _ = hub.stop(timeout: 5) }
         #expect(waitForPort(mqttPort) && waitForPort(httpPort), "hub did not start: \(hub.log)")
-        var held = (0..<160).compactMap { _ in RawSocket(port: mqttPort) }
-        #expect(held.count == 160)
-        #expect(eventually(timeout: 10) { hub.log.contains("mqtt: cannot accept connections") }, "\(hub.log.suffix(1500))")
         func cpuTicks() -> Int {
             let fields = ((try? String(contentsOfFile: "/proc/\(hub.process.processIdentifier)/stat", encoding: .utf8)) ?? "")
                 .split(separator: ")").last?.split(separator: " ") ?? []
             return fields.count > 12 ? (Int(fields[11]) ?? 0) + (Int(fields[12]) ?? 0) : 0
         }
+        var held = (0..<160).compactMap { _ in RawSocket(port: mqttPort) }
+        #expect(held.count == 160)
+        #expect(eventually(timeout: 10) { hub.log.contains("mqtt: cannot accept connections") }, "\(hub.log.suffix(1500))")
+        // Out of descriptors now (for a minute: the MQTT connections it took send no CONNECT, and
+        // connect_timeout is 60 s): the API's listener cannot accept either.
+        held += (0..<10).compactMap { _ in RawSocket(port: apiPort) }
+        #expect(held.count == 170)
+        usleep(500_000)
         let before = cpuTicks()
         usleep(2_000_000)
         let used = cpuTicks() - before
         #expect(used < 60, "\(used) ticks of CPU in 2 s while out of descriptors (a spinning listener takes about 200)")
+        #expect(eventually(timeout: 10) { hub.log.contains("api: cannot accept connections") }, "\(hub.log.suffix(1500))")
         // Freed: the hub first accepts and closes what waited in the backlog, then new clients get in.
         held.removeAll()
         let mosquittoPub = try #require(which("mosquitto_pub"), "mosquitto-clients is missing: run scripts/install-deps.sh test")
@@ -427,6 +434,8 @@ import IoTCStore
         #expect(eventually {
             http("POST", "http://127.0.0.1:\(httpPort)/v1/devices/d1/telemetry", body: Array(#"{"n":2}"#.utf8), headers: ["Content-Type": "application/json"])?.status == 202
         })
+        let metrics = http("GET", "http://127.0.0.1:\(apiPort)/metrics")?.body ?? ""
+        #expect(metrics.contains("iotc_accept_failures_total{listener=\"api\"}"), "\(metrics.split(separator: "\n").filter { $0.contains("accept") })")
     }
 
     /// Failed device authentications are all counted, but logged and audited at most once a second

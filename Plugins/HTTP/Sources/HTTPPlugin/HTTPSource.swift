@@ -1,6 +1,7 @@
 import CIoTCPluginABI
 import Foundation
 import HTTPCodec
+import IoTCNetworking
 import IoTCPluginKit
 import NIOConcurrencyHelpers
 import NIOCore

@@ -1,4 +1,5 @@
 import Foundation
+import IoTCNetworking
 import IoTCPluginKit
 import MQTTBroker
 import MQTTCodec

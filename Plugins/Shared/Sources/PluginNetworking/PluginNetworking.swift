@@ -1,5 +1,6 @@
 import Crypto
 import Foundation
+import IoTCNetworking
 import IoTCPluginKit
 import NIOCore
 import NIOSSL
@@ -162,44 +163,14 @@ public final class ConnectionLimit: Sendable {
     }
 }
 
-/// On a listening channel: what it cannot accept. When the process is out of file descriptors (or
-/// memory), the connection stays in the listen backlog, and NIO tries again at once, as long as it is
-/// there: the event loop would spin (every other connection of the loop starving). This handler stops
-/// the listener reading for `backoff`, then lets it try again; clients meanwhile see a connection
-/// that says nothing, so it also says why in the log, at most once a minute, and counts each failure
-/// in `iotc_accept_failures_total`.
-public final class AcceptFailures: ChannelInboundHandler, Sendable {
-    public typealias InboundIn = Channel
-    /// How long a listener waits before it tries again to accept.
-    public static let backoff = TimeAmount.milliseconds(250)
-    private let host: PluginHost
-    private let source: String
-    private let budget = LogBudget(perSecond: 1.0 / 60, burst: 1)
-
-    /// Adds the handler to a listening channel (for a `serverChannelInitializer`).
+extension AcceptFailures {
+    /// Adds the handler to a source's listening channel (for a `serverChannelInitializer`): it logs
+    /// and counts through the host.
     public static func install(on channel: Channel, host: PluginHost, source: String) -> EventLoopFuture<Void> {
-        channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptFailures(host: host, source: source)) }
-    }
-
-    public init(host: PluginHost, source: String) {
-        self.host = host
-        self.source = source
-    }
-
-    public func errorCaught(context: ChannelHandlerContext, error: Error) {
-        if let e = error as? IOError, [EMFILE, ENFILE, ENOBUFS, ENOMEM].contains(e.errnoCode) { pause(context.channel) }
-        host.metric(.counter, "iotc_accept_failures_total", 1)
-        if let line = budget.line("\(source): cannot accept connections on \(context.channel.localAddress.map { "\($0)" } ?? "its listener"): \(error) (tried again every \(Self.backoff.nanoseconds / 1_000_000) ms; raise the open-file limit, or set max_connections)") {
-            host.log(.error, line)
+        channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(AcceptFailures(
+                listener: source, remedy: "raise the open-file limit, or set max_connections", log: { host.log(.error, $0) }, count: { host.metric(.counter, "iotc_accept_failures_total", 1) }))
         }
-        context.fireErrorCaught(error)
-    }
-
-    /// Stops reading (which takes the listener out of the poll set) for `backoff`.
-    private func pause(_ channel: Channel) {
-        guard let options = channel.syncOptions, (try? options.getOption(.autoRead)) == true else { return }
-        try? options.setOption(.autoRead, value: false)
-        channel.eventLoop.scheduleTask(in: Self.backoff) { try? channel.syncOptions?.setOption(.autoRead, value: true) }
     }
 }
 
