@@ -6,6 +6,11 @@ public enum MediaType: Sendable, Equatable {
     case other
 
     public init(_ contentType: String) {
+        // What most messages say (a decode step labels them so): a comparison instead of a parse.
+        if contentType == "application/json" {
+            self = .json
+            return
+        }
         var s = contentType
         self = s.withUTF8 { MediaType.classify($0) }
     }

@@ -41,6 +41,22 @@ import IoTCPluginKit
         #expect(String(decoding: out.message.payloadBytes, as: UTF8.self) == #"{"temperature_c":37.8,"location":{"site":"line-1"}}"#)
     }
 
+    /// `set` writes nested fields in place: objects on the way are made when missing, their other
+    /// members stay, and a field inside something that is not an object fails the step and leaves the
+    /// message as it came.
+    @Test func setWritesNestedFieldsAndRefusesThemInsideNonObjects() throws {
+        let p = try processor("- decode: json\n- set: { a.b.c: \"1\", a.b.d: \"a.x\", a.e: \"a.b.keep\", f: \"[1]\" }")
+        let r = p.process(message(#"{"a": {"b": {"keep": true}, "x": 0}, "z": 2}"#))
+        #expect(try #require(r.outputs.first).message.payload == .value(["a": ["b": ["keep": true, "c": 1, "d": 0], "x": 0, "e": true], "z": 2, "f": [1]]))
+        let refused = try processor("- decode: json\n- set: { z.y: \"1\" }").process(message(#"{"z": 2}"#))
+        #expect(refused.outputs.isEmpty)
+        let failure = try #require(refused.failures.first)
+        #expect(failure.reason == "cannot set field 'y' inside a number")
+        #expect(failure.message.payloadBytes == Array(#"{"z": 2}"#.utf8))
+        let deeper = try processor("- decode: json\n- set: { a.z.y: \"1\" }").process(message(#"{"a": {"z": "s"}}"#))
+        #expect(deeper.failures.first?.reason == "cannot set field 'y' inside a string")
+    }
+
     /// A payload that steps only read leaves as the device sent it; one a step changed is encoded again.
     @Test func aPayloadOnlyReadLeavesAsTheDeviceSentIt() throws {
         let sent = #"{ "t" : 21.50, "n": 1e2, "s": "\u00e9" }"#
