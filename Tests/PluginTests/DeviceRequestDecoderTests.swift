@@ -37,7 +37,7 @@ import Testing
     }
 
     @Test func decodesWholeAndByteByByteAlike() throws {
-        let text = "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        let text = "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: x\r\n\r\nGET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
         let whole = try decode(text)
         let channel = EmbeddedChannel(handler: ByteToMessageHandler(DeviceRequestDecoder(limits: limits)))
         for byte in text.utf8 { try channel.writeInbound(ByteBuffer(bytes: [byte])) }
@@ -54,13 +54,13 @@ import Testing
     /// 100 Continue is due once the headers that ask for it are in and the body is not (RFC 9110 §10.1.1).
     @Test func saysWhenAClientWaitsFor100Continue() throws {
         var decoder = DeviceRequestDecoder(limits: limits)
-        var buffer = ByteBuffer(string: "POST /a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n")
+        var buffer = ByteBuffer(string: "POST /a HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n")
         #expect(try decoder.decode(buffer: &buffer) == nil && !decoder.takeContinue(), "the headers are not all in")
         buffer.writeString("\r\n")
         #expect(try decoder.decode(buffer: &buffer) == nil && decoder.takeContinue() && !decoder.takeContinue(), "once")
         buffer.writeString("{")
         #expect(try decoder.decode(buffer: &buffer) == nil && !decoder.takeContinue())
-        buffer.writeString("}POST /b HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+        buffer.writeString("}POST /b HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
         #expect(try decoder.decode(buffer: &buffer)?.target == "/a")
         #expect(try decoder.decode(buffer: &buffer) == nil && decoder.takeContinue(), "the next request asks again")
         var ten = ByteBuffer(string: "POST /c HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
@@ -70,52 +70,66 @@ import Testing
 
     /// A later HTTP/1.x is taken as 1.1 (RFC 9112 §2.3).
     @Test func takesALaterMinorVersionAs11() throws {
-        let r = try #require(try decode("GET / HTTP/1.2\r\n\r\n").first)
+        let r = try #require(try decode("GET / HTTP/1.2\r\nHost: h\r\n\r\n").first)
         #expect(!r.http10 && r.keepAlive)
     }
 
     @Test func followsConnectionSemantics() throws {
         #expect(try decode("GET / HTTP/1.0\r\n\r\n").first?.keepAlive == false)
-        #expect(try decode("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").first?.keepAlive == false)
-        #expect(try decode("\r\n\r\nGET / HTTP/1.1\r\n\r\n").count == 1)  // leading empty lines are ignored
+        #expect(try decode("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").first?.keepAlive == false)
+        #expect(try decode("\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n").count == 1)  // leading empty lines are ignored
         // A target in absolute form is taken as its path and query (RFC 9112 §3.2.2).
-        #expect(try decode("POST http://hub.example.com:8081/v1/devices/d/telemetry?x=1 HTTP/1.1\r\nContent-Length: 0\r\n\r\n").first?.target
+        #expect(try decode("POST http://hub.example.com:8081/v1/devices/d/telemetry?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n").first?.target
                 == "/v1/devices/d/telemetry?x=1")
         #expect(DeviceRequestDecoder.originForm("HTTPS://h") == "/" && DeviceRequestDecoder.originForm("http://h?q=1") == "/?q=1")
         #expect(DeviceRequestDecoder.originForm("/a?b=http://c/d") == "/a?b=http://c/d" && DeviceRequestDecoder.originForm("*") == "*")
-        #expect(try decode("GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab").isEmpty)  // waits for the body
+        #expect(try decode("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nab").isEmpty)  // waits for the body
+    }
+
+    /// One Host in HTTP/1.1, at most one in 1.0, and a valid one (RFC 9112 §3.2: 400 otherwise).
+    @Test func wantsOneValidHost() throws {
+        #expect(error("GET / HTTP/1.1\r\n\r\n") == .malformed("no Host in an HTTP/1.1 request"))
+        #expect(error("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n") == .malformed("more than one Host"))
+        #expect(error("GET / HTTP/1.0\r\nHost: a\r\nHOST: b\r\n\r\n") == .malformed("more than one Host"))
+        for bad in ["a b", "a/b", "user@a", "a?b", "a#b", "\"a\""] {
+            #expect(error("GET / HTTP/1.1\r\nHost: \(bad)\r\n\r\n") == .malformed("bad Host"), "\(bad)")
+        }
+        for good in ["hub.example.com", "hub:8081", "127.0.0.1:80", "[::1]:8080", "xn--bcher-kva.example", "a%2Eb", ""] {
+            #expect(try decode("GET / HTTP/1.1\r\nHost: \(good)\r\n\r\n").count == 1, "\(good)")
+        }
+        #expect(try decode("GET / HTTP/1.0\r\n\r\n").count == 1, "HTTP/1.0 needs none")
     }
 
     @Test func refusesWhatItCannotFrameSafely() throws {
         #expect(error("GET / HTTP/2.0\r\n\r\n") == .unsupportedVersion)
         #expect(error("GET / HTTP/1.10\r\n\r\n") == .malformed("unsupported HTTP version"))
         #expect(error("GET / http/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
-        #expect(error("G(T / HTTP/1.1\r\n\r\n") == .malformed("bad method"))
+        #expect(error("G(T / HTTP/1.1\r\nHost: h\r\n\r\n") == .malformed("bad method"))
         // Lines that end in LF alone are refused at once, not waited on until the connection times out.
         #expect(error("GET / HTTP/1.1\nHost: a\n\n") == .malformed("a line ends in LF without CR"))
         #expect(error("GET / HTTP/1.1\r\nHost: a\n") == .malformed("a line ends in LF without CR"))
-        #expect(error("GET /a b HTTP/1.1\r\n\r\n") == .malformed("unsupported HTTP version"))
-        #expect(error("GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n") == .malformed("obsolete line folding"))
-        #expect(error("GET / HTTP/1.1\r\nBad Name: a\r\n\r\n") == .malformed("bad header name"))
-        #expect(error("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n") == .malformed("bad header line"))
+        #expect(error("GET /a b HTTP/1.1\r\nHost: h\r\n\r\n") == .malformed("unsupported HTTP version"))
+        #expect(error("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n folded\r\n\r\n") == .malformed("obsolete line folding"))
+        #expect(error("GET / HTTP/1.1\r\nHost: h\r\nBad Name: a\r\n\r\n") == .malformed("bad header name"))
+        #expect(error("GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n") == .malformed("bad header line"))
         #expect(error("GET / HTTP/1.1\nX: a\r\n\r\n") == .malformed("bad request line"))
-        #expect(error("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab") == .malformed("conflicting Content-Length"))
-        #expect(error("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n") == .malformed("bad Content-Length"))
-        #expect(error("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .malformed("both Content-Length and Transfer-Encoding"))
-        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n") == .unsupportedTransferCoding)
-        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == .malformed("bad chunk size"))
-        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n") == .malformed("bad chunk"))
-        #expect(error("POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n") == .bodyTooLarge(65))
-        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n") == .bodyTooLarge(nil))
-        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFF\r\n") == .bodyTooLarge(nil))
-        #expect(error("GET / HTTP/1.1\r\nX: \(String(repeating: "a", count: 17000))\r\n\r\n") == .headerTooLarge)
-        #expect(error("GET / HTTP/1.1\r\n" + String(repeating: "X: 1\r\n", count: 101) + "\r\n") == .headerTooLarge)
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab") == .malformed("conflicting Content-Length"))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n") == .malformed("bad Content-Length"))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .malformed("both Content-Length and Transfer-Encoding"))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n") == .unsupportedTransferCoding)
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n") == .malformed("bad chunk size"))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n") == .malformed("bad chunk"))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 65\r\n\r\n") == .bodyTooLarge(65))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n41\r\n") == .bodyTooLarge(nil))
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFF\r\n") == .bodyTooLarge(nil))
+        #expect(error("GET / HTTP/1.1\r\nHost: h\r\nX: \(String(repeating: "a", count: 17000))\r\n\r\n") == .headerTooLarge)
+        #expect(error("GET / HTTP/1.1\r\nHost: h\r\n" + String(repeating: "X: 1\r\n", count: 101) + "\r\n") == .headerTooLarge)
         // Empty lines before the request line count toward the header section: sent without end, they
         // were all kept (a client grew the hub by 200 MB with 210 MB of them) and read again each time.
         #expect(error(String(repeating: "\r\n", count: 8193)) == .headerTooLarge)
-        #expect(try decode(String(repeating: "\r\n", count: 100) + "GET / HTTP/1.1\r\n\r\n").count == 1)
+        #expect(try decode(String(repeating: "\r\n", count: 100) + "GET / HTTP/1.1\r\nHost: h\r\n\r\n").count == 1)
         // Chunked applied twice (two fields are one list), and the field in HTTP/1.0 (RFC 9112 §6.1).
-        #expect(error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .unsupportedTransferCoding)
+        #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .unsupportedTransferCoding)
         #expect(error("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .malformed("Transfer-Encoding in an HTTP/1.0 request"))
     }
 
@@ -123,7 +137,7 @@ import Testing
     /// chunks sent 100 bytes at a time took over a second of the event loop when each read started over.
     @Test func goesOnFromWhereItStoppedWhenMoreComes() throws {
         var decoder = DeviceRequestDecoder(limits: DeviceRequestLimits(maxBodySize: 1 << 20))
-        var buffer = ByteBuffer(string: "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        var buffer = ByteBuffer(string: "POST /a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
         #expect(try decoder.decode(buffer: &buffer) == nil)
         #expect(decoder.progress.head != nil && decoder.progress.chunks.isEmpty)
         for n in 1...3 {
@@ -134,7 +148,7 @@ import Testing
         }
         buffer.writeString("0\r\nA: b\r\n")
         #expect(try decoder.decode(buffer: &buffer) == nil && decoder.progress.inTrailers)
-        buffer.writeString("\r\nGET /b HTTP/1.1\r\n")
+        buffer.writeString("\r\nGET /b HTTP/1.1\r\nHost: h\r\n")
         let r = try #require(try decoder.decode(buffer: &buffer))
         #expect(String(buffer: r.body) == "xyzxyzxyz" && r.target == "/a")
         #expect(try decoder.decode(buffer: &buffer) == nil && decoder.progress.scanned == buffer.readableBytes, "the next request's header search")
@@ -146,8 +160,8 @@ import Testing
     /// with a DeviceRequestError; nothing else happens and no body exceeds the limit.
     @Test func survivesRandomCorruption() throws {
         let seeds = [
-            "POST /v1/devices/d/telemetry HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
-            "POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "POST /v1/devices/d/telemetry HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+            "POST /x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "GET /v1/devices/d/commands?wait=1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
         ].map { Array($0.utf8) }
         var rng = SystemRandomNumberGenerator()

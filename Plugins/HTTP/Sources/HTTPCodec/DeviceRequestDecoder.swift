@@ -196,6 +196,7 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         var expectsContinue = false
         var contentLength: Int?
         var chunked = false
+        var hosts = 0
         var headers = 0
         var h = lineEnd + 2
         while h < headerEnd {
@@ -236,6 +237,11 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             case 13 where equalsCaseless(b, h, colon, "x-device-time"): request.deviceTime = value()
             case 13 where equalsCaseless(b, h, colon, "if-none-match"): request.ifNoneMatch = value()
             case 16 where equalsCaseless(b, h, colon, "content-encoding"): request.contentEncoding = value()
+            case 4 where equalsCaseless(b, h, colon, "host"):
+                // uri-host [ ":" port ]: registered names, IP literals and percent-escapes; a value
+                // with anything else (spaces, "/", "@") is invalid (RFC 9112 §3.2, RFC 3986 §3.2.2).
+                hosts += 1
+                for k in vs..<ve where !isHostChar(b[k]) { throw DeviceRequestError.malformed("bad Host") }
             case 6 where equalsCaseless(b, h, colon, "expect"):
                 // A client of HTTP/1.0 is never sent 100 (RFC 9110 §10.1.1).
                 expectsContinue = !http10 && equalsCaseless(b, vs, ve, "100-continue")
@@ -243,6 +249,10 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             }
             h = e + 2
         }
+        // Exactly one Host in HTTP/1.1, at most one in 1.0 (RFC 9112 §3.2: a server MUST answer 400
+        // otherwise): intermediaries and the server could each take a different one.
+        if hosts > 1 { throw DeviceRequestError.malformed("more than one Host") }
+        if hosts == 0, !http10 { throw DeviceRequestError.malformed("no Host in an HTTP/1.1 request") }
         // A message with both is refused: it is the classic request-smuggling shape (RFC 9112 6.3).
         if chunked, contentLength != nil { throw DeviceRequestError.malformed("both Content-Length and Transfer-Encoding") }
         let length = contentLength ?? 0
@@ -362,6 +372,18 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
              UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
              UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"): true
+        default: false
+        }
+    }
+
+    /// A character of a Host value: unreserved, sub-delims, ":" (a port, IPv6), "[" "]" and "%".
+    private static func isHostChar(_ c: UInt8) -> Bool {
+        switch c {
+        case 48...57, 65...90, 97...122: true
+        case UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"), UInt8(ascii: "!"), UInt8(ascii: "$"),
+             UInt8(ascii: "&"), UInt8(ascii: "'"), UInt8(ascii: "("), UInt8(ascii: ")"), UInt8(ascii: "*"), UInt8(ascii: "+"),
+             UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: "="), UInt8(ascii: ":"), UInt8(ascii: "["), UInt8(ascii: "]"),
+             UInt8(ascii: "%"): true
         default: false
         }
     }

@@ -17,10 +17,10 @@ let limits = DeviceRequestLimits(maxBodySize: 256)
 
 let seeds: [[UInt8]] = [
     "POST /v1/devices/d1/telemetry HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\nAuthorization: Bearer t0k\r\nContent-Length: 9\r\n\r\n{\"t\":1.5}",
-    "POST /v1/devices/d1/telemetry?token=x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX-Request-ID: r1\r\n\r\n4;ext=1\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\nTrailer: x\r\n\r\n",
-    "GET /v1/devices/d1/attributes HTTP/1.1\r\nIf-None-Match: \"e1\"\r\nConnection: keep-alive\r\n\r\nGET /v1/devices/d1/commands?wait=5 HTTP/1.0\r\n\r\n",
-    "\r\nPOST http://hub:8081/v1/devices/d2/events HTTP/1.1\r\nExpect: 100-continue\r\nContent-Encoding: gzip\r\nX-Device-Time: 2026-01-01T00:00:00Z\r\nContent-Length: 2\r\n\r\nhi",
-    "OPTIONS * HTTP/1.1\r\nConnection: close\r\n\r\nHEAD / HTTP/1.1\r\n\r\nPUT /x HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    "POST /v1/devices/d1/telemetry?token=x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nX-Request-ID: r1\r\n\r\n4;ext=1\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\nTrailer: x\r\n\r\n",
+    "GET /v1/devices/d1/attributes HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"e1\"\r\nConnection: keep-alive\r\n\r\nGET /v1/devices/d1/commands?wait=5 HTTP/1.0\r\n\r\n",
+    "\r\nPOST http://hub:8081/v1/devices/d2/events HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Encoding: gzip\r\nX-Device-Time: 2026-01-01T00:00:00Z\r\nContent-Length: 2\r\n\r\nhi",
+    "OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nHEAD / HTTP/1.1\r\nHost: h\r\n\r\nPUT /x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
 ].map { Array($0.utf8) }
 let interesting: [UInt8] = Array("\r\n :;,0123456789abcdefABCDEF\t\"/?=".utf8) + [0, 0x7F, 0x80, 0xFF]
 
