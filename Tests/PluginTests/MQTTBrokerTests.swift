@@ -375,6 +375,37 @@ import IoTCPluginKit
         #expect(hub.submitted.isEmpty)
     }
 
+    /// Topics and filters of more than 200 levels are refused as they come (a client's topic of 32,000
+    /// levels ended the process: the routing walk overflowed its stack): a filter gets Topic Filter
+    /// invalid, a publish or a will Topic Name invalid; nothing is kept, routed or sent to the hub.
+    @Test func topicsOfTooManyLevelsAreRefused() {
+        let deep = Array(repeating: "a", count: Topics.maximumLevels + 1).joined(separator: "/")
+        let deepest = Array(repeating: "a", count: Topics.maximumLevels).joined(separator: "/")
+        let sub = TestClient(broker, hub)
+        sub.connect("sub")
+        #expect(sub.subscribe(deep) == [MQTTReason.topicFilterInvalid])
+        #expect(sub.subscribe(deepest) == [1])
+        #expect(sub.subscribe(String(repeating: "+/", count: 30_000) + "#") == [MQTTReason.topicFilterInvalid])
+        let v3 = TestClient(broker, hub, version: .v311)
+        v3.connect("v3")
+        #expect(v3.subscribe(deep) == [0x80])
+
+        let pub = TestClient(broker, hub)
+        pub.connect("pub")
+        pub.send(.publish(MQTTPublish(topic: deepest, payload: [1], qos: 1, packetID: 1)))
+        #expect(pub.read() == [.puback(MQTTPacketAck(packetID: 1))])
+        #expect(sub.read().count == 1, "200 levels are routed")
+        pub.send(.publish(MQTTPublish(topic: Array(repeating: "a", count: 32_000).joined(separator: "/"), payload: [1], qos: 1, packetID: 2)))
+        #expect(pub.read() == [.disconnect(reasonCode: MQTTReason.topicNameInvalid, properties: [.string(MQTTProperty.reasonString, "the topic has more than 200 levels")])])
+        #expect(pub.closed)
+        #expect(hub.submitted.count == 1)
+        #expect(TestClient(broker, hub).connect("w", will: MQTTWill(topic: deep, payload: ByteBuffer(string: "gone")))?.reasonCode == MQTTReason.topicNameInvalid)
+
+        // What comes from elsewhere (the hub's downlink) is neither routed nor kept either.
+        #expect(broker.publish(BrokerMessage(topic: deep + "/a/a", payload: ByteBuffer(bytes: [1]), qos: 0, retain: true), from: nil) == 0)
+        #expect(broker.retainedCount == 0)
+    }
+
     @Test func noMatchingSubscribersWhenNothingTakesTheMessage() {
         hub.routes = false
         let c = TestClient(broker, hub)

@@ -207,6 +207,11 @@ public final class Broker: @unchecked Sendable {
 
     // MARK: - Subscriptions
 
+    /// Most levels of a topic or filter the broker keeps or routes: a client's (checked as it comes,
+    /// with a reason code) and a tenant's mount. What goes past it, from wherever it comes (a command
+    /// from the API), is neither kept nor routed.
+    static let maximumLevels = Topics.maximumLevels + 2
+
     static func split(_ filter: String) -> (group: String?, filter: String) {
         if let s = SharedFilter(filter) { return (s.group, s.filter) }
         return (nil, filter)
@@ -217,6 +222,7 @@ public final class Broker: @unchecked Sendable {
     @discardableResult
     public func subscribe(_ session: Session, filter: String, options: MQTTSubscriptionOptions, identifier: UInt32?) -> Bool {
         let (group, f) = Self.split(filter)
+        guard Topics.levels(f) <= Self.maximumLevels else { return false }
         var toSend: [BrokerMessage] = []
         let existed: Bool = lock.withLock {
             routes.removeAll(keepingCapacity: true)
@@ -254,6 +260,7 @@ public final class Broker: @unchecked Sendable {
     /// number of sessions it went to.
     @discardableResult
     public func publish(_ m: BrokerMessage, from publisher: Session?) -> Int {
+        guard Topics.levels(m.topic) <= Self.maximumLevels else { return 0 }
         var deliveries: [Delivery] = []
         lock.withLock {
             if m.retain, config.retainAvailable { retain(m) }

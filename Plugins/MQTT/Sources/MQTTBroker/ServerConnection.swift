@@ -236,6 +236,9 @@ public final class ServerConnection: @unchecked Sendable {
             if Self.contradictsItsFormat(w.payload, w.properties) {
                 return refuse(MQTTReason.payloadFormatInvalid, 0x05, "the will payload is not UTF-8 as its format indicator says")
             }
+            guard Topics.levels(w.topic) <= Topics.maximumLevels else {
+                return refuse(MQTTReason.topicNameInvalid, 0x05, "the will topic has more than \(Topics.maximumLevels) levels")
+            }
             guard !TenantSpace.isReserved(w.topic), hub.mayPublish(identity, topic: w.topic) else {
                 return refuse(MQTTReason.notAuthorized, 0x05, "not authorized to publish the will topic")
             }
@@ -318,6 +321,9 @@ public final class ServerConnection: @unchecked Sendable {
             } else {
                 inboundAliases[a] = topic
             }
+        }
+        guard Topics.levels(topic) <= Topics.maximumLevels else {
+            return protocolError(MQTTReason.topicNameInvalid, "the topic has more than \(Topics.maximumLevels) levels")
         }
         // Subscription identifiers go from server to client only ([MQTT-3.3.4-6]).
         if version == .v5, p.properties.first(MQTTProperty.subscriptionIdentifier) != nil {

@@ -2,11 +2,24 @@ import IoTCPluginKit
 
 /// Topic names and topic filters (MQTT 5 section 4.7).
 public enum Topics {
+    /// Most levels a topic name or filter may have here, as in mosquitto. The broker keeps topics
+    /// level by level and walks them level by level: a client's topic of tens of thousands of levels
+    /// (a topic may be 65,535 bytes: "a/a/a/...") took megabytes per subscription and overflowed the
+    /// stack of the routing walk, which ended the process.
+    public static let maximumLevels = 200
+
+    /// The levels of a topic name or filter ("a//b" has three).
+    public static func levels(_ topic: String) -> Int {
+        var n = 1
+        for c in topic.utf8 where c == UInt8(ascii: "/") { n += 1 }
+        return n
+    }
+
     /// Whether `filter` is a valid topic filter: `#` only as a whole last level, `+` only as a whole
-    /// level, not empty. Shared subscriptions are checked by `SharedFilter`.
+    /// level, not empty, at most `maximumLevels` levels. Shared subscriptions are checked by `SharedFilter`.
     public static func isValidFilter(_ filter: String) -> Bool {
         let u = filter.utf8
-        guard !u.isEmpty else { return false }
+        guard !u.isEmpty, levels(filter) <= maximumLevels else { return false }
         var levelStart = true
         var index = u.startIndex
         while index != u.endIndex {
