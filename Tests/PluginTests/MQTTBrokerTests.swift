@@ -238,6 +238,37 @@ import IoTCPluginKit
         #expect(Set(s.publishes().map(\.topic)) == ["a/1", "a/3"])
     }
 
+    /// A new subscription gets exactly the retained messages its filter matches by MQTT's rules (`+`,
+    /// `#` with its parent level, `$` topics, empty levels), found level by level rather than by testing
+    /// every retained topic; cleared ones are not found any more.
+    @Test func aSubscriptionFindsTheRetainedMessagesItsFilterMatches() {
+        var random = SystemRandomNumberGenerator()
+        let words = ["a", "b", "", "$s", "c"]
+        func path(_ words: [String], last: [String] = []) -> String {
+            let n = Int.random(in: 1...4, using: &random)
+            return (0..<n).map { i in (i == n - 1 ? words + last : words).randomElement(using: &random)! }.joined(separator: "/")
+        }
+        var topics = Set<String>()
+        for _ in 0..<400 { topics.insert(path(words)) }
+        topics.remove("")
+        for t in topics { broker.publish(BrokerMessage(topic: t, payload: ByteBuffer(string: t), qos: 0, retain: true), from: nil) }
+        let cleared = Set(topics.shuffled(using: &random).prefix(topics.count / 4))
+        for t in cleared { broker.publish(BrokerMessage(topic: t, payload: ByteBuffer(), qos: 0, retain: true), from: nil) }
+        let kept = topics.subtracting(cleared)
+        #expect(broker.retainedCount == kept.count)
+        for k in 0..<200 {
+            let filter = path(words + ["+"], last: ["#"])
+            guard Topics.isValidFilter(filter) else { continue }
+            let c = TestClient(broker, hub)
+            c.connect("c\(k)")
+            #expect(c.subscribe(filter, qos: 0) == [0])
+            let got = c.publishes().map(\.topic)
+            #expect(got.count == Set(got).count, "\(filter): each once")
+            #expect(Set(got) == kept.filter { TopicMatch.matches(topic: $0, filter: filter) }, "\(filter)")
+            c.send(.disconnect(reasonCode: 0, properties: []))
+        }
+    }
+
     @Test func retainedMessagesFollowRetainHandling() {
         let pub = TestClient(broker, hub)
         pub.connect("pub")

@@ -54,6 +54,8 @@ public final class Broker: @unchecked Sendable {
     private let tree = SubscriptionTree()
     private var sessions: [String: Session] = [:]
     private var retained: [String: BrokerMessage] = [:]
+    /// The topics of `retained`, for subscriptions to find theirs.
+    private let retainedTopics = RetainedIndex()
     /// What `retained` holds, in `retainedSize` bytes.
     private var retainedBytes = 0
     /// Deliveries by topic, for topics whose match has no shared or no-local subscription; cleared
@@ -229,7 +231,7 @@ public final class Broker: @unchecked Sendable {
             let existed = tree.insert(f, group: group, Subscription(session: session, options: options, identifier: identifier))
             session.subscriptions[filter] = (options, identifier)
             if group == nil, options.retainHandling == 0 || (options.retainHandling == 1 && !existed) {
-                for (topic, m) in retained where TopicMatch.matches(topic: topic, filter: f) { toSend.append(m) }
+                retainedTopics.forEachMatch(f) { topic in if let m = retained[topic] { toSend.append(m) } }
             }
             return existed
         }
@@ -285,13 +287,18 @@ public final class Broker: @unchecked Sendable {
     /// (MQTT: it replaces any retained message of its topic), and is kept itself if it fits: a later
     /// subscriber never gets the value it replaced. Under the lock.
     private func retain(_ m: BrokerMessage) {
-        let old = retained.removeValue(forKey: m.topic).map(Self.retainedSize) ?? 0
+        let previous = retained.removeValue(forKey: m.topic)
+        let old = previous.map(Self.retainedSize) ?? 0
         retainedBytes -= old
-        guard m.payload.readableBytes > 0, old > 0 || retained.count < config.maximumRetained else { return }
         let size = Self.retainedSize(m)
-        guard config.maximumRetainedBytes == 0 || retainedBytes + size <= config.maximumRetainedBytes else { return }
+        guard m.payload.readableBytes > 0, old > 0 || retained.count < config.maximumRetained,
+              config.maximumRetainedBytes == 0 || retainedBytes + size <= config.maximumRetainedBytes else {
+            if previous != nil { retainedTopics.remove(m.topic) }
+            return
+        }
         retained[m.topic] = m
         retainedBytes += size
+        if previous == nil { retainedTopics.insert(m.topic) }
     }
 
     static func retainedSize(_ m: BrokerMessage) -> Int { m.topic.utf8.count + m.payload.readableBytes }
