@@ -437,6 +437,19 @@ import IoTCPluginKit
         #expect(broker.retainedCount == 0)
     }
 
+    /// Routes are cached by topic, but not for long topics: the cache holds its keys, and a client's
+    /// 10,000 topics of 64 KiB would have held 655 MB.
+    @Test func longTopicsAreRoutedButNotCached() {
+        let sub = TestClient(broker, hub)
+        sub.connect("sub")
+        #expect(sub.subscribe("#", qos: 0) == [0])
+        let long = String(repeating: "x", count: 257)
+        broker.publish(BrokerMessage(topic: "short", payload: ByteBuffer(bytes: [1]), qos: 0, retain: false), from: nil)
+        broker.publish(BrokerMessage(topic: long, payload: ByteBuffer(bytes: [1]), qos: 0, retain: false), from: nil)
+        #expect(sub.publishes().map(\.topic) == ["short", long])
+        #expect(broker.cachedRouteCount == 1)
+    }
+
     @Test func noMatchingSubscribersWhenNothingTakesTheMessage() {
         hub.routes = false
         let c = TestClient(broker, hub)

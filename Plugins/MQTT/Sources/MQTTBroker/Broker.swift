@@ -62,6 +62,9 @@ public final class Broker: @unchecked Sendable {
     /// whenever subscriptions change. Devices publish to the same few topics over and over.
     private var routes: [String: [Delivery]] = [:]
     static let maxCachedRoutes = 10_000
+    /// Only topics up to this long are cached: the cache holds its keys, and 10,000 topics of 64 KiB
+    /// (a client's, one PUBLISH each) would have held 655 MB.
+    static let maxCachedTopicBytes = 256
     private let timers: EventLoop
     public let started = NIODeadline.now()
 
@@ -191,6 +194,8 @@ public final class Broker: @unchecked Sendable {
     }
     public var subscriptionCount: Int { lock.withLock { tree.count } }
     public var retainedCount: Int { lock.withLock { retained.count } }
+    /// Topics whose deliveries are cached.
+    public var cachedRouteCount: Int { lock.withLock { routes.count } }
     public func session(_ clientID: String) -> Session? { lock.withLock { sessions[clientID] } }
 
     /// Tells every connected client whose identity matches to disconnect with `reasonCode`; returns how
@@ -271,7 +276,7 @@ public final class Broker: @unchecked Sendable {
                 return
             }
             let cacheable = tree.match(m.topic, publisher: publisher, into: &deliveries)
-            if cacheable {
+            if cacheable, m.topic.utf8.count <= Self.maxCachedTopicBytes {
                 if routes.count >= Self.maxCachedRoutes { routes.removeAll(keepingCapacity: true) }
                 routes[m.topic] = deliveries
             }
