@@ -687,6 +687,42 @@ import IoTCPluginKit
         #expect(back.publishes().map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [3, 4])
     }
 
+    /// A client that stops acknowledging holds at most max_inflight_bytes of payload in flight (one
+    /// message always goes), the rest waits in the queue within its bound, and acknowledgements let
+    /// the next ones go, in order. Before, up to its Receive Maximum (65,535) were held and written out.
+    @Test func messagesInFlightToAClientAreBoundedInBytes() {
+        var config = BrokerConfig()
+        config.session = SessionLimits(maxQueued: 100, maxInflightBytes: 1000)
+        let broker = Broker(config: config, timers: loop)
+        let sub = TestClient(broker, hub), pub = TestClient(broker, hub)
+        sub.connect("s")
+        pub.connect("p")
+        _ = sub.subscribe("q", qos: 1)
+        for i in 1...30 { pub.send(.publish(MQTTPublish(topic: "q", payload: [UInt8](repeating: UInt8(i), count: 300), qos: 1, packetID: UInt16(i)))) }
+        let session = broker.session("s")!
+        #expect(session.inflightCount == 4 && session.inflightByteCount == 1200, "until 1,000 bytes are reached")
+        #expect(session.queuedCount == 26)
+        var first = sub.publishes()
+        #expect(first.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [1, 2, 3, 4])
+        sub.send(.puback(MQTTPacketAck(packetID: first[0].packetID!)))
+        let next = sub.publishes()
+        #expect(next.map { $0.payload.getInteger(at: 0, as: UInt8.self) } == [5])
+        #expect(session.inflightCount == 4 && session.inflightByteCount == 1200)
+        first.removeFirst()
+        for p in first + next { sub.send(.puback(MQTTPacketAck(packetID: p.packetID!))) }
+        var rest = sub.publishes()
+        while !rest.isEmpty, session.inflightCount > 0 {
+            for p in rest { sub.send(.puback(MQTTPacketAck(packetID: p.packetID!))) }
+            rest = sub.publishes()
+        }
+        #expect(session.inflightCount == 0 && session.inflightByteCount == 0 && session.queuedCount == 0)
+        // A message larger than the whole allowance still goes, alone.
+        pub.send(.publish(MQTTPublish(topic: "q", payload: [UInt8](repeating: 9, count: 5000), qos: 1, packetID: 40)))
+        pub.send(.publish(MQTTPublish(topic: "q", payload: [1], qos: 1, packetID: 41)))
+        #expect(sub.publishes().map(\.payload.readableBytes) == [5000])
+        #expect(session.inflightByteCount == 5000 && session.queuedCount == 1)
+    }
+
     @Test func sessionExpires() {
         let c = TestClient(broker, hub)
         c.connect("e", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 5)])

@@ -225,11 +225,19 @@ public struct SessionLimits: Sendable {
     public var policy: QueueFullPolicy
     /// Queue QoS 0 messages for offline clients too.
     public var queueQoS0: Bool
-    public init(maxQueued: Int = 1000, maxQueuedBytes: Int = 0, policy: QueueFullPolicy = .dropNew, queueQoS0: Bool = false) {
+    /// Most payload bytes of QoS 1 and 2 messages in flight to the client, sent and not yet
+    /// acknowledged (0: no limit but the client's Receive Maximum); past it messages wait in the queue.
+    /// One message is always let through. Without it, a client that stops reading held up to 65,535
+    /// messages (its Receive Maximum) in flight, each kept for sending again and written out: memory
+    /// no queue bound limited.
+    public var maxInflightBytes: Int
+    public init(maxQueued: Int = 1000, maxQueuedBytes: Int = 0, policy: QueueFullPolicy = .dropNew, queueQoS0: Bool = false,
+                maxInflightBytes: Int = 0) {
         self.maxQueued = maxQueued
         self.maxQueuedBytes = maxQueuedBytes
         self.policy = policy
         self.queueQoS0 = queueQoS0
+        self.maxInflightBytes = maxInflightBytes
     }
 }
 
@@ -262,6 +270,8 @@ public final class Session: @unchecked Sendable {
         var sequence: UInt64
     }
     private var inflight: [UInt16: Outbound] = [:]
+    /// The payload bytes in `inflight`.
+    private var inflightBytes = 0
     private var queue = Deque<Outbound>()
     /// The payload bytes in `queue`.
     private var queuedBytes = 0
@@ -282,6 +292,19 @@ public final class Session: @unchecked Sendable {
     public var queuedCount: Int { lock.withLock { queue.count } }
     public var queuedByteCount: Int { lock.withLock { queuedBytes } }
     public var inflightCount: Int { lock.withLock { inflight.count } }
+    public var inflightByteCount: Int { lock.withLock { inflightBytes } }
+
+    /// Whether another message may go in flight to `link`. Lock held.
+    private func windowOpen(_ link: ClientLink) -> Bool {
+        inflight.count < link.receiveMaximum && (limits.maxInflightBytes == 0 || inflightBytes < limits.maxInflightBytes)
+    }
+
+    /// Takes a message out of flight. Lock held.
+    private func land(_ id: UInt16) -> Bool {
+        guard let o = inflight.removeValue(forKey: id) else { return false }
+        inflightBytes -= o.message.payload.readableBytes
+        return true
+    }
 
     /// Hands a message to this session: written to the client, put in flight, or queued.
     @discardableResult
@@ -299,7 +322,7 @@ public final class Session: @unchecked Sendable {
                 if ok { counters.sent.add(1) } else { counters.dropped.add(1) }
                 return ok
             }
-            if queue.isEmpty, inflight.count < link.receiveMaximum {
+            if queue.isEmpty, windowOpen(link) {
                 return send(Outbound(message: m, qos: qos, retain: retain, identifiers: identifiers, sequence: 0), link, expiry)
             }
         } else if qos == 0, !limits.queueQoS0 {
@@ -347,6 +370,7 @@ public final class Session: @unchecked Sendable {
             return false
         }
         inflight[nextPacketID] = entry
+        inflightBytes += o.message.payload.readableBytes
         counters.sent.add(1)
         return true
     }
@@ -355,7 +379,7 @@ public final class Session: @unchecked Sendable {
     private func refill() {
         guard let link else { return }
         let now = NIODeadline.now()
-        while inflight.count < link.receiveMaximum, let o = queue.popFirst() {
+        while windowOpen(link), let o = queue.popFirst() {
             queuedBytes -= o.message.payload.readableBytes
             let expiry = o.message.secondsLeft(now: now)
             if expiry == 0 {
@@ -383,6 +407,7 @@ public final class Session: @unchecked Sendable {
                 }
             } else {
                 inflight = [:]
+                inflightBytes = 0
                 awaitingRelease = []
             }
             refill()
@@ -410,7 +435,7 @@ public final class Session: @unchecked Sendable {
     @discardableResult
     func completed(_ id: UInt16) -> Bool {
         lock.withLock {
-            guard inflight.removeValue(forKey: id) != nil else { return false }
+            guard land(id) else { return false }
             refill()
             return true
         }
@@ -421,7 +446,7 @@ public final class Session: @unchecked Sendable {
         lock.withLock {
             guard inflight[id] != nil else { return false }
             if reasonCode >= 0x80 {
-                inflight[id] = nil
+                _ = land(id)
                 refill()
             } else {
                 inflight[id]!.released = true
@@ -532,6 +557,7 @@ extension Session {
         lock.withLock {
             nextPacketID = next
             inflight = flight
+            inflightBytes = flight.values.reduce(0) { $0 + $1.message.payload.readableBytes }
             self.sequence = sequence
             queue = queued
             queuedBytes = queued.reduce(0) { $0 + $1.message.payload.readableBytes }

@@ -32,6 +32,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var max_session_expiry: Double
         var max_queued_messages: Int
         var max_queued_bytes: Int
+        var max_inflight_bytes: Int
         var queue_full_policy: String
         var queue_qos0: Bool
         var max_pending_bytes: Int
@@ -118,6 +119,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("max_subscriptions", .int, "Subscriptions one session may hold; a filter past it is refused with Quota exceeded (0x97; MQTT 3.1.1: 0x80). 0: no limit.", default: "1000"),
         ConfigField("max_session_expiry", .duration, "Longest a session outlives its connection (MQTT 3.1.1 persistent sessions get this).", default: "604800", example: "7d"),
         ConfigField("max_queued_messages", .int, "Messages kept per session for an offline or slow client.", default: "1000"),
+        ConfigField("max_inflight_bytes", .byteSize, "Payload bytes of QoS 1 and 2 messages in flight to one client (sent, not yet acknowledged); past it, messages wait in the session's queue (one is always let through). Bounds what a client that stops reading holds. 0: no limit but the client's Receive Maximum.", default: "4194304", example: "4MiB"),
         ConfigField("max_queued_bytes", .byteSize, "Payload bytes kept per session for an offline or slow client, beside max_queued_messages; a message past it goes by queue_full_policy (one larger than it all is dropped). 0: no limit.", default: "67108864", example: "64MiB"),
         ConfigField("queue_full_policy", .string, "When a session's queue is full: drop the new message or the oldest one (either is counted).", default: #""drop_new""#, options: ["drop_new", "drop_oldest"]),
         ConfigField("queue_qos0", .bool, "Queue QoS 0 messages for offline clients too.", default: "false"),
@@ -174,6 +176,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         guard config.max_subscriptions >= 0 else { throw PluginError("max_subscriptions must not be negative") }
         guard config.max_queued_messages >= 0 else { throw PluginError("max_queued_messages must not be negative") }
         guard config.max_queued_bytes >= 0 else { throw PluginError("max_queued_bytes must not be negative") }
+        guard config.max_inflight_bytes >= 0 else { throw PluginError("max_inflight_bytes must not be negative") }
         guard let policy = QueueFullPolicy(rawValue: config.queue_full_policy) else { throw PluginError("queue_full_policy must be drop_new or drop_oldest") }
         guard config.connect_timeout > 0 else { throw PluginError("connect_timeout must be positive") }
         guard (0...65535).contains(config.max_keep_alive) else { throw PluginError("max_keep_alive must be at most 65535 s") }
@@ -199,7 +202,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         b.maximumSubscriptions = config.max_subscriptions
         b.maximumSessions = config.max_sessions
         b.maximumSessionExpiry = UInt32(min(max(config.max_session_expiry, 0), Double(UInt32.max)))
-        b.session = SessionLimits(maxQueued: config.max_queued_messages, maxQueuedBytes: config.max_queued_bytes, policy: policy, queueQoS0: config.queue_qos0)
+        b.session = SessionLimits(maxQueued: config.max_queued_messages, maxQueuedBytes: config.max_queued_bytes, policy: policy, queueQoS0: config.queue_qos0,
+                                  maxInflightBytes: config.max_inflight_bytes)
         brokerConfig = b
 
         sslContext = try config.tls?.files.context()
