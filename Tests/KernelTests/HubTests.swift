@@ -160,6 +160,28 @@ import NIOConcurrencyHelpers
         #expect(bindsOnLoopback(port, SOCK_STREAM) && bindsOnLoopback(udp, SOCK_DGRAM))
     }
 
+    /// The hub keeps the presence (connected, last seen) of devices with credentials, not of devices let
+    /// in without any, whose ids are whatever they say: a client sending under ever new ids grew the
+    /// hub's memory and store without bound (about 460 bytes per id). Their messages go through alike.
+    @Test func keepsThePresenceOfDevicesWithCredentialsOnly() throws {
+        let dir = TempDir()
+        let port = freePort()
+        let hub = try makeHub(dir)
+        try hub.start(try loadConfig("""
+            sources: { devices: { plugin: http, listen: "127.0.0.1:\(port)" } }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ "devices:devices/+/telemetry" ], to: [ out ] } }
+            auth: { allow_anonymous: true, tokens: [ { device: known, token: t0ken-known } ] }
+            """))
+        defer { hub.stop() }
+        #expect(postJSON("http://127.0.0.1:\(port)/v1/devices/known/telemetry", #"{"n":1}"#, token: "t0ken-known")?.status == 202)
+        for i in 0..<20 { #expect(postJSON("http://127.0.0.1:\(port)/v1/devices/anon-\(i)/telemetry", #"{"n":2}"#)?.status == 202) }
+        #expect(eventually { jsonLines(dir.path + "/out.jsonl").count == 21 })
+        #expect(hub.presence(tenant: "default", device: "known") != nil)
+        #expect(hub.presence(tenant: "default", device: "anon-0") == nil)
+        #expect(hub.takeChangedStates().map(\.device) == ["known"])
+    }
+
     /// Pipeline files replaced at the same moment (two API calls) are checked and written one at a time:
     /// two texts that are valid each but not together (the same pipeline in two files) cannot both
     /// land, which would leave files that the next start refuses.

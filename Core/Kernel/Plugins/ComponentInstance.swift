@@ -304,6 +304,9 @@ final class GrantedIdentity: @unchecked Sendable {
     var profile = "default"
     /// The source it was granted to.
     weak var source: ComponentInstance?
+    /// Whether the hub keeps its presence (connected, last seen): not for a device let in without
+    /// credentials, whose id is whatever it says (each new id would be kept for good).
+    var tracked = true
     let cTenant: UnsafeMutablePointer<CChar>
     let cDevice: UnsafeMutablePointer<CChar>
 

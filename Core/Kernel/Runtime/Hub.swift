@@ -468,7 +468,11 @@ public final class Hub: HostServices, @unchecked Sendable {
             refused(from: from, c)
             return nil
         }
-        return admit(from: from, tenant: tenant, device: device, registered: registered, remoteAddress: c.remoteAddress)
+        // A device without credentials (auth.allow_anonymous) names itself: its presence is not kept,
+        // or a client sending under ever new ids would grow the hub's memory and store without bound
+        // (about 460 bytes per id, by hand). The API shows presence for registry devices only anyway.
+        return admit(from: from, tenant: tenant, device: device, registered: registered, remoteAddress: c.remoteAddress,
+                     tracked: registered != nil || !c.secret.isEmpty)
     }
 
     /// The device and key for a DTLS pre-shared key identity (registry devices only: the pipeline
@@ -534,8 +538,10 @@ public final class Hub: HostServices, @unchecked Sendable {
         ])
     }
 
-    private func admit(from: ComponentInstance, tenant: String, device: String, registered: DirectoryGrant?, remoteAddress: String) -> (GrantedIdentity, UInt64) {
+    private func admit(from: ComponentInstance, tenant: String, device: String, registered: DirectoryGrant?, remoteAddress: String,
+                       tracked: Bool = true) -> (GrantedIdentity, UInt64) {
         let identity = GrantedIdentity(tenant: tenant, device: device)
+        identity.tracked = tracked
         identity.credential = registered?.credential
         identity.issuer = registered?.issuer
         if let registered { identity.profile = registered.profile }
@@ -545,6 +551,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             let h = nextHandle
             nextHandle += 1
             identities[h] = identity
+            guard tracked else { return h }
             let key = Self.deviceKey(tenant, device)
             changedPresence.insert(key)
             if presence[key] == nil {
@@ -590,6 +597,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             guard let id = identities[handle] else { return }
             let key = Self.deviceKey(id.tenant, id.device)
             connectedVia[key] = from.name
+            guard id.tracked else { return }
             presence[key] = DevicePresence(connected: true, source: from.name, remoteAddress: remote, since: now, lastSeen: now)
             changedPresence.insert(key)
         }
@@ -601,7 +609,7 @@ public final class Hub: HostServices, @unchecked Sendable {
             guard let id = identities[handle] else { return }
             let key = Self.deviceKey(id.tenant, id.device)
             if connectedVia[key] == from.name { connectedVia[key] = nil }
-            guard let i = presence.index(forKey: key), presence.values[i].source == from.name else { return }
+            guard id.tracked, let i = presence.index(forKey: key), presence.values[i].source == from.name else { return }
             changedPresence.insert(key)
             presence.values[i].connected = false
             presence.values[i].since = now
