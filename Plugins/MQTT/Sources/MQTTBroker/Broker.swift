@@ -394,6 +394,8 @@ extension Broker {
                 sessions[s.clientID] = s
                 for (filter, options, id) in subs {
                     let (group, f) = Self.split(filter)
+                    // A state file may come from before the level bound.
+                    guard Topics.levels(f) <= Self.maximumLevels else { continue }
                     tree.insert(f, group: group, Subscription(session: s, options: options, identifier: id))
                     s.subscriptions[filter] = (options, id)
                 }
