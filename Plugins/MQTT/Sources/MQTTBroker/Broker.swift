@@ -267,20 +267,24 @@ public final class Broker: @unchecked Sendable {
     /// number of sessions it went to.
     @discardableResult
     public func publish(_ m: BrokerMessage, from publisher: Session?) -> Int {
-        guard Topics.levels(m.topic) <= Self.maximumLevels else { return 0 }
         var deliveries: [Delivery] = []
-        lock.withLock {
+        let routed = lock.withLock { () -> Bool in
+            let cached = routes[m.topic]
+            // A cached topic is short, so within the bound; only others are counted.
+            if cached == nil, Topics.levels(m.topic) > Self.maximumLevels { return false }
             if m.retain, config.retainAvailable { retain(m) }
-            if let cached = routes[m.topic] {
+            if let cached {
                 deliveries = cached
-                return
+                return true
             }
             let cacheable = tree.match(m.topic, publisher: publisher, into: &deliveries)
             if cacheable, m.topic.utf8.count <= Self.maxCachedTopicBytes {
                 if routes.count >= Self.maxCachedRoutes { routes.removeAll(keepingCapacity: true) }
                 routes[m.topic] = deliveries
             }
+            return true
         }
+        guard routed else { return 0 }
         for d in deliveries {
             d.session.deliver(m, qos: min(m.qos, d.qos), retain: d.retainAsPublished && m.retain, identifiers: d.identifiers)
         }

@@ -322,7 +322,8 @@ public final class ServerConnection: @unchecked Sendable {
                 inboundAliases[a] = topic
             }
         }
-        guard Topics.levels(topic) <= Topics.maximumLevels else {
+        // (The topic last allowed passed this already: devices publish to the same topic over and over.)
+        if topic != lastAllowedTopic, Topics.levels(topic) > Topics.maximumLevels {
             return protocolError(MQTTReason.topicNameInvalid, "the topic has more than \(Topics.maximumLevels) levels")
         }
         // Subscription identifiers go from server to client only ([MQTT-3.3.4-6]).
