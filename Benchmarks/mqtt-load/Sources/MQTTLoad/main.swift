@@ -462,6 +462,10 @@ for s in 0..<o.subs {
 }
 let subDeadline = now() + 10_000_000_000
 while try loop.submit({ run.subscribers.allSatisfy(\.subscribed) }).wait() == false, now() < subDeadline { usleep(10_000) }
+if try loop.submit({ run.subscribers.allSatisfy(\.subscribed) }).wait() == false {
+    FileHandle.standardError.write(Data("subscribers not subscribed within 10 s: is the server up?\n".utf8))
+    exit(3)
+}
 for p in 0..<o.pubs {
     let pub = Publisher(p, run)
     run.publishers.append(pub)
@@ -476,7 +480,9 @@ let cpuBefore = o.serverPID.flatMap { pid -> Double? in
 let tick = loop.scheduleRepeatedTask(initialDelay: .milliseconds(1), delay: .milliseconds(1)) { _ in
     for p in run.publishers { p.pump() }
 }
-Thread.sleep(forTimeInterval: Double(run.windowEnd - now()) / 1e9)
+// (The window may be over already, on a machine busy enough: no wait then, not a negative one.)
+let beforeEnd = now()
+Thread.sleep(forTimeInterval: Double(run.windowEnd > beforeEnd ? run.windowEnd - beforeEnd : 0) / 1e9)
 let cpuAfter = o.serverPID.flatMap { pid -> Double? in
     guard let s = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return nil }
     let f = s.split(separator: ")").last!.split(separator: " ")
