@@ -69,10 +69,10 @@ final class TestClient: ConnectionControl {
     /// Packets that came with the CONNACK (a resumed session's messages), returned by the next read.
     private var backlog: [MQTTPacket] = []
 
-    init(_ broker: Broker, _ hub: MemoryHub, version: MQTTVersion = .v5, limits: ServerLimits = ServerLimits()) {
+    init(_ broker: Broker, _ hub: MemoryHub, version: MQTTVersion = .v5, limits: ServerLimits = ServerLimits(), maxPendingBytes: Int = 4 << 20) {
         self.version = version
         decoder = MQTTPacketDecoder(version: version)
-        let link = ClientLink()
+        let link = ClientLink(maxPendingBytes: maxPendingBytes)
         connection = ServerConnection(broker: broker, hub: hub, limits: limits, link: link, remoteAddress: "127.0.0.1:1")
         connection.control = self
         link.owner = self

@@ -723,6 +723,43 @@ import IoTCPluginKit
         #expect(session.inflightByteCount == 5000 && session.queuedCount == 1)
     }
 
+    /// A client that does not read what it is sent is no longer read from once four times
+    /// max_pending_bytes wait for it, and is read again once most of it went out; the hub's own pause
+    /// (its pipeline full) and this one are kept apart. Before, the hub read on and kept every answer
+    /// (10 million QoS 1 publishes left 56 MB of PUBACKs waiting).
+    @Test func aClientThatDoesNotReadIsNotReadFrom() {
+        let c = TestClient(broker, hub, version: .v311, maxPendingBytes: 1024)
+        c.connect("c")
+        c.connection.link.setWritable(false)
+        for _ in 0..<2000 { c.send(.pingreq) }
+        c.connection.balanceReading()
+        #expect(!c.paused && c.connection.link.pendingByteCount == 4000, "4,000 bytes wait: within 4 KiB")
+        for _ in 0..<50 { c.send(.pingreq) }
+        c.connection.balanceReading()
+        #expect(c.paused && c.connection.backlogged)
+        // It reads: everything goes out, and reading goes on.
+        c.connection.link.setWritable(true)
+        #expect(c.read().count == 2050)
+        c.connection.balanceReading()
+        #expect(!c.paused && !c.connection.backlogged)
+
+        // Backlogged and full at once: reading goes on only when both are over.
+        c.connection.link.setWritable(false)
+        for _ in 0..<2100 { c.send(.pingreq) }
+        c.connection.balanceReading()
+        #expect(c.paused && c.connection.backlogged)
+        hub.busy = true
+        c.send(.publish(MQTTPublish(topic: "t", payload: [1], qos: 1, packetID: 1)))
+        c.connection.link.setWritable(true)
+        #expect(c.read().count == 2100)
+        c.connection.balanceReading()
+        #expect(c.paused && !c.connection.backlogged, "the hub is still full")
+        hub.busy = false
+        c.connection.retryStalled()
+        #expect(!c.paused)
+        #expect(c.read() == [.puback(MQTTPacketAck(packetID: 1))])
+    }
+
     @Test func sessionExpires() {
         let c = TestClient(broker, hub)
         c.connect("e", clean: false, properties: [.fourByte(MQTTProperty.sessionExpiryInterval, 5)])

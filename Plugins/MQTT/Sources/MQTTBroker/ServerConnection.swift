@@ -83,6 +83,8 @@ public final class ServerConnection: @unchecked Sendable {
     private var stalled: [MQTTPacket] = []
     private var retryDelay = TimeAmount.milliseconds(2)
     private var readingPaused = false
+    /// Reading is also paused while the client does not read what it is sent (see `balanceReading`).
+    public private(set) var backlogged = false
     /// The last topic this client was allowed to publish to (devices publish to the same topic again
     /// and again; the hub is asked once per change of topic).
     private var lastAllowedTopic: String?
@@ -496,13 +498,30 @@ public final class ServerConnection: @unchecked Sendable {
     private func pause() {
         guard !readingPaused else { return }
         readingPaused = true
-        control?.pauseReading()
+        if !backlogged { control?.pauseReading() }
     }
 
     private func resume() {
         guard readingPaused else { return }
         readingPaused = false
-        control?.resumeReading()
+        if !backlogged { control?.resumeReading() }
+    }
+
+    /// Stops reading from a client that does not read what it is sent, and reads again once that has
+    /// gone out; the transport calls it after each read and each write. What the client's own packets
+    /// call for (PUBACK, PUBREC, SUBACK, PINGRESP) waits for the socket with the rest: a client that sent
+    /// on and never read made the hub keep all of it (10 million QoS 1 publishes, 56 MB, by hand).
+    /// Deliveries alone stay under the bound: QoS 0 ones are dropped past `maxPendingBytes`, QoS 1 and
+    /// 2 ones wait in the session past its bytes in flight.
+    public func balanceReading() {
+        let pending = link.pendingByteCount
+        if !backlogged, pending > link.maxPendingBytes * 4 {
+            backlogged = true
+            if !readingPaused { control?.pauseReading() }
+        } else if backlogged, pending <= link.maxPendingBytes {
+            backlogged = false
+            if !readingPaused { control?.resumeReading() }
+        }
     }
 
     // MARK: - SUBSCRIBE and UNSUBSCRIBE

@@ -59,7 +59,7 @@ public final class ClientLink: @unchecked Sendable {
     var maximumPacketSize = Int.max
     var topicAliasMaximum: UInt16 = 0
     /// QoS 0 messages are dropped (and counted) while this many bytes wait for a slow client.
-    let maxPendingBytes: Int
+    public let maxPendingBytes: Int
     /// The connection (a weak reference: a link and its connection never keep each other alive).
     public weak var owner: ClientLinkOwner?
     /// Who is connected on it, set once at CONNECT.
@@ -124,6 +124,9 @@ public final class ClientLink: @unchecked Sendable {
             return tasks
         }
     }
+
+    /// Bytes encoded and not yet handed to the socket (they wait while it is not writable).
+    public var pendingByteCount: Int { lock.withLock { pending?.readableBytes ?? 0 } }
 
     /// The bytes to write now, or nil. Called by the connection on its event loop.
     public func takePending() -> ByteBuffer? {

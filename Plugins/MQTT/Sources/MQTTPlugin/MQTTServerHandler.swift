@@ -68,6 +68,8 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     /// From the sweeper, on this loop.
     func tick(_ elapsed: TimeAmount) {
         guard let limit = idleLimit, !closing else { return }
+        // Not reading by the connection's choice: the client's packets (PINGREQ among them) wait unread.
+        if connection?.backlogged == true { sawPacket = true }
         // The connect time-out is absolute; keep-alive restarts with every packet.
         if sawPacket, connection?.state != .awaitingConnect {
             sawPacket = false
@@ -138,6 +140,7 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
             flushAfterRead = false
             flush()
         }
+        connection?.balanceReading()
         context.fireChannelReadComplete()
     }
 
@@ -149,8 +152,8 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     private func flush() {
         guard let context, let connection else { return }
         connection.runPosted()
-        guard let bytes = connection.link.takePending() else { return }
-        context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+        if let bytes = connection.link.takePending() { context.writeAndFlush(wrapOutboundOut(bytes), promise: nil) }
+        connection.balanceReading()
     }
 
     // MARK: - ConnectionControl
