@@ -123,7 +123,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("max_queued_bytes", .byteSize, "Payload bytes kept per session for an offline or slow client, beside max_queued_messages; a message past it goes by queue_full_policy (one larger than it all is dropped). 0: no limit.", default: "67108864", example: "64MiB"),
         ConfigField("queue_full_policy", .string, "When a session's queue is full: drop the new message or the oldest one (either is counted).", default: #""drop_new""#, options: ["drop_new", "drop_oldest"]),
         ConfigField("queue_qos0", .bool, "Queue QoS 0 messages for offline clients too.", default: "false"),
-        ConfigField("max_pending_bytes", .byteSize, "Bytes waiting for a slow client beyond which its QoS 0 messages are dropped (counted).", default: "4194304", advanced: true),
+        ConfigField("max_pending_bytes", .byteSize, "Bytes waiting for a slow client beyond which its QoS 0 messages are dropped (counted); past four times this, the client is no longer read from until it has read most of them.", default: "4194304", advanced: true),
         ConfigField("sys_interval", .duration, "How often `$SYS/broker/...` statistics are published; 0 turns them off.", default: "10", example: "10s"),
         ConfigField("command_topic", .string, "Topic for downlink messages without one.", default: #""devices/{device}/commands""#),
         ConfigField("config_topic", .string, "Where a device (authenticated by the hub) that subscribes finds the attributes the operator set for it, as a retained JSON message, and each change; devices may not publish there.", default: #""devices/{device}/config""#),
