@@ -254,6 +254,41 @@ import IoTCPluginKit
         #expect(hub.lines.count == 3, "no duplicate was submitted: \(hub.lines)")
     }
 
+    /// A device holds at most 32 observations across all its endpoints: observing from ever new source
+    /// ports (a NAT that rebinds, a client that means harm) no longer keeps every old one for good. The
+    /// oldest go: an attributes change reaches the newest 32 endpoints only.
+    @Test func aDeviceHoldsABoundedNumberOfObservationsAcrossItsEndpoints() throws {
+        let hub = try Self.hub()
+        #expect(hub.call("POST", "/v1/devices", #"{"id":"obs-1"}"#).status == 201)
+        let token = try #require(text(try JSON.decode(hub.call("POST", "/v1/devices/obs-1/credentials", #"{"kind": "token"}"#).body)["token"]))
+        let query = Array("token=\(token)".utf8)
+        try #require(query.count >= 13 && query.count < 269)
+        // CON GET /a/obs-1?token=… with Observe 0, from its own port each.
+        func observe(_ socket: UDPSocket, _ n: UInt8) -> [UInt8]? {
+            socket.send([0x41, 0x01, 0x40, n, n, 0x60, 0x51] + Array("a".utf8) + [0x05] + Array("obs-1".utf8)
+                        + [0x4D, UInt8(query.count - 13)] + query)
+            return socket.receive()
+        }
+        var endpoints: [UDPSocket] = []
+        // The registry is read every 2 s: the first endpoint waits for the token to be known.
+        let first = try UDPSocket(port: hub.udp)
+        #expect(eventually(timeout: 10) { observe(first, 0)?[1] == 0x45 })
+        endpoints.append(first)
+        for n in UInt8(1)..<40 {
+            let socket = try UDPSocket(port: hub.udp)
+            #expect(observe(socket, n)?[1] == 0x45, "2.05 for endpoint \(n)")
+            endpoints.append(socket)
+        }
+        #expect(hub.call("PUT", "/v1/devices/obs-1/attributes", #"{"interval":60}"#).status == 200)
+        // Notifications come within the second the source compares attributes in.
+        Thread.sleep(forTimeInterval: 3)
+        let notified = endpoints.map { socket -> Bool in
+            while let d = socket.receive(timeout: 0.2), d.count > 1 { if d[1] == 0x45 { return true } }
+            return false
+        }
+        #expect(notified == Array(repeating: false, count: 8) + Array(repeating: true, count: 32), "\(notified)")
+    }
+
     @Test func authenticatesDTLSDevicesWithTheirRegistryKey() throws {
         let hub = try Self.hub()
         #expect(hub.call("POST", "/v1/devices", #"{"id":"meter-9"}"#).status == 201)

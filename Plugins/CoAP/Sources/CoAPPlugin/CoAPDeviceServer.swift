@@ -21,6 +21,18 @@ final class CoAPDeviceServer: @unchecked Sendable {
     /// device's attributes with what its observer last got, and a change (through the API or an
     /// `attributes` sink; another node's once the registry reloads) goes out as a notification.
     private var attributeWatches: [Observation] = []
+    /// Each device's observations, oldest first, from every endpoint it observed from (loop thread).
+    private var deviceObservations: [String: [DeviceObservation]] = [:]
+    /// Observations one device may hold across its endpoints: past it, the oldest goes. An endpoint
+    /// holds at most `PeerState.maxObservations`, but a device observing from ever new source ports
+    /// (a NAT that rebinds, or a client that means harm) kept sessions that are never idle, about 7 KB
+    /// each, for good.
+    static let maxObservationsPerDevice = 32
+
+    private struct DeviceObservation {
+        weak var peer: PeerState?
+        weak var observation: Observation?
+    }
 
     init(source: CoAPSource, loop: CoAPEventLoop) {
         self.source = source
@@ -97,6 +109,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
                 let observation = Observation(session: session, loop: loop, token: token, box: "", attributesOf: identity)
                 observation.etag = etag
                 state.observations.append(observation)
+                keep(observation, of: identity, at: state)
                 attributeWatches.append(observation)
                 PDU.addUInt(response, COAP_OPTION_OBSERVE, observation.nextSequence())
             case 1?:
@@ -130,6 +143,19 @@ final class CoAPDeviceServer: @unchecked Sendable {
             return false
         }
         return true
+    }
+
+    /// Counts a new observation to its device; past `maxObservationsPerDevice`, the device's oldest
+    /// one, wherever it is, is cancelled (RFC 7641 §3.6 lets a server forget an observer).
+    private func keep(_ observation: Observation, of identity: Identity, at state: PeerState) {
+        let key = identity.tenant + "/" + identity.device
+        var list = deviceObservations[key, default: []].filter { $0.peer != nil && $0.observation?.open == true }
+        while list.count >= Self.maxObservationsPerDevice {
+            let oldest = list.removeFirst()
+            if let o = oldest.observation { oldest.peer?.cancel(token: o.token, mailboxes: source.mailboxes) }
+        }
+        list.append(DeviceObservation(peer: state, observation: observation))
+        deviceObservations[key] = list
     }
 
     private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
@@ -333,6 +359,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
                 return true
             }
             state.observations.append(observation)
+            keep(observation, of: identity, at: state)
             coap_pdu_set_code(response, COAP_RESPONSE_CODE_CONTENT)
             PDU.addUInt(response, COAP_OPTION_OBSERVE, observation.nextSequence())
         case 1?:
