@@ -139,8 +139,9 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
         if flushAfterRead {
             flushAfterRead = false
             flush()
+        } else {
+            connection?.balanceReading()
         }
-        connection?.balanceReading()
         context.fireChannelReadComplete()
     }
 
@@ -152,8 +153,13 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     private func flush() {
         guard let context, let connection else { return }
         connection.runPosted()
-        if let bytes = connection.link.takePending() { context.writeAndFlush(wrapOutboundOut(bytes), promise: nil) }
-        connection.balanceReading()
+        if let bytes = connection.link.takePending() {
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
+            // Everything pending went out: only a backlog to end is left to see to.
+            if connection.backlogged { connection.balanceReading() }
+        } else {
+            connection.balanceReading()
+        }
     }
 
     // MARK: - ConnectionControl
