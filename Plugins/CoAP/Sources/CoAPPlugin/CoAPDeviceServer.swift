@@ -32,6 +32,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
     private struct DeviceObservation {
         weak var peer: PeerState?
         weak var observation: Observation?
+        var live: Bool { peer != nil && observation?.open == true }
     }
 
     init(source: CoAPSource, loop: CoAPEventLoop) {
@@ -61,6 +62,7 @@ final class CoAPDeviceServer: @unchecked Sendable {
         loop.tick = { [unowned self] in
             uploads.expire(now: Date().timeIntervalSince1970)
             notifyChangedAttributes()
+            forgetEndedObservations()
         }
     }
 
@@ -149,13 +151,22 @@ final class CoAPDeviceServer: @unchecked Sendable {
     /// one, wherever it is, is cancelled (RFC 7641 §3.6 lets a server forget an observer).
     private func keep(_ observation: Observation, of identity: Identity, at state: PeerState) {
         let key = identity.tenant + "/" + identity.device
-        var list = deviceObservations[key, default: []].filter { $0.peer != nil && $0.observation?.open == true }
+        var list = deviceObservations[key, default: []].filter(\.live)
         while list.count >= Self.maxObservationsPerDevice {
             let oldest = list.removeFirst()
             if let o = oldest.observation { oldest.peer?.cancel(token: o.token, mailboxes: source.mailboxes) }
         }
         list.append(DeviceObservation(peer: state, observation: observation))
         deviceObservations[key] = list
+    }
+
+    /// Observations that ended (cancelled, their endpoint gone) leave the device counts, and a device
+    /// with none leaves the table (each second): ids are many, and some are whatever a client says.
+    private func forgetEndedObservations() {
+        for (key, list) in deviceObservations {
+            let live = list.filter(\.live)
+            deviceObservations[key] = live.isEmpty ? nil : live
+        }
     }
 
     private func notAllowed(_ response: OpaquePointer) { PDU.respond(response, COAP_RESPONSE_CODE_NOT_ALLOWED) }
