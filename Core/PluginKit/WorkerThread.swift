@@ -11,6 +11,12 @@ public final class WorkerThread: @unchecked Sendable {
     public init(name: String, _ body: @escaping @Sendable () -> Void) {
         let done = finished
         let osName = Self.osName(name)
+        // The thread lets go of `body` (and so of what it captured, often the loop's owner) before it
+        // says it is done: Foundation's thread releases its block only after the block returns, a
+        // moment after `join` did, so that a loop's owner could be freed then on this thread (a CoAP
+        // source's socket was closed after its `stop` had returned, and a source restarted on the
+        // same port could not bind it).
+        let task = Task(body)
         thread = Thread {
             #if os(Linux)
             // Foundation passes the whole name on, which Linux refuses past 15 bytes: the thread would
@@ -21,11 +27,21 @@ public final class WorkerThread: @unchecked Sendable {
                 close(fd)
             }
             #endif
-            body()
+            task.run()
             done.signal()
         }
         thread.name = name
         thread.start()
+    }
+
+    /// A body run once and dropped right after.
+    private final class Task: @unchecked Sendable {
+        private var body: (@Sendable () -> Void)?
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+        func run() {
+            body?()
+            body = nil
+        }
     }
 
     /// `name` cut to the 15 bytes a Linux thread name holds, at a character boundary.
