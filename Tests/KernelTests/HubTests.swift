@@ -684,6 +684,47 @@ import NIOConcurrencyHelpers
         #expect(Date().timeIntervalSince(started) < 5)
     }
 
+    /// An SMTP server that sends continuation lines without end ("220-..." and never "220 ") ends the
+    /// session at once with a clear reason, instead of being read until the answer's time-out (before,
+    /// the hub kept every line: its memory grew by about 2 MB a second in this test's debug build, for
+    /// as long as the time-out allowed, 30 s by default).
+    @Test func anSMTPReplyWithoutEndIsCutOff() throws {
+        let flood = try #require(SilentServer())
+        let port = flood.port
+        let sent = NIOLockedValueBox(0)
+        let server = Thread {
+            var fd: Int32 = -1
+            let deadline = Date().addingTimeInterval(20)
+            while fd < 0 && Date() < deadline {
+                fd = flood.accept()
+                if fd < 0 { usleep(10_000) }
+            }
+            guard fd >= 0 else { return }
+            defer { close(fd) }
+            let chunk = Array(String(repeating: "220-still greeting\r\n", count: 3000).utf8)
+            while Date() < deadline {
+                let n = chunk.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n < 0 { break }
+                sent.withLockedValue { $0 += n }
+            }
+        }
+        server.start()
+        let r = try start("t: { from: [ devices ], to: [ mail ] }", sinks: """
+            mail: { plugin: smtp, server: "127.0.0.1:\(port)", tls: none, from: hub@example.com, to: [ ops@example.com ], timeout: 20s, retry: { max_attempts: 1 } }
+            """)
+        defer { r.hub.stop(timeout: 1) }
+        let started = Date()
+        #expect(postJSON("\(r.base)/d/telemetry", "{}")?.status == 202)
+        #expect(eventually(timeout: 10) { r.hub.deadLetters.list().count == 1 })
+        let entry = try #require(r.hub.deadLetters.list().first)
+        #expect(entry.reason.contains("the server sent a reply of more than 100 lines"), "\(entry.reason)")
+        #expect(Date().timeIntervalSince(started) < 5)
+        // The server's sending ended with the session (what it sent stopped growing).
+        let before = sent.withLockedValue { $0 }
+        Thread.sleep(forTimeInterval: 0.3)
+        #expect(sent.withLockedValue { $0 } == before)
+    }
+
     @Test func limitsWebhookConcurrency() throws {
         // Only max_concurrency requests start against a server that never answers.
         let silent = try #require(SilentServer())

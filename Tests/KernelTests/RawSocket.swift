@@ -81,7 +81,7 @@ final class RawSocket {
 }
 
 /// A TCP listener on loopback that accepts connections and never answers (for time-out tests).
-final class SilentServer {
+final class SilentServer: @unchecked Sendable {
     let port: Int
     private let fd: Int32
 

@@ -19,25 +19,46 @@ struct SMTPError: Error, CustomStringConvertible {
 }
 
 /// Collects reply lines ("250-..." continues, "250 ..." ends a reply) and hands replies to whoever
-/// waits, in order.
+/// waits, in order. What a server may send is bounded: a reply of more than `maxReplyLines` lines, or
+/// more than `maxUnaskedReplies` replies that no command waits for, ends the session (a server that
+/// sent continuation lines without end grew the hub's memory until the answer's time-out).
 final class SMTPReplyHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
+    /// Far more than any server's EHLO answer, the longest reply in practice (a line per extension).
+    static let maxReplyLines = 100
+    static let maxUnaskedReplies = 8
     private var lines: [String] = []
     private var ready: [SMTPReply] = []
     private var waiting: [EventLoopPromise<SMTPReply>] = []
     private var failure: (any Error)?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        // Lines already read when the session ended are dropped.
+        guard failure == nil else { return }
         var buffer = unwrapInboundIn(data)
         var line = buffer.readString(length: buffer.readableBytes) ?? ""
         if line.hasSuffix("\r") { line.removeLast() }
+        guard lines.count < Self.maxReplyLines else {
+            return overrun(context, "the server sent a reply of more than \(Self.maxReplyLines) lines")
+        }
         lines.append(line.count > 4 ? String(line.dropFirst(4)) : "")
         let u = Array(line.utf8)
         // The last line of a reply has a space (or nothing) after its code.
         guard u.count >= 3, let code = Int(String(line.prefix(3))), u.count == 3 || u[3] == UInt8(ascii: " ") else { return }
         let reply = SMTPReply(code: code, lines: lines)
         lines = []
-        if waiting.isEmpty { ready.append(reply) } else { waiting.removeFirst().succeed(reply) }
+        if !waiting.isEmpty { return waiting.removeFirst().succeed(reply) }
+        guard ready.count < Self.maxUnaskedReplies else {
+            return overrun(context, "the server sent more than \(Self.maxUnaskedReplies) replies that were not asked for")
+        }
+        ready.append(reply)
+    }
+
+    private func overrun(_ context: ChannelHandlerContext, _ what: String) {
+        lines = []
+        ready = []
+        fail(SMTPError(description: what, transient: true))
+        context.close(promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
