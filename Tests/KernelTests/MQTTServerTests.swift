@@ -207,6 +207,64 @@ import IoTCPluginKit
         #expect(ws.isClosed(timeout: 3))
     }
 
+    /// Frames that break RFC 6455 fail the connection with a close frame (1002; 1003 for text), and a
+    /// client that pings without reading gets the answer to its latest ping, not one per ping: before,
+    /// unmasked frames and frames with reserved bits or opcodes were taken, and the hub held every pong
+    /// it could not send (here 200,000 pings of 125 bytes: all 200,000 answers came once the client read; now about 62,000, what the kernel buffers held).
+    @Test func webSocketFramesFollowRFC6455() throws {
+        let server = try Server()
+        func frame(_ opcode: UInt8, _ payload: [UInt8], fin: Bool = true, masked: Bool = true, rsv: UInt8 = 0) -> [UInt8] {
+            precondition(payload.count < 126)
+            let key: [UInt8] = [0x11, 0x22, 0x33, 0x44]
+            return [(fin ? 0x80 : 0) | rsv | opcode, (masked ? 0x80 : 0) | UInt8(payload.count)]
+                + (masked ? key + payload.enumerated().map { $0.element ^ key[$0.offset % 4] } : payload)
+        }
+        func upgraded() throws -> RawSocket {
+            let ws = try #require(RawSocket(port: server.ws))
+            ws.send("GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    + "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n")
+            #expect(ws.readResponses(1).first?.hasPrefix("HTTP/1.1 101") == true)
+            return ws
+        }
+        let connect: [UInt8] = [0x10, 0x0E, 0x00, 0x04] + Array("MQTT".utf8) + [0x04, 0x02, 0x00, 0x3C, 0x00, 0x02] + Array("ws".utf8)
+        // A CONNECT in two frames (a binary frame without FIN, then its continuation) is answered.
+        let good = try upgraded()
+        good.send(frame(0x2, Array(connect[..<5]), fin: false) + frame(0x0, Array(connect[5...])))
+        #expect(good.readBytes(6) == [0x82, 0x04, 0x20, 0x02, 0x00, 0x00], "CONNACK in a binary frame")
+        let bad: [(String, [UInt8], [UInt8])] = [
+            ("unmasked", frame(0x2, connect, masked: false), [0x03, 0xEA]),
+            ("reserved bit", frame(0x2, connect, rsv: 0x40), [0x03, 0xEA]),
+            ("continuation first", frame(0x0, connect), [0x03, 0xEA]),
+            ("new message inside a fragmented one", frame(0x2, Array(connect[..<5]), fin: false) + frame(0x2, Array(connect[5...])), [0x03, 0xEA]),
+            ("reserved opcode", frame(0x3, connect), [0x03, 0xEA]),
+            ("text", frame(0x1, connect), [0x03, 0xEB]),
+        ]
+        for (what, bytes, code) in bad {
+            let ws = try upgraded()
+            ws.send(bytes)
+            #expect(ws.readBytes(4) == [0x88, 0x02] + code, "\(what): a close frame with \(code)")
+            #expect(ws.isClosed(), "\(what)")
+        }
+        // Pings from a client that does not read.
+        let pinger = try upgraded()
+        pinger.send(frame(0x2, connect))
+        #expect(pinger.readBytes(6) == [0x82, 0x04, 0x20, 0x02, 0x00, 0x00])
+        let ping = frame(0x9, [UInt8](repeating: 0x70, count: 125)), count = 200_000
+        let pings = Array([[UInt8]](repeating: ping, count: 1000).joined())
+        for _ in 0..<(count / 1000) { pinger.send(pings) }
+        // Then it reads: what reaches it is what the kernel's buffers held, and the latest answer.
+        var pongs = 0, tail: [UInt8] = []
+        while true {
+            let got = pinger.readBytes(1 << 20, timeout: 1)
+            if got.isEmpty { break }
+            tail = Array((tail + got).suffix(127))
+            pongs += got.count
+        }
+        pongs /= 127
+        #expect(pongs > 0 && pongs < count / 2, "\(pongs) answers to \(count) pings")
+        #expect(tail.prefix(2) == [0x8A, 125], "the last frame is a pong")
+    }
+
     @Test func publishesEnterPipelinesWithTheirProperties() throws {
         let server = try Server()
         let (code, out) = try run("/usr/bin/env", ["mosquitto_pub", "-h", "127.0.0.1", "-p", "\(server.tcp)", "-V", "mqttv5", "-i", "press-7",

@@ -75,32 +75,69 @@ final class RefusedUpgradeHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 }
 
-/// Binary WebSocket frames to bytes and back; answers pings and closes.
+/// Binary WebSocket frames to bytes and back; answers pings and closes. Frames that break RFC 6455 fail
+/// the connection (a close frame with 1002, then the close): a frame not masked (§5.1), a reserved bit
+/// set (§5.2: no extension is negotiated), an unknown opcode, a continuation with no message under way
+/// or a new message before the last one ended (§5.4). A text frame is closed with 1003 (MQTT 5 §6: MQTT
+/// travels in binary frames only). Pings are answered, but while the connection cannot take more
+/// writes (a client that pings and does not read) only the latest ping's answer is kept (§5.5.3), so
+/// that the hub holds one answer, not one per ping.
 final class WebSocketBytesHandler: ChannelDuplexHandler {
     typealias InboundIn = WebSocketFrame
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = WebSocketFrame
     private var closing = false
+    /// A binary message whose last frame has not come yet.
+    private var fragmented = false
+    private var pendingPong: ByteBuffer?
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        // Nothing is read after the close began.
+        guard !closing else { return }
+        guard frame.maskKey != nil, !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return fail(context, .protocolError) }
         switch frame.opcode {
         case .binary, .continuation:
+            guard (frame.opcode == .continuation) == fragmented else { return fail(context, .protocolError) }
+            fragmented = !frame.fin
             context.fireChannelRead(wrapInboundOut(frame.unmaskedData))
         case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            if context.channel.isWritable {
+                context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            } else {
+                pendingPong = frame.unmaskedData
+            }
+        case .pong:
+            break
         case .connectionClose:
-            guard !closing else { return context.close(promise: nil) }
             closing = true
             let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: context.channel.allocator.buffer(capacity: 0))
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in channel.close(promise: nil) }
         case .text:
-            // MQTT travels in binary frames only (MQTT 5 section 6).
-            context.close(promise: nil)
+            fail(context, .unacceptableData)
         default:
-            break
+            fail(context, .protocolError)
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let data = pendingPong, !closing {
+            pendingPong = nil
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: data)), promise: nil)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Fails the connection: a close frame with `code`, then the close.
+    private func fail(_ context: ChannelHandlerContext, _ code: WebSocketErrorCode) {
+        closing = true
+        var body = context.channel.allocator.buffer(capacity: 2)
+        body.write(webSocketErrorCode: code)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: body))).whenComplete { _ in
+            channel.close(promise: nil)
         }
     }
 
