@@ -1,3 +1,4 @@
+import Atomics
 import Foundation
 import IoTCPluginKit
 import Metrics
@@ -19,6 +20,11 @@ final class PipelineRuntime: @unchecked Sendable {
     private var processor: PipelineProcessor
     private var sinks: [String: SinkRuntime]
     private var stopping = false
+    /// The queue's length, and the length it may reach (0 once stopping), mirrored out of the lock for
+    /// `hasRoom`, which every submission asks (twice: as a source checks a topic, then as it submits):
+    /// under the lock those asks made the source's thread sleep on it whenever the worker held it.
+    private let length = ManagedAtomic<Int>(0)
+    private let limit: ManagedAtomic<Int>
     /// The worker had messages at its last look, and is napping rather than waiting to be woken.
     private var busy = false, napping = false
     /// How long the worker naps after a busy moment: the most it adds to a message's latency.
@@ -45,6 +51,7 @@ final class PipelineRuntime: @unchecked Sendable {
         self.deadLetters = deadLetters
         self.log = log
         capacity = processor.config.queueSize
+        limit = ManagedAtomic(processor.config.queueSize)
         received = Counter(label: "iotc_messages_in_total", dimensions: [("pipeline", name)])
         sent = Counter(label: "iotc_messages_out_total", dimensions: [("pipeline", name)])
         errored = Counter(label: "iotc_messages_errored_total", dimensions: [("pipeline", name)])
@@ -66,12 +73,14 @@ final class PipelineRuntime: @unchecked Sendable {
             self.processor = processor
             self.sinks = sinks
             capacity = processor.config.queueSize
+            limit.store(stopping ? 0 : capacity, ordering: .relaxed)
         }
     }
 
     func attach(wal: WriteAheadLog) { cond.withLock { self.wal = wal } }
 
-    var hasRoom: Bool { cond.withLock { queue.count < capacity && !stopping } }
+    /// Whether the queue takes more; read without the lock, so a few racing submitters may overshoot.
+    var hasRoom: Bool { length.load(ordering: .relaxed) < limit.load(ordering: .relaxed) }
 
     /// Takes a message from a source. On a durable pipeline it is logged first and `durable` is told
     /// when it is on disk (a pipeline without a log takes `.nobody`). Capacity was checked by the
@@ -81,6 +90,7 @@ final class PipelineRuntime: @unchecked Sendable {
         let input = PipelineInput(message: message, settlement: settlement)
         cond.lock()
         queue.append(consume input)
+        length.store(queue.count, ordering: .relaxed)
         // The worker only ever waits on an empty queue; while it naps (it was busy a moment ago) it
         // looks again by itself, so a steady stream of messages does not wake it once each.
         if queue.count == 1 && !napping { cond.signal() }
@@ -92,6 +102,7 @@ final class PipelineRuntime: @unchecked Sendable {
         cond.lock()
         while queue.count >= capacity && !stopping { cond.wait() }
         queue.append(input)
+        length.store(queue.count, ordering: .relaxed)
         cond.broadcast()
         cond.unlock()
     }
@@ -164,14 +175,17 @@ final class PipelineRuntime: @unchecked Sendable {
                 break
             }
             while batch.count < 64, let i = queue.popFirst() { batch.append(i) }
-            // Taken from the back, in order, so that each input is moved out rather than copied (the
-            // buffer's reverse moves elements; the array's copies each one it swaps).
-            let taken = batch.count
-            batch.withUnsafeMutableBufferPointer { $0.reverse() }
+            let taken = batch.count, left = queue.count
+            length.store(left, ordering: .relaxed)
             let processor = self.processor, sinks = self.sinks
-            depth.record(queue.count)
             cond.broadcast()
             cond.unlock()
+            // Outside the lock, which every submission takes: the shorter the worker holds it, the
+            // less often a source's thread has to sleep on it and be woken.
+            depth.record(left)
+            // Taken from the back, in order, so that each input is moved out rather than copied (the
+            // buffer's reverse moves elements; the array's copies each one it swaps).
+            batch.withUnsafeMutableBufferPointer { $0.reverse() }
             var out = 0, failed = 0, dropped = 0
             // Deliveries are handed to each sink once per batch: one lock and one wake-up, not one per message.
             // A pipeline has few sinks: they are told apart by identity in a short list.
@@ -242,6 +256,7 @@ final class PipelineRuntime: @unchecked Sendable {
     func drainAndStop(deadline: Date) {
         cond.lock()
         stopping = true
+        limit.store(0, ordering: .relaxed)
         cond.broadcast()
         cond.unlock()
         worker?.join(until: deadline)
