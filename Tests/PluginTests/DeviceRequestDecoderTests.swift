@@ -128,6 +128,21 @@ import Testing
         // were all kept (a client grew the hub by 200 MB with 210 MB of them) and read again each time.
         #expect(error(String(repeating: "\r\n", count: 8193)) == .headerTooLarge)
         #expect(try decode(String(repeating: "\r\n", count: 100) + "GET / HTTP/1.1\r\nHost: h\r\n\r\n").count == 1)
+        // The trailer section is bounded as the header section is, in bytes and in lines: sent without
+        // end, its lines were all kept until the request was whole (a client grew the hub by 110 MB
+        // with 120 MB of them). Trailers within the bounds are read and ignored.
+        let chunked = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+        #expect(error(chunked + String(repeating: "T: 1\r\n", count: 101) + "\r\n") == .headerTooLarge)
+        #expect(error(chunked + String(repeating: "T: \(String(repeating: "v", count: 1000))\r\n", count: 17)) == .headerTooLarge)
+        #expect(error(chunked + "T: \(String(repeating: "v", count: 17000))") == .headerTooLarge)
+        #expect(try decode(chunked + String(repeating: "T: 1\r\n", count: 100) + "\r\n").first?.body == ByteBuffer(string: "{}"))
+        // Chunked framing may take as many bytes as the data, and 64 KiB more: a body in 1-byte chunks
+        // took five bytes of framing per byte and a range each.
+        let big = DeviceRequestLimits(maxBodySize: 1 << 20)
+        let tiny = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + String(repeating: "1\r\na\r\n", count: 20000) + "0\r\n\r\n"
+        #expect(throws: DeviceRequestError.malformed("chunked framing larger than the data it carries")) { try decode(tiny, limits: big) }
+        let small = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n" + String(repeating: "8\r\nabcdefgh\r\n", count: 20000) + "0\r\n\r\n"
+        #expect(try decode(small, limits: big).first?.body.readableBytes == 160_000)
         // Chunked applied twice (two fields are one list), and the field in HTTP/1.0 (RFC 9112 §6.1).
         #expect(error("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .unsupportedTransferCoding)
         #expect(error("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n") == .malformed("Transfer-Encoding in an HTTP/1.0 request"))

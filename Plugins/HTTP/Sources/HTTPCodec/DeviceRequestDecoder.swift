@@ -142,7 +142,13 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         var total = 0
         /// The last chunk (size 0) is read, and `next` is at a trailer line.
         var inTrailers = false
+        /// Where the body starts; where the trailer section starts, and its lines so far.
+        var body = 0, trailers = 0, trailerLines = 0
     }
+
+    /// Bytes of chunked framing (size lines, extensions, CRLFs) allowed beyond as many as the data has:
+    /// a body sent in chunks of a byte or two took five times its size on the wire and a range per byte.
+    static let framingAllowance = 64 * 1024
 
     /// Parses one request from the front of `b`, going on from `p`. Returns nil when more bytes are
     /// needed (with `p` telling how far it got).
@@ -259,6 +265,7 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
         guard length <= limits.maxBodySize else { throw DeviceRequestError.bodyTooLarge(length) }
         p.head = (request, expectsContinue, chunked, length)
         p.next = headerEnd + 4
+        p.body = p.next
         return true
     }
 
@@ -290,7 +297,13 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             if size == 0 {
                 p.inTrailers = true
                 p.next = e + 2
+                p.trailers = p.next
                 break
+            }
+            // Framing so far (this chunk's size line and CRLF included) against the data.
+            let framing = e + 4 - p.body - p.total
+            guard framing <= p.total + size + Self.framingAllowance else {
+                throw DeviceRequestError.malformed("chunked framing larger than the data it carries")
             }
             let data = e + 2
             guard b.count >= data + size + 2 else { return nil }
@@ -299,15 +312,20 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
             p.total += size
             p.next = data + size + 2
         }
-        // Trailer fields (ignored), then an empty line.
+        // Trailer fields (ignored), then an empty line. The section is bounded as the header section
+        // is: sent without end, every trailer line was kept until the request was whole.
         while true {
             guard let t = crlf(b, from: p.next, to: b.count) else {
-                if b.count - p.next > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
+                if b.count - p.trailers > limits.maxHeaderSize { throw DeviceRequestError.headerTooLarge }
                 return nil
             }
             let empty = t == p.next
             p.next = t + 2
             if empty { return (head.request, .chunks(p.chunks), p.next) }
+            p.trailerLines += 1
+            guard p.next - p.trailers <= limits.maxHeaderSize, p.trailerLines <= limits.maxHeaders else {
+                throw DeviceRequestError.headerTooLarge
+            }
         }
     }
 
