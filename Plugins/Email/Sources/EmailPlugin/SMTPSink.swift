@@ -90,7 +90,7 @@ final class SMTPSink: Sink, @unchecked Sendable {
         let (from, to, group) = (config.from, config.to, group)
         let render = { [config] (m: Message) in Self.render(m, config) }
         let (current, senderDone) = (current, senderDone)
-        sender = Task {
+        sender = Task(executorPreference: LoopTaskExecutor(group.next())) {
             defer { senderDone.signal() }
             for await (message, ack) in stream {
                 do {
