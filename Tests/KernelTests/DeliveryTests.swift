@@ -125,16 +125,14 @@ import IoTCPluginKit
         #expect(taken == (0..<240).map { "m\($0)" }, "first out of place: \(zip(taken, 0...).first { $0.0 != "m\($0.1)" }.map { "\($0)" } ?? "-")")
     }
 
-    /// A sink that says busy to every write (as an MQTT sink does while its broker is away) holds its
-    /// feeders back at the queue's size: the deliveries a refused write hands back do not leave room
-    /// behind them while the write is out. Once the sink takes messages, every one arrives, in order.
-    @Test func aBusySinkHoldsNoMoreThanItsQueue() throws {
+    /// Feeds `all` from another thread to a sink that says busy to every write, for 1.5 s; `check` is
+    /// told the most the runtime held meanwhile, how many the feeder handed over, and whether the sink
+    /// was asked more than three times and took nothing. Then the sink takes everything, and every
+    /// delivery must arrive, in order.
+    func feedABusySink(_ options: DeliveryOptions, _ all: [Delivery], check: (_ most: Int, _ fed: Int, _ refusedOften: Bool) -> Void) throws {
         let dir = TempDir()
         let sink = ChoosySink(accept: 0, delay: 20_000)
-        var options = DeliveryOptions()
-        options.queueSize = 4
         let runtime = started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url))
-        let all = deliveries(60)
         let fed = Tally()
         let feeder = Thread {
             for d in all {
@@ -149,13 +147,39 @@ import IoTCPluginKit
             most = max(most, runtime.queued)
             usleep(1000)
         }
-        #expect(most <= options.queueSize, "held at most the queue: \(most)")
-        #expect(fed.value <= options.queueSize + 1 && sink.lock.withLock { sink.taken.isEmpty && sink.calls > 3 },
-                "the feeder waits while the sink refuses (\(fed.value) handed over)")
+        check(most, fed.value, sink.lock.withLock { sink.taken.isEmpty && sink.calls > 3 })
         sink.lock.withLock { sink.accept = 100 }
         #expect(eventually(timeout: 20) { fed.value == all.count && runtime.queued == 0 })
         runtime.drainAndStop(deadline: Date().addingTimeInterval(5))
         #expect(sink.lock.withLock { sink.taken } == all.map(\.message.id))
+    }
+
+    /// A sink that says busy to every write (as an MQTT sink does while its broker is away) holds its
+    /// feeders back at the queue's size: the deliveries a refused write hands back do not leave room
+    /// behind them while the write is out. Once the sink takes messages, every one arrives, in order.
+    @Test func aBusySinkHoldsNoMoreThanItsQueue() throws {
+        var options = DeliveryOptions()
+        options.queueSize = 4
+        try feedABusySink(options, deliveries(60)) { most, fed, refusedOften in
+            #expect(most <= options.queueSize, "held at most the queue: \(most)")
+            #expect(fed <= options.queueSize + 1 && refusedOften, "the feeder waits while the sink refuses (\(fed) handed over)")
+        }
+    }
+
+    /// The queue is bounded in payload bytes too (`queue_bytes`): 100 KB messages to a sink that says busy
+    /// stop at 400 KB, well before the queue's count (1,024); an empty queue still takes a message larger
+    /// than the bound. Before, only the count held: 1,024 messages of 1 MB each were 1 GB.
+    @Test func aBusySinkHoldsNoMoreBytesThanItsQueue() throws {
+        var options = DeliveryOptions()
+        options.queueBytes = 400_000
+        let all = (0..<40).map { Delivery(message: Message(id: "m\($0)", topic: "t", payload: [UInt8](repeating: 2, count: 100_000)), pipeline: "p", settlement: nil) }
+            + [Delivery(message: Message(id: "huge", topic: "t", payload: [UInt8](repeating: 1, count: 500_000)), pipeline: "p", settlement: nil)]
+        try feedABusySink(options, all) { most, fed, _ in
+            // Four of 100 KB (and one more while a refused write is out); the 500 KB one, last, goes
+            // once the queue is empty.
+            #expect(most >= 4 && most <= 5, "held at most 400 KB: \(most) messages")
+            #expect(fed >= 4 && fed <= 6, "the feeder waits while the sink refuses (\(fed) handed over)")
+        }
     }
 
     /// A sink that takes every write and answers each with `answer` from another thread, or never

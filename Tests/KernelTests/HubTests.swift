@@ -684,6 +684,28 @@ import NIOConcurrencyHelpers
         #expect(Date().timeIntervalSince(started) < 5)
     }
 
+    /// A pipeline and its sink are bounded in payload bytes as well as in count: 100 KB messages to a
+    /// sink whose server never answers are refused (503) once about 1 MB waits (the pipeline's 512 KiB,
+    /// the sink's 512 KiB and its one write in flight), not after 8,192 + 1,024 of them. Before, one
+    /// client grew the hub to 8.9 GB with 1 MB messages this way (by hand, release build).
+    @Test func queuesAreBoundedInBytes() throws {
+        let silent = try #require(SilentServer())
+        let r = try start("t: { from: [ devices ], queue_bytes: 512KiB, to: [ hook ] }", sinks: """
+            hook: { plugin: webhook, url: "http://127.0.0.1:\(silent.port)/x", timeout: 60s, max_in_flight: 1, queue_bytes: 512KiB }
+            """)
+        defer { r.hub.stop(timeout: 1) }
+        let body = #"{"v":""# + String(repeating: "a", count: 100_000) + #""}"#
+        var accepted = 0
+        var status: Int?
+        for _ in 0..<200 {
+            status = postJSON("\(r.base)/d/telemetry", body)?.status
+            guard status == 202 else { break }
+            accepted += 1
+        }
+        #expect(status == 503, "the pipeline said no at last: \(String(describing: status))")
+        #expect(accepted >= 8 && accepted <= 14, "about 1 MB held: \(accepted) messages of 100 KB")
+    }
+
     /// An SMTP server that sends continuation lines without end ("220-..." and never "220 ") ends the
     /// session at once with a clear reason, instead of being read until the answer's time-out (before,
     /// the hub kept every line: its memory grew by about 2 MB a second in this test's debug build, for

@@ -37,6 +37,8 @@ public struct ComponentConfig: Sendable {
 public struct DeliveryOptions: Sendable, Equatable {
     public var maxInFlight = 64
     public var queueSize = 1024
+    /// Payload bytes queued, besides the count (one message always goes).
+    public var queueBytes = 64 << 20
     public var maxAttempts = 10
     public var initialBackoff = 0.1
     public var maxBackoff = 30.0
@@ -53,9 +55,12 @@ public struct PipelineConfig: Sendable {
     public var durable: Bool
     public var queueSize: Int
     public var location: SourceLocation
+    /// Payload bytes queued, besides the count (one message always goes).
+    public var queueBytes = PipelineConfig.defaultQueueBytes
 
     /// Messages a pipeline queues by default before its sources are told to back off.
     public static let defaultQueueSize = 8192
+    public static let defaultQueueBytes = 64 << 20
 }
 
 /// `source` or `source:topic/filter/#`.

@@ -20,6 +20,7 @@ public struct HubConfigLoader: Sendable {
         ConfigField("plugin", .string, "The sink component that delivers messages.", example: "webhook", required: true),
         ConfigField("max_in_flight", .int, "Most messages handed to the sink and not yet settled.", default: "64"),
         ConfigField("queue_size", .int, "Messages waiting for this sink before pipelines feeding it wait.", default: "1024"),
+        ConfigField("queue_bytes", .byteSize, "Payload bytes waiting for this sink before pipelines feeding it wait, whatever their count (one message always goes).", default: String(DeliveryOptions().queueBytes), example: "64MiB"),
         ConfigField("retry", .object(retryFields), "Retries with exponential backoff and jitter before a message goes to the dead-letter store.", default: #"{"max_attempts":10,"initial_backoff":0.1,"max_backoff":30}"#),
     ]
 
@@ -42,6 +43,7 @@ public struct HubConfigLoader: Sendable {
         ConfigField("errors", .list(.string), "Sinks for messages a step could not handle; without it they go to the dead-letter store.", default: "[]"),
         ConfigField("durable", .bool, "Write each message to the write-ahead log before the device is acknowledged.", default: "false"),
         ConfigField("queue_size", .int, "Messages waiting for this pipeline before sources are told to back off (the default holds about a tenth of a second at 60,000 messages/s, so that a pipeline thread kept off the CPU for a moment does not turn into refusals).", default: String(PipelineConfig.defaultQueueSize)),
+        ConfigField("queue_bytes", .byteSize, "Payload bytes waiting for this pipeline before sources are told to back off, whatever their count (one message always goes).", default: String(PipelineConfig.defaultQueueBytes), example: "64MiB"),
         ConfigField("description", .string, "What the pipeline is for."),
         ConfigField("fields", .list(.string), "The payload fields this pipeline's messages carry once decoded: iotc check warns of a step that reads another (after a map step, the fields it makes are known without this).", example: "[ temperature, humidity ]"),
     ]
@@ -283,6 +285,7 @@ public struct HubConfigLoader: Sendable {
         if kind == .sink {
             if let n = Self.count("max_in_flight", in: config, node, least: 1, context: context, &v) { c.delivery.maxInFlight = n }
             if let n = Self.count("queue_size", in: config, node, least: 1, context: context, &v) { c.delivery.queueSize = n }
+            if let n = Self.count("queue_bytes", in: config, node, least: 1, context: context, &v) { c.delivery.queueBytes = n }
             if case .object(let r)? = config["retry"] {
                 if let n = Self.count("retry.max_attempts", in: r, node, least: 0, context: context, &v) { c.delivery.maxAttempts = n }
                 // A failing sink retried without a pause would take a core (a file sink on a full disk
@@ -341,6 +344,7 @@ public struct HubConfigLoader: Sendable {
         var p = PipelineConfig(name: name, from: [], steps: [], to: [], errors: [], durable: false, queueSize: PipelineConfig.defaultQueueSize, location: loc)
         if case .bool(let b)? = o["durable"] { p.durable = b }
         if let n = Self.count("queue_size", in: o, node, least: 1, context: context, &v) { p.queueSize = n }
+        if let n = Self.count("queue_bytes", in: o, node, least: 1, context: context, &v) { p.queueBytes = n }
         // Source references, with their own locations.
         for item in listItems(node["from"]) {
             guard case .scalar(let text, let quoted, let l) = item else { continue }

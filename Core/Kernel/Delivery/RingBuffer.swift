@@ -37,3 +37,35 @@ struct RingBuffer<Element> {
         head = 0
     }
 }
+
+/// What a queue bounded in bytes counts of an element.
+protocol Weighed {
+    /// The bytes the element holds that a queue bounds (its payload).
+    var weight: Int { get }
+}
+
+/// A `RingBuffer` that also keeps the total weight of what it holds, for queues bounded in bytes as
+/// well as in count: a count alone let a client fill a pipeline's 8,192 places with 1 MB messages.
+struct WeighedQueue<Element: Weighed> {
+    private var ring = RingBuffer<Element>()
+    private(set) var bytes = 0
+
+    var count: Int { ring.count }
+    var isEmpty: Bool { ring.isEmpty }
+
+    mutating func append(_ e: consuming Element) {
+        bytes += e.weight
+        ring.append(e)
+    }
+
+    mutating func prepend(_ e: consuming Element) {
+        bytes += e.weight
+        ring.prepend(e)
+    }
+
+    mutating func popFirst() -> Element? {
+        guard let e = ring.popFirst() else { return nil }
+        bytes -= e.weight
+        return e
+    }
+}

@@ -45,7 +45,7 @@ struct DoneRecords {
 }
 
 /// A message on its way to one sink.
-struct Delivery: Sendable {
+struct Delivery: Sendable, Weighed {
     var message: Message
     var pipeline: String
     var settlement: Settlement?
@@ -54,6 +54,8 @@ struct Delivery: Sendable {
     var attempts = 0
     var dueAt: UInt64 = 0
     var startedAt: UInt64 = 0
+
+    var weight: Int { message.payload.count }
 }
 
 /// Feeds one sink: a bounded queue, at most `maxInFlight` unsettled writes, retries with exponential
@@ -64,7 +66,7 @@ final class SinkRuntime: @unchecked Sendable {
     let options: DeliveryOptions
     private let deadLetters: DeadLetterStore
     private let cond = NSCondition()
-    private var ready = RingBuffer<Delivery>()
+    private var ready = WeighedQueue<Delivery>()
     private var delayed: [Delivery] = []
     private var inFlight: [UInt64: Delivery] = [:]
     private var nextToken: UInt64 = 1
@@ -87,8 +89,11 @@ final class SinkRuntime: @unchecked Sendable {
     /// later is written. They count against the queue's room until the write returns: a busy sink hands
     /// them all back, and room made by taking them out would let the queue grow by its size on every
     /// refused write.
-    private var inWrite = 0
+    private var inWrite = 0, inWriteBytes = 0
     private var writing: Bool { inWrite > 0 }
+    /// Whether the queue is at its bound in count or in payload bytes (`queue_size`, `queue_bytes`); an
+    /// empty queue always takes one message, however large. Must hold `cond`.
+    private var full: Bool { ready.count + inWrite >= options.queueSize || ready.bytes + inWriteBytes >= options.queueBytes }
     private var pause = 0.01
     private var worker: WorkerThread?
     private let log: @Sendable (String) -> Void
@@ -150,7 +155,7 @@ final class SinkRuntime: @unchecked Sendable {
                 i += n
                 continue
             }
-            while ready.count + inWrite >= options.queueSize && !stopping {
+            while full && !stopping {
                 blockedEnqueuers += 1
                 cond.wait()
                 blockedEnqueuers -= 1
@@ -160,7 +165,7 @@ final class SinkRuntime: @unchecked Sendable {
                 next.enqueue(contentsOf: Array(list[i...]))
                 return
             }
-            while i < list.count && (ready.count + inWrite < options.queueSize || stopping) {
+            while i < list.count && (!full || stopping) {
                 ready.append(list[i])
                 i += 1
             }
@@ -180,6 +185,7 @@ final class SinkRuntime: @unchecked Sendable {
     /// around the call.
     private func write(_ batch: consuming [Delivery]) {
         let count = batch.count
+        var bytes = 0
         var tokens: [UInt64] = []
         tokens.reserveCapacity(count)
         var messages: [Message] = []
@@ -191,16 +197,19 @@ final class SinkRuntime: @unchecked Sendable {
             let token = nextToken
             nextToken += 1
             d.startedAt = now
+            bytes += d.weight
             messages.append(d.message)
             inFlight[token] = d
             tokens.append(token)
         }
         inWrite = count
+        inWriteBytes = bytes
         cond.unlock()
         let (taken, refusal) = instance.write(messages, tokens: tokens)
         cond.lock()
         defer {
             inWrite = 0
+            inWriteBytes = 0
             // The worker has work now only if deliveries queued up behind this write (or it is
             // draining), and pipelines waiting for room may have some; otherwise nobody is woken.
             if !ready.isEmpty || stopping || blockedEnqueuers > 0 { wake() }
@@ -409,7 +418,7 @@ final class SinkRuntime: @unchecked Sendable {
             // Out of time: what is left stays unsettled, so a durable pipeline replays it on the next start.
             cond.lock()
             log("sink '\(name)' stopped with \(ready.count + delayed.count + inFlight.count) messages unsettled")
-            ready = RingBuffer()
+            ready = WeighedQueue()
             delayed.removeAll()
             cond.broadcast()
             cond.unlock()

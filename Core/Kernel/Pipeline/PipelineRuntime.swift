@@ -4,9 +4,16 @@ import IoTCPluginKit
 import Metrics
 
 /// A message waiting for a pipeline, with what must happen once it is settled.
-struct PipelineInput: Sendable {
+struct PipelineInput: Sendable, Weighed {
     var message: CanonicalMessage
     var settlement: Settlement?
+
+    var weight: Int {
+        switch message.payload {
+        case .bytes(let b): b.count
+        case .value: message.decodedFrom?.count ?? 0
+        }
+    }
 }
 
 /// Runs one pipeline: a bounded input queue, one worker that applies the steps, and dispatch of the
@@ -15,8 +22,8 @@ struct PipelineInput: Sendable {
 final class PipelineRuntime: @unchecked Sendable {
     let name: String
     private let cond = NSCondition()
-    private var queue = RingBuffer<PipelineInput>()
-    private var capacity: Int
+    private var queue = WeighedQueue<PipelineInput>()
+    private var capacity: Int, byteCapacity: Int
     private var processor: PipelineProcessor
     private var sinks: [String: SinkRuntime]
     private var stopping = false
@@ -25,6 +32,9 @@ final class PipelineRuntime: @unchecked Sendable {
     /// under the lock those asks made the source's thread sleep on it whenever the worker held it.
     private let length = ManagedAtomic<Int>(0)
     private let limit: ManagedAtomic<Int>
+    /// The same for the queue's payload bytes (`queue_bytes`).
+    private let bytes = ManagedAtomic<Int>(0)
+    private let byteLimit: ManagedAtomic<Int>
     /// The worker had messages at its last look, and is napping rather than waiting to be woken.
     private var busy = false, napping = false
     /// How long the worker naps after a busy moment: the most it adds to a message's latency.
@@ -51,7 +61,9 @@ final class PipelineRuntime: @unchecked Sendable {
         self.deadLetters = deadLetters
         self.log = log
         capacity = processor.config.queueSize
+        byteCapacity = processor.config.queueBytes
         limit = ManagedAtomic(processor.config.queueSize)
+        byteLimit = ManagedAtomic(processor.config.queueBytes)
         received = Counter(label: "iotc_messages_in_total", dimensions: [("pipeline", name)])
         sent = Counter(label: "iotc_messages_out_total", dimensions: [("pipeline", name)])
         errored = Counter(label: "iotc_messages_errored_total", dimensions: [("pipeline", name)])
@@ -73,14 +85,24 @@ final class PipelineRuntime: @unchecked Sendable {
             self.processor = processor
             self.sinks = sinks
             capacity = processor.config.queueSize
+            byteCapacity = processor.config.queueBytes
             limit.store(stopping ? 0 : capacity, ordering: .relaxed)
+            byteLimit.store(byteCapacity, ordering: .relaxed)
         }
     }
 
     func attach(wal: WriteAheadLog) { cond.withLock { self.wal = wal } }
 
     /// Whether the queue takes more; read without the lock, so a few racing submitters may overshoot.
-    var hasRoom: Bool { length.load(ordering: .relaxed) < limit.load(ordering: .relaxed) }
+    var hasRoom: Bool {
+        length.load(ordering: .relaxed) < limit.load(ordering: .relaxed) && bytes.load(ordering: .relaxed) < byteLimit.load(ordering: .relaxed)
+    }
+
+    /// Mirrors the queue's length and bytes for `hasRoom`; must hold `cond`.
+    private func mirror() {
+        length.store(queue.count, ordering: .relaxed)
+        bytes.store(queue.bytes, ordering: .relaxed)
+    }
 
     /// Takes a message from a source. On a durable pipeline it is logged first and `durable` is told
     /// when it is on disk (a pipeline without a log takes `.nobody`). Capacity was checked by the
@@ -90,7 +112,7 @@ final class PipelineRuntime: @unchecked Sendable {
         let input = PipelineInput(message: message, settlement: settlement)
         cond.lock()
         queue.append(consume input)
-        length.store(queue.count, ordering: .relaxed)
+        mirror()
         // The worker only ever waits on an empty queue; while it naps (it was busy a moment ago) it
         // looks again by itself, so a steady stream of messages does not wake it once each.
         if queue.count == 1 && !napping { cond.signal() }
@@ -100,9 +122,9 @@ final class PipelineRuntime: @unchecked Sendable {
     /// Queues a message, waiting for room (for replay from the write-ahead log or the dead-letter store).
     func push(_ input: consuming PipelineInput) {
         cond.lock()
-        while queue.count >= capacity && !stopping { cond.wait() }
+        while (queue.count >= capacity || queue.bytes >= byteCapacity) && !stopping { cond.wait() }
         queue.append(input)
-        length.store(queue.count, ordering: .relaxed)
+        mirror()
         cond.broadcast()
         cond.unlock()
     }
@@ -176,7 +198,7 @@ final class PipelineRuntime: @unchecked Sendable {
             }
             while batch.count < 64, let i = queue.popFirst() { batch.append(i) }
             let taken = batch.count, left = queue.count
-            length.store(left, ordering: .relaxed)
+            mirror()
             let processor = self.processor, sinks = self.sinks
             cond.broadcast()
             cond.unlock()
