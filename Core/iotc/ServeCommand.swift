@@ -20,6 +20,7 @@ struct Serve: AsyncParsableCommand {
     @Argument(help: "Pipeline files.") var files: [String] = []
     @Option(help: "Data folder (write-ahead logs, dead letters).") var data = "data"
     @Option(help: "Most dead letters kept; past it the oldest tenth is removed.") var maxDeadLetters = DeadLetterStore.defaultMaxEntries
+    @Option(help: "Most bytes of dead letters kept; past it the oldest are removed down to nine tenths.") var maxDeadLetterBytes = DeadLetterStore.defaultMaxBytes
     @Option(help: "Address of the operator API (metrics, health, dead letters, commands).") var api = "127.0.0.1:8080"
     @Option(help: "Log level: trace, debug, info, notice, warning, error.") var logLevel = "info"
     @Option(help: "The store: sqlite:PATH (default: sqlite:DATA/iotc.db) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?sslmode=verify-full&sslrootcert=PATH]; also IOTC_STORE.")
@@ -87,11 +88,12 @@ struct Serve: AsyncParsableCommand {
         }
         let accounts = Accounts(store: db)
         // Devices authenticate against the registry's credentials, held in memory.
-        guard maxDeadLetters > 0 else {
-            logger.error("--max-dead-letters must be positive")
+        guard maxDeadLetters > 0, maxDeadLetterBytes > 0 else {
+            logger.error("--max-dead-letters and --max-dead-letter-bytes must be positive")
             throw ExitCode(1)
         }
-        let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger, maxDeadLetters: maxDeadLetters)
+        let hub = try Hub(plugins: set, dataDirectory: URL(fileURLWithPath: data), logger: logger, maxDeadLetters: maxDeadLetters,
+                          maxDeadLetterBytes: maxDeadLetterBytes)
         // A revoked credential also closes the connections made with it.
         // Pre-shared keys are kept sealed under the hub's secret key.
         let box: SecretBox

@@ -349,6 +349,29 @@ import IoTCPluginKit
         #expect(reopened.page(after: nil, limit: 1).total == kept.count)
     }
 
+    /// The store is bounded in bytes too: 30 entries of about 10 KB under a 100 KB bound keep the newest
+    /// 8 or 9 (nine tenths of it after an eviction); removing entries gives their bytes back. Before,
+    /// only the count held: 100,000 entries of 1 MB messages were 100 GB.
+    @Test func theDeadLetterStoreIsBoundedInBytes() throws {
+        let dir = TempDir()
+        let evicted = Tally()
+        let store = try DeadLetterStore(directory: dir.url, maxBytes: 100_000) { n in evicted.add(n) }
+        func add(_ i: Int) throws {
+            var m = CanonicalMessage(Message(id: "m\(i)", topic: "t", payload: Array(String(repeating: "x", count: 10_000).utf8)), receivedTime: 0)
+            m.tenant = "default"
+            try store.add(pipeline: "p", sink: "s", step: nil, reason: "r", attempts: 1, message: m)
+        }
+        for i in 0..<30 { try add(i) }
+        let kept = store.list().map(\.message.id)
+        #expect(kept.count >= 6 && kept.count <= 9, "\(kept.count) kept")
+        #expect(kept == (30 - kept.count..<30).map { "m\($0)" }, "the newest are kept, in order")
+        #expect(evicted.value == 30 - kept.count)
+        // Emptied by hand, it takes as many again before it evicts.
+        #expect(store.remove(ids: nil) == kept.count)
+        for i in 30..<37 { try add(i) }
+        #expect(store.list().count == 7 && evicted.value == 30 - kept.count)
+    }
+
     @Test func deadLettersAreListedAPageAtATime() throws {
         let dir = TempDir()
         let store = try DeadLetterStore(directory: dir.url)

@@ -4,8 +4,9 @@ import Metrics
 
 /// Messages that could not be delivered (retries exhausted, rejected by a sink) or processed (a step
 /// failed): one JSON file each in the data directory, so they can be listed, replayed and purged. The
-/// store is bounded: past `maxEntries` the oldest tenth is removed, so that a stream of messages that
-/// keep failing cannot fill the disk.
+/// store is bounded in entries and in bytes: past `maxEntries` or `maxBytes` the oldest are removed down
+/// to nine tenths of both, so that a stream of messages that keep failing cannot fill the disk (a
+/// hundred thousand entries of 1 MB messages were 100 GB).
 public final class DeadLetterStore: @unchecked Sendable {
     public struct Entry: Sendable {
         public var id: String
@@ -24,22 +25,36 @@ public final class DeadLetterStore: @unchecked Sendable {
     /// Most entries kept.
     public let maxEntries: Int
     public static let defaultMaxEntries = 100_000
+    /// Most bytes of entry files kept.
+    public let maxBytes: Int
+    public static let defaultMaxBytes = 1 << 30
     private let lock = NSLock()
     private var counter = 0
-    /// Entries in the folder as this store last counted them (`iotc dlq` may change the folder too).
-    private var count: Int
+    /// Entries in the folder, and their bytes, as this store last counted them (`iotc dlq` may change
+    /// the folder too).
+    private var count: Int, bytes: Int
     /// One eviction at a time.
     private let evicting = NSLock()
     private let evictedCounter = Counter(label: "iotc_dead_letters_evicted_total")
     /// Told how many of the oldest entries were removed to make room.
     private let evicted: (@Sendable (Int) -> Void)?
 
-    public init(directory: URL, maxEntries: Int = DeadLetterStore.defaultMaxEntries, evicted: (@Sendable (Int) -> Void)? = nil) throws {
+    public init(directory: URL, maxEntries: Int = DeadLetterStore.defaultMaxEntries, maxBytes: Int = DeadLetterStore.defaultMaxBytes,
+                evicted: (@Sendable (Int) -> Void)? = nil) throws {
         self.directory = directory
         self.maxEntries = max(1, maxEntries)
+        self.maxBytes = max(1, maxBytes)
         self.evicted = evicted
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        count = Self.names(in: directory).count
+        let names = Self.names(in: directory)
+        count = names.count
+        bytes = names.reduce(0) { $0 + Self.size(directory.path + "/" + $1) }
+    }
+
+    /// A file's size, 0 when it is gone.
+    private static func size(_ path: String) -> Int {
+        var st = stat()
+        return stat(path, &st) == 0 ? Int(st.st_size) : 0
     }
 
     /// The entries' file names, oldest first (an id starts with its time and a sequence number).
@@ -58,28 +73,36 @@ public final class DeadLetterStore: @unchecked Sendable {
         }
         let entry = Entry(id: id, createdAt: now, pipeline: pipeline, sink: sink, step: step, reason: reason, attempts: attempts, message: message)
         // Plain system calls: this runs on a pipeline's thread for each message that fails.
-        if let failed = FileIO.replace(directory.path + "/\(id).json", with: JSON.encode(Self.value(entry))) { throw HubError(failed) }
+        let encoded = JSON.encode(Self.value(entry))
+        if let failed = FileIO.replace(directory.path + "/\(id).json", with: encoded) { throw HubError(failed) }
         let full = lock.withLock { () -> Bool in
             count += 1
-            return count > maxEntries
+            bytes += encoded.count
+            return count > maxEntries || bytes > maxBytes
         }
         if full { evictOldest() }
         return id
     }
 
-    /// Removes the oldest entries down to nine tenths of `maxEntries`, so that the folder is listed
-    /// once per tenth of the bound rather than once per entry.
+    /// Removes the oldest entries down to nine tenths of `maxEntries` and of `maxBytes`, so that the
+    /// folder is listed once per tenth of a bound rather than once per entry.
     private func evictOldest() {
         evicting.lock()
         defer { evicting.unlock() }
         let all = Self.names(in: directory)
-        let keep = maxEntries - maxEntries / 10
+        let folder = directory.path + "/"
+        let sizes = all.map { Self.size(folder + $0) }
+        var left = all.count, leftBytes = sizes.reduce(0, +)
+        let keep = maxEntries - maxEntries / 10, keepBytes = maxBytes - maxBytes / 10
         var removed = 0
-        if all.count > maxEntries {
-            let folder = directory.path + "/"
-            for name in all.prefix(all.count - keep) where unlink(folder + name) == 0 { removed += 1 }
+        if left > maxEntries || leftBytes > maxBytes {
+            for (name, size) in zip(all, sizes) where left > keep || leftBytes > keepBytes {
+                left -= 1
+                leftBytes -= size
+                if unlink(folder + name) == 0 { removed += 1 }
+            }
         }
-        lock.withLock { count = all.count - removed }
+        lock.withLock { (count, bytes) = (left, leftBytes) }
         guard removed > 0 else { return }
         evictedCounter.increment(by: Int64(removed))
         evicted?(removed)
@@ -109,9 +132,18 @@ public final class DeadLetterStore: @unchecked Sendable {
     public func remove(ids: [String]?) -> Int {
         let targets = ids ?? Self.names(in: directory).map { String($0.dropLast(5)) }
         let folder = directory.path + "/"
-        var n = 0
-        for id in targets where !id.contains("/") && unlink(folder + id + ".json") == 0 { n += 1 }
-        lock.withLock { count = max(0, count - n) }
+        var n = 0, freed = 0
+        for id in targets where !id.contains("/") {
+            let size = Self.size(folder + id + ".json")
+            if unlink(folder + id + ".json") == 0 {
+                n += 1
+                freed += size
+            }
+        }
+        lock.withLock {
+            count = max(0, count - n)
+            bytes = max(0, bytes - freed)
+        }
         return n
     }
 

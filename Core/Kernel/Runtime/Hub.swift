@@ -62,13 +62,15 @@ public final class Hub: HostServices, @unchecked Sendable {
     /// Whether a device limit is set: checked first, so that submits take no lock when none is.
     private let deviceLimitOn = ManagedAtomic<Bool>(false)
 
-    public init(plugins: PluginSet, dataDirectory: URL, logger: Logger, maxDeadLetters: Int = DeadLetterStore.defaultMaxEntries) throws {
+    public init(plugins: PluginSet, dataDirectory: URL, logger: Logger, maxDeadLetters: Int = DeadLetterStore.defaultMaxEntries,
+                maxDeadLetterBytes: Int = DeadLetterStore.defaultMaxBytes) throws {
         self.plugins = plugins
         self.dataDirectory = dataDirectory
         self.logger = logger
         try FileManager.default.createDirectory(at: dataDirectory, withIntermediateDirectories: true)
-        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"), maxEntries: maxDeadLetters) { [logger] n in
-            logger.warning("the dead-letter store holds its most (\(maxDeadLetters) entries): removed the \(n) oldest")
+        deadLetters = try DeadLetterStore(directory: dataDirectory.appendingPathComponent("dead-letters"), maxEntries: maxDeadLetters,
+                                          maxBytes: maxDeadLetterBytes) { [logger] n in
+            logger.warning("the dead-letter store holds its most (\(maxDeadLetters) entries or \(maxDeadLetterBytes) bytes): removed the \(n) oldest")
         }
         alerts = AlertBook(file: dataDirectory.appendingPathComponent("alerts.json"))
     }
