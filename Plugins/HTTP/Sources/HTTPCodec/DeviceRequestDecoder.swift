@@ -74,6 +74,9 @@ public struct DeviceRequestDecoder: NIOSingleStepByteToMessageDecoder {
     /// Whether the request in hand has its request line and header fields in (and waits for its body).
     public var hasHead: Bool { progress.head != nil }
 
+    /// The request in hand, without its body, once its header fields are in and while its body comes.
+    public var pendingHead: DeviceRequest? { progress.head?.request }
+
     /// Whether to send 100 Continue now: once per request that asks for it (HTTP/1.1, `Expect:
     /// 100-continue`) while its body has not all come. A client that sent the body with the headers
     /// gets none.
