@@ -111,10 +111,7 @@ final class WebSocketBytesHandler: ChannelDuplexHandler {
         case .pong:
             break
         case .connectionClose:
-            closing = true
-            let reply = WebSocketFrame(fin: true, opcode: .connectionClose, data: context.channel.allocator.buffer(capacity: 0))
-            let channel = context.channel
-            context.writeAndFlush(wrapOutboundOut(reply)).whenComplete { _ in channel.close(promise: nil) }
+            close(context, code: nil)
         case .text:
             fail(context, .unacceptableData)
         default:
@@ -131,10 +128,13 @@ final class WebSocketBytesHandler: ChannelDuplexHandler {
     }
 
     /// Fails the connection: a close frame with `code`, then the close.
-    private func fail(_ context: ChannelHandlerContext, _ code: WebSocketErrorCode) {
+    private func fail(_ context: ChannelHandlerContext, _ code: WebSocketErrorCode) { close(context, code: code) }
+
+    /// Sends a close frame (with `code`, or empty in answer to the client's), then closes.
+    private func close(_ context: ChannelHandlerContext, code: WebSocketErrorCode?) {
         closing = true
         var body = context.channel.allocator.buffer(capacity: 2)
-        body.write(webSocketErrorCode: code)
+        if let code { body.write(webSocketErrorCode: code) }
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: body))).whenComplete { _ in
             channel.close(promise: nil)
