@@ -16,7 +16,7 @@ public final class WorkerThread: @unchecked Sendable {
         // moment after `join` did, so that a loop's owner could be freed then on this thread (a CoAP
         // source's socket was closed after its `stop` had returned, and a source restarted on the
         // same port could not bind it).
-        let task = Task(body)
+        let once = RunOnce(body)
         thread = Thread {
             #if os(Linux)
             // Foundation passes the whole name on, which Linux refuses past 15 bytes: the thread would
@@ -27,7 +27,7 @@ public final class WorkerThread: @unchecked Sendable {
                 close(fd)
             }
             #endif
-            task.run()
+            once.run()
             done.signal()
         }
         thread.name = name
@@ -35,7 +35,7 @@ public final class WorkerThread: @unchecked Sendable {
     }
 
     /// A body run once and dropped right after.
-    private final class Task: @unchecked Sendable {
+    private final class RunOnce: @unchecked Sendable {
         private var body: (@Sendable () -> Void)?
         init(_ body: @escaping @Sendable () -> Void) { self.body = body }
         func run() {
