@@ -41,7 +41,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     /// Senders that wait for each commit before sending more (one client with a window) bring
     /// nothing during a commit, and are never held.
     static let commitDelayStep: UInt32 = 100
-    static let commitDelayLimit: UInt32 = 500
+    static let commitDelayLimit: UInt32 = 2000
     static let busyGroup = 32
 
     /// Segments roll over past this size.
