@@ -715,6 +715,47 @@ import NIOConcurrencyHelpers
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 1 })
     }
 
+    /// The bytes of requests not yet all in are bounded over all of a source's connections
+    /// (`max_pending_bytes`), not only per connection: with 230,000 bytes, two uploads of 100 KB so far
+    /// (of 110 KB) are held, a third that would take the total past it gets 503 and its connection
+    /// closes, other requests are still served, a closed upload gives its bytes back, and a request coming
+    /// in alone is taken whatever its size (up to `max_body_size`). Without the
+    /// bound each upload (from a device with valid credentials) was held for as long as its pace allowed.
+    @Test func requestsNotYetAllInAreBoundedOverAllConnections() throws {
+        let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }",
+                          sourceExtra: ", max_pending_bytes: 230000")
+        defer { r.hub.stop() }
+        let body = #"{"v":""# + String(repeating: "a", count: 109_992) + #""}"#
+        let head = "POST /v1/devices/d1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 110000\r\n\r\n"
+        func upload() throws -> RawSocket {
+            let socket = try #require(RawSocket(port: r.port))
+            socket.send(head + String(body.prefix(100_000)))
+            return socket
+        }
+        var first: RawSocket? = try upload()
+        #expect(first?.readBytes(1, timeout: 0.5).isEmpty == true, "held: no answer before the body is in")
+        let second = try upload()
+        #expect(second.readBytes(1, timeout: 0.5).isEmpty, "held: no answer before the body is in")
+        let third = try upload()
+        let answer = third.readResponses(1, timeout: 3).first ?? ""
+        #expect(answer.hasPrefix("HTTP/1.1 503") && answer.contains("Retry-After: 1") && answer.contains("Connection: close"), "\(answer.prefix(120))")
+        #expect(third.isClosed())
+        #expect(postJSON("\(r.base)/d2/telemetry", #"{"v":1}"#)?.status == 202)
+        // The first upload's client goes away: its bytes are given back, and a new upload is held.
+        first = nil
+        Thread.sleep(forTimeInterval: 0.2)
+        let fourth = try upload()
+        #expect(fourth.readBytes(1, timeout: 0.5).isEmpty, "held: no answer before the body is in")
+        fourth.send(String(body.dropFirst(100_000)))
+        #expect(fourth.readResponses(1).first?.hasPrefix("HTTP/1.1 202") == true)
+        second.send(String(body.dropFirst(100_000)))
+        #expect(second.readResponses(1).first?.hasPrefix("HTTP/1.1 202") == true)
+        // One request coming in alone is bounded by max_body_size only, not by the source's budget.
+        let large = #"{"v":""# + String(repeating: "a", count: 299_992) + #""}"#
+        #expect(postJSON("\(r.base)/d3/telemetry", large)?.status == 202)
+        #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").count == 4 })
+    }
+
     /// A pipeline and its sink are bounded in payload bytes as well as in count: 100 KB messages to a
     /// sink whose server never answers are refused (503) once about 1 MB waits (the pipeline's 512 KiB,
     /// the sink's 512 KiB and its one write in flight), not after 8,192 + 1,024 of them. Before, one

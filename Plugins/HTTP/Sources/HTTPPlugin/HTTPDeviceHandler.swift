@@ -5,6 +5,7 @@ import IoTCPluginKit
 import NIOCore
 import NIOSSL
 import PluginNetworking
+import Synchronization
 
 /// One device connection: frames requests from the bytes it reads, one at a time (pipelined ones
 /// wait, unparsed, in the input buffer), authenticates, submits messages and serves command fetches.
@@ -52,6 +53,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var idleCheck: Scheduled<Void>?
     /// The request being answered.
     private var current: DeviceRequest?
+    /// What this connection counts in its source's `pendingBytes`: what `input` held after the last
+    /// read was handled.
+    private var held = 0
     /// The identity of the last token seen on this connection, so keep-alive requests authenticate once
     /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
     private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
@@ -86,9 +90,36 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
         if current != nil {
             // Bound what a client may send ahead: stop reading until the request in hand is answered.
             if input.readableBytes > Self.readAhead { setReading(context, false) }
+            hold(context)
             return
         }
         takeRequests(context)
+        hold(context)
+    }
+
+    /// Counts what `input` holds now in the source's budget of bytes in requests not yet all in
+    /// (`max_pending_bytes`), so that many slow or large uploads at once cannot hold the hub's memory
+    /// beyond it, however many connections carry them. A request coming in that would take the total
+    /// past it gets 503 and the connection closes, unless no other connection holds any (one request
+    /// alone is bounded by `max_body_size`). Bytes waiting behind a request being answered are counted
+    /// but not refused: they are at most `readAhead` and a read per connection.
+    private func hold(_ context: ChannelHandlerContext) {
+        let now = input.readableBytes
+        guard now != held else { return }
+        let total = source.pendingBytes.wrappingAdd(now - held, ordering: .relaxed).newValue
+        held = now
+        guard now > 0, total > source.config.max_pending_bytes, total > now, current == nil, !closing else { return }
+        release()
+        current = DeviceRequest(method: .other, target: "", http10: false, keepAlive: false, body: ByteBuffer())
+        respond(context, .serviceUnavailable, problem: "the hub is receiving more requests at once than it holds; retry later",
+                extra: [("Retry-After", "1")], close: true)
+    }
+
+    /// Gives back what this connection counts in the source's budget.
+    private func release() {
+        guard held != 0 else { return }
+        source.pendingBytes.wrappingSubtract(held, ordering: .relaxed)
+        held = 0
     }
 
     /// Frames and starts requests from `input` while none is being answered.
@@ -185,6 +216,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private func finished(_ context: ChannelHandlerContext) {
         current = nil
         takeRequests(context)
+        hold(context)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -530,6 +562,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         idleCheck?.cancel()
         idleCheck = nil
+        release()
         if let s = streaming {
             source.mailboxes.cancel(box: s.box, waiter: s.waiter)
             source.host.deviceDisconnected(s.identity, reason: "stream closed")

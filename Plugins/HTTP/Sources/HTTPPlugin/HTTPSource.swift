@@ -8,6 +8,7 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PluginNetworking
+import Synchronization
 
 @_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
     Plugin.entry(name: "http", version: "0.1.0", description: "Devices send telemetry over HTTP/1.1 and fetch commands.", components: [HTTPSource.self], offered: v, count: n)
@@ -25,6 +26,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         var threads: Int
         var tls: ServerTLSFiles?
         var max_connections: Int
+        var max_pending_bytes: Int
     }
 
     static let name = "http"
@@ -54,7 +56,10 @@ final class HTTPSource: Source, @unchecked Sendable {
         while more than 64 KiB waits behind the request being answered (a long-poll, for example). A \
         connection that sends nothing for `idle_timeout` is closed, unless it waits for commands, and a \
         request that has not all come within `idle_timeout` of its first byte, plus a second per 500 bytes \
-        of it, gets 408.
+        of it, gets 408. The bytes of requests not yet all in, over all connections, are bounded by \
+        `max_pending_bytes`: a request whose bytes would take the total past it gets 503 with \
+        `Retry-After` and its connection closes, unless it is the only one coming in (a request that comes \
+        whole in one read never counts).
         """
     static let fields: [ConfigField] = [
         ConfigField("listen", .string, "Address and port to listen on.", default: #""0.0.0.0:8081""#, example: "127.0.0.1:8081"),
@@ -66,6 +71,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted); a request must all come within it, plus a second per 500 bytes of it (408).", default: "60", example: "60s"),
         ConfigField("tls", .object(ServerTLSFiles.fields), "Serve HTTPS instead of HTTP."),
         ConnectionLimit.field,
+        ConfigField("max_pending_bytes", .byteSize, "Bytes of requests not yet all in, over all connections (slow or large uploads); a request that would take the total past it gets 503 and its connection closes.", default: "67108864", example: "64MiB", advanced: true),
     ]
 
     let config: Config
@@ -77,6 +83,8 @@ final class HTTPSource: Source, @unchecked Sendable {
     private var channel: Channel?
     private let sslContext: NIOSSLContext?
     let connections: ConnectionLimit
+    /// Bytes held in requests not yet all in (and pipelined ones waiting), over all connections.
+    let pendingBytes = Atomic<Int>(0)
 
     init(config: Config, host: PluginHost) throws {
         self.config = config
@@ -86,6 +94,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
         guard config.max_connections >= 0 else { throw PluginError("max_connections must not be negative") }
+        guard config.max_pending_bytes > 0 else { throw PluginError("max_pending_bytes must be positive") }
         connections = ConnectionLimit(config.max_connections, host: host, source: "http source")
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
         sslContext = try config.tls?.context()
