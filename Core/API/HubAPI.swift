@@ -101,9 +101,10 @@ public enum HubAPI {
         })
         router.post("/v1/dead-letters/replay", use: guarded(.hub(.operator)) { request, _, p in
             let ids = try await idsFromBody(request)
-            let (replayed, skipped) = hub.replayDeadLetters(ids: ids)
-            await p.record("dead_letters.replay", target: ids.map { "\($0.count) ids" } ?? "all", detail: "\(replayed) replayed")
-            return json(.object(Value.Object([("replayed", .int(Int64(replayed))), ("skipped", .array(skipped.map { .string($0) }))])))
+            let (replayed, skipped, left) = hub.replayDeadLetters(ids: ids)
+            await p.record("dead_letters.replay", target: ids.map { "\($0.count) ids" } ?? "all", detail: "\(replayed) replayed, \(left) left")
+            return json(.object(Value.Object([("replayed", .int(Int64(replayed))), ("skipped", .array(skipped.map { .string($0) })),
+                                              ("left", .int(Int64(left)))])))
         })
         router.delete("/v1/dead-letters", use: guarded(.hub(.operator)) { request, _, p in
             let ids = request.uri.queryParameters.getAll("id")

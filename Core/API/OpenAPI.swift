@@ -273,7 +273,7 @@ enum OpenAPI {
                   ok: (200, object([("total", integer), ("items", array([:])), ("next", ["type": ["string", "null"]])], required: ["total", "items", "next"]))),
         Operation(method: "post", path: "/v1/dead-letters/replay", summary: "Replay dead letters (all, or the ids named)", tag: "hub",
                   access: "operator of the system tenant", body: object([("ids", array(string))], closed: true),
-                  ok: (200, object([("replayed", integer), ("skipped", array(string))], required: ["replayed", "skipped"])), bodyRequired: false),
+                  ok: (200, object([("replayed", integer), ("skipped", array(string)), ("left", integer)], required: ["replayed", "skipped", "left"])), bodyRequired: false),
         Operation(method: "delete", path: "/v1/dead-letters", summary: "Purge dead letters (all, or the ids named)", tag: "hub",
                   access: "operator of the system tenant", query: [("id", string)], ok: (200, object([("purged", integer)], required: ["purged"]))),
     ]

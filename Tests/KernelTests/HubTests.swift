@@ -661,12 +661,39 @@ import NIOConcurrencyHelpers
         #expect(requests.filter { $0["path"] == "/status/503" }.count == 3)
         #expect(requests.filter { $0["path"] == "/status/400" }.count == 1)
         // Replay sends the failed delivery to its sink again; it fails again and comes back.
-        let (replayed, skipped) = r.hub.replayDeadLetters(ids: [entries[0].id, "no-such-id"])
-        #expect(replayed == 1)
+        let (replayed, skipped, left) = r.hub.replayDeadLetters(ids: [entries[0].id, "no-such-id"])
+        #expect(replayed == 1 && left == 0)
         #expect(skipped == ["no-such-id"])
         #expect(eventually { jsonLines(dir.path + "/requests.jsonl").filter { $0["path"] == "/status/503" }.count == 6 })
         #expect(eventually { r.hub.deadLetters.list().count == 2 })
         #expect(r.hub.deadLetters.remove(ids: nil) == 2)
+    }
+
+    /// Replaying dead letters never waits for room: what its sink (or pipeline) cannot take now stays in
+    /// the store, counted as left. It waited, on the operator API's shared task pool: two replays into a
+    /// sink whose server never answers held every thread of that pool (two on this machine), and the
+    /// API answered nothing, not even /health, nor did the hub stop on SIGINT (by hand, release build).
+    @Test func replayingDeadLettersNeverWaitsForRoom() throws {
+        let silent = try #require(SilentServer())
+        let r = try start("t: { from: [ devices ], to: [ hook ] }", sinks: """
+            hook: { plugin: webhook, url: "http://127.0.0.1:\(silent.port)/x", timeout: 60s, max_in_flight: 1, queue_size: 2 }
+            """)
+        defer { r.hub.stop(timeout: 1) }
+        for i in 0..<10 {
+            try r.hub.deadLetters.add(pipeline: "t", sink: "hook", step: nil, reason: "test", attempts: 1,
+                                      message: CanonicalMessage(Message(id: "m\(i)", topic: "devices/d/telemetry", payload: Array("{}".utf8)), receivedTime: 1))
+        }
+        let outcome = NIOLockedValueBox<(replayed: Int, skipped: [String], left: Int)?>(nil)
+        let replay = Thread { [hub = r.hub] in
+            let o = hub.replayDeadLetters(ids: nil)
+            outcome.withLockedValue { $0 = o }
+        }
+        replay.start()
+        #expect(eventually(timeout: 5) { outcome.withLockedValue { $0 } != nil }, "the replay returned")
+        let (replayed, skipped, left) = try #require(outcome.withLockedValue { $0 })
+        // One write in flight and two queued; the other seven stay, replayed once there is room.
+        #expect(replayed == 3 && left == 7 && skipped.isEmpty, "\(replayed) replayed, \(left) left")
+        #expect(r.hub.deadLetters.list().count == 7)
     }
 
     @Test func timesOutWebhooksAndRetries() throws {

@@ -174,6 +174,23 @@ final class SinkRuntime: @unchecked Sendable {
         cond.unlock()
     }
 
+    /// Queues a delivery only if there is room now, never waiting (for callers that must not block,
+    /// such as the operator API's dead-letter replay, which runs on the process's shared task pool);
+    /// false when the queue is full or the sink is stopping.
+    func offer(_ d: Delivery) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        guard !stopping else { return false }
+        if mayWriteNow {
+            write([d])
+            return true
+        }
+        guard !full else { return false }
+        ready.append(d)
+        wake()
+        return true
+    }
+
     /// Whether a caller may write to the plugin itself: nothing queued ahead, no write under way, room in
     /// flight, and no pause after a refusal. Must hold `cond`.
     private var mayWriteNow: Bool {

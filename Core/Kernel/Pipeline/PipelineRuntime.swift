@@ -129,6 +129,18 @@ final class PipelineRuntime: @unchecked Sendable {
         cond.unlock()
     }
 
+    /// Queues a message only if there is room now, never waiting (see `SinkRuntime.offer`); false when
+    /// the queue is full or the pipeline is stopping. An empty queue takes one message, however large.
+    func offer(_ input: consuming PipelineInput) -> Bool {
+        cond.lock()
+        defer { cond.unlock() }
+        guard !stopping, queue.count < capacity, queue.bytes < byteCapacity else { return false }
+        queue.append(input)
+        mirror()
+        cond.broadcast()
+        return true
+    }
+
     /// Runs the pipeline's timer (absence rules) and hands its alerts to their sinks.
     private func tick() {
         let (processor, sinks) = cond.withLock { (self.processor, self.sinks) }

@@ -730,26 +730,33 @@ public final class Hub: HostServices, @unchecked Sendable {
     public static func deviceKey(_ tenant: String, _ device: String) -> String { (tenant.isEmpty ? "default" : tenant) + "/" + device }
 
     /// Replays dead letters: a failed delivery goes back to its sink, a failed step back to its pipeline.
-    /// Replayed entries leave the store. Returns how many were replayed and the ids that could not be.
-    public func replayDeadLetters(ids: [String]?) -> (replayed: Int, skipped: [String]) {
+    /// Replayed entries leave the store. An entry whose sink or pipeline has no room now stays in the
+    /// store (`left`), to be replayed later: this never waits for room, since it runs for the operator
+    /// API on the process's shared task pool (waiting there, two replays into a stalled sink held every
+    /// thread of the pool, and the API answered nothing). `skipped` are the ids asked for that are not
+    /// in the store, or whose sink or pipeline is gone.
+    public func replayDeadLetters(ids: [String]?) -> (replayed: Int, skipped: [String], left: Int) {
         let entries = ids.map { $0.compactMap { deadLetters.entry(id: $0) } } ?? deadLetters.list()
-        var replayed = 0, skipped: [String] = []
+        var replayed = 0, left = 0, skipped: [String] = []
         if let ids { skipped = ids.filter { id in !entries.contains { $0.id == id } } }
         for e in entries {
             let (sink, pipeline) = lock.withLock { (e.sink.flatMap { sinks[$0]?.runtime }, pipelines[e.pipeline]) }
-            if let name = e.sink {
+            let taken: Bool
+            if e.sink != nil {
                 guard let sink else { skipped.append(e.id); continue }
-                _ = name
-                deadLetters.remove(ids: [e.id])
-                sink.enqueue(Delivery(message: e.message.pluginMessage, pipeline: e.pipeline, settlement: nil))
+                taken = sink.offer(Delivery(message: e.message.pluginMessage, pipeline: e.pipeline, settlement: nil))
             } else {
                 guard let pipeline else { skipped.append(e.id); continue }
-                deadLetters.remove(ids: [e.id])
-                pipeline.push(PipelineInput(message: e.message, settlement: nil))
+                taken = pipeline.offer(PipelineInput(message: e.message, settlement: nil))
             }
+            guard taken else {
+                left += 1
+                continue
+            }
+            deadLetters.remove(ids: [e.id])
             replayed += 1
         }
-        return (replayed, skipped)
+        return (replayed, skipped, left)
     }
 
     /// Takes an operator API request of this key from its rate: nil when allowed, else the seconds
