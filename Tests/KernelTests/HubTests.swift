@@ -743,14 +743,14 @@ import NIOConcurrencyHelpers
     }
 
     /// The bytes of requests not yet all in are bounded over all of a source's connections
-    /// (`max_pending_bytes`), not only per connection: with 230,000 bytes, two uploads of 100 KB so far
+    /// (`max_partial_bytes`), not only per connection: with 230,000 bytes, two uploads of 100 KB so far
     /// (of 110 KB) are held, a third that would take the total past it gets 503 and its connection
     /// closes, other requests are still served, a closed upload gives its bytes back, and a request coming
     /// in alone is taken whatever its size (up to `max_body_size`). Without the
     /// bound each upload (from a device with valid credentials) was held for as long as its pace allowed.
     @Test func requestsNotYetAllInAreBoundedOverAllConnections() throws {
         let r = try start("t: { from: [ devices ], to: [ out ] }", sinks: "out: { plugin: file, path: \"$DIR/out.jsonl\" }",
-                          sourceExtra: ", max_pending_bytes: 230000")
+                          sourceExtra: ", max_partial_bytes: 230000")
         defer { r.hub.stop() }
         let body = #"{"v":""# + String(repeating: "a", count: 109_992) + #""}"#
         let head = "POST /v1/devices/d1/telemetry HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 110000\r\n\r\n"

@@ -183,6 +183,77 @@ import IoTCPluginKit
         #expect(!hub.log.split(separator: "\n").contains { $0.hasPrefix(forged) }, "\(hub.log)")
     }
 
+    /// Bytes of packets not yet all in are bounded over all of a source's connections
+    /// (`max_partial_bytes`), not only each by max_packet_size: with 100,000 bytes, two clients each
+    /// 35,000 bytes into a 40,000-byte CONNECT (a will with a large payload) are held, a third is
+    /// closed, an ordinary client still connects, a connected MQTT 5 client whose PUBLISH would take the
+    /// total further is told Server busy (0x89), and the first two complete their CONNECTs. Without
+    /// the bound, clients not yet authenticated could hold max_packet_size each, as many as connected.
+    @Test func packetsNotYetAllInAreBoundedOverAllConnections() throws {
+        let dir = TempDir()
+        let port = freePort()
+        let hub = try makeHub(dir)
+        defer { hub.stop() }
+        try hub.start(try loadConfig("""
+            sources:
+              devices: { plugin: mqtt, listen: "127.0.0.1:\(port)", authentication: static, anonymous: { publish: [ "#" ] },
+                         max_packet_size: 64KiB, max_partial_bytes: 100000 }
+            sinks: { out: { plugin: file, path: "\(dir.path)/out.jsonl" } }
+            pipelines: { t: { from: [ "devices:t/#" ], to: [ out ] } }
+            """))
+        #expect(waitForPort(port))
+        func remainingLength(_ n: Int) -> [UInt8] {
+            var n = n, out: [UInt8] = []
+            repeat { var b = UInt8(n % 128); n /= 128; if n > 0 { b |= 0x80 }; out.append(b) } while n > 0
+            return out
+        }
+        func packet(_ type: UInt8, _ body: [UInt8]) -> [UInt8] { [type] + remainingLength(body.count) + body }
+        /// The next packet the server sends: its first byte and its body.
+        func nextPacket(_ socket: RawSocket) -> (type: UInt8, body: [UInt8])? {
+            guard let type = socket.readBytes(1, timeout: 3).first else { return nil }
+            var length = 0, shift = 0
+            while let b = socket.readBytes(1, timeout: 3).first {
+                length |= Int(b & 0x7F) << shift
+                shift += 7
+                if b & 0x80 == 0 { return (type, socket.readBytes(length, timeout: 3)) }
+            }
+            return nil
+        }
+        // MQTT 3.1.1 CONNECT with a will of about 40,000 bytes.
+        func largeConnect(_ id: String) -> [UInt8] {
+            let will = [UInt8](repeating: 0x61, count: 39_950)
+            return packet(0x10, mqttString("MQTT") + [4, 0x06, 0, 60] + mqttString(id) + mqttString("t/will") + [UInt8(will.count >> 8), UInt8(will.count & 0xFF)] + will)
+        }
+        func partly(_ id: String) throws -> (RawSocket, [UInt8]) {
+            let socket = try #require(RawSocket(port: port))
+            let bytes = largeConnect(id)
+            socket.send(Array(bytes.prefix(35_000)))
+            return (socket, Array(bytes.dropFirst(35_000)))
+        }
+        let (a, aRest) = try partly("a")
+        #expect(a.readBytes(1, timeout: 0.3).isEmpty, "held")
+        let (b, bRest) = try partly("b")
+        #expect(b.readBytes(1, timeout: 0.3).isEmpty, "held")
+        let (c, _) = try partly("c")
+        #expect(c.isClosed(), "past the budget: closed")
+        // An ordinary client's whole CONNECT (MQTT 5) is taken; its large PUBLISH, 35,000 bytes in,
+        // would take the total past the budget: DISCONNECT with Server busy.
+        let d = try #require(RawSocket(port: port))
+        d.send(packet(0x10, mqttString("MQTT") + [5, 0x02, 0, 60, 0] + mqttString("d")))
+        let connack = nextPacket(d)
+        #expect(connack?.type == 0x20 && connack?.body.dropFirst().first == 0, "\(String(describing: connack))")
+        let publish = packet(0x30, mqttString("t/x") + [0] + [UInt8](repeating: 0x62, count: 39_990))
+        d.send(Array(publish.prefix(35_000)))
+        let disconnect = nextPacket(d)
+        #expect(disconnect?.type == 0xE0 && disconnect?.body.first == 0x89, "\(String(describing: disconnect))")
+        #expect(d.isClosed())
+        // The two held complete their CONNECTs and are answered.
+        a.send(aRest)
+        b.send(bRest)
+        #expect(a.readBytes(4, timeout: 3) == [0x20, 2, 0, 0])
+        #expect(b.readBytes(4, timeout: 3) == [0x20, 2, 0, 0])
+    }
+
     /// A WebSocket connection must finish its upgrade within connect_timeout (1 s here), and frames are
     /// bounded by max_packet_size (4 KiB here): before, a connection that never upgraded stayed open, and
     /// a frame of up to 16 MiB was held whole.

@@ -5,7 +5,6 @@ import IoTCPluginKit
 import NIOCore
 import NIOSSL
 import PluginNetworking
-import Synchronization
 
 /// One device connection: frames requests from the bytes it reads, one at a time (pipelined ones
 /// wait, unparsed, in the input buffer), authenticates, submits messages and serves command fetches.
@@ -53,9 +52,9 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     private var idleCheck: Scheduled<Void>?
     /// The request being answered.
     private var current: DeviceRequest?
-    /// What this connection counts in its source's `pendingBytes`: what `input` held after the last
+    /// What this connection counts in its source's `partialBytes`: what `input` held after the last
     /// read was handled.
-    private var held = 0
+    private var share = PartialBytes.Share()
     /// The identity of the last token seen on this connection, so keep-alive requests authenticate once
     /// every `reauthenticateAfter` (a revoked credential stops working on open connections too).
     private var cached: (token: String, device: String, identity: Identity, at: NIODeadline)?
@@ -98,28 +97,17 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Counts what `input` holds now in the source's budget of bytes in requests not yet all in
-    /// (`max_pending_bytes`), so that many slow or large uploads at once cannot hold the hub's memory
+    /// (`max_partial_bytes`), so that many slow or large uploads at once cannot hold the hub's memory
     /// beyond it, however many connections carry them. A request coming in that would take the total
     /// past it gets 503 and the connection closes, unless no other connection holds any (one request
     /// alone is bounded by `max_body_size`). Bytes waiting behind a request being answered are counted
     /// but not refused: they are at most `readAhead` and a read per connection.
     private func hold(_ context: ChannelHandlerContext) {
-        let now = input.readableBytes
-        guard now != held else { return }
-        let total = source.pendingBytes.wrappingAdd(now - held, ordering: .relaxed).newValue
-        held = now
-        guard now > 0, total > source.config.max_pending_bytes, total > now, current == nil, !closing else { return }
-        release()
+        guard !share.hold(input.readableBytes, in: source.partialBytes), current == nil, !closing else { return }
+        share.release(from: source.partialBytes)
         current = DeviceRequest(method: .other, target: "", http10: false, keepAlive: false, body: ByteBuffer())
         respond(context, .serviceUnavailable, problem: "the hub is receiving more requests at once than it holds; retry later",
                 extra: [("Retry-After", "1")], close: true)
-    }
-
-    /// Gives back what this connection counts in the source's budget.
-    private func release() {
-        guard held != 0 else { return }
-        source.pendingBytes.wrappingSubtract(held, ordering: .relaxed)
-        held = 0
     }
 
     /// Frames and starts requests from `input` while none is being answered.
@@ -562,7 +550,7 @@ final class HTTPDeviceHandler: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         idleCheck?.cancel()
         idleCheck = nil
-        release()
+        share.release(from: source.partialBytes)
         if let s = streaming {
             source.mailboxes.cancel(box: s.box, waiter: s.waiter)
             source.host.deviceDisconnected(s.identity, reason: "stream closed")

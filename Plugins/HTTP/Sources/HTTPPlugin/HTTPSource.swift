@@ -8,7 +8,6 @@ import NIOCore
 import NIOPosix
 import NIOSSL
 import PluginNetworking
-import Synchronization
 
 @_cdecl("iotc_plugin_entry") public func iotcPluginEntry(_ v: UnsafePointer<UInt32>?, _ n: Int) -> UnsafeRawPointer? {
     Plugin.entry(name: "http", version: "0.1.0", description: "Devices send telemetry over HTTP/1.1 and fetch commands.", components: [HTTPSource.self], offered: v, count: n)
@@ -26,7 +25,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         var threads: Int
         var tls: ServerTLSFiles?
         var max_connections: Int
-        var max_pending_bytes: Int
+        var max_partial_bytes: Int
     }
 
     static let name = "http"
@@ -57,7 +56,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         connection that sends nothing for `idle_timeout` is closed, unless it waits for commands, and a \
         request that has not all come within `idle_timeout` of its first byte, plus a second per 500 bytes \
         of it, gets 408. The bytes of requests not yet all in, over all connections, are bounded by \
-        `max_pending_bytes`: a request whose bytes would take the total past it gets 503 with \
+        `max_partial_bytes`: a request whose bytes would take the total past it gets 503 with \
         `Retry-After` and its connection closes, unless it is the only one coming in (a request that comes \
         whole in one read never counts).
         """
@@ -71,7 +70,7 @@ final class HTTPSource: Source, @unchecked Sendable {
         ConfigField("idle_timeout", .duration, "Close a connection that sends nothing for this long (command streams and long-polls excepted); a request must all come within it, plus a second per 500 bytes of it (408).", default: "60", example: "60s"),
         ConfigField("tls", .object(ServerTLSFiles.fields), "Serve HTTPS instead of HTTP."),
         ConnectionLimit.field,
-        ConfigField("max_pending_bytes", .byteSize, "Bytes of requests not yet all in, over all connections (slow or large uploads); a request that would take the total past it gets 503 and its connection closes.", default: "67108864", example: "64MiB", advanced: true),
+        PartialBytes.field("requests", refusal: "a request that would take the total further gets 503 and its connection closes"),
     ]
 
     let config: Config
@@ -84,7 +83,7 @@ final class HTTPSource: Source, @unchecked Sendable {
     private let sslContext: NIOSSLContext?
     let connections: ConnectionLimit
     /// Bytes held in requests not yet all in (and pipelined ones waiting), over all connections.
-    let pendingBytes = Atomic<Int>(0)
+    let partialBytes: PartialBytes
 
     init(config: Config, host: PluginHost) throws {
         self.config = config
@@ -94,7 +93,8 @@ final class HTTPSource: Source, @unchecked Sendable {
         guard config.idle_timeout > 0 else { throw PluginError("idle_timeout must be positive") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
         guard config.max_connections >= 0 else { throw PluginError("max_connections must not be negative") }
-        guard config.max_pending_bytes > 0 else { throw PluginError("max_pending_bytes must be positive") }
+        guard config.max_partial_bytes > 0 else { throw PluginError("max_partial_bytes must be positive") }
+        partialBytes = PartialBytes(limit: config.max_partial_bytes)
         connections = ConnectionLimit(config.max_connections, host: host, source: "http source")
         guard HostPort(config.listen) != nil else { throw PluginError("listen address '\(config.listen)' should be HOST:PORT") }
         sslContext = try config.tls?.context()

@@ -33,9 +33,14 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
     private var flushAfterRead = false
     /// Bytes of a packet not yet complete; nil between packets.
     private var partial: ByteBuffer?
+    /// The source's budget of such bytes over all its connections, and this connection's share of it.
+    private let partialBytes: PartialBytes
+    private var share = PartialBytes.Share()
 
-    init(broker: Broker, hub: HubLink, limits: ServerLimits, connectTimeout: Double, maxPendingBytes: Int, sweeper: IdleSweeper, gate: LoopGate) {
+    init(broker: Broker, hub: HubLink, limits: ServerLimits, connectTimeout: Double, maxPendingBytes: Int, partialBytes: PartialBytes,
+         sweeper: IdleSweeper, gate: LoopGate) {
         self.sweeper = sweeper
+        self.partialBytes = partialBytes
         decoder = MQTTPacketDecoder(limits: MQTTDecoderLimits(maximumPacketSize: limits.maximumPacketSize))
         self.broker = broker
         self.hub = hub
@@ -119,10 +124,19 @@ final class MQTTServerHandler: ChannelInboundHandler, ConnectionControl, @unchec
             bytes.discardReadBytes()
             partial = bytes
         }
+        // Many clients each sending a large packet slowly (a CONNECT with a large will, before the
+        // client is even authenticated) are bounded together, not only each by max_packet_size.
+        if !share.hold(partial?.readableBytes ?? 0, in: partialBytes) {
+            share.release(from: partialBytes)
+            partial = nil
+            connection.decodeFailed(MQTTProtocolError("the server holds too many packets not yet all in; retry later", reasonCode: MQTTReason.serverBusy),
+                                    version: decoder.version)
+        }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         sweeper.remove(self)
+        share.release(from: partialBytes)
         connection?.transportClosed(reason: "connection closed")
         context.fireChannelInactive()
     }

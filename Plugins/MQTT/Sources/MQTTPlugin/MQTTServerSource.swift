@@ -43,6 +43,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         var state_save_interval: Double
         var threads: Int
         var max_connections: Int
+        var max_partial_bytes: Int
         struct TLS: Decodable {
             var listen: String
             var files: ServerTLSFiles
@@ -131,6 +132,7 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         ConfigField("state_save_interval", .duration, "How often the state file is written while running (what a crash can lose).", default: "60", example: "1m"),
         ConfigField("threads", .int, "Event-loop threads; 0 means one per core less one (at least one), leaving a core to the pipelines.", default: "0", advanced: true),
         ConnectionLimit.field,
+        PartialBytes.field("packets", refusal: "a connection whose packet would take the total further is closed (an MQTT 5 client is told Server busy, 0x89, first)"),
     ]
 
     let config: Config
@@ -143,6 +145,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
     private var channels: [Channel] = []
     /// Shared by the TCP, TLS and WebSocket listeners.
     private let connections: ConnectionLimit
+    /// Bytes of packets not yet all in, over all connections.
+    private let partialBytes: PartialBytes
     private let sslContext: NIOSSLContext?
     private var sysTask: RepeatedTask?
     private var metricsTask: RepeatedTask?
@@ -182,6 +186,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
         guard (0...65535).contains(config.max_keep_alive) else { throw PluginError("max_keep_alive must be at most 65535 s") }
         guard (0...256).contains(config.threads) else { throw PluginError("threads must be 0 to 256") }
         guard config.max_connections >= 0 else { throw PluginError("max_connections must not be negative") }
+        guard config.max_partial_bytes > 0 else { throw PluginError("max_partial_bytes must be positive") }
+        partialBytes = PartialBytes(limit: config.max_partial_bytes)
         connections = ConnectionLimit(config.max_connections, host: host, source: "mqtt source")
         for address in [config.listen, config.tls?.listen, config.websocket?.listen].compactMap({ $0 }) where !address.isEmpty {
             guard HostPort(address) != nil else { throw PluginError("listen address '\(address)' should be HOST:PORT") }
@@ -320,7 +326,8 @@ final class MQTTServerSource: Source, @unchecked Sendable {
 
     func addMQTTHandlers(_ ops: ChannelPipeline.SynchronousOperations, channel: Channel, broker: Broker) throws {
         try ops.addHandler(MQTTServerHandler(broker: broker, hub: hubLink, limits: limits, connectTimeout: config.connect_timeout,
-                                             maxPendingBytes: config.max_pending_bytes, sweeper: sweepers.sweeper(for: channel.eventLoop), gate: gate))
+                                             maxPendingBytes: config.max_pending_bytes, partialBytes: partialBytes,
+                                             sweeper: sweepers.sweeper(for: channel.eventLoop), gate: gate))
     }
 
     func stop() {
