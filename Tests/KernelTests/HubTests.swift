@@ -944,6 +944,48 @@ import NIOConcurrencyHelpers
         #expect(eventually { jsonLines(r.dir.path + "/out.jsonl").contains { $0["kind"] == "command_result" } })
     }
 
+    /// A stop does not wait for room in a full sink on behalf of a durable pipeline: what it holds is in
+    /// its write-ahead log, and the next start delivers it. Before, the pipeline's worker waited on the
+    /// sink (its endpoint down) until the stop's deadline: 30 s by default.
+    @Test func aStopDoesNotWaitOnAFullSinkForADurablePipeline() throws {
+        let dir = TempDir()
+        let port = freePort(), deadPort = freePort(), receiverPort = freePort()
+        func config(_ hookPort: Int) throws -> HubConfig {
+            try loadConfig("""
+                sources:
+                  devices: { plugin: http, listen: "127.0.0.1:\(port)" }
+                sinks:
+                  hook: { plugin: webhook, url: "http://127.0.0.1:\(hookPort)/ok", timeout: 500ms, queue_size: 2, max_in_flight: 1, retry: { max_attempts: 0, initial_backoff: 100ms, max_backoff: 200ms } }
+                pipelines:
+                  t: { from: [ devices ], durable: true, queue_size: 2, to: [ hook ] }
+                auth: { allow_anonymous: true }
+                """)
+        }
+        let first = try makeHub(dir)
+        try first.start(try config(deadPort))
+        #expect(waitForPort(port))
+        var accepted: [String] = []
+        for n in 1...20 {
+            let body = #"{"n":\#(n)}"#
+            if postJSON("http://127.0.0.1:\(port)/v1/devices/d1/telemetry", body)?.status == 202 { accepted.append(body) }
+        }
+        #expect(accepted.count >= 4 && accepted.count < 20, "\(accepted.count) accepted")
+        let stopping = Date()
+        first.stop(timeout: 30)
+        #expect(Date().timeIntervalSince(stopping) < 5, "the stop took \(Date().timeIntervalSince(stopping)) s")
+        // The next start, with the endpoint up, delivers every accepted message.
+        let receiver = try ChildProcess("/usr/bin/env", ["python3", Build.packageRoot + "/Tests/Support/webhook_receiver.py", "\(receiverPort)", dir.path + "/requests.jsonl"])
+        defer { receiver.stop() }
+        #expect(waitForPort(receiverPort))
+        let second = try makeHub(dir)
+        defer { second.stop() }
+        try second.start(try config(receiverPort))
+        #expect(eventually(timeout: 10) { Set(jsonLines(dir.path + "/requests.jsonl").compactMap { $0["body_base64"]?.string }).count == accepted.count })
+        let bodies = Set(jsonLines(dir.path + "/requests.jsonl").compactMap { $0["body_base64"]?.string }
+            .compactMap { Data(base64Encoded: $0).map { String(decoding: $0, as: UTF8.self) } })
+        #expect(bodies == Set(accepted))
+    }
+
     /// A webhook with a wrong URL, fixed by a reload: the messages the old sink kept retrying go to the
     /// new one at once (in the order their retries came to, as retries go), and the reload does not wait
     /// on the old endpoint. Before, the reload

@@ -73,6 +73,9 @@ final class SinkRuntime: @unchecked Sendable {
     private var stopping = false
     /// Messages of durable pipelines not retried because the sink is stopping (their logs replay them).
     private var leftForReplay = 0
+    /// Set as the hub stops, before its pipelines drain (`shedDurableDeliveries`), and how many
+    /// deliveries were shed since.
+    private var shedding = false, shed = 0
     /// Whether the sink's last settled write failed and is being retried: the first such failure and the
     /// first success after it are logged, the failures between them only counted (retries metric).
     private let trouble = FailureNotice()
@@ -155,7 +158,7 @@ final class SinkRuntime: @unchecked Sendable {
                 i += n
                 continue
             }
-            while full && !stopping {
+            while full && !stopping && !(shedding && list[i].settlement != nil) {
                 blockedEnqueuers += 1
                 cond.wait()
                 blockedEnqueuers -= 1
@@ -164,6 +167,12 @@ final class SinkRuntime: @unchecked Sendable {
                 cond.unlock()
                 next.enqueue(contentsOf: Array(list[i...]))
                 return
+            }
+            if full && !stopping {
+                // Shed (see `shedDurableDeliveries`): left unsettled in its pipeline's write-ahead log.
+                shed += 1
+                i += 1
+                continue
             }
             while i < list.count && (!full || stopping) {
                 ready.append(list[i])
@@ -189,6 +198,18 @@ final class SinkRuntime: @unchecked Sendable {
         ready.append(d)
         wake()
         return true
+    }
+
+    /// Called as the hub stops, before its pipelines drain: from then on a delivery of a durable
+    /// pipeline does not wait for room in this sink's full queue; it is left unsettled in its
+    /// pipeline's write-ahead log, which sends it again at the next start. Without this, a pipeline's
+    /// worker waited on a full sink whose endpoint was down until the stop's deadline (30 s), though
+    /// everything it held was safe in its log. Deliveries of other pipelines still wait (a stop drains them).
+    func shedDurableDeliveries() {
+        cond.lock()
+        shedding = true
+        if blockedEnqueuers > 0 { cond.broadcast() }
+        cond.unlock()
     }
 
     /// Whether a caller may write to the plugin itself: nothing queued ahead, no write under way, room in
@@ -439,6 +460,9 @@ final class SinkRuntime: @unchecked Sendable {
             delayed.removeAll()
             cond.broadcast()
             cond.unlock()
+        }
+        if let n = cond.withLock({ shed > 0 ? shed : nil }) {
+            log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") of durable pipelines not queued as the hub stopped (the queue was full) will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")
         }
         if let n = cond.withLock({ leftForReplay > 0 ? leftForReplay : nil }) {
             log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") that failed will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")

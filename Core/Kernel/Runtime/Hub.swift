@@ -253,6 +253,8 @@ public final class Hub: HostServices, @unchecked Sendable {
         let (srcs, pipes, snks) = lock.withLock { (sources, pipelines, sinks) }
         for s in srcs.values { s.instance.stop() }
         let deadline = Date().addingTimeInterval(timeout)
+        // What durable pipelines hold is in their logs: their deliveries do not wait on full sinks.
+        for s in snks.values { s.runtime.shedDurableDeliveries() }
         for p in pipes.values { p.drainAndStop(deadline: deadline) }
         for s in snks.values { s.runtime.drainAndStop(deadline: deadline) }
         for p in pipes.values { p.wal?.close() }
