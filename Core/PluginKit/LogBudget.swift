@@ -44,6 +44,9 @@ public final class FailureNotice: Sendable {
 
     public init() {}
 
+    /// Whether the job's last outcome was a failure.
+    public var isFailing: Bool { failing.load(ordering: .relaxed) }
+
     /// Whether this failure is the first since the job last worked: log it then.
     public func failed() -> Bool { !failing.exchange(true, ordering: .relaxed) }
 

@@ -259,6 +259,41 @@ import IoTCPluginKit
         #expect(plainSink.attempts.value > before + 3)
     }
 
+    /// Stopping, a sink that is failing does not write the durable pipelines' messages still queued:
+    /// each write here fails after a second, and five of them would hold the stop five seconds; they are
+    /// left to the write-ahead log (the next start replays them), and only the write out waits.
+    @Test func aFailingSinkLeavesQueuedDurableMessagesToTheirLogAsItStops() throws {
+        final class SlowFailure: Settling, @unchecked Sendable {
+            let attempts = Tally()
+            weak var runtime: SinkRuntime?
+            func write(_ m: Message, token: UInt64) -> Int32 { write([m], tokens: [token]).refusal }
+            func write(_ messages: [Message], tokens: [UInt64]) -> (taken: Int, refusal: Int32) {
+                attempts.add(messages.count)
+                DispatchQueue.global().asyncAfter(deadline: .now() + 1) { self.runtime?.ack(tokens: tokens, result: IOTC_ERR_RETRY, reason: "down") }
+                return (messages.count, IOTC_OK)
+            }
+            func stop() {}
+        }
+        let dir = TempDir()
+        var options = retryingForever(initialBackoff: 0.01, maxBackoff: 0.02)
+        options.maxInFlight = 1
+        let wal = try WriteAheadLog(directory: dir.url.appendingPathComponent("wal"))
+        #expect(try wal.open().isEmpty)
+        defer { wal.close() }
+        let sink = SlowFailure()
+        let runtime = started(sink, options, deadLetters: try DeadLetterStore(directory: dir.url.appendingPathComponent("dead-letters")))
+        runtime.enqueue(contentsOf: (0..<6).map { i in
+            let m = Message(id: "m\(i)", topic: "t", payload: [UInt8(i)])
+            return Delivery(message: m, pipeline: "p", settlement: Settlement(wal: wal, sequence: wal.append(CanonicalMessage(m, receivedTime: 1)) { _ in }))
+        })
+        // The first write has failed and is being retried: the sink is failing.
+        #expect(eventually(timeout: 10) { sink.attempts.value >= 2 })
+        let started = Date()
+        runtime.drainAndStop(deadline: Date().addingTimeInterval(20))
+        #expect(Date().timeIntervalSince(started) < 2, "stopped after \(Date().timeIntervalSince(started)) s")
+        #expect(sink.attempts.value == 2, "no queued message was written while stopping: \(sink.attempts.value) writes")
+    }
+
     /// A reload replaces a sink whose endpoint hangs: what was queued goes to the new instance, and so
     /// does a delivery a pipeline was still waiting to queue on the old one (it would have been left
     /// in the old queue, which nobody writes once the old instance stops).

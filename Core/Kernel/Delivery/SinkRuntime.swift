@@ -73,8 +73,9 @@ final class SinkRuntime: @unchecked Sendable {
     private var stopping = false
     /// Messages of durable pipelines not retried because the sink is stopping (their logs replay them).
     private var leftForReplay = 0
-    /// Set as the hub stops, before its pipelines drain (`shedDurableDeliveries`), and how many
-    /// deliveries were shed since.
+    /// Set as the hub stops, before its pipelines drain (`shedDurableDeliveries`); and how many
+    /// deliveries of durable pipelines were left to their logs at the stop without being tried (not
+    /// queued for want of room, or queued while the sink was failing).
     private var shedding = false, shed = 0
     /// Whether the sink's last settled write failed and is being retried: the first such failure and the
     /// first success after it are logged, the failures between them only counted (retries metric).
@@ -424,7 +425,8 @@ final class SinkRuntime: @unchecked Sendable {
 
     /// Delivers what is queued, then stops the plugin. Retries wait until `deadline` only for messages
     /// that nothing else keeps: one from a durable pipeline waiting for a retry is left in its log, which
-    /// replays it on the next start (a retry that comes due while stopping is left there too).
+    /// replays it on the next start (a retry that comes due while stopping is left there too), and so
+    /// are its queued ones when the sink is failing.
     ///
     /// With a `successor` (a reload replaced this sink), nothing waits on this instance: what is queued
     /// or waiting for a retry goes to the successor at once, ahead of what it has, and so does a write
@@ -446,6 +448,16 @@ final class SinkRuntime: @unchecked Sendable {
             let kept = delayed.count
             delayed.removeAll { $0.settlement != nil }
             leftForReplay += kept - delayed.count
+            // A failing sink (its last write failed) is not given the durable pipelines' queued
+            // messages to write as it stops: each would likely fail too, after its time-out, and hold
+            // the stop; their logs send them at the next start. A sink that works flushes them.
+            if trouble.isFailing {
+                var rest = WeighedQueue<Delivery>()
+                while let d = ready.popFirst() {
+                    if d.settlement == nil { rest.append(d) } else { shed += 1 }
+                }
+                ready = rest
+            }
         }
         cond.broadcast()
         cond.unlock()
@@ -462,7 +474,7 @@ final class SinkRuntime: @unchecked Sendable {
             cond.unlock()
         }
         if let n = cond.withLock({ shed > 0 ? shed : nil }) {
-            log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") of durable pipelines not queued as the hub stopped (the queue was full) will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")
+            log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") of durable pipelines not written as it stopped (its queue was full, or it was failing) will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")
         }
         if let n = cond.withLock({ leftForReplay > 0 ? leftForReplay : nil }) {
             log("sink '\(name)': \(n) message\(n == 1 ? "" : "s") that failed will be sent again from \(n == 1 ? "its pipeline's" : "their pipelines'") write-ahead log on the next start")
