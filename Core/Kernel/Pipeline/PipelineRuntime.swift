@@ -98,6 +98,10 @@ final class PipelineRuntime: @unchecked Sendable {
         length.load(ordering: .relaxed) < limit.load(ordering: .relaxed) && bytes.load(ordering: .relaxed) < byteLimit.load(ordering: .relaxed)
     }
 
+    /// Whether the queue is at its bound in count or in payload bytes (an empty queue takes one
+    /// message, however large); must hold `cond`.
+    private var full: Bool { queue.count >= capacity || queue.bytes >= byteCapacity }
+
     /// Mirrors the queue's length and bytes for `hasRoom`; must hold `cond`.
     private func mirror() {
         length.store(queue.count, ordering: .relaxed)
@@ -122,7 +126,7 @@ final class PipelineRuntime: @unchecked Sendable {
     /// Queues a message, waiting for room (for replay from the write-ahead log or the dead-letter store).
     func push(_ input: consuming PipelineInput) {
         cond.lock()
-        while (queue.count >= capacity || queue.bytes >= byteCapacity) && !stopping { cond.wait() }
+        while full && !stopping { cond.wait() }
         queue.append(input)
         mirror()
         cond.broadcast()
@@ -130,11 +134,11 @@ final class PipelineRuntime: @unchecked Sendable {
     }
 
     /// Queues a message only if there is room now, never waiting (see `SinkRuntime.offer`); false when
-    /// the queue is full or the pipeline is stopping. An empty queue takes one message, however large.
+    /// the queue is full or the pipeline is stopping.
     func offer(_ input: consuming PipelineInput) -> Bool {
         cond.lock()
         defer { cond.unlock() }
-        guard !stopping, queue.count < capacity, queue.bytes < byteCapacity else { return false }
+        guard !stopping, !full else { return false }
         queue.append(input)
         mirror()
         cond.broadcast()
